@@ -1,0 +1,15 @@
+//! Ferry's pure core: hybrid logical clocks, the row merge rule, values, and the schema
+//! (parsing, type mapping, validation, generated DDL).
+//!
+//! Nothing here does I/O: no SQLite, no PostgreSQL, no sockets, no system clock. Time
+//! comes in as an argument. That is what lets the tests replay any interleaving of
+//! changes between replicas, and it keeps the rules readable in one place.
+
+pub mod hlc;
+pub mod row;
+pub mod schema;
+pub mod value;
+
+pub use hlc::{Clock, ClockError, Hlc, SiteId};
+pub use row::{MergeReport, RowState, Stamped};
+pub use value::Value;

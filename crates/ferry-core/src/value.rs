@@ -1,0 +1,59 @@
+//! The values a synced column can hold, as SQLite stores them.
+
+use std::cmp::Ordering;
+
+/// One column value. The five storage classes SQLite knows; the schema's logical type
+/// (uuid, boolean, timestamptz …) decides which one a column uses, see [`crate::schema`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Null => 0,
+            Value::Integer(_) => 1,
+            Value::Real(_) => 2,
+            Value::Text(_) => 3,
+            Value::Blob(_) => 4,
+        }
+    }
+
+    /// A total order over values. Merge rules only fall back to it when two changes carry
+    /// the same clock, which a correct replica never produces, so that even then every
+    /// replica picks the same value.
+    pub fn total_cmp(&self, other: &Value) -> Ordering {
+        match (self, other) {
+            (Value::Integer(a), Value::Integer(b)) => a.cmp(b),
+            (Value::Real(a), Value::Real(b)) => a.total_cmp(b),
+            (Value::Text(a), Value::Text(b)) => a.cmp(b),
+            (Value::Blob(a), Value::Blob(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+
+    /// Same value, bit for bit (so `NaN == NaN` and `0.0 != -0.0`), as merge needs.
+    pub fn same(&self, other: &Value) -> bool {
+        self.total_cmp(other) == Ordering::Equal
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The storage class name, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Integer(_) => "integer",
+            Value::Real(_) => "real",
+            Value::Text(_) => "text",
+            Value::Blob(_) => "blob",
+        }
+    }
+}
