@@ -346,23 +346,27 @@ impl Table {
     }
 
     fn ddl(&self, dialect: Dialect) -> String {
-        let mut out = format!("CREATE TABLE IF NOT EXISTS {} (", quote(&self.name));
-        for (i, c) in self.columns.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            let ty = match (dialect, c.ty, c.max_len) {
-                (Dialect::Postgres, ColType::Text, Some(n)) => format!("varchar({n})"),
-                (Dialect::Postgres, ty, _) => ty.postgres().to_owned(),
-                (_, ty, _) => ty.sqlite().to_owned(),
-            };
-            let _ = write!(out, "{} {ty}", quote(&c.name));
-            if i == self.pk {
-                out.push_str(" PRIMARY KEY");
-            }
-            column_rules(&mut out, c, |v| literal(v, c.ty, dialect));
+        let defs: Vec<String> = (0..self.columns.len()).map(|i| self.column_def(i, dialect)).collect();
+        format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(&self.name), defs.join(", "))
+    }
+
+    /// The SQLite definition of column `i` as in `CREATE TABLE` (and `ALTER TABLE ADD COLUMN`).
+    pub fn sqlite_column_def(&self, i: usize) -> String {
+        self.column_def(i, Dialect::Sqlite)
+    }
+
+    fn column_def(&self, i: usize, dialect: Dialect) -> String {
+        let c = &self.columns[i];
+        let ty = match (dialect, c.ty, c.max_len) {
+            (Dialect::Postgres, ColType::Text, Some(n)) => format!("varchar({n})"),
+            (Dialect::Postgres, ty, _) => ty.postgres().to_owned(),
+            (_, ty, _) => ty.sqlite().to_owned(),
+        };
+        let mut out = format!("{} {ty}", quote(&c.name));
+        if i == self.pk {
+            out.push_str(" PRIMARY KEY");
         }
-        out.push(')');
+        column_rules(&mut out, c, |v| literal(v, c.ty, dialect));
         out
     }
 

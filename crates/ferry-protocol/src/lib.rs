@@ -1,1 +1,341 @@
+//! Ferry's wire format, protocol v1: the JSON bodies of `/v1` and the conversion between
+//! them and the core's row states. Documented in `docs/protocol.md`.
+//!
+//! This is the only crate that knows how rows look on the wire. It does no I/O; the
+//! server and the client call it at their edges.
 
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ferry_core::schema::{ColType, Schema, Table};
+use ferry_core::{Hlc, RowState, Stamped, Value};
+use serde::{Deserialize, Serialize};
+
+/// The path prefix of every protocol endpoint.
+pub const PREFIX: &str = "/v1";
+/// Rows per pull page when the client does not ask for a size.
+pub const DEFAULT_PAGE_ROWS: usize = 1000;
+/// The most rows a pull page holds, whatever the client asks.
+pub const MAX_PAGE_ROWS: usize = 10_000;
+/// The most rows one push may carry.
+pub const MAX_PUSH_ROWS: usize = 10_000;
+
+/// One row's whole mergeable state, as pushed and pulled.
+///
+/// `values` holds the data columns (not the key). A column's clock is `clocks[column]` when
+/// present, else `clock`. For a deleted row (`exists: false`) `values` holds its last
+/// values, which replicas keep in the tombstone.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WireRow {
+    pub table: String,
+    pub key: String,
+    pub exists: bool,
+    pub exists_at: String,
+    pub clock: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clocks: BTreeMap<String, String>,
+    #[serde(default)]
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `POST /v1/push`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// Chosen by the client, unique per batch; a retry of the same batch reuses it and the
+    /// server answers it from its record without applying anything again.
+    pub batch_id: String,
+    pub rows: Vec<WireRow>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PushResponse {
+    pub batch_id: String,
+    /// Rows in the batch.
+    pub received: usize,
+    /// Rows whose stored state changed (the rest were already known).
+    pub changed: usize,
+    /// True when this answer comes from the record of an earlier delivery of the batch.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// `GET /v1/pull?cursor=N&limit=M`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PullResponse {
+    pub rows: Vec<WireRow>,
+    /// Pass this as `cursor` next time. Opaque to clients (a decimal string).
+    pub cursor: String,
+    /// More rows are waiting: pull again at once.
+    pub more: bool,
+}
+
+/// `GET /v1/schema`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SchemaResponse {
+    pub version: String,
+    /// The tables in Ferry's canonical SQL subset.
+    pub sql: String,
+    /// Per-table options, by table name.
+    pub tables: BTreeMap<String, TableInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct TableInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// `GET /v1/me`: who the token belongs to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user_id: String,
+    pub user_name: String,
+    pub device_id: String,
+    pub device_name: String,
+}
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable (`unauthorized`, `forbidden`, `bad_request`, …).
+    pub code: String,
+    pub message: String,
+}
+
+impl SchemaResponse {
+    pub fn from_schema(schema: &Schema) -> SchemaResponse {
+        SchemaResponse {
+            version: schema.version(),
+            sql: schema.to_sql(),
+            tables: schema
+                .tables
+                .iter()
+                .map(|t| (t.name.clone(), TableInfo { owner: t.options.owner.clone() }))
+                .collect(),
+        }
+    }
+
+    /// Parses the schema back.
+    ///
+    /// # Errors
+    /// The schema error, when the server sent a schema this client cannot read.
+    pub fn to_schema(&self) -> Result<Schema, ferry_core::schema::SchemaError> {
+        let options = self
+            .tables
+            .iter()
+            .map(|(n, i)| (n.clone(), ferry_core::schema::TableOptions { owner: i.owner.clone() }))
+            .collect();
+        Schema::parse(&self.sql, &options)
+    }
+}
+
+/// Why a wire row was refused. Messages name the table, the key and the column.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+/// Encodes a row state for the wire.
+pub fn encode_row(table: &Table, key: &str, state: &RowState) -> WireRow {
+    let mut counts: BTreeMap<Hlc, usize> = BTreeMap::new();
+    for s in state.cols.values() {
+        *counts.entry(s.at).or_default() += 1;
+    }
+    let clock = counts.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, _)| *h).unwrap_or(state.exists.at);
+    let mut clocks = BTreeMap::new();
+    let mut values = serde_json::Map::new();
+    for col in table.data_columns() {
+        if let Some(s) = state.cols.get(&col.name) {
+            if s.at != clock {
+                clocks.insert(col.name.clone(), s.at.to_string());
+            }
+            values.insert(col.name.clone(), value_to_json(col.ty, &s.value));
+        }
+    }
+    WireRow {
+        table: table.name.clone(),
+        key: key.to_owned(),
+        exists: state.exists.value,
+        exists_at: state.exists.at.to_string(),
+        clock: clock.to_string(),
+        clocks,
+        values,
+    }
+}
+
+/// Decodes a wire row against the schema, checking every value against its column's
+/// type and rules.
+///
+/// # Errors
+/// A [`DecodeError`] naming the table, key and column: unknown table or column, a value
+/// of the wrong type, a broken rule (NOT NULL, allowed values, length), a malformed clock.
+pub fn decode_row<'s>(schema: &'s Schema, row: &WireRow) -> Result<(&'s Table, RowState), DecodeError> {
+    let Some(table) = schema.table(&row.table) else {
+        return Err(DecodeError(format!(
+            "unknown table '{}'; the schema has: {}",
+            row.table,
+            schema.table_names().join(", ")
+        )));
+    };
+    let here = || format!("{} '{}'", table.name, row.key);
+    table.check_value(table.pk_column(), &Value::Text(row.key.clone())).map_err(|e| {
+        DecodeError(format!("{}: key {}", here(), e.rule))
+    })?;
+    let hlc = |s: &str, what: &str| {
+        s.parse::<Hlc>().map_err(|e| DecodeError(format!("{}: {what}: {e}", here())))
+    };
+    let exists_at = hlc(&row.exists_at, "exists_at")?;
+    let clock = hlc(&row.clock, "clock")?;
+    let mut cols = BTreeMap::new();
+    for (name, json) in &row.values {
+        let Some(col) = table.column(name).filter(|c| c.name != table.pk_column().name) else {
+            let known: Vec<_> = table.data_columns().map(|c| c.name.as_str()).collect();
+            return Err(DecodeError(format!(
+                "{}: unknown column '{name}'; the table has: {}",
+                here(),
+                known.join(", ")
+            )));
+        };
+        let value = value_from_json(col.ty, json)
+            .map_err(|rule| DecodeError(format!("{}: column '{name}': {rule}", here())))?;
+        // A tombstone may hold values that predate a rule; only live rows must obey them.
+        if row.exists {
+            table.check_value(col, &value).map_err(|e| DecodeError(format!("{}: {e}", here())))?;
+        }
+        let at = match row.clocks.get(name) {
+            Some(c) => hlc(c, &format!("clock of '{name}'"))?,
+            None => clock,
+        };
+        cols.insert(name.clone(), Stamped::new(value, at));
+    }
+    if let Some(extra) = row.clocks.keys().find(|c| !row.values.contains_key(*c)) {
+        return Err(DecodeError(format!("{}: clock given for '{extra}', which has no value", here())));
+    }
+    if row.exists {
+        if let Some(missing) = table.data_columns().find(|c| c.not_null && !cols.contains_key(&c.name)) {
+            return Err(DecodeError(format!("{}: column '{}' is NOT NULL but missing", here(), missing.name)));
+        }
+    }
+    Ok((table, RowState { exists: Stamped::new(row.exists, exists_at), cols }))
+}
+
+/// A value as JSON, by the column's logical type: booleans as `true`/`false`, blobs as
+/// base64, everything else as its natural JSON form.
+pub fn value_to_json(ty: ColType, v: &Value) -> serde_json::Value {
+    match (ty, v) {
+        (_, Value::Null) => serde_json::Value::Null,
+        (ColType::Boolean, Value::Integer(i)) => serde_json::Value::Bool(*i != 0),
+        (_, Value::Integer(i)) => (*i).into(),
+        (_, Value::Real(r)) => serde_json::Number::from_f64(*r).map_or(serde_json::Value::Null, Into::into),
+        (_, Value::Text(s)) => s.clone().into(),
+        (_, Value::Blob(b)) => B64.encode(b).into(),
+    }
+}
+
+/// Reads a JSON value for a column of type `ty`.
+///
+/// # Errors
+/// A short rule ("expects integer, got string \"x\"") for the caller to put in context.
+pub fn value_from_json(ty: ColType, j: &serde_json::Value) -> Result<Value, String> {
+    use serde_json::Value as J;
+    let wrong = || {
+        let shown: String = j.to_string().chars().take(40).collect();
+        Err(format!("expects {}, got {shown}", ty.name()))
+    };
+    Ok(match (ty, j) {
+        (_, J::Null) => Value::Null,
+        (ColType::Boolean, J::Bool(b)) => Value::Integer((*b).into()),
+        (ColType::Boolean, J::Number(n)) => match n.as_i64() {
+            Some(i @ (0 | 1)) => Value::Integer(i),
+            _ => return wrong(),
+        },
+        (ColType::Integer | ColType::BigInt, J::Number(n)) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => return wrong(),
+        },
+        (ColType::Real, J::Number(n)) => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+        (ColType::Blob, J::String(s)) => match B64.decode(s) {
+            Ok(b) => Value::Blob(b),
+            Err(_) => return Err("expects base64 for bytea".into()),
+        },
+        (t, J::String(s)) if t.is_textual() => Value::Text(s.clone()),
+        _ => return wrong(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::SiteId;
+
+    fn schema() -> Schema {
+        Schema::parse(
+            "CREATE TABLE jump (id uuid PRIMARY KEY, n integer NOT NULL, ok boolean, pic bytea, note text);",
+            &BTreeMap::new(),
+        )
+        .unwrap()
+    }
+
+    const KEY: &str = "0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b";
+
+    #[test]
+    fn rows_round_trip() {
+        let s = schema();
+        let t = s.table("jump").unwrap();
+        let at = Hlc::new(5, 1, SiteId(3));
+        let mut state = RowState::inserted(
+            [
+                ("n".to_owned(), Value::Integer(7)),
+                ("ok".to_owned(), Value::Integer(1)),
+                ("pic".to_owned(), Value::Blob(vec![1, 2, 3])),
+                ("note".to_owned(), Value::Null),
+            ],
+            at,
+        );
+        state.update([("n".to_owned(), Value::Integer(8))], Hlc::new(6, 0, SiteId(3)));
+        let wire = encode_row(t, KEY, &state);
+        assert_eq!(wire.values["ok"], serde_json::Value::Bool(true));
+        assert_eq!(wire.clocks.len(), 1);
+        let json = serde_json::to_string(&wire).unwrap();
+        let back: WireRow = serde_json::from_str(&json).unwrap();
+        let (_, decoded) = decode_row(&s, &back).unwrap();
+        assert_eq!(decoded, state);
+    }
+
+    fn wire(values: serde_json::Value) -> WireRow {
+        WireRow {
+            table: "jump".into(),
+            key: KEY.into(),
+            exists: true,
+            exists_at: Hlc::new(1, 0, SiteId(1)).to_string(),
+            clock: Hlc::new(1, 0, SiteId(1)).to_string(),
+            clocks: BTreeMap::new(),
+            values: values.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn bad_rows_are_refused_with_the_bad_value_named() {
+        let s = schema();
+        let err = decode_row(&s, &wire(serde_json::json!({"n": "seven"}))).unwrap_err();
+        assert_eq!(err.0, format!("jump '{KEY}': column 'n': expects integer, got \"seven\""));
+        let err = decode_row(&s, &wire(serde_json::json!({"n": 1, "color": "red"}))).unwrap_err();
+        assert!(err.0.contains("unknown column 'color'"), "{err}");
+        let err = decode_row(&s, &wire(serde_json::json!({"note": "x"}))).unwrap_err();
+        assert!(err.0.contains("'n' is NOT NULL but missing"), "{err}");
+        let mut row = wire(serde_json::json!({"n": 1}));
+        row.table = "jumps".into();
+        let err = decode_row(&s, &row).unwrap_err();
+        assert_eq!(err.0, "unknown table 'jumps'; the schema has: jump");
+        let mut row = wire(serde_json::json!({"n": 1}));
+        row.key = "42".into();
+        assert!(decode_row(&s, &row).unwrap_err().0.contains("expects a uuid"));
+    }
+}

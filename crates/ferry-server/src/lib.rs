@@ -1,1 +1,67 @@
+//! `ferry serve`: the sync server over HTTP.
+//!
+//! - [`config`]: `ferry.toml`, flags and environment variables.
+//! - [`error`]: the one mapping from errors to HTTP status, code and JSON body.
+//! - `auth`: the bearer-token extractor (401 without or with a bad token).
+//! - `push`, `pull`, `info`: one file per request kind.
+//!
+//! Only this crate knows HTTP. It decodes bodies with `ferry-protocol`, hands core row
+//! states to a [`ferry_store::Store`] and never touches SQL itself.
 
+pub mod config;
+pub mod error;
+
+mod auth;
+mod info;
+mod pull;
+mod push;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use ferry_store::Store;
+use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use error::ApiError;
+
+/// What every handler shares.
+pub struct AppState<S> {
+    pub store: S,
+    pub max_body_bytes: usize,
+}
+
+/// The HTTP routes over `store`.
+pub fn router<S: Store>(store: S, max_body_bytes: usize) -> Router {
+    let state = Arc::new(AppState { store, max_body_bytes });
+    Router::new()
+        .route("/health/live", get(info::live))
+        .route("/v1/schema", get(info::schema::<S>))
+        .route("/v1/me", get(info::me::<S>))
+        .route("/v1/push", post(push::push::<S>))
+        .route("/v1/pull", get(pull::pull::<S>))
+        .fallback(info::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(RequestDecompressionLayer::new())
+        .layer(CompressionLayer::new())
+        .with_state(state)
+}
+
+/// Serves `store` on `listener` until `shutdown` completes, then finishes the requests in
+/// flight and returns.
+///
+/// # Errors
+/// The listener's I/O error.
+pub async fn run<S: Store>(
+    listener: TcpListener,
+    store: S,
+    max_body_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(store, max_body_bytes)).with_graceful_shutdown(shutdown).await
+}

@@ -1,1 +1,159 @@
+//! The server's stores: one [`Store`] trait, and the embedded SQLite store (the default,
+//! zero set-up: one file in the data directory).
+//!
+//! A store keeps the synced tables as ordinary tables (so other programs can read them),
+//! the clocks of every row, a change feed ordered by a sequence number, users and device
+//! tokens (hashed), and the record of applied push batches. It merges pushed rows with
+//! `ferry-core`'s rule and enforces ownership. It knows nothing of HTTP or JSON bodies.
 
+mod sqlite;
+
+use std::future::Future;
+
+use ferry_core::RowState;
+use ferry_core::schema::Schema;
+
+pub use sqlite::SqliteStore;
+
+/// The device a request comes from, as its token identified it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub user_name: String,
+    pub device_id: String,
+    pub device_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+}
+
+/// A device token, shown once when created; the store keeps only its hash.
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    pub device_id: String,
+    pub token: String,
+}
+
+/// One row of a push, decoded and checked against the schema.
+#[derive(Clone, Debug)]
+pub struct IncomingRow {
+    pub table: String,
+    pub key: String,
+    pub state: RowState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushOutcome {
+    pub received: usize,
+    pub changed: usize,
+    pub replayed: bool,
+}
+
+/// One row of a pull page.
+#[derive(Clone, Debug)]
+pub struct FeedRow {
+    pub table: String,
+    pub key: String,
+    pub state: RowState,
+}
+
+#[derive(Clone, Debug)]
+pub struct PullPage {
+    pub rows: Vec<FeedRow>,
+    pub cursor: u64,
+    pub more: bool,
+}
+
+/// Store errors, grouped by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request is malformed or breaks a schema rule (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller may not do this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The named thing does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The named thing already exists (409).
+    #[error("{0}")]
+    Exists(String),
+    /// The store cannot serve now; retry later (503).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt local data (500).
+    #[error("internal store error: {0}")]
+    Internal(String),
+}
+
+impl From<ferry_sqlite::Error> for StoreError {
+    fn from(e: ferry_sqlite::Error) -> Self {
+        match e {
+            ferry_sqlite::Error::Sqlite(e) => e.into(),
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What the server needs from a store. Every method is one transaction: it applies whole
+/// or not at all.
+pub trait Store: Send + Sync + 'static {
+    fn schema(&self) -> &Schema;
+
+    /// Creates a user. Errors with [`StoreError::Exists`] if the name is taken.
+    fn add_user(&self, name: &str) -> impl Future<Output = Result<User>> + Send;
+
+    /// Registers a device for a user (by name or id) and returns its new bearer token.
+    fn create_token(&self, user: &str, device: &str) -> impl Future<Output = Result<NewToken>> + Send;
+
+    /// The device a bearer token belongs to, or `None` for an unknown or revoked token.
+    fn authenticate(&self, token: &str) -> impl Future<Output = Result<Option<Principal>>> + Send;
+
+    /// Merges a batch of rows from `who`. A batch id seen before from the same device is
+    /// answered from the record without applying anything. On any refused row nothing is
+    /// stored.
+    fn push(
+        &self,
+        who: &Principal,
+        batch_id: &str,
+        rows: Vec<IncomingRow>,
+    ) -> impl Future<Output = Result<PushOutcome>> + Send;
+
+    /// Up to `limit` rows that changed after `cursor` and that `who` may read, in feed order.
+    fn pull(&self, who: &Principal, cursor: u64, limit: usize) -> impl Future<Output = Result<PullPage>> + Send;
+}
+
+/// A new random bearer token: `fry_` and 64 hex digits (256 bits).
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Internal(format!("no randomness: {e}")))?;
+    Ok(format!("fry_{}", hex(&bytes)))
+}
+
+/// The stored form of a token: SHA-256, hex. Tokens carry 256 random bits, so a fast hash
+/// is enough (a password hash would only slow every request).
+fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,28 @@
+//! Small read-only endpoints: liveness, the schema, who a token belongs to.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::Uri;
+use ferry_protocol::{SchemaResponse, WhoAmI};
+use ferry_store::Store;
+
+use crate::auth::Authed;
+use crate::{ApiError, AppState};
+
+pub async fn live() -> &'static str {
+    "ok\n"
+}
+
+pub async fn schema<S: Store>(State(state): State<Arc<AppState<S>>>, _who: Authed) -> Json<SchemaResponse> {
+    Json(SchemaResponse::from_schema(state.store.schema()))
+}
+
+pub async fn me<S: Store>(Authed(p): Authed) -> Json<WhoAmI> {
+    Json(WhoAmI { user_id: p.user_id, user_name: p.user_name, device_id: p.device_id, device_name: p.device_name })
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no endpoint at '{}'; see docs/protocol.md", uri.path()))
+}

@@ -1,0 +1,43 @@
+//! `GET /v1/pull?cursor=N&limit=M`: the rows a device may read that changed after `cursor`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use ferry_protocol::{DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS, PullResponse};
+use ferry_store::Store;
+
+use crate::auth::Authed;
+use crate::{ApiError, AppState};
+
+pub async fn pull<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    Authed(who): Authed,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<PullResponse>, ApiError> {
+    if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit")) {
+        return Err(ApiError::BadRequest(format!("unknown pull parameter '{unknown}'; use cursor and limit")));
+    }
+    let cursor = match q.get("cursor").map(String::as_str) {
+        None | Some("") => 0,
+        Some(c) => c.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!("cursor '{c}' is not a cursor this server gave out; start over with cursor=0"))
+        })?,
+    };
+    let limit = match q.get("limit") {
+        None => DEFAULT_PAGE_ROWS,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_ROWS).contains(&n) => n,
+            _ => return Err(ApiError::BadRequest(format!("limit '{l}' must be a number from 1 to {MAX_PAGE_ROWS}"))),
+        },
+    };
+    let page = state.store.pull(&who, cursor, limit).await?;
+    let schema = state.store.schema();
+    let rows = page
+        .rows
+        .iter()
+        .filter_map(|r| schema.table(&r.table).map(|t| ferry_protocol::encode_row(t, &r.key, &r.state)))
+        .collect();
+    Ok(Json(PullResponse { rows, cursor: page.cursor.to_string(), more: page.more }))
+}

@@ -1,0 +1,70 @@
+//! `POST /v1/push`: a batch of row states from a device.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use ferry_protocol::{MAX_PUSH_ROWS, PushRequest, PushResponse};
+use ferry_store::{IncomingRow, Store};
+
+use crate::auth::Authed;
+use crate::{ApiError, AppState};
+
+pub async fn push<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    Authed(who): Authed,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PushResponse>, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!(
+                "push body is over the server's limit of {} bytes; send smaller batches",
+                state.max_body_bytes
+            ))
+        } else {
+            ApiError::BadRequest(format!("cannot read push body: {e}"))
+        }
+    })?;
+    let req: PushRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed push body: {e}")))?;
+    if req.batch_id.is_empty() || req.batch_id.len() > 100 {
+        return Err(ApiError::BadRequest(format!(
+            "batch_id '{}' must be 1 to 100 characters",
+            req.batch_id.chars().take(120).collect::<String>()
+        )));
+    }
+    if req.rows.len() > MAX_PUSH_ROWS {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "push of {} rows is over the limit of {MAX_PUSH_ROWS}; send smaller batches",
+            req.rows.len()
+        )));
+    }
+    let schema = state.store.schema();
+    let rows = req
+        .rows
+        .iter()
+        .map(|w| {
+            let (table, st) = ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
+            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    for r in &rows {
+        let ahead = u128::from(r.state.max_clock().wall_ms()).saturating_sub(now_ms);
+        if ahead > u128::from(ferry_core::hlc::MAX_DRIFT_MS) {
+            return Err(ApiError::BadRequest(format!(
+                "{} '{}': its clock is {ahead} ms ahead of the server's; fix the device's system time",
+                r.table, r.key
+            )));
+        }
+    }
+    let outcome = state.store.push(&who, &req.batch_id, rows).await?;
+    Ok(Json(PushResponse {
+        batch_id: req.batch_id,
+        received: outcome.received,
+        changed: outcome.changed,
+        replayed: outcome.replayed,
+    }))
+}

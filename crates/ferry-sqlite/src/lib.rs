@@ -1,0 +1,466 @@
+//! How Ferry keeps row state in an SQLite file: shared by the device replica
+//! (`ferry-client`) and the embedded server store (`ferry-store`).
+//!
+//! Application tables keep exactly the schema's columns. Each synced row also has one
+//! bookkeeping row in `_ferry_rows` holding its clocks: the existence register, a base
+//! clock shared by most columns and a JSON object of the columns whose clock differs. A
+//! deleted row's last values live there too (`dead`), because a later re-insert or a late
+//! update may need them for replicas to converge.
+//!
+//! This crate knows SQL text and SQLite types; it knows nothing of HTTP or of which side
+//! (device or server) it runs on. Identifiers come only from the parsed schema and are
+//! always quoted; values are always bound, never spliced.
+
+use std::collections::BTreeMap;
+
+use ferry_core::schema::{ColType, Table, quote};
+use ferry_core::{Hlc, RowState, Stamped, Value};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
+
+/// `_ferry_rows`, the clocks of every synced row. `seq`, `owner` and `origin` are used by
+/// the server store (feed position, owning user, last writing device), `pending` by the
+/// device replica (the outbox position of the last local change not yet acknowledged).
+pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS _ferry_rows (
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    alive INTEGER NOT NULL,
+    alive_at TEXT NOT NULL,
+    clock TEXT NOT NULL,
+    clocks TEXT,
+    dead TEXT,
+    seq INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    origin TEXT,
+    pending INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tbl, pk)
+) WITHOUT ROWID";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("corrupt bookkeeping for {table} '{key}': {detail}")]
+    Corrupt { table: String, key: String, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Binds a [`Value`] as an SQLite parameter.
+pub struct Param<'a>(pub &'a Value);
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Integer(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Value::Real(r) => ToSqlOutput::Borrowed(ValueRef::Real(*r)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+/// Reads an SQLite value as a [`Value`]; invalid UTF-8 text is kept as a blob.
+pub fn value_from_sql(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => Value::Text(s.to_owned()),
+            Err(_) => Value::Blob(t.to_vec()),
+        },
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// The SQL for one application table, built once from the schema.
+#[derive(Clone, Debug)]
+pub struct TableSql {
+    pub table: Table,
+    select: String,
+    upsert: String,
+    delete: String,
+}
+
+impl TableSql {
+    pub fn new(table: &Table) -> TableSql {
+        let name = quote(&table.name);
+        let pk = quote(&table.pk_column().name);
+        let data: Vec<String> = table.data_columns().map(|c| quote(&c.name)).collect();
+        let select = if data.is_empty() {
+            format!("SELECT 1 FROM {name} WHERE {pk} = ?1")
+        } else {
+            format!("SELECT {} FROM {name} WHERE {pk} = ?1", data.join(", "))
+        };
+        let all: Vec<&str> = std::iter::once(pk.as_str()).chain(data.iter().map(String::as_str)).collect();
+        let marks: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
+        let on_conflict = if data.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            let sets: Vec<String> = data.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+            format!("DO UPDATE SET {}", sets.join(", "))
+        };
+        let upsert = format!(
+            "INSERT INTO {name} ({}) VALUES ({}) ON CONFLICT({pk}) {on_conflict}",
+            all.join(", "),
+            marks.join(", ")
+        );
+        let delete = format!("DELETE FROM {name} WHERE {pk} = ?1");
+        TableSql { table: table.clone(), select, upsert, delete }
+    }
+
+    /// The values of the data columns (schema order, key excluded), or `None` if no row has `pk`.
+    pub fn read(&self, conn: &Connection, pk: &str) -> Result<Option<Vec<Value>>> {
+        let n = self.table.columns.len() - 1;
+        let mut stmt = conn.prepare_cached(&self.select)?;
+        let row = stmt
+            .query_row([pk], |r| {
+                (0..n).map(|i| r.get_ref(i).map(value_from_sql)).collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .optional()?;
+        Ok(row)
+    }
+
+    /// Inserts or replaces the row `pk` with `values` (data columns in schema order).
+    pub fn write(&self, conn: &Connection, pk: &str, values: &[Value]) -> Result<()> {
+        let key = Value::Text(pk.to_owned());
+        let mut params: Vec<Param<'_>> = Vec::with_capacity(values.len() + 1);
+        params.push(Param(&key));
+        params.extend(values.iter().map(Param));
+        conn.prepare_cached(&self.upsert)?.execute(rusqlite::params_from_iter(params))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, conn: &Connection, pk: &str) -> Result<()> {
+        conn.prepare_cached(&self.delete)?.execute([pk])?;
+        Ok(())
+    }
+
+    /// The state's values for the data columns in schema order (absent columns read as NULL).
+    pub fn values_of(&self, state: &RowState) -> Vec<Value> {
+        self.table
+            .data_columns()
+            .map(|c| state.cols.get(&c.name).map(|s| s.value.clone()).unwrap_or(Value::Null))
+            .collect()
+    }
+}
+
+/// The bookkeeping of one row as stored in `_ferry_rows`.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pub alive: bool,
+    pub alive_at: Hlc,
+    pub clock: Hlc,
+    pub clocks: BTreeMap<String, Hlc>,
+    pub dead: Option<BTreeMap<String, Value>>,
+    pub seq: i64,
+    pub owner: Option<String>,
+    pub pending: i64,
+}
+
+/// Extra bookkeeping written beside the clocks.
+#[derive(Clone, Debug, Default)]
+pub struct Extra<'a> {
+    pub seq: i64,
+    pub owner: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub pending: i64,
+}
+
+fn corrupt(table: &str, key: &str, detail: impl ToString) -> Error {
+    Error::Corrupt { table: table.to_owned(), key: key.to_owned(), detail: detail.to_string() }
+}
+
+/// Reads the bookkeeping of `pk` in `ts`'s table.
+pub fn load_meta(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<Meta>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT alive, alive_at, clock, clocks, dead, seq, owner, pending FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2",
+    )?;
+    let raw = stmt
+        .query_row(params![ts.table.name, pk], |r| {
+            Ok((
+                r.get::<_, bool>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })
+        .optional()?;
+    let Some((alive, alive_at, clock, clocks, dead, seq, owner, pending)) = raw else {
+        return Ok(None);
+    };
+    let t = &ts.table.name;
+    let hlc = |s: &str| s.parse::<Hlc>().map_err(|e| corrupt(t, pk, e));
+    let clocks = match clocks {
+        None => BTreeMap::new(),
+        Some(json) => {
+            let map: BTreeMap<String, String> = serde_json::from_str(&json).map_err(|e| corrupt(t, pk, e))?;
+            map.into_iter().map(|(c, h)| Ok((c, hlc(&h)?))).collect::<Result<_>>()?
+        }
+    };
+    let dead = dead.map(|json| decode_values(&ts.table, &json)).transpose().map_err(|e| corrupt(t, pk, e))?;
+    Ok(Some(Meta { alive, alive_at: hlc(&alive_at)?, clock: hlc(&clock)?, clocks, dead, seq, owner, pending }))
+}
+
+/// Builds the row's state from its bookkeeping and its values (`values` are the data
+/// columns in schema order when the row exists in the application table).
+pub fn state_of(ts: &TableSql, meta: &Meta, values: Option<Vec<Value>>) -> RowState {
+    let mut cols = BTreeMap::new();
+    let mut values = values.map(|v| v.into_iter());
+    for col in ts.table.data_columns() {
+        let at = meta.clocks.get(&col.name).copied().unwrap_or(meta.clock);
+        let value = match (&mut values, &meta.dead) {
+            (Some(vs), _) => vs.next().unwrap_or(Value::Null),
+            (None, Some(dead)) => dead.get(&col.name).cloned().unwrap_or(Value::Null),
+            (None, None) => Value::Null,
+        };
+        if at != Hlc::ZERO {
+            cols.insert(col.name.clone(), Stamped::new(value, at));
+        }
+    }
+    RowState { exists: Stamped::new(meta.alive, meta.alive_at), cols }
+}
+
+/// Loads the whole state of `pk`: bookkeeping plus values, or `None` if never seen.
+pub fn load_state(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<(RowState, Meta)>> {
+    let Some(meta) = load_meta(conn, ts, pk)? else { return Ok(None) };
+    let values = if meta.alive { ts.read(conn, pk)? } else { None };
+    Ok(Some((state_of(ts, &meta, values), meta)))
+}
+
+/// Writes `state` for `pk`: the application row (upsert, or delete when the row is dead)
+/// and its bookkeeping.
+pub fn store_state(conn: &Connection, ts: &TableSql, pk: &str, state: &RowState, extra: &Extra<'_>) -> Result<()> {
+    let values = ts.values_of(state);
+    let dead = if state.is_alive() {
+        ts.write(conn, pk, &values)?;
+        None
+    } else {
+        ts.delete(conn, pk)?;
+        Some(encode_values(&ts.table, &values))
+    };
+    write_meta(conn, ts, pk, state, dead.as_deref(), extra)
+}
+
+/// Writes only the bookkeeping of `pk` (the caller keeps the application row in step).
+pub fn write_meta(
+    conn: &Connection,
+    ts: &TableSql,
+    pk: &str,
+    state: &RowState,
+    dead: Option<&str>,
+    extra: &Extra<'_>,
+) -> Result<()> {
+    let (clock, clocks) = encode_clocks(ts, state);
+    conn.prepare_cached(
+        "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, seq, owner, origin, pending)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at,
+           clock = excluded.clock, clocks = excluded.clocks, dead = excluded.dead, seq = excluded.seq,
+           owner = excluded.owner, origin = excluded.origin, pending = excluded.pending",
+    )?
+    .execute(params![
+        ts.table.name,
+        pk,
+        state.is_alive(),
+        state.exists.at.to_string(),
+        clock.to_string(),
+        clocks,
+        dead,
+        extra.seq,
+        extra.owner,
+        extra.origin,
+        extra.pending,
+    ])?;
+    Ok(())
+}
+
+/// The base clock (the one most columns share) and a JSON object of the exceptions.
+/// Columns the state lacks are stored with the zero clock, which reads back as absent.
+fn encode_clocks(ts: &TableSql, state: &RowState) -> (Hlc, Option<String>) {
+    let at = |name: &str| state.cols.get(name).map(|s| s.at).unwrap_or(Hlc::ZERO);
+    let mut counts: BTreeMap<Hlc, usize> = BTreeMap::new();
+    for c in ts.table.data_columns() {
+        *counts.entry(at(&c.name)).or_default() += 1;
+    }
+    let base = counts.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, _)| *h).unwrap_or(state.exists.at);
+    let exceptions: BTreeMap<&str, String> = ts
+        .table
+        .data_columns()
+        .filter(|c| at(&c.name) != base)
+        .map(|c| (c.name.as_str(), at(&c.name).to_string()))
+        .collect();
+    let json = (!exceptions.is_empty()).then(|| serde_json::to_string(&exceptions).expect("string map"));
+    (base, json)
+}
+
+/// Encodes data-column values as a JSON object (blobs as hex), the form capture triggers
+/// also produce for deleted rows.
+pub fn encode_values(table: &Table, values: &[Value]) -> String {
+    let mut map = serde_json::Map::new();
+    for (col, v) in table.data_columns().zip(values) {
+        let j = match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Integer(i) => (*i).into(),
+            Value::Real(r) => serde_json::Number::from_f64(*r).map_or(serde_json::Value::Null, Into::into),
+            Value::Text(s) => s.clone().into(),
+            Value::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect::<String>().into(),
+        };
+        map.insert(col.name.clone(), j);
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Decodes [`encode_values`]' form (and the trigger's): blob columns hold hex text.
+pub fn decode_values(table: &Table, json: &str) -> std::result::Result<BTreeMap<String, Value>, String> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(json).map_err(|e| format!("bad stored values: {e}"))?;
+    let mut out = BTreeMap::new();
+    for (name, j) in map {
+        let Some(col) = table.column(&name) else { continue };
+        let v = match j {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Integer(b.into()),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) if col.ty != ColType::Real => Value::Integer(i),
+                _ => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) if col.ty == ColType::Blob => {
+                Value::Blob(from_hex(&s).ok_or_else(|| format!("column '{name}': bad hex"))?)
+            }
+            serde_json::Value::String(s) => Value::Text(s),
+            other => Value::Text(other.to_string()),
+        };
+        out.insert(name, v);
+    }
+    Ok(out)
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Opens (or creates) an SQLite file with the settings every Ferry file uses: WAL, a busy
+/// timeout so that other processes writing the same file wait instead of failing.
+pub fn open(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::SiteId;
+    use ferry_core::schema::Schema;
+
+    fn setup() -> (Connection, TableSql) {
+        let schema = Schema::parse(
+            "CREATE TABLE notes (id uuid PRIMARY KEY, body text, n integer, r real, b bytea);",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(ROWS_DDL).unwrap();
+        let t = &schema.tables[0];
+        conn.execute_batch(&t.sqlite_ddl()).unwrap();
+        (conn, TableSql::new(t))
+    }
+
+    #[test]
+    fn states_round_trip_through_the_file_alive_and_dead() {
+        let (conn, ts) = setup();
+        let at = |ms| Hlc::new(ms, 0, SiteId(9));
+        let mut state = RowState::inserted(
+            [
+                ("body".to_owned(), Value::Text("hi".into())),
+                ("n".to_owned(), Value::Integer(3)),
+                ("r".to_owned(), Value::Real(1.0)),
+                ("b".to_owned(), Value::Blob(vec![0, 255])),
+            ],
+            at(1),
+        );
+        state.update([("n".to_owned(), Value::Integer(4))], at(2));
+        store_state(&conn, &ts, "k", &state, &Extra::default()).unwrap();
+        let (loaded, _) = load_state(&conn, &ts, "k").unwrap().unwrap();
+        assert_eq!(loaded, state);
+
+        state.delete(at(3));
+        store_state(&conn, &ts, "k", &state, &Extra::default()).unwrap();
+        assert!(ts.read(&conn, "k").unwrap().is_none(), "a dead row leaves the application table");
+        let (loaded, _) = load_state(&conn, &ts, "k").unwrap().unwrap();
+        assert_eq!(loaded, state, "the tombstone keeps values and clocks");
+    }
+}
+
+/// Creates `table` in `conn` if it is missing; if it exists, checks it against the schema
+/// and adds missing nullable columns (the additive changes that need no resync).
+///
+/// # Errors
+/// A message naming each difference that cannot be fixed by adding a column.
+pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec<String>, String> {
+    let mut stmt = conn
+        .prepare("SELECT name, type, pk FROM pragma_table_info(?1)")
+        .map_err(|e| e.to_string())?;
+    let existing: Vec<(String, String, i64)> = stmt
+        .query_map([&table.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| e.to_string())?;
+    if existing.is_empty() {
+        conn.execute_batch(&table.sqlite_ddl()).map_err(|e| format!("creating table '{}': {e}", table.name))?;
+        return Ok(vec![format!("created table '{}'", table.name)]);
+    }
+    let mut problems = Vec::new();
+    let mut added = Vec::new();
+    for col in &table.columns {
+        match existing.iter().find(|(n, ..)| n == &col.name) {
+            Some((_, ty, _)) if !ty.eq_ignore_ascii_case(col.ty.sqlite()) => problems.push(format!(
+                "column '{}' is {ty} in the file but {} ({}) in the schema",
+                col.name,
+                col.ty.sqlite(),
+                col.ty.name()
+            )),
+            Some((_, _, pk)) if (*pk > 0) != (col.name == table.pk_column().name) => {
+                problems.push(format!("column '{}' differs in being the primary key", col.name))
+            }
+            Some(_) => {}
+            None if col.not_null && col.default.is_none() => problems.push(format!(
+                "column '{}' is missing and NOT NULL without a default, so it cannot be added in place",
+                col.name
+            )),
+            None => added.push(col),
+        }
+    }
+    for (name, ..) in &existing {
+        if table.column(name).is_none() {
+            problems.push(format!("column '{name}' is in the file but not in the schema"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!(
+            "table '{}' does not match the schema: {}; migrate the table or fix the schema",
+            table.name,
+            problems.join("; ")
+        ));
+    }
+    let mut done = Vec::new();
+    for col in added {
+        let i = table.column_index(&col.name).expect("column of the table");
+        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {}", quote(&table.name), table.sqlite_column_def(i)))
+            .map_err(|e| format!("adding column '{}' to '{}': {e}", col.name, table.name))?;
+        done.push(format!("added column '{}' to '{}'", col.name, table.name));
+    }
+    Ok(done)
+}

@@ -1,0 +1,300 @@
+//! The embedded store: one SQLite file, `ferry.db`, in the data directory.
+//!
+//! One writer connection (SQLite allows one writer at a time anyway) and a small pool of
+//! reader connections; WAL lets pulls read while a push writes. Work runs on tokio's
+//! blocking threads. The feed sequence is assigned inside the single write transaction,
+//! so commit order and sequence order agree and a cursor can never skip a change.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ferry_core::RowState;
+use ferry_core::schema::{Schema, Table};
+use ferry_core::Value;
+use ferry_sqlite::{Extra, TableSql};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::{
+    FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store, StoreError, User,
+    new_token, token_hash,
+};
+
+const BOOKKEEPING: &str = "
+CREATE TABLE IF NOT EXISTS _ferry_users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS _ferry_devices (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES _ferry_users(id),
+    name TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    last_seen TEXT,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS _ferry_batches (
+    device_id TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    changed INTEGER NOT NULL,
+    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (device_id, batch_id)
+);
+CREATE INDEX IF NOT EXISTS _ferry_rows_seq ON _ferry_rows(seq);
+";
+
+const READERS: usize = 4;
+
+/// The embedded SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    schema: Schema,
+    tables: HashMap<String, TableSql>,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` for `schema`: creates missing
+    /// tables, checks existing ones against the schema and adds missing nullable columns.
+    ///
+    /// # Errors
+    /// When the directory cannot be created, the file cannot be opened, or an existing
+    /// table differs from the schema (the message names each difference).
+    pub fn open(data_dir: &Path, schema: Schema) -> Result<SqliteStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create data directory '{}': {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join("ferry.db");
+        let mut writer = ferry_sqlite::open(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open '{}': {e}", path.display())))?;
+        let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(ferry_sqlite::ROWS_DDL)?;
+        tx.execute_batch(BOOKKEEPING)?;
+        for table in &schema.tables {
+            ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
+        }
+        tx.commit()?;
+        let readers = (0..READERS)
+            .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
+        Ok(SqliteStore { inner: Arc::new(Inner { schema, tables, writer: Mutex::new(writer), readers }) })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner, &mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&inner, &mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner, &mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            // Take a free reader if there is one, else wait for the first.
+            let guard = inner
+                .readers
+                .iter()
+                .find_map(|r| r.try_lock().ok())
+                .unwrap_or_else(|| inner.readers[0].lock().unwrap_or_else(|p| p.into_inner()));
+            let mut conn = guard;
+            f(&inner, &mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn table(&self, name: &str) -> Result<&TableSql> {
+        self.tables.get(name).ok_or_else(|| {
+            StoreError::Invalid(format!("unknown table '{name}'; the schema has: {}", self.schema.table_names().join(", ")))
+        })
+    }
+}
+
+fn owner_of(table: &Table, state: &RowState) -> Option<String> {
+    let col = table.options.owner.as_ref()?;
+    match state.cols.get(col).map(|s| &s.value) {
+        Some(Value::Text(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl Store for SqliteStore {
+    fn schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    async fn add_user(&self, name: &str) -> Result<User> {
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.len() > 200 {
+            return Err(StoreError::Invalid(format!("user name '{name}' must be 1 to 200 characters")));
+        }
+        self.write(move |_, conn| {
+            let id = uuid::Uuid::now_v7().to_string();
+            match conn.execute("INSERT INTO _ferry_users (id, name) VALUES (?1, ?2)", params![id, name]) {
+                Ok(_) => Ok(User { id, name }),
+                Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    Err(StoreError::Exists(format!("user '{name}' already exists; pick another name")))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn create_token(&self, user: &str, device: &str) -> Result<NewToken> {
+        let (user, device) = (user.to_owned(), device.trim().to_owned());
+        if device.is_empty() || device.len() > 200 {
+            return Err(StoreError::Invalid(format!("device name '{device}' must be 1 to 200 characters")));
+        }
+        self.write(move |_, conn| {
+            let user_id: Option<String> = conn
+                .query_row("SELECT id FROM _ferry_users WHERE name = ?1 OR id = ?1", [&user], |r| r.get(0))
+                .optional()?;
+            let Some(user_id) = user_id else {
+                return Err(StoreError::NotFound(format!(
+                    "no user '{user}'; create it first with `ferry user add {user}`"
+                )));
+            };
+            let token = new_token()?;
+            let device_id = uuid::Uuid::now_v7().to_string();
+            conn.execute(
+                "INSERT INTO _ferry_devices (id, user_id, name, token_hash) VALUES (?1, ?2, ?3, ?4)",
+                params![device_id, user_id, device, token_hash(&token)],
+            )?;
+            Ok(NewToken { device_id, token })
+        })
+        .await
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
+        let hash = token_hash(token);
+        self.read(move |_, conn| {
+            let p = conn
+                .prepare_cached(
+                    "SELECT u.id, u.name, d.id, d.name FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
+                     WHERE d.token_hash = ?1 AND d.revoked_at IS NULL",
+                )?
+                .query_row([hash], |r| {
+                    Ok(Principal { user_id: r.get(0)?, user_name: r.get(1)?, device_id: r.get(2)?, device_name: r.get(3)? })
+                })
+                .optional()?;
+            Ok(p)
+        })
+        .await
+    }
+
+    async fn push(&self, who: &Principal, batch_id: &str, rows: Vec<IncomingRow>) -> Result<PushOutcome> {
+        let (who, batch_id) = (who.clone(), batch_id.to_owned());
+        self.write(move |inner, conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let seen: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT received, changed FROM _ferry_batches WHERE device_id = ?1 AND batch_id = ?2")?
+                .query_row(params![who.device_id, batch_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((received, changed)) = seen {
+                return Ok(PushOutcome { received: received as usize, changed: changed as usize, replayed: true });
+            }
+            let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+            let received = rows.len();
+            let mut changed = 0;
+            for row in rows {
+                let ts = inner.table(&row.table)?;
+                let table = &ts.table;
+                let here = || format!("{} '{}'", table.name, row.key);
+                let stored = ferry_sqlite::load_state(&tx, ts, &row.key)?;
+                if table.options.owner.is_some() {
+                    if let Some((_, meta)) = &stored {
+                        if meta.owner.as_deref() != Some(who.user_id.as_str()) {
+                            return Err(StoreError::Forbidden(format!(
+                                "{} belongs to another user; a device may write only its own user's rows",
+                                here()
+                            )));
+                        }
+                    }
+                }
+                let mut state = stored.map(|(s, _)| s).unwrap_or_default();
+                let report = state.merge(&row.state);
+                let owner = owner_of(table, &state);
+                if let Some(col) = &table.options.owner {
+                    if owner.as_deref() != Some(who.user_id.as_str()) {
+                        return Err(StoreError::Forbidden(format!(
+                            "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",
+                            here(),
+                            owner.map_or("missing".to_owned(), |o| format!("'{o}'")),
+                            who.user_id
+                        )));
+                    }
+                }
+                if !report.changed {
+                    continue;
+                }
+                seq += 1;
+                changed += 1;
+                let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0 };
+                ferry_sqlite::store_state(&tx, ts, &row.key, &state, &extra)?;
+            }
+            tx.execute(
+                "INSERT INTO _ferry_batches (device_id, batch_id, received, changed) VALUES (?1, ?2, ?3, ?4)",
+                params![who.device_id, batch_id, received as i64, changed as i64],
+            )?;
+            tx.execute(
+                "UPDATE _ferry_devices SET last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+                [&who.device_id],
+            )?;
+            tx.commit()?;
+            Ok(PushOutcome { received, changed, replayed: false })
+        })
+        .await
+    }
+
+    async fn pull(&self, who: &Principal, cursor: u64, limit: usize) -> Result<PullPage> {
+        let user = who.user_id.clone();
+        self.read(move |inner, conn| {
+            // One read transaction: the page and the "caught up" cursor come from one snapshot.
+            let tx = conn.transaction()?;
+            let keys: Vec<(String, String, i64)> = tx
+                .prepare_cached(
+                    "SELECT tbl, pk, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
+                     ORDER BY seq LIMIT ?3",
+                )?
+                .query_map(params![cursor as i64, user, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let more = keys.len() == limit;
+            let cursor = if more {
+                keys.last().map_or(cursor, |k| k.2 as u64)
+            } else {
+                // Caught up: skip past other users' rows too, so they are not scanned again.
+                let max: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+                (max as u64).max(cursor)
+            };
+            let mut rows = Vec::with_capacity(keys.len());
+            for (table, key, _) in keys {
+                let ts = inner.table(&table)?;
+                let Some((state, _)) = ferry_sqlite::load_state(&tx, ts, &key)? else { continue };
+                rows.push(FeedRow { table, key, state });
+            }
+            Ok(PullPage { rows, cursor, more })
+        })
+        .await
+    }
+}
