@@ -1,1 +1,20 @@
+//! `ferry-client`: keeps an application's SQLite file in sync with a Ferry server.
+//!
+//! - `capture`: the plain-SQL triggers that record every local write into the outbox.
+//! - [`replica`]: the file and its bookkeeping; stamping, pending rows, applying pulls.
+//! - [`remote`]: the HTTP calls, one per protocol endpoint.
+//! - [`sync`]: one whole sync (schema, push, pull).
+//!
+//! It does not run a server, and it never holds an SQLite transaction open across a
+//! network call.
 
+mod capture;
+pub mod error;
+pub mod remote;
+pub mod replica;
+pub mod sync;
+
+pub use error::{Error, Result};
+pub use remote::Remote;
+pub use replica::{Replica, Status};
+pub use sync::{Progress, SyncOptions, SyncReport, sync};

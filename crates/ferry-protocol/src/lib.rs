@@ -91,6 +91,8 @@ pub struct TableInfo {
 /// `GET /v1/me`: who the token belongs to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WhoAmI {
+    /// The server store's permanent id; a replica's cursor belongs to one store.
+    pub store_id: String,
     pub user_id: String,
     pub user_name: String,
     pub device_id: String,

@@ -19,8 +19,11 @@ pub async fn schema<S: Store>(State(state): State<Arc<AppState<S>>>, _who: Authe
     Json(SchemaResponse::from_schema(state.store.schema()))
 }
 
-pub async fn me<S: Store>(Authed(p): Authed) -> Json<WhoAmI> {
-    Json(WhoAmI { user_id: p.user_id, user_name: p.user_name, device_id: p.device_id, device_name: p.device_name })
+pub async fn me<S: Store>(State(state): State<Arc<AppState<S>>>, Authed(p): Authed) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        store_id: state.store.id().to_owned(),
+        user_id: p.user_id, user_name: p.user_name, device_id: p.device_id, device_name: p.device_name,
+    })
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

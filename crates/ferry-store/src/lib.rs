@@ -117,6 +117,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     fn schema(&self) -> &Schema;
 
+    /// This store's permanent id. Cursors are only meaningful against the store that gave
+    /// them out, so clients remember it and refuse to mix stores.
+    fn id(&self) -> &str;
+
     /// Creates a user. Errors with [`StoreError::Exists`] if the name is taken.
     fn add_user(&self, name: &str) -> impl Future<Output = Result<User>> + Send;
 

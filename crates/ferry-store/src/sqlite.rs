@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS _ferry_batches (
     PRIMARY KEY (device_id, batch_id)
 );
 CREATE INDEX IF NOT EXISTS _ferry_rows_seq ON _ferry_rows(seq);
+CREATE TABLE IF NOT EXISTS _ferry_store (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
 const READERS: usize = 4;
@@ -55,6 +56,7 @@ pub struct SqliteStore {
 }
 
 struct Inner {
+    id: String,
     schema: Schema,
     tables: HashMap<String, TableSql>,
     writer: Mutex<Connection>,
@@ -81,12 +83,17 @@ impl SqliteStore {
         for table in &schema.tables {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
         }
+        tx.execute(
+            "INSERT OR IGNORE INTO _ferry_store (key, value) VALUES ('id', ?1)",
+            [uuid::Uuid::now_v7().to_string()],
+        )?;
+        let id: String = tx.query_row("SELECT value FROM _ferry_store WHERE key = 'id'", [], |r| r.get(0))?;
         tx.commit()?;
         let readers = (0..READERS)
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
-        Ok(SqliteStore { inner: Arc::new(Inner { schema, tables, writer: Mutex::new(writer), readers }) })
+        Ok(SqliteStore { inner: Arc::new(Inner { id, schema, tables, writer: Mutex::new(writer), readers }) })
     }
 
     async fn write<T: Send + 'static>(
@@ -141,6 +148,10 @@ fn owner_of(table: &Table, state: &RowState) -> Option<String> {
 impl Store for SqliteStore {
     fn schema(&self) -> &Schema {
         &self.inner.schema
+    }
+
+    fn id(&self) -> &str {
+        &self.inner.id
     }
 
     async fn add_user(&self, name: &str) -> Result<User> {

@@ -1,1 +1,271 @@
-fn main(){}
+//! `ferry`: the one binary. `serve` runs the sync server; `user` and `token` manage who
+//! may sync; `sync` and `status` work on a device's replica file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use ferry_client::{Progress, Remote, Replica, SyncOptions};
+use ferry_server::{Config, Overrides};
+use ferry_store::{SqliteStore, Store};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Two-way sync between SQLite replicas and a Ferry server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sync server (embedded SQLite store in data_dir).
+    Serve(ServerArgs),
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage device tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Sync a replica file with a server: create tables, push local changes, pull remote ones.
+    Sync(SyncArgs),
+    /// Show a replica's sync state (pending changes, last sync, cursor, conflicts).
+    Status(StatusArgs),
+}
+
+/// Where the server's configuration comes from. Every `[server]` key of the file can also
+/// be given as a flag or an environment variable, which win over the file.
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// Config file (ferry.toml).
+    #[arg(short = 'c', long = "config", env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT (port 0 picks a free port).
+    #[arg(long, env = "FERRY_LISTEN")]
+    listen: Option<String>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Schema file: CREATE TABLE statements in Ferry's portable subset.
+    #[arg(long, env = "FERRY_SCHEMA")]
+    schema: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (larger gets 413).
+    #[arg(long, env = "FERRY_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+}
+
+impl ServerArgs {
+    fn config(&self) -> Result<Config> {
+        let overrides = Overrides {
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+            schema: self.schema.clone(),
+            max_body_bytes: self.max_body_bytes,
+        };
+        Ok(Config::load(self.config.as_deref(), overrides)?)
+    }
+
+    fn open_store(&self) -> Result<(Config, SqliteStore)> {
+        let config = self.config()?;
+        let schema = config.schema()?;
+        let store = SqliteStore::open(&config.data_dir, schema)
+            .with_context(|| format!("opening the embedded store in '{}'", config.data_dir.display()))?;
+        Ok((config, store))
+    }
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the last line printed is the new user's id.
+    Add {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Register a device for a user and create its bearer token; the last line printed is the token.
+    Create {
+        /// User name or id.
+        #[arg(long)]
+        user: String,
+        /// A name for the device (phone, laptop, on-site server …).
+        #[arg(long)]
+        device: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    /// The replica file (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// Server URL; defaults to the one this replica last synced with.
+    #[arg(long, env = "FERRY_SERVER")]
+    server: Option<String>,
+    /// Device token (from `ferry token create`).
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Rows per pull page.
+    #[arg(long, default_value_t = SyncOptions::default().pull_page)]
+    page_rows: usize,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[arg(long)]
+    db: PathBuf,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::User { command: UserCommand::Add { name, server } } => {
+            let (_, store) = server.open_store()?;
+            let user = store.add_user(&name).await?;
+            eprintln!("created user '{}'", user.name);
+            println!("{}", user.id);
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Create { user, device, server } } => {
+            let (_, store) = server.open_store()?;
+            let t = store.create_token(&user, &device).await?;
+            eprintln!("created device '{device}' ({}) for user '{user}'; the token is shown only once:", t.device_id);
+            println!("{}", t.token);
+            Ok(())
+        }
+        Command::Sync(args) => sync(args).await,
+        Command::Status(args) => status(args),
+    }
+}
+
+async fn serve(args: ServerArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let (config, store) = args.open_store()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another server using it?", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(data_dir = %config.data_dir.display(), tables = store.schema().tables.len(), "embedded store ready");
+    println!("listening on http://{addr}");
+    ferry_server::run(listener, store, config.max_body_bytes, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn sync(args: SyncArgs) -> Result<()> {
+    if args.page_rows == 0 || args.page_rows > ferry_protocol::MAX_PAGE_ROWS {
+        bail!("--page-rows {} must be from 1 to {}", args.page_rows, ferry_protocol::MAX_PAGE_ROWS);
+    }
+    let mut replica = Replica::open(&args.db)?;
+    let server = match args.server.or(replica.meta("server")?) {
+        Some(s) => s,
+        None => bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display()),
+    };
+    let remote = Remote::new(&server, &args.token)?;
+    let bar = if args.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(format!("syncing with {server}"));
+    let mut on_progress = |p: Progress| match p {
+        Progress::Pushing { done, total } => {
+            if bar.length() != Some(total) {
+                bar.set_style(
+                    ProgressStyle::with_template("push {bar:30} {pos}/{len} rows {per_sec} eta {eta}").expect("template"),
+                );
+                bar.set_length(total);
+            }
+            bar.set_position(done);
+        }
+        Progress::Pulling { rows } => {
+            bar.set_style(ProgressStyle::with_template("{spinner} pull {pos} rows {per_sec}").expect("template"));
+            bar.set_length(u64::MAX);
+            bar.set_position(rows);
+        }
+    };
+    let opts = SyncOptions { pull_page: args.page_rows, ..SyncOptions::default() };
+    let result = ferry_client::sync(&mut replica, &remote, &opts, &mut on_progress).await;
+    bar.finish_and_clear();
+    let report = result.with_context(|| format!("sync of '{}' with {server} failed", args.db.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for change in &report.schema_changes {
+            eprintln!("{change}");
+        }
+        println!(
+            "synced '{}' with {server}: pushed {} rows ({} new to the server), pulled {} rows ({} changed here){}, in {} ms",
+            args.db.display(),
+            report.pushed,
+            report.pushed_changed,
+            report.pulled,
+            report.pulled_changed,
+            if report.conflicts > 0 { format!(", {} conflicts kept in _ferry_conflicts", report.conflicts) } else { String::new() },
+            report.elapsed_ms
+        );
+    }
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    if !args.db.exists() {
+        bail!("no replica at '{}'; run `ferry sync --db {}` first", args.db.display(), args.db.display());
+    }
+    let replica = Replica::open(&args.db)?;
+    let s = replica.status()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!("replica      {}", args.db.display());
+        println!("server       {}", s.server.as_deref().unwrap_or("none (never synced)"));
+        println!("user         {}", s.user_id.as_deref().unwrap_or("-"));
+        println!("last sync    {}", s.last_sync.as_deref().unwrap_or("never"));
+        println!("pending      {} rows ({} writes not yet stamped)", s.pending, s.unstamped);
+        println!("conflicts    {}", s.conflicts);
+        println!("cursor       {}", s.cursor);
+        println!("tables       {}", if s.tables.is_empty() { "-".to_owned() } else { s.tables.join(", ") });
+    }
+    Ok(())
+}

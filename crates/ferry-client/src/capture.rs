@@ -1,0 +1,114 @@
+//! Capture: plain-SQL triggers stored in the replica file.
+//!
+//! Because the triggers live in the file, every writer is captured: the app through
+//! `ferry-client`, another process, the `sqlite3` shell while Ferry is not running. A
+//! trigger only appends to `_ferry_outbox` (what changed, which columns, when by the wall
+//! clock, and a deleted row's last values); clocks are assigned later, when Ferry stamps
+//! the outbox. While Ferry applies pulled rows it puts a row in `_ferry_apply` inside its
+//! own transaction, which the triggers see and so stay quiet; other connections never see
+//! that row.
+//!
+//! The SQL must run on SQLite 3.40 (Debian's shell): no `unixepoch('subsec')`.
+
+use ferry_core::schema::{ColType, Table, quote};
+
+/// The replica's bookkeeping tables (besides `_ferry_rows`).
+pub const BOOKKEEPING: &str = "
+CREATE TABLE IF NOT EXISTS _ferry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_outbox (
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('I', 'U', 'D')),
+    cols TEXT,
+    old TEXT,
+    wall_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _ferry_apply (busy INTEGER);
+CREATE TABLE IF NOT EXISTS _ferry_conflicts (
+    id INTEGER PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    col TEXT NOT NULL,
+    local_value TEXT,
+    local_at TEXT NOT NULL,
+    remote_value TEXT,
+    remote_at TEXT NOT NULL,
+    detected_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS _ferry_rows_pending ON _ferry_rows(pending) WHERE pending > 0;
+";
+
+/// Milliseconds since the Unix epoch, in SQL that SQLite 3.40 understands.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+const QUIET: &str = "NOT EXISTS (SELECT 1 FROM _ferry_apply)";
+
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// An old value as JSON-safe SQL: blobs (and stray blobs in other columns) as hex, so
+/// `json_object` never fails and so never breaks the application's delete.
+fn json_safe(ty: ColType, expr: &str) -> String {
+    match ty {
+        ColType::Blob => format!("CASE WHEN {expr} IS NULL THEN NULL ELSE hex({expr}) END"),
+        _ => format!("CASE typeof({expr}) WHEN 'blob' THEN hex({expr}) ELSE {expr} END"),
+    }
+}
+
+/// `DROP TRIGGER` for every capture trigger Ferry may have made on `table`.
+pub fn drop_triggers(table: &str) -> String {
+    ["ins", "upd", "key", "del"]
+        .iter()
+        .map(|k| format!("DROP TRIGGER IF EXISTS {};\n", quote(&format!("_ferry_{k}_{table}"))))
+        .collect()
+}
+
+/// The capture triggers for `table`.
+pub fn triggers(table: &Table) -> String {
+    let t = quote(&table.name);
+    let name = |k: &str| quote(&format!("_ferry_{k}_{}", table.name));
+    let tl = lit(&table.name);
+    let pk = quote(&table.pk_column().name);
+    let data: Vec<_> = table.data_columns().collect();
+    let old_json = format!(
+        "json_object({})",
+        data.iter()
+            .map(|c| format!("{}, {}", lit(&c.name), json_safe(c.ty, &format!("OLD.{}", quote(&c.name)))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut sql = format!(
+        "CREATE TRIGGER {ins} AFTER INSERT ON {t} WHEN {QUIET} BEGIN
+  INSERT INTO _ferry_outbox (tbl, pk, op, wall_ms) VALUES ({tl}, NEW.{pk}, 'I', {NOW_MS});
+END;
+CREATE TRIGGER {del} AFTER DELETE ON {t} WHEN {QUIET} BEGIN
+  INSERT INTO _ferry_outbox (tbl, pk, op, old, wall_ms) VALUES ({tl}, OLD.{pk}, 'D', {old_json}, {NOW_MS});
+END;
+CREATE TRIGGER {key} AFTER UPDATE ON {t} WHEN {QUIET} AND OLD.{pk} IS NOT NEW.{pk} BEGIN
+  INSERT INTO _ferry_outbox (tbl, pk, op, old, wall_ms) VALUES ({tl}, OLD.{pk}, 'D', {old_json}, {NOW_MS});
+  INSERT INTO _ferry_outbox (tbl, pk, op, wall_ms) VALUES ({tl}, NEW.{pk}, 'I', {NOW_MS});
+END;
+",
+        ins = name("ins"),
+        del = name("del"),
+        key = name("key"),
+    );
+    if !data.is_empty() {
+        let changed: Vec<String> =
+            data.iter().map(|c| format!("OLD.{q} IS NOT NEW.{q}", q = quote(&c.name))).collect();
+        let which: Vec<String> = data
+            .iter()
+            .map(|c| format!("CASE WHEN OLD.{q} IS NOT NEW.{q} THEN {} END", lit(&c.name), q = quote(&c.name)))
+            .collect();
+        sql.push_str(&format!(
+            "CREATE TRIGGER {upd} AFTER UPDATE ON {t} WHEN {QUIET} AND OLD.{pk} IS NEW.{pk} AND ({changed}) BEGIN
+  INSERT INTO _ferry_outbox (tbl, pk, op, cols, wall_ms) VALUES ({tl}, NEW.{pk}, 'U', json_array({which}), {NOW_MS});
+END;
+",
+            upd = name("upd"),
+            changed = changed.join(" OR "),
+            which = which.join(", "),
+        ));
+    }
+    sql
+}

@@ -1,0 +1,97 @@
+//! The HTTP side of the client: one method per protocol endpoint.
+
+use std::time::Duration;
+
+use ferry_protocol::{ErrorBody, PullResponse, PushRequest, PushResponse, SchemaResponse, WhoAmI};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// A Ferry server and the token this device uses with it.
+#[derive(Clone)]
+pub struct Remote {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Remote").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Remote {
+    /// # Errors
+    /// When `base` is not an http(s) URL.
+    pub fn new(base: &str, token: &str) -> Result<Remote> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Unreachable(format!(
+                "server '{base}' is not an http:// or https:// URL (for example http://127.0.0.1:7070)"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
+        Ok(Remote { http, base, token: token.to_owned() })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> Result<T> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            Error::Unreachable(format!("cannot reach server at {} ({what}): {}", self.base, error_chain(&e)))
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| {
+            Error::Unreachable(format!("connection to {} broke while reading the {what} answer: {}", self.base, error_chain(&e)))
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Protocol(format!("unreadable {what} answer from {}: {e}", self.base)));
+        }
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&bytes).chars().take(300).collect()),
+        };
+        Err(match status.as_u16() {
+            401 => Error::Unauthorized(message),
+            s @ 400..=499 => Error::Refused { status: s, code, message },
+            s => Error::Unreachable(format!("server at {} failed ({s}) during {what}: {message}", self.base)),
+        })
+    }
+
+    pub async fn schema(&self) -> Result<SchemaResponse> {
+        self.send(self.http.get(format!("{}/v1/schema", self.base)), "schema").await
+    }
+
+    pub async fn me(&self) -> Result<WhoAmI> {
+        self.send(self.http.get(format!("{}/v1/me", self.base)), "me").await
+    }
+
+    pub async fn push(&self, req: &PushRequest) -> Result<PushResponse> {
+        self.send(self.http.post(format!("{}/v1/push", self.base)).json(req), "push").await
+    }
+
+    pub async fn pull(&self, cursor: &str, limit: usize) -> Result<PullResponse> {
+        let req = self.http.get(format!("{}/v1/pull", self.base)).query(&[("cursor", cursor), ("limit", &limit.to_string())]);
+        self.send(req, "pull").await
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,385 @@
+//! The replica: an application's SQLite file plus Ferry's bookkeeping in it.
+//!
+//! Every method that changes bookkeeping is one transaction, and never spans a network
+//! call: the outbox is stamped, a pushed batch acknowledged, a pulled page applied together
+//! with its cursor, each atomically. A process killed at any instruction leaves a file
+//! from which the next sync simply continues.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use ferry_core::schema::Schema;
+use ferry_core::{Clock, Hlc, RowState, SiteId, Value};
+use ferry_protocol::SchemaResponse;
+use ferry_sqlite::{Extra, TableSql};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use crate::capture;
+use crate::error::{Error, Result};
+
+/// A replica file opened for syncing.
+pub struct Replica {
+    conn: Connection,
+    schema: Option<Schema>,
+    tables: HashMap<String, TableSql>,
+}
+
+/// One row ready to push: its table, key, whole state, and the stamp it was read at.
+#[derive(Clone, Debug)]
+pub struct PendingRow {
+    pub table: String,
+    pub key: String,
+    pub state: RowState,
+    pub stamp: i64,
+}
+
+/// A pulled row to merge in.
+#[derive(Clone, Debug)]
+pub struct PulledRow {
+    pub table: String,
+    pub key: String,
+    pub state: RowState,
+}
+
+/// What applying a pulled page did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub received: usize,
+    pub changed: usize,
+    pub conflicts: usize,
+}
+
+/// What `ferry status` shows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    /// Rows with local changes the server has not acknowledged.
+    pub pending: u64,
+    /// Captured writes not yet given clocks (for example, made by another process).
+    pub unstamped: u64,
+    pub last_sync: Option<String>,
+    pub cursor: String,
+    pub conflicts: u64,
+    pub user_id: Option<String>,
+    pub server: Option<String>,
+    pub store_id: Option<String>,
+    pub site_id: String,
+    pub schema_version: Option<String>,
+    pub tables: Vec<String>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn get_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM _ferry_meta WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO _ferry_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+        .execute([key, value])?;
+    Ok(())
+}
+
+fn json_of(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) => serde_json::Number::from_f64(*r).map_or("null".into(), |n| n.to_string()),
+        Value::Text(s) => serde_json::Value::String(s.clone()).to_string(),
+        Value::Blob(b) => format!("\"{}\"", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+    }
+}
+
+impl Replica {
+    /// Opens (creating if needed) the replica file at `path` and Ferry's bookkeeping in it.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or is not an SQLite database.
+    pub fn open(path: &Path) -> Result<Replica> {
+        let conn = ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
+        conn.execute_batch(ferry_sqlite::ROWS_DDL)?;
+        conn.execute_batch(capture::BOOKKEEPING)?;
+        if get_meta(&conn, "site")?.is_none() {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| Error::Local(format!("no randomness: {e}")))?;
+            // Site 0 is reserved for Hlc::ZERO.
+            let site = SiteId(u64::from_le_bytes(b).max(1));
+            set_meta(&conn, "site", &site.to_string())?;
+        }
+        let mut replica = Replica { conn, schema: None, tables: HashMap::new() };
+        if let Some(json) = get_meta(&replica.conn, "schema")? {
+            let resp: SchemaResponse = serde_json::from_str(&json)
+                .map_err(|e| Error::Local(format!("stored schema is unreadable: {e}")))?;
+            replica.set_schema(resp.to_schema().map_err(|e| Error::Local(format!("stored schema: {e}")))?);
+        }
+        Ok(replica)
+    }
+
+    fn set_schema(&mut self, schema: Schema) {
+        self.tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
+        self.schema = Some(schema);
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn schema(&self) -> Option<&Schema> {
+        self.schema.as_ref()
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(get_meta(&self.conn, key)?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        Ok(set_meta(&self.conn, key, value)?)
+    }
+
+    fn clock(tx: &Connection) -> Result<Clock> {
+        let site: SiteId = get_meta(tx, "site")?
+            .ok_or_else(|| Error::Local("replica has no site id".into()))?
+            .parse()
+            .map_err(|e| Error::Local(format!("stored site id: {e}")))?;
+        let last = match get_meta(tx, "clock")? {
+            Some(s) => s.parse().map_err(|e| Error::Local(format!("stored clock: {e}")))?,
+            None => Hlc::ZERO,
+        };
+        Ok(Clock::new(site, last))
+    }
+
+    /// Creates or migrates the synced tables to the server's schema and (re)installs the
+    /// capture triggers. Rows written under the old triggers are stamped first.
+    ///
+    /// # Errors
+    /// When a local table differs from the schema in a way that needs more than adding a
+    /// nullable column; the message names both schema versions and each difference.
+    pub fn install_schema(&mut self, resp: &SchemaResponse) -> Result<Vec<String>> {
+        let stored = get_meta(&self.conn, "schema_version")?;
+        if stored.as_deref() == Some(resp.version.as_str()) {
+            return Ok(Vec::new());
+        }
+        let schema = resp.to_schema().map_err(|e| Error::Schema(format!("the server's schema: {e}")))?;
+        self.stamp()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut done = Vec::new();
+        if let Some(old) = &self.schema {
+            for t in &old.tables {
+                tx.execute_batch(&capture::drop_triggers(&t.name))?;
+            }
+        }
+        for table in &schema.tables {
+            let changes = ferry_sqlite::ensure_table(&tx, table).map_err(|e| {
+                Error::Schema(format!(
+                    "{e} (local schema version {}, server's {})",
+                    stored.as_deref().unwrap_or("none"),
+                    resp.version
+                ))
+            })?;
+            done.extend(changes);
+            tx.execute_batch(&capture::drop_triggers(&table.name))?;
+            tx.execute_batch(&capture::triggers(table))?;
+        }
+        let json = serde_json::to_string(resp).expect("schema serializes");
+        set_meta(&tx, "schema", &json)?;
+        set_meta(&tx, "schema_version", &resp.version)?;
+        tx.commit()?;
+        self.set_schema(schema);
+        Ok(done)
+    }
+
+    /// Assigns clocks to the captured changes in the outbox, in a transaction of its own.
+    /// Returns how many outbox entries were stamped.
+    pub fn stamp(&mut self) -> Result<usize> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = Self::stamp_in(&tx, &self.tables)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Stamps inside the caller's transaction. Each entry gets a fresh clock in outbox
+    /// order; each touched row's bookkeeping is updated once, with the row's current values
+    /// (or, if the row is gone, the last values its delete recorded), and marked pending.
+    fn stamp_in(tx: &Transaction<'_>, tables: &HashMap<String, TableSql>) -> Result<usize> {
+        let entries: Vec<(i64, String, String, String, Option<String>, Option<String>, i64)> = tx
+            .prepare_cached("SELECT rowid, tbl, pk, op, cols, old, wall_ms FROM _ferry_outbox ORDER BY rowid")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last_rowid) = entries.last().map(|e| e.0) else { return Ok(0) };
+        let mut clock = Self::clock(tx)?;
+        let stamp: i64 = get_meta(tx, "stamp")?.and_then(|s| s.parse().ok()).unwrap_or(0) + 1;
+        // Group by row, keeping the first-seen order, with each entry's clock.
+        let mut order: Vec<(String, String)> = Vec::new();
+        let mut ops: HashMap<(String, String), Vec<(String, Option<String>, Option<String>, Hlc)>> = HashMap::new();
+        for (_, tbl, pk, op, cols, old, wall) in &entries {
+            let at = clock.tick((*wall).max(0) as u64);
+            let k = (tbl.clone(), pk.clone());
+            if !ops.contains_key(&k) {
+                order.push(k.clone());
+            }
+            ops.entry(k).or_default().push((op.clone(), cols.clone(), old.clone(), at));
+        }
+        for key in order {
+            let Some(ts) = tables.get(&key.0) else { continue };
+            let row_ops = &ops[&key];
+            let pk = key.1.as_str();
+            let mut state = ferry_sqlite::load_state(tx, ts, pk)?.map(|(s, _)| s).unwrap_or_default();
+            let current = ts.read(tx, pk)?;
+            let last_values: BTreeMap<String, Value> = match &current {
+                Some(vals) => ts.table.data_columns().map(|c| c.name.clone()).zip(vals.iter().cloned()).collect(),
+                None => match row_ops.iter().rev().find_map(|o| o.2.as_ref()) {
+                    Some(json) => ferry_sqlite::decode_values(&ts.table, json)
+                        .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?,
+                    None => state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect(),
+                },
+            };
+            for (op, cols, _, at) in row_ops {
+                match op.as_str() {
+                    "I" => state.insert(last_values.clone(), *at),
+                    "D" => state.delete(*at),
+                    _ => {
+                        let names: Vec<Option<String>> = cols
+                            .as_deref()
+                            .map(serde_json::from_str)
+                            .transpose()
+                            .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?
+                            .unwrap_or_default();
+                        let changed = names.into_iter().flatten().filter_map(|c| {
+                            last_values.get(&c).map(|v| (c, v.clone()))
+                        });
+                        state.update(changed, *at);
+                    }
+                }
+            }
+            for (col, s) in state.cols.iter_mut() {
+                if let Some(v) = last_values.get(col) {
+                    s.value = v.clone();
+                }
+            }
+            let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
+            ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &Extra { pending: stamp, ..Extra::default() })?;
+        }
+        tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;
+        set_meta(tx, "clock", &clock.last().to_string())?;
+        set_meta(tx, "stamp", &stamp.to_string())?;
+        Ok(entries.len())
+    }
+
+    /// Up to `limit` rows with local changes the server has not acknowledged, oldest first.
+    pub fn pending(&mut self, limit: usize) -> Result<Vec<PendingRow>> {
+        let tx = self.conn.transaction()?;
+        let keys: Vec<(String, String, i64)> = tx
+            .prepare_cached("SELECT tbl, pk, pending FROM _ferry_rows WHERE pending > 0 ORDER BY pending, tbl, pk LIMIT ?1")?
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (table, key, stamp) in keys {
+            let ts = self.tables.get(&table).ok_or_else(|| {
+                Error::Schema(format!("pending change for table '{table}', which is not in the schema"))
+            })?;
+            if let Some((state, _)) = ferry_sqlite::load_state(&tx, ts, &key)? {
+                out.push(PendingRow { table, key, state, stamp });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks pushed rows as acknowledged, unless they changed again since they were read.
+    pub fn acknowledge(&mut self, rows: &[PendingRow]) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE _ferry_rows SET pending = 0 WHERE tbl = ?1 AND pk = ?2 AND pending = ?3")?;
+            for r in rows {
+                stmt.execute(params![r.table, r.key, r.stamp])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Merges a pulled page and moves the cursor, in one transaction. Local changes not yet
+    /// stamped are stamped first, so the merge sees them.
+    pub fn apply(&mut self, rows: &[PulledRow], cursor: &str) -> Result<Applied> {
+        let now = wall_ms();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::stamp_in(&tx, &self.tables)?;
+        let mut clock = Self::clock(&tx)?;
+        let stamp: i64 = get_meta(&tx, "stamp")?.and_then(|s| s.parse().ok()).unwrap_or(0);
+        tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
+        let mut applied = Applied { received: rows.len(), ..Applied::default() };
+        for row in rows {
+            let ts = self.tables.get(&row.table).ok_or_else(|| {
+                Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
+            })?;
+            clock.observe(row.state.max_clock(), now).map_err(|e| Error::Protocol(format!("{} '{}': {e}", row.table, row.key)))?;
+            let Some((mut state, meta)) = ferry_sqlite::load_state(&tx, ts, &row.key)? else {
+                ferry_sqlite::store_state(&tx, ts, &row.key, &row.state, &Extra::default())?;
+                applied.changed += 1;
+                continue;
+            };
+            let before = state.clone();
+            let report = state.merge(&row.state);
+            if meta.pending > 0 {
+                // A local change not yet pushed lost a column to a newer remote write:
+                // keep the local value where a person can see it.
+                let mut conflicts = tx.prepare_cached(
+                    "INSERT INTO _ferry_conflicts (tbl, pk, col, local_value, local_at, remote_value, remote_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for col in &report.overwritten {
+                    let (Some(mine), Some(theirs)) = (before.cols.get(col), state.cols.get(col)) else { continue };
+                    conflicts.execute(params![
+                        row.table,
+                        row.key,
+                        col,
+                        json_of(&mine.value),
+                        mine.at.to_string(),
+                        json_of(&theirs.value),
+                        theirs.at.to_string()
+                    ])?;
+                    applied.conflicts += 1;
+                }
+            }
+            let pending = if report.kept_newer { meta.pending.max(stamp.max(1)) } else { meta.pending };
+            if report.changed || pending != meta.pending {
+                ferry_sqlite::store_state(&tx, ts, &row.key, &state, &Extra { pending, ..Extra::default() })?;
+                applied.changed += usize::from(report.changed);
+            }
+        }
+        tx.execute("DELETE FROM _ferry_apply", [])?;
+        set_meta(&tx, "clock", &clock.last().to_string())?;
+        set_meta(&tx, "cursor", cursor)?;
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// Records a finished sync.
+    pub fn record_sync(&self) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO _ferry_meta (key, value) VALUES ('last_sync', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [],
+        )?;
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let count = |sql: &str| -> Result<u64> { Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+        Ok(Status {
+            pending: count(
+                "SELECT count(*) FROM (SELECT tbl, pk FROM _ferry_rows WHERE pending > 0 UNION SELECT tbl, pk FROM _ferry_outbox)",
+            )?,
+            unstamped: count("SELECT count(*) FROM _ferry_outbox")?,
+            last_sync: self.meta("last_sync")?,
+            cursor: self.meta("cursor")?.unwrap_or_else(|| "0".into()),
+            conflicts: count("SELECT count(*) FROM _ferry_conflicts")?,
+            user_id: self.meta("user_id")?,
+            server: self.meta("server")?,
+            store_id: self.meta("store_id")?,
+            site_id: self.meta("site")?.unwrap_or_default(),
+            schema_version: self.meta("schema_version")?,
+            tables: self.schema.as_ref().map(|s| s.table_names().iter().map(|t| t.to_string()).collect()).unwrap_or_default(),
+        })
+    }
+}

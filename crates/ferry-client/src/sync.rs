@@ -1,0 +1,147 @@
+//! One sync: schema, push everything pending, pull everything new.
+
+use std::time::Instant;
+
+use ferry_protocol::PushRequest;
+
+use crate::error::{Error, Result};
+use crate::remote::Remote;
+use crate::replica::{PulledRow, Replica};
+
+/// Tunables of one sync.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Rows per push request.
+    pub push_batch: usize,
+    /// Rows per pull page.
+    pub pull_page: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions { push_batch: 1000, pull_page: 5000 }
+    }
+}
+
+/// Progress of a running sync, for bars and logs.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Pushing { done: u64, total: u64 },
+    Pulling { rows: u64 },
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SyncReport {
+    pub schema_changes: Vec<String>,
+    pub pushed: u64,
+    pub pushed_changed: u64,
+    pub pulled: u64,
+    pub pulled_changed: u64,
+    pub conflicts: u64,
+    pub cursor: String,
+    pub elapsed_ms: u64,
+}
+
+fn batch_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| Error::Local(format!("no randomness: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Binds the replica to the token's user and the server's store on first sync, and
+/// refuses to mix them afterwards (a cursor means nothing against another store).
+async fn check_identity(replica: &Replica, remote: &Remote) -> Result<()> {
+    let me = remote.me().await?;
+    match replica.meta("user_id")? {
+        Some(u) if u != me.user_id => {
+            return Err(Error::Mismatch(format!(
+                "this replica belongs to user {u}, but the token is for user '{}' ({}); use that user's token or a new --db file",
+                me.user_name, me.user_id
+            )));
+        }
+        Some(_) => {}
+        None => replica.set_meta("user_id", &me.user_id)?,
+    }
+    match replica.meta("store_id")? {
+        Some(s) if s != me.store_id => {
+            return Err(Error::Mismatch(format!(
+                "this replica was synced with server store {s}, but {} serves store {}; use the original server or a new --db file",
+                remote.base(),
+                me.store_id
+            )));
+        }
+        Some(_) => {}
+        None => replica.set_meta("store_id", &me.store_id)?,
+    }
+    replica.set_meta("server", remote.base())?;
+    Ok(())
+}
+
+/// Installs the server's schema, pushes every pending change, then pulls until caught up.
+///
+/// # Errors
+/// The first failure; everything done before it is kept (each step is its own
+/// transaction) and the next sync continues from there.
+pub async fn sync(
+    replica: &mut Replica,
+    remote: &Remote,
+    opts: &SyncOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<SyncReport> {
+    let started = Instant::now();
+    let mut report = SyncReport::default();
+    check_identity(replica, remote).await?;
+    let schema = remote.schema().await?;
+    report.schema_changes = replica.install_schema(&schema)?;
+
+    replica.stamp()?;
+    let total = replica.status()?.pending;
+    loop {
+        let rows = replica.pending(opts.push_batch)?;
+        if rows.is_empty() {
+            break;
+        }
+        let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
+        let wire = rows
+            .iter()
+            .map(|r| {
+                let t = schema.table(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
+                Ok(ferry_protocol::encode_row(t, &r.key, &r.state))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let resp = remote.push(&PushRequest { batch_id: batch_id()?, rows: wire }).await?;
+        replica.acknowledge(&rows)?;
+        report.pushed += rows.len() as u64;
+        report.pushed_changed += resp.changed as u64;
+        progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) });
+    }
+
+    let mut cursor = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
+    loop {
+        let page = remote.pull(&cursor, opts.pull_page).await?;
+        let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
+        let rows = page
+            .rows
+            .iter()
+            .map(|w| {
+                let (t, state) = ferry_protocol::decode_row(schema, w)
+                    .map_err(|e| Error::Protocol(format!("server sent a bad row: {e}")))?;
+                Ok(PulledRow { table: t.name.clone(), key: w.key.clone(), state })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let applied = replica.apply(&rows, &page.cursor)?;
+        report.pulled += applied.received as u64;
+        report.pulled_changed += applied.changed as u64;
+        report.conflicts += applied.conflicts as u64;
+        cursor = page.cursor;
+        progress(Progress::Pulling { rows: report.pulled });
+        if !page.more {
+            break;
+        }
+    }
+    replica.record_sync()?;
+    report.cursor = cursor;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
