@@ -59,7 +59,12 @@ fn json_safe(ty: ColType, expr: &str) -> String {
 pub fn drop_triggers(table: &str) -> String {
     ["ins", "upd", "key", "del"]
         .iter()
-        .map(|k| format!("DROP TRIGGER IF EXISTS {};\n", quote(&format!("_ferry_{k}_{table}"))))
+        .map(|k| {
+            format!(
+                "DROP TRIGGER IF EXISTS {};\n",
+                quote(&format!("_ferry_{k}_{table}"))
+            )
+        })
         .collect()
 }
 
@@ -73,7 +78,11 @@ pub fn triggers(table: &Table) -> String {
     let old_json = format!(
         "json_object({})",
         data.iter()
-            .map(|c| format!("{}, {}", lit(&c.name), json_safe(c.ty, &format!("OLD.{}", quote(&c.name)))))
+            .map(|c| format!(
+                "{}, {}",
+                lit(&c.name),
+                json_safe(c.ty, &format!("OLD.{}", quote(&c.name)))
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -94,11 +103,19 @@ END;
         key = name("key"),
     );
     if !data.is_empty() {
-        let changed: Vec<String> =
-            data.iter().map(|c| format!("OLD.{q} IS NOT NEW.{q}", q = quote(&c.name))).collect();
+        let changed: Vec<String> = data
+            .iter()
+            .map(|c| format!("OLD.{q} IS NOT NEW.{q}", q = quote(&c.name)))
+            .collect();
         let which: Vec<String> = data
             .iter()
-            .map(|c| format!("CASE WHEN OLD.{q} IS NOT NEW.{q} THEN {} END", lit(&c.name), q = quote(&c.name)))
+            .map(|c| {
+                format!(
+                    "CASE WHEN OLD.{q} IS NOT NEW.{q} THEN {} END",
+                    lit(&c.name),
+                    q = quote(&c.name)
+                )
+            })
             .collect();
         sql.push_str(&format!(
             "CREATE TRIGGER {upd} AFTER UPDATE ON {t} WHEN {QUIET} AND OLD.{pk} IS NEW.{pk} AND ({changed}) BEGIN

@@ -68,11 +68,15 @@ pub struct Status {
 }
 
 fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn get_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached("SELECT value FROM _ferry_meta WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
+    conn.prepare_cached("SELECT value FROM _ferry_meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()
 }
 
 fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
@@ -87,7 +91,10 @@ fn json_of(v: &Value) -> String {
         Value::Integer(i) => i.to_string(),
         Value::Real(r) => serde_json::Number::from_f64(*r).map_or("null".into(), |n| n.to_string()),
         Value::Text(s) => serde_json::Value::String(s.clone()).to_string(),
-        Value::Blob(b) => format!("\"{}\"", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        Value::Blob(b) => format!(
+            "\"{}\"",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
     }
 }
 
@@ -97,7 +104,8 @@ impl Replica {
     /// # Errors
     /// When the file cannot be opened or is not an SQLite database.
     pub fn open(path: &Path) -> Result<Replica> {
-        let conn = ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
+        let conn = ferry_sqlite::open(path)
+            .map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
         conn.execute_batch(ferry_sqlite::ROWS_DDL)?;
         conn.execute_batch(capture::BOOKKEEPING)?;
         if get_meta(&conn, "site")?.is_none() {
@@ -107,17 +115,28 @@ impl Replica {
             let site = SiteId(u64::from_le_bytes(b).max(1));
             set_meta(&conn, "site", &site.to_string())?;
         }
-        let mut replica = Replica { conn, schema: None, tables: HashMap::new() };
+        let mut replica = Replica {
+            conn,
+            schema: None,
+            tables: HashMap::new(),
+        };
         if let Some(json) = get_meta(&replica.conn, "schema")? {
             let resp: SchemaResponse = serde_json::from_str(&json)
                 .map_err(|e| Error::Local(format!("stored schema is unreadable: {e}")))?;
-            replica.set_schema(resp.to_schema().map_err(|e| Error::Local(format!("stored schema: {e}")))?);
+            replica.set_schema(
+                resp.to_schema()
+                    .map_err(|e| Error::Local(format!("stored schema: {e}")))?,
+            );
         }
         Ok(replica)
     }
 
     fn set_schema(&mut self, schema: Schema) {
-        self.tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
+        self.tables = schema
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), TableSql::new(t)))
+            .collect();
         self.schema = Some(schema);
     }
 
@@ -143,7 +162,9 @@ impl Replica {
             .parse()
             .map_err(|e| Error::Local(format!("stored site id: {e}")))?;
         let last = match get_meta(tx, "clock")? {
-            Some(s) => s.parse().map_err(|e| Error::Local(format!("stored clock: {e}")))?,
+            Some(s) => s
+                .parse()
+                .map_err(|e| Error::Local(format!("stored clock: {e}")))?,
             None => Hlc::ZERO,
         };
         Ok(Clock::new(site, last))
@@ -160,9 +181,13 @@ impl Replica {
         if stored.as_deref() == Some(resp.version.as_str()) {
             return Ok(Vec::new());
         }
-        let schema = resp.to_schema().map_err(|e| Error::Schema(format!("the server's schema: {e}")))?;
+        let schema = resp
+            .to_schema()
+            .map_err(|e| Error::Schema(format!("the server's schema: {e}")))?;
         self.stamp()?;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut done = Vec::new();
         if let Some(old) = &self.schema {
             for t in &old.tables {
@@ -192,7 +217,9 @@ impl Replica {
     /// Assigns clocks to the captured changes in the outbox, in a transaction of its own.
     /// Returns how many outbox entries were stamped.
     pub fn stamp(&mut self) -> Result<usize> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = Self::stamp_in(&tx, &self.tables)?;
         tx.commit()?;
         Ok(n)
@@ -202,36 +229,78 @@ impl Replica {
     /// order; each touched row's bookkeeping is updated once, with the row's current values
     /// (or, if the row is gone, the last values its delete recorded), and marked pending.
     fn stamp_in(tx: &Transaction<'_>, tables: &HashMap<String, TableSql>) -> Result<usize> {
-        let entries: Vec<(i64, String, String, String, Option<String>, Option<String>, i64)> = tx
-            .prepare_cached("SELECT rowid, tbl, pk, op, cols, old, wall_ms FROM _ferry_outbox ORDER BY rowid")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+        let entries: Vec<(
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+        )> = tx
+            .prepare_cached(
+                "SELECT rowid, tbl, pk, op, cols, old, wall_ms FROM _ferry_outbox ORDER BY rowid",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
             .collect::<rusqlite::Result<_>>()?;
-        let Some(last_rowid) = entries.last().map(|e| e.0) else { return Ok(0) };
+        let Some(last_rowid) = entries.last().map(|e| e.0) else {
+            return Ok(0);
+        };
         let mut clock = Self::clock(tx)?;
-        let stamp: i64 = get_meta(tx, "stamp")?.and_then(|s| s.parse().ok()).unwrap_or(0) + 1;
+        let stamp: i64 = get_meta(tx, "stamp")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+            + 1;
         // Group by row, keeping the first-seen order, with each entry's clock.
         let mut order: Vec<(String, String)> = Vec::new();
-        let mut ops: HashMap<(String, String), Vec<(String, Option<String>, Option<String>, Hlc)>> = HashMap::new();
+        let mut ops: HashMap<(String, String), Vec<(String, Option<String>, Option<String>, Hlc)>> =
+            HashMap::new();
         for (_, tbl, pk, op, cols, old, wall) in &entries {
             let at = clock.tick((*wall).max(0) as u64);
             let k = (tbl.clone(), pk.clone());
             if !ops.contains_key(&k) {
                 order.push(k.clone());
             }
-            ops.entry(k).or_default().push((op.clone(), cols.clone(), old.clone(), at));
+            ops.entry(k)
+                .or_default()
+                .push((op.clone(), cols.clone(), old.clone(), at));
         }
         for key in order {
-            let Some(ts) = tables.get(&key.0) else { continue };
+            let Some(ts) = tables.get(&key.0) else {
+                continue;
+            };
             let row_ops = &ops[&key];
             let pk = key.1.as_str();
-            let mut state = ferry_sqlite::load_state(tx, ts, pk)?.map(|(s, _)| s).unwrap_or_default();
+            let mut state = ferry_sqlite::load_state(tx, ts, pk)?
+                .map(|(s, _)| s)
+                .unwrap_or_default();
             let current = ts.read(tx, pk)?;
             let last_values: BTreeMap<String, Value> = match &current {
-                Some(vals) => ts.table.data_columns().map(|c| c.name.clone()).zip(vals.iter().cloned()).collect(),
+                Some(vals) => ts
+                    .table
+                    .data_columns()
+                    .map(|c| c.name.clone())
+                    .zip(vals.iter().cloned())
+                    .collect(),
                 None => match row_ops.iter().rev().find_map(|o| o.2.as_ref()) {
-                    Some(json) => ferry_sqlite::decode_values(&ts.table, json)
-                        .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?,
-                    None => state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect(),
+                    Some(json) => ferry_sqlite::decode_values(&ts.table, json).map_err(|e| {
+                        Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name))
+                    })?,
+                    None => state
+                        .cols
+                        .iter()
+                        .map(|(c, s)| (c.clone(), s.value.clone()))
+                        .collect(),
                 },
             };
             for (op, cols, _, at) in row_ops {
@@ -243,11 +312,17 @@ impl Replica {
                             .as_deref()
                             .map(serde_json::from_str)
                             .transpose()
-                            .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?
+                            .map_err(|e| {
+                                Error::Local(format!(
+                                    "outbox entry for {} '{pk}': {e}",
+                                    ts.table.name
+                                ))
+                            })?
                             .unwrap_or_default();
-                        let changed = names.into_iter().flatten().filter_map(|c| {
-                            last_values.get(&c).map(|v| (c, v.clone()))
-                        });
+                        let changed = names
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|c| last_values.get(&c).map(|v| (c, v.clone())));
                         state.update(changed, *at);
                     }
                 }
@@ -257,8 +332,19 @@ impl Replica {
                     s.value = v.clone();
                 }
             }
-            let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
-            ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &Extra { pending: stamp, ..Extra::default() })?;
+            let dead = (!state.is_alive())
+                .then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
+            ferry_sqlite::write_meta(
+                tx,
+                ts,
+                pk,
+                &state,
+                dead.as_deref(),
+                &Extra {
+                    pending: stamp,
+                    ..Extra::default()
+                },
+            )?;
         }
         tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;
         set_meta(tx, "clock", &clock.last().to_string())?;
@@ -276,10 +362,17 @@ impl Replica {
         let mut out = Vec::with_capacity(keys.len());
         for (table, key, stamp) in keys {
             let ts = self.tables.get(&table).ok_or_else(|| {
-                Error::Schema(format!("pending change for table '{table}', which is not in the schema"))
+                Error::Schema(format!(
+                    "pending change for table '{table}', which is not in the schema"
+                ))
             })?;
             if let Some((state, _)) = ferry_sqlite::load_state(&tx, ts, &key)? {
-                out.push(PendingRow { table, key, state, stamp });
+                out.push(PendingRow {
+                    table,
+                    key,
+                    state,
+                    stamp,
+                });
             }
         }
         Ok(out)
@@ -287,9 +380,13 @@ impl Replica {
 
     /// Marks pushed rows as acknowledged, unless they changed again since they were read.
     pub fn acknowledge(&mut self, rows: &[PendingRow]) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut stmt = tx.prepare_cached("UPDATE _ferry_rows SET pending = 0 WHERE tbl = ?1 AND pk = ?2 AND pending = ?3")?;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE _ferry_rows SET pending = 0 WHERE tbl = ?1 AND pk = ?2 AND pending = ?3",
+            )?;
             for r in rows {
                 stmt.execute(params![r.table, r.key, r.stamp])?;
             }
@@ -302,17 +399,29 @@ impl Replica {
     /// stamped are stamped first, so the merge sees them.
     pub fn apply(&mut self, rows: &[PulledRow], cursor: &str) -> Result<Applied> {
         let now = wall_ms();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::stamp_in(&tx, &self.tables)?;
         let mut clock = Self::clock(&tx)?;
-        let stamp: i64 = get_meta(&tx, "stamp")?.and_then(|s| s.parse().ok()).unwrap_or(0);
+        let stamp: i64 = get_meta(&tx, "stamp")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
-        let mut applied = Applied { received: rows.len(), ..Applied::default() };
+        let mut applied = Applied {
+            received: rows.len(),
+            ..Applied::default()
+        };
         for row in rows {
             let ts = self.tables.get(&row.table).ok_or_else(|| {
-                Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
+                Error::Schema(format!(
+                    "table '{}' is not in this replica's schema; sync to update it",
+                    row.table
+                ))
             })?;
-            clock.observe(row.state.max_clock(), now).map_err(|e| Error::Protocol(format!("{} '{}': {e}", row.table, row.key)))?;
+            clock
+                .observe(row.state.max_clock(), now)
+                .map_err(|e| Error::Protocol(format!("{} '{}': {e}", row.table, row.key)))?;
             let Some((mut state, meta)) = ferry_sqlite::load_state(&tx, ts, &row.key)? else {
                 ferry_sqlite::store_state(&tx, ts, &row.key, &row.state, &Extra::default())?;
                 applied.changed += 1;
@@ -328,7 +437,10 @@ impl Replica {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?;
                 for col in &report.overwritten {
-                    let (Some(mine), Some(theirs)) = (before.cols.get(col), state.cols.get(col)) else { continue };
+                    let (Some(mine), Some(theirs)) = (before.cols.get(col), state.cols.get(col))
+                    else {
+                        continue;
+                    };
                     conflicts.execute(params![
                         row.table,
                         row.key,
@@ -341,9 +453,22 @@ impl Replica {
                     applied.conflicts += 1;
                 }
             }
-            let pending = if report.kept_newer { meta.pending.max(stamp.max(1)) } else { meta.pending };
+            let pending = if report.kept_newer {
+                meta.pending.max(stamp.max(1))
+            } else {
+                meta.pending
+            };
             if report.changed || pending != meta.pending {
-                ferry_sqlite::store_state(&tx, ts, &row.key, &state, &Extra { pending, ..Extra::default() })?;
+                ferry_sqlite::store_state(
+                    &tx,
+                    ts,
+                    &row.key,
+                    &state,
+                    &Extra {
+                        pending,
+                        ..Extra::default()
+                    },
+                )?;
                 applied.changed += usize::from(report.changed);
             }
         }
@@ -365,7 +490,9 @@ impl Replica {
     }
 
     pub fn status(&self) -> Result<Status> {
-        let count = |sql: &str| -> Result<u64> { Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+        let count = |sql: &str| -> Result<u64> {
+            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+        };
         Ok(Status {
             pending: count(
                 "SELECT count(*) FROM (SELECT tbl, pk FROM _ferry_rows WHERE pending > 0 UNION SELECT tbl, pk FROM _ferry_outbox)",
@@ -379,7 +506,11 @@ impl Replica {
             store_id: self.meta("store_id")?,
             site_id: self.meta("site")?.unwrap_or_default(),
             schema_version: self.meta("schema_version")?,
-            tables: self.schema.as_ref().map(|s| s.table_names().iter().map(|t| t.to_string()).collect()).unwrap_or_default(),
+            tables: self
+                .schema
+                .as_ref()
+                .map(|s| s.table_names().iter().map(|t| t.to_string()).collect())
+                .unwrap_or_default(),
         })
     }
 }

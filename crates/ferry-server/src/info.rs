@@ -15,17 +15,29 @@ pub async fn live() -> &'static str {
     "ok\n"
 }
 
-pub async fn schema<S: Store>(State(state): State<Arc<AppState<S>>>, _who: Authed) -> Json<SchemaResponse> {
+pub async fn schema<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    _who: Authed,
+) -> Json<SchemaResponse> {
     Json(SchemaResponse::from_schema(state.store.schema()))
 }
 
-pub async fn me<S: Store>(State(state): State<Arc<AppState<S>>>, Authed(p): Authed) -> Json<WhoAmI> {
+pub async fn me<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    Authed(p): Authed,
+) -> Json<WhoAmI> {
     Json(WhoAmI {
         store_id: state.store.id().to_owned(),
-        user_id: p.user_id, user_name: p.user_name, device_id: p.device_id, device_name: p.device_name,
+        user_id: p.user_id,
+        user_name: p.user_name,
+        device_id: p.device_id,
+        device_name: p.device_name,
     })
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound(format!("no endpoint at '{}'; see docs/protocol.md", uri.path()))
+    ApiError::NotFound(format!(
+        "no endpoint at '{}'; see docs/protocol.md",
+        uri.path()
+    ))
 }

@@ -46,11 +46,19 @@ pub async fn push<S: Store>(
         .rows
         .iter()
         .map(|w| {
-            let (table, st) = ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
-            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st })
+            let (table, st) =
+                ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
+            Ok(IncomingRow {
+                table: table.name.clone(),
+                key: w.key.clone(),
+                state: st,
+            })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     for r in &rows {
         let ahead = u128::from(r.state.max_clock().wall_ms()).saturating_sub(now_ms);
         if ahead > u128::from(ferry_core::hlc::MAX_DRIFT_MS) {

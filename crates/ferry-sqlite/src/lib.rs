@@ -41,7 +41,11 @@ pub enum Error {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt bookkeeping for {table} '{key}': {detail}")]
-    Corrupt { table: String, key: String, detail: String },
+    Corrupt {
+        table: String,
+        key: String,
+        detail: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -94,7 +98,9 @@ impl TableSql {
         } else {
             format!("SELECT {} FROM {name} WHERE {pk} = ?1", data.join(", "))
         };
-        let all: Vec<&str> = std::iter::once(pk.as_str()).chain(data.iter().map(String::as_str)).collect();
+        let all: Vec<&str> = std::iter::once(pk.as_str())
+            .chain(data.iter().map(String::as_str))
+            .collect();
         let marks: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
         let on_conflict = if data.is_empty() {
             "DO NOTHING".to_owned()
@@ -108,7 +114,12 @@ impl TableSql {
             marks.join(", ")
         );
         let delete = format!("DELETE FROM {name} WHERE {pk} = ?1");
-        TableSql { table: table.clone(), select, upsert, delete }
+        TableSql {
+            table: table.clone(),
+            select,
+            upsert,
+            delete,
+        }
     }
 
     /// The values of the data columns (schema order, key excluded), or `None` if no row has `pk`.
@@ -117,7 +128,9 @@ impl TableSql {
         let mut stmt = conn.prepare_cached(&self.select)?;
         let row = stmt
             .query_row([pk], |r| {
-                (0..n).map(|i| r.get_ref(i).map(value_from_sql)).collect::<rusqlite::Result<Vec<_>>>()
+                (0..n)
+                    .map(|i| r.get_ref(i).map(value_from_sql))
+                    .collect::<rusqlite::Result<Vec<_>>>()
             })
             .optional()?;
         Ok(row)
@@ -129,7 +142,8 @@ impl TableSql {
         let mut params: Vec<Param<'_>> = Vec::with_capacity(values.len() + 1);
         params.push(Param(&key));
         params.extend(values.iter().map(Param));
-        conn.prepare_cached(&self.upsert)?.execute(rusqlite::params_from_iter(params))?;
+        conn.prepare_cached(&self.upsert)?
+            .execute(rusqlite::params_from_iter(params))?;
         Ok(())
     }
 
@@ -142,7 +156,13 @@ impl TableSql {
     pub fn values_of(&self, state: &RowState) -> Vec<Value> {
         self.table
             .data_columns()
-            .map(|c| state.cols.get(&c.name).map(|s| s.value.clone()).unwrap_or(Value::Null))
+            .map(|c| {
+                state
+                    .cols
+                    .get(&c.name)
+                    .map(|s| s.value.clone())
+                    .unwrap_or(Value::Null)
+            })
             .collect()
     }
 }
@@ -170,7 +190,11 @@ pub struct Extra<'a> {
 }
 
 fn corrupt(table: &str, key: &str, detail: impl ToString) -> Error {
-    Error::Corrupt { table: table.to_owned(), key: key.to_owned(), detail: detail.to_string() }
+    Error::Corrupt {
+        table: table.to_owned(),
+        key: key.to_owned(),
+        detail: detail.to_string(),
+    }
 }
 
 /// Reads the bookkeeping of `pk` in `ts`'s table.
@@ -200,12 +224,27 @@ pub fn load_meta(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<Me
     let clocks = match clocks {
         None => BTreeMap::new(),
         Some(json) => {
-            let map: BTreeMap<String, String> = serde_json::from_str(&json).map_err(|e| corrupt(t, pk, e))?;
-            map.into_iter().map(|(c, h)| Ok((c, hlc(&h)?))).collect::<Result<_>>()?
+            let map: BTreeMap<String, String> =
+                serde_json::from_str(&json).map_err(|e| corrupt(t, pk, e))?;
+            map.into_iter()
+                .map(|(c, h)| Ok((c, hlc(&h)?)))
+                .collect::<Result<_>>()?
         }
     };
-    let dead = dead.map(|json| decode_values(&ts.table, &json)).transpose().map_err(|e| corrupt(t, pk, e))?;
-    Ok(Some(Meta { alive, alive_at: hlc(&alive_at)?, clock: hlc(&clock)?, clocks, dead, seq, owner, pending }))
+    let dead = dead
+        .map(|json| decode_values(&ts.table, &json))
+        .transpose()
+        .map_err(|e| corrupt(t, pk, e))?;
+    Ok(Some(Meta {
+        alive,
+        alive_at: hlc(&alive_at)?,
+        clock: hlc(&clock)?,
+        clocks,
+        dead,
+        seq,
+        owner,
+        pending,
+    }))
 }
 
 /// Builds the row's state from its bookkeeping and its values (`values` are the data
@@ -224,19 +263,30 @@ pub fn state_of(ts: &TableSql, meta: &Meta, values: Option<Vec<Value>>) -> RowSt
             cols.insert(col.name.clone(), Stamped::new(value, at));
         }
     }
-    RowState { exists: Stamped::new(meta.alive, meta.alive_at), cols }
+    RowState {
+        exists: Stamped::new(meta.alive, meta.alive_at),
+        cols,
+    }
 }
 
 /// Loads the whole state of `pk`: bookkeeping plus values, or `None` if never seen.
 pub fn load_state(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<(RowState, Meta)>> {
-    let Some(meta) = load_meta(conn, ts, pk)? else { return Ok(None) };
+    let Some(meta) = load_meta(conn, ts, pk)? else {
+        return Ok(None);
+    };
     let values = if meta.alive { ts.read(conn, pk)? } else { None };
     Ok(Some((state_of(ts, &meta, values), meta)))
 }
 
 /// Writes `state` for `pk`: the application row (upsert, or delete when the row is dead)
 /// and its bookkeeping.
-pub fn store_state(conn: &Connection, ts: &TableSql, pk: &str, state: &RowState, extra: &Extra<'_>) -> Result<()> {
+pub fn store_state(
+    conn: &Connection,
+    ts: &TableSql,
+    pk: &str,
+    state: &RowState,
+    extra: &Extra<'_>,
+) -> Result<()> {
     let values = ts.values_of(state);
     let dead = if state.is_alive() {
         ts.write(conn, pk, &values)?;
@@ -289,14 +339,19 @@ fn encode_clocks(ts: &TableSql, state: &RowState) -> (Hlc, Option<String>) {
     for c in ts.table.data_columns() {
         *counts.entry(at(&c.name)).or_default() += 1;
     }
-    let base = counts.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, _)| *h).unwrap_or(state.exists.at);
+    let base = counts
+        .iter()
+        .max_by_key(|(h, n)| (**n, **h))
+        .map(|(h, _)| *h)
+        .unwrap_or(state.exists.at);
     let exceptions: BTreeMap<&str, String> = ts
         .table
         .data_columns()
         .filter(|c| at(&c.name) != base)
         .map(|c| (c.name.as_str(), at(&c.name).to_string()))
         .collect();
-    let json = (!exceptions.is_empty()).then(|| serde_json::to_string(&exceptions).expect("string map"));
+    let json =
+        (!exceptions.is_empty()).then(|| serde_json::to_string(&exceptions).expect("string map"));
     (base, json)
 }
 
@@ -308,9 +363,15 @@ pub fn encode_values(table: &Table, values: &[Value]) -> String {
         let j = match v {
             Value::Null => serde_json::Value::Null,
             Value::Integer(i) => (*i).into(),
-            Value::Real(r) => serde_json::Number::from_f64(*r).map_or(serde_json::Value::Null, Into::into),
+            Value::Real(r) => {
+                serde_json::Number::from_f64(*r).map_or(serde_json::Value::Null, Into::into)
+            }
             Value::Text(s) => s.clone().into(),
-            Value::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect::<String>().into(),
+            Value::Blob(b) => b
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+                .into(),
         };
         map.insert(col.name.clone(), j);
     }
@@ -318,12 +379,17 @@ pub fn encode_values(table: &Table, values: &[Value]) -> String {
 }
 
 /// Decodes [`encode_values`]' form (and the trigger's): blob columns hold hex text.
-pub fn decode_values(table: &Table, json: &str) -> std::result::Result<BTreeMap<String, Value>, String> {
+pub fn decode_values(
+    table: &Table,
+    json: &str,
+) -> std::result::Result<BTreeMap<String, Value>, String> {
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(json).map_err(|e| format!("bad stored values: {e}"))?;
     let mut out = BTreeMap::new();
     for (name, j) in map {
-        let Some(col) = table.column(&name) else { continue };
+        let Some(col) = table.column(&name) else {
+            continue;
+        };
         let v = match j {
             serde_json::Value::Null => Value::Null,
             serde_json::Value::Bool(b) => Value::Integer(b.into()),
@@ -346,7 +412,10 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Opens (or creates) an SQLite file with the settings every Ferry file uses: WAL, a busy
@@ -399,7 +468,10 @@ mod tests {
 
         state.delete(at(3));
         store_state(&conn, &ts, "k", &state, &Extra::default()).unwrap();
-        assert!(ts.read(&conn, "k").unwrap().is_none(), "a dead row leaves the application table");
+        assert!(
+            ts.read(&conn, "k").unwrap().is_none(),
+            "a dead row leaves the application table"
+        );
         let (loaded, _) = load_state(&conn, &ts, "k").unwrap().unwrap();
         assert_eq!(loaded, state, "the tombstone keeps values and clocks");
     }
@@ -419,7 +491,8 @@ pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec
         .and_then(|rows| rows.collect())
         .map_err(|e| e.to_string())?;
     if existing.is_empty() {
-        conn.execute_batch(&table.sqlite_ddl()).map_err(|e| format!("creating table '{}': {e}", table.name))?;
+        conn.execute_batch(&table.sqlite_ddl())
+            .map_err(|e| format!("creating table '{}': {e}", table.name))?;
         return Ok(vec![format!("created table '{}'", table.name)]);
     }
     let mut problems = Vec::new();
@@ -445,7 +518,9 @@ pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec
     }
     for (name, ..) in &existing {
         if table.column(name).is_none() {
-            problems.push(format!("column '{name}' is in the file but not in the schema"));
+            problems.push(format!(
+                "column '{name}' is in the file but not in the schema"
+            ));
         }
     }
     if !problems.is_empty() {
@@ -458,8 +533,12 @@ pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec
     let mut done = Vec::new();
     for col in added {
         let i = table.column_index(&col.name).expect("column of the table");
-        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {}", quote(&table.name), table.sqlite_column_def(i)))
-            .map_err(|e| format!("adding column '{}' to '{}': {e}", col.name, table.name))?;
+        conn.execute_batch(&format!(
+            "ALTER TABLE {} ADD COLUMN {}",
+            quote(&table.name),
+            table.sqlite_column_def(i)
+        ))
+        .map_err(|e| format!("adding column '{}' to '{}': {e}", col.name, table.name))?;
         done.push(format!("added column '{}' to '{}'", col.name, table.name));
     }
     Ok(done)

@@ -1,0 +1,252 @@
+//! Helpers: a server process, CLI runs, replica files.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// A test's private directory holding the example app's config and schema.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skydive");
+        for f in ["schema.sql", "ferry.toml"] {
+            std::fs::copy(example.join(f), dir.path().join(f)).unwrap();
+        }
+        Env { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn config(&self) -> String {
+        self.path("ferry.toml").display().to_string()
+    }
+
+    /// Runs `ferry ARGS` and returns its output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(FERRY)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("FERRY_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `ferry ARGS`, asserts success and returns the last line of stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn add_user(&self, name: &str) -> String {
+        self.ok(&["user", "add", name, "-c", &self.config()])
+    }
+
+    pub fn token(&self, user: &str, device: &str) -> String {
+        self.ok(&[
+            "token",
+            "create",
+            "--user",
+            user,
+            "--device",
+            device,
+            "-c",
+            &self.config(),
+        ])
+    }
+
+    /// Starts `ferry serve` on a free port.
+    pub fn serve(&self) -> Server {
+        self.serve_with(&[])
+    }
+
+    pub fn serve_with(&self, extra: &[&str]) -> Server {
+        let mut child = Command::new(FERRY)
+            .args(["serve", "-c", &self.config(), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected: {line}"))
+            .to_owned();
+        Server { child, url }
+    }
+
+    /// `ferry sync` of replica `db` with `token`; asserts success.
+    pub fn sync(&self, server: &Server, db: &str, token: &str) -> serde_json::Value {
+        let out = self.ok(&[
+            "sync",
+            "--db",
+            &self.path(db).display().to_string(),
+            "--server",
+            &server.url,
+            "--token",
+            token,
+            "--json",
+        ]);
+        let _ = out;
+        let raw = self.run(&[
+            "status",
+            "--db",
+            &self.path(db).display().to_string(),
+            "--json",
+        ]);
+        serde_json::from_slice(&raw.stdout).unwrap()
+    }
+
+    pub fn db(&self, name: &str) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.path(name)).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        c
+    }
+}
+
+/// A running `ferry serve`; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn http(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::new()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A UUID for test rows (v4-shaped, random).
+pub fn uuid() -> String {
+    let mut b = [0u8; 16];
+    for x in b.iter_mut() {
+        *x = fastrand_u8();
+    }
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-a{:01x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5],
+        b[6] & 15,
+        b[7],
+        b[8] & 15,
+        b[9],
+        b[10],
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15]
+    )
+}
+
+fn fastrand_u8() -> u8 {
+    use std::cell::Cell;
+    thread_local!(static S: Cell<u64> = Cell::new(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    ));
+    S.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 24) as u8
+    })
+}
+
+/// Inserts a jump for `user` and returns its id.
+pub fn insert_jump(db: &rusqlite::Connection, user: &str, n: i64, notes: &str) -> String {
+    let id = uuid();
+    db.execute(
+        "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, notes) VALUES (?1, ?2, ?3, '2026-11-21T10:00:00Z', ?4)",
+        rusqlite::params![id, user, n, notes],
+    )
+    .unwrap();
+    id
+}
+
+/// All jumps of a replica, sorted, as comparable rows.
+pub fn jumps(db: &rusqlite::Connection) -> Vec<(String, i64, Option<String>, Option<String>)> {
+    let mut stmt = db
+        .prepare("SELECT id, jump_number, notes, dropzone FROM jump_log ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// One user with two devices, and a running server.
+pub struct Pair {
+    pub env: Env,
+    pub server: Server,
+    pub user: String,
+    pub phone: String,
+    pub laptop: String,
+}
+
+impl Pair {
+    pub fn new() -> Pair {
+        let env = Env::new();
+        let user = env.add_user("alice");
+        let phone = env.token("alice", "phone");
+        let laptop = env.token("alice", "laptop");
+        let server = env.serve();
+        // First syncs create the tables in both replicas.
+        env.sync(&server, "phone.db", &phone);
+        env.sync(&server, "laptop.db", &laptop);
+        Pair {
+            env,
+            server,
+            user,
+            phone,
+            laptop,
+        }
+    }
+
+    pub fn sync_phone(&self) -> serde_json::Value {
+        self.env.sync(&self.server, "phone.db", &self.phone)
+    }
+
+    pub fn sync_laptop(&self) -> serde_json::Value {
+        self.env.sync(&self.server, "laptop.db", &self.laptop)
+    }
+}

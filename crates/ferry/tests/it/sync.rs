@@ -1,0 +1,390 @@
+//! Replicas converging through a real server.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::*;
+
+#[test]
+fn two_devices_converge_through_inserts_updates_and_deletes() {
+    let p = Pair::new();
+    let phone = p.env.db("phone.db");
+    let laptop = p.env.db("laptop.db");
+    let a = insert_jump(&phone, &p.user, 1, "from phone");
+    let b = insert_jump(&phone, &p.user, 2, "to be deleted");
+    let c = insert_jump(&laptop, &p.user, 3, "from laptop");
+    p.sync_phone();
+    p.sync_laptop();
+    p.sync_phone();
+    assert_eq!(jumps(&phone).len(), 3);
+    assert_eq!(jumps(&phone), jumps(&laptop));
+
+    laptop
+        .execute(
+            "UPDATE jump_log SET notes = 'edited on laptop' WHERE id = ?1",
+            [&a],
+        )
+        .unwrap();
+    phone
+        .execute("DELETE FROM jump_log WHERE id = ?1", [&b])
+        .unwrap();
+    phone
+        .execute("UPDATE jump_log SET jump_number = 30 WHERE id = ?1", [&c])
+        .unwrap();
+    p.sync_laptop();
+    p.sync_phone();
+    let status = p.sync_laptop();
+    let rows = jumps(&laptop);
+    assert_eq!(rows, jumps(&phone));
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .any(|r| r.0 == a && r.2.as_deref() == Some("edited on laptop"))
+    );
+    assert!(rows.iter().any(|r| r.0 == c && r.1 == 30));
+    assert!(
+        !rows.iter().any(|r| r.0 == b),
+        "the delete reached the laptop"
+    );
+    assert_eq!(status["pending"], 0);
+}
+
+#[test]
+fn concurrent_edits_to_different_columns_of_one_row_both_survive() {
+    let p = Pair::new();
+    let phone = p.env.db("phone.db");
+    let laptop = p.env.db("laptop.db");
+    let id = insert_jump(&phone, &p.user, 1, "original");
+    p.sync_phone();
+    p.sync_laptop();
+    phone
+        .execute(
+            "UPDATE jump_log SET notes = 'notes from phone' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    laptop
+        .execute(
+            "UPDATE jump_log SET dropzone = 'Empuriabrava' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    p.sync_phone();
+    p.sync_laptop();
+    p.sync_phone();
+    let expected = vec![(
+        id,
+        1,
+        Some("notes from phone".to_owned()),
+        Some("Empuriabrava".to_owned()),
+    )];
+    assert_eq!(jumps(&phone), expected);
+    assert_eq!(jumps(&laptop), expected);
+}
+
+#[test]
+fn the_same_column_ends_with_the_same_winner_on_both_sides() {
+    let p = Pair::new();
+    let phone = p.env.db("phone.db");
+    let laptop = p.env.db("laptop.db");
+    let id = insert_jump(&phone, &p.user, 1, "original");
+    p.sync_phone();
+    p.sync_laptop();
+    laptop
+        .execute(
+            "UPDATE jump_log SET notes = 'laptop wrote first' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    phone
+        .execute(
+            "UPDATE jump_log SET notes = 'phone wrote later' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    // The earlier writer syncs last: the later write still wins everywhere.
+    p.sync_phone();
+    p.sync_laptop();
+    p.sync_phone();
+    assert_eq!(jumps(&phone), jumps(&laptop));
+    assert_eq!(jumps(&phone)[0].2.as_deref(), Some("phone wrote later"));
+}
+
+#[test]
+fn a_local_value_overwritten_by_a_newer_remote_one_before_it_was_pushed_is_kept_as_a_conflict() {
+    let p = Pair::new();
+    let phone = p.env.db("phone.db");
+    let laptop = p.env.db("laptop.db");
+    let id = insert_jump(&phone, &p.user, 1, "original");
+    p.sync_phone();
+    p.sync_laptop();
+    laptop
+        .execute(
+            "UPDATE jump_log SET notes = 'laptop wrote first' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    phone
+        .execute(
+            "UPDATE jump_log SET notes = 'phone wrote later' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    p.sync_phone();
+    // The laptop pulls before it pushes (as `apply` does with whatever is unpushed).
+    let mut replica = ferry_client::Replica::open(&p.env.path("laptop.db")).unwrap();
+    let remote = ferry_client::Remote::new(&p.server.url, &p.laptop).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let page = rt.block_on(remote.pull("0", 100)).unwrap();
+    let schema = replica.schema().unwrap().clone();
+    let rows: Vec<_> = page
+        .rows
+        .iter()
+        .map(|w| {
+            let (t, state) = ferry_protocol::decode_row(&schema, w).unwrap();
+            ferry_client::replica::PulledRow {
+                table: t.name.clone(),
+                key: w.key.clone(),
+                state,
+            }
+        })
+        .collect();
+    let applied = replica.apply(&rows, &page.cursor).unwrap();
+    assert_eq!(applied.conflicts, 1);
+    let kept: (String, String) = laptop
+        .query_row(
+            "SELECT local_value, remote_value FROM _ferry_conflicts",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        kept,
+        (
+            "\"laptop wrote first\"".to_owned(),
+            "\"phone wrote later\"".to_owned()
+        )
+    );
+    assert_eq!(p.sync_laptop()["conflicts"], 1);
+    assert_eq!(jumps(&phone), jumps(&laptop));
+}
+
+#[test]
+fn delete_wins_over_a_concurrent_update_and_a_reinsert_brings_the_key_back() {
+    let p = Pair::new();
+    let phone = p.env.db("phone.db");
+    let laptop = p.env.db("laptop.db");
+    let id = insert_jump(&phone, &p.user, 1, "original");
+    p.sync_phone();
+    p.sync_laptop();
+    phone
+        .execute("DELETE FROM jump_log WHERE id = ?1", [&id])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    laptop
+        .execute(
+            "UPDATE jump_log SET notes = 'late edit' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    p.sync_phone();
+    p.sync_laptop();
+    p.sync_phone();
+    assert!(
+        jumps(&phone).is_empty() && jumps(&laptop).is_empty(),
+        "delete wins over the concurrent update"
+    );
+
+    laptop
+        .execute(
+            "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, notes) VALUES (?1, ?2, 7, '2026-11-22T09:00:00Z', 'back again')",
+            [&id, &p.user],
+        )
+        .unwrap();
+    p.sync_laptop();
+    p.sync_phone();
+    assert_eq!(
+        jumps(&phone),
+        vec![(id.clone(), 7, Some("back again".into()), None)]
+    );
+    assert_eq!(jumps(&phone), jumps(&laptop));
+}
+
+#[test]
+fn writes_by_the_sqlite3_shell_while_ferry_is_not_running_are_captured() {
+    let p = Pair::new();
+    let id = uuid();
+    let sql = format!(
+        "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, notes) VALUES ('{id}', '{}', 5, '2026-11-21T12:00:00Z', 'typed in the shell');",
+        p.user
+    );
+    // Debian's sqlite3 shell (SQLite 3.40) when present, else Python's sqlite3 module (also 3.40).
+    let path = p.env.path("phone.db");
+    let status = match Command::new("sqlite3").arg(&path).arg(&sql).stderr(Stdio::inherit()).status() {
+        Ok(s) => s,
+        Err(_) => Command::new("python3")
+            .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"])
+            .arg(&path)
+            .arg(&sql)
+            .status()
+            .unwrap(),
+    };
+    assert!(status.success());
+    let before = p
+        .env
+        .run(&["status", "--db", &path.display().to_string(), "--json"]);
+    let before: serde_json::Value = serde_json::from_slice(&before.stdout).unwrap();
+    assert_eq!(
+        before["pending"], 1,
+        "the shell's write waits in the outbox"
+    );
+    p.sync_phone();
+    p.sync_laptop();
+    assert_eq!(
+        jumps(&p.env.db("laptop.db")),
+        vec![(id, 5, Some("typed in the shell".into()), None)]
+    );
+}
+
+#[test]
+fn edits_made_while_the_server_is_down_sync_after_it_restarts() {
+    let mut p = Pair::new();
+    let phone = p.env.db("phone.db");
+    let id = insert_jump(&phone, &p.user, 1, "before outage");
+    p.sync_phone();
+    p.server.kill();
+    phone
+        .execute(
+            "UPDATE jump_log SET notes = 'edited offline' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+    let offline = insert_jump(&phone, &p.user, 2, "inserted offline");
+    let out = p.env.run(&[
+        "sync",
+        "--db",
+        &p.env.path("phone.db").display().to_string(),
+        "--token",
+        &p.phone,
+    ]);
+    assert!(!out.status.success(), "sync fails while the server is down");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach server"), "{err}");
+
+    // Restart on the same data directory (new port) and sync both replicas.
+    let server = p.env.serve();
+    p.server = server;
+    p.sync_phone();
+    p.sync_laptop();
+    let rows = jumps(&p.env.db("laptop.db"));
+    assert_eq!(rows, jumps(&phone));
+    assert!(
+        rows.iter()
+            .any(|r| r.0 == id && r.2.as_deref() == Some("edited offline"))
+    );
+    assert!(rows.iter().any(|r| r.0 == offline));
+}
+
+/// Runs `ferry sync` repeatedly, killing it with SIGKILL after a growing delay, until a run
+/// finishes by itself. Returns how many runs were killed.
+fn sync_under_sigkill(env: &Env, server: &Server, db: &str, token: &str, page_rows: &str) -> usize {
+    let mut kills = 0;
+    let mut delay_ms = 20;
+    loop {
+        let mut child = Command::new(FERRY)
+            .args([
+                "sync",
+                "--db",
+                &env.path(db).display().to_string(),
+                "--server",
+                &server.url,
+                "--token",
+                token,
+            ])
+            .args(["--page-rows", page_rows])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success(), "an unkilled sync must succeed");
+                return kills;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+                delay_ms += 15;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_client_killed_with_sigkill_mid_sync_loses_nothing_and_applies_nothing_twice() {
+    let p = Pair::new();
+    let n = 20_000;
+    {
+        let mut phone = p.env.db("phone.db");
+        let tx = phone.transaction().unwrap();
+        for i in 0..n {
+            insert_jump(&tx, &p.user, i, "bulk");
+        }
+        tx.commit().unwrap();
+    }
+    let killed_pushing = sync_under_sigkill(&p.env, &p.server, "phone.db", &p.phone, "5000");
+    let killed_pulling = sync_under_sigkill(&p.env, &p.server, "laptop.db", &p.laptop, "500");
+    assert!(
+        killed_pushing > 0 && killed_pulling > 0,
+        "the kills must land mid-sync ({killed_pushing}, {killed_pulling})"
+    );
+
+    let phone_status = p.sync_phone();
+    let laptop_status = p.sync_laptop();
+    let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
+    assert_eq!(jumps(&phone).len(), n as usize);
+    assert_eq!(jumps(&phone), jumps(&laptop), "nothing lost");
+    assert_eq!(phone_status["pending"], 0);
+    assert_eq!(
+        laptop_status["pending"], 0,
+        "applying pulled rows creates no local changes"
+    );
+    // The server's feed has one entry per row: no change was applied twice, however many
+    // times a killed push was repeated.
+    let resp: serde_json::Value = p
+        .server
+        .http()
+        .get(format!("{}/v1/pull?cursor=0&limit=10000", p.server.url))
+        .bearer_auth(&p.laptop)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(resp["rows"].as_array().unwrap().len(), 10_000);
+    let resp: serde_json::Value = p
+        .server
+        .http()
+        .get(format!(
+            "{}/v1/pull?cursor={}&limit=10000",
+            p.server.url,
+            resp["cursor"].as_str().unwrap()
+        ))
+        .bearer_auth(&p.laptop)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(resp["rows"].as_array().unwrap().len(), 10_000);
+    assert_eq!(
+        resp["cursor"],
+        n.to_string(),
+        "feed sequence = number of rows: nothing applied twice"
+    );
+}
