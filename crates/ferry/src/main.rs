@@ -276,7 +276,9 @@ async fn sync(args: SyncArgs) -> Result<()> {
     let report =
         result.with_context(|| format!("sync of '{}' with {server} failed", args.db.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut out = serde_json::to_value(&report)?;
+        out["peak_rss_kb"] = peak_rss_kb().into();
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for change in &report.schema_changes {
             eprintln!("{change}");
@@ -297,6 +299,13 @@ async fn sync(args: SyncArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The process's peak resident set size (Linux `VmHWM`), for `--json` reports and benchmarks.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn status(args: StatusArgs) -> Result<()> {

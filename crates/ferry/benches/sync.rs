@@ -1,0 +1,298 @@
+//! `cargo xtask bench` (or `cargo bench -p ferry --bench sync [-- --quick]`).
+//!
+//! Each scenario runs Ferry and its baseline in the same run, on the same rows, and prints
+//! the figure, the baseline and the ratio:
+//!
+//! - capture: inserting rows into a replica with Ferry's capture triggers, against the same
+//!   inserts into the same table without triggers;
+//! - push and hydrate: a real `ferry serve` (embedded store) and real `ferry sync`
+//!   processes over loopback; the hydrate of N rows into an empty replica against SQLite
+//!   importing the same N rows, sorted by key, in one transaction.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_client::Replica;
+use ferry_core::schema::Schema;
+use ferry_protocol::SchemaResponse;
+use rusqlite::{Connection, params};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n: usize = if quick { 10_000 } else { 100_000 };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
+    println!(
+        "machine: {cores} cores, {mem_gib:.0} GiB; rows: {n}{}",
+        if quick { " (--quick)" } else { "" }
+    );
+    println!();
+    println!("| scenario | Ferry | baseline | ratio |");
+    println!("|---|---|---|---|");
+    capture(n);
+    sync(n);
+}
+
+fn example(file: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/skydive")
+            .join(file),
+    )
+    .unwrap()
+}
+
+fn schema_response() -> SchemaResponse {
+    let schema = Schema::parse(&example("schema.sql"), &Default::default()).unwrap();
+    SchemaResponse::from_schema(&schema)
+}
+
+const INSERT: &str = "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, dropzone, exit_altitude_ft, notes, visible_to_connections)
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)";
+
+/// Row `i`: ids are time-ordered like UUID v7, about 125 bytes of values in all.
+fn row(i: usize) -> (String, String, i64, String, String, i64, String) {
+    (
+        format!("01900000-0000-7000-8000-{i:012x}"),
+        "01900000-0000-7000-8000-00000000a11c".to_owned(),
+        i as i64,
+        format!("2026-11-{:02}T10:{:02}:00Z", 1 + i % 28, i % 60),
+        "Skydive Spa".to_owned(),
+        4000,
+        "hop and pop".to_owned(),
+    )
+}
+
+fn insert_rows(conn: &mut Connection, n: usize, user: &str) -> Duration {
+    let start = Instant::now();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut stmt = tx.prepare(INSERT).unwrap();
+        for i in 0..n {
+            let r = row(i);
+            stmt.execute(params![r.0, user, r.2, r.3, r.4, r.5, r.6])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    start.elapsed()
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn capture(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let resp = schema_response();
+    let table = resp.to_schema().unwrap().table("jump_log").unwrap().clone();
+    let (mut plain_t, mut captured_t) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let plain_path = dir.path().join(format!("plain{round}.db"));
+        let mut plain = ferry_sqlite::open(&plain_path).unwrap();
+        plain.execute_batch(&table.sqlite_ddl()).unwrap();
+        plain_t.push(insert_rows(&mut plain, n, "u"));
+
+        let path = dir.path().join(format!("captured{round}.db"));
+        let mut replica = Replica::open(&path).unwrap();
+        replica.install_schema(&resp).unwrap();
+        drop(replica);
+        let mut captured = ferry_sqlite::open(&path).unwrap();
+        captured_t.push(insert_rows(&mut captured, n, "u"));
+    }
+    let (p, c) = (median(plain_t), median(captured_t));
+    let per = |d: Duration| d.as_nanos() as f64 / n as f64 / 1000.0;
+    println!(
+        "| insert {n} rows, one transaction, with capture triggers vs without (median of 3) | {:.0} ms ({:.2} µs/row) | {:.0} ms ({:.2} µs/row) | {:.2}× |",
+        c.as_secs_f64() * 1000.0,
+        per(c),
+        p.as_secs_f64() * 1000.0,
+        per(p),
+        c.as_secs_f64() / p.as_secs_f64()
+    );
+}
+
+struct Run {
+    elapsed: Duration,
+    report: serde_json::Value,
+}
+
+fn ferry(dir: &Path, args: &[&str]) -> Run {
+    let start = Instant::now();
+    let out = Command::new(FERRY)
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let elapsed = start.elapsed();
+    assert!(out.status.success(), "ferry {args:?} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&text)
+        .unwrap_or_else(|_| serde_json::Value::String(text.trim().to_owned()));
+    Run { elapsed, report }
+}
+
+fn last_line(run: &Run) -> String {
+    run.report
+        .as_str()
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+fn sync(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("schema.sql"), example("schema.sql")).unwrap();
+    std::fs::write(d.join("ferry.toml"), example("ferry.toml")).unwrap();
+    let user = last_line(&ferry(d, &["user", "add", "bench", "-c", "ferry.toml"]));
+    let seed_token = last_line(&ferry(
+        d,
+        &[
+            "token",
+            "create",
+            "--user",
+            "bench",
+            "--device",
+            "seed",
+            "-c",
+            "ferry.toml",
+        ],
+    ));
+    let new_token = last_line(&ferry(
+        d,
+        &[
+            "token",
+            "create",
+            "--user",
+            "bench",
+            "--device",
+            "new",
+            "-c",
+            "ferry.toml",
+        ],
+    ));
+    let mut server = Command::new(FERRY)
+        .args(["serve", "-c", "ferry.toml", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+
+    let sync = |db: &str, token: &str| {
+        ferry(
+            d,
+            &[
+                "sync", "--db", db, "--server", &url, "--token", token, "--json",
+            ],
+        )
+    };
+    sync("seed.db", &seed_token);
+    let mut seed = ferry_sqlite::open(&d.join("seed.db")).unwrap();
+    insert_rows(&mut seed, n, &user);
+    drop(seed);
+    let push = sync("seed.db", &seed_token);
+    assert_eq!(push.report["pushed"], n);
+    let hydrate = sync("new.db", &new_token);
+    assert_eq!(hydrate.report["pulled"], n);
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // Baseline: SQLite itself importing the same rows, sorted by key, in one transaction.
+    let seed = Connection::open(d.join("seed.db")).unwrap();
+    let table = schema_response()
+        .to_schema()
+        .unwrap()
+        .table("jump_log")
+        .unwrap()
+        .clone();
+    let mut base = ferry_sqlite::open(&d.join("baseline.db")).unwrap();
+    base.execute_batch(&table.sqlite_ddl()).unwrap();
+    let cols = table
+        .column_names()
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let marks = (1..=table.columns.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut read = seed
+        .prepare(&format!("SELECT {cols} FROM jump_log ORDER BY id"))
+        .unwrap();
+    let rows: Vec<Vec<rusqlite::types::Value>> = read
+        .query_map([], |r| (0..table.columns.len()).map(|i| r.get(i)).collect())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let bytes: usize = rows
+        .iter()
+        .flatten()
+        .map(|v| match v {
+            rusqlite::types::Value::Text(s) => s.len(),
+            rusqlite::types::Value::Blob(b) => b.len(),
+            rusqlite::types::Value::Null => 0,
+            _ => 8,
+        })
+        .sum();
+    let start = Instant::now();
+    let tx = base.transaction().unwrap();
+    {
+        let mut ins = tx
+            .prepare(&format!("INSERT INTO jump_log ({cols}) VALUES ({marks})"))
+            .unwrap();
+        for r in &rows {
+            ins.execute(rusqlite::params_from_iter(r)).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    let baseline = start.elapsed();
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "| push {n} rows device → server (`ferry sync`, whole process) | {:.0} ms ({:.0} rows/s) | – | – |",
+        ms(push.elapsed),
+        rate(push.elapsed)
+    );
+    println!(
+        "| hydrate {n} rows (~{} B/row) server → empty replica (`ferry sync`, whole process) vs SQLite importing the same rows sorted | {:.0} ms ({:.0} rows/s) | {:.0} ms | {:.2}× |",
+        bytes / n,
+        ms(hydrate.elapsed),
+        rate(hydrate.elapsed),
+        ms(baseline),
+        hydrate.elapsed.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "| peak RSS of the hydrating `ferry sync` process | {} MB | – | – |",
+        hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024
+    );
+}
