@@ -379,10 +379,17 @@ impl Replica {
     }
 
     /// Marks pushed rows as acknowledged, unless they changed again since they were read.
-    pub fn acknowledge(&mut self, rows: &[PendingRow]) -> Result<()> {
+    /// With `cursor = Some((sent, past))` (the server said the batch was all that changed the
+    /// feed since `sent`), the pull cursor moves to `past` if it is still `sent`.
+    pub fn acknowledge(&mut self, rows: &[PendingRow], cursor: Option<(&str, &str)>) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some((sent, past)) = cursor {
+            if get_meta(&tx, "cursor")?.as_deref().unwrap_or("0") == sent {
+                set_meta(&tx, "cursor", past)?;
+            }
+        }
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE _ferry_rows SET pending = 0 WHERE tbl = ?1 AND pk = ?2 AND pending = ?3",

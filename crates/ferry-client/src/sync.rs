@@ -117,13 +117,17 @@ pub async fn sync(
                 Ok(ferry_protocol::encode_row(t, &r.key, &r.state))
             })
             .collect::<Result<Vec<_>>>()?;
-        let resp = remote
-            .push(&PushRequest {
-                batch_id: batch_id()?,
-                rows: wire,
-            })
-            .await?;
-        replica.acknowledge(&rows)?;
+        let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
+        let request = PushRequest {
+            batch_id: batch_id()?,
+            cursor: Some(sent.clone()),
+            rows: wire,
+        };
+        let resp = remote.push(&request).await?;
+        replica.acknowledge(
+            &rows,
+            resp.cursor.as_deref().map(|past| (sent.as_str(), past)),
+        )?;
         report.pushed += rows.len() as u64;
         report.pushed_changed += resp.changed as u64;
         progress(Progress::Pushing {

@@ -47,6 +47,11 @@ pub struct PushRequest {
     /// Chosen by the client, unique per batch; a retry of the same batch reuses it and the
     /// server answers it from its record without applying anything again.
     pub batch_id: String,
+    /// The client's pull cursor. When the batch is the only thing that changed the feed since
+    /// then, the answer carries the cursor just past the batch, so the client need not pull
+    /// its own rows back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
     pub rows: Vec<WireRow>,
 }
 
@@ -60,6 +65,10 @@ pub struct PushResponse {
     /// True when this answer comes from the record of an earlier delivery of the batch.
     #[serde(default)]
     pub replayed: bool,
+    /// Set when the request's cursor was the feed's end before this batch: the cursor just
+    /// past the batch. Every row in between is the merge of states the client already has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// `GET /v1/pull?cursor=N&limit=M`.

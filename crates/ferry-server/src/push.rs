@@ -68,11 +68,20 @@ pub async fn push<S: Store>(
             )));
         }
     }
-    let outcome = state.store.push(&who, &req.batch_id, rows).await?;
+    let cursor = match req.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "cursor '{c}' is not a cursor this server gave out; leave it out"
+            ))
+        })?),
+    };
+    let outcome = state.store.push(&who, &req.batch_id, cursor, rows).await?;
     Ok(Json(PushResponse {
         batch_id: req.batch_id,
         received: outcome.received,
         changed: outcome.changed,
         replayed: outcome.replayed,
+        cursor: outcome.cursor.map(|c| c.to_string()),
     }))
 }

@@ -86,6 +86,7 @@ pub struct TableSql {
     select: String,
     upsert: String,
     delete: String,
+    feed: String,
 }
 
 impl TableSql {
@@ -114,11 +115,19 @@ impl TableSql {
             marks.join(", ")
         );
         let delete = format!("DELETE FROM {name} WHERE {pk} = ?1");
+        let values: String = data.iter().map(|c| format!(", t.{c}")).collect();
+        let meta: Vec<String> = META_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect();
+        let feed = format!(
+            "SELECT r.pk, {}, t.rowid{values} FROM _ferry_rows r LEFT JOIN {name} t ON r.alive AND t.{pk} = r.pk
+             WHERE r.tbl = ?1 AND r.seq > ?2 AND r.seq <= ?3 AND (?4 IS NULL OR r.owner IS NULL OR r.owner = ?4)",
+            meta.join(", ")
+        );
         TableSql {
             table: table.clone(),
             select,
             upsert,
             delete,
+            feed,
         }
     }
 
@@ -197,28 +206,35 @@ fn corrupt(table: &str, key: &str, detail: impl ToString) -> Error {
     }
 }
 
-/// Reads the bookkeeping of `pk` in `ts`'s table.
-pub fn load_meta(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<Meta>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT alive, alive_at, clock, clocks, dead, seq, owner, pending FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2",
-    )?;
-    let raw = stmt
-        .query_row(params![ts.table.name, pk], |r| {
-            Ok((
-                r.get::<_, bool>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, i64>(7)?,
-            ))
-        })
-        .optional()?;
-    let Some((alive, alive_at, clock, clocks, dead, seq, owner, pending)) = raw else {
-        return Ok(None);
-    };
+const META_COLUMNS: &str = "alive, alive_at, clock, clocks, dead, seq, owner, pending";
+
+type RawMeta = (
+    bool,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+    i64,
+);
+
+/// Reads the eight [`META_COLUMNS`] starting at column `at` of `r`.
+fn raw_meta(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RawMeta> {
+    Ok((
+        r.get(at)?,
+        r.get(at + 1)?,
+        r.get(at + 2)?,
+        r.get(at + 3)?,
+        r.get(at + 4)?,
+        r.get(at + 5)?,
+        r.get(at + 6)?,
+        r.get(at + 7)?,
+    ))
+}
+
+fn parse_meta(ts: &TableSql, pk: &str, raw: RawMeta) -> Result<Meta> {
+    let (alive, alive_at, clock, clocks, dead, seq, owner, pending) = raw;
     let t = &ts.table.name;
     let hlc = |s: &str| s.parse::<Hlc>().map_err(|e| corrupt(t, pk, e));
     let clocks = match clocks {
@@ -235,7 +251,7 @@ pub fn load_meta(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<Me
         .map(|json| decode_values(&ts.table, &json))
         .transpose()
         .map_err(|e| corrupt(t, pk, e))?;
-    Ok(Some(Meta {
+    Ok(Meta {
         alive,
         alive_at: hlc(&alive_at)?,
         clock: hlc(&clock)?,
@@ -244,7 +260,53 @@ pub fn load_meta(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<Me
         seq,
         owner,
         pending,
-    }))
+    })
+}
+
+/// Reads the bookkeeping of `pk` in `ts`'s table.
+pub fn load_meta(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<Meta>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {META_COLUMNS} FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2"
+    ))?;
+    match stmt
+        .query_row(params![ts.table.name, pk], |r| raw_meta(r, 0))
+        .optional()?
+    {
+        Some(raw) => Ok(Some(parse_meta(ts, pk, raw)?)),
+        None => Ok(None),
+    }
+}
+
+/// The feed entries of `ts`'s table with `after < seq <= upto`, with their whole states, in
+/// one joined query (a pull page reads many rows; per-row lookups would dominate). With
+/// `owner`, only rows of that owner and rows without one.
+pub fn feed_states(
+    conn: &Connection,
+    ts: &TableSql,
+    after: i64,
+    upto: i64,
+    owner: Option<&str>,
+) -> Result<Vec<(i64, String, RowState)>> {
+    let mut stmt = conn.prepare_cached(&ts.feed)?;
+    let mut rows = stmt.query(params![ts.table.name, after, upto, owner])?;
+    let n = ts.table.columns.len() - 1;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let pk: String = r.get(0)?;
+        let meta = parse_meta(ts, &pk, raw_meta(r, 1)?)?;
+        let has_row: Option<i64> = r.get(9)?;
+        let values = match has_row {
+            Some(_) => Some(
+                (0..n)
+                    .map(|i| r.get_ref(10 + i).map(value_from_sql))
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        let state = state_of(ts, &meta, values);
+        out.push((meta.seq, pk, state));
+    }
+    Ok(out)
 }
 
 /// Builds the row's state from its bookkeeping and its values (`values` are the data

@@ -50,6 +50,8 @@ pub struct PushOutcome {
     pub received: usize,
     pub changed: usize,
     pub replayed: bool,
+    /// When the caller's cursor was the feed's end before the batch: the feed's end after it.
+    pub cursor: Option<u64>,
 }
 
 /// One row of a pull page.
@@ -137,10 +139,12 @@ pub trait Store: Send + Sync + 'static {
     /// Merges a batch of rows from `who`. A batch id seen before from the same device is
     /// answered from the record without applying anything. On any refused row nothing is
     /// stored.
+    /// `cursor` is the caller's pull cursor, if it sent one (see [`PushOutcome::cursor`]).
     fn push(
         &self,
         who: &Principal,
         batch_id: &str,
+        cursor: Option<u64>,
         rows: Vec<IncomingRow>,
     ) -> impl Future<Output = Result<PushOutcome>> + Send;
 

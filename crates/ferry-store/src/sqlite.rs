@@ -251,6 +251,7 @@ impl Store for SqliteStore {
         &self,
         who: &Principal,
         batch_id: &str,
+        cursor: Option<u64>,
         rows: Vec<IncomingRow>,
     ) -> Result<PushOutcome> {
         let (who, batch_id) = (who.clone(), batch_id.to_owned());
@@ -261,9 +262,10 @@ impl Store for SqliteStore {
                 .query_row(params![who.device_id, batch_id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((received, changed)) = seen {
-                return Ok(PushOutcome { received: received as usize, changed: changed as usize, replayed: true });
+                return Ok(PushOutcome { received: received as usize, changed: changed as usize, replayed: true, cursor: None });
             }
             let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+            let feed_end = seq;
             let received = rows.len();
             let mut changed = 0;
             for row in rows {
@@ -311,7 +313,12 @@ impl Store for SqliteStore {
                 [&who.device_id],
             )?;
             tx.commit()?;
-            Ok(PushOutcome { received, changed, replayed: false })
+            Ok(PushOutcome {
+                received,
+                changed,
+                replayed: false,
+                cursor: (cursor == Some(feed_end as u64)).then_some(seq as u64),
+            })
         })
         .await
     }
@@ -321,27 +328,37 @@ impl Store for SqliteStore {
         self.read(move |inner, conn| {
             // One read transaction: the page and the "caught up" cursor come from one snapshot.
             let tx = conn.transaction()?;
-            let keys: Vec<(String, String, i64)> = tx
+            // The page's bounds come from the feed index; the rows then come from one joined
+            // query per table that has rows in the page.
+            let page: Vec<(String, i64)> = tx
                 .prepare_cached(
-                    "SELECT tbl, pk, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
+                    "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
                      ORDER BY seq LIMIT ?3",
                 )?
-                .query_map(params![cursor as i64, user, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .query_map(params![cursor as i64, user, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            let more = keys.len() == limit;
-            let cursor = if more {
-                keys.last().map_or(cursor, |k| k.2 as u64)
+            let more = page.len() == limit;
+            let upto = if more {
+                page.last().map_or(cursor as i64, |k| k.1)
             } else {
                 // Caught up: skip past other users' rows too, so they are not scanned again.
                 let max: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
-                (max as u64).max(cursor)
+                max.max(cursor as i64)
             };
-            let mut rows = Vec::with_capacity(keys.len());
-            for (table, key, _) in keys {
-                let ts = inner.table(&table)?;
-                let Some((state, _)) = ferry_sqlite::load_state(&tx, ts, &key)? else { continue };
-                rows.push(FeedRow { table, key, state });
+            let mut tables: Vec<&str> = page.iter().map(|(t, _)| t.as_str()).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            let mut rows = Vec::with_capacity(page.len());
+            for table in tables {
+                let ts = inner.table(table)?;
+                let top = page.last().map_or(upto, |k| k.1);
+                for (seq, key, state) in ferry_sqlite::feed_states(&tx, ts, cursor as i64, top, Some(&user))? {
+                    rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
+                }
             }
+            rows.sort_unstable_by_key(|(seq, _)| *seq);
+            let rows = rows.into_iter().map(|(_, r)| r).collect();
+            let cursor = upto as u64;
             Ok(PullPage { rows, cursor, more })
         })
         .await

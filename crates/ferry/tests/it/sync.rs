@@ -388,3 +388,41 @@ fn a_client_killed_with_sigkill_mid_sync_loses_nothing_and_applies_nothing_twice
         "feed sequence = number of rows: nothing applied twice"
     );
 }
+
+#[test]
+fn a_device_does_not_pull_back_the_rows_it_just_pushed() {
+    let p = Pair::new();
+    let phone = p.env.db("phone.db");
+    for i in 0..3 {
+        insert_jump(&phone, &p.user, i, "mine");
+    }
+    let db = p.env.path("phone.db").display().to_string();
+    let args = [
+        "sync",
+        "--db",
+        &db,
+        "--server",
+        &p.server.url,
+        "--token",
+        &p.phone,
+        "--json",
+    ];
+    let out = p.env.run(&args);
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["pushed"], 3);
+    assert_eq!(report["pulled"], 0, "{report}");
+    // Once another device has written, the cursor no longer matches and rows flow again.
+    insert_jump(&p.env.db("laptop.db"), &p.user, 9, "laptop's");
+    p.sync_laptop();
+    insert_jump(&phone, &p.user, 10, "mine again");
+    let out = p.env.run(&args);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["pushed"], 1);
+    assert_eq!(
+        report["pulled"], 2,
+        "the laptop's row and this push's echo: {report}"
+    );
+    p.sync_laptop();
+    assert_eq!(jumps(&phone), jumps(&p.env.db("laptop.db")));
+}
