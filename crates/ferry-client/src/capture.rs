@@ -15,9 +15,17 @@ use ferry_core::schema::{ColType, Table, quote};
 /// The replica's bookkeeping tables (besides `_ferry_rows`).
 pub const BOOKKEEPING: &str = "
 CREATE TABLE IF NOT EXISTS _ferry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_rejected (
+    id INTEGER PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    pk TEXT,
+    op TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    rejected_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
 CREATE TABLE IF NOT EXISTS _ferry_outbox (
     tbl TEXT NOT NULL,
-    pk TEXT NOT NULL,
+    pk,
     op TEXT NOT NULL CHECK (op IN ('I', 'U', 'D')),
     cols TEXT,
     old TEXT,
@@ -47,24 +55,52 @@ fn lit(s: &str) -> String {
 }
 
 /// An old value as JSON-safe SQL: blobs (and stray blobs in other columns) as hex, so
-/// `json_object` never fails and so never breaks the application's delete.
+/// `json_object` never fails and so never breaks the application's delete; reals as text
+/// with 17 significant digits, because SQLite 3.40's JSON keeps only 15 (and writes
+/// infinities as invalid JSON).
 fn json_safe(ty: ColType, expr: &str) -> String {
     match ty {
         ColType::Blob => format!("CASE WHEN {expr} IS NULL THEN NULL ELSE hex({expr}) END"),
-        _ => format!("CASE typeof({expr}) WHEN 'blob' THEN hex({expr}) ELSE {expr} END"),
+        _ => format!(
+            "CASE typeof({expr}) WHEN 'blob' THEN hex({expr}) WHEN 'real' THEN printf('%!.17g', {expr}) ELSE {expr} END"
+        ),
     }
+}
+
+/// SQLite before 3.48 allows at most 127 arguments per function call.
+const PAIRS_PER_CALL: usize = 60;
+
+/// A JSON object of the old values: `json_object` per group of columns, merged with
+/// `json_patch` so that tables of any width stay within SQLite 3.40's argument limit.
+fn old_values_json(data: &[&ferry_core::schema::Column]) -> String {
+    if data.is_empty() {
+        return "json_object()".to_owned();
+    }
+    let groups: Vec<String> = data
+        .chunks(PAIRS_PER_CALL)
+        .map(|chunk| {
+            let pairs: Vec<String> = chunk
+                .iter()
+                .map(|c| format!("{}, {}", lit(&c.name), json_safe(c.ty, &format!("OLD.{}", quote(&c.name)))))
+                .collect();
+            format!("json_object({})", pairs.join(", "))
+        })
+        .collect();
+    groups.into_iter().reduce(|acc, g| format!("json_patch({acc}, {g})")).unwrap_or_default()
+}
+
+/// `OLD.c IS NOT NEW.c`, compared byte for byte whatever the column's collation (a change of
+/// case in a NOCASE column is still a change).
+fn differs(col: &str) -> String {
+    let q = quote(col);
+    format!("OLD.{q} IS NOT NEW.{q} COLLATE BINARY")
 }
 
 /// `DROP TRIGGER` for every capture trigger Ferry may have made on `table`.
 pub fn drop_triggers(table: &str) -> String {
     ["ins", "upd", "key", "del"]
         .iter()
-        .map(|k| {
-            format!(
-                "DROP TRIGGER IF EXISTS {};\n",
-                quote(&format!("_ferry_{k}_{table}"))
-            )
-        })
+        .map(|k| format!("DROP TRIGGER IF EXISTS {};\n", quote(&format!("_ferry_{k}_{table}"))))
         .collect()
 }
 
@@ -75,17 +111,7 @@ pub fn triggers(table: &Table) -> String {
     let tl = lit(&table.name);
     let pk = quote(&table.pk_column().name);
     let data: Vec<_> = table.data_columns().collect();
-    let old_json = format!(
-        "json_object({})",
-        data.iter()
-            .map(|c| format!(
-                "{}, {}",
-                lit(&c.name),
-                json_safe(c.ty, &format!("OLD.{}", quote(&c.name)))
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let old_json = old_values_json(&data);
     let mut sql = format!(
         "CREATE TRIGGER {ins} AFTER INSERT ON {t} WHEN {QUIET} BEGIN
   INSERT INTO _ferry_outbox (tbl, pk, op, wall_ms) VALUES ({tl}, NEW.{pk}, 'I', {NOW_MS});
@@ -103,29 +129,55 @@ END;
         key = name("key"),
     );
     if !data.is_empty() {
-        let changed: Vec<String> = data
-            .iter()
-            .map(|c| format!("OLD.{q} IS NOT NEW.{q}", q = quote(&c.name)))
-            .collect();
+        let changed: Vec<String> = data.iter().map(|c| differs(&c.name)).collect();
+        // The changed columns as a JSON array built by concatenation (no function-argument
+        // limit): `["a","c"]`.
         let which: Vec<String> = data
             .iter()
             .map(|c| {
-                format!(
-                    "CASE WHEN OLD.{q} IS NOT NEW.{q} THEN {} END",
-                    lit(&c.name),
-                    q = quote(&c.name)
-                )
+                let name_json = serde_json::Value::String(c.name.clone()).to_string();
+                format!("CASE WHEN {} THEN {} ELSE '' END", differs(&c.name), lit(&format!(",{name_json}")))
             })
             .collect();
         sql.push_str(&format!(
             "CREATE TRIGGER {upd} AFTER UPDATE ON {t} WHEN {QUIET} AND OLD.{pk} IS NEW.{pk} AND ({changed}) BEGIN
-  INSERT INTO _ferry_outbox (tbl, pk, op, cols, wall_ms) VALUES ({tl}, NEW.{pk}, 'U', json_array({which}), {NOW_MS});
+  INSERT INTO _ferry_outbox (tbl, pk, op, cols, wall_ms)
+  VALUES ({tl}, NEW.{pk}, 'U', '[' || substr({which}, 2) || ']', {NOW_MS});
 END;
 ",
             upd = name("upd"),
             changed = changed.join(" OR "),
-            which = which.join(", "),
+            which = which.join(" || "),
         ));
     }
     sql
+}
+
+/// The names of the capture triggers [`triggers`] creates for `table`.
+pub fn trigger_names(table: &Table) -> Vec<String> {
+    let kinds: &[&str] =
+        if table.data_columns().next().is_some() { &["ins", "upd", "key", "del"] } else { &["ins", "key", "del"] };
+    kinds.iter().map(|k| format!("_ferry_{k}_{}", table.name)).collect()
+}
+
+/// Records, as captured inserts, every row of `table` that Ferry does not track yet.
+pub fn adopt_untracked(table: &Table) -> String {
+    let pk = quote(&table.pk_column().name);
+    format!(
+        "INSERT INTO _ferry_outbox (tbl, pk, op, wall_ms)
+         SELECT {tl}, t.{pk}, 'I', {NOW_MS} FROM {t} t
+         WHERE t.{pk} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM _ferry_rows r WHERE r.tbl = {tl} AND r.pk = t.{pk})",
+        tl = lit(&table.name),
+        t = quote(&table.name),
+    )
+}
+
+/// The keys of rows the bookkeeping holds as alive but the application table lacks.
+pub fn alive_but_missing(table: &Table) -> String {
+    let pk = quote(&table.pk_column().name);
+    format!(
+        "SELECT r.pk FROM _ferry_rows r WHERE r.tbl = {tl} AND r.alive AND NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{pk} = r.pk)",
+        tl = lit(&table.name),
+        t = quote(&table.name),
+    )
 }

@@ -8,11 +8,7 @@ pub enum Error {
     Unauthorized(String),
     /// The server refused a request as invalid or forbidden (4xx other than 401).
     #[error("server refused the request ({status}): {message}")]
-    Refused {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Refused { status: u16, code: String, message: String },
     /// The server could not be reached or failed (5xx, connection errors).
     #[error("{0}")]
     Unreachable(String),

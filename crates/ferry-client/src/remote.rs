@@ -18,9 +18,7 @@ pub struct Remote {
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the token.
-        f.debug_struct("Remote")
-            .field("base", &self.base)
-            .finish_non_exhaustive()
+        f.debug_struct("Remote").field("base", &self.base).finish_non_exhaustive()
     }
 }
 
@@ -39,28 +37,16 @@ impl Remote {
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
-        Ok(Remote {
-            http,
-            base,
-            token: token.to_owned(),
-        })
+        Ok(Remote { http, base, token: token.to_owned() })
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    async fn send<T: DeserializeOwned>(
-        &self,
-        req: reqwest::RequestBuilder,
-        what: &str,
-    ) -> Result<T> {
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> Result<T> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
-            Error::Unreachable(format!(
-                "cannot reach server at {} ({what}): {}",
-                self.base,
-                error_chain(&e)
-            ))
+            Error::Unreachable(format!("cannot reach server at {} ({what}): {}", self.base, error_chain(&e)))
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| {
@@ -71,54 +57,35 @@ impl Remote {
             ))
         })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Protocol(format!("unreadable {what} answer from {}: {e}", self.base))
-            });
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Protocol(format!("unreadable {what} answer from {}: {e}", self.base)));
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error.code, b.error.message),
-            Err(_) => (
-                "unknown".to_owned(),
-                String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-            ),
+            Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&bytes).chars().take(300).collect()),
         };
         Err(match status.as_u16() {
             401 => Error::Unauthorized(message),
-            s @ 400..=499 => Error::Refused {
-                status: s,
-                code,
-                message,
-            },
-            s => Error::Unreachable(format!(
-                "server at {} failed ({s}) during {what}: {message}",
-                self.base
-            )),
+            s @ 400..=499 => Error::Refused { status: s, code, message },
+            s => Error::Unreachable(format!("server at {} failed ({s}) during {what}: {message}", self.base)),
         })
     }
 
     pub async fn schema(&self) -> Result<SchemaResponse> {
-        self.send(self.http.get(format!("{}/v1/schema", self.base)), "schema")
-            .await
+        self.send(self.http.get(format!("{}/v1/schema", self.base)), "schema").await
     }
 
     pub async fn me(&self) -> Result<WhoAmI> {
-        self.send(self.http.get(format!("{}/v1/me", self.base)), "me")
-            .await
+        self.send(self.http.get(format!("{}/v1/me", self.base)), "me").await
     }
 
     pub async fn push(&self, req: &PushRequest) -> Result<PushResponse> {
-        self.send(
-            self.http.post(format!("{}/v1/push", self.base)).json(req),
-            "push",
-        )
-        .await
+        self.send(self.http.post(format!("{}/v1/push", self.base)).json(req), "push").await
     }
 
     pub async fn pull(&self, cursor: &str, limit: usize) -> Result<PullResponse> {
-        let req = self
-            .http
-            .get(format!("{}/v1/pull", self.base))
-            .query(&[("cursor", cursor), ("limit", &limit.to_string())]);
+        let req =
+            self.http.get(format!("{}/v1/pull", self.base)).query(&[("cursor", cursor), ("limit", &limit.to_string())]);
         self.send(req, "pull").await
     }
 }

@@ -19,10 +19,7 @@ pub struct SyncOptions {
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions {
-            push_batch: 1000,
-            pull_page: 5000,
-        }
+        SyncOptions { push_batch: 1000, pull_page: 5000 }
     }
 }
 
@@ -105,54 +102,34 @@ pub async fn sync(
         if rows.is_empty() {
             break;
         }
-        let schema = replica
-            .schema()
-            .ok_or_else(|| Error::Local("no schema installed".into()))?;
+        let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
         let wire = rows
             .iter()
             .map(|r| {
-                let t = schema
-                    .table(&r.table)
-                    .ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
+                let t = schema.table(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
                 Ok(ferry_protocol::encode_row(t, &r.key, &r.state))
             })
             .collect::<Result<Vec<_>>>()?;
         let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
-        let request = PushRequest {
-            batch_id: batch_id()?,
-            cursor: Some(sent.clone()),
-            rows: wire,
-        };
+        let request = PushRequest { batch_id: batch_id()?, cursor: Some(sent.clone()), rows: wire };
         let resp = remote.push(&request).await?;
-        replica.acknowledge(
-            &rows,
-            resp.cursor.as_deref().map(|past| (sent.as_str(), past)),
-        )?;
+        replica.acknowledge(&rows, resp.cursor.as_deref().map(|past| (sent.as_str(), past)))?;
         report.pushed += rows.len() as u64;
         report.pushed_changed += resp.changed as u64;
-        progress(Progress::Pushing {
-            done: report.pushed,
-            total: total.max(report.pushed),
-        });
+        progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) });
     }
 
     let mut cursor = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
     loop {
         let page = remote.pull(&cursor, opts.pull_page).await?;
-        let schema = replica
-            .schema()
-            .ok_or_else(|| Error::Local("no schema installed".into()))?;
+        let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
         let rows = page
             .rows
             .iter()
             .map(|w| {
                 let (t, state) = ferry_protocol::decode_row(schema, w)
                     .map_err(|e| Error::Protocol(format!("server sent a bad row: {e}")))?;
-                Ok(PulledRow {
-                    table: t.name.clone(),
-                    key: w.key.clone(),
-                    state,
-                })
+                Ok(PulledRow { table: t.name.clone(), key: w.key.clone(), state })
             })
             .collect::<Result<Vec<_>>>()?;
         let applied = replica.apply(&rows, &page.cursor)?;
@@ -160,9 +137,7 @@ pub async fn sync(
         report.pulled_changed += applied.changed as u64;
         report.conflicts += applied.conflicts as u64;
         cursor = page.cursor;
-        progress(Progress::Pulling {
-            rows: report.pulled,
-        });
+        progress(Progress::Pulling { rows: report.pulled });
         if !page.more {
             break;
         }

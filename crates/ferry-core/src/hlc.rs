@@ -27,9 +27,7 @@ impl FromStr for SiteId {
         if s.len() != 16 {
             return Err(ClockError::Malformed(s.to_owned()));
         }
-        u64::from_str_radix(s, 16)
-            .map(SiteId)
-            .map_err(|_| ClockError::Malformed(s.to_owned()))
+        u64::from_str_radix(s, 16).map(SiteId).map_err(|_| ClockError::Malformed(s.to_owned()))
     }
 }
 
@@ -49,16 +47,10 @@ pub struct Hlc {
 
 impl Hlc {
     /// The clock that precedes every real change.
-    pub const ZERO: Hlc = Hlc {
-        time: 0,
-        site: SiteId(0),
-    };
+    pub const ZERO: Hlc = Hlc { time: 0, site: SiteId(0) };
 
     pub fn new(wall_ms: u64, counter: u16, site: SiteId) -> Hlc {
-        Hlc {
-            time: (wall_ms << COUNTER_BITS) | u64::from(counter),
-            site,
-        }
+        Hlc { time: (wall_ms << COUNTER_BITS) | u64::from(counter), site }
     }
 
     pub fn wall_ms(self) -> u64 {
@@ -100,11 +92,7 @@ pub enum ClockError {
     #[error(
         "clock {remote} is {ahead_ms} ms ahead of this replica's wall clock; the most allowed is {max_ms} ms, check the sender's system time"
     )]
-    TooFarAhead {
-        remote: Hlc,
-        ahead_ms: u64,
-        max_ms: u64,
-    },
+    TooFarAhead { remote: Hlc, ahead_ms: u64, max_ms: u64 },
 }
 
 /// The clock state of one replica. Persist [`Clock::last`] with the data it stamped.
@@ -121,10 +109,7 @@ pub const MAX_DRIFT_MS: u64 = 24 * 60 * 60 * 1000;
 impl Clock {
     /// A clock for `site` that has already issued or observed `last`.
     pub fn new(site: SiteId, last: Hlc) -> Clock {
-        Clock {
-            site,
-            last: last.time,
-        }
+        Clock { site, last: last.time }
     }
 
     pub fn site(&self) -> SiteId {
@@ -133,25 +118,15 @@ impl Clock {
 
     /// The greatest clock issued or observed so far (with this replica's site id).
     pub fn last(&self) -> Hlc {
-        Hlc {
-            time: self.last,
-            site: self.site,
-        }
+        Hlc { time: self.last, site: self.site }
     }
 
     /// Issues a new clock for a local event that happened at `wall_ms`; strictly greater
     /// than every clock issued or observed before.
     pub fn tick(&mut self, wall_ms: u64) -> Hlc {
         let wall = wall_ms << COUNTER_BITS;
-        self.last = if wall > self.last {
-            wall
-        } else {
-            self.last + 1
-        };
-        Hlc {
-            time: self.last,
-            site: self.site,
-        }
+        self.last = if wall > self.last { wall } else { self.last + 1 };
+        Hlc { time: self.last, site: self.site }
     }
 
     /// Takes note of a clock from another replica so that later local events order after it.
@@ -161,11 +136,7 @@ impl Clock {
     pub fn observe(&mut self, remote: Hlc, now_ms: u64) -> Result<(), ClockError> {
         let ahead_ms = remote.wall_ms().saturating_sub(now_ms);
         if ahead_ms > MAX_DRIFT_MS {
-            return Err(ClockError::TooFarAhead {
-                remote,
-                ahead_ms,
-                max_ms: MAX_DRIFT_MS,
-            });
+            return Err(ClockError::TooFarAhead { remote, ahead_ms, max_ms: MAX_DRIFT_MS });
         }
         self.last = self.last.max(remote.time);
         Ok(())
@@ -214,10 +185,7 @@ mod tests {
     fn a_clock_from_far_in_the_future_is_refused() {
         let mut c = Clock::new(SiteId(1), Hlc::ZERO);
         let remote = Hlc::new(10 * MAX_DRIFT_MS, 0, SiteId(2));
-        assert!(matches!(
-            c.observe(remote, 0),
-            Err(ClockError::TooFarAhead { .. })
-        ));
+        assert!(matches!(c.observe(remote, 0), Err(ClockError::TooFarAhead { .. })));
         assert_eq!(c.last(), Hlc::new(0, 0, SiteId(1)));
     }
 }

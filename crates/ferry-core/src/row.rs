@@ -69,20 +69,14 @@ impl Default for RowState {
 impl RowState {
     /// A row nobody has written: the identity of merge.
     pub fn unknown() -> RowState {
-        RowState {
-            exists: Stamped::new(false, Hlc::ZERO),
-            cols: BTreeMap::new(),
-        }
+        RowState { exists: Stamped::new(false, Hlc::ZERO), cols: BTreeMap::new() }
     }
 
     /// The state an insert of `values` at `at` produces.
     pub fn inserted(values: impl IntoIterator<Item = (String, Value)>, at: Hlc) -> RowState {
         RowState {
             exists: Stamped::new(true, at),
-            cols: values
-                .into_iter()
-                .map(|(c, v)| (c, Stamped::new(v, at)))
-                .collect(),
+            cols: values.into_iter().map(|(c, v)| (c, Stamped::new(v, at))).collect(),
         }
     }
 
@@ -95,20 +89,14 @@ impl RowState {
     pub fn update(&mut self, values: impl IntoIterator<Item = (String, Value)>, at: Hlc) {
         let change = RowState {
             exists: Stamped::new(false, Hlc::ZERO),
-            cols: values
-                .into_iter()
-                .map(|(c, v)| (c, Stamped::new(v, at)))
-                .collect(),
+            cols: values.into_iter().map(|(c, v)| (c, Stamped::new(v, at))).collect(),
         };
         self.merge(&change);
     }
 
     /// Records a local delete at `at`.
     pub fn delete(&mut self, at: Hlc) {
-        self.merge(&RowState {
-            exists: Stamped::new(false, at),
-            cols: BTreeMap::new(),
-        });
+        self.merge(&RowState { exists: Stamped::new(false, at), cols: BTreeMap::new() });
     }
 
     pub fn is_alive(&self) -> bool {
@@ -117,10 +105,7 @@ impl RowState {
 
     /// The greatest clock in this state.
     pub fn max_clock(&self) -> Hlc {
-        self.cols
-            .values()
-            .map(|s| s.at)
-            .fold(self.exists.at, Hlc::max)
+        self.cols.values().map(|s| s.at).fold(self.exists.at, Hlc::max)
     }
 
     /// Merges `incoming` into `self`, register by register, greater clock wins.
@@ -166,17 +151,9 @@ enum Winner {
     Same,
 }
 
-fn wins<T>(
-    incoming: &Stamped<T>,
-    ours: &Stamped<T>,
-    cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
-) -> Winner {
+fn wins<T>(incoming: &Stamped<T>, ours: &Stamped<T>, cmp: impl Fn(&T, &T) -> std::cmp::Ordering) -> Winner {
     use std::cmp::Ordering::*;
-    match incoming
-        .at
-        .cmp(&ours.at)
-        .then_with(|| cmp(&incoming.value, &ours.value))
-    {
+    match incoming.at.cmp(&ours.at).then_with(|| cmp(&incoming.value, &ours.value)) {
         Greater => Winner::Incoming,
         Less => Winner::Receiver,
         Equal => Winner::Same,
@@ -240,28 +217,18 @@ mod tests {
         updated.update([("a".into(), text("a1"))], at(3, 2));
         deleted.merge(&updated);
         assert!(!deleted.is_alive());
-        assert_eq!(
-            deleted.cols["a"].value,
-            text("a1"),
-            "the tombstone keeps the update"
-        );
+        assert_eq!(deleted.cols["a"].value, text("a1"), "the tombstone keeps the update");
     }
 
     #[test]
     fn reinsert_after_delete_brings_the_row_back_with_the_new_values() {
         let mut r = row(&[("a", "old"), ("b", "old")], at(1, 1));
         r.delete(at(2, 1));
-        r.insert(
-            [("a".into(), text("new")), ("b".into(), text("new"))],
-            at(3, 2),
-        );
+        r.insert([("a".into(), text("new")), ("b".into(), text("new"))], at(3, 2));
         assert!(r.is_alive());
         assert_eq!(r.cols["a"].value, text("new"));
         // A delete older than the re-insert, arriving late, changes nothing.
-        let report = r.merge(&RowState {
-            exists: Stamped::new(false, at(2, 5)),
-            ..RowState::unknown()
-        });
+        let report = r.merge(&RowState { exists: Stamped::new(false, at(2, 5)), ..RowState::unknown() });
         assert!(!report.changed && r.is_alive());
     }
 

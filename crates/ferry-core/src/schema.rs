@@ -46,11 +46,7 @@ impl ColType {
     /// The SQLite column type (its storage class affinity).
     pub fn sqlite(self) -> &'static str {
         match self {
-            ColType::Uuid
-            | ColType::Text
-            | ColType::Timestamptz
-            | ColType::Date
-            | ColType::Json => "TEXT",
+            ColType::Uuid | ColType::Text | ColType::Timestamptz | ColType::Date | ColType::Json => "TEXT",
             ColType::Integer | ColType::BigInt | ColType::Boolean => "INTEGER",
             ColType::Real => "REAL",
             ColType::Blob => "BLOB",
@@ -158,10 +154,7 @@ impl Schema {
     /// A [`SchemaError`] naming the table and the fix when the SQL is outside the subset, a
     /// table has no usable primary key, a type is unknown, or an option names a table or
     /// column that does not exist.
-    pub fn parse(
-        sql: &str,
-        options: &BTreeMap<String, TableOptions>,
-    ) -> Result<Schema, SchemaError> {
+    pub fn parse(sql: &str, options: &BTreeMap<String, TableOptions>) -> Result<Schema, SchemaError> {
         let tokens = tokenize(sql)?;
         let mut p = Parser { tokens, pos: 0 };
         let mut tables: Vec<Table> = Vec::new();
@@ -170,27 +163,19 @@ impl Schema {
                 continue;
             }
             let table = p.create_table()?;
-            if table.name.starts_with("_ferry") {
+            if table.name.to_ascii_lowercase().starts_with("_ferry") {
                 return Err(SchemaError(format!(
                     "table '{}': names starting with '_ferry' are reserved for Ferry's bookkeeping; rename the table",
                     table.name
                 )));
             }
-            if tables
-                .iter()
-                .any(|t| t.name.eq_ignore_ascii_case(&table.name))
-            {
-                return Err(SchemaError(format!(
-                    "table '{}' is defined twice; keep one definition",
-                    table.name
-                )));
+            if tables.iter().any(|t| t.name.eq_ignore_ascii_case(&table.name)) {
+                return Err(SchemaError(format!("table '{}' is defined twice; keep one definition", table.name)));
             }
             tables.push(table);
         }
         if tables.is_empty() {
-            return Err(SchemaError(
-                "the schema has no CREATE TABLE statements; add the tables to sync".into(),
-            ));
+            return Err(SchemaError("the schema has no CREATE TABLE statements; add the tables to sync".into()));
         }
         for (name, opts) in options {
             let Some(table) = tables.iter_mut().find(|t| &t.name == name) else {
@@ -309,15 +294,9 @@ fn literal(v: &Value, ty: ColType, dialect: Dialect) -> String {
         (Value::Real(r), ..) => format!("{r:?}"),
         (Value::Text(s), ..) => quote_str(s),
         (Value::Blob(b), _, Dialect::Postgres) => {
-            format!(
-                "'\\x{}'",
-                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-            )
+            format!("'\\x{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
         }
-        (Value::Blob(b), ..) => format!(
-            "X'{}'",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        ),
+        (Value::Blob(b), ..) => format!("X'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
     }
 }
 
@@ -349,11 +328,7 @@ impl Table {
 
     /// The columns other than the primary key, in schema order.
     pub fn data_columns(&self) -> impl Iterator<Item = &Column> {
-        self.columns
-            .iter()
-            .enumerate()
-            .filter(move |(i, _)| *i != self.pk)
-            .map(|(_, c)| c)
+        self.columns.iter().enumerate().filter(move |(i, _)| *i != self.pk).map(|(_, c)| c)
     }
 
     /// `CREATE TABLE IF NOT EXISTS` for SQLite.
@@ -367,14 +342,8 @@ impl Table {
     }
 
     fn ddl(&self, dialect: Dialect) -> String {
-        let defs: Vec<String> = (0..self.columns.len())
-            .map(|i| self.column_def(i, dialect))
-            .collect();
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} ({})",
-            quote(&self.name),
-            defs.join(", ")
-        )
+        let defs: Vec<String> = (0..self.columns.len()).map(|i| self.column_def(i, dialect)).collect();
+        format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(&self.name), defs.join(", "))
     }
 
     /// The SQLite definition of column `i` as in `CREATE TABLE` (and `ALTER TABLE ADD COLUMN`).
@@ -403,12 +372,7 @@ impl Table {
     /// # Errors
     /// A [`ValueError`] naming the column and the rule broken.
     pub fn check_value(&self, column: &Column, value: &Value) -> Result<(), ValueError> {
-        let fail = |rule: String| {
-            Err(ValueError {
-                column: column.name.clone(),
-                rule,
-            })
-        };
+        let fail = |rule: String| Err(ValueError { column: column.name.clone(), rule });
         if value.is_null() {
             if column.not_null || column.name == self.pk_column().name {
                 return fail("is NOT NULL, got null".into());
@@ -424,20 +388,14 @@ impl Table {
                 | ("BLOB", Value::Blob(_))
         );
         if !class_ok {
-            return fail(format!(
-                "expects {}, got {}",
-                column.ty.name(),
-                value.kind()
-            ));
+            return fail(format!("expects {}, got {}", column.ty.name(), value.kind()));
         }
         match (column.ty, value) {
             (ColType::Boolean, Value::Integer(i)) if *i != 0 && *i != 1 => {
                 return fail(format!("is boolean, got {i}; use true/false or 1/0"));
             }
             (ColType::Uuid, Value::Text(s)) if !is_uuid(s) => {
-                return fail(format!(
-                    "expects a uuid like 0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b, got '{s}'"
-                ));
+                return fail(format!("expects a uuid like 0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b, got '{s}'"));
             }
             _ => {}
         }
@@ -514,9 +472,7 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, SchemaError> {
                 i += 1;
             }
             out.push(Tok::Word(chars[start..i].iter().collect()));
-        } else if c.is_ascii_digit()
-            || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
-        {
+        } else if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
             let start = i;
             i += 1;
             while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
@@ -550,18 +506,12 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, SchemaError> {
                     }
                 }
             }
-            out.push(if c == '\'' {
-                Tok::Str(s)
-            } else {
-                Tok::Quoted(s)
-            });
+            out.push(if c == '\'' { Tok::Str(s) } else { Tok::Quoted(s) });
         } else if "(),;=<>.".contains(c) {
             out.push(Tok::Punct(c));
             i += 1;
         } else {
-            return Err(SchemaError(format!(
-                "unexpected character '{c}' in the schema"
-            )));
+            return Err(SchemaError(format!("unexpected character '{c}' in the schema")));
         }
     }
     Ok(out)
@@ -611,22 +561,11 @@ impl Parser {
     }
 
     fn expect_kw(&mut self, kw: &str, ctx: &str) -> Result<(), SchemaError> {
-        if self.eat_kw(kw) {
-            Ok(())
-        } else {
-            Err(SchemaError(format!("{ctx}: expected {kw} {}", self.near())))
-        }
+        if self.eat_kw(kw) { Ok(()) } else { Err(SchemaError(format!("{ctx}: expected {kw} {}", self.near()))) }
     }
 
     fn expect_punct(&mut self, c: char, ctx: &str) -> Result<(), SchemaError> {
-        if self.eat_punct(c) {
-            Ok(())
-        } else {
-            Err(SchemaError(format!(
-                "{ctx}: expected '{c}' {}",
-                self.near()
-            )))
-        }
+        if self.eat_punct(c) { Ok(()) } else { Err(SchemaError(format!("{ctx}: expected '{c}' {}", self.near()))) }
     }
 
     fn ident(&mut self, ctx: &str) -> Result<String, SchemaError> {
@@ -639,10 +578,7 @@ impl Parser {
                 }
                 Ok(w)
             }
-            _ => Err(SchemaError(format!(
-                "{ctx}: expected a name {}",
-                self.near()
-            ))),
+            _ => Err(SchemaError(format!("{ctx}: expected a name {}", self.near()))),
         }
     }
 
@@ -699,23 +635,15 @@ impl Parser {
             } else if self.peek_kw("CHECK") {
                 let (col, allowed) = self.check(&ctx)?;
                 let Some(column) = columns.iter_mut().find(|x| x.name == col) else {
-                    return Err(SchemaError(format!(
-                        "{ctx}: CHECK names unknown column '{col}'"
-                    )));
+                    return Err(SchemaError(format!("{ctx}: CHECK names unknown column '{col}'")));
                 };
                 column.allowed = Some(allowed);
             } else {
                 let col = self.column(&ctx, &mut pk)?;
-                if columns
-                    .iter()
-                    .any(|c| c.name.eq_ignore_ascii_case(&col.name))
-                {
-                    return Err(SchemaError(format!(
-                        "{ctx}: column '{}' is defined twice",
-                        col.name
-                    )));
+                if columns.iter().any(|c| c.name.eq_ignore_ascii_case(&col.name)) {
+                    return Err(SchemaError(format!("{ctx}: column '{}' is defined twice", col.name)));
                 }
-                if col.name.starts_with("_ferry") {
+                if col.name.to_ascii_lowercase().starts_with("_ferry") {
                     return Err(SchemaError(format!(
                         "{ctx}: column '{}': names starting with '_ferry' are reserved; rename the column",
                         col.name
@@ -754,9 +682,7 @@ impl Parser {
             }
         };
         let Some(pk_index) = columns.iter().position(|c| c.name == pk) else {
-            return Err(SchemaError(format!(
-                "{ctx}: primary key names unknown column '{pk}'"
-            )));
+            return Err(SchemaError(format!("{ctx}: primary key names unknown column '{pk}'")));
         };
         let key = &mut columns[pk_index];
         match key.ty {
@@ -767,49 +693,28 @@ impl Parser {
                 )));
             }
             other => {
-                return Err(SchemaError(format!(
-                    "{ctx}: primary key '{pk}' is {}; use uuid (or text)",
-                    other.name()
-                )));
+                return Err(SchemaError(format!("{ctx}: primary key '{pk}' is {}; use uuid (or text)", other.name())));
             }
         }
-        Ok(Table {
-            name,
-            columns,
-            pk: pk_index,
-            options: TableOptions::default(),
-        })
+        Ok(Table { name, columns, pk: pk_index, options: TableOptions::default() })
     }
 
     fn references(&mut self, ctx: &str) -> Result<(String, String), SchemaError> {
         self.expect_kw("REFERENCES", ctx)?;
         let table = self.ident(ctx)?;
-        let col = if self.peek() == Some(&Tok::Punct('(')) {
-            self.ident_list(ctx)?.remove(0)
-        } else {
-            "id".to_owned()
-        };
+        let col = if self.peek() == Some(&Tok::Punct('(')) { self.ident_list(ctx)?.remove(0) } else { "id".to_owned() };
         while self.eat_kw("ON") {
             if !(self.eat_kw("DELETE") || self.eat_kw("UPDATE")) {
-                return Err(SchemaError(format!(
-                    "{ctx}: expected DELETE or UPDATE {}",
-                    self.near()
-                )));
+                return Err(SchemaError(format!("{ctx}: expected DELETE or UPDATE {}", self.near())));
             }
             if self.eat_kw("SET") {
                 if !(self.eat_kw("NULL") || self.eat_kw("DEFAULT")) {
-                    return Err(SchemaError(format!(
-                        "{ctx}: expected NULL or DEFAULT {}",
-                        self.near()
-                    )));
+                    return Err(SchemaError(format!("{ctx}: expected NULL or DEFAULT {}", self.near())));
                 }
             } else if self.eat_kw("NO") {
                 self.expect_kw("ACTION", ctx)?;
             } else if !(self.eat_kw("CASCADE") || self.eat_kw("RESTRICT")) {
-                return Err(SchemaError(format!(
-                    "{ctx}: unknown foreign key action {}",
-                    self.near()
-                )));
+                return Err(SchemaError(format!("{ctx}: unknown foreign key action {}", self.near())));
             }
         }
         Ok((table, col))
@@ -859,13 +764,7 @@ impl Parser {
             let lw = w.to_ascii_lowercase();
             let continues_type = words.is_empty()
                 || matches!(
-                    (
-                        words
-                            .last()
-                            .map(|s: &String| s.to_ascii_lowercase())
-                            .as_deref(),
-                        lw.as_str()
-                    ),
+                    (words.last().map(|s: &String| s.to_ascii_lowercase()).as_deref(), lw.as_str()),
                     (Some("double"), "precision")
                         | (Some("character"), "varying")
                         | (Some("timestamp"), "with")
@@ -880,10 +779,7 @@ impl Parser {
             self.pos += 1;
         }
         if words.is_empty() {
-            return Err(SchemaError(format!(
-                "{cctx}: expected a type {}",
-                self.near()
-            )));
+            return Err(SchemaError(format!("{cctx}: expected a type {}", self.near())));
         }
         let mut arg = None;
         if self.eat_punct('(') {
@@ -896,10 +792,7 @@ impl Parser {
                     }
                 }
                 _ => {
-                    return Err(SchemaError(format!(
-                        "{cctx}: expected a length {}",
-                        self.near()
-                    )));
+                    return Err(SchemaError(format!("{cctx}: expected a length {}", self.near())));
                 }
             }
             self.expect_punct(')', &cctx)?;
@@ -913,9 +806,7 @@ impl Parser {
                 "numeric" | "decimal" => "use real, or text for exact decimals".to_owned(),
                 _ => "supported types: uuid, text, varchar(n), integer, bigint, real, double precision, boolean, timestamptz, date, jsonb, bytea".to_owned(),
             };
-            return Err(SchemaError(format!(
-                "{cctx}: unknown type '{given}'; {hint}"
-            )));
+            return Err(SchemaError(format!("{cctx}: unknown type '{given}'; {hint}")));
         };
         let mut col = Column {
             name,
@@ -947,9 +838,7 @@ impl Parser {
             } else if self.peek_kw("CHECK") {
                 let (c, allowed) = self.check(&cctx)?;
                 if c != col.name {
-                    return Err(SchemaError(format!(
-                        "{cctx}: CHECK names another column '{c}'"
-                    )));
+                    return Err(SchemaError(format!("{cctx}: CHECK names another column '{c}'")));
                 }
                 col.allowed = Some(allowed);
             } else {
@@ -964,20 +853,12 @@ impl Parser {
         self.pos += 1;
         let v = match (&tok, ty) {
             (Some(Tok::Word(w)), _) if w.eq_ignore_ascii_case("null") => Value::Null,
-            (Some(Tok::Word(w)), ColType::Boolean) if w.eq_ignore_ascii_case("true") => {
-                Value::Integer(1)
+            (Some(Tok::Word(w)), ColType::Boolean) if w.eq_ignore_ascii_case("true") => Value::Integer(1),
+            (Some(Tok::Word(w)), ColType::Boolean) if w.eq_ignore_ascii_case("false") => Value::Integer(0),
+            (Some(Tok::Num(n)), ColType::Integer | ColType::BigInt | ColType::Boolean) => {
+                n.parse().map(Value::Integer).map_err(|_| bad_default(ctx, n))?
             }
-            (Some(Tok::Word(w)), ColType::Boolean) if w.eq_ignore_ascii_case("false") => {
-                Value::Integer(0)
-            }
-            (Some(Tok::Num(n)), ColType::Integer | ColType::BigInt | ColType::Boolean) => n
-                .parse()
-                .map(Value::Integer)
-                .map_err(|_| bad_default(ctx, n))?,
-            (Some(Tok::Num(n)), ColType::Real) => n
-                .parse()
-                .map(Value::Real)
-                .map_err(|_| bad_default(ctx, n))?,
+            (Some(Tok::Num(n)), ColType::Real) => n.parse().map(Value::Real).map_err(|_| bad_default(ctx, n))?,
             (Some(Tok::Str(s)), t) if t.is_textual() => Value::Text(s.clone()),
             (other, _) => {
                 let shown = other.as_ref().map(|t| t.to_string()).unwrap_or_default();
@@ -1022,15 +903,9 @@ mod tests {
         let t = s.table("jump_log").unwrap();
         assert_eq!(t.pk_column().name, "id");
         assert_eq!(t.column("kind").unwrap().max_len, Some(20));
-        assert_eq!(
-            t.column("kind").unwrap().allowed.as_deref(),
-            Some(&["belly".into(), "freefly".into()][..])
-        );
+        assert_eq!(t.column("kind").unwrap().allowed.as_deref(), Some(&["belly".into(), "freefly".into()][..]));
         assert_eq!(t.column("jumped_at").unwrap().ty, ColType::Timestamptz);
-        assert_eq!(
-            t.column("user_id").unwrap().references,
-            Some(("users".into(), "id".into()))
-        );
+        assert_eq!(t.column("user_id").unwrap().references, Some(("users".into(), "id".into())));
         let again = parse(&s.to_sql()).unwrap();
         assert_eq!(again, s);
         assert_eq!(again.version(), s.version());
@@ -1042,17 +917,11 @@ mod tests {
         let t = s.table("jump_log").unwrap();
         let lite = t.sqlite_ddl();
         assert!(lite.contains("\"id\" TEXT PRIMARY KEY NOT NULL"), "{lite}");
-        assert!(
-            lite.contains("\"visible\" INTEGER NOT NULL DEFAULT 0"),
-            "{lite}"
-        );
+        assert!(lite.contains("\"visible\" INTEGER NOT NULL DEFAULT 0"), "{lite}");
         assert!(lite.contains("\"video\" BLOB"), "{lite}");
         let pg = t.postgres_ddl();
         assert!(pg.contains("\"id\" uuid PRIMARY KEY"), "{pg}");
-        assert!(
-            pg.contains("\"visible\" boolean NOT NULL DEFAULT false"),
-            "{pg}"
-        );
+        assert!(pg.contains("\"visible\" boolean NOT NULL DEFAULT false"), "{pg}");
         assert!(pg.contains("\"kind\" varchar(20)"), "{pg}");
     }
 
@@ -1066,48 +935,25 @@ mod tests {
     #[test]
     fn an_integer_primary_key_is_refused_with_a_pointer_to_uuids() {
         let err = parse("CREATE TABLE notes (id integer PRIMARY KEY, body text);").unwrap_err();
-        assert!(
-            err.0.contains("table 'notes'") && err.0.contains("uuid"),
-            "{err}"
-        );
+        assert!(err.0.contains("table 'notes'") && err.0.contains("uuid"), "{err}");
     }
 
     #[test]
     fn an_unknown_type_is_named() {
         let err = parse("CREATE TABLE notes (id uuid PRIMARY KEY, body money);").unwrap_err();
-        assert!(
-            err.0
-                .contains("table 'notes', column 'body': unknown type 'money'"),
-            "{err}"
-        );
+        assert!(err.0.contains("table 'notes', column 'body': unknown type 'money'"), "{err}");
     }
 
     #[test]
     fn an_option_for_an_unknown_table_or_column_is_refused() {
         let mut opts = BTreeMap::new();
-        opts.insert(
-            "jumps".to_owned(),
-            TableOptions {
-                owner: Some("user_id".into()),
-            },
-        );
+        opts.insert("jumps".to_owned(), TableOptions { owner: Some("user_id".into()) });
         let err = Schema::parse(JUMPS, &opts).unwrap_err();
-        assert!(
-            err.0.contains("'jumps'") && err.0.contains("jump_log"),
-            "{err}"
-        );
+        assert!(err.0.contains("'jumps'") && err.0.contains("jump_log"), "{err}");
         let mut opts = BTreeMap::new();
-        opts.insert(
-            "jump_log".to_owned(),
-            TableOptions {
-                owner: Some("owner".into()),
-            },
-        );
+        opts.insert("jump_log".to_owned(), TableOptions { owner: Some("owner".into()) });
         let err = Schema::parse(JUMPS, &opts).unwrap_err();
-        assert!(
-            err.0.contains("owner column 'owner' does not exist"),
-            "{err}"
-        );
+        assert!(err.0.contains("owner column 'owner' does not exist"), "{err}");
     }
 
     #[test]
@@ -1124,21 +970,13 @@ mod tests {
         let t = s.table("jump_log").unwrap();
         let kind = t.column("kind").unwrap();
         assert!(t.check_value(kind, &Value::Text("belly".into())).is_ok());
-        let err = t
-            .check_value(kind, &Value::Text("tandem".into()))
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "column 'kind': allows only belly, freefly, got 'tandem'"
-        );
+        let err = t.check_value(kind, &Value::Text("tandem".into())).unwrap_err();
+        assert_eq!(err.to_string(), "column 'kind': allows only belly, freefly, got 'tandem'");
         let err = t.check_value(kind, &Value::Null).unwrap_err();
         assert!(err.to_string().contains("NOT NULL"));
         let n = t.column("jump_number").unwrap();
         let err = t.check_value(n, &Value::Text("x".into())).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "column 'jump_number': expects integer, got text"
-        );
+        assert_eq!(err.to_string(), "column 'jump_number': expects integer, got text");
         let user = t.column("user_id").unwrap();
         assert!(t.check_value(user, &Value::Text("nope".into())).is_err());
     }

@@ -129,14 +129,7 @@ impl SchemaResponse {
             tables: schema
                 .tables
                 .iter()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        TableInfo {
-                            owner: t.options.owner.clone(),
-                        },
-                    )
-                })
+                .map(|t| (t.name.clone(), TableInfo { owner: t.options.owner.clone() }))
                 .collect(),
         }
     }
@@ -149,14 +142,7 @@ impl SchemaResponse {
         let options = self
             .tables
             .iter()
-            .map(|(n, i)| {
-                (
-                    n.clone(),
-                    ferry_core::schema::TableOptions {
-                        owner: i.owner.clone(),
-                    },
-                )
-            })
+            .map(|(n, i)| (n.clone(), ferry_core::schema::TableOptions { owner: i.owner.clone() }))
             .collect();
         Schema::parse(&self.sql, &options)
     }
@@ -173,11 +159,7 @@ pub fn encode_row(table: &Table, key: &str, state: &RowState) -> WireRow {
     for s in state.cols.values() {
         *counts.entry(s.at).or_default() += 1;
     }
-    let clock = counts
-        .iter()
-        .max_by_key(|(h, n)| (**n, **h))
-        .map(|(h, _)| *h)
-        .unwrap_or(state.exists.at);
+    let clock = counts.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, _)| *h).unwrap_or(state.exists.at);
     let mut clocks = BTreeMap::new();
     let mut values = serde_json::Map::new();
     for col in table.data_columns() {
@@ -205,10 +187,7 @@ pub fn encode_row(table: &Table, key: &str, state: &RowState) -> WireRow {
 /// # Errors
 /// A [`DecodeError`] naming the table, key and column: unknown table or column, a value
 /// of the wrong type, a broken rule (NOT NULL, allowed values, length), a malformed clock.
-pub fn decode_row<'s>(
-    schema: &'s Schema,
-    row: &WireRow,
-) -> Result<(&'s Table, RowState), DecodeError> {
+pub fn decode_row<'s>(schema: &'s Schema, row: &WireRow) -> Result<(&'s Table, RowState), DecodeError> {
     let Some(table) = schema.table(&row.table) else {
         return Err(DecodeError(format!(
             "unknown table '{}'; the schema has: {}",
@@ -220,18 +199,12 @@ pub fn decode_row<'s>(
     table
         .check_value(table.pk_column(), &Value::Text(row.key.clone()))
         .map_err(|e| DecodeError(format!("{}: key {}", here(), e.rule)))?;
-    let hlc = |s: &str, what: &str| {
-        s.parse::<Hlc>()
-            .map_err(|e| DecodeError(format!("{}: {what}: {e}", here())))
-    };
+    let hlc = |s: &str, what: &str| s.parse::<Hlc>().map_err(|e| DecodeError(format!("{}: {what}: {e}", here())));
     let exists_at = hlc(&row.exists_at, "exists_at")?;
     let clock = hlc(&row.clock, "clock")?;
     let mut cols = BTreeMap::new();
     for (name, json) in &row.values {
-        let Some(col) = table
-            .column(name)
-            .filter(|c| c.name != table.pk_column().name)
-        else {
+        let Some(col) = table.column(name).filter(|c| c.name != table.pk_column().name) else {
             let known: Vec<_> = table.data_columns().map(|c| c.name.as_str()).collect();
             return Err(DecodeError(format!(
                 "{}: unknown column '{name}'; the table has: {}",
@@ -243,9 +216,7 @@ pub fn decode_row<'s>(
             .map_err(|rule| DecodeError(format!("{}: column '{name}': {rule}", here())))?;
         // A tombstone may hold values that predate a rule; only live rows must obey them.
         if row.exists {
-            table
-                .check_value(col, &value)
-                .map_err(|e| DecodeError(format!("{}: {e}", here())))?;
+            table.check_value(col, &value).map_err(|e| DecodeError(format!("{}: {e}", here())))?;
         }
         let at = match row.clocks.get(name) {
             Some(c) => hlc(c, &format!("clock of '{name}'"))?,
@@ -254,30 +225,14 @@ pub fn decode_row<'s>(
         cols.insert(name.clone(), Stamped::new(value, at));
     }
     if let Some(extra) = row.clocks.keys().find(|c| !row.values.contains_key(*c)) {
-        return Err(DecodeError(format!(
-            "{}: clock given for '{extra}', which has no value",
-            here()
-        )));
+        return Err(DecodeError(format!("{}: clock given for '{extra}', which has no value", here())));
     }
     if row.exists {
-        if let Some(missing) = table
-            .data_columns()
-            .find(|c| c.not_null && !cols.contains_key(&c.name))
-        {
-            return Err(DecodeError(format!(
-                "{}: column '{}' is NOT NULL but missing",
-                here(),
-                missing.name
-            )));
+        if let Some(missing) = table.data_columns().find(|c| c.not_null && !cols.contains_key(&c.name)) {
+            return Err(DecodeError(format!("{}: column '{}' is NOT NULL but missing", here(), missing.name)));
         }
     }
-    Ok((
-        table,
-        RowState {
-            exists: Stamped::new(row.exists, exists_at),
-            cols,
-        },
-    ))
+    Ok((table, RowState { exists: Stamped::new(row.exists, exists_at), cols }))
 }
 
 /// A value as JSON, by the column's logical type: booleans as `true`/`false`, blobs as
@@ -287,9 +242,8 @@ pub fn value_to_json(ty: ColType, v: &Value) -> serde_json::Value {
         (_, Value::Null) => serde_json::Value::Null,
         (ColType::Boolean, Value::Integer(i)) => serde_json::Value::Bool(*i != 0),
         (_, Value::Integer(i)) => (*i).into(),
-        (_, Value::Real(r)) => {
-            serde_json::Number::from_f64(*r).map_or(serde_json::Value::Null, Into::into)
-        }
+        // JSON has no infinities or NaN: those travel as the strings "inf", "-inf", "NaN".
+        (_, Value::Real(r)) => serde_json::Number::from_f64(*r).map_or_else(|| format!("{r:?}").into(), Into::into),
         (_, Value::Text(s)) => s.clone().into(),
         (_, Value::Blob(b)) => B64.encode(b).into(),
     }
@@ -317,6 +271,9 @@ pub fn value_from_json(ty: ColType, j: &serde_json::Value) -> Result<Value, Stri
             None => return wrong(),
         },
         (ColType::Real, J::Number(n)) => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+        (ColType::Real, J::String(s)) if matches!(s.as_str(), "inf" | "-inf" | "NaN") => {
+            Value::Real(s.parse().unwrap_or(f64::NAN))
+        }
         (ColType::Blob, J::String(s)) => match B64.decode(s) {
             Ok(b) => Value::Blob(b),
             Err(_) => return Err("expects base64 for bytea".into()),
@@ -355,10 +312,7 @@ mod tests {
             ],
             at,
         );
-        state.update(
-            [("n".to_owned(), Value::Integer(8))],
-            Hlc::new(6, 0, SiteId(3)),
-        );
+        state.update([("n".to_owned(), Value::Integer(8))], Hlc::new(6, 0, SiteId(3)));
         let wire = encode_row(t, KEY, &state);
         assert_eq!(wire.values["ok"], serde_json::Value::Bool(true));
         assert_eq!(wire.clocks.len(), 1);
@@ -384,10 +338,7 @@ mod tests {
     fn bad_rows_are_refused_with_the_bad_value_named() {
         let s = schema();
         let err = decode_row(&s, &wire(serde_json::json!({"n": "seven"}))).unwrap_err();
-        assert_eq!(
-            err.0,
-            format!("jump '{KEY}': column 'n': expects integer, got \"seven\"")
-        );
+        assert_eq!(err.0, format!("jump '{KEY}': column 'n': expects integer, got \"seven\""));
         let err = decode_row(&s, &wire(serde_json::json!({"n": 1, "color": "red"}))).unwrap_err();
         assert!(err.0.contains("unknown column 'color'"), "{err}");
         let err = decode_row(&s, &wire(serde_json::json!({"note": "x"}))).unwrap_err();
@@ -398,11 +349,6 @@ mod tests {
         assert_eq!(err.0, "unknown table 'jumps'; the schema has: jump");
         let mut row = wire(serde_json::json!({"n": 1}));
         row.key = "42".into();
-        assert!(
-            decode_row(&s, &row)
-                .unwrap_err()
-                .0
-                .contains("expects a uuid")
-        );
+        assert!(decode_row(&s, &row).unwrap_err().0.contains("expects a uuid"));
     }
 }

@@ -61,28 +61,17 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file '{path}': {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file '{path}': {message}")]
     Parse { path: PathBuf, message: String },
     #[error("listen address '{0}' is not HOST:PORT (for example 127.0.0.1:7070)")]
     Listen(String),
-    #[error(
-        "no schema given; set `schema = \"schema.sql\"` in [server], pass --schema or set FERRY_SCHEMA"
-    )]
+    #[error("no schema given; set `schema = \"schema.sql\"` in [server], pass --schema or set FERRY_SCHEMA")]
     NoSchema,
     #[error("cannot read schema file '{path}': {source}")]
-    SchemaRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    SchemaRead { path: PathBuf, source: std::io::Error },
     #[error("schema '{path}': {source}")]
-    Schema {
-        path: PathBuf,
-        source: ferry_core::schema::SchemaError,
-    },
+    Schema { path: PathBuf, source: ferry_core::schema::SchemaError },
 }
 
 impl Config {
@@ -93,54 +82,24 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
         let (parsed, base) = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                let parsed: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })?;
-                (
-                    parsed,
-                    path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                )
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let parsed: FileConfig = toml::from_str(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+                (parsed, path.parent().map(Path::to_path_buf).unwrap_or_default())
             }
             None => (FileConfig::default(), PathBuf::new()),
         };
-        let from_file =
-            |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { base.join(p) });
-        let listen_text = overrides
-            .listen
-            .or(parsed.server.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
-        let data_dir = overrides
-            .data_dir
-            .or_else(|| from_file(parsed.server.data_dir))
-            .unwrap_or_else(|| base.join("ferry-data"));
-        let schema_path = overrides
-            .schema
-            .or_else(|| from_file(parsed.server.schema))
-            .ok_or(ConfigError::NoSchema)?;
-        let max_body_bytes = overrides
-            .max_body_bytes
-            .or(parsed.server.max_body_bytes)
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        let tables = parsed
-            .tables
-            .into_iter()
-            .map(|(name, t)| (name, TableOptions { owner: t.owner }))
-            .collect();
-        Ok(Config {
-            listen,
-            data_dir,
-            schema_path,
-            max_body_bytes,
-            tables,
-        })
+        let from_file = |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { base.join(p) });
+        let listen_text = overrides.listen.or(parsed.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse().map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let data_dir =
+            overrides.data_dir.or_else(|| from_file(parsed.server.data_dir)).unwrap_or_else(|| base.join("ferry-data"));
+        let schema_path = overrides.schema.or_else(|| from_file(parsed.server.schema)).ok_or(ConfigError::NoSchema)?;
+        let max_body_bytes =
+            overrides.max_body_bytes.or(parsed.server.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let tables = parsed.tables.into_iter().map(|(name, t)| (name, TableOptions { owner: t.owner })).collect();
+        Ok(Config { listen, data_dir, schema_path, max_body_bytes, tables })
     }
 
     /// Reads and checks the schema file with the per-table options.
@@ -149,15 +108,9 @@ impl Config {
     /// When the file cannot be read or the schema is refused (the message names the table
     /// and the fix).
     pub fn schema(&self) -> Result<Schema, ConfigError> {
-        let sql = std::fs::read_to_string(&self.schema_path).map_err(|source| {
-            ConfigError::SchemaRead {
-                path: self.schema_path.clone(),
-                source,
-            }
-        })?;
-        Schema::parse(&sql, &self.tables).map_err(|source| ConfigError::Schema {
-            path: self.schema_path.clone(),
-            source,
-        })
+        let sql = std::fs::read_to_string(&self.schema_path)
+            .map_err(|source| ConfigError::SchemaRead { path: self.schema_path.clone(), source })?;
+        Schema::parse(&sql, &self.tables)
+            .map_err(|source| ConfigError::Schema { path: self.schema_path.clone(), source })
     }
 }

@@ -15,17 +15,11 @@ pub async fn live() -> &'static str {
     "ok\n"
 }
 
-pub async fn schema<S: Store>(
-    State(state): State<Arc<AppState<S>>>,
-    _who: Authed,
-) -> Json<SchemaResponse> {
+pub async fn schema<S: Store>(State(state): State<Arc<AppState<S>>>, _who: Authed) -> Json<SchemaResponse> {
     Json(SchemaResponse::from_schema(state.store.schema()))
 }
 
-pub async fn me<S: Store>(
-    State(state): State<Arc<AppState<S>>>,
-    Authed(p): Authed,
-) -> Json<WhoAmI> {
+pub async fn me<S: Store>(State(state): State<Arc<AppState<S>>>, Authed(p): Authed) -> Json<WhoAmI> {
     Json(WhoAmI {
         store_id: state.store.id().to_owned(),
         user_id: p.user_id,
@@ -36,8 +30,5 @@ pub async fn me<S: Store>(
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound(format!(
-        "no endpoint at '{}'; see docs/protocol.md",
-        uri.path()
-    ))
+    ApiError::NotFound(format!("no endpoint at '{}'; see docs/protocol.md", uri.path()))
 }

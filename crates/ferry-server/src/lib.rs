@@ -38,10 +38,7 @@ pub struct AppState<S> {
 
 /// The HTTP routes over `store`.
 pub fn router<S: Store>(store: S, max_body_bytes: usize) -> Router {
-    let state = Arc::new(AppState {
-        store,
-        max_body_bytes,
-    });
+    let state = Arc::new(AppState { store, max_body_bytes });
     Router::new()
         .route("/health/live", get(info::live))
         .route("/v1/schema", get(info::schema::<S>))
@@ -66,7 +63,5 @@ pub async fn run<S: Store>(
     max_body_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store, max_body_bytes))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(store, max_body_bytes)).with_graceful_shutdown(shutdown).await
 }

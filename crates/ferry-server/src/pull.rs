@@ -17,16 +17,12 @@ pub async fn pull<S: Store>(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<PullResponse>, ApiError> {
     if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit")) {
-        return Err(ApiError::BadRequest(format!(
-            "unknown pull parameter '{unknown}'; use cursor and limit"
-        )));
+        return Err(ApiError::BadRequest(format!("unknown pull parameter '{unknown}'; use cursor and limit")));
     }
     let cursor = match q.get("cursor").map(String::as_str) {
         None | Some("") => 0,
         Some(c) => c.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!(
-                "cursor '{c}' is not a cursor this server gave out; start over with cursor=0"
-            ))
+            ApiError::BadRequest(format!("cursor '{c}' is not a cursor this server gave out; start over with cursor=0"))
         })?,
     };
     let limit = match q.get("limit") {
@@ -34,9 +30,7 @@ pub async fn pull<S: Store>(
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_PAGE_ROWS).contains(&n) => n,
             _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "limit '{l}' must be a number from 1 to {MAX_PAGE_ROWS}"
-                )));
+                return Err(ApiError::BadRequest(format!("limit '{l}' must be a number from 1 to {MAX_PAGE_ROWS}")));
             }
         },
     };
@@ -45,15 +39,7 @@ pub async fn pull<S: Store>(
     let rows = page
         .rows
         .iter()
-        .filter_map(|r| {
-            schema
-                .table(&r.table)
-                .map(|t| ferry_protocol::encode_row(t, &r.key, &r.state))
-        })
+        .filter_map(|r| schema.table(&r.table).map(|t| ferry_protocol::encode_row(t, &r.key, &r.state)))
         .collect();
-    Ok(Json(PullResponse {
-        rows,
-        cursor: page.cursor.to_string(),
-        more: page.more,
-    }))
+    Ok(Json(PullResponse { rows, cursor: page.cursor.to_string(), more: page.more }))
 }

@@ -27,8 +27,8 @@ pub async fn push<S: Store>(
             ApiError::BadRequest(format!("cannot read push body: {e}"))
         }
     })?;
-    let req: PushRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed push body: {e}")))?;
+    let req: PushRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed push body: {e}")))?;
     if req.batch_id.is_empty() || req.batch_id.len() > 100 {
         return Err(ApiError::BadRequest(format!(
             "batch_id '{}' must be 1 to 100 characters",
@@ -46,19 +46,11 @@ pub async fn push<S: Store>(
         .rows
         .iter()
         .map(|w| {
-            let (table, st) =
-                ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
-            Ok(IncomingRow {
-                table: table.name.clone(),
-                key: w.key.clone(),
-                state: st,
-            })
+            let (table, st) = ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
+            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     for r in &rows {
         let ahead = u128::from(r.state.max_clock().wall_ms()).saturating_sub(now_ms);
         if ahead > u128::from(ferry_core::hlc::MAX_DRIFT_MS) {
@@ -71,9 +63,7 @@ pub async fn push<S: Store>(
     let cursor = match req.cursor.as_deref() {
         None => None,
         Some(c) => Some(c.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!(
-                "cursor '{c}' is not a cursor this server gave out; leave it out"
-            ))
+            ApiError::BadRequest(format!("cursor '{c}' is not a cursor this server gave out; leave it out"))
         })?),
     };
     let outcome = state.store.push(&who, &req.batch_id, cursor, rows).await?;

@@ -41,11 +41,7 @@ pub enum Error {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt bookkeeping for {table} '{key}': {detail}")]
-    Corrupt {
-        table: String,
-        key: String,
-        detail: String,
-    },
+    Corrupt { table: String, key: String, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -99,9 +95,7 @@ impl TableSql {
         } else {
             format!("SELECT {} FROM {name} WHERE {pk} = ?1", data.join(", "))
         };
-        let all: Vec<&str> = std::iter::once(pk.as_str())
-            .chain(data.iter().map(String::as_str))
-            .collect();
+        let all: Vec<&str> = std::iter::once(pk.as_str()).chain(data.iter().map(String::as_str)).collect();
         let marks: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
         let on_conflict = if data.is_empty() {
             "DO NOTHING".to_owned()
@@ -122,13 +116,7 @@ impl TableSql {
              WHERE r.tbl = ?1 AND r.seq > ?2 AND r.seq <= ?3 AND (?4 IS NULL OR r.owner IS NULL OR r.owner = ?4)",
             meta.join(", ")
         );
-        TableSql {
-            table: table.clone(),
-            select,
-            upsert,
-            delete,
-            feed,
-        }
+        TableSql { table: table.clone(), select, upsert, delete, feed }
     }
 
     /// The values of the data columns (schema order, key excluded), or `None` if no row has `pk`.
@@ -136,11 +124,7 @@ impl TableSql {
         let n = self.table.columns.len() - 1;
         let mut stmt = conn.prepare_cached(&self.select)?;
         let row = stmt
-            .query_row([pk], |r| {
-                (0..n)
-                    .map(|i| r.get_ref(i).map(value_from_sql))
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
+            .query_row([pk], |r| (0..n).map(|i| r.get_ref(i).map(value_from_sql)).collect::<rusqlite::Result<Vec<_>>>())
             .optional()?;
         Ok(row)
     }
@@ -151,8 +135,7 @@ impl TableSql {
         let mut params: Vec<Param<'_>> = Vec::with_capacity(values.len() + 1);
         params.push(Param(&key));
         params.extend(values.iter().map(Param));
-        conn.prepare_cached(&self.upsert)?
-            .execute(rusqlite::params_from_iter(params))?;
+        conn.prepare_cached(&self.upsert)?.execute(rusqlite::params_from_iter(params))?;
         Ok(())
     }
 
@@ -165,13 +148,7 @@ impl TableSql {
     pub fn values_of(&self, state: &RowState) -> Vec<Value> {
         self.table
             .data_columns()
-            .map(|c| {
-                state
-                    .cols
-                    .get(&c.name)
-                    .map(|s| s.value.clone())
-                    .unwrap_or(Value::Null)
-            })
+            .map(|c| state.cols.get(&c.name).map(|s| s.value.clone()).unwrap_or(Value::Null))
             .collect()
     }
 }
@@ -199,25 +176,12 @@ pub struct Extra<'a> {
 }
 
 fn corrupt(table: &str, key: &str, detail: impl ToString) -> Error {
-    Error::Corrupt {
-        table: table.to_owned(),
-        key: key.to_owned(),
-        detail: detail.to_string(),
-    }
+    Error::Corrupt { table: table.to_owned(), key: key.to_owned(), detail: detail.to_string() }
 }
 
 const META_COLUMNS: &str = "alive, alive_at, clock, clocks, dead, seq, owner, pending";
 
-type RawMeta = (
-    bool,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    Option<String>,
-    i64,
-);
+type RawMeta = (bool, String, String, Option<String>, Option<String>, i64, Option<String>, i64);
 
 /// Reads the eight [`META_COLUMNS`] starting at column `at` of `r`.
 fn raw_meta(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RawMeta> {
@@ -240,38 +204,19 @@ fn parse_meta(ts: &TableSql, pk: &str, raw: RawMeta) -> Result<Meta> {
     let clocks = match clocks {
         None => BTreeMap::new(),
         Some(json) => {
-            let map: BTreeMap<String, String> =
-                serde_json::from_str(&json).map_err(|e| corrupt(t, pk, e))?;
-            map.into_iter()
-                .map(|(c, h)| Ok((c, hlc(&h)?)))
-                .collect::<Result<_>>()?
+            let map: BTreeMap<String, String> = serde_json::from_str(&json).map_err(|e| corrupt(t, pk, e))?;
+            map.into_iter().map(|(c, h)| Ok((c, hlc(&h)?))).collect::<Result<_>>()?
         }
     };
-    let dead = dead
-        .map(|json| decode_values(&ts.table, &json))
-        .transpose()
-        .map_err(|e| corrupt(t, pk, e))?;
-    Ok(Meta {
-        alive,
-        alive_at: hlc(&alive_at)?,
-        clock: hlc(&clock)?,
-        clocks,
-        dead,
-        seq,
-        owner,
-        pending,
-    })
+    let dead = dead.map(|json| decode_values(&ts.table, &json)).transpose().map_err(|e| corrupt(t, pk, e))?;
+    Ok(Meta { alive, alive_at: hlc(&alive_at)?, clock: hlc(&clock)?, clocks, dead, seq, owner, pending })
 }
 
 /// Reads the bookkeeping of `pk` in `ts`'s table.
 pub fn load_meta(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<Meta>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {META_COLUMNS} FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2"
-    ))?;
-    match stmt
-        .query_row(params![ts.table.name, pk], |r| raw_meta(r, 0))
-        .optional()?
-    {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {META_COLUMNS} FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2"))?;
+    match stmt.query_row(params![ts.table.name, pk], |r| raw_meta(r, 0)).optional()? {
         Some(raw) => Ok(Some(parse_meta(ts, pk, raw)?)),
         None => Ok(None),
     }
@@ -296,11 +241,9 @@ pub fn feed_states(
         let meta = parse_meta(ts, &pk, raw_meta(r, 1)?)?;
         let has_row: Option<i64> = r.get(9)?;
         let values = match has_row {
-            Some(_) => Some(
-                (0..n)
-                    .map(|i| r.get_ref(10 + i).map(value_from_sql))
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-            ),
+            Some(_) => {
+                Some((0..n).map(|i| r.get_ref(10 + i).map(value_from_sql)).collect::<rusqlite::Result<Vec<_>>>()?)
+            }
             None => None,
         };
         let state = state_of(ts, &meta, values);
@@ -325,10 +268,7 @@ pub fn state_of(ts: &TableSql, meta: &Meta, values: Option<Vec<Value>>) -> RowSt
             cols.insert(col.name.clone(), Stamped::new(value, at));
         }
     }
-    RowState {
-        exists: Stamped::new(meta.alive, meta.alive_at),
-        cols,
-    }
+    RowState { exists: Stamped::new(meta.alive, meta.alive_at), cols }
 }
 
 /// Loads the whole state of `pk`: bookkeeping plus values, or `None` if never seen.
@@ -342,13 +282,7 @@ pub fn load_state(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<(
 
 /// Writes `state` for `pk`: the application row (upsert, or delete when the row is dead)
 /// and its bookkeeping.
-pub fn store_state(
-    conn: &Connection,
-    ts: &TableSql,
-    pk: &str,
-    state: &RowState,
-    extra: &Extra<'_>,
-) -> Result<()> {
+pub fn store_state(conn: &Connection, ts: &TableSql, pk: &str, state: &RowState, extra: &Extra<'_>) -> Result<()> {
     let values = ts.values_of(state);
     let dead = if state.is_alive() {
         ts.write(conn, pk, &values)?;
@@ -401,19 +335,14 @@ fn encode_clocks(ts: &TableSql, state: &RowState) -> (Hlc, Option<String>) {
     for c in ts.table.data_columns() {
         *counts.entry(at(&c.name)).or_default() += 1;
     }
-    let base = counts
-        .iter()
-        .max_by_key(|(h, n)| (**n, **h))
-        .map(|(h, _)| *h)
-        .unwrap_or(state.exists.at);
+    let base = counts.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, _)| *h).unwrap_or(state.exists.at);
     let exceptions: BTreeMap<&str, String> = ts
         .table
         .data_columns()
         .filter(|c| at(&c.name) != base)
         .map(|c| (c.name.as_str(), at(&c.name).to_string()))
         .collect();
-    let json =
-        (!exceptions.is_empty()).then(|| serde_json::to_string(&exceptions).expect("string map"));
+    let json = (!exceptions.is_empty()).then(|| serde_json::to_string(&exceptions).expect("string map"));
     (base, json)
 }
 
@@ -425,15 +354,10 @@ pub fn encode_values(table: &Table, values: &[Value]) -> String {
         let j = match v {
             Value::Null => serde_json::Value::Null,
             Value::Integer(i) => (*i).into(),
-            Value::Real(r) => {
-                serde_json::Number::from_f64(*r).map_or(serde_json::Value::Null, Into::into)
-            }
+            // Reals as text with the shortest exact form (infinities included).
+            Value::Real(r) => format!("{r:?}").into(),
             Value::Text(s) => s.clone().into(),
-            Value::Blob(b) => b
-                .iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<String>()
-                .into(),
+            Value::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect::<String>().into(),
         };
         map.insert(col.name.clone(), j);
     }
@@ -441,10 +365,7 @@ pub fn encode_values(table: &Table, values: &[Value]) -> String {
 }
 
 /// Decodes [`encode_values`]' form (and the trigger's): blob columns hold hex text.
-pub fn decode_values(
-    table: &Table,
-    json: &str,
-) -> std::result::Result<BTreeMap<String, Value>, String> {
+pub fn decode_values(table: &Table, json: &str) -> std::result::Result<BTreeMap<String, Value>, String> {
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(json).map_err(|e| format!("bad stored values: {e}"))?;
     let mut out = BTreeMap::new();
@@ -458,6 +379,10 @@ pub fn decode_values(
             serde_json::Value::Number(n) => match n.as_i64() {
                 Some(i) if col.ty != ColType::Real => Value::Integer(i),
                 _ => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) if col.ty == ColType::Real => match s.parse::<f64>() {
+                Ok(r) => Value::Real(r),
+                Err(_) => Value::Text(s),
             },
             serde_json::Value::String(s) if col.ty == ColType::Blob => {
                 Value::Blob(from_hex(&s).ok_or_else(|| format!("column '{name}': bad hex"))?)
@@ -474,10 +399,7 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Opens (or creates) an SQLite file with the settings every Ferry file uses: WAL, a busy
@@ -530,10 +452,7 @@ mod tests {
 
         state.delete(at(3));
         store_state(&conn, &ts, "k", &state, &Extra::default()).unwrap();
-        assert!(
-            ts.read(&conn, "k").unwrap().is_none(),
-            "a dead row leaves the application table"
-        );
+        assert!(ts.read(&conn, "k").unwrap().is_none(), "a dead row leaves the application table");
         let (loaded, _) = load_state(&conn, &ts, "k").unwrap().unwrap();
         assert_eq!(loaded, state, "the tombstone keeps values and clocks");
     }
@@ -545,16 +464,13 @@ mod tests {
 /// # Errors
 /// A message naming each difference that cannot be fixed by adding a column.
 pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec<String>, String> {
-    let mut stmt = conn
-        .prepare("SELECT name, type, pk FROM pragma_table_info(?1)")
-        .map_err(|e| e.to_string())?;
+    let mut stmt = conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1)").map_err(|e| e.to_string())?;
     let existing: Vec<(String, String, i64)> = stmt
         .query_map([&table.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .and_then(|rows| rows.collect())
         .map_err(|e| e.to_string())?;
     if existing.is_empty() {
-        conn.execute_batch(&table.sqlite_ddl())
-            .map_err(|e| format!("creating table '{}': {e}", table.name))?;
+        conn.execute_batch(&table.sqlite_ddl()).map_err(|e| format!("creating table '{}': {e}", table.name))?;
         return Ok(vec![format!("created table '{}'", table.name)]);
     }
     let mut problems = Vec::new();
@@ -580,9 +496,7 @@ pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec
     }
     for (name, ..) in &existing {
         if table.column(name).is_none() {
-            problems.push(format!(
-                "column '{name}' is in the file but not in the schema"
-            ));
+            problems.push(format!("column '{name}' is in the file but not in the schema"));
         }
     }
     if !problems.is_empty() {
@@ -595,12 +509,8 @@ pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec
     let mut done = Vec::new();
     for col in added {
         let i = table.column_index(&col.name).expect("column of the table");
-        conn.execute_batch(&format!(
-            "ALTER TABLE {} ADD COLUMN {}",
-            quote(&table.name),
-            table.sqlite_column_def(i)
-        ))
-        .map_err(|e| format!("adding column '{}' to '{}': {e}", col.name, table.name))?;
+        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {}", quote(&table.name), table.sqlite_column_def(i)))
+            .map_err(|e| format!("adding column '{}' to '{}': {e}", col.name, table.name))?;
         done.push(format!("added column '{}' to '{}'", col.name, table.name));
     }
     Ok(done)

@@ -127,11 +127,7 @@ pub trait Store: Send + Sync + 'static {
     fn add_user(&self, name: &str) -> impl Future<Output = Result<User>> + Send;
 
     /// Registers a device for a user (by name or id) and returns its new bearer token.
-    fn create_token(
-        &self,
-        user: &str,
-        device: &str,
-    ) -> impl Future<Output = Result<NewToken>> + Send;
+    fn create_token(&self, user: &str, device: &str) -> impl Future<Output = Result<NewToken>> + Send;
 
     /// The device a bearer token belongs to, or `None` for an unknown or revoked token.
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Option<Principal>>> + Send;
@@ -149,12 +145,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<PushOutcome>> + Send;
 
     /// Up to `limit` rows that changed after `cursor` and that `who` may read, in feed order.
-    fn pull(
-        &self,
-        who: &Principal,
-        cursor: u64,
-        limit: usize,
-    ) -> impl Future<Output = Result<PullPage>> + Send;
+    fn pull(&self, who: &Principal, cursor: u64, limit: usize) -> impl Future<Output = Result<PullPage>> + Send;
 }
 
 /// A new random bearer token: `fry_` and 64 hex digits (256 bits).

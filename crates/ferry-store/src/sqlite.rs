@@ -16,8 +16,8 @@ use ferry_sqlite::{Extra, TableSql};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store, StoreError,
-    User, new_token, token_hash,
+    FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store, StoreError, User, new_token,
+    token_hash,
 };
 
 const BOOKKEEPING: &str = "
@@ -72,15 +72,14 @@ impl SqliteStore {
     /// table differs from the schema (the message names each difference).
     pub fn open(data_dir: &Path, schema: Schema) -> Result<SqliteStore> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot create data directory '{}': {e}",
-                data_dir.display()
-            ))
+            StoreError::Unavailable(format!("cannot create data directory '{}': {e}", data_dir.display()))
         })?;
         let path = data_dir.join("ferry.db");
-        let mut writer = ferry_sqlite::open(&path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open '{}': {e}", path.display()))
-        })?;
+        let mut writer = ferry_sqlite::open(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open '{}': {e}", path.display())))?;
+        // An acknowledged push must survive a power cut: devices clear their outbox on the
+        // acknowledgement and will not send the change again.
+        writer.pragma_update(None, "synchronous", "FULL")?;
         let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(ferry_sqlite::ROWS_DDL)?;
         tx.execute_batch(BOOKKEEPING)?;
@@ -91,28 +90,13 @@ impl SqliteStore {
             "INSERT OR IGNORE INTO _ferry_store (key, value) VALUES ('id', ?1)",
             [uuid::Uuid::now_v7().to_string()],
         )?;
-        let id: String =
-            tx.query_row("SELECT value FROM _ferry_store WHERE key = 'id'", [], |r| {
-                r.get(0)
-            })?;
+        let id: String = tx.query_row("SELECT value FROM _ferry_store WHERE key = 'id'", [], |r| r.get(0))?;
         tx.commit()?;
         let readers = (0..READERS)
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let tables = schema
-            .tables
-            .iter()
-            .map(|t| (t.name.clone(), TableSql::new(t)))
-            .collect();
-        Ok(SqliteStore {
-            inner: Arc::new(Inner {
-                id,
-                schema,
-                tables,
-                writer: Mutex::new(writer),
-                readers,
-            }),
-        })
+        let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
+        Ok(SqliteStore { inner: Arc::new(Inner { id, schema, tables, writer: Mutex::new(writer), readers }) })
     }
 
     async fn write<T: Send + 'static>(
@@ -179,23 +163,14 @@ impl Store for SqliteStore {
     async fn add_user(&self, name: &str) -> Result<User> {
         let name = name.trim().to_owned();
         if name.is_empty() || name.len() > 200 {
-            return Err(StoreError::Invalid(format!(
-                "user name '{name}' must be 1 to 200 characters"
-            )));
+            return Err(StoreError::Invalid(format!("user name '{name}' must be 1 to 200 characters")));
         }
         self.write(move |_, conn| {
             let id = uuid::Uuid::now_v7().to_string();
-            match conn.execute(
-                "INSERT INTO _ferry_users (id, name) VALUES (?1, ?2)",
-                params![id, name],
-            ) {
+            match conn.execute("INSERT INTO _ferry_users (id, name) VALUES (?1, ?2)", params![id, name]) {
                 Ok(_) => Ok(User { id, name }),
-                Err(e)
-                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
-                {
-                    Err(StoreError::Exists(format!(
-                        "user '{name}' already exists; pick another name"
-                    )))
+                Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    Err(StoreError::Exists(format!("user '{name}' already exists; pick another name")))
                 }
                 Err(e) => Err(e.into()),
             }
@@ -206,9 +181,7 @@ impl Store for SqliteStore {
     async fn create_token(&self, user: &str, device: &str) -> Result<NewToken> {
         let (user, device) = (user.to_owned(), device.trim().to_owned());
         if device.is_empty() || device.len() > 200 {
-            return Err(StoreError::Invalid(format!(
-                "device name '{device}' must be 1 to 200 characters"
-            )));
+            return Err(StoreError::Invalid(format!("device name '{device}' must be 1 to 200 characters")));
         }
         self.write(move |_, conn| {
             let user_id: Option<String> = conn
@@ -239,7 +212,12 @@ impl Store for SqliteStore {
                      WHERE d.token_hash = ?1 AND d.revoked_at IS NULL",
                 )?
                 .query_row([hash], |r| {
-                    Ok(Principal { user_id: r.get(0)?, user_name: r.get(1)?, device_id: r.get(2)?, device_name: r.get(3)? })
+                    Ok(Principal {
+                        user_id: r.get(0)?,
+                        user_name: r.get(1)?,
+                        device_id: r.get(2)?,
+                        device_name: r.get(3)?,
+                    })
                 })
                 .optional()?;
             Ok(p)

@@ -26,17 +26,9 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<u64>().ok())
-        })
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
         .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
-    println!(
-        "machine: {cores} cores, {mem_gib:.0} GiB; rows: {n}{}",
-        if quick { " (--quick)" } else { "" }
-    );
+    println!("machine: {cores} cores, {mem_gib:.0} GiB; rows: {n}{}", if quick { " (--quick)" } else { "" });
     println!();
     println!("| scenario | Ferry | baseline | ratio |");
     println!("|---|---|---|---|");
@@ -45,12 +37,7 @@ fn main() {
 }
 
 fn example(file: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/skydive")
-            .join(file),
-    )
-    .unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skydive").join(file)).unwrap()
 }
 
 fn schema_response() -> SchemaResponse {
@@ -81,8 +68,7 @@ fn insert_rows(conn: &mut Connection, n: usize, user: &str) -> Duration {
         let mut stmt = tx.prepare(INSERT).unwrap();
         for i in 0..n {
             let r = row(i);
-            stmt.execute(params![r.0, user, r.2, r.3, r.4, r.5, r.6])
-                .unwrap();
+            stmt.execute(params![r.0, user, r.2, r.3, r.4, r.5, r.6]).unwrap();
         }
     }
     tx.commit().unwrap();
@@ -131,28 +117,16 @@ struct Run {
 
 fn ferry(dir: &Path, args: &[&str]) -> Run {
     let start = Instant::now();
-    let out = Command::new(FERRY)
-        .args(args)
-        .current_dir(dir)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
+    let out = Command::new(FERRY).args(args).current_dir(dir).stderr(Stdio::inherit()).output().unwrap();
     let elapsed = start.elapsed();
     assert!(out.status.success(), "ferry {args:?} failed");
     let text = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(&text)
-        .unwrap_or_else(|_| serde_json::Value::String(text.trim().to_owned()));
+    let report = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::Value::String(text.trim().to_owned()));
     Run { elapsed, report }
 }
 
 fn last_line(run: &Run) -> String {
-    run.report
-        .as_str()
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
+    run.report.as_str().unwrap().lines().last().unwrap().to_owned()
 }
 
 fn sync(n: usize) {
@@ -161,32 +135,10 @@ fn sync(n: usize) {
     std::fs::write(d.join("schema.sql"), example("schema.sql")).unwrap();
     std::fs::write(d.join("ferry.toml"), example("ferry.toml")).unwrap();
     let user = last_line(&ferry(d, &["user", "add", "bench", "-c", "ferry.toml"]));
-    let seed_token = last_line(&ferry(
-        d,
-        &[
-            "token",
-            "create",
-            "--user",
-            "bench",
-            "--device",
-            "seed",
-            "-c",
-            "ferry.toml",
-        ],
-    ));
-    let new_token = last_line(&ferry(
-        d,
-        &[
-            "token",
-            "create",
-            "--user",
-            "bench",
-            "--device",
-            "new",
-            "-c",
-            "ferry.toml",
-        ],
-    ));
+    let seed_token =
+        last_line(&ferry(d, &["token", "create", "--user", "bench", "--device", "seed", "-c", "ferry.toml"]));
+    let new_token =
+        last_line(&ferry(d, &["token", "create", "--user", "bench", "--device", "new", "-c", "ferry.toml"]));
     let mut server = Command::new(FERRY)
         .args(["serve", "-c", "ferry.toml", "--listen", "127.0.0.1:0"])
         .current_dir(d)
@@ -195,25 +147,10 @@ fn sync(n: usize) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
 
-    let sync = |db: &str, token: &str| {
-        ferry(
-            d,
-            &[
-                "sync", "--db", db, "--server", &url, "--token", token, "--json",
-            ],
-        )
-    };
+    let sync = |db: &str, token: &str| ferry(d, &["sync", "--db", db, "--server", &url, "--token", token, "--json"]);
     sync("seed.db", &seed_token);
     let mut seed = ferry_sqlite::open(&d.join("seed.db")).unwrap();
     insert_rows(&mut seed, n, &user);
@@ -227,27 +164,12 @@ fn sync(n: usize) {
 
     // Baseline: SQLite itself importing the same rows, sorted by key, in one transaction.
     let seed = Connection::open(d.join("seed.db")).unwrap();
-    let table = schema_response()
-        .to_schema()
-        .unwrap()
-        .table("jump_log")
-        .unwrap()
-        .clone();
+    let table = schema_response().to_schema().unwrap().table("jump_log").unwrap().clone();
     let mut base = ferry_sqlite::open(&d.join("baseline.db")).unwrap();
     base.execute_batch(&table.sqlite_ddl()).unwrap();
-    let cols = table
-        .column_names()
-        .iter()
-        .map(|c| format!("\"{c}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let marks = (1..=table.columns.len())
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut read = seed
-        .prepare(&format!("SELECT {cols} FROM jump_log ORDER BY id"))
-        .unwrap();
+    let cols = table.column_names().iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    let marks = (1..=table.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let mut read = seed.prepare(&format!("SELECT {cols} FROM jump_log ORDER BY id")).unwrap();
     let rows: Vec<Vec<rusqlite::types::Value>> = read
         .query_map([], |r| (0..table.columns.len()).map(|i| r.get(i)).collect())
         .unwrap()
@@ -266,9 +188,7 @@ fn sync(n: usize) {
     let start = Instant::now();
     let tx = base.transaction().unwrap();
     {
-        let mut ins = tx
-            .prepare(&format!("INSERT INTO jump_log ({cols}) VALUES ({marks})"))
-            .unwrap();
+        let mut ins = tx.prepare(&format!("INSERT INTO jump_log ({cols}) VALUES ({marks})")).unwrap();
         for r in &rows {
             ins.execute(rusqlite::params_from_iter(r)).unwrap();
         }

@@ -13,11 +13,7 @@ use ferry_store::{SqliteStore, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Two-way sync between SQLite replicas and a Ferry server"
-)]
+#[command(name = "ferry", version, about = "Two-way sync between SQLite replicas and a Ferry server")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,12 +74,8 @@ impl ServerArgs {
     fn open_store(&self) -> Result<(Config, SqliteStore)> {
         let config = self.config()?;
         let schema = config.schema()?;
-        let store = SqliteStore::open(&config.data_dir, schema).with_context(|| {
-            format!(
-                "opening the embedded store in '{}'",
-                config.data_dir.display()
-            )
-        })?;
+        let store = SqliteStore::open(&config.data_dir, schema)
+            .with_context(|| format!("opening the embedded store in '{}'", config.data_dir.display()))?;
         Ok((config, store))
     }
 }
@@ -143,10 +135,7 @@ struct StatusArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -156,29 +145,17 @@ fn main() {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::User {
-            command: UserCommand::Add { name, server },
-        } => {
+        Command::User { command: UserCommand::Add { name, server } } => {
             let (_, store) = server.open_store()?;
             let user = store.add_user(&name).await?;
             eprintln!("created user '{}'", user.name);
             println!("{}", user.id);
             Ok(())
         }
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    user,
-                    device,
-                    server,
-                },
-        } => {
+        Command::Token { command: TokenCommand::Create { user, device, server } } => {
             let (_, store) = server.open_store()?;
             let t = store.create_token(&user, &device).await?;
-            eprintln!(
-                "created device '{device}' ({}) for user '{user}'; the token is shown only once:",
-                t.device_id
-            );
+            eprintln!("created device '{device}' ({}) for user '{user}'; the token is shown only once:", t.device_id);
             println!("{}", t.token);
             Ok(())
         }
@@ -189,20 +166,13 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn serve(args: ServerArgs) -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let (config, store) = args.open_store()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another server using it?",
-                config.listen
-            )
-        })?;
+        .with_context(|| format!("cannot listen on {}; is another server using it?", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %config.data_dir.display(), tables = store.schema().tables.len(), "embedded store ready");
     println!("listening on http://{addr}");
@@ -213,8 +183,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
@@ -223,58 +192,41 @@ async fn shutdown_signal() {
 
 async fn sync(args: SyncArgs) -> Result<()> {
     if args.page_rows == 0 || args.page_rows > ferry_protocol::MAX_PAGE_ROWS {
-        bail!(
-            "--page-rows {} must be from 1 to {}",
-            args.page_rows,
-            ferry_protocol::MAX_PAGE_ROWS
-        );
+        bail!("--page-rows {} must be from 1 to {}", args.page_rows, ferry_protocol::MAX_PAGE_ROWS);
     }
     let mut replica = Replica::open(&args.db)?;
     let server = match args.server.or(replica.meta("server")?) {
         Some(s) => s,
-        None => bail!(
-            "no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)",
-            args.db.display()
-        ),
+        None => {
+            bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display())
+        }
     };
     let remote = Remote::new(&server, &args.token)?;
-    let bar = if args.json || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
+    let bar =
+        if args.json || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.enable_steady_tick(Duration::from_millis(120));
     bar.set_message(format!("syncing with {server}"));
     let mut on_progress = |p: Progress| match p {
         Progress::Pushing { done, total } => {
             if bar.length() != Some(total) {
                 bar.set_style(
-                    ProgressStyle::with_template(
-                        "push {bar:30} {pos}/{len} rows {per_sec} eta {eta}",
-                    )
-                    .expect("template"),
+                    ProgressStyle::with_template("push {bar:30} {pos}/{len} rows {per_sec} eta {eta}")
+                        .expect("template"),
                 );
                 bar.set_length(total);
             }
             bar.set_position(done);
         }
         Progress::Pulling { rows } => {
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} pull {pos} rows {per_sec}")
-                    .expect("template"),
-            );
+            bar.set_style(ProgressStyle::with_template("{spinner} pull {pos} rows {per_sec}").expect("template"));
             bar.set_length(u64::MAX);
             bar.set_position(rows);
         }
     };
-    let opts = SyncOptions {
-        pull_page: args.page_rows,
-        ..SyncOptions::default()
-    };
+    let opts = SyncOptions { pull_page: args.page_rows, ..SyncOptions::default() };
     let result = ferry_client::sync(&mut replica, &remote, &opts, &mut on_progress).await;
     bar.finish_and_clear();
-    let report =
-        result.with_context(|| format!("sync of '{}' with {server} failed", args.db.display()))?;
+    let report = result.with_context(|| format!("sync of '{}' with {server} failed", args.db.display()))?;
     if args.json {
         let mut out = serde_json::to_value(&report)?;
         out["peak_rss_kb"] = peak_rss_kb().into();
@@ -310,11 +262,7 @@ fn peak_rss_kb() -> Option<u64> {
 
 fn status(args: StatusArgs) -> Result<()> {
     if !args.db.exists() {
-        bail!(
-            "no replica at '{}'; run `ferry sync --db {}` first",
-            args.db.display(),
-            args.db.display()
-        );
+        bail!("no replica at '{}'; run `ferry sync --db {}` first", args.db.display(), args.db.display());
     }
     let replica = Replica::open(&args.db)?;
     let s = replica.status()?;
@@ -322,26 +270,14 @@ fn status(args: StatusArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
         println!("replica      {}", args.db.display());
-        println!(
-            "server       {}",
-            s.server.as_deref().unwrap_or("none (never synced)")
-        );
+        println!("server       {}", s.server.as_deref().unwrap_or("none (never synced)"));
         println!("user         {}", s.user_id.as_deref().unwrap_or("-"));
         println!("last sync    {}", s.last_sync.as_deref().unwrap_or("never"));
-        println!(
-            "pending      {} rows ({} writes not yet stamped)",
-            s.pending, s.unstamped
-        );
+        println!("pending      {} rows ({} writes not yet stamped)", s.pending, s.unstamped);
         println!("conflicts    {}", s.conflicts);
+        println!("rejected     {} (see _ferry_rejected)", s.rejected);
         println!("cursor       {}", s.cursor);
-        println!(
-            "tables       {}",
-            if s.tables.is_empty() {
-                "-".to_owned()
-            } else {
-                s.tables.join(", ")
-            }
-        );
+        println!("tables       {}", if s.tables.is_empty() { "-".to_owned() } else { s.tables.join(", ") });
     }
     Ok(())
 }

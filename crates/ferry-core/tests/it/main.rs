@@ -10,28 +10,18 @@ fn arb_hlc() -> impl Strategy<Value = Hlc> {
 }
 
 fn arb_value() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        Just(Value::Null),
-        (0i64..4).prop_map(Value::Integer),
-        "[ab]{0,2}".prop_map(Value::Text),
-    ]
+    prop_oneof![Just(Value::Null), (0i64..4).prop_map(Value::Integer), "[ab]{0,2}".prop_map(Value::Text),]
 }
 
 /// Random states. Equal clocks with different values cannot come from correct replicas,
 /// but the merge must stay lawful even then, so they are generated too.
 fn arb_state() -> impl Strategy<Value = RowState> {
-    (
-        any::<bool>(),
-        arb_hlc(),
-        proptest::collection::btree_map("[xyz]", (arb_value(), arb_hlc()), 0..3),
-    )
-        .prop_map(|(alive, at, cols)| RowState {
+    (any::<bool>(), arb_hlc(), proptest::collection::btree_map("[xyz]", (arb_value(), arb_hlc()), 0..3)).prop_map(
+        |(alive, at, cols)| RowState {
             exists: Stamped::new(alive, at),
-            cols: cols
-                .into_iter()
-                .map(|(k, (v, t))| (k, Stamped::new(v, t)))
-                .collect(),
-        })
+            cols: cols.into_iter().map(|(k, (v, t))| (k, Stamped::new(v, t))).collect(),
+        },
+    )
 }
 
 fn merged(a: &RowState, b: &RowState) -> RowState {
@@ -87,9 +77,8 @@ type Replica = BTreeMap<u8, RowState>;
 /// dropped-then-retried. After everything is delivered, all replicas hold the same rows.
 fn simulate(seed: u64) {
     let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
-    let mut replicas: Vec<(Clock, Replica)> = (1..=3)
-        .map(|s| (Clock::new(SiteId(s), Hlc::ZERO), Replica::new()))
-        .collect();
+    let mut replicas: Vec<(Clock, Replica)> =
+        (1..=3).map(|s| (Clock::new(SiteId(s), Hlc::ZERO), Replica::new())).collect();
     let mut in_flight: Vec<(usize, u8, RowState)> = Vec::new();
     let mut wall = 1_000u64;
     for _ in 0..60 {
@@ -121,11 +110,7 @@ fn simulate(seed: u64) {
                 break;
             }
             let i = rng.below(in_flight.len() as u64) as usize;
-            let (to, k, s) = if rng.below(4) == 0 {
-                in_flight[i].clone()
-            } else {
-                in_flight.swap_remove(i)
-            };
+            let (to, k, s) = if rng.below(4) == 0 { in_flight[i].clone() } else { in_flight.swap_remove(i) };
             if rng.below(5) == 0 {
                 in_flight.push((to, k, s));
                 continue;
@@ -148,10 +133,7 @@ fn simulate(seed: u64) {
     };
     let first = &replicas[0].1;
     for (i, (_, rows)) in replicas.iter().enumerate().skip(1) {
-        assert_eq!(
-            rows, first,
-            "seed {seed}: replica {i} diverged from replica 0 (replay with FERRY_SIM_SEED={seed})"
-        );
+        assert_eq!(rows, first, "seed {seed}: replica {i} diverged from replica 0 (replay with FERRY_SIM_SEED={seed})");
         assert_eq!(visible(rows), visible(first));
     }
 }
@@ -162,10 +144,7 @@ fn replicas_converge_under_reordering_duplication_and_loss() {
         simulate(seed.parse().expect("FERRY_SIM_SEED must be a number"));
         return;
     }
-    let runs: u64 = std::env::var("FERRY_SIM_RUNS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2000);
+    let runs: u64 = std::env::var("FERRY_SIM_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(2000);
     for seed in 0..runs {
         simulate(seed);
     }

@@ -10,12 +10,7 @@ use ferry_store::SqliteStore;
 
 pub fn schema() -> Schema {
     let mut opts = BTreeMap::new();
-    opts.insert(
-        "notes".to_owned(),
-        TableOptions {
-            owner: Some("user_id".into()),
-        },
-    );
+    opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()) });
     Schema::parse(
         "CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid NOT NULL, body text, n integer);
          CREATE TABLE tags (id uuid PRIMARY KEY, name text NOT NULL);",
@@ -50,30 +45,17 @@ mod sqlite {
         drop(store);
         let store = SqliteStore::open(dir.path(), schema()).unwrap();
         assert_eq!(store.id(), id);
-        assert!(matches!(
-            store.add_user("ann").await,
-            Err(ferry_store::StoreError::Exists(_))
-        ));
+        assert!(matches!(store.add_user("ann").await, Err(ferry_store::StoreError::Exists(_))));
     }
 
     #[test]
     fn an_existing_table_that_differs_from_the_schema_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let conn = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
-        conn.execute_batch("CREATE TABLE notes (id TEXT PRIMARY KEY, user_id TEXT, body INTEGER)")
-            .unwrap();
+        conn.execute_batch("CREATE TABLE notes (id TEXT PRIMARY KEY, user_id TEXT, body INTEGER)").unwrap();
         drop(conn);
-        let err = SqliteStore::open(dir.path(), schema())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("table 'notes' does not match the schema"),
-            "{err}"
-        );
-        assert!(
-            err.contains("column 'body' is INTEGER in the file but TEXT"),
-            "{err}"
-        );
+        let err = SqliteStore::open(dir.path(), schema()).err().unwrap().to_string();
+        assert!(err.contains("table 'notes' does not match the schema"), "{err}");
+        assert!(err.contains("column 'body' is INTEGER in the file but TEXT"), "{err}");
     }
 }

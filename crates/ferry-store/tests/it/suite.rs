@@ -48,10 +48,7 @@ fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
         table: "notes".into(),
         key: key(i),
         state: RowState::inserted(
-            [
-                ("user_id".to_owned(), Value::Text(owner.into())),
-                ("body".to_owned(), Value::Text(body.into())),
-            ],
+            [("user_id".to_owned(), Value::Text(owner.into())), ("body".to_owned(), Value::Text(body.into()))],
             t,
         ),
     }
@@ -96,10 +93,7 @@ pub async fn tokens_authenticate_their_device_only<S: Store>(store: &S) {
     let laptop = store.create_token(&user.id, "laptop").await.unwrap();
     assert_ne!(phone.token, laptop.token);
     let p = store.authenticate(&phone.token).await.unwrap().unwrap();
-    assert_eq!(
-        (p.user_id.as_str(), p.device_name.as_str()),
-        (user.id.as_str(), "phone")
-    );
+    assert_eq!((p.user_id.as_str(), p.device_name.as_str()), (user.id.as_str(), "phone"));
     assert_eq!(p.device_id, phone.device_id);
     assert!(store.authenticate("fry_nope").await.unwrap().is_none());
     assert!(store.authenticate("").await.unwrap().is_none());
@@ -108,20 +102,14 @@ pub async fn tokens_authenticate_their_device_only<S: Store>(store: &S) {
 pub async fn pushed_rows_come_back_in_pulls_with_their_state<S: Store>(store: &S) {
     let ann = principal(store, "ann").await;
     let row = note(1, &ann.user_id, "hello", at(1, 1));
-    let out = store
-        .push(&ann, "b1", None, vec![row.clone()])
-        .await
-        .unwrap();
+    let out = store.push(&ann, "b1", None, vec![row.clone()]).await.unwrap();
     assert_eq!((out.received, out.changed, out.replayed), (1, 1, false));
     let rows = pull_all(store, &ann).await;
     assert_eq!(rows.len(), 1);
     let (table, k, state) = &rows[0];
     assert_eq!((table.as_str(), k.as_str()), ("notes", key(1).as_str()));
     assert!(state.is_alive());
-    assert_eq!(
-        state.cols["body"],
-        Stamped::new(Value::Text("hello".into()), at(1, 1))
-    );
+    assert_eq!(state.cols["body"], Stamped::new(Value::Text("hello".into()), at(1, 1)));
     // A column never written stays absent (it merges below any real write).
     assert!(!state.cols.contains_key("n"));
 }
@@ -129,128 +117,48 @@ pub async fn pushed_rows_come_back_in_pulls_with_their_state<S: Store>(store: &S
 pub async fn owned_rows_are_private_to_their_user<S: Store>(store: &S) {
     let ann = principal(store, "ann").await;
     let bob = principal(store, "bob").await;
-    store
-        .push(
-            &ann,
-            "a",
-            None,
-            vec![note(1, &ann.user_id, "ann's", at(1, 1))],
-        )
-        .await
-        .unwrap();
+    store.push(&ann, "a", None, vec![note(1, &ann.user_id, "ann's", at(1, 1))]).await.unwrap();
     let tag = IncomingRow {
         table: "tags".into(),
         key: key(2),
-        state: RowState::inserted(
-            [("name".to_owned(), Value::Text("shared".into()))],
-            at(2, 1),
-        ),
+        state: RowState::inserted([("name".to_owned(), Value::Text("shared".into()))], at(2, 1)),
     };
     store.push(&ann, "b", None, vec![tag]).await.unwrap();
-    let seen: Vec<String> = pull_all(store, &bob)
-        .await
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
-    assert_eq!(
-        seen,
-        vec!["tags".to_owned()],
-        "bob sees the shared tag, not ann's note"
-    );
+    let seen: Vec<String> = pull_all(store, &bob).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(seen, vec!["tags".to_owned()], "bob sees the shared tag, not ann's note");
 
     // Bob may not write ann's row, nor create one in her name.
-    let err = store
-        .push(
-            &bob,
-            "c",
-            None,
-            vec![note(1, &bob.user_id, "mine now", at(3, 2))],
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Forbidden(ref m) if m.contains("belongs to another user")),
-        "{err}"
-    );
-    let err = store
-        .push(
-            &bob,
-            "d",
-            None,
-            vec![note(3, &ann.user_id, "for ann", at(3, 2))],
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Forbidden(ref m) if m.contains("not your user id")),
-        "{err}"
-    );
+    let err = store.push(&bob, "c", None, vec![note(1, &bob.user_id, "mine now", at(3, 2))]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Forbidden(ref m) if m.contains("belongs to another user")), "{err}");
+    let err = store.push(&bob, "d", None, vec![note(3, &ann.user_id, "for ann", at(3, 2))]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Forbidden(ref m) if m.contains("not your user id")), "{err}");
 }
 
 pub async fn a_forbidden_row_spoils_the_whole_batch<S: Store>(store: &S) {
     let ann = principal(store, "ann").await;
     let bob = principal(store, "bob").await;
-    let rows = vec![
-        note(1, &bob.user_id, "fine", at(1, 2)),
-        note(2, &ann.user_id, "forbidden", at(1, 2)),
-    ];
+    let rows = vec![note(1, &bob.user_id, "fine", at(1, 2)), note(2, &ann.user_id, "forbidden", at(1, 2))];
     assert!(store.push(&bob, "x", None, rows).await.is_err());
-    assert!(
-        pull_all(store, &bob).await.is_empty(),
-        "nothing of the batch was stored"
-    );
+    assert!(pull_all(store, &bob).await.is_empty(), "nothing of the batch was stored");
     assert!(pull_all(store, &ann).await.is_empty());
 }
 
 pub async fn a_replayed_batch_is_answered_from_the_record<S: Store>(store: &S) {
     let ann = principal(store, "ann").await;
-    let first = store
-        .push(
-            &ann,
-            "same",
-            None,
-            vec![note(1, &ann.user_id, "x", at(1, 1))],
-        )
-        .await
-        .unwrap();
+    let first = store.push(&ann, "same", None, vec![note(1, &ann.user_id, "x", at(1, 1))]).await.unwrap();
     let cursor = store.pull(&ann, 0, 100).await.unwrap().cursor;
-    let again = store
-        .push(
-            &ann,
-            "same",
-            None,
-            vec![note(1, &ann.user_id, "x", at(1, 1))],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (again.received, again.changed, again.replayed),
-        (first.received, first.changed, true)
-    );
-    assert_eq!(
-        store.pull(&ann, 0, 100).await.unwrap().cursor,
-        cursor,
-        "the feed did not move"
-    );
+    let again = store.push(&ann, "same", None, vec![note(1, &ann.user_id, "x", at(1, 1))]).await.unwrap();
+    assert_eq!((again.received, again.changed, again.replayed), (first.received, first.changed, true));
+    assert_eq!(store.pull(&ann, 0, 100).await.unwrap().cursor, cursor, "the feed did not move");
     // The same rows under a new batch id change nothing either: merging is idempotent.
-    let third = store
-        .push(
-            &ann,
-            "other",
-            None,
-            vec![note(1, &ann.user_id, "x", at(1, 1))],
-        )
-        .await
-        .unwrap();
+    let third = store.push(&ann, "other", None, vec![note(1, &ann.user_id, "x", at(1, 1))]).await.unwrap();
     assert_eq!((third.changed, third.replayed), (0, false));
     assert_eq!(store.pull(&ann, 0, 100).await.unwrap().cursor, cursor);
 }
 
 pub async fn pulls_are_paged_and_the_cursor_never_goes_back<S: Store>(store: &S) {
     let ann = principal(store, "ann").await;
-    let rows: Vec<_> = (0..5)
-        .map(|i| note(i, &ann.user_id, "x", at(u64::from(i), 1)))
-        .collect();
+    let rows: Vec<_> = (0..5).map(|i| note(i, &ann.user_id, "x", at(u64::from(i), 1))).collect();
     store.push(&ann, "p", None, rows).await.unwrap();
     let first = store.pull(&ann, 0, 2).await.unwrap();
     assert_eq!((first.rows.len(), first.more), (2, true));
@@ -259,96 +167,45 @@ pub async fn pulls_are_paged_and_the_cursor_never_goes_back<S: Store>(store: &S)
     // An update moves the row to the end of the feed; a pull from the old end sees only it.
     let end = store.pull(&ann, 0, 100).await.unwrap().cursor;
     let mut upd = note(0, &ann.user_id, "x", at(0, 1));
-    upd.state.update(
-        [("body".to_owned(), Value::Text("changed".into()))],
-        at(10, 1),
-    );
+    upd.state.update([("body".to_owned(), Value::Text("changed".into()))], at(10, 1));
     store.push(&ann, "u", None, vec![upd]).await.unwrap();
     let page = store.pull(&ann, end, 100).await.unwrap();
     assert_eq!(page.rows.len(), 1);
     assert_eq!(page.rows[0].key, key(0));
     assert!(page.cursor > end);
-    assert!(
-        store
-            .pull(&ann, page.cursor, 100)
-            .await
-            .unwrap()
-            .rows
-            .is_empty()
-    );
+    assert!(store.pull(&ann, page.cursor, 100).await.unwrap().rows.is_empty());
 }
 
 pub async fn concurrent_columns_merge_and_deletes_leave_tombstones<S: Store>(store: &S) {
     let ann = principal(store, "ann").await;
     let base = note(1, &ann.user_id, "base", at(1, 1));
-    store
-        .push(&ann, "1", None, vec![base.clone()])
-        .await
-        .unwrap();
+    store.push(&ann, "1", None, vec![base.clone()]).await.unwrap();
     let mut left = base.clone();
-    left.state
-        .update([("body".to_owned(), Value::Text("left".into()))], at(2, 1));
+    left.state.update([("body".to_owned(), Value::Text("left".into()))], at(2, 1));
     let mut right = base.clone();
-    right
-        .state
-        .update([("n".to_owned(), Value::Integer(7))], at(2, 2));
+    right.state.update([("n".to_owned(), Value::Integer(7))], at(2, 2));
     store.push(&ann, "2", None, vec![left]).await.unwrap();
     store.push(&ann, "3", None, vec![right]).await.unwrap();
     let state = pull_all(store, &ann).await.remove(0).2;
     assert_eq!(state.cols["body"].value, Value::Text("left".into()));
     assert_eq!(state.cols["n"].value, Value::Integer(7));
 
-    let mut gone = RowState {
-        exists: Stamped::new(false, at(3, 2)),
-        cols: Default::default(),
-    };
+    let mut gone = RowState { exists: Stamped::new(false, at(3, 2)), cols: Default::default() };
     gone.merge(&state);
     gone.delete(at(3, 2));
-    store
-        .push(
-            &ann,
-            "4",
-            None,
-            vec![IncomingRow {
-                table: "notes".into(),
-                key: key(1),
-                state: gone,
-            }],
-        )
-        .await
-        .unwrap();
+    store.push(&ann, "4", None, vec![IncomingRow { table: "notes".into(), key: key(1), state: gone }]).await.unwrap();
     let tomb = pull_all(store, &ann).await.remove(0).2;
     assert!(!tomb.is_alive());
-    assert_eq!(
-        tomb.cols["body"].value,
-        Value::Text("left".into()),
-        "the tombstone keeps the last values"
-    );
+    assert_eq!(tomb.cols["body"].value, Value::Text("left".into()), "the tombstone keeps the last values");
 }
 
 pub async fn a_push_from_the_feed_end_returns_the_cursor_past_it<S: Store>(store: &S) {
     let ann = principal(store, "ann").await;
     let end = store.pull(&ann, 0, 100).await.unwrap().cursor;
-    let out = store
-        .push(
-            &ann,
-            "1",
-            Some(end),
-            vec![note(1, &ann.user_id, "x", at(1, 1))],
-        )
-        .await
-        .unwrap();
+    let out = store.push(&ann, "1", Some(end), vec![note(1, &ann.user_id, "x", at(1, 1))]).await.unwrap();
     let after = store.pull(&ann, 0, 100).await.unwrap().cursor;
     assert_eq!(out.cursor, Some(after));
     // A client behind the feed's end must pull: no cursor comes back.
-    let out = store
-        .push(
-            &ann,
-            "2",
-            Some(end),
-            vec![note(2, &ann.user_id, "y", at(2, 1))],
-        )
-        .await
-        .unwrap();
+    let out = store.push(&ann, "2", Some(end), vec![note(2, &ann.user_id, "y", at(2, 1))]).await.unwrap();
     assert_eq!(out.cursor, None);
 }

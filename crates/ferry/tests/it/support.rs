@@ -31,12 +31,7 @@ impl Env {
 
     /// Runs `ferry ARGS` and returns its output, whatever the exit status.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(FERRY)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("FERRY_TOKEN")
-            .output()
-            .unwrap()
+        Command::new(FERRY).args(args).current_dir(self.dir.path()).env_remove("FERRY_TOKEN").output().unwrap()
     }
 
     /// Runs `ferry ARGS`, asserts success and returns the last line of stdout.
@@ -48,11 +43,7 @@ impl Env {
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout)
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_owned()
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned()
     }
 
     pub fn add_user(&self, name: &str) -> String {
@@ -60,16 +51,7 @@ impl Env {
     }
 
     pub fn token(&self, user: &str, device: &str) -> String {
-        self.ok(&[
-            "token",
-            "create",
-            "--user",
-            user,
-            "--device",
-            device,
-            "-c",
-            &self.config(),
-        ])
+        self.ok(&["token", "create", "--user", user, "--device", device, "-c", &self.config()])
     }
 
     /// Starts `ferry serve` on a free port.
@@ -87,14 +69,8 @@ impl Env {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected: {line}"))
-            .to_owned();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line}")).to_owned();
         Server { child, url }
     }
 
@@ -111,12 +87,7 @@ impl Env {
             "--json",
         ]);
         let _ = out;
-        let raw = self.run(&[
-            "status",
-            "--db",
-            &self.path(db).display().to_string(),
-            "--json",
-        ]);
+        let raw = self.run(&["status", "--db", &self.path(db).display().to_string(), "--json"]);
         serde_json::from_slice(&raw.stdout).unwrap()
     }
 
@@ -205,13 +176,8 @@ pub fn insert_jump(db: &rusqlite::Connection, user: &str, n: i64, notes: &str) -
 
 /// All jumps of a replica, sorted, as comparable rows.
 pub fn jumps(db: &rusqlite::Connection) -> Vec<(String, i64, Option<String>, Option<String>)> {
-    let mut stmt = db
-        .prepare("SELECT id, jump_number, notes, dropzone FROM jump_log ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    let mut stmt = db.prepare("SELECT id, jump_number, notes, dropzone FROM jump_log ORDER BY id").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
 }
 
 /// One user with two devices, and a running server.
@@ -233,13 +199,7 @@ impl Pair {
         // First syncs create the tables in both replicas.
         env.sync(&server, "phone.db", &phone);
         env.sync(&server, "laptop.db", &laptop);
-        Pair {
-            env,
-            server,
-            user,
-            phone,
-            laptop,
-        }
+        Pair { env, server, user, phone, laptop }
     }
 
     pub fn sync_phone(&self) -> serde_json::Value {

@@ -19,33 +19,18 @@ fn two_devices_converge_through_inserts_updates_and_deletes() {
     assert_eq!(jumps(&phone).len(), 3);
     assert_eq!(jumps(&phone), jumps(&laptop));
 
-    laptop
-        .execute(
-            "UPDATE jump_log SET notes = 'edited on laptop' WHERE id = ?1",
-            [&a],
-        )
-        .unwrap();
-    phone
-        .execute("DELETE FROM jump_log WHERE id = ?1", [&b])
-        .unwrap();
-    phone
-        .execute("UPDATE jump_log SET jump_number = 30 WHERE id = ?1", [&c])
-        .unwrap();
+    laptop.execute("UPDATE jump_log SET notes = 'edited on laptop' WHERE id = ?1", [&a]).unwrap();
+    phone.execute("DELETE FROM jump_log WHERE id = ?1", [&b]).unwrap();
+    phone.execute("UPDATE jump_log SET jump_number = 30 WHERE id = ?1", [&c]).unwrap();
     p.sync_laptop();
     p.sync_phone();
     let status = p.sync_laptop();
     let rows = jumps(&laptop);
     assert_eq!(rows, jumps(&phone));
     assert_eq!(rows.len(), 2);
-    assert!(
-        rows.iter()
-            .any(|r| r.0 == a && r.2.as_deref() == Some("edited on laptop"))
-    );
+    assert!(rows.iter().any(|r| r.0 == a && r.2.as_deref() == Some("edited on laptop")));
     assert!(rows.iter().any(|r| r.0 == c && r.1 == 30));
-    assert!(
-        !rows.iter().any(|r| r.0 == b),
-        "the delete reached the laptop"
-    );
+    assert!(!rows.iter().any(|r| r.0 == b), "the delete reached the laptop");
     assert_eq!(status["pending"], 0);
 }
 
@@ -57,27 +42,12 @@ fn concurrent_edits_to_different_columns_of_one_row_both_survive() {
     let id = insert_jump(&phone, &p.user, 1, "original");
     p.sync_phone();
     p.sync_laptop();
-    phone
-        .execute(
-            "UPDATE jump_log SET notes = 'notes from phone' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
-    laptop
-        .execute(
-            "UPDATE jump_log SET dropzone = 'Empuriabrava' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
+    phone.execute("UPDATE jump_log SET notes = 'notes from phone' WHERE id = ?1", [&id]).unwrap();
+    laptop.execute("UPDATE jump_log SET dropzone = 'Empuriabrava' WHERE id = ?1", [&id]).unwrap();
     p.sync_phone();
     p.sync_laptop();
     p.sync_phone();
-    let expected = vec![(
-        id,
-        1,
-        Some("notes from phone".to_owned()),
-        Some("Empuriabrava".to_owned()),
-    )];
+    let expected = vec![(id, 1, Some("notes from phone".to_owned()), Some("Empuriabrava".to_owned()))];
     assert_eq!(jumps(&phone), expected);
     assert_eq!(jumps(&laptop), expected);
 }
@@ -90,19 +60,9 @@ fn the_same_column_ends_with_the_same_winner_on_both_sides() {
     let id = insert_jump(&phone, &p.user, 1, "original");
     p.sync_phone();
     p.sync_laptop();
-    laptop
-        .execute(
-            "UPDATE jump_log SET notes = 'laptop wrote first' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
+    laptop.execute("UPDATE jump_log SET notes = 'laptop wrote first' WHERE id = ?1", [&id]).unwrap();
     std::thread::sleep(Duration::from_millis(5));
-    phone
-        .execute(
-            "UPDATE jump_log SET notes = 'phone wrote later' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
+    phone.execute("UPDATE jump_log SET notes = 'phone wrote later' WHERE id = ?1", [&id]).unwrap();
     // The earlier writer syncs last: the later write still wins everywhere.
     p.sync_phone();
     p.sync_laptop();
@@ -119,27 +79,14 @@ fn a_local_value_overwritten_by_a_newer_remote_one_before_it_was_pushed_is_kept_
     let id = insert_jump(&phone, &p.user, 1, "original");
     p.sync_phone();
     p.sync_laptop();
-    laptop
-        .execute(
-            "UPDATE jump_log SET notes = 'laptop wrote first' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
+    laptop.execute("UPDATE jump_log SET notes = 'laptop wrote first' WHERE id = ?1", [&id]).unwrap();
     std::thread::sleep(Duration::from_millis(5));
-    phone
-        .execute(
-            "UPDATE jump_log SET notes = 'phone wrote later' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
+    phone.execute("UPDATE jump_log SET notes = 'phone wrote later' WHERE id = ?1", [&id]).unwrap();
     p.sync_phone();
     // The laptop pulls before it pushes (as `apply` does with whatever is unpushed).
     let mut replica = ferry_client::Replica::open(&p.env.path("laptop.db")).unwrap();
     let remote = ferry_client::Remote::new(&p.server.url, &p.laptop).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let page = rt.block_on(remote.pull("0", 100)).unwrap();
     let schema = replica.schema().unwrap().clone();
     let rows: Vec<_> = page
@@ -147,29 +94,15 @@ fn a_local_value_overwritten_by_a_newer_remote_one_before_it_was_pushed_is_kept_
         .iter()
         .map(|w| {
             let (t, state) = ferry_protocol::decode_row(&schema, w).unwrap();
-            ferry_client::replica::PulledRow {
-                table: t.name.clone(),
-                key: w.key.clone(),
-                state,
-            }
+            ferry_client::replica::PulledRow { table: t.name.clone(), key: w.key.clone(), state }
         })
         .collect();
     let applied = replica.apply(&rows, &page.cursor).unwrap();
     assert_eq!(applied.conflicts, 1);
     let kept: (String, String) = laptop
-        .query_row(
-            "SELECT local_value, remote_value FROM _ferry_conflicts",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT local_value, remote_value FROM _ferry_conflicts", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
-    assert_eq!(
-        kept,
-        (
-            "\"laptop wrote first\"".to_owned(),
-            "\"phone wrote later\"".to_owned()
-        )
-    );
+    assert_eq!(kept, ("\"laptop wrote first\"".to_owned(), "\"phone wrote later\"".to_owned()));
     assert_eq!(p.sync_laptop()["conflicts"], 1);
     assert_eq!(jumps(&phone), jumps(&laptop));
 }
@@ -182,23 +115,13 @@ fn delete_wins_over_a_concurrent_update_and_a_reinsert_brings_the_key_back() {
     let id = insert_jump(&phone, &p.user, 1, "original");
     p.sync_phone();
     p.sync_laptop();
-    phone
-        .execute("DELETE FROM jump_log WHERE id = ?1", [&id])
-        .unwrap();
+    phone.execute("DELETE FROM jump_log WHERE id = ?1", [&id]).unwrap();
     std::thread::sleep(Duration::from_millis(5));
-    laptop
-        .execute(
-            "UPDATE jump_log SET notes = 'late edit' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
+    laptop.execute("UPDATE jump_log SET notes = 'late edit' WHERE id = ?1", [&id]).unwrap();
     p.sync_phone();
     p.sync_laptop();
     p.sync_phone();
-    assert!(
-        jumps(&phone).is_empty() && jumps(&laptop).is_empty(),
-        "delete wins over the concurrent update"
-    );
+    assert!(jumps(&phone).is_empty() && jumps(&laptop).is_empty(), "delete wins over the concurrent update");
 
     laptop
         .execute(
@@ -208,10 +131,7 @@ fn delete_wins_over_a_concurrent_update_and_a_reinsert_brings_the_key_back() {
         .unwrap();
     p.sync_laptop();
     p.sync_phone();
-    assert_eq!(
-        jumps(&phone),
-        vec![(id.clone(), 7, Some("back again".into()), None)]
-    );
+    assert_eq!(jumps(&phone), vec![(id.clone(), 7, Some("back again".into()), None)]);
     assert_eq!(jumps(&phone), jumps(&laptop));
 }
 
@@ -235,20 +155,12 @@ fn writes_by_the_sqlite3_shell_while_ferry_is_not_running_are_captured() {
             .unwrap(),
     };
     assert!(status.success());
-    let before = p
-        .env
-        .run(&["status", "--db", &path.display().to_string(), "--json"]);
+    let before = p.env.run(&["status", "--db", &path.display().to_string(), "--json"]);
     let before: serde_json::Value = serde_json::from_slice(&before.stdout).unwrap();
-    assert_eq!(
-        before["pending"], 1,
-        "the shell's write waits in the outbox"
-    );
+    assert_eq!(before["pending"], 1, "the shell's write waits in the outbox");
     p.sync_phone();
     p.sync_laptop();
-    assert_eq!(
-        jumps(&p.env.db("laptop.db")),
-        vec![(id, 5, Some("typed in the shell".into()), None)]
-    );
+    assert_eq!(jumps(&p.env.db("laptop.db")), vec![(id, 5, Some("typed in the shell".into()), None)]);
 }
 
 #[test]
@@ -258,20 +170,9 @@ fn edits_made_while_the_server_is_down_sync_after_it_restarts() {
     let id = insert_jump(&phone, &p.user, 1, "before outage");
     p.sync_phone();
     p.server.kill();
-    phone
-        .execute(
-            "UPDATE jump_log SET notes = 'edited offline' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
+    phone.execute("UPDATE jump_log SET notes = 'edited offline' WHERE id = ?1", [&id]).unwrap();
     let offline = insert_jump(&phone, &p.user, 2, "inserted offline");
-    let out = p.env.run(&[
-        "sync",
-        "--db",
-        &p.env.path("phone.db").display().to_string(),
-        "--token",
-        &p.phone,
-    ]);
+    let out = p.env.run(&["sync", "--db", &p.env.path("phone.db").display().to_string(), "--token", &p.phone]);
     assert!(!out.status.success(), "sync fails while the server is down");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach server"), "{err}");
@@ -283,10 +184,7 @@ fn edits_made_while_the_server_is_down_sync_after_it_restarts() {
     p.sync_laptop();
     let rows = jumps(&p.env.db("laptop.db"));
     assert_eq!(rows, jumps(&phone));
-    assert!(
-        rows.iter()
-            .any(|r| r.0 == id && r.2.as_deref() == Some("edited offline"))
-    );
+    assert!(rows.iter().any(|r| r.0 == id && r.2.as_deref() == Some("edited offline")));
     assert!(rows.iter().any(|r| r.0 == offline));
 }
 
@@ -297,15 +195,7 @@ fn sync_under_sigkill(env: &Env, server: &Server, db: &str, token: &str, page_ro
     let mut delay_ms = 20;
     loop {
         let mut child = Command::new(FERRY)
-            .args([
-                "sync",
-                "--db",
-                &env.path(db).display().to_string(),
-                "--server",
-                &server.url,
-                "--token",
-                token,
-            ])
+            .args(["sync", "--db", &env.path(db).display().to_string(), "--server", &server.url, "--token", token])
             .args(["--page-rows", page_rows])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -352,10 +242,7 @@ fn a_client_killed_with_sigkill_mid_sync_loses_nothing_and_applies_nothing_twice
     assert_eq!(jumps(&phone).len(), n as usize);
     assert_eq!(jumps(&phone), jumps(&laptop), "nothing lost");
     assert_eq!(phone_status["pending"], 0);
-    assert_eq!(
-        laptop_status["pending"], 0,
-        "applying pulled rows creates no local changes"
-    );
+    assert_eq!(laptop_status["pending"], 0, "applying pulled rows creates no local changes");
     // The server's feed has one entry per row: no change was applied twice, however many
     // times a killed push was repeated.
     let resp: serde_json::Value = p
@@ -371,22 +258,14 @@ fn a_client_killed_with_sigkill_mid_sync_loses_nothing_and_applies_nothing_twice
     let resp: serde_json::Value = p
         .server
         .http()
-        .get(format!(
-            "{}/v1/pull?cursor={}&limit=10000",
-            p.server.url,
-            resp["cursor"].as_str().unwrap()
-        ))
+        .get(format!("{}/v1/pull?cursor={}&limit=10000", p.server.url, resp["cursor"].as_str().unwrap()))
         .bearer_auth(&p.laptop)
         .send()
         .unwrap()
         .json()
         .unwrap();
     assert_eq!(resp["rows"].as_array().unwrap().len(), 10_000);
-    assert_eq!(
-        resp["cursor"],
-        n.to_string(),
-        "feed sequence = number of rows: nothing applied twice"
-    );
+    assert_eq!(resp["cursor"], n.to_string(), "feed sequence = number of rows: nothing applied twice");
 }
 
 #[test]
@@ -397,16 +276,7 @@ fn a_device_does_not_pull_back_the_rows_it_just_pushed() {
         insert_jump(&phone, &p.user, i, "mine");
     }
     let db = p.env.path("phone.db").display().to_string();
-    let args = [
-        "sync",
-        "--db",
-        &db,
-        "--server",
-        &p.server.url,
-        "--token",
-        &p.phone,
-        "--json",
-    ];
+    let args = ["sync", "--db", &db, "--server", &p.server.url, "--token", &p.phone, "--json"];
     let out = p.env.run(&args);
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -419,10 +289,7 @@ fn a_device_does_not_pull_back_the_rows_it_just_pushed() {
     let out = p.env.run(&args);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["pushed"], 1);
-    assert_eq!(
-        report["pulled"], 2,
-        "the laptop's row and this push's echo: {report}"
-    );
+    assert_eq!(report["pulled"], 2, "the laptop's row and this push's echo: {report}");
     p.sync_laptop();
     assert_eq!(jumps(&phone), jumps(&p.env.db("laptop.db")));
 }
