@@ -394,6 +394,21 @@ impl Table {
             (ColType::Boolean, Value::Integer(i)) if *i != 0 && *i != 1 => {
                 return fail(format!("is boolean, got {i}; use true/false or 1/0"));
             }
+            (ColType::Integer, Value::Integer(i)) if i32::try_from(*i).is_err() => {
+                return fail(format!("is a 32-bit integer, got {i}; make the column bigint for larger numbers"));
+            }
+            (ColType::Timestamptz, Value::Text(s)) if !is_timestamptz(s) => {
+                return fail(format!(
+                    "expects an ISO-8601 timestamp with a zone like 2026-11-21T10:00:00Z or 2026-11-21T11:00:00.5+01:00, got '{s}'"
+                ));
+            }
+            (ColType::Date, Value::Text(s)) if !is_date(s) => {
+                return fail(format!("expects a date like 2026-11-21, got '{s}'"));
+            }
+            (ColType::Json, Value::Text(s)) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_err() => {
+                let shown: String = s.chars().take(40).collect();
+                return fail(format!("expects JSON text, got '{shown}'"));
+            }
             (ColType::Uuid, Value::Text(s)) if !is_uuid(s) => {
                 return fail(format!("expects a uuid like 0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b, got '{s}'"));
             }
@@ -412,6 +427,68 @@ impl Table {
         }
         Ok(())
     }
+}
+
+fn digits(s: &[u8], n: usize) -> Option<(u32, &[u8])> {
+    if s.len() < n || !s[..n].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = s[..n].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+    Some((v, &s[n..]))
+}
+
+fn date_prefix(s: &[u8]) -> Option<&[u8]> {
+    let (_, s) = digits(s, 4)?;
+    let s = s.strip_prefix(b"-")?;
+    let (month, s) = digits(s, 2)?;
+    let s = s.strip_prefix(b"-")?;
+    let (day, s) = digits(s, 2)?;
+    ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(s)
+}
+
+/// Whether `s` is a calendar date `YYYY-MM-DD`.
+pub fn is_date(s: &str) -> bool {
+    date_prefix(s.as_bytes()).is_some_and(<[u8]>::is_empty)
+}
+
+/// Whether `s` is an ISO-8601 timestamp with a zone: `YYYY-MM-DD`, `T` (or a space),
+/// `HH:MM[:SS[.fraction]]`, then `Z` or `±HH[:MM]`. A zone is required: without one, SQLite
+/// and PostgreSQL would read the same text as different instants.
+pub fn is_timestamptz(s: &str) -> bool {
+    let time = |s: &[u8]| -> Option<()> {
+        let s = date_prefix(s)?;
+        let s = s.strip_prefix(b"T").or_else(|| s.strip_prefix(b"t")).or_else(|| s.strip_prefix(b" "))?;
+        let (h, s) = digits(s, 2)?;
+        let (m, mut s) = digits(s.strip_prefix(b":")?, 2)?;
+        if let Some(rest) = s.strip_prefix(b":") {
+            let (sec, rest) = digits(rest, 2)?;
+            if sec > 60 {
+                return None;
+            }
+            s = rest;
+            if let Some(frac) = s.strip_prefix(b".") {
+                let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+                if n == 0 {
+                    return None;
+                }
+                s = &frac[n..];
+            }
+        }
+        if h > 23 || m > 59 {
+            return None;
+        }
+        match s {
+            b"Z" | b"z" => Some(()),
+            [b'+' | b'-', zone @ ..] => {
+                let (zh, rest) = digits(zone, 2)?;
+                let rest = rest.strip_prefix(b":").unwrap_or(rest);
+                let ok = rest.is_empty() || digits(rest, 2).is_some_and(|(zm, r)| zm < 60 && r.is_empty());
+                (zh < 24 && ok).then_some(())
+            }
+            _ => None,
+        }
+    };
+    time(s.as_bytes()).is_some()
 }
 
 /// Whether `s` is a UUID in its canonical hyphenated text form.
@@ -979,5 +1056,28 @@ mod tests {
         assert_eq!(err.to_string(), "column 'jump_number': expects integer, got text");
         let user = t.column("user_id").unwrap();
         assert!(t.check_value(user, &Value::Text("nope".into())).is_err());
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_need_a_zone_and_sane_fields() {
+        for ok in [
+            "2026-11-21T10:00:00Z",
+            "2026-11-21 10:00Z",
+            "2026-11-21T10:00:00.123456+01:00",
+            "2026-11-21T23:59:60-0530",
+        ] {
+            assert!(is_timestamptz(ok), "{ok}");
+        }
+        for bad in
+            ["2026-11-21T10:00:00", "2026-13-01T00:00Z", "yesterday", "2026-11-21T24:00Z", "2026-11-21T10:00:00.Z", ""]
+        {
+            assert!(!is_timestamptz(bad), "{bad}");
+        }
+        assert!(is_date("2026-02-28") && !is_date("2026-2-28") && !is_date("2026-02-28T00:00Z"));
     }
 }

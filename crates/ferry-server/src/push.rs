@@ -60,18 +60,12 @@ pub async fn push<S: Store>(
             )));
         }
     }
-    let cursor = match req.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(c.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!("cursor '{c}' is not a cursor this server gave out; leave it out"))
-        })?),
-    };
-    let outcome = state.store.push(&who, &req.batch_id, cursor, rows).await?;
+    let outcome = state.store.push(&who, &req.batch_id, req.cursor.as_deref(), rows).await?;
     Ok(Json(PushResponse {
         batch_id: req.batch_id,
         received: outcome.received,
         changed: outcome.changed,
         replayed: outcome.replayed,
-        cursor: outcome.cursor.map(|c| c.to_string()),
+        cursor: outcome.cursor,
     }))
 }

@@ -51,7 +51,7 @@ pub struct PushOutcome {
     pub changed: usize,
     pub replayed: bool,
     /// When the caller's cursor was the feed's end before the batch: the feed's end after it.
-    pub cursor: Option<u64>,
+    pub cursor: Option<String>,
 }
 
 /// One row of a pull page.
@@ -65,7 +65,8 @@ pub struct FeedRow {
 #[derive(Clone, Debug)]
 pub struct PullPage {
     pub rows: Vec<FeedRow>,
-    pub cursor: u64,
+    /// Where the next pull starts. Opaque: each store has its own form.
+    pub cursor: String,
     pub more: bool,
 }
 
@@ -140,12 +141,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         who: &Principal,
         batch_id: &str,
-        cursor: Option<u64>,
+        cursor: Option<&str>,
         rows: Vec<IncomingRow>,
     ) -> impl Future<Output = Result<PushOutcome>> + Send;
 
     /// Up to `limit` rows that changed after `cursor` and that `who` may read, in feed order.
-    fn pull(&self, who: &Principal, cursor: u64, limit: usize) -> impl Future<Output = Result<PullPage>> + Send;
+    /// `cursor` is `""` or `"0"` for the start, else a cursor this store gave out; anything
+    /// else is [`StoreError::Invalid`].
+    fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> impl Future<Output = Result<PullPage>> + Send;
 }
 
 /// A new random bearer token: `fry_` and 64 hex digits (256 bits).

@@ -151,6 +151,16 @@ fn owner_of(table: &Table, state: &RowState) -> Option<String> {
     }
 }
 
+/// The embedded store's cursor: the feed sequence number, in decimal.
+fn parse_cursor(c: &str) -> Result<u64> {
+    match c {
+        "" => Ok(0),
+        c => c.parse().map_err(|_| {
+            StoreError::Invalid(format!("cursor '{c}' is not a cursor this server gave out; start over with cursor=0"))
+        }),
+    }
+}
+
 impl Store for SqliteStore {
     fn schema(&self) -> &Schema {
         &self.inner.schema
@@ -229,9 +239,10 @@ impl Store for SqliteStore {
         &self,
         who: &Principal,
         batch_id: &str,
-        cursor: Option<u64>,
+        cursor: Option<&str>,
         rows: Vec<IncomingRow>,
     ) -> Result<PushOutcome> {
+        let cursor = cursor.map(parse_cursor).transpose()?;
         let (who, batch_id) = (who.clone(), batch_id.to_owned());
         self.write(move |inner, conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -295,13 +306,14 @@ impl Store for SqliteStore {
                 received,
                 changed,
                 replayed: false,
-                cursor: (cursor == Some(feed_end as u64)).then_some(seq as u64),
+                cursor: (cursor == Some(feed_end as u64)).then(|| seq.to_string()),
             })
         })
         .await
     }
 
-    async fn pull(&self, who: &Principal, cursor: u64, limit: usize) -> Result<PullPage> {
+    async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
+        let cursor = parse_cursor(cursor)?;
         let user = who.user_id.clone();
         self.read(move |inner, conn| {
             // One read transaction: the page and the "caught up" cursor come from one snapshot.
@@ -336,7 +348,7 @@ impl Store for SqliteStore {
             }
             rows.sort_unstable_by_key(|(seq, _)| *seq);
             let rows = rows.into_iter().map(|(_, r)| r).collect();
-            let cursor = upto as u64;
+            let cursor = upto.to_string();
             Ok(PullPage { rows, cursor, more })
         })
         .await
