@@ -268,10 +268,10 @@ impl Replica {
     fn load_local(tx: &Connection, ts: &TableSql, pk: &str, clock: &mut Clock) -> Result<Option<(RowState, Meta)>> {
         let Some(mut meta) = ferry_sqlite::load_meta(tx, ts, pk)? else { return Ok(None) };
         if !meta.alive {
-            return Ok(Some((ferry_sqlite::state_of(ts, &meta, None), meta)));
+            return Ok(Some((ferry_sqlite::state_of(&ts.table, &meta, None), meta)));
         }
         if let Some(values) = ts.read(tx, pk)? {
-            return Ok(Some((ferry_sqlite::state_of(ts, &meta, Some(values)), meta)));
+            return Ok(Some((ferry_sqlite::state_of(&ts.table, &meta, Some(values)), meta)));
         }
         let mut state = RowState { exists: Stamped::new(true, meta.alive_at), cols: BTreeMap::new() };
         state.delete(clock.tick(wall_ms()));
@@ -327,7 +327,7 @@ impl Replica {
             let row_ops = &ops[&key];
             let pk = key.1.as_str();
             let mut state = match ferry_sqlite::load_meta(tx, ts, pk)? {
-                Some(meta) => ferry_sqlite::state_of(ts, &meta, None),
+                Some(meta) => ferry_sqlite::state_of(&ts.table, &meta, None),
                 None => RowState::unknown(),
             };
             let known = state.exists.at != Hlc::ZERO;

@@ -351,6 +351,11 @@ impl Table {
         self.column_def(i, Dialect::Sqlite)
     }
 
+    /// The PostgreSQL definition of column `i` as in `CREATE TABLE` (and `ALTER TABLE ADD COLUMN`).
+    pub fn postgres_column_def(&self, i: usize) -> String {
+        self.column_def(i, Dialect::Postgres)
+    }
+
     fn column_def(&self, i: usize, dialect: Dialect) -> String {
         let c = &self.columns[i];
         let ty = match (dialect, c.ty, c.max_len) {
@@ -410,7 +415,7 @@ impl Table {
                 return fail(format!("expects JSON text, got '{shown}'"));
             }
             (ColType::Uuid, Value::Text(s)) if !is_uuid(s) => {
-                return fail(format!("expects a uuid like 0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b, got '{s}'"));
+                return fail(format!("expects a lowercase uuid like 0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b, got '{s}'"));
             }
             _ => {}
         }
@@ -491,13 +496,15 @@ pub fn is_timestamptz(s: &str) -> bool {
     time(s.as_bytes()).is_some()
 }
 
-/// Whether `s` is a UUID in its canonical hyphenated text form.
+/// Whether `s` is a UUID in its canonical form: hyphenated, lowercase. Lowercase only,
+/// because SQLite compares keys as text (`'ABC…'` and `'abc…'` would be two rows) while
+/// PostgreSQL compares them as uuids (one row).
 pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
         })
 }
 

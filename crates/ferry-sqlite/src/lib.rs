@@ -146,11 +146,13 @@ impl TableSql {
 
     /// The state's values for the data columns in schema order (absent columns read as NULL).
     pub fn values_of(&self, state: &RowState) -> Vec<Value> {
-        self.table
-            .data_columns()
-            .map(|c| state.cols.get(&c.name).map(|s| s.value.clone()).unwrap_or(Value::Null))
-            .collect()
+        values_of(&self.table, state)
     }
+}
+
+/// The state's values for the data columns in schema order (absent columns read as NULL).
+pub fn values_of(table: &Table, state: &RowState) -> Vec<Value> {
+    table.data_columns().map(|c| state.cols.get(&c.name).map(|s| s.value.clone()).unwrap_or(Value::Null)).collect()
 }
 
 /// The bookkeeping of one row as stored in `_ferry_rows`.
@@ -181,7 +183,8 @@ fn corrupt(table: &str, key: &str, detail: impl ToString) -> Error {
 
 const META_COLUMNS: &str = "alive, alive_at, clock, clocks, dead, seq, owner, pending";
 
-type RawMeta = (bool, String, String, Option<String>, Option<String>, i64, Option<String>, i64);
+/// The stored bookkeeping of one row as read: alive, alive_at, clock, clocks, dead, seq, owner, pending.
+pub type RawMeta = (bool, String, String, Option<String>, Option<String>, i64, Option<String>, i64);
 
 /// Reads the eight [`META_COLUMNS`] starting at column `at` of `r`.
 fn raw_meta(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RawMeta> {
@@ -197,9 +200,10 @@ fn raw_meta(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RawMeta> {
     ))
 }
 
-fn parse_meta(ts: &TableSql, pk: &str, raw: RawMeta) -> Result<Meta> {
+/// Parses stored bookkeeping (the same form in every store).
+pub fn parse_meta(table: &Table, pk: &str, raw: RawMeta) -> Result<Meta> {
     let (alive, alive_at, clock, clocks, dead, seq, owner, pending) = raw;
-    let t = &ts.table.name;
+    let t = &table.name;
     let hlc = |s: &str| s.parse::<Hlc>().map_err(|e| corrupt(t, pk, e));
     let clocks = match clocks {
         None => BTreeMap::new(),
@@ -208,7 +212,7 @@ fn parse_meta(ts: &TableSql, pk: &str, raw: RawMeta) -> Result<Meta> {
             map.into_iter().map(|(c, h)| Ok((c, hlc(&h)?))).collect::<Result<_>>()?
         }
     };
-    let dead = dead.map(|json| decode_values(&ts.table, &json)).transpose().map_err(|e| corrupt(t, pk, e))?;
+    let dead = dead.map(|json| decode_values(table, &json)).transpose().map_err(|e| corrupt(t, pk, e))?;
     Ok(Meta { alive, alive_at: hlc(&alive_at)?, clock: hlc(&clock)?, clocks, dead, seq, owner, pending })
 }
 
@@ -217,7 +221,7 @@ pub fn load_meta(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<Me
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {META_COLUMNS} FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2"))?;
     match stmt.query_row(params![ts.table.name, pk], |r| raw_meta(r, 0)).optional()? {
-        Some(raw) => Ok(Some(parse_meta(ts, pk, raw)?)),
+        Some(raw) => Ok(Some(parse_meta(&ts.table, pk, raw)?)),
         None => Ok(None),
     }
 }
@@ -238,7 +242,7 @@ pub fn feed_states(
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let pk: String = r.get(0)?;
-        let meta = parse_meta(ts, &pk, raw_meta(r, 1)?)?;
+        let meta = parse_meta(&ts.table, &pk, raw_meta(r, 1)?)?;
         let has_row: Option<i64> = r.get(9)?;
         let values = match has_row {
             Some(_) => {
@@ -246,7 +250,7 @@ pub fn feed_states(
             }
             None => None,
         };
-        let state = state_of(ts, &meta, values);
+        let state = state_of(&ts.table, &meta, values);
         out.push((meta.seq, pk, state));
     }
     Ok(out)
@@ -254,10 +258,10 @@ pub fn feed_states(
 
 /// Builds the row's state from its bookkeeping and its values (`values` are the data
 /// columns in schema order when the row exists in the application table).
-pub fn state_of(ts: &TableSql, meta: &Meta, values: Option<Vec<Value>>) -> RowState {
+pub fn state_of(table: &Table, meta: &Meta, values: Option<Vec<Value>>) -> RowState {
     let mut cols = BTreeMap::new();
     let mut values = values.map(|v| v.into_iter());
-    for col in ts.table.data_columns() {
+    for col in table.data_columns() {
         let at = meta.clocks.get(&col.name).copied().unwrap_or(meta.clock);
         let value = match (&mut values, &meta.dead) {
             (Some(vs), _) => vs.next().unwrap_or(Value::Null),
@@ -277,7 +281,7 @@ pub fn load_state(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<(
         return Ok(None);
     };
     let values = if meta.alive { ts.read(conn, pk)? } else { None };
-    Ok(Some((state_of(ts, &meta, values), meta)))
+    Ok(Some((state_of(&ts.table, &meta, values), meta)))
 }
 
 /// Writes `state` for `pk`: the application row (upsert, or delete when the row is dead)
@@ -303,7 +307,7 @@ pub fn write_meta(
     dead: Option<&str>,
     extra: &Extra<'_>,
 ) -> Result<()> {
-    let (clock, clocks) = encode_clocks(ts, state);
+    let (clock, clocks) = encode_clocks(&ts.table, state);
     conn.prepare_cached(
         "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, seq, owner, origin, pending)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -329,15 +333,14 @@ pub fn write_meta(
 
 /// The base clock (the one most columns share) and a JSON object of the exceptions.
 /// Columns the state lacks are stored with the zero clock, which reads back as absent.
-fn encode_clocks(ts: &TableSql, state: &RowState) -> (Hlc, Option<String>) {
+pub fn encode_clocks(table: &Table, state: &RowState) -> (Hlc, Option<String>) {
     let at = |name: &str| state.cols.get(name).map(|s| s.at).unwrap_or(Hlc::ZERO);
     let mut counts: BTreeMap<Hlc, usize> = BTreeMap::new();
-    for c in ts.table.data_columns() {
+    for c in table.data_columns() {
         *counts.entry(at(&c.name)).or_default() += 1;
     }
     let base = counts.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, _)| *h).unwrap_or(state.exists.at);
-    let exceptions: BTreeMap<&str, String> = ts
-        .table
+    let exceptions: BTreeMap<&str, String> = table
         .data_columns()
         .filter(|c| at(&c.name) != base)
         .map(|c| (c.name.as_str(), at(&c.name).to_string()))

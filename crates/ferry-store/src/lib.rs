@@ -6,13 +6,15 @@
 //! tokens (hashed), and the record of applied push batches. It merges pushed rows with
 //! `ferry-core`'s rule and enforces ownership. It knows nothing of HTTP or JSON bodies.
 
+mod postgres;
 mod sqlite;
 
 use std::future::Future;
 
-use ferry_core::RowState;
-use ferry_core::schema::Schema;
+use ferry_core::schema::{Schema, Table};
+use ferry_core::{RowState, Value};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The device a request comes from, as its token identified it.
@@ -167,4 +169,22 @@ fn token_hash(token: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The user id in a row's owner column, if the table has one and the row holds it.
+fn owner_of(table: &Table, state: &RowState) -> Option<String> {
+    let col = table.options.owner.as_ref()?;
+    match state.cols.get(col).map(|s| &s.value) {
+        Some(Value::Text(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A user or device name, trimmed; 1 to 200 characters.
+fn check_name(kind: &str, name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(StoreError::Invalid(format!("{kind} name '{name}' must be 1 to 200 characters")));
+    }
+    Ok(name.to_owned())
 }

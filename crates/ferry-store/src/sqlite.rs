@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ferry_core::RowState;
-use ferry_core::Value;
-use ferry_core::schema::{Schema, Table};
+use ferry_core::schema::Schema;
 use ferry_sqlite::{Extra, TableSql};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -143,14 +141,6 @@ impl Inner {
     }
 }
 
-fn owner_of(table: &Table, state: &RowState) -> Option<String> {
-    let col = table.options.owner.as_ref()?;
-    match state.cols.get(col).map(|s| &s.value) {
-        Some(Value::Text(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 /// The embedded store's cursor: the feed sequence number, in decimal.
 fn parse_cursor(c: &str) -> Result<u64> {
     match c {
@@ -171,10 +161,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_user(&self, name: &str) -> Result<User> {
-        let name = name.trim().to_owned();
-        if name.is_empty() || name.len() > 200 {
-            return Err(StoreError::Invalid(format!("user name '{name}' must be 1 to 200 characters")));
-        }
+        let name = crate::check_name("user", name)?;
         self.write(move |_, conn| {
             let id = uuid::Uuid::now_v7().to_string();
             match conn.execute("INSERT INTO _ferry_users (id, name) VALUES (?1, ?2)", params![id, name]) {
@@ -189,10 +176,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, user: &str, device: &str) -> Result<NewToken> {
-        let (user, device) = (user.to_owned(), device.trim().to_owned());
-        if device.is_empty() || device.len() > 200 {
-            return Err(StoreError::Invalid(format!("device name '{device}' must be 1 to 200 characters")));
-        }
+        let (user, device) = (user.to_owned(), crate::check_name("device", device)?);
         self.write(move |_, conn| {
             let user_id: Option<String> = conn
                 .query_row("SELECT id FROM _ferry_users WHERE name = ?1 OR id = ?1", [&user], |r| r.get(0))
@@ -274,7 +258,7 @@ impl Store for SqliteStore {
                 }
                 let mut state = stored.map(|(s, _)| s).unwrap_or_default();
                 let report = state.merge(&row.state);
-                let owner = owner_of(table, &state);
+                let owner = crate::owner_of(table, &state);
                 if let Some(col) = &table.options.owner {
                     if owner.as_deref() != Some(who.user_id.as_str()) {
                         return Err(StoreError::Forbidden(format!(

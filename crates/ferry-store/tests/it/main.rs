@@ -6,7 +6,7 @@ mod suite;
 use std::collections::BTreeMap;
 
 use ferry_core::schema::{Schema, TableOptions};
-use ferry_store::SqliteStore;
+use ferry_store::{PgStore, SqliteStore};
 
 pub fn schema() -> Schema {
     let mut opts = BTreeMap::new();
@@ -58,4 +58,14 @@ mod sqlite {
         assert!(err.contains("table 'notes' does not match the schema"), "{err}");
         assert!(err.contains("column 'body' is INTEGER in the file but TEXT"), "{err}");
     }
+}
+
+mod postgres {
+    use super::*;
+
+    async fn open() -> PgStore {
+        PgStore::open(&ferry_pgtemp::PgCluster::fresh_db(), schema()).await.unwrap()
+    }
+
+    crate::suite!(open().await);
 }

@@ -1,0 +1,768 @@
+//! The PostgreSQL store: the synced tables are ordinary PostgreSQL tables with PostgreSQL
+//! types, so other applications read and write them directly; PL/pgSQL triggers capture
+//! those direct writes into the same bookkeeping (`_ferry_rows`) that pushes write.
+//!
+//! The change feed never skips. Concurrent transactions commit out of order, so a sequence
+//! number is no cursor. Instead every bookkeeping row records the id of the transaction that
+//! last wrote it (`xid`), and a cursor is a PostgreSQL snapshot: a pull returns the rows
+//! whose transaction is visible in a new snapshot but was not in the cursor's, and the new
+//! snapshot becomes the cursor. A transaction still running when the snapshot is taken is
+//! not visible in it, so its rows come with a later pull, whatever their order of commit.
+//! Pages within one snapshot window are ordered by `(xid, tbl, pk)`.
+//!
+//! Several server processes can share one database: all state is in PostgreSQL, start-up is
+//! serialized by an advisory lock, and row updates lock their bookkeeping rows.
+
+mod sql;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use ferry_core::schema::{ColType, Schema, Table};
+use ferry_core::{Hlc, RowState, SiteId, Value};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row, Transaction};
+
+use self::sql::{PgTable, Wire};
+use crate::{
+    FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store, StoreError, User, new_token,
+    token_hash,
+};
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    id: String,
+    schema: Schema,
+    tables: HashMap<String, PgTable>,
+}
+
+/// An arbitrary constant: the advisory lock that serializes start-up DDL between processes.
+const STARTUP_LOCK: i64 = 0x6665_7272_7900;
+const PUSH_ATTEMPTS: usize = 5;
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+            if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+                StoreError::Unavailable(format!("PostgreSQL: {}{detail}", db.message()))
+            } else if code.starts_with("22") || code.starts_with("23") {
+                StoreError::Invalid(format!("PostgreSQL refused the data: {}{detail}", db.message()))
+            } else {
+                StoreError::Internal(format!("PostgreSQL error {code}: {}{detail}", db.message()))
+            }
+        }
+        None => {
+            let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+            if e.is_closed() || io {
+                StoreError::Unavailable(format!("PostgreSQL connection: {e}"))
+            } else {
+                StoreError::Internal(format!("PostgreSQL client: {e}"))
+            }
+        }
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| matches!(db.code().code(), "40001" | "40P01" | "23505"))
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("cannot get a PostgreSQL connection: {e}"))
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The PostgreSQL type name (`udt_name`) a schema column must have.
+fn udt(ty: ColType, max_len: Option<u32>) -> &'static str {
+    match ty {
+        ColType::Uuid => "uuid",
+        ColType::Text if max_len.is_some() => "varchar",
+        ColType::Text => "text",
+        ColType::Integer => "int4",
+        ColType::BigInt => "int8",
+        ColType::Real => "float8",
+        ColType::Boolean => "bool",
+        ColType::Timestamptz => "timestamptz",
+        ColType::Date => "date",
+        ColType::Json => "jsonb",
+        ColType::Blob => "bytea",
+    }
+}
+
+/// Creates `table` if missing; if it exists (made by the application's own migrations),
+/// checks it column by column and adds missing nullable columns.
+async fn ensure_table(tx: &Transaction<'_>, table: &Table) -> Result<Vec<String>> {
+    let existing = tx
+        .query(
+            "SELECT column_name::text, udt_name::text, is_nullable = 'YES', column_default IS NOT NULL,
+                    character_maximum_length::int4
+             FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1
+             ORDER BY ordinal_position",
+            &[&table.name],
+        )
+        .await
+        .map_err(pg)?;
+    if existing.is_empty() {
+        tx.batch_execute(&table.postgres_ddl()).await.map_err(pg)?;
+        return Ok(vec![format!("created table '{}'", table.name)]);
+    }
+    let mut problems = Vec::new();
+    let mut done = Vec::new();
+    let find = |name: &str| existing.iter().find(|r| r.get::<_, String>(0) == name);
+    for (i, col) in table.columns.iter().enumerate() {
+        let want = udt(col.ty, col.max_len);
+        match find(&col.name) {
+            Some(r) => {
+                let have: String = r.get(1);
+                let len: Option<i32> = r.get(4);
+                if have != want {
+                    problems.push(format!(
+                        "column '{}' is {have} in PostgreSQL but {} ({want}) in the schema",
+                        col.name,
+                        col.ty.name()
+                    ));
+                } else if want == "varchar" && len.map(|l| l as u32) != col.max_len {
+                    problems.push(format!(
+                        "column '{}' is varchar({}) in PostgreSQL but varchar({}) in the schema",
+                        col.name,
+                        len.map_or("unlimited".into(), |l| l.to_string()),
+                        col.max_len.unwrap_or_default()
+                    ));
+                }
+            }
+            None if col.not_null && col.default.is_none() => problems.push(format!(
+                "column '{}' is missing and NOT NULL without a default, so it cannot be added in place",
+                col.name
+            )),
+            None => {
+                let def = table.postgres_column_def(i);
+                tx.batch_execute(&format!("ALTER TABLE {} ADD COLUMN {def}", ferry_core::schema::quote(&table.name)))
+                    .await
+                    .map_err(pg)?;
+                done.push(format!("added column '{}' to '{}'", col.name, table.name));
+            }
+        }
+    }
+    for r in &existing {
+        let name: String = r.get(0);
+        let nullable: bool = r.get(2);
+        let has_default: bool = r.get(3);
+        if table.column(&name).is_none() && !nullable && !has_default {
+            problems.push(format!(
+                "column '{name}' is not in the schema and is NOT NULL without a default, so rows from devices could not be inserted; give it a default or add it to the schema"
+            ));
+        }
+    }
+    let pk: Vec<String> = tx
+        .query(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary",
+            &[&table.name],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if pk != [table.pk_column().name.clone()] {
+        problems.push(format!(
+            "the primary key is ({}) in PostgreSQL but ({}) in the schema",
+            pk.join(", "),
+            table.pk_column().name
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "table '{}' in PostgreSQL does not match the schema: {}; migrate the table or fix the schema",
+            table.name,
+            problems.join("; ")
+        )));
+    }
+    Ok(done)
+}
+
+impl PgStore {
+    /// Connects to `url`, creates Ferry's bookkeeping and the schema's tables, installs the
+    /// capture of direct writes, and adopts rows already in existing tables.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] for a malformed URL or a table that differs from the schema
+    /// (every difference named); [`StoreError::Unavailable`] when PostgreSQL cannot be reached.
+    pub async fn open(url: &str, schema: Schema) -> Result<PgStore> {
+        let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Invalid(format!(
+                "database '{url}' is not a PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            ))
+        })?;
+        cfg.connect_timeout(Duration::from_secs(5));
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("ferry");
+        }
+        let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let timeout = Some(Duration::from_secs(5));
+        let pool = Pool::builder(mgr)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
+            .build()
+            .map_err(|e| StoreError::Internal(format!("PostgreSQL pool: {e}")))?;
+        let tables: HashMap<String, PgTable> =
+            schema.tables.iter().map(|t| (t.name.clone(), PgTable::new(t))).collect();
+        let mut client = pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&STARTUP_LOCK]).await.map_err(pg)?;
+        tx.batch_execute(sql::BOOKKEEPING).await.map_err(pg)?;
+        let mut site_bytes = [0u8; 8];
+        getrandom::fill(&mut site_bytes).map_err(|e| StoreError::Internal(format!("no randomness: {e}")))?;
+        let site = SiteId(u64::from_le_bytes(site_bytes).max(1)).to_string();
+        tx.execute(
+            "INSERT INTO _ferry_store (key, value) VALUES ('id', $1), ('site', $2) ON CONFLICT DO NOTHING",
+            &[&uuid::Uuid::now_v7().to_string(), &site],
+        )
+        .await
+        .map_err(pg)?;
+        let id: String = tx.query_one("SELECT value FROM _ferry_store WHERE key = 'id'", &[]).await.map_err(pg)?.get(0);
+        let site: String =
+            tx.query_one("SELECT value FROM _ferry_store WHERE key = 'site'", &[]).await.map_err(pg)?.get(0);
+        let site: SiteId = site.parse().map_err(|e| StoreError::Internal(format!("stored site id: {e}")))?;
+        let adopted_at = Hlc::new(wall_ms(), 0, site).to_string();
+        for table in &schema.tables {
+            ensure_table(&tx, table).await?;
+            let pt = &tables[&table.name];
+            tx.batch_execute(&pt.capture()).await.map_err(pg)?;
+            tx.execute(&pt.adopt(), &[&adopted_at]).await.map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        drop(client);
+        Ok(PgStore { inner: Arc::new(Inner { pool, id, schema, tables }) })
+    }
+
+    fn table(&self, name: &str) -> Result<&PgTable> {
+        self.inner.tables.get(name).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "unknown table '{name}'; the schema has: {}",
+                self.inner.schema.table_names().join(", ")
+            ))
+        })
+    }
+}
+
+/// A stored row: its state and its owner.
+struct Stored {
+    state: RowState,
+    owner: Option<String>,
+}
+
+fn value_at(row: &Row, i: usize, ty: ColType) -> Value {
+    match sql::wire(ty) {
+        Wire::Text => row.get::<_, Option<String>>(i).map_or(Value::Null, Value::Text),
+        Wire::Int => row.get::<_, Option<i64>>(i).map_or(Value::Null, Value::Integer),
+        Wire::Float => row.get::<_, Option<f64>>(i).map_or(Value::Null, Value::Real),
+        Wire::Bool => row.get::<_, Option<bool>>(i).map_or(Value::Null, |b| Value::Integer(b.into())),
+        Wire::Bytes => row.get::<_, Option<Vec<u8>>>(i).map_or(Value::Null, Value::Blob),
+    }
+}
+
+/// Reads the stored states of `keys` in `pt`'s table (locking them with `for_update`).
+async fn load(
+    tx: &Transaction<'_>,
+    pt: &PgTable,
+    keys: &[String],
+    for_update: bool,
+) -> Result<HashMap<String, Stored>> {
+    let sql = if for_update { &pt.select_for_update } else { &pt.select };
+    let rows = tx.query(sql.as_str(), &[&pt.table.name, &keys]).await.map_err(pg)?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let pk: String = row.get(0);
+        let owner: Option<String> = row.get(6);
+        let raw = (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5), 0, owner.clone(), 0);
+        let meta = ferry_sqlite::parse_meta(&pt.table, &pk, raw).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let has_row: bool = row.get(7);
+        let values =
+            has_row.then(|| pt.table.data_columns().enumerate().map(|(i, c)| value_at(&row, 8 + i, c.ty)).collect());
+        let state = ferry_sqlite::state_of(&pt.table, &meta, values);
+        out.insert(pk, Stored { state, owner });
+    }
+    Ok(out)
+}
+
+/// One column of values as a typed array parameter.
+enum Array {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+}
+
+impl Array {
+    fn new(ty: ColType) -> Array {
+        match sql::wire(ty) {
+            Wire::Text => Array::Text(Vec::new()),
+            Wire::Int => Array::Int(Vec::new()),
+            Wire::Float => Array::Float(Vec::new()),
+            Wire::Bool => Array::Bool(Vec::new()),
+            Wire::Bytes => Array::Bytes(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, v: &Value) -> std::result::Result<(), String> {
+        match (self, v) {
+            (Array::Text(a), Value::Null) => a.push(None),
+            (Array::Int(a), Value::Null) => a.push(None),
+            (Array::Float(a), Value::Null) => a.push(None),
+            (Array::Bool(a), Value::Null) => a.push(None),
+            (Array::Bytes(a), Value::Null) => a.push(None),
+            (Array::Text(a), Value::Text(s)) => a.push(Some(s.clone())),
+            (Array::Int(a), Value::Integer(i)) => a.push(Some(*i)),
+            (Array::Float(a), Value::Real(r)) => a.push(Some(*r)),
+            (Array::Float(a), Value::Integer(i)) => a.push(Some(*i as f64)),
+            (Array::Bool(a), Value::Integer(i)) => a.push(Some(*i != 0)),
+            (Array::Bytes(a), Value::Blob(b)) => a.push(Some(b.clone())),
+            (_, v) => return Err(format!("a {} value does not fit the column", v.kind())),
+        }
+        Ok(())
+    }
+
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Array::Text(a) => a,
+            Array::Int(a) => a,
+            Array::Float(a) => a,
+            Array::Bool(a) => a,
+            Array::Bytes(a) => a,
+        }
+    }
+}
+
+const UPSERT_META: &str = "
+INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, owner, origin, texts, xid)
+SELECT $1, u.pk, u.alive, u.alive_at, u.clock, u.clocks, u.dead, u.owner, $2, u.texts::jsonb, pg_current_xact_id()
+FROM unnest($3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+  AS u(pk, alive, alive_at, clock, clocks, dead, owner, texts)
+ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at, clock = excluded.clock,
+  clocks = excluded.clocks, dead = excluded.dead, owner = excluded.owner, origin = excluded.origin,
+  texts = excluded.texts, xid = excluded.xid";
+
+/// Writes the merged states of one table: application rows (upsert or delete) and their
+/// bookkeeping, a few statements for the whole batch.
+async fn write(
+    tx: &Transaction<'_>,
+    pt: &PgTable,
+    device: &str,
+    rows: &[(String, RowState, Option<String>)],
+) -> std::result::Result<(), PushError> {
+    let table = &pt.table;
+    // The upsert takes the key first, then the data columns in schema order.
+    let mut key_array: Vec<Option<String>> = Vec::new();
+    let mut live: Vec<Array> = table.data_columns().map(|c| Array::new(c.ty)).collect();
+    let mut gone: Vec<String> = Vec::new();
+    let (mut pks, mut alive, mut alive_at, mut clock, mut clocks, mut dead, mut owners, mut texts) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (key, state, owner) in rows {
+        let values = ferry_sqlite::values_of(table, state);
+        if state.is_alive() {
+            key_array.push(Some(key.clone()));
+            for (arr, v) in live.iter_mut().zip(&values) {
+                arr.push(v).map_err(|e| StoreError::Internal(format!("{} '{key}': {e}", table.name)))?;
+            }
+        } else {
+            gone.push(key.clone());
+        }
+        let (base, overrides) = ferry_sqlite::encode_clocks(table, state);
+        let kept: serde_json::Map<String, serde_json::Value> = table
+            .data_columns()
+            .zip(&values)
+            .filter(|(c, _)| sql::keeps_text(c.ty))
+            .filter_map(|(c, v)| match v {
+                Value::Text(s) => Some((c.name.clone(), serde_json::Value::String(s.clone()))),
+                _ => None,
+            })
+            .collect();
+        pks.push(key.clone());
+        alive.push(state.is_alive());
+        alive_at.push(state.exists.at.to_string());
+        clock.push(base.to_string());
+        clocks.push(overrides);
+        dead.push((!state.is_alive()).then(|| ferry_sqlite::encode_values(table, &values)));
+        owners.push(owner.clone());
+        texts.push((!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string()));
+    }
+    if !key_array.is_empty() {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key_array];
+        params.extend(live.iter().map(Array::param));
+        tx.execute(pt.upsert.as_str(), &params).await.map_err(|e| with_table(e, table))?;
+    }
+    if !gone.is_empty() {
+        tx.execute(pt.delete.as_str(), &[&gone]).await.map_err(|e| with_table(e, table))?;
+    }
+    tx.execute(UPSERT_META, &[&table.name, &device, &pks, &alive, &alive_at, &clock, &clocks, &dead, &owners, &texts])
+        .await
+        .map_err(|e| with_table(e, table))?;
+    Ok(())
+}
+
+/// Keeps retryable errors as they are; gives the others the table's name.
+fn with_table(e: tokio_postgres::Error, table: &Table) -> PushError {
+    if retryable(&e) {
+        return PushError::Retry(e);
+    }
+    PushError::Store(match pg(e) {
+        StoreError::Invalid(m) => StoreError::Invalid(format!("table '{}': {m}", table.name)),
+        other => other,
+    })
+}
+
+/// A push attempt's failure: retry the whole transaction, or give up.
+enum PushError {
+    Retry(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<StoreError> for PushError {
+    fn from(e: StoreError) -> Self {
+        PushError::Store(e)
+    }
+}
+
+fn push_pg(e: tokio_postgres::Error) -> PushError {
+    if retryable(&e) { PushError::Retry(e) } else { PushError::Store(pg(e)) }
+}
+
+/// A cursor into the feed: the snapshot of the last complete pull (`prev`), and while a
+/// window is being paged, the window's end snapshot and the last row given out.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cursor {
+    prev: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cur: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<(String, String, String)>,
+}
+
+const EMPTY_SNAPSHOT: &str = "1:1:";
+
+impl Cursor {
+    fn parse(c: &str) -> Result<Cursor> {
+        if c.is_empty() || c == "0" {
+            return Ok(Cursor { prev: EMPTY_SNAPSHOT.into(), cur: None, after: None });
+        }
+        let bad = || {
+            StoreError::Invalid(format!("cursor '{c}' is not a cursor this server gave out; start over with cursor=0"))
+        };
+        let body = c.strip_prefix("pg.").ok_or_else(bad)?;
+        let json = B64.decode(body).map_err(|_| bad())?;
+        let cursor: Cursor = serde_json::from_slice(&json).map_err(|_| bad())?;
+        let snapshot_ok = |s: &str| {
+            let mut parts = s.splitn(3, ':');
+            let num = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            num(parts.next())
+                && num(parts.next())
+                && parts
+                    .next()
+                    .is_some_and(|x| x.split(',').all(|p| p.is_empty() || p.bytes().all(|b| b.is_ascii_digit())))
+        };
+        if !snapshot_ok(&cursor.prev) || cursor.cur.as_deref().is_some_and(|s| !snapshot_ok(s)) {
+            return Err(bad());
+        }
+        Ok(cursor)
+    }
+
+    fn encode(&self) -> String {
+        format!("pg.{}", B64.encode(serde_json::to_vec(self).expect("cursor serializes")))
+    }
+}
+
+const FEED: &str = "
+SELECT xid::text, tbl, pk FROM _ferry_rows
+WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+  AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+  AND (owner IS NULL OR owner = $3)
+  AND (xid, tbl, pk) > ($4::text::xid8, $5, $6)
+ORDER BY xid, tbl, pk
+LIMIT $7";
+
+impl PgStore {
+    async fn push_once(
+        &self,
+        who: &Principal,
+        batch_id: &str,
+        rows: &BTreeMap<String, BTreeMap<String, RowState>>,
+        received: usize,
+    ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
+        let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
+        let tx = client.transaction().await.map_err(push_pg)?;
+        let seen = tx
+            .query_opt(
+                "SELECT received, changed FROM _ferry_batches WHERE device_id = $1 AND batch_id = $2",
+                &[&who.device_id, &batch_id],
+            )
+            .await
+            .map_err(push_pg)?;
+        if let Some(r) = seen {
+            let (received, changed): (i32, i32) = (r.get(0), r.get(1));
+            return Ok((
+                PushOutcome { received: received as usize, changed: changed as usize, replayed: true, cursor: None },
+                None,
+            ));
+        }
+        tx.batch_execute("SET LOCAL ferry.applying = 'on'").await.map_err(push_pg)?;
+        let mut changed = 0;
+        for (table, states) in rows {
+            let pt = self.table(table)?;
+            let keys: Vec<String> = states.keys().cloned().collect();
+            let mut stored = load(&tx, pt, &keys, true).await.map_err(PushError::Store)?;
+            let mut writes = Vec::new();
+            for (key, incoming) in states {
+                let here = || format!("{table} '{key}'");
+                let prior = stored.remove(key);
+                if pt.table.options.owner.is_some() {
+                    if let Some(p) = &prior {
+                        if p.owner.as_deref() != Some(who.user_id.as_str()) {
+                            return Err(StoreError::Forbidden(format!(
+                                "{} belongs to another user; a device may write only its own user's rows",
+                                here()
+                            ))
+                            .into());
+                        }
+                    }
+                }
+                let mut state = prior.map(|p| p.state).unwrap_or_default();
+                let report = state.merge(incoming);
+                let owner = crate::owner_of(&pt.table, &state);
+                if let Some(col) = &pt.table.options.owner {
+                    if owner.as_deref() != Some(who.user_id.as_str()) {
+                        return Err(StoreError::Forbidden(format!(
+                            "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",
+                            here(),
+                            owner.map_or("missing".to_owned(), |o| format!("'{o}'")),
+                            who.user_id
+                        ))
+                        .into());
+                    }
+                }
+                if report.changed {
+                    writes.push((key.clone(), state, owner));
+                }
+            }
+            if !writes.is_empty() {
+                changed += writes.len();
+                write(&tx, pt, &who.device_id, &writes).await?;
+            }
+        }
+        let xid: String = tx.query_one("SELECT pg_current_xact_id()::text", &[]).await.map_err(push_pg)?.get(0);
+        tx.execute(
+            "INSERT INTO _ferry_batches (device_id, batch_id, received, changed) VALUES ($1, $2, $3, $4)",
+            &[&who.device_id, &batch_id, &(received as i32), &(changed as i32)],
+        )
+        .await
+        .map_err(push_pg)?;
+        tx.execute("UPDATE _ferry_devices SET last_seen = now() WHERE id = $1", &[&who.device_id])
+            .await
+            .map_err(push_pg)?;
+        tx.commit().await.map_err(push_pg)?;
+        Ok((PushOutcome { received, changed, replayed: false, cursor: None }, Some(xid)))
+    }
+
+    /// After a committed push: when the client's cursor was caught up and nothing but this
+    /// push's transaction has become visible since, a cursor just past it.
+    async fn cursor_after_push(&self, who: &Principal, cursor: &str, xid: &str) -> Result<Option<String>> {
+        let c = Cursor::parse(cursor)?;
+        if c.cur.is_some() {
+            return Ok(None);
+        }
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        let now: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);
+        let others: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM _ferry_rows
+                   WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+                     AND xid <> $2::text::xid8 AND (owner IS NULL OR owner = $3))",
+                &[&c.prev, &xid, &who.user_id],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        tx.commit().await.map_err(pg)?;
+        Ok((!others).then(|| Cursor { prev: now, cur: None, after: None }.encode()))
+    }
+}
+
+impl Store for PgStore {
+    fn schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    async fn add_user(&self, name: &str) -> Result<User> {
+        let name = crate::check_name("user", name)?;
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        match client.execute("INSERT INTO _ferry_users (id, name) VALUES ($1, $2)", &[&id, &name]).await {
+            Ok(_) => Ok(User { id, name }),
+            Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "23505") => {
+                Err(StoreError::Exists(format!("user '{name}' already exists; pick another name")))
+            }
+            Err(e) => Err(pg(e)),
+        }
+    }
+
+    async fn create_token(&self, user: &str, device: &str) -> Result<NewToken> {
+        let device = crate::check_name("device", device)?;
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let row =
+            client.query_opt("SELECT id FROM _ferry_users WHERE name = $1 OR id = $1", &[&user]).await.map_err(pg)?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!(
+                "no user '{user}'; create it first with `ferry user add {user}`"
+            )));
+        };
+        let user_id: String = row.get(0);
+        let token = new_token()?;
+        let device_id = uuid::Uuid::now_v7().to_string();
+        client
+            .execute(
+                "INSERT INTO _ferry_devices (id, user_id, name, token_hash) VALUES ($1, $2, $3, $4)",
+                &[&device_id, &user_id, &device, &token_hash(&token)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(NewToken { device_id, token })
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_opt(
+                "SELECT u.id, u.name, d.id, d.name FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
+                 WHERE d.token_hash = $1 AND d.revoked_at IS NULL",
+                &[&token_hash(token)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| Principal {
+            user_id: r.get(0),
+            user_name: r.get(1),
+            device_id: r.get(2),
+            device_name: r.get(3),
+        }))
+    }
+
+    async fn push(
+        &self,
+        who: &Principal,
+        batch_id: &str,
+        cursor: Option<&str>,
+        rows: Vec<IncomingRow>,
+    ) -> Result<PushOutcome> {
+        if let Some(c) = cursor {
+            Cursor::parse(c)?;
+        }
+        let received = rows.len();
+        // Grouped by table and key (rows for one key merged), in a fixed order, so that
+        // concurrent pushes lock bookkeeping rows in the same order.
+        let mut grouped: BTreeMap<String, BTreeMap<String, RowState>> = BTreeMap::new();
+        for r in rows {
+            self.table(&r.table)?;
+            grouped.entry(r.table).or_default().entry(r.key).or_default().merge(&r.state);
+        }
+        let mut attempt = 0;
+        let (mut outcome, xid) = loop {
+            attempt += 1;
+            match self.push_once(who, batch_id, &grouped, received).await {
+                Ok(done) => break done,
+                Err(PushError::Store(e)) => return Err(e),
+                Err(PushError::Retry(e)) if attempt >= PUSH_ATTEMPTS => {
+                    return Err(match e.as_db_error().map(|d| d.code().code()) {
+                        Some("23505") => StoreError::Invalid(format!(
+                            "a unique constraint refused the batch: {}",
+                            e.as_db_error().map_or(String::new(), |d| d.message().to_owned())
+                        )),
+                        _ => StoreError::Unavailable(format!("the batch kept conflicting with concurrent writes: {e}")),
+                    });
+                }
+                Err(PushError::Retry(_)) => {}
+            }
+        };
+        if let (Some(c), Some(xid)) = (cursor, xid) {
+            outcome.cursor = self.cursor_after_push(who, c, &xid).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
+        let c = Cursor::parse(cursor)?;
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        let cur = match &c.cur {
+            Some(cur) => cur.clone(),
+            None => tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0),
+        };
+        let (after_xid, after_tbl, after_pk) = c.after.clone().unwrap_or(("0".into(), String::new(), String::new()));
+        let keys = tx
+            .query(FEED, &[&c.prev, &cur, &who.user_id, &after_xid, &after_tbl, &after_pk, &(limit as i64 + 1)])
+            .await
+            .map_err(pg)?;
+        let more = keys.len() > limit;
+        let keys: Vec<(String, String, String)> =
+            keys.iter().take(limit).map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (_, t, k) in &keys {
+            by_table.entry(t.as_str()).or_default().push(k.clone());
+        }
+        let mut states: HashMap<(String, String), RowState> = HashMap::new();
+        for (table, ks) in by_table {
+            let pt = self.table(table)?;
+            for (k, s) in load(&tx, pt, &ks, false).await? {
+                states.insert((table.to_owned(), k), s.state);
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        let rows = keys
+            .iter()
+            .filter_map(|(_, t, k)| {
+                states.remove(&(t.clone(), k.clone())).map(|state| FeedRow { table: t.clone(), key: k.clone(), state })
+            })
+            .collect();
+        let next = if more {
+            Cursor { prev: c.prev, cur: Some(cur), after: keys.last().cloned() }
+        } else {
+            Cursor { prev: cur, cur: None, after: None }
+        };
+        Ok(PullPage { rows, cursor: next.encode(), more })
+    }
+}

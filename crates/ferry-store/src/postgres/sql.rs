@@ -1,0 +1,310 @@
+//! The SQL the PostgreSQL store runs, generated once per table from the schema: reading
+//! row states, bulk writes through `unnest`, and the PL/pgSQL capture of direct writes.
+//!
+//! Values cross the boundary in a few plain forms (text, int8, float8, bool, bytea) and are
+//! cast to the column's type in SQL. Types whose PostgreSQL text form differs from what a
+//! device wrote (`timestamptz`, `jsonb`) keep the device's text beside the row (`texts`),
+//! used for as long as the column still holds that value; a direct write replaces it with
+//! PostgreSQL's canonical rendering.
+
+use ferry_core::schema::{ColType, Column, Table, quote};
+
+/// The plain form a column travels in between Rust and PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    Text,
+    Int,
+    Float,
+    Bool,
+    Bytes,
+}
+
+pub fn wire(ty: ColType) -> Wire {
+    match ty {
+        ColType::Uuid | ColType::Text | ColType::Timestamptz | ColType::Date | ColType::Json => Wire::Text,
+        ColType::Integer | ColType::BigInt => Wire::Int,
+        ColType::Real => Wire::Float,
+        ColType::Boolean => Wire::Bool,
+        ColType::Blob => Wire::Bytes,
+    }
+}
+
+/// The array type of a column's plain form, for `unnest($n::…[])`.
+fn array_type(ty: ColType) -> &'static str {
+    match wire(ty) {
+        Wire::Text => "text[]",
+        Wire::Int => "int8[]",
+        Wire::Float => "float8[]",
+        Wire::Bool => "bool[]",
+        Wire::Bytes => "bytea[]",
+    }
+}
+
+/// Whether the device's own text is kept beside the row for this type.
+pub fn keeps_text(ty: ColType) -> bool {
+    matches!(ty, ColType::Timestamptz | ColType::Json)
+}
+
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `expr` (of the column's type) as its plain form. `texts` is a jsonb expression holding
+/// device texts, or `None`.
+fn render(col: &Column, expr: &str, texts: Option<&str>) -> String {
+    let name = lit(&col.name);
+    let canonical = match col.ty {
+        ColType::Uuid => format!("{expr}::text"),
+        ColType::Timestamptz => format!("to_char({expr} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"),
+        ColType::Date => format!("to_char({expr}, 'YYYY-MM-DD')"),
+        ColType::Json => format!("{expr}::text"),
+        ColType::Integer | ColType::BigInt => format!("{expr}::int8"),
+        ColType::Real => format!("{expr}::float8"),
+        ColType::Text | ColType::Boolean | ColType::Blob => expr.to_owned(),
+    };
+    match texts {
+        Some(t) if keeps_text(col.ty) => format!(
+            "CASE WHEN {expr} = ({t}->>{name})::{ty} THEN {t}->>{name} ELSE {canonical} END",
+            ty = col.ty.postgres()
+        ),
+        _ => canonical,
+    }
+}
+
+/// A plain-form expression cast to the column's type.
+fn cast(col: &Column, expr: &str) -> String {
+    match col.ty {
+        ColType::Text | ColType::BigInt | ColType::Real | ColType::Boolean | ColType::Blob => expr.to_owned(),
+        ty => format!("{expr}::{}", ty.postgres()),
+    }
+}
+
+/// The SQL for one table.
+pub struct PgTable {
+    pub table: Table,
+    /// `$1` tbl, `$2` keys: the whole stored state of those rows.
+    pub select: String,
+    /// As `select`, locking the bookkeeping rows for the push transaction.
+    pub select_for_update: String,
+    /// `$1..` one array per column (key first): insert or update application rows.
+    pub upsert: String,
+    /// `$1` keys: delete application rows.
+    pub delete: String,
+}
+
+impl PgTable {
+    pub fn new(table: &Table) -> PgTable {
+        let t = quote(&table.name);
+        let pk_col = table.pk_column();
+        let pk = quote(&pk_col.name);
+        let data: Vec<&Column> = table.data_columns().collect();
+        let rendered: Vec<String> =
+            data.iter().map(|c| render(c, &format!("t.{}", quote(&c.name)), Some("r.texts"))).collect();
+        let values = if rendered.is_empty() { String::new() } else { format!(", {}", rendered.join(", ")) };
+        let select = format!(
+            "SELECT r.pk, r.alive, r.alive_at, r.clock, r.clocks, r.dead, r.owner, t.{pk} IS NOT NULL{values}
+             FROM _ferry_rows r LEFT JOIN {t} t ON r.alive AND t.{pk} = {key}
+             WHERE r.tbl = $1 AND r.pk = ANY($2::text[])",
+            key = cast(pk_col, "r.pk"),
+        );
+        let select_for_update = format!("{select} ORDER BY r.pk FOR UPDATE OF r");
+        let all: Vec<&Column> = std::iter::once(pk_col).chain(data.iter().copied()).collect();
+        let names: Vec<String> = all.iter().map(|c| quote(&c.name)).collect();
+        let arrays: Vec<String> =
+            all.iter().enumerate().map(|(i, c)| format!("${}::{}", i + 1, array_type(c.ty))).collect();
+        let aliases: Vec<String> = (0..all.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> = all.iter().zip(&aliases).map(|(c, a)| cast(c, &format!("u.{a}"))).collect();
+        let on_conflict = if data.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            let sets: Vec<String> = data.iter().map(|c| format!("{q} = excluded.{q}", q = quote(&c.name))).collect();
+            format!("DO UPDATE SET {}", sets.join(", "))
+        };
+        let upsert = format!(
+            "INSERT INTO {t} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({pk}) {on_conflict}",
+            names.join(", "),
+            casts.join(", "),
+            arrays.join(", "),
+            aliases.join(", "),
+        );
+        let delete =
+            format!("DELETE FROM {t} WHERE {pk} IN (SELECT {} FROM unnest($1::text[]) AS u(k))", cast(pk_col, "u.k"));
+        PgTable { table: table.clone(), select, select_for_update, upsert, delete }
+    }
+
+    /// The capture of direct writes: a PL/pgSQL function and its trigger. Writes made by
+    /// Ferry itself set `ferry.applying` for their transaction and are skipped.
+    pub fn capture(&self) -> String {
+        let table = &self.table;
+        let tname = &table.name;
+        let t = quote(tname);
+        let tl = lit(tname);
+        let func = quote(&format!("_ferry_capture_{tname}"));
+        let pk = quote(&table.pk_column().name);
+        let owner = |rec: &str| match &table.options.owner {
+            Some(o) => format!("{rec}.{}::text", quote(o)),
+            None => "NULL".to_owned(),
+        };
+        let data: Vec<&Column> = table.data_columns().collect();
+        // The deleted row's values as stored tombstone JSON (blobs as hex, reals exact).
+        let old_json = if data.is_empty() {
+            "'{}'".to_owned()
+        } else {
+            let pairs: Vec<String> = data
+                .iter()
+                .map(|c| {
+                    let expr = format!("OLD.{}", quote(&c.name));
+                    let v = match c.ty {
+                        ColType::Blob => format!("encode({expr}, 'hex')"),
+                        ColType::Real => format!("{expr}::text"),
+                        ColType::Boolean => format!("{expr}::int"),
+                        _ => render(c, &expr, Some("tx")),
+                    };
+                    format!("{}, {v}", lit(&c.name))
+                })
+                .collect();
+            // jsonb_build_object takes at most 100 arguments: merge groups of 50 pairs.
+            pairs
+                .chunks(50)
+                .map(|g| format!("jsonb_build_object({})", g.join(", ")))
+                .reduce(|a, b| format!("({a} || {b})"))
+                .map(|j| format!("({j})::text"))
+                .unwrap_or_default()
+        };
+        let changed: Vec<String> =
+            data.iter().map(|c| format!("OLD.{q} IS DISTINCT FROM NEW.{q}", q = quote(&c.name))).collect();
+        let per_column: String = data
+            .iter()
+            .map(|c| {
+                format!(
+                    "    IF OLD.{q} IS DISTINCT FROM NEW.{q} THEN cl := cl || jsonb_build_object({n}, h); END IF;\n",
+                    q = quote(&c.name),
+                    n = lit(&c.name)
+                )
+            })
+            .collect();
+        let any_changed = if changed.is_empty() { "false".to_owned() } else { changed.join(" OR ") };
+        format!(
+            r#"CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $ferry$
+DECLARE
+  h text;
+  cl jsonb;
+  tx jsonb;
+BEGIN
+  IF coalesce(current_setting('ferry.applying', true), '') = 'on' THEN
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.{pk} IS DISTINCT FROM NEW.{pk}) THEN
+    h := _ferry_next_clock({tl}, OLD.{pk}::text);
+    SELECT texts INTO tx FROM _ferry_rows WHERE tbl = {tl} AND pk = OLD.{pk}::text;
+    INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, dead, owner, xid)
+    VALUES ({tl}, OLD.{pk}::text, false, h, h, {old_json}, {old_owner}, pg_current_xact_id())
+    ON CONFLICT (tbl, pk) DO UPDATE SET alive = false, alive_at = h, dead = excluded.dead, origin = NULL,
+      xid = excluded.xid;
+  END IF;
+  IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND OLD.{pk} IS DISTINCT FROM NEW.{pk}) THEN
+    h := _ferry_next_clock({tl}, NEW.{pk}::text);
+    INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, xid)
+    VALUES ({tl}, NEW.{pk}::text, true, h, h, {new_owner}, pg_current_xact_id())
+    ON CONFLICT (tbl, pk) DO UPDATE SET alive = true, alive_at = h, clock = h, clocks = NULL, dead = NULL,
+      owner = excluded.owner, origin = NULL, texts = NULL, xid = excluded.xid;
+  ELSIF TG_OP = 'UPDATE' AND ({any_changed}) THEN
+    h := _ferry_next_clock({tl}, NEW.{pk}::text);
+    SELECT coalesce(clocks::jsonb, '{{}}'::jsonb) INTO cl FROM _ferry_rows WHERE tbl = {tl} AND pk = NEW.{pk}::text;
+    IF NOT FOUND THEN
+      -- A row Ferry never tracked: its first appearance is the whole row.
+      INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, xid)
+      VALUES ({tl}, NEW.{pk}::text, true, h, h, {new_owner}, pg_current_xact_id()) ON CONFLICT DO NOTHING;
+      RETURN NULL;
+    END IF;
+{per_column}    UPDATE _ferry_rows SET clocks = cl::text, owner = {new_owner}, origin = NULL, xid = pg_current_xact_id()
+    WHERE tbl = {tl} AND pk = NEW.{pk}::text;
+  END IF;
+  RETURN NULL;
+END
+$ferry$;
+DROP TRIGGER IF EXISTS _ferry_capture ON {t};
+CREATE TRIGGER _ferry_capture AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {func}();
+"#,
+            old_owner = owner("OLD"),
+            new_owner = owner("NEW"),
+        )
+    }
+
+    /// Records every row Ferry does not track yet (a table adopted with its data) as
+    /// inserted at clock `$1`.
+    pub fn adopt(&self) -> String {
+        let table = &self.table;
+        let pk = quote(&table.pk_column().name);
+        let owner = match &table.options.owner {
+            Some(o) => format!("t.{}::text", quote(o)),
+            None => "NULL".to_owned(),
+        };
+        format!(
+            "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, xid)
+             SELECT {tl}, t.{pk}::text, true, $1, $1, {owner}, pg_current_xact_id() FROM {t} t
+             WHERE NOT EXISTS (SELECT 1 FROM _ferry_rows r WHERE r.tbl = {tl} AND r.pk = t.{pk}::text)",
+            tl = lit(&table.name),
+            t = quote(&table.name),
+        )
+    }
+}
+
+/// Bookkeeping tables and the clock function, created once per database.
+pub const BOOKKEEPING: &str = r#"
+CREATE TABLE IF NOT EXISTS _ferry_store (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_users (
+    id text PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS _ferry_devices (
+    id text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES _ferry_users(id),
+    name text NOT NULL,
+    token_hash text NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_seen timestamptz,
+    revoked_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS _ferry_batches (
+    device_id text NOT NULL,
+    batch_id text NOT NULL,
+    received integer NOT NULL,
+    changed integer NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (device_id, batch_id)
+);
+CREATE TABLE IF NOT EXISTS _ferry_rows (
+    tbl text NOT NULL,
+    pk text NOT NULL,
+    alive boolean NOT NULL,
+    alive_at text NOT NULL,
+    clock text NOT NULL,
+    clocks text,
+    dead text,
+    owner text,
+    origin text,
+    texts jsonb,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (tbl, pk)
+);
+CREATE INDEX IF NOT EXISTS _ferry_rows_feed ON _ferry_rows (xid, tbl, pk);
+CREATE OR REPLACE FUNCTION _ferry_next_clock(t text, k text) RETURNS text LANGUAGE plpgsql AS $ferry$
+DECLARE
+  last text;
+  wall bigint;
+  prev bigint := 0;
+  site text;
+BEGIN
+  SELECT greatest(r.alive_at, r.clock, (SELECT max(value) FROM jsonb_each_text(coalesce(r.clocks::jsonb, '{}'::jsonb))))
+    INTO last FROM _ferry_rows r WHERE r.tbl = t AND r.pk = k FOR UPDATE;
+  wall := floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint << 16;
+  IF last IS NOT NULL THEN
+    prev := ('x' || substr(last, 1, 16))::bit(64)::bigint + 1;
+  END IF;
+  SELECT value INTO site FROM _ferry_store WHERE key = 'site';
+  RETURN lpad(to_hex(greatest(wall, prev)), 16, '0') || site;
+END
+$ferry$;
+"#;
