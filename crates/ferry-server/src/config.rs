@@ -1,7 +1,7 @@
 //! `ferry.toml`: the `[server]` section and per-table options.
 //!
 //! Every `[server]` key can also come from a flag or an environment variable
-//! (`FERRY_LISTEN`, `FERRY_DATA_DIR`, `FERRY_SCHEMA`, `FERRY_MAX_BODY_BYTES`); a flag or
+//! (`FERRY_LISTEN`, `FERRY_DATABASE`, `FERRY_DATA_DIR`, `FERRY_SCHEMA`, `FERRY_MAX_BODY_BYTES`); a flag or
 //! variable wins over the file, the file over the defaults. Relative paths in the file are
 //! relative to the file's directory, so a config works from any working directory.
 
@@ -25,6 +25,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct ServerSection {
     listen: Option<String>,
+    database: Option<String>,
     data_dir: Option<PathBuf>,
     schema: Option<PathBuf>,
     max_body_bytes: Option<usize>,
@@ -40,6 +41,7 @@ struct TableSection {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub database: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub schema: Option<PathBuf>,
     pub max_body_bytes: Option<usize>,
@@ -49,6 +51,8 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `postgres://…` for the PostgreSQL store; `None` for the embedded store in `data_dir`.
+    pub database: Option<String>,
     pub data_dir: PathBuf,
     pub schema_path: PathBuf,
     pub max_body_bytes: usize,
@@ -93,13 +97,14 @@ impl Config {
         let from_file = |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { base.join(p) });
         let listen_text = overrides.listen.or(parsed.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.parse().map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let database = overrides.database.or(parsed.server.database).filter(|d| !d.is_empty());
         let data_dir =
             overrides.data_dir.or_else(|| from_file(parsed.server.data_dir)).unwrap_or_else(|| base.join("ferry-data"));
         let schema_path = overrides.schema.or_else(|| from_file(parsed.server.schema)).ok_or(ConfigError::NoSchema)?;
         let max_body_bytes =
             overrides.max_body_bytes.or(parsed.server.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
         let tables = parsed.tables.into_iter().map(|(name, t)| (name, TableOptions { owner: t.owner })).collect();
-        Ok(Config { listen, data_dir, schema_path, max_body_bytes, tables })
+        Ok(Config { listen, database, data_dir, schema_path, max_body_bytes, tables })
     }
 
     /// Reads and checks the schema file with the per-table options.

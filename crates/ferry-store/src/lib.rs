@@ -188,3 +188,83 @@ fn check_name(kind: &str, name: &str) -> Result<String> {
     }
     Ok(name.to_owned())
 }
+
+/// Either store, chosen at start-up (`ferry serve` without `--database` uses the embedded
+/// store; with a `postgres://` URL, PostgreSQL).
+#[derive(Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// Opens PostgreSQL when `database` is given, else the embedded store in `data_dir`.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`] and [`PgStore::open`]; a `database` that is not a
+    /// `postgres://` URL is [`StoreError::Invalid`].
+    pub async fn open(database: Option<&str>, data_dir: &std::path::Path, schema: Schema) -> Result<AnyStore> {
+        match database {
+            None => Ok(AnyStore::Sqlite(SqliteStore::open(data_dir, schema)?)),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(AnyStore::Postgres(PgStore::open(url, schema).await?))
+            }
+            Some(other) => Err(StoreError::Invalid(format!(
+                "database '{other}' is not a postgres:// URL; leave it out for the embedded store in data_dir"
+            ))),
+        }
+    }
+
+    /// A short description for logs: the kind of store and where it is.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            AnyStore::Sqlite(_) => "embedded SQLite store",
+            AnyStore::Postgres(_) => "PostgreSQL store",
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $call,
+            AnyStore::Postgres($s) => $call,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    fn schema(&self) -> &Schema {
+        delegate!(self, s => s.schema())
+    }
+
+    fn id(&self) -> &str {
+        delegate!(self, s => s.id())
+    }
+
+    async fn add_user(&self, name: &str) -> Result<User> {
+        delegate!(self, s => s.add_user(name).await)
+    }
+
+    async fn create_token(&self, user: &str, device: &str) -> Result<NewToken> {
+        delegate!(self, s => s.create_token(user, device).await)
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
+        delegate!(self, s => s.authenticate(token).await)
+    }
+
+    async fn push(
+        &self,
+        who: &Principal,
+        batch_id: &str,
+        cursor: Option<&str>,
+        rows: Vec<IncomingRow>,
+    ) -> Result<PushOutcome> {
+        delegate!(self, s => s.push(who, batch_id, cursor, rows).await)
+    }
+
+    async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
+        delegate!(self, s => s.pull(who, cursor, limit).await)
+    }
+}

@@ -239,6 +239,7 @@ impl Store for SqliteStore {
             }
             let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
             let feed_end = seq;
+            let mut all_known = true;
             let received = rows.len();
             let mut changed = 0;
             for row in rows {
@@ -258,6 +259,8 @@ impl Store for SqliteStore {
                 }
                 let mut state = stored.map(|(s, _)| s).unwrap_or_default();
                 let report = state.merge(&row.state);
+                // The stored row had something the device's lacks: the device must pull it.
+                all_known &= !report.kept_newer;
                 let owner = crate::owner_of(table, &state);
                 if let Some(col) = &table.options.owner {
                     if owner.as_deref() != Some(who.user_id.as_str()) {
@@ -290,7 +293,7 @@ impl Store for SqliteStore {
                 received,
                 changed,
                 replayed: false,
-                cursor: (cursor == Some(feed_end as u64)).then(|| seq.to_string()),
+                cursor: (all_known && cursor == Some(feed_end as u64)).then(|| seq.to_string()),
             })
         })
         .await

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ferry_client::{Progress, Remote, Replica, SyncOptions};
 use ferry_server::{Config, Overrides};
-use ferry_store::{SqliteStore, Store};
+use ferry_store::{AnyStore, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the sync server (embedded SQLite store in data_dir).
+    /// Run the sync server (embedded SQLite store in data_dir, or PostgreSQL with --database).
     Serve(ServerArgs),
     /// Manage users.
     User {
@@ -49,6 +49,10 @@ struct ServerArgs {
     /// Address to listen on, HOST:PORT (port 0 picks a free port).
     #[arg(long, env = "FERRY_LISTEN")]
     listen: Option<String>,
+    /// PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (default: the
+    /// embedded SQLite store in data_dir).
+    #[arg(long, env = "FERRY_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Directory of the embedded store.
     #[arg(long, env = "FERRY_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -64,6 +68,7 @@ impl ServerArgs {
     fn config(&self) -> Result<Config> {
         let overrides = Overrides {
             listen: self.listen.clone(),
+            database: self.database.clone(),
             data_dir: self.data_dir.clone(),
             schema: self.schema.clone(),
             max_body_bytes: self.max_body_bytes,
@@ -71,11 +76,16 @@ impl ServerArgs {
         Ok(Config::load(self.config.as_deref(), overrides)?)
     }
 
-    fn open_store(&self) -> Result<(Config, SqliteStore)> {
+    async fn open_store(&self) -> Result<(Config, AnyStore)> {
         let config = self.config()?;
         let schema = config.schema()?;
-        let store = SqliteStore::open(&config.data_dir, schema)
-            .with_context(|| format!("opening the embedded store in '{}'", config.data_dir.display()))?;
+        let place = match &config.database {
+            Some(_) => "the PostgreSQL store".to_owned(),
+            None => format!("the embedded store in '{}'", config.data_dir.display()),
+        };
+        let store = AnyStore::open(config.database.as_deref(), &config.data_dir, schema)
+            .await
+            .with_context(|| format!("opening {place}"))?;
         Ok((config, store))
     }
 }
@@ -146,14 +156,14 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::User { command: UserCommand::Add { name, server } } => {
-            let (_, store) = server.open_store()?;
+            let (_, store) = server.open_store().await?;
             let user = store.add_user(&name).await?;
             eprintln!("created user '{}'", user.name);
             println!("{}", user.id);
             Ok(())
         }
         Command::Token { command: TokenCommand::Create { user, device, server } } => {
-            let (_, store) = server.open_store()?;
+            let (_, store) = server.open_store().await?;
             let t = store.create_token(&user, &device).await?;
             eprintln!("created device '{device}' ({}) for user '{user}'; the token is shown only once:", t.device_id);
             println!("{}", t.token);
@@ -169,12 +179,12 @@ async fn serve(args: ServerArgs) -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let (config, store) = args.open_store()?;
+    let (config, store) = args.open_store().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}; is another server using it?", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(data_dir = %config.data_dir.display(), tables = store.schema().tables.len(), "embedded store ready");
+    tracing::info!(store = store.describe(), tables = store.schema().tables.len(), "store ready");
     println!("listening on http://{addr}");
     ferry_server::run(listener, store, config.max_body_bytes, shutdown_signal()).await?;
     tracing::info!("stopped");

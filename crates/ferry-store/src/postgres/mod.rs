@@ -526,6 +526,7 @@ impl PgStore {
         }
         tx.batch_execute("SET LOCAL ferry.applying = 'on'").await.map_err(push_pg)?;
         let mut changed = 0;
+        let mut all_known = true;
         for (table, states) in rows {
             let pt = self.table(table)?;
             let keys: Vec<String> = states.keys().cloned().collect();
@@ -547,6 +548,9 @@ impl PgStore {
                 }
                 let mut state = prior.map(|p| p.state).unwrap_or_default();
                 let report = state.merge(incoming);
+                // The stored row had something the device's lacks (a direct write, say): the
+                // device must pull it, so no cursor past this push.
+                all_known &= !report.kept_newer;
                 let owner = crate::owner_of(&pt.table, &state);
                 if let Some(col) = &pt.table.options.owner {
                     if owner.as_deref() != Some(who.user_id.as_str()) {
@@ -579,7 +583,7 @@ impl PgStore {
             .await
             .map_err(push_pg)?;
         tx.commit().await.map_err(push_pg)?;
-        Ok((PushOutcome { received, changed, replayed: false, cursor: None }, Some(xid)))
+        Ok((PushOutcome { received, changed, replayed: false, cursor: None }, all_known.then_some(xid)))
     }
 
     /// After a committed push: when the client's cursor was caught up and nothing but this

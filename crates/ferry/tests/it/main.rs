@@ -3,6 +3,7 @@
 
 mod capture;
 mod errors;
+mod postgres;
 mod support;
 mod sync;
 

@@ -9,6 +9,8 @@ pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 /// A test's private directory holding the example app's config and schema.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database name in the shared cluster, for the PostgreSQL store.
+    pub pg_db: Option<String>,
 }
 
 impl Env {
@@ -18,7 +20,28 @@ impl Env {
         for f in ["schema.sql", "ferry.toml"] {
             std::fs::copy(example.join(f), dir.path().join(f)).unwrap();
         }
-        Env { dir }
+        Env { dir, pg_db: None }
+    }
+
+    /// The same, with the PostgreSQL store: `database` in the config file points at a fresh
+    /// database in the test process's throwaway cluster.
+    pub fn postgres() -> Env {
+        Env::with_database(&ferry_pgtemp::PgCluster::fresh_db())
+    }
+
+    pub fn with_database(url: &str) -> Env {
+        let mut env = Env::new();
+        env.pg_db = url.rsplit('/').next().map(str::to_owned);
+        let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+        let config = config.replacen("[server]\n", &format!("[server]\ndatabase = \"{url}\"\n"), 1);
+        std::fs::write(env.path("ferry.toml"), config).unwrap();
+        env
+    }
+
+    /// Runs SQL in this test's PostgreSQL database with `psql`, as another application would.
+    pub fn psql(&self, sql: &str) -> String {
+        let db = self.pg_db.as_deref().expect("a PostgreSQL test environment");
+        ferry_pgtemp::PgCluster::shared().psql(db, sql).unwrap_or_else(|e| panic!("psql: {e}"))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -191,7 +214,10 @@ pub struct Pair {
 
 impl Pair {
     pub fn new() -> Pair {
-        let env = Env::new();
+        Pair::in_env(Env::new())
+    }
+
+    pub fn in_env(env: Env) -> Pair {
         let user = env.add_user("alice");
         let phone = env.token("alice", "phone");
         let laptop = env.token("alice", "laptop");
