@@ -1,6 +1,7 @@
 //! The store suite: one set of tests that every [`Store`] implementation must pass. Each
 //! test is a generic function over the store; `suite!` instantiates them for a store.
 
+mod feed;
 mod suite;
 
 use std::collections::BTreeMap;
