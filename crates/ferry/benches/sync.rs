@@ -7,7 +7,9 @@
 //!   inserts into the same table without triggers;
 //! - push and hydrate: a real `ferry serve` (embedded store) and real `ferry sync`
 //!   processes over loopback; the hydrate of N rows into an empty replica against SQLite
-//!   importing the same N rows, sorted by key, in one transaction.
+//!   importing the same N rows, sorted by key, in one transaction;
+//! - the same push and hydrate with a PostgreSQL-backed server (a throwaway cluster), beside
+//!   PostgreSQL's own `COPY` of the same rows into and out of a table like Ferry's.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,6 +36,7 @@ fn main() {
     println!("|---|---|---|---|");
     capture(n);
     sync(n);
+    postgres(n);
 }
 
 fn example(file: &str) -> String {
@@ -129,11 +132,23 @@ fn last_line(run: &Run) -> String {
     run.report.as_str().unwrap().lines().last().unwrap().to_owned()
 }
 
-fn sync(n: usize) {
+/// A server with a seeded replica: `ferry serve` (embedded, or PostgreSQL at `database`),
+/// a user, and the timed push of `n` new rows from `seed.db` and hydrate into `new.db`.
+struct Synced {
+    dir: tempfile::TempDir,
+    push: Run,
+    hydrate: Run,
+}
+
+fn push_and_hydrate(n: usize, database: Option<&str>) -> Synced {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("schema.sql"), example("schema.sql")).unwrap();
-    std::fs::write(d.join("ferry.toml"), example("ferry.toml")).unwrap();
+    let mut config = example("ferry.toml");
+    if let Some(url) = database {
+        config = config.replacen("[server]\n", &format!("[server]\ndatabase = \"{url}\"\n"), 1);
+    }
+    std::fs::write(d.join("ferry.toml"), config).unwrap();
     let user = last_line(&ferry(d, &["user", "add", "bench", "-c", "ferry.toml"]));
     let seed_token =
         last_line(&ferry(d, &["token", "create", "--user", "bench", "--device", "seed", "-c", "ferry.toml"]));
@@ -161,14 +176,14 @@ fn sync(n: usize) {
     assert_eq!(hydrate.report["pulled"], n);
     let _ = server.kill();
     let _ = server.wait();
+    Synced { dir, push, hydrate }
+}
 
-    // Baseline: SQLite itself importing the same rows, sorted by key, in one transaction.
+/// The seeded rows, read back from `seed.db` sorted by key, and their size in bytes.
+fn seeded_rows(d: &Path) -> (ferry_core::schema::Table, Vec<Vec<rusqlite::types::Value>>, usize) {
     let seed = Connection::open(d.join("seed.db")).unwrap();
     let table = schema_response().to_schema().unwrap().table("jump_log").unwrap().clone();
-    let mut base = ferry_sqlite::open(&d.join("baseline.db")).unwrap();
-    base.execute_batch(&table.sqlite_ddl()).unwrap();
     let cols = table.column_names().iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
-    let marks = (1..=table.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
     let mut read = seed.prepare(&format!("SELECT {cols} FROM jump_log ORDER BY id")).unwrap();
     let rows: Vec<Vec<rusqlite::types::Value>> = read
         .query_map([], |r| (0..table.columns.len()).map(|i| r.get(i)).collect())
@@ -185,6 +200,22 @@ fn sync(n: usize) {
             _ => 8,
         })
         .sum();
+    (table, rows, bytes)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn sync(n: usize) {
+    let s = push_and_hydrate(n, None);
+    let d = s.dir.path();
+    let (table, rows, bytes) = seeded_rows(d);
+    // Baseline: SQLite itself importing the same rows, sorted by key, in one transaction.
+    let mut base = ferry_sqlite::open(&d.join("baseline.db")).unwrap();
+    base.execute_batch(&table.sqlite_ddl()).unwrap();
+    let cols = table.column_names().iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    let marks = (1..=table.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
     let start = Instant::now();
     let tx = base.transaction().unwrap();
     {
@@ -196,23 +227,83 @@ fn sync(n: usize) {
     tx.commit().unwrap();
     let baseline = start.elapsed();
 
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
         "| push {n} rows device → server (`ferry sync`, whole process) | {:.0} ms ({:.0} rows/s) | – | – |",
-        ms(push.elapsed),
-        rate(push.elapsed)
+        ms(s.push.elapsed),
+        rate(s.push.elapsed)
     );
     println!(
         "| hydrate {n} rows (~{} B/row) server → empty replica (`ferry sync`, whole process) vs SQLite importing the same rows sorted | {:.0} ms ({:.0} rows/s) | {:.0} ms | {:.2}× |",
         bytes / n,
-        ms(hydrate.elapsed),
-        rate(hydrate.elapsed),
+        ms(s.hydrate.elapsed),
+        rate(s.hydrate.elapsed),
         ms(baseline),
-        hydrate.elapsed.as_secs_f64() / baseline.as_secs_f64()
+        s.hydrate.elapsed.as_secs_f64() / baseline.as_secs_f64()
     );
     println!(
         "| peak RSS of the hydrating `ferry sync` process | {} MB | – | – |",
-        hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024
+        s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024
+    );
+}
+
+fn csv_field(v: &rusqlite::types::Value) -> String {
+    match v {
+        rusqlite::types::Value::Null => String::new(),
+        rusqlite::types::Value::Integer(i) => i.to_string(),
+        rusqlite::types::Value::Real(r) => format!("{r:?}"),
+        rusqlite::types::Value::Text(t) => format!("\"{}\"", t.replace('"', "\"\"")),
+        rusqlite::types::Value::Blob(_) => unreachable!("no blobs in the benchmark rows"),
+    }
+}
+
+fn postgres(n: usize) {
+    let cluster = ferry_pgtemp::PgCluster::start().unwrap();
+    let url = cluster.create_db("ferry").unwrap();
+    let s = push_and_hydrate(n, Some(&url));
+    let (table, rows, _) = seeded_rows(s.dir.path());
+
+    // Baselines: PostgreSQL's own COPY of the same rows into and out of a table like Ferry's,
+    // through psql (a process start included, as with `ferry sync`).
+    cluster.create_db("baseline").unwrap();
+    cluster.psql("baseline", &table.postgres_ddl()).unwrap();
+    let csv = cluster.dir().join("rows.csv");
+    let text: String = rows
+        .iter()
+        .map(|r| {
+            let mut line = r
+                .iter()
+                .zip(&table.columns)
+                .map(|(v, c)| match (v, c.ty) {
+                    (rusqlite::types::Value::Integer(i), ferry_core::schema::ColType::Boolean) => (*i != 0).to_string(),
+                    (v, _) => csv_field(v),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            line.push('\n');
+            line
+        })
+        .collect();
+    std::fs::write(&csv, text).unwrap();
+    let _ = Command::new("chmod").arg("644").arg(&csv).status();
+    let start = Instant::now();
+    cluster.psql("baseline", &format!("\\copy jump_log FROM '{}' CSV", csv.display())).unwrap();
+    let copy_in = start.elapsed();
+    let out = cluster.dir().join("out.csv");
+    let start = Instant::now();
+    cluster.psql("baseline", &format!("\\copy jump_log TO '{}' CSV", out.display())).unwrap();
+    let copy_out = start.elapsed();
+
+    println!(
+        "| push {n} rows device → PostgreSQL-backed server vs `COPY … FROM` of the same rows | {:.0} ms | {:.0} ms | {:.2}× |",
+        ms(s.push.elapsed),
+        ms(copy_in),
+        s.push.elapsed.as_secs_f64() / copy_in.as_secs_f64()
+    );
+    println!(
+        "| hydrate {n} rows PostgreSQL-backed server → empty replica vs `COPY … TO` of the same rows | {:.0} ms | {:.0} ms | {:.2}× |",
+        ms(s.hydrate.elapsed),
+        ms(copy_out),
+        s.hydrate.elapsed.as_secs_f64() / copy_out.as_secs_f64()
     );
 }
