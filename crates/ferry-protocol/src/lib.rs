@@ -349,6 +349,8 @@ mod tests {
         assert_eq!(err.0, "unknown table 'jumps'; the schema has: jump");
         let mut row = wire(serde_json::json!({"n": 1}));
         row.key = "42".into();
-        assert!(decode_row(&s, &row).unwrap_err().0.contains("expects a uuid"));
+        assert!(decode_row(&s, &row).unwrap_err().0.contains("expects a lowercase uuid"));
+        row.key = KEY.to_uppercase();
+        assert!(decode_row(&s, &row).unwrap_err().0.contains("expects a lowercase uuid"), "uppercase keys are refused");
     }
 }
