@@ -55,8 +55,19 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
         Some(db) => {
             let code = db.code().code();
             let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
-            if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+            // Connection trouble, shutdown, a read-only standby after failover, cancelled
+            // statements, lock timeouts, out of resources: all worth retrying later.
+            if code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || matches!(code, "25006" | "57014" | "55P03")
+            {
                 StoreError::Unavailable(format!("PostgreSQL: {}{detail}", db.message()))
+            } else if matches!(code, "42703" | "42P01" | "42804") {
+                StoreError::Internal(format!(
+                    "a synced table changed under Ferry ({}{detail}); restart `ferry serve` to compare the tables with the schema",
+                    db.message()
+                ))
             } else if code.starts_with("22") || code.starts_with("23") {
                 StoreError::Invalid(format!("PostgreSQL refused the data: {}{detail}", db.message()))
             } else {
@@ -75,7 +86,10 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
 }
 
 fn retryable(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| matches!(db.code().code(), "40001" | "40P01" | "23505"))
+    // Serialization failures, deadlocks and a push's own lock timeout. (A unique violation is not retried: the pushes'
+    // own key conflicts surface as serialization failures under REPEATABLE READ, so a unique
+    // violation comes from an application constraint and would fail again.)
+    e.as_db_error().is_some_and(|db| matches!(db.code().code(), "40001" | "40P01" | "55P03"))
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
@@ -228,6 +242,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&STARTUP_LOCK]).await.map_err(pg)?;
         tx.batch_execute(sql::BOOKKEEPING).await.map_err(pg)?;
+        let pg_schema: String = tx.query_one("SELECT current_schema()::text", &[]).await.map_err(pg)?.get(0);
         let mut site_bytes = [0u8; 8];
         getrandom::fill(&mut site_bytes).map_err(|e| StoreError::Internal(format!("no randomness: {e}")))?;
         let site = SiteId(u64::from_le_bytes(site_bytes).max(1)).to_string();
@@ -245,8 +260,9 @@ impl PgStore {
         for table in &schema.tables {
             ensure_table(&tx, table).await?;
             let pt = &tables[&table.name];
-            tx.batch_execute(&pt.capture()).await.map_err(pg)?;
+            tx.batch_execute(&pt.capture(&pg_schema)).await.map_err(pg)?;
             tx.execute(&pt.adopt(), &[&adopted_at]).await.map_err(pg)?;
+            tx.batch_execute(&pt.backfill_owner()).await.map_err(pg)?;
         }
         tx.commit().await.map_err(pg)?;
         drop(client);
@@ -285,9 +301,14 @@ async fn load(
     pt: &PgTable,
     keys: &[String],
     for_update: bool,
-) -> Result<HashMap<String, Stored>> {
+) -> std::result::Result<HashMap<String, Stored>, PushError> {
+    if for_update {
+        // Lock order: the application rows first, then their bookkeeping, the same order in
+        // which a direct write's capture trigger takes them.
+        tx.query(pt.lock_rows.as_str(), &[&keys]).await.map_err(push_pg)?;
+    }
     let sql = if for_update { &pt.select_for_update } else { &pt.select };
-    let rows = tx.query(sql.as_str(), &[&pt.table.name, &keys]).await.map_err(pg)?;
+    let rows = tx.query(sql.as_str(), &[&pt.table.name, &keys]).await.map_err(push_pg)?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
         let pk: String = row.get(0);
@@ -436,6 +457,15 @@ enum PushError {
     Store(StoreError),
 }
 
+impl From<PushError> for StoreError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Store(e) => e,
+            PushError::Retry(e) => StoreError::Unavailable(format!("concurrent writes, retry: {e}")),
+        }
+    }
+}
+
 impl From<StoreError> for PushError {
     fn from(e: StoreError) -> Self {
         PushError::Store(e)
@@ -509,7 +539,16 @@ impl PgStore {
         received: usize,
     ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
         let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
-        let tx = client.transaction().await.map_err(push_pg)?;
+        // REPEATABLE READ: a row changed by a concurrent transaction after this one's snapshot
+        // (a direct write, another push creating the same key) makes the write fail with a
+        // serialization error instead of merging new clocks with stale values; the batch is
+        // then retried from the start.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .map_err(push_pg)?;
         let seen = tx
             .query_opt(
                 "SELECT received, changed FROM _ferry_batches WHERE device_id = $1 AND batch_id = $2",
@@ -524,13 +563,16 @@ impl PgStore {
                 None,
             ));
         }
-        tx.batch_execute("SET LOCAL ferry.applying = 'on'").await.map_err(push_pg)?;
+        // A push waits at most briefly for a row lock: when it collides with another
+        // application's statement it gives way (and retries) before PostgreSQL's deadlock
+        // detector, which runs after a second, could pick the application as the victim.
+        tx.batch_execute("SET LOCAL ferry.applying = 'on'; SET LOCAL lock_timeout = '200ms'").await.map_err(push_pg)?;
         let mut changed = 0;
         let mut all_known = true;
         for (table, states) in rows {
             let pt = self.table(table)?;
             let keys: Vec<String> = states.keys().cloned().collect();
-            let mut stored = load(&tx, pt, &keys, true).await.map_err(PushError::Store)?;
+            let mut stored = load(&tx, pt, &keys, true).await?;
             let mut writes = Vec::new();
             for (key, incoming) in states {
                 let here = || format!("{table} '{key}'");
@@ -579,10 +621,16 @@ impl PgStore {
         )
         .await
         .map_err(push_pg)?;
-        tx.execute("UPDATE _ferry_devices SET last_seen = now() WHERE id = $1", &[&who.device_id])
-            .await
-            .map_err(push_pg)?;
         tx.commit().await.map_err(push_pg)?;
+        // Outside the push's transaction (concurrent pushes of one device would otherwise
+        // conflict on this row) and at most once a minute; losing it costs nothing.
+        let _ = client
+            .execute(
+                "UPDATE _ferry_devices SET last_seen = now()
+                 WHERE id = $1 AND (last_seen IS NULL OR last_seen < now() - interval '1 minute')",
+                &[&who.device_id],
+            )
+            .await;
         Ok((PushOutcome { received, changed, replayed: false, cursor: None }, all_known.then_some(xid)))
     }
 
@@ -705,15 +753,15 @@ impl Store for PgStore {
                 Ok(done) => break done,
                 Err(PushError::Store(e)) => return Err(e),
                 Err(PushError::Retry(e)) if attempt >= PUSH_ATTEMPTS => {
-                    return Err(match e.as_db_error().map(|d| d.code().code()) {
-                        Some("23505") => StoreError::Invalid(format!(
-                            "a unique constraint refused the batch: {}",
-                            e.as_db_error().map_or(String::new(), |d| d.message().to_owned())
-                        )),
-                        _ => StoreError::Unavailable(format!("the batch kept conflicting with concurrent writes: {e}")),
-                    });
+                    let why = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                    return Err(StoreError::Unavailable(format!(
+                        "the batch kept conflicting with concurrent writes ({why}); retry"
+                    )));
                 }
-                Err(PushError::Retry(_)) => {}
+                Err(PushError::Retry(_)) => {
+                    // Back off a little, more each time, so colliding writers spread out.
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                }
             }
         };
         if let (Some(c), Some(xid)) = (cursor, xid) {

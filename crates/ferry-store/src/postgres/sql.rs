@@ -86,6 +86,8 @@ pub struct PgTable {
     pub select: String,
     /// As `select`, locking the bookkeeping rows for the push transaction.
     pub select_for_update: String,
+    /// `$1` keys: lock those application rows, in key order.
+    pub lock_rows: String,
     /// `$1..` one array per column (key first): insert or update application rows.
     pub upsert: String,
     /// `$1` keys: delete application rows.
@@ -129,37 +131,46 @@ impl PgTable {
         );
         let delete =
             format!("DELETE FROM {t} WHERE {pk} IN (SELECT {} FROM unnest($1::text[]) AS u(k))", cast(pk_col, "u.k"));
-        PgTable { table: table.clone(), select, select_for_update, upsert, delete }
+        let lock_rows = format!(
+            "SELECT 1 FROM {t} WHERE {pk} IN (SELECT {} FROM unnest($1::text[]) AS u(k)) ORDER BY {pk} FOR UPDATE",
+            cast(pk_col, "u.k")
+        );
+        PgTable { table: table.clone(), select, select_for_update, lock_rows, upsert, delete }
     }
 
-    /// The capture of direct writes: a PL/pgSQL function and its trigger. Writes made by
-    /// Ferry itself set `ferry.applying` for their transaction and are skipped.
-    pub fn capture(&self) -> String {
+    /// The capture of direct writes: PL/pgSQL functions and the row and TRUNCATE triggers
+    /// that call them. Writes made by Ferry itself set `ferry.applying` for their
+    /// transaction and are skipped.
+    ///
+    /// The functions run as their owner (`SECURITY DEFINER`, with a fixed `search_path`), so
+    /// another application's role needs no rights on Ferry's bookkeeping and its own
+    /// `search_path` does not matter. They read rows through `to_jsonb`, never by column
+    /// name, so an application that alters the table does not make its own statements fail.
+    /// Values the schema does not allow are refused with an error naming the column.
+    pub fn capture(&self, schema: &str) -> String {
         let table = &self.table;
-        let tname = &table.name;
-        let t = quote(tname);
-        let tl = lit(tname);
-        let func = quote(&format!("_ferry_capture_{tname}"));
-        let pk = quote(&table.pk_column().name);
+        let t = quote(&table.name);
+        let tl = lit(&table.name);
+        let tag = name_tag(&table.name);
+        let capture_fn = quote(&format!("_ferry_capture_{tag}"));
+        let tomb_fn = quote(&format!("_ferry_tomb_{tag}"));
+        let truncate_fn = quote(&format!("_ferry_truncate_{tag}"));
+        let pk = lit(&table.pk_column().name);
+        let settings =
+            format!("SECURITY DEFINER SET search_path = {}, pg_temp SET extra_float_digits = 3", quote(schema));
+        // Owned tables: a row without an owner belongs to nobody ('' matches no user).
         let owner = |rec: &str| match &table.options.owner {
-            Some(o) => format!("{rec}.{}::text", quote(o)),
+            Some(o) => format!("coalesce({rec}->>{}, '')", lit(o)),
             None => "NULL".to_owned(),
         };
         let data: Vec<&Column> = table.data_columns().collect();
-        // The deleted row's values as stored tombstone JSON (blobs as hex, reals exact).
         let old_json = if data.is_empty() {
             "'{}'".to_owned()
         } else {
             let pairs: Vec<String> = data
                 .iter()
                 .map(|c| {
-                    let expr = format!("OLD.{}", quote(&c.name));
-                    let v = match c.ty {
-                        ColType::Blob => format!("encode({expr}, 'hex')"),
-                        ColType::Real => format!("{expr}::text"),
-                        ColType::Boolean => format!("{expr}::int"),
-                        _ => render(c, &expr, Some("tx")),
-                    };
+                    let v = jsonb_field(c, "o", "tx");
                     format!("{}, {v}", lit(&c.name))
                 })
                 .collect();
@@ -172,63 +183,144 @@ impl PgTable {
                 .unwrap_or_default()
         };
         let changed: Vec<String> =
-            data.iter().map(|c| format!("OLD.{q} IS DISTINCT FROM NEW.{q}", q = quote(&c.name))).collect();
+            data.iter().map(|c| format!("(o->{n}) IS DISTINCT FROM (n->{n})", n = lit(&c.name))).collect();
+        let any_changed = if changed.is_empty() { "false".to_owned() } else { changed.join(" OR ") };
         let per_column: String = data
             .iter()
             .map(|c| {
                 format!(
-                    "    IF OLD.{q} IS DISTINCT FROM NEW.{q} THEN cl := cl || jsonb_build_object({n}, h); END IF;\n",
-                    q = quote(&c.name),
+                    "    IF (o->{n}) IS DISTINCT FROM (n->{n}) THEN cl := cl || jsonb_build_object({n}, h); END IF;\n",
                     n = lit(&c.name)
                 )
             })
             .collect();
-        let any_changed = if changed.is_empty() { "false".to_owned() } else { changed.join(" OR ") };
+        let checks: String = table
+            .columns
+            .iter()
+            .filter_map(|c| {
+                let n = lit(&c.name);
+                let mut rules = Vec::new();
+                if c.not_null || c.name == table.pk_column().name {
+                    rules.push(format!(
+                        "  IF n->{n} IS NULL OR n->{n} = 'null'::jsonb THEN
+    RAISE EXCEPTION 'ferry: %.% is NOT NULL in the synced schema', {tl}, {n} USING ERRCODE = '23502';
+  END IF;\n"
+                    ));
+                }
+                if let Some(allowed) = &c.allowed {
+                    let list: Vec<String> = allowed.iter().map(|a| lit(a)).collect();
+                    let shown = lit(&allowed.join(", "));
+                    rules.push(format!(
+                        "  IF n->>{n} IS NOT NULL AND NOT (n->>{n} = ANY (ARRAY[{}]::text[])) THEN
+    RAISE EXCEPTION 'ferry: %.% allows only %, got %', {tl}, {n}, {shown}, n->>{n} USING ERRCODE = '23514';
+  END IF;\n",
+                        list.join(", ")
+                    ));
+                }
+                (!rules.is_empty()).then(|| rules.concat())
+            })
+            .collect();
         format!(
-            r#"CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $ferry$
+            r#"CREATE OR REPLACE FUNCTION {tomb_fn}(o jsonb) RETURNS void LANGUAGE plpgsql {settings} AS $ferry$
+DECLARE
+  k text := o->>{pk};
+  h text;
+  tx jsonb;
+BEGIN
+  h := _ferry_next_clock({tl}, k);
+  SELECT texts INTO tx FROM _ferry_rows WHERE tbl = {tl} AND pk = k;
+  INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, dead, owner, xid)
+  VALUES ({tl}, k, false, h, h, {old_json}, {old_owner}, pg_current_xact_id())
+  ON CONFLICT (tbl, pk) DO UPDATE SET alive = false, alive_at = h, dead = excluded.dead, origin = NULL,
+    xid = excluded.xid;
+END
+$ferry$;
+CREATE OR REPLACE FUNCTION {capture_fn}() RETURNS trigger LANGUAGE plpgsql {settings} AS $ferry$
 DECLARE
   h text;
   cl jsonb;
-  tx jsonb;
+  o jsonb;
+  n jsonb;
 BEGIN
   IF coalesce(current_setting('ferry.applying', true), '') = 'on' THEN
     RETURN NULL;
   END IF;
-  IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.{pk} IS DISTINCT FROM NEW.{pk}) THEN
-    h := _ferry_next_clock({tl}, OLD.{pk}::text);
-    SELECT texts INTO tx FROM _ferry_rows WHERE tbl = {tl} AND pk = OLD.{pk}::text;
-    INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, dead, owner, xid)
-    VALUES ({tl}, OLD.{pk}::text, false, h, h, {old_json}, {old_owner}, pg_current_xact_id())
-    ON CONFLICT (tbl, pk) DO UPDATE SET alive = false, alive_at = h, dead = excluded.dead, origin = NULL,
-      xid = excluded.xid;
+  IF TG_OP <> 'INSERT' THEN
+    o := to_jsonb(OLD);
   END IF;
-  IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND OLD.{pk} IS DISTINCT FROM NEW.{pk}) THEN
-    h := _ferry_next_clock({tl}, NEW.{pk}::text);
+  IF TG_OP <> 'DELETE' THEN
+    n := to_jsonb(NEW);
+{checks}  END IF;
+  IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND (o->{pk}) IS DISTINCT FROM (n->{pk})) THEN
+    PERFORM {tomb_fn}(o);
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'INSERT' OR (o->{pk}) IS DISTINCT FROM (n->{pk}) THEN
+    h := _ferry_next_clock({tl}, n->>{pk});
     INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, xid)
-    VALUES ({tl}, NEW.{pk}::text, true, h, h, {new_owner}, pg_current_xact_id())
+    VALUES ({tl}, n->>{pk}, true, h, h, {new_owner}, pg_current_xact_id())
     ON CONFLICT (tbl, pk) DO UPDATE SET alive = true, alive_at = h, clock = h, clocks = NULL, dead = NULL,
       owner = excluded.owner, origin = NULL, texts = NULL, xid = excluded.xid;
-  ELSIF TG_OP = 'UPDATE' AND ({any_changed}) THEN
-    h := _ferry_next_clock({tl}, NEW.{pk}::text);
-    SELECT coalesce(clocks::jsonb, '{{}}'::jsonb) INTO cl FROM _ferry_rows WHERE tbl = {tl} AND pk = NEW.{pk}::text;
+  ELSIF {any_changed} THEN
+    h := _ferry_next_clock({tl}, n->>{pk});
+    SELECT coalesce(clocks::jsonb, '{{}}'::jsonb) INTO cl FROM _ferry_rows WHERE tbl = {tl} AND pk = n->>{pk};
     IF NOT FOUND THEN
       -- A row Ferry never tracked: its first appearance is the whole row.
       INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, xid)
-      VALUES ({tl}, NEW.{pk}::text, true, h, h, {new_owner}, pg_current_xact_id()) ON CONFLICT DO NOTHING;
+      VALUES ({tl}, n->>{pk}, true, h, h, {new_owner}, pg_current_xact_id()) ON CONFLICT DO NOTHING;
       RETURN NULL;
     END IF;
 {per_column}    UPDATE _ferry_rows SET clocks = cl::text, owner = {new_owner}, origin = NULL, xid = pg_current_xact_id()
-    WHERE tbl = {tl} AND pk = NEW.{pk}::text;
+    WHERE tbl = {tl} AND pk = n->>{pk};
   END IF;
   RETURN NULL;
 END
 $ferry$;
-DROP TRIGGER IF EXISTS _ferry_capture ON {t};
-CREATE TRIGGER _ferry_capture AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {func}();
+CREATE OR REPLACE FUNCTION {truncate_fn}() RETURNS trigger LANGUAGE plpgsql {settings} AS $ferry$
+DECLARE
+  r record;
+BEGIN
+  IF coalesce(current_setting('ferry.applying', true), '') = 'on' THEN
+    RETURN NULL;
+  END IF;
+  -- Every row becomes a tombstone; the rows can still be read before the truncation.
+  FOR r IN SELECT to_jsonb(x) AS o FROM {t} x LOOP
+    PERFORM {tomb_fn}(r.o);
+  END LOOP;
+  RETURN NULL;
+END
+$ferry$;
+CREATE OR REPLACE TRIGGER _ferry_capture AFTER INSERT OR UPDATE OR DELETE ON {t}
+  FOR EACH ROW EXECUTE FUNCTION {capture_fn}();
+CREATE OR REPLACE TRIGGER _ferry_truncate BEFORE TRUNCATE ON {t}
+  FOR EACH STATEMENT EXECUTE FUNCTION {truncate_fn}();
 "#,
-            old_owner = owner("OLD"),
-            new_owner = owner("NEW"),
+            old_owner = owner("o"),
+            new_owner = owner("n"),
         )
+    }
+
+    /// Sets the bookkeeping owner of every row from the owner column (or clears it when the
+    /// table has no owner), for rows whose owner disagrees: after the `owner` option was
+    /// added, removed or changed. Rows without an owner belong to nobody.
+    pub fn backfill_owner(&self) -> String {
+        let table = &self.table;
+        let tl = lit(&table.name);
+        match &table.options.owner {
+            None => format!(
+                "UPDATE _ferry_rows SET owner = NULL, xid = pg_current_xact_id() WHERE tbl = {tl} AND owner IS NOT NULL"
+            ),
+            Some(o) => format!(
+                "UPDATE _ferry_rows r SET owner = coalesce(t.{o}::text, ''), xid = pg_current_xact_id()
+                 FROM {t} t WHERE r.tbl = {tl} AND r.pk = t.{pk}::text AND r.owner IS DISTINCT FROM coalesce(t.{o}::text, '');
+                 UPDATE _ferry_rows SET owner = '' WHERE tbl = {tl} AND owner IS NULL",
+                o = quote(o),
+                t = quote(&table.name),
+                pk = quote(&table.pk_column().name),
+            ),
+        }
     }
 
     /// Records every row Ferry does not track yet (a table adopted with its data) as
@@ -237,7 +329,7 @@ CREATE TRIGGER _ferry_capture AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH R
         let table = &self.table;
         let pk = quote(&table.pk_column().name);
         let owner = match &table.options.owner {
-            Some(o) => format!("t.{}::text", quote(o)),
+            Some(o) => format!("coalesce(t.{}::text, '')", quote(o)),
             None => "NULL".to_owned(),
         };
         format!(
@@ -308,3 +400,31 @@ BEGIN
 END
 $ferry$;
 "#;
+
+/// A short, stable tag for a table's function names (PostgreSQL cuts names at 63 bytes, so
+/// long table names could otherwise share a function).
+fn name_tag(table: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in table.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// One column of a row read as jsonb (`rec`), in the stored tombstone form: blobs as hex,
+/// reals as exact text, timestamps and JSON as the device wrote them (from `texts`) while
+/// unchanged, else canonical.
+fn jsonb_field(c: &Column, rec: &str, texts: &str) -> String {
+    let n = lit(&c.name);
+    let raw = format!("({rec}->>{n})");
+    match c.ty {
+        ColType::Blob => format!("substr({raw}, 3)"),
+        ColType::Real | ColType::Uuid | ColType::Text | ColType::Date => raw,
+        ColType::Integer | ColType::BigInt | ColType::Boolean => format!("({rec}->{n})"),
+        ColType::Timestamptz | ColType::Json => {
+            let typed = format!("{raw}::{}", c.ty.postgres());
+            render(c, &typed, Some(texts))
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! test is a generic function over the store; `suite!` instantiates them for a store.
 
 mod feed;
+mod pg_capture;
 mod suite;
 
 use std::collections::BTreeMap;

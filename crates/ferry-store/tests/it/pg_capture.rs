@@ -1,0 +1,254 @@
+//! The PostgreSQL store beside other applications: pushes racing direct SQL writes, the
+//! capture triggers under other roles and altered tables, TRUNCATE, owner changes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_core::schema::Schema;
+use ferry_core::{Hlc, RowState, SiteId, Value};
+use ferry_store::{IncomingRow, PgStore, Principal, Store};
+use tokio_postgres::{Client, NoTls};
+
+fn at(ms: u64, site: u64) -> Hlc {
+    Hlc::new(1_700_000_000_000 + ms, 0, SiteId(site))
+}
+
+fn key(i: u32) -> String {
+    format!("01900000-0000-7000-8000-{i:012x}")
+}
+
+fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
+    IncomingRow {
+        table: "notes".into(),
+        key: key(i),
+        state: RowState::inserted(
+            [
+                ("user_id".to_owned(), Value::Text(owner.into())),
+                ("body".to_owned(), Value::Text(body.into())),
+                ("n".to_owned(), Value::Null),
+            ],
+            t,
+        ),
+    }
+}
+
+async fn connect(url: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+async fn device(store: &PgStore, user: &str, name: &str) -> Principal {
+    let _ = store.add_user(user).await;
+    let token = store.create_token(user, name).await.unwrap();
+    store.authenticate(&token.token).await.unwrap().unwrap()
+}
+
+async fn pull_all(store: &PgStore, who: &Principal, from: &str) -> (BTreeMap<String, RowState>, String) {
+    let mut out = BTreeMap::new();
+    let mut cursor = from.to_owned();
+    loop {
+        let page = store.pull(who, &cursor, 100).await.unwrap();
+        cursor = page.cursor;
+        out.extend(page.rows.into_iter().map(|r| (r.key, r.state)));
+        if !page.more {
+            return (out, cursor);
+        }
+    }
+}
+
+async fn setup() -> (String, PgStore, Principal, Client) {
+    let url = ferry_pgtemp::PgCluster::fresh_db();
+    let store = PgStore::open(&url, crate::schema()).await.unwrap();
+    let ann = device(&store, "ann", "phone").await;
+    let db = connect(&url).await;
+    (url, store, ann, db)
+}
+
+async fn body(db: &Client, k: &str) -> String {
+    db.query_one("SELECT body FROM notes WHERE id = $1::text::uuid", &[&k]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_that_waits_for_a_direct_update_does_not_undo_it() {
+    let (url, store, ann, db) = setup().await;
+    let base = note(1, &ann.user_id, "base", at(1, 1));
+    store.push(&ann, "b1", None, vec![base.clone()]).await.unwrap();
+    let mut direct = connect(&url).await;
+    let tx = direct.transaction().await.unwrap();
+    tx.execute("UPDATE notes SET body = 'direct' WHERE id = $1::text::uuid", &[&key(1)]).await.unwrap();
+    let mut upd = base.clone();
+    upd.state.update([("n".to_owned(), Value::Integer(7))], at(2, 1));
+    let (s, a) = (store.clone(), ann.clone());
+    let push = tokio::spawn(async move { s.push(&a, "b2", None, vec![upd]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.commit().await.unwrap();
+    push.await.unwrap().unwrap();
+    assert_eq!(body(&db, &key(1)).await, "direct");
+    let n: Option<i32> =
+        db.query_one("SELECT n FROM notes WHERE id = $1::text::uuid", &[&key(1)]).await.unwrap().get(0);
+    assert_eq!(n, Some(7), "both column writes survive");
+    let (rows, _) = pull_all(&store, &ann, "").await;
+    assert_eq!(rows[&key(1)].cols["body"].value, Value::Text("direct".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_racing_a_direct_insert_of_the_same_key_merges_with_it() {
+    let (url, store, ann, db) = setup().await;
+    let mut direct = connect(&url).await;
+    let tx = direct.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO notes (id, user_id, body) VALUES ($1::text::uuid, $2::text::uuid, 'direct')",
+        &[&key(2), &ann.user_id],
+    )
+    .await
+    .unwrap();
+    // The pushed insert's clock (2023) is older than the direct insert's (now).
+    let row = note(2, &ann.user_id, "pushed", at(1, 1));
+    let (s, a) = (store.clone(), ann.clone());
+    let push = tokio::spawn(async move { s.push(&a, "p", None, vec![row]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.commit().await.unwrap();
+    push.await.unwrap().unwrap();
+    assert_eq!(body(&db, &key(2)).await, "direct", "the newer direct insert wins");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pushes_creating_the_same_key_keep_the_newer_one() {
+    let (url, store, _ann, db) = setup().await;
+    let phone = device(&store, "ann", "phone2").await;
+    let laptop = device(&store, "ann", "laptop").await;
+    // Hold the phone's device row so that its push stops just before committing.
+    let mut holder = connect(&url).await;
+    let hold = holder.transaction().await.unwrap();
+    hold.execute("SELECT 1 FROM _ferry_devices WHERE id = $1 FOR UPDATE", &[&phone.device_id]).await.unwrap();
+    let newer = note(3, &phone.user_id, "from phone (newer)", at(100, 1));
+    let older = note(3, &laptop.user_id, "from laptop (older)", at(50, 2));
+    let (s1, p1) = (store.clone(), phone.clone());
+    let a = tokio::spawn(async move { s1.push(&p1, "a", None, vec![newer]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s2, p2) = (store.clone(), laptop.clone());
+    let b = tokio::spawn(async move { s2.push(&p2, "b", None, vec![older]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hold.commit().await.unwrap();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert_eq!(body(&db, &key(3)).await, "from phone (newer)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn direct_multi_row_updates_never_fail_because_of_concurrent_pushes() {
+    let (url, store, ann, _db) = setup().await;
+    let rows: Vec<_> = (0..100).map(|i| note(1000 + i, &ann.user_id, "x", at(1, 1))).collect();
+    store.push(&ann, "seed", None, rows).await.unwrap();
+    let direct = connect(&url).await;
+    let updates = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        for _ in 0..40 {
+            if let Err(e) = direct.execute("UPDATE notes SET n = coalesce(n, 0) + 1", &[]).await {
+                failures.push(e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()));
+            }
+        }
+        failures
+    });
+    let mut pushed = 0;
+    for i in 0..200u64 {
+        if updates.is_finished() {
+            break;
+        }
+        let rows = [(i * 7) % 100, (i * 13 + 5) % 100, (i * 31 + 11) % 100]
+            .iter()
+            .map(|&k| {
+                let mut r = note(1000 + k as u32, &ann.user_id, "x", at(1, 1));
+                r.state.update([("body".to_owned(), Value::Text(format!("p{i}")))], at(10 + i, 1));
+                r
+            })
+            .collect();
+        if store.push(&ann, &format!("p{i}"), None, rows).await.is_ok() {
+            pushed += 1;
+        }
+    }
+    let failures = updates.await.unwrap();
+    assert!(failures.is_empty(), "the application's own statements failed: {failures:?}");
+    assert!(pushed > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn truncate_turns_every_row_into_a_tombstone() {
+    let (_url, store, ann, db) = setup().await;
+    store.push(&ann, "1", None, vec![note(5, &ann.user_id, "x", at(1, 1))]).await.unwrap();
+    let (_, cursor) = pull_all(&store, &ann, "").await;
+    db.batch_execute("TRUNCATE notes").await.unwrap();
+    let (after, _) = pull_all(&store, &ann, &cursor).await;
+    assert!(!after[&key(5)].is_alive(), "devices hear of the truncation");
+    assert_eq!(after[&key(5)].cols["body"].value, Value::Text("x".into()), "the tombstone keeps the values");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn capture_works_for_other_roles_other_search_paths_and_altered_tables() {
+    let (url, store, ann, db) = setup().await;
+    store.push(&ann, "1", None, vec![note(6, &ann.user_id, "x", at(1, 1))]).await.unwrap();
+    let (_, cursor) = pull_all(&store, &ann, "").await;
+    // An application role with rights on its table only, and another search_path.
+    let role = format!("app_{}", std::process::id());
+    db.batch_execute(&format!(
+        "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {role};"
+    ))
+    .await
+    .unwrap();
+    let app = connect(&url.replacen("postgres@", &format!("{role}@"), 1)).await;
+    app.batch_execute("SET search_path = pg_catalog").await.unwrap();
+    app.execute(
+        "INSERT INTO public.notes (id, user_id, body) VALUES ($1::text::uuid, $2::text::uuid, 'by the app role')",
+        &[&key(7), &ann.user_id],
+    )
+    .await
+    .unwrap();
+    app.execute("UPDATE public.notes SET body = 'edited by the app role' WHERE id = $1::text::uuid", &[&key(6)])
+        .await
+        .unwrap();
+    // The application alters the table under Ferry: its own statements keep working.
+    db.batch_execute("ALTER TABLE notes DROP COLUMN n").await.unwrap();
+    app.execute("DELETE FROM public.notes WHERE id = $1::text::uuid", &[&key(7)]).await.unwrap();
+    let alive: bool = db.query_one("SELECT alive FROM _ferry_rows WHERE pk = $1", &[&key(7)]).await.unwrap().get(0);
+    assert!(!alive, "the delete was captured");
+    // Ferry itself now reads a table that no longer matches its schema, and says so.
+    let err = store.pull(&ann, &cursor, 100).await.unwrap_err().to_string();
+    assert!(err.contains("changed under Ferry"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn direct_writes_breaking_the_schema_are_refused_with_the_column_named() {
+    let (_url, _store, ann, db) = setup().await;
+    // Tables adopted from an application may lack the schema's constraints; the capture
+    // enforces them.
+    db.batch_execute("ALTER TABLE notes ALTER COLUMN user_id DROP NOT NULL").await.unwrap();
+    let err =
+        db.execute("INSERT INTO notes (id, body) VALUES ($1::text::uuid, 'no owner')", &[&key(8)]).await.unwrap_err();
+    let msg = err.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("notes.user_id is NOT NULL"), "{msg}");
+    let _ = ann;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn turning_on_the_owner_option_later_makes_existing_rows_private() {
+    let url = ferry_pgtemp::PgCluster::fresh_db();
+    let shared = Schema::parse(
+        "CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid NOT NULL, body text, n integer);
+         CREATE TABLE tags (id uuid PRIMARY KEY, name text NOT NULL);",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let store = PgStore::open(&url, shared).await.unwrap();
+    let ann = device(&store, "ann", "phone").await;
+    let bob = device(&store, "bob", "tablet").await;
+    store.push(&ann, "1", None, vec![note(9, &ann.user_id, "ann's diary", at(1, 1))]).await.unwrap();
+    drop(store);
+    let store = PgStore::open(&url, crate::schema()).await.unwrap();
+    assert!(pull_all(&store, &bob, "").await.0.is_empty(), "bob no longer reads ann's note");
+    assert_eq!(pull_all(&store, &ann, "").await.0.len(), 1);
+    let mut edit = note(9, &ann.user_id, "ann's diary", at(1, 1));
+    edit.state.update([("n".to_owned(), Value::Integer(1))], at(2, 1));
+    store.push(&ann, "2", None, vec![edit]).await.unwrap();
+}
