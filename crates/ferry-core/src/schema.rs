@@ -419,6 +419,14 @@ impl Table {
             }
             _ => {}
         }
+        if let Value::Text(s) = value {
+            if s.contains('\0') {
+                return fail("contains a NUL character, which PostgreSQL text cannot hold".into());
+            }
+            if column.ty == ColType::Json && s.contains("\\u0000") {
+                return fail("holds JSON with \\u0000, which PostgreSQL jsonb cannot hold".into());
+            }
+        }
         if let (Some(max), Value::Text(s)) = (column.max_len, value) {
             let n = s.chars().count();
             if n > max as usize {
@@ -443,12 +451,20 @@ fn digits(s: &[u8], n: usize) -> Option<(u32, &[u8])> {
 }
 
 fn date_prefix(s: &[u8]) -> Option<&[u8]> {
-    let (_, s) = digits(s, 4)?;
+    let (year, s) = digits(s, 4)?;
     let s = s.strip_prefix(b"-")?;
     let (month, s) = digits(s, 2)?;
     let s = s.strip_prefix(b"-")?;
     let (day, s) = digits(s, 2)?;
-    ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(s)
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    (year >= 1 && (1..=days).contains(&day)).then_some(s)
 }
 
 /// Whether `s` is a calendar date `YYYY-MM-DD`.
@@ -488,7 +504,8 @@ pub fn is_timestamptz(s: &str) -> bool {
                 let (zh, rest) = digits(zone, 2)?;
                 let rest = rest.strip_prefix(b":").unwrap_or(rest);
                 let ok = rest.is_empty() || digits(rest, 2).is_some_and(|(zm, r)| zm < 60 && r.is_empty());
-                (zh < 24 && ok).then_some(())
+                // PostgreSQL accepts offsets up to ±15:59.
+                (zh <= 15 && ok).then_some(())
             }
             _ => None,
         }
@@ -1086,5 +1103,26 @@ mod format_tests {
             assert!(!is_timestamptz(bad), "{bad}");
         }
         assert!(is_date("2026-02-28") && !is_date("2026-2-28") && !is_date("2026-02-28T00:00Z"));
+    }
+}
+
+#[cfg(test)]
+mod parity_tests {
+    use super::*;
+
+    #[test]
+    fn values_postgresql_would_refuse_are_refused_everywhere() {
+        for bad in ["2026-02-30", "2026-02-29", "2026-04-31", "0000-01-01"] {
+            assert!(!is_date(bad), "{bad}");
+        }
+        assert!(is_date("2024-02-29"));
+        assert!(!is_timestamptz("2026-11-21T10:00:00+20:00"));
+        assert!(is_timestamptz("2026-11-21T10:00:00+14:00"));
+        let s = Schema::parse("CREATE TABLE t (id uuid PRIMARY KEY, note text, doc jsonb);", &BTreeMap::new()).unwrap();
+        let t = s.table("t").unwrap();
+        let err = t.check_value(t.column("note").unwrap(), &Value::Text("a\0b".into())).unwrap_err();
+        assert!(err.rule.contains("NUL"), "{err}");
+        let err = t.check_value(t.column("doc").unwrap(), &Value::Text(r#"{"a":"\u0000"}"#.into())).unwrap_err();
+        assert!(err.rule.contains("\\u0000"), "{err}");
     }
 }

@@ -142,6 +142,35 @@ impl PgCluster {
         Ok(text)
     }
 
+    /// Dumps database `db` as SQL into `file` (which must be writable by the cluster's user;
+    /// the cluster's own directory is).
+    ///
+    /// # Errors
+    /// When `pg_dump` fails.
+    pub fn dump(&self, db: &str, file: &Path) -> io::Result<()> {
+        let out = self
+            .command("pg_dump")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-f"])
+            .arg(file)
+            .arg(db)
+            .output()?;
+        check("pg_dump", out)
+    }
+
+    /// Runs an SQL file (such as a dump) against database `db`.
+    ///
+    /// # Errors
+    /// When `psql` fails.
+    pub fn restore(&self, db: &str, file: &Path) -> io::Result<()> {
+        let out = self
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-f"])
+            .arg(file)
+            .output()?;
+        check("psql -f", out)
+    }
+
     /// Stops the server (fast shutdown: open connections are cut).
     ///
     /// # Errors

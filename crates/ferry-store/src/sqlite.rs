@@ -55,6 +55,9 @@ pub struct SqliteStore {
 
 struct Inner {
     id: String,
+    /// The schema's table names as a JSON array: feed rows of tables dropped from the
+    /// schema are skipped, not served.
+    table_list: String,
     schema: Schema,
     tables: HashMap<String, TableSql>,
     writer: Mutex<Connection>,
@@ -94,7 +97,10 @@ impl SqliteStore {
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
-        Ok(SqliteStore { inner: Arc::new(Inner { id, schema, tables, writer: Mutex::new(writer), readers }) })
+        let table_list = serde_json::to_string(&schema.table_names()).expect("names serialize");
+        Ok(SqliteStore {
+            inner: Arc::new(Inner { id, table_list, schema, tables, writer: Mutex::new(writer), readers }),
+        })
     }
 
     async fn write<T: Send + 'static>(
@@ -310,9 +316,12 @@ impl Store for SqliteStore {
             let page: Vec<(String, i64)> = tx
                 .prepare_cached(
                     "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
+                       AND tbl IN (SELECT value FROM json_each(?4))
                      ORDER BY seq LIMIT ?3",
                 )?
-                .query_map(params![cursor as i64, user, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![cursor as i64, user, limit as i64, inner.table_list], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
             let more = page.len() == limit;
             let upto = if more {

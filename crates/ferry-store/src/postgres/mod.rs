@@ -42,6 +42,8 @@ pub struct PgStore {
 struct Inner {
     pool: Pool,
     id: String,
+    /// Which cluster the stored transaction ids belong to (see [`epoch_of`]).
+    epoch: String,
     schema: Schema,
     tables: HashMap<String, PgTable>,
 }
@@ -122,7 +124,8 @@ fn udt(ty: ColType, max_len: Option<u32>) -> &'static str {
 async fn ensure_table(tx: &Transaction<'_>, table: &Table) -> Result<Vec<String>> {
     let existing = tx
         .query(
-            "SELECT column_name::text, udt_name::text, is_nullable = 'YES', column_default IS NOT NULL,
+            "SELECT column_name::text, udt_name::text, is_nullable = 'YES',
+                    column_default IS NOT NULL OR is_identity = 'YES' OR is_generated = 'ALWAYS',
                     character_maximum_length::int4
              FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1
              ORDER BY ordinal_position",
@@ -175,10 +178,14 @@ async fn ensure_table(tx: &Transaction<'_>, table: &Table) -> Result<Vec<String>
         let name: String = r.get(0);
         let nullable: bool = r.get(2);
         let has_default: bool = r.get(3);
-        if table.column(&name).is_none() && !nullable && !has_default {
-            problems.push(format!(
+        match table.column(&name) {
+            None if !nullable && !has_default => problems.push(format!(
                 "column '{name}' is not in the schema and is NOT NULL without a default, so rows from devices could not be inserted; give it a default or add it to the schema"
-            ));
+            )),
+            None => {}
+            // The table's own rules may be looser than the schema's: the rows already in it
+            // must obey the schema, or devices could not store them.
+            Some(col) => problems.extend(data_problems(tx, table, col, nullable).await?),
         }
     }
     let pk: Vec<String> = tx
@@ -257,6 +264,30 @@ impl PgStore {
             tx.query_one("SELECT value FROM _ferry_store WHERE key = 'site'", &[]).await.map_err(pg)?.get(0);
         let site: SiteId = site.parse().map_err(|e| StoreError::Internal(format!("stored site id: {e}")))?;
         let adopted_at = Hlc::new(wall_ms(), 0, site).to_string();
+        // Transaction ids and snapshots mean something only in the cluster that made them.
+        // A database restored or replicated into another cluster (or restored to an earlier
+        // point) gets a new epoch: every row re-enters the feed under this cluster's ids,
+        // and clients' cursors from the old epoch start over.
+        let epoch = epoch_of(&tx).await?;
+        let stored: Option<String> = tx
+            .query_opt("SELECT value FROM _ferry_store WHERE key = 'epoch'", &[])
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        let from_the_future: bool = tx
+            .query_one("SELECT coalesce(max(xid) > pg_current_xact_id(), false) FROM _ferry_rows", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if stored.as_deref().is_some_and(|s| s != epoch) || from_the_future {
+            tx.batch_execute("UPDATE _ferry_rows SET xid = pg_current_xact_id()").await.map_err(pg)?;
+        }
+        tx.execute(
+            "INSERT INTO _ferry_store (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&epoch],
+        )
+        .await
+        .map_err(pg)?;
         for table in &schema.tables {
             ensure_table(&tx, table).await?;
             let pt = &tables[&table.name];
@@ -266,7 +297,7 @@ impl PgStore {
         }
         tx.commit().await.map_err(pg)?;
         drop(client);
-        Ok(PgStore { inner: Arc::new(Inner { pool, id, schema, tables }) })
+        Ok(PgStore { inner: Arc::new(Inner { pool, id, epoch, schema, tables }) })
     }
 
     fn table(&self, name: &str) -> Result<&PgTable> {
@@ -480,6 +511,9 @@ fn push_pg(e: tokio_postgres::Error) -> PushError {
 /// window is being paged, the window's end snapshot and the last row given out.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Cursor {
+    /// The store's epoch when the cursor was given out.
+    #[serde(default)]
+    epoch: String,
     prev: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cur: Option<String>,
@@ -490,9 +524,15 @@ struct Cursor {
 const EMPTY_SNAPSHOT: &str = "1:1:";
 
 impl Cursor {
-    fn parse(c: &str) -> Result<Cursor> {
+    fn start(epoch: &str) -> Cursor {
+        Cursor { epoch: epoch.to_owned(), prev: EMPTY_SNAPSHOT.into(), cur: None, after: None }
+    }
+
+    /// Parses a cursor; one from another epoch means "start over" (every row again, which
+    /// merging makes harmless) and cannot produce itself again.
+    fn parse(c: &str, epoch: &str) -> Result<Cursor> {
         if c.is_empty() || c == "0" {
-            return Ok(Cursor { prev: EMPTY_SNAPSHOT.into(), cur: None, after: None });
+            return Ok(Cursor::start(epoch));
         }
         let bad = || {
             StoreError::Invalid(format!("cursor '{c}' is not a cursor this server gave out; start over with cursor=0"))
@@ -512,6 +552,9 @@ impl Cursor {
         if !snapshot_ok(&cursor.prev) || cursor.cur.as_deref().is_some_and(|s| !snapshot_ok(s)) {
             return Err(bad());
         }
+        if cursor.epoch != epoch {
+            return Ok(Cursor::start(epoch));
+        }
         Ok(cursor)
     }
 
@@ -526,6 +569,7 @@ WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
   AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
   AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
   AND (owner IS NULL OR owner = $3)
+  AND tbl = ANY($8::text[])
   AND (xid, tbl, pk) > ($4::text::xid8, $5, $6)
 ORDER BY xid, tbl, pk
 LIMIT $7";
@@ -637,7 +681,7 @@ impl PgStore {
     /// After a committed push: when the client's cursor was caught up and nothing but this
     /// push's transaction has become visible since, a cursor just past it.
     async fn cursor_after_push(&self, who: &Principal, cursor: &str, xid: &str) -> Result<Option<String>> {
-        let c = Cursor::parse(cursor)?;
+        let c = Cursor::parse(cursor, &self.inner.epoch)?;
         if c.cur.is_some() {
             return Ok(None);
         }
@@ -661,7 +705,7 @@ impl PgStore {
             .map_err(pg)?
             .get(0);
         tx.commit().await.map_err(pg)?;
-        Ok((!others).then(|| Cursor { prev: now, cur: None, after: None }.encode()))
+        Ok((!others).then(|| Cursor { epoch: c.epoch, prev: now, cur: None, after: None }.encode()))
     }
 }
 
@@ -736,7 +780,7 @@ impl Store for PgStore {
         rows: Vec<IncomingRow>,
     ) -> Result<PushOutcome> {
         if let Some(c) = cursor {
-            Cursor::parse(c)?;
+            Cursor::parse(c, &self.inner.epoch)?;
         }
         let received = rows.len();
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
@@ -771,7 +815,7 @@ impl Store for PgStore {
     }
 
     async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
-        let c = Cursor::parse(cursor)?;
+        let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = client
             .build_transaction()
@@ -786,7 +830,19 @@ impl Store for PgStore {
         };
         let (after_xid, after_tbl, after_pk) = c.after.clone().unwrap_or(("0".into(), String::new(), String::new()));
         let keys = tx
-            .query(FEED, &[&c.prev, &cur, &who.user_id, &after_xid, &after_tbl, &after_pk, &(limit as i64 + 1)])
+            .query(
+                FEED,
+                &[
+                    &c.prev,
+                    &cur,
+                    &who.user_id,
+                    &after_xid,
+                    &after_tbl,
+                    &after_pk,
+                    &(limit as i64 + 1),
+                    &self.inner.schema.table_names(),
+                ],
+            )
             .await
             .map_err(pg)?;
         let more = keys.len() > limit;
@@ -811,10 +867,74 @@ impl Store for PgStore {
             })
             .collect();
         let next = if more {
-            Cursor { prev: c.prev, cur: Some(cur), after: keys.last().cloned() }
+            Cursor { epoch: c.epoch, prev: c.prev, cur: Some(cur), after: keys.last().cloned() }
         } else {
-            Cursor { prev: cur, cur: None, after: None }
+            Cursor { epoch: c.epoch, prev: cur, cur: None, after: None }
         };
         Ok(PullPage { rows, cursor: next.encode(), more })
+    }
+}
+
+/// Rows of an existing table that break a schema rule the table itself does not enforce:
+/// NULL in a NOT NULL column, a value outside the allowed list.
+async fn data_problems(
+    tx: &Transaction<'_>,
+    table: &Table,
+    col: &ferry_core::schema::Column,
+    nullable: bool,
+) -> Result<Vec<String>> {
+    use ferry_core::schema::quote;
+    let (t, c) = (quote(&table.name), quote(&col.name));
+    let mut problems = Vec::new();
+    let is_key = col.name == table.pk_column().name;
+    if nullable && (col.not_null || is_key) {
+        let n: i64 =
+            tx.query_one(&format!("SELECT count(*) FROM {t} WHERE {c} IS NULL"), &[]).await.map_err(pg)?.get(0);
+        if n > 0 {
+            problems.push(format!(
+                "column '{}' has {n} rows with NULL but is NOT NULL in the schema; fill them in or make the column nullable in the schema",
+                col.name
+            ));
+        }
+    }
+    if let Some(allowed) = &col.allowed {
+        let bad: Vec<String> = tx
+            .query(
+                &format!(
+                    "SELECT DISTINCT {c}::text FROM {t} WHERE {c} IS NOT NULL AND NOT ({c}::text = ANY($1)) LIMIT 3"
+                ),
+                &[allowed],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !bad.is_empty() {
+            problems.push(format!(
+                "column '{}' holds values the schema does not allow ({}); the schema allows only {}",
+                col.name,
+                bad.join(", "),
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// The cluster's identity (`pg_control_system().system_identifier`), which changes when a
+/// database is restored or replicated into another cluster. Without the right to read it,
+/// "unknown": restores are then still caught when stored ids lie ahead of the cluster's.
+async fn epoch_of(tx: &Transaction<'_>) -> Result<String> {
+    tx.batch_execute("SAVEPOINT ferry_epoch").await.map_err(pg)?;
+    match tx.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).await {
+        Ok(row) => {
+            tx.batch_execute("RELEASE SAVEPOINT ferry_epoch").await.map_err(pg)?;
+            Ok(row.get(0))
+        }
+        Err(_) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_epoch").await.map_err(pg)?;
+            Ok("unknown".to_owned())
+        }
     }
 }

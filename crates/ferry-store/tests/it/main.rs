@@ -10,6 +10,32 @@ use std::collections::BTreeMap;
 use ferry_core::schema::{Schema, TableOptions};
 use ferry_store::{PgStore, SqliteStore};
 
+/// The test schema without the `tags` table, as after a schema change that dropped it.
+pub fn schema_without_tags() -> Schema {
+    let mut opts = BTreeMap::new();
+    opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()) });
+    Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid NOT NULL, body text, n integer);", &opts)
+        .unwrap()
+}
+
+/// Rows of a table that left the schema stay out of pulls instead of failing them.
+pub async fn rows_of_a_dropped_table_are_skipped<S: ferry_store::Store>(before: S, after: impl AsyncFnOnce() -> S) {
+    use ferry_core::{Hlc, RowState, SiteId, Value};
+    let user = before.add_user("ann").await.unwrap();
+    let token = before.create_token(&user.id, "phone").await.unwrap();
+    let ann = before.authenticate(&token.token).await.unwrap().unwrap();
+    let tag = ferry_store::IncomingRow {
+        table: "tags".into(),
+        key: "01900000-0000-7000-8000-0000000000aa".into(),
+        state: RowState::inserted([("name".to_owned(), Value::Text("x".into()))], Hlc::new(1, 0, SiteId(1))),
+    };
+    before.push(&ann, "t", None, vec![tag]).await.unwrap();
+    drop(before);
+    let store = after().await;
+    let page = store.pull(&ann, "", 100).await.unwrap();
+    assert!(page.rows.is_empty(), "no rows of the dropped table");
+}
+
 pub fn schema() -> Schema {
     let mut opts = BTreeMap::new();
     opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()) });
@@ -36,6 +62,17 @@ mod sqlite {
     }
 
     crate::suite!(open().store);
+
+    #[tokio::test]
+    async fn rows_of_a_dropped_table_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = SqliteStore::open(dir.path(), schema()).unwrap();
+        let path = dir.path().to_owned();
+        crate::rows_of_a_dropped_table_are_skipped(before, async || {
+            SqliteStore::open(&path, schema_without_tags()).unwrap()
+        })
+        .await;
+    }
 
     #[tokio::test]
     async fn reopening_keeps_users_rows_and_the_store_id() {
@@ -70,4 +107,14 @@ mod postgres {
     }
 
     crate::suite!(open().await);
+
+    #[tokio::test]
+    async fn rows_of_a_dropped_table_are_skipped() {
+        let url = ferry_pgtemp::PgCluster::fresh_db();
+        let before = PgStore::open(&url, schema()).await.unwrap();
+        crate::rows_of_a_dropped_table_are_skipped(before, async || {
+            PgStore::open(&url, schema_without_tags()).await.unwrap()
+        })
+        .await;
+    }
 }

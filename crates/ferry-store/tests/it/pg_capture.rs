@@ -252,3 +252,29 @@ async fn turning_on_the_owner_option_later_makes_existing_rows_private() {
     edit.state.update([("n".to_owned(), Value::Integer(1))], at(2, 1));
     store.push(&ann, "2", None, vec![edit]).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_moved_to_another_cluster_serves_every_row_again_and_cursors_start_over() {
+    use ferry_pgtemp::PgCluster;
+    let (a, b) = (PgCluster::start().unwrap(), PgCluster::start().unwrap());
+    let url_a = a.create_db("app").unwrap();
+    let store = PgStore::open(&url_a, crate::schema()).await.unwrap();
+    let ann = device(&store, "ann", "phone").await;
+    let rows: Vec<_> = (0..5).map(|i| note(100 + i, &ann.user_id, "before the move", at(1, 1))).collect();
+    store.push(&ann, "1", None, rows).await.unwrap();
+    let (_, old_cursor) = pull_all(&store, &ann, "").await;
+    drop(store);
+    // Move: dump from cluster a, restore into cluster b (whose transaction ids are unrelated).
+    let file = b.dir().join("app.sql");
+    a.dump("app", &file).unwrap();
+    let url_b = b.create_db("app").unwrap();
+    b.restore("app", &file).unwrap();
+    let store = PgStore::open(&url_b, crate::schema()).await.unwrap();
+    let (fresh, _) = pull_all(&store, &ann, "").await;
+    assert_eq!(fresh.len(), 5, "a new device receives every row");
+    let (again, cursor) = pull_all(&store, &ann, &old_cursor).await;
+    assert_eq!(again.len(), 5, "an old cursor starts over");
+    store.push(&ann, "2", None, vec![note(200, &ann.user_id, "after the move", at(2, 1))]).await.unwrap();
+    let (new, _) = pull_all(&store, &ann, &cursor).await;
+    assert_eq!(new.keys().collect::<Vec<_>>(), vec![&key(200)], "and then continues normally");
+}
