@@ -86,6 +86,7 @@ impl SqliteStore {
         tx.execute_batch(BOOKKEEPING)?;
         for table in &schema.tables {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
+            backfill_owner(&tx, table)?;
         }
         tx.execute(
             "INSERT OR IGNORE INTO _ferry_store (key, value) VALUES ('id', ?1)",
@@ -349,4 +350,33 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// Brings the bookkeeping owner of every row in line with the table's `owner` option (after
+/// the option was added, removed or changed), moving those rows to the end of the feed so
+/// that the users who may now read them receive them. Rows without an owner belong to nobody.
+fn backfill_owner(tx: &rusqlite::Transaction<'_>, table: &ferry_core::schema::Table) -> Result<()> {
+    use ferry_core::schema::quote;
+    let sql = match &table.options.owner {
+        Some(o) => format!(
+            "SELECT r.pk, coalesce(t.{o}, '') FROM _ferry_rows r LEFT JOIN {t} t ON t.{pk} = r.pk
+             WHERE r.tbl = ?1 AND r.owner IS NOT coalesce(t.{o}, r.owner, '')",
+            o = quote(o),
+            t = quote(&table.name),
+            pk = quote(&table.pk_column().name),
+        ),
+        None => "SELECT pk, NULL FROM _ferry_rows WHERE tbl = ?1 AND owner IS NOT NULL".to_owned(),
+    };
+    let changes: Vec<(String, Option<String>)> =
+        tx.prepare(&sql)?.query_map([&table.name], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+    let mut update = tx.prepare("UPDATE _ferry_rows SET owner = ?1, seq = ?2 WHERE tbl = ?3 AND pk = ?4")?;
+    for (pk, owner) in changes {
+        seq += 1;
+        update.execute(params![owner, seq, table.name, pk])?;
+    }
+    Ok(())
 }

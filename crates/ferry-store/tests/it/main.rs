@@ -36,6 +36,51 @@ pub async fn rows_of_a_dropped_table_are_skipped<S: ferry_store::Store>(before: 
     assert!(page.rows.is_empty(), "no rows of the dropped table");
 }
 
+/// The test schema with `notes` shared instead of owned.
+pub fn schema_shared() -> Schema {
+    Schema::parse(
+        "CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid NOT NULL, body text, n integer);
+         CREATE TABLE tags (id uuid PRIMARY KEY, name text NOT NULL);",
+        &BTreeMap::new(),
+    )
+    .unwrap()
+}
+
+/// Turning on `owner` for a table that already has rows makes them private to their owners.
+pub async fn the_owner_option_turned_on_later_makes_existing_rows_private<S: ferry_store::Store>(
+    before: S,
+    after: impl AsyncFnOnce() -> S,
+) {
+    use ferry_core::{Hlc, RowState, SiteId, Value};
+    let mut devices = Vec::new();
+    for name in ["ann", "bob"] {
+        let user = before.add_user(name).await.unwrap();
+        let token = before.create_token(&user.id, "phone").await.unwrap();
+        devices.push((user.id, token.token));
+    }
+    let ann = before.authenticate(&devices[0].1).await.unwrap().unwrap();
+    let note = ferry_store::IncomingRow {
+        table: "notes".into(),
+        key: "01900000-0000-7000-8000-0000000000bb".into(),
+        state: RowState::inserted(
+            [
+                ("user_id".to_owned(), Value::Text(ann.user_id.clone())),
+                ("body".to_owned(), Value::Text("diary".into())),
+            ],
+            Hlc::new(1, 0, SiteId(1)),
+        ),
+    };
+    before.push(&ann, "1", None, vec![note.clone()]).await.unwrap();
+    drop(before);
+    let store = after().await;
+    let bob = store.authenticate(&devices[1].1).await.unwrap().unwrap();
+    assert!(store.pull(&bob, "", 100).await.unwrap().rows.is_empty(), "bob no longer reads ann's note");
+    assert_eq!(store.pull(&ann, "", 100).await.unwrap().rows.len(), 1);
+    let mut edit = note;
+    edit.state.update([("n".to_owned(), Value::Integer(1))], Hlc::new(2, 0, SiteId(1)));
+    store.push(&ann, "2", None, vec![edit]).await.unwrap();
+}
+
 pub fn schema() -> Schema {
     let mut opts = BTreeMap::new();
     opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()) });
@@ -75,6 +120,17 @@ mod sqlite {
     }
 
     #[tokio::test]
+    async fn the_owner_option_turned_on_later_makes_existing_rows_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = SqliteStore::open(dir.path(), schema_shared()).unwrap();
+        let path = dir.path().to_owned();
+        crate::the_owner_option_turned_on_later_makes_existing_rows_private(before, async || {
+            SqliteStore::open(&path, schema()).unwrap()
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn reopening_keeps_users_rows_and_the_store_id() {
         use ferry_store::Store;
         let dir = tempfile::tempdir().unwrap();
@@ -107,6 +163,16 @@ mod postgres {
     }
 
     crate::suite!(open().await);
+
+    #[tokio::test]
+    async fn the_owner_option_turned_on_later_makes_existing_rows_private() {
+        let url = ferry_pgtemp::PgCluster::fresh_db();
+        let before = PgStore::open(&url, schema_shared()).await.unwrap();
+        crate::the_owner_option_turned_on_later_makes_existing_rows_private(before, async || {
+            PgStore::open(&url, schema()).await.unwrap()
+        })
+        .await;
+    }
 
     #[tokio::test]
     async fn rows_of_a_dropped_table_are_skipped() {

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_core::schema::Schema;
 use ferry_core::{Hlc, RowState, SiteId, Value};
 use ferry_store::{IncomingRow, PgStore, Principal, Store};
 use tokio_postgres::{Client, NoTls};
@@ -229,28 +228,6 @@ async fn direct_writes_breaking_the_schema_are_refused_with_the_column_named() {
     let msg = err.as_db_error().unwrap().message().to_owned();
     assert!(msg.contains("notes.user_id is NOT NULL"), "{msg}");
     let _ = ann;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn turning_on_the_owner_option_later_makes_existing_rows_private() {
-    let url = ferry_pgtemp::PgCluster::fresh_db();
-    let shared = Schema::parse(
-        "CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid NOT NULL, body text, n integer);
-         CREATE TABLE tags (id uuid PRIMARY KEY, name text NOT NULL);",
-        &BTreeMap::new(),
-    )
-    .unwrap();
-    let store = PgStore::open(&url, shared).await.unwrap();
-    let ann = device(&store, "ann", "phone").await;
-    let bob = device(&store, "bob", "tablet").await;
-    store.push(&ann, "1", None, vec![note(9, &ann.user_id, "ann's diary", at(1, 1))]).await.unwrap();
-    drop(store);
-    let store = PgStore::open(&url, crate::schema()).await.unwrap();
-    assert!(pull_all(&store, &bob, "").await.0.is_empty(), "bob no longer reads ann's note");
-    assert_eq!(pull_all(&store, &ann, "").await.0.len(), 1);
-    let mut edit = note(9, &ann.user_id, "ann's diary", at(1, 1));
-    edit.state.update([("n".to_owned(), Value::Integer(1))], at(2, 1));
-    store.push(&ann, "2", None, vec![edit]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
