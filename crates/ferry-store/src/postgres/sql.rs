@@ -140,7 +140,8 @@ impl PgTable {
 
     /// The capture of direct writes: PL/pgSQL functions and the row and TRUNCATE triggers
     /// that call them. Writes made by Ferry itself set `ferry.applying` for their
-    /// transaction and are skipped.
+    /// transaction and are skipped, by the row trigger's `WHEN`, so the function is not even
+    /// called for each row a push writes.
     ///
     /// The functions run as their owner (`SECURITY DEFINER`, with a fixed `search_path`), so
     /// another application's role needs no rights on Ferry's bookkeeping and its own
@@ -293,7 +294,8 @@ BEGIN
 END
 $ferry$;
 CREATE OR REPLACE TRIGGER _ferry_capture AFTER INSERT OR UPDATE OR DELETE ON {t}
-  FOR EACH ROW EXECUTE FUNCTION {capture_fn}();
+  FOR EACH ROW WHEN (current_setting('ferry.applying', true) IS DISTINCT FROM 'on')
+  EXECUTE FUNCTION {capture_fn}();
 CREATE OR REPLACE TRIGGER _ferry_truncate BEFORE TRUNCATE ON {t}
   FOR EACH STATEMENT EXECUTE FUNCTION {truncate_fn}();
 "#,
