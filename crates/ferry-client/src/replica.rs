@@ -31,6 +31,9 @@ pub struct PendingRow {
     pub key: String,
     pub state: RowState,
     pub stamp: i64,
+    /// For each column changed locally since the last acknowledgement, the clock of the
+    /// value it replaced.
+    pub base: BTreeMap<String, Hlc>,
 }
 
 /// A pulled row to merge in.
@@ -69,6 +72,9 @@ pub struct Status {
     pub tables: Vec<String>,
 }
 
+/// Outbox entries stamped per transaction by [`Replica::stamp`].
+pub const STAMP_CHUNK: i64 = 2000;
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -82,6 +88,31 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
         "INSERT INTO _ferry_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     )?
     .execute([key, value])?;
+    Ok(())
+}
+
+/// The base clocks recorded for a row's unacknowledged local changes.
+fn read_base(conn: &Connection, table: &str, pk: &str) -> Result<BTreeMap<String, Hlc>> {
+    let json: Option<String> = conn
+        .prepare_cached("SELECT base FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
+        .query_row([table, pk], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let Some(json) = json else { return Ok(BTreeMap::new()) };
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(&json).map_err(|e| Error::Local(format!("stored base clocks of {table} '{pk}': {e}")))?;
+    map.into_iter()
+        .map(|(c, h)| Ok((c, h.parse().map_err(|e| Error::Local(format!("stored base clock: {e}")))?)))
+        .collect()
+}
+
+fn write_base(conn: &Connection, table: &str, pk: &str, base: &BTreeMap<String, Hlc>) -> Result<()> {
+    let json = (!base.is_empty())
+        .then(|| serde_json::to_string(&base.iter().map(|(c, h)| (c, h.to_string())).collect::<BTreeMap<_, _>>()))
+        .transpose()
+        .map_err(|e| Error::Local(e.to_string()))?;
+    conn.prepare_cached("UPDATE _ferry_rows SET base = ?3 WHERE tbl = ?1 AND pk = ?2")?
+        .execute(params![table, pk, json])?;
     Ok(())
 }
 
@@ -103,7 +134,7 @@ impl Replica {
     pub fn open(path: &Path) -> Result<Replica> {
         let conn =
             ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
-        conn.execute_batch(ferry_sqlite::ROWS_DDL)?;
+        ferry_sqlite::ensure_rows_table(&conn)?;
         conn.execute_batch(capture::BOOKKEEPING)?;
         if get_meta(&conn, "site")?.is_none() {
             let mut b = [0u8; 8];
@@ -221,15 +252,26 @@ impl Replica {
         Ok(true)
     }
 
-    /// Assigns clocks to the captured changes in the outbox, in a transaction of its own.
-    /// Returns how many outbox entries were stamped.
+    /// Assigns clocks to the captured changes in the outbox, in transactions of at most
+    /// [`STAMP_CHUNK`] entries each: a process killed while stamping a large outbox keeps
+    /// what it finished and the next run continues from there. Returns how many outbox
+    /// entries were stamped.
     ///
     /// Also looks for rows deleted without capture: `INSERT OR REPLACE` through a unique
     /// index of the application's removes the other row without firing a delete trigger.
     /// Only tables with such an index are scanned.
     pub fn stamp(&mut self) -> Result<usize> {
+        let mut n = 0;
+        loop {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done = Self::stamp_in(&tx, &self.tables, STAMP_CHUNK)?;
+            tx.commit()?;
+            n += done;
+            if done < STAMP_CHUNK as usize {
+                break;
+            }
+        }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = Self::stamp_in(&tx, &self.tables)?;
         let mut clock = Self::clock(&tx)?;
         for ts in self.tables.values() {
             let extra_unique: i64 = tx.query_row(
@@ -286,7 +328,7 @@ impl Replica {
     /// Stamps inside the caller's transaction. Each entry gets a fresh clock in outbox
     /// order; each touched row's bookkeeping is updated once, with the row's current values
     /// (or, if the row is gone, the last values its delete recorded), and marked pending.
-    fn stamp_in(tx: &Transaction<'_>, tables: &HashMap<String, TableSql>) -> Result<usize> {
+    fn stamp_in(tx: &Transaction<'_>, tables: &HashMap<String, TableSql>, limit: i64) -> Result<usize> {
         // A key that is not text (a blob or number written into the key column by another
         // program) cannot name a row on other replicas: such entries are set aside in
         // `_ferry_rejected` with the reason, and the rest of the outbox moves on.
@@ -298,8 +340,8 @@ impl Replica {
         )?;
         tx.execute("DELETE FROM _ferry_outbox WHERE typeof(pk) <> 'text'", [])?;
         let entries: Vec<(i64, String, String, String, Option<String>, Option<String>, i64)> = tx
-            .prepare_cached("SELECT rowid, tbl, pk, op, cols, old, wall_ms FROM _ferry_outbox ORDER BY rowid")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+            .prepare_cached("SELECT rowid, tbl, pk, op, cols, old, wall_ms FROM _ferry_outbox ORDER BY rowid LIMIT ?1")?
+            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let Some(last_rowid) = entries.last().map(|e| e.0) else {
             return Ok(0);
@@ -340,12 +382,22 @@ impl Replica {
                     None => state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect(),
                 },
             };
+            // What the local writer had seen of each column it changed: the clock of the
+            // value replaced by the first change not yet acknowledged by the server.
+            let mut base = read_base(tx, &ts.table.name, pk)?;
+            let mut saw = |state: &RowState, cols: &mut dyn Iterator<Item = &String>| {
+                for c in cols {
+                    base.entry(c.clone()).or_insert_with(|| state.cols.get(c).map_or(Hlc::ZERO, |s| s.at));
+                }
+            };
             for (op, cols, _, at) in row_ops {
                 match op.as_str() {
                     // An update of a row Ferry never tracked (it predates capture) is its first
                     // appearance: record the whole row, as an insert.
-                    "I" => state.insert(last_values.clone(), *at),
-                    "U" if !known && state.exists.at == Hlc::ZERO => state.insert(last_values.clone(), *at),
+                    "I" | "U" if op == "I" || (!known && state.exists.at == Hlc::ZERO) => {
+                        saw(&state, &mut last_values.keys());
+                        state.insert(last_values.clone(), *at);
+                    }
                     "D" => state.delete(*at),
                     _ => {
                         let names: Vec<String> = cols
@@ -354,6 +406,7 @@ impl Replica {
                             .transpose()
                             .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?
                             .unwrap_or_default();
+                        saw(&state, &mut names.iter());
                         let changed = names.into_iter().filter_map(|c| last_values.get(&c).map(|v| (c, v.clone())));
                         state.update(changed, *at);
                     }
@@ -367,6 +420,7 @@ impl Replica {
             let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
             let extra = Extra { pending: stamp, ..Extra::default() };
             ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &extra)?;
+            write_base(tx, &ts.table.name, pk, &base)?;
         }
         tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;
         set_meta(tx, "clock", &clock.last().to_string())?;
@@ -378,7 +432,7 @@ impl Replica {
     /// exactly what the clocks describe.
     pub fn pending(&mut self, limit: usize) -> Result<Vec<PendingRow>> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::stamp_in(&tx, &self.tables)?;
+        Self::stamp_in(&tx, &self.tables, -1)?;
         let mut clock = Self::clock(&tx)?;
         let keys: Vec<(String, String)> = tx
             .prepare_cached("SELECT tbl, pk FROM _ferry_rows WHERE pending > 0 ORDER BY pending, tbl, pk LIMIT ?1")?
@@ -390,7 +444,8 @@ impl Replica {
                 Error::Schema(format!("pending change for table '{table}', which is not in the schema"))
             })?;
             if let Some((state, meta)) = Self::load_local(&tx, ts, &key, &mut clock)? {
-                out.push(PendingRow { table, key, state, stamp: meta.pending });
+                let base = read_base(&tx, &table, &key)?;
+                out.push(PendingRow { table, key, state, stamp: meta.pending, base });
             }
         }
         tx.commit()?;
@@ -408,8 +463,9 @@ impl Replica {
             }
         }
         {
-            let mut stmt =
-                tx.prepare_cached("UPDATE _ferry_rows SET pending = 0 WHERE tbl = ?1 AND pk = ?2 AND pending = ?3")?;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE _ferry_rows SET pending = 0, base = NULL WHERE tbl = ?1 AND pk = ?2 AND pending = ?3",
+            )?;
             for r in rows {
                 stmt.execute(params![r.table, r.key, r.stamp])?;
             }
@@ -423,7 +479,7 @@ impl Replica {
     pub fn apply(&mut self, rows: &[PulledRow], cursor: &str) -> Result<Applied> {
         let now = wall_ms();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::stamp_in(&tx, &self.tables)?;
+        Self::stamp_in(&tx, &self.tables, -1)?;
         let mut clock = Self::clock(&tx)?;
         let mut fresh_stamp = None;
         tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;

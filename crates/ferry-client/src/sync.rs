@@ -107,7 +107,9 @@ pub async fn sync(
             .iter()
             .map(|r| {
                 let t = schema.table(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
-                Ok(ferry_protocol::encode_row(t, &r.key, &r.state))
+                let mut wire = ferry_protocol::encode_row(t, &r.key, &r.state);
+                wire.base = r.base.iter().map(|(c, h)| (c.clone(), h.to_string())).collect();
+                Ok(wire)
             })
             .collect::<Result<Vec<_>>>()?;
         let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());

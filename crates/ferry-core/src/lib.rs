@@ -11,5 +11,5 @@ pub mod schema;
 pub mod value;
 
 pub use hlc::{Clock, ClockError, Hlc, SiteId};
-pub use row::{MergeReport, RowState, Stamped};
+pub use row::{ColumnConflict, MergeReport, RowState, Stamped};
 pub use value::Value;

@@ -158,7 +158,7 @@ pub struct ColumnConflict {
 
 impl ColumnConflict {
     /// Whether the incoming value is the one the merge keeps.
-        pub fn theirs_wins(&self) -> bool {
+    pub fn theirs_wins(&self) -> bool {
         matches!(wins(&self.theirs, &self.ours, Value::total_cmp), Winner::Incoming)
     }
 }
@@ -171,11 +171,7 @@ impl RowState {
     /// base, not the incoming one itself, with a different value. Columns not in `base` were
     /// not written by the incoming side and never conflict; a write that saw ours does not
     /// either. Pure: no state changes.
-    pub fn concurrent_columns(
-        &self,
-        incoming: &RowState,
-        base: &BTreeMap<String, crate::Hlc>,
-    ) -> Vec<ColumnConflict> {
+    pub fn concurrent_columns(&self, incoming: &RowState, base: &BTreeMap<String, crate::Hlc>) -> Vec<ColumnConflict> {
         let mut out = Vec::new();
         for (col, seen) in base {
             let (Some(ours), Some(theirs)) = (self.cols.get(col), incoming.cols.get(col)) else { continue };
@@ -308,7 +304,7 @@ mod conflict_tests {
         let mut from_c = server.clone();
         from_c.update([("a".to_owned(), Value::Text("from C".into()))], at(6, 4));
         assert!(server.concurrent_columns(&from_c, &BTreeMap::from([("a".to_owned(), at(5, 2))])).is_empty());
-                // B's write delivered again (a retried push) reports the same conflict, with the same
+        // B's write delivered again (a retried push) reports the same conflict, with the same
         // clocks: a conflict log keyed by table, row, column and incoming clock keeps it once.
         let mut merged = server.clone();
         merged.merge(&from_b);

@@ -38,6 +38,11 @@ pub struct WireRow {
     pub clocks: BTreeMap<String, String>,
     #[serde(default)]
     pub values: serde_json::Map<String, serde_json::Value>,
+    /// Pushes only: for each column the device changed since its last acknowledged push,
+    /// the clock of the value that change replaced. The server logs a conflict when it holds
+    /// a newer write the device had not seen.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub base: BTreeMap<String, String>,
 }
 
 /// `POST /v1/push`.
@@ -178,7 +183,30 @@ pub fn encode_row(table: &Table, key: &str, state: &RowState) -> WireRow {
         clock: clock.to_string(),
         clocks,
         values,
+        base: BTreeMap::new(),
     }
+}
+
+/// Reads a pushed row's base clocks (see [`WireRow::base`]).
+///
+/// # Errors
+/// A [`DecodeError`] naming the row for an unknown column or a malformed clock.
+pub fn decode_base(table: &Table, row: &WireRow) -> Result<BTreeMap<String, Hlc>, DecodeError> {
+    row.base
+        .iter()
+        .map(|(col, clock)| {
+            if table.column(col).is_none() {
+                return Err(DecodeError(format!(
+                    "{} '{}': base clock for unknown column '{col}'",
+                    table.name, row.key
+                )));
+            }
+            let at = clock
+                .parse::<Hlc>()
+                .map_err(|e| DecodeError(format!("{} '{}': base clock of '{col}': {e}", table.name, row.key)))?;
+            Ok((col.clone(), at))
+        })
+        .collect()
 }
 
 /// Decodes a wire row against the schema, checking every value against its column's
@@ -331,6 +359,7 @@ mod tests {
             clock: Hlc::new(1, 0, SiteId(1)).to_string(),
             clocks: BTreeMap::new(),
             values: values.as_object().unwrap().clone(),
+            base: BTreeMap::new(),
         }
     }
 

@@ -47,7 +47,8 @@ pub async fn push<S: Store>(
         .iter()
         .map(|w| {
             let (table, st) = ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
-            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st })
+            let base = ferry_protocol::decode_base(table, w).map_err(|e| ApiError::BadRequest(e.0))?;
+            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st, base })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();

@@ -18,9 +18,24 @@ use ferry_core::{Hlc, RowState, Stamped, Value};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
+/// Creates `_ferry_rows` or brings an older one up to date (columns added since).
+pub fn ensure_rows_table(conn: &Connection) -> Result<()> {
+    conn.execute_batch(ROWS_DDL)?;
+    let has_base: bool =
+        conn.query_row("SELECT count(*) > 0 FROM pragma_table_info('_ferry_rows') WHERE name = 'base'", [], |r| {
+            r.get(0)
+        })?;
+    if !has_base {
+        conn.execute_batch("ALTER TABLE _ferry_rows ADD COLUMN base TEXT")?;
+    }
+    Ok(())
+}
+
 /// `_ferry_rows`, the clocks of every synced row. `seq`, `owner` and `origin` are used by
 /// the server store (feed position, owning user, last writing device), `pending` by the
-/// device replica (the outbox position of the last local change not yet acknowledged).
+/// device replica (the outbox position of the last local change not yet acknowledged; `base`:
+/// for each column changed locally since, the clock of the value it replaced, which tells
+/// the server whether the change saw the server's latest write).
 pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS _ferry_rows (
     tbl TEXT NOT NULL,
     pk TEXT NOT NULL,
@@ -33,6 +48,7 @@ pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS _ferry_rows (
     owner TEXT,
     origin TEXT,
     pending INTEGER NOT NULL DEFAULT 0,
+    base TEXT,
     PRIMARY KEY (tbl, pk)
 ) WITHOUT ROWID";
 

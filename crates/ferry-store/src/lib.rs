@@ -6,6 +6,7 @@
 //! tokens (hashed), and the record of applied push batches. It merges pushed rows with
 //! `ferry-core`'s rule and enforces ownership. It knows nothing of HTTP or JSON bodies.
 
+mod conflicts;
 mod postgres;
 mod sqlite;
 
@@ -14,6 +15,7 @@ use std::future::Future;
 use ferry_core::schema::{Schema, Table};
 use ferry_core::{RowState, Value};
 
+pub use conflicts::{ConflictFilter, ConflictRecord};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -45,6 +47,9 @@ pub struct IncomingRow {
     pub table: String,
     pub key: String,
     pub state: RowState,
+    /// For each column the device changed, the clock of the value it replaced (what it had
+    /// seen); empty when unknown.
+    pub base: std::collections::BTreeMap<String, ferry_core::Hlc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +151,12 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<&str>,
         rows: Vec<IncomingRow>,
     ) -> impl Future<Output = Result<PushOutcome>> + Send;
+
+    /// The conflict log, newest first.
+    fn conflicts(&self, filter: ConflictFilter) -> impl Future<Output = Result<Vec<ConflictRecord>>> + Send;
+
+    /// One entry of the conflict log.
+    fn conflict(&self, id: i64) -> impl Future<Output = Result<Option<ConflictRecord>>> + Send;
 
     /// Up to `limit` rows that changed after `cursor` and that `who` may read, in feed order.
     /// `cursor` is `""` or `"0"` for the start, else a cursor this store gave out; anything
@@ -266,5 +277,13 @@ impl Store for AnyStore {
 
     async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
         delegate!(self, s => s.pull(who, cursor, limit).await)
+    }
+
+    async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {
+        delegate!(self, s => s.conflicts(filter).await)
+    }
+
+    async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {
+        delegate!(self, s => s.conflict(id).await)
     }
 }

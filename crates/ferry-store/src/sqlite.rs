@@ -14,8 +14,8 @@ use ferry_sqlite::{Extra, TableSql};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store, StoreError, User, new_token,
-    token_hash,
+    ConflictFilter, ConflictRecord, FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store,
+    StoreError, User, new_token, token_hash,
 };
 
 const BOOKKEEPING: &str = "
@@ -43,6 +43,22 @@ CREATE TABLE IF NOT EXISTS _ferry_batches (
 );
 CREATE INDEX IF NOT EXISTS _ferry_rows_seq ON _ferry_rows(seq);
 CREATE TABLE IF NOT EXISTS _ferry_store (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_conflicts (
+    id INTEGER PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    stored TEXT NOT NULL,
+    incoming TEXT NOT NULL,
+    winner TEXT NOT NULL,
+    resolved_by TEXT,
+    resolved_at TEXT,
+    detected_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    dedupe TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS _ferry_conflicts_row ON _ferry_conflicts(tbl, pk);
 ";
 
 const READERS: usize = 4;
@@ -82,7 +98,7 @@ impl SqliteStore {
         // acknowledgement and will not send the change again.
         writer.pragma_update(None, "synchronous", "FULL")?;
         let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(ferry_sqlite::ROWS_DDL)?;
+        ferry_sqlite::ensure_rows_table(&tx)?;
         tx.execute_batch(BOOKKEEPING)?;
         for table in &schema.tables {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
@@ -265,6 +281,29 @@ impl Store for SqliteStore {
                     }
                 }
                 let mut state = stored.map(|(s, _)| s).unwrap_or_default();
+                let concurrent = state.concurrent_columns(&row.state, &row.base);
+                if !concurrent.is_empty() {
+                    let origin: Option<String> = tx
+                        .prepare_cached("SELECT origin FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
+                        .query_row(params![table.name, row.key], |r| r.get(0))
+                        .optional()?
+                        .flatten();
+                    let c = crate::conflicts::new_conflict(
+                        table,
+                        &row.key,
+                        &state,
+                        origin.as_deref(),
+                        &row.state,
+                        &who.device_id,
+                        &concurrent,
+                    );
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO _ferry_conflicts
+                           (tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, dedupe)
+                         VALUES (?1, ?2, 'update-update', ?3, 'lww', ?4, ?5, ?6, 'lww', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?7)",
+                    )?
+                    .execute(params![c.table, c.key, c.fields, c.stored, c.incoming, c.winner, c.dedupe])?;
+                }
                 let report = state.merge(&row.state);
                 // The stored row had something the device's lacks: the device must pull it.
                 all_known &= !report.kept_newer;
@@ -350,6 +389,48 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {
+        self.read(move |_, conn| {
+            let cond = match filter {
+                ConflictFilter::All => "1",
+                ConflictFilter::Open => "resolved_at IS NULL",
+                ConflictFilter::Resolved => "resolved_at IS NOT NULL",
+            };
+            let sql = format!("SELECT {CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE {cond} ORDER BY id DESC");
+            let rows = conn.prepare(&sql)?.query_map([], conflict_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {
+        self.read(move |_, conn| {
+            let sql = format!("SELECT {CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE id = ?1");
+            Ok(conn.prepare(&sql)?.query_row([id], conflict_row).optional()?)
+        })
+        .await
+    }
+}
+
+const CONFLICT_COLUMNS: &str =
+    "id, tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, detected_at";
+
+fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {
+    Ok(crate::conflicts::record(
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        &r.get::<_, String>(4)?,
+        r.get(5)?,
+        &r.get::<_, String>(6)?,
+        &r.get::<_, String>(7)?,
+        &r.get::<_, String>(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+    ))
 }
 
 /// Brings the bookkeeping owner of every row in line with the table's `owner` option (after

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ferry_client::{Progress, Remote, Replica, SyncOptions};
 use ferry_server::{Config, Overrides};
-use ferry_store::{AnyStore, Store};
+use ferry_store::{AnyStore, ConflictFilter, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -37,6 +37,39 @@ enum Command {
     Sync(SyncArgs),
     /// Show a replica's sync state (pending changes, last sync, cursor, conflicts).
     Status(StatusArgs),
+    /// The server's conflict log: values that concurrent writes overwrote.
+    Conflicts {
+        #[command(subcommand)]
+        command: ConflictsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConflictsCommand {
+    /// List conflicts, newest first.
+    List {
+        /// Only conflicts still waiting for a decision.
+        #[arg(long, conflicts_with = "resolved")]
+        open: bool,
+        /// Only resolved conflicts (kept for audit).
+        #[arg(long)]
+        resolved: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one conflict with both versions.
+    Show {
+        /// The conflict's id (from `ferry conflicts list`).
+        id: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 /// Where the server's configuration comes from. Every `[server]` key of the file can also
@@ -170,6 +203,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sync(args) => sync(args).await,
+        Command::Conflicts { command } => conflicts(command).await,
         Command::Status(args) => status(args),
     }
 }
@@ -261,6 +295,71 @@ async fn sync(args: SyncArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn conflicts(command: ConflictsCommand) -> Result<()> {
+    match command {
+        ConflictsCommand::List { open, resolved, json, server } => {
+            let (_, store) = server.open_store().await?;
+            let filter = match (open, resolved) {
+                (true, _) => ConflictFilter::Open,
+                (_, true) => ConflictFilter::Resolved,
+                _ => ConflictFilter::All,
+            };
+            let list = store.conflicts(filter).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            if list.is_empty() {
+                println!("no conflicts");
+            }
+            for c in &list {
+                let state = match (&c.resolved_by, &c.resolved_at) {
+                    (Some(by), Some(at)) => format!("resolved by {by} at {at}"),
+                    _ => "open".to_owned(),
+                };
+                println!(
+                    "{:>6}  {}  {} '{}'  fields: {}  {state}",
+                    c.id,
+                    c.detected_at,
+                    c.table,
+                    c.key,
+                    c.fields.join(", ")
+                );
+            }
+            Ok(())
+        }
+        ConflictsCommand::Show { id, json, server } => {
+            let (_, store) = server.open_store().await?;
+            let Some(c) = store.conflict(id).await? else {
+                bail!("no conflict with id {id}; `ferry conflicts list` shows the ids");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+                return Ok(());
+            }
+            println!("conflict {} on {} '{}' ({}, strategy {})", c.id, c.table, c.key, c.kind, c.strategy);
+            println!("detected   {}", c.detected_at);
+            match (&c.resolved_by, &c.resolved_at) {
+                (Some(by), Some(at)) => println!("resolved   by {by} at {at}"),
+                _ => println!("resolved   no"),
+            }
+            for field in &c.fields {
+                let kept = c.winner.get(field).map_or("?", String::as_str);
+                println!("field {field}: kept the {kept} value");
+                println!(
+                    "  stored   {}  (clock {}, from {})",
+                    c.stored["values"][field], c.stored["clocks"][field], c.stored["origin"]
+                );
+                println!(
+                    "  incoming {}  (clock {}, from {})",
+                    c.incoming["values"][field], c.incoming["clocks"][field], c.incoming["origin"]
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The process's peak resident set size (Linux `VmHWM`), for `--json` reports and benchmarks.

@@ -29,8 +29,8 @@ use tokio_postgres::{NoTls, Row, Transaction};
 
 use self::sql::{PgTable, Wire};
 use crate::{
-    FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store, StoreError, User, new_token,
-    token_hash,
+    ConflictFilter, ConflictRecord, FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store,
+    StoreError, User, new_token, token_hash,
 };
 
 /// The PostgreSQL store.
@@ -579,7 +579,7 @@ impl PgStore {
         &self,
         who: &Principal,
         batch_id: &str,
-        rows: &BTreeMap<String, BTreeMap<String, RowState>>,
+        rows: &BTreeMap<String, BTreeMap<String, (RowState, BTreeMap<String, Hlc>)>>,
         received: usize,
     ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
         let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
@@ -618,7 +618,7 @@ impl PgStore {
             let keys: Vec<String> = states.keys().cloned().collect();
             let mut stored = load(&tx, pt, &keys, true).await?;
             let mut writes = Vec::new();
-            for (key, incoming) in states {
+            for (key, (incoming, base)) in states {
                 let here = || format!("{table} '{key}'");
                 let prior = stored.remove(key);
                 if pt.table.options.owner.is_some() {
@@ -633,6 +633,32 @@ impl PgStore {
                     }
                 }
                 let mut state = prior.map(|p| p.state).unwrap_or_default();
+                let concurrent = state.concurrent_columns(incoming, base);
+                if !concurrent.is_empty() {
+                    let origin: Option<String> = tx
+                        .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
+                        .await
+                        .map_err(push_pg)?
+                        .and_then(|r| r.get(0));
+                    let c = crate::conflicts::new_conflict(
+                        &pt.table,
+                        key,
+                        &state,
+                        origin.as_deref(),
+                        incoming,
+                        &who.device_id,
+                        &concurrent,
+                    );
+                    tx.execute(
+                        "INSERT INTO _ferry_conflicts
+                           (tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, dedupe)
+                         VALUES ($1, $2, 'update-update', $3, 'lww', $4, $5, $6, 'lww', now(), $7)
+                         ON CONFLICT (dedupe) DO NOTHING",
+                        &[&c.table, &c.key, &c.fields, &c.stored, &c.incoming, &c.winner, &c.dedupe],
+                    )
+                    .await
+                    .map_err(push_pg)?;
+                }
                 let report = state.merge(incoming);
                 // The stored row had something the device's lacks (a direct write, say): the
                 // device must pull it, so no cursor past this push.
@@ -785,10 +811,14 @@ impl Store for PgStore {
         let received = rows.len();
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
         // concurrent pushes lock bookkeeping rows in the same order.
-        let mut grouped: BTreeMap<String, BTreeMap<String, RowState>> = BTreeMap::new();
+        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, BTreeMap<String, Hlc>)>> = BTreeMap::new();
         for r in rows {
             self.table(&r.table)?;
-            grouped.entry(r.table).or_default().entry(r.key).or_default().merge(&r.state);
+            let entry = grouped.entry(r.table).or_default().entry(r.key).or_default();
+            entry.0.merge(&r.state);
+            for (c, h) in r.base {
+                entry.1.entry(c).or_insert(h);
+            }
         }
         let mut attempt = 0;
         let (mut outcome, xid) = loop {
@@ -873,6 +903,29 @@ impl Store for PgStore {
         };
         Ok(PullPage { rows, cursor: next.encode(), more })
     }
+
+    async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let cond = match filter {
+            ConflictFilter::All => "true",
+            ConflictFilter::Open => "resolved_at IS NULL",
+            ConflictFilter::Resolved => "resolved_at IS NOT NULL",
+        };
+        let rows = client
+            .query(&format!("SELECT {PG_CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE {cond} ORDER BY id DESC"), &[])
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(conflict_row).collect())
+    }
+
+    async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_opt(&format!("SELECT {PG_CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE id = $1"), &[&id])
+            .await
+            .map_err(pg)?;
+        Ok(row.as_ref().map(conflict_row))
+    }
 }
 
 /// Rows of an existing table that break a schema rule the table itself does not enforce:
@@ -937,4 +990,25 @@ async fn epoch_of(tx: &Transaction<'_>) -> Result<String> {
             Ok("unknown".to_owned())
         }
     }
+}
+
+const PG_CONFLICT_COLUMNS: &str = "id, tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by,
+    to_char(resolved_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+    to_char(detected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+
+fn conflict_row(r: &Row) -> ConflictRecord {
+    crate::conflicts::record(
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get::<_, &str>(4),
+        r.get(5),
+        r.get::<_, &str>(6),
+        r.get::<_, &str>(7),
+        r.get::<_, &str>(8),
+        r.get(9),
+        r.get(10),
+        r.get(11),
+    )
 }

@@ -384,6 +384,22 @@ CREATE TABLE IF NOT EXISTS _ferry_rows (
     PRIMARY KEY (tbl, pk)
 );
 CREATE INDEX IF NOT EXISTS _ferry_rows_feed ON _ferry_rows (xid, tbl, pk);
+CREATE TABLE IF NOT EXISTS _ferry_conflicts (
+    id bigserial PRIMARY KEY,
+    tbl text NOT NULL,
+    pk text NOT NULL,
+    kind text NOT NULL,
+    fields text NOT NULL,
+    strategy text NOT NULL,
+    stored text NOT NULL,
+    incoming text NOT NULL,
+    winner text NOT NULL,
+    resolved_by text,
+    resolved_at timestamptz,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    dedupe text NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS _ferry_conflicts_row ON _ferry_conflicts (tbl, pk);
 CREATE OR REPLACE FUNCTION _ferry_next_clock(t text, k text) RETURNS text LANGUAGE plpgsql AS $ferry$
 DECLARE
   last text;

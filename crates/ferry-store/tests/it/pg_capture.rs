@@ -28,6 +28,7 @@ fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
             ],
             t,
         ),
+        base: Default::default(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Store behaviour every implementation shares.
 
 use ferry_core::{Hlc, RowState, SiteId, Stamped, Value};
-use ferry_store::{IncomingRow, Principal, Store, StoreError};
+use ferry_store::{ConflictFilter, IncomingRow, Principal, Store, StoreError};
 
 /// Instantiates every suite test for the store built by `$make`.
 #[macro_export]
@@ -18,6 +18,7 @@ macro_rules! suite {
             pulls_are_paged_and_the_cursor_never_goes_back,
             concurrent_columns_merge_and_deletes_leave_tombstones,
             a_push_from_the_feed_end_returns_the_cursor_past_it,
+            concurrent_writes_to_one_field_are_logged_and_different_fields_are_not,
         );
     };
 }
@@ -51,6 +52,7 @@ fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
             [("user_id".to_owned(), Value::Text(owner.into())), ("body".to_owned(), Value::Text(body.into()))],
             t,
         ),
+        base: Default::default(),
     }
 }
 
@@ -121,6 +123,7 @@ pub async fn owned_rows_are_private_to_their_user<S: Store>(store: &S) {
         table: "tags".into(),
         key: key(2),
         state: RowState::inserted([("name".to_owned(), Value::Text("shared".into()))], at(2, 1)),
+        base: Default::default(),
     };
     store.push(&ann, "b", None, vec![tag]).await.unwrap();
     let seen: Vec<String> = pull_all(store, &bob).await.into_iter().map(|r| r.0).collect();
@@ -192,7 +195,15 @@ pub async fn concurrent_columns_merge_and_deletes_leave_tombstones<S: Store>(sto
     let mut gone = RowState { exists: Stamped::new(false, at(3, 2)), cols: Default::default() };
     gone.merge(&state);
     gone.delete(at(3, 2));
-    store.push(&ann, "4", None, vec![IncomingRow { table: "notes".into(), key: key(1), state: gone }]).await.unwrap();
+    store
+        .push(
+            &ann,
+            "4",
+            None,
+            vec![IncomingRow { table: "notes".into(), key: key(1), state: gone, base: Default::default() }],
+        )
+        .await
+        .unwrap();
     let tomb = pull_all(store, &ann).await.remove(0).2;
     assert!(!tomb.is_alive());
     assert_eq!(tomb.cols["body"].value, Value::Text("left".into()), "the tombstone keeps the last values");
@@ -208,4 +219,41 @@ pub async fn a_push_from_the_feed_end_returns_the_cursor_past_it<S: Store>(store
     // A client behind the feed's end must pull: no cursor comes back.
     let out = store.push(&ann, "2", Some(&end), vec![note(2, &ann.user_id, "y", at(2, 1))]).await.unwrap();
     assert_eq!(out.cursor, None);
+}
+
+pub async fn concurrent_writes_to_one_field_are_logged_and_different_fields_are_not<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let laptop = store.authenticate(&store.create_token("ann", "laptop").await.unwrap().token).await.unwrap().unwrap();
+    let base = note(1, &ann.user_id, "original", at(1, 1));
+    store.push(&ann, "0", None, vec![base.clone()]).await.unwrap();
+    let edit = |by: u64, ms: u64, col: &str, v: Value| {
+        let mut r = base.clone();
+        r.state.update([(col.to_owned(), v)], at(ms, by));
+        r.base = [(col.to_owned(), at(1, 1))].into();
+        r
+    };
+    // Different fields, both from the same base: merged, nothing logged.
+    store.push(&ann, "1", None, vec![edit(1, 2, "n", Value::Integer(5))]).await.unwrap();
+    store.push(&laptop, "2", None, vec![edit(2, 2, "body", Value::Text("laptop".into()))]).await.unwrap();
+    assert!(store.conflicts(ConflictFilter::All).await.unwrap().is_empty());
+    // The same field again, from the base before the laptop's write: logged, later clock kept.
+    let late = edit(1, 3, "body", Value::Text("phone".into()));
+    store.push(&ann, "3", None, vec![late.clone()]).await.unwrap();
+    store.push(&ann, "4", None, vec![late]).await.unwrap(); // a retry under a new batch id
+    let log = store.conflicts(ConflictFilter::All).await.unwrap();
+    assert_eq!(log.len(), 1, "logged once: {log:?}");
+    let c = &log[0];
+    assert_eq!((c.table.as_str(), c.key.as_str(), c.kind.as_str()), ("notes", key(1).as_str(), "update-update"));
+    assert_eq!(c.fields, vec!["body".to_owned()]);
+    assert_eq!(c.stored["values"]["body"], "laptop");
+    assert_eq!(c.stored["origin"], laptop.device_id.as_str());
+    assert_eq!(c.incoming["values"]["body"], "phone");
+    assert_eq!(c.incoming["origin"], ann.device_id.as_str());
+    assert_eq!(c.winner["body"], "incoming", "the phone's write has the later clock");
+    assert_eq!((c.strategy.as_str(), c.resolved_by.as_deref()), ("lww", Some("lww")));
+    assert!(c.resolved_at.is_some());
+    assert_eq!(store.conflict(c.id).await.unwrap().as_ref(), Some(c));
+    assert!(store.conflict(c.id + 1000).await.unwrap().is_none());
+    assert!(store.conflicts(ConflictFilter::Open).await.unwrap().is_empty());
+    assert_eq!(store.conflicts(ConflictFilter::Resolved).await.unwrap().len(), 1);
 }

@@ -69,6 +69,21 @@ fn the_same_column_ends_with_the_same_winner_on_both_sides() {
     p.sync_phone();
     assert_eq!(jumps(&phone), jumps(&laptop));
     assert_eq!(jumps(&phone)[0].2.as_deref(), Some("phone wrote later"));
+    // The overwritten value is not lost: the server's conflict log holds both versions.
+    let raw = p.env.run(&["conflicts", "list", "--json", "-c", &p.env.config()]);
+    assert!(raw.status.success());
+    let log: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(log.as_array().unwrap().len(), 1, "{log}");
+    let c = &log[0];
+    assert_eq!(c["fields"], serde_json::json!(["notes"]));
+    assert_eq!(c["stored"]["values"]["notes"], "phone wrote later");
+    assert_eq!(c["incoming"]["values"]["notes"], "laptop wrote first");
+    assert_eq!(c["winner"]["notes"], "stored");
+    assert_eq!(c["resolved_by"], "lww");
+    let shown = p.env.ok(&["conflicts", "show", &c["id"].to_string(), "-c", &p.env.config()]);
+    assert!(shown.contains("laptop wrote first"), "{shown}");
+    let missing = p.env.run(&["conflicts", "show", "999", "-c", &p.env.config()]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no conflict with id 999"));
 }
 
 #[test]
