@@ -287,3 +287,55 @@ impl Store for AnyStore {
         delegate!(self, s => s.conflict(id).await)
     }
 }
+
+/// One pushed row merged into its stored state.
+struct Merged {
+    state: RowState,
+    report: ferry_core::MergeReport,
+    owner: Option<String>,
+    /// Columns the device wrote without having seen the stored value, and the stored state
+    /// before the merge (only when there are such columns).
+    concurrent: Vec<ferry_core::ColumnConflict>,
+    before: Option<RowState>,
+}
+
+/// Merges a pushed row into its stored state (`stored`: the state and its recorded owner),
+/// applying the ownership rule on owned tables: a device may touch only rows of its own user,
+/// and may not leave a row owned by anyone else. Every store calls this; only the SQL around
+/// it differs.
+fn merge_pushed(
+    table: &Table,
+    key: &str,
+    who: &Principal,
+    stored: Option<(RowState, Option<String>)>,
+    incoming: &RowState,
+    base: &std::collections::BTreeMap<String, ferry_core::Hlc>,
+) -> Result<Merged> {
+    let here = || format!("{} '{key}'", table.name);
+    if table.options.owner.is_some() {
+        if let Some((_, owner)) = &stored {
+            if owner.as_deref() != Some(who.user_id.as_str()) {
+                return Err(StoreError::Forbidden(format!(
+                    "{} belongs to another user; a device may write only its own user's rows",
+                    here()
+                )));
+            }
+        }
+    }
+    let mut state = stored.map(|(s, _)| s).unwrap_or_default();
+    let concurrent = state.concurrent_columns(incoming, base);
+    let before = (!concurrent.is_empty()).then(|| state.clone());
+    let report = state.merge(incoming);
+    let owner = owner_of(table, &state);
+    if let Some(col) = &table.options.owner {
+        if owner.as_deref() != Some(who.user_id.as_str()) {
+            return Err(StoreError::Forbidden(format!(
+                "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",
+                here(),
+                owner.map_or("missing".to_owned(), |o| format!("'{o}'")),
+                who.user_id
+            )));
+        }
+    }
+    Ok(Merged { state, report, owner, concurrent, before })
+}

@@ -268,21 +268,9 @@ impl Store for SqliteStore {
             for row in rows {
                 let ts = inner.table(&row.table)?;
                 let table = &ts.table;
-                let here = || format!("{} '{}'", table.name, row.key);
-                let stored = ferry_sqlite::load_state(&tx, ts, &row.key)?;
-                if table.options.owner.is_some() {
-                    if let Some((_, meta)) = &stored {
-                        if meta.owner.as_deref() != Some(who.user_id.as_str()) {
-                            return Err(StoreError::Forbidden(format!(
-                                "{} belongs to another user; a device may write only its own user's rows",
-                                here()
-                            )));
-                        }
-                    }
-                }
-                let mut state = stored.map(|(s, _)| s).unwrap_or_default();
-                let concurrent = state.concurrent_columns(&row.state, &row.base);
-                if !concurrent.is_empty() {
+                let stored = ferry_sqlite::load_state(&tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner));
+                let merged = crate::merge_pushed(table, &row.key, &who, stored, &row.state, &row.base)?;
+                if let Some(before) = &merged.before {
                     let origin: Option<String> = tx
                         .prepare_cached("SELECT origin FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
                         .query_row(params![table.name, row.key], |r| r.get(0))
@@ -291,11 +279,11 @@ impl Store for SqliteStore {
                     let c = crate::conflicts::new_conflict(
                         table,
                         &row.key,
-                        &state,
+                        before,
                         origin.as_deref(),
                         &row.state,
                         &who.device_id,
-                        &concurrent,
+                        &merged.concurrent,
                     );
                     tx.prepare_cached(
                         "INSERT OR IGNORE INTO _ferry_conflicts
@@ -304,20 +292,9 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![c.table, c.key, c.fields, c.stored, c.incoming, c.winner, c.dedupe])?;
                 }
-                let report = state.merge(&row.state);
+                let (state, report, owner) = (merged.state, merged.report, merged.owner);
                 // The stored row had something the device's lacks: the device must pull it.
                 all_known &= !report.kept_newer;
-                let owner = crate::owner_of(table, &state);
-                if let Some(col) = &table.options.owner {
-                    if owner.as_deref() != Some(who.user_id.as_str()) {
-                        return Err(StoreError::Forbidden(format!(
-                            "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",
-                            here(),
-                            owner.map_or("missing".to_owned(), |o| format!("'{o}'")),
-                            who.user_id
-                        )));
-                    }
-                }
                 if !report.changed {
                     continue;
                 }

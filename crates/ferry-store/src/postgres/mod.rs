@@ -619,22 +619,9 @@ impl PgStore {
             let mut stored = load(&tx, pt, &keys, true).await?;
             let mut writes = Vec::new();
             for (key, (incoming, base)) in states {
-                let here = || format!("{table} '{key}'");
-                let prior = stored.remove(key);
-                if pt.table.options.owner.is_some() {
-                    if let Some(p) = &prior {
-                        if p.owner.as_deref() != Some(who.user_id.as_str()) {
-                            return Err(StoreError::Forbidden(format!(
-                                "{} belongs to another user; a device may write only its own user's rows",
-                                here()
-                            ))
-                            .into());
-                        }
-                    }
-                }
-                let mut state = prior.map(|p| p.state).unwrap_or_default();
-                let concurrent = state.concurrent_columns(incoming, base);
-                if !concurrent.is_empty() {
+                let prior = stored.remove(key).map(|p| (p.state, p.owner));
+                let merged = crate::merge_pushed(&pt.table, key, who, prior, incoming, base)?;
+                if let Some(before) = &merged.before {
                     let origin: Option<String> = tx
                         .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
                         .await
@@ -643,11 +630,11 @@ impl PgStore {
                     let c = crate::conflicts::new_conflict(
                         &pt.table,
                         key,
-                        &state,
+                        before,
                         origin.as_deref(),
                         incoming,
                         &who.device_id,
-                        &concurrent,
+                        &merged.concurrent,
                     );
                     tx.execute(
                         "INSERT INTO _ferry_conflicts
@@ -659,22 +646,10 @@ impl PgStore {
                     .await
                     .map_err(push_pg)?;
                 }
-                let report = state.merge(incoming);
+                let (state, report, owner) = (merged.state, merged.report, merged.owner);
                 // The stored row had something the device's lacks (a direct write, say): the
                 // device must pull it, so no cursor past this push.
                 all_known &= !report.kept_newer;
-                let owner = crate::owner_of(&pt.table, &state);
-                if let Some(col) = &pt.table.options.owner {
-                    if owner.as_deref() != Some(who.user_id.as_str()) {
-                        return Err(StoreError::Forbidden(format!(
-                            "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",
-                            here(),
-                            owner.map_or("missing".to_owned(), |o| format!("'{o}'")),
-                            who.user_id
-                        ))
-                        .into());
-                    }
-                }
                 if report.changed {
                     writes.push((key.clone(), state, owner));
                 }
