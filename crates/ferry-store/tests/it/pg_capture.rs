@@ -220,7 +220,7 @@ async fn capture_works_for_other_roles_other_search_paths_and_altered_tables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn direct_writes_breaking_the_schema_are_refused_with_the_column_named() {
-    let (_url, _store, ann, db) = setup().await;
+    let (_url, _store, _ann, db) = setup().await;
     // Tables adopted from an application may lack the schema's constraints; the capture
     // enforces them.
     db.batch_execute("ALTER TABLE notes ALTER COLUMN user_id DROP NOT NULL").await.unwrap();
@@ -228,7 +228,6 @@ async fn direct_writes_breaking_the_schema_are_refused_with_the_column_named() {
         db.execute("INSERT INTO notes (id, body) VALUES ($1::text::uuid, 'no owner')", &[&key(8)]).await.unwrap_err();
     let msg = err.as_db_error().unwrap().message().to_owned();
     assert!(msg.contains("notes.user_id is NOT NULL"), "{msg}");
-    let _ = ann;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -97,9 +97,9 @@ impl Env {
         Server { child, url }
     }
 
-    /// `ferry sync` of replica `db` with `token`; asserts success.
+    /// `ferry sync` of replica `db` with `token`; asserts success and returns `ferry status --json`.
     pub fn sync(&self, server: &Server, db: &str, token: &str) -> serde_json::Value {
-        let out = self.ok(&[
+        self.ok(&[
             "sync",
             "--db",
             &self.path(db).display().to_string(),
@@ -109,7 +109,6 @@ impl Env {
             token,
             "--json",
         ]);
-        let _ = out;
         let raw = self.run(&["status", "--db", &self.path(db).display().to_string(), "--json"]);
         serde_json::from_slice(&raw.stdout).unwrap()
     }
