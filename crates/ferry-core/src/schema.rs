@@ -116,6 +116,43 @@ pub struct Column {
 pub struct TableOptions {
     /// Rows belong to the user whose id is in this column; only that user reads or writes them.
     pub owner: Option<String>,
+    /// What happens when two replicas write the same field concurrently.
+    pub conflict: ConflictStrategy,
+}
+
+/// A table's conflict strategy (`conflict = "…"` in `[tables.NAME]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConflictStrategy {
+    /// Column-level last-writer-wins: the later clock wins at once; the loser is logged.
+    #[default]
+    Lww,
+    /// The later clock is kept provisionally and the conflict stays open until a person
+    /// picks a version (`ferry conflicts resolve`).
+    Manual,
+}
+
+impl ConflictStrategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictStrategy::Lww => "lww",
+            ConflictStrategy::Manual => "manual",
+        }
+    }
+
+    /// Parses a strategy name.
+    ///
+    /// # Errors
+    /// A message naming the value and the strategies available.
+    pub fn parse(s: &str) -> Result<ConflictStrategy, String> {
+        match s {
+            "lww" => Ok(ConflictStrategy::Lww),
+            "manual" => Ok(ConflictStrategy::Manual),
+            "row-lww" | "authoritative" | "reject-stale" => {
+                Err(format!("conflict strategy '{s}' is not available yet; use \"lww\" (the default) or \"manual\""))
+            }
+            other => Err(format!("unknown conflict strategy '{other}'; use \"lww\" (the default) or \"manual\"")),
+        }
+    }
 }
 
 /// One synced table.
@@ -253,6 +290,9 @@ impl Schema {
         for t in &self.tables {
             if let Some(o) = &t.options.owner {
                 let _ = write!(text, "\nowner {} {}", t.name, o);
+            }
+            if t.options.conflict != ConflictStrategy::Lww {
+                let _ = write!(text, "\nconflict {} {}", t.name, t.options.conflict.name());
             }
         }
         let mut h: u64 = 0xcbf29ce484222325;
@@ -1048,11 +1088,11 @@ mod tests {
     #[test]
     fn an_option_for_an_unknown_table_or_column_is_refused() {
         let mut opts = BTreeMap::new();
-        opts.insert("jumps".to_owned(), TableOptions { owner: Some("user_id".into()) });
+        opts.insert("jumps".to_owned(), TableOptions { owner: Some("user_id".into()), ..TableOptions::default() });
         let err = Schema::parse(JUMPS, &opts).unwrap_err();
         assert!(err.0.contains("'jumps'") && err.0.contains("jump_log"), "{err}");
         let mut opts = BTreeMap::new();
-        opts.insert("jump_log".to_owned(), TableOptions { owner: Some("owner".into()) });
+        opts.insert("jump_log".to_owned(), TableOptions { owner: Some("owner".into()), ..TableOptions::default() });
         let err = Schema::parse(JUMPS, &opts).unwrap_err();
         assert!(err.0.contains("owner column 'owner' does not exist"), "{err}");
     }

@@ -100,6 +100,9 @@ pub struct SchemaResponse {
 pub struct TableInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The table's conflict strategy, when not the default `lww`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
 }
 
 /// `GET /v1/me`: who the token belongs to.
@@ -134,7 +137,11 @@ impl SchemaResponse {
             tables: schema
                 .tables
                 .iter()
-                .map(|t| (t.name.clone(), TableInfo { owner: t.options.owner.clone() }))
+                .map(|t| {
+                    let conflict = (t.options.conflict != ferry_core::schema::ConflictStrategy::Lww)
+                        .then(|| t.options.conflict.name().to_owned());
+                    (t.name.clone(), TableInfo { owner: t.options.owner.clone(), conflict })
+                })
                 .collect(),
         }
     }
@@ -144,11 +151,19 @@ impl SchemaResponse {
     /// # Errors
     /// The schema error, when the server sent a schema this client cannot read.
     pub fn to_schema(&self) -> Result<Schema, ferry_core::schema::SchemaError> {
-        let options = self
+        let options: BTreeMap<String, ferry_core::schema::TableOptions> = self
             .tables
             .iter()
-            .map(|(n, i)| (n.clone(), ferry_core::schema::TableOptions { owner: i.owner.clone() }))
-            .collect();
+            .map(|(n, i)| {
+                let conflict = match i.conflict.as_deref() {
+                    None => Ok(ferry_core::schema::ConflictStrategy::default()),
+                    Some(c) => ferry_core::schema::ConflictStrategy::parse(c),
+                };
+                conflict
+                    .map(|conflict| (n.clone(), ferry_core::schema::TableOptions { owner: i.owner.clone(), conflict }))
+            })
+            .collect::<Result<_, String>>()
+            .map_err(ferry_core::schema::SchemaError)?;
         Schema::parse(&self.sql, &options)
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use ferry_core::schema::{Schema, TableOptions};
+use ferry_core::schema::{ConflictStrategy, Schema, TableOptions};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +35,7 @@ struct ServerSection {
 #[serde(deny_unknown_fields)]
 struct TableSection {
     owner: Option<String>,
+    conflict: Option<String>,
 }
 
 /// Values given as flags or environment variables; `None` falls back to the file.
@@ -103,7 +104,17 @@ impl Config {
         let schema_path = overrides.schema.or_else(|| from_file(parsed.server.schema)).ok_or(ConfigError::NoSchema)?;
         let max_body_bytes =
             overrides.max_body_bytes.or(parsed.server.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        let tables = parsed.tables.into_iter().map(|(name, t)| (name, TableOptions { owner: t.owner })).collect();
+        let mut tables = BTreeMap::new();
+        for (name, t) in parsed.tables {
+            let conflict = match t.conflict.as_deref() {
+                None => ConflictStrategy::default(),
+                Some(s) => ConflictStrategy::parse(s).map_err(|message| ConfigError::Parse {
+                    path: file.map(Path::to_path_buf).unwrap_or_default(),
+                    message: format!("[tables.{name}] {message}"),
+                })?,
+            };
+            tables.insert(name, TableOptions { owner: t.owner, conflict });
+        }
         Ok(Config { listen, database, data_dir, schema_path, max_body_bytes, tables })
     }
 

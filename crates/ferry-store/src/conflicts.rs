@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_core::schema::Table;
+use ferry_core::schema::{ConflictStrategy, Table};
 use ferry_core::{ColumnConflict, RowState};
 
 /// One entry of the conflict log.
@@ -49,6 +49,10 @@ pub(crate) struct NewConflict {
     pub stored: String,
     pub incoming: String,
     pub winner: String,
+    /// The table's strategy, and whether it settles the conflict at once (`lww`) or leaves
+    /// it open for a person (`manual`).
+    pub strategy: &'static str,
+    pub resolved: bool,
     /// Identifies the conflict so that a retried push logs it once: table, key, and the
     /// incoming clocks of the fields.
     pub dedupe: String,
@@ -87,6 +91,8 @@ pub(crate) fn new_conflict(
         stored: version(table, stored, stored_origin).to_string(),
         incoming: version(table, incoming, Some(incoming_origin)).to_string(),
         winner: serde_json::to_string(&winner).expect("strings serialize"),
+        strategy: table.options.conflict.name(),
+        resolved: table.options.conflict == ConflictStrategy::Lww,
         dedupe,
     }
 }
@@ -121,4 +127,48 @@ pub(crate) fn record(
         resolved_at,
         detected_at,
     }
+}
+
+/// Which version of a conflict a person keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    Stored,
+    Incoming,
+}
+
+impl Keep {
+    pub fn name(self) -> &'static str {
+        match self {
+            Keep::Stored => "stored",
+            Keep::Incoming => "incoming",
+        }
+    }
+}
+
+/// The values a resolution writes: the kept version's values of the conflict's fields, read
+/// from the log entry (stored values JSON) and typed by the table.
+pub(crate) fn kept_values(
+    table: &Table,
+    record: &ConflictRecord,
+    keep: Keep,
+) -> Result<Vec<(String, ferry_core::Value)>, String> {
+    let version = match keep {
+        Keep::Stored => &record.stored,
+        Keep::Incoming => &record.incoming,
+    };
+    let values = ferry_sqlite::decode_values(table, &version["values"].to_string())?;
+    Ok(record.fields.iter().map(|f| (f.clone(), values.get(f).cloned().unwrap_or(ferry_core::Value::Null))).collect())
+}
+
+/// Checks that a conflict can be resolved: it exists and is still open.
+pub(crate) fn check_open(id: i64, record: Option<&ConflictRecord>) -> crate::Result<&ConflictRecord> {
+    let Some(record) = record else {
+        return Err(crate::StoreError::NotFound(format!(
+            "no conflict with id {id}; `ferry conflicts list` shows the ids"
+        )));
+    };
+    if let (Some(by), Some(at)) = (&record.resolved_by, &record.resolved_at) {
+        return Err(crate::StoreError::Exists(format!("conflict {id} is already resolved (by {by} at {at})")));
+    }
+    Ok(record)
 }

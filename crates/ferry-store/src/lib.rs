@@ -15,7 +15,7 @@ use std::future::Future;
 use ferry_core::schema::{Schema, Table};
 use ferry_core::{RowState, Value};
 
-pub use conflicts::{ConflictFilter, ConflictRecord};
+pub use conflicts::{ConflictFilter, ConflictRecord, Keep};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -158,6 +158,13 @@ pub trait Store: Send + Sync + 'static {
     /// One entry of the conflict log.
     fn conflict(&self, id: i64) -> impl Future<Output = Result<Option<ConflictRecord>>> + Send;
 
+    /// Resolves an open conflict by a person's choice: the kept version's values of the
+    /// conflict's fields are written as a new change (a fresh clock, so it reaches every
+    /// replica), and the entry is marked resolved by `manual`. Errors with
+    /// [`StoreError::NotFound`] for an unknown id and [`StoreError::Exists`] when it is
+    /// already resolved.
+    fn resolve_conflict(&self, id: i64, keep: Keep) -> impl Future<Output = Result<ConflictRecord>> + Send;
+
     /// Up to `limit` rows that changed after `cursor` and that `who` may read, in feed order.
     /// `cursor` is `""` or `"0"` for the start, else a cursor this store gave out; anything
     /// else is [`StoreError::Invalid`].
@@ -286,6 +293,10 @@ impl Store for AnyStore {
     async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {
         delegate!(self, s => s.conflict(id).await)
     }
+
+    async fn resolve_conflict(&self, id: i64, keep: Keep) -> Result<ConflictRecord> {
+        delegate!(self, s => s.resolve_conflict(id, keep).await)
+    }
 }
 
 /// One pushed row merged into its stored state.
@@ -338,4 +349,8 @@ fn merge_pushed(
         }
     }
     Ok(Merged { state, report, owner, concurrent, before })
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -14,8 +14,8 @@ use ferry_sqlite::{Extra, TableSql};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    ConflictFilter, ConflictRecord, FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store,
-    StoreError, User, new_token, token_hash,
+    ConflictFilter, ConflictRecord, FeedRow, IncomingRow, Keep, NewToken, Principal, PullPage, PushOutcome, Result,
+    Store, StoreError, User, new_token, token_hash,
 };
 
 const BOOKKEEPING: &str = "
@@ -109,6 +109,13 @@ impl SqliteStore {
             [uuid::Uuid::now_v7().to_string()],
         )?;
         let id: String = tx.query_row("SELECT value FROM _ferry_store WHERE key = 'id'", [], |r| r.get(0))?;
+        // The site id of changes the server itself makes (resolutions).
+        let mut site = [0u8; 8];
+        getrandom::fill(&mut site).map_err(|e| StoreError::Internal(format!("no randomness: {e}")))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO _ferry_store (key, value) VALUES ('site', ?1)",
+            [ferry_core::SiteId(u64::from_le_bytes(site).max(1)).to_string()],
+        )?;
         tx.commit()?;
         let readers = (0..READERS)
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
@@ -258,7 +265,12 @@ impl Store for SqliteStore {
                 .query_row(params![who.device_id, batch_id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((received, changed)) = seen {
-                return Ok(PushOutcome { received: received as usize, changed: changed as usize, replayed: true, cursor: None });
+                return Ok(PushOutcome {
+                    received: received as usize,
+                    changed: changed as usize,
+                    replayed: true,
+                    cursor: None,
+                });
             }
             let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
             let feed_end = seq;
@@ -288,9 +300,12 @@ impl Store for SqliteStore {
                     tx.prepare_cached(
                         "INSERT OR IGNORE INTO _ferry_conflicts
                            (tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, dedupe)
-                         VALUES (?1, ?2, 'update-update', ?3, 'lww', ?4, ?5, ?6, 'lww', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?7)",
+                         VALUES (?1, ?2, 'update-update', ?3, ?8, ?4, ?5, ?6, CASE WHEN ?9 THEN ?8 END,
+                                 CASE WHEN ?9 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END, ?7)",
                     )?
-                    .execute(params![c.table, c.key, c.fields, c.stored, c.incoming, c.winner, c.dedupe])?;
+                    .execute(params![
+                        c.table, c.key, c.fields, c.stored, c.incoming, c.winner, c.dedupe, c.strategy, c.resolved
+                    ])?;
                 }
                 let (state, report, owner) = (merged.state, merged.report, merged.owner);
                 // The stored row had something the device's lacks: the device must pull it.
@@ -377,6 +392,40 @@ impl Store for SqliteStore {
             let sql = format!("SELECT {CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE {cond} ORDER BY id DESC");
             let rows = conn.prepare(&sql)?.query_map([], conflict_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn resolve_conflict(&self, id: i64, keep: Keep) -> Result<ConflictRecord> {
+        self.write(move |inner, conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let sql = format!("SELECT {CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE id = ?1");
+            let record = tx.prepare(&sql)?.query_row([id], conflict_row).optional()?;
+            let record = crate::conflicts::check_open(id, record.as_ref())?;
+            let ts = inner.table(&record.table)?;
+            let values = crate::conflicts::kept_values(&ts.table, record, keep).map_err(StoreError::Internal)?;
+            let Some((mut state, meta)) = ferry_sqlite::load_state(&tx, ts, &record.key)? else {
+                return Err(StoreError::NotFound(format!("{} '{}' no longer exists", record.table, record.key)));
+            };
+            let site: ferry_core::SiteId = tx
+                .query_row("SELECT value FROM _ferry_store WHERE key = 'site'", [], |r| r.get::<_, String>(0))?
+                .parse()
+                .map_err(|e| StoreError::Internal(format!("stored site id: {e}")))?;
+            let at = ferry_core::Clock::new(site, state.max_clock()).tick(crate::wall_ms());
+            state.update(values, at);
+            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM _ferry_rows", [], |r| r.get(0))?;
+            let extra = Extra { seq, owner: meta.owner.as_deref(), origin: Some("manual"), pending: 0 };
+            ferry_sqlite::store_state(&tx, ts, &record.key, &state, &extra)?;
+            let winner: std::collections::BTreeMap<&str, &str> =
+                record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
+            tx.execute(
+                "UPDATE _ferry_conflicts SET resolved_by = 'manual', resolved_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                   winner = ?2 WHERE id = ?1",
+                params![id, serde_json::to_string(&winner).expect("strings serialize")],
+            )?;
+            let done = tx.prepare(&sql)?.query_row([id], conflict_row)?;
+            tx.commit()?;
+            Ok(done)
         })
         .await
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ferry_client::{Progress, Remote, Replica, SyncOptions};
 use ferry_server::{Config, Overrides};
-use ferry_store::{AnyStore, ConflictFilter, Store};
+use ferry_store::{AnyStore, ConflictFilter, Keep, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -55,6 +55,21 @@ enum ConflictsCommand {
         #[arg(long)]
         resolved: bool,
         /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Resolve an open conflict by picking a version; it is written as a new change that
+    /// reaches every replica.
+    Resolve {
+        /// The conflict's id (from `ferry conflicts list --open`).
+        id: i64,
+        /// Which version to keep: the one the server held (`stored`) or the one that arrived
+        /// (`incoming`).
+        #[arg(long = "use", value_parser = ["stored", "incoming"])]
+        keep: String,
+        /// Print the resolved conflict as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -325,6 +340,24 @@ async fn conflicts(command: ConflictsCommand) -> Result<()> {
                     c.detected_at,
                     c.table,
                     c.key,
+                    c.fields.join(", ")
+                );
+            }
+            Ok(())
+        }
+        ConflictsCommand::Resolve { id, keep, json, server } => {
+            let (_, store) = server.open_store().await?;
+            let keep = if keep == "stored" { Keep::Stored } else { Keep::Incoming };
+            let c = store.resolve_conflict(id, keep).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!(
+                    "resolved conflict {} on {} '{}': kept the {} version of {}",
+                    c.id,
+                    c.table,
+                    c.key,
+                    keep.name(),
                     c.fields.join(", ")
                 );
             }

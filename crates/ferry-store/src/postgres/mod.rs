@@ -29,8 +29,8 @@ use tokio_postgres::{NoTls, Row, Transaction};
 
 use self::sql::{PgTable, Wire};
 use crate::{
-    ConflictFilter, ConflictRecord, FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result, Store,
-    StoreError, User, new_token, token_hash,
+    ConflictFilter, ConflictRecord, FeedRow, IncomingRow, Keep, NewToken, Principal, PullPage, PushOutcome, Result,
+    Store, StoreError, User, new_token, token_hash,
 };
 
 /// The PostgreSQL store.
@@ -44,6 +44,8 @@ struct Inner {
     id: String,
     /// Which cluster the stored transaction ids belong to (see [`epoch_of`]).
     epoch: String,
+    /// The site id of changes the server itself makes (direct writes, resolutions).
+    site: SiteId,
     schema: Schema,
     tables: HashMap<String, PgTable>,
 }
@@ -297,7 +299,7 @@ impl PgStore {
         }
         tx.commit().await.map_err(pg)?;
         drop(client);
-        Ok(PgStore { inner: Arc::new(Inner { pool, id, epoch, schema, tables }) })
+        Ok(PgStore { inner: Arc::new(Inner { pool, id, epoch, site, schema, tables }) })
     }
 
     fn table(&self, name: &str) -> Result<&PgTable> {
@@ -639,9 +641,20 @@ impl PgStore {
                     tx.execute(
                         "INSERT INTO _ferry_conflicts
                            (tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, dedupe)
-                         VALUES ($1, $2, 'update-update', $3, 'lww', $4, $5, $6, 'lww', now(), $7)
+                         VALUES ($1, $2, 'update-update', $3, $8, $4, $5, $6, CASE WHEN $9 THEN $8 END,
+                                 CASE WHEN $9 THEN now() END, $7)
                          ON CONFLICT (dedupe) DO NOTHING",
-                        &[&c.table, &c.key, &c.fields, &c.stored, &c.incoming, &c.winner, &c.dedupe],
+                        &[
+                            &c.table,
+                            &c.key,
+                            &c.fields,
+                            &c.stored,
+                            &c.incoming,
+                            &c.winner,
+                            &c.dedupe,
+                            &c.strategy,
+                            &c.resolved,
+                        ],
                     )
                     .await
                     .map_err(push_pg)?;
@@ -891,6 +904,41 @@ impl Store for PgStore {
             .await
             .map_err(pg)?;
         Ok(rows.iter().map(conflict_row).collect())
+    }
+
+    async fn resolve_conflict(&self, id: i64, keep: Keep) -> Result<ConflictRecord> {
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .map_err(pg)?;
+        let select = format!("SELECT {PG_CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE id = $1");
+        let row = tx.query_opt(&format!("{select} FOR UPDATE"), &[&id]).await.map_err(pg)?;
+        let record = row.as_ref().map(conflict_row);
+        let record = crate::conflicts::check_open(id, record.as_ref())?;
+        let pt = self.table(&record.table)?;
+        let values = crate::conflicts::kept_values(&pt.table, record, keep).map_err(StoreError::Internal)?;
+        tx.batch_execute("SET LOCAL ferry.applying = 'on'").await.map_err(pg)?;
+        let key = record.key.clone();
+        let Some(prior) = load(&tx, pt, std::slice::from_ref(&key), true).await?.remove(&key) else {
+            return Err(StoreError::NotFound(format!("{} '{key}' no longer exists", record.table)));
+        };
+        let mut state = prior.state;
+        let at = ferry_core::Clock::new(self.inner.site, state.max_clock()).tick(wall_ms());
+        state.update(values, at);
+        write(&tx, pt, "manual", &[(key, state, prior.owner)]).await?;
+        let winner: BTreeMap<&str, &str> = record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
+        tx.execute(
+            "UPDATE _ferry_conflicts SET resolved_by = 'manual', resolved_at = now(), winner = $2 WHERE id = $1",
+            &[&id, &serde_json::to_string(&winner).expect("strings serialize")],
+        )
+        .await
+        .map_err(pg)?;
+        let done = conflict_row(&tx.query_one(&select, &[&id]).await.map_err(pg)?);
+        tx.commit().await.map_err(pg)?;
+        Ok(done)
     }
 
     async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {

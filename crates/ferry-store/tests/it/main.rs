@@ -7,13 +7,13 @@ mod suite;
 
 use std::collections::BTreeMap;
 
-use ferry_core::schema::{Schema, TableOptions};
+use ferry_core::schema::{ConflictStrategy, Schema, TableOptions};
 use ferry_store::{PgStore, SqliteStore};
 
 /// The test schema without the `tags` table, as after a schema change that dropped it.
 pub fn schema_without_tags() -> Schema {
     let mut opts = BTreeMap::new();
-    opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()) });
+    opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()), ..TableOptions::default() });
     Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid NOT NULL, body text, n integer);", &opts)
         .unwrap()
 }
@@ -83,9 +83,11 @@ pub async fn the_owner_option_turned_on_later_makes_existing_rows_private<S: fer
     store.push(&ann, "2", None, vec![edit]).await.unwrap();
 }
 
+/// `notes` are owned (default strategy, lww); `tags` are shared and resolved by hand.
 pub fn schema() -> Schema {
     let mut opts = BTreeMap::new();
-    opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()) });
+    opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()), ..TableOptions::default() });
+    opts.insert("tags".to_owned(), TableOptions { conflict: ConflictStrategy::Manual, ..TableOptions::default() });
     Schema::parse(
         "CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid NOT NULL, body text, n integer);
          CREATE TABLE tags (id uuid PRIMARY KEY, name text NOT NULL);",

@@ -1,7 +1,7 @@
 //! Store behaviour every implementation shares.
 
 use ferry_core::{Hlc, RowState, SiteId, Stamped, Value};
-use ferry_store::{ConflictFilter, IncomingRow, Principal, Store, StoreError};
+use ferry_store::{ConflictFilter, IncomingRow, Keep, Principal, Store, StoreError};
 
 /// Instantiates every suite test for the store built by `$make`.
 #[macro_export]
@@ -19,6 +19,7 @@ macro_rules! suite {
             concurrent_columns_merge_and_deletes_leave_tombstones,
             a_push_from_the_feed_end_returns_the_cursor_past_it,
             concurrent_writes_to_one_field_are_logged_and_different_fields_are_not,
+            a_manual_conflict_stays_open_until_a_person_picks_a_version,
         );
     };
 }
@@ -256,4 +257,54 @@ pub async fn concurrent_writes_to_one_field_are_logged_and_different_fields_are_
     assert!(store.conflict(c.id + 1000).await.unwrap().is_none());
     assert!(store.conflicts(ConflictFilter::Open).await.unwrap().is_empty());
     assert_eq!(store.conflicts(ConflictFilter::Resolved).await.unwrap().len(), 1);
+}
+
+pub async fn a_manual_conflict_stays_open_until_a_person_picks_a_version<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let bob = principal(store, "bob").await;
+    let tag = |name: &str, t: Hlc| IncomingRow {
+        table: "tags".into(),
+        key: key(7),
+        state: RowState::inserted([("name".to_owned(), Value::Text(name.into()))], t),
+        base: Default::default(),
+    };
+    store.push(&ann, "0", None, vec![tag("original", at(1, 1))]).await.unwrap();
+    let edit = |name: &str, t: Hlc| {
+        let mut r = tag("original", at(1, 1));
+        r.state.update([("name".to_owned(), Value::Text(name.into()))], t);
+        r.base = [("name".to_owned(), at(1, 1))].into();
+        r
+    };
+    store.push(&ann, "1", None, vec![edit("ann's name", at(3, 1))]).await.unwrap();
+    store.push(&bob, "2", None, vec![edit("bob's name", at(2, 2))]).await.unwrap();
+    let open = store.conflicts(ConflictFilter::Open).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    let c = &open[0];
+    assert_eq!((c.strategy.as_str(), c.resolved_by.as_deref(), c.resolved_at.as_deref()), ("manual", None, None));
+    // The provisional winner (the later clock) is what everyone sees meanwhile.
+    let page = store.pull(&bob, "", 100).await.unwrap();
+    let cursor = page.cursor.clone();
+    let row = page.rows.iter().find(|r| r.key == key(7)).unwrap();
+    assert_eq!(row.state.cols["name"].value, Value::Text("ann's name".into()));
+
+    // A person keeps bob's version: written as a new change that every replica pulls.
+    let done = store.resolve_conflict(c.id, Keep::Incoming).await.unwrap();
+    assert_eq!(done.resolved_by.as_deref(), Some("manual"));
+    assert!(done.resolved_at.is_some());
+    assert_eq!(done.winner["name"], "incoming");
+    let page = store.pull(&bob, &cursor, 100).await.unwrap();
+    let row = page.rows.iter().find(|r| r.key == key(7)).expect("the resolution reaches the feed");
+    assert_eq!(row.state.cols["name"].value, Value::Text("bob's name".into()));
+    assert!(row.state.cols["name"].at > at(3, 1), "a fresh clock, later than both versions");
+
+    match store.resolve_conflict(c.id, Keep::Stored).await {
+        Err(StoreError::Exists(m)) => assert!(m.contains("already resolved (by manual"), "{m}"),
+        other => panic!("resolving twice must fail, got {other:?}"),
+    }
+    match store.resolve_conflict(c.id + 1000, Keep::Stored).await {
+        Err(StoreError::NotFound(m)) => assert!(m.contains(&format!("no conflict with id {}", c.id + 1000)), "{m}"),
+        other => panic!("an unknown id must fail, got {other:?}"),
+    }
+    assert!(store.conflicts(ConflictFilter::Open).await.unwrap().is_empty());
+    assert_eq!(store.conflicts(ConflictFilter::Resolved).await.unwrap().len(), 1, "kept for audit");
 }

@@ -308,3 +308,52 @@ fn a_device_does_not_pull_back_the_rows_it_just_pushed() {
     p.sync_laptop();
     assert_eq!(jumps(&phone), jumps(&p.env.db("laptop.db")));
 }
+
+#[test]
+fn a_manual_conflict_is_resolved_from_the_cli_and_the_choice_reaches_every_device() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"manual\"\n")).unwrap();
+    let p = Pair::in_env(env);
+    let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
+    let g = uuid();
+    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Sunday 4-way', ?2)", [&g, &p.user]).unwrap();
+    p.sync_phone();
+    p.sync_laptop();
+    laptop.execute("UPDATE groups SET name = 'Laptop name' WHERE id = ?1", [&g]).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    phone.execute("UPDATE groups SET name = 'Phone name' WHERE id = ?1", [&g]).unwrap();
+    p.sync_phone();
+    p.sync_laptop();
+    let config = p.env.config();
+    let list = p.env.run(&["conflicts", "list", "--open", "--json", "-c", &config]);
+    let open: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(open[0]["strategy"], "manual");
+    let id = open[0]["id"].to_string();
+    // Keep the laptop's version, which lost provisionally (its clock is older).
+    assert_eq!(open[0]["incoming"]["values"]["name"], "Laptop name");
+    let out = p.env.ok(&["conflicts", "resolve", &id, "--use", "incoming", "-c", &config]);
+    assert!(out.contains("kept the incoming version of name"), "{out}");
+    p.sync_phone();
+    p.sync_laptop();
+    for db in [&phone, &laptop] {
+        let name: String = db.query_row("SELECT name FROM groups WHERE id = ?1", [&g], |r| r.get(0)).unwrap();
+        assert_eq!(name, "Laptop name");
+    }
+    let again = p.env.run(&["conflicts", "resolve", &id, "--use", "stored", "-c", &config]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already resolved"));
+}
+
+#[test]
+fn a_conflict_strategy_that_does_not_exist_yet_is_refused_by_name() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"reject-stale\"\n"))
+        .unwrap();
+    let out = env.run(&["serve", "-c", &env.config(), "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[tables.groups] conflict strategy 'reject-stale' is not available yet"), "{err}");
+}
