@@ -700,13 +700,7 @@ impl PgStore {
             return Ok(None);
         }
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg)?;
+        let tx = snapshot(&mut client).await?;
         let now: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);
         let others: bool = tx
             .query_one(
@@ -835,13 +829,7 @@ impl Store for PgStore {
     async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg)?;
+        let tx = snapshot(&mut client).await?;
         let cur = match &c.cur {
             Some(cur) => cur.clone(),
             None => tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0),
@@ -1034,4 +1022,15 @@ fn conflict_row(r: &Row) -> ConflictRecord {
         r.get(10),
         r.get(11),
     )
+}
+
+/// A read-only transaction that sees one snapshot throughout.
+async fn snapshot(client: &mut tokio_postgres::Client) -> Result<Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)
 }
