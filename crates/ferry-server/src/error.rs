@@ -17,6 +17,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
@@ -31,6 +33,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -44,7 +47,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::BadRequest(m),
             StoreError::Forbidden(m) => ApiError::Forbidden(m),
             StoreError::NotFound(m) => ApiError::NotFound(m),
-            StoreError::Exists(m) => ApiError::BadRequest(m),
+            StoreError::Exists(m) => ApiError::Conflict(m),
             e @ StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             e @ StoreError::Internal(_) => ApiError::Internal(e.to_string()),
         }

@@ -3,7 +3,7 @@
 //! - [`config`]: `ferry.toml`, flags and environment variables.
 //! - [`error`]: the one mapping from errors to HTTP status, code and JSON body.
 //! - `auth`: the bearer-token extractor (401 without or with a bad token).
-//! - `push`, `pull`, `info`: one file per request kind.
+//! - `push`, `pull`, `info`, `admin`: one file per request kind.
 //!
 //! Only this crate knows HTTP. It decodes bodies with `ferry-protocol`, hands core row
 //! states to a [`ferry_store::Store`] and never touches SQL itself.
@@ -11,6 +11,7 @@
 pub mod config;
 pub mod error;
 
+mod admin;
 mod auth;
 mod info;
 mod pull;
@@ -45,6 +46,9 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize) -> Router {
         .route("/v1/me", get(info::me::<S>))
         .route("/v1/push", post(push::push::<S>))
         .route("/v1/pull", get(pull::pull::<S>))
+        .route("/v1/admin/conflicts", get(admin::list::<S>))
+        .route("/v1/admin/conflicts/{id}", get(admin::show::<S>))
+        .route("/v1/admin/conflicts/{id}/resolve", post(admin::resolve::<S>))
         .fallback(info::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestDecompressionLayer::new())

@@ -26,6 +26,8 @@ pub struct Principal {
     pub user_name: String,
     pub device_id: String,
     pub device_name: String,
+    /// The token may use the admin endpoints (`/v1/admin/…`).
+    pub admin: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,8 +136,14 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a user. Errors with [`StoreError::Exists`] if the name is taken.
     fn add_user(&self, name: &str) -> impl Future<Output = Result<User>> + Send;
 
-    /// Registers a device for a user (by name or id) and returns its new bearer token.
-    fn create_token(&self, user: &str, device: &str) -> impl Future<Output = Result<NewToken>> + Send;
+    /// Registers a device for a user (by name or id) and returns its new bearer token;
+    /// `admin` tokens may also use the admin endpoints.
+    fn create_device(&self, user: &str, device: &str, admin: bool) -> impl Future<Output = Result<NewToken>> + Send;
+
+    /// Registers an ordinary (non-admin) device; see [`Store::create_device`].
+    fn create_token(&self, user: &str, device: &str) -> impl Future<Output = Result<NewToken>> + Send {
+        self.create_device(user, device, false)
+    }
 
     /// The device a bearer token belongs to, or `None` for an unknown or revoked token.
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Option<Principal>>> + Send;
@@ -264,8 +272,8 @@ impl Store for AnyStore {
         delegate!(self, s => s.add_user(name).await)
     }
 
-    async fn create_token(&self, user: &str, device: &str) -> Result<NewToken> {
-        delegate!(self, s => s.create_token(user, device).await)
+    async fn create_device(&self, user: &str, device: &str, admin: bool) -> Result<NewToken> {
+        delegate!(self, s => s.create_device(user, device, admin).await)
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {

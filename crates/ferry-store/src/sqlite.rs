@@ -100,6 +100,14 @@ impl SqliteStore {
         let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
         ferry_sqlite::ensure_rows_table(&tx)?;
         tx.execute_batch(BOOKKEEPING)?;
+        let has_admin: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('_ferry_devices') WHERE name = 'admin'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_admin {
+            tx.execute_batch("ALTER TABLE _ferry_devices ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")?;
+        }
         for table in &schema.tables {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
             backfill_owner(&tx, table)?;
@@ -205,7 +213,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_token(&self, user: &str, device: &str) -> Result<NewToken> {
+    async fn create_device(&self, user: &str, device: &str, admin: bool) -> Result<NewToken> {
         let (user, device) = (user.to_owned(), crate::check_name("device", device)?);
         self.write(move |_, conn| {
             let user_id: Option<String> = conn
@@ -219,8 +227,8 @@ impl Store for SqliteStore {
             let token = new_token()?;
             let device_id = uuid::Uuid::now_v7().to_string();
             conn.execute(
-                "INSERT INTO _ferry_devices (id, user_id, name, token_hash) VALUES (?1, ?2, ?3, ?4)",
-                params![device_id, user_id, device, token_hash(&token)],
+                "INSERT INTO _ferry_devices (id, user_id, name, token_hash, admin) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![device_id, user_id, device, token_hash(&token), admin],
             )?;
             Ok(NewToken { device_id, token })
         })
@@ -232,7 +240,7 @@ impl Store for SqliteStore {
         self.read(move |_, conn| {
             let p = conn
                 .prepare_cached(
-                    "SELECT u.id, u.name, d.id, d.name FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
+                    "SELECT u.id, u.name, d.id, d.name, d.admin FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
                      WHERE d.token_hash = ?1 AND d.revoked_at IS NULL",
                 )?
                 .query_row([hash], |r| {
@@ -241,6 +249,7 @@ impl Store for SqliteStore {
                         user_name: r.get(1)?,
                         device_id: r.get(2)?,
                         device_name: r.get(3)?,
+                        admin: r.get(4)?,
                     })
                 })
                 .optional()?;

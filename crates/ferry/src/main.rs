@@ -158,6 +158,9 @@ enum TokenCommand {
         /// A name for the device (phone, laptop, on-site server …).
         #[arg(long)]
         device: String,
+        /// The token may also use the admin endpoints (/v1/admin/…), such as conflict resolution.
+        #[arg(long)]
+        admin: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -210,9 +213,9 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", user.id);
             Ok(())
         }
-        Command::Token { command: TokenCommand::Create { user, device, server } } => {
+        Command::Token { command: TokenCommand::Create { user, device, admin, server } } => {
             let (_, store) = server.open_store().await?;
-            let t = store.create_token(&user, &device).await?;
+            let t = store.create_device(&user, &device, admin).await?;
             eprintln!("created device '{device}' ({}) for user '{user}'; the token is shown only once:", t.device_id);
             println!("{}", t.token);
             Ok(())

@@ -739,7 +739,7 @@ impl Store for PgStore {
         }
     }
 
-    async fn create_token(&self, user: &str, device: &str) -> Result<NewToken> {
+    async fn create_device(&self, user: &str, device: &str, admin: bool) -> Result<NewToken> {
         let device = crate::check_name("device", device)?;
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let row =
@@ -754,8 +754,8 @@ impl Store for PgStore {
         let device_id = uuid::Uuid::now_v7().to_string();
         client
             .execute(
-                "INSERT INTO _ferry_devices (id, user_id, name, token_hash) VALUES ($1, $2, $3, $4)",
-                &[&device_id, &user_id, &device, &token_hash(&token)],
+                "INSERT INTO _ferry_devices (id, user_id, name, token_hash, admin) VALUES ($1, $2, $3, $4, $5)",
+                &[&device_id, &user_id, &device, &token_hash(&token), &admin],
             )
             .await
             .map_err(pg)?;
@@ -766,7 +766,7 @@ impl Store for PgStore {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let row = client
             .query_opt(
-                "SELECT u.id, u.name, d.id, d.name FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
+                "SELECT u.id, u.name, d.id, d.name, d.admin FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
                  WHERE d.token_hash = $1 AND d.revoked_at IS NULL",
                 &[&token_hash(token)],
             )
@@ -777,6 +777,7 @@ impl Store for PgStore {
             user_name: r.get(1),
             device_id: r.get(2),
             device_name: r.get(3),
+            admin: r.get(4),
         }))
     }
 

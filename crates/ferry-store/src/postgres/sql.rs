@@ -384,6 +384,7 @@ CREATE TABLE IF NOT EXISTS _ferry_rows (
     PRIMARY KEY (tbl, pk)
 );
 CREATE INDEX IF NOT EXISTS _ferry_rows_feed ON _ferry_rows (xid, tbl, pk);
+ALTER TABLE _ferry_devices ADD COLUMN IF NOT EXISTS admin boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS _ferry_conflicts (
     id bigserial PRIMARY KEY,
     tbl text NOT NULL,

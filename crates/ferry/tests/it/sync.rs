@@ -357,3 +357,57 @@ fn a_conflict_strategy_that_does_not_exist_yet_is_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[tables.groups] conflict strategy 'reject-stale' is not available yet"), "{err}");
 }
+
+#[test]
+fn conflicts_are_listed_and_resolved_through_the_admin_api_with_an_admin_token_only() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"manual\"\n")).unwrap();
+    let p = Pair::in_env(env);
+    let ops = p.env.ok(&["token", "create", "--user", "alice", "--device", "ops", "--admin", "-c", &p.env.config()]);
+    let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
+    let g = uuid();
+    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Original', ?2)", [&g, &p.user]).unwrap();
+    p.sync_phone();
+    p.sync_laptop();
+    laptop.execute("UPDATE groups SET name = 'Laptop name' WHERE id = ?1", [&g]).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    phone.execute("UPDATE groups SET name = 'Phone name' WHERE id = ?1", [&g]).unwrap();
+    p.sync_phone();
+    p.sync_laptop();
+
+    let http = p.server.http();
+    let url = |path: &str| format!("{}/v1/admin/conflicts{path}", p.server.url);
+    let resp = http.get(url("")).bearer_auth(&p.phone).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let body: serde_json::Value = resp.json().unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("ferry token create --admin"), "{body}");
+
+    let open: serde_json::Value = http.get(url("?status=open")).bearer_auth(&ops).send().unwrap().json().unwrap();
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    let id = open[0]["id"].as_i64().unwrap();
+    assert_eq!(http.get(url("?status=sideways")).bearer_auth(&ops).send().unwrap().status().as_u16(), 400);
+    assert_eq!(http.get(url(&format!("/{id}"))).bearer_auth(&ops).send().unwrap().status().as_u16(), 200);
+    assert_eq!(http.get(url("/99999")).bearer_auth(&ops).send().unwrap().status().as_u16(), 404);
+
+    let resolve = |body: &str| {
+        let resp = http.post(url(&format!("/{id}/resolve"))).bearer_auth(&ops).body(body.to_owned()).send().unwrap();
+        (resp.status().as_u16(), resp.json::<serde_json::Value>().unwrap())
+    };
+    assert_eq!(resolve(r#"{"use": "sideways"}"#).0, 400);
+    let (status, done) = resolve(r#"{"use": "incoming"}"#);
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["resolved_by"], "manual");
+    let (status, again) = resolve(r#"{"use": "stored"}"#);
+    assert_eq!((status, again["error"]["code"].as_str()), (409, Some("conflict")), "{again}");
+    let resolved: serde_json::Value =
+        http.get(url("?status=resolved")).bearer_auth(&ops).send().unwrap().json().unwrap();
+    assert_eq!(resolved.as_array().unwrap().len(), 1, "kept for audit");
+
+    p.sync_phone();
+    p.sync_laptop();
+    for db in [&phone, &laptop] {
+        let name: String = db.query_row("SELECT name FROM groups WHERE id = ?1", [&g], |r| r.get(0)).unwrap();
+        assert_eq!(name, "Laptop name");
+    }
+}

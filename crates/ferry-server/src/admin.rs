@@ -1,0 +1,92 @@
+//! `/v1/admin/…`: operator endpoints, for tokens created with `ferry token create --admin`.
+//! Other tokens get 403.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use ferry_store::{ConflictFilter, ConflictRecord, Keep, Store};
+
+use crate::auth::Authed;
+use crate::{ApiError, AppState};
+
+fn require_admin(who: &Authed) -> Result<(), ApiError> {
+    if who.0.admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "device '{}' has no admin rights; this endpoint needs a token from `ferry token create --admin`",
+            who.0.device_name
+        )))
+    }
+}
+
+/// `GET /v1/admin/conflicts?status=open|resolved|all` (default all), newest first.
+pub async fn list<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    who: Authed,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<ConflictRecord>>, ApiError> {
+    require_admin(&who)?;
+    if let Some(unknown) = q.keys().find(|k| k.as_str() != "status") {
+        return Err(ApiError::BadRequest(format!("unknown parameter '{unknown}'; use status=open|resolved|all")));
+    }
+    let filter = match q.get("status").map(String::as_str) {
+        None | Some("all") => ConflictFilter::All,
+        Some("open") => ConflictFilter::Open,
+        Some("resolved") => ConflictFilter::Resolved,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!("status '{other}' is not one of open, resolved, all")));
+        }
+    };
+    Ok(Json(state.store.conflicts(filter).await?))
+}
+
+/// `GET /v1/admin/conflicts/{id}`.
+pub async fn show<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    who: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<ConflictRecord>, ApiError> {
+    require_admin(&who)?;
+    let id = parse_id(&id)?;
+    match state.store.conflict(id).await? {
+        Some(c) => Ok(Json(c)),
+        None => Err(ApiError::NotFound(format!("no conflict with id {id}"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    #[serde(rename = "use")]
+    keep: String,
+}
+
+/// `POST /v1/admin/conflicts/{id}/resolve` with `{"use": "stored" | "incoming"}`.
+pub async fn resolve<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    who: Authed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<ConflictRecord>, ApiError> {
+    require_admin(&who)?;
+    let id = parse_id(&id)?;
+    let body: ResolveBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "malformed resolve body: {e}; send {{\"use\": \"stored\"}} or {{\"use\": \"incoming\"}}"
+        ))
+    })?;
+    let keep = match body.keep.as_str() {
+        "stored" => Keep::Stored,
+        "incoming" => Keep::Incoming,
+        other => return Err(ApiError::BadRequest(format!("use '{other}' is not one of stored, incoming"))),
+    };
+    Ok(Json(state.store.resolve_conflict(id, keep).await?))
+}
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse().map_err(|_| ApiError::BadRequest(format!("conflict id '{id}' is not a number")))
+}
