@@ -10,7 +10,7 @@
 //!
 //! The SQL must run on SQLite 3.40 (Debian's shell): no `unixepoch('subsec')`.
 
-use ferry_core::schema::{ColType, Table, quote};
+use ferry_core::schema::{ColType, Table, quote, quote_literal as lit};
 
 /// The replica's bookkeeping tables (besides `_ferry_rows`).
 pub const BOOKKEEPING: &str = "
@@ -49,10 +49,6 @@ CREATE INDEX IF NOT EXISTS _ferry_rows_pending ON _ferry_rows(pending) WHERE pen
 /// Milliseconds since the Unix epoch, in SQL that SQLite 3.40 understands.
 const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 const QUIET: &str = "NOT EXISTS (SELECT 1 FROM _ferry_apply)";
-
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
 
 /// An old value as JSON-safe SQL: blobs (and stray blobs in other columns) as hex, so
 /// `json_object` never fails and so never breaks the application's delete; reals as text

@@ -122,7 +122,7 @@ fn json_of(v: &Value) -> String {
         Value::Integer(i) => i.to_string(),
         Value::Real(r) => serde_json::Number::from_f64(*r).map_or("null".into(), |n| n.to_string()),
         Value::Text(s) => serde_json::Value::String(s.clone()).to_string(),
-        Value::Blob(b) => format!("\"{}\"", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        Value::Blob(b) => format!("\"{}\"", ferry_core::to_hex(b)),
     }
 }
 
@@ -139,8 +139,7 @@ impl Replica {
         if get_meta(&conn, "site")?.is_none() {
             let mut b = [0u8; 8];
             getrandom::fill(&mut b).map_err(|e| Error::Local(format!("no randomness: {e}")))?;
-            // Site 0 is reserved for Hlc::ZERO.
-            let site = SiteId(u64::from_le_bytes(b).max(1));
+            let site = SiteId::from_bytes(b);
             set_meta(&conn, "site", &site.to_string())?;
         }
         let mut replica = Replica { conn, schema: None, tables: HashMap::new() };

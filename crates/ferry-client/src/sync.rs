@@ -46,7 +46,7 @@ pub struct SyncReport {
 fn batch_id() -> Result<String> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| Error::Local(format!("no randomness: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(ferry_core::to_hex(&b))
 }
 
 /// Binds the replica to the token's user and the server's store on first sync, and

@@ -15,6 +15,14 @@ use std::str::FromStr;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct SiteId(pub u64);
 
+impl SiteId {
+    /// A site id from 8 random bytes. Site 0 is reserved for [`Hlc::ZERO`], so it is never
+    /// returned.
+    pub fn from_bytes(bytes: [u8; 8]) -> SiteId {
+        SiteId(u64::from_le_bytes(bytes).max(1))
+    }
+}
+
 impl fmt::Display for SiteId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)

@@ -12,4 +12,4 @@ pub mod value;
 
 pub use hlc::{Clock, ClockError, Hlc, SiteId};
 pub use row::{ColumnConflict, MergeReport, RowState, Stamped};
-pub use value::Value;
+pub use value::{Value, from_hex, to_hex};

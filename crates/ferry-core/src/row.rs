@@ -103,6 +103,17 @@ impl RowState {
         self.exists.value
     }
 
+    /// The clock most columns share (the greatest among equally common ones), or the
+    /// existence clock when no column is written. Stored and wire forms keep this clock once
+    /// and list only the columns that differ.
+    pub fn common_clock(&self) -> Hlc {
+        let mut counts: BTreeMap<Hlc, usize> = BTreeMap::new();
+        for s in self.cols.values() {
+            *counts.entry(s.at).or_default() += 1;
+        }
+        counts.into_iter().max_by_key(|(h, n)| (*n, *h)).map_or(self.exists.at, |(h, _)| h)
+    }
+
     /// The greatest clock in this state.
     pub fn max_clock(&self) -> Hlc {
         self.cols.values().map(|s| s.at).fold(self.exists.at, Hlc::max)

@@ -295,12 +295,7 @@ impl Schema {
                 let _ = write!(text, "\nconflict {} {}", t.name, t.options.conflict.name());
             }
         }
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in text.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        format!("{h:016x}")
+        fingerprint(&text)
     }
 }
 
@@ -319,7 +314,7 @@ fn column_rules(out: &mut String, c: &Column, lit: impl Fn(&Value) -> String) {
         let _ = write!(out, " DEFAULT {}", lit(d));
     }
     if let Some(allowed) = &c.allowed {
-        let list: Vec<String> = allowed.iter().map(|a| quote_str(a)).collect();
+        let list: Vec<String> = allowed.iter().map(|a| quote_literal(a)).collect();
         let _ = write!(out, " CHECK ({} IN ({}))", quote(&c.name), list.join(", "));
     }
 }
@@ -332,11 +327,11 @@ fn literal(v: &Value, ty: ColType, dialect: Dialect) -> String {
         (Value::Null, ..) => "NULL".into(),
         (Value::Integer(i), ..) => i.to_string(),
         (Value::Real(r), ..) => format!("{r:?}"),
-        (Value::Text(s), ..) => quote_str(s),
+        (Value::Text(s), ..) => quote_literal(s),
         (Value::Blob(b), _, Dialect::Postgres) => {
-            format!("'\\x{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+            format!("'\\x{}'", crate::value::to_hex(b))
         }
-        (Value::Blob(b), ..) => format!("X'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        (Value::Blob(b), ..) => format!("X'{}'", crate::value::to_hex(b)),
     }
 }
 
@@ -345,7 +340,19 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-fn quote_str(s: &str) -> String {
+/// A short, stable fingerprint of `text` (64-bit FNV-1a, 16 hex digits). Not cryptographic:
+/// it names versions and generated objects.
+pub fn fingerprint(text: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Quotes a string literal for SQL (SQLite and PostgreSQL alike).
+pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

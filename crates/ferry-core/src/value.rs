@@ -2,6 +2,19 @@
 
 use std::cmp::Ordering;
 
+/// Lowercase hex of `bytes`: the text form of blobs in stored JSON and of random ids.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads [`to_hex`]'s form (either case); `None` for odd lengths or non-hex digits.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// One column value. The five storage classes SQLite knows; the schema's logical type
 /// (uuid, boolean, timestamptz …) decides which one a column uses, see [`crate::schema`].
 #[derive(Clone, Debug, PartialEq)]

@@ -175,11 +175,7 @@ pub struct DecodeError(pub String);
 
 /// Encodes a row state for the wire.
 pub fn encode_row(table: &Table, key: &str, state: &RowState) -> WireRow {
-    let mut counts: BTreeMap<Hlc, usize> = BTreeMap::new();
-    for s in state.cols.values() {
-        *counts.entry(s.at).or_default() += 1;
-    }
-    let clock = counts.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, _)| *h).unwrap_or(state.exists.at);
+    let clock = state.common_clock();
     let mut clocks = BTreeMap::new();
     let mut values = serde_json::Map::new();
     for col in table.data_columns() {

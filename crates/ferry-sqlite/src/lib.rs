@@ -350,12 +350,8 @@ pub fn write_meta(
 /// The base clock (the one most columns share) and a JSON object of the exceptions.
 /// Columns the state lacks are stored with the zero clock, which reads back as absent.
 pub fn encode_clocks(table: &Table, state: &RowState) -> (Hlc, Option<String>) {
-    let at = |name: &str| state.cols.get(name).map(|s| s.at).unwrap_or(Hlc::ZERO);
-    let mut counts: BTreeMap<Hlc, usize> = BTreeMap::new();
-    for c in table.data_columns() {
-        *counts.entry(at(&c.name)).or_default() += 1;
-    }
-    let base = counts.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, _)| *h).unwrap_or(state.exists.at);
+    let base = state.common_clock();
+    let at = |name: &str| state.cols.get(name).map_or(Hlc::ZERO, |s| s.at);
     let exceptions: BTreeMap<&str, String> = table
         .data_columns()
         .filter(|c| at(&c.name) != base)
@@ -376,7 +372,7 @@ pub fn encode_values(table: &Table, values: &[Value]) -> String {
             // Reals as text with the shortest exact form (infinities included).
             Value::Real(r) => format!("{r:?}").into(),
             Value::Text(s) => s.clone().into(),
-            Value::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect::<String>().into(),
+            Value::Blob(b) => ferry_core::to_hex(b).into(),
         };
         map.insert(col.name.clone(), j);
     }
@@ -404,7 +400,7 @@ pub fn decode_values(table: &Table, json: &str) -> std::result::Result<BTreeMap<
                 Err(_) => Value::Text(s),
             },
             serde_json::Value::String(s) if col.ty == ColType::Blob => {
-                Value::Blob(from_hex(&s).ok_or_else(|| format!("column '{name}': bad hex"))?)
+                Value::Blob(ferry_core::from_hex(&s).ok_or_else(|| format!("column '{name}': bad hex"))?)
             }
             serde_json::Value::String(s) => Value::Text(s),
             other => Value::Text(other.to_string()),
@@ -412,13 +408,6 @@ pub fn decode_values(table: &Table, json: &str) -> std::result::Result<BTreeMap<
         out.insert(name, v);
     }
     Ok(out)
-}
-
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Opens (or creates) an SQLite file with the settings every Ferry file uses: WAL, a busy

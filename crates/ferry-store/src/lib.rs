@@ -183,18 +183,14 @@ pub trait Store: Send + Sync + 'static {
 fn new_token() -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| StoreError::Internal(format!("no randomness: {e}")))?;
-    Ok(format!("fry_{}", hex(&bytes)))
+    Ok(format!("fry_{}", ferry_core::to_hex(&bytes)))
 }
 
 /// The stored form of a token: SHA-256, hex. Tokens carry 256 random bits, so a fast hash
 /// is enough (a password hash would only slow every request).
 fn token_hash(token: &str) -> String {
     use sha2::Digest;
-    hex(&sha2::Sha256::digest(token.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ferry_core::to_hex(&sha2::Sha256::digest(token.as_bytes()))
 }
 
 /// The user id in a row's owner column, if the table has one and the row holds it.

@@ -122,7 +122,7 @@ impl SqliteStore {
         getrandom::fill(&mut site).map_err(|e| StoreError::Internal(format!("no randomness: {e}")))?;
         tx.execute(
             "INSERT OR IGNORE INTO _ferry_store (key, value) VALUES ('site', ?1)",
-            [ferry_core::SiteId(u64::from_le_bytes(site).max(1)).to_string()],
+            [ferry_core::SiteId::from_bytes(site).to_string()],
         )?;
         tx.commit()?;
         let readers = (0..READERS)

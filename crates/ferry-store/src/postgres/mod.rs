@@ -100,10 +100,6 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("cannot get a PostgreSQL connection: {e}"))
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The PostgreSQL type name (`udt_name`) a schema column must have.
 fn udt(ty: ColType, max_len: Option<u32>) -> &'static str {
     match ty {
@@ -254,7 +250,7 @@ impl PgStore {
         let pg_schema: String = tx.query_one("SELECT current_schema()::text", &[]).await.map_err(pg)?.get(0);
         let mut site_bytes = [0u8; 8];
         getrandom::fill(&mut site_bytes).map_err(|e| StoreError::Internal(format!("no randomness: {e}")))?;
-        let site = SiteId(u64::from_le_bytes(site_bytes).max(1)).to_string();
+        let site = SiteId::from_bytes(site_bytes).to_string();
         tx.execute(
             "INSERT INTO _ferry_store (key, value) VALUES ('id', $1), ('site', $2) ON CONFLICT DO NOTHING",
             &[&uuid::Uuid::now_v7().to_string(), &site],
@@ -265,7 +261,7 @@ impl PgStore {
         let site: String =
             tx.query_one("SELECT value FROM _ferry_store WHERE key = 'site'", &[]).await.map_err(pg)?.get(0);
         let site: SiteId = site.parse().map_err(|e| StoreError::Internal(format!("stored site id: {e}")))?;
-        let adopted_at = Hlc::new(wall_ms(), 0, site).to_string();
+        let adopted_at = Hlc::new(crate::wall_ms(), 0, site).to_string();
         // Transaction ids and snapshots mean something only in the cluster that made them.
         // A database restored or replicated into another cluster (or restored to an earlier
         // point) gets a new epoch: every row re-enters the feed under this cluster's ids,
@@ -915,7 +911,7 @@ impl Store for PgStore {
             return Err(StoreError::NotFound(format!("{} '{key}' no longer exists", record.table)));
         };
         let mut state = prior.state;
-        let at = ferry_core::Clock::new(self.inner.site, state.max_clock()).tick(wall_ms());
+        let at = ferry_core::Clock::new(self.inner.site, state.max_clock()).tick(crate::wall_ms());
         state.update(values, at);
         write(&tx, pt, "manual", &[(key, state, prior.owner)]).await?;
         let winner: BTreeMap<&str, &str> = record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();

@@ -7,7 +7,7 @@
 //! used for as long as the column still holds that value; a direct write replaces it with
 //! PostgreSQL's canonical rendering.
 
-use ferry_core::schema::{ColType, Column, Table, quote};
+use ferry_core::schema::{ColType, Column, Table, fingerprint, quote, quote_literal as lit};
 
 /// The plain form a column travels in between Rust and PostgreSQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,10 +43,6 @@ fn array_type(ty: ColType) -> &'static str {
 /// Whether the device's own text is kept beside the row for this type.
 pub fn keeps_text(ty: ColType) -> bool {
     matches!(ty, ColType::Timestamptz | ColType::Json)
-}
-
-pub fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// `expr` (of the column's type) as its plain form. `texts` is a jsonb expression holding
@@ -152,7 +148,8 @@ impl PgTable {
         let table = &self.table;
         let t = quote(&table.name);
         let tl = lit(&table.name);
-        let tag = name_tag(&table.name);
+        // PostgreSQL cuts names at 63 bytes: a fingerprint keeps long table names apart.
+        let tag = fingerprint(&table.name);
         let capture_fn = quote(&format!("_ferry_capture_{tag}"));
         let tomb_fn = quote(&format!("_ferry_tomb_{tag}"));
         let truncate_fn = quote(&format!("_ferry_truncate_{tag}"));
@@ -419,17 +416,6 @@ BEGIN
 END
 $ferry$;
 "#;
-
-/// A short, stable tag for a table's function names (PostgreSQL cuts names at 63 bytes, so
-/// long table names could otherwise share a function).
-fn name_tag(table: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in table.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
-}
 
 /// One column of a row read as jsonb (`rec`), in the stored tombstone form: blobs as hex,
 /// reals as exact text, timestamps and JSON as the device wrote them (from `texts`) while

@@ -4,33 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_core::{Hlc, RowState, SiteId, Value};
-use ferry_store::{IncomingRow, PgStore, Principal, Store};
+use ferry_core::{RowState, Value};
+
+use crate::suite::{at, key, note};
+use ferry_store::{PgStore, Principal, Store};
 use tokio_postgres::{Client, NoTls};
-
-fn at(ms: u64, site: u64) -> Hlc {
-    Hlc::new(1_700_000_000_000 + ms, 0, SiteId(site))
-}
-
-fn key(i: u32) -> String {
-    format!("01900000-0000-7000-8000-{i:012x}")
-}
-
-fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
-    IncomingRow {
-        table: "notes".into(),
-        key: key(i),
-        state: RowState::inserted(
-            [
-                ("user_id".to_owned(), Value::Text(owner.into())),
-                ("body".to_owned(), Value::Text(body.into())),
-                ("n".to_owned(), Value::Null),
-            ],
-            t,
-        ),
-        base: Default::default(),
-    }
-}
 
 async fn connect(url: &str) -> Client {
     let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();

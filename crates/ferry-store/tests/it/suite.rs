@@ -37,15 +37,16 @@ macro_rules! suite_tests {
     };
 }
 
-fn at(ms: u64, site: u64) -> Hlc {
+pub fn at(ms: u64, site: u64) -> Hlc {
     Hlc::new(1_700_000_000_000 + ms, 0, SiteId(site))
 }
 
-fn key(i: u32) -> String {
+pub fn key(i: u32) -> String {
     format!("01900000-0000-7000-8000-{i:012x}")
 }
 
-fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
+/// A new note by `owner`, all its columns written at `t`.
+pub fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
     IncomingRow {
         table: "notes".into(),
         key: key(i),

@@ -77,6 +77,14 @@ fn reals_travel_bit_for_bit() {
             assert_eq!(got.to_bits(), v.to_bits(), "{v}");
         }
     }
+    // The deleted row's tombstone holds the exact value on both sides: written by the
+    // laptop's delete trigger, and received by the phone.
+    for db in [&phone, &laptop] {
+        let dead: String = db.query_row("SELECT dead FROM _ferry_rows WHERE pk = ?1", [&ids[0]], |r| r.get(0)).unwrap();
+        let dead: serde_json::Value = serde_json::from_str(&dead).unwrap();
+        let got: f64 = dead["freefall_seconds"].as_str().unwrap().parse().unwrap();
+        assert_eq!(got.to_bits(), values[0].to_bits(), "{dead}");
+    }
     assert_eq!(jumps(&phone), jumps(&laptop));
 }
 

@@ -309,8 +309,9 @@ fn a_device_does_not_pull_back_the_rows_it_just_pushed() {
     assert_eq!(jumps(&phone), jumps(&p.env.db("laptop.db")));
 }
 
-#[test]
-fn a_manual_conflict_is_resolved_from_the_cli_and_the_choice_reaches_every_device() {
+/// Two devices rename one group of a `manual` table while apart (the laptop first, the
+/// phone later) and both sync: one open conflict. Returns the pair and the group's id.
+fn manual_group_conflict() -> (Pair, String) {
     let env = Env::new();
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
     std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"manual\"\n")).unwrap();
@@ -325,6 +326,13 @@ fn a_manual_conflict_is_resolved_from_the_cli_and_the_choice_reaches_every_devic
     phone.execute("UPDATE groups SET name = 'Phone name' WHERE id = ?1", [&g]).unwrap();
     p.sync_phone();
     p.sync_laptop();
+    (p, g)
+}
+
+#[test]
+fn a_manual_conflict_is_resolved_from_the_cli_and_the_choice_reaches_every_device() {
+    let (p, g) = manual_group_conflict();
+    let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
     let config = p.env.config();
     let list = p.env.run(&["conflicts", "list", "--open", "--json", "-c", &config]);
     let open: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
@@ -360,21 +368,9 @@ fn a_conflict_strategy_that_does_not_exist_yet_is_refused_by_name() {
 
 #[test]
 fn conflicts_are_listed_and_resolved_through_the_admin_api_with_an_admin_token_only() {
-    let env = Env::new();
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"manual\"\n")).unwrap();
-    let p = Pair::in_env(env);
+    let (p, g) = manual_group_conflict();
     let ops = p.env.ok(&["token", "create", "--user", "alice", "--device", "ops", "--admin", "-c", &p.env.config()]);
     let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
-    let g = uuid();
-    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Original', ?2)", [&g, &p.user]).unwrap();
-    p.sync_phone();
-    p.sync_laptop();
-    laptop.execute("UPDATE groups SET name = 'Laptop name' WHERE id = ?1", [&g]).unwrap();
-    std::thread::sleep(Duration::from_millis(5));
-    phone.execute("UPDATE groups SET name = 'Phone name' WHERE id = ?1", [&g]).unwrap();
-    p.sync_phone();
-    p.sync_laptop();
 
     let http = p.server.http();
     let url = |path: &str| format!("{}/v1/admin/conflicts{path}", p.server.url);
