@@ -8,6 +8,7 @@
 pub mod hlc;
 pub mod row;
 pub mod schema;
+pub mod strategy;
 pub mod value;
 
 pub use hlc::{Clock, ClockError, Hlc, SiteId};

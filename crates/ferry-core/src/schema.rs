@@ -118,6 +118,9 @@ pub struct TableOptions {
     pub owner: Option<String>,
     /// What happens when two replicas write the same field concurrently.
     pub conflict: ConflictStrategy,
+    /// Under `authoritative`: the device role whose writes always win (`authority = "main"`;
+    /// devices get a role with `ferry token create --role main`).
+    pub authority: Option<String>,
 }
 
 /// A table's conflict strategy (`conflict = "…"` in `[tables.NAME]`).
@@ -126,15 +129,35 @@ pub enum ConflictStrategy {
     /// Column-level last-writer-wins: the later clock wins at once; the loser is logged.
     #[default]
     Lww,
+    /// Row-level last-writer-wins: of two concurrent changes to one row, the whole row of
+    /// the later one wins, even for fields only the other changed.
+    RowLww,
+    /// Writes by devices holding the table's `authority` role win every conflict; between
+    /// other devices, `lww`.
+    Authoritative,
+    /// A change made on a version of the row older than the server's is refused (409) and
+    /// stays with its device, marked conflicted, until someone there decides.
+    RejectStale,
     /// The later clock is kept provisionally and the conflict stays open until a person
     /// picks a version (`ferry conflicts resolve`).
     Manual,
 }
 
 impl ConflictStrategy {
+    pub const ALL: [ConflictStrategy; 5] = [
+        ConflictStrategy::Lww,
+        ConflictStrategy::RowLww,
+        ConflictStrategy::Authoritative,
+        ConflictStrategy::RejectStale,
+        ConflictStrategy::Manual,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             ConflictStrategy::Lww => "lww",
+            ConflictStrategy::RowLww => "row-lww",
+            ConflictStrategy::Authoritative => "authoritative",
+            ConflictStrategy::RejectStale => "reject-stale",
             ConflictStrategy::Manual => "manual",
         }
     }
@@ -144,14 +167,10 @@ impl ConflictStrategy {
     /// # Errors
     /// A message naming the value and the strategies available.
     pub fn parse(s: &str) -> Result<ConflictStrategy, String> {
-        match s {
-            "lww" => Ok(ConflictStrategy::Lww),
-            "manual" => Ok(ConflictStrategy::Manual),
-            "row-lww" | "authoritative" | "reject-stale" => {
-                Err(format!("conflict strategy '{s}' is not available yet; use \"lww\" (the default) or \"manual\""))
-            }
-            other => Err(format!("unknown conflict strategy '{other}'; use \"lww\" (the default) or \"manual\"")),
-        }
+        ConflictStrategy::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
+            let names: Vec<String> = ConflictStrategy::ALL.iter().map(|c| format!("\"{}\"", c.name())).collect();
+            format!("unknown conflict strategy '{s}'; use one of {} (\"lww\" is the default)", names.join(", "))
+        })
     }
 }
 
@@ -241,6 +260,23 @@ impl Schema {
                     )));
                 }
             }
+            match (opts.conflict, &opts.authority) {
+                (ConflictStrategy::Authoritative, None) => {
+                    return Err(SchemaError(format!(
+                        "table '{name}': conflict = \"authoritative\" needs the role whose writes win, e.g. authority = \"main\" (give that device `ferry token create --role main`)"
+                    )));
+                }
+                (ConflictStrategy::Authoritative, Some(role)) => {
+                    check_role(role).map_err(|e| SchemaError(format!("table '{name}': authority = \"{role}\": {e}")))?
+                }
+                (other, Some(role)) => {
+                    return Err(SchemaError(format!(
+                        "table '{name}': authority = \"{role}\" only applies to conflict = \"authoritative\", but the table uses \"{}\"; remove it or change the strategy",
+                        other.name()
+                    )));
+                }
+                (_, None) => {}
+            }
             table.options = opts.clone();
         }
         Ok(Schema { tables })
@@ -293,6 +329,9 @@ impl Schema {
             }
             if t.options.conflict != ConflictStrategy::Lww {
                 let _ = write!(text, "\nconflict {} {}", t.name, t.options.conflict.name());
+            }
+            if let Some(a) = &t.options.authority {
+                let _ = write!(text, "\nauthority {} {}", t.name, a);
             }
         }
         fingerprint(&text)
@@ -1172,4 +1211,16 @@ mod parity_tests {
         let err = t.check_value(t.column("doc").unwrap(), &Value::Text(r#"{"a":"\u0000"}"#.into())).unwrap_err();
         assert!(err.rule.contains("\\u0000"), "{err}");
     }
+}
+
+/// Checks a device role name (`ferry token create --role`, `authority = "…"`): 1 to 64
+/// characters, letters, digits, `-` and `_`.
+///
+/// # Errors
+/// A message naming the rule.
+pub fn check_role(role: &str) -> Result<(), String> {
+    if role.is_empty() || role.len() > 64 || !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("role '{role}' must be 1 to 64 letters, digits, '-' or '_'"));
+    }
+    Ok(())
 }

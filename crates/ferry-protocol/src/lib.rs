@@ -103,6 +103,9 @@ pub struct TableInfo {
     /// The table's conflict strategy, when not the default `lww`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<String>,
+    /// Under `authoritative`: the device role whose writes win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// `GET /v1/me`: who the token belongs to.
@@ -140,7 +143,10 @@ impl SchemaResponse {
                 .map(|t| {
                     let conflict = (t.options.conflict != ferry_core::schema::ConflictStrategy::Lww)
                         .then(|| t.options.conflict.name().to_owned());
-                    (t.name.clone(), TableInfo { owner: t.options.owner.clone(), conflict })
+                    (
+                        t.name.clone(),
+                        TableInfo { owner: t.options.owner.clone(), conflict, authority: t.options.authority.clone() },
+                    )
                 })
                 .collect(),
         }
@@ -159,8 +165,10 @@ impl SchemaResponse {
                     None => Ok(ferry_core::schema::ConflictStrategy::default()),
                     Some(c) => ferry_core::schema::ConflictStrategy::parse(c),
                 };
-                conflict
-                    .map(|conflict| (n.clone(), ferry_core::schema::TableOptions { owner: i.owner.clone(), conflict }))
+                conflict.map(|conflict| {
+                    let (owner, authority) = (i.owner.clone(), i.authority.clone());
+                    (n.clone(), ferry_core::schema::TableOptions { owner, conflict, authority })
+                })
             })
             .collect::<Result<_, String>>()
             .map_err(ferry_core::schema::SchemaError)?;

@@ -36,6 +36,7 @@ struct ServerSection {
 struct TableSection {
     owner: Option<String>,
     conflict: Option<String>,
+    authority: Option<String>,
 }
 
 /// Values given as flags or environment variables; `None` falls back to the file.
@@ -113,7 +114,7 @@ impl Config {
                     message: format!("[tables.{name}] {message}"),
                 })?,
             };
-            tables.insert(name, TableOptions { owner: t.owner, conflict });
+            tables.insert(name, TableOptions { owner: t.owner, conflict, authority: t.authority });
         }
         Ok(Config { listen, database, data_dir, schema_path, max_body_bytes, tables })
     }

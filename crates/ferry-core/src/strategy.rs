@@ -1,0 +1,470 @@
+//! Conflict strategies: what the server does when a pushed change meets a row that changed
+//! since the writer last saw it, and what a client does when a pulled change meets one of
+//! its own unpushed changes.
+//!
+//! A writer sends, with its change, the clocks of the version it started from ([`RowClocks`],
+//! "seen"). A stored register newer than that, which the change does not carry, is a write
+//! the writer had not seen; a register of the change that the store does not hold yet is
+//! the writer's own. Both present at once is a conflict. Per table:
+//!
+//! | strategy | on a conflict |
+//! |---|---|
+//! | `lww` | per field, the later clock wins; a delete wins over an update it had not seen |
+//! | `row-lww` | the side whose newest write is later wins the whole row |
+//! | `authoritative` | writes by the authority role win; otherwise `lww` |
+//! | `reject-stale` | the change is refused with the current version (409) |
+//! | `manual` | `lww` provisionally; the conflict stays open for a person |
+//!
+//! When a strategy's winner is not what the plain register merge keeps, the winning values
+//! are written again with a fresh clock ([`PushContext::fresh`]): every replica then merges
+//! to the same state by the ordinary rule, so convergence never depends on the strategy.
+//!
+//! Everything here is pure: the stores and the client run it inside their transactions, and
+//! the simulation in `tests/it` runs it with simulated networks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::hlc::{Clock, Hlc, SiteId};
+use crate::row::{RowState, Stamped};
+use crate::schema::ConflictStrategy;
+use crate::value::Value;
+
+/// The register clocks of one version of a row: what a writer had seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RowClocks {
+    pub exists: Hlc,
+    pub cols: BTreeMap<String, Hlc>,
+}
+
+impl RowState {
+    /// The clocks of this state's registers.
+    pub fn clocks(&self) -> RowClocks {
+        RowClocks { exists: self.exists.at, cols: self.cols.iter().map(|(c, s)| (c.clone(), s.at)).collect() }
+    }
+
+    /// A short tag that changes whenever any register changes: the row's version for
+    /// `ETag`/`If-Match`.
+    pub fn version(&self) -> String {
+        let mut text = self.exists.at.to_string();
+        for (c, s) in &self.cols {
+            text.push_str(&format!("|{c}={}", s.at));
+        }
+        crate::schema::fingerprint(&text)
+    }
+}
+
+impl RowClocks {
+    fn col(&self, c: &str) -> Hlc {
+        self.cols.get(c).copied().unwrap_or(Hlc::ZERO)
+    }
+}
+
+/// The existence register's name in [`Contest::fields`] and winner maps: `*` (no column can
+/// be called that).
+pub const EXISTS: &str = "*";
+
+/// Which side of a conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Side {
+    /// The version the receiver held (the server's stored row, or a client's local row).
+    Ours,
+    /// The arriving version (a pushed change, or a pulled one).
+    Theirs,
+}
+
+/// The kind of a conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// Both sides changed fields (the same ones, or under `row-lww` any).
+    UpdateUpdate,
+    /// The arriving side deleted a row the receiver had changed.
+    DeleteUpdate,
+    /// The arriving side changed a row the receiver had deleted.
+    UpdateDelete,
+}
+
+impl ConflictKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictKind::UpdateUpdate => "update-update",
+            ConflictKind::DeleteUpdate => "delete-update",
+            ConflictKind::UpdateDelete => "update-delete",
+        }
+    }
+}
+
+/// A conflict found between two versions of one row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contest {
+    pub kind: ConflictKind,
+    /// The contested registers (column names, [`EXISTS`] for existence), sorted.
+    pub fields: Vec<String>,
+    /// For each contested register, whose value the outcome keeps.
+    pub winner: BTreeMap<String, Side>,
+    /// The registers of the arriving side that the receiver did not hold: identifies the
+    /// conflict, so a retried push logs it once.
+    pub theirs_clocks: BTreeMap<String, Hlc>,
+}
+
+/// Who wrote what, across one arriving change.
+struct Split {
+    /// Registers the receiver holds that the arriving side had not seen.
+    unseen: BTreeSet<String>,
+    /// Registers the arriving side wrote that the receiver does not hold.
+    own: BTreeSet<String>,
+}
+
+fn register<'a>(s: &'a RowState, r: &str) -> Option<(Hlc, RegValue<'a>)> {
+    if r == EXISTS {
+        Some((s.exists.at, RegValue::Exists(s.exists.value)))
+    } else {
+        s.cols.get(r).map(|v| (v.at, RegValue::Col(&v.value)))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum RegValue<'a> {
+    Exists(bool),
+    Col(&'a Value),
+}
+
+impl RegValue<'_> {
+    fn same(self, other: RegValue<'_>) -> bool {
+        match (self, other) {
+            (RegValue::Exists(a), RegValue::Exists(b)) => a == b,
+            (RegValue::Col(a), RegValue::Col(b)) => a.same(b),
+            _ => false,
+        }
+    }
+}
+
+fn split(ours: &RowState, theirs: &RowState, seen: &RowClocks) -> Split {
+    let at = |s: &RowState, r: &str| register(s, r).map_or(Hlc::ZERO, |(h, _)| h);
+    let seen_at = |r: &str| if r == EXISTS { seen.exists } else { seen.col(r) };
+    let names: BTreeSet<String> = std::iter::once(EXISTS.to_owned())
+        .chain(ours.cols.keys().cloned())
+        .chain(theirs.cols.keys().cloned())
+        .collect();
+    let mut out = Split { unseen: BTreeSet::new(), own: BTreeSet::new() };
+    for r in names {
+        let (o, t, s) = (at(ours, &r), at(theirs, &r), seen_at(&r));
+        if o == t {
+            continue;
+        }
+        if o > s && o != Hlc::ZERO {
+            out.unseen.insert(r.clone());
+        }
+        if t > s && t != Hlc::ZERO {
+            out.own.insert(r);
+        }
+    }
+    out
+}
+
+/// Finds the conflict between the receiver's version `ours` and an arriving version
+/// `theirs` made on top of `seen`, as `strategy` counts it: same-field writes with different
+/// values and delete-vs-update for every strategy; under `row-lww` and `reject-stale` any
+/// concurrent writes to the row. `None` when the two merge without losing a value.
+pub fn detect(strategy: ConflictStrategy, ours: &RowState, theirs: &RowState, seen: &RowClocks) -> Option<Contest> {
+    if ours.exists.at == Hlc::ZERO && ours.cols.is_empty() {
+        return None;
+    }
+    let sp = split(ours, theirs, seen);
+    if sp.unseen.is_empty() || sp.own.is_empty() {
+        return None;
+    }
+    let whole_row = matches!(strategy, ConflictStrategy::RowLww | ConflictStrategy::RejectStale);
+    let differs = |r: &str| match (register(ours, r), register(theirs, r)) {
+        (Some((_, a)), Some((_, b))) => !a.same(b),
+        _ => true,
+    };
+    let theirs_deletes = sp.own.contains(EXISTS) && !theirs.exists.value;
+    let ours_deleted = sp.unseen.contains(EXISTS) && !ours.exists.value;
+    let (kind, fields): (ConflictKind, BTreeSet<String>) = if theirs_deletes && !ours_deleted {
+        // The delete discards changes it had not seen.
+        (ConflictKind::DeleteUpdate, std::iter::once(EXISTS.to_owned()).chain(sp.unseen.iter().cloned()).collect())
+    } else if ours_deleted && !theirs_deletes {
+        (ConflictKind::UpdateDelete, std::iter::once(EXISTS.to_owned()).chain(sp.own.iter().cloned()).collect())
+    } else if whole_row {
+        let f: BTreeSet<String> = sp.unseen.union(&sp.own).filter(|r| differs(r)).cloned().collect();
+        (ConflictKind::UpdateUpdate, f)
+    } else {
+        let f: BTreeSet<String> = sp.unseen.intersection(&sp.own).filter(|r| differs(r)).cloned().collect();
+        (ConflictKind::UpdateUpdate, f)
+    };
+    if fields.is_empty() {
+        return None;
+    }
+    let theirs_clocks = sp.own.iter().filter_map(|r| register(theirs, r).map(|(h, _)| (r.clone(), h))).collect();
+    Some(Contest { kind, fields: fields.into_iter().collect(), winner: BTreeMap::new(), theirs_clocks })
+}
+
+/// The server's side of a push: its strategy, who is writing, and how to stamp a value the
+/// strategy makes win.
+pub struct PushContext<'a> {
+    pub strategy: ConflictStrategy,
+    /// The pushing device holds the table's authority role.
+    pub writer_is_authority: bool,
+    /// Whether a clock's site belongs to a device holding the authority role.
+    pub authority_site: &'a dyn Fn(SiteId) -> bool,
+    /// The site id the server stamps its own writes with.
+    pub server_site: SiteId,
+    /// The site id the server stamps a value it keeps on the authority's behalf with (so
+    /// that later conflicts still know the value as the authority's).
+    pub authority_stamp: SiteId,
+    pub now_ms: u64,
+}
+
+/// What the server does with one pushed row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Store `state`. `conflict` is the logged conflict, if any; `open` leaves it for a
+    /// person (`manual`). `restamped` means the strategy kept values other than the plain
+    /// merge would have, written with a fresh clock: the writer must pull them.
+    Apply { state: RowState, conflict: Option<Contest>, open: bool, restamped: bool },
+    /// `reject-stale`: the change was made on an older version; nothing is stored.
+    Reject { conflict: Contest },
+}
+
+/// Decides a pushed row: `stored` is the server's state (`RowState::unknown()` for a new
+/// row), `incoming` the device's, `seen` the version its change started from.
+pub fn decide_push(stored: &RowState, incoming: &RowState, seen: &RowClocks, ctx: &PushContext<'_>) -> Decision {
+    let mut state = stored.clone();
+    state.merge(incoming);
+    let Some(mut contest) = detect(ctx.strategy, stored, incoming, seen) else {
+        return Decision::Apply { state, conflict: None, open: false, restamped: false };
+    };
+    let newest = |s: &RowState, regs: &mut dyn Iterator<Item = &String>| {
+        regs.filter_map(|r| register(s, r).map(|(h, _)| h)).max().unwrap_or(Hlc::ZERO)
+    };
+    // The winner of each contested register.
+    let winner: BTreeMap<String, Side> = match ctx.strategy {
+        ConflictStrategy::RejectStale => {
+            contest.winner = contest.fields.iter().map(|f| (f.clone(), Side::Ours)).collect();
+            return Decision::Reject { conflict: contest };
+        }
+        ConflictStrategy::RowLww => {
+            let sp = split(stored, incoming, seen);
+            let side = if newest(incoming, &mut sp.own.iter()) > newest(stored, &mut sp.unseen.iter()) {
+                Side::Theirs
+            } else {
+                Side::Ours
+            };
+            contest.fields.iter().map(|f| (f.clone(), side)).collect()
+        }
+        ConflictStrategy::Authoritative => {
+            let by_authority = contest
+                .fields
+                .iter()
+                .any(|f| register(stored, f).is_some_and(|(h, _)| h != Hlc::ZERO && (ctx.authority_site)(h.site())));
+            let side = if ctx.writer_is_authority {
+                Some(Side::Theirs)
+            } else if by_authority {
+                Some(Side::Ours)
+            } else {
+                None
+            };
+            contest
+                .fields
+                .iter()
+                .map(|f| (f.clone(), side.unwrap_or_else(|| merged_side(&state, incoming, f))))
+                .collect()
+        }
+        ConflictStrategy::Lww | ConflictStrategy::Manual => {
+            contest.fields.iter().map(|f| (f.clone(), merged_side(&state, incoming, f))).collect()
+        }
+    };
+    // Registers whose merged value is not the winner's: write the winner's again, later.
+    let stamp_site =
+        if ctx.strategy == ConflictStrategy::Authoritative { ctx.authority_stamp } else { ctx.server_site };
+    let mut changes = Vec::new();
+    for (f, side) in &winner {
+        let src = if *side == Side::Theirs { incoming } else { stored };
+        let Some((_, want)) = register(src, f) else { continue };
+        if register(&state, f).is_none_or(|(_, have)| !have.same(want)) {
+            changes.push((f.clone(), want.to_owned_value()));
+        }
+    }
+    let restamped = !changes.is_empty();
+    if restamped {
+        let at = ctx.fresh(stored, incoming, stamp_site);
+        write_registers(&mut state, changes, at);
+    }
+    contest.winner = winner;
+    Decision::Apply { state, conflict: Some(contest), open: ctx.strategy == ConflictStrategy::Manual, restamped }
+}
+
+/// Which side's value the merged state holds for register `f`.
+fn merged_side(merged: &RowState, theirs: &RowState, f: &str) -> Side {
+    match (register(merged, f), register(theirs, f)) {
+        (Some((a, _)), Some((b, _))) if a == b => Side::Theirs,
+        _ => Side::Ours,
+    }
+}
+
+/// An owned register value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Register {
+    Exists(bool),
+    Col(Value),
+}
+
+impl RegValue<'_> {
+    fn to_owned_value(self) -> Register {
+        match self {
+            RegValue::Exists(b) => Register::Exists(b),
+            RegValue::Col(v) => Register::Col(v.clone()),
+        }
+    }
+}
+
+/// Writes registers (column values, or existence under [`EXISTS`]) at `at`.
+pub fn write_registers(state: &mut RowState, changes: Vec<(String, Register)>, at: Hlc) {
+    for (name, value) in changes {
+        match value {
+            Register::Exists(b) => state.exists = Stamped::new(b, at),
+            Register::Col(v) => {
+                state.cols.insert(name, Stamped::new(v, at));
+            }
+        }
+    }
+}
+
+impl PushContext<'_> {
+    /// A clock later than every clock of both versions, with `site`.
+    pub fn fresh(&self, a: &RowState, b: &RowState, site: SiteId) -> Hlc {
+        Clock::new(site, a.max_clock().max(b.max_clock())).tick(self.now_ms)
+    }
+}
+
+/// How a client settles a pulled change that meets one of its own unpushed changes
+/// (client-side resolvers).
+pub enum Resolver<'a> {
+    /// The later clock wins, field by field (the plain merge). The default.
+    NewestWins,
+    /// The local value wins: it is written again with a fresh local clock and pushed.
+    LocalWins,
+    /// The pulled value wins: the local change to that field is dropped.
+    RemoteWins,
+    /// The application decides: given the local and the remote version and the contested
+    /// fields, it returns the values to keep (written as a fresh local change; contested
+    /// fields it leaves out keep the plain merge's value). When existence is contested (a
+    /// delete against an update), `Some` keeps the row and `None` deletes it; otherwise
+    /// `None` keeps the plain merge.
+    Callback(&'a dyn Fn(&ResolveInput<'_>) -> Option<BTreeMap<String, Value>>),
+}
+
+/// What a resolver callback sees.
+pub struct ResolveInput<'a> {
+    pub table: &'a str,
+    pub key: &'a str,
+    pub local: &'a RowState,
+    pub remote: &'a RowState,
+    /// The contested fields ([`EXISTS`] for a delete against an update).
+    pub fields: &'a [String],
+}
+
+/// The outcome of merging a pulled version into a local row with unpushed changes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PulledMerge {
+    pub state: RowState,
+    /// The conflict found, with the winner of each field.
+    pub conflict: Option<Contest>,
+    /// The local change now includes the pulled version: what the next push says it saw.
+    pub seen: RowClocks,
+}
+
+/// Merges a pulled `remote` version into `local`, which has unpushed changes made on top of
+/// `seen`, settling same-field conflicts with `resolver`. `clock` stamps values the resolver
+/// keeps against the plain merge.
+pub fn merge_pulled(
+    table: &str,
+    key: &str,
+    local: &RowState,
+    seen: &RowClocks,
+    remote: &RowState,
+    resolver: &Resolver<'_>,
+    clock: &mut Clock,
+    now_ms: u64,
+) -> PulledMerge {
+    let mut state = local.clone();
+    state.merge(remote);
+    // What the local change has now seen: the pulled registers too.
+    let mut next_seen = seen.clone();
+    next_seen.exists = next_seen.exists.max(remote.exists.at);
+    for (c, s) in &remote.cols {
+        let e = next_seen.cols.entry(c.clone()).or_insert(Hlc::ZERO);
+        *e = (*e).max(s.at);
+    }
+    // Roles swap: seen from the local change, the remote version arrives on top of what the
+    // local change started from.
+    let Some(mut contest) = detect(ConflictStrategy::Lww, local, remote, seen) else {
+        return PulledMerge { state, conflict: None, seen: next_seen };
+    };
+    let wanted: Vec<(String, Register)> = match resolver {
+        Resolver::NewestWins => Vec::new(),
+        Resolver::LocalWins => contest
+            .fields
+            .iter()
+            .filter_map(|f| register(local, f).map(|(_, v)| (f.clone(), v.to_owned_value())))
+            .collect(),
+        Resolver::RemoteWins => {
+            // Taken as they are: the remote value with its own clock, replacing ours.
+            for f in &contest.fields {
+                if let Some((h, v)) = register(remote, f) {
+                    write_registers(&mut state, vec![(f.clone(), v.to_owned_value())], h);
+                }
+            }
+            Vec::new()
+        }
+        Resolver::Callback(f) => {
+            // The callback decides existence only when existence is contested.
+            let existence = contest.fields.iter().any(|c| c == EXISTS);
+            let input = ResolveInput { table, key, local, remote, fields: &contest.fields };
+            match f(&input) {
+                None if existence => vec![(EXISTS.to_owned(), Register::Exists(false))],
+                None => Vec::new(),
+                Some(values) => contest
+                    .fields
+                    .iter()
+                    .filter_map(|c| values.get(c).map(|v| (c.clone(), Register::Col(v.clone()))))
+                    .chain(existence.then(|| (EXISTS.to_owned(), Register::Exists(true))))
+                    .collect(),
+            }
+        }
+    };
+    let changes: Vec<(String, Register)> = wanted
+        .into_iter()
+        .filter(|(f, want)| register(&state, f).is_none_or(|(_, have)| !have.same(want_ref(want))))
+        .collect();
+    if !changes.is_empty() {
+        let _ = clock.observe(state.max_clock(), now_ms);
+        let at = clock.tick(now_ms);
+        write_registers(&mut state, changes, at);
+    }
+    contest.winner = contest
+        .fields
+        .iter()
+        .map(|f| {
+            let side = match (register(&state, f), register(remote, f)) {
+                (Some((a, va)), Some((b, vb))) if a == b || va.same(vb) => Side::Theirs,
+                _ => Side::Ours,
+            };
+            (f.clone(), side)
+        })
+        .collect();
+    PulledMerge { state, conflict: Some(contest), seen: next_seen }
+}
+
+fn want_ref(r: &Register) -> RegValue<'_> {
+    match r {
+        Register::Exists(b) => RegValue::Exists(*b),
+        Register::Col(v) => RegValue::Col(v),
+    }
+}
+
+/// Whether any of `fields` (columns, or [`EXISTS`]) holds a different write in `now` than
+/// in `then`.
+pub fn changed_since(then: &RowState, now: &RowState, fields: &[String]) -> bool {
+    fields.iter().any(|f| register(then, f).map(|r| r.0) != register(now, f).map(|r| r.0))
+}

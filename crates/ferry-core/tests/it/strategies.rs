@@ -1,0 +1,621 @@
+//! A deterministic simulation of the whole sync loop for every conflict strategy.
+//!
+//! Three replicas and a server, modelled as the real ones work: a replica's local writes
+//! wait as pending changes with the version they started from; a push carries them in a
+//! batch that the server applies once (a retried batch is answered from its record); a pull
+//! brings every row changed since the replica's cursor and merges it with the replica's
+//! client-side resolver. The network loses requests and answers and delivers some twice;
+//! replicas act in random order. Replica 0 holds the `authority` role. People resolve
+//! `manual` conflicts on the server and `reject-stale` refusals on the replicas.
+//!
+//! The server and the replicas decide with `ferry_core::strategy`, the code the stores and
+//! the client run. After quiescence it checks that every replica holds exactly the server's
+//! rows, and that every write overwritten by a write that had not seen it is in a conflict
+//! log (the server's, or the replica's own).
+//!
+//! `FERRY_SIM_SEED=N` replays one seed (for every strategy); `FERRY_SIM_RUNS` sets how many
+//! seeds run per strategy (default 600, so about 3 000 in all; the long mode sets more).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ferry_core::schema::ConflictStrategy;
+use ferry_core::strategy::{self, Decision, EXISTS, PushContext, Register, ResolveInput, Resolver, RowClocks};
+use ferry_core::{Clock, Hlc, RowState, SiteId, Value};
+
+use crate::Rng;
+
+type WriteId = u32;
+
+/// One register write, with every write of the same row its writer had seen.
+struct Write {
+    key: u8,
+    reg: String,
+    at: Hlc,
+    value: Register,
+    /// A device's write (not a value the server wrote again for a strategy or a person):
+    /// its loss must be logged.
+    device: bool,
+    /// Made by someone looking at the row (not by a resolver or strategy settling a
+    /// conflict): what it saw, it overwrote knowingly.
+    knowing: bool,
+    saw: BTreeSet<WriteId>,
+}
+
+/// A logged conflict: row, and each version's register of each field.
+struct Logged {
+    key: u8,
+    regs: Vec<(String, Hlc, Register)>,
+}
+
+fn logged(key: u8, fields: &[String], versions: &[&RowState]) -> Logged {
+    let mut regs = Vec::new();
+    for v in versions {
+        for f in fields {
+            if f == EXISTS {
+                regs.push((f.clone(), v.exists.at, Register::Exists(v.exists.value)));
+            } else if let Some(s) = v.cols.get(f) {
+                regs.push((f.clone(), s.at, Register::Col(s.value.clone())));
+            }
+        }
+    }
+    Logged { key, regs }
+}
+
+/// A row with the write ids its state has seen.
+#[derive(Clone, Default)]
+struct Known {
+    state: RowState,
+    hist: BTreeSet<WriteId>,
+}
+
+struct Pending {
+    seen: RowClocks,
+    stamp: u64,
+}
+
+struct Replica {
+    clock: Clock,
+    rows: BTreeMap<u8, Known>,
+    pending: BTreeMap<u8, Pending>,
+    /// `reject-stale`: pulled versions of rows with pending changes, held until the push
+    /// is answered; then the refused rows with the server's current version.
+    held: BTreeMap<u8, Known>,
+    refused: BTreeMap<u8, Known>,
+    cursor: u64,
+    next_batch: u64,
+    next_stamp: u64,
+    in_flight: Option<(u64, Vec<(u8, Known, RowClocks, u64)>)>,
+    resolver: u8,
+    log: Vec<Logged>,
+}
+
+struct Answer {
+    refused: Vec<(u8, Known)>,
+}
+
+struct Server {
+    site: SiteId,
+    authority_stamp: SiteId,
+    rows: BTreeMap<u8, (Known, u64)>,
+    seq: u64,
+    batches: HashMap<(usize, u64), Vec<u8>>,
+    log: Vec<Logged>,
+    /// Open `manual` conflicts: row, fields, both versions, and the provisional state.
+    open: Vec<(u8, Vec<String>, RowState, RowState, RowState)>,
+}
+
+struct Sim {
+    rng: Rng,
+    strategy: ConflictStrategy,
+    wall: u64,
+    writes: Vec<Write>,
+    replicas: Vec<Replica>,
+    server: Server,
+}
+
+const AUTHORITY: usize = 0;
+
+impl Sim {
+    fn new(seed: u64, strategy: ConflictStrategy) -> Sim {
+        let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+        let replicas = (0..3)
+            .map(|i| Replica {
+                clock: Clock::new(SiteId(10 + i as u64), Hlc::ZERO),
+                rows: BTreeMap::new(),
+                pending: BTreeMap::new(),
+                held: BTreeMap::new(),
+                refused: BTreeMap::new(),
+                cursor: 0,
+                next_batch: 0,
+                next_stamp: 1,
+                in_flight: None,
+                resolver: rng.below(4) as u8,
+                log: Vec::new(),
+            })
+            .collect();
+        let server = Server {
+            site: SiteId(1),
+            authority_stamp: SiteId(2),
+            rows: BTreeMap::new(),
+            seq: 0,
+            batches: HashMap::new(),
+            log: Vec::new(),
+            open: Vec::new(),
+        };
+        Sim { rng, strategy, wall: 1_000, writes: Vec::new(), replicas, server }
+    }
+
+    /// Records the writes `after` holds that `before` did not (registers whose clock changed).
+    fn record(
+        &mut self,
+        key: u8,
+        before: &RowState,
+        after: &RowState,
+        (device, knowing): (bool, bool),
+        hist: &mut BTreeSet<WriteId>,
+    ) {
+        let saw = hist.clone();
+        let mut regs: Vec<(String, Hlc, Register)> = Vec::new();
+        if after.exists.at != before.exists.at {
+            regs.push((EXISTS.to_owned(), after.exists.at, Register::Exists(after.exists.value)));
+        }
+        for (c, s) in &after.cols {
+            if before.cols.get(c).map(|b| b.at) != Some(s.at) {
+                regs.push((c.clone(), s.at, Register::Col(s.value.clone())));
+            }
+        }
+        for (reg, at, value) in regs {
+            let id = self.writes.len() as WriteId;
+            self.writes.push(Write { key, reg, at, value, device, knowing, saw: saw.clone() });
+            hist.insert(id);
+        }
+    }
+
+    fn local_write(&mut self, r: usize) {
+        self.wall += self.rng.below(3);
+        let key = self.rng.below(3) as u8;
+        let v = Value::Integer(self.rng.below(50) as i64);
+        let col = if self.rng.below(2) == 0 { "x" } else { "y" };
+        let op = self.rng.below(4);
+        let wall = self.wall;
+        let rep = &mut self.replicas[r];
+        if rep.refused.contains_key(&key) && self.rng.below(2) == 0 {
+            return;
+        }
+        let at = rep.clock.tick(wall);
+        let mut known = rep.rows.get(&key).cloned().unwrap_or_default();
+        let before = known.state.clone();
+        match (known.state.is_alive(), op) {
+            (false, _) => known.state.insert([("x".to_owned(), v.clone()), ("y".to_owned(), v)], at),
+            (true, 0) => known.state.delete(at),
+            (true, _) => known.state.update([(col.to_owned(), v)], at),
+        }
+        let stamp = rep.next_stamp;
+        rep.next_stamp += 1;
+        rep.pending.entry(key).or_insert_with(|| Pending { seen: before.clocks(), stamp: 0 }).stamp = stamp;
+        let mut hist = known.hist.clone();
+        let after = known.state.clone();
+        self.record(key, &before, &after, (true, true), &mut hist);
+        known.hist = hist;
+        self.replicas[r].rows.insert(key, known);
+    }
+
+    /// One push attempt: the batch in flight, or a new one of every pending row not refused.
+    fn push(&mut self, r: usize, faults: bool) {
+        let rep = &mut self.replicas[r];
+        if rep.in_flight.is_none() {
+            let rows: Vec<_> = rep
+                .pending
+                .iter()
+                .filter(|(k, _)| !rep.refused.contains_key(k))
+                .map(|(k, p)| (*k, rep.rows[k].clone(), p.seen.clone(), p.stamp))
+                .collect();
+            if rows.is_empty() {
+                return;
+            }
+            rep.next_batch += 1;
+            rep.in_flight = Some((rep.next_batch, rows));
+        }
+        if faults && self.rng.below(6) == 0 {
+            return; // the request is lost
+        }
+        let (batch, rows) = self.replicas[r].in_flight.clone().expect("a batch");
+        let mut answer = self.serve_push(r, batch, &rows);
+        if faults && self.rng.below(6) == 0 {
+            answer = self.serve_push(r, batch, &rows); // delivered twice
+        }
+        if faults && self.rng.below(6) == 0 {
+            return; // the answer is lost: the batch is sent again later
+        }
+        let rep = &mut self.replicas[r];
+        rep.in_flight = None;
+        let refused: BTreeMap<u8, Known> = answer.refused.into_iter().collect();
+        for (key, _, _, stamp) in rows {
+            if let Some(current) = refused.get(&key) {
+                let mut held = rep.held.remove(&key).unwrap_or_default();
+                held.state.merge(&current.state);
+                held.hist.extend(current.hist.iter().copied());
+                let local = &rep.rows[&key].state;
+                let contest =
+                    strategy::detect(ConflictStrategy::RejectStale, &held.state, local, &rep.pending[&key].seen);
+                if let Some(c) = contest {
+                    rep.log.push(logged(key, &c.fields, &[&held.state, local]));
+                }
+                rep.refused.insert(key, held);
+            } else if rep.pending.get(&key).is_some_and(|p| p.stamp == stamp) {
+                rep.pending.remove(&key);
+                if let Some(held) = rep.held.remove(&key) {
+                    // Pulled while the push was out: merge it now.
+                    let k = rep.rows.entry(key).or_default();
+                    k.state.merge(&held.state);
+                    k.hist.extend(held.hist);
+                }
+            }
+        }
+    }
+
+    fn serve_push(&mut self, r: usize, batch: u64, rows: &[(u8, Known, RowClocks, u64)]) -> Answer {
+        let current = |s: &Server, k: u8| s.rows.get(&k).map(|(k, _)| k.clone()).unwrap_or_default();
+        if let Some(refused) = self.server.batches.get(&(r, batch)) {
+            let refused = refused.iter().map(|k| (*k, current(&self.server, *k))).collect();
+            return Answer { refused };
+        }
+        let mut refused = Vec::new();
+        let authority_sites = [self.replicas[AUTHORITY].clock.site(), self.server.authority_stamp];
+        for (key, incoming, seen, _) in rows {
+            self.wall += 1;
+            let stored = current(&self.server, *key);
+            let ctx = PushContext {
+                strategy: self.strategy,
+                writer_is_authority: r == AUTHORITY,
+                authority_site: &|s| authority_sites.contains(&s),
+                server_site: self.server.site,
+                authority_stamp: self.server.authority_stamp,
+                now_ms: self.wall,
+            };
+            let decision = strategy::decide_push(&stored.state, &incoming.state, seen, &ctx);
+            debug(|| {
+                format!(
+                    "push from {r} row {key}: stored {:?}\n  incoming {:?}\n  seen {seen:?}\n  -> {decision:?}",
+                    stored.state, incoming.state
+                )
+            });
+            match decision {
+                Decision::Reject { .. } => refused.push(*key),
+                Decision::Apply { state, conflict, open, restamped } => {
+                    if let Some(c) = &conflict {
+                        self.server.log.push(logged(*key, &c.fields, &[&stored.state, &incoming.state]));
+                        if open {
+                            self.server.open.push((
+                                *key,
+                                c.fields.clone(),
+                                stored.state.clone(),
+                                incoming.state.clone(),
+                                state.clone(),
+                            ));
+                        }
+                    }
+                    let mut hist: BTreeSet<WriteId> = stored.hist.union(&incoming.hist).copied().collect();
+                    if restamped {
+                        let mut merged = stored.state.clone();
+                        merged.merge(&incoming.state);
+                        self.record(*key, &merged, &state, (false, false), &mut hist);
+                    }
+                    if state != stored.state {
+                        self.server.seq += 1;
+                        self.server.rows.insert(*key, (Known { state, hist }, self.server.seq));
+                    } else if let Some((k, _)) = self.server.rows.get_mut(key) {
+                        k.hist = hist;
+                    }
+                }
+            }
+        }
+        self.server.batches.insert((r, batch), refused.clone());
+        Answer { refused: refused.into_iter().map(|k| (k, current(&self.server, k))).collect() }
+    }
+
+    fn pull(&mut self, r: usize, faults: bool) {
+        let rows: Vec<(u8, Known)> = self
+            .server
+            .rows
+            .iter()
+            .filter(|(_, (_, seq))| *seq > self.replicas[r].cursor)
+            .map(|(k, (known, _))| (*k, known.clone()))
+            .collect();
+        let cursor = self.server.seq;
+        if faults && self.rng.below(6) == 0 {
+            return; // lost
+        }
+        self.wall += 1;
+        let wall = self.wall;
+        for (key, remote) in rows {
+            let rep = &mut self.replicas[r];
+            rep.clock.observe(remote.state.max_clock(), wall).unwrap();
+            if let Some(refused) = rep.refused.get_mut(&key) {
+                refused.state.merge(&remote.state);
+                refused.hist.extend(remote.hist.iter().copied());
+                continue;
+            }
+            let Some(p) = rep.pending.get(&key) else {
+                let k = rep.rows.entry(key).or_default();
+                k.state.merge(&remote.state);
+                k.hist.extend(remote.hist);
+                continue;
+            };
+            if self.strategy == ConflictStrategy::RejectStale {
+                let held = rep.held.entry(key).or_default();
+                held.state.merge(&remote.state);
+                held.hist.extend(remote.hist);
+                continue;
+            }
+            let local = rep.rows[&key].clone();
+            let callback = |i: &ResolveInput<'_>| -> Option<BTreeMap<String, Value>> {
+                // Keeps the larger value of each field; deletes when either side deleted.
+                if !i.local.is_alive() || !i.remote.is_alive() {
+                    return None;
+                }
+                Some(
+                    i.fields
+                        .iter()
+                        .filter_map(|f| {
+                            let a = i.local.cols.get(f)?.value.clone();
+                            let b = i.remote.cols.get(f)?.value.clone();
+                            Some((f.clone(), if a.total_cmp(&b).is_ge() { a } else { b }))
+                        })
+                        .collect(),
+                )
+            };
+            let resolver = match rep.resolver {
+                0 => Resolver::NewestWins,
+                1 => Resolver::LocalWins,
+                2 => Resolver::RemoteWins,
+                _ => Resolver::Callback(&callback),
+            };
+            let out = strategy::merge_pulled(
+                "t",
+                &key.to_string(),
+                &local.state,
+                &p.seen,
+                &remote.state,
+                &resolver,
+                &mut rep.clock,
+                wall,
+            );
+            debug(|| {
+                format!(
+                    "pull into pending on {r} row {key}: local {:?}\n  remote {:?}\n  -> {out:?}",
+                    local.state, remote.state
+                )
+            });
+            if let Some(c) = &out.conflict {
+                rep.log.push(logged(key, &c.fields, &[&local.state, &remote.state]));
+            }
+            let seen = out.seen;
+            let mut hist: BTreeSet<WriteId> = local.hist.union(&remote.hist).copied().collect();
+            let mut merged = local.state.clone();
+            merged.merge(&remote.state);
+            // A value the resolver wrote again is a new device write that saw both sides.
+            self.record(key, &merged, &out.state, (true, false), &mut hist);
+            let rep = &mut self.replicas[r];
+            let stamp = rep.next_stamp;
+            rep.next_stamp += 1;
+            rep.pending.insert(key, Pending { seen, stamp });
+            rep.rows.insert(key, Known { state: out.state, hist });
+        }
+        self.replicas[r].cursor = cursor;
+    }
+
+    /// A person on replica `r` settles a refused change: keep theirs, or take the server's.
+    fn settle_refused(&mut self, r: usize) {
+        let Some(key) = self.replicas[r].refused.keys().next().copied() else { return };
+        let keep_local = self.rng.below(2) == 0;
+        self.wall += 1;
+        let wall = self.wall;
+        let rep = &mut self.replicas[r];
+        let current = rep.refused.remove(&key).expect("refused");
+        let local = rep.rows[&key].clone();
+        rep.clock.observe(current.state.max_clock(), wall).unwrap();
+        // The refusal's record holds both versions as they are when the person decides.
+        let fields: Vec<String> =
+            own_registers(&local.state, &rep.pending[&key].seen).into_iter().map(|r| r.0).collect();
+        rep.log.push(logged(key, &fields, &[&current.state, &local.state]));
+        if keep_local {
+            // The local values are written again on top of the current version.
+            let mut state = current.state.clone();
+            state.merge(&local.state);
+            let changes: Vec<(String, Register)> = own_registers(&local.state, &rep.pending[&key].seen);
+            let at = rep.clock.tick(wall);
+            let before = state.clone();
+            strategy::write_registers(&mut state, changes, at);
+            let mut hist: BTreeSet<WriteId> = current.hist.union(&local.hist).copied().collect();
+            let stamp = rep.next_stamp;
+            rep.next_stamp += 1;
+            rep.pending.insert(key, Pending { seen: current.state.clocks(), stamp });
+            self.record(key, &before, &state, (true, false), &mut hist);
+            self.replicas[r].rows.insert(key, Known { state, hist });
+        } else {
+            rep.pending.remove(&key);
+            rep.rows.insert(key, current);
+        }
+    }
+
+    /// A person resolves the oldest open `manual` conflict on the server.
+    fn settle_manual(&mut self) {
+        if self.server.open.is_empty() {
+            return;
+        }
+        let (key, fields, stored, incoming, provisional) = self.server.open.remove(0);
+        let keep = if self.rng.below(2) == 0 { &stored } else { &incoming };
+        let changes: Vec<(String, Register)> = fields
+            .iter()
+            .filter_map(|f| {
+                if f == EXISTS {
+                    Some((f.clone(), Register::Exists(keep.exists.value)))
+                } else {
+                    keep.cols.get(f).map(|s| (f.clone(), Register::Col(s.value.clone())))
+                }
+            })
+            .collect();
+        self.wall += 1;
+        let (known, _) = self.server.rows.get(&key).cloned().expect("a conflicted row exists");
+        let at = Clock::new(self.server.site, known.state.max_clock()).tick(self.wall);
+        // Fields changed again since the conflict was logged: the resolution overwrites those
+        // changes too, so it is logged as a conflict of its own.
+        if strategy::changed_since(&provisional, &known.state, &fields) {
+            self.server.log.push(logged(key, &fields, &[&known.state]));
+        }
+        let mut state = known.state.clone();
+        strategy::write_registers(&mut state, changes, at);
+        let mut hist = known.hist.clone();
+        self.record(key, &known.state, &state, (false, false), &mut hist);
+        if state != known.state {
+            self.server.seq += 1;
+            self.server.rows.insert(key, (Known { state, hist }, self.server.seq));
+        }
+    }
+
+    fn run(&mut self, steps: usize) {
+        for _ in 0..steps {
+            let r = self.rng.below(3) as usize;
+            match self.rng.below(10) {
+                0..=3 => self.local_write(r),
+                4..=5 => self.push(r, true),
+                6..=7 => self.pull(r, true),
+                8 => self.settle_refused(r),
+                _ => self.settle_manual(),
+            }
+        }
+        // Quiescence: no more local writes; the network works; people settle what is open.
+        for _ in 0..20 {
+            for r in 0..3 {
+                while !self.replicas[r].refused.is_empty() {
+                    self.settle_refused(r);
+                }
+                self.push(r, false);
+                self.push(r, false);
+            }
+            while !self.server.open.is_empty() {
+                self.settle_manual();
+            }
+            for r in 0..3 {
+                self.pull(r, false);
+            }
+            let quiet =
+                self.replicas.iter().all(|r| r.pending.is_empty() && r.refused.is_empty() && r.in_flight.is_none());
+            if quiet {
+                for r in 0..3 {
+                    self.pull(r, false);
+                }
+                return;
+            }
+        }
+        panic!("no quiescence after 20 rounds");
+    }
+
+    fn check(&self, seed: u64) {
+        let here = format!("strategy {}, seed {seed} (replay with FERRY_SIM_SEED={seed})", self.strategy.name());
+        let server: BTreeMap<u8, &RowState> = self.server.rows.iter().map(|(k, (v, _))| (*k, &v.state)).collect();
+        for (i, rep) in self.replicas.iter().enumerate() {
+            let local: BTreeMap<u8, &RowState> = rep.rows.iter().map(|(k, v)| (*k, &v.state)).collect();
+            assert_eq!(local, server, "{here}: replica {i} differs from the server");
+        }
+        // Every write that lost to a write that had not seen it is in a conflict log.
+        let kept = |w: &Write| -> bool {
+            let s = server[&w.key];
+            match &w.value {
+                Register::Exists(b) => s.exists.at == w.at || s.exists.value == *b,
+                Register::Col(v) => s.cols.get(&w.reg).is_some_and(|c| c.at == w.at || c.value.same(v)),
+            }
+        };
+        let seen_by_device: BTreeSet<WriteId> =
+            self.writes.iter().filter(|w| w.knowing).flat_map(|w| w.saw.iter().copied()).collect();
+        let logs: Vec<&Logged> =
+            self.server.log.iter().chain(self.replicas.iter().flat_map(|r| r.log.iter())).collect();
+        for (id, w) in self.writes.iter().enumerate() {
+            // Seen: by a write made looking at the row, or the same value later in the same
+            // register was (two deletes of one row, say).
+            let seen = seen_by_device
+                .iter()
+                .map(|s| &self.writes[*s as usize])
+                .any(|s| s.key == w.key && s.reg == w.reg && s.at >= w.at && same_register(&s.value, &w.value));
+            if !w.device || kept(w) || seen {
+                continue;
+            }
+            // Logged: this write, or the same value later in the same register.
+            let in_log = logs.iter().any(|l| {
+                l.key == w.key
+                    && l.regs
+                        .iter()
+                        .any(|(r, at, v)| *r == w.reg && (*at == w.at || (*at > w.at && same_register(v, &w.value))))
+            });
+            if !in_log && std::env::var("FERRY_SIM_DEBUG").is_ok() {
+                for (j, x) in self.writes.iter().enumerate().filter(|(_, x)| x.key == w.key) {
+                    eprintln!(
+                        "write {j}: {} at {} device={} knowing={} saw={:?}",
+                        x.reg, x.at, x.device, x.knowing, x.saw
+                    );
+                }
+                eprintln!("final: {:?}", server[&w.key]);
+                for l in logs.iter().filter(|l| l.key == w.key) {
+                    eprintln!("logged: {:?}", l.regs);
+                }
+            }
+            assert!(
+                in_log,
+                "{here}: write {id} ({} of row {} at {}) was overwritten unseen and never logged",
+                w.reg, w.key, w.at
+            );
+        }
+    }
+}
+
+fn debug(f: impl FnOnce() -> String) {
+    if std::env::var("FERRY_SIM_DEBUG").is_ok() {
+        eprintln!("{}", f());
+    }
+}
+
+/// The registers a local change wrote on top of `seen`, with their values.
+fn own_registers(local: &RowState, seen: &RowClocks) -> Vec<(String, Register)> {
+    let mut out = Vec::new();
+    if local.exists.at > seen.exists {
+        out.push((EXISTS.to_owned(), Register::Exists(local.exists.value)));
+    }
+    for (c, s) in &local.cols {
+        if s.at > seen.cols.get(c).copied().unwrap_or(Hlc::ZERO) {
+            out.push((c.clone(), Register::Col(s.value.clone())));
+        }
+    }
+    out
+}
+
+fn simulate(seed: u64, strategy: ConflictStrategy) {
+    let mut sim = Sim::new(seed, strategy);
+    sim.run(80);
+    sim.check(seed);
+}
+
+#[test]
+fn every_strategy_converges_and_logs_every_overwritten_concurrent_value() {
+    if let Ok(seed) = std::env::var("FERRY_SIM_SEED") {
+        let seed = seed.parse().expect("FERRY_SIM_SEED must be a number");
+        for s in ConflictStrategy::ALL {
+            simulate(seed, s);
+        }
+        return;
+    }
+    let runs: u64 = std::env::var("FERRY_SIM_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(600);
+    for s in ConflictStrategy::ALL {
+        for seed in 0..runs {
+            simulate(seed, s);
+        }
+    }
+}
+
+fn same_register(a: &Register, b: &Register) -> bool {
+    match (a, b) {
+        (Register::Exists(a), Register::Exists(b)) => a == b,
+        (Register::Col(a), Register::Col(b)) => a.same(b),
+        _ => false,
+    }
+}
