@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ferry_core::schema::{ColType, Schema, Table};
+use ferry_core::strategy::RowClocks;
 use ferry_core::{Hlc, RowState, Stamped, Value};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,34 @@ pub struct WireRow {
     /// a newer write the device had not seen.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub base: BTreeMap<String, String>,
+    /// Pushes only: the clocks of the version the device's unacknowledged change started
+    /// from (every register, as in a row: `exists_at`, `clock`, `clocks`). The server's
+    /// conflict strategies compare it with the stored row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<WireClocks>,
+}
+
+/// The register clocks of one version of a row (see [`WireRow::seen`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WireClocks {
+    pub exists_at: String,
+    pub clock: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clocks: BTreeMap<String, String>,
+}
+
+/// A pushed row the server refused under `reject-stale`: the change was made on an older
+/// version. Nothing of it was stored; `current` is the server's version.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RejectedRow {
+    pub table: String,
+    pub key: String,
+    /// 409.
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub current: WireRow,
 }
 
 /// `POST /v1/push`.
@@ -74,6 +103,9 @@ pub struct PushResponse {
     /// past the batch. Every row in between is the merge of states the client already has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Rows refused (each with its own status, 409) while the rest of the batch applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedRow>,
 }
 
 /// `GET /v1/pull?cursor=N&limit=M`.
@@ -203,7 +235,56 @@ pub fn encode_row(table: &Table, key: &str, state: &RowState) -> WireRow {
         clocks,
         values,
         base: BTreeMap::new(),
+        seen: None,
     }
+}
+
+/// Encodes a version's clocks for [`WireRow::seen`]: the most common clock, and each data
+/// column that differs from it (a column never written has the zero clock).
+pub fn encode_clocks(table: &Table, clocks: &RowClocks) -> WireClocks {
+    let at = |c: &str| clocks.cols.get(c).copied().unwrap_or(Hlc::ZERO);
+    let mut counts: BTreeMap<Hlc, usize> = BTreeMap::new();
+    for col in table.data_columns() {
+        *counts.entry(at(&col.name)).or_default() += 1;
+    }
+    let common = counts.into_iter().max_by_key(|(h, n)| (*n, *h)).map_or(clocks.exists, |(h, _)| h);
+    WireClocks {
+        exists_at: clocks.exists.to_string(),
+        clock: common.to_string(),
+        clocks: table
+            .data_columns()
+            .filter(|c| at(&c.name) != common)
+            .map(|c| (c.name.clone(), at(&c.name).to_string()))
+            .collect(),
+    }
+}
+
+/// Reads a pushed row's [`WireRow::seen`]; without one, the version is taken to be the
+/// pushed state with its `base` clocks for the changed columns (what older clients meant).
+///
+/// # Errors
+/// A [`DecodeError`] naming the row for an unknown column or a malformed clock.
+pub fn decode_seen(table: &Table, row: &WireRow, state: &RowState) -> Result<RowClocks, DecodeError> {
+    let here = || format!("{} '{}'", table.name, row.key);
+    let hlc = |s: &str| s.parse::<Hlc>().map_err(|e| DecodeError(format!("{}: seen clock: {e}", here())));
+    let Some(seen) = &row.seen else {
+        let mut clocks = state.clocks();
+        clocks.cols.extend(decode_base(table, row)?);
+        return Ok(clocks);
+    };
+    let clock = hlc(&seen.clock)?;
+    let mut out = RowClocks { exists: hlc(&seen.exists_at)?, cols: BTreeMap::new() };
+    for col in table.data_columns() {
+        out.cols.insert(col.name.clone(), clock);
+    }
+    for (col, at) in &seen.clocks {
+        if table.column(col).is_none() {
+            return Err(DecodeError(format!("{}: seen clock for unknown column '{col}'", here())));
+        }
+        out.cols.insert(col.clone(), hlc(at)?);
+    }
+    out.cols.retain(|_, h| *h != Hlc::ZERO);
+    Ok(out)
 }
 
 /// Reads a pushed row's base clocks (see [`WireRow::base`]).

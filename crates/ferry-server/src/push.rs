@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use ferry_protocol::{MAX_PUSH_ROWS, PushRequest, PushResponse};
+use ferry_protocol::{MAX_PUSH_ROWS, PushRequest, PushResponse, RejectedRow};
 use ferry_store::{IncomingRow, Store};
 
 use crate::auth::Authed;
@@ -47,8 +47,8 @@ pub async fn push<S: Store>(
         .iter()
         .map(|w| {
             let (table, st) = ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
-            let base = ferry_protocol::decode_base(table, w).map_err(|e| ApiError::BadRequest(e.0))?;
-            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st, base })
+            let seen = ferry_protocol::decode_seen(table, w, &st).map_err(|e| ApiError::BadRequest(e.0))?;
+            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st, seen })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
@@ -62,11 +62,30 @@ pub async fn push<S: Store>(
         }
     }
     let outcome = state.store.push(&who, &req.batch_id, req.cursor.as_deref(), rows).await?;
+    let rejected = outcome
+        .refused
+        .iter()
+        .filter_map(|r| {
+            let table = schema.table(&r.table)?;
+            Some(RejectedRow {
+                table: r.table.clone(),
+                key: r.key.clone(),
+                status: 409,
+                code: "stale".to_owned(),
+                message: format!(
+                    "{} '{}' changed on the server since this device's version (table conflict = \"reject-stale\"); the change was not applied: keep it and push again on top of `current`, or take `current`",
+                    r.table, r.key
+                ),
+                current: ferry_protocol::encode_row(table, &r.key, &r.state),
+            })
+        })
+        .collect();
     Ok(Json(PushResponse {
         batch_id: req.batch_id,
         received: outcome.received,
         changed: outcome.changed,
         replayed: outcome.replayed,
         cursor: outcome.cursor,
+        rejected,
     }))
 }

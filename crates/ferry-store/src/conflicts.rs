@@ -1,15 +1,15 @@
 //! The server's conflict log: every value a concurrent write overwrote, with both versions,
 //! kept until someone looks (invariant 4: no silent overwrite).
 //!
-//! A conflict is recorded when a pushed row changes a column whose stored value the device
-//! had not seen (see `RowState::concurrent_columns`). Under the default strategy, `lww`, the
-//! greater clock wins at once and the entry is recorded as resolved by `lww`; the losing value
-//! stays here for audit.
+//! A conflict is recorded when a pushed row meets stored writes its device had not seen
+//! (see `ferry_core::strategy`). Every strategy but `manual` settles it at once and the entry
+//! is recorded as resolved by the strategy's name; the losing values stay here for audit.
 
 use std::collections::BTreeMap;
 
-use ferry_core::schema::{ConflictStrategy, Table};
-use ferry_core::{ColumnConflict, RowState};
+use ferry_core::RowState;
+use ferry_core::schema::Table;
+use ferry_core::strategy::{Contest, EXISTS, Register, Side};
 
 /// One entry of the conflict log.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -17,9 +17,11 @@ pub struct ConflictRecord {
     pub id: i64,
     pub table: String,
     pub key: String,
-    /// `update-update`: two writes to the same columns, neither seeing the other.
+    /// `update-update`: two writes to the same fields, neither seeing the other (under
+    /// `row-lww` and `reject-stale`: to the same row); `delete-update`: the push deleted a row
+    /// changed since its device saw it; `update-delete`: the push changed a row deleted since.
     pub kind: String,
-    /// The columns both sides wrote with different values.
+    /// The contested fields; `*` stands for the row's existence.
     pub fields: Vec<String>,
     pub strategy: String,
     /// The stored version before the merge: `{"origin", "values", "clocks"}`.
@@ -45,6 +47,7 @@ pub enum ConflictFilter {
 pub(crate) struct NewConflict {
     pub table: String,
     pub key: String,
+    pub kind: &'static str,
     pub fields: String,
     pub stored: String,
     pub incoming: String,
@@ -74,25 +77,29 @@ pub(crate) fn new_conflict(
     stored_origin: Option<&str>,
     incoming: &RowState,
     incoming_origin: &str,
-    conflicts: &[ColumnConflict],
+    contest: &Contest,
+    open: bool,
 ) -> NewConflict {
-    let fields: Vec<&str> = conflicts.iter().map(|c| c.column.as_str()).collect();
-    let winner: BTreeMap<&str, &str> =
-        conflicts.iter().map(|c| (c.column.as_str(), if c.theirs_wins() { "incoming" } else { "stored" })).collect();
+    let winner: BTreeMap<&str, &str> = contest
+        .winner
+        .iter()
+        .map(|(f, s)| (f.as_str(), if *s == Side::Theirs { "incoming" } else { "stored" }))
+        .collect();
     let dedupe = format!(
         "{}|{key}|{}",
         table.name,
-        conflicts.iter().map(|c| format!("{}={}", c.column, c.theirs.at)).collect::<Vec<_>>().join(",")
+        contest.theirs_clocks.iter().map(|(c, h)| format!("{c}={h}")).collect::<Vec<_>>().join(",")
     );
     NewConflict {
         table: table.name.clone(),
         key: key.to_owned(),
-        fields: serde_json::to_string(&fields).expect("strings serialize"),
+        kind: contest.kind.name(),
+        fields: serde_json::to_string(&contest.fields).expect("strings serialize"),
         stored: version(table, stored, stored_origin).to_string(),
         incoming: version(table, incoming, Some(incoming_origin)).to_string(),
         winner: serde_json::to_string(&winner).expect("strings serialize"),
         strategy: table.options.conflict.name(),
-        resolved: table.options.conflict == ConflictStrategy::Lww,
+        resolved: !open,
         dedupe,
     }
 }
@@ -145,19 +152,30 @@ impl Keep {
     }
 }
 
-/// The values a resolution writes: the kept version's values of the conflict's fields, read
-/// from the log entry (stored values JSON) and typed by the table.
-pub(crate) fn kept_values(
+/// The registers a resolution writes: the kept version's values of the conflict's fields
+/// (and its existence, when `*` is one of them), read from the log entry and typed by the
+/// table.
+pub(crate) fn kept_registers(
     table: &Table,
     record: &ConflictRecord,
     keep: Keep,
-) -> Result<Vec<(String, ferry_core::Value)>, String> {
+) -> Result<Vec<(String, Register)>, String> {
     let version = match keep {
         Keep::Stored => &record.stored,
         Keep::Incoming => &record.incoming,
     };
     let values = ferry_sqlite::decode_values(table, &version["values"].to_string())?;
-    Ok(record.fields.iter().map(|f| (f.clone(), values.get(f).cloned().unwrap_or(ferry_core::Value::Null))).collect())
+    Ok(record
+        .fields
+        .iter()
+        .map(|f| {
+            if f == EXISTS {
+                (f.clone(), Register::Exists(version["exists"].as_bool().unwrap_or(true)))
+            } else {
+                (f.clone(), Register::Col(values.get(f).cloned().unwrap_or(ferry_core::Value::Null)))
+            }
+        })
+        .collect())
 }
 
 /// Checks that a conflict can be resolved: it exists and is still open.
@@ -171,4 +189,46 @@ pub(crate) fn check_open(id: i64, record: Option<&ConflictRecord>) -> crate::Res
         return Err(crate::StoreError::Exists(format!("conflict {id} is already resolved (by {by} at {at})")));
     }
     Ok(record)
+}
+
+/// When the row changed again since conflict `record` was logged, the resolution overwrites
+/// those later changes too: they are logged as a conflict of their own (resolved by
+/// `manual`), so no value is lost unrecorded.
+pub(crate) fn overwritten_by_resolution(
+    table: &Table,
+    record: &ConflictRecord,
+    keep: Keep,
+    current: &RowState,
+) -> Option<NewConflict> {
+    let now = version(table, current, None);
+    let provisional = |f: &str| -> serde_json::Value {
+        let side = if record.winner.get(f).map(String::as_str) == Some("incoming") {
+            &record.incoming
+        } else {
+            &record.stored
+        };
+        if f == EXISTS { side["exists"].clone() } else { side["values"][f].clone() }
+    };
+    let current_of = |f: &str| if f == EXISTS { now["exists"].clone() } else { now["values"][f].clone() };
+    let fields: Vec<&String> = record.fields.iter().filter(|f| provisional(f) != current_of(f)).collect();
+    if fields.is_empty() {
+        return None;
+    }
+    let kept = match keep {
+        Keep::Stored => &record.stored,
+        Keep::Incoming => &record.incoming,
+    };
+    Some(NewConflict {
+        table: table.name.clone(),
+        key: record.key.clone(),
+        kind: "update-update",
+        fields: serde_json::to_string(&fields).expect("strings serialize"),
+        stored: now.to_string(),
+        incoming: kept.to_string(),
+        winner: serde_json::to_string(&fields.iter().map(|f| (f.as_str(), "incoming")).collect::<BTreeMap<_, _>>())
+            .expect("strings serialize"),
+        strategy: "manual",
+        resolved: true,
+        dedupe: format!("resolution of {}", record.id),
+    })
 }

@@ -28,6 +28,8 @@ pub struct Principal {
     pub device_name: String,
     /// The token may use the admin endpoints (`/v1/admin/…`).
     pub admin: bool,
+    /// The device's role (`ferry token create --role`), for `authoritative` tables.
+    pub role: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,22 +51,23 @@ pub struct IncomingRow {
     pub table: String,
     pub key: String,
     pub state: RowState,
-    /// For each column the device changed, the clock of the value it replaced (what it had
-    /// seen); empty when unknown.
-    pub base: std::collections::BTreeMap<String, ferry_core::Hlc>,
+    /// The clocks of the version the device's change started from.
+    pub seen: ferry_core::strategy::RowClocks,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PushOutcome {
     pub received: usize,
     pub changed: usize,
     pub replayed: bool,
     /// When the caller's cursor was the feed's end before the batch: the feed's end after it.
     pub cursor: Option<String>,
+    /// Rows `reject-stale` refused, with the stored version; the rest of the batch applied.
+    pub refused: Vec<FeedRow>,
 }
 
 /// One row of a pull page.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FeedRow {
     pub table: String,
     pub key: String,
@@ -137,12 +140,19 @@ pub trait Store: Send + Sync + 'static {
     fn add_user(&self, name: &str) -> impl Future<Output = Result<User>> + Send;
 
     /// Registers a device for a user (by name or id) and returns its new bearer token;
-    /// `admin` tokens may also use the admin endpoints.
-    fn create_device(&self, user: &str, device: &str, admin: bool) -> impl Future<Output = Result<NewToken>> + Send;
+    /// `admin` tokens may also use the admin endpoints; `role` names the device's role for
+    /// `authoritative` tables.
+    fn create_device(
+        &self,
+        user: &str,
+        device: &str,
+        admin: bool,
+        role: Option<&str>,
+    ) -> impl Future<Output = Result<NewToken>> + Send;
 
-    /// Registers an ordinary (non-admin) device; see [`Store::create_device`].
+    /// Registers an ordinary device (no admin rights, no role); see [`Store::create_device`].
     fn create_token(&self, user: &str, device: &str) -> impl Future<Output = Result<NewToken>> + Send {
-        self.create_device(user, device, false)
+        self.create_device(user, device, false, None)
     }
 
     /// The device a bearer token belongs to, or `None` for an unknown or revoked token.
@@ -268,8 +278,8 @@ impl Store for AnyStore {
         delegate!(self, s => s.add_user(name).await)
     }
 
-    async fn create_device(&self, user: &str, device: &str, admin: bool) -> Result<NewToken> {
-        delegate!(self, s => s.create_device(user, device, admin).await)
+    async fn create_device(&self, user: &str, device: &str, admin: bool, role: Option<&str>) -> Result<NewToken> {
+        delegate!(self, s => s.create_device(user, device, admin, role).await)
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
@@ -303,29 +313,54 @@ impl Store for AnyStore {
     }
 }
 
-/// One pushed row merged into its stored state.
+/// One pushed row after the table's strategy decided.
 struct Merged {
     state: RowState,
-    report: ferry_core::MergeReport,
+    /// The stored state changes.
+    changed: bool,
+    /// The device lacks something the result holds: it must pull the row.
+    kept_newer: bool,
     owner: Option<String>,
-    /// Columns the device wrote without having seen the stored value, and the stored state
-    /// before the merge (only when there are such columns).
-    concurrent: Vec<ferry_core::ColumnConflict>,
-    before: Option<RowState>,
+    /// The conflict to log, with the stored state before the push; `open` for `manual`.
+    conflict: Option<(ferry_core::strategy::Contest, RowState)>,
+    open: bool,
+    /// `reject-stale` refused the change: nothing is stored and `state` is the stored state.
+    refused: bool,
 }
 
-/// Merges a pushed row into its stored state (`stored`: the state and its recorded owner),
-/// applying the ownership rule on owned tables: a device may touch only rows of its own user,
-/// and may not leave a row owned by anyone else. Every store calls this; only the SQL around
-/// it differs.
+/// What a store knows when it decides pushed rows: its site ids and the devices holding
+/// roles.
+pub(crate) struct Deciding {
+    pub server_site: ferry_core::SiteId,
+    /// Site ids of devices with a role, by role.
+    pub role_sites: std::collections::HashMap<ferry_core::SiteId, String>,
+    pub now_ms: u64,
+}
+
+impl Deciding {
+    /// The site id the server stamps a value it keeps for `role` with: fixed per server and
+    /// role, so later conflicts still count the value as the role's.
+    fn authority_stamp(&self, role: &str) -> ferry_core::SiteId {
+        let f = ferry_core::schema::fingerprint(&format!("{}/{role}", self.server_site));
+        let n = u64::from_str_radix(&f, 16).unwrap_or(1);
+        ferry_core::SiteId::from_bytes(n.to_be_bytes())
+    }
+}
+
+/// Merges a pushed row into its stored state (`stored`: the state and its recorded owner)
+/// under the table's conflict strategy, applying the ownership rule on owned tables: a
+/// device may touch only rows of its own user, and may not leave a row owned by anyone
+/// else. Every store calls this; only the SQL around it differs.
 fn merge_pushed(
     table: &Table,
     key: &str,
     who: &Principal,
     stored: Option<(RowState, Option<String>)>,
     incoming: &RowState,
-    base: &std::collections::BTreeMap<String, ferry_core::Hlc>,
+    seen: &ferry_core::strategy::RowClocks,
+    env: &Deciding,
 ) -> Result<Merged> {
+    use ferry_core::strategy::{Decision, PushContext, decide_push};
     let here = || format!("{} '{key}'", table.name);
     if table.options.owner.is_some() {
         if let Some((_, owner)) = &stored {
@@ -337,12 +372,29 @@ fn merge_pushed(
             }
         }
     }
-    let mut state = stored.map(|(s, _)| s).unwrap_or_default();
-    let concurrent = state.concurrent_columns(incoming, base);
-    let before = (!concurrent.is_empty()).then(|| state.clone());
-    let report = state.merge(incoming);
+    let before = stored.map(|(s, _)| s).unwrap_or_default();
+    let role = table.options.authority.as_deref();
+    let stamp = role.map_or(env.server_site, |r| env.authority_stamp(r));
+    let is_authority = |site: ferry_core::SiteId| {
+        role.is_some_and(|r| site == stamp || env.role_sites.get(&site).is_some_and(|s| s == r))
+    };
+    let ctx = PushContext {
+        strategy: table.options.conflict,
+        writer_is_authority: role.is_some() && who.role.as_deref() == role,
+        authority_site: &is_authority,
+        server_site: env.server_site,
+        authority_stamp: stamp,
+        now_ms: env.now_ms,
+    };
+    let (state, conflict, open, restamped, refused) = match decide_push(&before, incoming, seen, &ctx) {
+        Decision::Apply { state, conflict, open, restamped } => (state, conflict, open, restamped, false),
+        Decision::Reject { conflict } => (before.clone(), Some(conflict), false, false, true),
+    };
+    let changed = state != before;
+    // The device must pull when the result holds a register its state lacks.
+    let kept_newer = restamped || state.clocks() != incoming.clocks();
     let owner = owner_of(table, &state);
-    if let Some(col) = &table.options.owner {
+    if let Some(col) = table.options.owner.as_ref().filter(|_| !refused) {
         if owner.as_deref() != Some(who.user_id.as_str()) {
             return Err(StoreError::Forbidden(format!(
                 "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",
@@ -352,9 +404,37 @@ fn merge_pushed(
             )));
         }
     }
-    Ok(Merged { state, report, owner, concurrent, before })
+    Ok(Merged { state, changed, kept_newer, owner, conflict: conflict.map(|c| (c, before)), open, refused })
+}
+
+/// The sites a pushing device wrote its own registers with (to record which sites hold a
+/// role).
+fn own_sites(incoming: &RowState, seen: &ferry_core::strategy::RowClocks) -> Vec<ferry_core::SiteId> {
+    let mut out: Vec<ferry_core::SiteId> = Vec::new();
+    let mut add = |h: ferry_core::Hlc, s: ferry_core::Hlc| {
+        if h > s && !out.contains(&h.site()) {
+            out.push(h.site());
+        }
+    };
+    add(incoming.exists.at, seen.exists);
+    for (c, v) in &incoming.cols {
+        add(v.at, seen.cols.get(c).copied().unwrap_or(ferry_core::Hlc::ZERO));
+    }
+    out
 }
 
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A device role, checked: `None` stays `None`.
+fn check_role(role: Option<&str>) -> Result<Option<String>> {
+    role.map(|r| ferry_core::schema::check_role(r).map(|()| r.to_owned()).map_err(StoreError::Invalid)).transpose()
+}
+
+/// The refused rows of a recorded batch, from their stored JSON (`[[table, key], …]`).
+fn refused_keys(json: Option<&str>) -> Result<Vec<(String, String)>> {
+    json.map_or(Ok(Vec::new()), |j| {
+        serde_json::from_str(j).map_err(|e| StoreError::Internal(format!("recorded refused rows: {e}")))
+    })
 }

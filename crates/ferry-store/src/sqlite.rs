@@ -59,7 +59,19 @@ CREATE TABLE IF NOT EXISTS _ferry_conflicts (
     dedupe TEXT NOT NULL UNIQUE
 );
 CREATE INDEX IF NOT EXISTS _ferry_conflicts_row ON _ferry_conflicts(tbl, pk);
+CREATE TABLE IF NOT EXISTS _ferry_sites (
+    site TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    role TEXT
+);
 ";
+
+/// Columns added after the first release: (table, column, definition).
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("_ferry_devices", "admin", "INTEGER NOT NULL DEFAULT 0"),
+    ("_ferry_devices", "role", "TEXT"),
+    ("_ferry_batches", "refused", "TEXT"),
+];
 
 const READERS: usize = 4;
 
@@ -71,6 +83,8 @@ pub struct SqliteStore {
 
 struct Inner {
     id: String,
+    /// The site id of changes the server itself makes (resolutions, strategies).
+    site: ferry_core::SiteId,
     /// The schema's table names as a JSON array: feed rows of tables dropped from the
     /// schema are skipped, not served.
     table_list: String,
@@ -100,13 +114,15 @@ impl SqliteStore {
         let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
         ferry_sqlite::ensure_rows_table(&tx)?;
         tx.execute_batch(BOOKKEEPING)?;
-        let has_admin: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('_ferry_devices') WHERE name = 'admin'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_admin {
-            tx.execute_batch("ALTER TABLE _ferry_devices ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")?;
+        for (table, column, definition) in ADDED_COLUMNS {
+            let has: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                params![table, column],
+                |r| r.get(0),
+            )?;
+            if !has {
+                tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+            }
         }
         for table in &schema.tables {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
@@ -124,6 +140,10 @@ impl SqliteStore {
             "INSERT OR IGNORE INTO _ferry_store (key, value) VALUES ('site', ?1)",
             [ferry_core::SiteId::from_bytes(site).to_string()],
         )?;
+        let site: ferry_core::SiteId = tx
+            .query_row("SELECT value FROM _ferry_store WHERE key = 'site'", [], |r| r.get::<_, String>(0))?
+            .parse()
+            .map_err(|e| StoreError::Internal(format!("stored site id: {e}")))?;
         tx.commit()?;
         let readers = (0..READERS)
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
@@ -131,7 +151,7 @@ impl SqliteStore {
         let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
         let table_list = serde_json::to_string(&schema.table_names()).expect("names serialize");
         Ok(SqliteStore {
-            inner: Arc::new(Inner { id, table_list, schema, tables, writer: Mutex::new(writer), readers }),
+            inner: Arc::new(Inner { id, site, table_list, schema, tables, writer: Mutex::new(writer), readers }),
         })
     }
 
@@ -213,8 +233,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_device(&self, user: &str, device: &str, admin: bool) -> Result<NewToken> {
+    async fn create_device(&self, user: &str, device: &str, admin: bool, role: Option<&str>) -> Result<NewToken> {
         let (user, device) = (user.to_owned(), crate::check_name("device", device)?);
+        let role = crate::check_role(role)?;
         self.write(move |_, conn| {
             let user_id: Option<String> = conn
                 .query_row("SELECT id FROM _ferry_users WHERE name = ?1 OR id = ?1", [&user], |r| r.get(0))
@@ -227,8 +248,8 @@ impl Store for SqliteStore {
             let token = new_token()?;
             let device_id = uuid::Uuid::now_v7().to_string();
             conn.execute(
-                "INSERT INTO _ferry_devices (id, user_id, name, token_hash, admin) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![device_id, user_id, device, token_hash(&token), admin],
+                "INSERT INTO _ferry_devices (id, user_id, name, token_hash, admin, role) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![device_id, user_id, device, token_hash(&token), admin, role],
             )?;
             Ok(NewToken { device_id, token })
         })
@@ -240,7 +261,7 @@ impl Store for SqliteStore {
         self.read(move |_, conn| {
             let p = conn
                 .prepare_cached(
-                    "SELECT u.id, u.name, d.id, d.name, d.admin FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
+                    "SELECT u.id, u.name, d.id, d.name, d.admin, d.role FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
                      WHERE d.token_hash = ?1 AND d.revoked_at IS NULL",
                 )?
                 .query_row([hash], |r| {
@@ -250,6 +271,7 @@ impl Store for SqliteStore {
                         device_id: r.get(2)?,
                         device_name: r.get(3)?,
                         admin: r.get(4)?,
+                        role: r.get(5)?,
                     })
                 })
                 .optional()?;
@@ -269,16 +291,26 @@ impl Store for SqliteStore {
         let (who, batch_id) = (who.clone(), batch_id.to_owned());
         self.write(move |inner, conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let seen: Option<(i64, i64)> = tx
-                .prepare_cached("SELECT received, changed FROM _ferry_batches WHERE device_id = ?1 AND batch_id = ?2")?
-                .query_row(params![who.device_id, batch_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            let seen: Option<(i64, i64, Option<String>)> = tx
+                .prepare_cached(
+                    "SELECT received, changed, refused FROM _ferry_batches WHERE device_id = ?1 AND batch_id = ?2",
+                )?
+                .query_row(params![who.device_id, batch_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            if let Some((received, changed)) = seen {
+            if let Some((received, changed, refused)) = seen {
+                // The refused rows are answered again, with their current version.
+                let mut again = Vec::new();
+                for (table, key) in crate::refused_keys(refused.as_deref())? {
+                    let ts = inner.table(&table)?;
+                    let state = ferry_sqlite::load_state(&tx, ts, &key)?.map(|(s, _)| s).unwrap_or_default();
+                    again.push(crate::FeedRow { table, key, state });
+                }
                 return Ok(PushOutcome {
                     received: received as usize,
                     changed: changed as usize,
                     replayed: true,
                     cursor: None,
+                    refused: again,
                 });
             }
             let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
@@ -286,12 +318,19 @@ impl Store for SqliteStore {
             let mut all_known = true;
             let received = rows.len();
             let mut changed = 0;
+            let mut refused = Vec::new();
+            let env = crate::Deciding {
+                server_site: inner.site,
+                role_sites: role_sites(&tx)?,
+                now_ms: crate::wall_ms(),
+            };
+            let mut sites = Vec::new();
             for row in rows {
                 let ts = inner.table(&row.table)?;
                 let table = &ts.table;
                 let stored = ferry_sqlite::load_state(&tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner));
-                let merged = crate::merge_pushed(table, &row.key, &who, stored, &row.state, &row.base)?;
-                if let Some(before) = &merged.before {
+                let merged = crate::merge_pushed(table, &row.key, &who, stored, &row.state, &row.seen, &env)?;
+                if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .prepare_cached("SELECT origin FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
                         .query_row(params![table.name, row.key], |r| r.get(0))
@@ -304,32 +343,39 @@ impl Store for SqliteStore {
                         origin.as_deref(),
                         &row.state,
                         &who.device_id,
-                        &merged.concurrent,
+                        contest,
+                        merged.open,
                     );
-                    tx.prepare_cached(
-                        "INSERT OR IGNORE INTO _ferry_conflicts
-                           (tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, dedupe)
-                         VALUES (?1, ?2, 'update-update', ?3, ?8, ?4, ?5, ?6, CASE WHEN ?9 THEN ?8 END,
-                                 CASE WHEN ?9 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END, ?7)",
-                    )?
-                    .execute(params![
-                        c.table, c.key, c.fields, c.stored, c.incoming, c.winner, c.dedupe, c.strategy, c.resolved
-                    ])?;
+                                        insert_conflict(&tx, &c)?;
                 }
-                let (state, report, owner) = (merged.state, merged.report, merged.owner);
+                if merged.refused {
+                    refused.push(crate::FeedRow { table: row.table.clone(), key: row.key.clone(), state: merged.state });
+                    continue;
+                }
+                if who.role.is_some() {
+                    sites.extend(crate::own_sites(&row.state, &row.seen));
+                }
                 // The stored row had something the device's lacks: the device must pull it.
-                all_known &= !report.kept_newer;
-                if !report.changed {
+                all_known &= !merged.kept_newer;
+                if !merged.changed {
                     continue;
                 }
                 seq += 1;
                 changed += 1;
-                let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0 };
-                ferry_sqlite::store_state(&tx, ts, &row.key, &state, &extra)?;
+                let extra = Extra { seq, owner: merged.owner.as_deref(), origin: Some(&who.device_id), pending: 0 };
+                ferry_sqlite::store_state(&tx, ts, &row.key, &merged.state, &extra)?;
             }
+            for site in sites {
+                tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id, role) VALUES (?1, ?2, ?3)")?
+                    .execute(params![site.to_string(), who.device_id, who.role])?;
+            }
+            let refused_keys = serde_json::to_string(
+                &refused.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect::<Vec<_>>(),
+            )
+            .expect("strings serialize");
             tx.execute(
-                "INSERT INTO _ferry_batches (device_id, batch_id, received, changed) VALUES (?1, ?2, ?3, ?4)",
-                params![who.device_id, batch_id, received as i64, changed as i64],
+                "INSERT INTO _ferry_batches (device_id, batch_id, received, changed, refused) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![who.device_id, batch_id, received as i64, changed as i64, refused_keys],
             )?;
             tx.execute(
                 "UPDATE _ferry_devices SET last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
@@ -340,7 +386,8 @@ impl Store for SqliteStore {
                 received,
                 changed,
                 replayed: false,
-                cursor: (all_known && cursor == Some(feed_end as u64)).then(|| seq.to_string()),
+                cursor: (all_known && refused.is_empty() && cursor == Some(feed_end as u64)).then(|| seq.to_string()),
+                refused,
             })
         })
         .await
@@ -412,16 +459,15 @@ impl Store for SqliteStore {
             let record = tx.prepare(&sql)?.query_row([id], conflict_row).optional()?;
             let record = crate::conflicts::check_open(id, record.as_ref())?;
             let ts = inner.table(&record.table)?;
-            let values = crate::conflicts::kept_values(&ts.table, record, keep).map_err(StoreError::Internal)?;
+            let registers = crate::conflicts::kept_registers(&ts.table, record, keep).map_err(StoreError::Internal)?;
             let Some((mut state, meta)) = ferry_sqlite::load_state(&tx, ts, &record.key)? else {
                 return Err(StoreError::NotFound(format!("{} '{}' no longer exists", record.table, record.key)));
             };
-            let site: ferry_core::SiteId = tx
-                .query_row("SELECT value FROM _ferry_store WHERE key = 'site'", [], |r| r.get::<_, String>(0))?
-                .parse()
-                .map_err(|e| StoreError::Internal(format!("stored site id: {e}")))?;
-            let at = ferry_core::Clock::new(site, state.max_clock()).tick(crate::wall_ms());
-            state.update(values, at);
+                        if let Some(c) = crate::conflicts::overwritten_by_resolution(&ts.table, record, keep, &state) {
+                insert_conflict(&tx, &c)?;
+            }
+            let at = ferry_core::Clock::new(inner.site, state.max_clock()).tick(crate::wall_ms());
+            ferry_core::strategy::write_registers(&mut state, registers, at);
             let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM _ferry_rows", [], |r| r.get(0))?;
             let extra = Extra { seq, owner: meta.owner.as_deref(), origin: Some("manual"), pending: 0 };
             ferry_sqlite::store_state(&tx, ts, &record.key, &state, &extra)?;
@@ -450,6 +496,33 @@ impl Store for SqliteStore {
 
 const CONFLICT_COLUMNS: &str =
     "id, tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, detected_at";
+
+/// Logs a conflict; a second one with the same dedupe key is ignored (a retried push).
+fn insert_conflict(tx: &rusqlite::Transaction<'_>, c: &crate::conflicts::NewConflict) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO _ferry_conflicts
+           (tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, dedupe)
+         VALUES (?1, ?2, ?10, ?3, ?8, ?4, ?5, ?6, CASE WHEN ?9 THEN ?8 END,
+                 CASE WHEN ?9 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END, ?7)",
+    )?
+    .execute(params![
+        c.table, c.key, c.fields, c.stored, c.incoming, c.winner, c.dedupe, c.strategy, c.resolved, c.kind
+    ])?;
+    Ok(())
+}
+
+/// The site ids of devices that hold a role, with the role.
+fn role_sites(tx: &rusqlite::Transaction<'_>) -> Result<HashMap<ferry_core::SiteId, String>> {
+    let mut out = HashMap::new();
+    let mut stmt = tx.prepare_cached("SELECT site, role FROM _ferry_sites WHERE role IS NOT NULL")?;
+    for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (site, role) = r?;
+        if let Ok(site) = site.parse() {
+            out.insert(site, role);
+        }
+    }
+    Ok(out)
+}
 
 fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {
     Ok(crate::conflicts::record(

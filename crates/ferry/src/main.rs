@@ -161,6 +161,10 @@ enum TokenCommand {
         /// The token may also use the admin endpoints (/v1/admin/…), such as conflict resolution.
         #[arg(long)]
         admin: bool,
+        /// The device's role, for tables with conflict = "authoritative" (e.g. main for an
+        /// on-site server whose writes win).
+        #[arg(long)]
+        role: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -213,9 +217,9 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", user.id);
             Ok(())
         }
-        Command::Token { command: TokenCommand::Create { user, device, admin, server } } => {
+        Command::Token { command: TokenCommand::Create { user, device, admin, role, server } } => {
             let (_, store) = server.open_store().await?;
-            let t = store.create_device(&user, &device, admin).await?;
+            let t = store.create_device(&user, &device, admin, role.as_deref()).await?;
             eprintln!("created device '{device}' ({}) for user '{user}'; the token is shown only once:", t.device_id);
             println!("{}", t.token);
             Ok(())

@@ -23,6 +23,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use ferry_core::schema::{ColType, Schema, Table};
+use ferry_core::strategy::RowClocks;
 use ferry_core::{Hlc, RowState, SiteId, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Transaction};
@@ -577,7 +578,7 @@ impl PgStore {
         &self,
         who: &Principal,
         batch_id: &str,
-        rows: &BTreeMap<String, BTreeMap<String, (RowState, BTreeMap<String, Hlc>)>>,
+        rows: &BTreeMap<String, BTreeMap<String, (RowState, RowClocks)>>,
         received: usize,
     ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
         let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
@@ -591,17 +592,30 @@ impl PgStore {
             .start()
             .await
             .map_err(push_pg)?;
-        let seen = tx
+        let recorded = tx
             .query_opt(
-                "SELECT received, changed FROM _ferry_batches WHERE device_id = $1 AND batch_id = $2",
+                "SELECT received, changed, refused FROM _ferry_batches WHERE device_id = $1 AND batch_id = $2",
                 &[&who.device_id, &batch_id],
             )
             .await
             .map_err(push_pg)?;
-        if let Some(r) = seen {
-            let (received, changed): (i32, i32) = (r.get(0), r.get(1));
+        if let Some(r) = recorded {
+            let (received, changed, refused): (i32, i32, Option<String>) = (r.get(0), r.get(1), r.get(2));
+            // The refused rows are answered again, with their current version.
+            let mut again = Vec::new();
+            for (table, key) in crate::refused_keys(refused.as_deref()).map_err(PushError::Store)? {
+                let pt = self.table(&table)?;
+                let state = load(&tx, pt, std::slice::from_ref(&key), false).await?.remove(&key).map(|p| p.state);
+                again.push(crate::FeedRow { table, key, state: state.unwrap_or_default() });
+            }
             return Ok((
-                PushOutcome { received: received as usize, changed: changed as usize, replayed: true, cursor: None },
+                PushOutcome {
+                    received: received as usize,
+                    changed: changed as usize,
+                    replayed: true,
+                    cursor: None,
+                    refused: again,
+                },
                 None,
             ));
         }
@@ -609,17 +623,26 @@ impl PgStore {
         // application's statement it gives way (and retries) before PostgreSQL's deadlock
         // detector, which runs after a second, could pick the application as the victim.
         tx.batch_execute("SET LOCAL ferry.applying = 'on'; SET LOCAL lock_timeout = '200ms'").await.map_err(push_pg)?;
+        let mut role_sites = std::collections::HashMap::new();
+        for r in tx.query("SELECT site, role FROM _ferry_sites WHERE role IS NOT NULL", &[]).await.map_err(push_pg)? {
+            if let Ok(site) = r.get::<_, String>(0).parse() {
+                role_sites.insert(site, r.get::<_, String>(1));
+            }
+        }
+        let env = crate::Deciding { server_site: self.inner.site, role_sites, now_ms: crate::wall_ms() };
         let mut changed = 0;
         let mut all_known = true;
+        let mut refused = Vec::new();
+        let mut sites = Vec::new();
         for (table, states) in rows {
             let pt = self.table(table)?;
             let keys: Vec<String> = states.keys().cloned().collect();
             let mut stored = load(&tx, pt, &keys, true).await?;
             let mut writes = Vec::new();
-            for (key, (incoming, base)) in states {
+            for (key, (incoming, seen)) in states {
                 let prior = stored.remove(key).map(|p| (p.state, p.owner));
-                let merged = crate::merge_pushed(&pt.table, key, who, prior, incoming, base)?;
-                if let Some(before) = &merged.before {
+                let merged = crate::merge_pushed(&pt.table, key, who, prior, incoming, seen, &env)?;
+                if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
                         .await
@@ -632,35 +655,23 @@ impl PgStore {
                         origin.as_deref(),
                         incoming,
                         &who.device_id,
-                        &merged.concurrent,
+                        contest,
+                        merged.open,
                     );
-                    tx.execute(
-                        "INSERT INTO _ferry_conflicts
-                           (tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, dedupe)
-                         VALUES ($1, $2, 'update-update', $3, $8, $4, $5, $6, CASE WHEN $9 THEN $8 END,
-                                 CASE WHEN $9 THEN now() END, $7)
-                         ON CONFLICT (dedupe) DO NOTHING",
-                        &[
-                            &c.table,
-                            &c.key,
-                            &c.fields,
-                            &c.stored,
-                            &c.incoming,
-                            &c.winner,
-                            &c.dedupe,
-                            &c.strategy,
-                            &c.resolved,
-                        ],
-                    )
-                    .await
-                    .map_err(push_pg)?;
+                    insert_conflict(&tx, &c).await.map_err(push_pg)?;
                 }
-                let (state, report, owner) = (merged.state, merged.report, merged.owner);
+                if merged.refused {
+                    refused.push(crate::FeedRow { table: table.clone(), key: key.clone(), state: merged.state });
+                    continue;
+                }
+                if who.role.is_some() {
+                    sites.extend(crate::own_sites(incoming, seen));
+                }
                 // The stored row had something the device's lacks (a direct write, say): the
                 // device must pull it, so no cursor past this push.
-                all_known &= !report.kept_newer;
-                if report.changed {
-                    writes.push((key.clone(), state, owner));
+                all_known &= !merged.kept_newer;
+                if merged.changed {
+                    writes.push((key.clone(), merged.state, merged.owner));
                 }
             }
             if !writes.is_empty() {
@@ -668,10 +679,21 @@ impl PgStore {
                 write(&tx, pt, &who.device_id, &writes).await?;
             }
         }
+        for site in sites {
+            tx.execute(
+                "INSERT INTO _ferry_sites (site, device_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&site.to_string(), &who.device_id, &who.role],
+            )
+            .await
+            .map_err(push_pg)?;
+        }
+        let refused_keys =
+            serde_json::to_string(&refused.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect::<Vec<_>>())
+                .expect("strings serialize");
         let xid: String = tx.query_one("SELECT pg_current_xact_id()::text", &[]).await.map_err(push_pg)?.get(0);
         tx.execute(
-            "INSERT INTO _ferry_batches (device_id, batch_id, received, changed) VALUES ($1, $2, $3, $4)",
-            &[&who.device_id, &batch_id, &(received as i32), &(changed as i32)],
+            "INSERT INTO _ferry_batches (device_id, batch_id, received, changed, refused) VALUES ($1, $2, $3, $4, $5)",
+            &[&who.device_id, &batch_id, &(received as i32), &(changed as i32), &refused_keys],
         )
         .await
         .map_err(push_pg)?;
@@ -685,7 +707,8 @@ impl PgStore {
                 &[&who.device_id],
             )
             .await;
-        Ok((PushOutcome { received, changed, replayed: false, cursor: None }, all_known.then_some(xid)))
+        let caught_up = all_known && refused.is_empty();
+        Ok((PushOutcome { received, changed, replayed: false, cursor: None, refused }, caught_up.then_some(xid)))
     }
 
     /// After a committed push: when the client's cursor was caught up and nothing but this
@@ -735,8 +758,9 @@ impl Store for PgStore {
         }
     }
 
-    async fn create_device(&self, user: &str, device: &str, admin: bool) -> Result<NewToken> {
+    async fn create_device(&self, user: &str, device: &str, admin: bool, role: Option<&str>) -> Result<NewToken> {
         let device = crate::check_name("device", device)?;
+        let role = crate::check_role(role)?;
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let row =
             client.query_opt("SELECT id FROM _ferry_users WHERE name = $1 OR id = $1", &[&user]).await.map_err(pg)?;
@@ -750,8 +774,8 @@ impl Store for PgStore {
         let device_id = uuid::Uuid::now_v7().to_string();
         client
             .execute(
-                "INSERT INTO _ferry_devices (id, user_id, name, token_hash, admin) VALUES ($1, $2, $3, $4, $5)",
-                &[&device_id, &user_id, &device, &token_hash(&token), &admin],
+                "INSERT INTO _ferry_devices (id, user_id, name, token_hash, admin, role) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&device_id, &user_id, &device, &token_hash(&token), &admin, &role],
             )
             .await
             .map_err(pg)?;
@@ -762,7 +786,7 @@ impl Store for PgStore {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let row = client
             .query_opt(
-                "SELECT u.id, u.name, d.id, d.name, d.admin FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
+                "SELECT u.id, u.name, d.id, d.name, d.admin, d.role FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
                  WHERE d.token_hash = $1 AND d.revoked_at IS NULL",
                 &[&token_hash(token)],
             )
@@ -774,6 +798,7 @@ impl Store for PgStore {
             device_id: r.get(2),
             device_name: r.get(3),
             admin: r.get(4),
+            role: r.get(5),
         }))
     }
 
@@ -790,13 +815,17 @@ impl Store for PgStore {
         let received = rows.len();
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
         // concurrent pushes lock bookkeeping rows in the same order.
-        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, BTreeMap<String, Hlc>)>> = BTreeMap::new();
+        // A key sent twice in one batch is one change: the states merged, the first version seen.
+        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, RowClocks)>> = BTreeMap::new();
         for r in rows {
             self.table(&r.table)?;
-            let entry = grouped.entry(r.table).or_default().entry(r.key).or_default();
-            entry.0.merge(&r.state);
-            for (c, h) in r.base {
-                entry.1.entry(c).or_insert(h);
+            match grouped.entry(r.table).or_default().entry(r.key) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert((r.state, r.seen));
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    o.get_mut().0.merge(&r.state);
+                }
             }
         }
         let mut attempt = 0;
@@ -904,15 +933,18 @@ impl Store for PgStore {
         let record = row.as_ref().map(conflict_row);
         let record = crate::conflicts::check_open(id, record.as_ref())?;
         let pt = self.table(&record.table)?;
-        let values = crate::conflicts::kept_values(&pt.table, record, keep).map_err(StoreError::Internal)?;
+        let registers = crate::conflicts::kept_registers(&pt.table, record, keep).map_err(StoreError::Internal)?;
         tx.batch_execute("SET LOCAL ferry.applying = 'on'").await.map_err(pg)?;
         let key = record.key.clone();
         let Some(prior) = load(&tx, pt, std::slice::from_ref(&key), true).await?.remove(&key) else {
             return Err(StoreError::NotFound(format!("{} '{key}' no longer exists", record.table)));
         };
         let mut state = prior.state;
+        if let Some(c) = crate::conflicts::overwritten_by_resolution(&pt.table, record, keep, &state) {
+            insert_conflict(&tx, &c).await.map_err(pg)?;
+        }
         let at = ferry_core::Clock::new(self.inner.site, state.max_clock()).tick(crate::wall_ms());
-        state.update(values, at);
+        ferry_core::strategy::write_registers(&mut state, registers, at);
         write(&tx, pt, "manual", &[(key, state, prior.owner)]).await?;
         let winner: BTreeMap<&str, &str> = record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
         tx.execute(
@@ -1022,6 +1054,21 @@ fn conflict_row(r: &Row) -> ConflictRecord {
 }
 
 /// A read-only transaction that sees one snapshot throughout.
+/// Logs a conflict; a second one with the same dedupe key is ignored (a retried push).
+async fn insert_conflict(
+    tx: &tokio_postgres::Transaction<'_>,
+    c: &crate::conflicts::NewConflict,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO _ferry_conflicts
+           (tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, dedupe)
+         VALUES ($1, $2, $10, $3, $8, $4, $5, $6, CASE WHEN $9 THEN $8 END, CASE WHEN $9 THEN now() END, $7)
+         ON CONFLICT (dedupe) DO NOTHING",
+        &[&c.table, &c.key, &c.fields, &c.stored, &c.incoming, &c.winner, &c.dedupe, &c.strategy, &c.resolved, &c.kind],
+    )
+    .await
+}
+
 async fn snapshot(client: &mut tokio_postgres::Client) -> Result<Transaction<'_>> {
     client
         .build_transaction()

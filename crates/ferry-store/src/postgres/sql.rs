@@ -382,6 +382,13 @@ CREATE TABLE IF NOT EXISTS _ferry_rows (
 );
 CREATE INDEX IF NOT EXISTS _ferry_rows_feed ON _ferry_rows (xid, tbl, pk);
 ALTER TABLE _ferry_devices ADD COLUMN IF NOT EXISTS admin boolean NOT NULL DEFAULT false;
+ALTER TABLE _ferry_devices ADD COLUMN IF NOT EXISTS role text;
+ALTER TABLE _ferry_batches ADD COLUMN IF NOT EXISTS refused text;
+CREATE TABLE IF NOT EXISTS _ferry_sites (
+    site text PRIMARY KEY,
+    device_id text NOT NULL,
+    role text
+);
 CREATE TABLE IF NOT EXISTS _ferry_conflicts (
     id bigserial PRIMARY KEY,
     tbl text NOT NULL,
