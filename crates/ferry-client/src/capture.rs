@@ -43,6 +43,15 @@ CREATE TABLE IF NOT EXISTS _ferry_conflicts (
     remote_at TEXT NOT NULL,
     detected_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+CREATE TABLE IF NOT EXISTS _ferry_refused (
+    id INTEGER PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    current TEXT NOT NULL,
+    message TEXT NOT NULL,
+    refused_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (tbl, pk)
+);
 CREATE INDEX IF NOT EXISTS _ferry_rows_pending ON _ferry_rows(pending) WHERE pending > 0;
 ";
 

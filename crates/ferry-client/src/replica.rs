@@ -7,8 +7,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use ferry_core::schema::Schema;
+use ferry_core::strategy::{EXISTS, Resolver, RowClocks};
 use ferry_core::{Clock, Hlc, RowState, SiteId, Stamped, Value};
 use ferry_protocol::SchemaResponse;
 use ferry_sqlite::{Extra, Meta, TableSql};
@@ -34,6 +36,8 @@ pub struct PendingRow {
     /// For each column changed locally since the last acknowledgement, the clock of the
     /// value it replaced.
     pub base: BTreeMap<String, Hlc>,
+    /// The version the first of those changes started from.
+    pub seen: Option<RowClocks>,
 }
 
 /// A pulled row to merge in.
@@ -70,6 +74,8 @@ pub struct Status {
     pub site_id: String,
     pub schema_version: Option<String>,
     pub tables: Vec<String>,
+    /// Local changes the server refused as stale, kept and marked conflicted until settled.
+    pub conflicted: u64,
 }
 
 /// Outbox entries stamped per transaction by [`Replica::stamp`].
@@ -106,6 +112,37 @@ fn read_base(conn: &Connection, table: &str, pk: &str) -> Result<BTreeMap<String
         .collect()
 }
 
+/// The version a row's unacknowledged local changes started from (`None`: no such changes).
+fn read_seen(conn: &Connection, table: &str, pk: &str) -> Result<Option<RowClocks>> {
+    let json: Option<String> = conn
+        .prepare_cached("SELECT seen FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
+        .query_row([table, pk], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let Some(json) = json else { return Ok(None) };
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(&json).map_err(|e| Error::Local(format!("stored seen clocks of {table} '{pk}': {e}")))?;
+    let mut out = RowClocks::default();
+    for (c, h) in map {
+        let h: Hlc = h.parse().map_err(|e| Error::Local(format!("stored seen clock: {e}")))?;
+        if c == EXISTS {
+            out.exists = h;
+        } else {
+            out.cols.insert(c, h);
+        }
+    }
+    Ok(Some(out))
+}
+
+fn write_seen(conn: &Connection, table: &str, pk: &str, seen: &RowClocks) -> Result<()> {
+    let mut map: BTreeMap<&str, String> = seen.cols.iter().map(|(c, h)| (c.as_str(), h.to_string())).collect();
+    map.insert(EXISTS, seen.exists.to_string());
+    let json = serde_json::to_string(&map).map_err(|e| Error::Local(e.to_string()))?;
+    conn.prepare_cached("UPDATE _ferry_rows SET seen = ?3 WHERE tbl = ?1 AND pk = ?2")?
+        .execute(params![table, pk, json])?;
+    Ok(())
+}
+
 fn write_base(conn: &Connection, table: &str, pk: &str, base: &BTreeMap<String, Hlc>) -> Result<()> {
     let json = (!base.is_empty())
         .then(|| serde_json::to_string(&base.iter().map(|(c, h)| (c, h.to_string())).collect::<BTreeMap<_, _>>()))
@@ -114,6 +151,99 @@ fn write_base(conn: &Connection, table: &str, pk: &str, base: &BTreeMap<String, 
     conn.prepare_cached("UPDATE _ferry_rows SET base = ?3 WHERE tbl = ?1 AND pk = ?2")?
         .execute(params![table, pk, json])?;
     Ok(())
+}
+
+/// A local change the server refused as stale (`reject-stale`): both versions.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Refused {
+    pub id: i64,
+    pub table: String,
+    pub key: String,
+    /// The server's current version (wire form).
+    pub current: serde_json::Value,
+    /// The local version, with the unpushed change (wire form).
+    pub local: serde_json::Value,
+    pub message: String,
+    pub refused_at: String,
+}
+
+/// A client-side resolver: how a pulled change settles against a local change not yet
+/// pushed, for the fields both changed.
+#[derive(Clone, Default)]
+pub enum ClientResolver {
+    /// The later clock wins, field by field (what the server's `lww` does too).
+    #[default]
+    NewestWins,
+    /// The local value wins: it is written again with a fresh clock and pushed.
+    LocalWins,
+    /// The pulled value wins: the local change to that field is dropped.
+    RemoteWins,
+    /// The application decides (see [`ferry_core::strategy::Resolver::Callback`]).
+    Callback(Arc<ResolveFn>),
+}
+
+/// A resolver callback: given both versions and the contested fields, the values to keep,
+/// or `None` to delete the row when existence is contested.
+pub type ResolveFn = dyn Fn(&ResolveInput<'_>) -> Option<BTreeMap<String, Value>> + Send + Sync;
+pub use ferry_core::strategy::ResolveInput;
+
+impl ClientResolver {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientResolver::NewestWins => "newest-wins",
+            ClientResolver::LocalWins => "local-wins",
+            ClientResolver::RemoteWins => "remote-wins",
+            ClientResolver::Callback(_) => "callback",
+        }
+    }
+}
+
+/// The resolver of each table (and the one for the rest).
+#[derive(Clone, Default)]
+pub struct Resolvers {
+    pub default: ClientResolver,
+    pub tables: HashMap<String, ClientResolver>,
+}
+
+impl std::fmt::Debug for Resolvers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tables: BTreeMap<&str, &str> = self.tables.iter().map(|(t, r)| (t.as_str(), r.name())).collect();
+        f.debug_struct("Resolvers").field("default", &self.default.name()).field("tables", &tables).finish()
+    }
+}
+
+impl Resolvers {
+    /// Sets `table`'s resolver.
+    pub fn table(mut self, table: &str, resolver: ClientResolver) -> Resolvers {
+        self.tables.insert(table.to_owned(), resolver);
+        self
+    }
+
+    pub fn for_table(&self, table: &str) -> &ClientResolver {
+        self.tables.get(table).unwrap_or(&self.default)
+    }
+}
+
+/// A register's value (JSON) and clock, for the replica's conflict view.
+fn register_json(state: &RowState, f: &str) -> (Option<String>, String) {
+    if f == EXISTS {
+        (Some(state.exists.value.to_string()), state.exists.at.to_string())
+    } else {
+        state.cols.get(f).map_or((None, Hlc::ZERO.to_string()), |s| (Some(json_of(&s.value)), s.at.to_string()))
+    }
+}
+
+/// A row state as a wire row (JSON), for `_ferry_refused`.
+fn state_json_row(table: &ferry_core::schema::Table, key: &str, state: &RowState) -> String {
+    serde_json::to_string(&ferry_protocol::encode_row(table, key, state)).expect("wire rows serialize")
+}
+
+fn state_from_json(schema: &Schema, json: &str) -> Result<RowState> {
+    let wire: ferry_protocol::WireRow =
+        serde_json::from_str(json).map_err(|e| Error::Local(format!("stored refused row: {e}")))?;
+    let (_, state) =
+        ferry_protocol::decode_row(schema, &wire).map_err(|e| Error::Local(format!("stored refused row: {e}")))?;
+    Ok(state)
 }
 
 fn json_of(v: &Value) -> String {
@@ -136,6 +266,14 @@ impl Replica {
             ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
         ferry_sqlite::ensure_rows_table(&conn)?;
         conn.execute_batch(capture::BOOKKEEPING)?;
+        let has_resolved_by: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('_ferry_conflicts') WHERE name = 'resolved_by'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_resolved_by {
+            conn.execute_batch("ALTER TABLE _ferry_conflicts ADD COLUMN resolved_by TEXT")?;
+        }
         if get_meta(&conn, "site")?.is_none() {
             let mut b = [0u8; 8];
             getrandom::fill(&mut b).map_err(|e| Error::Local(format!("no randomness: {e}")))?;
@@ -384,6 +522,8 @@ impl Replica {
             // What the local writer had seen of each column it changed: the clock of the
             // value replaced by the first change not yet acknowledged by the server.
             let mut base = read_base(tx, &ts.table.name, pk)?;
+            // The version the first unacknowledged change started from.
+            let first_seen = if read_seen(tx, &ts.table.name, pk)?.is_none() { Some(state.clocks()) } else { None };
             let mut saw = |state: &RowState, cols: &mut dyn Iterator<Item = &String>| {
                 for c in cols {
                     base.entry(c.clone()).or_insert_with(|| state.cols.get(c).map_or(Hlc::ZERO, |s| s.at));
@@ -420,6 +560,9 @@ impl Replica {
             let extra = Extra { pending: stamp, ..Extra::default() };
             ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &extra)?;
             write_base(tx, &ts.table.name, pk, &base)?;
+            if let Some(pre) = first_seen {
+                write_seen(tx, &ts.table.name, pk, &pre)?;
+            }
         }
         tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;
         set_meta(tx, "clock", &clock.last().to_string())?;
@@ -434,7 +577,11 @@ impl Replica {
         Self::stamp_in(&tx, &self.tables, -1)?;
         let mut clock = Self::clock(&tx)?;
         let keys: Vec<(String, String)> = tx
-            .prepare_cached("SELECT tbl, pk FROM _ferry_rows WHERE pending > 0 ORDER BY pending, tbl, pk LIMIT ?1")?
+            .prepare_cached(
+                "SELECT tbl, pk FROM _ferry_rows r WHERE pending > 0
+                   AND NOT EXISTS (SELECT 1 FROM _ferry_refused f WHERE f.tbl = r.tbl AND f.pk = r.pk)
+                 ORDER BY pending, tbl, pk LIMIT ?1",
+            )?
             .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(keys.len());
@@ -444,7 +591,8 @@ impl Replica {
             })?;
             if let Some((state, meta)) = Self::load_local(&tx, ts, &key, &mut clock)? {
                 let base = read_base(&tx, &table, &key)?;
-                out.push(PendingRow { table, key, state, stamp: meta.pending, base });
+                let seen = read_seen(&tx, &table, &key)?;
+                out.push(PendingRow { table, key, state, stamp: meta.pending, base, seen });
             }
         }
         tx.commit()?;
@@ -455,7 +603,34 @@ impl Replica {
     /// With `cursor = Some((sent, past))` (the server said the batch was all that changed the
     /// feed since `sent`), the pull cursor moves to `past` if it is still `sent`.
     pub fn acknowledge(&mut self, rows: &[PendingRow], cursor: Option<(&str, &str)>) -> Result<()> {
+        self.acknowledge_with(rows, cursor, &[])
+    }
+
+    /// As [`Replica::acknowledge`], except for `refused` rows (`reject-stale`): those keep
+    /// their local change, marked conflicted with the server's current version and the
+    /// server's message, and are not pushed again until someone settles them
+    /// ([`Replica::settle_refused`]).
+    pub fn acknowledge_with(
+        &mut self,
+        rows: &[PendingRow],
+        cursor: Option<(&str, &str)>,
+        refused: &[(PulledRow, String)],
+    ) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (row, message) in refused {
+            let ts = self.tables.get(&row.table).ok_or_else(|| {
+                Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
+            })?;
+            let current = state_json_row(&ts.table, &row.key, &row.state);
+            tx.prepare_cached(
+                "INSERT INTO _ferry_refused (tbl, pk, current, message) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tbl, pk) DO UPDATE SET current = excluded.current, message = excluded.message",
+            )?
+            .execute(params![row.table, row.key, current, message])?;
+        }
+        let refused_keys: Vec<(&str, &str)> = refused.iter().map(|(r, _)| (r.table.as_str(), r.key.as_str())).collect();
+        let rows: Vec<&PendingRow> =
+            rows.iter().filter(|r| !refused_keys.contains(&(r.table.as_str(), r.key.as_str()))).collect();
         if let Some((sent, past)) = cursor {
             if get_meta(&tx, "cursor")?.as_deref().unwrap_or("0") == sent {
                 set_meta(&tx, "cursor", past)?;
@@ -463,7 +638,7 @@ impl Replica {
         }
         {
             let mut stmt = tx.prepare_cached(
-                "UPDATE _ferry_rows SET pending = 0, base = NULL WHERE tbl = ?1 AND pk = ?2 AND pending = ?3",
+                "UPDATE _ferry_rows SET pending = 0, base = NULL, seen = NULL WHERE tbl = ?1 AND pk = ?2 AND pending = ?3",
             )?;
             for r in rows {
                 stmt.execute(params![r.table, r.key, r.stamp])?;
@@ -476,6 +651,12 @@ impl Replica {
     /// Merges a pulled page and moves the cursor, in one transaction. Local changes not yet
     /// stamped are stamped first, so the merge sees them.
     pub fn apply(&mut self, rows: &[PulledRow], cursor: &str) -> Result<Applied> {
+        self.apply_with(rows, cursor, &Resolvers::default())
+    }
+
+    /// As [`Replica::apply`], settling conflicts with local unpushed changes by `resolvers`.
+    pub fn apply_with(&mut self, rows: &[PulledRow], cursor: &str, resolvers: &Resolvers) -> Result<Applied> {
+        let schema = self.schema.clone().ok_or_else(|| Error::Local("no schema installed; sync first".into()))?;
         let now = wall_ms();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::stamp_in(&tx, &self.tables, -1)?;
@@ -495,30 +676,68 @@ impl Replica {
                 applied.changed += 1;
                 continue;
             };
+            // A change the server refused stays as it is; the pulled version joins the
+            // server's current one beside it, for whoever settles it.
+            let held: Option<String> = tx
+                .prepare_cached("SELECT current FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2")?
+                .query_row(params![row.table, row.key], |r| r.get(0))
+                .optional()?;
+            if let Some(held) = held {
+                let mut current = state_from_json(&schema, &held)?;
+                current.merge(&row.state);
+                tx.prepare_cached("UPDATE _ferry_refused SET current = ?3 WHERE tbl = ?1 AND pk = ?2")?
+                    .execute(params![row.table, row.key, state_json_row(&ts.table, &row.key, &current)])?;
+                continue;
+            }
+            let seen = if meta.pending > 0 { read_seen(&tx, &ts.table.name, &row.key)? } else { None };
+            if seen.is_some() && ts.table.options.conflict == ferry_core::schema::ConflictStrategy::RejectStale {
+                // `reject-stale`: the local change is pushed as made; the server decides.
+                continue;
+            }
             let before = state.clone();
-            let report = state.merge(&row.state);
-            if meta.pending > 0 {
-                // A local change not yet pushed lost a column to a newer remote write:
-                // keep the local value where a person can see it.
-                let mut conflicts = tx.prepare_cached(
-                    "INSERT INTO _ferry_conflicts (tbl, pk, col, local_value, local_at, remote_value, remote_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?;
-                for col in &report.overwritten {
-                    let (Some(mine), Some(theirs)) = (before.cols.get(col), state.cols.get(col)) else {
-                        continue;
-                    };
-                    conflicts.execute(params![
-                        row.table,
-                        row.key,
-                        col,
-                        json_of(&mine.value),
-                        mine.at.to_string(),
-                        json_of(&theirs.value),
-                        theirs.at.to_string()
-                    ])?;
-                    applied.conflicts += 1;
+            let mut report = before.clone().merge(&row.state);
+            if let Some(seen) = seen {
+                // A local change not yet pushed meets a pulled one: the table's client-side
+                // resolver settles the fields both changed; each is kept for a person to see.
+                let resolver = resolvers.for_table(&ts.table.name);
+                let callback;
+                let r = match resolver {
+                    ClientResolver::NewestWins => Resolver::NewestWins,
+                    ClientResolver::LocalWins => Resolver::LocalWins,
+                    ClientResolver::RemoteWins => Resolver::RemoteWins,
+                    ClientResolver::Callback(f) => {
+                        callback = f.clone();
+                        Resolver::Callback(&*callback)
+                    }
+                };
+                let out = ferry_core::strategy::merge_pulled(
+                    &ts.table.name,
+                    &row.key,
+                    &before,
+                    &seen,
+                    &row.state,
+                    &r,
+                    &mut clock,
+                    now,
+                );
+                if let Some(c) = &out.conflict {
+                    let mut conflicts = tx.prepare_cached(
+                        "INSERT INTO _ferry_conflicts (tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?;
+                    for f in &c.fields {
+                        let (lv, la) = register_json(&before, f);
+                        let (rv, ra) = register_json(&row.state, f);
+                        conflicts.execute(params![row.table, row.key, f, lv, la, rv, ra, resolver.name()])?;
+                        applied.conflicts += 1;
+                    }
                 }
+                report.changed = out.state != before;
+                report.kept_newer = out.state.clocks() != row.state.clocks();
+                state = out.state;
+                write_seen(&tx, &ts.table.name, &row.key, &out.seen)?;
+            } else {
+                state.merge(&row.state);
             }
             // The local state has something the server's lacks: it must be pushed (again).
             let pending = match (report.kept_newer, meta.pending) {
@@ -535,6 +754,97 @@ impl Replica {
         set_meta(&tx, "cursor", cursor)?;
         tx.commit()?;
         Ok(applied)
+    }
+
+    /// Local changes the server refused as stale, oldest first.
+    pub fn refused(&self) -> Result<Vec<Refused>> {
+        let mut stmt =
+            self.conn.prepare("SELECT id, tbl, pk, current, message, refused_at FROM _ferry_refused ORDER BY id")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Refused {
+                    id: r.get(0)?,
+                    table: r.get(1)?,
+                    key: r.get(2)?,
+                    current: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                    local: serde_json::Value::Null,
+                    message: r.get(4)?,
+                    refused_at: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for mut r in rows {
+            if let Some(ts) = self.tables.get(&r.table) {
+                if let Some((state, _)) = ferry_sqlite::load_state(&self.conn, ts, &r.key)? {
+                    r.local =
+                        serde_json::to_value(ferry_protocol::encode_row(&ts.table, &r.key, &state)).unwrap_or_default();
+                }
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Settles a refused change: `keep_local` writes the local values again on top of the
+    /// server's current version (pushed at the next sync, which then no longer counts as
+    /// stale); otherwise the server's current version replaces the local change.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the id when no refused change has it.
+    pub fn settle_refused(&mut self, id: i64, keep_local: bool) -> Result<()> {
+        let schema = self.schema.clone().ok_or_else(|| Error::Local("no schema installed; sync first".into()))?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: Option<(String, String, String)> = tx
+            .query_row("SELECT tbl, pk, current FROM _ferry_refused WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let Some((table, key, current)) = found else {
+            return Err(Error::Local(format!(
+                "no refused change with id {id}; `ferry conflicts list --db …` shows the ids"
+            )));
+        };
+        let ts =
+            self.tables.get(&table).ok_or_else(|| Error::Schema(format!("table '{table}' is not in the schema")))?;
+        let current = state_from_json(&schema, &current)?;
+        let mut clock = Self::clock(&tx)?;
+        let now = wall_ms();
+        let _ = clock.observe(current.max_clock(), now);
+        let Some((local, _)) = Self::load_local(&tx, ts, &key, &mut clock)? else {
+            return Err(Error::Local(format!("{table} '{key}' is missing from the replica")));
+        };
+        tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
+        if keep_local {
+            let seen = read_seen(&tx, &table, &key)?.unwrap_or_default();
+            let mut own = Vec::new();
+            if local.exists.at > seen.exists {
+                own.push((EXISTS.to_owned(), ferry_core::strategy::Register::Exists(local.exists.value)));
+            }
+            for (c, v) in &local.cols {
+                if v.at > seen.cols.get(c).copied().unwrap_or(Hlc::ZERO) {
+                    own.push((c.clone(), ferry_core::strategy::Register::Col(v.value.clone())));
+                }
+            }
+            let mut state = current.clone();
+            state.merge(&local);
+            let at = clock.tick(now);
+            ferry_core::strategy::write_registers(&mut state, own, at);
+            let stamp = Self::next_stamp(&tx)?;
+            ferry_sqlite::store_state(&tx, ts, &key, &state, &Extra { pending: stamp, ..Extra::default() })?;
+            write_seen(&tx, &table, &key, &current.clocks())?;
+        } else {
+            ferry_sqlite::store_state(&tx, ts, &key, &current, &Extra::default())?;
+            tx.execute(
+                "UPDATE _ferry_rows SET base = NULL, seen = NULL WHERE tbl = ?1 AND pk = ?2",
+                params![table, key],
+            )?;
+        }
+        tx.execute("DELETE FROM _ferry_refused WHERE id = ?1", [id])?;
+        tx.execute("DELETE FROM _ferry_apply", [])?;
+        set_meta(&tx, "clock", &clock.last().to_string())?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Records a finished sync.
@@ -554,6 +864,7 @@ impl Replica {
                 "SELECT count(*) FROM (SELECT tbl, pk FROM _ferry_rows WHERE pending > 0 UNION SELECT tbl, pk FROM _ferry_outbox)",
             )?,
             unstamped: count("SELECT count(*) FROM _ferry_outbox")?,
+            conflicted: count("SELECT count(*) FROM _ferry_refused")?,
             last_sync: self.meta("last_sync")?,
             cursor: self.meta("cursor")?.unwrap_or_else(|| "0".into()),
             conflicts: count("SELECT count(*) FROM _ferry_conflicts")?,

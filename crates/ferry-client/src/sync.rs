@@ -15,11 +15,13 @@ pub struct SyncOptions {
     pub push_batch: usize,
     /// Rows per pull page.
     pub pull_page: usize,
+    /// How pulled changes settle against local changes not yet pushed, per table.
+    pub resolvers: crate::Resolvers,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { push_batch: 1000, pull_page: 5000 }
+        SyncOptions { push_batch: 1000, pull_page: 5000, resolvers: crate::Resolvers::default() }
     }
 }
 
@@ -39,6 +41,8 @@ pub struct SyncReport {
     pub pulled: u64,
     pub pulled_changed: u64,
     pub conflicts: u64,
+    /// Local changes the server refused as stale (`reject-stale`); kept, marked conflicted.
+    pub refused: u64,
     pub cursor: String,
     pub elapsed_ms: u64,
 }
@@ -109,13 +113,24 @@ pub async fn sync(
                 let t = schema.table(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
                 let mut wire = ferry_protocol::encode_row(t, &r.key, &r.state);
                 wire.base = r.base.iter().map(|(c, h)| (c.clone(), h.to_string())).collect();
+                wire.seen = r.seen.as_ref().map(|s| ferry_protocol::encode_clocks(t, s));
                 Ok(wire)
             })
             .collect::<Result<Vec<_>>>()?;
         let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
         let request = PushRequest { batch_id: batch_id()?, cursor: Some(sent.clone()), rows: wire };
         let resp = remote.push(&request).await?;
-        replica.acknowledge(&rows, resp.cursor.as_deref().map(|past| (sent.as_str(), past)))?;
+        let refused = resp
+            .rejected
+            .iter()
+            .map(|r| {
+                let (t, state) = ferry_protocol::decode_row(schema, &r.current)
+                    .map_err(|e| Error::Protocol(format!("server sent a bad row: {e}")))?;
+                Ok((PulledRow { table: t.name.clone(), key: r.key.clone(), state }, r.message.clone()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        report.refused += refused.len() as u64;
+        replica.acknowledge_with(&rows, resp.cursor.as_deref().map(|past| (sent.as_str(), past)), &refused)?;
         report.pushed += rows.len() as u64;
         report.pushed_changed += resp.changed as u64;
         progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) });
@@ -134,7 +149,7 @@ pub async fn sync(
                 Ok(PulledRow { table: t.name.clone(), key: w.key.clone(), state })
             })
             .collect::<Result<Vec<_>>>()?;
-        let applied = replica.apply(&rows, &page.cursor)?;
+        let applied = replica.apply_with(&rows, &page.cursor, &opts.resolvers)?;
         report.pulled += applied.received as u64;
         report.pulled_changed += applied.changed as u64;
         report.conflicts += applied.conflicts as u64;

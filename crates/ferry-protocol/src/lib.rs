@@ -460,6 +460,7 @@ mod tests {
             clocks: BTreeMap::new(),
             values: values.as_object().unwrap().clone(),
             base: BTreeMap::new(),
+            seen: None,
         }
     }
 

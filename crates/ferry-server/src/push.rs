@@ -48,7 +48,7 @@ pub async fn push<S: Store>(
         .map(|w| {
             let (table, st) = ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
             let seen = ferry_protocol::decode_seen(table, w, &st).map_err(|e| ApiError::BadRequest(e.0))?;
-            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st, seen })
+            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st, seen: Some(seen) })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();

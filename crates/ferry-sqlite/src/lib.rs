@@ -28,6 +28,13 @@ pub fn ensure_rows_table(conn: &Connection) -> Result<()> {
     if !has_base {
         conn.execute_batch("ALTER TABLE _ferry_rows ADD COLUMN base TEXT")?;
     }
+    let has_seen: bool =
+        conn.query_row("SELECT count(*) > 0 FROM pragma_table_info('_ferry_rows') WHERE name = 'seen'", [], |r| {
+            r.get(0)
+        })?;
+    if !has_seen {
+        conn.execute_batch("ALTER TABLE _ferry_rows ADD COLUMN seen TEXT")?;
+    }
     Ok(())
 }
 
@@ -35,7 +42,8 @@ pub fn ensure_rows_table(conn: &Connection) -> Result<()> {
 /// the server store (feed position, owning user, last writing device), `pending` by the
 /// device replica (the outbox position of the last local change not yet acknowledged; `base`:
 /// for each column changed locally since, the clock of the value it replaced, which tells
-/// the server whether the change saw the server's latest write).
+/// the server whether the change saw the server's latest write; `seen`: the clocks of every
+/// register of the version the first of those changes started from).
 pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS _ferry_rows (
     tbl TEXT NOT NULL,
     pk TEXT NOT NULL,
@@ -49,6 +57,7 @@ pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS _ferry_rows (
     origin TEXT,
     pending INTEGER NOT NULL DEFAULT 0,
     base TEXT,
+    seen TEXT,
     PRIMARY KEY (tbl, pk)
 ) WITHOUT ROWID";
 

@@ -51,8 +51,9 @@ pub struct IncomingRow {
     pub table: String,
     pub key: String,
     pub state: RowState,
-    /// The clocks of the version the device's change started from.
-    pub seen: ferry_core::strategy::RowClocks,
+    /// The clocks of the version the device's change started from; `None` when unknown,
+    /// taken as the pushed state itself (nothing unseen, so no conflict).
+    pub seen: Option<ferry_core::strategy::RowClocks>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -357,9 +358,17 @@ fn merge_pushed(
     who: &Principal,
     stored: Option<(RowState, Option<String>)>,
     incoming: &RowState,
-    seen: &ferry_core::strategy::RowClocks,
+    seen: Option<&ferry_core::strategy::RowClocks>,
     env: &Deciding,
 ) -> Result<Merged> {
+    let own_clocks;
+    let seen = match seen {
+        Some(s) => s,
+        None => {
+            own_clocks = incoming.clocks();
+            &own_clocks
+        }
+    };
     use ferry_core::strategy::{Decision, PushContext, decide_push};
     let here = || format!("{} '{key}'", table.name);
     if table.options.owner.is_some() {
@@ -409,7 +418,8 @@ fn merge_pushed(
 
 /// The sites a pushing device wrote its own registers with (to record which sites hold a
 /// role).
-fn own_sites(incoming: &RowState, seen: &ferry_core::strategy::RowClocks) -> Vec<ferry_core::SiteId> {
+fn own_sites(incoming: &RowState, seen: Option<&ferry_core::strategy::RowClocks>) -> Vec<ferry_core::SiteId> {
+    let Some(seen) = seen else { return Vec::new() };
     let mut out: Vec<ferry_core::SiteId> = Vec::new();
     let mut add = |h: ferry_core::Hlc, s: ferry_core::Hlc| {
         if h > s && !out.contains(&h.site()) {

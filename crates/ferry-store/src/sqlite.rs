@@ -329,7 +329,7 @@ impl Store for SqliteStore {
                 let ts = inner.table(&row.table)?;
                 let table = &ts.table;
                 let stored = ferry_sqlite::load_state(&tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner));
-                let merged = crate::merge_pushed(table, &row.key, &who, stored, &row.state, &row.seen, &env)?;
+                let merged = crate::merge_pushed(table, &row.key, &who, stored, &row.state, row.seen.as_ref(), &env)?;
                 if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .prepare_cached("SELECT origin FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
@@ -353,7 +353,7 @@ impl Store for SqliteStore {
                     continue;
                 }
                 if who.role.is_some() {
-                    sites.extend(crate::own_sites(&row.state, &row.seen));
+                    sites.extend(crate::own_sites(&row.state, row.seen.as_ref()));
                 }
                 // The stored row had something the device's lacks: the device must pull it.
                 all_known &= !merged.kept_newer;

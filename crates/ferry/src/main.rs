@@ -46,6 +46,27 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConflictsCommand {
+    /// On a replica: local changes the server refused as stale (tables with
+    /// conflict = "reject-stale"), with the server's current version beside each.
+    Refused {
+        /// The replica's SQLite file.
+        #[arg(long)]
+        db: std::path::PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// On a replica: settle a refused change, keeping the local change (pushed again on top
+    /// of the server's version at the next sync) or taking the server's version.
+    Settle {
+        /// The replica's SQLite file.
+        #[arg(long)]
+        db: std::path::PathBuf,
+        /// The refused change's id (from `ferry conflicts refused`).
+        id: i64,
+        #[arg(long, value_parser = ["local", "server"])]
+        keep: String,
+    },
     /// List conflicts, newest first.
     List {
         /// Only conflicts still waiting for a decision.
@@ -321,6 +342,28 @@ async fn sync(args: SyncArgs) -> Result<()> {
 
 async fn conflicts(command: ConflictsCommand) -> Result<()> {
     match command {
+        ConflictsCommand::Refused { db, json } => {
+            let replica = open_replica(&db)?;
+            let refused = replica.refused()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&refused)?);
+            } else if refused.is_empty() {
+                println!("no refused changes");
+            } else {
+                for r in &refused {
+                    println!("{}  {} '{}'  refused {}: {}", r.id, r.table, r.key, r.refused_at, r.message);
+                    println!("    local   {}", r.local["values"]);
+                    println!("    server  {}", r.current["values"]);
+                }
+            }
+            Ok(())
+        }
+        ConflictsCommand::Settle { db, id, keep } => {
+            let mut replica = open_replica(&db)?;
+            replica.settle_refused(id, keep == "local")?;
+            println!("settled {id}: kept the {} version", if keep == "local" { "local" } else { "server's" });
+            Ok(())
+        }
         ConflictsCommand::List { open, resolved, json, server } => {
             let (_, store) = server.open_store().await?;
             let filter = match (open, resolved) {
@@ -409,11 +452,15 @@ fn peak_rss_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn status(args: StatusArgs) -> Result<()> {
-    if !args.db.exists() {
-        bail!("no replica at '{}'; run `ferry sync --db {}` first", args.db.display(), args.db.display());
+fn open_replica(db: &std::path::Path) -> Result<Replica> {
+    if !db.exists() {
+        bail!("no replica at '{}'; run `ferry sync --db {}` first", db.display(), db.display());
     }
-    let replica = Replica::open(&args.db)?;
+    Ok(Replica::open(db)?)
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let replica = open_replica(&args.db)?;
     let s = replica.status()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -424,6 +471,7 @@ fn status(args: StatusArgs) -> Result<()> {
         println!("last sync    {}", s.last_sync.as_deref().unwrap_or("never"));
         println!("pending      {} rows ({} writes not yet stamped)", s.pending, s.unstamped);
         println!("conflicts    {}", s.conflicts);
+        println!("conflicted   {} local changes refused as stale (see `ferry conflicts refused`)", s.conflicted);
         println!("rejected     {} (see _ferry_rejected)", s.rejected);
         println!("cursor       {}", s.cursor);
         println!("tables       {}", if s.tables.is_empty() { "-".to_owned() } else { s.tables.join(", ") });

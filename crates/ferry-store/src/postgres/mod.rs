@@ -578,7 +578,7 @@ impl PgStore {
         &self,
         who: &Principal,
         batch_id: &str,
-        rows: &BTreeMap<String, BTreeMap<String, (RowState, RowClocks)>>,
+        rows: &BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>)>>,
         received: usize,
     ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
         let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
@@ -641,7 +641,7 @@ impl PgStore {
             let mut writes = Vec::new();
             for (key, (incoming, seen)) in states {
                 let prior = stored.remove(key).map(|p| (p.state, p.owner));
-                let merged = crate::merge_pushed(&pt.table, key, who, prior, incoming, seen, &env)?;
+                let merged = crate::merge_pushed(&pt.table, key, who, prior, incoming, seen.as_ref(), &env)?;
                 if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
@@ -665,7 +665,7 @@ impl PgStore {
                     continue;
                 }
                 if who.role.is_some() {
-                    sites.extend(crate::own_sites(incoming, seen));
+                    sites.extend(crate::own_sites(incoming, seen.as_ref()));
                 }
                 // The stored row had something the device's lacks (a direct write, say): the
                 // device must pull it, so no cursor past this push.
@@ -816,7 +816,7 @@ impl Store for PgStore {
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
         // concurrent pushes lock bookkeeping rows in the same order.
         // A key sent twice in one batch is one change: the states merged, the first version seen.
-        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, RowClocks)>> = BTreeMap::new();
+        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>)>> = BTreeMap::new();
         for r in rows {
             self.table(&r.table)?;
             match grouped.entry(r.table).or_default().entry(r.key) {

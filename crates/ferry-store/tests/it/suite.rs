@@ -54,7 +54,7 @@ pub fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
             [("user_id".to_owned(), Value::Text(owner.into())), ("body".to_owned(), Value::Text(body.into()))],
             t,
         ),
-        base: Default::default(),
+        seen: None,
     }
 }
 
@@ -125,7 +125,7 @@ pub async fn owned_rows_are_private_to_their_user<S: Store>(store: &S) {
         table: "tags".into(),
         key: key(2),
         state: RowState::inserted([("name".to_owned(), Value::Text("shared".into()))], at(2, 1)),
-        base: Default::default(),
+        seen: None,
     };
     store.push(&ann, "b", None, vec![tag]).await.unwrap();
     let seen: Vec<String> = pull_all(store, &bob).await.into_iter().map(|r| r.0).collect();
@@ -198,12 +198,7 @@ pub async fn concurrent_columns_merge_and_deletes_leave_tombstones<S: Store>(sto
     gone.merge(&state);
     gone.delete(at(3, 2));
     store
-        .push(
-            &ann,
-            "4",
-            None,
-            vec![IncomingRow { table: "notes".into(), key: key(1), state: gone, base: Default::default() }],
-        )
+        .push(&ann, "4", None, vec![IncomingRow { table: "notes".into(), key: key(1), state: gone, seen: None }])
         .await
         .unwrap();
     let tomb = pull_all(store, &ann).await.remove(0).2;
@@ -231,7 +226,7 @@ pub async fn concurrent_writes_to_one_field_are_logged_and_different_fields_are_
     let edit = |by: u64, ms: u64, col: &str, v: Value| {
         let mut r = base.clone();
         r.state.update([(col.to_owned(), v)], at(ms, by));
-        r.base = [(col.to_owned(), at(1, 1))].into();
+        r.seen = Some(base.state.clocks());
         r
     };
     // Different fields, both from the same base: merged, nothing logged.
@@ -267,13 +262,13 @@ pub async fn a_manual_conflict_stays_open_until_a_person_picks_a_version<S: Stor
         table: "tags".into(),
         key: key(7),
         state: RowState::inserted([("name".to_owned(), Value::Text(name.into()))], t),
-        base: Default::default(),
+        seen: None,
     };
     store.push(&ann, "0", None, vec![tag("original", at(1, 1))]).await.unwrap();
     let edit = |name: &str, t: Hlc| {
         let mut r = tag("original", at(1, 1));
         r.state.update([("name".to_owned(), Value::Text(name.into()))], t);
-        r.base = [("name".to_owned(), at(1, 1))].into();
+        r.seen = Some(tag("original", at(1, 1)).state.clocks());
         r
     };
     store.push(&ann, "1", None, vec![edit("ann's name", at(3, 1))]).await.unwrap();

@@ -355,15 +355,15 @@ fn a_manual_conflict_is_resolved_from_the_cli_and_the_choice_reaches_every_devic
 }
 
 #[test]
-fn a_conflict_strategy_that_does_not_exist_yet_is_refused_by_name() {
+fn an_unknown_conflict_strategy_is_refused_by_name() {
     let env = Env::new();
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"reject-stale\"\n"))
-        .unwrap();
+    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"first-wins\"\n")).unwrap();
     let out = env.run(&["serve", "-c", &env.config(), "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("[tables.groups] conflict strategy 'reject-stale' is not available yet"), "{err}");
+    assert!(err.contains("[tables.groups] unknown conflict strategy 'first-wins'"), "{err}");
+    assert!(err.contains("\"reject-stale\""), "the message lists the strategies: {err}");
 }
 
 #[test]
@@ -406,4 +406,54 @@ fn conflicts_are_listed_and_resolved_through_the_admin_api_with_an_admin_token_o
         let name: String = db.query_row("SELECT name FROM groups WHERE id = ?1", [&g], |r| r.get(0)).unwrap();
         assert_eq!(name, "Laptop name");
     }
+}
+
+/// `reject-stale`: a change made on an older version is refused with 409 and the current
+/// version, the rest of the batch applies, and the device keeps its change, marked
+/// conflicted in `ferry status`, until someone there settles it.
+#[test]
+fn a_stale_change_is_refused_kept_on_its_device_and_settled_there() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.jump_log]\nconflict = \"reject-stale\"\n"))
+        .unwrap();
+    let p = Pair::in_env(env);
+    let id = insert_jump(&p.env.db("phone.db"), &p.user, 1, "first");
+    p.sync_phone();
+    p.sync_laptop();
+    p.env.db("phone.db").execute("UPDATE jump_log SET notes = 'from phone' WHERE id = ?1", [&id]).unwrap();
+    p.sync_phone();
+    // The laptop edits the version it has, which is now stale, and adds a new jump.
+    let laptop = p.env.db("laptop.db");
+    laptop.execute("UPDATE jump_log SET notes = 'from laptop' WHERE id = ?1", [&id]).unwrap();
+    let other = insert_jump(&laptop, &p.user, 2, "new");
+    let status = p.sync_laptop();
+    assert_eq!(status["conflicted"], 1, "{status}");
+    let notes = |db: &str, id: &str| -> String {
+        p.env.db(db).query_row("SELECT notes FROM jump_log WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(notes("laptop.db", &id), "from laptop", "the device keeps its change");
+    p.sync_phone();
+    assert_eq!(notes("phone.db", &id), "from phone", "the stale change was not applied");
+    assert_eq!(notes("phone.db", &other), "new", "the rest of the batch applied");
+    // The server logged it; syncing again does not push the refused change again.
+    let config = p.env.config();
+    let list = p.env.ok(&["conflicts", "list", "--json", "-c", &config]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["strategy"], "reject-stale", "{list}");
+    let status = p.sync_laptop();
+    assert_eq!(status["conflicted"], 1);
+    // On the laptop, a person keeps the local change: it is pushed on top of the current version.
+    let db = p.env.path("laptop.db").display().to_string();
+    let refused = p.env.ok(&["conflicts", "refused", "--db", &db, "--json"]);
+    let refused: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    assert_eq!(refused[0]["current"]["values"]["notes"], "from phone", "{refused}");
+    assert_eq!(refused[0]["local"]["values"]["notes"], "from laptop", "{refused}");
+    let rid = refused[0]["id"].to_string();
+    p.env.ok(&["conflicts", "settle", "--db", &db, &rid, "--keep", "local"]);
+    let status = p.sync_laptop();
+    assert_eq!(status["conflicted"], 0, "{status}");
+    p.sync_phone();
+    assert_eq!(notes("phone.db", &id), "from laptop");
+    assert_eq!(notes("laptop.db", &id), "from laptop");
 }
