@@ -3,6 +3,7 @@
 
 mod capture;
 mod errors;
+mod openapi;
 mod postgres;
 mod support;
 mod sync;

@@ -415,8 +415,8 @@ fn conflicts_are_listed_and_resolved_through_the_admin_api_with_an_admin_token_o
 fn a_stale_change_is_refused_kept_on_its_device_and_settled_there() {
     let env = Env::new();
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.jump_log]\nconflict = \"reject-stale\"\n"))
-        .unwrap();
+    let config = config.replacen("[tables.jump_log]\n", "[tables.jump_log]\nconflict = \"reject-stale\"\n", 1);
+    std::fs::write(env.path("ferry.toml"), config).unwrap();
     let p = Pair::in_env(env);
     let id = insert_jump(&p.env.db("phone.db"), &p.user, 1, "first");
     p.sync_phone();
@@ -438,15 +438,15 @@ fn a_stale_change_is_refused_kept_on_its_device_and_settled_there() {
     assert_eq!(notes("phone.db", &other), "new", "the rest of the batch applied");
     // The server logged it; syncing again does not push the refused change again.
     let config = p.env.config();
-    let list = p.env.ok(&["conflicts", "list", "--json", "-c", &config]);
-    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["conflicts", "list", "--json", "-c", &config]).stdout).unwrap();
     assert_eq!(list[0]["strategy"], "reject-stale", "{list}");
     let status = p.sync_laptop();
     assert_eq!(status["conflicted"], 1);
     // On the laptop, a person keeps the local change: it is pushed on top of the current version.
     let db = p.env.path("laptop.db").display().to_string();
-    let refused = p.env.ok(&["conflicts", "refused", "--db", &db, "--json"]);
-    let refused: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    let refused: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["conflicts", "refused", "--db", &db, "--json"]).stdout).unwrap();
     assert_eq!(refused[0]["current"]["values"]["notes"], "from phone", "{refused}");
     assert_eq!(refused[0]["local"]["values"]["notes"], "from laptop", "{refused}");
     let rid = refused[0]["id"].to_string();

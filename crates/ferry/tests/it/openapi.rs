@@ -1,0 +1,738 @@
+//! `docs/openapi.json` against the real server: every documented operation is called over
+//! HTTP, and each answer's status, media type, headers and body must be the documented ones.
+//! The document and the router in `crates/ferry-server/src/lib.rs` must name the same routes,
+//! and every documented answer must have been seen (except 500 and 503, which a healthy server
+//! does not give on demand).
+//!
+//! The document's schemas use a small JSON Schema subset, checked by the validator below. A
+//! keyword outside it makes the test panic, so the document cannot rely on a rule that nobody
+//! checks.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::*;
+
+/// The HTTP methods an OpenAPI path item (and an axum method router) may name.
+const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+
+/// Documented statuses no request can provoke from a healthy server.
+const UNPROVOKED: &[&str] = &["500", "503"];
+
+/// The `error.code` of each status, as `crates/ferry-server/src/error.rs` maps them.
+const ERROR_CODES: &[(u16, &str)] = &[
+    (400, "bad_request"),
+    (401, "unauthorized"),
+    (403, "forbidden"),
+    (404, "not_found"),
+    (409, "conflict"),
+    (413, "payload_too_large"),
+    (500, "internal"),
+    (503, "unavailable"),
+];
+
+#[test]
+fn the_document_and_the_servers_router_name_the_same_routes() {
+    let doc = document();
+    let documented: BTreeSet<(String, String)> =
+        operations(&doc).map(|(m, p, _)| (m.to_owned(), p.to_owned())).collect();
+    assert_eq!(documented, server_routes(), "docs/openapi.json (left) and the router in ferry-server (right) differ");
+}
+
+#[test]
+fn every_documented_operation_answers_as_the_document_says() {
+    let doc = document();
+    let env = Env::new();
+    // A conflict on `groups` stays open for the resolve endpoint; a stale change to
+    // `formations` is refused row by row.
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    let strategies = "[tables.groups]\nconflict = \"manual\"\n[tables.formations]\nconflict = \"reject-stale\"\n";
+    std::fs::write(env.path("ferry.toml"), format!("{config}\n{strategies}")).unwrap();
+    let alice = env.add_user("alice");
+    env.add_user("bob");
+    let (phone, laptop, tablet) =
+        (env.token("alice", "phone"), env.token("alice", "laptop"), env.token("bob", "tablet"));
+    let ops = env.ok(&["token", "create", "--user", "alice", "--device", "ops", "--admin", "-c", &env.config()]);
+    let server = env.serve_with(&["--max-body-bytes", "65536"]);
+    let mut checker = Checker::new(&doc, &server.url);
+    let (phone, laptop, tablet, ops) = (Some(&*phone), Some(&*laptop), Some(&*tablet), Some(&*ops));
+
+    let (group, t) = (uuid(), now_ms());
+    let created = json!([group_row(&group, &alice, t, "Sunday 4-way", None)]);
+    // Both devices rename the group from the name created at `t`; the laptop has not seen the
+    // phone's rename, so its push leaves an open conflict.
+    let phone_name = json!([group_row(&group, &alice, t, "Phone name", Some((t + 2, 1)))]);
+    let laptop_name = json!([group_row(&group, &alice, t, "Laptop name", Some((t + 1, 2)))]);
+    let formation = uuid();
+    let planned = json!([formation_row(&group, &formation, t, "Star", None)]);
+    let phone_plan = json!([formation_row(&group, &formation, t, "Phone star", Some((t + 2, 1)))]);
+    let mut unknown_table = jump_row(&alice, t);
+    unknown_table["table"] = json!("jumps");
+    let too_big = "x".repeat(70_000);
+    let cases = [
+        get("/health/live", None, 200),
+        get("/v1/schema", phone, 200),
+        get("/v1/schema", None, 401),
+        get("/v1/me", phone, 200),
+        get("/v1/me", Some("fry_not_a_token"), 401),
+        post("/v1/push", phone, push_body("created", Some("0"), &created), 200),
+        // The same batch again: answered from the record (`replayed`, no `cursor`).
+        post("/v1/push", phone, push_body("created", Some("0"), &created), 200),
+        post("/v1/push", phone, push_body("phone-rename", None, &phone_name), 200),
+        post("/v1/push", laptop, push_body("laptop-rename", None, &laptop_name), 200),
+        post("/v1/push", phone, push_body("jump", None, &json!([jump_row(&alice, t)])), 200),
+        post("/v1/push", phone, push_body("formation", None, &planned), 200),
+        post("/v1/push", phone, push_body("phone-plan", None, &phone_plan), 200),
+        post("/v1/push", phone, push_body("unknown-table", None, &json!([unknown_table])), 400),
+        post("/v1/push", phone, "not json", 400),
+        post("/v1/push", phone, push_body("", None, &json!([])), 400),
+        post("/v1/push", None, push_body("anonymous", None, &json!([])), 401),
+        post("/v1/push", tablet, push_body("bob-writes-alices", None, &json!([jump_row(&alice, t)])), 403),
+        post("/v1/push", phone, &too_big, 413),
+        get("/v1/pull?cursor=0&limit=1", phone, 200),
+        get("/v1/pull", laptop, 200),
+        get("/v1/pull?cursor=nonsense", phone, 400),
+        get("/v1/pull?limit=0", phone, 400),
+        get("/v1/pull?colour=red", phone, 400),
+        get("/v1/pull", Some("fry_not_a_token"), 401),
+        get("/v1/admin/conflicts", ops, 200),
+        get("/v1/admin/conflicts?status=sideways", ops, 400),
+        get("/v1/admin/conflicts", None, 401),
+        get("/v1/admin/conflicts", phone, 403),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    // The laptop changes the formation as it was before the phone's change: refused.
+    let stale = json!([formation_row(&group, &formation, t, "Laptop star", Some((t + 1, 2)))]);
+    let answer = checker.check(&post("/v1/push", laptop, push_body("laptop-plan", None, &stale), 200));
+    assert_eq!(answer["rejected"][0]["current"]["values"]["name"], "Phone star", "{answer}");
+
+    let open = checker.check(&get("/v1/admin/conflicts?status=open", ops, 200));
+    assert_eq!(open.as_array().map(Vec::len), Some(1), "one open conflict: {open}");
+    let one = format!("/v1/admin/conflicts/{}", open[0]["id"]);
+    let resolve = format!("{one}/resolve");
+    let (incoming, stored) = (r#"{"use": "incoming"}"#, r#"{"use": "stored"}"#);
+    let cases = [
+        get(&one, ops, 200),
+        get("/v1/admin/conflicts/abc", ops, 400),
+        // An id that is not UTF-8 gets axum's plain-text 400.
+        get("/v1/admin/conflicts/%FF", ops, 400),
+        get(&one, None, 401),
+        get(&one, phone, 403),
+        get("/v1/admin/conflicts/99999", ops, 404),
+        post(&resolve, ops, r#"{"use": "sideways"}"#, 400),
+        post("/v1/admin/conflicts/%FF/resolve", ops, incoming, 400),
+        post(&resolve, None, incoming, 401),
+        post(&resolve, phone, incoming, 403),
+        post("/v1/admin/conflicts/99999/resolve", ops, incoming, 404),
+        // A body over the limit gets axum's plain-text 413 here, unlike on /v1/push.
+        post(&resolve, ops, &too_big, 413),
+        post(&resolve, ops, incoming, 200),
+        post(&resolve, ops, stored, 409),
+        get("/v1/admin/conflicts?status=resolved", ops, 200),
+        get("/v1/pull?cursor=0&limit=10000", phone, 200),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    checker.assert_every_answer_was_seen();
+}
+
+#[test]
+fn the_validator_names_the_first_mismatch_by_its_json_path() {
+    let doc = json!({"components": {"schemas": {"Row": {
+        "type": "object",
+        "required": ["id", "kind"],
+        "additionalProperties": false,
+        "properties": {
+            "id": {"type": "integer", "minimum": 1, "description": "ignored"},
+            "kind": {"type": "string", "enum": ["a", "b"]},
+            "note": {"type": ["string", "null"]},
+            "tags": {"type": "object", "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}
+        }
+    }}}});
+    let schema = json!({"type": "array", "items": {"$ref": "#/components/schemas/Row"}});
+    check_schema(&doc, &schema, "test");
+    let check = |v: Value| validate(&doc, &schema, &v, "$").map_err(|m| m.to_string());
+    assert_eq!(check(json!([{"id": 1, "kind": "a", "note": null, "tags": {"x": "y", "n": 2}}])), Ok(()));
+    assert_eq!(check(json!({"id": 1})), Err("$: expected array, got {\"id\":1}".into()));
+    assert_eq!(check(json!([{"id": "1", "kind": "a"}])), Err("$[0].id: expected integer, got \"1\"".into()));
+    assert_eq!(check(json!([{"id": 1.5, "kind": "a"}])), Err("$[0].id: expected integer, got 1.5".into()));
+    assert_eq!(
+        check(json!([{"id": 1, "kind": "a", "note": 3}])),
+        Err("$[0].note: expected string or null, got 3".into())
+    );
+    assert_eq!(check(json!([{"id": 1}])), Err("$[0]: missing required property 'kind'".into()));
+    assert_eq!(
+        check(json!([{"id": 1, "kind": "a"}, {"id": 2, "kind": "b", "colour": "red"}])),
+        Err("$[1].colour: property not allowed (additionalProperties: false)".into())
+    );
+    assert_eq!(check(json!([{"id": 1, "kind": "c"}])), Err("$[0].kind: \"c\" is not one of [\"a\",\"b\"]".into()));
+    assert_eq!(check(json!([{"id": 0, "kind": "a"}])), Err("$[0].id: 0 is below the minimum 1".into()));
+    assert_eq!(
+        check(json!([{"id": 1, "kind": "a", "tags": {"x": true}}])),
+        Err("$[0].tags.x: matches 0 of the 2 oneOf schemas, not exactly one".into())
+    );
+}
+
+#[test]
+#[should_panic(expected = "keyword 'pattern' at $ is outside the subset")]
+fn the_validator_refuses_a_keyword_it_does_not_check() {
+    let _ = validate(&json!({}), &json!({"type": "string", "pattern": "^a"}), &json!("a"), "$");
+}
+
+#[test]
+#[should_panic(expected = "keyword 'maxLength' at doc/properties/name is outside the subset")]
+fn an_unchecked_keyword_is_refused_even_where_no_answer_reaches() {
+    check_schema(&json!({}), &json!({"type": "object", "properties": {"name": {"maxLength": 3}}}), "doc");
+}
+
+// The cases.
+
+/// One request and the status it must get.
+struct Case {
+    method: &'static str,
+    /// Path and query, as sent.
+    path: String,
+    token: Option<String>,
+    body: Option<String>,
+    status: u16,
+}
+
+fn get(path: impl Into<String>, token: Option<&str>, status: u16) -> Case {
+    Case { method: "get", path: path.into(), token: token.map(str::to_owned), body: None, status }
+}
+
+fn post(path: impl Into<String>, token: Option<&str>, body: impl Into<String>, status: u16) -> Case {
+    Case { method: "post", path: path.into(), token: token.map(str::to_owned), body: Some(body.into()), status }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A wire clock at `ms` on site `site`.
+fn clock(ms: u64, site: u64) -> String {
+    format!("{:016x}{site:016x}", ms << 16)
+}
+
+fn push_body(batch_id: &str, cursor: Option<&str>, rows: &Value) -> String {
+    let mut body = json!({"batch_id": batch_id, "rows": rows});
+    if let Some(c) = cursor {
+        body["cursor"] = json!(c);
+    }
+    body.to_string()
+}
+
+/// Group `id` as created by site 1 at `t`; with `renamed_at`, renamed to `name` then by a
+/// device that had seen the name written at `t`.
+fn group_row(id: &str, user: &str, t: u64, name: &str, renamed_at: Option<(u64, u64)>) -> Value {
+    let mut row = json!({
+        "table": "groups", "key": id, "exists": true, "exists_at": clock(t, 1), "clock": clock(t, 1),
+        "values": {"name": name, "created_by": user}
+    });
+    if let Some((ms, site)) = renamed_at {
+        row["clocks"] = json!({"name": clock(ms, site)});
+        row["base"] = json!({"name": clock(t, 1)});
+    }
+    row
+}
+
+/// Formation `id` of `group` as created by site 1 at `t`; with `renamed_at`, renamed to
+/// `name` then by a device whose change started from the version created at `t`.
+fn formation_row(group: &str, id: &str, t: u64, name: &str, renamed_at: Option<(u64, u64)>) -> Value {
+    let mut row = json!({
+        "table": "formations", "key": id, "exists": true, "exists_at": clock(t, 1), "clock": clock(t, 1),
+        "values": {"group_id": group, "name": name, "slots": 4}
+    });
+    if let Some((ms, site)) = renamed_at {
+        row["clocks"] = json!({"name": clock(ms, site)});
+        row["seen"] = json!({"exists_at": clock(t, 1), "clock": clock(t, 1)});
+    }
+    row
+}
+
+/// A new jump of `user`.
+fn jump_row(user: &str, t: u64) -> Value {
+    json!({
+        "table": "jump_log", "key": uuid(), "exists": true, "exists_at": clock(t, 1), "clock": clock(t, 1),
+        "values": {"user_id": user, "jump_number": 1, "jumped_at": "2026-11-21T10:00:00Z", "visible_to_connections": false}
+    })
+}
+
+// Checking answers against the document.
+
+/// Sends cases to a server and checks each answer against the document, remembering which
+/// documented answers it saw.
+struct Checker<'d> {
+    doc: &'d Value,
+    url: String,
+    http: reqwest::blocking::Client,
+    /// Method, path template, status and media type of every checked answer.
+    seen: BTreeSet<(String, String, String, String)>,
+}
+
+impl<'d> Checker<'d> {
+    fn new(doc: &'d Value, url: &str) -> Checker<'d> {
+        Checker { doc, url: url.to_owned(), http: reqwest::blocking::Client::new(), seen: BTreeSet::new() }
+    }
+
+    /// Sends `case` and checks the answer; returns its body (a JSON string for text).
+    fn check(&mut self, case: &Case) -> Value {
+        let doc = self.doc;
+        let what = format!("{} {} (expecting {})", case.method.to_uppercase(), case.path, case.status);
+        let path = case.path.split('?').next().unwrap_or_default();
+        let Some(Route { template: route, params: path_params, .. }) = route_of(doc, path) else {
+            panic!("{what}: no path in docs/openapi.json matches");
+        };
+        let op = &doc["paths"][&route][case.method];
+        assert!(op.is_object(), "{what}: docs/openapi.json has no {} operation at {route}", case.method);
+        if (200..300).contains(&case.status) {
+            self.check_request(&what, &route, op, &path_params, case);
+        }
+
+        let method = reqwest::Method::from_bytes(case.method.to_uppercase().as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{}", self.url, case.path));
+        if let Some(t) = &case.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = &case.body {
+            req = req.header("content-type", "application/json").body(b.clone());
+        }
+        let resp = req.send().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().unwrap();
+        assert_eq!(status, case.status, "{what}: {text}");
+
+        let documented = resolve(doc, &op["responses"][status.to_string()]);
+        assert!(documented.is_object(), "{what}: status {status} is not documented for {route}");
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let media = content_type.split(';').next().unwrap_or_default().trim().to_owned();
+        let schema = &documented["content"][&media]["schema"];
+        assert!(schema.is_object(), "{what}: media type '{media}' is not documented for {status}: {text}");
+        let body = if media == "application/json" {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"))
+        } else {
+            Value::String(text)
+        };
+        if let Err(m) = validate(doc, schema, &body, "$") {
+            panic!("{what}: the body breaks the documented schema at {m}\n{body}");
+        }
+        for (name, header) in documented["headers"].as_object().into_iter().flatten() {
+            match headers.get(name) {
+                Some(v) => {
+                    let v = Value::String(v.to_str().unwrap().to_owned());
+                    if let Err(m) = validate(doc, &header["schema"], &v, name) {
+                        panic!("{what}: header {m}");
+                    }
+                }
+                None => assert_ne!(header["required"], true, "{what}: no {name} header"),
+            }
+        }
+        if status >= 400 && media == "application/json" {
+            let code = ERROR_CODES.iter().find(|(s, _)| *s == status).map(|(_, c)| *c);
+            assert_eq!(body["error"]["code"].as_str(), code, "{what}: the code of {status}");
+        }
+        self.seen.insert((case.method.to_owned(), route, status.to_string(), media));
+        body
+    }
+
+    /// A request meant to succeed must use only documented parameters, with documented
+    /// values, and a body of the documented schema.
+    fn check_request(&self, what: &str, route: &str, op: &Value, path_params: &[(String, String)], case: &Case) {
+        let params: Vec<&Value> = self.doc["paths"][route]["parameters"]
+            .as_array()
+            .into_iter()
+            .chain(op["parameters"].as_array())
+            .flatten()
+            .map(|p| resolve(self.doc, p))
+            .collect();
+        let param = |place: &str, name: &str| {
+            params.iter().find(|p| p["in"] == place && p["name"] == name).copied().unwrap_or_else(|| {
+                panic!("{what}: the {place} parameter '{name}' is not documented");
+            })
+        };
+        let url = reqwest::Url::parse(&format!("http://h{}", case.path)).unwrap();
+        let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let given = path_params.iter().map(|p| ("path", p)).chain(query.iter().map(|p| ("query", p)));
+        for (place, (name, raw)) in given {
+            let schema = &param(place, name)["schema"];
+            let value = match resolve(self.doc, schema)["type"].as_str() {
+                Some("integer" | "number") => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone())),
+                _ => Value::String(raw.clone()),
+            };
+            if let Err(m) = validate(self.doc, schema, &value, name) {
+                panic!("{what}: the {place} parameter breaks its documented schema at {m}");
+            }
+        }
+        for p in params.iter().filter(|p| p["required"] == true && p["in"] == "query") {
+            assert!(
+                query.iter().any(|(k, _)| p["name"] == k.as_str()),
+                "{what}: required parameter {} missing",
+                p["name"]
+            );
+        }
+        let request_body = resolve(self.doc, &op["requestBody"]);
+        match &case.body {
+            Some(b) => {
+                let schema = &request_body["content"]["application/json"]["schema"];
+                assert!(schema.is_object(), "{what}: the operation documents no JSON request body");
+                let body: Value =
+                    serde_json::from_str(b).unwrap_or_else(|e| panic!("{what}: the request is not JSON: {e}"));
+                if let Err(m) = validate(self.doc, schema, &body, "$") {
+                    panic!("{what}: the request body breaks the documented schema at {m}");
+                }
+            }
+            None => assert_ne!(request_body["required"], true, "{what}: the request body is required"),
+        }
+    }
+
+    /// Every operation, status and media type the document promises, except [`UNPROVOKED`]
+    /// statuses, was seen.
+    fn assert_every_answer_was_seen(&self) {
+        let mut missing = Vec::new();
+        for (method, route, op) in operations(self.doc) {
+            for (status, response) in op["responses"].as_object().into_iter().flatten() {
+                if UNPROVOKED.contains(&status.as_str()) {
+                    continue;
+                }
+                for media in resolve(self.doc, response)["content"].as_object().into_iter().flatten().map(|c| c.0) {
+                    let key = (method.to_owned(), route.to_owned(), status.clone(), media.clone());
+                    if !self.seen.contains(&key) {
+                        missing.push(format!("{} {route} {status} {media}", method.to_uppercase()));
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "documented answers no case produced; add a case for each:\n{}",
+            missing.join("\n")
+        );
+    }
+}
+
+/// A concrete path matched to one of the document's path templates.
+struct Route {
+    template: String,
+    /// The path parameters' names and values.
+    params: Vec<(String, String)>,
+    /// How many segments matched literally.
+    literal: usize,
+}
+
+/// The document's path template matching `path`; a literal segment beats a parameter.
+fn route_of(doc: &Value, path: &str) -> Option<Route> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut best: Option<Route> = None;
+    for template in doc["paths"].as_object()?.keys() {
+        let parts: Vec<&str> = template.split('/').collect();
+        if parts.len() != segments.len() {
+            continue;
+        }
+        let mut params = Vec::new();
+        let mut literal = 0;
+        let matches = parts.iter().zip(&segments).all(|(part, seg)| {
+            match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some(name) => params.push((name.to_owned(), (*seg).to_owned())),
+                None if part == seg => literal += 1,
+                None => return false,
+            }
+            true
+        });
+        if matches && best.as_ref().is_none_or(|b| literal > b.literal) {
+            best = Some(Route { template: template.clone(), params, literal });
+        }
+    }
+    best
+}
+
+/// Every operation of the document: method, path template, operation object.
+fn operations(doc: &Value) -> impl Iterator<Item = (&str, &str, &Value)> {
+    doc["paths"].as_object().into_iter().flatten().flat_map(|(path, item)| {
+        item.as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(m, _)| METHODS.contains(&m.as_str()))
+            .map(move |(m, op)| (m.as_str(), path.as_str(), op))
+    })
+}
+
+/// The `(method, path)` of every `.route("…", get(…).post(…))` in the server's router, read
+/// from its source.
+fn server_routes() -> BTreeSet<(String, String)> {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ferry-server/src/lib.rs");
+    let src = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    for other in [".nest(", ".nest_service(", ".merge(", ".route_service("] {
+        assert!(!src.contains(other), "{}: this test reads only `.route(…)`; teach it {other}", file.display());
+    }
+    let mut routes = BTreeSet::new();
+    for call in src.split(".route(").skip(1) {
+        let bad = || -> ! { panic!("{}: cannot read `.route({}`", file.display(), &call[..call.len().min(60)]) };
+        let Some((path, rest)) = call.strip_prefix('"').and_then(|c| c.split_once('"')) else { bad() };
+        let Some(mut rest) = rest.trim_start().strip_prefix(',').map(str::trim_start) else { bad() };
+        // A method router: `get(handler)`, optionally chained as `.post(handler)`.
+        loop {
+            let Some(open) = rest.find('(') else { bad() };
+            let method = &rest[..open];
+            assert!(METHODS.contains(&method), "{}: route {path} uses '{method}', not a method", file.display());
+            routes.insert((method.to_owned(), path.to_owned()));
+            let mut depth = 0;
+            let Some(close) = rest[open..].find(|c| {
+                depth += match c {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            }) else {
+                bad()
+            };
+            rest = rest[open + close + 1..].trim_start();
+            match rest.strip_prefix('.') {
+                Some(more) => rest = more,
+                None => break,
+            }
+        }
+    }
+    routes
+}
+
+/// `docs/openapi.json`, with every schema in it checked for keywords outside the subset.
+fn document() -> Value {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (name, schema) in doc["components"]["schemas"].as_object().into_iter().flatten() {
+        check_schema(&doc, schema, &format!("#/components/schemas/{name}"));
+    }
+    // Elsewhere schemas sit under a "schema" key (parameters, media types, headers).
+    fn walk(doc: &Value, v: &Value, at: &str) {
+        for (k, child) in v.as_object().into_iter().flatten() {
+            match k.as_str() {
+                "schema" => check_schema(doc, child, &format!("{at}/schema")),
+                _ => walk(doc, child, &format!("{at}/{k}")),
+            }
+        }
+        for (i, child) in v.as_array().into_iter().flatten().enumerate() {
+            walk(doc, child, &format!("{at}/{i}"));
+        }
+    }
+    walk(&doc, &doc["paths"], "#/paths");
+    walk(&doc, &doc["components"]["parameters"], "#/components/parameters");
+    walk(&doc, &doc["components"]["responses"], "#/components/responses");
+    let mut ids = BTreeSet::new();
+    for (method, path, op) in operations(&doc) {
+        let what = format!("{} {path}", method.to_uppercase());
+        assert!(ids.insert(op["operationId"].as_str().unwrap_or_else(|| panic!("{what}: no operationId"))));
+        let secured = op.get("security").unwrap_or(&doc["security"]).as_array().is_some_and(|s| !s.is_empty());
+        assert!(!secured || op["responses"]["401"].is_object(), "{what} needs a token but documents no 401");
+    }
+    doc
+}
+
+// The JSON Schema subset.
+
+/// Keywords that change whether a value validates; [`validate`] checks each of them.
+const KEYWORDS: &[&str] =
+    &["type", "properties", "required", "additionalProperties", "items", "enum", "$ref", "oneOf", "minimum", "maximum"];
+
+/// Keywords that only document.
+const ANNOTATIONS: &[&str] = &["description", "format", "example", "title", "default"];
+
+const TYPES: &[&str] = &["null", "boolean", "string", "number", "integer", "object", "array"];
+
+/// Where a value first breaks a schema, and how.
+#[derive(Debug)]
+struct Mismatch {
+    /// The JSON path of the offending value, as `$.rows[0].clock`.
+    path: String,
+    why: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.why)
+    }
+}
+
+/// Checks `value` (at JSON path `at`) against `schema`, resolving `$ref`s in `doc`.
+///
+/// # Errors
+/// The first mismatch: `type` before the other keywords, then properties in name order.
+///
+/// # Panics
+/// On a keyword outside [`KEYWORDS`] and [`ANNOTATIONS`], a `$ref` that does not resolve, or
+/// a malformed keyword.
+fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), Mismatch> {
+    let fail = |path: &str, why: String| Err(Mismatch { path: path.to_owned(), why });
+    let Some(keywords) = schema.as_object() else { panic!("the schema at {at} is not an object: {schema}") };
+    if let Some(t) = keywords.get("type") {
+        let names = type_names(t, at);
+        if !names.iter().any(|n| has_type(value, n)) {
+            return fail(at, format!("expected {}, got {}", names.join(" or "), shown(value)));
+        }
+    }
+    for (keyword, arg) in keywords {
+        match keyword.as_str() {
+            "type" => {}
+            "$ref" => validate(doc, resolve(doc, schema), value, at)?,
+            "enum" => {
+                let allowed = arg.as_array().unwrap_or_else(|| panic!("enum at {at} is not an array"));
+                if !allowed.contains(value) {
+                    return fail(at, format!("{} is not one of {arg}", shown(value)));
+                }
+            }
+            "properties" => {
+                for (name, sub) in arg.as_object().unwrap_or_else(|| panic!("properties at {at}")) {
+                    if let Some(v) = value.get(name).filter(|_| value.is_object()) {
+                        validate(doc, sub, v, &format!("{at}.{name}"))?;
+                    }
+                }
+            }
+            "required" => {
+                for name in arg.as_array().unwrap_or_else(|| panic!("required at {at}")) {
+                    let name = name.as_str().unwrap_or_else(|| panic!("required at {at}"));
+                    if value.as_object().is_some_and(|o| !o.contains_key(name)) {
+                        return fail(at, format!("missing required property '{name}'"));
+                    }
+                }
+            }
+            "additionalProperties" => {
+                let known = keywords.get("properties").and_then(Value::as_object);
+                for (name, v) in value.as_object().into_iter().flatten() {
+                    if known.is_some_and(|k| k.contains_key(name)) {
+                        continue;
+                    }
+                    let child = format!("{at}.{name}");
+                    match arg {
+                        Value::Bool(true) => {}
+                        Value::Bool(false) => {
+                            return fail(&child, "property not allowed (additionalProperties: false)".into());
+                        }
+                        sub => validate(doc, sub, v, &child)?,
+                    }
+                }
+            }
+            "items" => {
+                for (i, v) in value.as_array().into_iter().flatten().enumerate() {
+                    validate(doc, arg, v, &format!("{at}[{i}]"))?;
+                }
+            }
+            "oneOf" => {
+                let choices = arg.as_array().unwrap_or_else(|| panic!("oneOf at {at} is not an array"));
+                let matching = choices.iter().filter(|s| validate(doc, s, value, at).is_ok()).count();
+                if matching != 1 {
+                    let n = choices.len();
+                    return fail(at, format!("matches {matching} of the {n} oneOf schemas, not exactly one"));
+                }
+            }
+            "minimum" | "maximum" => {
+                let bound = arg.as_f64().unwrap_or_else(|| panic!("{keyword} at {at} is not a number"));
+                if let Some(n) = value.as_f64() {
+                    if keyword == "minimum" && n < bound {
+                        return fail(at, format!("{value} is below the minimum {arg}"));
+                    }
+                    if keyword == "maximum" && n > bound {
+                        return fail(at, format!("{value} is above the maximum {arg}"));
+                    }
+                }
+            }
+            k if ANNOTATIONS.contains(&k) => {}
+            other => panic!("keyword '{other}' at {at} is outside the subset this validator checks"),
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `schema` (at document location `at`), and every schema inside it, uses only
+/// the subset and that its `$ref`s resolve, whether or not a value ever reaches it.
+///
+/// # Panics
+/// On the first keyword outside the subset or malformed keyword.
+fn check_schema(doc: &Value, schema: &Value, at: &str) {
+    let Some(keywords) = schema.as_object() else { panic!("the schema at {at} is not an object: {schema}") };
+    for (keyword, arg) in keywords {
+        let sub = |name: &str, s: &Value| check_schema(doc, s, &format!("{at}/{name}"));
+        match keyword.as_str() {
+            "$ref" => {
+                resolve(doc, schema);
+            }
+            "type" => {
+                type_names(arg, at);
+            }
+            "properties" => {
+                for (name, s) in arg.as_object().unwrap_or_else(|| panic!("properties at {at}")) {
+                    sub(&format!("properties/{name}"), s);
+                }
+            }
+            "additionalProperties" if !arg.is_boolean() => sub(keyword, arg),
+            "items" => sub(keyword, arg),
+            "oneOf" => {
+                for (i, s) in arg.as_array().unwrap_or_else(|| panic!("oneOf at {at}")).iter().enumerate() {
+                    sub(&format!("oneOf/{i}"), s);
+                }
+            }
+            "required" => assert!(
+                arg.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+                "required at {at} is not a list of names"
+            ),
+            "enum" => assert!(arg.is_array(), "enum at {at} is not an array"),
+            "minimum" | "maximum" => assert!(arg.is_number(), "{keyword} at {at} is not a number"),
+            k if KEYWORDS.contains(&k) || ANNOTATIONS.contains(&k) => {}
+            other => panic!("keyword '{other}' at {at} is outside the subset this validator checks"),
+        }
+    }
+}
+
+fn type_names<'v>(t: &'v Value, at: &str) -> Vec<&'v str> {
+    let names: Vec<&str> = match t {
+        Value::String(n) => vec![n.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => panic!("type at {at} is neither a name nor a list of names"),
+    };
+    for n in &names {
+        assert!(TYPES.contains(n), "type '{n}' at {at} is not a JSON Schema type");
+    }
+    names
+}
+
+fn has_type(v: &Value, name: &str) -> bool {
+    match name {
+        "null" => v.is_null(),
+        "boolean" => v.is_boolean(),
+        "string" => v.is_string(),
+        "number" => v.is_number(),
+        // JSON Schema counts 2.0 as an integer too.
+        "integer" => v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0),
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        other => panic!("type '{other}' is not a JSON Schema type"),
+    }
+}
+
+/// `v`, or what its `$ref` (`#/…` in `doc`) points at, transitively.
+///
+/// # Panics
+/// When a `$ref` does not resolve.
+fn resolve<'d>(doc: &'d Value, v: &'d Value) -> &'d Value {
+    match v.get("$ref") {
+        None => v,
+        Some(r) => {
+            let pointer = r.as_str().and_then(|r| r.strip_prefix('#')).unwrap_or_else(|| panic!("$ref {r}"));
+            let target = doc.pointer(pointer).unwrap_or_else(|| panic!("$ref {r} points at nothing"));
+            resolve(doc, target)
+        }
+    }
+}
+
+/// A value for a message, cut to a readable length.
+fn shown(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 { format!("{}…", s.chars().take(60).collect::<String>()) } else { s }
+}
