@@ -151,10 +151,13 @@ pub struct WhoAmI {
     pub device_name: String,
 }
 
-/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`; a refused write of
+/// one row (409 `stale`, 412 `precondition_failed`) also carries the row's `current` version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use ferry_store::{ConflictFilter, ConflictRecord, Keep, Store};
 
@@ -48,10 +49,10 @@ pub async fn list<S: Store>(
 pub async fn show<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     who: Authed,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ConflictRecord>, ApiError> {
     require_admin(&who)?;
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     match state.store.conflict(id).await? {
         Some(c) => Ok(Json(c)),
         None => Err(ApiError::NotFound(format!("no conflict with id {id}"))),
@@ -69,11 +70,12 @@ struct ResolveBody {
 pub async fn resolve<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     who: Authed,
-    Path(id): Path<String>,
-    body: Bytes,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ConflictRecord>, ApiError> {
     require_admin(&who)?;
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
+    let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
     let body: ResolveBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "malformed resolve body: {e}; send {{\"use\": \"stored\"}} or {{\"use\": \"incoming\"}}"
@@ -87,6 +89,7 @@ pub async fn resolve<S: Store>(
     Ok(Json(state.store.resolve_conflict(id, keep).await?))
 }
 
-fn parse_id(id: &str) -> Result<i64, ApiError> {
+fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("bad conflict id in the path: {e}")))?;
     id.parse().map_err(|_| ApiError::BadRequest(format!("conflict id '{id}' is not a number")))
 }

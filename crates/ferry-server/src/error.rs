@@ -17,9 +17,20 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A write made on an older version of a row (409 `stale`), with the current version.
+    #[error("{0}")]
+    Stale(String, Option<Box<serde_json::Value>>),
+    /// `If-Match`/`If-None-Match` did not hold (412), with the current version.
+    #[error("{0}")]
+    PreconditionFailed(String, Option<Box<serde_json::Value>>),
+    /// The write needs a version precondition (428).
+    #[error("{0}")]
+    PreconditionRequired(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -33,8 +44,12 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Stale(..) => (StatusCode::CONFLICT, "stale"),
+            ApiError::PreconditionFailed(..) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            ApiError::PreconditionRequired(_) => (StatusCode::PRECONDITION_REQUIRED, "precondition_required"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -60,7 +75,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code, error = %self, "request failed");
         }
-        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() } };
+        let current = match &self {
+            ApiError::Stale(_, c) | ApiError::PreconditionFailed(_, c) => c.as_deref().cloned(),
+            _ => None,
+        };
+        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() }, current };
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("5"));

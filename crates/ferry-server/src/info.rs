@@ -32,3 +32,7 @@ pub async fn me<S: Store>(State(state): State<Arc<AppState<S>>>, Authed(p): Auth
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no endpoint at '{}'; see docs/protocol.md", uri.path()))
 }
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on '{}'; see docs/protocol.md", uri.path()))
+}

@@ -16,6 +16,7 @@ mod auth;
 mod info;
 mod pull;
 mod push;
+mod rows;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,10 +47,13 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize) -> Router {
         .route("/v1/me", get(info::me::<S>))
         .route("/v1/push", post(push::push::<S>))
         .route("/v1/pull", get(pull::pull::<S>))
+        .route("/v1/rows/{table}/{key}", get(rows::get_row::<S>).put(rows::put_row::<S>).delete(rows::delete_row::<S>))
+        .route("/v1/changes", get(rows::changes::<S>))
         .route("/v1/admin/conflicts", get(admin::list::<S>))
         .route("/v1/admin/conflicts/{id}", get(admin::show::<S>))
         .route("/v1/admin/conflicts/{id}/resolve", post(admin::resolve::<S>))
         .fallback(info::not_found)
+        .method_not_allowed_fallback(info::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestDecompressionLayer::new())
         .layer(CompressionLayer::new())

@@ -23,15 +23,7 @@ pub async fn pull<S: Store>(
     if cursor.len() > 4096 {
         return Err(ApiError::BadRequest("cursor is too long; start over with cursor=0".into()));
     }
-    let limit = match q.get("limit") {
-        None => DEFAULT_PAGE_ROWS,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE_ROWS).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!("limit '{l}' must be a number from 1 to {MAX_PAGE_ROWS}")));
-            }
-        },
-    };
+    let limit = parse_limit(q.get("limit"))?;
     let page = state.store.pull(&who, cursor, limit).await?;
     let schema = state.store.schema();
     let rows = page
@@ -40,4 +32,15 @@ pub async fn pull<S: Store>(
         .filter_map(|r| schema.table(&r.table).map(|t| ferry_protocol::encode_row(t, &r.key, &r.state)))
         .collect();
     Ok(Json(PullResponse { rows, cursor: page.cursor, more: page.more }))
+}
+
+/// A page size: absent for the default, else 1 to [`MAX_PAGE_ROWS`].
+pub(crate) fn parse_limit(limit: Option<&String>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE_ROWS),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_ROWS).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!("limit '{l}' must be a number from 1 to {MAX_PAGE_ROWS}"))),
+        },
+    }
 }

@@ -17,16 +17,7 @@ pub async fn push<S: Store>(
     Authed(who): Authed,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PushResponse>, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!(
-                "push body is over the server's limit of {} bytes; send smaller batches",
-                state.max_body_bytes
-            ))
-        } else {
-            ApiError::BadRequest(format!("cannot read push body: {e}"))
-        }
-    })?;
+    let body = body.map_err(|e| body_error(&state, &e))?;
     let req: PushRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed push body: {e}")))?;
     if req.batch_id.is_empty() || req.batch_id.len() > 100 {
@@ -48,7 +39,7 @@ pub async fn push<S: Store>(
         .map(|w| {
             let (table, st) = ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
             let seen = ferry_protocol::decode_seen(table, w, &st).map_err(|e| ApiError::BadRequest(e.0))?;
-            Ok(IncomingRow { table: table.name.clone(), key: w.key.clone(), state: st, seen: Some(seen) })
+            Ok(IncomingRow { seen: Some(seen), ..IncomingRow::new(&table.name, &w.key, st) })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
@@ -76,7 +67,7 @@ pub async fn push<S: Store>(
                     "{} '{}' changed on the server since this device's version (table conflict = \"reject-stale\"); the change was not applied: keep it and push again on top of `current`, or take `current`",
                     r.table, r.key
                 ),
-                current: ferry_protocol::encode_row(table, &r.key, &r.state),
+                current: ferry_protocol::encode_row(table, &r.key, &r.current),
             })
         })
         .collect();
@@ -88,4 +79,16 @@ pub async fn push<S: Store>(
         cursor: outcome.cursor,
         rejected,
     }))
+}
+
+/// A request body that could not be read: over the limit (413, naming it) or undecodable.
+pub(crate) fn body_error<S>(state: &AppState<S>, e: &BytesRejection) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(format!(
+            "request body is over the server's limit of {} bytes (max_body_bytes); send smaller batches",
+            state.max_body_bytes
+        ))
+    } else {
+        ApiError::BadRequest(format!("cannot read the request body: {e}"))
+    }
 }

@@ -24,9 +24,10 @@ pub struct ConflictRecord {
     /// The contested fields; `*` stands for the row's existence.
     pub fields: Vec<String>,
     pub strategy: String,
-    /// The stored version before the merge: `{"origin", "values", "clocks"}`.
+        /// The stored version before the merge: `{"origin", "exists", "values", "clocks"}`, values
+    /// in the wire form (as pushes and pulls carry them).
     pub stored: serde_json::Value,
-    /// The incoming version: `{"origin", "values", "clocks"}`.
+    /// The incoming version: `{"origin", "exists", "values", "clocks"}`.
     pub incoming: serde_json::Value,
     /// For each field, which side the merge kept: `"stored"` or `"incoming"`.
     pub winner: BTreeMap<String, String>,
@@ -61,10 +62,9 @@ pub(crate) struct NewConflict {
     pub dedupe: String,
 }
 
+/// A version as the log keeps it; values in the wire form (as pushes and pulls carry them).
 fn version(table: &Table, state: &RowState, origin: Option<&str>) -> serde_json::Value {
-    let values: serde_json::Value =
-        serde_json::from_str(&ferry_sqlite::encode_values(table, &ferry_sqlite::values_of(table, state)))
-            .unwrap_or_default();
+    let values = serde_json::Value::Object(ferry_protocol::encode_row(table, "", state).values);
     let clocks: serde_json::Map<String, serde_json::Value> =
         state.cols.iter().map(|(c, s)| (c.clone(), s.at.to_string().into())).collect();
     serde_json::json!({ "origin": origin, "exists": state.is_alive(), "values": values, "clocks": clocks })
@@ -164,7 +164,12 @@ pub(crate) fn kept_registers(
         Keep::Stored => &record.stored,
         Keep::Incoming => &record.incoming,
     };
-    let values = ferry_sqlite::decode_values(table, &version["values"].to_string())?;
+    let json = version["values"].as_object().cloned().unwrap_or_default();
+    let mut values = BTreeMap::new();
+    for (name, v) in &json {
+        let Some(col) = table.column(name) else { continue };
+        values.insert(name.clone(), ferry_protocol::value_from_json(col.ty, v).map_err(|e| format!("{name}: {e}"))?);
+    }
     Ok(record
         .fields
         .iter()

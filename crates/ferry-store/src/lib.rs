@@ -54,6 +54,34 @@ pub struct IncomingRow {
     /// The clocks of the version the device's change started from; `None` when unknown,
     /// taken as the pushed state itself (nothing unseen, so no conflict).
     pub seen: Option<ferry_core::strategy::RowClocks>,
+    /// Apply only if the stored row's version ([`RowState::version`]) is still this one;
+    /// otherwise the row is refused with [`Refusal::VersionChanged`] (`If-Match`).
+    pub if_version: Option<String>,
+}
+
+impl IncomingRow {
+    /// A pushed row with no version information (nothing unseen, no precondition).
+    pub fn new(table: &str, key: &str, state: RowState) -> IncomingRow {
+        IncomingRow { table: table.to_owned(), key: key.to_owned(), state, seen: None, if_version: None }
+    }
+}
+
+/// Why a pushed row was refused while the rest of its batch applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `reject-stale`: the change was made on an older version than the stored one.
+    Stale,
+    /// The stored version is not the one the request named (`If-Match`).
+    VersionChanged,
+}
+
+/// A pushed row that was not applied, with the stored version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefusedRow {
+    pub table: String,
+    pub key: String,
+    pub current: RowState,
+    pub reason: Refusal,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -63,8 +91,8 @@ pub struct PushOutcome {
     pub replayed: bool,
     /// When the caller's cursor was the feed's end before the batch: the feed's end after it.
     pub cursor: Option<String>,
-    /// Rows `reject-stale` refused, with the stored version; the rest of the batch applied.
-    pub refused: Vec<FeedRow>,
+    /// Rows refused one by one, with the stored version; the rest of the batch applied.
+    pub refused: Vec<RefusedRow>,
 }
 
 /// One row of a pull page.
@@ -170,6 +198,15 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<&str>,
         rows: Vec<IncomingRow>,
     ) -> impl Future<Output = Result<PushOutcome>> + Send;
+
+    /// One row as `who` may read it: `None` when it never existed or belongs to another
+    /// user (a deleted row is returned, as a tombstone).
+    fn get_row(
+        &self,
+        who: &Principal,
+        table: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<RowState>>> + Send;
 
     /// The conflict log, newest first.
     fn conflicts(&self, filter: ConflictFilter) -> impl Future<Output = Result<Vec<ConflictRecord>>> + Send;
@@ -301,6 +338,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.pull(who, cursor, limit).await)
     }
 
+    async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<RowState>> {
+        delegate!(self, s => s.get_row(who, table, key).await)
+    }
+
     async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {
         delegate!(self, s => s.conflicts(filter).await)
     }
@@ -325,8 +366,8 @@ struct Merged {
     /// The conflict to log, with the stored state before the push; `open` for `manual`.
     conflict: Option<(ferry_core::strategy::Contest, RowState)>,
     open: bool,
-    /// `reject-stale` refused the change: nothing is stored and `state` is the stored state.
-    refused: bool,
+    /// The change was refused: nothing is stored and `state` is the stored state.
+    refused: Option<Refusal>,
 }
 
 /// What a store knows when it decides pushed rows: its site ids and the devices holding
@@ -359,6 +400,7 @@ fn merge_pushed(
     stored: Option<(RowState, Option<String>)>,
     incoming: &RowState,
     seen: Option<&ferry_core::strategy::RowClocks>,
+    if_version: Option<&str>,
     env: &Deciding,
 ) -> Result<Merged> {
     let own_clocks;
@@ -382,6 +424,11 @@ fn merge_pushed(
         }
     }
     let before = stored.map(|(s, _)| s).unwrap_or_default();
+    if if_version.is_some_and(|v| v != before.version()) {
+        let (changed, kept_newer, owner) = (false, true, owner_of(table, &before));
+        let refused = Some(Refusal::VersionChanged);
+        return Ok(Merged { state: before, changed, kept_newer, owner, conflict: None, open: false, refused });
+    }
     let role = table.options.authority.as_deref();
     let stamp = role.map_or(env.server_site, |r| env.authority_stamp(r));
     let is_authority = |site: ferry_core::SiteId| {
@@ -396,14 +443,14 @@ fn merge_pushed(
         now_ms: env.now_ms,
     };
     let (state, conflict, open, restamped, refused) = match decide_push(&before, incoming, seen, &ctx) {
-        Decision::Apply { state, conflict, open, restamped } => (state, conflict, open, restamped, false),
-        Decision::Reject { conflict } => (before.clone(), Some(conflict), false, false, true),
+        Decision::Apply { state, conflict, open, restamped } => (state, conflict, open, restamped, None),
+        Decision::Reject { conflict } => (before.clone(), Some(conflict), false, false, Some(Refusal::Stale)),
     };
     let changed = state != before;
     // The device must pull when the result holds a register its state lacks.
     let kept_newer = restamped || state.clocks() != incoming.clocks();
     let owner = owner_of(table, &state);
-    if let Some(col) = table.options.owner.as_ref().filter(|_| !refused) {
+    if let Some(col) = table.options.owner.as_ref().filter(|_| refused.is_none()) {
         if owner.as_deref() != Some(who.user_id.as_str()) {
             return Err(StoreError::Forbidden(format!(
                 "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",

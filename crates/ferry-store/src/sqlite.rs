@@ -302,8 +302,8 @@ impl Store for SqliteStore {
                 let mut again = Vec::new();
                 for (table, key) in crate::refused_keys(refused.as_deref())? {
                     let ts = inner.table(&table)?;
-                    let state = ferry_sqlite::load_state(&tx, ts, &key)?.map(|(s, _)| s).unwrap_or_default();
-                    again.push(crate::FeedRow { table, key, state });
+                    let current = ferry_sqlite::load_state(&tx, ts, &key)?.map(|(s, _)| s).unwrap_or_default();
+                    again.push(crate::RefusedRow { table, key, current, reason: crate::Refusal::Stale });
                 }
                 return Ok(PushOutcome {
                     received: received as usize,
@@ -329,7 +329,7 @@ impl Store for SqliteStore {
                 let ts = inner.table(&row.table)?;
                 let table = &ts.table;
                 let stored = ferry_sqlite::load_state(&tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner));
-                let merged = crate::merge_pushed(table, &row.key, &who, stored, &row.state, row.seen.as_ref(), &env)?;
+                let merged = crate::merge_pushed(table, &row.key, &who, stored, &row.state, row.seen.as_ref(), row.if_version.as_deref(), &env)?;
                 if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .prepare_cached("SELECT origin FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
@@ -348,8 +348,9 @@ impl Store for SqliteStore {
                     );
                                         insert_conflict(&tx, &c)?;
                 }
-                if merged.refused {
-                    refused.push(crate::FeedRow { table: row.table.clone(), key: row.key.clone(), state: merged.state });
+                if let Some(reason) = merged.refused {
+                    let (table, key, current) = (row.table.clone(), row.key.clone(), merged.state);
+                    refused.push(crate::RefusedRow { table, key, current, reason });
                     continue;
                 }
                 if who.role.is_some() {
@@ -481,6 +482,16 @@ impl Store for SqliteStore {
             let done = tx.prepare(&sql)?.query_row([id], conflict_row)?;
             tx.commit()?;
             Ok(done)
+        })
+        .await
+    }
+
+    async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<ferry_core::RowState>> {
+        let (user, table, key) = (who.user_id.clone(), table.to_owned(), key.to_owned());
+        self.read(move |inner, conn| {
+            let ts = inner.table(&table)?;
+            let Some((state, meta)) = ferry_sqlite::load_state(conn, ts, &key)? else { return Ok(None) };
+            Ok(meta.owner.is_none_or(|o| o == user).then_some(state))
         })
         .await
     }

@@ -578,7 +578,7 @@ impl PgStore {
         &self,
         who: &Principal,
         batch_id: &str,
-        rows: &BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>)>>,
+        rows: &BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>, Option<String>)>>,
         received: usize,
     ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
         let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
@@ -606,7 +606,8 @@ impl PgStore {
             for (table, key) in crate::refused_keys(refused.as_deref()).map_err(PushError::Store)? {
                 let pt = self.table(&table)?;
                 let state = load(&tx, pt, std::slice::from_ref(&key), false).await?.remove(&key).map(|p| p.state);
-                again.push(crate::FeedRow { table, key, state: state.unwrap_or_default() });
+                let current = state.unwrap_or_default();
+                again.push(crate::RefusedRow { table, key, current, reason: crate::Refusal::Stale });
             }
             return Ok((
                 PushOutcome {
@@ -639,9 +640,9 @@ impl PgStore {
             let keys: Vec<String> = states.keys().cloned().collect();
             let mut stored = load(&tx, pt, &keys, true).await?;
             let mut writes = Vec::new();
-            for (key, (incoming, seen)) in states {
+            for (key, (incoming, seen, if_version)) in states {
                 let prior = stored.remove(key).map(|p| (p.state, p.owner));
-                let merged = crate::merge_pushed(&pt.table, key, who, prior, incoming, seen.as_ref(), &env)?;
+                let merged = crate::merge_pushed(&pt.table, key, who, prior, incoming, seen.as_ref(), if_version.as_deref(), &env)?;
                 if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
@@ -660,8 +661,9 @@ impl PgStore {
                     );
                     insert_conflict(&tx, &c).await.map_err(push_pg)?;
                 }
-                if merged.refused {
-                    refused.push(crate::FeedRow { table: table.clone(), key: key.clone(), state: merged.state });
+                if let Some(reason) = merged.refused {
+                    let (table, key, current) = (table.clone(), key.clone(), merged.state);
+                    refused.push(crate::RefusedRow { table, key, current, reason });
                     continue;
                 }
                 if who.role.is_some() {
@@ -816,12 +818,12 @@ impl Store for PgStore {
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
         // concurrent pushes lock bookkeeping rows in the same order.
         // A key sent twice in one batch is one change: the states merged, the first version seen.
-        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>)>> = BTreeMap::new();
+        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>, Option<String>)>> = BTreeMap::new();
         for r in rows {
             self.table(&r.table)?;
             match grouped.entry(r.table).or_default().entry(r.key) {
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert((r.state, r.seen));
+                    v.insert((r.state, r.seen, r.if_version));
                 }
                 std::collections::btree_map::Entry::Occupied(mut o) => {
                     o.get_mut().0.merge(&r.state);
@@ -956,6 +958,15 @@ impl Store for PgStore {
         let done = conflict_row(&tx.query_one(&select, &[&id]).await.map_err(pg)?);
         tx.commit().await.map_err(pg)?;
         Ok(done)
+    }
+
+    async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<RowState>> {
+        let pt = self.table(table)?;
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = snapshot(&mut client).await?;
+        let key = key.to_owned();
+        let found = load(&tx, pt, std::slice::from_ref(&key), false).await.map_err(StoreError::from)?.remove(&key);
+        Ok(found.filter(|p| p.owner.as_ref().is_none_or(|o| *o == who.user_id)).map(|p| p.state))
     }
 
     async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {

@@ -29,6 +29,7 @@ pub async fn rows_of_a_dropped_table_are_skipped<S: ferry_store::Store>(before: 
         key: "01900000-0000-7000-8000-0000000000aa".into(),
         state: RowState::inserted([("name".to_owned(), Value::Text("x".into()))], Hlc::new(1, 0, SiteId(1))),
         seen: None,
+        if_version: None,
     };
     before.push(&ann, "t", None, vec![tag]).await.unwrap();
     drop(before);
@@ -71,6 +72,7 @@ pub async fn the_owner_option_turned_on_later_makes_existing_rows_private<S: fer
             Hlc::new(1, 0, SiteId(1)),
         ),
         seen: None,
+        if_version: None,
     };
     before.push(&ann, "1", None, vec![note.clone()]).await.unwrap();
     drop(before);

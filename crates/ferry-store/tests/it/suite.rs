@@ -55,6 +55,7 @@ pub fn note(i: u32, owner: &str, body: &str, t: Hlc) -> IncomingRow {
             t,
         ),
         seen: None,
+        if_version: None,
     }
 }
 
@@ -126,6 +127,7 @@ pub async fn owned_rows_are_private_to_their_user<S: Store>(store: &S) {
         key: key(2),
         state: RowState::inserted([("name".to_owned(), Value::Text("shared".into()))], at(2, 1)),
         seen: None,
+        if_version: None,
     };
     store.push(&ann, "b", None, vec![tag]).await.unwrap();
     let seen: Vec<String> = pull_all(store, &bob).await.into_iter().map(|r| r.0).collect();
@@ -263,6 +265,7 @@ pub async fn a_manual_conflict_stays_open_until_a_person_picks_a_version<S: Stor
         key: key(7),
         state: RowState::inserted([("name".to_owned(), Value::Text(name.into()))], t),
         seen: None,
+        if_version: None,
     };
     store.push(&ann, "0", None, vec![tag("original", at(1, 1))]).await.unwrap();
     let edit = |name: &str, t: Hlc| {
