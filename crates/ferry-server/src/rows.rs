@@ -184,7 +184,11 @@ fn wall_ms() -> u64 {
 }
 
 /// The columns of a PUT body, typed and checked against the table.
-fn decode_values(t: &Table, key: &str, values: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<(String, Value)>, ApiError> {
+fn decode_values(
+    t: &Table,
+    key: &str,
+    values: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(String, Value)>, ApiError> {
     let here = format!("{} '{key}'", t.name);
     let mut out = Vec::new();
     for (name, json) in values {
@@ -277,16 +281,26 @@ async fn write<S: Store>(
         let at = Clock::new(device_site(who), before.max_clock()).tick(wall_ms());
         let created = !before.is_alive();
         match &change {
-            Change::Put(values) if created => next.insert(values.clone(), at),
+            // A new row gets every column, as an SQL INSERT would: the given values, else the
+            // column's default, else NULL.
+            Change::Put(values) if created => {
+                let given: HashMap<&str, &Value> = values.iter().map(|(c, v)| (c.as_str(), v)).collect();
+                let full = t.data_columns().map(|c| {
+                    let v = given.get(c.name.as_str()).map(|v| (*v).clone());
+                    (c.name.clone(), v.or_else(|| c.default.clone()).unwrap_or(Value::Null))
+                });
+                next.insert(full.collect::<Vec<_>>(), at);
+            }
             Change::Put(values) => next.update(values.clone(), at),
             Change::Delete if created => {
                 return Err(ApiError::NotFound(format!("no row {} '{key}' to delete", t.name)));
             }
             Change::Delete => next.delete(at),
         }
-        if let Some(missing) = t.data_columns().find(|c| {
-            c.not_null && next.is_alive() && next.cols.get(&c.name).is_none_or(|s| s.value == Value::Null)
-        }) {
+        if let Some(missing) = t
+            .data_columns()
+            .find(|c| c.not_null && next.is_alive() && next.cols.get(&c.name).is_none_or(|s| s.value == Value::Null))
+        {
             return Err(ApiError::BadRequest(format!(
                 "{} '{key}': column '{}' is NOT NULL; give it a value",
                 t.name, missing.name
@@ -316,7 +330,10 @@ async fn write<S: Store>(
             }
             Some(r) if r.reason == Refusal::Stale => {
                 return Err(ApiError::Stale(
-                    format!("{} '{key}' changed on the server since the version this write was based on (reject-stale); read it again", t.name),
+                    format!(
+                        "{} '{key}' changed on the server since the version this write was based on (reject-stale); read it again",
+                        t.name
+                    ),
                     Some(RowDoc::new(t, key, &r.current).json()),
                 ));
             }
