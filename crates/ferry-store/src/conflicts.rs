@@ -24,7 +24,7 @@ pub struct ConflictRecord {
     /// The contested fields; `*` stands for the row's existence.
     pub fields: Vec<String>,
     pub strategy: String,
-        /// The stored version before the merge: `{"origin", "exists", "values", "clocks"}`, values
+    /// The stored version before the merge: `{"origin", "exists", "values", "clocks"}`, values
     /// in the wire form (as pushes and pulls carry them).
     pub stored: serde_json::Value,
     /// The incoming version: `{"origin", "exists", "values", "clocks"}`.

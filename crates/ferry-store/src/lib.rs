@@ -201,12 +201,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// One row as `who` may read it: `None` when it never existed or belongs to another
     /// user (a deleted row is returned, as a tombstone).
-    fn get_row(
-        &self,
-        who: &Principal,
-        table: &str,
-        key: &str,
-    ) -> impl Future<Output = Result<Option<RowState>>> + Send;
+    fn get_row(&self, who: &Principal, table: &str, key: &str)
+    -> impl Future<Output = Result<Option<RowState>>> + Send;
 
     /// The conflict log, newest first.
     fn conflicts(&self, filter: ConflictFilter) -> impl Future<Output = Result<Vec<ConflictRecord>>> + Send;

@@ -642,7 +642,16 @@ impl PgStore {
             let mut writes = Vec::new();
             for (key, (incoming, seen, if_version)) in states {
                 let prior = stored.remove(key).map(|p| (p.state, p.owner));
-                let merged = crate::merge_pushed(&pt.table, key, who, prior, incoming, seen.as_ref(), if_version.as_deref(), &env)?;
+                let merged = crate::merge_pushed(
+                    &pt.table,
+                    key,
+                    who,
+                    prior,
+                    incoming,
+                    seen.as_ref(),
+                    if_version.as_deref(),
+                    &env,
+                )?;
                 if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
@@ -818,7 +827,8 @@ impl Store for PgStore {
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
         // concurrent pushes lock bookkeeping rows in the same order.
         // A key sent twice in one batch is one change: the states merged, the first version seen.
-        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>, Option<String>)>> = BTreeMap::new();
+        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>, Option<String>)>> =
+            BTreeMap::new();
         for r in rows {
             self.table(&r.table)?;
             match grouped.entry(r.table).or_default().entry(r.key) {

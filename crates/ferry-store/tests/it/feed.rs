@@ -116,7 +116,7 @@ async fn concurrent_writers_committing_out_of_order_are_all_seen_exactly_once() 
                             at,
                         ),
                         seen: None,
-        if_version: None,
+                        if_version: None,
                     })
                     .collect();
                 store.push(&who, &format!("{w}-{i}"), None, rows).await.unwrap();

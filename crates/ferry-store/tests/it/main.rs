@@ -90,9 +90,19 @@ pub fn schema() -> Schema {
     let mut opts = BTreeMap::new();
     opts.insert("notes".to_owned(), TableOptions { owner: Some("user_id".into()), ..TableOptions::default() });
     opts.insert("tags".to_owned(), TableOptions { conflict: ConflictStrategy::Manual, ..TableOptions::default() });
+    let strategy = |conflict| TableOptions { conflict, ..TableOptions::default() };
+    opts.insert("stale".to_owned(), strategy(ConflictStrategy::RejectStale));
+    opts.insert("whole".to_owned(), strategy(ConflictStrategy::RowLww));
+    opts.insert(
+        "kit".to_owned(),
+        TableOptions { authority: Some("main".into()), ..strategy(ConflictStrategy::Authoritative) },
+    );
     Schema::parse(
         "CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid NOT NULL, body text, n integer);
-         CREATE TABLE tags (id uuid PRIMARY KEY, name text NOT NULL);",
+         CREATE TABLE tags (id uuid PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE stale (id uuid PRIMARY KEY, a text, b text);
+         CREATE TABLE whole (id uuid PRIMARY KEY, a text, b text);
+         CREATE TABLE kit (id uuid PRIMARY KEY, a text, b text);",
         &opts,
     )
     .unwrap()

@@ -20,6 +20,11 @@ macro_rules! suite {
             a_push_from_the_feed_end_returns_the_cursor_past_it,
             concurrent_writes_to_one_field_are_logged_and_different_fields_are_not,
             a_manual_conflict_stays_open_until_a_person_picks_a_version,
+            reject_stale_refuses_a_stale_row_and_applies_the_rest_of_the_batch,
+            row_lww_keeps_the_whole_later_row,
+            authoritative_writes_win_whatever_their_clock,
+            a_delete_against_an_unseen_update_is_logged,
+            a_version_precondition_refuses_a_changed_row,
         );
     };
 }
@@ -199,10 +204,7 @@ pub async fn concurrent_columns_merge_and_deletes_leave_tombstones<S: Store>(sto
     let mut gone = RowState { exists: Stamped::new(false, at(3, 2)), cols: Default::default() };
     gone.merge(&state);
     gone.delete(at(3, 2));
-    store
-        .push(&ann, "4", None, vec![IncomingRow { table: "notes".into(), key: key(1), state: gone, seen: None }])
-        .await
-        .unwrap();
+    store.push(&ann, "4", None, vec![IncomingRow::new("notes", &key(1), gone)]).await.unwrap();
     let tomb = pull_all(store, &ann).await.remove(0).2;
     assert!(!tomb.is_alive());
     assert_eq!(tomb.cols["body"].value, Value::Text("left".into()), "the tombstone keeps the last values");
@@ -306,4 +308,152 @@ pub async fn a_manual_conflict_stays_open_until_a_person_picks_a_version<S: Stor
     }
     assert!(store.conflicts(ConflictFilter::Open).await.unwrap().is_empty());
     assert_eq!(store.conflicts(ConflictFilter::Resolved).await.unwrap().len(), 1, "kept for audit");
+}
+
+/// A row of one of the strategy tables (`stale`, `whole`, `kit`: columns `a`, `b`), both
+/// written at `t`.
+fn ab(table: &str, i: u32, a: &str, b: &str, t: Hlc) -> IncomingRow {
+    IncomingRow::new(
+        table,
+        &key(i),
+        RowState::inserted([("a".to_owned(), Value::Text(a.into())), ("b".to_owned(), Value::Text(b.into()))], t),
+    )
+}
+
+/// `base` with `col` set to `v` at `t`, made on top of `base`.
+fn edit(base: &IncomingRow, col: &str, v: &str, t: Hlc) -> IncomingRow {
+    let mut r = base.clone();
+    r.state.update([(col.to_owned(), Value::Text(v.into()))], t);
+    r.seen = Some(base.state.clocks());
+    r
+}
+
+async fn stored<S: Store>(store: &S, who: &Principal, table: &str, i: u32) -> RowState {
+    store.get_row(who, table, &key(i)).await.unwrap().expect("the row exists")
+}
+
+fn text(s: &RowState, col: &str) -> String {
+    match &s.cols[col].value {
+        Value::Text(t) => t.clone(),
+        other => panic!("{col} is {other:?}"),
+    }
+}
+
+pub async fn reject_stale_refuses_a_stale_row_and_applies_the_rest_of_the_batch<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let base = ab("stale", 1, "a0", "b0", at(1, 1));
+    store.push(&ann, "0", None, vec![base.clone()]).await.unwrap();
+    store.push(&ann, "1", None, vec![edit(&base, "a", "first", at(2, 1))]).await.unwrap();
+    // A change made on the old version, to another column even, is stale; the new row in the
+    // same batch applies.
+    let batch = vec![edit(&base, "b", "late", at(3, 2)), ab("stale", 2, "new", "new", at(3, 2))];
+    let out = store.push(&ann, "2", None, batch.clone()).await.unwrap();
+    assert_eq!(out.refused.len(), 1, "{out:?}");
+    let r = &out.refused[0];
+    assert_eq!((r.table.as_str(), r.key.as_str(), r.reason), ("stale", key(1).as_str(), ferry_store::Refusal::Stale));
+    assert_eq!(text(&r.current, "a"), "first");
+    assert_eq!(text(&stored(store, &ann, "stale", 1).await, "b"), "b0", "nothing of the stale change is stored");
+    assert_eq!(text(&stored(store, &ann, "stale", 2).await, "a"), "new");
+    // A replayed batch answers the refusal again.
+    let again = store.push(&ann, "2", None, batch).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.refused.len(), 1);
+    assert_eq!(text(&again.refused[0].current, "a"), "first");
+    let log = store.conflicts(ConflictFilter::All).await.unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!((log[0].strategy.as_str(), log[0].resolved_by.as_deref()), ("reject-stale", Some("reject-stale")));
+    // Made on top of the current version, the same change applies.
+    let current = IncomingRow::new("stale", &key(1), r.current.clone());
+    store.push(&ann, "3", None, vec![edit(&current, "b", "late", at(4, 2))]).await.unwrap();
+    let row = stored(store, &ann, "stale", 1).await;
+    assert_eq!((text(&row, "a"), text(&row, "b")), ("first".to_owned(), "late".to_owned()));
+}
+
+pub async fn row_lww_keeps_the_whole_later_row<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let base = ab("whole", 1, "a0", "b0", at(1, 1));
+    store.push(&ann, "0", None, vec![base.clone()]).await.unwrap();
+    store.push(&ann, "1", None, vec![edit(&base, "a", "older", at(2, 1))]).await.unwrap();
+    // Concurrent, later, to the other column: its whole row wins, so `a` goes back to a0.
+    let out = store.push(&ann, "2", None, vec![edit(&base, "b", "later", at(5, 2))]).await.unwrap();
+    assert_eq!(out.cursor, None);
+    let row = stored(store, &ann, "whole", 1).await;
+    assert_eq!((text(&row, "a"), text(&row, "b")), ("a0".to_owned(), "later".to_owned()));
+    assert!(row.cols["a"].at > at(5, 2), "the winner's value is written again with a later clock");
+    let log = store.conflicts(ConflictFilter::All).await.unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].fields, vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!((log[0].winner["a"].as_str(), log[0].winner["b"].as_str()), ("incoming", "incoming"));
+}
+
+pub async fn authoritative_writes_win_whatever_their_clock<S: Store>(store: &S) {
+    let user = store.add_user("site").await.unwrap();
+    let main = store.create_device(&user.id, "on-site main", false, Some("main")).await.unwrap();
+    let main = store.authenticate(&main.token).await.unwrap().unwrap();
+    assert_eq!(main.role.as_deref(), Some("main"));
+    let phone = store.authenticate(&store.create_token(&user.id, "phone").await.unwrap().token).await.unwrap().unwrap();
+    let base = ab("kit", 1, "a0", "b0", at(1, 1));
+    store.push(&phone, "0", None, vec![base.clone()]).await.unwrap();
+    // The phone's later write arrives first; main's earlier one still wins.
+    store.push(&phone, "1", None, vec![edit(&base, "a", "phone", at(9, 2))]).await.unwrap();
+    store.push(&main, "1", None, vec![edit(&base, "a", "main", at(3, 7))]).await.unwrap();
+    assert_eq!(text(&stored(store, &phone, "kit", 1).await, "a"), "main");
+    // Main's value stays the authority's: a later concurrent phone write loses to it too.
+    let now = IncomingRow::new("kit", &key(1), RowState { ..stored(store, &phone, "kit", 1).await });
+    store.push(&main, "2", None, vec![edit(&now, "b", "main b", at(20, 7))]).await.unwrap();
+    store.push(&phone, "2", None, vec![edit(&now, "b", "phone b", at(30, 2))]).await.unwrap();
+    let row = stored(store, &phone, "kit", 1).await;
+    assert_eq!((text(&row, "a"), text(&row, "b")), ("main".to_owned(), "main b".to_owned()));
+    let log = store.conflicts(ConflictFilter::All).await.unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log.iter().all(|c| c.strategy == "authoritative" && c.resolved_by.as_deref() == Some("authoritative")));
+    match store.create_device(&user.id, "bad", false, Some("no spaces please")).await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("role 'no spaces please'"), "{m}"),
+        other => panic!("a bad role must be refused, got {other:?}"),
+    }
+}
+
+pub async fn a_delete_against_an_unseen_update_is_logged<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let base = note(1, &ann.user_id, "original", at(1, 1));
+    store.push(&ann, "0", None, vec![base.clone()]).await.unwrap();
+    let mut update = base.clone();
+    update.state.update([("body".to_owned(), Value::Text("edited".into()))], at(2, 1));
+    update.seen = Some(base.state.clocks());
+    store.push(&ann, "1", None, vec![update]).await.unwrap();
+    let mut delete = base.clone();
+    delete.state.delete(at(3, 2));
+    delete.seen = Some(base.state.clocks());
+    store.push(&ann, "2", None, vec![delete]).await.unwrap();
+    let row = store.get_row(&ann, "notes", &key(1)).await.unwrap().unwrap();
+    assert!(!row.is_alive(), "the delete wins under lww");
+    let log = store.conflicts(ConflictFilter::All).await.unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].kind, "delete-update");
+    assert_eq!(log[0].fields, vec!["*".to_owned(), "body".to_owned()]);
+    assert_eq!(log[0].stored["values"]["body"], "edited");
+    assert_eq!(log[0].winner["*"], "incoming");
+}
+
+pub async fn a_version_precondition_refuses_a_changed_row<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let bob = principal(store, "bob").await;
+    let base = note(1, &ann.user_id, "original", at(1, 1));
+    store.push(&ann, "0", None, vec![base.clone()]).await.unwrap();
+    let v0 = base.state.version();
+    assert_eq!(store.get_row(&ann, "notes", &key(1)).await.unwrap().unwrap().version(), v0);
+    assert!(store.get_row(&bob, "notes", &key(1)).await.unwrap().is_none(), "another user's row is not found");
+    assert!(store.get_row(&ann, "notes", &key(9)).await.unwrap().is_none());
+    let mut next = base.clone();
+    next.state.update([("body".to_owned(), Value::Text("one".into()))], at(2, 1));
+    next.if_version = Some(v0.clone());
+    let out = store.push(&ann, "1", None, vec![next.clone()]).await.unwrap();
+    assert!(out.refused.is_empty());
+    let mut late = base.clone();
+    late.state.update([("body".to_owned(), Value::Text("two".into()))], at(3, 1));
+    late.if_version = Some(v0);
+    let out = store.push(&ann, "2", None, vec![late]).await.unwrap();
+    assert_eq!(out.refused.len(), 1);
+    assert_eq!(out.refused[0].reason, ferry_store::Refusal::VersionChanged);
+    assert_eq!(text(&out.refused[0].current, "body"), "one");
 }
