@@ -457,3 +457,47 @@ fn a_stale_change_is_refused_kept_on_its_device_and_settled_there() {
     assert_eq!(notes("phone.db", &id), "from laptop");
     assert_eq!(notes("laptop.db", &id), "from laptop");
 }
+
+/// `authoritative`: the on-site main (`ferry token create --role main`) wins conflicts on
+/// its table whatever the clocks say (the seed's "main wins" for devices).
+#[test]
+fn the_authority_role_wins_conflicts_on_an_authoritative_table() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    let config = config.replacen(
+        "[tables.devices]\n",
+        "[tables.devices]\nconflict = \"authoritative\"\nauthority = \"main\"\n",
+        1,
+    );
+    std::fs::write(env.path("ferry.toml"), config).unwrap();
+    let p = Pair::in_env(env);
+    let main =
+        p.env.ok(&["token", "create", "--user", "alice", "--device", "main", "--role", "main", "-c", &p.env.config()]);
+    p.env.sync(&p.server, "main.db", &main);
+    let id = uuid();
+    p.env
+        .db("phone.db")
+        .execute(
+            "INSERT INTO devices (id, user_id, kind, name) VALUES (?1, ?2, 'camera', 'rig')",
+            rusqlite::params![id, p.user],
+        )
+        .unwrap();
+    p.sync_phone();
+    p.env.sync(&p.server, "main.db", &main);
+    // Main renames first; the phone renames later (a later clock) without having seen it.
+    p.env.db("main.db").execute("UPDATE devices SET name = 'Main name' WHERE id = ?1", [&id]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    p.env.db("phone.db").execute("UPDATE devices SET name = 'Phone name' WHERE id = ?1", [&id]).unwrap();
+    p.sync_phone();
+    p.env.sync(&p.server, "main.db", &main);
+    p.sync_phone();
+    let name = |db: &str| -> String {
+        p.env.db(db).query_row("SELECT name FROM devices WHERE id = ?1", [&id], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(name("main.db"), "Main name");
+    assert_eq!(name("phone.db"), "Main name");
+    let bad =
+        p.env.run(&["token", "create", "--user", "alice", "--device", "x", "--role", "a b", "-c", &p.env.config()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("role 'a b'"));
+}
