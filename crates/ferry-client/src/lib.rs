@@ -16,5 +16,5 @@ pub mod sync;
 
 pub use error::{Error, Result};
 pub use remote::Remote;
-pub use replica::{ClientResolver, Refused, Replica, ResolveFn, ResolveInput, Resolvers, Status};
+pub use replica::{ClientResolver, LocalConflict, Refused, Replica, ResolveFn, ResolveInput, Resolvers, Status};
 pub use sync::{Progress, SyncOptions, SyncReport, sync};

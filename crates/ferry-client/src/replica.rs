@@ -153,6 +153,28 @@ fn write_base(conn: &Connection, table: &str, pk: &str, base: &BTreeMap<String, 
     Ok(())
 }
 
+/// An outbox entry: rowid, table, key, op, changed columns, old values, wall time.
+type OutboxEntry = (i64, String, String, String, Option<String>, Option<String>, i64);
+/// One captured operation on a row: op, changed columns, old values, its clock.
+type RowOp = (String, Option<String>, Option<String>, Hlc);
+
+/// A field a client-side resolver settled (values as JSON text; `*` is the row's existence).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LocalConflict {
+    pub id: i64,
+    pub table: String,
+    pub key: String,
+    pub field: String,
+    pub local_value: Option<String>,
+    pub local_at: String,
+    pub remote_value: Option<String>,
+    pub remote_at: String,
+    /// The resolver (`newest-wins`, `local-wins`, `remote-wins`, `callback`); empty for
+    /// entries from before resolvers existed (newest-wins).
+    pub resolved_by: Option<String>,
+    pub detected_at: String,
+}
+
 /// A local change the server refused as stale (`reject-stale`): both versions.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Refused {
@@ -476,7 +498,7 @@ impl Replica {
             [],
         )?;
         tx.execute("DELETE FROM _ferry_outbox WHERE typeof(pk) <> 'text'", [])?;
-        let entries: Vec<(i64, String, String, String, Option<String>, Option<String>, i64)> = tx
+        let entries: Vec<OutboxEntry> = tx
             .prepare_cached("SELECT rowid, tbl, pk, op, cols, old, wall_ms FROM _ferry_outbox ORDER BY rowid LIMIT ?1")?
             .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
             .collect::<rusqlite::Result<_>>()?;
@@ -490,7 +512,7 @@ impl Replica {
         let now = wall_ms();
         // Group by row, keeping the first-seen order, with each entry's clock.
         let mut order: Vec<(String, String)> = Vec::new();
-        let mut ops: HashMap<(String, String), Vec<(String, Option<String>, Option<String>, Hlc)>> = HashMap::new();
+        let mut ops: HashMap<(String, String), Vec<RowOp>> = HashMap::new();
         for (_, tbl, pk, op, cols, old, wall) in &entries {
             let at = clock.tick(((*wall).max(0) as u64).min(now));
             let k = (tbl.clone(), pk.clone());
@@ -631,10 +653,10 @@ impl Replica {
         let refused_keys: Vec<(&str, &str)> = refused.iter().map(|(r, _)| (r.table.as_str(), r.key.as_str())).collect();
         let rows: Vec<&PendingRow> =
             rows.iter().filter(|r| !refused_keys.contains(&(r.table.as_str(), r.key.as_str()))).collect();
-        if let Some((sent, past)) = cursor {
-            if get_meta(&tx, "cursor")?.as_deref().unwrap_or("0") == sent {
-                set_meta(&tx, "cursor", past)?;
-            }
+        if let Some((sent, past)) = cursor
+            && get_meta(&tx, "cursor")?.as_deref().unwrap_or("0") == sent
+        {
+            set_meta(&tx, "cursor", past)?;
         }
         {
             let mut stmt = tx.prepare_cached(
@@ -711,8 +733,7 @@ impl Replica {
                     }
                 };
                 let out = ferry_core::strategy::merge_pulled(
-                    &ts.table.name,
-                    &row.key,
+                    (&ts.table.name, &row.key),
                     &before,
                     &seen,
                     &row.state,
@@ -756,6 +777,32 @@ impl Replica {
         Ok(applied)
     }
 
+    /// The fields this replica's client-side resolvers settled when a pulled change met a
+    /// local change not yet pushed, newest first; each with both values.
+    pub fn local_conflicts(&self) -> Result<Vec<LocalConflict>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by, detected_at
+             FROM _ferry_conflicts ORDER BY id DESC",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(LocalConflict {
+                    id: r.get(0)?,
+                    table: r.get(1)?,
+                    key: r.get(2)?,
+                    field: r.get(3)?,
+                    local_value: r.get(4)?,
+                    local_at: r.get(5)?,
+                    remote_value: r.get(6)?,
+                    remote_at: r.get(7)?,
+                    resolved_by: r.get(8)?,
+                    detected_at: r.get(9)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
     /// Local changes the server refused as stale, oldest first.
     pub fn refused(&self) -> Result<Vec<Refused>> {
         let mut stmt =
@@ -775,11 +822,11 @@ impl Replica {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for mut r in rows {
-            if let Some(ts) = self.tables.get(&r.table) {
-                if let Some((state, _)) = ferry_sqlite::load_state(&self.conn, ts, &r.key)? {
-                    r.local =
-                        serde_json::to_value(ferry_protocol::encode_row(&ts.table, &r.key, &state)).unwrap_or_default();
-                }
+            if let Some(ts) = self.tables.get(&r.table)
+                && let Some((state, _)) = ferry_sqlite::load_state(&self.conn, ts, &r.key)?
+            {
+                r.local =
+                    serde_json::to_value(ferry_protocol::encode_row(&ts.table, &r.key, &state)).unwrap_or_default();
             }
             out.push(r);
         }

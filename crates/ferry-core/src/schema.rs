@@ -519,10 +519,10 @@ impl Table {
                 return fail(format!("is varchar({max}), got {n} characters"));
             }
         }
-        if let (Some(allowed), Value::Text(s)) = (&column.allowed, value) {
-            if !allowed.iter().any(|a| a == s) {
-                return fail(format!("allows only {}, got '{s}'", allowed.join(", ")));
-            }
+        if let (Some(allowed), Value::Text(s)) = (&column.allowed, value)
+            && !allowed.iter().any(|a| a == s)
+        {
+            return fail(format!("allows only {}, got '{s}'", allowed.join(", ")));
         }
         Ok(())
     }
@@ -814,10 +814,10 @@ impl Parser {
                 self.expect_kw("KEY", &ctx)?;
                 let cols = self.ident_list(&ctx)?;
                 let (rt, rc) = self.references(&ctx)?;
-                if let [c] = cols.as_slice() {
-                    if let Some(col) = columns.iter_mut().find(|x| &x.name == c) {
-                        col.references = Some((rt, rc));
-                    }
+                if let [c] = cols.as_slice()
+                    && let Some(col) = columns.iter_mut().find(|x| &x.name == c)
+                {
+                    col.references = Some((rt, rc));
                 }
             } else if self.peek_kw("CHECK") {
                 let (col, allowed) = self.check(&ctx)?;
@@ -845,13 +845,13 @@ impl Parser {
             break;
         }
         // Trailing table options such as `WITHOUT ROWID` or `STRICT` are outside the subset.
-        if let Some(t) = self.peek() {
-            if *t != Tok::Punct(';') {
-                return Err(SchemaError(format!(
-                    "{ctx}: table options {} are outside Ferry's portable subset; remove them",
-                    self.near()
-                )));
-            }
+        if let Some(t) = self.peek()
+            && *t != Tok::Punct(';')
+        {
+            return Err(SchemaError(format!(
+                "{ctx}: table options {} are outside Ferry's portable subset; remove them",
+                self.near()
+            )));
         }
         let pk = match pk.as_slice() {
             [] => {

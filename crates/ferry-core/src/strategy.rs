@@ -374,12 +374,11 @@ pub struct PulledMerge {
     pub seen: RowClocks,
 }
 
-/// Merges a pulled `remote` version into `local`, which has unpushed changes made on top of
-/// `seen`, settling same-field conflicts with `resolver`. `clock` stamps values the resolver
-/// keeps against the plain merge.
+/// Merges a pulled `remote` version into `local` (row `table`/`key`), which has unpushed
+/// changes made on top of `seen`, settling same-field conflicts with `resolver`. `clock`
+/// stamps values the resolver keeps against the plain merge.
 pub fn merge_pulled(
-    table: &str,
-    key: &str,
+    (table, key): (&str, &str),
     local: &RowState,
     seen: &RowClocks,
     remote: &RowState,

@@ -358,10 +358,10 @@ pub fn decode_row<'s>(schema: &'s Schema, row: &WireRow) -> Result<(&'s Table, R
     if let Some(extra) = row.clocks.keys().find(|c| !row.values.contains_key(*c)) {
         return Err(DecodeError(format!("{}: clock given for '{extra}', which has no value", here())));
     }
-    if row.exists {
-        if let Some(missing) = table.data_columns().find(|c| c.not_null && !cols.contains_key(&c.name)) {
-            return Err(DecodeError(format!("{}: column '{}' is NOT NULL but missing", here(), missing.name)));
-        }
+    if row.exists
+        && let Some(missing) = table.data_columns().find(|c| c.not_null && !cols.contains_key(&c.name))
+    {
+        return Err(DecodeError(format!("{}: column '{}' is NOT NULL but missing", here(), missing.name)));
     }
     Ok((table, RowState { exists: Stamped::new(row.exists, exists_at), cols }))
 }

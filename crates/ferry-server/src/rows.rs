@@ -141,27 +141,27 @@ impl Preconditions {
         let version = current.map(RowState::version);
         let doc = || current.map(|c| RowDoc::new(t, key, c).json());
         let here = format!("{} '{key}'", t.name);
-        if let Some(want) = &self.if_match {
-            if version.as_deref() != Some(want.as_str()) {
-                return Err(ApiError::PreconditionFailed(
-                    format!(
-                        "{here} is at version {}, not {want} (If-Match); read it again and retry on top of it",
-                        version.as_deref().unwrap_or("none (no such row)")
-                    ),
-                    doc(),
-                ));
-            }
+        if let Some(want) = &self.if_match
+            && version.as_deref() != Some(want.as_str())
+        {
+            return Err(ApiError::PreconditionFailed(
+                format!(
+                    "{here} is at version {}, not {want} (If-Match); read it again and retry on top of it",
+                    version.as_deref().unwrap_or("none (no such row)")
+                ),
+                doc(),
+            ));
         }
-        if let Some(want) = &self.body_version {
-            if version.as_deref() != Some(want.as_str()) {
-                return Err(ApiError::Stale(
-                    format!(
-                        "{here} is at version {}, not {want}; the change was made on an older version: read it again and retry on top of it",
-                        version.as_deref().unwrap_or("none (no such row)")
-                    ),
-                    doc(),
-                ));
-            }
+        if let Some(want) = &self.body_version
+            && version.as_deref() != Some(want.as_str())
+        {
+            return Err(ApiError::Stale(
+                format!(
+                    "{here} is at version {}, not {want}; the change was made on an older version: read it again and retry on top of it",
+                    version.as_deref().unwrap_or("none (no such row)")
+                ),
+                doc(),
+            ));
         }
         if self.create_only && current.is_some_and(RowState::is_alive) {
             return Err(ApiError::PreconditionFailed(

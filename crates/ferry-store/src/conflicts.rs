@@ -70,13 +70,13 @@ fn version(table: &Table, state: &RowState, origin: Option<&str>) -> serde_json:
     serde_json::json!({ "origin": origin, "exists": state.is_alive(), "values": values, "clocks": clocks })
 }
 
+/// A conflict to log: `stored` and `incoming` are each version with its origin (the device
+/// that last wrote it).
 pub(crate) fn new_conflict(
     table: &Table,
     key: &str,
-    stored: &RowState,
-    stored_origin: Option<&str>,
-    incoming: &RowState,
-    incoming_origin: &str,
+    (stored, stored_origin): (&RowState, Option<&str>),
+    (incoming, incoming_origin): (&RowState, &str),
     contest: &Contest,
     open: bool,
 ) -> NewConflict {

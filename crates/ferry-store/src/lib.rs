@@ -391,16 +391,14 @@ impl Deciding {
 /// else. Every store calls this; only the SQL around it differs.
 fn merge_pushed(
     table: &Table,
-    key: &str,
     who: &Principal,
     stored: Option<(RowState, Option<String>)>,
-    incoming: &RowState,
-    seen: Option<&ferry_core::strategy::RowClocks>,
-    if_version: Option<&str>,
+    row: &IncomingRow,
     env: &Deciding,
 ) -> Result<Merged> {
+    let (key, incoming, if_version) = (row.key.as_str(), &row.state, row.if_version.as_deref());
     let own_clocks;
-    let seen = match seen {
+    let seen = match row.seen.as_ref() {
         Some(s) => s,
         None => {
             own_clocks = incoming.clocks();
@@ -409,15 +407,14 @@ fn merge_pushed(
     };
     use ferry_core::strategy::{Decision, PushContext, decide_push};
     let here = || format!("{} '{key}'", table.name);
-    if table.options.owner.is_some() {
-        if let Some((_, owner)) = &stored {
-            if owner.as_deref() != Some(who.user_id.as_str()) {
-                return Err(StoreError::Forbidden(format!(
-                    "{} belongs to another user; a device may write only its own user's rows",
-                    here()
-                )));
-            }
-        }
+    if table.options.owner.is_some()
+        && let Some((_, owner)) = &stored
+        && owner.as_deref() != Some(who.user_id.as_str())
+    {
+        return Err(StoreError::Forbidden(format!(
+            "{} belongs to another user; a device may write only its own user's rows",
+            here()
+        )));
     }
     let before = stored.map(|(s, _)| s).unwrap_or_default();
     if if_version.is_some_and(|v| v != before.version()) {
@@ -446,15 +443,15 @@ fn merge_pushed(
     // The device must pull when the result holds a register its state lacks.
     let kept_newer = restamped || state.clocks() != incoming.clocks();
     let owner = owner_of(table, &state);
-    if let Some(col) = table.options.owner.as_ref().filter(|_| refused.is_none()) {
-        if owner.as_deref() != Some(who.user_id.as_str()) {
-            return Err(StoreError::Forbidden(format!(
-                "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",
-                here(),
-                owner.map_or("missing".to_owned(), |o| format!("'{o}'")),
-                who.user_id
-            )));
-        }
+    if let Some(col) = table.options.owner.as_ref().filter(|_| refused.is_none())
+        && owner.as_deref() != Some(who.user_id.as_str())
+    {
+        return Err(StoreError::Forbidden(format!(
+            "{}: owner column '{col}' is {}, not your user id '{}'; a device may write only its own user's rows",
+            here(),
+            owner.map_or("missing".to_owned(), |o| format!("'{o}'")),
+            who.user_id
+        )));
     }
     Ok(Merged { state, changed, kept_newer, owner, conflict: conflict.map(|c| (c, before)), open, refused })
 }

@@ -329,7 +329,7 @@ impl Store for SqliteStore {
                 let ts = inner.table(&row.table)?;
                 let table = &ts.table;
                 let stored = ferry_sqlite::load_state(&tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner));
-                let merged = crate::merge_pushed(table, &row.key, &who, stored, &row.state, row.seen.as_ref(), row.if_version.as_deref(), &env)?;
+                let merged = crate::merge_pushed(table, &who, stored, &row, &env)?;
                 if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .prepare_cached("SELECT origin FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
@@ -339,10 +339,8 @@ impl Store for SqliteStore {
                     let c = crate::conflicts::new_conflict(
                         table,
                         &row.key,
-                        before,
-                        origin.as_deref(),
-                        &row.state,
-                        &who.device_id,
+                        (before, origin.as_deref()),
+                        (&row.state, &who.device_id),
                         contest,
                         merged.open,
                     );

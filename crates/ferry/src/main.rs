@@ -69,6 +69,10 @@ enum ConflictsCommand {
     },
     /// List conflicts, newest first.
     List {
+        /// A replica's own view instead of the server's log: the fields its client-side
+        /// resolvers settled, and its changes refused as stale (open until settled).
+        #[arg(long)]
+        db: Option<std::path::PathBuf>,
         /// Only conflicts still waiting for a decision.
         #[arg(long, conflicts_with = "resolved")]
         open: bool,
@@ -364,7 +368,42 @@ async fn conflicts(command: ConflictsCommand) -> Result<()> {
             println!("settled {id}: kept the {} version", if keep == "local" { "local" } else { "server's" });
             Ok(())
         }
-        ConflictsCommand::List { open, resolved, json, server } => {
+        ConflictsCommand::List { db: Some(db), open, resolved, json, .. } => {
+            let replica = open_replica(&db)?;
+            let settled = if open { Vec::new() } else { replica.local_conflicts()? };
+            let refused = if resolved { Vec::new() } else { replica.refused()? };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"open": refused, "settled": settled}))?
+                );
+                return Ok(());
+            }
+            if settled.is_empty() && refused.is_empty() {
+                println!("no conflicts");
+            }
+            for r in &refused {
+                println!(
+                    "{:>6}  {}  {} '{}'  open: refused as stale (`ferry conflicts refused`)",
+                    r.id, r.refused_at, r.table, r.key
+                );
+            }
+            for c in &settled {
+                println!(
+                    "{:>6}  {}  {} '{}'  field {}: local {} / remote {}  settled by {}",
+                    c.id,
+                    c.detected_at,
+                    c.table,
+                    c.key,
+                    c.field,
+                    c.local_value.as_deref().unwrap_or("-"),
+                    c.remote_value.as_deref().unwrap_or("-"),
+                    c.resolved_by.as_deref().unwrap_or("newest-wins")
+                );
+            }
+            Ok(())
+        }
+        ConflictsCommand::List { db: None, open, resolved, json, server } => {
             let (_, store) = server.open_store().await?;
             let filter = match (open, resolved) {
                 (true, _) => ConflictFilter::Open,

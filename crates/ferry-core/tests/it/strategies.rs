@@ -372,8 +372,7 @@ impl Sim {
                 _ => Resolver::Callback(&callback),
             };
             let out = strategy::merge_pulled(
-                "t",
-                &key.to_string(),
+                ("t", &key.to_string()),
                 &local.state,
                 &p.seen,
                 &remote.state,

@@ -23,7 +23,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use ferry_core::schema::{ColType, Schema, Table};
-use ferry_core::strategy::RowClocks;
 use ferry_core::{Hlc, RowState, SiteId, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Transaction};
@@ -578,7 +577,7 @@ impl PgStore {
         &self,
         who: &Principal,
         batch_id: &str,
-        rows: &BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>, Option<String>)>>,
+        rows: &BTreeMap<String, BTreeMap<String, IncomingRow>>,
         received: usize,
     ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
         let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
@@ -640,18 +639,10 @@ impl PgStore {
             let keys: Vec<String> = states.keys().cloned().collect();
             let mut stored = load(&tx, pt, &keys, true).await?;
             let mut writes = Vec::new();
-            for (key, (incoming, seen, if_version)) in states {
+            for (key, row) in states {
                 let prior = stored.remove(key).map(|p| (p.state, p.owner));
-                let merged = crate::merge_pushed(
-                    &pt.table,
-                    key,
-                    who,
-                    prior,
-                    incoming,
-                    seen.as_ref(),
-                    if_version.as_deref(),
-                    &env,
-                )?;
+                let merged = crate::merge_pushed(&pt.table, who, prior, row, &env)?;
+                let incoming = &row.state;
                 if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
                         .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
@@ -661,10 +652,8 @@ impl PgStore {
                     let c = crate::conflicts::new_conflict(
                         &pt.table,
                         key,
-                        before,
-                        origin.as_deref(),
-                        incoming,
-                        &who.device_id,
+                        (before, origin.as_deref()),
+                        (incoming, &who.device_id),
                         contest,
                         merged.open,
                     );
@@ -676,7 +665,7 @@ impl PgStore {
                     continue;
                 }
                 if who.role.is_some() {
-                    sites.extend(crate::own_sites(incoming, seen.as_ref()));
+                    sites.extend(crate::own_sites(incoming, row.seen.as_ref()));
                 }
                 // The stored row had something the device's lacks (a direct write, say): the
                 // device must pull it, so no cursor past this push.
@@ -827,16 +816,15 @@ impl Store for PgStore {
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
         // concurrent pushes lock bookkeeping rows in the same order.
         // A key sent twice in one batch is one change: the states merged, the first version seen.
-        let mut grouped: BTreeMap<String, BTreeMap<String, (RowState, Option<RowClocks>, Option<String>)>> =
-            BTreeMap::new();
+        let mut grouped: BTreeMap<String, BTreeMap<String, IncomingRow>> = BTreeMap::new();
         for r in rows {
             self.table(&r.table)?;
-            match grouped.entry(r.table).or_default().entry(r.key) {
+            match grouped.entry(r.table.clone()).or_default().entry(r.key.clone()) {
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert((r.state, r.seen, r.if_version));
+                    v.insert(r);
                 }
                 std::collections::btree_map::Entry::Occupied(mut o) => {
-                    o.get_mut().0.merge(&r.state);
+                    o.get_mut().state.merge(&r.state);
                 }
             }
         }

@@ -120,6 +120,11 @@ fn a_local_value_overwritten_by_a_newer_remote_one_before_it_was_pushed_is_kept_
     assert_eq!(kept, ("\"laptop wrote first\"".to_owned(), "\"phone wrote later\"".to_owned()));
     assert_eq!(p.sync_laptop()["conflicts"], 1);
     assert_eq!(jumps(&phone), jumps(&laptop));
+    let db = p.env.path("laptop.db").display().to_string();
+    let view: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["conflicts", "list", "--db", &db, "--json"]).stdout).unwrap();
+    assert_eq!(view["settled"][0]["field"], "notes", "{view}");
+    assert_eq!(view["settled"][0]["resolved_by"], "newest-wins");
 }
 
 #[test]
@@ -449,6 +454,9 @@ fn a_stale_change_is_refused_kept_on_its_device_and_settled_there() {
         serde_json::from_slice(&p.env.run(&["conflicts", "refused", "--db", &db, "--json"]).stdout).unwrap();
     assert_eq!(refused[0]["current"]["values"]["notes"], "from phone", "{refused}");
     assert_eq!(refused[0]["local"]["values"]["notes"], "from laptop", "{refused}");
+    let view: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["conflicts", "list", "--db", &db, "--json"]).stdout).unwrap();
+    assert_eq!(view["open"][0]["key"], id.as_str(), "the replica's own view lists it as open: {view}");
     let rid = refused[0]["id"].to_string();
     p.env.ok(&["conflicts", "settle", "--db", &db, &rid, "--keep", "local"]);
     let status = p.sync_laptop();
