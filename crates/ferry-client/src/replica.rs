@@ -173,6 +173,15 @@ pub struct LocalConflict {
     /// entries from before resolvers existed (newest-wins).
     pub resolved_by: Option<String>,
     pub detected_at: String,
+    /// `update-update`, `delete-update` or `update-delete` (from the local change's side).
+    pub kind: String,
+    /// Both full versions (wire form, with clocks), when recorded.
+    pub local: serde_json::Value,
+    pub remote: serde_json::Value,
+}
+
+fn version_json(text: Option<String>) -> serde_json::Value {
+    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
 }
 
 /// A local change the server refused as stale (`reject-stale`): both versions.
@@ -288,13 +297,16 @@ impl Replica {
             ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
         ferry_sqlite::ensure_rows_table(&conn)?;
         conn.execute_batch(capture::BOOKKEEPING)?;
-        let has_resolved_by: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('_ferry_conflicts') WHERE name = 'resolved_by'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_resolved_by {
-            conn.execute_batch("ALTER TABLE _ferry_conflicts ADD COLUMN resolved_by TEXT")?;
+        // Columns added to the replica's conflict view since its first release.
+        for column in ["resolved_by", "kind", "local", "remote"] {
+            let has: bool = conn.query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('_ferry_conflicts') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
+            )?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE _ferry_conflicts ADD COLUMN {column} TEXT"))?;
+            }
         }
         if get_meta(&conn, "site")?.is_none() {
             let mut b = [0u8; 8];
@@ -743,13 +755,28 @@ impl Replica {
                 );
                 if let Some(c) = &out.conflict {
                     let mut conflicts = tx.prepare_cached(
-                        "INSERT INTO _ferry_conflicts (tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        "INSERT INTO _ferry_conflicts
+                           (tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by, kind, local, remote)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     )?;
+                    let local = state_json_row(&ts.table, &row.key, &before);
+                    let remote = state_json_row(&ts.table, &row.key, &row.state);
                     for f in &c.fields {
                         let (lv, la) = register_json(&before, f);
                         let (rv, ra) = register_json(&row.state, f);
-                        conflicts.execute(params![row.table, row.key, f, lv, la, rv, ra, resolver.name()])?;
+                        conflicts.execute(params![
+                            row.table,
+                            row.key,
+                            f,
+                            lv,
+                            la,
+                            rv,
+                            ra,
+                            resolver.name(),
+                            c.kind.name(),
+                            local,
+                            remote
+                        ])?;
                         applied.conflicts += 1;
                     }
                 }
@@ -781,7 +808,8 @@ impl Replica {
     /// local change not yet pushed, newest first; each with both values.
     pub fn local_conflicts(&self) -> Result<Vec<LocalConflict>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by, detected_at
+            "SELECT id, tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by, detected_at,
+                    kind, local, remote
              FROM _ferry_conflicts ORDER BY id DESC",
         )?;
         let rows = stmt
@@ -797,6 +825,9 @@ impl Replica {
                     remote_at: r.get(7)?,
                     resolved_by: r.get(8)?,
                     detected_at: r.get(9)?,
+                    kind: r.get::<_, Option<String>>(10)?.unwrap_or_else(|| "update-update".to_owned()),
+                    local: version_json(r.get(11)?),
+                    remote: version_json(r.get(12)?),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -50,6 +50,15 @@ fn run(resolver: ClientResolver) -> (String, Option<String>, Vec<(String, String
     let dir = tempfile::tempdir().unwrap();
     let (mut replica, remote) = setup(dir.path());
     replica.apply_with(&[remote], "1", &Resolvers::default().table("notes", resolver)).unwrap();
+    // The replica's own view keeps both full versions with their clocks.
+    let view = replica.local_conflicts().unwrap();
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].kind, "update-update");
+    assert_eq!(
+        (&view[0].local["values"]["title"], &view[0].remote["values"]["title"]),
+        (&"local".into(), &"remote".into())
+    );
+    assert_eq!(view[0].local["values"]["body"], "synced");
     let pending = replica.pending(10).unwrap();
     let pushed_title = pending.first().map(|p| match &p.state.cols["title"].value {
         Value::Text(t) => t.clone(),

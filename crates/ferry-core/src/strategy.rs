@@ -467,3 +467,158 @@ fn want_ref(r: &Register) -> RegValue<'_> {
 pub fn changed_since(then: &RowState, now: &RowState, fields: &[String]) -> bool {
     fields.iter().any(|f| register(then, f).map(|r| r.0) != register(now, f).map(|r| r.0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64, site: u64) -> Hlc {
+        Hlc::new(1_000 + ms, 0, SiteId(site))
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    /// The version both sides start from: `a` and `b` written at 1 by site 1.
+    fn base() -> RowState {
+        RowState::inserted([("a".to_owned(), text("a0")), ("b".to_owned(), text("b0"))], at(1, 1))
+    }
+
+    fn edited(col: &str, v: &str, t: Hlc) -> RowState {
+        let mut s = base();
+        s.update([(col.to_owned(), text(v))], t);
+        s
+    }
+
+    fn ctx(
+        strategy: ConflictStrategy,
+        writer_is_authority: bool,
+        authority: &dyn Fn(SiteId) -> bool,
+    ) -> PushContext<'_> {
+        PushContext {
+            strategy,
+            writer_is_authority,
+            authority_site: authority,
+            server_site: SiteId(100),
+            authority_stamp: SiteId(101),
+            now_ms: 5_000,
+        }
+    }
+
+    fn apply(d: Decision) -> (RowState, Option<Contest>, bool) {
+        match d {
+            Decision::Apply { state, conflict, restamped, .. } => (state, conflict, restamped),
+            Decision::Reject { .. } => panic!("refused"),
+        }
+    }
+
+    #[test]
+    fn lww_merges_different_fields_and_logs_the_same_field() {
+        let none = |_: SiteId| false;
+        let stored = edited("a", "stored", at(3, 2));
+        let (state, conflict, _) = apply(decide_push(
+            &stored,
+            &edited("b", "mine", at(2, 3)),
+            &base().clocks(),
+            &ctx(ConflictStrategy::Lww, false, &none),
+        ));
+        assert_eq!((&state.cols["a"].value, &state.cols["b"].value), (&text("stored"), &text("mine")));
+        assert!(conflict.is_none(), "different fields merge without a conflict");
+        let (state, conflict, restamped) = apply(decide_push(
+            &stored,
+            &edited("a", "mine", at(2, 3)),
+            &base().clocks(),
+            &ctx(ConflictStrategy::Lww, false, &none),
+        ));
+        assert_eq!(state.cols["a"].value, text("stored"), "the later clock wins");
+        let c = conflict.expect("same field: logged");
+        assert_eq!(
+            (c.kind, c.fields.as_slice(), c.winner["a"]),
+            (ConflictKind::UpdateUpdate, &["a".to_owned()][..], Side::Ours)
+        );
+        assert!(!restamped);
+    }
+
+    #[test]
+    fn row_lww_gives_the_whole_row_to_the_later_side() {
+        let none = |_: SiteId| false;
+        let stored = edited("a", "stored", at(2, 2));
+        let incoming = edited("b", "mine", at(3, 3));
+        let (state, conflict, restamped) =
+            apply(decide_push(&stored, &incoming, &base().clocks(), &ctx(ConflictStrategy::RowLww, false, &none)));
+        assert_eq!((&state.cols["a"].value, &state.cols["b"].value), (&text("a0"), &text("mine")));
+        assert!(restamped && state.cols["a"].at > at(3, 3), "a0 is written again, later than both");
+        assert_eq!(conflict.unwrap().fields, vec!["a".to_owned(), "b".to_owned()]);
+    }
+
+    #[test]
+    fn the_authority_wins_whatever_the_clocks() {
+        let main = |s: SiteId| s == SiteId(7) || s == SiteId(101);
+        // Main's write is older than the phone's stored one, and still wins.
+        let stored = edited("a", "phone", at(9, 2));
+        let from_main = edited("a", "main", at(3, 7));
+        let (state, _, restamped) = apply(decide_push(
+            &stored,
+            &from_main,
+            &base().clocks(),
+            &ctx(ConflictStrategy::Authoritative, true, &main),
+        ));
+        assert_eq!(state.cols["a"].value, text("main"));
+        assert!(restamped && state.cols["a"].at.site() == SiteId(101), "stamped as the authority's");
+        // A phone's later write meets main's value: main's stays.
+        let phone = edited("a", "phone again", at(20, 2));
+        let (state, _, _) =
+            apply(decide_push(&state, &phone, &base().clocks(), &ctx(ConflictStrategy::Authoritative, false, &main)));
+        assert_eq!(state.cols["a"].value, text("main"));
+    }
+
+    #[test]
+    fn reject_stale_refuses_a_change_made_on_an_older_version_and_accepts_one_on_the_current() {
+        let none = |_: SiteId| false;
+        let stored = edited("a", "stored", at(2, 2));
+        let c = ctx(ConflictStrategy::RejectStale, false, &none);
+        assert!(matches!(
+            decide_push(&stored, &edited("b", "mine", at(3, 3)), &base().clocks(), &c),
+            Decision::Reject { .. }
+        ));
+        let mut on_top = stored.clone();
+        on_top.update([("b".to_owned(), text("mine"))], at(3, 3));
+        let (state, conflict, _) = apply(decide_push(&stored, &on_top, &stored.clocks(), &c));
+        assert_eq!(state.cols["b"].value, text("mine"));
+        assert!(conflict.is_none());
+    }
+
+    #[test]
+    fn a_delete_that_had_not_seen_an_update_is_a_delete_update_conflict() {
+        let none = |_: SiteId| false;
+        let stored = edited("a", "updated", at(2, 2));
+        let mut deleted = base();
+        deleted.delete(at(3, 3));
+        let (state, conflict, _) =
+            apply(decide_push(&stored, &deleted, &base().clocks(), &ctx(ConflictStrategy::Lww, false, &none)));
+        assert!(!state.is_alive());
+        let c = conflict.unwrap();
+        assert_eq!((c.kind, c.fields.as_slice()), (ConflictKind::DeleteUpdate, &["*".to_owned(), "a".to_owned()][..]));
+        assert_eq!(c.winner[EXISTS], Side::Theirs);
+    }
+
+    #[test]
+    fn a_retried_push_of_what_is_already_stored_is_no_conflict() {
+        let none = |_: SiteId| false;
+        let mine = edited("a", "mine", at(2, 3));
+        let (_, conflict, _) =
+            apply(decide_push(&mine, &mine, &base().clocks(), &ctx(ConflictStrategy::RejectStale, false, &none)));
+        assert!(conflict.is_none());
+    }
+
+    #[test]
+    fn versions_change_with_any_register() {
+        let v = base().version();
+        assert_eq!(v, base().version());
+        assert_ne!(v, edited("a", "x", at(2, 1)).version());
+        let mut deleted = base();
+        deleted.delete(at(2, 1));
+        assert_ne!(v, deleted.version());
+    }
+}

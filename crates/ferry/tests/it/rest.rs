@@ -53,7 +53,16 @@ fn jump(user: &str, n: i64, notes: &str) -> Value {
 
 #[test]
 fn rows_are_read_and_written_with_their_version_and_devices_see_the_same_rows() {
-    let p = Pair::new();
+    rows_with_versions(Env::new());
+}
+
+#[test]
+fn rows_are_read_and_written_with_their_version_on_postgres_too() {
+    rows_with_versions(Env::postgres());
+}
+
+fn rows_with_versions(env: Env) {
+    let p = Pair::in_env(env);
     let api = Api { http: Client::new(), url: &p.server.url, token: p.env.token("alice", "script") };
     let id = uuid();
     let path = format!("/v1/rows/jump_log/{id}");
