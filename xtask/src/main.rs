@@ -12,6 +12,9 @@ const HELP: &str = "usage: cargo xtask <command>
 commands:
   test            run every test of the workspace (what CI runs)
   bench [--quick] run the benchmarks; figures go to stdout (copy them to BENCHMARKS.md)
+  sim [--runs N | --seed N]
+                  the long mode of the deterministic simulations (merge, and every conflict
+                  strategy): N seeds each (default 20000) in release mode, or replay one seed
 ";
 
 fn main() -> ExitCode {
@@ -19,6 +22,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("sim") => sim(&args[1..]),
         Some("-h" | "--help") | None => {
             print!("{HELP}");
             Ok(())
@@ -48,6 +52,29 @@ fn test(extra: &[String]) -> Result<()> {
     let mut args = vec!["test", "--workspace", "--locked"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
+}
+
+fn sim(extra: &[String]) -> Result<()> {
+    let (var, value) = match extra {
+        [] => ("FERRY_SIM_RUNS", "20000"),
+        [flag, n] if flag == "--runs" || flag == "--seed" => {
+            n.parse::<u64>().map_err(|_| anyhow::anyhow!("{flag} '{n}' is not a number"))?;
+            (if flag == "--runs" { "FERRY_SIM_RUNS" } else { "FERRY_SIM_SEED" }, n.as_str())
+        }
+        _ => bail!("usage: cargo xtask sim [--runs N | --seed N]"),
+    };
+    eprintln!("{var}={value}");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let args = ["test", "--release", "--locked", "-p", "ferry-core", "--test", "it", "--", "--nocapture"];
+    eprintln!("$ cargo {}", args.join(" "));
+    let status =
+        Command::new(&cargo).args(args).env(var, value).status().with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!(
+            "the simulation failed ({status}); the failing seed is printed above (cargo xtask sim --seed N replays it, FERRY_SIM_DEBUG=1 prints every decision)"
+        );
+    }
+    Ok(())
 }
 
 fn bench(extra: &[String]) -> Result<()> {

@@ -1,8 +1,9 @@
 //! `docs/openapi.json` against the real server: every documented operation is called over
 //! HTTP, and each answer's status, media type, headers and body must be the documented ones.
 //! The document and the router in `crates/ferry-server/src/lib.rs` must name the same routes,
-//! and every documented answer must have been seen (except 500 and 503, which a healthy server
-//! does not give on demand).
+//! every documented answer must have been seen (except 500 and 503, which a healthy server
+//! does not give on demand), and every other method on a documented path, and a path nobody
+//! documents, must get the documented refusal (405, 404).
 //!
 //! The document's schemas use a small JSON Schema subset, checked by the validator below. A
 //! keyword outside it makes the test panic, so the document cannot rely on a rule that nobody
@@ -21,17 +22,24 @@ const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "opt
 /// Documented statuses no request can provoke from a healthy server.
 const UNPROVOKED: &[&str] = &["500", "503"];
 
-/// The `error.code` of each status, as `crates/ferry-server/src/error.rs` maps them.
+/// The `error.code`s of each status, as `crates/ferry-server/src/error.rs` maps them.
 const ERROR_CODES: &[(u16, &str)] = &[
     (400, "bad_request"),
     (401, "unauthorized"),
     (403, "forbidden"),
     (404, "not_found"),
+    (405, "method_not_allowed"),
     (409, "conflict"),
+    (409, "stale"),
+    (412, "precondition_failed"),
     (413, "payload_too_large"),
+    (428, "precondition_required"),
     (500, "internal"),
     (503, "unavailable"),
 ];
+
+/// The methods whose absence from a path the server answers with 405.
+const WRONG_METHODS: &[&str] = &["get", "put", "post", "delete", "patch"];
 
 #[test]
 fn the_document_and_the_servers_router_name_the_same_routes() {
@@ -46,12 +54,12 @@ fn every_documented_operation_answers_as_the_document_says() {
     let doc = document();
     let env = Env::new();
     // A conflict on `groups` stays open for the resolve endpoint; a stale change to
-    // `formations` is refused row by row.
+    // `formations` is refused row by row, and REST writes to it need a precondition.
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
     let strategies = "[tables.groups]\nconflict = \"manual\"\n[tables.formations]\nconflict = \"reject-stale\"\n";
     std::fs::write(env.path("ferry.toml"), format!("{config}\n{strategies}")).unwrap();
     let alice = env.add_user("alice");
-    env.add_user("bob");
+    let bob = env.add_user("bob");
     let (phone, laptop, tablet) =
         (env.token("alice", "phone"), env.token("alice", "laptop"), env.token("bob", "tablet"));
     let ops = env.ok(&["token", "create", "--user", "alice", "--device", "ops", "--admin", "-c", &env.config()]);
@@ -68,6 +76,12 @@ fn every_documented_operation_answers_as_the_document_says() {
     let formation = uuid();
     let planned = json!([formation_row(&group, &formation, t, "Star", None)]);
     let phone_plan = json!([formation_row(&group, &formation, t, "Phone star", Some((t + 2, 1)))]);
+    // Both devices change a jump's freefall time (`lww`): a conflict settled at once, whose
+    // versions show a boolean and a real.
+    let jump = uuid();
+    let logged = json!([jump_version(&jump, &alice, t, 45.5, None)]);
+    let phone_time = json!([jump_version(&jump, &alice, t, 47.25, Some((t + 2, 1)))]);
+    let laptop_time = json!([jump_version(&jump, &alice, t, 50.0, Some((t + 1, 2)))]);
     let mut unknown_table = jump_row(&alice, t);
     unknown_table["table"] = json!("jumps");
     let too_big = "x".repeat(70_000);
@@ -83,6 +97,9 @@ fn every_documented_operation_answers_as_the_document_says() {
         post("/v1/push", phone, push_body("phone-rename", None, &phone_name), 200),
         post("/v1/push", laptop, push_body("laptop-rename", None, &laptop_name), 200),
         post("/v1/push", phone, push_body("jump", None, &json!([jump_row(&alice, t)])), 200),
+        post("/v1/push", phone, push_body("logged", None, &logged), 200),
+        post("/v1/push", phone, push_body("phone-time", None, &phone_time), 200),
+        post("/v1/push", laptop, push_body("laptop-time", None, &laptop_time), 200),
         post("/v1/push", phone, push_body("formation", None, &planned), 200),
         post("/v1/push", phone, push_body("phone-plan", None, &phone_plan), 200),
         post("/v1/push", phone, push_body("unknown-table", None, &json!([unknown_table])), 400),
@@ -97,7 +114,6 @@ fn every_documented_operation_answers_as_the_document_says() {
         get("/v1/pull?limit=0", phone, 400),
         get("/v1/pull?colour=red", phone, 400),
         get("/v1/pull", Some("fry_not_a_token"), 401),
-        get("/v1/admin/conflicts", ops, 200),
         get("/v1/admin/conflicts?status=sideways", ops, 400),
         get("/v1/admin/conflicts", None, 401),
         get("/v1/admin/conflicts", phone, 403),
@@ -110,6 +126,15 @@ fn every_documented_operation_answers_as_the_document_says() {
     let answer = checker.check(&post("/v1/push", laptop, push_body("laptop-plan", None, &stale), 200));
     assert_eq!(answer["rejected"][0]["current"]["values"]["name"], "Phone star", "{answer}");
 
+    // The log keeps both versions of the jump in the wire form, as pushes carry them.
+    let log = checker.check(&get("/v1/admin/conflicts", ops, 200));
+    let timed = log.as_array().into_iter().flatten().find(|c| c["key"] == jump.as_str());
+    let timed = timed.unwrap_or_else(|| panic!("no conflict logged for the jump: {log}"));
+    assert_eq!(timed["fields"], json!(["freefall_seconds"]), "{timed}");
+    assert_eq!(timed["stored"]["values"]["freefall_seconds"], json!(47.25), "{timed}");
+    assert_eq!(timed["incoming"]["values"]["freefall_seconds"], json!(50.0), "{timed}");
+    assert_eq!(timed["stored"]["values"]["visible_to_connections"], json!(false), "{timed}");
+
     let open = checker.check(&get("/v1/admin/conflicts?status=open", ops, 200));
     assert_eq!(open.as_array().map(Vec::len), Some(1), "one open conflict: {open}");
     let one = format!("/v1/admin/conflicts/{}", open[0]["id"]);
@@ -118,17 +143,19 @@ fn every_documented_operation_answers_as_the_document_says() {
     let cases = [
         get(&one, ops, 200),
         get("/v1/admin/conflicts/abc", ops, 400),
-        // An id that is not UTF-8 gets axum's plain-text 400.
+        // An id that is not UTF-8 is refused like any other bad id, after the admin check.
         get("/v1/admin/conflicts/%FF", ops, 400),
+        get("/v1/admin/conflicts/%FF", phone, 403),
         get(&one, None, 401),
         get(&one, phone, 403),
         get("/v1/admin/conflicts/99999", ops, 404),
         post(&resolve, ops, r#"{"use": "sideways"}"#, 400),
+        post("/v1/admin/conflicts/abc/resolve", ops, incoming, 400),
         post("/v1/admin/conflicts/%FF/resolve", ops, incoming, 400),
+        post(&resolve, ops, "not gzip", 400).with("content-encoding", "gzip"),
         post(&resolve, None, incoming, 401),
         post(&resolve, phone, incoming, 403),
         post("/v1/admin/conflicts/99999/resolve", ops, incoming, 404),
-        // A body over the limit gets axum's plain-text 413 here, unlike on /v1/push.
         post(&resolve, ops, &too_big, 413),
         post(&resolve, ops, incoming, 200),
         post(&resolve, ops, stored, 409),
@@ -138,7 +165,126 @@ fn every_documented_operation_answers_as_the_document_says() {
     for case in &cases {
         checker.check(case);
     }
+
+    // The REST data API: one of alice's jumps, read and written with its version.
+    let row = format!("/v1/rows/jump_log/{}", uuid());
+    let new_jump = json!({"values": {
+        "user_id": alice, "jump_number": 7, "jumped_at": "2026-11-22T09:00:00Z",
+        "freefall_seconds": 45.5, "visible_to_connections": true
+    }})
+    .to_string();
+    let notes = |n: &str| json!({"values": {"notes": n}}).to_string();
+    let versioned = |n: &str, v: &Value| json!({"values": {"notes": n}, "version": v}).to_string();
+    let quoted = |v: &Value| format!("\"{}\"", v.as_str().unwrap());
+    checker.check(&get(&row, phone, 404));
+    let made = checker.check(&put(&row, phone, &new_jump, 201));
+    assert_eq!(made["values"]["visible_to_connections"], true, "{made}");
+    assert_eq!(made["values"]["freefall_seconds"], 45.5, "{made}");
+    let v1 = made["version"].clone();
+    let bobs_claim = json!({"values": {"user_id": bob, "jump_number": 1, "jumped_at": "2026-11-22T09:00:00Z"}});
+    let cases = [
+        get(&row, phone, 200),
+        get(&row, laptop, 200),
+        get(&row, None, 401),
+        // Bob cannot see alice's jump: as if there were none.
+        get(&row, tablet, 404),
+        get(format!("/v1/rows/jumps/{}", uuid()), phone, 404),
+        get("/v1/rows/jump_log/%FF", phone, 400),
+        put(&row, phone, notes("again"), 412).with("if-none-match", "*"),
+        put(&row, phone, "not json", 400),
+        put(&row, phone, r#"{"values": {}, "colour": "red"}"#, 400),
+        put(&row, phone, r#"{"values": {"colour": "red"}}"#, 400),
+        put(&row, phone, r#"{"values": {"jump_number": "many"}}"#, 400),
+        put(&row, phone, r#"{"values": {"id": "not-this-key"}}"#, 400),
+        put(&row, phone, notes("no"), 400).with("if-none-match", "\"abc\""),
+        put(&row, phone, notes("no"), 400).with("content-encoding", "gzip"),
+        put("/v1/rows/jump_log/not-a-uuid", phone, &new_jump, 400),
+        put("/v1/rows/jump_log/%FF", phone, &new_jump, 400),
+        // A new row needs the NOT NULL columns that have no default.
+        put(format!("/v1/rows/jump_log/{}", uuid()), phone, notes("no jump"), 400),
+        put(&row, None, notes("anonymous"), 401),
+        put(&row, tablet, bobs_claim.to_string(), 403),
+        put(format!("/v1/rows/jump_log/{}", uuid()), tablet, &new_jump, 403),
+        put(format!("/v1/rows/jumps/{}", uuid()), phone, notes("x"), 404),
+        put(&row, phone, &too_big, 413),
+        // No precondition: fine on an `lww` table.
+        put(&row, laptop, notes("laptop"), 200),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    let current = checker.check(&get(&row, phone, 200))["version"].clone();
+    assert_ne!(current, v1);
+    for refused in [
+        put(&row, phone, notes("late"), 412).with("if-match", quoted(&v1)),
+        put(&row, phone, versioned("late", &v1), 409),
+        delete(&row, phone, 412).with("if-match", quoted(&v1)),
+        delete(&row, phone, 412).with("if-none-match", "*"),
+    ] {
+        let answer = checker.check(&refused);
+        assert_eq!(answer["current"]["version"], current, "{answer}");
+    }
+    // Preconditions on a row that does not exist: no `current`.
+    let missing = format!("/v1/rows/jump_log/{}", uuid());
+    for refused in [
+        put(&missing, phone, notes("x"), 412).with("if-match", quoted(&v1)),
+        put(&missing, phone, versioned("x", &v1), 409),
+    ] {
+        let answer = checker.check(&refused);
+        assert_eq!(answer.get("current"), None, "{answer}");
+    }
+    let changed = checker.check(&put(&row, phone, notes("phone"), 200).with("if-match", quoted(&current)));
+    let changed = checker.check(&put(&row, phone, versioned("phone again", &changed["version"]), 200));
+    let cases = [
+        delete(&row, None, 401),
+        delete(&row, phone, 400).with("if-none-match", "\"abc\""),
+        delete("/v1/rows/jump_log/%FF", phone, 400),
+        delete(&row, tablet, 404),
+        delete(format!("/v1/rows/jumps/{}", uuid()), phone, 404),
+        delete(&missing, phone, 404),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    let (_, headers) = checker.answer(&delete(&row, phone, 204).with("if-match", quoted(&changed["version"])));
+    let tombstone = headers["etag"].to_str().unwrap().to_owned();
+    checker.check(&get(&row, phone, 404));
+    checker.check(&delete(&row, phone, 404));
+    // The changes feed shows the tombstone with the version the delete answered.
+    let feed = checker.check(&get("/v1/changes", phone, 200));
+    let key = row.rsplit('/').next().unwrap();
+    let gone = feed["changes"].as_array().into_iter().flatten().find(|c| c["key"] == key);
+    let gone = gone.unwrap_or_else(|| panic!("no tombstone in {feed}"));
+    assert_eq!((&gone["deleted"], quoted(&gone["version"])), (&json!(true), tombstone), "{gone}");
+    // Created again, as an SQL INSERT would: the columns not given get their default, or NULL.
+    let bare = json!({"values": {"user_id": alice, "jump_number": 7, "jumped_at": "2026-11-22T09:00:00Z"}});
+    let again = checker.check(&put(&row, phone, bare.to_string(), 201).with("if-none-match", "*"));
+    assert_eq!((&again["values"]["visible_to_connections"], &again["values"]["notes"]), (&json!(false), &Value::Null));
+    let cases = [
+        get("/v1/changes?since=0&limit=1", phone, 200),
+        get(format!("/v1/changes?since={}", feed["cursor"].as_str().unwrap()), laptop, 200),
+        get("/v1/changes?since=nonsense", phone, 400),
+        get("/v1/changes?limit=0", phone, 400),
+        get("/v1/changes?cursor=0", phone, 400),
+        get("/v1/changes", None, 401),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+
+    // A `reject-stale` table: every write says which version it was made on.
+    let plan = format!("/v1/rows/formations/{}", uuid());
+    let diamond = json!({"values": {"group_id": group, "name": "Diamond", "slots": 4}}).to_string();
+    checker.check(&put(&plan, phone, &diamond, 428));
+    let made = checker.check(&put(&plan, phone, &diamond, 201).with("if-none-match", "*"));
+    let box_ = json!({"values": {"name": "Box"}}).to_string();
+    checker.check(&put(&plan, laptop, &box_, 428));
+    let boxed = checker.check(&put(&plan, laptop, &box_, 200).with("if-match", quoted(&made["version"])));
+    checker.check(&delete(&plan, phone, 428));
+    checker.check(&delete(&plan, phone, 204).with("if-match", quoted(&boxed["version"])));
+
     checker.assert_every_answer_was_seen();
+    checker.assert_other_methods_and_paths_are_refused();
 }
 
 #[test]
@@ -198,16 +344,44 @@ struct Case {
     /// Path and query, as sent.
     path: String,
     token: Option<String>,
+    /// Request headers besides `Authorization` and `Content-Type`.
+    headers: Vec<(&'static str, String)>,
     body: Option<String>,
     status: u16,
 }
 
+impl Case {
+    fn new(
+        method: &'static str,
+        path: impl Into<String>,
+        token: Option<&str>,
+        body: Option<String>,
+        status: u16,
+    ) -> Case {
+        Case { method, path: path.into(), token: token.map(str::to_owned), headers: Vec::new(), body, status }
+    }
+
+    /// The same request with header `name: value`.
+    fn with(mut self, name: &'static str, value: impl Into<String>) -> Case {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
 fn get(path: impl Into<String>, token: Option<&str>, status: u16) -> Case {
-    Case { method: "get", path: path.into(), token: token.map(str::to_owned), body: None, status }
+    Case::new("get", path, token, None, status)
 }
 
 fn post(path: impl Into<String>, token: Option<&str>, body: impl Into<String>, status: u16) -> Case {
-    Case { method: "post", path: path.into(), token: token.map(str::to_owned), body: Some(body.into()), status }
+    Case::new("post", path, token, Some(body.into()), status)
+}
+
+fn put(path: impl Into<String>, token: Option<&str>, body: impl Into<String>, status: u16) -> Case {
+    Case::new("put", path, token, Some(body.into()), status)
+}
+
+fn delete(path: impl Into<String>, token: Option<&str>, status: u16) -> Case {
+    Case::new("delete", path, token, None, status)
 }
 
 fn now_ms() -> u64 {
@@ -263,6 +437,24 @@ fn jump_row(user: &str, t: u64) -> Value {
     })
 }
 
+/// Jump `id` of `user` as logged by site 1 at `t`, `freefall` seconds long; with
+/// `timed_at`, its freefall time set to `freefall` then by a device that had seen the jump as
+/// logged at `t`.
+fn jump_version(id: &str, user: &str, t: u64, freefall: f64, timed_at: Option<(u64, u64)>) -> Value {
+    let mut row = json!({
+        "table": "jump_log", "key": id, "exists": true, "exists_at": clock(t, 1), "clock": clock(t, 1),
+        "values": {
+            "user_id": user, "jump_number": 2, "jumped_at": "2026-11-21T11:00:00Z",
+            "freefall_seconds": freefall, "visible_to_connections": false
+        }
+    });
+    if let Some((ms, site)) = timed_at {
+        row["clocks"] = json!({"freefall_seconds": clock(ms, site)});
+        row["seen"] = json!({"exists_at": clock(t, 1), "clock": clock(t, 1)});
+    }
+    row
+}
+
 // Checking answers against the document.
 
 /// Sends cases to a server and checks each answer against the document, remembering which
@@ -280,8 +472,14 @@ impl<'d> Checker<'d> {
         Checker { doc, url: url.to_owned(), http: reqwest::blocking::Client::new(), seen: BTreeSet::new() }
     }
 
-    /// Sends `case` and checks the answer; returns its body (a JSON string for text).
+    /// Sends `case` and checks the answer; returns its body (a JSON string for text, null
+    /// for none).
     fn check(&mut self, case: &Case) -> Value {
+        self.answer(case).0
+    }
+
+    /// [`Checker::check`], also returning the answer's headers.
+    fn answer(&mut self, case: &Case) -> (Value, reqwest::header::HeaderMap) {
         let doc = self.doc;
         let what = format!("{} {} (expecting {})", case.method.to_uppercase(), case.path, case.status);
         let path = case.path.split('?').next().unwrap_or_default();
@@ -299,6 +497,9 @@ impl<'d> Checker<'d> {
         if let Some(t) = &case.token {
             req = req.bearer_auth(t);
         }
+        for (name, value) in &case.headers {
+            req = req.header(*name, value);
+        }
         if let Some(b) = &case.body {
             req = req.header("content-type", "application/json").body(b.clone());
         }
@@ -310,35 +511,12 @@ impl<'d> Checker<'d> {
 
         let documented = resolve(doc, &op["responses"][status.to_string()]);
         assert!(documented.is_object(), "{what}: status {status} is not documented for {route}");
-        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let media = content_type.split(';').next().unwrap_or_default().trim().to_owned();
-        let schema = &documented["content"][&media]["schema"];
-        assert!(schema.is_object(), "{what}: media type '{media}' is not documented for {status}: {text}");
-        let body = if media == "application/json" {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"))
-        } else {
-            Value::String(text)
-        };
-        if let Err(m) = validate(doc, schema, &body, "$") {
-            panic!("{what}: the body breaks the documented schema at {m}\n{body}");
-        }
-        for (name, header) in documented["headers"].as_object().into_iter().flatten() {
-            match headers.get(name) {
-                Some(v) => {
-                    let v = Value::String(v.to_str().unwrap().to_owned());
-                    if let Err(m) = validate(doc, &header["schema"], &v, name) {
-                        panic!("{what}: header {m}");
-                    }
-                }
-                None => assert_ne!(header["required"], true, "{what}: no {name} header"),
-            }
-        }
-        if status >= 400 && media == "application/json" {
-            let code = ERROR_CODES.iter().find(|(s, _)| *s == status).map(|(_, c)| *c);
-            assert_eq!(body["error"]["code"].as_str(), code, "{what}: the code of {status}");
+        let (media, body) = check_answer(doc, documented, status, &headers, text, &what);
+        if let (Some(etag), Some(version)) = (headers.get("etag"), body.get("version").and_then(Value::as_str)) {
+            assert_eq!(etag.to_str().ok(), Some(&*format!("\"{version}\"")), "{what}: the ETag is the quoted version");
         }
         self.seen.insert((case.method.to_owned(), route, status.to_string(), media));
-        body
+        (body, headers)
     }
 
     /// A request meant to succeed must use only documented parameters, with documented
@@ -351,14 +529,26 @@ impl<'d> Checker<'d> {
             .flatten()
             .map(|p| resolve(self.doc, p))
             .collect();
+        // Header names are case-insensitive.
+        let named = |p: &Value, place: &str, name: &str| {
+            p["in"] == place
+                && p["name"]
+                    .as_str()
+                    .is_some_and(|n| if place == "header" { n.eq_ignore_ascii_case(name) } else { n == name })
+        };
         let param = |place: &str, name: &str| {
-            params.iter().find(|p| p["in"] == place && p["name"] == name).copied().unwrap_or_else(|| {
+            params.iter().find(|p| named(p, place, name)).copied().unwrap_or_else(|| {
                 panic!("{what}: the {place} parameter '{name}' is not documented");
             })
         };
         let url = reqwest::Url::parse(&format!("http://h{}", case.path)).unwrap();
         let query: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-        let given = path_params.iter().map(|p| ("path", p)).chain(query.iter().map(|p| ("query", p)));
+        let headers: Vec<(String, String)> = case.headers.iter().map(|(n, v)| ((*n).to_owned(), v.clone())).collect();
+        let given = path_params
+            .iter()
+            .map(|p| ("path", p))
+            .chain(query.iter().map(|p| ("query", p)))
+            .chain(headers.iter().map(|p| ("header", p)));
         for (place, (name, raw)) in given {
             let schema = &param(place, name)["schema"];
             let value = match resolve(self.doc, schema)["type"].as_str() {
@@ -391,6 +581,44 @@ impl<'d> Checker<'d> {
         }
     }
 
+    /// Every documented path answers every method it does not document (of [`WRONG_METHODS`])
+    /// with `#/components/responses/MethodNotAllowed`, naming its documented methods in
+    /// `Allow`, even without a token; an undocumented path answers with
+    /// `#/components/responses/NoEndpoint`.
+    fn assert_other_methods_and_paths_are_refused(&self) {
+        let answer = |method: &str, path: &str| {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let resp = self.http.request(m, format!("{}{path}", self.url)).send().unwrap();
+            (resp.status().as_u16(), resp.headers().clone(), resp.text().unwrap())
+        };
+        let refusal = resolve(self.doc, &self.doc["components"]["responses"]["MethodNotAllowed"]);
+        for (route, item) in self.doc["paths"].as_object().into_iter().flatten() {
+            let path = route.replace("{table}", "jump_log").replace("{key}", &uuid()).replace("{id}", "1");
+            let documented: BTreeSet<String> =
+                WRONG_METHODS.iter().filter(|m| item[**m].is_object()).map(|m| m.to_uppercase()).collect();
+            for method in WRONG_METHODS.iter().filter(|m| !item[**m].is_object()) {
+                let what = format!("{} {path} (expecting 405)", method.to_uppercase());
+                let (status, headers, text) = answer(method, &path);
+                assert_eq!(status, 405, "{what}: {text}");
+                check_answer(self.doc, refusal, status, &headers, text, &what);
+                let allow = headers["allow"].to_str().unwrap();
+                let allowed: BTreeSet<String> = allow.split(',').map(|m| m.trim().to_owned()).collect();
+                let mut expected = documented.clone();
+                if expected.contains("GET") {
+                    expected.insert("HEAD".to_owned());
+                }
+                assert_eq!(allowed, expected, "{what}: Allow: {allow}");
+            }
+        }
+        let missing = resolve(self.doc, &self.doc["components"]["responses"]["NoEndpoint"]);
+        for (method, path) in [("get", "/v1/nothing"), ("post", "/v1/rows/jump_log"), ("delete", "/")] {
+            let what = format!("{} {path} (expecting 404)", method.to_uppercase());
+            let (status, headers, text) = answer(method, path);
+            assert_eq!(status, 404, "{what}: {text}");
+            check_answer(self.doc, missing, status, &headers, text, &what);
+        }
+    }
+
     /// Every operation, status and media type the document promises, except [`UNPROVOKED`]
     /// statuses, was seen.
     fn assert_every_answer_was_seen(&self) {
@@ -400,7 +628,7 @@ impl<'d> Checker<'d> {
                 if UNPROVOKED.contains(&status.as_str()) {
                     continue;
                 }
-                for media in resolve(self.doc, response)["content"].as_object().into_iter().flatten().map(|c| c.0) {
+                for media in media_types(resolve(self.doc, response)) {
                     let key = (method.to_owned(), route.to_owned(), status.clone(), media.clone());
                     if !self.seen.contains(&key) {
                         missing.push(format!("{} {route} {status} {media}", method.to_uppercase()));
@@ -413,6 +641,65 @@ impl<'d> Checker<'d> {
             "documented answers no case produced; add a case for each:\n{}",
             missing.join("\n")
         );
+    }
+}
+
+/// Checks an answer (its status, headers and body `text`) against the documented response
+/// object: media type, body schema, headers, and the error code of an error status. Returns
+/// the media type (empty for a response documented without a body) and the body as checked.
+fn check_answer(
+    doc: &Value,
+    documented: &Value,
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    text: String,
+    what: &str,
+) -> (String, Value) {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_owned();
+    let body = match documented.get("content") {
+        None => {
+            assert!(media.is_empty() && text.is_empty(), "{what}: documented without a body, got '{media}': {text}");
+            Value::Null
+        }
+        Some(content) => {
+            let schema = &content[&media]["schema"];
+            assert!(schema.is_object(), "{what}: media type '{media}' is not documented for this answer: {text}");
+            let body = if media == "application/json" {
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"))
+            } else {
+                Value::String(text)
+            };
+            if let Err(m) = validate(doc, schema, &body, "$") {
+                panic!("{what}: the body breaks the documented schema at {m}\n{body}");
+            }
+            body
+        }
+    };
+    for (name, header) in documented["headers"].as_object().into_iter().flatten() {
+        let header = resolve(doc, header);
+        match headers.get(name) {
+            Some(v) => {
+                let v = Value::String(v.to_str().unwrap().to_owned());
+                if let Err(m) = validate(doc, &header["schema"], &v, name) {
+                    panic!("{what}: header {m}");
+                }
+            }
+            None => assert_ne!(header["required"], true, "{what}: no {name} header"),
+        }
+    }
+    if status >= 400 && media == "application/json" {
+        let code = body["error"]["code"].as_str().unwrap_or_default();
+        assert!(ERROR_CODES.contains(&(status, code)), "{what}: '{code}' is not an error code of {status}");
+    }
+    (media, body)
+}
+
+/// The media types of a documented response; `""` for one without a body.
+fn media_types(response: &Value) -> Vec<String> {
+    match response.get("content").and_then(Value::as_object) {
+        Some(content) => content.keys().cloned().collect(),
+        None => vec![String::new()],
     }
 }
 
@@ -526,6 +813,7 @@ fn document() -> Value {
     walk(&doc, &doc["paths"], "#/paths");
     walk(&doc, &doc["components"]["parameters"], "#/components/parameters");
     walk(&doc, &doc["components"]["responses"], "#/components/responses");
+    walk(&doc, &doc["components"]["headers"], "#/components/headers");
     let mut ids = BTreeSet::new();
     for (method, path, op) in operations(&doc) {
         let what = format!("{} {path}", method.to_uppercase());
