@@ -85,7 +85,7 @@ pub async fn push<S: Store>(
 pub(crate) fn body_error<S>(state: &AppState<S>, e: &BytesRejection) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge(format!(
-            "request body is over the server's limit of {} bytes (max_body_bytes); send smaller batches",
+            "request body is over the server's limit of {} bytes (max_body_bytes); send less per request (smaller push batches)",
             state.max_body_bytes
         ))
     } else {

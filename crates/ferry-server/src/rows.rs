@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -87,14 +87,20 @@ fn with_etag(status: StatusCode, doc: &RowDoc) -> Response {
 pub async fn get_row<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     Authed(who): Authed,
-    Path((table, key)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let (table, key) = row_path(path)?;
     let t = table_of(&state, &table)?;
     match state.store.get_row(&who, &t.name, &key).await? {
         Some(row) if row.is_alive() => Ok(with_etag(StatusCode::OK, &RowDoc::new(t, &key, &row))),
         Some(_) => Err(ApiError::NotFound(format!("{table} '{key}' was deleted; GET /v1/changes shows the tombstone"))),
         None => Err(ApiError::NotFound(format!("no row {table} '{key}'"))),
     }
+}
+
+fn row_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
+    let Path(p) = path.map_err(|e| ApiError::BadRequest(format!("bad row path (/v1/rows/TABLE/KEY): {e}")))?;
+    Ok(p)
 }
 
 /// What a write wants: the client's preconditions.
@@ -141,8 +147,13 @@ impl Preconditions {
         let version = current.map(RowState::version);
         let doc = || current.map(|c| RowDoc::new(t, key, c).json());
         let here = format!("{} '{key}'", t.name);
+        // `If-Match: *` holds for any existing row.
         if let Some(want) = &self.if_match
-            && version.as_deref() != Some(want.as_str())
+            && !(if want == "*" {
+                current.is_some_and(RowState::is_alive)
+            } else {
+                version.as_deref() == Some(want.as_str())
+            })
         {
             return Err(ApiError::PreconditionFailed(
                 format!(
@@ -225,10 +236,11 @@ struct PutBody {
 pub async fn put_row<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     Authed(who): Authed,
-    Path((table, key)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let (table, key) = row_path(path)?;
     let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
     let body: PutBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!("malformed row body: {e}; send {{\"values\": {{\"column\": value, …}}}}"))
@@ -244,9 +256,10 @@ pub async fn put_row<S: Store>(
 pub async fn delete_row<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     Authed(who): Authed,
-    Path((table, key)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (table, key) = row_path(path)?;
     let pre = Preconditions::read(&headers, None)?;
     let t = table_of(&state, &table)?;
     write(&state, &who, t, &key, &pre, Change::Delete).await
@@ -267,8 +280,9 @@ async fn write<S: Store>(
     change: Change,
 ) -> Result<Response, ApiError> {
     if t.options.conflict == ConflictStrategy::RejectStale && !pre.any() {
+        let create = if matches!(change, Change::Put(_)) { ", or If-None-Match: * to create" } else { "" };
         return Err(ApiError::PreconditionRequired(format!(
-            "table '{}' uses conflict = \"reject-stale\": send If-Match with the row's version (from GET), or If-None-Match: * to create",
+            "table '{}' uses conflict = \"reject-stale\": send If-Match with the row's version (from GET){create}",
             t.name
         )));
     }
@@ -360,6 +374,9 @@ pub async fn changes<S: Store>(
         return Err(ApiError::BadRequest(format!("unknown parameter '{unknown}'; use since and limit")));
     }
     let since = q.get("since").map_or("", String::as_str);
+    if since.len() > 4096 {
+        return Err(ApiError::BadRequest("since is too long; start over with since=0".into()));
+    }
     let limit = crate::pull::parse_limit(q.get("limit"))?;
     let page = state.store.pull(&who, since, limit).await?;
     let schema = state.store.schema();

@@ -204,7 +204,7 @@ fn parse_cursor(c: &str) -> Result<u64> {
     match c {
         "" => Ok(0),
         c => c.parse().map_err(|_| {
-            StoreError::Invalid(format!("cursor '{c}' is not a cursor this server gave out; start over with cursor=0"))
+            StoreError::Invalid(format!("cursor '{c}' is not a cursor this server gave out; start over from the beginning (cursor=0; since=0 on /v1/changes)"))
         }),
     }
 }
@@ -400,17 +400,19 @@ impl Store for SqliteStore {
             let tx = conn.transaction()?;
             // The page's bounds come from the feed index; the rows then come from one joined
             // query per table that has rows in the page.
-            let page: Vec<(String, i64)> = tx
+            // One row past the page tells whether more wait.
+            let mut page: Vec<(String, i64)> = tx
                 .prepare_cached(
                     "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
                        AND tbl IN (SELECT value FROM json_each(?4))
                      ORDER BY seq LIMIT ?3",
                 )?
-                .query_map(params![cursor as i64, user, limit as i64, inner.table_list], |r| {
+                .query_map(params![cursor as i64, user, limit as i64 + 1, inner.table_list], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            let more = page.len() == limit;
+            let more = page.len() > limit;
+            page.truncate(limit);
             let upto = if more {
                 page.last().map_or(cursor as i64, |k| k.1)
             } else {

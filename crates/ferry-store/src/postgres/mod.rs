@@ -533,7 +533,9 @@ impl Cursor {
             return Ok(Cursor::start(epoch));
         }
         let bad = || {
-            StoreError::Invalid(format!("cursor '{c}' is not a cursor this server gave out; start over with cursor=0"))
+            StoreError::Invalid(format!(
+                "cursor '{c}' is not a cursor this server gave out; start over from the beginning (cursor=0; since=0 on /v1/changes)"
+            ))
         };
         let body = c.strip_prefix("pg.").ok_or_else(bad)?;
         let json = B64.decode(body).map_err(|_| bad())?;

@@ -188,4 +188,14 @@ fn a_reject_stale_table_requires_a_version_to_write() {
     assert_eq!(created.status(), StatusCode::CREATED);
     let v = etag(&created);
     assert_eq!(api.put(&path, json!({"values": {"notes": "edited"}}), &[("If-Match", &v)]).status(), StatusCode::OK);
+    // `If-Match: *` holds for any existing row, and for no missing one.
+    assert_eq!(api.put(&path, json!({"values": {"notes": "any"}}), &[("If-Match", "*")]).status(), StatusCode::OK);
+    let nowhere = format!("/v1/rows/jump_log/{}", uuid());
+    assert_eq!(
+        api.put(&nowhere, jump(&p.user, 2, "x"), &[("If-Match", "*")]).status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    let blind_delete = api.delete(&path, &[]);
+    assert_eq!(blind_delete.status(), StatusCode::PRECONDITION_REQUIRED);
+    assert!(!body(blind_delete)["error"]["message"].as_str().unwrap().contains("to create"));
 }
