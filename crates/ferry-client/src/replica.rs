@@ -97,13 +97,36 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The base clocks recorded for a row's unacknowledged local changes.
-fn read_base(conn: &Connection, table: &str, pk: &str) -> Result<BTreeMap<String, Hlc>> {
-    let json: Option<String> = conn
-        .prepare_cached("SELECT base FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
-        .query_row([table, pk], |r| r.get(0))
-        .optional()?
-        .flatten();
+/// What a row's unacknowledged local changes started from: the base clock of each changed
+/// column, and the version (`None`: no such changes), in one read.
+fn read_change(conn: &Connection, table: &str, pk: &str) -> Result<(BTreeMap<String, Hlc>, Option<RowClocks>)> {
+    let found: Option<(Option<String>, Option<String>)> = conn
+        .prepare_cached("SELECT base, seen FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
+        .query_row([table, pk], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (base, seen) = found.unwrap_or_default();
+    Ok((parse_base(table, pk, base)?, seen.map(|j| parse_seen(table, pk, &j)).transpose()?))
+}
+
+/// Records a row's base clocks, and its version when `seen` is given (else keeps the one
+/// recorded), in one write.
+fn write_change(
+    conn: &Connection,
+    table: &str,
+    pk: &str,
+    base: &BTreeMap<String, Hlc>,
+    seen: Option<&RowClocks>,
+) -> Result<()> {
+    let base = (!base.is_empty())
+        .then(|| serde_json::to_string(&base.iter().map(|(c, h)| (c, h.to_string())).collect::<BTreeMap<_, _>>()))
+        .transpose()
+        .map_err(|e| Error::Local(e.to_string()))?;
+    conn.prepare_cached("UPDATE _ferry_rows SET base = ?3, seen = coalesce(?4, seen) WHERE tbl = ?1 AND pk = ?2")?
+        .execute(params![table, pk, base, seen.map(seen_json).transpose()?])?;
+    Ok(())
+}
+
+fn parse_base(table: &str, pk: &str, json: Option<String>) -> Result<BTreeMap<String, Hlc>> {
     let Some(json) = json else { return Ok(BTreeMap::new()) };
     let map: BTreeMap<String, String> =
         serde_json::from_str(&json).map_err(|e| Error::Local(format!("stored base clocks of {table} '{pk}': {e}")))?;
@@ -114,14 +137,12 @@ fn read_base(conn: &Connection, table: &str, pk: &str) -> Result<BTreeMap<String
 
 /// The version a row's unacknowledged local changes started from (`None`: no such changes).
 fn read_seen(conn: &Connection, table: &str, pk: &str) -> Result<Option<RowClocks>> {
-    let json: Option<String> = conn
-        .prepare_cached("SELECT seen FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
-        .query_row([table, pk], |r| r.get(0))
-        .optional()?
-        .flatten();
-    let Some(json) = json else { return Ok(None) };
+    Ok(read_change(conn, table, pk)?.1)
+}
+
+fn parse_seen(table: &str, pk: &str, json: &str) -> Result<RowClocks> {
     let map: BTreeMap<String, String> =
-        serde_json::from_str(&json).map_err(|e| Error::Local(format!("stored seen clocks of {table} '{pk}': {e}")))?;
+        serde_json::from_str(json).map_err(|e| Error::Local(format!("stored seen clocks of {table} '{pk}': {e}")))?;
     let mut out = RowClocks::default();
     for (c, h) in map {
         let h: Hlc = h.parse().map_err(|e| Error::Local(format!("stored seen clock: {e}")))?;
@@ -131,25 +152,21 @@ fn read_seen(conn: &Connection, table: &str, pk: &str) -> Result<Option<RowClock
             out.cols.insert(c, h);
         }
     }
-    Ok(Some(out))
+    Ok(out)
+}
+
+fn seen_json(seen: &RowClocks) -> Result<String> {
+    let mut map: BTreeMap<&str, String> = seen.cols.iter().map(|(c, h)| (c.as_str(), h.to_string())).collect();
+    map.insert(EXISTS, seen.exists.to_string());
+    serde_json::to_string(&map).map_err(|e| Error::Local(e.to_string()))
 }
 
 fn write_seen(conn: &Connection, table: &str, pk: &str, seen: &RowClocks) -> Result<()> {
-    let mut map: BTreeMap<&str, String> = seen.cols.iter().map(|(c, h)| (c.as_str(), h.to_string())).collect();
-    map.insert(EXISTS, seen.exists.to_string());
-    let json = serde_json::to_string(&map).map_err(|e| Error::Local(e.to_string()))?;
-    conn.prepare_cached("UPDATE _ferry_rows SET seen = ?3 WHERE tbl = ?1 AND pk = ?2")?
-        .execute(params![table, pk, json])?;
-    Ok(())
-}
-
-fn write_base(conn: &Connection, table: &str, pk: &str, base: &BTreeMap<String, Hlc>) -> Result<()> {
-    let json = (!base.is_empty())
-        .then(|| serde_json::to_string(&base.iter().map(|(c, h)| (c, h.to_string())).collect::<BTreeMap<_, _>>()))
-        .transpose()
-        .map_err(|e| Error::Local(e.to_string()))?;
-    conn.prepare_cached("UPDATE _ferry_rows SET base = ?3 WHERE tbl = ?1 AND pk = ?2")?
-        .execute(params![table, pk, json])?;
+    conn.prepare_cached("UPDATE _ferry_rows SET seen = ?3 WHERE tbl = ?1 AND pk = ?2")?.execute(params![
+        table,
+        pk,
+        seen_json(seen)?
+    ])?;
     Ok(())
 }
 
@@ -555,9 +572,9 @@ impl Replica {
             };
             // What the local writer had seen of each column it changed: the clock of the
             // value replaced by the first change not yet acknowledged by the server.
-            let mut base = read_base(tx, &ts.table.name, pk)?;
+            let (mut base, recorded_seen) = read_change(tx, &ts.table.name, pk)?;
             // The version the first unacknowledged change started from.
-            let first_seen = if read_seen(tx, &ts.table.name, pk)?.is_none() { Some(state.clocks()) } else { None };
+            let first_seen = recorded_seen.is_none().then(|| state.clocks());
             let mut saw = |state: &RowState, cols: &mut dyn Iterator<Item = &String>| {
                 for c in cols {
                     base.entry(c.clone()).or_insert_with(|| state.cols.get(c).map_or(Hlc::ZERO, |s| s.at));
@@ -593,10 +610,7 @@ impl Replica {
             let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
             let extra = Extra { pending: stamp, ..Extra::default() };
             ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &extra)?;
-            write_base(tx, &ts.table.name, pk, &base)?;
-            if let Some(pre) = first_seen {
-                write_seen(tx, &ts.table.name, pk, &pre)?;
-            }
+            write_change(tx, &ts.table.name, pk, &base, first_seen.as_ref())?;
         }
         tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;
         set_meta(tx, "clock", &clock.last().to_string())?;
@@ -624,8 +638,7 @@ impl Replica {
                 Error::Schema(format!("pending change for table '{table}', which is not in the schema"))
             })?;
             if let Some((state, meta)) = Self::load_local(&tx, ts, &key, &mut clock)? {
-                let base = read_base(&tx, &table, &key)?;
-                let seen = read_seen(&tx, &table, &key)?;
+                let (base, seen) = read_change(&tx, &table, &key)?;
                 out.push(PendingRow { table, key, state, stamp: meta.pending, base, seen });
             }
         }
@@ -698,6 +711,7 @@ impl Replica {
         let mut fresh_stamp = None;
         tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
         let mut applied = Applied { received: rows.len(), ..Applied::default() };
+        let any_refused: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_refused)", [], |r| r.get(0))?;
         for row in rows {
             let ts = self.tables.get(&row.table).ok_or_else(|| {
                 Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
@@ -712,10 +726,13 @@ impl Replica {
             };
             // A change the server refused stays as it is; the pulled version joins the
             // server's current one beside it, for whoever settles it.
-            let held: Option<String> = tx
-                .prepare_cached("SELECT current FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2")?
-                .query_row(params![row.table, row.key], |r| r.get(0))
-                .optional()?;
+            let held: Option<String> = if any_refused {
+                tx.prepare_cached("SELECT current FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2")?
+                    .query_row(params![row.table, row.key], |r| r.get(0))
+                    .optional()?
+            } else {
+                None
+            };
             if let Some(held) = held {
                 let mut current = state_from_json(&schema, &held)?;
                 current.merge(&row.state);
@@ -789,7 +806,11 @@ impl Replica {
             }
             // The local state has something the server's lacks: it must be pushed (again).
             let pending = match (report.kept_newer, meta.pending) {
-                (true, 0) => *fresh_stamp.get_or_insert(Self::next_stamp(&tx)?),
+                (true, 0) => {
+                    // Pushed again on top of the server's version just pulled.
+                    write_seen(&tx, &ts.table.name, &row.key, &row.state.clocks())?;
+                    *fresh_stamp.get_or_insert(Self::next_stamp(&tx)?)
+                }
                 (_, p) => p,
             };
             if report.changed || pending != meta.pending {
