@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS _ferry_refused (
     refused_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     UNIQUE (tbl, pk)
 );
+CREATE TABLE IF NOT EXISTS _ferry_held (
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (tbl, pk)
+);
 CREATE INDEX IF NOT EXISTS _ferry_rows_pending ON _ferry_rows(pending) WHERE pending > 0;
 ";
 

@@ -190,7 +190,8 @@ pub struct LocalConflict {
     /// entries from before resolvers existed (newest-wins).
     pub resolved_by: Option<String>,
     pub detected_at: String,
-    /// `update-update`, `delete-update` or `update-delete` (from the local change's side).
+    /// `update-update`, `delete-update` (the pulled version deleted a row changed here) or
+    /// `update-delete` (the pulled version changed a row deleted here).
     pub kind: String,
     /// Both full versions (wire form, with clocks), when recorded.
     pub local: serde_json::Value,
@@ -284,6 +285,15 @@ fn register_json(state: &RowState, f: &str) -> (Option<String>, String) {
 /// A row state as a wire row (JSON), for `_ferry_refused`.
 fn state_json_row(table: &ferry_core::schema::Table, key: &str, state: &RowState) -> String {
     serde_json::to_string(&ferry_protocol::encode_row(table, key, state)).expect("wire rows serialize")
+}
+
+/// Removes and returns the pulled version held beside a row's unanswered local change.
+fn take_held(tx: &Connection, schema: &Schema, table: &str, key: &str) -> Result<Option<RowState>> {
+    let held: Option<String> = tx
+        .prepare_cached("DELETE FROM _ferry_held WHERE tbl = ?1 AND pk = ?2 RETURNING state")?
+        .query_row(params![table, key], |r| r.get(0))
+        .optional()?;
+    held.map(|j| state_from_json(schema, &j)).transpose()
 }
 
 fn state_from_json(schema: &Schema, json: &str) -> Result<RowState> {
@@ -664,11 +674,17 @@ impl Replica {
         refused: &[(PulledRow, String)],
     ) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let schema = self.schema.clone().ok_or_else(|| Error::Local("no schema installed; sync first".into()))?;
         for (row, message) in refused {
             let ts = self.tables.get(&row.table).ok_or_else(|| {
                 Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
             })?;
-            let current = state_json_row(&ts.table, &row.key, &row.state);
+            // Versions pulled while the push was out join the server's current one.
+            let mut current = row.state.clone();
+            if let Some(held) = take_held(&tx, &schema, &row.table, &row.key)? {
+                current.merge(&held);
+            }
+            let current = state_json_row(&ts.table, &row.key, &current);
             tx.prepare_cached(
                 "INSERT INTO _ferry_refused (tbl, pk, current, message) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (tbl, pk) DO UPDATE SET current = excluded.current, message = excluded.message",
@@ -683,14 +699,39 @@ impl Replica {
         {
             set_meta(&tx, "cursor", past)?;
         }
-        {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE _ferry_rows SET pending = 0, base = NULL, seen = NULL WHERE tbl = ?1 AND pk = ?2 AND pending = ?3",
-            )?;
-            for r in rows {
-                stmt.execute(params![r.table, r.key, r.stamp])?;
+        let any_held: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_held)", [], |r| r.get(0))?;
+        let mut clock = Self::clock(&tx)?;
+        tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
+        for r in rows {
+            let cleared = tx
+                .prepare_cached(
+                    "UPDATE _ferry_rows SET pending = 0, base = NULL, seen = NULL
+                     WHERE tbl = ?1 AND pk = ?2 AND pending = ?3",
+                )?
+                .execute(params![r.table, r.key, r.stamp])?
+                > 0;
+            if !cleared {
+                // Changed again since it was read: the later change starts from what the
+                // server now holds of this one.
+                write_seen(&tx, &r.table, &r.key, &r.state.clocks())?;
+                continue;
+            }
+            // Versions pulled while the push was out (tables whose strategy the server
+            // decides) are merged now that it is answered.
+            if let Some(held) = if any_held { take_held(&tx, &schema, &r.table, &r.key)? } else { None } {
+                let ts =
+                    self.tables.get(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
+                if let Some((mut state, _)) = Self::load_local(&tx, ts, &r.key, &mut clock)? {
+                    let report = state.merge(&held);
+                    let pending = if report.kept_newer { Self::next_stamp(&tx)? } else { 0 };
+                    if pending > 0 {
+                        write_seen(&tx, &r.table, &r.key, &held.clocks())?;
+                    }
+                    ferry_sqlite::store_state(&tx, ts, &r.key, &state, &Extra { pending, ..Extra::default() })?;
+                }
             }
         }
+        tx.execute("DELETE FROM _ferry_apply", [])?;
         tx.commit()?;
         Ok(())
     }
@@ -741,8 +782,16 @@ impl Replica {
                 continue;
             }
             let seen = if meta.pending > 0 { read_seen(&tx, &ts.table.name, &row.key)? } else { None };
-            if seen.is_some() && ts.table.options.conflict == ferry_core::schema::ConflictStrategy::RejectStale {
-                // `reject-stale`: the local change is pushed as made; the server decides.
+            if seen.is_some() && ts.table.options.conflict != ferry_core::schema::ConflictStrategy::Lww {
+                // The table's strategy is the server's to apply: the local change is pushed as
+                // made, and the pulled version waits beside it until the push is answered.
+                let mut held = take_held(&tx, &schema, &row.table, &row.key)?.unwrap_or_default();
+                held.merge(&row.state);
+                tx.prepare_cached("INSERT INTO _ferry_held (tbl, pk, state) VALUES (?1, ?2, ?3)")?.execute(params![
+                    row.table,
+                    row.key,
+                    state_json_row(&ts.table, &row.key, &held)
+                ])?;
                 continue;
             }
             let before = state.clone();
@@ -901,7 +950,7 @@ impl Replica {
             .optional()?;
         let Some((table, key, current)) = found else {
             return Err(Error::Local(format!(
-                "no refused change with id {id}; `ferry conflicts list --db …` shows the ids"
+                "no refused change with id {id}; `ferry conflicts refused --db …` shows the ids"
             )));
         };
         let ts =
@@ -933,6 +982,24 @@ impl Replica {
             ferry_sqlite::store_state(&tx, ts, &key, &state, &Extra { pending: stamp, ..Extra::default() })?;
             write_seen(&tx, &table, &key, &current.clocks())?;
         } else {
+            // The local change is dropped: it stays in the replica's conflict view.
+            let (local_json, current_json) =
+                (state_json_row(&ts.table, &key, &local), state_json_row(&ts.table, &key, &current));
+            tx.execute(
+                "INSERT INTO _ferry_conflicts
+                   (tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by, kind, local, remote)
+                 VALUES (?1, ?2, '*', ?3, ?4, ?5, ?6, 'settled: server', 'update-update', ?7, ?8)",
+                params![
+                    table,
+                    key,
+                    local.exists.value.to_string(),
+                    local.max_clock().to_string(),
+                    current.exists.value.to_string(),
+                    current.max_clock().to_string(),
+                    local_json,
+                    current_json
+                ],
+            )?;
             ferry_sqlite::store_state(&tx, ts, &key, &current, &Extra::default())?;
             tx.execute(
                 "UPDATE _ferry_rows SET base = NULL, seen = NULL WHERE tbl = ?1 AND pk = ?2",

@@ -118,7 +118,20 @@ pub async fn sync(
             })
             .collect::<Result<Vec<_>>>()?;
         let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
-        let request = PushRequest { batch_id: batch_id()?, cursor: Some(sent.clone()), rows: wire };
+        // A batch whose answer never came is sent again under the same id while its rows are
+        // unchanged, so the server answers it from its record instead of applying it twice.
+        let fingerprint = ferry_core::schema::fingerprint(
+            &rows.iter().map(|r| format!("{}|{}|{}", r.table, r.key, r.stamp)).collect::<Vec<_>>().join("\n"),
+        );
+        let batch = match replica
+            .meta("unanswered_batch")?
+            .and_then(|v| v.split_once(' ').filter(|(_, f)| *f == fingerprint).map(|(id, _)| id.to_owned()))
+        {
+            Some(id) => id,
+            None => batch_id()?,
+        };
+        replica.set_meta("unanswered_batch", &format!("{batch} {fingerprint}"))?;
+        let request = PushRequest { batch_id: batch, cursor: Some(sent.clone()), rows: wire };
         let resp = remote.push(&request).await?;
         let refused = resp
             .rejected
@@ -131,6 +144,7 @@ pub async fn sync(
             .collect::<Result<Vec<_>>>()?;
         report.refused += refused.len() as u64;
         replica.acknowledge_with(&rows, resp.cursor.as_deref().map(|past| (sent.as_str(), past)), &refused)?;
+        replica.set_meta("unanswered_batch", "")?;
         report.pushed += rows.len() as u64;
         report.pushed_changed += resp.changed as u64;
         progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) });

@@ -138,38 +138,63 @@ impl RegValue<'_> {
     }
 }
 
-fn split(ours: &RowState, theirs: &RowState, seen: &RowClocks) -> Split {
+/// `writer` is the side whose new registers are all one writer's own changes (a pushed row
+/// on the server, the local row on a client); registers the other side holds from that same
+/// writer (its earlier writes, say a push whose answer was lost) are not news to it.
+fn split(ours: &RowState, theirs: &RowState, seen: &RowClocks, writer: Side) -> Split {
     let at = |s: &RowState, r: &str| register(s, r).map_or(Hlc::ZERO, |(h, _)| h);
     let seen_at = |r: &str| if r == EXISTS { seen.exists } else { seen.col(r) };
     let names: BTreeSet<String> = std::iter::once(EXISTS.to_owned())
         .chain(ours.cols.keys().cloned())
         .chain(theirs.cols.keys().cloned())
         .collect();
-    let mut out = Split { unseen: BTreeSet::new(), own: BTreeSet::new() };
+    let (mut newer_ours, mut newer_theirs) = (Vec::new(), Vec::new());
     for r in names {
         let (o, t, s) = (at(ours, &r), at(theirs, &r), seen_at(&r));
         if o == t {
             continue;
         }
         if o > s && o != Hlc::ZERO {
-            out.unseen.insert(r.clone());
+            newer_ours.push((r.clone(), o));
         }
         if t > s && t != Hlc::ZERO {
-            out.own.insert(r);
+            newer_theirs.push((r, t));
         }
     }
-    out
+    // One replica's writes follow each other: what the writer wrote itself, it had seen.
+    let sites = |regs: &[(String, Hlc)]| regs.iter().map(|(_, h)| h.site()).collect::<BTreeSet<SiteId>>();
+    let keep = |regs: Vec<(String, Hlc)>, writer_sites: &BTreeSet<SiteId>| {
+        regs.into_iter().filter(|(_, h)| !writer_sites.contains(&h.site())).map(|(r, _)| r).collect()
+    };
+    let all = |regs: Vec<(String, Hlc)>| regs.into_iter().map(|(r, _)| r).collect();
+    match writer {
+        Side::Theirs => {
+            let writer_sites = sites(&newer_theirs);
+            Split { unseen: keep(newer_ours, &writer_sites), own: all(newer_theirs) }
+        }
+        Side::Ours => {
+            let writer_sites = sites(&newer_ours);
+            Split { unseen: all(newer_ours), own: keep(newer_theirs, &writer_sites) }
+        }
+    }
 }
 
 /// Finds the conflict between the receiver's version `ours` and an arriving version
-/// `theirs` made on top of `seen`, as `strategy` counts it: same-field writes with different
-/// values and delete-vs-update for every strategy; under `row-lww` and `reject-stale` any
-/// concurrent writes to the row. `None` when the two merge without losing a value.
-pub fn detect(strategy: ConflictStrategy, ours: &RowState, theirs: &RowState, seen: &RowClocks) -> Option<Contest> {
+/// `theirs`, one of which (`writer`) holds one writer's changes made on top of `seen`, as
+/// `strategy` counts it: same-field writes with different values and delete-vs-update for
+/// every strategy; under `row-lww` and `reject-stale` any concurrent writes to the row.
+/// `None` when the two merge without losing a value.
+pub fn detect(
+    strategy: ConflictStrategy,
+    ours: &RowState,
+    theirs: &RowState,
+    seen: &RowClocks,
+    writer: Side,
+) -> Option<Contest> {
     if ours.exists.at == Hlc::ZERO && ours.cols.is_empty() {
         return None;
     }
-    let sp = split(ours, theirs, seen);
+    let sp = split(ours, theirs, seen, writer);
     if sp.unseen.is_empty() || sp.own.is_empty() {
         return None;
     }
@@ -186,8 +211,13 @@ pub fn detect(strategy: ConflictStrategy, ours: &RowState, theirs: &RowState, se
     } else if ours_deleted && !theirs_deletes {
         (ConflictKind::UpdateDelete, std::iter::once(EXISTS.to_owned()).chain(sp.own.iter().cloned()).collect())
     } else if whole_row {
-        let f: BTreeSet<String> = sp.unseen.union(&sp.own).filter(|r| differs(r)).cloned().collect();
-        (ConflictKind::UpdateUpdate, f)
+        // Writes that left a value as the other side has it change nothing for it.
+        let unseen: BTreeSet<String> = sp.unseen.iter().filter(|r| differs(r)).cloned().collect();
+        let own: BTreeSet<String> = sp.own.iter().filter(|r| differs(r)).cloned().collect();
+        if unseen.is_empty() || own.is_empty() {
+            return None;
+        }
+        (ConflictKind::UpdateUpdate, unseen.union(&own).cloned().collect())
     } else {
         let f: BTreeSet<String> = sp.unseen.intersection(&sp.own).filter(|r| differs(r)).cloned().collect();
         (ConflictKind::UpdateUpdate, f)
@@ -231,7 +261,7 @@ pub enum Decision {
 pub fn decide_push(stored: &RowState, incoming: &RowState, seen: &RowClocks, ctx: &PushContext<'_>) -> Decision {
     let mut state = stored.clone();
     state.merge(incoming);
-    let Some(mut contest) = detect(ctx.strategy, stored, incoming, seen) else {
+    let Some(mut contest) = detect(ctx.strategy, stored, incoming, seen, Side::Theirs) else {
         return Decision::Apply { state, conflict: None, open: false, restamped: false };
     };
     let newest = |s: &RowState, regs: &mut dyn Iterator<Item = &String>| {
@@ -244,8 +274,11 @@ pub fn decide_push(stored: &RowState, incoming: &RowState, seen: &RowClocks, ctx
             return Decision::Reject { conflict: contest };
         }
         ConflictStrategy::RowLww => {
-            let sp = split(stored, incoming, seen);
-            let side = if newest(incoming, &mut sp.own.iter()) > newest(stored, &mut sp.unseen.iter()) {
+            let sp = split(stored, incoming, seen, Side::Theirs);
+            let contested = |r: &&String| contest.fields.contains(*r);
+            let side = if newest(incoming, &mut sp.own.iter().filter(contested))
+                > newest(stored, &mut sp.unseen.iter().filter(contested))
+            {
                 Side::Theirs
             } else {
                 Side::Ours
@@ -253,10 +286,12 @@ pub fn decide_push(stored: &RowState, incoming: &RowState, seen: &RowClocks, ctx
             contest.fields.iter().map(|f| (f.clone(), side)).collect()
         }
         ConflictStrategy::Authoritative => {
-            let by_authority = contest
-                .fields
-                .iter()
-                .any(|f| register(stored, f).is_some_and(|(h, _)| h != Hlc::ZERO && (ctx.authority_site)(h.site())));
+            // Only the stored writes this writer had not seen count: what it saw, it overrode.
+            let unseen = split(stored, incoming, seen, Side::Theirs).unseen;
+            let by_authority =
+                contest.fields.iter().filter(|f| unseen.contains(*f)).any(|f| {
+                    register(stored, f).is_some_and(|(h, _)| h != Hlc::ZERO && (ctx.authority_site)(h.site()))
+                });
             let side = if ctx.writer_is_authority {
                 Some(Side::Theirs)
             } else if by_authority {
@@ -397,7 +432,7 @@ pub fn merge_pulled(
     }
     // Roles swap: seen from the local change, the remote version arrives on top of what the
     // local change started from.
-    let Some(mut contest) = detect(ConflictStrategy::Lww, local, remote, seen) else {
+    let Some(mut contest) = detect(ConflictStrategy::Lww, local, remote, seen, Side::Ours) else {
         return PulledMerge { state, conflict: None, seen: next_seen };
     };
     let wanted: Vec<(String, Register)> = match resolver {

@@ -85,10 +85,16 @@ pub(crate) fn new_conflict(
         .iter()
         .map(|(f, s)| (f.as_str(), if *s == Side::Theirs { "incoming" } else { "stored" }))
         .collect();
+    // Identifies the conflict: both sides' clocks of the contested fields. A retried push
+    // meeting the same stored version logs it once; meeting a later one, again.
+    let clock_of = |s: &RowState, f: &str| {
+        if f == EXISTS { s.exists.at } else { s.cols.get(f).map_or(ferry_core::Hlc::ZERO, |v| v.at) }
+    };
     let dedupe = format!(
-        "{}|{key}|{}",
+        "{}|{key}|{}|{}",
         table.name,
-        contest.theirs_clocks.iter().map(|(c, h)| format!("{c}={h}")).collect::<Vec<_>>().join(",")
+        contest.theirs_clocks.iter().map(|(c, h)| format!("{c}={h}")).collect::<Vec<_>>().join(","),
+        contest.fields.iter().map(|f| format!("{f}={}", clock_of(stored, f))).collect::<Vec<_>>().join(",")
     );
     NewConflict {
         table: table.name.clone(),

@@ -364,18 +364,54 @@ struct Merged {
     open: bool,
     /// The change was refused: nothing is stored and `state` is the stored state.
     refused: Option<Refusal>,
+    /// The sites of the pushed registers the store did not hold: the device's own, recorded.
+    sites: Vec<ferry_core::SiteId>,
 }
 
 /// What a store knows when it decides pushed rows: its site ids and the devices holding
 /// roles.
 pub(crate) struct Deciding {
     pub server_site: ferry_core::SiteId,
-    /// Site ids of devices with a role, by role.
-    pub role_sites: std::collections::HashMap<ferry_core::SiteId, String>,
+    /// The site ids of devices that hold a role now (not revoked): the device and its role.
+    pub role_sites: std::collections::HashMap<ferry_core::SiteId, (String, String)>,
     pub now_ms: u64,
 }
 
+/// The site ids of devices holding a role, from `_ferry_sites` joined with live devices.
+pub(crate) const ROLE_SITES_SQL: &str = "SELECT s.site, d.id, d.role FROM _ferry_sites s
+    JOIN _ferry_devices d ON d.id = s.device_id WHERE d.role IS NOT NULL AND d.revoked_at IS NULL";
+
 impl Deciding {
+    /// Builds the map from `(site, device id, role)` rows.
+    pub fn role_sites(
+        rows: impl IntoIterator<Item = (String, String, String)>,
+    ) -> std::collections::HashMap<ferry_core::SiteId, (String, String)> {
+        rows.into_iter().filter_map(|(site, device, role)| Some((site.parse().ok()?, (device, role)))).collect()
+    }
+
+    /// Checks the sites of the registers a push brings that the store does not hold: a
+    /// device's new writes carry its own site, never the server's or another device's that
+    /// holds a role (which would pass its values off as the authority's).
+    fn check_sites(&self, table: &Table, key: &str, who: &Principal, sites: &[ferry_core::SiteId]) -> Result<()> {
+        for site in sites {
+            let reserved = *site == self.server_site
+                || table.options.authority.as_deref().is_some_and(|r| *site == self.authority_stamp(r));
+            if reserved {
+                return Err(StoreError::Forbidden(format!(
+                    "{} '{key}': a clock carries site {site}, which only the server writes with; a device's changes carry its own site id",
+                    table.name
+                )));
+            }
+            if let Some((device, _)) = self.role_sites.get(site).filter(|(d, _)| *d != who.device_id) {
+                return Err(StoreError::Forbidden(format!(
+                    "{} '{key}': a clock carries site {site}, which belongs to device {device}; a device's changes carry its own site id",
+                    table.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The site id the server stamps a value it keeps for `role` with: fixed per server and
     /// role, so later conflicts still count the value as the role's.
     fn authority_stamp(&self, role: &str) -> ferry_core::SiteId {
@@ -417,15 +453,18 @@ fn merge_pushed(
         )));
     }
     let before = stored.map(|(s, _)| s).unwrap_or_default();
+    let new_sites = new_sites(&before, incoming);
+    env.check_sites(table, key, who, &new_sites)?;
     if if_version.is_some_and(|v| v != before.version()) {
         let (changed, kept_newer, owner) = (false, true, owner_of(table, &before));
         let refused = Some(Refusal::VersionChanged);
-        return Ok(Merged { state: before, changed, kept_newer, owner, conflict: None, open: false, refused });
+        let sites = Vec::new();
+        return Ok(Merged { state: before, changed, kept_newer, owner, conflict: None, open: false, refused, sites });
     }
     let role = table.options.authority.as_deref();
     let stamp = role.map_or(env.server_site, |r| env.authority_stamp(r));
     let is_authority = |site: ferry_core::SiteId| {
-        role.is_some_and(|r| site == stamp || env.role_sites.get(&site).is_some_and(|s| s == r))
+        role.is_some_and(|r| site == stamp || env.role_sites.get(&site).is_some_and(|(_, s)| s == r))
     };
     let ctx = PushContext {
         strategy: table.options.conflict,
@@ -453,22 +492,22 @@ fn merge_pushed(
             who.user_id
         )));
     }
-    Ok(Merged { state, changed, kept_newer, owner, conflict: conflict.map(|c| (c, before)), open, refused })
+    let sites = if refused.is_some() { Vec::new() } else { new_sites };
+    Ok(Merged { state, changed, kept_newer, owner, conflict: conflict.map(|c| (c, before)), open, refused, sites })
 }
 
-/// The sites a pushing device wrote its own registers with (to record which sites hold a
-/// role).
-fn own_sites(incoming: &RowState, seen: Option<&ferry_core::strategy::RowClocks>) -> Vec<ferry_core::SiteId> {
-    let Some(seen) = seen else { return Vec::new() };
+/// The sites of the registers `incoming` holds newer than `stored`: writes the store does
+/// not have, which only their writer can bring.
+fn new_sites(stored: &RowState, incoming: &RowState) -> Vec<ferry_core::SiteId> {
     let mut out: Vec<ferry_core::SiteId> = Vec::new();
-    let mut add = |h: ferry_core::Hlc, s: ferry_core::Hlc| {
-        if h > s && !out.contains(&h.site()) {
-            out.push(h.site());
+    let mut add = |theirs: ferry_core::Hlc, ours: ferry_core::Hlc| {
+        if theirs > ours && !out.contains(&theirs.site()) {
+            out.push(theirs.site());
         }
     };
-    add(incoming.exists.at, seen.exists);
+    add(incoming.exists.at, stored.exists.at);
     for (c, v) in &incoming.cols {
-        add(v.at, seen.cols.get(c).copied().unwrap_or(ferry_core::Hlc::ZERO));
+        add(v.at, stored.cols.get(c).map_or(ferry_core::Hlc::ZERO, |s| s.at));
     }
     out
 }

@@ -61,8 +61,7 @@ CREATE TABLE IF NOT EXISTS _ferry_conflicts (
 CREATE INDEX IF NOT EXISTS _ferry_conflicts_row ON _ferry_conflicts(tbl, pk);
 CREATE TABLE IF NOT EXISTS _ferry_sites (
     site TEXT PRIMARY KEY,
-    device_id TEXT NOT NULL,
-    role TEXT
+    device_id TEXT NOT NULL
 );
 ";
 
@@ -351,8 +350,10 @@ impl Store for SqliteStore {
                     refused.push(crate::RefusedRow { table, key, current, reason });
                     continue;
                 }
-                if who.role.is_some() {
-                    sites.extend(crate::own_sites(&row.state, row.seen.as_ref()));
+                for site in &merged.sites {
+                    if !sites.contains(site) {
+                        sites.push(*site);
+                    }
                 }
                 // The stored row had something the device's lacks: the device must pull it.
                 all_known &= !merged.kept_newer;
@@ -365,8 +366,8 @@ impl Store for SqliteStore {
                 ferry_sqlite::store_state(&tx, ts, &row.key, &merged.state, &extra)?;
             }
             for site in sites {
-                tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id, role) VALUES (?1, ?2, ?3)")?
-                    .execute(params![site.to_string(), who.device_id, who.role])?;
+                tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id) VALUES (?1, ?2)")?
+                    .execute(params![site.to_string(), who.device_id])?;
             }
             let refused_keys = serde_json::to_string(
                 &refused.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect::<Vec<_>>(),
@@ -522,17 +523,13 @@ fn insert_conflict(tx: &rusqlite::Transaction<'_>, c: &crate::conflicts::NewConf
     Ok(())
 }
 
-/// The site ids of devices that hold a role, with the role.
-fn role_sites(tx: &rusqlite::Transaction<'_>) -> Result<HashMap<ferry_core::SiteId, String>> {
-    let mut out = HashMap::new();
-    let mut stmt = tx.prepare_cached("SELECT site, role FROM _ferry_sites WHERE role IS NOT NULL")?;
-    for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-        let (site, role) = r?;
-        if let Ok(site) = site.parse() {
-            out.insert(site, role);
-        }
-    }
-    Ok(out)
+/// The site ids of devices that hold a role now: the device and its role.
+fn role_sites(tx: &rusqlite::Transaction<'_>) -> Result<HashMap<ferry_core::SiteId, (String, String)>> {
+    let rows = tx
+        .prepare_cached(crate::ROLE_SITES_SQL)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(crate::Deciding::role_sites(rows))
 }
 
 fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {

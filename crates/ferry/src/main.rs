@@ -390,7 +390,7 @@ async fn conflicts(command: ConflictsCommand) -> Result<()> {
             }
             for c in &settled {
                 println!(
-                    "{:>6}  {}  {} '{}'  field {}: local {} / remote {}  settled by {}",
+                    "settled #{}  {}  {} '{}'  field {}: local {} / remote {}  by {}",
                     c.id,
                     c.detected_at,
                     c.table,

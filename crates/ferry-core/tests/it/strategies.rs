@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ferry_core::schema::ConflictStrategy;
-use ferry_core::strategy::{self, Decision, EXISTS, PushContext, Register, ResolveInput, Resolver, RowClocks};
+use ferry_core::strategy::{self, Decision, EXISTS, PushContext, Register, ResolveInput, Resolver, RowClocks, Side};
 use ferry_core::{Clock, Hlc, RowState, SiteId, Value};
 
 use crate::Rng;
@@ -84,7 +84,8 @@ struct Replica {
     cursor: u64,
     next_batch: u64,
     next_stamp: u64,
-    in_flight: Option<(u64, Vec<(u8, Known, RowClocks, u64)>)>,
+    /// The last batch sent and not answered: its id and rows (key, stamp).
+    unanswered: Option<(u64, Vec<(u8, u64)>)>,
     resolver: u8,
     log: Vec<Logged>,
 }
@@ -105,6 +106,7 @@ struct Server {
 }
 
 struct Sim {
+    seed: u64,
     rng: Rng,
     strategy: ConflictStrategy,
     wall: u64,
@@ -128,7 +130,7 @@ impl Sim {
                 cursor: 0,
                 next_batch: 0,
                 next_stamp: 1,
-                in_flight: None,
+                unanswered: None,
                 resolver: rng.below(4) as u8,
                 log: Vec::new(),
             })
@@ -142,7 +144,7 @@ impl Sim {
             log: Vec::new(),
             open: Vec::new(),
         };
-        Sim { rng, strategy, wall: 1_000, writes: Vec::new(), replicas, server }
+        Sim { seed, rng, strategy, wall: 1_000, writes: Vec::new(), replicas, server }
     }
 
     /// Records the writes `after` holds that `before` did not (registers whose clock changed).
@@ -200,44 +202,55 @@ impl Sim {
         self.replicas[r].rows.insert(key, known);
     }
 
-    /// One push attempt: the batch in flight, or a new one of every pending row not refused.
+    /// One push attempt, as the client makes it: a batch of every pending row not refused;
+    /// the id of the last unanswered batch again when its rows are unchanged (so the server
+    /// answers a retry from its record), else a new one.
     fn push(&mut self, r: usize, faults: bool) {
         let rep = &mut self.replicas[r];
-        if rep.in_flight.is_none() {
-            let rows: Vec<_> = rep
-                .pending
-                .iter()
-                .filter(|(k, _)| !rep.refused.contains_key(k))
-                .map(|(k, p)| (*k, rep.rows[k].clone(), p.seen.clone(), p.stamp))
-                .collect();
-            if rows.is_empty() {
-                return;
-            }
-            rep.next_batch += 1;
-            rep.in_flight = Some((rep.next_batch, rows));
+        let rows: Vec<_> = rep
+            .pending
+            .iter()
+            .filter(|(k, _)| !rep.refused.contains_key(k))
+            .map(|(k, p)| (*k, rep.rows[k].clone(), p.seen.clone(), p.stamp))
+            .collect();
+        if rows.is_empty() {
+            return;
         }
+        let stamps: Vec<(u8, u64)> = rows.iter().map(|r| (r.0, r.3)).collect();
+        let batch = match &rep.unanswered {
+            Some((id, same)) if *same == stamps => *id,
+            _ => {
+                rep.next_batch += 1;
+                rep.next_batch
+            }
+        };
+        rep.unanswered = Some((batch, stamps));
         if faults && self.rng.below(6) == 0 {
             return; // the request is lost
         }
-        let (batch, rows) = self.replicas[r].in_flight.clone().expect("a batch");
         let mut answer = self.serve_push(r, batch, &rows);
         if faults && self.rng.below(6) == 0 {
             answer = self.serve_push(r, batch, &rows); // delivered twice
         }
         if faults && self.rng.below(6) == 0 {
-            return; // the answer is lost: the batch is sent again later
+            return; // the answer is lost: the rows stay pending
         }
         let rep = &mut self.replicas[r];
-        rep.in_flight = None;
+        rep.unanswered = None;
         let refused: BTreeMap<u8, Known> = answer.refused.into_iter().collect();
-        for (key, _, _, stamp) in rows {
+        for (key, pushed, _, stamp) in rows {
             if let Some(current) = refused.get(&key) {
                 let mut held = rep.held.remove(&key).unwrap_or_default();
                 held.state.merge(&current.state);
                 held.hist.extend(current.hist.iter().copied());
                 let local = &rep.rows[&key].state;
-                let contest =
-                    strategy::detect(ConflictStrategy::RejectStale, &held.state, local, &rep.pending[&key].seen);
+                let contest = strategy::detect(
+                    ConflictStrategy::RejectStale,
+                    &held.state,
+                    local,
+                    &rep.pending[&key].seen,
+                    Side::Theirs,
+                );
                 if let Some(c) = contest {
                     rep.log.push(logged(key, &c.fields, &[&held.state, local]));
                 }
@@ -250,6 +263,10 @@ impl Sim {
                     k.state.merge(&held.state);
                     k.hist.extend(held.hist);
                 }
+            } else if let Some(p) = rep.pending.get_mut(&key) {
+                // Changed again since: the later change starts from what the server now has
+                // of this one.
+                p.seen = pushed.state.clocks();
             }
         }
     }
@@ -281,9 +298,13 @@ impl Sim {
                 )
             });
             match decision {
-                Decision::Reject { .. } => refused.push(*key),
+                Decision::Reject { conflict } => {
+                    self.assert_not_self_conflict(r, *key, &conflict, &stored.state);
+                    refused.push(*key)
+                }
                 Decision::Apply { state, conflict, open, restamped } => {
                     if let Some(c) = &conflict {
+                        self.assert_not_self_conflict(r, *key, c, &stored.state);
                         self.server.log.push(logged(*key, &c.fields, &[&stored.state, &incoming.state]));
                         if open {
                             self.server.open.push((
@@ -314,6 +335,23 @@ impl Sim {
         Answer { refused: refused.into_iter().map(|k| (k, current(&self.server, k))).collect() }
     }
 
+    /// A device's own earlier writes never make a conflict with its later ones: some contested
+    /// stored register must come from someone else.
+    fn assert_not_self_conflict(&self, r: usize, key: u8, c: &strategy::Contest, stored: &RowState) {
+        let me = self.replicas[r].clock.site();
+        let foreign = c.fields.iter().any(|f| {
+            let at = if f == EXISTS { stored.exists.at } else { stored.cols.get(f).map_or(Hlc::ZERO, |s| s.at) };
+            at.site() != me
+        });
+        assert!(
+            foreign,
+            "strategy {}, seed {} (replay with FERRY_SIM_SEED={}): replica {r} conflicts with its own writes on row {key}: {c:?}",
+            self.strategy.name(),
+            self.seed,
+            self.seed
+        );
+    }
+
     fn pull(&mut self, r: usize, faults: bool) {
         let rows: Vec<(u8, Known)> = self
             .server
@@ -342,7 +380,9 @@ impl Sim {
                 k.hist.extend(remote.hist);
                 continue;
             };
-            if self.strategy == ConflictStrategy::RejectStale {
+            // Only `lww` tables settle on the device (client-side resolvers); under the other
+            // strategies the server decides, so the pulled version waits for the push's answer.
+            if self.strategy != ConflictStrategy::Lww {
                 let held = rep.held.entry(key).or_default();
                 held.state.merge(&remote.state);
                 held.hist.extend(remote.hist);
@@ -499,8 +539,7 @@ impl Sim {
             for r in 0..3 {
                 self.pull(r, false);
             }
-            let quiet =
-                self.replicas.iter().all(|r| r.pending.is_empty() && r.refused.is_empty() && r.in_flight.is_none());
+            let quiet = self.replicas.iter().all(|r| r.pending.is_empty() && r.refused.is_empty());
             if quiet {
                 for r in 0..3 {
                     self.pull(r, false);
@@ -526,17 +565,21 @@ impl Sim {
                 Register::Col(v) => s.cols.get(&w.reg).is_some_and(|c| c.at == w.at || c.value.same(v)),
             }
         };
-        let seen_by_device: BTreeSet<WriteId> =
-            self.writes.iter().filter(|w| w.knowing).flat_map(|w| w.saw.iter().copied()).collect();
+        // The writes each register's knowing writers had seen of that same register: a write
+        // is excused only when one that replaced its register had seen it (or its value later).
+        let mut seen_by: BTreeMap<(u8, &str), BTreeSet<WriteId>> = BTreeMap::new();
+        for k in self.writes.iter().filter(|k| k.knowing) {
+            let ids = seen_by.entry((k.key, k.reg.as_str())).or_default();
+            ids.extend(k.saw.iter().copied().filter(|s| self.writes[*s as usize].reg == k.reg));
+        }
         let logs: Vec<&Logged> =
             self.server.log.iter().chain(self.replicas.iter().flat_map(|r| r.log.iter())).collect();
         for (id, w) in self.writes.iter().enumerate() {
             // Seen: by a write made looking at the row, or the same value later in the same
             // register was (two deletes of one row, say).
-            let seen = seen_by_device
-                .iter()
-                .map(|s| &self.writes[*s as usize])
-                .any(|s| s.key == w.key && s.reg == w.reg && s.at >= w.at && same_register(&s.value, &w.value));
+            let seen = seen_by.get(&(w.key, w.reg.as_str())).is_some_and(|ids| {
+                ids.iter().map(|s| &self.writes[*s as usize]).any(|s| s.at >= w.at && same_register(&s.value, &w.value))
+            });
             if !w.device || kept(w) || seen {
                 continue;
             }

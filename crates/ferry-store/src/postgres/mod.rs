@@ -625,12 +625,8 @@ impl PgStore {
         // application's statement it gives way (and retries) before PostgreSQL's deadlock
         // detector, which runs after a second, could pick the application as the victim.
         tx.batch_execute("SET LOCAL ferry.applying = 'on'; SET LOCAL lock_timeout = '200ms'").await.map_err(push_pg)?;
-        let mut role_sites = std::collections::HashMap::new();
-        for r in tx.query("SELECT site, role FROM _ferry_sites WHERE role IS NOT NULL", &[]).await.map_err(push_pg)? {
-            if let Ok(site) = r.get::<_, String>(0).parse() {
-                role_sites.insert(site, r.get::<_, String>(1));
-            }
-        }
+        let found = tx.query(crate::ROLE_SITES_SQL, &[]).await.map_err(push_pg)?;
+        let role_sites = crate::Deciding::role_sites(found.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
         let env = crate::Deciding { server_site: self.inner.site, role_sites, now_ms: crate::wall_ms() };
         let mut changed = 0;
         let mut all_known = true;
@@ -666,8 +662,10 @@ impl PgStore {
                     refused.push(crate::RefusedRow { table, key, current, reason });
                     continue;
                 }
-                if who.role.is_some() {
-                    sites.extend(crate::own_sites(incoming, row.seen.as_ref()));
+                for site in &merged.sites {
+                    if !sites.contains(site) {
+                        sites.push(*site);
+                    }
                 }
                 // The stored row had something the device's lacks (a direct write, say): the
                 // device must pull it, so no cursor past this push.
@@ -683,8 +681,8 @@ impl PgStore {
         }
         for site in sites {
             tx.execute(
-                "INSERT INTO _ferry_sites (site, device_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&site.to_string(), &who.device_id, &who.role],
+                "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&site.to_string(), &who.device_id],
             )
             .await
             .map_err(push_pg)?;

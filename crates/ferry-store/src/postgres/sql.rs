@@ -386,8 +386,7 @@ ALTER TABLE _ferry_devices ADD COLUMN IF NOT EXISTS role text;
 ALTER TABLE _ferry_batches ADD COLUMN IF NOT EXISTS refused text;
 CREATE TABLE IF NOT EXISTS _ferry_sites (
     site text PRIMARY KEY,
-    device_id text NOT NULL,
-    role text
+    device_id text NOT NULL
 );
 CREATE TABLE IF NOT EXISTS _ferry_conflicts (
     id bigserial PRIMARY KEY,
