@@ -25,6 +25,9 @@ macro_rules! suite {
             authoritative_writes_win_whatever_their_clock,
             a_delete_against_an_unseen_update_is_logged,
             a_version_precondition_refuses_a_changed_row,
+            a_device_never_conflicts_with_its_own_earlier_push,
+            clocks_with_another_devices_or_the_servers_site_are_refused,
+            the_authority_wins_only_conflicts_it_is_in,
         );
     };
 }
@@ -456,4 +459,59 @@ pub async fn a_version_precondition_refuses_a_changed_row<S: Store>(store: &S) {
     assert_eq!(out.refused.len(), 1);
     assert_eq!(out.refused[0].reason, ferry_store::Refusal::VersionChanged);
     assert_eq!(text(&out.refused[0].current, "body"), "one");
+}
+
+pub async fn a_device_never_conflicts_with_its_own_earlier_push<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let base = ab("stale", 1, "a0", "b0", at(1, 1));
+    store.push(&ann, "0", None, vec![base.clone()]).await.unwrap();
+    // The device changes `a`; the push applies but its answer is lost, so the row stays
+    // pending with the old version as `seen`. The device changes `a` again and pushes the
+    // row under a new batch id: its own earlier write is no conflict, nor stale.
+    let first = edit(&base, "a", "first", at(2, 1));
+    store.push(&ann, "1", None, vec![first.clone()]).await.unwrap();
+    let mut second = first.clone();
+    second.state.update([("a".to_owned(), Value::Text("second".into()))], at(3, 1));
+    let out = store.push(&ann, "2", None, vec![second]).await.unwrap();
+    assert!(out.refused.is_empty(), "{out:?}");
+    assert_eq!(text(&stored(store, &ann, "stale", 1).await, "a"), "second");
+    assert!(store.conflicts(ConflictFilter::All).await.unwrap().is_empty());
+}
+
+pub async fn clocks_with_another_devices_or_the_servers_site_are_refused<S: Store>(store: &S) {
+    let user = store.add_user("site").await.unwrap();
+    let main = store.create_device(&user.id, "main", false, Some("main")).await.unwrap();
+    let main = store.authenticate(&main.token).await.unwrap().unwrap();
+    let phone = store.authenticate(&store.create_token(&user.id, "phone").await.unwrap().token).await.unwrap().unwrap();
+    // Main writes with its site (7): that site is now main's.
+    store.push(&main, "0", None, vec![ab("kit", 1, "a0", "b0", at(1, 7))]).await.unwrap();
+    // A phone whose new write carries main's site would pass it off as the authority's.
+    match store.push(&phone, "0", None, vec![ab("kit", 2, "x", "y", at(2, 7))]).await {
+        Err(StoreError::Forbidden(m)) => assert!(m.contains("belongs to device"), "{m}"),
+        other => panic!("a forged site must be refused, got {other:?}"),
+    }
+    assert!(store.get_row(&phone, "kit", &key(2)).await.unwrap().is_none(), "nothing stored");
+    // Its own site is fine, and so is main's value it pulled and sends back unchanged.
+    let mut row = ab("kit", 1, "a0", "b0", at(1, 7));
+    row.state.update([("b".to_owned(), Value::Text("phone".into()))], at(3, 2));
+    store.push(&phone, "1", None, vec![row]).await.unwrap();
+    assert_eq!(text(&stored(store, &phone, "kit", 1).await, "b"), "phone");
+}
+
+pub async fn the_authority_wins_only_conflicts_it_is_in<S: Store>(store: &S) {
+    let user = store.add_user("site").await.unwrap();
+    let main = store.create_device(&user.id, "main", false, Some("main")).await.unwrap();
+    let main = store.authenticate(&main.token).await.unwrap().unwrap();
+    let one = store.authenticate(&store.create_token(&user.id, "one").await.unwrap().token).await.unwrap().unwrap();
+    let two = store.authenticate(&store.create_token(&user.id, "two").await.unwrap().token).await.unwrap().unwrap();
+    // Main creates the row; phone one changes it; phone two, which saw only main's version,
+    // deletes it. Main is in neither write: lww, where a delete wins.
+    let base = ab("kit", 1, "a0", "b0", at(1, 7));
+    store.push(&main, "0", None, vec![base.clone()]).await.unwrap();
+    store.push(&one, "0", None, vec![edit(&base, "a", "one", at(2, 2))]).await.unwrap();
+    let mut gone = base.clone();
+    gone.state.delete(at(3, 3));
+    gone.seen = Some(base.state.clocks());
+    store.push(&two, "0", None, vec![gone]).await.unwrap();
+    assert!(!stored(store, &one, "kit", 1).await.is_alive(), "main's insert does not make the row main's");
 }
