@@ -509,3 +509,53 @@ fn the_authority_role_wins_conflicts_on_an_authoritative_table() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("role 'a b'"));
 }
+
+/// On a table whose strategy the server decides (here `manual`), a pull that meets a local
+/// change not yet pushed does not settle it on the device: the pulled version waits, the
+/// push goes as made, and the server opens the conflict.
+#[test]
+fn a_pull_before_the_push_leaves_a_manual_conflict_to_the_server() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"manual\"\n")).unwrap();
+    let p = Pair::in_env(env);
+    let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
+    let g = uuid();
+    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Sunday 4-way', ?2)", [&g, &p.user]).unwrap();
+    p.sync_phone();
+    p.sync_laptop();
+    laptop.execute("UPDATE groups SET name = 'Laptop name' WHERE id = ?1", [&g]).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    phone.execute("UPDATE groups SET name = 'Phone name' WHERE id = ?1", [&g]).unwrap();
+    p.sync_phone();
+    // The laptop pulls before it pushes.
+    let mut replica = ferry_client::Replica::open(&p.env.path("laptop.db")).unwrap();
+    let remote = ferry_client::Remote::new(&p.server.url, &p.laptop).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cursor = replica.meta("cursor").unwrap().unwrap_or_else(|| "0".into());
+    let page = rt.block_on(remote.pull(&cursor, 100)).unwrap();
+    let schema = replica.schema().unwrap().clone();
+    let rows: Vec<_> = page
+        .rows
+        .iter()
+        .map(|w| {
+            let (t, state) = ferry_protocol::decode_row(&schema, w).unwrap();
+            ferry_client::replica::PulledRow { table: t.name.clone(), key: w.key.clone(), state }
+        })
+        .collect();
+    let applied = replica.apply(&rows, &page.cursor).unwrap();
+    assert_eq!(applied.conflicts, 0, "not settled on the device");
+    let name = |db: &rusqlite::Connection| -> String {
+        db.query_row("SELECT name FROM groups WHERE id = ?1", [&g], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(name(&laptop), "Laptop name", "the local change stays as made until the push is answered");
+    drop(replica);
+    p.sync_laptop();
+    let open: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["conflicts", "list", "--open", "--json", "-c", &p.env.config()]).stdout)
+            .unwrap();
+    assert_eq!(open.as_array().unwrap().len(), 1, "the server opened the conflict: {open}");
+    assert_eq!(open[0]["fields"], serde_json::json!(["name"]));
+    p.sync_phone();
+    assert_eq!(name(&phone), name(&laptop), "both show the provisional winner");
+}
