@@ -37,7 +37,7 @@ enum Command {
     Sync(SyncArgs),
     /// Show a replica's sync state (pending changes, last sync, cursor, conflicts).
     Status(StatusArgs),
-    /// The server's conflict log: values that concurrent writes overwrote.
+    /// Conflicts: the server's log (list, show, resolve) and a replica's own (list --db, refused, settle).
     Conflicts {
         #[command(subcommand)]
         command: ConflictsCommand,
@@ -46,28 +46,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConflictsCommand {
-    /// On a replica: local changes the server refused as stale (tables with
-    /// conflict = "reject-stale"), with the server's current version beside each.
-    Refused {
-        /// The replica's SQLite file.
-        #[arg(long)]
-        db: std::path::PathBuf,
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// On a replica: settle a refused change, keeping the local change (pushed again on top
-    /// of the server's version at the next sync) or taking the server's version.
-    Settle {
-        /// The replica's SQLite file.
-        #[arg(long)]
-        db: std::path::PathBuf,
-        /// The refused change's id (from `ferry conflicts refused`).
-        id: i64,
-        #[arg(long, value_parser = ["local", "server"])]
-        keep: String,
-    },
-    /// List conflicts, newest first.
+    /// List conflicts, newest first: the server's log, or with --db a replica's own view.
     List {
         /// A replica's own view instead of the server's log: the fields its client-side
         /// resolvers settled, and its changes refused as stale (open until settled).
@@ -109,6 +88,27 @@ enum ConflictsCommand {
         json: bool,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// On a replica: local changes the server refused as stale (tables with
+    /// conflict = "reject-stale"), with the server's current version beside each.
+    Refused {
+        /// The replica's SQLite file.
+        #[arg(long)]
+        db: std::path::PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// On a replica: settle a refused change, keeping the local change (pushed again on top
+    /// of the server's version at the next sync) or taking the server's version.
+    Settle {
+        /// The replica's SQLite file.
+        #[arg(long)]
+        db: std::path::PathBuf,
+        /// The refused change's id (from `ferry conflicts refused`).
+        id: i64,
+        #[arg(long, value_parser = ["local", "server"])]
+        keep: String,
     },
 }
 
