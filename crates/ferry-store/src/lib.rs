@@ -13,6 +13,7 @@ mod sqlite;
 use std::future::Future;
 
 use ferry_core::schema::{Schema, Table};
+use ferry_core::strategy::{Decision, PushContext, decide_push};
 use ferry_core::{RowState, Value};
 
 pub use conflicts::{ConflictFilter, ConflictRecord, Keep};
@@ -441,7 +442,6 @@ fn merge_pushed(
             &own_clocks
         }
     };
-    use ferry_core::strategy::{Decision, PushContext, decide_push};
     let here = || format!("{} '{key}'", table.name);
     if table.options.owner.is_some()
         && let Some((_, owner)) = &stored
