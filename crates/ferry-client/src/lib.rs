@@ -10,6 +10,7 @@
 
 mod capture;
 pub mod error;
+pub mod queue;
 pub mod remote;
 pub mod replica;
 pub mod sync;

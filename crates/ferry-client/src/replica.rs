@@ -76,6 +76,9 @@ pub struct Status {
     pub tables: Vec<String>,
     /// Local changes the server refused as stale, kept and marked conflicted until settled.
     pub conflicted: u64,
+    /// Local changes the server refused as invalid, set aside with its answer
+    /// (`ferry queue --db …`); the rest of the queue moved on.
+    pub failed: u64,
 }
 
 /// Outbox entries stamped per transaction by [`Replica::stamp`].
@@ -324,6 +327,7 @@ impl Replica {
             ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
         ferry_sqlite::ensure_rows_table(&conn)?;
         conn.execute_batch(capture::BOOKKEEPING)?;
+        conn.execute_batch(crate::queue::QUEUE_TABLES)?;
         // Columns added to the replica's conflict view since its first release.
         for column in ["resolved_by", "kind", "local", "remote"] {
             let has: bool = conn.query_row(
@@ -353,6 +357,10 @@ impl Replica {
     fn set_schema(&mut self, schema: Schema) {
         self.tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
         self.schema = Some(schema);
+    }
+
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     pub fn connection(&self) -> &Connection {
@@ -638,6 +646,7 @@ impl Replica {
             .prepare_cached(
                 "SELECT tbl, pk FROM _ferry_rows r WHERE pending > 0
                    AND NOT EXISTS (SELECT 1 FROM _ferry_refused f WHERE f.tbl = r.tbl AND f.pk = r.pk)
+                   AND NOT EXISTS (SELECT 1 FROM _ferry_failed f WHERE f.tbl = r.tbl AND f.pk = r.pk AND f.stamp = r.pending)
                  ORDER BY pending, tbl, pk LIMIT ?1",
             )?
             .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -700,6 +709,7 @@ impl Replica {
             set_meta(&tx, "cursor", past)?;
         }
         let any_held: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_held)", [], |r| r.get(0))?;
+        let any_failed: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_failed)", [], |r| r.get(0))?;
         let mut clock = Self::clock(&tx)?;
         tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
         for r in rows {
@@ -710,6 +720,10 @@ impl Replica {
                 )?
                 .execute(params![r.table, r.key, r.stamp])?
                 > 0;
+            if cleared && any_failed {
+                tx.prepare_cached("DELETE FROM _ferry_failed WHERE tbl = ?1 AND pk = ?2")?
+                    .execute(params![r.table, r.key])?;
+            }
             if !cleared {
                 // Changed again since it was read: the later change starts from what the
                 // server now holds of this one.
@@ -1031,6 +1045,7 @@ impl Replica {
             )?,
             unstamped: count("SELECT count(*) FROM _ferry_outbox")?,
             conflicted: count("SELECT count(*) FROM _ferry_refused")?,
+            failed: count("SELECT count(*) FROM _ferry_failed")?,
             last_sync: self.meta("last_sync")?,
             cursor: self.meta("cursor")?.unwrap_or_else(|| "0".into()),
             conflicts: count("SELECT count(*) FROM _ferry_conflicts")?,

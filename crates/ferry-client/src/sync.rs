@@ -6,7 +6,7 @@ use ferry_protocol::PushRequest;
 
 use crate::error::{Error, Result};
 use crate::remote::Remote;
-use crate::replica::{PulledRow, Replica};
+use crate::replica::{PendingRow, PulledRow, Replica};
 
 /// Tunables of one sync.
 #[derive(Clone, Debug)]
@@ -28,8 +28,19 @@ impl Default for SyncOptions {
 /// Progress of a running sync, for bars and logs.
 #[derive(Clone, Debug)]
 pub enum Progress {
-    Pushing { done: u64, total: u64 },
-    Pulling { rows: u64 },
+    Pushing {
+        done: u64,
+        total: u64,
+    },
+    Pulling {
+        rows: u64,
+    },
+    /// The server refused this row as invalid; it was set aside with the message.
+    SetAside {
+        table: String,
+        key: String,
+        message: String,
+    },
 }
 
 /// What one sync did.
@@ -43,6 +54,8 @@ pub struct SyncReport {
     pub conflicts: u64,
     /// Local changes the server refused as stale (`reject-stale`); kept, marked conflicted.
     pub refused: u64,
+    /// Local changes the server refused as invalid, set aside so the rest moved on.
+    pub set_aside: u64,
     pub cursor: String,
     pub elapsed_ms: u64,
 }
@@ -82,12 +95,110 @@ async fn check_identity(replica: &Replica, remote: &Remote) -> Result<()> {
     Ok(())
 }
 
-/// Installs the server's schema, pushes every pending change, then pulls until caught up.
+/// Pushes one batch and acknowledges it.
+async fn push_batch(
+    replica: &mut Replica,
+    remote: &Remote,
+    rows: &[PendingRow],
+    report: &mut SyncReport,
+) -> Result<()> {
+    let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
+    let wire = rows
+        .iter()
+        .map(|r| {
+            let t = schema.table(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
+            let mut wire = ferry_protocol::encode_row(t, &r.key, &r.state);
+            wire.base = r.base.iter().map(|(c, h)| (c.clone(), h.to_string())).collect();
+            wire.seen = r.seen.as_ref().map(|s| ferry_protocol::encode_clocks(t, s));
+            Ok(wire)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
+    // A batch whose answer never came is sent again under the same id while its rows are
+    // unchanged, so the server answers it from its record instead of applying it twice.
+    let fingerprint = ferry_core::schema::fingerprint(
+        &rows.iter().map(|r| format!("{}|{}|{}", r.table, r.key, r.stamp)).collect::<Vec<_>>().join("\n"),
+    );
+    let batch = match replica
+        .meta("unanswered_batch")?
+        .and_then(|v| v.split_once(' ').filter(|(_, f)| *f == fingerprint).map(|(id, _)| id.to_owned()))
+    {
+        Some(id) => id,
+        None => batch_id()?,
+    };
+    replica.set_meta("unanswered_batch", &format!("{batch} {fingerprint}"))?;
+    let request = PushRequest { batch_id: batch, cursor: Some(sent.clone()), rows: wire };
+    let resp = remote.push(&request).await?;
+    let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
+    let refused = resp
+        .rejected
+        .iter()
+        .map(|r| {
+            let (t, state) = ferry_protocol::decode_row(schema, &r.current)
+                .map_err(|e| Error::Protocol(format!("server sent a bad row: {e}")))?;
+            Ok((PulledRow { table: t.name.clone(), key: r.key.clone(), state }, r.message.clone()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    report.refused += refused.len() as u64;
+    replica.acknowledge_with(rows, resp.cursor.as_deref().map(|past| (sent.as_str(), past)), &refused)?;
+    replica.set_meta("unanswered_batch", "")?;
+    report.pushed += rows.len() as u64;
+    report.pushed_changed += resp.changed as u64;
+    Ok(())
+}
+
+/// Installs the server's schema, pushes every pending change, then pulls until caught up,
+/// and records the outcome in the replica's sync history.
+///
+/// A change the server refuses as invalid (a 4xx other than 401) is set aside with the
+/// server's answer and the rest of the queue moves on; nothing else stops it.
 ///
 /// # Errors
 /// The first failure; everything done before it is kept (each step is its own
 /// transaction) and the next sync continues from there.
 pub async fn sync(
+    replica: &mut Replica,
+    remote: &Remote,
+    opts: &SyncOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<SyncReport> {
+    let started_at: String = replica
+        .connection()
+        .query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| r.get(0))
+        .unwrap_or_default();
+    let mut set_aside = 0;
+    let result = {
+        let mut counting = |p: Progress| {
+            if matches!(p, Progress::SetAside { .. }) {
+                set_aside += 1;
+            }
+            progress(p)
+        };
+        sync_once(replica, remote, opts, &mut counting).await
+    };
+    let entry = match &result {
+        Ok(r) => crate::queue::HistoryEntry {
+            started_at,
+            outcome: "completed".into(),
+            pushed: r.pushed,
+            pulled: r.pulled,
+            set_aside: r.set_aside,
+            ..Default::default()
+        },
+        Err(e) => crate::queue::HistoryEntry {
+            started_at,
+            outcome: "failed".into(),
+            set_aside,
+            error: Some(e.to_string()),
+            ..Default::default()
+        },
+    };
+    // The history is a record, not part of the sync: failing to write it fails nothing.
+    let _ = replica.record_history(&entry);
+    result
+}
+
+async fn sync_once(
     replica: &mut Replica,
     remote: &Remote,
     opts: &SyncOptions,
@@ -106,48 +217,31 @@ pub async fn sync(
         if rows.is_empty() {
             break;
         }
-        let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
-        let wire = rows
-            .iter()
-            .map(|r| {
-                let t = schema.table(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
-                let mut wire = ferry_protocol::encode_row(t, &r.key, &r.state);
-                wire.base = r.base.iter().map(|(c, h)| (c.clone(), h.to_string())).collect();
-                wire.seen = r.seen.as_ref().map(|s| ferry_protocol::encode_clocks(t, s));
-                Ok(wire)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
-        // A batch whose answer never came is sent again under the same id while its rows are
-        // unchanged, so the server answers it from its record instead of applying it twice.
-        let fingerprint = ferry_core::schema::fingerprint(
-            &rows.iter().map(|r| format!("{}|{}|{}", r.table, r.key, r.stamp)).collect::<Vec<_>>().join("\n"),
-        );
-        let batch = match replica
-            .meta("unanswered_batch")?
-            .and_then(|v| v.split_once(' ').filter(|(_, f)| *f == fingerprint).map(|(id, _)| id.to_owned()))
-        {
-            Some(id) => id,
-            None => batch_id()?,
-        };
-        replica.set_meta("unanswered_batch", &format!("{batch} {fingerprint}"))?;
-        let request = PushRequest { batch_id: batch, cursor: Some(sent.clone()), rows: wire };
-        let resp = remote.push(&request).await?;
-        let refused = resp
-            .rejected
-            .iter()
-            .map(|r| {
-                let (t, state) = ferry_protocol::decode_row(schema, &r.current)
-                    .map_err(|e| Error::Protocol(format!("server sent a bad row: {e}")))?;
-                Ok((PulledRow { table: t.name.clone(), key: r.key.clone(), state }, r.message.clone()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        report.refused += refused.len() as u64;
-        replica.acknowledge_with(&rows, resp.cursor.as_deref().map(|past| (sent.as_str(), past)), &refused)?;
-        replica.set_meta("unanswered_batch", "")?;
-        report.pushed += rows.len() as u64;
-        report.pushed_changed += resp.changed as u64;
-        progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) });
+        // A batch the server refuses as invalid is split until the refused rows are found;
+        // those are set aside with the server's answer and everything else is pushed.
+        let mut work = vec![rows];
+        while let Some(rows) = work.pop() {
+            match push_batch(replica, remote, &rows, &mut report).await {
+                Ok(()) => progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) }),
+                Err(Error::Refused { status, code, message }) if status != 401 => {
+                    if rows.len() == 1 {
+                        replica.set_aside(&rows[0], status, &code, &message)?;
+                        report.set_aside += 1;
+                        progress(Progress::SetAside {
+                            table: rows[0].table.clone(),
+                            key: rows[0].key.clone(),
+                            message,
+                        });
+                    } else {
+                        let mut left = rows;
+                        let right = left.split_off(left.len() / 2);
+                        work.push(right);
+                        work.push(left);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     let mut cursor = replica.meta("cursor")?.unwrap_or_else(|| "0".into());

@@ -37,6 +37,8 @@ enum Command {
     Sync(SyncArgs),
     /// Show a replica's sync state (pending changes, last sync, cursor, conflicts).
     Status(StatusArgs),
+    /// A replica's sync queue: pending changes, changes set aside as invalid, recent syncs.
+    Queue(QueueArgs),
     /// Conflicts: the server's log (list, show, resolve) and a replica's own (list --db, refused, settle).
     Conflicts {
         #[command(subcommand)]
@@ -223,6 +225,28 @@ struct StatusArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct QueueArgs {
+    /// The replica's SQLite file.
+    #[arg(long)]
+    db: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Put every set-aside change back in the queue (pushed at the next sync).
+    #[arg(long, conflicts_with_all = ["clear_failed", "clear_completed_older_than"])]
+    retry_failed: bool,
+    /// Give up every set-aside change: its local values stay on this device only.
+    #[arg(long, conflicts_with = "clear_completed_older_than")]
+    clear_failed: bool,
+    /// Forget completed syncs older than this many hours from the history.
+    #[arg(long, value_name = "HOURS")]
+    clear_completed_older_than: Option<f64>,
+    /// How many recent syncs to show.
+    #[arg(long, default_value_t = 10)]
+    history: usize,
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -252,6 +276,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sync(args) => sync(args).await,
         Command::Conflicts { command } => conflicts(command).await,
         Command::Status(args) => status(args),
+        Command::Queue(args) => queue(args),
     }
 }
 
@@ -313,6 +338,11 @@ async fn sync(args: SyncArgs) -> Result<()> {
             bar.set_length(u64::MAX);
             bar.set_position(rows);
         }
+        Progress::SetAside { table, key, message } => {
+            if !args.json {
+                bar.suspend(|| eprintln!("set aside {table} '{key}': {message}"));
+            }
+        }
     };
     let opts = SyncOptions { pull_page: args.page_rows, ..SyncOptions::default() };
     let result = ferry_client::sync(&mut replica, &remote, &opts, &mut on_progress).await;
@@ -333,11 +363,15 @@ async fn sync(args: SyncArgs) -> Result<()> {
             report.pushed_changed,
             report.pulled,
             report.pulled_changed,
-            if report.conflicts > 0 {
-                format!(", {} conflicts kept in _ferry_conflicts", report.conflicts)
-            } else {
-                String::new()
-            },
+            [
+                (report.conflicts, "conflicts settled here (ferry conflicts list --db)"),
+                (report.refused, "changes refused as stale (ferry conflicts refused --db)"),
+                (report.set_aside, "changes refused as invalid and set aside (ferry queue --db)"),
+            ]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!(", {n} {what}"))
+            .collect::<String>(),
             report.elapsed_ms
         );
     }
@@ -498,6 +532,54 @@ fn open_replica(db: &std::path::Path) -> Result<Replica> {
     Ok(Replica::open(db)?)
 }
 
+fn queue(args: QueueArgs) -> Result<()> {
+    let mut replica = open_replica(&args.db)?;
+    if args.retry_failed {
+        println!("{} set-aside changes back in the queue; they are pushed at the next sync", replica.retry_failed()?);
+        return Ok(());
+    }
+    if args.clear_failed {
+        println!("{} set-aside changes given up; their local values stay on this device", replica.clear_failed()?);
+        return Ok(());
+    }
+    if let Some(hours) = args.clear_completed_older_than {
+        if !(hours >= 0.0 && hours.is_finite()) {
+            bail!("--clear-completed-older-than {hours} must be a number of hours, 0 or more");
+        }
+        println!("{} completed syncs older than {hours} h forgotten", replica.clear_completed_older_than(hours)?);
+        return Ok(());
+    }
+    let status = replica.status()?;
+    let failed = replica.failed()?;
+    let history = replica.history(args.history)?;
+    if args.json {
+        let out = serde_json::json!({
+            "pending": status.pending,
+            "failed": failed,
+            "conflicted": status.conflicted,
+            "last_sync": replica.last_completed()?,
+            "history": history,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("pending      {} rows", status.pending);
+    println!("conflicted   {} (ferry conflicts refused --db …)", status.conflicted);
+    println!("failed       {} set aside", failed.len());
+    for f in &failed {
+        println!("  #{} {} '{}' ({} {}) at {}: {}", f.id, f.table, f.key, f.status, f.code, f.failed_at, f.message);
+    }
+    println!("last sync    {}", replica.last_completed()?.as_deref().unwrap_or("never completed"));
+    for h in &history {
+        let what = match &h.error {
+            Some(e) => format!("failed: {e}"),
+            None => format!("pushed {}, pulled {}, set aside {}", h.pushed, h.pulled, h.set_aside),
+        };
+        println!("  {} → {}  {}", h.started_at, h.finished_at, what);
+    }
+    Ok(())
+}
+
 fn status(args: StatusArgs) -> Result<()> {
     let replica = open_replica(&args.db)?;
     let s = replica.status()?;
@@ -511,6 +593,7 @@ fn status(args: StatusArgs) -> Result<()> {
         println!("pending      {} rows ({} writes not yet stamped)", s.pending, s.unstamped);
         println!("conflicts    {}", s.conflicts);
         println!("conflicted   {} local changes refused as stale (see `ferry conflicts refused`)", s.conflicted);
+        println!("failed       {} local changes refused as invalid, set aside (see `ferry queue`)", s.failed);
         println!("rejected     {} (see _ferry_rejected)", s.rejected);
         println!("cursor       {}", s.cursor);
         println!("tables       {}", if s.tables.is_empty() { "-".to_owned() } else { s.tables.join(", ") });

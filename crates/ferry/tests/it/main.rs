@@ -5,6 +5,7 @@ mod capture;
 mod errors;
 mod openapi;
 mod postgres;
+mod queue;
 mod rest;
 mod support;
 mod sync;
