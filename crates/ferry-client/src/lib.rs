@@ -9,6 +9,7 @@
 //! network call.
 
 mod capture;
+pub mod engine;
 pub mod error;
 pub mod queue;
 pub mod remote;
@@ -16,6 +17,6 @@ pub mod replica;
 pub mod sync;
 
 pub use error::{Error, Result};
-pub use remote::Remote;
+pub use remote::{Remote, Stream};
 pub use replica::{ClientResolver, LocalConflict, Refused, Replica, ResolveFn, ResolveInput, Resolvers, Status};
 pub use sync::{Progress, SyncOptions, SyncReport, sync};

@@ -83,6 +83,43 @@ impl Remote {
         self.send(self.http.post(format!("{}/v1/push", self.base)).json(req), "push").await
     }
 
+    /// Opens the realtime stream (`/v1/stream`, a WebSocket) and waits for its hello.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a refused token, [`Error::Unreachable`] otherwise.
+    pub async fn stream(&self) -> Result<Stream> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws{}/v1/stream", self.base.strip_prefix("http").unwrap_or(&self.base));
+        let mut req =
+            url.as_str().into_client_request().map_err(|e| Error::Unreachable(format!("bad stream URL {url}: {e}")))?;
+        let auth = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| Error::Local("the token is not valid in an HTTP header".into()))?;
+        req.headers_mut().insert("authorization", auth);
+        let connect = tokio_tungstenite::connect_async(req);
+        let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Err(_) => return Err(Error::Unreachable(format!("stream at {url}: no answer in 10 s"))),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) if resp.status() == 401 => {
+                return Err(Error::Unauthorized(format!("stream at {url}: bad token")));
+            }
+            Ok(Err(e)) => return Err(Error::Unreachable(format!("cannot open the stream at {url}: {e}"))),
+            Ok(Ok(ok)) => ok,
+        };
+        let hello = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| Error::Unreachable(format!("stream at {url}: no hello in 10 s")))?;
+        let ping_interval = match hello {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())
+                    .map_err(|e| Error::Protocol(format!("stream hello from {url}: {e}")))?;
+                Duration::from_millis(v["ping_interval_ms"].as_u64().unwrap_or(15_000))
+            }
+            other => return Err(Error::Protocol(format!("stream at {url}: expected a hello, got {other:?}"))),
+        };
+        Ok(Stream { ws, ping_interval })
+    }
+
     pub async fn pull(&self, cursor: &str, limit: usize) -> Result<PullResponse> {
         let req =
             self.http.get(format!("{}/v1/pull", self.base)).query(&[("cursor", cursor), ("limit", &limit.to_string())]);
@@ -99,4 +136,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     out
+}
+
+/// An open realtime stream.
+pub struct Stream {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ping_interval: Duration,
+}
+
+impl Stream {
+    /// Waits for the next change notification. `Ok(())`: rows changed on the server; an
+    /// error: the stream is down (closed, broken, or silent for three ping intervals).
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`] naming why the stream ended.
+    pub async fn changed(&mut self) -> Result<()> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let next = tokio::time::timeout(self.ping_interval * 3, self.ws.next()).await;
+            match next {
+                Err(_) => return Err(Error::Unreachable("the stream went silent".into())),
+                Ok(None) => return Err(Error::Unreachable("the server closed the stream".into())),
+                Ok(Some(Err(e))) => return Err(Error::Unreachable(format!("the stream broke: {e}"))),
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"changed\"") => return Ok(()),
+                Ok(Some(Ok(Message::Close(_)))) => {
+                    return Err(Error::Unreachable("the server closed the stream".into()));
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
 }

@@ -79,6 +79,9 @@ pub struct Status {
     /// Local changes the server refused as invalid, set aside with its answer
     /// (`ferry queue --db …`); the rest of the queue moved on.
     pub failed: u64,
+    /// The connection state last reported by a running engine (`ferry sync --watch`):
+    /// CONNECTED, DEGRADED, DISCONNECTED, RECONNECTING, OFFLINE_ONLY, or STOPPED.
+    pub connection: Option<String>,
 }
 
 /// Outbox entries stamped per transaction by [`Replica::stamp`].
@@ -1046,6 +1049,7 @@ impl Replica {
             unstamped: count("SELECT count(*) FROM _ferry_outbox")?,
             conflicted: count("SELECT count(*) FROM _ferry_refused")?,
             failed: count("SELECT count(*) FROM _ferry_failed")?,
+            connection: self.meta("engine_state")?,
             last_sync: self.meta("last_sync")?,
             cursor: self.meta("cursor")?.unwrap_or_else(|| "0".into()),
             conflicts: count("SELECT count(*) FROM _ferry_conflicts")?,

@@ -68,7 +68,7 @@ fn batch_id() -> Result<String> {
 
 /// Binds the replica to the token's user and the server's store on first sync, and
 /// refuses to mix them afterwards (a cursor means nothing against another store).
-async fn check_identity(replica: &Replica, remote: &Remote) -> Result<()> {
+async fn check_identity(replica: &mut Replica, remote: &Remote) -> Result<()> {
     let me = remote.me().await?;
     match replica.meta("user_id")? {
         Some(u) if u != me.user_id => {
@@ -160,7 +160,7 @@ pub async fn sync(
     replica: &mut Replica,
     remote: &Remote,
     opts: &SyncOptions,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<SyncReport> {
     let started_at: String = replica
         .connection()
@@ -202,11 +202,11 @@ async fn sync_once(
     replica: &mut Replica,
     remote: &Remote,
     opts: &SyncOptions,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<SyncReport> {
     let started = Instant::now();
     let mut report = SyncReport::default();
-    check_identity(replica, remote).await?;
+    check_identity(&mut *replica, remote).await?;
     let schema = remote.schema().await?;
     report.schema_changes = replica.install_schema(&schema)?;
 

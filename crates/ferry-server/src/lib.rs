@@ -17,6 +17,7 @@ mod info;
 mod pull;
 mod push;
 mod rows;
+pub mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize) -> Router {
         .route("/v1/pull", get(pull::pull::<S>))
         .route("/v1/rows/{table}/{key}", get(rows::get_row::<S>).put(rows::put_row::<S>).delete(rows::delete_row::<S>))
         .route("/v1/changes", get(rows::changes::<S>))
+        .route("/v1/stream", get(stream::stream::<S>))
         .route("/v1/admin/conflicts", get(admin::list::<S>))
         .route("/v1/admin/conflicts/{id}", get(admin::show::<S>))
         .route("/v1/admin/conflicts/{id}/resolve", post(admin::resolve::<S>))

@@ -112,6 +112,34 @@ pub struct PullPage {
     pub more: bool,
 }
 
+/// A change committed to the store, for the realtime stream: whose rows it touched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// The owners of the changed rows (`None` for rows of tables without an owner, which
+    /// everyone reads); `None` altogether when unknown (a write by another process).
+    pub owners: Option<Vec<Option<String>>>,
+}
+
+impl Notice {
+    /// Everyone may care (unknown writer).
+    pub fn anyone() -> Notice {
+        Notice { owners: None }
+    }
+
+    /// Whether the user may read something this change touched.
+    pub fn concerns(&self, user_id: &str) -> bool {
+        self.owners.as_ref().is_none_or(|o| o.iter().any(|x| x.as_deref().is_none_or(|u| u == user_id)))
+    }
+
+    fn of(owners: std::collections::BTreeSet<Option<String>>) -> Notice {
+        Notice { owners: Some(owners.into_iter().collect()) }
+    }
+}
+
+/// How many notices a slow stream subscriber may fall behind before it is told "changed"
+/// once for all of them.
+const NOTICE_BUFFER: usize = 1024;
+
 /// Store errors, grouped by who is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -204,6 +232,10 @@ pub trait Store: Send + Sync + 'static {
     /// user (a deleted row is returned, as a tombstone).
     fn get_row(&self, who: &Principal, table: &str, key: &str)
     -> impl Future<Output = Result<Option<RowState>>> + Send;
+
+    /// Changes committed from now on, by this process or (PostgreSQL: any server process
+    /// and direct SQL; embedded store: another process) by others.
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice>;
 
     /// The conflict log, newest first.
     fn conflicts(&self, filter: ConflictFilter) -> impl Future<Output = Result<Vec<ConflictRecord>>> + Send;
@@ -337,6 +369,10 @@ impl Store for AnyStore {
 
     async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<RowState>> {
         delegate!(self, s => s.get_row(who, table, key).await)
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        delegate!(self, s => s.notices())
     }
 
     async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {

@@ -82,6 +82,12 @@ pub struct SqliteStore {
 
 struct Inner {
     id: String,
+    path: std::path::PathBuf,
+    notices: tokio::sync::broadcast::Sender<crate::Notice>,
+    /// The feed position this process has announced; a higher one was written by another
+    /// process (found by the watcher, see [`SqliteStore::notices`]).
+    announced: std::sync::atomic::AtomicI64,
+    watching: std::sync::atomic::AtomicBool,
     /// The site id of changes the server itself makes (resolutions, strategies).
     site: ferry_core::SiteId,
     /// The schema's table names as a JSON array: feed rows of tables dropped from the
@@ -143,6 +149,7 @@ impl SqliteStore {
             .query_row("SELECT value FROM _ferry_store WHERE key = 'site'", [], |r| r.get::<_, String>(0))?
             .parse()
             .map_err(|e| StoreError::Internal(format!("stored site id: {e}")))?;
+        let feed_end: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
         tx.commit()?;
         let readers = (0..READERS)
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
@@ -150,7 +157,19 @@ impl SqliteStore {
         let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
         let table_list = serde_json::to_string(&schema.table_names()).expect("names serialize");
         Ok(SqliteStore {
-            inner: Arc::new(Inner { id, site, table_list, schema, tables, writer: Mutex::new(writer), readers }),
+            inner: Arc::new(Inner {
+                id,
+                path,
+                notices: tokio::sync::broadcast::channel(crate::NOTICE_BUFFER).0,
+                announced: std::sync::atomic::AtomicI64::new(feed_end),
+                watching: std::sync::atomic::AtomicBool::new(false),
+                site,
+                table_list,
+                schema,
+                tables,
+                writer: Mutex::new(writer),
+                readers,
+            }),
         })
     }
 
@@ -188,6 +207,12 @@ impl SqliteStore {
 }
 
 impl Inner {
+    /// Tells stream subscribers about a commit that moved the feed to `seq`.
+    fn announce(&self, seq: i64, notice: crate::Notice) {
+        self.announced.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.notices.send(notice);
+    }
+
     fn table(&self, name: &str) -> Result<&TableSql> {
         self.tables.get(name).ok_or_else(|| {
             StoreError::Invalid(format!(
@@ -324,6 +349,7 @@ impl Store for SqliteStore {
                 now_ms: crate::wall_ms(),
             };
             let mut sites = Vec::new();
+            let mut owners = std::collections::BTreeSet::new();
             for row in rows {
                 let ts = inner.table(&row.table)?;
                 let table = &ts.table;
@@ -362,6 +388,7 @@ impl Store for SqliteStore {
                 }
                 seq += 1;
                 changed += 1;
+                owners.insert(merged.owner.clone());
                 let extra = Extra { seq, owner: merged.owner.as_deref(), origin: Some(&who.device_id), pending: 0 };
                 ferry_sqlite::store_state(&tx, ts, &row.key, &merged.state, &extra)?;
             }
@@ -382,6 +409,9 @@ impl Store for SqliteStore {
                 [&who.device_id],
             )?;
             tx.commit()?;
+            if changed > 0 {
+                inner.announce(seq, crate::Notice::of(owners));
+            }
             Ok(PushOutcome {
                 received,
                 changed,
@@ -482,6 +512,7 @@ impl Store for SqliteStore {
             )?;
             let done = tx.prepare(&sql)?.query_row([id], conflict_row)?;
             tx.commit()?;
+            inner.announce(seq, crate::Notice::of([meta.owner.clone()].into()));
             Ok(done)
         })
         .await
@@ -497,6 +528,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<crate::Notice> {
+        let rx = self.inner.notices.subscribe();
+        // Commits by other processes (`ferry conflicts resolve`, a second server on the same
+        // file) are found by watching the file: SQLite's data_version moves on every commit by
+        // another connection, and a feed position past what this process announced is news.
+        if !self.inner.watching.swap(true, std::sync::atomic::Ordering::SeqCst)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let inner = Arc::downgrade(&self.inner);
+            rt.spawn(watch(inner));
+        }
+        rx
+    }
+
     async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {
         self.read(move |_, conn| {
             let sql = format!("SELECT {CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE id = ?1");
@@ -508,6 +553,30 @@ impl Store for SqliteStore {
 
 const CONFLICT_COLUMNS: &str =
     "id, tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by, resolved_at, detected_at";
+
+/// Watches the store's file for commits by other processes (see [`SqliteStore::notices`]).
+async fn watch(inner: std::sync::Weak<Inner>) {
+    let Some(path) = inner.upgrade().map(|i| i.path.clone()) else { return };
+    let Ok(conn) = ferry_sqlite::open(&path) else { return };
+    let max_seq =
+        |c: &Connection| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get::<_, i64>(0));
+    let version = |c: &Connection| c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+    let Ok(mut last_version) = version(&conn) else { return };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Ok(v) = version(&conn) else { continue };
+        if v == last_version {
+            continue;
+        }
+        last_version = v;
+        let Ok(seq) = max_seq(&conn) else { continue };
+        if seq > inner.announced.load(std::sync::atomic::Ordering::SeqCst) {
+            inner.announce(seq, crate::Notice::anyone());
+        }
+    }
+}
 
 /// Logs a conflict; a second one with the same dedupe key is ignored (a retried push).
 fn insert_conflict(tx: &rusqlite::Transaction<'_>, c: &crate::conflicts::NewConflict) -> Result<()> {

@@ -214,6 +214,23 @@ struct SyncArgs {
     /// Rows per pull page.
     #[arg(long, default_value_t = SyncOptions::default().pull_page)]
     page_rows: usize,
+    /// Keep running: stay connected to the realtime stream, push soon after local writes,
+    /// retry by the backoff schedule; print state changes and syncs; stop on Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: sync at least this often (500ms, 30s, 5m, 1h).
+    #[arg(long, default_value = "30s", value_parser = ferry_client::engine::parse_duration, requires = "watch")]
+    interval: Duration,
+    /// With --watch: wait this long after a local write before pushing.
+    #[arg(long, default_value = "300ms", value_parser = ferry_client::engine::parse_duration, requires = "watch")]
+    debounce: Duration,
+    /// With --watch: waits after failures, `device` (1s, 2s, 4s … 60s), `server` (30s, 1m, 2m,
+    /// 5m, 10m … 1h) or a list like 1s,5s,30s.
+    #[arg(long, default_value = "device", requires = "watch")]
+    backoff: String,
+    /// With --watch: do not use the realtime stream, poll at --interval only.
+    #[arg(long, requires = "watch")]
+    no_stream: bool,
 }
 
 #[derive(Args)]
@@ -306,18 +323,86 @@ async fn shutdown_signal() {
     }
 }
 
+/// `ferry sync --watch`: runs the client engine until Ctrl-C or SIGTERM.
+async fn watch(args: SyncArgs, replica: Replica, remote: Remote) -> Result<()> {
+    use ferry_client::engine::{Backoff, EngineOptions, Event};
+    let backoff = match args.backoff.as_str() {
+        "device" => Backoff::device(),
+        "server" => Backoff::server(),
+        list => Backoff::parse(list).map_err(|e| anyhow::anyhow!("--backoff: {e}"))?,
+    };
+    let server = remote.base().to_owned();
+    let opts = EngineOptions {
+        remote: Some(remote),
+        interval: args.interval,
+        debounce: args.debounce,
+        backoff,
+        stream: !args.no_stream,
+        sync: SyncOptions { pull_page: args.page_rows, ..SyncOptions::default() },
+        ..EngineOptions::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let json = args.json;
+    let printer = tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            let line = match (&e, json) {
+                (Event::State { from, to, why, .. }, true) => {
+                    serde_json::json!({"event": "state", "from": from, "to": to, "why": why}).to_string()
+                }
+                (Event::State { to, why, .. }, false) => format!("{}: {why}", to.name()),
+                (Event::Completed(r), true) => serde_json::json!({"event": "completed", "report": r}).to_string(),
+                (Event::Completed(r), false) if r.pushed + r.pulled + r.set_aside + r.refused > 0 => format!(
+                    "synced: pushed {} rows, pulled {} ({} changed here){}{}",
+                    r.pushed,
+                    r.pulled,
+                    r.pulled_changed,
+                    if r.set_aside > 0 { format!(", {} set aside", r.set_aside) } else { String::new() },
+                    if r.refused > 0 { format!(", {} refused as stale", r.refused) } else { String::new() },
+                ),
+                (Event::Error { message, retry_in, .. }, true) => serde_json::json!({
+                    "event": "error", "message": message, "retry_in_ms": retry_in.as_millis() as u64
+                })
+                .to_string(),
+                (Event::Error { message, retry_in, .. }, false) => {
+                    format!("sync failed: {message}; retrying in {retry_in:?}")
+                }
+                (Event::Conflict { settled, refused }, true) => {
+                    serde_json::json!({"event": "conflict", "settled": settled, "refused": refused}).to_string()
+                }
+                (Event::Conflict { settled, refused }, false) => {
+                    format!(
+                        "conflicts: {settled} settled here, {refused} refused as stale (ferry conflicts list --db …)"
+                    )
+                }
+                (Event::Progress { message, .. }, false) if message.starts_with("set aside") => message.clone(),
+                _ => continue,
+            };
+            println!("{line}");
+        }
+    });
+    eprintln!("watching '{}' with {server}; Ctrl-C stops", args.db.display());
+    let replica = ferry_client::engine::run(replica, opts, tx, shutdown_signal()).await?;
+    let _ = replica.set_meta("engine_state", "STOPPED");
+    let _ = printer.await;
+    eprintln!("stopped");
+    Ok(())
+}
+
 async fn sync(args: SyncArgs) -> Result<()> {
     if args.page_rows == 0 || args.page_rows > ferry_protocol::MAX_PAGE_ROWS {
         bail!("--page-rows {} must be from 1 to {}", args.page_rows, ferry_protocol::MAX_PAGE_ROWS);
     }
     let mut replica = Replica::open(&args.db)?;
-    let server = match args.server.or(replica.meta("server")?) {
+    let server = match args.server.clone().or(replica.meta("server")?) {
         Some(s) => s,
         None => {
             bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display())
         }
     };
     let remote = Remote::new(&server, &args.token)?;
+    if args.watch {
+        return watch(args, replica, remote).await;
+    }
     let bar =
         if args.json || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.enable_steady_tick(Duration::from_millis(120));
@@ -588,6 +673,7 @@ fn status(args: StatusArgs) -> Result<()> {
     } else {
         println!("replica      {}", args.db.display());
         println!("server       {}", s.server.as_deref().unwrap_or("none (never synced)"));
+        println!("connection   {}", s.connection.as_deref().unwrap_or("no engine has run (ferry sync --watch)"));
         println!("user         {}", s.user_id.as_deref().unwrap_or("-"));
         println!("last sync    {}", s.last_sync.as_deref().unwrap_or("never"));
         println!("pending      {} rows ({} writes not yet stamped)", s.pending, s.unstamped);

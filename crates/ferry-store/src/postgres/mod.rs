@@ -41,6 +41,10 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// Where the LISTEN connection for the realtime stream goes.
+    listen_cfg: tokio_postgres::Config,
+    notices: tokio::sync::broadcast::Sender<crate::Notice>,
+    watching: std::sync::atomic::AtomicBool,
     id: String,
     /// Which cluster the stored transaction ids belong to (see [`epoch_of`]).
     epoch: String,
@@ -231,6 +235,7 @@ impl PgStore {
         if cfg.get_application_name().is_none() {
             cfg.application_name("ferry");
         }
+        let listen_cfg = cfg.clone();
         let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let timeout = Some(Duration::from_secs(5));
         let pool = Pool::builder(mgr)
@@ -295,7 +300,9 @@ impl PgStore {
         }
         tx.commit().await.map_err(pg)?;
         drop(client);
-        Ok(PgStore { inner: Arc::new(Inner { pool, id, epoch, site, schema, tables }) })
+        let notices = tokio::sync::broadcast::channel(crate::NOTICE_BUFFER).0;
+        let watching = std::sync::atomic::AtomicBool::new(false);
+        Ok(PgStore { inner: Arc::new(Inner { pool, id, epoch, site, schema, tables, listen_cfg, notices, watching }) })
     }
 
     fn table(&self, name: &str) -> Result<&PgTable> {
@@ -632,6 +639,7 @@ impl PgStore {
         let mut all_known = true;
         let mut refused = Vec::new();
         let mut sites = Vec::new();
+        let mut owners = std::collections::BTreeSet::new();
         for (table, states) in rows {
             let pt = self.table(table)?;
             let keys: Vec<String> = states.keys().cloned().collect();
@@ -671,6 +679,7 @@ impl PgStore {
                 // device must pull it, so no cursor past this push.
                 all_known &= !merged.kept_newer;
                 if merged.changed {
+                    owners.insert(merged.owner.clone());
                     writes.push((key.clone(), merged.state, merged.owner));
                 }
             }
@@ -690,6 +699,12 @@ impl PgStore {
         let refused_keys =
             serde_json::to_string(&refused.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect::<Vec<_>>())
                 .expect("strings serialize");
+        if changed > 0 {
+            // Every server process on this database LISTENs; delivered at commit.
+            tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &notice_payload(&owners)])
+                .await
+                .map_err(push_pg)?;
+        }
         let xid: String = tx.query_one("SELECT pg_current_xact_id()::text", &[]).await.map_err(push_pg)?.get(0);
         tx.execute(
             "INSERT INTO _ferry_batches (device_id, batch_id, received, changed, refused) VALUES ($1, $2, $3, $4, $5)",
@@ -945,6 +960,9 @@ impl Store for PgStore {
         }
         let at = ferry_core::Clock::new(self.inner.site, state.max_clock()).tick(crate::wall_ms());
         ferry_core::strategy::write_registers(&mut state, registers, at);
+        tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &notice_payload(&[prior.owner.clone()].into())])
+            .await
+            .map_err(pg)?;
         write(&tx, pt, "manual", &[(key, state, prior.owner)]).await?;
         let winner: BTreeMap<&str, &str> = record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
         tx.execute(
@@ -965,6 +983,16 @@ impl Store for PgStore {
         let key = key.to_owned();
         let found = load(&tx, pt, std::slice::from_ref(&key), false).await.map_err(StoreError::from)?.remove(&key);
         Ok(found.filter(|p| p.owner.as_ref().is_none_or(|o| *o == who.user_id)).map(|p| p.state))
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<crate::Notice> {
+        let rx = self.inner.notices.subscribe();
+        if !self.inner.watching.swap(true, std::sync::atomic::Ordering::SeqCst)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(listen(Arc::downgrade(&self.inner)));
+        }
+        rx
     }
 
     async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {
@@ -1063,6 +1091,63 @@ fn conflict_row(r: &Row) -> ConflictRecord {
 }
 
 /// A read-only transaction that sees one snapshot throughout.
+/// The channel every change is announced on: pushes and resolutions (with the owners of the
+/// changed rows) and direct SQL writes (`*`, by a statement trigger).
+const NOTIFY_CHANNEL: &str = "ferry_changes";
+
+/// A NOTIFY payload: the owners of the changed rows as JSON (`null` for shared rows), or `*`
+/// when there are too many to list (PostgreSQL limits payloads to 8000 bytes).
+fn notice_payload(owners: &std::collections::BTreeSet<Option<String>>) -> String {
+    if owners.len() > 100 {
+        return "*".to_owned();
+    }
+    serde_json::to_string(owners).expect("strings serialize")
+}
+
+/// Forwards this database's change notifications to the store's subscribers, reconnecting
+/// after a lost connection (and then announcing a change to everyone, since some may have
+/// been missed).
+async fn listen(inner: std::sync::Weak<Inner>) {
+    use futures_util::StreamExt;
+    let mut first = true;
+    loop {
+        let Some(cfg) = inner.upgrade().map(|i| i.listen_cfg.clone()) else { return };
+        if let Ok((client, mut conn)) = cfg.connect(NoTls).await {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            let listening = async {
+                client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await.ok()?;
+                futures_util::future::pending::<Option<()>>().await
+            };
+            tokio::pin!(listening);
+            if !first && let Some(i) = inner.upgrade() {
+                let _ = i.notices.send(crate::Notice::anyone());
+            }
+            first = false;
+            loop {
+                tokio::select! {
+                    _ = &mut listening => break,
+                    m = messages.next() => match m {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            let Some(i) = inner.upgrade() else { return };
+                            let notice = match serde_json::from_str::<Vec<Option<String>>>(n.payload()) {
+                                Ok(owners) => crate::Notice { owners: Some(owners) },
+                                Err(_) => crate::Notice::anyone(),
+                            };
+                            let _ = i.notices.send(notice);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    },
+                }
+            }
+        }
+        if inner.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Logs a conflict; a second one with the same dedupe key is ignored (a retried push).
 async fn insert_conflict(
     tx: &tokio_postgres::Transaction<'_>,

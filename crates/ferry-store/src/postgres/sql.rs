@@ -295,6 +295,9 @@ CREATE OR REPLACE TRIGGER _ferry_capture AFTER INSERT OR UPDATE OR DELETE ON {t}
   EXECUTE FUNCTION {capture_fn}();
 CREATE OR REPLACE TRIGGER _ferry_truncate BEFORE TRUNCATE ON {t}
   FOR EACH STATEMENT EXECUTE FUNCTION {truncate_fn}();
+CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t}
+  FOR EACH STATEMENT WHEN (current_setting('ferry.applying', true) IS DISTINCT FROM 'on')
+  EXECUTE FUNCTION _ferry_notify_direct();
 "#,
             old_owner = owner("o"),
             new_owner = owner("n"),
@@ -404,6 +407,13 @@ CREATE TABLE IF NOT EXISTS _ferry_conflicts (
     dedupe text NOT NULL UNIQUE
 );
 CREATE INDEX IF NOT EXISTS _ferry_conflicts_row ON _ferry_conflicts (tbl, pk);
+CREATE OR REPLACE FUNCTION _ferry_notify_direct() RETURNS trigger LANGUAGE plpgsql AS $ferry$
+BEGIN
+  -- A direct SQL write: the realtime stream tells every device to pull.
+  PERFORM pg_notify('ferry_changes', '*');
+  RETURN NULL;
+END
+$ferry$;
 CREATE OR REPLACE FUNCTION _ferry_next_clock(t text, k text) RETURNS text LANGUAGE plpgsql AS $ferry$
 DECLARE
   last text;

@@ -9,5 +9,6 @@ mod queue;
 mod rest;
 mod support;
 mod sync;
+mod watch;
 
 pub use support::*;

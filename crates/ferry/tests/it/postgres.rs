@@ -147,3 +147,40 @@ fn while_postgres_is_down_clients_get_a_clear_503_and_the_server_recovers_by_its
     assert_eq!(jumps(&p.env.db("laptop.db")).len(), 2, "nothing lost across the outage");
     assert_eq!(jumps(&p.env.db("phone.db")), jumps(&p.env.db("laptop.db")));
 }
+
+/// The realtime stream on PostgreSQL: a device connected to one server process hears of a
+/// change accepted by another process, and of a direct SQL write, but not of another user's
+/// private rows.
+#[test]
+fn the_stream_tells_of_changes_accepted_by_any_server_process_and_of_direct_writes() {
+    let env = Env::postgres();
+    let user = env.add_user("alice");
+    let bob = env.add_user("bob");
+    let (phone, laptop, bobs) = (env.token("alice", "phone"), env.token("alice", "laptop"), env.token("bob", "phone"));
+    let (a, b) = (env.serve(), env.serve());
+    env.sync(&a, "laptop.db", &laptop);
+    env.sync(&b, "phone.db", &phone);
+    env.sync(&b, "bob.db", &bobs);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let remote = ferry_client::Remote::new(&a.url, &laptop).unwrap();
+    let mut stream = rt.block_on(remote.stream()).unwrap();
+    let next = |stream: &mut ferry_client::Stream, within: Duration| {
+        rt.block_on(async { tokio::time::timeout(within, stream.changed()).await })
+    };
+    // Bob's private row, through server b: nothing for alice.
+    insert_jump(&env.db("bob.db"), &bob, 1, "bob's");
+    env.sync(&b, "bob.db", &bobs);
+    assert!(next(&mut stream, Duration::from_millis(500)).is_err(), "alice heard of bob's private row");
+    // Alice's phone, through server b: the laptop, on server a, hears of it.
+    insert_jump(&env.db("phone.db"), &user, 1, "via b");
+    env.sync(&b, "phone.db", &phone);
+    assert!(matches!(next(&mut stream, Duration::from_secs(10)), Ok(Ok(()))), "no notice of a change through server b");
+    // A direct SQL write: heard too.
+    env.psql(&format!(
+        "INSERT INTO jump_log (id, user_id, jump_number, jumped_at) VALUES ('{}', '{user}', 2, now())",
+        uuid()
+    ));
+    assert!(matches!(next(&mut stream, Duration::from_secs(10)), Ok(Ok(()))), "no notice of a direct write");
+    // Nothing else is pending: a quiet stream stays quiet.
+    assert!(next(&mut stream, Duration::from_millis(300)).is_err(), "a notice without a change");
+}

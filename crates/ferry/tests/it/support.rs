@@ -83,8 +83,13 @@ impl Env {
     }
 
     pub fn serve_with(&self, extra: &[&str]) -> Server {
+        self.serve_on("127.0.0.1:0", extra)
+    }
+
+    /// Starts `ferry serve` listening on `listen` (to restart a server at the same address).
+    pub fn serve_on(&self, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(FERRY)
-            .args(["serve", "-c", &self.config(), "--listen", "127.0.0.1:0"])
+            .args(["serve", "-c", &self.config(), "--listen", listen])
             .args(extra)
             .current_dir(self.dir.path())
             .stdout(Stdio::piped())

@@ -1,0 +1,85 @@
+//! `GET /v1/stream`: a WebSocket that tells a device, within milliseconds of a commit, that
+//! rows it may read changed; the device then pulls. It carries notifications only, never
+//! rows, so a missed message costs at most a later pull (devices also pull on reconnect and
+//! at an interval).
+//!
+//! Messages from the server, JSON text:
+//! - `{"type": "hello", "ping_interval_ms": 15000}` once, on connect;
+//! - `{"type": "changed"}` after commits touching rows the device's user may read (a burst of
+//!   commits while one message is being sent becomes one message).
+//!
+//! The server sends a WebSocket ping every `ping_interval_ms`; a client that hears nothing
+//! for three intervals should treat the stream as down. Which process accepted a change does
+//! not matter: on PostgreSQL every server process LISTENs to the database's notifications.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use ferry_store::{Notice, Store};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use crate::auth::Authed;
+use crate::{ApiError, AppState};
+
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+pub async fn stream<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    Authed(who): Authed,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|e| {
+        ApiError::BadRequest(format!("GET /v1/stream is a WebSocket: send the upgrade handshake ({e})"))
+    })?;
+    let notices = state.store.notices();
+    Ok(ws.on_upgrade(move |socket| serve(socket, notices, who.user_id)))
+}
+
+async fn serve(mut socket: WebSocket, mut notices: tokio::sync::broadcast::Receiver<Notice>, user: String) {
+    let hello = serde_json::json!({"type": "hello", "ping_interval_ms": PING_INTERVAL.as_millis() as u64});
+    if socket.send(Message::Text(hello.to_string().into())).await.is_err() {
+        return;
+    }
+    let changed = Message::Text(r#"{"type":"changed"}"#.into());
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            n = notices.recv() => {
+                let relevant = match n {
+                    Ok(n) => n.concerns(&user),
+                    // Fell behind: something may have been relevant.
+                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                };
+                if !relevant {
+                    continue;
+                }
+                // Notices already queued are covered by the one message.
+                loop {
+                    match notices.try_recv() {
+                        Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Closed) => return,
+                    }
+                }
+                if socket.send(changed.clone()).await.is_err() {
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+            m = socket.recv() => match m {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
