@@ -3,7 +3,9 @@
 //! The document and the router in `crates/ferry-server/src/lib.rs` must name the same routes,
 //! every documented answer must have been seen (except 500 and 503, which a healthy server
 //! does not give on demand), and every other method on a documented path, and a path nobody
-//! documents, must get the documented refusal (405, 404).
+//! documents, must get the documented refusal (405, 404). The WebSocket of `GET /v1/stream`
+//! is also opened on a plain socket, and its messages checked against the 101 answer's
+//! `x-messages` schema.
 //!
 //! The document's schemas use a small JSON Schema subset, checked by the validator below. A
 //! keyword outside it makes the test panic, so the document cannot rely on a rule that nobody
@@ -117,10 +119,19 @@ fn every_documented_operation_answers_as_the_document_says() {
         get("/v1/admin/conflicts?status=sideways", ops, 400),
         get("/v1/admin/conflicts", None, 401),
         get("/v1/admin/conflicts", phone, 403),
+        // A plain GET, and a handshake short of its key.
+        get("/v1/stream", phone, 400),
+        get("/v1/stream", phone, 400).with("connection", "Upgrade").with("upgrade", "websocket"),
+        handshake(get("/v1/stream", None, 401)),
+        handshake(get("/v1/stream", Some("fry_not_a_token"), 401)),
     ];
     for case in &cases {
         checker.check(case);
     }
+    // reqwest hands back the 101 (but cannot speak WebSocket after it); `open_stream` below
+    // reads the messages on a socket of its own.
+    let (_, headers) = checker.answer(&handshake(get("/v1/stream", phone, 101)));
+    assert_eq!(headers["sec-websocket-accept"], WS_ACCEPT, "the accept key of RFC 6455's sample key");
     // The laptop changes the formation as it was before the phone's change: refused.
     let stale = json!([formation_row(&group, &formation, t, "Laptop star", Some((t + 1, 2)))]);
     let answer = checker.check(&post("/v1/push", laptop, push_body("laptop-plan", None, &stale), 200));
@@ -283,6 +294,18 @@ fn every_documented_operation_answers_as_the_document_says() {
     checker.check(&delete(&plan, phone, 428));
     checker.check(&delete(&plan, phone, 204).with("if-match", quoted(&boxed["version"])));
 
+    // The stream's messages: the hello, then a notification of the laptop's push.
+    let (head, mut socket) = open_stream(&server.url, phone.unwrap());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let accept =
+        head.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-accept")));
+    assert_eq!(accept.map(|(_, v)| v.trim()), Some(WS_ACCEPT), "{head}");
+    let hello = next_message(&mut socket);
+    assert_eq!(hello["type"], "hello", "{hello}");
+    checker.check(&post("/v1/push", laptop, push_body("streamed", None, &json!([jump_row(&alice, t)])), 200));
+    let changed = next_message(&mut socket);
+    checker.check_messages("/v1/stream", &[hello, changed]);
+
     checker.assert_every_answer_was_seen();
     checker.assert_other_methods_and_paths_are_refused();
 }
@@ -382,6 +405,68 @@ fn put(path: impl Into<String>, token: Option<&str>, body: impl Into<String>, st
 
 fn delete(path: impl Into<String>, token: Option<&str>, status: u16) -> Case {
     Case::new("delete", path, token, None, status)
+}
+
+/// `case` with the headers of a WebSocket opening handshake (RFC 6455's sample key).
+fn handshake(case: Case) -> Case {
+    case.with("connection", "Upgrade")
+        .with("upgrade", "websocket")
+        .with("sec-websocket-version", "13")
+        .with("sec-websocket-key", WS_KEY)
+}
+
+/// The sample `Sec-WebSocket-Key` of RFC 6455 and the `Sec-WebSocket-Accept` it gets.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Opens `GET /v1/stream` on a socket of its own: the answer's head (status line and
+/// headers) and the socket, positioned at the first WebSocket frame.
+fn open_stream(url: &str, token: &str) -> (String, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let host = url.strip_prefix("http://").unwrap_or(url);
+    let mut socket = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "GET /v1/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).unwrap();
+    // Byte by byte, so that nothing after the head is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        socket.read_exact(&mut byte).unwrap_or_else(|e| panic!("the answer's head so far: {head:?}: {e}"));
+        head.push(byte[0]);
+    }
+    (String::from_utf8(head).unwrap(), socket)
+}
+
+/// The next text message from the server on a WebSocket, as JSON; pings are skipped.
+fn next_message(socket: &mut std::net::TcpStream) -> Value {
+    use std::io::Read;
+    let mut read = |n: usize| {
+        let mut buf = vec![0; n];
+        socket.read_exact(&mut buf).unwrap_or_else(|e| panic!("no WebSocket message within 10 s: {e}"));
+        buf
+    };
+    loop {
+        let start = read(2);
+        let (opcode, masked) = (start[0] & 0x0f, start[1] & 0x80 != 0);
+        assert!(start[0] & 0x80 != 0 && !masked, "a fragmented or masked frame from the server: {start:?}");
+        let len = match start[1] & 0x7f {
+            126 => read(2).iter().fold(0, |n, b| n << 8 | usize::from(*b)),
+            127 => read(8).iter().fold(0, |n, b| n << 8 | usize::from(*b)),
+            n => usize::from(n),
+        };
+        let payload = read(len);
+        match opcode {
+            0x1 => {
+                return serde_json::from_slice(&payload).unwrap_or_else(|e| panic!("a message that is not JSON ({e})"));
+            }
+            0x9 => {}
+            other => panic!("a frame of opcode {other:#x} where a text message was due: {payload:?}"),
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -488,7 +573,7 @@ impl<'d> Checker<'d> {
         };
         let op = &doc["paths"][&route][case.method];
         assert!(op.is_object(), "{what}: docs/openapi.json has no {} operation at {route}", case.method);
-        if (200..300).contains(&case.status) {
+        if (200..300).contains(&case.status) || case.status == 101 {
             self.check_request(&what, &route, op, &path_params, case);
         }
 
@@ -517,6 +602,22 @@ impl<'d> Checker<'d> {
         }
         self.seen.insert((case.method.to_owned(), route, status.to_string(), media));
         (body, headers)
+    }
+
+    /// The WebSocket messages of `GET {route}`, in order: each must match the 101 answer's
+    /// `x-messages` schema, and each of that schema's `oneOf` choices must have been seen.
+    fn check_messages(&self, route: &str, messages: &[Value]) {
+        let documented = &self.doc["paths"][route]["get"]["responses"]["101"]["x-messages"]["schema"];
+        assert!(documented.is_object(), "GET {route}: the 101 answer documents no x-messages schema");
+        for (i, m) in messages.iter().enumerate() {
+            if let Err(e) = validate(self.doc, documented, m, &format!("message {i}")) {
+                panic!("GET {route}: a message breaks the documented schema at {e}\n{m}");
+            }
+        }
+        for (i, choice) in resolve(self.doc, documented)["oneOf"].as_array().into_iter().flatten().enumerate() {
+            let seen = messages.iter().any(|m| validate(self.doc, choice, m, "$").is_ok());
+            assert!(seen, "GET {route}: no message was of the documented kind oneOf/{i}: {choice}");
+        }
     }
 
     /// A request meant to succeed must use only documented parameters, with documented
