@@ -263,10 +263,9 @@ pub async fn run(
             n = news.recv() => match n {
                 Some(StreamNews::Up) => {
                     stream_up = true;
-                    // Pull on reconnect: whatever changed while it was down.
-                    if failures == 0 {
-                        next = Some((Instant::now(), "stream connected"));
-                    }
+                    // Pull on reconnect: whatever changed while it was down. The server is
+                    // reachable again, so a pending retry need not wait out its backoff.
+                    next = Some((Instant::now(), "stream connected"));
                 }
                 Some(StreamNews::Changed) => {
                     if failures == 0 {

@@ -26,6 +26,15 @@ impl Remote {
     /// # Errors
     /// When `base` is not an http(s) URL.
     pub fn new(base: &str, token: &str) -> Result<Remote> {
+        Remote::with_timeout(base, token, Duration::from_secs(120))
+    }
+
+    /// As [`Remote::new`], giving up on a request that has not completed within `timeout`
+    /// (connecting alone may take at most 10 s, or `timeout` if shorter).
+    ///
+    /// # Errors
+    /// When `base` is not an http(s) URL.
+    pub fn with_timeout(base: &str, token: &str, timeout: Duration) -> Result<Remote> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Unreachable(format!(
@@ -33,8 +42,8 @@ impl Remote {
             )));
         }
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
             .build()
             .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
         Ok(Remote { http, base, token: token.to_owned() })

@@ -231,6 +231,9 @@ struct SyncArgs {
     /// With --watch: do not use the realtime stream, poll at --interval only.
     #[arg(long, requires = "watch")]
     no_stream: bool,
+    /// Give up on a request to the server after this long (500ms, 30s, 2m).
+    #[arg(long, default_value = "120s", value_parser = ferry_client::engine::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -399,7 +402,7 @@ async fn sync(args: SyncArgs) -> Result<()> {
             bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display())
         }
     };
-    let remote = Remote::new(&server, &args.token)?;
+    let remote = Remote::with_timeout(&server, &args.token, args.timeout)?;
     if args.watch {
         return watch(args, replica, remote).await;
     }

@@ -3,8 +3,10 @@
 
 mod capture;
 mod errors;
+mod faults;
 mod openapi;
 mod postgres;
+mod proxy;
 mod queue;
 mod rest;
 mod support;

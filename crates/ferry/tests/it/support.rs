@@ -132,6 +132,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server reached at `url` (through a proxy, say) that this test did not start: a
+    /// handle that owns no process.
+    pub fn external(url: &str) -> Server {
+        let child = Command::new("true").spawn().unwrap();
+        Server { child, url: url.to_owned() }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

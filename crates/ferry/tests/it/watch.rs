@@ -9,13 +9,13 @@ use std::time::Duration;
 use crate::*;
 
 /// A running `ferry sync --watch --json`, its output lines arriving on a channel.
-struct Watch {
-    child: Child,
+pub struct Watch {
+    pub child: Child,
     lines: mpsc::Receiver<serde_json::Value>,
 }
 
 impl Watch {
-    fn start(env: &Env, server: &Server, db: &str, token: &str, extra: &[&str]) -> Watch {
+    pub fn start(env: &Env, server: &Server, db: &str, token: &str, extra: &[&str]) -> Watch {
         let db = env.path(db).display().to_string();
         let mut child = Command::new(FERRY)
             .args(["sync", "--watch", "--json", "--db", &db, "--server", &server.url, "--token", token])
@@ -40,7 +40,7 @@ impl Watch {
     }
 
     /// Waits (up to 20 s) for an output line that `want` accepts; returns it.
-    fn until(&self, what: &str, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn until(&self, what: &str, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -52,7 +52,7 @@ impl Watch {
         }
     }
 
-    fn state(&self, to: &str) {
+    pub fn state(&self, to: &str) {
         self.until(to, |v| v["event"] == "state" && v["to"] == to);
     }
 }
@@ -69,7 +69,7 @@ fn count_jumps(env: &Env, db: &str) -> usize {
 }
 
 /// Polls (up to 20 s) until `check` holds.
-fn eventually(what: &str, check: impl Fn() -> bool) {
+pub fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !check() {
         assert!(std::time::Instant::now() < deadline, "{what}: not within 20 s");
