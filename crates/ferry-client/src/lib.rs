@@ -19,4 +19,4 @@ pub mod sync;
 pub use error::{Error, Result};
 pub use remote::{Remote, Stream};
 pub use replica::{ClientResolver, LocalConflict, Refused, Replica, ResolveFn, ResolveInput, Resolvers, Status};
-pub use sync::{Progress, SyncOptions, SyncReport, sync};
+pub use sync::{Direction, Progress, SyncOptions, SyncReport, hydrate, seed, sync};

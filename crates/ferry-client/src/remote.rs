@@ -130,8 +130,16 @@ impl Remote {
     }
 
     pub async fn pull(&self, cursor: &str, limit: usize) -> Result<PullResponse> {
-        let req =
+        self.pull_tables(cursor, limit, None).await
+    }
+
+    /// A pull of only `tables` (every table when `None`).
+    pub async fn pull_tables(&self, cursor: &str, limit: usize, tables: Option<&[String]>) -> Result<PullResponse> {
+        let mut req =
             self.http.get(format!("{}/v1/pull", self.base)).query(&[("cursor", cursor), ("limit", &limit.to_string())]);
+        if let Some(t) = tables {
+            req = req.query(&[("tables", t.join(","))]);
+        }
         self.send(req, "pull").await
     }
 }

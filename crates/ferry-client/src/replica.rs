@@ -642,17 +642,24 @@ impl Replica {
     /// Captured writes are stamped first, in the same transaction, so what is read is
     /// exactly what the clocks describe.
     pub fn pending(&mut self, limit: usize) -> Result<Vec<PendingRow>> {
+        self.pending_in(limit, None)
+    }
+
+    /// As [`Replica::pending`], only rows of `tables` (every table when `None`).
+    pub fn pending_in(&mut self, limit: usize, tables: Option<&[String]>) -> Result<Vec<PendingRow>> {
+        let selection = tables.map(|t| serde_json::to_string(t).expect("names serialize"));
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::stamp_in(&tx, &self.tables, -1)?;
         let mut clock = Self::clock(&tx)?;
         let keys: Vec<(String, String)> = tx
             .prepare_cached(
                 "SELECT tbl, pk FROM _ferry_rows r WHERE pending > 0
+                   AND (?2 IS NULL OR tbl IN (SELECT value FROM json_each(?2)))
                    AND NOT EXISTS (SELECT 1 FROM _ferry_refused f WHERE f.tbl = r.tbl AND f.pk = r.pk)
                    AND NOT EXISTS (SELECT 1 FROM _ferry_failed f WHERE f.tbl = r.tbl AND f.pk = r.pk AND f.stamp = r.pending)
                  ORDER BY pending, tbl, pk LIMIT ?1",
             )?
-            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![limit as i64, selection], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(keys.len());
         for (table, key) in keys {
@@ -761,6 +768,18 @@ impl Replica {
 
     /// As [`Replica::apply`], settling conflicts with local unpushed changes by `resolvers`.
     pub fn apply_with(&mut self, rows: &[PulledRow], cursor: &str, resolvers: &Resolvers) -> Result<Applied> {
+        self.apply_page(rows, "cursor", cursor, resolvers)
+    }
+
+    /// As [`Replica::apply_with`], storing the cursor under `cursor_key` (a selective sync
+    /// keeps one cursor per selection of tables).
+    pub fn apply_page(
+        &mut self,
+        rows: &[PulledRow],
+        cursor_key: &str,
+        cursor: &str,
+        resolvers: &Resolvers,
+    ) -> Result<Applied> {
         let schema = self.schema.clone().ok_or_else(|| Error::Local("no schema installed; sync first".into()))?;
         let now = wall_ms();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -886,7 +905,7 @@ impl Replica {
         }
         tx.execute("DELETE FROM _ferry_apply", [])?;
         set_meta(&tx, "clock", &clock.last().to_string())?;
-        set_meta(&tx, "cursor", cursor)?;
+        set_meta(&tx, cursor_key, cursor)?;
         tx.commit()?;
         Ok(applied)
     }

@@ -17,11 +17,60 @@ pub struct SyncOptions {
     pub pull_page: usize,
     /// How pulled changes settle against local changes not yet pushed, per table.
     pub resolvers: crate::Resolvers,
+    /// Push, pull, or both.
+    pub direction: Direction,
+    /// Sync only these tables (every table when `None`). Each selection keeps its own pull
+    /// cursor, so adding a table later pulls that table from the start.
+    pub tables: Option<Vec<String>>,
+}
+
+/// Which way a sync goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    /// Push local changes, then pull.
+    #[default]
+    Both,
+    /// Push only (a one-way backup up: [`seed`]).
+    Up,
+    /// Pull only (restore down, for a new device: [`hydrate`]).
+    Down,
+}
+
+/// A one-way sync up: pushes every local change, pulls nothing.
+///
+/// # Errors
+/// As [`sync`].
+pub async fn seed(
+    replica: &mut Replica,
+    remote: &Remote,
+    opts: &SyncOptions,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<SyncReport> {
+    sync(replica, remote, &SyncOptions { direction: Direction::Up, ..opts.clone() }, progress).await
+}
+
+/// A one-way sync down, for a new device: pulls everything it may read, pushes nothing.
+///
+/// # Errors
+/// As [`sync`].
+pub async fn hydrate(
+    replica: &mut Replica,
+    remote: &Remote,
+    opts: &SyncOptions,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<SyncReport> {
+    sync(replica, remote, &SyncOptions { direction: Direction::Down, ..opts.clone() }, progress).await
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { push_batch: 1000, pull_page: 5000, resolvers: crate::Resolvers::default() }
+        SyncOptions {
+            push_batch: 1000,
+            pull_page: 5000,
+            resolvers: crate::Resolvers::default(),
+            direction: Direction::Both,
+            tables: None,
+        }
     }
 }
 
@@ -212,8 +261,25 @@ async fn sync_once(
 
     replica.stamp()?;
     let total = replica.status()?.pending;
-    loop {
-        let rows = replica.pending(opts.push_batch)?;
+    let tables = match &opts.tables {
+        Some(t) => {
+            let mut t = t.clone();
+            t.sort();
+            t.dedup();
+            if let Some(unknown) = t.iter().find(|n| replica.schema().and_then(|s| s.table(n)).is_none()) {
+                return Err(Error::Schema(format!(
+                    "table '{unknown}' is not in the server's schema; the tables are: {}",
+                    replica.schema().map(|s| s.table_names().join(", ")).unwrap_or_default()
+                )));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    // One pull cursor per selection of tables.
+    let cursor_key = tables.as_ref().map_or_else(|| "cursor".to_owned(), |t| format!("cursor:{}", t.join(",")));
+    while opts.direction != Direction::Down {
+        let rows = replica.pending_in(opts.push_batch, tables.as_deref())?;
         if rows.is_empty() {
             break;
         }
@@ -244,9 +310,9 @@ async fn sync_once(
         }
     }
 
-    let mut cursor = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
-    loop {
-        let page = remote.pull(&cursor, opts.pull_page).await?;
+    let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
+    while opts.direction != Direction::Up {
+        let page = remote.pull_tables(&cursor, opts.pull_page, tables.as_deref()).await?;
         let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
         let rows = page
             .rows
@@ -257,7 +323,7 @@ async fn sync_once(
                 Ok(PulledRow { table: t.name.clone(), key: w.key.clone(), state })
             })
             .collect::<Result<Vec<_>>>()?;
-        let applied = replica.apply_with(&rows, &page.cursor, &opts.resolvers)?;
+        let applied = replica.apply_page(&rows, &cursor_key, &page.cursor, &opts.resolvers)?;
         report.pulled += applied.received as u64;
         report.pulled_changed += applied.changed as u64;
         report.conflicts += applied.conflicts as u64;

@@ -16,15 +16,23 @@ pub async fn pull<S: Store>(
     Authed(who): Authed,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<PullResponse>, ApiError> {
-    if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit")) {
-        return Err(ApiError::BadRequest(format!("unknown pull parameter '{unknown}'; use cursor and limit")));
+    if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit" | "tables")) {
+        return Err(ApiError::BadRequest(format!("unknown pull parameter '{unknown}'; use cursor, limit and tables")));
+    }
+    // `tables=a,b`: only rows of these tables (a cursor belongs to its selection).
+    let tables: Option<Vec<String>> =
+        q.get("tables").map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect());
+    if tables.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::BadRequest(
+            "tables is empty; name the tables to pull (tables=a,b) or leave it out".into(),
+        ));
     }
     let cursor = q.get("cursor").map_or("", String::as_str);
     if cursor.len() > 4096 {
         return Err(ApiError::BadRequest("cursor is too long; start over with cursor=0".into()));
     }
     let limit = parse_limit(q.get("limit"))?;
-    let page = state.store.pull(&who, cursor, limit).await?;
+    let page = state.store.pull_tables(&who, cursor, limit, tables.as_deref()).await?;
     let schema = state.store.schema();
     let rows = page
         .rows

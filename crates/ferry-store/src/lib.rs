@@ -253,7 +253,37 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` rows that changed after `cursor` and that `who` may read, in feed order.
     /// `cursor` is `""` or `"0"` for the start, else a cursor this store gave out; anything
     /// else is [`StoreError::Invalid`].
-    fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> impl Future<Output = Result<PullPage>> + Send;
+    fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> impl Future<Output = Result<PullPage>> + Send {
+        self.pull_tables(who, cursor, limit, None)
+    }
+
+    /// As [`Store::pull`], only rows of `tables` (every table when `None`); a cursor from one
+    /// selection of tables is only meaningful for the same selection.
+    fn pull_tables(
+        &self,
+        who: &Principal,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> impl Future<Output = Result<PullPage>> + Send;
+}
+
+/// The tables a pull covers: a checked selection, or all of the schema's.
+fn selected_tables(schema: &Schema, tables: Option<&[String]>) -> Result<Vec<String>> {
+    match tables {
+        None => Ok(schema.table_names().iter().map(|t| t.to_string()).collect()),
+        Some(list) => {
+            for t in list {
+                if schema.table(t).is_none() {
+                    return Err(StoreError::Invalid(format!(
+                        "unknown table '{t}' in the selection; the schema has: {}",
+                        schema.table_names().join(", ")
+                    )));
+                }
+            }
+            Ok(list.to_vec())
+        }
+    }
 }
 
 /// A new random bearer token: `fry_` and 64 hex digits (256 bits).
@@ -363,8 +393,14 @@ impl Store for AnyStore {
         delegate!(self, s => s.push(who, batch_id, cursor, rows).await)
     }
 
-    async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
-        delegate!(self, s => s.pull(who, cursor, limit).await)
+    async fn pull_tables(
+        &self,
+        who: &Principal,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> Result<PullPage> {
+        delegate!(self, s => s.pull_tables(who, cursor, limit, tables).await)
     }
 
     async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<RowState>> {

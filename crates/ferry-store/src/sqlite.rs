@@ -90,9 +90,6 @@ struct Inner {
     watching: std::sync::atomic::AtomicBool,
     /// The site id of changes the server itself makes (resolutions, strategies).
     site: ferry_core::SiteId,
-    /// The schema's table names as a JSON array: feed rows of tables dropped from the
-    /// schema are skipped, not served.
-    table_list: String,
     schema: Schema,
     tables: HashMap<String, TableSql>,
     writer: Mutex<Connection>,
@@ -155,7 +152,6 @@ impl SqliteStore {
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
-        let table_list = serde_json::to_string(&schema.table_names()).expect("names serialize");
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 id,
@@ -164,7 +160,6 @@ impl SqliteStore {
                 announced: std::sync::atomic::AtomicI64::new(feed_end),
                 watching: std::sync::atomic::AtomicBool::new(false),
                 site,
-                table_list,
                 schema,
                 tables,
                 writer: Mutex::new(writer),
@@ -423,9 +418,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
+    async fn pull_tables(
+        &self,
+        who: &Principal,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> Result<PullPage> {
         let cursor = parse_cursor(cursor)?;
         let user = who.user_id.clone();
+        let selection =
+            serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
         self.read(move |inner, conn| {
             // One read transaction: the page and the "caught up" cursor come from one snapshot.
             let tx = conn.transaction()?;
@@ -438,9 +441,7 @@ impl Store for SqliteStore {
                        AND tbl IN (SELECT value FROM json_each(?4))
                      ORDER BY seq LIMIT ?3",
                 )?
-                .query_map(params![cursor as i64, user, limit as i64 + 1, inner.table_list], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
+                .query_map(params![cursor as i64, user, limit as i64 + 1, selection], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let more = page.len() > limit;
             page.truncate(limit);

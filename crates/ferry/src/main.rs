@@ -231,6 +231,15 @@ struct SyncArgs {
     /// With --watch: do not use the realtime stream, poll at --interval only.
     #[arg(long, requires = "watch")]
     no_stream: bool,
+    /// Push only: a one-way backup up (nothing is pulled).
+    #[arg(long, conflicts_with_all = ["hydrate", "watch"])]
+    seed: bool,
+    /// Pull only: restore a new device from the server (nothing is pushed).
+    #[arg(long, conflicts_with = "watch")]
+    hydrate: bool,
+    /// Sync only these tables (comma-separated); each selection keeps its own pull cursor.
+    #[arg(long, value_delimiter = ',')]
+    tables: Option<Vec<String>>,
     /// Give up on a request to the server after this long (500ms, 30s, 2m).
     #[arg(long, default_value = "120s", value_parser = ferry_client::engine::parse_duration)]
     timeout: Duration,
@@ -341,7 +350,7 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Remote) -> Result<()> {
         debounce: args.debounce,
         backoff,
         stream: !args.no_stream,
-        sync: SyncOptions { pull_page: args.page_rows, ..SyncOptions::default() },
+        sync: SyncOptions { pull_page: args.page_rows, tables: args.tables.clone(), ..SyncOptions::default() },
         ..EngineOptions::default()
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -432,7 +441,13 @@ async fn sync(args: SyncArgs) -> Result<()> {
             }
         }
     };
-    let opts = SyncOptions { pull_page: args.page_rows, ..SyncOptions::default() };
+    let direction = match (args.seed, args.hydrate) {
+        (true, _) => ferry_client::Direction::Up,
+        (_, true) => ferry_client::Direction::Down,
+        _ => ferry_client::Direction::Both,
+    };
+    let opts =
+        SyncOptions { pull_page: args.page_rows, direction, tables: args.tables.clone(), ..SyncOptions::default() };
     let result = ferry_client::sync(&mut replica, &remote, &opts, &mut on_progress).await;
     bar.finish_and_clear();
     let report = result.with_context(|| format!("sync of '{}' with {server} failed", args.db.display()))?;

@@ -867,7 +867,14 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
-    async fn pull(&self, who: &Principal, cursor: &str, limit: usize) -> Result<PullPage> {
+    async fn pull_tables(
+        &self,
+        who: &Principal,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> Result<PullPage> {
+        let selection = crate::selected_tables(&self.inner.schema, tables)?;
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = snapshot(&mut client).await?;
@@ -879,16 +886,7 @@ impl Store for PgStore {
         let keys = tx
             .query(
                 FEED,
-                &[
-                    &c.prev,
-                    &cur,
-                    &who.user_id,
-                    &after_xid,
-                    &after_tbl,
-                    &after_pk,
-                    &(limit as i64 + 1),
-                    &self.inner.schema.table_names(),
-                ],
+                &[&c.prev, &cur, &who.user_id, &after_xid, &after_tbl, &after_pk, &(limit as i64 + 1), &selection],
             )
             .await
             .map_err(pg)?;

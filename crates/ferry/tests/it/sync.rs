@@ -559,3 +559,57 @@ fn a_pull_before_the_push_leaves_a_manual_conflict_to_the_server() {
     p.sync_phone();
     assert_eq!(name(&phone), name(&laptop), "both show the provisional winner");
 }
+
+/// `--seed` pushes only, `--hydrate` pulls only, `--tables` syncs only the tables named, with
+/// a cursor of its own.
+#[test]
+fn seed_hydrate_and_selective_tables() {
+    let p = Pair::new();
+    let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
+    let run = |db: &str, token: &str, extra: &[&str]| -> serde_json::Value {
+        let path = p.env.path(db).display().to_string();
+        let mut args = vec!["sync", "--db", &path, "--server", &p.server.url, "--token", token, "--json"];
+        args.extend_from_slice(extra);
+        let out = p.env.run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    insert_jump(&laptop, &p.user, 1, "on the laptop");
+    insert_jump(&phone, &p.user, 2, "on the phone");
+    let g = uuid();
+    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Sunday', ?2)", [&g, &p.user]).unwrap();
+    // Seed: the phone's changes go up, nothing comes down.
+    let r = run("phone.db", &p.phone, &["--seed"]);
+    assert_eq!((r["pushed"].as_u64(), r["pulled"].as_u64()), (Some(2), Some(0)), "{r}");
+    // Hydrate: the laptop's change stays local, the phone's come down.
+    let r = run("laptop.db", &p.laptop, &["--hydrate"]);
+    assert_eq!((r["pushed"].as_u64(), r["pulled"].as_u64()), (Some(0), Some(2)), "{r}");
+    // Only groups: the laptop's pending jump stays pending; a new group comes down.
+    let h = uuid();
+    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Monday', ?2)", [&h, &p.user]).unwrap();
+    insert_jump(&phone, &p.user, 3, "not selected");
+    run("phone.db", &p.phone, &["--seed"]);
+    let r = run("laptop.db", &p.laptop, &["--tables", "groups"]);
+    assert_eq!(
+        (r["pushed"].as_u64(), r["pulled"].as_u64()),
+        (Some(0), Some(2)),
+        "both groups, from its own cursor: {r}"
+    );
+    assert_eq!(jumps(&laptop).len(), 2, "the third jump was not selected");
+    // A full sync catches everything up.
+    p.sync_laptop();
+    p.sync_phone();
+    assert_eq!(jumps(&laptop), jumps(&phone));
+    let bad = p.env.run(&[
+        "sync",
+        "--db",
+        &p.env.path("laptop.db").display().to_string(),
+        "--server",
+        &p.server.url,
+        "--token",
+        &p.laptop,
+        "--tables",
+        "nope",
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("table 'nope'"));
+}
