@@ -11,7 +11,8 @@ const HELP: &str = "usage: cargo xtask <command>
 
 commands:
   test            run every test of the workspace (what CI runs)
-  bench [--quick] run the benchmarks; figures go to stdout (copy them to BENCHMARKS.md)
+  bench [--quick] run the benchmarks (sync, realtime); figures go to stdout (copy them to
+                  BENCHMARKS.md)
   sim [--runs N | --seed N]
                   the long mode of the deterministic simulations (merge, and every conflict
                   strategy): N seeds each (default 20000) in release mode, or replay one seed
@@ -83,7 +84,10 @@ fn bench(extra: &[String]) -> Result<()> {
             bail!("unknown bench option '{a}'; the only option is --quick");
         }
     }
-    let mut args = vec!["bench", "--locked", "-p", "ferry", "--bench", "sync", "--"];
-    args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    for bench in ["sync", "realtime"] {
+        let mut args = vec!["bench", "--locked", "-p", "ferry", "--bench", bench, "--"];
+        args.extend(extra.iter().map(String::as_str));
+        cargo(&args)?;
+    }
+    Ok(())
 }
