@@ -267,11 +267,10 @@ pub async fn run(
                     // reachable again, so a pending retry need not wait out its backoff.
                     next = Some((Instant::now(), "stream connected"));
                 }
-                Some(StreamNews::Changed) => {
-                    if failures == 0 {
-                        next = Some((Instant::now(), "stream: rows changed"));
-                    }
+                Some(StreamNews::Changed) if failures == 0 => {
+                    next = Some((Instant::now(), "stream: rows changed"));
                 }
+                Some(StreamNews::Changed) => {}
                 Some(StreamNews::Down(why)) => {
                     stream_up = false;
                     if state == ConnState::Connected {

@@ -278,8 +278,9 @@ async fn sync_once(
     };
     // One pull cursor per selection of tables.
     let cursor_key = tables.as_ref().map_or_else(|| "cursor".to_owned(), |t| format!("cursor:{}", t.join(",")));
-    while opts.direction != Direction::Down {
-        let rows = replica.pending_in(opts.push_batch, tables.as_deref())?;
+    let (push, pull) = (opts.direction != Direction::Down, opts.direction != Direction::Up);
+    loop {
+        let rows = if push { replica.pending_in(opts.push_batch, tables.as_deref())? } else { Vec::new() };
         if rows.is_empty() {
             break;
         }
@@ -311,7 +312,10 @@ async fn sync_once(
     }
 
     let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
-    while opts.direction != Direction::Up {
+    loop {
+        if !pull {
+            break;
+        }
         let page = remote.pull_tables(&cursor, opts.pull_page, tables.as_deref()).await?;
         let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
         let rows = page

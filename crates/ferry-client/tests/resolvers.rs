@@ -38,7 +38,10 @@ fn title(replica: &Replica) -> String {
     replica.connection().query_row("SELECT title FROM notes WHERE id = ?1", [KEY], |r| r.get(0)).unwrap()
 }
 
-fn logged(replica: &Replica) -> Vec<(String, String, String, String)> {
+/// A logged conflict: field, local value, remote value, resolver.
+type Logged = (String, String, String, String);
+
+fn logged(replica: &Replica) -> Vec<Logged> {
     let mut stmt = replica
         .connection()
         .prepare("SELECT col, local_value, remote_value, resolved_by FROM _ferry_conflicts ORDER BY id")
@@ -46,7 +49,7 @@ fn logged(replica: &Replica) -> Vec<(String, String, String, String)> {
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
 }
 
-fn run(resolver: ClientResolver) -> (String, Option<String>, Vec<(String, String, String, String)>) {
+fn run(resolver: ClientResolver) -> (String, Option<String>, Vec<Logged>) {
     let dir = tempfile::tempdir().unwrap();
     let (mut replica, remote) = setup(dir.path());
     replica.apply_with(&[remote], "1", &Resolvers::default().table("notes", resolver)).unwrap();

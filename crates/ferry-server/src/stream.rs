@@ -36,6 +36,9 @@ pub async fn stream<S: Store>(
         ApiError::BadRequest(format!("GET /v1/stream is a WebSocket: send the upgrade handshake ({e})"))
     })?;
     let notices = state.store.notices();
+    // The messages are tiny: small buffers keep thousands of open streams cheap (the
+    // defaults, 128 KiB to read per connection, cost ~130 KB of memory per stream).
+    let ws = ws.read_buffer_size(4096).write_buffer_size(4096).max_message_size(64 * 1024);
     Ok(ws.on_upgrade(move |socket| serve(socket, notices, who.user_id)))
 }
 

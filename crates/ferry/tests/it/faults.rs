@@ -66,6 +66,7 @@ fn a_push_cut_in_the_middle_of_its_request_applies_nothing_and_goes_again() {
     proxy.set(Fault::CutRequest(20_000));
     let (ok, _) = sync_via(&p.env, &proxy.url, "phone.db", &p.phone, &["--timeout", "5s"]);
     assert!(!ok);
+    assert!(proxy.up_bytes.load(std::sync::atomic::Ordering::SeqCst) >= 20_000, "part of the request got through");
     assert_eq!(server_rows(&p.env), 0, "a broken request body applies nothing");
     proxy.set(Fault::Pass);
     let (ok, err) = sync_via(&p.env, &proxy.url, "phone.db", &p.phone, &[]);
@@ -116,7 +117,8 @@ fn a_black_holed_server_times_out_and_the_next_sync_completes() {
     proxy.set(Fault::Reset);
     let (ok, _) = sync_via(&p.env, &proxy.url, "phone.db", &p.phone, &["--timeout", "1s"]);
     assert!(!ok);
-    proxy.set(Fault::Pass);
+    // A slow network is only slow.
+    proxy.set(Fault::Delay(Duration::from_millis(20)));
     let (ok, err) = sync_via(&p.env, &proxy.url, "phone.db", &p.phone, &[]);
     assert!(ok, "{err}");
     p.sync_laptop();

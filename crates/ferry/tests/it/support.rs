@@ -13,6 +13,12 @@ pub struct Env {
     pub pg_db: Option<String>,
 }
 
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
@@ -221,6 +227,12 @@ pub struct Pair {
     pub user: String,
     pub phone: String,
     pub laptop: String,
+}
+
+impl Default for Pair {
+    fn default() -> Self {
+        Pair::new()
+    }
 }
 
 impl Pair {
