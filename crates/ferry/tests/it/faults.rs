@@ -139,10 +139,11 @@ fn a_watching_device_rides_out_a_long_partition() {
     insert_jump(&p.env.db("phone.db"), &p.user, 2, "phone, meanwhile");
     p.sync_phone();
     watch.state("DISCONNECTED");
-    // Several retries by the schedule while it lasts.
-    for _ in 0..3 {
-        watch.until("a retry", |v| v["event"] == "error");
-    }
+    // Retries by the schedule (200 ms, then 400 ms, repeating) while it lasts.
+    let waits: Vec<u64> =
+        (0..4).map(|_| watch.until("a retry", |v| v["event"] == "error")["retry_in_ms"].as_u64().unwrap()).collect();
+    assert_eq!(&waits[waits.len() - 2..], &[400, 400], "{waits:?}");
+    assert!(waits.iter().all(|w| [200, 400].contains(w)), "{waits:?}");
     proxy.set(Fault::Pass);
     watch.state("CONNECTED");
     crate::watch::eventually("both writes on both devices", || {
