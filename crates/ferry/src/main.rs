@@ -207,7 +207,7 @@ struct SyncArgs {
     server: Option<String>,
     /// Device token (from `ferry token create`).
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -336,16 +336,16 @@ async fn shutdown_signal() {
 }
 
 /// `ferry sync --watch`: runs the client engine until Ctrl-C or SIGTERM.
-async fn watch(args: SyncArgs, replica: Replica, remote: Remote) -> Result<()> {
+async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Result<()> {
     use ferry_client::engine::{Backoff, EngineOptions, Event};
     let backoff = match args.backoff.as_str() {
         "device" => Backoff::device(),
         "server" => Backoff::server(),
         list => Backoff::parse(list).map_err(|e| anyhow::anyhow!("--backoff: {e}"))?,
     };
-    let server = remote.base().to_owned();
+    let server = remote.as_ref().map_or_else(|| "no server (offline only)".to_owned(), |r| r.base().to_owned());
     let opts = EngineOptions {
-        remote: Some(remote),
+        remote,
         interval: args.interval,
         debounce: args.debounce,
         backoff,
@@ -407,13 +407,18 @@ async fn sync(args: SyncArgs) -> Result<()> {
     let mut replica = Replica::open(&args.db)?;
     let server = match args.server.clone().or(replica.meta("server")?) {
         Some(s) => s,
+        // Offline-only: the engine keeps the queue and says so.
+        None if args.watch => return watch(args, replica, None).await,
         None => {
             bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display())
         }
     };
-    let remote = Remote::with_timeout(&server, &args.token, args.timeout)?;
+    let Some(token) = args.token.as_deref() else {
+        bail!("no token given; pass --token (from `ferry token create`) or set FERRY_TOKEN");
+    };
+    let remote = Remote::with_timeout(&server, token, args.timeout)?;
     if args.watch {
-        return watch(args, replica, remote).await;
+        return watch(args, replica, Some(remote)).await;
     }
     let bar =
         if args.json || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new_spinner() };

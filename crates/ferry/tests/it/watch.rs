@@ -150,3 +150,43 @@ fn on_the_embedded_store_a_change_written_by_another_process_is_announced_too() 
     watch.until("a sync pulling the change", |v| v["event"] == "completed" && v["report"]["pulled_changed"] == 1);
     assert_eq!(count_jumps(&p.env, "laptop.db"), 1);
 }
+
+#[test]
+fn the_engine_reports_a_change_refused_as_stale_as_a_conflict() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    let config = config.replacen("[tables.jump_log]\n", "[tables.jump_log]\nconflict = \"reject-stale\"\n", 1);
+    std::fs::write(env.path("ferry.toml"), config).unwrap();
+    let p = Pair::in_env(env);
+    let id = insert_jump(&p.env.db("phone.db"), &p.user, 1, "first");
+    p.sync_phone();
+    p.sync_laptop();
+    // The laptop's engine pushes 2 s after a local write and does not listen to the stream.
+    let watch = Watch::start(&p.env, &p.server, "laptop.db", &p.laptop, &["--no-stream", "--debounce", "2s"]);
+    watch.state("CONNECTED");
+    p.env.db("laptop.db").execute("UPDATE jump_log SET notes = 'laptop' WHERE id = ?1", [&id]).unwrap();
+    p.env.db("phone.db").execute("UPDATE jump_log SET notes = 'phone' WHERE id = ?1", [&id]).unwrap();
+    p.sync_phone();
+    let c = watch.until("a conflict event", |v| v["event"] == "conflict");
+    assert_eq!(c["refused"], 1, "{c}");
+}
+
+#[test]
+fn without_a_server_the_watch_runs_offline_only_and_says_so() {
+    let env = Env::new();
+    let mut child = Command::new(FERRY)
+        .args(["sync", "--watch", "--json", "--db", &env.path("alone.db").display().to_string()])
+        .env_remove("FERRY_SERVER")
+        .env_remove("FERRY_TOKEN")
+        .current_dir(env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!((v["event"].as_str(), v["to"].as_str()), (Some("state"), Some("OFFLINE_ONLY")), "{v}");
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success(), "Ctrl-C stops it cleanly");
+}
