@@ -148,7 +148,8 @@ pub struct EngineOptions {
     pub remote: Option<Remote>,
     /// Sync at least this often.
     pub interval: Duration,
-    /// Wait this long after a local write before pushing (more writes restart the wait).
+    /// Push at most this long after the first local write not yet pushed (writes in the
+    /// meantime go in the same push).
     pub debounce: Duration,
     pub backoff: Backoff,
     /// Use the realtime stream (else poll at `interval` only).
@@ -218,7 +219,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tokio::time::sleep_until(due) => {
-                                let reason = next.map_or("interval", |(_, r)| r);
+                let reason = next.map_or("interval", |(_, r)| r);
                 if failures > 0 {
                     set_state(&mut state, ConnState::Reconnecting, format!("attempt {} after {failures} failures", failures + 1), &replica);
                 }
@@ -283,9 +284,12 @@ pub async fn run(
                 let v = data_version(&replica)?;
                 if v != last_version {
                     last_version = v;
-                    // A local write (this process or another): push soon, once writes settle.
-                    if failures == 0 {
-                        next = Some((Instant::now() + opts.debounce, "local write"));
+                    // A local write (this process or another): push within `debounce` of the
+                    // first unpushed one (later writes join it; a steady stream of writes
+                    // cannot postpone the push forever).
+                    let soon = Instant::now() + opts.debounce;
+                    if failures == 0 && next.is_none_or(|(t, _)| soon < t) {
+                        next = Some((soon, "local write"));
                     }
                 }
             }

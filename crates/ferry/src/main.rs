@@ -221,7 +221,7 @@ struct SyncArgs {
     /// With --watch: sync at least this often (500ms, 30s, 5m, 1h).
     #[arg(long, default_value = "30s", value_parser = ferry_client::engine::parse_duration, requires = "watch")]
     interval: Duration,
-    /// With --watch: wait this long after a local write before pushing.
+    /// With --watch: push at most this long after the first local write not yet pushed.
     #[arg(long, default_value = "300ms", value_parser = ferry_client::engine::parse_duration, requires = "watch")]
     debounce: Duration,
     /// With --watch: waits after failures, `device` (1s, 2s, 4s … 60s), `server` (30s, 1m, 2m,
