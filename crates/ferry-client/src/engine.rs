@@ -134,6 +134,11 @@ pub enum Event {
         retry_in: Duration,
         at: Instant,
     },
+    /// The realtime stream connected (`up`) or went down (`why`).
+    Stream {
+        up: bool,
+        why: Option<String>,
+    },
     /// Conflicts this sync recorded (settled here, or refused as stale).
     Conflict {
         settled: u64,
@@ -207,7 +212,8 @@ pub async fn run(
     };
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let stream_task = opts.stream.then(|| tokio::spawn(stream_loop(remote.clone(), opts.backoff.clone(), news_tx)));
-    let mut stream_up = false;
+    // The stream's state: `None` until its first connection attempt ends.
+    let mut stream_up: Option<bool> = None;
     let mut failures: u32 = 0;
     // When to sync next, and why.
     let mut next: Option<(Instant, &'static str)> = Some((Instant::now(), "start"));
@@ -242,8 +248,9 @@ pub async fn run(
                             let _ = events.send(Event::Conflict { settled: report.conflicts, refused: report.refused });
                         }
                         let _ = events.send(Event::Completed(report));
-                        let (to, why) = if stream_up || !opts.stream {
-                            (ConnState::Connected, "synced".to_owned())
+                        let (to, why) = if stream_up != Some(false) || !opts.stream {
+                            let connecting = opts.stream && stream_up.is_none();
+                            (ConnState::Connected, if connecting { "synced; the stream is connecting" } else { "synced" }.to_owned())
                         } else {
                             (ConnState::Degraded, format!("synced; the stream is down, polling every {:?}", opts.interval))
                         };
@@ -263,7 +270,8 @@ pub async fn run(
             }
             n = news.recv() => match n {
                 Some(StreamNews::Up) => {
-                    stream_up = true;
+                    stream_up = Some(true);
+                    let _ = events.send(Event::Stream { up: true, why: None });
                     // Pull on reconnect: whatever changed while it was down. The server is
                     // reachable again, so a pending retry need not wait out its backoff.
                     next = Some((Instant::now(), "stream connected"));
@@ -273,7 +281,8 @@ pub async fn run(
                 }
                 Some(StreamNews::Changed) => {}
                 Some(StreamNews::Down(why)) => {
-                    stream_up = false;
+                    stream_up = Some(false);
+                    let _ = events.send(Event::Stream { up: false, why: Some(why.clone()) });
                     if state == ConnState::Connected {
                         set_state(&mut state, ConnState::Degraded, format!("stream down ({why}); polling every {:?}", opts.interval), &replica);
                     }

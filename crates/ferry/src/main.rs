@@ -387,6 +387,9 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Resu
                     )
                 }
                 (Event::Progress { message, .. }, false) if message.starts_with("set aside") => message.clone(),
+                (Event::Stream { up, why }, true) => {
+                    serde_json::json!({"event": "stream", "up": up, "why": why}).to_string()
+                }
                 _ => continue,
             };
             println!("{line}");

@@ -131,7 +131,7 @@ fn a_watching_device_rides_out_a_long_partition() {
     let proxy = Proxy::start(&p.server.url);
     let via = Server::external(&proxy.url);
     let watch = crate::watch::Watch::start(&p.env, &via, "laptop.db", &p.laptop, &[]);
-    watch.state("CONNECTED");
+    watch.connected();
     proxy.partition();
     watch.state("DEGRADED");
     // Both sides write during the partition.

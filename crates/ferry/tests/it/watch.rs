@@ -55,6 +55,23 @@ impl Watch {
     pub fn state(&self, to: &str) {
         self.until(to, |v| v["event"] == "state" && v["to"] == to);
     }
+
+    /// Waits until the engine is connected, its stream is up, and the sync the stream's
+    /// connection triggers is done.
+    pub fn connected(&self) {
+        // In whichever order they come.
+        let (mut connected, mut up, mut synced_after_up) = (false, false, false);
+        while !(connected && up && synced_after_up) {
+            let v = self.until("CONNECTED, the stream up and a sync after it", |v| {
+                v["event"] == "state" || v["event"] == "stream" || v["event"] == "completed"
+            });
+            match v["event"].as_str() {
+                Some("state") => connected = v["to"] == "CONNECTED",
+                Some("stream") => up = v["up"] == true,
+                _ => synced_after_up |= up,
+            }
+        }
+    }
 }
 
 impl Drop for Watch {
@@ -81,7 +98,7 @@ pub fn eventually(what: &str, check: impl Fn() -> bool) {
 fn a_watching_device_gets_changes_by_the_stream_and_pushes_its_own_writes() {
     let p = Pair::new();
     let watch = Watch::start(&p.env, &p.server, "laptop.db", &p.laptop, &[]);
-    watch.state("CONNECTED");
+    watch.connected();
     // Another device's change arrives without the laptop asking (the interval is 60 s).
     insert_jump(&p.env.db("phone.db"), &p.user, 1, "from the phone");
     p.sync_phone();
@@ -101,7 +118,7 @@ fn a_watching_device_gets_changes_by_the_stream_and_pushes_its_own_writes() {
 fn the_engine_rides_out_a_server_restart_and_stops_cleanly() {
     let mut p = Pair::new();
     let watch = Watch::start(&p.env, &p.server, "laptop.db", &p.laptop, &[]);
-    watch.state("CONNECTED");
+    watch.connected();
     let addr = p.server.url.trim_start_matches("http://").to_owned();
     p.server.kill();
     // The stream notices first; the next sync attempt fails and backs off.
@@ -144,7 +161,7 @@ fn on_the_embedded_store_a_change_written_by_another_process_is_announced_too() 
     // A second server process on the same data directory; the phone pushes through it.
     let other = p.env.serve();
     let watch = Watch::start(&p.env, &p.server, "laptop.db", &p.laptop, &[]);
-    watch.state("CONNECTED");
+    watch.connected();
     insert_jump(&p.env.db("phone.db"), &p.user, 1, "through the other process");
     p.env.sync(&other, "phone.db", &p.phone);
     watch.until("a sync pulling the change", |v| v["event"] == "completed" && v["report"]["pulled_changed"] == 1);
@@ -161,8 +178,8 @@ fn the_engine_reports_a_change_refused_as_stale_as_a_conflict() {
     let id = insert_jump(&p.env.db("phone.db"), &p.user, 1, "first");
     p.sync_phone();
     p.sync_laptop();
-    // The laptop's engine pushes 2 s after a local write and does not listen to the stream.
-    let watch = Watch::start(&p.env, &p.server, "laptop.db", &p.laptop, &["--no-stream", "--debounce", "2s"]);
+    // The laptop's engine pushes 5 s after a local write and does not listen to the stream.
+    let watch = Watch::start(&p.env, &p.server, "laptop.db", &p.laptop, &["--no-stream", "--debounce", "5s"]);
     watch.state("CONNECTED");
     p.env.db("laptop.db").execute("UPDATE jump_log SET notes = 'laptop' WHERE id = ?1", [&id]).unwrap();
     p.env.db("phone.db").execute("UPDATE jump_log SET notes = 'phone' WHERE id = ?1", [&id]).unwrap();
