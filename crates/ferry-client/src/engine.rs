@@ -241,7 +241,16 @@ pub async fn run(
                     };
                     let _ = events.send(Event::Progress { percent, message });
                 };
-                match crate::sync(&mut replica, &remote, &opts.sync, &mut progress).await {
+                // Writes by others during the sync are news for the next look.
+                let before = data_version(&replica).unwrap_or(last_version);
+                let outcome = tokio::select! {
+                    r = crate::sync(&mut replica, &remote, &opts.sync, &mut progress) => r,
+                    // Stopping mid-sync is safe: every step is its own transaction, and an
+                    // unanswered batch goes again under its id.
+                    _ = &mut shutdown => break Ok(()),
+                };
+                last_version = before;
+                match outcome {
                     Ok(report) => {
                         failures = 0;
                         if report.conflicts > 0 || report.refused > 0 {
@@ -257,7 +266,7 @@ pub async fn run(
                         set_state(&mut state, to, why, &replica);
                         next = Some((Instant::now() + opts.interval, "interval"));
                     }
-                    Err(e @ Error::Local(_)) => break Err(e),
+                    Err(e @ Error::Local(_)) if !transient(&e) => break Err(e),
                     Err(e) => {
                         failures += 1;
                         let retry_in = opts.backoff.delay(failures);
@@ -266,9 +275,8 @@ pub async fn run(
                         next = Some((Instant::now() + retry_in, "retry"));
                     }
                 }
-                last_version = data_version(&replica)?;
             }
-            n = news.recv() => match n {
+            n = news.recv(), if opts.stream => match n {
                 Some(StreamNews::Up) => {
                     stream_up = Some(true);
                     let _ = events.send(Event::Stream { up: true, why: None });
@@ -290,7 +298,8 @@ pub async fn run(
                 None => {}
             },
             _ = watch.tick() => {
-                let v = data_version(&replica)?;
+                // A busy file (another program holding a write lock) is looked at next tick.
+                let Ok(v) = data_version(&replica) else { continue };
                 if v != last_version {
                     last_version = v;
                     // A local write (this process or another): push within `debounce` of the
@@ -308,6 +317,12 @@ pub async fn run(
         t.abort();
     }
     result.map(|()| replica)
+}
+
+/// Whether a local failure passes by itself (the file is locked by another program).
+fn transient(e: &Error) -> bool {
+    let m = e.to_string();
+    m.contains("database is locked") || m.contains("database table is locked") || m.contains("busy")
 }
 
 /// SQLite's count of commits by other connections to the file, plus this connection's

@@ -75,6 +75,10 @@ impl Remote {
         };
         Err(match status.as_u16() {
             401 => Error::Unauthorized(message),
+            // Time-outs and rate limits pass: retried like an unreachable server.
+            s @ (408 | 429) => {
+                Error::Unreachable(format!("server at {} answered {s} during {what}: {message}", self.base))
+            }
             s @ 400..=499 => Error::Refused { status: s, code, message },
             s => Error::Unreachable(format!("server at {} failed ({s}) during {what}: {message}", self.base)),
         })

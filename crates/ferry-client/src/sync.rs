@@ -290,7 +290,11 @@ async fn sync_once(
         while let Some(rows) = work.pop() {
             match push_batch(replica, remote, &rows, &mut report).await {
                 Ok(()) => progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) }),
-                Err(Error::Refused { status, code, message }) if status != 401 => {
+                // Only Ferry's own refusals of the content (a JSON error body saying so) are
+                // about rows; anything else (a proxy's 404, 408, 429 …) is not the rows' fault.
+                Err(Error::Refused { status, code, message })
+                    if matches!(code.as_str(), "bad_request" | "forbidden" | "payload_too_large") =>
+                {
                     if rows.len() == 1 {
                         replica.set_aside(&rows[0], status, &code, &message)?;
                         report.set_aside += 1;

@@ -405,6 +405,11 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             if changed > 0 {
+                // A commit by another process since our last announcement is news for
+                // everyone (the file watcher would no longer see it as past ours).
+                if feed_end > inner.announced.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = inner.notices.send(crate::Notice::anyone());
+                }
                 inner.announce(seq, crate::Notice::of(owners));
             }
             Ok(PushOutcome {

@@ -235,7 +235,10 @@ impl PgStore {
         if cfg.get_application_name().is_none() {
             cfg.application_name("ferry");
         }
-        let listen_cfg = cfg.clone();
+        let mut listen_cfg = cfg.clone();
+        // A half-open LISTEN connection (a failover, a NAT dropping it) is found in about a
+        // minute instead of the system's two hours.
+        listen_cfg.keepalives_idle(Duration::from_secs(30));
         let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let timeout = Some(Duration::from_secs(5));
         let pool = Pool::builder(mgr)
@@ -1112,18 +1115,23 @@ async fn listen(inner: std::sync::Weak<Inner>) {
         let Some(cfg) = inner.upgrade().map(|i| i.listen_cfg.clone()) else { return };
         if let Ok((client, mut conn)) = cfg.connect(NoTls).await {
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-            let listening = async {
-                client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await.ok()?;
-                futures_util::future::pending::<Option<()>>().await
-            };
+            let listening = async { client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await.ok() };
             tokio::pin!(listening);
-            if !first && let Some(i) = inner.upgrade() {
-                let _ = i.notices.send(crate::Notice::anyone());
-            }
+            let (reconnected, mut listened) = (!first, false);
             first = false;
             loop {
                 tokio::select! {
-                    _ = &mut listening => break,
+                    r = &mut listening, if !listened => match r {
+                        Some(()) => {
+                            listened = true;
+                            // Changes made while no LISTEN was in place may have been missed:
+                            // once it is in place again, everyone pulls.
+                            if reconnected && let Some(i) = inner.upgrade() {
+                                let _ = i.notices.send(crate::Notice::anyone());
+                            }
+                        }
+                        None => break,
+                    },
                     m = messages.next() => match m {
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
                             let Some(i) = inner.upgrade() else { return };

@@ -153,6 +153,15 @@ fn without_the_stream_the_engine_polls_and_says_so() {
     insert_jump(&p.env.db("phone.db"), &p.user, 1, "polled");
     p.sync_phone();
     eventually("the change arrives by polling", || count_jumps(&p.env, "laptop.db") == 1);
+    // Idle between polls: it waits, it does not spin (CPU time from /proc, in clock ticks).
+    let cpu = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", watch.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(cpu() - before < 50, "an idle engine used {} ticks of CPU in 2 s", cpu() - before);
 }
 
 #[test]
