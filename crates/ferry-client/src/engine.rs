@@ -203,6 +203,7 @@ pub async fn run(
             let _ = events.send(Event::State { from: *state, to, why, at: Instant::now() });
             *state = to;
             let _ = replica.set_meta("engine_state", to.name());
+            let _ = replica.set_meta("engine_pid", &std::process::id().to_string());
         }
     };
     let Some(remote) = opts.remote.clone() else {

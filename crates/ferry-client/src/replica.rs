@@ -910,6 +910,19 @@ impl Replica {
         Ok(applied)
     }
 
+    /// The state a running engine last reported; an engine process that is gone without
+    /// saying so (killed) reads as STOPPED.
+    fn connection_state(&self) -> Result<Option<String>> {
+        let state = self.meta("engine_state")?;
+        let pid = self.meta("engine_pid")?.and_then(|p| p.parse::<u32>().ok());
+        Ok(match (state, pid) {
+            (Some(s), Some(pid)) if s != "STOPPED" && !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                Some("STOPPED".to_owned())
+            }
+            (s, _) => s,
+        })
+    }
+
     /// The fields this replica's client-side resolvers settled when a pulled change met a
     /// local change not yet pushed, newest first; each with both values.
     pub fn local_conflicts(&self) -> Result<Vec<LocalConflict>> {
@@ -1068,7 +1081,7 @@ impl Replica {
             unstamped: count("SELECT count(*) FROM _ferry_outbox")?,
             conflicted: count("SELECT count(*) FROM _ferry_refused")?,
             failed: count("SELECT count(*) FROM _ferry_failed")?,
-            connection: self.meta("engine_state")?,
+            connection: self.connection_state()?,
             last_sync: self.meta("last_sync")?,
             cursor: self.meta("cursor")?.unwrap_or_else(|| "0".into()),
             conflicts: count("SELECT count(*) FROM _ferry_conflicts")?,

@@ -5,8 +5,9 @@
 //!
 //! Messages from the server, JSON text:
 //! - `{"type": "hello", "ping_interval_ms": 15000}` once, on connect;
-//! - `{"type": "changed"}` after commits touching rows the device's user may read (a burst of
-//!   commits while one message is being sent becomes one message).
+//! - `{"type": "changed"}` after commits touching rows the device's user may read, other than
+//!   the device's own pushes (a burst of commits while one message is being sent becomes one
+//!   message).
 //!
 //! The server sends a WebSocket ping every `ping_interval_ms`; a client that hears nothing
 //! for three intervals should treat the stream as down. Which process accepted a change does
@@ -39,10 +40,15 @@ pub async fn stream<S: Store>(
     // The messages are tiny: small buffers keep thousands of open streams cheap (the
     // defaults, 128 KiB to read per connection, cost ~130 KB of memory per stream).
     let ws = ws.read_buffer_size(4096).write_buffer_size(4096).max_message_size(64 * 1024);
-    Ok(ws.on_upgrade(move |socket| serve(socket, notices, who.user_id)))
+    Ok(ws.on_upgrade(move |socket| serve(socket, notices, who.user_id, who.device_id)))
 }
 
-async fn serve(mut socket: WebSocket, mut notices: tokio::sync::broadcast::Receiver<Notice>, user: String) {
+async fn serve(
+    mut socket: WebSocket,
+    mut notices: tokio::sync::broadcast::Receiver<Notice>,
+    user: String,
+    device: String,
+) {
     let hello = serde_json::json!({"type": "hello", "ping_interval_ms": PING_INTERVAL.as_millis() as u64});
     if socket.send(Message::Text(hello.to_string().into())).await.is_err() {
         return;
@@ -54,7 +60,7 @@ async fn serve(mut socket: WebSocket, mut notices: tokio::sync::broadcast::Recei
         tokio::select! {
             n = notices.recv() => {
                 let relevant = match n {
-                    Ok(n) => n.concerns(&user),
+                    Ok(n) => n.concerns(&user, &device),
                     // Fell behind: something may have been relevant.
                     Err(RecvError::Lagged(_)) => true,
                     Err(RecvError::Closed) => return,

@@ -118,21 +118,25 @@ pub struct Notice {
     /// The owners of the changed rows (`None` for rows of tables without an owner, which
     /// everyone reads); `None` altogether when unknown (a write by another process).
     pub owners: Option<Vec<Option<String>>>,
+    /// The device whose push this was, which already has the change; `None` otherwise.
+    pub origin: Option<String>,
 }
 
 impl Notice {
     /// Everyone may care (unknown writer).
     pub fn anyone() -> Notice {
-        Notice { owners: None }
+        Notice { owners: None, origin: None }
     }
 
-    /// Whether the user may read something this change touched.
-    pub fn concerns(&self, user_id: &str) -> bool {
-        self.owners.as_ref().is_none_or(|o| o.iter().any(|x| x.as_deref().is_none_or(|u| u == user_id)))
+    /// Whether this change is news for a device of this user: it may read something the
+    /// change touched, and the change is not the device's own push.
+    pub fn concerns(&self, user_id: &str, device_id: &str) -> bool {
+        self.origin.as_deref() != Some(device_id)
+            && self.owners.as_ref().is_none_or(|o| o.iter().any(|x| x.as_deref().is_none_or(|u| u == user_id)))
     }
 
-    fn of(owners: std::collections::BTreeSet<Option<String>>) -> Notice {
-        Notice { owners: Some(owners.into_iter().collect()) }
+    fn of(owners: std::collections::BTreeSet<Option<String>>, origin: Option<&str>) -> Notice {
+        Notice { owners: Some(owners.into_iter().collect()), origin: origin.map(str::to_owned) }
     }
 }
 

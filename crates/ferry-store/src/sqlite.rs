@@ -410,7 +410,7 @@ impl Store for SqliteStore {
                 if feed_end > inner.announced.load(std::sync::atomic::Ordering::SeqCst) {
                     let _ = inner.notices.send(crate::Notice::anyone());
                 }
-                inner.announce(seq, crate::Notice::of(owners));
+                inner.announce(seq, crate::Notice::of(owners, Some(&who.device_id)));
             }
             Ok(PushOutcome {
                 received,
@@ -518,7 +518,7 @@ impl Store for SqliteStore {
             )?;
             let done = tx.prepare(&sql)?.query_row([id], conflict_row)?;
             tx.commit()?;
-            inner.announce(seq, crate::Notice::of([meta.owner.clone()].into()));
+            inner.announce(seq, crate::Notice::of([meta.owner.clone()].into(), None));
             Ok(done)
         })
         .await

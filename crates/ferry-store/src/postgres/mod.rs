@@ -704,7 +704,7 @@ impl PgStore {
                 .expect("strings serialize");
         if changed > 0 {
             // Every server process on this database LISTENs; delivered at commit.
-            tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &notice_payload(&owners)])
+            tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &notice_payload(&owners, Some(&who.device_id))])
                 .await
                 .map_err(push_pg)?;
         }
@@ -961,9 +961,12 @@ impl Store for PgStore {
         }
         let at = ferry_core::Clock::new(self.inner.site, state.max_clock()).tick(crate::wall_ms());
         ferry_core::strategy::write_registers(&mut state, registers, at);
-        tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &notice_payload(&[prior.owner.clone()].into())])
-            .await
-            .map_err(pg)?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&NOTIFY_CHANNEL, &notice_payload(&[prior.owner.clone()].into(), None)],
+        )
+        .await
+        .map_err(pg)?;
         write(&tx, pt, "manual", &[(key, state, prior.owner)]).await?;
         let winner: BTreeMap<&str, &str> = record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
         tx.execute(
@@ -1096,13 +1099,14 @@ fn conflict_row(r: &Row) -> ConflictRecord {
 /// changed rows) and direct SQL writes (`*`, by a statement trigger).
 const NOTIFY_CHANNEL: &str = "ferry_changes";
 
-/// A NOTIFY payload: the owners of the changed rows as JSON (`null` for shared rows), or `*`
-/// when there are too many to list (PostgreSQL limits payloads to 8000 bytes).
-fn notice_payload(owners: &std::collections::BTreeSet<Option<String>>) -> String {
+/// A NOTIFY payload: `[owners, origin]` as JSON (owners of the changed rows, `null` for
+/// shared rows; the pushing device), or `*` when there are too many owners to list
+/// (PostgreSQL limits payloads to 8000 bytes).
+fn notice_payload(owners: &std::collections::BTreeSet<Option<String>>, origin: Option<&str>) -> String {
     if owners.len() > 100 {
         return "*".to_owned();
     }
-    serde_json::to_string(owners).expect("strings serialize")
+    serde_json::to_string(&(owners, origin)).expect("strings serialize")
 }
 
 /// Forwards this database's change notifications to the store's subscribers, reconnecting
@@ -1135,8 +1139,8 @@ async fn listen(inner: std::sync::Weak<Inner>) {
                     m = messages.next() => match m {
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
                             let Some(i) = inner.upgrade() else { return };
-                            let notice = match serde_json::from_str::<Vec<Option<String>>>(n.payload()) {
-                                Ok(owners) => crate::Notice { owners: Some(owners) },
+                            let notice = match serde_json::from_str::<(Vec<Option<String>>, Option<String>)>(n.payload()) {
+                                Ok((owners, origin)) => crate::Notice { owners: Some(owners), origin },
                                 Err(_) => crate::Notice::anyone(),
                             };
                             let _ = i.notices.send(notice);

@@ -172,6 +172,10 @@ fn a_watching_device_killed_mid_push_loses_nothing_and_applies_nothing_twice() {
         let _ = watch.child.kill();
         let _ = watch.child.wait();
     }
+    // A killed engine did not say it stopped; status sees that it is gone.
+    let status = p.env.run(&["status", "--db", &p.env.path("laptop.db").display().to_string(), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(matches!(status["connection"].as_str(), Some("STOPPED") | None), "{status}");
     let watch = crate::watch::Watch::start(&p.env, &p.server, "laptop.db", &p.laptop, &[]);
     crate::watch::eventually("every row on the server", || server_rows(&p.env) == 20_000);
     watch.state("CONNECTED");

@@ -183,4 +183,8 @@ fn the_stream_tells_of_changes_accepted_by_any_server_process_and_of_direct_writ
     assert!(matches!(next(&mut stream, Duration::from_secs(10)), Ok(Ok(()))), "no notice of a direct write");
     // Nothing else is pending: a quiet stream stays quiet.
     assert!(next(&mut stream, Duration::from_millis(300)).is_err(), "a notice without a change");
+    // The laptop's own push is no news to the laptop (it has the change).
+    insert_jump(&env.db("laptop.db"), &user, 3, "the laptop's own");
+    env.sync(&b, "laptop.db", &laptop);
+    assert!(next(&mut stream, Duration::from_millis(500)).is_err(), "told of its own push");
 }
