@@ -218,7 +218,7 @@ pub async fn run(
     let mut failures: u32 = 0;
     // When to sync next, and why.
     let mut next: Option<(Instant, &'static str)> = Some((Instant::now(), "start"));
-    let mut last_version = data_version(&replica)?;
+    let mut last_version = data_version(&replica).unwrap_or_default();
     let mut watch = tokio::time::interval(opts.watch_every);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
