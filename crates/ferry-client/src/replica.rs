@@ -243,6 +243,16 @@ pub type ResolveFn = dyn Fn(&ResolveInput<'_>) -> Option<BTreeMap<String, Value>
 pub use ferry_core::strategy::ResolveInput;
 
 impl ClientResolver {
+    /// The core's form of this resolver, borrowing its callback.
+    pub fn as_core(&self) -> Resolver<'_> {
+        match self {
+            ClientResolver::NewestWins => Resolver::NewestWins,
+            ClientResolver::LocalWins => Resolver::LocalWins,
+            ClientResolver::RemoteWins => Resolver::RemoteWins,
+            ClientResolver::Callback(f) => Resolver::Callback(&**f),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             ClientResolver::NewestWins => "newest-wins",
@@ -836,16 +846,7 @@ impl Replica {
                 // A local change not yet pushed meets a pulled one: the table's client-side
                 // resolver settles the fields both changed; each is kept for a person to see.
                 let resolver = resolvers.for_table(&ts.table.name);
-                let callback;
-                let r = match resolver {
-                    ClientResolver::NewestWins => Resolver::NewestWins,
-                    ClientResolver::LocalWins => Resolver::LocalWins,
-                    ClientResolver::RemoteWins => Resolver::RemoteWins,
-                    ClientResolver::Callback(f) => {
-                        callback = f.clone();
-                        Resolver::Callback(&*callback)
-                    }
-                };
+                let r = resolver.as_core();
                 let out = ferry_core::strategy::merge_pulled(
                     (&ts.table.name, &row.key),
                     &before,
@@ -883,7 +884,7 @@ impl Replica {
                     }
                 }
                 report.changed = out.state != before;
-                report.kept_newer = out.state.clocks() != row.state.clocks();
+                report.kept_newer = !out.state.same_clocks(&row.state);
                 state = out.state;
                 write_seen(&tx, &ts.table.name, &row.key, &out.seen)?;
             } else {

@@ -429,7 +429,7 @@ impl Store for AnyStore {
 }
 
 /// One pushed row after the table's strategy decided.
-struct Merged {
+pub(crate) struct Merged {
     state: RowState,
     /// The stored state changes.
     changed: bool,
@@ -443,6 +443,54 @@ struct Merged {
     refused: Option<Refusal>,
     /// The sites of the pushed registers the store did not hold: the device's own, recorded.
     sites: Vec<ferry_core::SiteId>,
+}
+
+/// What a batch's rows did, gathered the same way by every store: the refused rows, the
+/// sites of the device's new writes, the owners of changed rows (for the stream), and
+/// whether the device holds everything the store now does.
+pub(crate) struct Tally {
+    pub refused: Vec<RefusedRow>,
+    pub sites: Vec<ferry_core::SiteId>,
+    pub owners: std::collections::BTreeSet<Option<String>>,
+    pub all_known: bool,
+}
+
+impl Tally {
+    pub fn new() -> Tally {
+        Tally { refused: Vec::new(), sites: Vec::new(), owners: Default::default(), all_known: true }
+    }
+
+    /// Takes one merged row; returns its state and owner when the store must write it.
+    pub fn take(&mut self, table: &str, key: &str, merged: Merged) -> Option<(RowState, Option<String>)> {
+        if let Some(reason) = merged.refused {
+            let row = RefusedRow { table: table.to_owned(), key: key.to_owned(), current: merged.state, reason };
+            self.refused.push(row);
+            return None;
+        }
+        for site in merged.sites {
+            if !self.sites.contains(&site) {
+                self.sites.push(site);
+            }
+        }
+        // The stored row had something the device's lacks: it must pull the row.
+        self.all_known &= !merged.kept_newer;
+        if !merged.changed {
+            return None;
+        }
+        self.owners.insert(merged.owner.clone());
+        Some((merged.state, merged.owner))
+    }
+
+    /// The device may take a cursor past its batch: nothing refused, nothing it lacks.
+    pub fn caught_up(&self) -> bool {
+        self.all_known && self.refused.is_empty()
+    }
+
+    /// The refused rows as the batch record keeps them (`[[table, key], …]`).
+    pub fn refused_keys(&self) -> String {
+        let keys: Vec<(&str, &str)> = self.refused.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect();
+        serde_json::to_string(&keys).expect("strings serialize")
+    }
 }
 
 /// What a store knows when it decides pushed rows: its site ids and the devices holding
@@ -556,7 +604,7 @@ fn merge_pushed(
     };
     let changed = state != before;
     // The device must pull when the result holds a register its state lacks.
-    let kept_newer = restamped || state.clocks() != incoming.clocks();
+    let kept_newer = restamped || !state.same_clocks(incoming);
     let owner = owner_of(table, &state);
     if let Some(col) = table.options.owner.as_ref().filter(|_| refused.is_none())
         && owner.as_deref() != Some(who.user_id.as_str())

@@ -334,17 +334,14 @@ impl Store for SqliteStore {
             }
             let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
             let feed_end = seq;
-            let mut all_known = true;
             let received = rows.len();
             let mut changed = 0;
-            let mut refused = Vec::new();
+            let mut tally = crate::Tally::new();
             let env = crate::Deciding {
                 server_site: inner.site,
                 role_sites: role_sites(&tx)?,
                 now_ms: crate::wall_ms(),
             };
-            let mut sites = Vec::new();
-            let mut owners = std::collections::BTreeSet::new();
             for row in rows {
                 let ts = inner.table(&row.table)?;
                 let table = &ts.table;
@@ -364,40 +361,21 @@ impl Store for SqliteStore {
                         contest,
                         merged.open,
                     );
-                                        insert_conflict(&tx, &c)?;
+                    insert_conflict(&tx, &c)?;
                 }
-                if let Some(reason) = merged.refused {
-                    let (table, key, current) = (row.table.clone(), row.key.clone(), merged.state);
-                    refused.push(crate::RefusedRow { table, key, current, reason });
-                    continue;
-                }
-                for site in &merged.sites {
-                    if !sites.contains(site) {
-                        sites.push(*site);
-                    }
-                }
-                // The stored row had something the device's lacks: the device must pull it.
-                all_known &= !merged.kept_newer;
-                if !merged.changed {
-                    continue;
-                }
+                let Some((state, owner)) = tally.take(&row.table, &row.key, merged) else { continue };
                 seq += 1;
                 changed += 1;
-                owners.insert(merged.owner.clone());
-                let extra = Extra { seq, owner: merged.owner.as_deref(), origin: Some(&who.device_id), pending: 0 };
-                ferry_sqlite::store_state(&tx, ts, &row.key, &merged.state, &extra)?;
+                let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0 };
+                ferry_sqlite::store_state(&tx, ts, &row.key, &state, &extra)?;
             }
-            for site in sites {
+            for site in &tally.sites {
                 tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id) VALUES (?1, ?2)")?
                     .execute(params![site.to_string(), who.device_id])?;
             }
-            let refused_keys = serde_json::to_string(
-                &refused.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect::<Vec<_>>(),
-            )
-            .expect("strings serialize");
             tx.execute(
                 "INSERT INTO _ferry_batches (device_id, batch_id, received, changed, refused) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![who.device_id, batch_id, received as i64, changed as i64, refused_keys],
+                params![who.device_id, batch_id, received as i64, changed as i64, tally.refused_keys()],
             )?;
             tx.execute(
                 "UPDATE _ferry_devices SET last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
@@ -410,14 +388,14 @@ impl Store for SqliteStore {
                 if feed_end > inner.announced.load(std::sync::atomic::Ordering::SeqCst) {
                     let _ = inner.notices.send(crate::Notice::anyone());
                 }
-                inner.announce(seq, crate::Notice::of(owners, Some(&who.device_id)));
+                inner.announce(seq, crate::Notice::of(std::mem::take(&mut tally.owners), Some(&who.device_id)));
             }
             Ok(PushOutcome {
                 received,
                 changed,
                 replayed: false,
-                cursor: (all_known && refused.is_empty() && cursor == Some(feed_end as u64)).then(|| seq.to_string()),
-                refused,
+                cursor: (tally.caught_up() && cursor == Some(feed_end as u64)).then(|| seq.to_string()),
+                refused: tally.refused,
             })
         })
         .await

@@ -10,13 +10,15 @@
 //!   shared row 20 times; how long each device waits for its message (p99) as N grows,
 //!   up to the SPEC's 5 000.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_client::{Direction, Remote, Replica, SyncOptions};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+
+use common::FERRY;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -35,16 +37,7 @@ fn main() {
     let user = ferry(&["user", "add", "bench", "-c", "ferry.toml"]);
     let token_a = ferry(&["token", "create", "--user", "bench", "--device", "a", "-c", "ferry.toml"]);
     let token_b = ferry(&["token", "create", "--user", "bench", "--device", "b", "-c", "ferry.toml"]);
-    let mut server = Command::new(FERRY)
-        .args(["serve", "-c", "ferry.toml", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
-    let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let (mut server, url) = common::serve(d);
     let server_pid = server.id();
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

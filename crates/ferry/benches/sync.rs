@@ -20,7 +20,9 @@ use ferry_core::schema::Schema;
 use ferry_protocol::SchemaResponse;
 use rusqlite::{Connection, params};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+
+use common::FERRY;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -154,16 +156,7 @@ fn push_and_hydrate(n: usize, database: Option<&str>) -> Synced {
         last_line(&ferry(d, &["token", "create", "--user", "bench", "--device", "seed", "-c", "ferry.toml"]));
     let new_token =
         last_line(&ferry(d, &["token", "create", "--user", "bench", "--device", "new", "-c", "ferry.toml"]));
-    let mut server = Command::new(FERRY)
-        .args(["serve", "-c", "ferry.toml", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
-    let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let (mut server, url) = common::serve(d);
 
     let sync = |db: &str, token: &str| ferry(d, &["sync", "--db", db, "--server", &url, "--token", token, "--json"]);
     sync("seed.db", &seed_token);

@@ -639,10 +639,7 @@ impl PgStore {
         let role_sites = crate::Deciding::role_sites(found.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
         let env = crate::Deciding { server_site: self.inner.site, role_sites, now_ms: crate::wall_ms() };
         let mut changed = 0;
-        let mut all_known = true;
-        let mut refused = Vec::new();
-        let mut sites = Vec::new();
-        let mut owners = std::collections::BTreeSet::new();
+        let mut tally = crate::Tally::new();
         for (table, states) in rows {
             let pt = self.table(table)?;
             let keys: Vec<String> = states.keys().cloned().collect();
@@ -668,22 +665,8 @@ impl PgStore {
                     );
                     insert_conflict(&tx, &c).await.map_err(push_pg)?;
                 }
-                if let Some(reason) = merged.refused {
-                    let (table, key, current) = (table.clone(), key.clone(), merged.state);
-                    refused.push(crate::RefusedRow { table, key, current, reason });
-                    continue;
-                }
-                for site in &merged.sites {
-                    if !sites.contains(site) {
-                        sites.push(*site);
-                    }
-                }
-                // The stored row had something the device's lacks (a direct write, say): the
-                // device must pull it, so no cursor past this push.
-                all_known &= !merged.kept_newer;
-                if merged.changed {
-                    owners.insert(merged.owner.clone());
-                    writes.push((key.clone(), merged.state, merged.owner));
+                if let Some((state, owner)) = tally.take(table, key, merged) {
+                    writes.push((key.clone(), state, owner));
                 }
             }
             if !writes.is_empty() {
@@ -691,7 +674,7 @@ impl PgStore {
                 write(&tx, pt, &who.device_id, &writes).await?;
             }
         }
-        for site in sites {
+        for site in &tally.sites {
             tx.execute(
                 "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[&site.to_string(), &who.device_id],
@@ -699,19 +682,19 @@ impl PgStore {
             .await
             .map_err(push_pg)?;
         }
-        let refused_keys =
-            serde_json::to_string(&refused.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect::<Vec<_>>())
-                .expect("strings serialize");
         if changed > 0 {
             // Every server process on this database LISTENs; delivered at commit.
-            tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &notice_payload(&owners, Some(&who.device_id))])
-                .await
-                .map_err(push_pg)?;
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&NOTIFY_CHANNEL, &notice_payload(&tally.owners, Some(&who.device_id))],
+            )
+            .await
+            .map_err(push_pg)?;
         }
         let xid: String = tx.query_one("SELECT pg_current_xact_id()::text", &[]).await.map_err(push_pg)?.get(0);
         tx.execute(
             "INSERT INTO _ferry_batches (device_id, batch_id, received, changed, refused) VALUES ($1, $2, $3, $4, $5)",
-            &[&who.device_id, &batch_id, &(received as i32), &(changed as i32), &refused_keys],
+            &[&who.device_id, &batch_id, &(received as i32), &(changed as i32), &tally.refused_keys()],
         )
         .await
         .map_err(push_pg)?;
@@ -725,8 +708,11 @@ impl PgStore {
                 &[&who.device_id],
             )
             .await;
-        let caught_up = all_known && refused.is_empty();
-        Ok((PushOutcome { received, changed, replayed: false, cursor: None, refused }, caught_up.then_some(xid)))
+        let caught_up = tally.caught_up();
+        Ok((
+            PushOutcome { received, changed, replayed: false, cursor: None, refused: tally.refused },
+            caught_up.then_some(xid),
+        ))
     }
 
     /// After a committed push: when the client's cursor was caught up and nothing but this

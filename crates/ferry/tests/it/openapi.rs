@@ -57,9 +57,8 @@ fn every_documented_operation_answers_as_the_document_says() {
     let env = Env::new();
     // A conflict on `groups` stays open for the resolve endpoint; a stale change to
     // `formations` is refused row by row, and REST writes to it need a precondition.
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    let strategies = "[tables.groups]\nconflict = \"manual\"\n[tables.formations]\nconflict = \"reject-stale\"\n";
-    std::fs::write(env.path("ferry.toml"), format!("{config}\n{strategies}")).unwrap();
+    env.table_options("groups", "conflict = \"manual\"");
+    env.table_options("formations", "conflict = \"reject-stale\"");
     let alice = env.add_user("alice");
     let bob = env.add_user("bob");
     let (phone, laptop, tablet) =

@@ -175,9 +175,7 @@ fn rows_of_another_user_are_not_found_and_cannot_be_written() {
 #[test]
 fn a_reject_stale_table_requires_a_version_to_write() {
     let env = Env::new();
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    let config = config.replacen("[tables.jump_log]\n", "[tables.jump_log]\nconflict = \"reject-stale\"\n", 1);
-    std::fs::write(env.path("ferry.toml"), config).unwrap();
+    env.table_options("jump_log", "conflict = \"reject-stale\"");
     let p = Pair::in_env(env);
     let api = Api { http: Client::new(), url: &p.server.url, token: p.phone.clone() };
     let path = format!("/v1/rows/jump_log/{}", uuid());

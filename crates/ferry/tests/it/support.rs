@@ -44,6 +44,19 @@ impl Env {
         env
     }
 
+    /// Sets `[tables.TABLE]` options in the config file (`lines` like `conflict = "manual"`),
+    /// adding the section when the example has none.
+    pub fn table_options(&self, table: &str, lines: &str) {
+        let config = std::fs::read_to_string(self.path("ferry.toml")).unwrap();
+        let section = format!("[tables.{table}]\n");
+        let config = if config.contains(&section) {
+            config.replacen(&section, &format!("{section}{lines}\n"), 1)
+        } else {
+            format!("{config}\n{section}{lines}\n")
+        };
+        std::fs::write(self.path("ferry.toml"), config).unwrap();
+    }
+
     /// Runs SQL in this test's PostgreSQL database with `psql`, as another application would.
     pub fn psql(&self, sql: &str) -> String {
         let db = self.pg_db.as_deref().expect("a PostgreSQL test environment");
@@ -257,5 +270,15 @@ impl Pair {
 
     pub fn sync_laptop(&self) -> serde_json::Value {
         self.env.sync(&self.server, "laptop.db", &self.laptop)
+    }
+
+    /// `ferry sync --hydrate` of the laptop (pull only, its local changes stay unpushed);
+    /// returns the sync report.
+    pub fn hydrate_laptop(&self) -> serde_json::Value {
+        let db = self.env.path("laptop.db").display().to_string();
+        let args = ["sync", "--hydrate", "--db", &db, "--server", &self.server.url, "--token", &self.laptop, "--json"];
+        let out = self.env.run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 }

@@ -98,22 +98,8 @@ fn a_local_value_overwritten_by_a_newer_remote_one_before_it_was_pushed_is_kept_
     std::thread::sleep(Duration::from_millis(5));
     phone.execute("UPDATE jump_log SET notes = 'phone wrote later' WHERE id = ?1", [&id]).unwrap();
     p.sync_phone();
-    // The laptop pulls before it pushes (as `apply` does with whatever is unpushed).
-    let mut replica = ferry_client::Replica::open(&p.env.path("laptop.db")).unwrap();
-    let remote = ferry_client::Remote::new(&p.server.url, &p.laptop).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let page = rt.block_on(remote.pull("0", 100)).unwrap();
-    let schema = replica.schema().unwrap().clone();
-    let rows: Vec<_> = page
-        .rows
-        .iter()
-        .map(|w| {
-            let (t, state) = ferry_protocol::decode_row(&schema, w).unwrap();
-            ferry_client::replica::PulledRow { table: t.name.clone(), key: w.key.clone(), state }
-        })
-        .collect();
-    let applied = replica.apply(&rows, &page.cursor).unwrap();
-    assert_eq!(applied.conflicts, 1);
+    // The laptop pulls before it pushes (`--hydrate`: pull only).
+    assert_eq!(p.hydrate_laptop()["conflicts"], 1);
     let kept: (String, String) = laptop
         .query_row("SELECT local_value, remote_value FROM _ferry_conflicts", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
@@ -317,9 +303,15 @@ fn a_device_does_not_pull_back_the_rows_it_just_pushed() {
 /// Two devices rename one group of a `manual` table while apart (the laptop first, the
 /// phone later) and both sync: one open conflict. Returns the pair and the group's id.
 fn manual_group_conflict() -> (Pair, String) {
+    let (p, g) = manual_group_renames();
+    p.sync_laptop();
+    (p, g)
+}
+
+/// As [`manual_group_conflict`], up to the phone's sync: the laptop's rename is not pushed.
+fn manual_group_renames() -> (Pair, String) {
     let env = Env::new();
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"manual\"\n")).unwrap();
+    env.table_options("groups", "conflict = \"manual\"");
     let p = Pair::in_env(env);
     let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
     let g = uuid();
@@ -330,7 +322,6 @@ fn manual_group_conflict() -> (Pair, String) {
     std::thread::sleep(Duration::from_millis(5));
     phone.execute("UPDATE groups SET name = 'Phone name' WHERE id = ?1", [&g]).unwrap();
     p.sync_phone();
-    p.sync_laptop();
     (p, g)
 }
 
@@ -362,8 +353,7 @@ fn a_manual_conflict_is_resolved_from_the_cli_and_the_choice_reaches_every_devic
 #[test]
 fn an_unknown_conflict_strategy_is_refused_by_name() {
     let env = Env::new();
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"first-wins\"\n")).unwrap();
+    env.table_options("groups", "conflict = \"first-wins\"");
     let out = env.run(&["serve", "-c", &env.config(), "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -419,9 +409,7 @@ fn conflicts_are_listed_and_resolved_through_the_admin_api_with_an_admin_token_o
 #[test]
 fn a_stale_change_is_refused_kept_on_its_device_and_settled_there() {
     let env = Env::new();
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    let config = config.replacen("[tables.jump_log]\n", "[tables.jump_log]\nconflict = \"reject-stale\"\n", 1);
-    std::fs::write(env.path("ferry.toml"), config).unwrap();
+    env.table_options("jump_log", "conflict = \"reject-stale\"");
     let p = Pair::in_env(env);
     let id = insert_jump(&p.env.db("phone.db"), &p.user, 1, "first");
     p.sync_phone();
@@ -471,13 +459,7 @@ fn a_stale_change_is_refused_kept_on_its_device_and_settled_there() {
 #[test]
 fn the_authority_role_wins_conflicts_on_an_authoritative_table() {
     let env = Env::new();
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    let config = config.replacen(
-        "[tables.devices]\n",
-        "[tables.devices]\nconflict = \"authoritative\"\nauthority = \"main\"\n",
-        1,
-    );
-    std::fs::write(env.path("ferry.toml"), config).unwrap();
+    env.table_options("devices", "conflict = \"authoritative\"\nauthority = \"main\"");
     let p = Pair::in_env(env);
     let main =
         p.env.ok(&["token", "create", "--user", "alice", "--device", "main", "--role", "main", "-c", &p.env.config()]);
@@ -515,41 +497,14 @@ fn the_authority_role_wins_conflicts_on_an_authoritative_table() {
 /// push goes as made, and the server opens the conflict.
 #[test]
 fn a_pull_before_the_push_leaves_a_manual_conflict_to_the_server() {
-    let env = Env::new();
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    std::fs::write(env.path("ferry.toml"), format!("{config}\n[tables.groups]\nconflict = \"manual\"\n")).unwrap();
-    let p = Pair::in_env(env);
+    let (p, g) = manual_group_renames();
     let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
-    let g = uuid();
-    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Sunday 4-way', ?2)", [&g, &p.user]).unwrap();
-    p.sync_phone();
-    p.sync_laptop();
-    laptop.execute("UPDATE groups SET name = 'Laptop name' WHERE id = ?1", [&g]).unwrap();
-    std::thread::sleep(Duration::from_millis(5));
-    phone.execute("UPDATE groups SET name = 'Phone name' WHERE id = ?1", [&g]).unwrap();
-    p.sync_phone();
-    // The laptop pulls before it pushes.
-    let mut replica = ferry_client::Replica::open(&p.env.path("laptop.db")).unwrap();
-    let remote = ferry_client::Remote::new(&p.server.url, &p.laptop).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let cursor = replica.meta("cursor").unwrap().unwrap_or_else(|| "0".into());
-    let page = rt.block_on(remote.pull(&cursor, 100)).unwrap();
-    let schema = replica.schema().unwrap().clone();
-    let rows: Vec<_> = page
-        .rows
-        .iter()
-        .map(|w| {
-            let (t, state) = ferry_protocol::decode_row(&schema, w).unwrap();
-            ferry_client::replica::PulledRow { table: t.name.clone(), key: w.key.clone(), state }
-        })
-        .collect();
-    let applied = replica.apply(&rows, &page.cursor).unwrap();
-    assert_eq!(applied.conflicts, 0, "not settled on the device");
+    // The laptop pulls before it pushes (`--hydrate`: pull only).
+    assert_eq!(p.hydrate_laptop()["conflicts"], 0, "not settled on the device");
     let name = |db: &rusqlite::Connection| -> String {
         db.query_row("SELECT name FROM groups WHERE id = ?1", [&g], |r| r.get(0)).unwrap()
     };
     assert_eq!(name(&laptop), "Laptop name", "the local change stays as made until the push is answered");
-    drop(replica);
     p.sync_laptop();
     let open: serde_json::Value =
         serde_json::from_slice(&p.env.run(&["conflicts", "list", "--open", "--json", "-c", &p.env.config()]).stdout)

@@ -180,9 +180,7 @@ fn on_the_embedded_store_a_change_written_by_another_process_is_announced_too() 
 #[test]
 fn the_engine_reports_a_change_refused_as_stale_as_a_conflict() {
     let env = Env::new();
-    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-    let config = config.replacen("[tables.jump_log]\n", "[tables.jump_log]\nconflict = \"reject-stale\"\n", 1);
-    std::fs::write(env.path("ferry.toml"), config).unwrap();
+    env.table_options("jump_log", "conflict = \"reject-stale\"");
     let p = Pair::in_env(env);
     let id = insert_jump(&p.env.db("phone.db"), &p.user, 1, "first");
     p.sync_phone();
