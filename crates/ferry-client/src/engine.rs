@@ -267,7 +267,8 @@ pub async fn run(
                         set_state(&mut state, to, why, &replica);
                         next = Some((Instant::now() + opts.interval, "interval"));
                     }
-                    Err(e @ Error::Local(_)) if !transient(&e) => break Err(e),
+                    // A broken replica file stops the engine; a locked one is retried below.
+                    Err(e @ Error::Local(_)) => break Err(e),
                     Err(e) => {
                         failures += 1;
                         let retry_in = opts.backoff.delay(failures);
@@ -320,19 +321,10 @@ pub async fn run(
     result.map(|()| replica)
 }
 
-/// Whether a local failure passes by itself (the file is locked by another program).
-fn transient(e: &Error) -> bool {
-    let m = e.to_string();
-    m.contains("database is locked") || m.contains("database table is locked") || m.contains("busy")
-}
-
-/// SQLite's count of commits by other connections to the file, plus this connection's
-/// unstamped outbox entries (writes through this connection).
-fn data_version(replica: &Replica) -> Result<(i64, i64)> {
-    let c = replica.connection();
-    let v = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-    let n = c.query_row("SELECT count(*) FROM _ferry_outbox", [], |r| r.get(0))?;
-    Ok((v, n))
+/// SQLite's count of commits by other connections to the file: it moves when an
+/// application (in this process or another) writes to the replica.
+fn data_version(replica: &Replica) -> Result<i64> {
+    Ok(replica.connection().query_row("PRAGMA data_version", [], |r| r.get(0))?)
 }
 
 /// Keeps the realtime stream open, reconnecting by the backoff schedule.

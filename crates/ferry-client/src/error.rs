@@ -24,17 +24,26 @@ pub enum Error {
     /// The replica file itself.
     #[error("replica: {0}")]
     Local(String),
+    /// Another program holds the replica file locked; trying again later works.
+    #[error("replica: {0}")]
+    Busy(String),
 }
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Local(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Error::Busy(e.to_string()),
+            _ => Error::Local(e.to_string()),
+        }
     }
 }
 
 impl From<ferry_sqlite::Error> for Error {
     fn from(e: ferry_sqlite::Error) -> Self {
-        Error::Local(e.to_string())
+        match e {
+            ferry_sqlite::Error::Sqlite(e) => e.into(),
+            other => Error::Local(other.to_string()),
+        }
     }
 }
 
