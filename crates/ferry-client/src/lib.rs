@@ -4,6 +4,7 @@
 //! - [`replica`]: the file and its bookkeeping; stamping, pending rows, applying pulls.
 //! - [`remote`]: the HTTP calls, one per protocol endpoint.
 //! - [`sync`]: one whole sync (schema, push, pull).
+//! - [`files`]: the files rows point to, and the worker that moves them.
 //!
 //! It does not run a server, and it never holds an SQLite transaction open across a
 //! network call.
@@ -11,6 +12,7 @@
 mod capture;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod queue;
 pub mod remote;
 pub mod replica;

@@ -49,6 +49,10 @@ impl Remote {
         Ok(Remote { http, base, token: token.to_owned() })
     }
 
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -86,6 +90,11 @@ impl Remote {
 
     pub async fn schema(&self) -> Result<SchemaResponse> {
         self.send(self.http.get(format!("{}/v1/schema", self.base)), "schema").await
+    }
+
+    /// `GET /v1/admin/status` (admin token): the server's file store and transfer queue.
+    pub async fn admin_status(&self) -> Result<serde_json::Value> {
+        self.send(self.http.get(format!("{}/v1/admin/status", self.base)), "status").await
     }
 
     pub async fn me(&self) -> Result<WhoAmI> {
@@ -148,7 +157,7 @@ impl Remote {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

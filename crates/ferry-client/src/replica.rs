@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 /// A replica file opened for syncing.
 pub struct Replica {
     conn: Connection,
+    path: std::path::PathBuf,
     schema: Option<Schema>,
     tables: HashMap<String, TableSql>,
 }
@@ -82,6 +83,8 @@ pub struct Status {
     /// The connection state last reported by a running engine (`ferry sync --watch`):
     /// CONNECTED, DEGRADED, DISCONNECTED, RECONNECTING, OFFLINE_ONLY, or STOPPED.
     pub connection: Option<String>,
+    /// The file queue: files to upload or download, bytes pending.
+    pub files: crate::files::FileQueue,
 }
 
 /// Outbox entries stamped per transaction by [`Replica::stamp`].
@@ -341,6 +344,7 @@ impl Replica {
         ferry_sqlite::ensure_rows_table(&conn)?;
         conn.execute_batch(capture::BOOKKEEPING)?;
         conn.execute_batch(crate::queue::QUEUE_TABLES)?;
+        conn.execute_batch(crate::files::FILE_TABLES)?;
         // Columns added to the replica's conflict view since its first release.
         for column in ["resolved_by", "kind", "local", "remote"] {
             let has: bool = conn.query_row(
@@ -358,7 +362,7 @@ impl Replica {
             let site = SiteId::from_bytes(b);
             set_meta(&conn, "site", &site.to_string())?;
         }
-        let mut replica = Replica { conn, schema: None, tables: HashMap::new() };
+        let mut replica = Replica { conn, path: path.to_owned(), schema: None, tables: HashMap::new() };
         if let Some(json) = get_meta(&replica.conn, "schema")? {
             let resp: SchemaResponse =
                 serde_json::from_str(&json).map_err(|e| Error::Local(format!("stored schema is unreadable: {e}")))?;
@@ -374,6 +378,11 @@ impl Replica {
 
     pub(crate) fn connection_mut(&mut self) -> &mut Connection {
         &mut self.conn
+    }
+
+    /// The replica file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn connection(&self) -> &Connection {
@@ -1083,6 +1092,7 @@ impl Replica {
             conflicted: count("SELECT count(*) FROM _ferry_refused")?,
             failed: count("SELECT count(*) FROM _ferry_failed")?,
             connection: self.connection_state()?,
+            files: self.file_queue_totals()?,
             last_sync: self.meta("last_sync")?,
             cursor: self.meta("cursor")?.unwrap_or_else(|| "0".into()),
             conflicts: count("SELECT count(*) FROM _ferry_conflicts")?,

@@ -121,6 +121,9 @@ pub struct TableOptions {
     /// Under `authoritative`: the device role whose writes always win (`authority = "main"`;
     /// devices get a role with `ferry token create --role main`).
     pub authority: Option<String>,
+    /// File columns (`files = ["video"]`): each holds the SHA-256 (64 lowercase hex digits)
+    /// of a file's content, or null; the file itself travels separately (`docs/files.md`).
+    pub files: Vec<String>,
 }
 
 /// A table's conflict strategy (`conflict = "…"` in `[tables.NAME]`).
@@ -260,6 +263,26 @@ impl Schema {
                     )));
                 }
             }
+            for file in &opts.files {
+                let Some(col) = table.column(file) else {
+                    return Err(SchemaError(format!(
+                        "table '{name}': file column '{file}' does not exist; the columns are: {}",
+                        table.column_names().join(", ")
+                    )));
+                };
+                if col.ty != ColType::Text || col.name == table.columns[table.pk].name {
+                    return Err(SchemaError(format!(
+                        "table '{name}': file column '{file}' must be a text column other than the primary key (it holds the file's SHA-256 in hex); it is {}",
+                        if col.name == table.columns[table.pk].name { "the primary key" } else { col.ty.name() }
+                    )));
+                }
+                if opts.owner.as_deref() == Some(file.as_str()) || opts.files.iter().filter(|f| *f == file).count() > 1
+                {
+                    return Err(SchemaError(format!(
+                        "table '{name}': file column '{file}' is listed twice or is also the owner column; list each file column once"
+                    )));
+                }
+            }
             match (opts.conflict, &opts.authority) {
                 (ConflictStrategy::Authoritative, None) => {
                     return Err(SchemaError(format!(
@@ -332,6 +355,9 @@ impl Schema {
             }
             if let Some(a) = &t.options.authority {
                 let _ = write!(text, "\nauthority {} {}", t.name, a);
+            }
+            for f in &t.options.files {
+                let _ = write!(text, "\nfile {} {}", t.name, f);
             }
         }
         fingerprint(&text)
@@ -504,6 +530,15 @@ impl Table {
                 return fail(format!("expects a lowercase uuid like 0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b, got '{s}'"));
             }
             _ => {}
+        }
+        if let Value::Text(s) = value
+            && self.options.files.iter().any(|f| *f == column.name)
+            && !is_file_hash(s)
+        {
+            let shown: String = s.chars().take(70).collect();
+            return fail(format!(
+                "is a file column and holds a SHA-256 in 64 lowercase hex digits (what `ferry file add` prints), got '{shown}'"
+            ));
         }
         if let Value::Text(s) = value {
             if s.contains('\0') {
@@ -1211,6 +1246,11 @@ mod parity_tests {
         let err = t.check_value(t.column("doc").unwrap(), &Value::Text(r#"{"a":"\u0000"}"#.into())).unwrap_err();
         assert!(err.rule.contains("\\u0000"), "{err}");
     }
+}
+
+/// Whether `s` is a file hash as file columns hold it: SHA-256, 64 lowercase hex digits.
+pub fn is_file_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Checks a device role name (`ferry token create --role`, `authority = "…"`): 1 to 64

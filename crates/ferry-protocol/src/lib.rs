@@ -138,6 +138,9 @@ pub struct TableInfo {
     /// Under `authoritative`: the device role whose writes win.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    /// File columns: they hold the SHA-256 of a file that travels through `/v1/files`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// `GET /v1/me`: who the token belongs to.
@@ -158,6 +161,58 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<serde_json::Value>,
+    /// A resumable upload sent from the wrong offset (409 `upload_offset`): where to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// `POST /v1/files/check`: where the server stands on some files (at most
+/// [`MAX_FILE_CHECK`] hashes per request).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileCheckRequest {
+    pub hashes: Vec<String>,
+}
+
+/// The most hashes one `/v1/files/check` request may ask about.
+pub const MAX_FILE_CHECK: usize = 1000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileCheckResponse {
+    /// One entry per asked hash, in the order asked.
+    pub files: Vec<FileState>,
+}
+
+/// What the server holds of one file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileState {
+    pub hash: String,
+    pub state: FileStateKind,
+    /// `stored`: the file's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// `partial`: how many bytes of an interrupted upload the server holds (resume there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileStateKind {
+    /// Stored and verified: download it, or there is nothing to upload.
+    Stored,
+    /// Part of an upload arrived; resume from `offset`.
+    Partial,
+    /// Not on the server.
+    Missing,
+    /// No row the caller may read references it (yet): not the caller's to upload or read.
+    Unreferenced,
+}
+
+/// The answer to a finished upload (`PUT /v1/files/{hash}`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileStored {
+    pub hash: String,
+    pub size: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -180,7 +235,12 @@ impl SchemaResponse {
                         .then(|| t.options.conflict.name().to_owned());
                     (
                         t.name.clone(),
-                        TableInfo { owner: t.options.owner.clone(), conflict, authority: t.options.authority.clone() },
+                        TableInfo {
+                            owner: t.options.owner.clone(),
+                            conflict,
+                            authority: t.options.authority.clone(),
+                            files: t.options.files.clone(),
+                        },
                     )
                 })
                 .collect(),
@@ -201,8 +261,8 @@ impl SchemaResponse {
                     Some(c) => ferry_core::schema::ConflictStrategy::parse(c),
                 };
                 conflict.map(|conflict| {
-                    let (owner, authority) = (i.owner.clone(), i.authority.clone());
-                    (n.clone(), ferry_core::schema::TableOptions { owner, conflict, authority })
+                    let (owner, authority, files) = (i.owner.clone(), i.authority.clone(), i.files.clone());
+                    (n.clone(), ferry_core::schema::TableOptions { owner, conflict, authority, files })
                 })
             })
             .collect::<Result<_, String>>()

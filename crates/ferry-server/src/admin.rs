@@ -13,7 +13,7 @@ use ferry_store::{ConflictFilter, ConflictRecord, Keep, Store};
 use crate::auth::Authed;
 use crate::{ApiError, AppState};
 
-fn require_admin(who: &Authed) -> Result<(), ApiError> {
+pub(crate) fn require_admin(who: &Authed) -> Result<(), ApiError> {
     if who.0.admin {
         Ok(())
     } else {

@@ -19,6 +19,9 @@ struct FileConfig {
     server: ServerSection,
     #[serde(default)]
     tables: BTreeMap<String, TableSection>,
+    /// Where verified files are kept (`docs/files.md`).
+    #[serde(default)]
+    files: ferry_files::FileStoreConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -37,6 +40,8 @@ struct TableSection {
     owner: Option<String>,
     conflict: Option<String>,
     authority: Option<String>,
+    #[serde(default)]
+    files: Vec<String>,
 }
 
 /// Values given as flags or environment variables; `None` falls back to the file.
@@ -59,6 +64,8 @@ pub struct Config {
     pub schema_path: PathBuf,
     pub max_body_bytes: usize,
     pub tables: BTreeMap<String, TableOptions>,
+    /// The `[files]` section; relative `dir` already resolved against the file's directory.
+    pub files: ferry_files::FileStoreConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -114,9 +121,24 @@ impl Config {
                     message: format!("[tables.{name}] {message}"),
                 })?,
             };
-            tables.insert(name, TableOptions { owner: t.owner, conflict, authority: t.authority });
+            tables.insert(name, TableOptions { owner: t.owner, conflict, authority: t.authority, files: t.files });
         }
-        Ok(Config { listen, database, data_dir, schema_path, max_body_bytes, tables })
+        let mut files = parsed.files;
+        files.dir = from_file(files.dir);
+        Ok(Config { listen, database, data_dir, schema_path, max_body_bytes, tables, files })
+    }
+
+    /// Opens the file store `[files]` names (by default the directory `DATA_DIR/files`) and
+    /// the staging area for uploads in progress.
+    ///
+    /// # Errors
+    /// When the store cannot be opened or reached; the message names it and the fix.
+    pub async fn open_files(&self) -> Result<crate::Files, String> {
+        let store = ferry_files::open(&self.files, &self.data_dir.join("files")).await.map_err(|e| e.to_string())?;
+        let staging = store.staging_dir().map_or_else(|| self.data_dir.join("uploads"), std::path::Path::to_path_buf);
+        let max = self.files.max_upload_bytes.unwrap_or(crate::files::DEFAULT_MAX_UPLOAD_BYTES);
+        crate::Files::new(store, staging.clone(), max)
+            .map_err(|e| format!("cannot create the upload staging directory '{}': {e}", staging.display()))
     }
 
     /// Reads and checks the schema file with the per-table options.

@@ -31,6 +31,19 @@ pub enum ApiError {
     /// The write needs a version precondition (428).
     #[error("{0}")]
     PreconditionRequired(String),
+    /// A resumable upload sent from another offset than the bytes the server holds (409
+    /// `upload_offset`); the answer says where to resume.
+    #[error("{0}")]
+    UploadOffset(String, u64),
+    /// Another request is uploading the same file now (409 `upload_in_progress`).
+    #[error("{0}")]
+    UploadInProgress(String),
+    /// The bytes of an upload do not hash to the file's name (422 `hash_mismatch`).
+    #[error("{0}")]
+    HashMismatch(String),
+    /// A `Range` the file cannot satisfy (416).
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -50,6 +63,10 @@ impl ApiError {
             ApiError::Stale(..) => (StatusCode::CONFLICT, "stale"),
             ApiError::PreconditionFailed(..) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             ApiError::PreconditionRequired(_) => (StatusCode::PRECONDITION_REQUIRED, "precondition_required"),
+            ApiError::UploadOffset(..) => (StatusCode::CONFLICT, "upload_offset"),
+            ApiError::UploadInProgress(_) => (StatusCode::CONFLICT, "upload_in_progress"),
+            ApiError::HashMismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch"),
+            ApiError::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -79,8 +96,16 @@ impl IntoResponse for ApiError {
             ApiError::Stale(_, c) | ApiError::PreconditionFailed(_, c) => c.as_deref().cloned(),
             _ => None,
         };
-        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() }, current };
+        let offset = match &self {
+            ApiError::UploadOffset(_, o) => Some(*o),
+            _ => None,
+        };
+        let body =
+            ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() }, current, offset };
         let mut resp = (status, Json(body)).into_response();
+        if let Some(o) = offset {
+            resp.headers_mut().insert("upload-offset", o.into());
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("5"));
         }

@@ -13,6 +13,7 @@ pub mod error;
 
 mod admin;
 mod auth;
+pub mod files;
 mod info;
 mod pull;
 mod push;
@@ -32,16 +33,22 @@ use tower_http::decompression::RequestDecompressionLayer;
 
 pub use config::{Config, ConfigError, Overrides};
 pub use error::ApiError;
+pub use files::Files;
 
 /// What every handler shares.
 pub struct AppState<S> {
     pub store: S,
     pub max_body_bytes: usize,
+    pub files: Arc<Files>,
 }
 
-/// The HTTP routes over `store`.
-pub fn router<S: Store>(store: S, max_body_bytes: usize) -> Router {
-    let state = Arc::new(AppState { store, max_body_bytes });
+/// The HTTP routes over `store`, with `files` for the files rows reference.
+pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router {
+    use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
+    let state = Arc::new(AppState { store, max_body_bytes, files: Arc::new(files) });
+    // File bytes are compressed already or random-looking, and must keep their length for
+    // ranges: only JSON answers are compressed.
+    let compress = DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"));
     Router::new()
         .route("/health/live", get(info::live))
         .route("/v1/schema", get(info::schema::<S>))
@@ -51,6 +58,9 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize) -> Router {
         .route("/v1/rows/{table}/{key}", get(rows::get_row::<S>).put(rows::put_row::<S>).delete(rows::delete_row::<S>))
         .route("/v1/changes", get(rows::changes::<S>))
         .route("/v1/stream", get(stream::stream::<S>))
+        .route("/v1/files/check", post(files::check::<S>))
+        .route("/v1/files/{hash}", get(files::download::<S>).put(files::upload::<S>))
+        .route("/v1/admin/status", get(files::status::<S>))
         .route("/v1/admin/conflicts", get(admin::list::<S>))
         .route("/v1/admin/conflicts/{id}", get(admin::show::<S>))
         .route("/v1/admin/conflicts/{id}/resolve", post(admin::resolve::<S>))
@@ -58,7 +68,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestDecompressionLayer::new())
-        .layer(CompressionLayer::new())
+        .layer(CompressionLayer::new().compress_when(compress))
         .with_state(state)
 }
 
@@ -71,7 +81,8 @@ pub async fn run<S: Store>(
     listener: TcpListener,
     store: S,
     max_body_bytes: usize,
+    files: Files,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store, max_body_bytes)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(store, max_body_bytes, files)).with_graceful_shutdown(shutdown).await
 }

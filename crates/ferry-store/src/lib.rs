@@ -237,6 +237,17 @@ pub trait Store: Send + Sync + 'static {
     fn get_row(&self, who: &Principal, table: &str, key: &str)
     -> impl Future<Output = Result<Option<RowState>>> + Send;
 
+    /// Which of `hashes` a file column of a row `who` may read holds: files are as private
+    /// as the rows that reference them.
+    fn file_refs(
+        &self,
+        who: &Principal,
+        hashes: &[String],
+    ) -> impl Future<Output = Result<std::collections::BTreeSet<String>>> + Send;
+
+    /// Every hash some file column holds (for the server's status).
+    fn referenced_files(&self) -> impl Future<Output = Result<std::collections::BTreeSet<String>>> + Send;
+
     /// Changes committed from now on, by this process or (PostgreSQL: any server process
     /// and direct SQL; embedded store: another process) by others.
     fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice>;
@@ -288,6 +299,27 @@ fn selected_tables(schema: &Schema, tables: Option<&[String]>) -> Result<Vec<Str
             Ok(list.to_vec())
         }
     }
+}
+
+/// The file columns of `schema`, as (table, column, owner column).
+fn file_columns(schema: &Schema) -> Vec<(&Table, &str, Option<&str>)> {
+    schema
+        .tables
+        .iter()
+        .flat_map(|t| t.options.files.iter().map(move |f| (t, f.as_str(), t.options.owner.as_deref())))
+        .collect()
+}
+
+/// `CREATE INDEX` for each file column, so a file request finds its rows at once.
+fn file_indexes(schema: &Schema) -> String {
+    use ferry_core::schema::quote;
+    file_columns(schema)
+        .iter()
+        .map(|(t, col, _)| {
+            let name = quote(&format!("_ferry_file_{}_{col}", t.name));
+            format!("CREATE INDEX IF NOT EXISTS {name} ON {} ({});\n", quote(&t.name), quote(col))
+        })
+        .collect()
 }
 
 /// A new random bearer token: `fry_` and 64 hex digits (256 bits).
@@ -409,6 +441,14 @@ impl Store for AnyStore {
 
     async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<RowState>> {
         delegate!(self, s => s.get_row(who, table, key).await)
+    }
+
+    async fn file_refs(&self, who: &Principal, hashes: &[String]) -> Result<std::collections::BTreeSet<String>> {
+        delegate!(self, s => s.file_refs(who, hashes).await)
+    }
+
+    async fn referenced_files(&self) -> Result<std::collections::BTreeSet<String>> {
+        delegate!(self, s => s.referenced_files().await)
     }
 
     fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {

@@ -5,11 +5,11 @@
 //! blocking threads. The feed sequence is assigned inside the single write transaction,
 //! so commit order and sequence order agree and a cursor can never skip a change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ferry_core::schema::Schema;
+use ferry_core::schema::{Schema, quote};
 use ferry_sqlite::{Extra, TableSql};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -130,6 +130,7 @@ impl SqliteStore {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
             backfill_owner(&tx, table)?;
         }
+        tx.execute_batch(&crate::file_indexes(&schema))?;
         tx.execute(
             "INSERT OR IGNORE INTO _ferry_store (key, value) VALUES ('id', ?1)",
             [uuid::Uuid::now_v7().to_string()],
@@ -508,6 +509,44 @@ impl Store for SqliteStore {
             let ts = inner.table(&table)?;
             let Some((state, meta)) = ferry_sqlite::load_state(conn, ts, &key)? else { return Ok(None) };
             Ok(meta.owner.is_none_or(|o| o == user).then_some(state))
+        })
+        .await
+    }
+
+    async fn file_refs(&self, who: &Principal, hashes: &[String]) -> Result<BTreeSet<String>> {
+        let (user, list) = (who.user_id.clone(), serde_json::to_string(hashes).expect("strings serialize"));
+        self.read(move |inner, conn| {
+            let mut found = BTreeSet::new();
+            for (t, col, owner) in crate::file_columns(&inner.schema) {
+                let (q, c) = (quote(&t.name), quote(col));
+                let mut sql = format!("SELECT DISTINCT {c} FROM {q} WHERE {c} IN (SELECT value FROM json_each(?1))");
+                if let Some(o) = owner {
+                    sql.push_str(&format!(" AND {} = ?2", quote(o)));
+                }
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = if owner.is_some() {
+                    stmt.query_map(params![list, user], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                } else {
+                    stmt.query_map(params![list], |r| r.get::<_, String>(0))?.collect()
+                }?;
+                found.extend(rows);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn referenced_files(&self) -> Result<BTreeSet<String>> {
+        self.read(move |inner, conn| {
+            let mut found = BTreeSet::new();
+            for (t, col, _) in crate::file_columns(&inner.schema) {
+                let c = quote(col);
+                let sql = format!("SELECT DISTINCT {c} FROM {} WHERE {c} IS NOT NULL", quote(&t.name));
+                let mut stmt = conn.prepare_cached(&sql)?;
+                found.extend(stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?);
+            }
+            Ok(found)
         })
         .await
     }

@@ -44,6 +44,130 @@ enum Command {
         #[command(subcommand)]
         command: ConflictsCommand,
     },
+    /// Files rows reference by SHA-256: add, open, move them (sync), pause, resume, trigger, status, log.
+    File {
+        #[command(subcommand)]
+        command: FileCommand,
+    },
+    /// A running server's status (file store and transfer queue), with an admin token.
+    ServerStatus(RemoteArgs),
+}
+
+/// A server reached over HTTP.
+#[derive(Args)]
+struct RemoteArgs {
+    /// Server URL.
+    #[arg(long, env = "FERRY_SERVER")]
+    server: String,
+    /// Device token (`ferry token create`; the admin endpoints need `--admin`).
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum FileCommand {
+    /// Copy a file into the replica's files (REPLICA-files/, named by hash); prints its
+    /// SHA-256, the value to put in a file column.
+    Add {
+        #[arg(long)]
+        db: PathBuf,
+        /// The file to add.
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file of the replica to stdout (or --out), checking its hash on the way.
+    Open {
+        #[arg(long)]
+        db: PathBuf,
+        /// The file's SHA-256.
+        hash: String,
+        /// Write it here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Move the files that can move now (uploads and downloads, newest row first), then stop.
+    Sync(FileSyncArgs),
+    /// Stop file transfers (a running `ferry sync --watch` pauses too; row sync goes on).
+    Pause {
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Let file transfers run again.
+    Resume {
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Ask a running `ferry sync --watch` to look for files to move now, forgetting retry waits.
+    Trigger {
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// The file queue: files to upload or download, sizes, failed attempts.
+    Status {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent transfers: direction, hash, size, outcome.
+    Log {
+        #[arg(long)]
+        db: PathBuf,
+        /// How many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct FileSyncArgs {
+    /// The replica file.
+    #[arg(long)]
+    db: PathBuf,
+    /// Server URL; defaults to the one this replica last synced with.
+    #[arg(long, env = "FERRY_SERVER")]
+    server: Option<String>,
+    /// Device token (from `ferry token create`).
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    limits: FileLimits,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How files move: at once, and how fast.
+#[derive(Args, Clone)]
+struct FileLimits {
+    /// Files moved at once.
+    #[arg(long = "files-concurrency", default_value_t = ferry_client::files::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Rate limit over all file transfers, in KB/s (1 KB = 1024 bytes); none by default.
+    #[arg(long = "files-rate")]
+    rate_kbps: Option<u64>,
+}
+
+impl FileLimits {
+    fn options(&self) -> Result<ferry_client::files::FileOptions> {
+        if self.concurrency == 0 {
+            bail!("--files-concurrency 0: at least one file must be able to move; use `ferry file pause` to stop them");
+        }
+        if self.rate_kbps == Some(0) {
+            bail!("--files-rate 0 would never move a byte; leave it out for no limit, or use `ferry file pause`");
+        }
+        Ok(ferry_client::files::FileOptions {
+            concurrency: self.concurrency,
+            rate: self.rate_kbps.map(|k| k * 1024),
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -243,6 +367,11 @@ struct SyncArgs {
     /// Give up on a request to the server after this long (500ms, 30s, 2m).
     #[arg(long, default_value = "120s", value_parser = ferry_client::engine::parse_duration)]
     timeout: Duration,
+    /// With --watch: do not move files (rows only).
+    #[arg(long, requires = "watch")]
+    no_files: bool,
+    #[command(flatten)]
+    files: FileLimits,
 }
 
 #[derive(Args)]
@@ -306,6 +435,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Conflicts { command } => conflicts(command).await,
         Command::Status(args) => status(args),
         Command::Queue(args) => queue(args),
+        Command::File { command } => file(command).await,
+        Command::ServerStatus(args) => server_status(args).await,
     }
 }
 
@@ -320,8 +451,9 @@ async fn serve(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}; is another server using it?", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(store = store.describe(), tables = store.schema().tables.len(), "store ready");
+    let files = config.open_files().await.map_err(anyhow::Error::msg)?;
     println!("listening on http://{addr}");
-    ferry_server::run(listener, store, config.max_body_bytes, shutdown_signal()).await?;
+    ferry_server::run(listener, store, config.max_body_bytes, files, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -395,11 +527,250 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Resu
             println!("{line}");
         }
     });
+    // Files move beside the rows, never in their way: their own task, connection and limits.
+    let (stop_files, files_stopped) = tokio::sync::oneshot::channel::<()>();
+    let file_worker = match (&opts.remote, args.no_files) {
+        (Some(remote), false) => {
+            let (db, remote, fopts) = (args.db.clone(), remote.clone(), args.files.options()?);
+            Some(tokio::spawn(async move {
+                let stopped = async {
+                    let _ = files_stopped.await;
+                };
+                if let Err(e) =
+                    ferry_client::files::run(&db, &remote, fopts, move |e| print_file_event(&e, json), stopped).await
+                {
+                    eprintln!("file transfers stopped: {e}");
+                }
+            }))
+        }
+        _ => None,
+    };
     eprintln!("watching '{}' with {server}; Ctrl-C stops", args.db.display());
-    let replica = ferry_client::engine::run(replica, opts, tx, shutdown_signal()).await?;
+    let replica = ferry_client::engine::run(replica, opts, tx, shutdown_signal()).await;
+    let _ = stop_files.send(());
+    if let Some(w) = file_worker {
+        let _ = w.await;
+    }
+    let replica = replica?;
     let _ = replica.set_meta("engine_state", "STOPPED");
     let _ = printer.await;
     eprintln!("stopped");
+    Ok(())
+}
+
+/// One line of the sync log for a file event.
+fn print_file_event(e: &ferry_client::files::FileEvent, json: bool) {
+    use ferry_client::files::FileEvent;
+    let line = match (e, json) {
+        (FileEvent::Transferred(t), true) => serde_json::json!({"event": "file", "transfer": t}).to_string(),
+        (FileEvent::Transferred(t), false) => format!(
+            "file {} {} {} bytes ({} moved in {} ms): {}{}",
+            t.direction,
+            t.hash,
+            t.size,
+            t.bytes,
+            t.millis,
+            t.outcome,
+            t.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+        ),
+        (FileEvent::Warning(w), true) => serde_json::json!({"event": "warning", "message": w}).to_string(),
+        (FileEvent::Warning(w), false) => format!("warning: {w}"),
+        (FileEvent::Queue { queued, bytes_pending }, true) if *queued > 0 => {
+            serde_json::json!({"event": "file_queue", "queued": queued, "bytes_pending": bytes_pending}).to_string()
+        }
+        _ => return,
+    };
+    println!("{line}");
+}
+
+async fn file(command: FileCommand) -> Result<()> {
+    match command {
+        FileCommand::Add { db, path, json } => {
+            let replica = Replica::open(&db)?;
+            let (hash, size) = replica.add_file(&path)?;
+            if json {
+                println!("{}", serde_json::json!({"hash": hash, "size": size, "path": replica.files().path(&hash)}));
+            } else {
+                eprintln!("added '{}' ({size} bytes) to {}", path.display(), replica.files().dir().display());
+                println!("{hash}");
+            }
+        }
+        FileCommand::Open { db, hash, out } => {
+            let replica = open_replica(&db)?;
+            let files = replica.files();
+            let mut input = files.open(&hash)?;
+            match out {
+                Some(out) => {
+                    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                        .with_context(|| format!("cannot write in '{}'", dir.display()))?;
+                    let got = copy_hashing(&mut input, tmp.as_file_mut())?;
+                    if got != hash {
+                        bail!(
+                            "file {hash} on this device is corrupt (its bytes hash to {got}); `ferry file sync` fetches it again once it is moved aside"
+                        );
+                    }
+                    tmp.persist(&out).with_context(|| format!("cannot write '{}'", out.display()))?;
+                }
+                None => {
+                    let got = copy_hashing(&mut input, &mut std::io::stdout().lock())?;
+                    if got != hash {
+                        bail!(
+                            "file {hash} on this device is corrupt (its bytes hash to {got}); what was written is not the file"
+                        );
+                    }
+                }
+            }
+        }
+        FileCommand::Sync(args) => file_sync(args).await?,
+        FileCommand::Pause { db } => {
+            open_replica(&db)?.pause_files()?;
+            eprintln!("file transfers paused on '{}'; `ferry file resume` lets them run again", db.display());
+        }
+        FileCommand::Resume { db } => {
+            open_replica(&db)?.resume_files()?;
+            eprintln!("file transfers resumed on '{}'", db.display());
+        }
+        FileCommand::Trigger { db } => {
+            open_replica(&db)?.trigger_files()?;
+            eprintln!("asked the file worker of '{}' to look now", db.display());
+        }
+        FileCommand::Status { db, json } => {
+            let replica = open_replica(&db)?;
+            let queue = replica.file_queue()?;
+            let totals = replica.file_queue_totals()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"totals": totals, "files": queue}))?);
+            } else {
+                println!(
+                    "{} files queued ({} up, {} down), {} bytes known pending{}",
+                    totals.queued,
+                    totals.uploads,
+                    totals.downloads,
+                    totals.bytes_pending,
+                    if totals.paused { "; PAUSED" } else { "" }
+                );
+                for q in queue {
+                    println!(
+                        "{:4} {} {:>12} attempts {}{}",
+                        if q.direction == ferry_client::files::Direction::Up { "up" } else { "down" },
+                        q.hash,
+                        q.size.map_or("?".to_owned(), |s| s.to_string()),
+                        q.attempts,
+                        q.last_error.map(|e| format!(" last error: {e}")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        FileCommand::Log { db, limit, json } => {
+            let log = open_replica(&db)?.file_log(limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&log)?);
+            } else {
+                for t in log {
+                    println!(
+                        "{} {:4} {} {} bytes, {} moved in {} ms: {}{}",
+                        t.at,
+                        t.direction,
+                        t.hash,
+                        t.size,
+                        t.bytes,
+                        t.millis,
+                        t.outcome,
+                        t.error.map(|e| format!(" ({e})")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `from` into `to`, returning the SHA-256 of the bytes copied.
+fn copy_hashing(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            to.flush()?;
+            return Ok(ferry_core::to_hex(&h.finalize()));
+        }
+        h.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+}
+
+async fn file_sync(args: FileSyncArgs) -> Result<()> {
+    let replica = open_replica(&args.db)?;
+    let Some(server) = args.server.clone().or(replica.meta("server")?) else {
+        bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display());
+    };
+    let Some(token) = args.token.as_deref() else {
+        bail!("no token given; pass --token (from `ferry token create`) or set FERRY_TOKEN");
+    };
+    drop(replica);
+    let remote = Remote::new(&server, token)?;
+    let opts = args.limits.options()?;
+    let bar = if args.json || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("files {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("template"),
+    );
+    let (json, progress) = (args.json, bar.clone());
+    let report = ferry_client::files::sync_files(&args.db, &remote, &opts, move |e| {
+        use ferry_client::files::FileEvent;
+        match &e {
+            FileEvent::Progress { bytes, total } => {
+                progress.set_length(*total);
+                progress.set_position(*bytes);
+            }
+            FileEvent::Transferred(_) | FileEvent::Warning(_) if !json => {
+                progress.suspend(|| print_file_event(&e, false))
+            }
+            FileEvent::Transferred(_) | FileEvent::Warning(_) => print_file_event(&e, true),
+            _ => {}
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = report.with_context(|| format!("file sync of '{}' with {server} failed", args.db.display()))?;
+    if args.json {
+        let mut out = serde_json::to_value(&report)?;
+        out["peak_rss_kb"] = peak_rss_kb().into();
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        eprintln!(
+            "files: {} uploaded, {} downloaded, {} bytes in {} ms; {} waiting, {} failed",
+            report.uploaded, report.downloaded, report.bytes, report.millis, report.waiting, report.failed
+        );
+    }
+    if report.failed > 0 {
+        bail!("{} files failed every attempt; see `ferry file status --db {}`", report.failed, args.db.display());
+    }
+    Ok(())
+}
+
+async fn server_status(args: RemoteArgs) -> Result<()> {
+    let remote = Remote::new(&args.server, &args.token)?;
+    let status = remote.admin_status().await.with_context(|| format!("status of {}", args.server))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        let f = &status["files"];
+        println!("server        {}", args.server);
+        println!("file store    {}", f["store"].as_str().unwrap_or("?"));
+        println!("stored        {} files, {} bytes", f["stored"], f["stored_bytes"]);
+        println!("referenced    {} files, {} not uploaded yet", f["referenced"], f["missing"]);
+        println!("uploading     {} files, {} bytes still to come", f["uploading"], f["uploading_bytes_pending"]);
+        println!("transfers     {} now, at most {} at once", f["in_flight"], f["peak_in_flight"]);
+        println!(
+            "completed     {} uploads, {} downloads, {} uploads refused (hash mismatch)",
+            f["uploads_completed"], f["downloads_completed"], f["uploads_refused"]
+        );
+        println!("upload limit  {} bytes", f["max_upload_bytes"]);
+    }
     Ok(())
 }
 
@@ -707,6 +1078,15 @@ fn status(args: StatusArgs) -> Result<()> {
         println!("conflicted   {} local changes refused as stale (see `ferry conflicts refused`)", s.conflicted);
         println!("failed       {} local changes refused as invalid, set aside (see `ferry queue`)", s.failed);
         println!("rejected     {} (see _ferry_rejected)", s.rejected);
+        println!(
+            "files        {} queued ({} up, {} down), {} bytes pending{}{}",
+            s.files.queued,
+            s.files.uploads,
+            s.files.downloads,
+            s.files.bytes_pending,
+            if s.files.failing > 0 { format!(", {} failing", s.files.failing) } else { String::new() },
+            if s.files.paused { ", PAUSED" } else { "" }
+        );
         println!("cursor       {}", s.cursor);
         println!("tables       {}", if s.tables.is_empty() { "-".to_owned() } else { s.tables.join(", ") });
     }

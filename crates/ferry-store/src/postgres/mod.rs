@@ -22,7 +22,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use ferry_core::schema::{ColType, Schema, Table};
+use ferry_core::schema::{ColType, Schema, Table, quote};
 use ferry_core::{Hlc, RowState, SiteId, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Transaction};
@@ -301,6 +301,7 @@ impl PgStore {
             tx.execute(&pt.adopt(), &[&adopted_at]).await.map_err(pg)?;
             tx.batch_execute(&pt.backfill_owner()).await.map_err(pg)?;
         }
+        tx.batch_execute(&crate::file_indexes(&schema)).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         drop(client);
         let notices = tokio::sync::broadcast::channel(crate::NOTICE_BUFFER).0;
@@ -973,6 +974,39 @@ impl Store for PgStore {
         let key = key.to_owned();
         let found = load(&tx, pt, std::slice::from_ref(&key), false).await.map_err(StoreError::from)?.remove(&key);
         Ok(found.filter(|p| p.owner.as_ref().is_none_or(|o| *o == who.user_id)).map(|p| p.state))
+    }
+
+    async fn file_refs(&self, who: &Principal, hashes: &[String]) -> Result<std::collections::BTreeSet<String>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let mut found = std::collections::BTreeSet::new();
+        for (t, col, owner) in crate::file_columns(&self.inner.schema) {
+            let (q, c) = (quote(&t.name), quote(col));
+            let rows = match owner {
+                Some(o) => {
+                    let sql =
+                        format!("SELECT DISTINCT {c} FROM {q} WHERE {c} = ANY($1::text[]) AND {}::text = $2", quote(o));
+                    client.query(&sql, &[&hashes, &who.user_id]).await
+                }
+                None => {
+                    let sql = format!("SELECT DISTINCT {c} FROM {q} WHERE {c} = ANY($1::text[])");
+                    client.query(&sql, &[&hashes]).await
+                }
+            }
+            .map_err(pg)?;
+            found.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        }
+        Ok(found)
+    }
+
+    async fn referenced_files(&self) -> Result<std::collections::BTreeSet<String>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let mut found = std::collections::BTreeSet::new();
+        for (t, col, _) in crate::file_columns(&self.inner.schema) {
+            let c = quote(col);
+            let sql = format!("SELECT DISTINCT {c} FROM {} WHERE {c} IS NOT NULL", quote(&t.name));
+            found.extend(client.query(&sql, &[]).await.map_err(pg)?.iter().map(|r| r.get::<_, String>(0)));
+        }
+        Ok(found)
     }
 
     fn notices(&self) -> tokio::sync::broadcast::Receiver<crate::Notice> {
