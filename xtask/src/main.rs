@@ -1,7 +1,10 @@
 //! Developer chores: `cargo xtask test` (everything CI runs) and `cargo xtask bench`.
 //!
 //! The test command starts whatever the tests need by itself; nothing has to be set up
-//! by hand on a fresh machine.
+//! by hand on a fresh machine. PostgreSQL clusters are started by the tests themselves
+//! (`ferry-pgtemp`); the S3-compatible server for the file stores is started here (`moto`).
+
+mod moto;
 
 use std::process::{Command, ExitCode};
 
@@ -10,8 +13,9 @@ use anyhow::{Context, Result, bail};
 const HELP: &str = "usage: cargo xtask <command>
 
 commands:
-  test            run every test of the workspace (what CI runs)
-  bench [--quick] run the benchmarks (sync, realtime); figures go to stdout (copy them to
+  test            run every test of the workspace (what CI runs); starts moto (S3) for the
+                  file store tests, installing it under target/test-tools on first use
+  bench [--quick] run the benchmarks (sync, realtime, files); figures go to stdout (copy them to
                   BENCHMARKS.md)
   sim [--runs N | --seed N]
                   the long mode of the deterministic simulations (merge, and every conflict
@@ -40,9 +44,18 @@ fn main() -> ExitCode {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(&cargo).args(args).status().with_context(|| format!("cannot run {cargo}"))?;
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    eprintln!("$ {}cargo {}", shown.concat(), args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -52,7 +65,10 @@ fn cargo(args: &[&str]) -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     let mut args = vec!["test", "--workspace", "--locked"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    // Stopped when `moto` drops, whether the tests passed or not.
+    let moto = moto::start().context("cannot start the S3-compatible server for the file store tests")?;
+    let env: Vec<(&str, &str)> = moto.iter().map(|m| (moto::ENDPOINT_VAR, m.endpoint.as_str())).collect();
+    cargo_with_env(&args, &env)
 }
 
 fn sim(extra: &[String]) -> Result<()> {
@@ -84,7 +100,7 @@ fn bench(extra: &[String]) -> Result<()> {
             bail!("unknown bench option '{a}'; the only option is --quick");
         }
     }
-    for bench in ["sync", "realtime"] {
+    for bench in ["sync", "realtime", "files"] {
         let mut args = vec!["bench", "--locked", "-p", "ferry", "--bench", bench, "--"];
         args.extend(extra.iter().map(String::as_str));
         cargo(&args)?;

@@ -503,6 +503,8 @@ struct Shared {
     rate: Option<RateLimit>,
     paused: AtomicBool,
     moved: AtomicU64,
+    /// The server's upload limit, from its last check answer (0: not known).
+    max_upload: AtomicU64,
 }
 
 impl Shared {
@@ -540,6 +542,7 @@ async fn plan(
     for chunk in ready.chunks(MAX_FILE_CHECK) {
         let hashes: Vec<String> = chunk.iter().map(|q| q.hash.clone()).collect();
         let answer = check_files(shared, hashes).await?;
+        shared.max_upload.store(answer.max_upload_bytes.unwrap_or(0), Ordering::SeqCst);
         let conn = shared.conn();
         for (q, state) in chunk.iter().zip(answer.files) {
             let wait = |reason: &str| FileEvent::Waiting {
@@ -687,6 +690,15 @@ async fn upload_from(shared: &Arc<Shared>, job: &Job, offset: u64) -> Result<Out
     let mut file =
         tokio::fs::File::open(&path).await.map_err(|e| local(e, format!("cannot read {}", path.display())))?;
     let size = file.metadata().await.map_err(|e| local(e, "cannot stat"))?.len();
+    let limit = shared.max_upload.load(Ordering::SeqCst);
+    if limit > 0 && size > limit {
+        // The server would answer 413; sending the bytes first would only waste them.
+        let message = format!(
+            "file {} is {size} bytes, over the server's upload limit of {limit} bytes (413); the server's max_upload_bytes in [files] must grow to take it",
+            job.hash
+        );
+        return Ok(Outcome::Failed { bytes: 0, error: Error::Refused { status: 413, code: "payload_too_large".into(), message } });
+    }
     if offset > 0 {
         use tokio::io::AsyncSeekExt;
         file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| local(e, "cannot seek"))?;
@@ -771,7 +783,8 @@ async fn download(shared: &Arc<Shared>, job: &Job) -> Result<Outcome> {
         tokio::fs::create_dir_all(dir).await.map_err(|e| local(e, format!("cannot create {}", dir.display())))?;
     }
     let held = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
-    let held = if held > job.size { 0 } else { held };
+    // A partial as long as the file (a crash before it was kept) is checked from scratch.
+    let held = if held >= job.size { 0 } else { held };
     let url = format!("{}/v1/files/{}", shared.remote.base(), job.hash);
     let mut req = shared.http.get(&url).bearer_auth(shared.remote.token());
     if held > 0 {
@@ -895,8 +908,9 @@ async fn transfer(
     match &outcome {
         Outcome::Done { .. } => {
             conn.execute(
-                "INSERT INTO _ferry_files (hash, size) VALUES (?1, ?2)
-                 ON CONFLICT (hash) DO UPDATE SET attempts = 0, next_try = 0, last_error = NULL",
+                // Either way the server holds it now: uploaded, or downloaded from it.
+                "INSERT INTO _ferry_files (hash, uploaded, size) VALUES (?1, 1, ?2)
+                 ON CONFLICT (hash) DO UPDATE SET uploaded = 1, size = excluded.size, attempts = 0, next_try = 0, last_error = NULL",
                 params![job.hash, job.size as i64],
             )?;
         }
@@ -1014,6 +1028,7 @@ fn shared(db: &Path, remote: &Remote, opts: &FileOptions) -> Result<Arc<Shared>>
         rate: opts.rate.map(RateLimit::new),
         paused: AtomicBool::new(false),
         moved: AtomicU64::new(0),
+        max_upload: AtomicU64::new(0),
     }))
 }
 

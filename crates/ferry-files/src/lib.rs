@@ -228,3 +228,33 @@ fn fanout(hash: &str) -> PathBuf {
 fn is_stored_name(dir: &str, name: &str) -> bool {
     check_hash(name).is_ok() && name.starts_with(dir) && dir.len() == 2
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_hash_accepts_only_lowercase_sha256_hex() {
+        let good = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert!(check_hash(good).is_ok());
+        let message = |h: &str| match check_hash(h) {
+            Err(Error::Invalid(m)) => m,
+            other => panic!("{h:?}: expected Invalid, got {other:?}"),
+        };
+        assert!(message(&good.to_uppercase()).ends_with("write the hex digits in lowercase"));
+        assert!(message("../etc/passwd").starts_with("invalid file hash '../etc/passwd' (13 characters)"));
+        assert!(message("a\nb").contains(r"'a\nb'"), "control characters are shown escaped");
+        let long = "x".repeat(1000);
+        assert!(message(&long).contains(&format!("'{}…' (1000 characters)", "x".repeat(80))));
+    }
+
+    #[test]
+    fn stored_names_are_hashes_under_their_first_two_characters() {
+        let h = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert!(is_stored_name("e3", h));
+        assert!(!is_stored_name("e4", h));
+        assert!(!is_stored_name("e3", &format!("{h}~")));
+        assert!(!is_stored_name("tmp", h));
+        assert_eq!(fanout(h), Path::new("e3").join(h));
+    }
+}

@@ -28,6 +28,10 @@ const MAX_PARTS: u64 = 9_000;
 /// Parts of one upload in flight at once: enough to fill a link, bounded memory (4 × 8 MiB).
 const PARTS_IN_FLIGHT: usize = 4;
 
+/// S3 error codes and statuses that mean the bucket refused the credentials.
+const CREDENTIALS_REFUSED: &[&str] =
+    &["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden", "401 Unauthorized"];
+
 /// What [`crate::open`] resolved from `[files]` for S3.
 pub(crate) struct S3Settings {
     pub bucket: String,
@@ -96,18 +100,25 @@ impl S3Store {
 
     fn open_error(&self, e: object_store::Error) -> Error {
         let (bucket, place) = (&self.bucket, &self.place);
-        match e {
-            object_store::Error::NotFound { .. } => Error::Invalid(format!(
-                "s3 bucket '{bucket}' {place} does not exist ({e}); create it (for example `aws s3 mb s3://{bucket}`) or fix s3_bucket in [files]"
-            )),
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                Error::Invalid(format!(
-                    "s3 bucket '{bucket}' {place} refused the credentials ({e}); check s3_access_key_id and s3_secret_access_key in [files] (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and the key's permissions on the bucket"
-                ))
-            }
-            e => Error::Unavailable(format!(
-                "cannot reach s3 bucket '{bucket}' {place}: {e}; check that the service runs and that s3_endpoint and s3_region in [files] are right"
-            )),
+        // A failed listing arrives as a generic error whose text carries the S3 error code
+        // (object_store does not expose the status of list requests), hence the text match.
+        let text = e.to_string();
+        let has = |codes: &[&str]| codes.iter().any(|c| text.contains(c));
+        let missing = matches!(e, object_store::Error::NotFound { .. }) || has(&["NoSuchBucket"]);
+        let refused = has(CREDENTIALS_REFUSED)
+            || matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. });
+        if missing {
+            Error::Invalid(format!(
+                "s3 bucket '{bucket}' {place} does not exist; create it (for example `aws s3 mb s3://{bucket}`) or fix s3_bucket in [files] ({text})"
+            ))
+        } else if refused {
+            Error::Invalid(format!(
+                "s3 bucket '{bucket}' {place} refused the credentials; check s3_access_key_id and s3_secret_access_key in [files] (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and the key's permissions on the bucket ({text})"
+            ))
+        } else {
+            Error::Unavailable(format!(
+                "cannot reach s3 bucket '{bucket}' {place}; check that the service runs and that s3_endpoint and s3_region in [files] are right ({text})"
+            ))
         }
     }
 

@@ -169,6 +169,7 @@ pub struct ErrorBody {
 /// `POST /v1/files/check`: where the server stands on some files (at most
 /// [`MAX_FILE_CHECK`] hashes per request).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileCheckRequest {
     pub hashes: Vec<String>,
 }
@@ -180,6 +181,10 @@ pub const MAX_FILE_CHECK: usize = 1000;
 pub struct FileCheckResponse {
     /// One entry per asked hash, in the order asked.
     pub files: Vec<FileState>,
+    /// The largest upload the server accepts, in bytes (larger gets 413), so a device need
+    /// not send a file only to have it refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_upload_bytes: Option<u64>,
 }
 
 /// What the server holds of one file.

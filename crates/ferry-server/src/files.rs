@@ -224,7 +224,13 @@ pub async fn check<S: Store>(
     who: Authed,
     body: Result<Json<FileCheckRequest>, JsonRejection>,
 ) -> Result<Json<FileCheckResponse>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::BadRequest(format!("file check body: {}", e.body_text())))?;
+    let Json(req) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("file check body: {}; ask about fewer files at once", e.body_text()))
+        } else {
+            ApiError::BadRequest(format!("file check body: {}", e.body_text()))
+        }
+    })?;
     if req.hashes.len() > MAX_FILE_CHECK {
         return Err(ApiError::BadRequest(format!(
             "asked about {} files; ask about at most {MAX_FILE_CHECK} per request",
@@ -257,7 +263,7 @@ pub async fn check<S: Store>(
         .buffered(16)
         .try_collect()
         .await?;
-    Ok(Json(FileCheckResponse { files: states }))
+    Ok(Json(FileCheckResponse { files: states, max_upload_bytes: Some(files.max_upload_bytes) }))
 }
 
 /// `PUT /v1/files/{hash}`: an upload, or the rest of one. `Upload-Length` is the whole
@@ -415,7 +421,9 @@ pub async fn download<S: Store>(
         )));
     };
     let start = range_start(&headers, size);
-    if start.is_some_and(|s| s > size) {
+    // A range must start inside the file (RFC 9110 §14.1.2): from its length on, nothing
+    // can be sent.
+    if start.is_some_and(|s| s >= size) {
         let mut resp = ApiError::RangeNotSatisfiable(format!(
             "range starts at byte {} but file {hash} has {size} bytes",
             start.unwrap_or_default()
@@ -432,6 +440,9 @@ pub async fn download<S: Store>(
     // completed when its last byte has been handed over.
     let flight = files.flight();
     let done = files.clone();
+    if from == size {
+        done.downloads.fetch_add(1, Ordering::SeqCst);
+    }
     let mut sent = from;
     let stream = stream.map(move |chunk| {
         let _keep = &flight;

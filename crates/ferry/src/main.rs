@@ -138,6 +138,9 @@ struct FileSyncArgs {
     token: Option<String>,
     #[command(flatten)]
     limits: FileLimits,
+    /// Tries per file in this run (failures wait 1 s, 2 s, 4 s … between tries).
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -152,6 +155,10 @@ struct FileLimits {
     /// Rate limit over all file transfers, in KB/s (1 KB = 1024 bytes); none by default.
     #[arg(long = "files-rate")]
     rate_kbps: Option<u64>,
+    /// With --watch: look for files to move at least this often (it also looks when rows
+    /// change, on `ferry file trigger` and on resume).
+    #[arg(long = "files-interval", default_value = "10s", value_parser = ferry_client::engine::parse_duration)]
+    files_interval: Duration,
 }
 
 impl FileLimits {
@@ -165,6 +172,7 @@ impl FileLimits {
         Ok(ferry_client::files::FileOptions {
             concurrency: self.concurrency,
             rate: self.rate_kbps.map(|k| k * 1024),
+            interval: self.files_interval,
             ..Default::default()
         })
     }
@@ -712,7 +720,10 @@ async fn file_sync(args: FileSyncArgs) -> Result<()> {
     };
     drop(replica);
     let remote = Remote::new(&server, token)?;
-    let opts = args.limits.options()?;
+    if args.attempts == 0 {
+        bail!("--attempts 0 would try nothing; give at least 1");
+    }
+    let opts = ferry_client::files::FileOptions { attempts: args.attempts, ..args.limits.options()? };
     let bar = if args.json || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
         ProgressStyle::with_template("files {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")

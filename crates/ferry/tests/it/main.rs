@@ -4,6 +4,7 @@
 mod capture;
 mod errors;
 mod faults;
+mod files;
 mod openapi;
 mod postgres;
 mod proxy;

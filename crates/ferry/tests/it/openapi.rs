@@ -5,7 +5,10 @@
 //! does not give on demand), and every other method on a documented path, and a path nobody
 //! documents, must get the documented refusal (405, 404). The WebSocket of `GET /v1/stream`
 //! is also opened on a plain socket, and its messages checked against the 101 answer's
-//! `x-messages` schema.
+//! `x-messages` schema. File bytes (`application/octet-stream`) go both ways; their answers
+//! are checked by status, media type and headers, and `Content-Length` against the body. A
+//! `HEAD` case is checked against the document's GET operation (axum answers it from the GET
+//! route): the same status, media type and headers, and no body.
 //!
 //! The document's schemas use a small JSON Schema subset, checked by the validator below. A
 //! keyword outside it makes the test panic, so the document cannot rely on a rule that nobody
@@ -33,8 +36,12 @@ const ERROR_CODES: &[(u16, &str)] = &[
     (405, "method_not_allowed"),
     (409, "conflict"),
     (409, "stale"),
+    (409, "upload_offset"),
+    (409, "upload_in_progress"),
     (412, "precondition_failed"),
     (413, "payload_too_large"),
+    (416, "range_not_satisfiable"),
+    (422, "hash_mismatch"),
     (428, "precondition_required"),
     (500, "internal"),
     (503, "unavailable"),
@@ -293,6 +300,8 @@ fn every_documented_operation_answers_as_the_document_says() {
     checker.check(&delete(&plan, phone, 428));
     checker.check(&delete(&plan, phone, 204).with("if-match", quoted(&boxed["version"])));
 
+    check_files(&mut checker, (&alice, &bob), (phone, laptop, tablet, ops));
+
     // The stream's messages: the hello, then a notification of the laptop's push.
     let (head, mut socket) = open_stream(&server.url, phone.unwrap());
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
@@ -307,6 +316,197 @@ fn every_documented_operation_answers_as_the_document_says() {
 
     checker.assert_every_answer_was_seen();
     checker.assert_other_methods_and_paths_are_refused();
+}
+
+/// The files `jump_log.video_sha256` references: checked, uploaded whole, refused, broken off
+/// and resumed, uploaded twice at once, downloaded whole and from an offset; and the admin
+/// status that counts them.
+fn check_files(
+    checker: &mut Checker,
+    (alice, bob): (&str, &str),
+    (phone, laptop, tablet, ops): (Option<&str>, Option<&str>, Option<&str>, Option<&str>),
+) {
+    // The video is larger than the server's max_body_bytes (65 536): that limit is not for files.
+    let video: String = (0..150_000u32).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let clip = "a 4-way exit, 12 seconds of freefall".to_owned();
+    let bobs = "bob's tracking dive".to_owned();
+    let (v, c, b) = (sha256(&video), sha256(&clip), sha256(&bobs));
+    // One hash no row references, one a row references but nobody uploads.
+    let (nobodys, never) = (sha256("nobody's file"), sha256("never uploaded"));
+    let jump = |user: &str, hash: &str| {
+        let values =
+            json!({"user_id": user, "jump_number": 9, "jumped_at": "2026-11-23T10:00:00Z", "video_sha256": hash});
+        json!({ "values": values }).to_string()
+    };
+    let file = |hash: &str| format!("/v1/files/{hash}");
+    let ask = |hashes: &[&str]| json!({ "hashes": hashes }).to_string();
+    let code = |answer: &Value| answer["error"]["code"].as_str().unwrap_or_default().to_owned();
+    let header = |headers: &reqwest::header::HeaderMap, name: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+    };
+    for (token, user, hash) in [(phone, alice, &v), (phone, alice, &c), (phone, alice, &never), (tablet, bob, &b)] {
+        checker.check(&put(format!("/v1/rows/jump_log/{}", uuid()), token, jump(user, hash), 201));
+    }
+
+    let asked = checker.check(&post("/v1/files/check", phone, ask(&[&v, &b, &nobodys]), 200));
+    let expected = json!([
+        {"hash": v, "state": "missing"}, {"hash": b, "state": "unreferenced"}, {"hash": nobodys, "state": "unreferenced"}
+    ]);
+    assert_eq!(asked["files"], expected, "in the order asked");
+    let too_many = json!({ "hashes": vec!["x"; 1001] }).to_string();
+    let (len, half) = (video.len(), video.len() / 2);
+    let mut altered = video.clone();
+    altered.replace_range(..1, "!");
+    // An answer given before the body is read leaves it unread, and reqwest reports an error
+    // instead of the answer when the server stops reading a large body: refusals get a short one.
+    let start = &video[..100];
+    let cases = [
+        post("/v1/files/check", phone, "not json", 400),
+        post("/v1/files/check", phone, ask(&[&v.to_uppercase()]), 400),
+        post("/v1/files/check", phone, &too_many, 400),
+        post("/v1/files/check", None, ask(&[&v]), 401),
+        // Referenced but not uploaded, and another user's file: both as if there were none.
+        get(file(&v), phone, 404),
+        head(file(&v), phone, 404),
+        get(file(&b), phone, 404),
+        get(file("not-a-hash"), phone, 400),
+        get(file(&v), None, 401),
+        upload(&v, None, start, len, 401),
+        upload("not-a-hash", phone, start, len, 400),
+        octets(put(file(&v), phone, start, 400)),
+        upload(&v, phone, start, "all of it", 400),
+        upload(&v, phone, start, len, 400).with("upload-offset", (len + 1).to_string()),
+        upload(&b, phone, &bobs, bobs.len(), 403),
+        upload(&nobodys, phone, "nobody's file", 13, 403),
+        // More bytes than declared: nothing is kept.
+        upload(&v, phone, &format!("{video}!"), len, 400),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    let refused = checker.check(&upload(&v, phone, "", 1_073_741_825, 413));
+    assert!(refused["error"]["message"].as_str().unwrap_or_default().contains("1073741824"), "{refused}");
+    // The server holds nothing of the video: an upload from byte 5 is told to start at 0.
+    let (answer, headers) = checker.answer(&upload(&v, phone, &video[5..105], len, 409).with("upload-offset", "5"));
+    assert_eq!(code(&answer), "upload_offset", "{answer}");
+    assert_eq!((&answer["offset"], header(&headers, "upload-offset")), (&json!(0), "0".to_owned()), "{answer}");
+    let answer = checker.check(&upload(&v, phone, &altered, len, 422));
+    assert_eq!(code(&answer), "hash_mismatch", "{answer}");
+    let asked = checker.check(&post("/v1/files/check", phone, ask(&[&v]), 200));
+    assert_eq!(asked["files"], json!([{"hash": v, "state": "missing"}]), "nothing kept of a refused upload");
+
+    // Half of the video, then the body ends: the half is kept, and the upload resumes there.
+    checker.check(&upload(&v, phone, &video[..half], len, 400));
+    let asked = checker.check(&post("/v1/files/check", phone, ask(&[&v]), 200));
+    assert_eq!(asked["files"], json!([{"hash": v, "state": "partial", "offset": half}]));
+    let (answer, headers) = checker.answer(&upload(&v, phone, start, len, 409));
+    assert_eq!((&answer["offset"], header(&headers, "upload-offset")), (&json!(half), half.to_string()), "{answer}");
+    let stored = checker.check(&upload(&v, phone, &video[half..], len, 201).with("upload-offset", half.to_string()));
+    assert_eq!(stored, json!({"hash": v, "size": len}));
+    let again = checker.check(&upload(&v, laptop, start, len, 200));
+    assert_eq!(again, json!({"hash": v, "size": len}));
+    checker.check(&upload(&b, tablet, &bobs, bobs.len(), 201));
+
+    // While one request uploads the clip (its first bytes sent, the rest not yet), another is
+    // refused; the first then completes.
+    let (first, rest) = clip.split_at(10);
+    let mut uploading = start_upload(&checker.url, phone.unwrap(), &c, clip.len(), first);
+    let partial = json!([{"hash": c, "state": "partial", "offset": first.len()}]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let asked = checker.check(&post("/v1/files/check", laptop, ask(&[&c]), 200));
+        if asked["files"] == partial {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the clip's first bytes never arrived: {asked}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let answer = checker.check(&upload(&c, laptop, &clip, clip.len(), 409));
+    assert_eq!((code(&answer), answer.get("offset")), ("upload_in_progress".to_owned(), None), "{answer}");
+    let status = checker.check(&get("/v1/admin/status", ops, 200));
+    let running = &status["files"];
+    let pending = json!(rest.len());
+    assert_eq!(
+        [&running["in_flight"], &running["uploading"], &running["uploading_bytes_pending"]],
+        [&json!(1), &json!(1), &pending]
+    );
+    let answer = finish_upload(&mut uploading, rest);
+    assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
+
+    let asked = checker.check(&post("/v1/files/check", phone, ask(&[&v, &c, &never, &b]), 200));
+    let expected = json!([
+        {"hash": v, "state": "stored", "size": len},
+        {"hash": c, "state": "stored", "size": clip.len()},
+        {"hash": never, "state": "missing"},
+        {"hash": b, "state": "unreferenced"}
+    ]);
+    assert_eq!(asked["files"], expected);
+
+    // Downloads: whole, from an offset, past the end; HEAD for the size.
+    let (body, headers) = checker.answer(&get(file(&v), phone, 200));
+    assert_eq!(body.as_str(), Some(&*video));
+    assert_eq!(header(&headers, "etag"), format!("\"{v}\""));
+    let (body, headers) = checker.answer(&get(file(&v), laptop, 206).with("range", "bytes=1-"));
+    assert_eq!(body.as_str(), Some(&video[1..]));
+    assert_eq!(header(&headers, "content-range"), format!("bytes 1-{}/{len}", len - 1));
+    let (_, headers) = checker.answer(&head(file(&v), phone, 200));
+    assert_eq!(header(&headers, "content-length"), len.to_string());
+    let (_, headers) = checker.answer(&head(file(&v), phone, 206).with("range", format!("bytes={half}-")));
+    assert_eq!(header(&headers, "content-length"), (len - half).to_string());
+    let past = format!("bytes={}-", len + 1);
+    let (answer, headers) = checker.answer(&get(file(&v), phone, 416).with("range", &past));
+    assert_eq!(code(&answer), "range_not_satisfiable", "{answer}");
+    assert_eq!(header(&headers, "content-range"), format!("bytes */{len}"));
+    let (body, _) = checker.answer(&get(file(&c), laptop, 200));
+    assert_eq!(body.as_str(), Some(&*clip));
+    checker.check(&get(file(&b), tablet, 200));
+    // Bob's file is stored now, and still as if there were none for alice.
+    checker.check(&get(file(&b), phone, 404));
+    checker.check(&get(file(&never), phone, 404));
+
+    checker.check(&get("/v1/admin/status", None, 401));
+    checker.check(&get("/v1/admin/status", phone, 403));
+    let status = checker.check(&get("/v1/admin/status", ops, 200));
+    let files = &status["files"];
+    let counts = |names: &[&str]| names.iter().map(|n| files[*n].as_u64().unwrap_or(u64::MAX)).collect::<Vec<_>>();
+    let names = ["stored", "referenced", "missing", "uploading", "uploads_completed", "uploads_refused"];
+    assert_eq!(counts(&names), [3, 4, 1, 0, 3, 1], "{names:?}: {status}");
+    let stored_bytes = (len + clip.len() + bobs.len()) as u64;
+    let names = ["stored_bytes", "uploading_bytes_pending", "max_upload_bytes"];
+    assert_eq!(counts(&names), [stored_bytes, 0, 1 << 30], "{names:?}: {status}");
+    assert!(files["peak_in_flight"].as_u64() >= Some(1), "{status}");
+    // The whole and the ranged download of the video, the clip's and bob's file's.
+    assert!(files["downloads_completed"].as_u64() >= Some(4), "{status}");
+}
+
+/// Starts `PUT /v1/files/{hash}` of a file `length` bytes long on a socket of its own,
+/// sending only `first` of its bytes.
+fn start_upload(url: &str, token: &str, hash: &str, length: usize, first: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let host = url.strip_prefix("http://").unwrap_or(url);
+    let mut socket = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "PUT /v1/files/{hash} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {length}\r\nUpload-Length: {length}\r\n\r\n{first}"
+    );
+    socket.write_all(request.as_bytes()).unwrap();
+    socket
+}
+
+/// Sends the rest of an upload [`start_upload`] began; returns the whole answer.
+fn finish_upload(socket: &mut std::net::TcpStream, rest: &str) -> String {
+    use std::io::{Read, Write};
+    socket.write_all(rest.as_bytes()).unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap_or_else(|e| panic!("the upload's answer so far: {answer}: {e}"));
+    answer
+}
+
+/// The SHA-256 of `content`, as a file column holds it.
+fn sha256(content: &str) -> String {
+    use sha2::Digest;
+    ferry_core::to_hex(&sha2::Sha256::digest(content.as_bytes()))
 }
 
 #[test]
@@ -369,6 +569,8 @@ struct Case {
     /// Request headers besides `Authorization` and `Content-Type`.
     headers: Vec<(&'static str, String)>,
     body: Option<String>,
+    /// The body's media type.
+    content_type: &'static str,
     status: u16,
 }
 
@@ -380,7 +582,8 @@ impl Case {
         body: Option<String>,
         status: u16,
     ) -> Case {
-        Case { method, path: path.into(), token: token.map(str::to_owned), headers: Vec::new(), body, status }
+        let (path, token, headers) = (path.into(), token.map(str::to_owned), Vec::new());
+        Case { method, path, token, headers, body, content_type: "application/json", status }
     }
 
     /// The same request with header `name: value`.
@@ -404,6 +607,21 @@ fn put(path: impl Into<String>, token: Option<&str>, body: impl Into<String>, st
 
 fn delete(path: impl Into<String>, token: Option<&str>, status: u16) -> Case {
     Case::new("delete", path, token, None, status)
+}
+
+fn head(path: impl Into<String>, token: Option<&str>, status: u16) -> Case {
+    Case::new("head", path, token, None, status)
+}
+
+/// `PUT /v1/files/{hash}` of `bytes` (the file from `Upload-Offset` on), declaring the whole
+/// file `length` bytes long.
+fn upload(hash: &str, token: Option<&str>, bytes: &str, length: impl ToString, status: u16) -> Case {
+    octets(put(format!("/v1/files/{hash}"), token, bytes, status)).with("upload-length", length.to_string())
+}
+
+/// `case` with its body sent as raw bytes.
+fn octets(case: Case) -> Case {
+    Case { content_type: "application/octet-stream", ..case }
 }
 
 /// `case` with the headers of a WebSocket opening handshake (RFC 6455's sample key).
@@ -570,8 +788,10 @@ impl<'d> Checker<'d> {
         let Some(Route { template: route, params: path_params, .. }) = route_of(doc, path) else {
             panic!("{what}: no path in docs/openapi.json matches");
         };
-        let op = &doc["paths"][&route][case.method];
-        assert!(op.is_object(), "{what}: docs/openapi.json has no {} operation at {route}", case.method);
+        // HEAD is GET without the body (RFC 9110 §9.3.2); the GET operation documents both.
+        let documented_as = if case.method == "head" { "get" } else { case.method };
+        let op = &doc["paths"][&route][documented_as];
+        assert!(op.is_object(), "{what}: docs/openapi.json has no {documented_as} operation at {route}");
         if (200..300).contains(&case.status) || case.status == 101 {
             self.check_request(&what, &route, op, &path_params, case);
         }
@@ -585,16 +805,25 @@ impl<'d> Checker<'d> {
             req = req.header(*name, value);
         }
         if let Some(b) = &case.body {
-            req = req.header("content-type", "application/json").body(b.clone());
+            req = req.header("content-type", case.content_type).body(b.clone());
         }
         let resp = req.send().unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let text = resp.text().unwrap();
+        let bytes = resp.bytes().unwrap_or_else(|e| panic!("{what}: the body: {e}"));
+        // The test's files are text, so a body shows as text.
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         assert_eq!(status, case.status, "{what}: {text}");
+        if case.method == "head" {
+            assert!(bytes.is_empty(), "{what}: a HEAD answer with a body: {text}");
+        } else if let Some(length) = headers.get("content-length") {
+            // reqwest drops the header of an answer it decompressed.
+            assert_eq!(length.to_str().ok(), Some(&*bytes.len().to_string()), "{what}: Content-Length");
+        }
 
         let documented = resolve(doc, &op["responses"][status.to_string()]);
         assert!(documented.is_object(), "{what}: status {status} is not documented for {route}");
+        let text = (case.method != "head").then_some(text);
         let (media, body) = check_answer(doc, documented, status, &headers, text, &what);
         if let (Some(etag), Some(version)) = (headers.get("etag"), body.get("version").and_then(Value::as_str)) {
             assert_eq!(etag.to_str().ok(), Some(&*format!("\"{version}\"")), "{what}: the ETag is the quoted version");
@@ -651,28 +880,31 @@ impl<'d> Checker<'d> {
             .chain(headers.iter().map(|p| ("header", p)));
         for (place, (name, raw)) in given {
             let schema = &param(place, name)["schema"];
-            let value = match resolve(self.doc, schema)["type"].as_str() {
-                Some("integer" | "number") => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone())),
-                _ => Value::String(raw.clone()),
-            };
+            let value = typed(self.doc, schema, raw);
             if let Err(m) = validate(self.doc, schema, &value, name) {
                 panic!("{what}: the {place} parameter breaks its documented schema at {m}");
             }
         }
-        for p in params.iter().filter(|p| p["required"] == true && p["in"] == "query") {
-            assert!(
-                query.iter().any(|(k, _)| p["name"] == k.as_str()),
-                "{what}: required parameter {} missing",
-                p["name"]
-            );
+        for p in params.iter().filter(|p| p["required"] == true) {
+            let given = match p["in"].as_str() {
+                Some("query") => query.iter().any(|(k, _)| p["name"] == k.as_str()),
+                Some("header") => headers.iter().any(|(k, _)| named(p, "header", k)),
+                _ => true,
+            };
+            assert!(given, "{what}: required {} parameter {} missing", p["in"], p["name"]);
         }
         let request_body = resolve(self.doc, &op["requestBody"]);
         match &case.body {
             Some(b) => {
-                let schema = &request_body["content"]["application/json"]["schema"];
-                assert!(schema.is_object(), "{what}: the operation documents no JSON request body");
-                let body: Value =
-                    serde_json::from_str(b).unwrap_or_else(|e| panic!("{what}: the request is not JSON: {e}"));
+                let media = case.content_type;
+                let schema = &request_body["content"][media]["schema"];
+                assert!(schema.is_object(), "{what}: the operation documents no {media} request body");
+                let body: Value = match media {
+                    "application/json" => {
+                        serde_json::from_str(b).unwrap_or_else(|e| panic!("{what}: the request is not JSON: {e}"))
+                    }
+                    _ => Value::String(b.clone()),
+                };
                 if let Err(m) = validate(self.doc, schema, &body, "$") {
                     panic!("{what}: the request body breaks the documented schema at {m}");
                 }
@@ -693,14 +925,18 @@ impl<'d> Checker<'d> {
         };
         let refusal = resolve(self.doc, &self.doc["components"]["responses"]["MethodNotAllowed"]);
         for (route, item) in self.doc["paths"].as_object().into_iter().flatten() {
-            let path = route.replace("{table}", "jump_log").replace("{key}", &uuid()).replace("{id}", "1");
+            let path = route
+                .replace("{table}", "jump_log")
+                .replace("{key}", &uuid())
+                .replace("{id}", "1")
+                .replace("{hash}", &sha256("a file"));
             let documented: BTreeSet<String> =
                 WRONG_METHODS.iter().filter(|m| item[**m].is_object()).map(|m| m.to_uppercase()).collect();
             for method in WRONG_METHODS.iter().filter(|m| !item[**m].is_object()) {
                 let what = format!("{} {path} (expecting 405)", method.to_uppercase());
                 let (status, headers, text) = answer(method, &path);
                 assert_eq!(status, 405, "{what}: {text}");
-                check_answer(self.doc, refusal, status, &headers, text, &what);
+                check_answer(self.doc, refusal, status, &headers, Some(text), &what);
                 let allow = headers["allow"].to_str().unwrap();
                 let allowed: BTreeSet<String> = allow.split(',').map(|m| m.trim().to_owned()).collect();
                 let mut expected = documented.clone();
@@ -715,7 +951,7 @@ impl<'d> Checker<'d> {
             let what = format!("{} {path} (expecting 404)", method.to_uppercase());
             let (status, headers, text) = answer(method, path);
             assert_eq!(status, 404, "{what}: {text}");
-            check_answer(self.doc, missing, status, &headers, text, &what);
+            check_answer(self.doc, missing, status, &headers, Some(text), &what);
         }
     }
 
@@ -744,27 +980,34 @@ impl<'d> Checker<'d> {
     }
 }
 
-/// Checks an answer (its status, headers and body `text`) against the documented response
-/// object: media type, body schema, headers, and the error code of an error status. Returns
-/// the media type (empty for a response documented without a body) and the body as checked.
+/// Checks an answer (its status, headers and body `text`; `None` for the answer to a HEAD,
+/// which has the GET's headers and no body) against the documented response object: media
+/// type, body schema, headers, and the error code of an error status. Returns the media type
+/// (empty for a response documented without a body) and the body as checked (null for HEAD).
 fn check_answer(
     doc: &Value,
     documented: &Value,
     status: u16,
     headers: &reqwest::header::HeaderMap,
-    text: String,
+    text: Option<String>,
     what: &str,
 ) -> (String, Value) {
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let media = content_type.split(';').next().unwrap_or_default().trim().to_owned();
-    let body = match documented.get("content") {
-        None => {
+    let body = match (documented.get("content"), text) {
+        (None, text) => {
+            let text = text.unwrap_or_default();
             assert!(media.is_empty() && text.is_empty(), "{what}: documented without a body, got '{media}': {text}");
             Value::Null
         }
-        Some(content) => {
+        (Some(content), text) => {
             let schema = &content[&media]["schema"];
-            assert!(schema.is_object(), "{what}: media type '{media}' is not documented for this answer: {text}");
+            let shown = text.as_deref().unwrap_or("(HEAD)");
+            assert!(schema.is_object(), "{what}: media type '{media}' is not documented for this answer: {shown}");
+            let Some(text) = text else {
+                check_headers(doc, documented, headers, what);
+                return (media, Value::Null);
+            };
             let body = if media == "application/json" {
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"))
             } else {
@@ -776,11 +1019,21 @@ fn check_answer(
             body
         }
     };
+    if status >= 400 && media == "application/json" {
+        let code = body["error"]["code"].as_str().unwrap_or_default();
+        assert!(ERROR_CODES.contains(&(status, code)), "{what}: '{code}' is not an error code of {status}");
+    }
+    check_headers(doc, documented, headers, what);
+    (media, body)
+}
+
+/// Checks an answer's headers against the documented response's.
+fn check_headers(doc: &Value, documented: &Value, headers: &reqwest::header::HeaderMap, what: &str) {
     for (name, header) in documented["headers"].as_object().into_iter().flatten() {
         let header = resolve(doc, header);
         match headers.get(name) {
             Some(v) => {
-                let v = Value::String(v.to_str().unwrap().to_owned());
+                let v = typed(doc, &header["schema"], v.to_str().unwrap());
                 if let Err(m) = validate(doc, &header["schema"], &v, name) {
                     panic!("{what}: header {m}");
                 }
@@ -788,11 +1041,15 @@ fn check_answer(
             None => assert_ne!(header["required"], true, "{what}: no {name} header"),
         }
     }
-    if status >= 400 && media == "application/json" {
-        let code = body["error"]["code"].as_str().unwrap_or_default();
-        assert!(ERROR_CODES.contains(&(status, code)), "{what}: '{code}' is not an error code of {status}");
+}
+
+/// A parameter's or header's text as the JSON value its schema describes: a number when the
+/// schema's type is numeric and the text is one, else the string.
+fn typed(doc: &Value, schema: &Value, raw: &str) -> Value {
+    match resolve(doc, schema)["type"].as_str() {
+        Some("integer" | "number") => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned())),
+        _ => Value::String(raw.to_owned()),
     }
-    (media, body)
 }
 
 /// The media types of a documented response; `""` for one without a body.

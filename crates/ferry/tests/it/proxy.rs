@@ -28,6 +28,12 @@ pub enum Fault {
     CutRequest(u64),
     /// Accept and read, never answer, never close.
     BlackHole,
+    /// Flip one bit of the byte at offset `at` of what a client sends on a connection
+    /// (counted from the connection's first byte). Once per setting.
+    CorruptRequest { at: u64 },
+    /// When a request starts with `request`, flip one bit of the byte at offset `at` of what
+    /// the server sends from then on. Once per setting.
+    CorruptAnswer { request: &'static str, at: u64 },
 }
 
 pub struct Proxy {
@@ -110,7 +116,9 @@ async fn connection(
     let (mut sr, mut sw) = server.into_split();
     // Bytes of answer still allowed on this connection once a cut is armed.
     let armed: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
-    let (f_up, armed_up) = (fault.clone(), armed.clone());
+    // Answer bytes still to pass before the one to corrupt, once armed.
+    let corrupt: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
+    let (f_up, armed_up, corrupt_up) = (fault.clone(), armed.clone(), corrupt.clone());
     let upstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut sent: u64 = 0;
@@ -128,6 +136,18 @@ async fn connection(
                     n
                 }
                 Fault::CutRequest(limit) => (limit.saturating_sub(sent) as usize).min(n),
+                Fault::CorruptRequest { at } if at >= sent && at < sent + n as u64 => {
+                    buf[(at - sent) as usize] ^= 0x01;
+                    *f_up.lock().unwrap() = Fault::Pass;
+                    n
+                }
+                Fault::CorruptAnswer { request, at } => {
+                    if buf[..n].windows(request.len()).any(|w| w == request.as_bytes()) {
+                        *corrupt_up.lock().unwrap() = Some(at);
+                        *f_up.lock().unwrap() = Fault::Pass;
+                    }
+                    n
+                }
                 Fault::CutAnswer { request, after } => {
                     if buf[..n].windows(request.len()).any(|w| w == request.as_bytes()) {
                         *armed_up.lock().unwrap() = Some(after);
@@ -166,6 +186,17 @@ async fn connection(
             if let Some(left) = armed.lock().unwrap().as_mut() {
                 allowed = (*left as usize).min(n);
                 *left -= allowed as u64;
+            }
+            {
+                let mut c = corrupt.lock().unwrap();
+                if let Some(left) = *c {
+                    if left < n as u64 {
+                        buf[left as usize] ^= 0x01;
+                        *c = None;
+                    } else {
+                        *c = Some(left - n as u64);
+                    }
+                }
             }
             cw.write_all(&buf[..allowed]).await?;
             down.fetch_add(allowed as u64, Ordering::SeqCst);

@@ -88,6 +88,13 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned()
     }
 
+    /// Runs `ferry ARGS`, asserts success and returns all of stdout.
+    pub fn ok_all(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn add_user(&self, name: &str) -> String {
         self.ok(&["user", "add", name, "-c", &self.config()])
     }
