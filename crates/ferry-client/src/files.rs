@@ -697,7 +697,10 @@ async fn upload_from(shared: &Arc<Shared>, job: &Job, offset: u64) -> Result<Out
             "file {} is {size} bytes, over the server's upload limit of {limit} bytes (413); the server's max_upload_bytes in [files] must grow to take it",
             job.hash
         );
-        return Ok(Outcome::Failed { bytes: 0, error: Error::Refused { status: 413, code: "payload_too_large".into(), message } });
+        return Ok(Outcome::Failed {
+            bytes: 0,
+            error: Error::Refused { status: 413, code: "payload_too_large".into(), message },
+        });
     }
     if offset > 0 {
         use tokio::io::AsyncSeekExt;

@@ -70,14 +70,16 @@ impl Files {
         (self.staging.join(format!("{hash}.part")), self.staging.join(format!("{hash}.length")))
     }
 
-    /// Bytes held of an interrupted upload of `hash` declared `total` bytes long; a partial
-    /// declared with another length is dropped (the device starts over).
+    /// Bytes held of an upload of `hash`. With `total` (only by the upload holding the
+    /// hash's lock): a partial declared with another length is dropped (the device starts
+    /// over). Without (a look from outside the lock): what is there, touching nothing.
     async fn held(&self, hash: &str, total: Option<u64>) -> Result<u64, ApiError> {
         let (part, length) = self.partial(hash);
-        let declared = tokio::fs::read_to_string(&length).await.ok().and_then(|s| s.trim().parse::<u64>().ok());
         let size = tokio::fs::metadata(&part).await.map(|m| m.len()).ok();
+        let Some(total) = total else { return Ok(size.unwrap_or(0)) };
+        let declared = tokio::fs::read_to_string(&length).await.ok().and_then(|s| s.trim().parse::<u64>().ok());
         match (size, declared) {
-            (Some(size), Some(d)) if total.is_none_or(|t| t == d) && size <= d => Ok(size),
+            (Some(size), Some(d)) if total == d && size <= d => Ok(size),
             (None, _) => Ok(0),
             _ => {
                 let _ = tokio::fs::remove_file(&part).await;

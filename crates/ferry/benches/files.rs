@@ -22,7 +22,11 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (files, size) = if quick { (100, 1_000_000) } else { (1000, 1_000_000) };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cores} cores; files: {files} × {} MB{}", size / 1_000_000, if quick { " (--quick)" } else { "" });
+    println!(
+        "machine: {cores} cores; files: {files} × {} MB{}",
+        size / 1_000_000,
+        if quick { " (--quick)" } else { "" }
+    );
     println!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -141,7 +145,9 @@ fn status_user(db: &str) -> String {
 fn peak_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 

@@ -72,7 +72,17 @@ impl Pair {
     }
 
     fn admin_status(&self) -> serde_json::Value {
-        let admin = self.env.ok(&["token", "create", "--user", "alice", "--device", "ops", "--admin", "-c", &self.env.config()]);
+        let admin = self.env.ok(&[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--device",
+            "ops",
+            "--admin",
+            "-c",
+            &self.env.config(),
+        ]);
         let out = self.env.ok_all(&["server-status", "--server", &self.server.url, "--token", &admin, "--json"]);
         serde_json::from_str(&out).unwrap()
     }
@@ -130,18 +140,14 @@ fn files_of_another_user_are_unreachable() {
     assert_eq!(http.head(&url).bearer_auth(&bob).send().unwrap().status(), 404);
     assert_eq!(pair.server_holds(&bob, &hash)["state"], "unreferenced");
     // Not even a new upload under that name gets in.
-    let put = http
-        .put(&url)
-        .bearer_auth(&bob)
-        .header("upload-length", content.len())
-        .body(content.clone())
-        .send()
-        .unwrap();
+    let put =
+        http.put(&url).bearer_auth(&bob).header("upload-length", content.len()).body(content.clone()).send().unwrap();
     assert_eq!(put.status(), 403);
     // Alice's own other device reads it; without a token nobody does.
     assert_eq!(http.get(&url).bearer_auth(&pair.laptop).send().unwrap().status(), 200);
     assert_eq!(http.get(&url).send().unwrap().status(), 401);
-    let bad = http.get(format!("{}/v1/files/..%2F..%2Fetc%2Fpasswd", pair.server.url)).bearer_auth(&bob).send().unwrap();
+    let bad =
+        http.get(format!("{}/v1/files/..%2F..%2Fetc%2Fpasswd", pair.server.url)).bearer_auth(&bob).send().unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().unwrap().contains("64 lowercase hex"));
 }
@@ -167,7 +173,10 @@ fn an_interrupted_upload_and_download_resume_where_they_broke() {
     assert_eq!(up["uploaded"], 1, "{up}");
     let sent = proxy.up_bytes.load(std::sync::atomic::Ordering::SeqCst) - before;
     let rest = size as u64 - offset;
-    assert!(sent >= rest && sent < rest + 5_000, "sent {sent} bytes to finish, the rest is {rest}: it did not start over");
+    assert!(
+        sent >= rest && sent < rest + 5_000,
+        "sent {sent} bytes to finish, the rest is {rest}: it did not start over"
+    );
     assert_eq!(up["bytes"].as_u64(), Some(rest));
 
     pair.sync_laptop();
@@ -345,6 +354,11 @@ fn files_travel_through_an_s3_compatible_store() {
     assert_eq!(status["files"]["stored"], 1, "{status}");
     // The object is in the bucket, under the prefix.
     let key = format!("{endpoint}/{bucket}/files/{}/{hash}", &hash[..2]);
-    let listed = reqwest::blocking::Client::new().get(format!("{endpoint}/{bucket}?list-type=2")).send().unwrap().text().unwrap();
+    let listed = reqwest::blocking::Client::new()
+        .get(format!("{endpoint}/{bucket}?list-type=2"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(listed.contains(&hash), "{key} not listed: {listed}");
 }
