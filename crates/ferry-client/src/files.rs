@@ -467,7 +467,9 @@ pub struct FilesReport {
 pub struct RateLimit {
     rate: f64,
     burst: f64,
-    state: tokio::sync::Mutex<(f64, Instant)>,
+    /// Tokens (bytes; negative while in debt) and when they were counted, on tokio's clock
+    /// (the one its sleeps use).
+    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
 }
 
 impl RateLimit {
@@ -475,14 +477,14 @@ impl RateLimit {
     pub fn new(rate: u64) -> RateLimit {
         let rate = rate.max(1) as f64;
         let burst = (rate / 10.0).max(65536.0);
-        RateLimit { rate, burst, state: tokio::sync::Mutex::new((burst, Instant::now())) }
+        RateLimit { rate, burst, state: tokio::sync::Mutex::new((burst, tokio::time::Instant::now())) }
     }
 
     /// Waits until `n` bytes may go.
     pub async fn take(&self, n: u64) {
         // Holding the lock while sleeping makes waiters queue in turn.
         let mut s = self.state.lock().await;
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
         s.1 = now;
         s.0 -= n as f64;
@@ -1157,5 +1159,50 @@ pub async fn run(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_disk_warns_only_under_a_fifth_free_with_more_than_a_hundred_queued() {
+        let dir = Path::new("/data/phone.db-files");
+        assert!(low_disk_warning(19, 100, 101, dir).is_some());
+        assert!(low_disk_warning(19, 100, 100, dir).is_none(), "100 queued is not more than 100");
+        assert!(low_disk_warning(20, 100, 500, dir).is_none(), "20 % free is not under 20 %");
+        assert!(low_disk_warning(0, 0, 500, dir).is_none(), "an unknown disk says nothing");
+        let w = low_disk_warning(5_000_000_000, 100_000_000_000, 250, dir).unwrap();
+        assert!(w.contains("5.0 %") && w.contains("250 files") && w.contains("phone.db-files"), "{w}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_holds_over_time_after_one_burst() {
+        let limit = RateLimit::new(100_000);
+        let started = tokio::time::Instant::now();
+        for _ in 0..50 {
+            limit.take(20_000).await;
+        }
+        // 1 MB at 100 kB/s, less the first burst of 64 KiB.
+        let took = started.elapsed().as_secs_f64();
+        let floor = (1_000_000.0 - 65_536.0) / 100_000.0;
+        assert!(took >= floor - 0.01 && took <= floor + 0.3, "took {took} s, expected about {floor} s");
+    }
+
+    #[test]
+    fn added_files_are_named_by_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = LocalFiles::beside(&dir.path().join("app.db"));
+        let src = dir.path().join("photo.jpg");
+        std::fs::write(&src, b"not really a photo").unwrap();
+        let (hash, size) = files.add(&src).unwrap();
+        assert_eq!(hash, ferry_core::to_hex(&sha2::Sha256::digest(b"not really a photo")));
+        assert_eq!((size, files.size(&hash)), (18, Some(18)));
+        assert_eq!(files.path(&hash), dir.path().join("app.db-files").join(&hash));
+        assert!(files.verify(&hash).unwrap());
+        std::fs::write(files.path(&hash), b"tampered").unwrap();
+        assert!(!files.verify(&hash).unwrap(), "a changed copy no longer verifies");
+        assert!(files.open("../../etc/passwd").is_err());
     }
 }

@@ -1264,3 +1264,39 @@ pub fn check_role(role: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod file_column_tests {
+    use super::*;
+
+    #[test]
+    fn file_columns_must_be_text_and_hold_hashes() {
+        let sql = "CREATE TABLE notes (id uuid PRIMARY KEY, n integer, photo text);";
+        let opts = |files: &[&str]| {
+            let mut o = BTreeMap::new();
+            o.insert(
+                "notes".to_owned(),
+                TableOptions { files: files.iter().map(|f| f.to_string()).collect(), ..TableOptions::default() },
+            );
+            o
+        };
+        let schema = Schema::parse(sql, &opts(&["photo"])).unwrap();
+        let t = schema.table("notes").unwrap();
+        let photo = t.column("photo").unwrap();
+        assert!(t.check_value(photo, &Value::Text("ab".repeat(32))).is_ok());
+        assert!(t.check_value(photo, &Value::Null).is_ok());
+        let bad = t.check_value(photo, &Value::Text("IMG_0001.jpg".into())).unwrap_err();
+        assert!(bad.to_string().contains("IMG_0001.jpg") && bad.to_string().contains("SHA-256"), "{bad}");
+        assert!(t.check_value(photo, &Value::Text("AB".repeat(32))).is_err(), "uppercase is refused");
+        for (files, needle) in
+            [(&["nope"][..], "does not exist"), (&["n"][..], "must be a text column"), (&["id"][..], "primary key")]
+        {
+            let e = Schema::parse(sql, &opts(files)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{files:?}: {e}");
+        }
+        assert_ne!(
+            Schema::parse(sql, &opts(&["photo"])).unwrap().version(),
+            Schema::parse(sql, &opts(&[])).unwrap().version()
+        );
+    }
+}
