@@ -257,6 +257,9 @@ pub struct Transfer {
     pub error: Option<String>,
 }
 
+/// What `_ferry_files` knows of a hash: uploaded, size, attempts, next try, last error.
+type Known = (bool, Option<i64>, u32, i64, Option<String>);
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -321,7 +324,7 @@ impl Replica {
         )?;
         let mut out = Vec::new();
         for (hash, _) in self.referenced()? {
-            let row: Option<(bool, Option<i64>, u32, i64, Option<String>)> =
+            let row: Option<Known> =
                 known.query_row([&hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).optional()?;
             let (uploaded, size, attempts, next_try, last_error) = row.unwrap_or((false, None, 0, 0, None));
             let (direction, size) = match files.size(&hash) {

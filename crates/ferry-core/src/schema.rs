@@ -532,7 +532,7 @@ impl Table {
             _ => {}
         }
         if let Value::Text(s) = value
-            && self.options.files.iter().any(|f| *f == column.name)
+            && self.options.files.contains(&column.name)
             && !is_file_hash(s)
         {
             let shown: String = s.chars().take(70).collect();

@@ -244,7 +244,7 @@ pub async fn check<S: Store>(
     }
     let refs = state.store.file_refs(&who.0, &req.hashes).await?;
     let files = &state.files;
-    let states: Vec<FileState> = futures_util::stream::iter(req.hashes.into_iter())
+    let states: Vec<FileState> = futures_util::stream::iter(req.hashes)
         .map(|hash| {
             let known = refs.contains(&hash);
             async move {
