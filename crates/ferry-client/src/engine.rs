@@ -144,6 +144,9 @@ pub enum Event {
         settled: u64,
         refused: u64,
     },
+    /// The stream says files that rows of this user reference arrived on the server (for
+    /// the file worker: `FileOptions::wake`).
+    Files,
 }
 
 /// How the engine runs.
@@ -182,6 +185,7 @@ impl Default for EngineOptions {
 enum StreamNews {
     Up,
     Changed,
+    Files,
     Down(String),
 }
 
@@ -290,6 +294,9 @@ pub async fn run(
                     next = Some((Instant::now(), "stream: rows changed"));
                 }
                 Some(StreamNews::Changed) => {}
+                Some(StreamNews::Files) => {
+                    let _ = events.send(Event::Files);
+                }
                 Some(StreamNews::Down(why)) => {
                     stream_up = Some(false);
                     let _ = events.send(Event::Stream { up: false, why: Some(why.clone()) });
@@ -338,9 +345,10 @@ async fn stream_loop(remote: Remote, backoff: Backoff, news: mpsc::UnboundedSend
                     return;
                 }
                 let why = loop {
-                    match s.changed().await {
-                        Ok(()) => {
-                            if news.send(StreamNews::Changed).is_err() {
+                    match s.news().await {
+                        Ok(n) => {
+                            let n = if n == crate::News::Rows { StreamNews::Changed } else { StreamNews::Files };
+                            if news.send(n).is_err() {
                                 return;
                             }
                         }

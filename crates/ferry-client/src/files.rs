@@ -422,6 +422,9 @@ pub struct FileOptions {
     pub attempts: u32,
     /// [`run`] only: look for new files at least this often.
     pub interval: Duration,
+    /// [`run`] only: look now when notified (the engine's [`crate::engine::Event::Files`]:
+    /// files arrived on the server).
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for FileOptions {
@@ -432,6 +435,7 @@ impl Default for FileOptions {
             retry_base: Duration::from_secs(1),
             attempts: 3,
             interval: Duration::from_secs(10),
+            wake: None,
         }
     }
 }
@@ -510,6 +514,10 @@ struct Shared {
     moved: AtomicU64,
     /// The server's upload limit, from its last check answer (0: not known).
     max_upload: AtomicU64,
+    /// Transfers on the network at once (`FileOptions::concurrency`). A download gives its
+    /// permit back once its last byte arrived, before its fsync and rename, so the disk's
+    /// latency does not idle the network.
+    network: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -784,7 +792,7 @@ async fn upload_from(shared: &Arc<Shared>, job: &Job, offset: u64) -> Result<Out
     }
 }
 
-async fn download(shared: &Arc<Shared>, job: &Job) -> Result<Outcome> {
+async fn download(shared: &Arc<Shared>, job: &Job, network: tokio::sync::SemaphorePermit<'_>) -> Result<Outcome> {
     use futures_util::StreamExt;
     let part = shared.files.partial(&job.hash);
     if let Some(dir) = part.parent() {
@@ -808,7 +816,7 @@ async fn download(shared: &Arc<Shared>, job: &Job) -> Result<Outcome> {
         Err(error) => return Ok(Outcome::Failed { bytes: 0, error }),
     };
     let from = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT { held } else { 0 };
-    let mut out = tokio::fs::OpenOptions::new()
+    let out = tokio::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(from == 0)
@@ -816,6 +824,7 @@ async fn download(shared: &Arc<Shared>, job: &Job) -> Result<Outcome> {
         .open(&part)
         .await
         .map_err(|e| local(e, format!("cannot write {}", part.display())))?;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, out);
     let mut hasher = (from == 0).then(sha2::Sha256::new);
     let mut stream = resp.bytes_stream();
     let mut bytes = 0u64;
@@ -851,8 +860,9 @@ async fn download(shared: &Arc<Shared>, job: &Job) -> Result<Outcome> {
         total += chunk.len() as u64;
         shared.moved.fetch_add(chunk.len() as u64, Ordering::SeqCst);
     }
+    drop(network);
     out.flush().await.map_err(|e| local(e, "cannot write"))?;
-    out.sync_all().await.map_err(|e| local(e, "cannot flush"))?;
+    out.get_mut().sync_all().await.map_err(|e| local(e, "cannot flush"))?;
     drop(out);
     if total < job.size {
         return Ok(Outcome::Failed {
@@ -892,9 +902,16 @@ async fn transfer(
     events: Arc<dyn Fn(FileEvent) + Send + Sync>,
 ) -> Result<bool> {
     let started = Instant::now();
+    let Ok(network) = shared.network.acquire().await else { return Ok(false) };
+    if shared.paused.load(Ordering::SeqCst) {
+        // Paused while it waited for the network: it starts after the resume.
+        return Ok(false);
+    }
     let outcome = match job.direction {
         Direction::Up => upload(&shared, &job).await,
-        Direction::Down => download(&shared, &job).await.unwrap_or_else(|error| Outcome::Failed { bytes: 0, error }),
+        Direction::Down => {
+            download(&shared, &job, network).await.unwrap_or_else(|error| Outcome::Failed { bytes: 0, error })
+        }
     };
     let millis = started.elapsed().as_millis() as u64;
     let (bytes, name, error) = match &outcome {
@@ -995,7 +1012,9 @@ async fn pass(
     let mut done = 0;
     let retry_base = opts.retry_base;
     loop {
-        while set.len() < opts.concurrency.max(1) && !shared.paused.load(Ordering::SeqCst) {
+        // The network permits (`Shared::network`) bound transfers on the wire; a few more
+        // tasks wait for one, or finish writing to disk.
+        while set.len() < 4 * opts.concurrency.max(1) && !shared.paused.load(Ordering::SeqCst) {
             let Some(job) = jobs.next() else { break };
             let direction = job.direction;
             set.spawn(transfer(shared.clone(), job, retry_base, events.clone()).map_ok(move |ok| (ok, direction)));
@@ -1037,6 +1056,7 @@ fn shared(db: &Path, remote: &Remote, opts: &FileOptions) -> Result<Arc<Shared>>
         paused: AtomicBool::new(false),
         moved: AtomicU64::new(0),
         max_upload: AtomicU64::new(0),
+        network: tokio::sync::Semaphore::new(opts.concurrency.max(1)),
     }))
 }
 
@@ -1142,10 +1162,13 @@ pub async fn run(
                 .map_or(None, |q| q.iter().filter(|f| f.last_error.is_some()).map(|f| f.next_try).min());
         }
         // Wait for a reason to look again.
+        let wake = opts.wake.clone().unwrap_or_default();
         loop {
+            let mut told = false;
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = wake.notified() => told = true,
             }
             let (p, t, v) = look(&watcher);
             let woke = t != trigger;
@@ -1157,7 +1180,7 @@ pub async fn run(
             trigger = t;
             let due = last_pass.is_none_or(|at| at.elapsed() >= opts.interval);
             let retry_due = next_retry.is_some_and(|t| t <= now_ms());
-            if !paused && (woke || resumed || changed || due || retry_due) {
+            if !paused && (woke || resumed || changed || due || retry_due || told) {
                 ignore_backoff = woke || resumed;
                 break;
             }

@@ -19,6 +19,6 @@ pub mod replica;
 pub mod sync;
 
 pub use error::{Error, Result};
-pub use remote::{Remote, Stream};
+pub use remote::{News, Remote, Stream};
 pub use replica::{ClientResolver, LocalConflict, Refused, Replica, ResolveFn, ResolveInput, Resolvers, Status};
 pub use sync::{Direction, Progress, SyncOptions, SyncReport, hydrate, seed, sync};

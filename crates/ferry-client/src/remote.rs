@@ -174,13 +174,35 @@ pub struct Stream {
     ping_interval: Duration,
 }
 
+/// What the stream told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum News {
+    /// Rows the device may read changed: pull.
+    Rows,
+    /// Files that rows of the device's user reference arrived on the server: the file
+    /// worker may fetch them.
+    Files,
+}
+
 impl Stream {
-    /// Waits for the next change notification. `Ok(())`: rows changed on the server; an
-    /// error: the stream is down (closed, broken, or silent for three ping intervals).
+    /// Waits for the next change notification about rows (file news is skipped). An error:
+    /// the stream is down (closed, broken, or silent for three ping intervals).
     ///
     /// # Errors
     /// [`Error::Unreachable`] naming why the stream ended.
     pub async fn changed(&mut self) -> Result<()> {
+        loop {
+            if self.news().await? == News::Rows {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for the next notification, rows or files.
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`] naming why the stream ended.
+    pub async fn news(&mut self) -> Result<News> {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         loop {
@@ -189,7 +211,8 @@ impl Stream {
                 Err(_) => return Err(Error::Unreachable("the stream went silent".into())),
                 Ok(None) => return Err(Error::Unreachable("the server closed the stream".into())),
                 Ok(Some(Err(e))) => return Err(Error::Unreachable(format!("the stream broke: {e}"))),
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"changed\"") => return Ok(()),
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"changed\"") => return Ok(News::Rows),
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"files\"") => return Ok(News::Files),
                 Ok(Some(Ok(Message::Close(_)))) => {
                     return Err(Error::Unreachable("the server closed the stream".into()));
                 }

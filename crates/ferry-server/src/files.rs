@@ -44,6 +44,8 @@ pub struct Files {
     uploads: AtomicU64,
     downloads: AtomicU64,
     refused: AtomicU64,
+    /// Files stored, for the stream (`{"type": "files"}`): whose devices may want them.
+    notices: tokio::sync::broadcast::Sender<ferry_store::Notice>,
 }
 
 impl Files {
@@ -63,7 +65,13 @@ impl Files {
             uploads: AtomicU64::new(0),
             downloads: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            notices: tokio::sync::broadcast::channel(1024).0,
         })
+    }
+
+    /// Files stored from now on (by this process): the uploading user's, for the stream.
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<ferry_store::Notice> {
+        self.notices.subscribe()
     }
 
     fn partial(&self, hash: &str) -> (PathBuf, PathBuf) {
@@ -314,7 +322,9 @@ pub async fn upload<S: Store>(
     }
     let (part, length) = files.partial(&hash);
     tokio::fs::write(&length, total.to_string()).await.map_err(io_err)?;
-    let mut out = tokio::fs::OpenOptions::new().create(true).append(true).open(&part).await.map_err(io_err)?;
+    let out = tokio::fs::OpenOptions::new().create(true).append(true).open(&part).await.map_err(io_err)?;
+    // The body arrives in pieces of a few KiB: written a MiB at a time.
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, out);
     // From the first byte the hash is taken on the way; a resumed upload is hashed whole
     // at its end.
     let mut hasher = (held == 0).then(sha2::Sha256::new);
@@ -364,6 +374,12 @@ pub async fn upload<S: Store>(
     files.store.put_file(&hash, &part, total).await.map_err(file_err)?;
     let _ = tokio::fs::remove_file(&length).await;
     files.uploads.fetch_add(1, Ordering::SeqCst);
+    // The uploader's other devices may be waiting for it. (Devices of other users whose
+    // shared rows reference it learn at their next look.)
+    let _ = files.notices.send(ferry_store::Notice {
+        owners: Some(vec![Some(who.0.user_id.clone())]),
+        origin: Some(who.0.device_id.clone()),
+    });
     Ok((StatusCode::CREATED, Json(FileStored { hash, size: total })).into_response())
 }
 

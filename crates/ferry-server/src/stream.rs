@@ -7,7 +7,9 @@
 //! - `{"type": "hello", "ping_interval_ms": 15000}` once, on connect;
 //! - `{"type": "changed"}` after commits touching rows the device's user may read, other than
 //!   the device's own pushes (a burst of commits while one message is being sent becomes one
-//!   message).
+//!   message);
+//! - `{"type": "files"}` after another device of the user uploaded a file to this server
+//!   process (its file worker may fetch it now; bursts coalesce the same way).
 //!
 //! The server sends a WebSocket ping every `ping_interval_ms`; a client that hears nothing
 //! for three intervals should treat the stream as down. Which process accepted a change does
@@ -37,15 +39,43 @@ pub async fn stream<S: Store>(
         ApiError::BadRequest(format!("GET /v1/stream is a WebSocket: send the upgrade handshake ({e})"))
     })?;
     let notices = state.store.notices();
+    let files = state.files.notices();
     // The messages are tiny: small buffers keep thousands of open streams cheap (the
     // defaults, 128 KiB to read per connection, cost ~130 KB of memory per stream).
     let ws = ws.read_buffer_size(4096).write_buffer_size(4096).max_message_size(64 * 1024);
-    Ok(ws.on_upgrade(move |socket| serve(socket, notices, who.user_id, who.device_id)))
+    Ok(ws.on_upgrade(move |socket| serve(socket, notices, files, who.user_id, who.device_id)))
+}
+
+/// Whether a notice concerns the device; drains the ones already queued (one message covers
+/// them). `None`: the channel closed.
+fn concerning(
+    n: Result<Notice, RecvError>,
+    rx: &mut tokio::sync::broadcast::Receiver<Notice>,
+    user: &str,
+    device: &str,
+) -> Option<bool> {
+    let relevant = match n {
+        Ok(n) => n.concerns(user, device),
+        // Fell behind: something may have been relevant.
+        Err(RecvError::Lagged(_)) => true,
+        Err(RecvError::Closed) => return None,
+    };
+    if relevant {
+        loop {
+            match rx.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return None,
+            }
+        }
+    }
+    Some(relevant)
 }
 
 async fn serve(
     mut socket: WebSocket,
     mut notices: tokio::sync::broadcast::Receiver<Notice>,
+    mut files: tokio::sync::broadcast::Receiver<Notice>,
     user: String,
     device: String,
 ) {
@@ -54,32 +84,29 @@ async fn serve(
         return;
     }
     let changed = Message::Text(r#"{"type":"changed"}"#.into());
+    let files_changed = Message::Text(r#"{"type":"files"}"#.into());
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     loop {
         tokio::select! {
-            n = notices.recv() => {
-                let relevant = match n {
-                    Ok(n) => n.concerns(&user, &device),
-                    // Fell behind: something may have been relevant.
-                    Err(RecvError::Lagged(_)) => true,
-                    Err(RecvError::Closed) => return,
-                };
-                if !relevant {
-                    continue;
-                }
-                // Notices already queued are covered by the one message.
-                loop {
-                    match notices.try_recv() {
-                        Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Closed) => return,
+            n = notices.recv() => match concerning(n, &mut notices, &user, &device) {
+                None => return,
+                Some(false) => {}
+                Some(true) => {
+                    if socket.send(changed.clone()).await.is_err() {
+                        return;
                     }
                 }
-                if socket.send(changed.clone()).await.is_err() {
-                    return;
+            },
+            n = files.recv() => match concerning(n, &mut files, &user, &device) {
+                None => return,
+                Some(false) => {}
+                Some(true) => {
+                    if socket.send(files_changed.clone()).await.is_err() {
+                        return;
+                    }
                 }
-            }
+            },
             _ = ping.tick() => {
                 if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
                     return;

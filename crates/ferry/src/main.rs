@@ -495,8 +495,15 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Resu
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let json = args.json;
+    // The stream's news of files wakes the file worker.
+    let files_wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let wake = files_wake.clone();
     let printer = tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
+            if let Event::Files = e {
+                wake.notify_one();
+                continue;
+            }
             let line = match (&e, json) {
                 (Event::State { from, to, why, .. }, true) => {
                     serde_json::json!({"event": "state", "from": from, "to": to, "why": why}).to_string()
@@ -539,7 +546,8 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Resu
     let (stop_files, files_stopped) = tokio::sync::oneshot::channel::<()>();
     let file_worker = match (&opts.remote, args.no_files) {
         (Some(remote), false) => {
-            let (db, remote, fopts) = (args.db.clone(), remote.clone(), args.files.options()?);
+            let fopts = ferry_client::files::FileOptions { wake: Some(files_wake.clone()), ..args.files.options()? };
+            let (db, remote) = (args.db.clone(), remote.clone());
             Some(tokio::spawn(async move {
                 let stopped = async {
                     let _ = files_stopped.await;
@@ -737,6 +745,8 @@ async fn file_sync(args: FileSyncArgs) -> Result<()> {
                 progress.set_length(*total);
                 progress.set_position(*bytes);
             }
+            // The bar shows progress; only what went wrong gets a line (`ferry file log` has all).
+            FileEvent::Transferred(t) if !json && t.outcome == "ok" => {}
             FileEvent::Transferred(_) | FileEvent::Warning(_) if !json => {
                 progress.suspend(|| print_file_event(&e, false))
             }

@@ -272,57 +272,68 @@ fn an_upload_over_the_limit_gets_413_naming_the_limit() {
 fn the_watch_moves_files_and_obeys_pause_resume_and_trigger() {
     let pair = Pair::new();
     let laptop = pair.env.path("laptop.db").display().to_string();
-    let (first, content) = pair.phone_adds_video(500_000, 20);
-    pair.sync_phone();
-    pair.file_sync("phone.db", &pair.phone, &pair.server.url, &[]).unwrap();
-    // Long intervals: only the stream's news of rows, pause/resume and trigger make it look.
-    let mut watch = std::process::Command::new(FERRY)
-        .args(["sync", "--watch", "--db", &laptop, "--server", &pair.server.url, "--token", &pair.laptop])
-        .args(["--interval", "1h", "--files-interval", "1h"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    // Long intervals: only the stream's news, pause/resume and trigger make it look.
+    let watch = |extra: &[&str]| {
+        std::process::Command::new(FERRY)
+            .args(["sync", "--watch", "--db", &laptop, "--server", &pair.server.url, "--token", &pair.laptop])
+            .args(["--interval", "1h", "--files-interval", "1h"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_for = |what: &str, within: Duration, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + within;
         while !f() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
     };
-    wait_for("the first file", &|| pair.laptop_file(&first).is_some());
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&pair.env.ok_all(&["status", "--db", &laptop, "--json"])).unwrap()
+    };
+    let mut streaming = watch(&[]);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The row arrives by the stream, then its file: the stream's news of the upload wakes the
+    // laptop's file worker.
+    let (first, content) = pair.phone_adds_video(500_000, 20);
+    pair.sync_phone();
+    wait_for("the row of the first file", Duration::from_secs(10), &|| status()["files"]["downloads"] == 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pair.laptop_file(&first).is_none(), "not uploaded yet");
+    pair.file_sync("phone.db", &pair.phone, &pair.server.url, &[]).unwrap();
+    wait_for("the first file, told by the stream", Duration::from_secs(5), &|| pair.laptop_file(&first).is_some());
     assert!(pair.laptop_file(&first) == Some(content), "the laptop's copy differs");
 
     pair.env.ok(&["file", "pause", "--db", &laptop]);
     let (second, _) = pair.phone_adds_video(500_000, 21);
     pair.sync_phone();
     pair.file_sync("phone.db", &pair.phone, &pair.server.url, &[]).unwrap();
-    let status = || -> serde_json::Value {
-        serde_json::from_str(&pair.env.ok_all(&["status", "--db", &laptop, "--json"])).unwrap()
-    };
-    wait_for("the row of the second file", &|| status()["files"]["downloads"] == 1);
+    wait_for("the row of the second file", Duration::from_secs(10), &|| status()["files"]["downloads"] == 1);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(pair.laptop_file(&second).is_none(), "paused: nothing moves");
     assert_eq!(status()["files"]["paused"], true);
     pair.env.ok(&["file", "resume", "--db", &laptop]);
-    wait_for("the second file after resume", &|| pair.laptop_file(&second).is_some());
+    wait_for("the second file after resume", Duration::from_secs(5), &|| pair.laptop_file(&second).is_some());
+    let _ = streaming.kill();
+    let _ = streaming.wait();
 
-    // The row arrives before its file is on the server; nothing makes the worker look
-    // again for an hour but a trigger.
+    // Without the stream, nothing makes the worker look again for an hour but a trigger.
+    let mut polling = watch(&["--no-stream"]);
+    std::thread::sleep(Duration::from_secs(1));
     let (third, _) = pair.phone_adds_video(200_000, 22);
     pair.sync_phone();
-    wait_for("the row of the third file", &|| status()["files"]["downloads"] == 1);
-    // Let the worker's look at the new row (and the engine's syncs it sets off) settle.
-    std::thread::sleep(Duration::from_secs(2));
+    pair.sync_laptop();
+    std::thread::sleep(Duration::from_secs(1));
     pair.file_sync("phone.db", &pair.phone, &pair.server.url, &[]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(pair.laptop_file(&third).is_none(), "no look without a reason");
-    let triggered = Instant::now();
     pair.env.ok(&["file", "trigger", "--db", &laptop]);
-    wait_for("the third file after trigger", &|| pair.laptop_file(&third).is_some());
-    assert!(triggered.elapsed() < Duration::from_secs(5), "trigger moved it at once");
-    let _ = watch.kill();
-    let _ = watch.wait();
+    wait_for("the third file after trigger", Duration::from_secs(5), &|| pair.laptop_file(&third).is_some());
+    let _ = polling.kill();
+    let _ = polling.wait();
 }
 
 #[test]

@@ -312,7 +312,15 @@ fn every_documented_operation_answers_as_the_document_says() {
     assert_eq!(hello["type"], "hello", "{hello}");
     checker.check(&post("/v1/push", laptop, push_body("streamed", None, &json!([jump_row(&alice, t)])), 200));
     let changed = next_message(&mut socket);
-    checker.check_messages("/v1/stream", &[hello, changed]);
+    // A file the laptop uploads for a row of alice's: the phone hears of it.
+    let streamed = "streamed video";
+    let values = json!({"user_id": alice, "jump_number": 10, "jumped_at": "2026-11-23T10:00:00Z", "video_sha256": sha256(streamed)});
+    checker.check(&put(format!("/v1/rows/jump_log/{}", uuid()), laptop, json!({ "values": values }).to_string(), 201));
+    assert_eq!(next_message(&mut socket)["type"], "changed", "the row first");
+    checker.check(&upload(&sha256(streamed), laptop, streamed, streamed.len(), 201));
+    let files = next_message(&mut socket);
+    assert_eq!(files["type"], "files", "{files}");
+    checker.check_messages("/v1/stream", &[hello, changed, files]);
 
     checker.assert_every_answer_was_seen();
     checker.assert_other_methods_and_paths_are_refused();
