@@ -15,7 +15,7 @@ const HELP: &str = "usage: cargo xtask <command>
 commands:
   test            run every test of the workspace (what CI runs); starts moto (S3) for the
                   file store tests, installing it under target/test-tools on first use
-  bench [--quick] run the benchmarks (sync, realtime, files); figures go to stdout (copy them to
+  bench [--quick] run the benchmarks (sync, realtime, files, changes); figures go to stdout (copy them to
                   BENCHMARKS.md)
   sim [--runs N | --seed N]
                   the long mode of the deterministic simulations (merge, and every conflict
@@ -100,7 +100,7 @@ fn bench(extra: &[String]) -> Result<()> {
             bail!("unknown bench option '{a}'; the only option is --quick");
         }
     }
-    for bench in ["sync", "realtime", "files"] {
+    for bench in ["sync", "realtime", "files", "changes"] {
         let mut args = vec!["bench", "--locked", "-p", "ferry", "--bench", bench, "--"];
         args.extend(extra.iter().map(String::as_str));
         cargo(&args)?;

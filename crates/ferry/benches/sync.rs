@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use ferry_client::Replica;
 use ferry_core::schema::Schema;
 use ferry_protocol::SchemaResponse;
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 mod common;
 
-use common::FERRY;
+use common::{FERRY, example, insert_rows};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -41,43 +41,9 @@ fn main() {
     postgres(n);
 }
 
-fn example(file: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skydive").join(file)).unwrap()
-}
-
 fn schema_response() -> SchemaResponse {
     let schema = Schema::parse(&example("schema.sql"), &Default::default()).unwrap();
     SchemaResponse::from_schema(&schema)
-}
-
-const INSERT: &str = "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, dropzone, exit_altitude_ft, notes, visible_to_connections)
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)";
-
-/// Row `i`: ids are time-ordered like UUID v7, about 125 bytes of values in all.
-fn row(i: usize) -> (String, String, i64, String, String, i64, String) {
-    (
-        format!("01900000-0000-7000-8000-{i:012x}"),
-        "01900000-0000-7000-8000-00000000a11c".to_owned(),
-        i as i64,
-        format!("2026-11-{:02}T10:{:02}:00Z", 1 + i % 28, i % 60),
-        "Skydive Spa".to_owned(),
-        4000,
-        "hop and pop".to_owned(),
-    )
-}
-
-fn insert_rows(conn: &mut Connection, n: usize, user: &str) -> Duration {
-    let start = Instant::now();
-    let tx = conn.transaction().unwrap();
-    {
-        let mut stmt = tx.prepare(INSERT).unwrap();
-        for i in 0..n {
-            let r = row(i);
-            stmt.execute(params![r.0, user, r.2, r.3, r.4, r.5, r.6]).unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    start.elapsed()
 }
 
 fn median(mut xs: Vec<Duration>) -> Duration {
