@@ -50,13 +50,25 @@ fn main() {
     println!("| stream clients on one server process | deliveries | p50 | p99 | max | server RSS |");
     println!("|---|---|---|---|---|---|");
     let sizes: &[usize] = if quick { &[10, 100] } else { &[100, 500, 1000, 2000, 5000] };
+    let mut curve = Vec::new();
     for &n in sizes {
         let p99 = rt.block_on(fan_out(&url, &user, &token_a, &token_b, n, server_pid));
+        curve.push((n as f64, p99.as_secs_f64() * 1000.0));
         if p99 > Duration::from_millis(200) {
             println!("(p99 passed 200 ms at {n} clients; stopping)");
             break;
         }
     }
+    common::save(
+        "realtime-fan-out.svg",
+        &common::svg_chart(
+            "Stream delivery p99 against clients on one server process",
+            "stream clients",
+            "p99 delivery (ms)",
+            &[common::Series { name: "p99".into(), points: curve }],
+            false,
+        ),
+    );
     let _ = server.kill();
     let _ = server.wait();
 }
@@ -100,6 +112,24 @@ async fn latency(url: &str, user: &str, token_a: &str, token_b: &str, d: &std::p
         assert_eq!(have, 1, "B has the row");
         whole.push(t0.elapsed());
     }
+    let cdf = |v: &[Duration]| -> Vec<(f64, f64)> {
+        let mut v = v.to_vec();
+        v.sort();
+        v.iter().enumerate().map(|(i, d)| (d.as_secs_f64() * 1000.0, 100.0 * (i + 1) as f64 / v.len() as f64)).collect()
+    };
+    common::save(
+        "realtime-latency.svg",
+        &common::svg_chart(
+            &format!("One change A → B over the realtime stream ({n} changes, loopback)"),
+            "latency (ms)",
+            "% of changes at or under",
+            &[
+                common::Series { name: "A writes → B has it".into(), points: cdf(&whole) },
+                common::Series { name: "A syncs → B told".into(), points: cdf(&notify) },
+            ],
+            false,
+        ),
+    );
     let (p50, p99, max) = percentiles(whole);
     println!(
         "| one change A → B: A writes and syncs, B told by the stream syncs ({n} changes) | {} | {} | {} |",

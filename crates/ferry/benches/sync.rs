@@ -39,6 +39,72 @@ fn main() {
     capture(n);
     sync(n);
     postgres(n);
+    scale(if quick { &[1_000, 10_000] } else { &[10_000, 100_000, 1_000_000] });
+}
+
+/// Push and hydrate at growing sizes, beside SQLite importing the same rows: how cost grows
+/// (rows/s should stay flat) and memory with it (peak RSS of the hydrating process).
+fn scale(sizes: &[usize]) {
+    println!();
+    println!(
+        "| rows | push (rows/s) | hydrate (rows/s) | SQLite import (rows/s) | hydrate ÷ import | hydrate peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let (mut push, mut hydrate, mut import) = (Vec::new(), Vec::new(), Vec::new());
+    for &n in sizes {
+        let s = push_and_hydrate(n, None);
+        let base = sqlite_import(s.dir.path());
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "| {n} | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2}× | {} MB |",
+            s.push.elapsed.as_secs_f64(),
+            rate(s.push.elapsed),
+            s.hydrate.elapsed.as_secs_f64(),
+            rate(s.hydrate.elapsed),
+            base.as_secs_f64(),
+            rate(base),
+            s.hydrate.elapsed.as_secs_f64() / base.as_secs_f64(),
+            s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024
+        );
+        push.push((n as f64, rate(s.push.elapsed)));
+        hydrate.push((n as f64, rate(s.hydrate.elapsed)));
+        import.push((n as f64, rate(base)));
+    }
+    common::save(
+        "throughput.svg",
+        &common::svg_chart(
+            "Rows per second against data size (embedded store, loopback)",
+            "rows",
+            "rows per second",
+            &[
+                common::Series { name: "ferry sync push".into(), points: push },
+                common::Series { name: "ferry sync hydrate".into(), points: hydrate },
+                common::Series { name: "SQLite import".into(), points: import },
+            ],
+            true,
+        ),
+    );
+}
+
+/// SQLite itself importing the seeded rows, sorted by key, in one transaction.
+fn sqlite_import(d: &Path) -> Duration {
+    let (table, rows, _) = seeded_rows(d);
+    let path = d.join("baseline.db");
+    let _ = std::fs::remove_file(&path);
+    let mut base = ferry_sqlite::open(&path).unwrap();
+    base.execute_batch(&table.sqlite_ddl()).unwrap();
+    let cols = table.column_names().iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    let marks = (1..=table.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let start = Instant::now();
+    let tx = base.transaction().unwrap();
+    {
+        let mut ins = tx.prepare(&format!("INSERT INTO jump_log ({cols}) VALUES ({marks})")).unwrap();
+        for r in &rows {
+            ins.execute(rusqlite::params_from_iter(r)).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    start.elapsed()
 }
 
 fn schema_response() -> SchemaResponse {
@@ -169,22 +235,9 @@ fn ms(d: Duration) -> f64 {
 fn sync(n: usize) {
     let s = push_and_hydrate(n, None);
     let d = s.dir.path();
-    let (table, rows, bytes) = seeded_rows(d);
+    let (_, _, bytes) = seeded_rows(d);
     // Baseline: SQLite itself importing the same rows, sorted by key, in one transaction.
-    let mut base = ferry_sqlite::open(&d.join("baseline.db")).unwrap();
-    base.execute_batch(&table.sqlite_ddl()).unwrap();
-    let cols = table.column_names().iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
-    let marks = (1..=table.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-    let start = Instant::now();
-    let tx = base.transaction().unwrap();
-    {
-        let mut ins = tx.prepare(&format!("INSERT INTO jump_log ({cols}) VALUES ({marks})")).unwrap();
-        for r in &rows {
-            ins.execute(rusqlite::params_from_iter(r)).unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    let baseline = start.elapsed();
+    let baseline = sqlite_import(d);
 
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(

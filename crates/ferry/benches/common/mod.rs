@@ -59,3 +59,122 @@ pub fn insert_rows(conn: &mut Connection, n: usize, user: &str) -> Duration {
     tx.commit().unwrap();
     start.elapsed()
 }
+
+/// One line of a chart: a name and its points (x, y).
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart as SVG (no dependencies): `log_x` puts x on a log-10 scale (data sizes);
+/// y starts at 0.
+pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool) -> String {
+    use std::fmt::Write as _;
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 80.0, 200.0, 40.0, 60.0);
+    let fx = |x: f64| if log_x { x.max(1e-9).log10() } else { x };
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).collect();
+    let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
+    if log_x {
+        (x0, x1) = (x0.floor(), x1.ceil());
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    // The top of the y axis: the next round number (1, 2, 2.5 or 5 × 10^k) above the data.
+    let top_y = all.iter().fold(0.0f64, |m, p| m.max(p.1)) * 1.05;
+    let y1 = if top_y > 0.0 {
+        let e = 10f64.powf(top_y.log10().floor());
+        [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * e).find(|v| *v >= top_y).unwrap_or(10.0 * e)
+    } else {
+        1.0
+    };
+    let px = |x: f64| left + (fx(x) - x0) / (x1 - x0) * (w - left - right);
+    let py = |y: f64| h - bottom - y / y1 * (h - top - bottom);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{}" y="24" font-size="15" text-anchor="middle">{title}</text>"#,
+        (left + w - right) / 2.0
+    );
+    let _ = write!(
+        out,
+        r#"<line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="black"/>"#,
+        b = h - bottom,
+        r = w - right
+    );
+    for i in 0..=5 {
+        let y = y1 * i as f64 / 5.0;
+        let _ = write!(
+            out,
+            r##"<line x1="{left}" y1="{py}" x2="{r}" y2="{py}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            left - 6.0,
+            py(y) + 4.0,
+            short(y),
+            py = py(y),
+            r = w - right
+        );
+    }
+    let ticks: Vec<f64> = if log_x {
+        (x0 as i32..=x1 as i32).map(|e| 10f64.powi(e)).collect()
+    } else {
+        (0..=5).map(|i| x0 + (x1 - x0) * i as f64 / 5.0).collect()
+    };
+    for x in ticks {
+        let _ =
+            write!(out, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, px(x), h - bottom + 18.0, short(x));
+    }
+    let _ = write!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text><text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{y_label}</text>"#,
+        (left + w - right) / 2.0,
+        h - 16.0,
+        (top + h - bottom) / 2.0,
+        (top + h - bottom) / 2.0
+    );
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+    for (i, s) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let pts: Vec<String> = s.points.iter().map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1))).collect();
+        let _ = write!(out, r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, pts.join(" "));
+        if s.points.len() <= 12 {
+            for p in &s.points {
+                let _ = write!(out, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#, px(p.0), py(p.1));
+            }
+        }
+        let ly = top + 10.0 + 20.0 * i as f64;
+        let _ = write!(
+            out,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+            w - right + 10.0,
+            w - right + 30.0,
+            w - right + 36.0,
+            ly + 4.0,
+            s.name
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// 1200 → "1.2k", 2500000 → "2.5M", 0.25 → "0.25".
+fn short(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.1}", v / 1e6).trim_end_matches('0').trim_end_matches('.').to_owned() + "M"
+    } else if a >= 1e3 {
+        format!("{:.1}", v / 1e3).trim_end_matches('0').trim_end_matches('.').to_owned() + "k"
+    } else if a >= 10.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Writes a benchmark artefact (a plot) under `target/tmp/bench-results/` and says where.
+pub fn save(name: &str, content: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    println!("(plot: {})", path.display());
+}
