@@ -316,11 +316,18 @@ async fn sync_once(
     }
 
     let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
-    loop {
-        if !pull {
-            break;
+    // The next page is asked for as soon as this one's cursor is known, so the server builds
+    // it (and it is decoded) while this one is applied.
+    let fetch = |cursor: String| {
+        let (remote, tables, limit) = (remote.clone(), tables.clone(), opts.pull_page);
+        Prefetch(tokio::spawn(async move { remote.pull_tables(&cursor, limit, tables.as_deref()).await }))
+    };
+    let mut next = pull.then(|| fetch(cursor.clone()));
+    while let Some(mut prefetch) = next.take() {
+        let page = (&mut prefetch.0).await.map_err(|e| Error::Local(format!("pull task failed: {e}")))??;
+        if page.more {
+            next = Some(fetch(page.cursor.clone()));
         }
-        let page = remote.pull_tables(&cursor, opts.pull_page, tables.as_deref()).await?;
         let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
         let rows = page
             .rows
@@ -337,12 +344,18 @@ async fn sync_once(
         report.conflicts += applied.conflicts as u64;
         cursor = page.cursor;
         progress(Progress::Pulling { rows: report.pulled });
-        if !page.more {
-            break;
-        }
     }
     replica.record_sync()?;
     report.cursor = cursor;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// A page being fetched; stopped if the sync ends before it is needed.
+struct Prefetch(tokio::task::JoinHandle<Result<ferry_protocol::PullResponse>>);
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
