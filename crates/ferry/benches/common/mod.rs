@@ -76,18 +76,13 @@ pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], l
     let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
     if log_x {
         (x0, x1) = (x0.floor(), x1.ceil());
+    } else {
+        (x0, x1) = (x0.min(0.0), nice(x1));
     }
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    // The top of the y axis: the next round number (1, 2, 2.5 or 5 × 10^k) above the data.
-    let top_y = all.iter().fold(0.0f64, |m, p| m.max(p.1)) * 1.05;
-    let y1 = if top_y > 0.0 {
-        let e = 10f64.powf(top_y.log10().floor());
-        [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * e).find(|v| *v >= top_y).unwrap_or(10.0 * e)
-    } else {
-        1.0
-    };
+    let y1 = nice(all.iter().fold(0.0f64, |m, p| m.max(p.1)));
     let px = |x: f64| left + (fx(x) - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| h - bottom - y / y1 * (h - top - bottom);
     let mut out = String::new();
@@ -156,6 +151,20 @@ pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], l
     out
 }
 
+/// The top of an axis: the next round number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 × 10^k) at or
+/// above `v`.
+fn nice(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let e = 10f64.powf(v.log10().floor());
+    [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
+        .iter()
+        .map(|m| m * e)
+        .find(|t| *t >= v * 0.9999)
+        .unwrap_or(10.0 * e)
+}
+
 /// 1200 → "1.2k", 2500000 → "2.5M", 0.25 → "0.25".
 fn short(v: f64) -> String {
     let a = v.abs();
@@ -166,7 +175,7 @@ fn short(v: f64) -> String {
     } else if a >= 10.0 || a == 0.0 {
         format!("{v:.0}")
     } else {
-        format!("{v:.2}")
+        format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_owned()
     }
 }
 
