@@ -79,10 +79,10 @@ fn peer(n: usize) {
         copy_out.as_secs_f64(),
         s.hydrate.elapsed.as_secs_f64() / copy_out.as_secs_f64()
     );
-    println!(
-        "SPEC target (1 M rows into a PostgreSQL peer): ≤ 12 s → {}",
-        if s.push.elapsed <= Duration::from_secs(12) { "met" } else { "NOT met" }
-    );
+    if n == 1_000_000 {
+        let met = s.push.elapsed <= Duration::from_secs(12);
+        println!("SPEC target (1 M rows into a PostgreSQL peer): ≤ 12 s → {}", if met { "met" } else { "NOT met" });
+    }
 }
 
 /// Push and hydrate at growing sizes, beside SQLite importing the same rows: how cost grows
