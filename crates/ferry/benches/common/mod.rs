@@ -10,8 +10,31 @@ use rusqlite::{Connection, params};
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
+/// A `ferry serve` process, killed when dropped (also when a benchmark panics).
+pub struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `ferry serve -c ferry.toml` in `dir`; returns the process and its URL.
-pub fn serve(dir: &Path) -> (Child, String) {
+pub fn serve(dir: &Path) -> (Server, String) {
     let mut server = Command::new(FERRY)
         .args(["serve", "-c", "ferry.toml", "--listen", "127.0.0.1:0"])
         .current_dir(dir)
@@ -22,7 +45,7 @@ pub fn serve(dir: &Path) -> (Child, String) {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
     let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
-    (server, url)
+    (Server(server), url)
 }
 
 /// A file of the example app (`examples/skydive/`).
