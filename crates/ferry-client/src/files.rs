@@ -89,6 +89,16 @@ fn check(hash: &str) -> Result<()> {
     }
 }
 
+/// Copies `from` into `to`; returns the SHA-256 (hex) of the bytes copied and their count.
+///
+/// # Errors
+/// The first read or write error.
+pub fn copy_hashing(from: &mut impl Read, to: &mut impl std::io::Write) -> std::io::Result<(String, u64)> {
+    let copied = hash_reader(Tee { from, to: &mut *to })?;
+    to.flush()?;
+    Ok(copied)
+}
+
 /// SHA-256 of everything `r` yields, hex, and how many bytes that was.
 fn hash_reader(mut r: impl Read) -> std::io::Result<(String, u64)> {
     let mut h = sha2::Sha256::new();
@@ -139,7 +149,7 @@ impl LocalFiles {
         std::fs::create_dir_all(&staging).map_err(|e| local(e, format!("cannot create '{}'", staging.display())))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&staging)
             .map_err(|e| local(e, format!("cannot write in '{}'", staging.display())))?;
-        let (hash, size) = hash_reader(Tee { from: &mut input, to: tmp.as_file_mut() })
+        let (hash, size) = copy_hashing(&mut input, tmp.as_file_mut())
             .map_err(|e| local(e, format!("cannot copy '{}'", src.display())))?;
         tmp.as_file().sync_all().map_err(|e| local(e, "cannot flush the copy"))?;
         if self.size(&hash) != Some(size) {

@@ -1082,12 +1082,22 @@ impl Replica {
         Ok(())
     }
 
+    /// Rows with local changes the server has not acknowledged (stamped or not).
+    ///
+    /// # Errors
+    /// When the replica cannot be read.
+    pub fn pending_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM (SELECT tbl, pk FROM _ferry_rows WHERE pending > 0 UNION SELECT tbl, pk FROM _ferry_outbox)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     pub fn status(&self) -> Result<Status> {
         let count = |sql: &str| -> Result<u64> { Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
         Ok(Status {
-            pending: count(
-                "SELECT count(*) FROM (SELECT tbl, pk FROM _ferry_rows WHERE pending > 0 UNION SELECT tbl, pk FROM _ferry_outbox)",
-            )?,
+            pending: self.pending_count()?,
             unstamped: count("SELECT count(*) FROM _ferry_outbox")?,
             conflicted: count("SELECT count(*) FROM _ferry_refused")?,
             failed: count("SELECT count(*) FROM _ferry_failed")?,

@@ -260,7 +260,7 @@ async fn sync_once(
     report.schema_changes = replica.install_schema(&schema)?;
 
     replica.stamp()?;
-    let total = replica.status()?.pending;
+    let total = replica.pending_count()?;
     let tables = match &opts.tables {
         Some(t) => {
             let mut t = t.clone();

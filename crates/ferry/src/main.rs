@@ -620,7 +620,7 @@ async fn file(command: FileCommand) -> Result<()> {
                     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
                     let mut tmp = tempfile::NamedTempFile::new_in(dir)
                         .with_context(|| format!("cannot write in '{}'", dir.display()))?;
-                    let got = copy_hashing(&mut input, tmp.as_file_mut())?;
+                    let (got, _) = ferry_client::files::copy_hashing(&mut input, tmp.as_file_mut())?;
                     if got != hash {
                         bail!(
                             "file {hash} on this device is corrupt (its bytes hash to {got}); `ferry file sync` fetches it again once it is moved aside"
@@ -629,7 +629,7 @@ async fn file(command: FileCommand) -> Result<()> {
                     tmp.persist(&out).with_context(|| format!("cannot write '{}'", out.display()))?;
                 }
                 None => {
-                    let got = copy_hashing(&mut input, &mut std::io::stdout().lock())?;
+                    let (got, _) = ferry_client::files::copy_hashing(&mut input, &mut std::io::stdout().lock())?;
                     if got != hash {
                         bail!(
                             "file {hash} on this device is corrupt (its bytes hash to {got}); what was written is not the file"
@@ -700,22 +700,6 @@ async fn file(command: FileCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Copies `from` into `to`, returning the SHA-256 of the bytes copied.
-fn copy_hashing(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> Result<String> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            to.flush()?;
-            return Ok(ferry_core::to_hex(&h.finalize()));
-        }
-        h.update(&buf[..n]);
-        to.write_all(&buf[..n])?;
-    }
 }
 
 async fn file_sync(args: FileSyncArgs) -> Result<()> {
