@@ -51,7 +51,9 @@ fn main() {
     if run("peer") {
         // SPEC's full transfer of 1 M rows into a PostgreSQL-backed peer. Until servers peer
         // (C7) and full sync (C8) exist, through the normal sync path: a device pushes them.
-        peer(if quick { 10_000 } else { 1_000_000 });
+        // `-- --rows N` changes the size (to look into a problem at a size in between).
+        let rows = std::env::args().skip_while(|a| a != "--rows").nth(1).map(|r| r.parse().expect("--rows N"));
+        peer(rows.unwrap_or(if quick { 10_000 } else { 1_000_000 }));
     }
     if run("scale") {
         scale(if quick { &[1_000, 10_000] } else { &[10_000, 100_000, 1_000_000] });
@@ -63,7 +65,11 @@ fn main() {
 fn peer(n: usize) {
     let cluster = ferry_pgtemp::PgCluster::start().unwrap();
     let url = cluster.create_db("ferry").unwrap();
-    let s = push_and_hydrate(n, Some(&url));
+    let s = push_and_hydrate_checked(n, Some(&url), &|| {
+        cluster
+            .psql("ferry", "SELECT count(*), count(DISTINCT xid), min(xid::text), max(xid::text) FROM _ferry_rows")
+            .unwrap()
+    });
     let (copy_in, copy_out) = copy_baseline(&cluster, s.dir.path());
     println!();
     println!(
@@ -218,6 +224,12 @@ struct Synced {
 }
 
 fn push_and_hydrate(n: usize, database: Option<&str>) -> Synced {
+    push_and_hydrate_checked(n, database, &String::new)
+}
+
+/// [`push_and_hydrate`], with what `diagnose` says about the server's store printed if the
+/// hydrate comes back short.
+fn push_and_hydrate_checked(n: usize, database: Option<&str>, diagnose: &dyn Fn() -> String) -> Synced {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("schema.sql"), example("schema.sql")).unwrap();
@@ -246,8 +258,10 @@ fn push_and_hydrate(n: usize, database: Option<&str>) -> Synced {
         // success): say what a second sync gets, then fail.
         let again = sync("new.db", &new_token);
         panic!(
-            "hydrate pulled {} of {n} rows and reported success; a second sync pulled {} more; BUG",
-            hydrate.report["pulled"], again.report["pulled"]
+            "hydrate pulled {} of {n} rows and reported success; a second sync pulled {} more; BUG\nstore: {}",
+            hydrate.report["pulled"],
+            again.report["pulled"],
+            diagnose()
         );
     }
     let _ = server.kill();

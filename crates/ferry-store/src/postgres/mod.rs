@@ -523,6 +523,9 @@ struct Cursor {
     /// The store's epoch when the cursor was given out.
     #[serde(default)]
     epoch: String,
+    /// [`FEED_VERSION`] when the cursor was given out.
+    #[serde(default)]
+    v: u32,
     prev: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cur: Option<String>,
@@ -532,9 +535,14 @@ struct Cursor {
 
 const EMPTY_SNAPSHOT: &str = "1:1:";
 
+/// Raised when a fix to the feed means cursors given out before it may have skipped rows:
+/// such a cursor starts over (merging makes the repeats harmless). 1: pages were sorted by
+/// the text of transaction ids, so rows of shorter ids (999 after 1000) were skipped.
+const FEED_VERSION: u32 = 1;
+
 impl Cursor {
     fn start(epoch: &str) -> Cursor {
-        Cursor { epoch: epoch.to_owned(), prev: EMPTY_SNAPSHOT.into(), cur: None, after: None }
+        Cursor { epoch: epoch.to_owned(), v: FEED_VERSION, prev: EMPTY_SNAPSHOT.into(), cur: None, after: None }
     }
 
     /// Parses a cursor; one from another epoch means "start over" (every row again, which
@@ -563,7 +571,7 @@ impl Cursor {
         if !snapshot_ok(&cursor.prev) || cursor.cur.as_deref().is_some_and(|s| !snapshot_ok(s)) {
             return Err(bad());
         }
-        if cursor.epoch != epoch {
+        if cursor.epoch != epoch || cursor.v != FEED_VERSION {
             return Ok(Cursor::start(epoch));
         }
         Ok(cursor)
@@ -574,8 +582,10 @@ impl Cursor {
     }
 }
 
+/// The output column is named `at`: were it `xid`, `ORDER BY xid` would sort by the text
+/// (`'1000' < '999'`) while the cursor compares numbers, skipping rows.
 const FEED: &str = "
-SELECT xid::text, tbl, pk FROM _ferry_rows
+SELECT xid::text AS at, tbl, pk FROM _ferry_rows
 WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
   AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
   AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
@@ -737,7 +747,7 @@ impl PgStore {
             .map_err(pg)?
             .get(0);
         tx.commit().await.map_err(pg)?;
-        Ok((!others).then(|| Cursor { epoch: c.epoch, prev: now, cur: None, after: None }.encode()))
+        Ok((!others).then(|| Cursor { epoch: c.epoch, v: FEED_VERSION, prev: now, cur: None, after: None }.encode()))
     }
 }
 
@@ -902,9 +912,9 @@ impl Store for PgStore {
             })
             .collect();
         let next = if more {
-            Cursor { epoch: c.epoch, prev: c.prev, cur: Some(cur), after: keys.last().cloned() }
+            Cursor { epoch: c.epoch, v: FEED_VERSION, prev: c.prev, cur: Some(cur), after: keys.last().cloned() }
         } else {
-            Cursor { epoch: c.epoch, prev: cur, cur: None, after: None }
+            Cursor { epoch: c.epoch, v: FEED_VERSION, prev: cur, cur: None, after: None }
         };
         Ok(PullPage { rows, cursor: next.encode(), more })
     }
