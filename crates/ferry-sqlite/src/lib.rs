@@ -136,9 +136,11 @@ impl TableSql {
         let delete = format!("DELETE FROM {name} WHERE {pk} = ?1");
         let values: String = data.iter().map(|c| format!(", t.{c}")).collect();
         let meta: Vec<String> = META_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect();
+        // `+r.tbl`: read through the feed index (seq), not the (tbl, pk) key, which walks
+        // every row of the table for each page.
         let feed = format!(
             "SELECT r.pk, {}, t.rowid{values} FROM _ferry_rows r LEFT JOIN {name} t ON r.alive AND t.{pk} = r.pk
-             WHERE r.tbl = ?1 AND r.seq > ?2 AND r.seq <= ?3 AND (?4 IS NULL OR r.owner IS NULL OR r.owner = ?4)",
+             WHERE +r.tbl = ?1 AND r.seq > ?2 AND r.seq <= ?3 AND (?4 IS NULL OR r.owner IS NULL OR r.owner = ?4)",
             meta.join(", ")
         );
         TableSql { table: table.clone(), select, upsert, delete, feed }
