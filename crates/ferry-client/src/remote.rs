@@ -58,6 +58,13 @@ impl Remote {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> Result<T> {
+        let bytes = self.send_raw(req, what).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("unreadable {what} answer from {}: {e}", self.base)))
+    }
+
+    /// Sends `req`; the body of a successful answer, else the error it means.
+    async fn send_raw(&self, req: reqwest::RequestBuilder, what: &str) -> Result<bytes::Bytes> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
             Error::Unreachable(format!("cannot reach server at {} ({what}): {}", self.base, error_chain(&e)))
         })?;
@@ -70,8 +77,7 @@ impl Remote {
             ))
         })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Protocol(format!("unreadable {what} answer from {}: {e}", self.base)));
+            return Ok(bytes);
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error.code, b.error.message),
@@ -154,6 +160,24 @@ impl Remote {
             req = req.query(&[("tables", t.join(","))]);
         }
         self.send(req, "pull").await
+    }
+
+    /// As [`Remote::pull_tables`], the page's rows decoded against `schema` as they are read.
+    pub async fn pull_decoded(
+        &self,
+        schema: &ferry_core::schema::Schema,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> Result<ferry_protocol::DecodedPage> {
+        let mut req =
+            self.http.get(format!("{}/v1/pull", self.base)).query(&[("cursor", cursor), ("limit", &limit.to_string())]);
+        if let Some(t) = tables {
+            req = req.query(&[("tables", t.join(","))]);
+        }
+        let bytes = self.send_raw(req, "pull").await?;
+        ferry_protocol::decode_page(schema, &bytes)
+            .map_err(|e| Error::Protocol(format!("server {} sent a bad pull page: {e}", self.base)))
     }
 }
 

@@ -117,22 +117,14 @@ fn read_change(conn: &Connection, table: &str, pk: &str) -> Result<(BTreeMap<Str
     Ok((parse_base(table, pk, base)?, seen.map(|j| parse_seen(table, pk, &j)).transpose()?))
 }
 
-/// Records a row's base clocks, and its version when `seen` is given (else keeps the one
-/// recorded), in one write.
-fn write_change(
-    conn: &Connection,
-    table: &str,
-    pk: &str,
-    base: &BTreeMap<String, Hlc>,
-    seen: Option<&RowClocks>,
-) -> Result<()> {
+/// A row's change record as stored: its base clocks (`None` when empty) and, when given,
+/// the version its first unacknowledged change started from.
+fn change_json(base: &BTreeMap<String, Hlc>, seen: Option<&RowClocks>) -> Result<(Option<String>, Option<String>)> {
     let base = (!base.is_empty())
         .then(|| serde_json::to_string(&base.iter().map(|(c, h)| (c, h.to_string())).collect::<BTreeMap<_, _>>()))
         .transpose()
         .map_err(|e| Error::Local(e.to_string()))?;
-    conn.prepare_cached("UPDATE _ferry_rows SET base = ?3, seen = coalesce(?4, seen) WHERE tbl = ?1 AND pk = ?2")?
-        .execute(params![table, pk, base, seen.map(seen_json).transpose()?])?;
-    Ok(())
+    Ok((base, seen.map(seen_json).transpose()?))
 }
 
 fn parse_base(table: &str, pk: &str, json: Option<String>) -> Result<BTreeMap<String, Hlc>> {
@@ -590,18 +582,33 @@ impl Replica {
             }
             ops.entry(k).or_default().push((op.clone(), cols.clone(), old.clone(), at));
         }
+        // What is stored of every touched row, read in one query per table.
+        let mut stored: HashMap<(String, String), ferry_sqlite::Stored> = HashMap::with_capacity(order.len());
+        let mut by_table: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (t, k) in &order {
+            by_table.entry(t.as_str()).or_default().push(k.as_str());
+        }
+        for (t, ks) in by_table {
+            if let Some(ts) = tables.get(t) {
+                for s in ferry_sqlite::stored(tx, ts, &ks)? {
+                    stored.insert((t.to_owned(), s.key.clone()), s);
+                }
+            }
+        }
         for key in order {
             let Some(ts) = tables.get(&key.0) else {
                 continue;
             };
             let row_ops = &ops[&key];
             let pk = key.1.as_str();
-            let mut state = match ferry_sqlite::load_meta(tx, ts, pk)? {
-                Some(meta) => ferry_sqlite::state_of(&ts.table, &meta, None),
+            let found =
+                stored.remove(&key).ok_or_else(|| Error::Local(format!("{} '{pk}' was not read back", key.0)))?;
+            let mut state = match &found.meta {
+                Some(meta) => ferry_sqlite::state_of(&ts.table, meta, None),
                 None => RowState::unknown(),
             };
             let known = state.exists.at != Hlc::ZERO;
-            let current = ts.read(tx, pk)?;
+            let current = found.values;
             let last_values: BTreeMap<String, Value> = match &current {
                 Some(vals) => ts.table.data_columns().map(|c| c.name.clone()).zip(vals.iter().cloned()).collect(),
                 None => match row_ops.iter().rev().find_map(|o| o.2.as_ref()) {
@@ -612,7 +619,8 @@ impl Replica {
             };
             // What the local writer had seen of each column it changed: the clock of the
             // value replaced by the first change not yet acknowledged by the server.
-            let (mut base, recorded_seen) = read_change(tx, &ts.table.name, pk)?;
+            let mut base = parse_base(&ts.table.name, pk, found.base)?;
+            let recorded_seen = found.seen.map(|j| parse_seen(&ts.table.name, pk, &j)).transpose()?;
             // The version the first unacknowledged change started from.
             let first_seen = recorded_seen.is_none().then(|| state.clocks());
             let mut saw = |state: &RowState, cols: &mut dyn Iterator<Item = &String>| {
@@ -648,9 +656,9 @@ impl Replica {
                 }
             }
             let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
-            let extra = Extra { pending: stamp, ..Extra::default() };
+            let (base, seen) = change_json(&base, first_seen.as_ref())?;
+            let extra = Extra { pending: stamp, change: Some((base.as_deref(), seen.as_deref())), ..Extra::default() };
             ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &extra)?;
-            write_change(tx, &ts.table.name, pk, &base, first_seen.as_ref())?;
         }
         tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;
         set_meta(tx, "clock", &clock.last().to_string())?;
@@ -666,28 +674,56 @@ impl Replica {
 
     /// As [`Replica::pending`], only rows of `tables` (every table when `None`).
     pub fn pending_in(&mut self, limit: usize, tables: Option<&[String]>) -> Result<Vec<PendingRow>> {
+        self.pending_after(limit, tables, None)
+    }
+
+    /// As [`Replica::pending_in`], only rows that come after `after` in the queue's order
+    /// (stamp, table, key): the next batch while the previous one is still out, unanswered.
+    pub fn pending_after(
+        &mut self,
+        limit: usize,
+        tables: Option<&[String]>,
+        after: Option<&PendingRow>,
+    ) -> Result<Vec<PendingRow>> {
         let selection = tables.map(|t| serde_json::to_string(t).expect("names serialize"));
+        let (after_stamp, after_tbl, after_pk) =
+            after.map_or((0, "", ""), |r| (r.stamp, r.table.as_str(), r.key.as_str()));
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::stamp_in(&tx, &self.tables, -1)?;
         let mut clock = Self::clock(&tx)?;
         let keys: Vec<(String, String)> = tx
             .prepare_cached(
-                "SELECT tbl, pk FROM _ferry_rows r WHERE pending > 0
+                "SELECT tbl, pk FROM _ferry_rows r WHERE pending > 0 AND (pending, tbl, pk) > (?3, ?4, ?5)
                    AND (?2 IS NULL OR tbl IN (SELECT value FROM json_each(?2)))
                    AND NOT EXISTS (SELECT 1 FROM _ferry_refused f WHERE f.tbl = r.tbl AND f.pk = r.pk)
                    AND NOT EXISTS (SELECT 1 FROM _ferry_failed f WHERE f.tbl = r.tbl AND f.pk = r.pk AND f.stamp = r.pending)
                  ORDER BY pending, tbl, pk LIMIT ?1",
             )?
-            .query_map(params![limit as i64, selection], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![limit as i64, selection, after_stamp, after_tbl, after_pk], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(keys.len());
-        for (table, key) in keys {
-            let ts = self.tables.get(&table).ok_or_else(|| {
+        // One joined read per run of keys of one table, in the queue's order.
+        for run in keys.chunk_by(|a, b| a.0 == b.0) {
+            let table = &run[0].0;
+            let ts = self.tables.get(table).ok_or_else(|| {
                 Error::Schema(format!("pending change for table '{table}', which is not in the schema"))
             })?;
-            if let Some((state, meta)) = Self::load_local(&tx, ts, &key, &mut clock)? {
-                let (base, seen) = read_change(&tx, &table, &key)?;
-                out.push(PendingRow { table, key, state, stamp: meta.pending, base, seen });
+            let ks: Vec<&str> = run.iter().map(|(_, k)| k.as_str()).collect();
+            for stored in ferry_sqlite::stored(&tx, ts, &ks)? {
+                let Some(meta) = stored.meta else { continue };
+                let (state, stamp) = if meta.alive && stored.values.is_none() {
+                    // Deleted without capture: recorded now, as `load_local` does.
+                    match Self::load_local(&tx, ts, &stored.key, &mut clock)? {
+                        Some((state, meta)) => (state, meta.pending),
+                        None => continue,
+                    }
+                } else {
+                    let values = if meta.alive { stored.values } else { None };
+                    (ferry_sqlite::state_of(&ts.table, &meta, values), meta.pending)
+                };
+                let base = parse_base(table, &stored.key, stored.base)?;
+                let seen = stored.seen.map(|j| parse_seen(table, &stored.key, &j)).transpose()?;
+                out.push(PendingRow { table: table.clone(), key: stored.key, state, stamp, base, seen });
             }
         }
         tx.commit()?;

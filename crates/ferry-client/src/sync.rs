@@ -1,5 +1,6 @@
 //! One sync: schema, push everything pending, pull everything new.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_protocol::PushRequest;
@@ -151,6 +152,13 @@ async fn push_batch(
     rows: &[PendingRow],
     report: &mut SyncReport,
 ) -> Result<()> {
+    let (request, sent) = push_request(replica, rows)?;
+    let resp = remote.push(&request).await?;
+    acknowledge(replica, rows, resp, &sent, report)
+}
+
+/// The push request for `rows`, and the pull cursor it carries.
+fn push_request(replica: &mut Replica, rows: &[PendingRow]) -> Result<(PushRequest, String)> {
     let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
     let wire = rows
         .iter()
@@ -176,8 +184,17 @@ async fn push_batch(
         None => batch_id()?,
     };
     replica.set_meta("unanswered_batch", &format!("{batch} {fingerprint}"))?;
-    let request = PushRequest { batch_id: batch, cursor: Some(sent.clone()), rows: wire };
-    let resp = remote.push(&request).await?;
+    Ok((PushRequest { batch_id: batch, cursor: Some(sent.clone()), rows: wire }, sent))
+}
+
+/// Records the server's answer to the push of `rows` (sent with the pull cursor `sent`).
+fn acknowledge(
+    replica: &mut Replica,
+    rows: &[PendingRow],
+    resp: ferry_protocol::PushResponse,
+    sent: &str,
+    report: &mut SyncReport,
+) -> Result<()> {
     let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
     let refused = resp
         .rejected
@@ -189,11 +206,67 @@ async fn push_batch(
         })
         .collect::<Result<Vec<_>>>()?;
     report.refused += refused.len() as u64;
-    replica.acknowledge_with(rows, resp.cursor.as_deref().map(|past| (sent.as_str(), past)), &refused)?;
+    replica.acknowledge_with(rows, resp.cursor.as_deref().map(|past| (sent, past)), &refused)?;
     replica.set_meta("unanswered_batch", "")?;
     report.pushed += rows.len() as u64;
     report.pushed_changed += resp.changed as u64;
     Ok(())
+}
+
+/// Whether the server refused a push for its content (a JSON error body saying so), which
+/// is about rows; anything else (a proxy's 404, 408, 429 …) is not the rows' fault.
+fn refuses_rows(e: &Error) -> bool {
+    matches!(e, Error::Refused { code, .. } if refusal_about_rows(code))
+}
+
+fn refusal_about_rows(code: &str) -> bool {
+    matches!(code, "bad_request" | "forbidden" | "payload_too_large")
+}
+
+/// After the server refused the batch `rows` with `refusal`: the batch is split until the
+/// refused rows are found; those are set aside with the server's answer and the rest is
+/// pushed.
+async fn push_refused(
+    replica: &mut Replica,
+    remote: &Remote,
+    rows: Vec<PendingRow>,
+    refusal: Error,
+    total: u64,
+    report: &mut SyncReport,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<()> {
+    let mut work = vec![(rows, Some(refusal))];
+    while let Some((rows, refused)) = work.pop() {
+        let outcome = match refused {
+            Some(e) => Err(e),
+            None => push_batch(replica, remote, &rows, report).await,
+        };
+        match outcome {
+            Ok(()) => progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) }),
+            Err(Error::Refused { status, code, message }) if rows.len() == 1 && refusal_about_rows(&code) => {
+                replica.set_aside(&rows[0], status, &code, &message)?;
+                report.set_aside += 1;
+                progress(Progress::SetAside { table: rows[0].table.clone(), key: rows[0].key.clone(), message });
+            }
+            Err(e) if refuses_rows(&e) => {
+                let mut left = rows;
+                let right = left.split_off(left.len() / 2);
+                work.push((right, None));
+                work.push((left, None));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A push on its way; stopped if the sync ends before its answer is needed.
+struct InFlight(tokio::task::JoinHandle<Result<ferry_protocol::PushResponse>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Installs the server's schema, pushes every pending change, then pulls until caught up,
@@ -279,70 +352,56 @@ async fn sync_once(
     // One pull cursor per selection of tables.
     let cursor_key = tables.as_ref().map_or_else(|| "cursor".to_owned(), |t| format!("cursor:{}", t.join(",")));
     let (push, pull) = (opts.direction != Direction::Down, opts.direction != Direction::Up);
-    loop {
-        let rows = if push { replica.pending_in(opts.push_batch, tables.as_deref())? } else { Vec::new() };
-        if rows.is_empty() {
-            break;
-        }
-        // A batch the server refuses as invalid is split until the refused rows are found;
-        // those are set aside with the server's answer and everything else is pushed.
-        let mut work = vec![rows];
-        while let Some(rows) = work.pop() {
-            match push_batch(replica, remote, &rows, &mut report).await {
-                Ok(()) => progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) }),
-                // Only Ferry's own refusals of the content (a JSON error body saying so) are
-                // about rows; anything else (a proxy's 404, 408, 429 …) is not the rows' fault.
-                Err(Error::Refused { status, code, message })
-                    if matches!(code.as_str(), "bad_request" | "forbidden" | "payload_too_large") =>
-                {
-                    if rows.len() == 1 {
-                        replica.set_aside(&rows[0], status, &code, &message)?;
-                        report.set_aside += 1;
-                        progress(Progress::SetAside {
-                            table: rows[0].table.clone(),
-                            key: rows[0].key.clone(),
-                            message,
-                        });
-                    } else {
-                        let mut left = rows;
-                        let right = left.split_off(left.len() / 2);
-                        work.push(right);
-                        work.push(left);
-                    }
-                }
-                Err(e) => return Err(e),
+    // One batch is out at a time; while it is, the next one is read and encoded, so the
+    // server's work on one batch and this replica's on the next overlap.
+    let mut rows = if push { replica.pending_in(opts.push_batch, tables.as_deref())? } else { Vec::new() };
+    while !rows.is_empty() {
+        let (request, sent) = push_request(replica, &rows)?;
+        let mut flight = {
+            let remote = remote.clone();
+            InFlight(tokio::spawn(async move { remote.push(&request).await }))
+        };
+        let next = replica.pending_after(opts.push_batch, tables.as_deref(), rows.last())?;
+        match (&mut flight.0).await.map_err(|e| Error::Local(format!("push task failed: {e}")))? {
+            Ok(resp) => {
+                acknowledge(replica, &rows, resp, &sent, &mut report)?;
+                progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) });
             }
+            // Only Ferry's own refusals of the content (a JSON error body saying so) are
+            // about rows; anything else (a proxy's 404, 408, 429 …) is not the rows' fault.
+            Err(e) if refuses_rows(&e) => {
+                push_refused(replica, remote, rows, e, total, &mut report, &mut *progress).await?;
+            }
+            Err(e) => return Err(e),
         }
+        rows = next;
     }
 
     let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
     // The next page is asked for as soon as this one's cursor is known, so the server builds
     // it (and it is decoded) while this one is applied.
+    // It is decoded there too, beside this task's applying.
+    let schema = Arc::new(replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?.clone());
     let fetch = |cursor: String| {
-        let (remote, tables, limit) = (remote.clone(), tables.clone(), opts.pull_page);
-        Prefetch(tokio::spawn(async move { remote.pull_tables(&cursor, limit, tables.as_deref()).await }))
+        let (remote, tables, limit, schema) = (remote.clone(), tables.clone(), opts.pull_page, schema.clone());
+        Prefetch(tokio::spawn(async move {
+            let page = remote.pull_decoded(&schema, &cursor, limit, tables.as_deref()).await?;
+            let rows = page.rows.into_iter().map(|(table, key, state)| PulledRow { table, key, state }).collect();
+            Ok((rows, page.cursor, page.more))
+        }))
     };
     let mut next = pull.then(|| fetch(cursor.clone()));
     while let Some(mut prefetch) = next.take() {
-        let page = (&mut prefetch.0).await.map_err(|e| Error::Local(format!("pull task failed: {e}")))??;
-        if page.more {
-            next = Some(fetch(page.cursor.clone()));
+        let (rows, page_cursor, more) =
+            (&mut prefetch.0).await.map_err(|e| Error::Local(format!("pull task failed: {e}")))??;
+        if more {
+            next = Some(fetch(page_cursor.clone()));
         }
-        let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
-        let rows = page
-            .rows
-            .iter()
-            .map(|w| {
-                let (t, state) = ferry_protocol::decode_row(schema, w)
-                    .map_err(|e| Error::Protocol(format!("server sent a bad row: {e}")))?;
-                Ok(PulledRow { table: t.name.clone(), key: w.key.clone(), state })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let applied = replica.apply_page(&rows, &cursor_key, &page.cursor, &opts.resolvers)?;
+        let applied = replica.apply_page(&rows, &cursor_key, &page_cursor, &opts.resolvers)?;
         report.pulled += applied.received as u64;
         report.pulled_changed += applied.changed as u64;
         report.conflicts += applied.conflicts as u64;
-        cursor = page.cursor;
+        cursor = page_cursor;
         progress(Progress::Pulling { rows: report.pulled });
     }
     replica.record_sync()?;
@@ -351,8 +410,8 @@ async fn sync_once(
     Ok(report)
 }
 
-/// A page being fetched; stopped if the sync ends before it is needed.
-struct Prefetch(tokio::task::JoinHandle<Result<ferry_protocol::PullResponse>>);
+/// A page being fetched and decoded: its rows, its cursor, and whether more follow.
+struct Prefetch(tokio::task::JoinHandle<Result<(Vec<PulledRow>, String, bool)>>);
 
 impl Drop for Prefetch {
     fn drop(&mut self) {

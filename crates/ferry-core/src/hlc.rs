@@ -85,12 +85,18 @@ impl Hlc {
     }
 }
 
-impl fmt::Display for Hlc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; 32];
+impl Hlc {
+    /// The text form (as [`Display`](fmt::Display) writes it), in `buf`, without allocating.
+    pub fn encode<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
         hex16(self.time, &mut buf[..16]);
         hex16(self.site.0, &mut buf[16..]);
-        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+        std::str::from_utf8(buf).expect("hex digits are ASCII")
+    }
+}
+
+impl fmt::Display for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.encode(&mut [0u8; 32]))
     }
 }
 

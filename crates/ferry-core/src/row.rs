@@ -107,6 +107,13 @@ impl RowState {
     /// existence clock when no column is written. Stored and wire forms keep this clock once
     /// and list only the columns that differ.
     pub fn common_clock(&self) -> Hlc {
+        // Usually every column shares one clock (a row inserted or updated whole).
+        let mut clocks = self.cols.values().map(|s| s.at);
+        match clocks.next() {
+            None => return self.exists.at,
+            Some(first) if clocks.all(|c| c == first) => return first,
+            Some(_) => {}
+        }
         let mut counts: BTreeMap<Hlc, usize> = BTreeMap::new();
         for s in self.cols.values() {
             *counts.entry(s.at).or_default() += 1;

@@ -4,6 +4,7 @@
 //! This is the only crate that knows how rows look on the wire. It does no I/O; the
 //! server and the client call it at their edges.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
@@ -12,6 +13,9 @@ use ferry_core::schema::{ColType, Schema, Table};
 use ferry_core::strategy::RowClocks;
 use ferry_core::{Hlc, RowState, Stamped, Value};
 use serde::{Deserialize, Serialize};
+
+mod page;
+pub use page::{DecodedPage, decode_page};
 
 /// The path prefix of every protocol endpoint.
 pub const PREFIX: &str = "/v1";
@@ -307,6 +311,86 @@ pub fn encode_row(table: &Table, key: &str, state: &RowState) -> WireRow {
     }
 }
 
+/// A row serialized exactly as the [`WireRow`] [`encode_row`] makes, without building it
+/// (a pull page of many rows spent more on building and dropping those than on the JSON).
+pub struct RowOut<'a> {
+    pub table: &'a Table,
+    pub key: &'a str,
+    pub state: &'a RowState,
+}
+
+impl Serialize for RowOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeStruct};
+        struct Clock(Hlc);
+        impl Serialize for Clock {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.0.encode(&mut [0u8; 32]))
+            }
+        }
+        struct Out<'a> {
+            row: &'a RowOut<'a>,
+            clock: Hlc,
+            clocks: bool,
+        }
+        impl Out<'_> {
+            /// The state's columns the table has, in name order (as a JSON map of [`WireRow`]).
+            fn cols(&self) -> impl Iterator<Item = (&String, &Stamped<Value>, ColType)> {
+                let table = self.row.table;
+                self.row.state.cols.iter().filter_map(move |(name, s)| {
+                    table.data_columns().find(|c| c.name == *name).map(|c| (name, s, c.ty))
+                })
+            }
+        }
+        impl Serialize for Out<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(None)?;
+                for (name, st, ty) in self.cols() {
+                    if self.clocks {
+                        if st.at != self.clock {
+                            m.serialize_entry(name, &Clock(st.at))?;
+                        }
+                    } else {
+                        m.serialize_entry(name, &ValueOut(ty, &st.value))?;
+                    }
+                }
+                m.end()
+            }
+        }
+        let clock = self.state.common_clock();
+        let values = Out { row: self, clock, clocks: false };
+        let differ = values.cols().any(|(_, st, _)| st.at != clock);
+        let mut m = s.serialize_struct("WireRow", 6 + usize::from(differ))?;
+        m.serialize_field("table", &self.table.name)?;
+        m.serialize_field("key", self.key)?;
+        m.serialize_field("exists", &self.state.exists.value)?;
+        m.serialize_field("exists_at", &Clock(self.state.exists.at))?;
+        m.serialize_field("clock", &Clock(clock))?;
+        if differ {
+            m.serialize_field("clocks", &Out { row: self, clock, clocks: true })?;
+        }
+        m.serialize_field("values", &values)?;
+        m.end()
+    }
+}
+
+/// A value serialized as [`value_to_json`] converts it.
+struct ValueOut<'a>(ColType, &'a Value);
+
+impl Serialize for ValueOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.0, self.1) {
+            (_, Value::Null) => s.serialize_unit(),
+            (ColType::Boolean, Value::Integer(i)) => s.serialize_bool(*i != 0),
+            (_, Value::Integer(i)) => s.serialize_i64(*i),
+            (_, Value::Real(r)) if r.is_finite() => s.serialize_f64(*r),
+            (_, Value::Real(r)) => s.collect_str(&format_args!("{r:?}")),
+            (_, Value::Text(t)) => s.serialize_str(t),
+            (_, Value::Blob(b)) => s.serialize_str(&B64.encode(b)),
+        }
+    }
+}
+
 /// Encodes a version's clocks for [`WireRow::seen`]: the most common clock, and each data
 /// column that differs from it (a column never written has the zero clock).
 pub fn encode_clocks(table: &Table, clocks: &RowClocks) -> WireClocks {
@@ -384,7 +468,40 @@ pub fn decode_base(table: &Table, row: &WireRow) -> Result<BTreeMap<String, Hlc>
 /// A [`DecodeError`] naming the table, key and column: unknown table or column, a value
 /// of the wrong type, a broken rule (NOT NULL, allowed values, length), a malformed clock.
 pub fn decode_row<'s>(schema: &'s Schema, row: &WireRow) -> Result<(&'s Table, RowState), DecodeError> {
-    let Some(table) = schema.table(&row.table) else {
+    let head = RowHead {
+        table: &row.table,
+        key: &row.key,
+        exists: row.exists,
+        exists_at: &row.exists_at,
+        clock: &row.clock,
+        clocks: &row.clocks,
+    };
+    build_row(schema, &head, row.values.iter().map(|(n, j)| (Cow::Borrowed(n.as_str()), Decoded::Json(j))))
+}
+
+/// A wire row's parts other than its values.
+pub(crate) struct RowHead<'a> {
+    pub table: &'a str,
+    pub key: &'a str,
+    pub exists: bool,
+    pub exists_at: &'a str,
+    pub clock: &'a str,
+    pub clocks: &'a BTreeMap<String, String>,
+}
+
+/// A column's value as it arrived: JSON still, or already read by the column's type.
+pub(crate) enum Decoded<'j> {
+    Json(&'j serde_json::Value),
+    Read(Result<Value, String>),
+}
+
+/// The checks and the state of [`decode_row`], for values in either form.
+pub(crate) fn build_row<'s, 'n, 'j>(
+    schema: &'s Schema,
+    row: &RowHead<'_>,
+    values: impl Iterator<Item = (Cow<'n, str>, Decoded<'j>)>,
+) -> Result<(&'s Table, RowState), DecodeError> {
+    let Some(table) = schema.table(row.table) else {
         return Err(DecodeError(format!(
             "unknown table '{}'; the schema has: {}",
             row.table,
@@ -393,14 +510,14 @@ pub fn decode_row<'s>(schema: &'s Schema, row: &WireRow) -> Result<(&'s Table, R
     };
     let here = || format!("{} '{}'", table.name, row.key);
     table
-        .check_value(table.pk_column(), &Value::Text(row.key.clone()))
+        .check_value(table.pk_column(), &Value::Text(row.key.to_owned()))
         .map_err(|e| DecodeError(format!("{}: key {}", here(), e.rule)))?;
     let hlc = |s: &str, what: &str| s.parse::<Hlc>().map_err(|e| DecodeError(format!("{}: {what}: {e}", here())));
-    let exists_at = hlc(&row.exists_at, "exists_at")?;
-    let clock = hlc(&row.clock, "clock")?;
+    let exists_at = hlc(row.exists_at, "exists_at")?;
+    let clock = hlc(row.clock, "clock")?;
     let mut cols = BTreeMap::new();
-    for (name, json) in &row.values {
-        let Some(col) = table.column(name).filter(|c| c.name != table.pk_column().name) else {
+    for (name, value) in values {
+        let Some(col) = table.column(&name).filter(|c| c.name != table.pk_column().name) else {
             let known: Vec<_> = table.data_columns().map(|c| c.name.as_str()).collect();
             return Err(DecodeError(format!(
                 "{}: unknown column '{name}'; the table has: {}",
@@ -408,19 +525,22 @@ pub fn decode_row<'s>(schema: &'s Schema, row: &WireRow) -> Result<(&'s Table, R
                 known.join(", ")
             )));
         };
-        let value = value_from_json(col.ty, json)
-            .map_err(|rule| DecodeError(format!("{}: column '{name}': {rule}", here())))?;
+        let value = match value {
+            Decoded::Json(json) => value_from_json(col.ty, json),
+            Decoded::Read(read) => read,
+        }
+        .map_err(|rule| DecodeError(format!("{}: column '{name}': {rule}", here())))?;
         // A tombstone may hold values that predate a rule; only live rows must obey them.
         if row.exists {
             table.check_value(col, &value).map_err(|e| DecodeError(format!("{}: {e}", here())))?;
         }
-        let at = match row.clocks.get(name) {
+        let at = match row.clocks.get(name.as_ref()) {
             Some(c) => hlc(c, &format!("clock of '{name}'"))?,
             None => clock,
         };
-        cols.insert(name.clone(), Stamped::new(value, at));
+        cols.insert(name.into_owned(), Stamped::new(value, at));
     }
-    if let Some(extra) = row.clocks.keys().find(|c| !row.values.contains_key(*c)) {
+    if let Some(extra) = row.clocks.keys().find(|c| !cols.contains_key(*c)) {
         return Err(DecodeError(format!("{}: clock given for '{extra}', which has no value", here())));
     }
     if row.exists
@@ -516,6 +636,92 @@ mod tests {
         let back: WireRow = serde_json::from_str(&json).unwrap();
         let (_, decoded) = decode_row(&s, &back).unwrap();
         assert_eq!(decoded, state);
+    }
+
+    #[test]
+    fn a_row_serialized_in_place_is_the_json_of_its_wire_row() {
+        let s = Schema::parse(
+            "CREATE TABLE jump (id uuid PRIMARY KEY, n integer NOT NULL, ok boolean, pic bytea, note text, h double precision);",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let t = s.table("jump").unwrap();
+        let at = Hlc::new(5, 1, SiteId(3));
+        let whole = RowState::inserted(
+            [
+                ("n".to_owned(), Value::Integer(7)),
+                ("ok".to_owned(), Value::Integer(0)),
+                ("pic".to_owned(), Value::Blob(vec![1, 2, 3])),
+                ("note".to_owned(), Value::Text("say \"hi\"\n".into())),
+                ("h".to_owned(), Value::Real(1.5)),
+            ],
+            at,
+        );
+        let mut later = whole.clone();
+        later.update([("n".to_owned(), Value::Integer(8))], Hlc::new(6, 0, SiteId(3)));
+        later.update([("h".to_owned(), Value::Real(f64::NEG_INFINITY))], Hlc::new(7, 0, SiteId(4)));
+        let mut dead = later.clone();
+        dead.delete(Hlc::new(9, 0, SiteId(3)));
+        let mut partial = RowState::unknown();
+        partial.update([("note".to_owned(), Value::Null)], at);
+        for state in [whole, later, dead, partial, RowState::unknown()] {
+            let out = serde_json::to_string(&RowOut { table: t, key: KEY, state: &state }).unwrap();
+            assert_eq!(out, serde_json::to_string(&encode_row(t, KEY, &state)).unwrap());
+        }
+    }
+
+    /// `decode_page` against `PullResponse` + `decode_row`: the same states, the same refusals.
+    #[test]
+    fn a_page_decoded_in_place_matches_decoding_its_wire_rows() {
+        let s = schema();
+        let t = s.table("jump").unwrap();
+        let mut state = RowState::inserted(
+            [
+                ("n".to_owned(), Value::Integer(7)),
+                ("ok".to_owned(), Value::Integer(1)),
+                ("pic".to_owned(), Value::Blob(vec![1, 2, 3])),
+                ("note".to_owned(), Value::Text("a \"quoted\" note".into())),
+            ],
+            Hlc::new(5, 1, SiteId(3)),
+        );
+        state.update([("n".to_owned(), Value::Integer(8))], Hlc::new(6, 0, SiteId(3)));
+        let mut dead = state.clone();
+        dead.delete(Hlc::new(9, 0, SiteId(3)));
+        let good = vec![encode_row(t, KEY, &state), encode_row(t, KEY, &dead), wire(serde_json::json!({"n": 1}))];
+        let page =
+            |rows: Vec<WireRow>| serde_json::to_vec(&PullResponse { rows, cursor: "c".into(), more: true }).unwrap();
+        let decoded = decode_page(&s, &page(good.clone())).unwrap();
+        assert_eq!((decoded.cursor.as_str(), decoded.more), ("c", true));
+        let expected: Vec<_> =
+            good.iter().map(|w| ("jump".to_owned(), KEY.to_owned(), decode_row(&s, w).unwrap().1)).collect();
+        assert_eq!(decoded.rows, expected);
+        // Values before the table, and fields Ferry does not know, are fine too.
+        let json = format!(
+            r#"{{"more":false,"extra":[1,{{"a":2}}],"rows":[{{"values":{{"n":3}},"table":"jump","key":"{KEY}","exists":true,"exists_at":"{h}","clock":"{h}","new":null}}],"cursor":"d"}}"#,
+            h = Hlc::new(1, 0, SiteId(1))
+        );
+        let decoded = decode_page(&s, json.as_bytes()).unwrap();
+        assert_eq!(decoded.rows[0].2, decode_row(&s, &wire(serde_json::json!({"n": 3}))).unwrap().1);
+        // Every refusal reads as decode_row's.
+        for values in [
+            serde_json::json!({"n": "seven"}),
+            serde_json::json!({"n": 1.5}),
+            serde_json::json!({"n": [1, 2]}),
+            serde_json::json!({"n": {"a": "b"}}),
+            serde_json::json!({"n": 18446744073709551615u64}),
+            serde_json::json!({"n": 1, "ok": 2}),
+            serde_json::json!({"n": 1, "ok": "yes"}),
+            serde_json::json!({"n": 1, "pic": "not base64!"}),
+            serde_json::json!({"n": 1, "note": 5}),
+            serde_json::json!({"n": 1, "color": "red"}),
+            serde_json::json!({"n": 1, "id": KEY}),
+            serde_json::json!({"note": "x"}),
+        ] {
+            let row = wire(values.clone());
+            let expected = decode_row(&s, &row).unwrap_err().0;
+            let got = decode_page(&s, &page(vec![row])).unwrap_err().0;
+            assert_eq!(got, expected, "{values}");
+        }
     }
 
     fn wire(values: serde_json::Value) -> WireRow {

@@ -68,7 +68,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestDecompressionLayer::new())
-        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest).compress_when(compress))
         .with_state(state)
 }
 

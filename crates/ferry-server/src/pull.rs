@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Query, State};
-use ferry_protocol::{DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS, PullResponse};
-use ferry_store::Store;
+use axum::response::IntoResponse;
+use ferry_core::schema::Schema;
+use ferry_protocol::{DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS, RowOut};
+use ferry_store::{PullPage, Store};
 
 use crate::auth::Authed;
 use crate::{ApiError, AppState};
@@ -15,7 +16,7 @@ pub async fn pull<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     Authed(who): Authed,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<PullResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit" | "tables")) {
         return Err(ApiError::BadRequest(format!("unknown pull parameter '{unknown}'; use cursor, limit and tables")));
     }
@@ -33,13 +34,39 @@ pub async fn pull<S: Store>(
     }
     let limit = parse_limit(q.get("limit"))?;
     let page = state.store.pull_tables(&who, cursor, limit, tables.as_deref()).await?;
-    let schema = state.store.schema();
-    let rows = page
-        .rows
-        .iter()
-        .filter_map(|r| schema.table(&r.table).map(|t| ferry_protocol::encode_row(t, &r.key, &r.state)))
-        .collect();
-    Ok(Json(PullResponse { rows, cursor: page.cursor, more: page.more }))
+    let body = serde_json::to_vec(&PullOut { page: &page, schema: state.store.schema() })
+        .map_err(|e| ApiError::Internal(format!("encoding a pull page: {e}")))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A page answered as a [`ferry_protocol::PullResponse`], its rows serialized straight from
+/// their states.
+struct PullOut<'a> {
+    page: &'a PullPage,
+    schema: &'a Schema,
+}
+
+impl serde::Serialize for PullOut<'_> {
+    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        struct Rows<'a>(&'a PullOut<'a>);
+        impl serde::Serialize for Rows<'_> {
+            fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+                let mut seq = s.serialize_seq(None)?;
+                for r in &self.0.page.rows {
+                    if let Some(table) = self.0.schema.table(&r.table) {
+                        seq.serialize_element(&RowOut { table, key: &r.key, state: &r.state })?;
+                    }
+                }
+                seq.end()
+            }
+        }
+        let mut m = s.serialize_struct("PullResponse", 3)?;
+        m.serialize_field("rows", &Rows(self))?;
+        m.serialize_field("cursor", &self.page.cursor)?;
+        m.serialize_field("more", &self.page.more)?;
+        m.end()
+    }
 }
 
 /// A page size: absent for the default, else 1 to [`MAX_PAGE_ROWS`].

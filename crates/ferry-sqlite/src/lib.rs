@@ -108,6 +108,7 @@ pub struct TableSql {
     upsert: String,
     delete: String,
     feed: String,
+    stored: String,
 }
 
 impl TableSql {
@@ -143,7 +144,14 @@ impl TableSql {
              WHERE +r.tbl = ?1 AND r.seq > ?2 AND r.seq <= ?3 AND (?4 IS NULL OR r.owner IS NULL OR r.owner = ?4)",
             meta.join(", ")
         );
-        TableSql { table: table.clone(), select, upsert, delete, feed }
+        // Every key of a JSON array, with what is stored of it: bookkeeping (NULLs when
+        // never seen), the client's change record, and the application row (NULLs when absent).
+        let stored = format!(
+            "SELECT k.value, {}, r.base, r.seen, t.rowid{values} FROM json_each(?1) k
+             LEFT JOIN _ferry_rows r ON r.tbl = ?2 AND r.pk = k.value LEFT JOIN {name} t ON t.{pk} = k.value",
+            meta.join(", ")
+        );
+        TableSql { table: table.clone(), select, upsert, delete, feed, stored }
     }
 
     /// The values of the data columns (schema order, key excluded), or `None` if no row has `pk`.
@@ -202,6 +210,9 @@ pub struct Extra<'a> {
     pub owner: Option<&'a str>,
     pub origin: Option<&'a str>,
     pub pending: i64,
+    /// A client's change record, written in the same statement: the base clocks (JSON,
+    /// replacing the stored ones) and the version first changed (JSON, kept when `None`).
+    pub change: Option<(Option<&'a str>, Option<&'a str>)>,
 }
 
 fn corrupt(table: &str, key: &str, detail: impl ToString) -> Error {
@@ -283,6 +294,46 @@ pub fn feed_states(
     Ok(out)
 }
 
+/// What is stored of one key (see [`stored`]).
+#[derive(Debug)]
+pub struct Stored {
+    pub key: String,
+    /// The bookkeeping, `None` if the key was never seen.
+    pub meta: Option<Meta>,
+    /// The application row's data columns in schema order, `None` if it has no row.
+    pub values: Option<Vec<Value>>,
+    /// The client's change record as stored: base clocks and the version first changed.
+    pub base: Option<String>,
+    pub seen: Option<String>,
+}
+
+/// What is stored of each of `keys` (distinct) in `ts`'s table, in their order, in one
+/// joined query instead of several lookups per key.
+pub fn stored(conn: &Connection, ts: &TableSql, keys: &[&str]) -> Result<Vec<Stored>> {
+    let keys_json = serde_json::to_string(keys).expect("keys serialize");
+    let mut stmt = conn.prepare_cached(&ts.stored)?;
+    let mut rows = stmt.query(params![keys_json, ts.table.name])?;
+    let n = ts.table.columns.len() - 1;
+    let mut out = Vec::with_capacity(keys.len());
+    while let Some(r) = rows.next()? {
+        let key: String = r.get(0)?;
+        let known: Option<String> = r.get(2)?;
+        let meta = match known {
+            Some(_) => Some(parse_meta(&ts.table, &key, raw_meta(r, 1)?)?),
+            None => None,
+        };
+        let has_row: Option<i64> = r.get(11)?;
+        let values = match has_row {
+            Some(_) => {
+                Some((0..n).map(|i| r.get_ref(12 + i).map(value_from_sql)).collect::<rusqlite::Result<Vec<_>>>()?)
+            }
+            None => None,
+        };
+        out.push(Stored { key, meta, values, base: r.get(9)?, seen: r.get(10)? });
+    }
+    Ok(out)
+}
+
 /// Builds the row's state from its bookkeeping and its values (`values` are the data
 /// columns in schema order when the row exists in the application table).
 pub fn state_of(table: &Table, meta: &Meta, values: Option<Vec<Value>>) -> RowState {
@@ -335,14 +386,37 @@ pub fn write_meta(
     extra: &Extra<'_>,
 ) -> Result<()> {
     let (clock, clocks) = encode_clocks(&ts.table, state);
-    conn.prepare_cached(
+    const UPSERT: &str =
         "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, seq, owner, origin, pending)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at,
            clock = excluded.clock, clocks = excluded.clocks, dead = excluded.dead, seq = excluded.seq,
-           owner = excluded.owner, origin = excluded.origin, pending = excluded.pending",
-    )?
-    .execute(params![
+           owner = excluded.owner, origin = excluded.origin, pending = excluded.pending";
+    const UPSERT_WITH_CHANGE: &str = "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, seq, owner, origin, pending, base, seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at,
+           clock = excluded.clock, clocks = excluded.clocks, dead = excluded.dead, seq = excluded.seq,
+           owner = excluded.owner, origin = excluded.origin, pending = excluded.pending,
+           base = excluded.base, seen = coalesce(excluded.seen, _ferry_rows.seen)";
+    if let Some((base, seen)) = extra.change {
+        conn.prepare_cached(UPSERT_WITH_CHANGE)?.execute(params![
+            ts.table.name,
+            pk,
+            state.is_alive(),
+            state.exists.at.to_string(),
+            clock.to_string(),
+            clocks,
+            dead,
+            extra.seq,
+            extra.owner,
+            extra.origin,
+            extra.pending,
+            base,
+            seen,
+        ])?;
+        return Ok(());
+    }
+    conn.prepare_cached(UPSERT)?.execute(params![
         ts.table.name,
         pk,
         state.is_alive(),

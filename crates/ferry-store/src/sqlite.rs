@@ -367,7 +367,7 @@ impl Store for SqliteStore {
                 let Some((state, owner)) = tally.take(&row.table, &row.key, merged) else { continue };
                 seq += 1;
                 changed += 1;
-                let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0 };
+                let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0, change: None };
                 ferry_sqlite::store_state(&tx, ts, &row.key, &state, &extra)?;
             }
             for site in &tally.sites {
@@ -488,7 +488,7 @@ impl Store for SqliteStore {
             let at = ferry_core::Clock::new(inner.site, state.max_clock()).tick(crate::wall_ms());
             ferry_core::strategy::write_registers(&mut state, registers, at);
             let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM _ferry_rows", [], |r| r.get(0))?;
-            let extra = Extra { seq, owner: meta.owner.as_deref(), origin: Some("manual"), pending: 0 };
+            let extra = Extra { seq, owner: meta.owner.as_deref(), origin: Some("manual"), pending: 0, change: None };
             ferry_sqlite::store_state(&tx, ts, &record.key, &state, &extra)?;
             let winner: std::collections::BTreeMap<&str, &str> =
                 record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
