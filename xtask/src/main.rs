@@ -15,8 +15,10 @@ const HELP: &str = "usage: cargo xtask <command>
 commands:
   test            run every test of the workspace (what CI runs); starts moto (S3) for the
                   file store tests, installing it under target/test-tools on first use
-  bench [--quick] run the benchmarks (sync, realtime, files, changes); figures go to stdout (copy them to
-                  BENCHMARKS.md)
+  bench [--quick] run the benchmarks (sync, realtime, files, changes); each prints its tables,
+                  and the run ends with one summary table of every scenario (figure, baseline,
+                  ratio, SPEC target, command, machine), also written to
+                  target/tmp/bench-results/summary.md (copy it to BENCHMARKS.md)
   sim [--runs N | --seed N]
                   the long mode of the deterministic simulations (merge, and every conflict
                   strategy): N seeds each (default 20000) in release mode, or replay one seed
@@ -100,10 +102,41 @@ fn bench(extra: &[String]) -> Result<()> {
             bail!("unknown bench option '{a}'; the only option is --quick");
         }
     }
+    // Each benchmark appends its scenarios here; the whole run is printed as one table.
+    let summary = moto::target_dir().join("tmp/bench-results/summary.tsv");
+    let _ = std::fs::remove_file(&summary);
     for bench in ["sync", "realtime", "files", "changes"] {
         let mut args = vec!["bench", "--locked", "-p", "ferry", "--bench", bench, "--"];
         args.extend(extra.iter().map(String::as_str));
         cargo(&args)?;
     }
+    let text = std::fs::read_to_string(&summary).with_context(|| format!("reading {}", summary.display()))?;
+    let mut table = String::from(
+        "| scenario | Ferry | baseline (same run) | ratio | SPEC target | command |\n|---|---|---|---|---|---|\n",
+    );
+    let mut machine = String::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if let [scenario, figure, baseline, ratio, target, command, m] = f[..] {
+            table.push_str(&format!("| {scenario} | {figure} | {baseline} | {ratio} | {target} | `{command}` |\n"));
+            machine = m.to_owned();
+        }
+    }
+    let out = format!(
+        "Summary of `cargo xtask bench{}` (git {}), machine: {machine}\n\n{table}",
+        if extra.is_empty() { "" } else { " --quick" },
+        git_head().unwrap_or_else(|| "unknown".into())
+    );
+    let md = summary.with_extension("md");
+    std::fs::write(&md, &out).with_context(|| format!("writing {}", md.display()))?;
+    println!("\n{out}\n(written to {})", md.display());
     Ok(())
+}
+
+/// The commit being measured, with `+dirty` when the tree has changes.
+fn git_head() -> Option<String> {
+    let head = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
+    let dirty = Command::new("git").args(["status", "--porcelain"]).output().ok()?;
+    let head = String::from_utf8(head.stdout).ok()?.trim().to_owned();
+    Some(if dirty.stdout.is_empty() { head } else { format!("{head}+dirty") })
 }

@@ -59,7 +59,8 @@ pub fn start() -> Result<Option<Moto>> {
     }
 }
 
-fn target_dir() -> PathBuf {
+/// Cargo's target directory (where the benchmarks' results go too).
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))

@@ -27,9 +27,7 @@ use common::{FERRY, example, insert_rows, row};
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 10_000 } else { 100_000 };
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cores} cores; changes: {n}{}", if quick { " (--quick)" } else { "" });
-    println!();
+    common::header("changes", &format!("changes: {n}{}", if quick { " (--quick)" } else { "" }));
     let ferry = ferry_a_to_b(n);
     let postgres = logical_replication(n);
     let pouch = pouchdb(n);
@@ -45,12 +43,29 @@ fn main() {
     };
     line("Ferry: A's `ferry sync` → server → B's `ferry sync --watch`", ferry);
     line("PostgreSQL logical replication, publisher → subscriber", postgres);
-    match pouch {
-        Ok(t) => line("PouchDB A → express-pouchdb → PouchDB B (live pull)", t),
+    match &pouch {
+        Ok(t) => line("PouchDB A → express-pouchdb → PouchDB B (live pull)", *t),
         Err(why) => println!("| PouchDB | not measured: {why} | – | – |"),
     }
     println!();
     let target = postgres.mul_f64(1.5);
+    let over = ferry.as_secs_f64() / target.as_secs_f64();
+    common::record(
+        "changes",
+        &format!("{n} changes A → server → B (`ferry sync` → `ferry sync --watch`) vs PostgreSQL logical replication"),
+        &format!("{:.2} s", ferry.as_secs_f64()),
+        &format!("{:.2} s", postgres.as_secs_f64()),
+        &format!("{:.2}×", ferry.as_secs_f64() / postgres.as_secs_f64()),
+        &common::verdict("≤ 1.5×", over <= 1.0, over),
+    );
+    common::record(
+        "changes",
+        &format!("{n} changes A → server → B vs PouchDB A → express-pouchdb → B"),
+        &format!("{:.2} s", ferry.as_secs_f64()),
+        &pouch.as_ref().map_or_else(|why| format!("not measured: {why}"), |t| format!("{:.2} s", t.as_secs_f64())),
+        &pouch.as_ref().map_or_else(|_| "–".into(), |t| format!("{:.2}×", ferry.as_secs_f64() / t.as_secs_f64())),
+        "–",
+    );
     println!(
         "SPEC target: ≤ 1.5 × logical replication = {:.2} s → {}",
         target.as_secs_f64(),

@@ -23,13 +23,10 @@ use common::FERRY;
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (files, size) = if quick { (100, 1_000_000) } else { (1000, 1_000_000) };
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
-        "machine: {cores} cores; files: {files} × {} MB{}",
-        size / 1_000_000,
-        if quick { " (--quick)" } else { "" }
+    common::header(
+        "files",
+        &format!("files: {files} × {} MB{}", size / 1_000_000, if quick { " (--quick)" } else { "" }),
     );
-    println!();
     let total_mb = (files * size) as f64 / 1e6;
     let rate = |t: Duration| total_mb / t.as_secs_f64();
     let sequential = scenario(files, size, false);
@@ -67,6 +64,19 @@ fn main() {
     }
     println!();
     let best = sequential.took.min(watching.took);
+    for (name, r, target) in [
+        ("A uploads all, then B downloads all", &sequential, rate(sequential.took)),
+        ("B's `--watch` downloads while A uploads", &watching, rate(watching.took)),
+    ] {
+        common::record(
+            "files",
+            &format!("{files} × 1 MB files A → server → B, verified: {name} vs loopback TCP copy up + down"),
+            &format!("{:.0} MB/s", rate(r.took)),
+            &format!("{:.0} MB/s", rate(base)),
+            &format!("{:.2}×", r.took.as_secs_f64() / base.as_secs_f64()),
+            &common::verdict("≥ 300 MB/s", target >= 300.0, 300.0 / target),
+        );
+    }
     println!("SPEC target: ≥ 300 MB/s through the server → {}", if rate(best) >= 300.0 { "met" } else { "NOT met" });
 }
 

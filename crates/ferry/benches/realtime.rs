@@ -40,9 +40,7 @@ fn main() {
     let (mut server, url) = common::serve(d);
     let server_pid = server.id();
 
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cores} cores; server: embedded store, release build, loopback");
-    println!();
+    common::header("realtime", "server: embedded store, release build, loopback");
     println!("| scenario | p50 | p99 | max |");
     println!("|---|---|---|---|");
     rt.block_on(latency(&url, &user, &token_a, &token_b, d, if quick { 100 } else { 1000 }));
@@ -131,6 +129,14 @@ async fn latency(url: &str, user: &str, token_a: &str, token_b: &str, d: &std::p
         ),
     );
     let (p50, p99, max) = percentiles(whole);
+    common::record(
+        "realtime",
+        &format!("one change A → B over the realtime stream ({n} changes; p50 {}, max {})", ms(p50), ms(max)),
+        &format!("p99 {}", ms(p99)),
+        "–",
+        "–",
+        &common::verdict("p99 ≤ 50 ms", p99 <= Duration::from_millis(50), p99.as_secs_f64() / 0.05),
+    );
     println!(
         "| one change A → B: A writes and syncs, B told by the stream syncs ({n} changes) | {} | {} | {} |",
         ms(p50),
@@ -210,6 +216,22 @@ async fn fan_out(url: &str, user: &str, token_a: &str, token_b: &str, n: usize, 
     }
     let delivered = waits.len();
     let (p50, p99, max) = percentiles(waits);
+    common::record(
+        "realtime",
+        &format!("{n} stream clients on one server process: {delivered} of {} deliveries", n * rounds),
+        &format!("p99 {} (server RSS {} MB)", ms(p99), rss_kb(server_pid) / 1024),
+        "–",
+        "–",
+        &if n >= 5000 {
+            common::verdict(
+                "5 000 clients, p99 ≤ 200 ms",
+                p99 <= Duration::from_millis(200) && delivered == n * rounds,
+                p99.as_secs_f64() / 0.2,
+            )
+        } else {
+            "–".into()
+        },
+    );
     println!(
         "| {n} | {delivered} of {} | {} | {} | {} | {} MB |",
         n * rounds,

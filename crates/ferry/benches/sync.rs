@@ -27,13 +27,7 @@ use common::{FERRY, example, insert_rows};
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 10_000 } else { 100_000 };
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
-        .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
-    println!("machine: {cores} cores, {mem_gib:.0} GiB; rows: {n}{}", if quick { " (--quick)" } else { "" });
-    println!();
+    common::header("sync", &format!("rows: {n}{}", if quick { " (--quick)" } else { "" }));
     println!("| scenario | Ferry | baseline | ratio |");
     println!("|---|---|---|---|");
     // `-- --only NAME` runs one part: capture, sync, postgres, peer or scale.
@@ -85,6 +79,23 @@ fn peer(n: usize) {
         copy_out.as_secs_f64(),
         s.hydrate.elapsed.as_secs_f64() / copy_out.as_secs_f64()
     );
+    let over = s.push.elapsed.as_secs_f64() / 12.0;
+    common::record(
+        "sync",
+        &format!("{n} rows into a PostgreSQL-backed server (normal sync path: a device's push) vs `COPY … FROM`"),
+        &format!("{:.1} s", s.push.elapsed.as_secs_f64()),
+        &format!("{:.1} s", copy_in.as_secs_f64()),
+        &format!("{:.1}×", s.push.elapsed.as_secs_f64() / copy_in.as_secs_f64()),
+        &if n == 1_000_000 { common::verdict("≤ 12 s", over <= 1.0, over) } else { "(1 M rows: ≤ 12 s)".into() },
+    );
+    common::record(
+        "sync",
+        &format!("… and back: hydrate {n} rows from it vs `COPY … TO`"),
+        &format!("{:.1} s", s.hydrate.elapsed.as_secs_f64()),
+        &format!("{:.1} s", copy_out.as_secs_f64()),
+        &format!("{:.1}×", s.hydrate.elapsed.as_secs_f64() / copy_out.as_secs_f64()),
+        "–",
+    );
     if n == 1_000_000 {
         let met = s.push.elapsed <= Duration::from_secs(12);
         println!("SPEC target (1 M rows into a PostgreSQL peer): ≤ 12 s → {}", if met { "met" } else { "NOT met" });
@@ -114,6 +125,36 @@ fn scale(sizes: &[usize]) {
             rate(base),
             s.hydrate.elapsed.as_secs_f64() / base.as_secs_f64(),
             s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024
+        );
+        let rss_mb = s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024;
+        let hydrate_s = s.hydrate.elapsed.as_secs_f64();
+        common::record(
+            "sync",
+            &format!("hydrate {n} rows into an empty replica vs SQLite importing them sorted"),
+            &format!("{hydrate_s:.2} s ({:.0} rows/s)", rate(s.hydrate.elapsed)),
+            &format!("{:.2} s", base.as_secs_f64()),
+            &format!("{:.1}×", hydrate_s / base.as_secs_f64()),
+            &if n == 1_000_000 { common::verdict("≤ 8 s", hydrate_s <= 8.0, hydrate_s / 8.0) } else { "–".into() },
+        );
+        common::record(
+            "sync",
+            &format!("peak RSS of the process hydrating {n} rows"),
+            &format!("{rss_mb} MB"),
+            "–",
+            "–",
+            &if n == 1_000_000 {
+                common::verdict("≤ 150 MB", rss_mb <= 150, rss_mb as f64 / 150.0)
+            } else {
+                "–".into()
+            },
+        );
+        common::record(
+            "sync",
+            &format!("push {n} rows device → server"),
+            &format!("{:.2} s ({:.0} rows/s)", s.push.elapsed.as_secs_f64(), rate(s.push.elapsed)),
+            "–",
+            "–",
+            "–",
         );
         push.push((n as f64, rate(s.push.elapsed)));
         hydrate.push((n as f64, rate(s.hydrate.elapsed)));
@@ -186,6 +227,15 @@ fn capture(n: usize) {
     }
     let (p, c) = (median(plain_t), median(captured_t));
     let per = |d: Duration| d.as_nanos() as f64 / n as f64 / 1000.0;
+    let ratio = c.as_secs_f64() / p.as_secs_f64();
+    common::record(
+        "sync",
+        &format!("local insert of {n} rows with capture triggers vs without (median of 3)"),
+        &format!("{:.2} µs/row", per(c)),
+        &format!("{:.2} µs/row", per(p)),
+        &format!("{ratio:.2}×"),
+        &common::verdict("≤ 2×", ratio <= 2.0, ratio / 2.0),
+    );
     println!(
         "| insert {n} rows, one transaction, with capture triggers vs without (median of 3) | {:.0} ms ({:.2} µs/row) | {:.0} ms ({:.2} µs/row) | {:.2}× |",
         c.as_secs_f64() * 1000.0,
@@ -305,6 +355,22 @@ fn sync(n: usize) {
     let baseline = sqlite_import(d);
 
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    common::record(
+        "sync",
+        &format!("push {n} rows device → server (embedded store)"),
+        &format!("{:.2} s ({:.0} rows/s)", s.push.elapsed.as_secs_f64(), rate(s.push.elapsed)),
+        "–",
+        "–",
+        "–",
+    );
+    common::record(
+        "sync",
+        &format!("hydrate {n} rows server → empty replica vs SQLite importing them sorted"),
+        &format!("{:.2} s ({:.0} rows/s)", s.hydrate.elapsed.as_secs_f64(), rate(s.hydrate.elapsed)),
+        &format!("{:.2} s", baseline.as_secs_f64()),
+        &format!("{:.2}×", s.hydrate.elapsed.as_secs_f64() / baseline.as_secs_f64()),
+        "–",
+    );
     println!(
         "| push {n} rows device → server (`ferry sync`, whole process) | {:.0} ms ({:.0} rows/s) | – | – |",
         ms(s.push.elapsed),
@@ -339,6 +405,16 @@ fn postgres(n: usize) {
     let url = cluster.create_db("ferry").unwrap();
     let s = push_and_hydrate(n, Some(&url));
     let (copy_in, copy_out) = copy_baseline(&cluster, s.dir.path());
+    for (what, ferry, copy) in [("push", s.push.elapsed, copy_in), ("hydrate", s.hydrate.elapsed, copy_out)] {
+        common::record(
+            "sync",
+            &format!("{what} {n} rows, PostgreSQL-backed server, vs `COPY` of the same rows"),
+            &format!("{:.2} s", ferry.as_secs_f64()),
+            &format!("{:.2} s", copy.as_secs_f64()),
+            &format!("{:.1}×", ferry.as_secs_f64() / copy.as_secs_f64()),
+            "–",
+        );
+    }
     println!(
         "| push {n} rows device → PostgreSQL-backed server vs `COPY … FROM` of the same rows | {:.0} ms | {:.0} ms | {:.2}× |",
         ms(s.push.elapsed),

@@ -10,6 +10,63 @@ use rusqlite::{Connection, params};
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
+/// The machine, as each benchmark prints it and the summary records it.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores ({model}), {mem_gib:.0} GiB")
+}
+
+/// The command that reruns this benchmark as it was run.
+pub fn command(bench: &str) -> String {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args = if args.is_empty() { String::new() } else { format!(" -- {}", args.join(" ")) };
+    format!("cargo bench -p ferry --bench {bench}{args}")
+}
+
+/// Prints the machine and the command at the start of a benchmark.
+pub fn header(bench: &str, what: &str) {
+    println!("machine: {}", machine());
+    println!("command: {}", command(bench));
+    println!("{what}");
+    println!();
+}
+
+/// Where every benchmark appends its scenarios; `cargo xtask bench` starts it empty and
+/// prints it at the end as one table.
+pub fn summary_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-results/summary.tsv")
+}
+
+/// Records one scenario for the summary: the figure, its baseline from the same run (or
+/// "–"), the ratio, the SPEC target and whether it was met, and the command.
+pub fn record(bench: &str, scenario: &str, figure: &str, baseline: &str, ratio: &str, target: &str) {
+    use std::io::Write as _;
+    let path = summary_path();
+    let _ = std::fs::create_dir_all(path.parent().unwrap());
+    let line = [scenario, figure, baseline, ratio, target, &command(bench), &machine()]
+        .map(|f| f.replace('\t', " "))
+        .join("\t");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+/// A target's verdict: "≤ 8 s: met" or "≤ 8 s: NOT met (7.9× over)".
+pub fn verdict(target: &str, met: bool, over: f64) -> String {
+    if met { format!("{target}: met") } else { format!("{target}: NOT met ({over:.1}× over)") }
+}
+
 /// A `ferry serve` process, killed when dropped (also when a benchmark panics).
 pub struct Server(Child);
 
