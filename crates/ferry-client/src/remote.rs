@@ -111,6 +111,16 @@ impl Remote {
         self.send(self.http.post(format!("{}/v1/push", self.base)).json(req), "push").await
     }
 
+    /// As [`Remote::push`], with the request already serialized (a [`PushRequest`] as JSON).
+    pub async fn push_json(&self, body: Vec<u8>) -> Result<PushResponse> {
+        let req = self
+            .http
+            .post(format!("{}/v1/push", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(req, "push").await
+    }
+
     /// Opens the realtime stream (`/v1/stream`, a WebSocket) and waits for its hello.
     ///
     /// # Errors

@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry_protocol::PushRequest;
-
 use crate::error::{Error, Result};
 use crate::remote::Remote;
 use crate::replica::{PendingRow, PulledRow, Replica};
@@ -153,23 +151,13 @@ async fn push_batch(
     report: &mut SyncReport,
 ) -> Result<()> {
     let (request, sent) = push_request(replica, rows)?;
-    let resp = remote.push(&request).await?;
+    let resp = remote.push_json(request).await?;
     acknowledge(replica, rows, resp, &sent, report)
 }
 
-/// The push request for `rows`, and the pull cursor it carries.
-fn push_request(replica: &mut Replica, rows: &[PendingRow]) -> Result<(PushRequest, String)> {
-    let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
-    let wire = rows
-        .iter()
-        .map(|r| {
-            let t = schema.table(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
-            let mut wire = ferry_protocol::encode_row(t, &r.key, &r.state);
-            wire.base = r.base.iter().map(|(c, h)| (c.clone(), h.to_string())).collect();
-            wire.seen = r.seen.as_ref().map(|s| ferry_protocol::encode_clocks(t, s));
-            Ok(wire)
-        })
-        .collect::<Result<Vec<_>>>()?;
+/// The push request for `rows` as JSON (a [`ferry_protocol::PushRequest`], its rows serialized straight from
+/// their states), and the pull cursor it carries.
+fn push_request(replica: &mut Replica, rows: &[PendingRow]) -> Result<(Vec<u8>, String)> {
     let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
     // A batch whose answer never came is sent again under the same id while its rows are
     // unchanged, so the server answers it from its record instead of applying it twice.
@@ -184,7 +172,29 @@ fn push_request(replica: &mut Replica, rows: &[PendingRow]) -> Result<(PushReque
         None => batch_id()?,
     };
     replica.set_meta("unanswered_batch", &format!("{batch} {fingerprint}"))?;
-    Ok((PushRequest { batch_id: batch, cursor: Some(sent.clone()), rows: wire }, sent))
+    #[derive(serde::Serialize)]
+    struct PushOut<'a> {
+        batch_id: &'a str,
+        cursor: &'a str,
+        rows: Vec<ferry_protocol::RowOut<'a>>,
+    }
+    let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
+    let wire = rows
+        .iter()
+        .map(|r| {
+            let table = schema.table(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
+            Ok(ferry_protocol::RowOut {
+                table,
+                key: &r.key,
+                state: &r.state,
+                base: Some(&r.base),
+                seen: r.seen.as_ref(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let body = serde_json::to_vec(&PushOut { batch_id: &batch, cursor: &sent, rows: wire })
+        .map_err(|e| Error::Local(format!("encoding a push: {e}")))?;
+    Ok((body, sent))
 }
 
 /// Records the server's answer to the push of `rows` (sent with the pull cursor `sent`).
@@ -359,7 +369,7 @@ async fn sync_once(
         let (request, sent) = push_request(replica, &rows)?;
         let mut flight = {
             let remote = remote.clone();
-            InFlight(tokio::spawn(async move { remote.push(&request).await }))
+            InFlight(tokio::spawn(async move { remote.push_json(request).await }))
         };
         let next = replica.pending_after(opts.push_batch, tables.as_deref(), rows.last())?;
         match (&mut flight.0).await.map_err(|e| Error::Local(format!("push task failed: {e}")))? {

@@ -317,6 +317,10 @@ pub struct RowOut<'a> {
     pub table: &'a Table,
     pub key: &'a str,
     pub state: &'a RowState,
+    /// Pushes only: [`WireRow::base`] (left out when empty).
+    pub base: Option<&'a BTreeMap<String, Hlc>>,
+    /// Pushes only: [`WireRow::seen`].
+    pub seen: Option<&'a RowClocks>,
 }
 
 impl Serialize for RowOut<'_> {
@@ -357,10 +361,22 @@ impl Serialize for RowOut<'_> {
                 m.end()
             }
         }
+        struct Base<'a>(&'a BTreeMap<String, Hlc>);
+        impl Serialize for Base<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (name, at) in self.0 {
+                    m.serialize_entry(name, &Clock(*at))?;
+                }
+                m.end()
+            }
+        }
         let clock = self.state.common_clock();
         let values = Out { row: self, clock, clocks: false };
         let differ = values.cols().any(|(_, st, _)| st.at != clock);
-        let mut m = s.serialize_struct("WireRow", 6 + usize::from(differ))?;
+        let base = self.base.filter(|b| !b.is_empty());
+        let fields = 6 + usize::from(differ) + usize::from(base.is_some()) + usize::from(self.seen.is_some());
+        let mut m = s.serialize_struct("WireRow", fields)?;
         m.serialize_field("table", &self.table.name)?;
         m.serialize_field("key", self.key)?;
         m.serialize_field("exists", &self.state.exists.value)?;
@@ -370,6 +386,12 @@ impl Serialize for RowOut<'_> {
             m.serialize_field("clocks", &Out { row: self, clock, clocks: true })?;
         }
         m.serialize_field("values", &values)?;
+        if let Some(base) = base {
+            m.serialize_field("base", &Base(base))?;
+        }
+        if let Some(seen) = self.seen {
+            m.serialize_field("seen", &encode_clocks(self.table, seen))?;
+        }
         m.end()
     }
 }
@@ -664,9 +686,17 @@ mod tests {
         dead.delete(Hlc::new(9, 0, SiteId(3)));
         let mut partial = RowState::unknown();
         partial.update([("note".to_owned(), Value::Null)], at);
+        let base: BTreeMap<String, Hlc> = [("n".to_owned(), at), ("note".to_owned(), Hlc::ZERO)].into();
+        let seen = later.clocks();
         for state in [whole, later, dead, partial, RowState::unknown()] {
-            let out = serde_json::to_string(&RowOut { table: t, key: KEY, state: &state }).unwrap();
-            assert_eq!(out, serde_json::to_string(&encode_row(t, KEY, &state)).unwrap());
+            let out = serde_json::to_string(&RowOut { table: t, key: KEY, state: &state, base: None, seen: None });
+            assert_eq!(out.unwrap(), serde_json::to_string(&encode_row(t, KEY, &state)).unwrap());
+            // As pushed: with the base clocks and the version the change started from.
+            let out = RowOut { table: t, key: KEY, state: &state, base: Some(&base), seen: Some(&seen) };
+            let mut wire = encode_row(t, KEY, &state);
+            wire.base = base.iter().map(|(c, h)| (c.clone(), h.to_string())).collect();
+            wire.seen = Some(encode_clocks(t, &seen));
+            assert_eq!(serde_json::to_string(&out).unwrap(), serde_json::to_string(&wire).unwrap());
         }
     }
 

@@ -55,7 +55,7 @@ impl serde::Serialize for PullOut<'_> {
                 let mut seq = s.serialize_seq(None)?;
                 for r in &self.0.page.rows {
                     if let Some(table) = self.0.schema.table(&r.table) {
-                        seq.serialize_element(&RowOut { table, key: &r.key, state: &r.state })?;
+                        seq.serialize_element(&RowOut { table, key: &r.key, state: &r.state, base: None, seen: None })?;
                     }
                 }
                 seq.end()

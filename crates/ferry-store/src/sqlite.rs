@@ -5,7 +5,7 @@
 //! blocking threads. The feed sequence is assigned inside the single write transaction,
 //! so commit order and sequence order agree and a cursor can never skip a change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -343,10 +343,30 @@ impl Store for SqliteStore {
                 role_sites: role_sites(&tx)?,
                 now_ms: crate::wall_ms(),
             };
+            // What is stored of the batch's rows, read in one query per table; a row the batch
+            // holds twice is read again after its first write.
+            let mut before: HashMap<(String, String), ferry_sqlite::Stored> = HashMap::with_capacity(rows.len());
+            let mut keys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for r in &rows {
+                keys.entry(r.table.as_str()).or_default().push(r.key.as_str());
+            }
+            for (table, mut ks) in keys {
+                ks.sort_unstable();
+                ks.dedup();
+                for s in ferry_sqlite::stored(&tx, inner.table(table)?, &ks)? {
+                    before.insert((table.to_owned(), s.key.clone()), s);
+                }
+            }
             for row in rows {
                 let ts = inner.table(&row.table)?;
                 let table = &ts.table;
-                let stored = ferry_sqlite::load_state(&tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner));
+                let stored = match before.remove(&(row.table.clone(), row.key.clone())) {
+                    Some(s) => s.meta.map(|meta| {
+                        let values = if meta.alive { s.values } else { None };
+                        (ferry_sqlite::state_of(table, &meta, values), meta.owner)
+                    }),
+                    None => ferry_sqlite::load_state(&tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner)),
+                };
                 let merged = crate::merge_pushed(table, &who, stored, &row, &env)?;
                 if let Some((contest, before)) = &merged.conflict {
                     let origin: Option<String> = tx
