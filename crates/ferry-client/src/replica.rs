@@ -41,6 +41,14 @@ pub struct PendingRow {
     pub seen: Option<RowClocks>,
 }
 
+/// A place in the push queue's order (stamp, table, key); see [`Replica::pending_after`].
+#[derive(Clone, Debug)]
+pub struct QueuePosition {
+    stamp: i64,
+    table: String,
+    key: String,
+}
+
 /// A pulled row to merge in.
 #[derive(Clone, Debug)]
 pub struct PulledRow {
@@ -674,33 +682,40 @@ impl Replica {
 
     /// As [`Replica::pending`], only rows of `tables` (every table when `None`).
     pub fn pending_in(&mut self, limit: usize, tables: Option<&[String]>) -> Result<Vec<PendingRow>> {
-        self.pending_after(limit, tables, None)
+        Ok(self.pending_after(limit, tables, None)?.0)
     }
 
     /// As [`Replica::pending_in`], only rows that come after `after` in the queue's order
     /// (stamp, table, key): the next batch while the previous one is still out, unanswered.
+    /// Also returns where this batch ends in that order, to pass as `after` for the next (a
+    /// row's stamp can change while it is read, so the rows' own stamps are not it).
     pub fn pending_after(
         &mut self,
         limit: usize,
         tables: Option<&[String]>,
-        after: Option<&PendingRow>,
-    ) -> Result<Vec<PendingRow>> {
+        after: Option<&QueuePosition>,
+    ) -> Result<(Vec<PendingRow>, Option<QueuePosition>)> {
         let selection = tables.map(|t| serde_json::to_string(t).expect("names serialize"));
         let (after_stamp, after_tbl, after_pk) =
-            after.map_or((0, "", ""), |r| (r.stamp, r.table.as_str(), r.key.as_str()));
+            after.map_or((0, "", ""), |p| (p.stamp, p.table.as_str(), p.key.as_str()));
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::stamp_in(&tx, &self.tables, -1)?;
         let mut clock = Self::clock(&tx)?;
-        let keys: Vec<(String, String)> = tx
+        let keys: Vec<(String, String, i64)> = tx
             .prepare_cached(
-                "SELECT tbl, pk FROM _ferry_rows r WHERE pending > 0 AND (pending, tbl, pk) > (?3, ?4, ?5)
+                "SELECT tbl, pk, pending FROM _ferry_rows r WHERE pending > 0 AND (pending, tbl, pk) > (?3, ?4, ?5)
                    AND (?2 IS NULL OR tbl IN (SELECT value FROM json_each(?2)))
                    AND NOT EXISTS (SELECT 1 FROM _ferry_refused f WHERE f.tbl = r.tbl AND f.pk = r.pk)
                    AND NOT EXISTS (SELECT 1 FROM _ferry_failed f WHERE f.tbl = r.tbl AND f.pk = r.pk AND f.stamp = r.pending)
                  ORDER BY pending, tbl, pk LIMIT ?1",
             )?
-            .query_map(params![limit as i64, selection, after_stamp, after_tbl, after_pk], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![limit as i64, selection, after_stamp, after_tbl, after_pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
+        let end = keys.last().map(|(table, key, stamp)| QueuePosition {
+            stamp: *stamp,
+            table: table.clone(),
+            key: key.clone(),
+        });
         let mut out = Vec::with_capacity(keys.len());
         // One joined read per run of keys of one table, in the queue's order.
         for run in keys.chunk_by(|a, b| a.0 == b.0) {
@@ -708,26 +723,24 @@ impl Replica {
             let ts = self.tables.get(table).ok_or_else(|| {
                 Error::Schema(format!("pending change for table '{table}', which is not in the schema"))
             })?;
-            let ks: Vec<&str> = run.iter().map(|(_, k)| k.as_str()).collect();
+            let ks: Vec<&str> = run.iter().map(|(_, k, _)| k.as_str()).collect();
             for stored in ferry_sqlite::stored(&tx, ts, &ks)? {
                 let Some(meta) = stored.meta else { continue };
-                let (state, stamp) = if meta.alive && stored.values.is_none() {
-                    // Deleted without capture: recorded now, as `load_local` does.
-                    match Self::load_local(&tx, ts, &stored.key, &mut clock)? {
-                        Some((state, meta)) => (state, meta.pending),
-                        None => continue,
-                    }
-                } else {
-                    let values = if meta.alive { stored.values } else { None };
-                    (ferry_sqlite::state_of(&ts.table, &meta, values), meta.pending)
-                };
+                if meta.alive && stored.values.is_none() {
+                    // Deleted without capture: `load_local` records the delete now, under a
+                    // new stamp, so the row comes again later in the queue (once).
+                    Self::load_local(&tx, ts, &stored.key, &mut clock)?;
+                    continue;
+                }
+                let values = if meta.alive { stored.values } else { None };
+                let (state, stamp) = (ferry_sqlite::state_of(&ts.table, &meta, values), meta.pending);
                 let base = parse_base(table, &stored.key, stored.base)?;
                 let seen = stored.seen.map(|j| parse_seen(table, &stored.key, &j)).transpose()?;
                 out.push(PendingRow { table: table.clone(), key: stored.key, state, stamp, base, seen });
             }
         }
         tx.commit()?;
-        Ok(out)
+        Ok((out, end))
     }
 
     /// Marks pushed rows as acknowledged, unless they changed again since they were read.

@@ -364,33 +364,31 @@ async fn sync_once(
     let (push, pull) = (opts.direction != Direction::Down, opts.direction != Direction::Up);
     // One batch is out at a time; while it is, the next one is read and encoded, so the
     // server's work on one batch and this replica's on the next overlap.
-    let mut rows = if push { replica.pending_in(opts.push_batch, tables.as_deref())? } else { Vec::new() };
+    let (mut rows, mut end) =
+        if push { replica.pending_after(opts.push_batch, tables.as_deref(), None)? } else { (Vec::new(), None) };
     while !rows.is_empty() {
         let (request, sent) = push_request(replica, &rows)?;
         let mut flight = {
             let remote = remote.clone();
             InFlight(tokio::spawn(async move { remote.push_json(request).await }))
         };
-        let next = replica.pending_after(opts.push_batch, tables.as_deref(), rows.last())?;
+        let (next, next_end) = replica.pending_after(opts.push_batch, tables.as_deref(), end.as_ref())?;
         match (&mut flight.0).await.map_err(|e| Error::Local(format!("push task failed: {e}")))? {
             Ok(resp) => {
                 acknowledge(replica, &rows, resp, &sent, &mut report)?;
                 progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) });
             }
-            // Only Ferry's own refusals of the content (a JSON error body saying so) are
-            // about rows; anything else (a proxy's 404, 408, 429 …) is not the rows' fault.
             Err(e) if refuses_rows(&e) => {
                 push_refused(replica, remote, rows, e, total, &mut report, &mut *progress).await?;
             }
             Err(e) => return Err(e),
         }
-        rows = next;
+        (rows, end) = (next, next_end);
     }
 
     let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
     // The next page is asked for as soon as this one's cursor is known, so the server builds
-    // it (and it is decoded) while this one is applied.
-    // It is decoded there too, beside this task's applying.
+    // it, and another task decodes it, while this one is applied.
     let schema = Arc::new(replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?.clone());
     let fetch = |cursor: String| {
         let (remote, tables, limit, schema) = (remote.clone(), tables.clone(), opts.pull_page, schema.clone());
