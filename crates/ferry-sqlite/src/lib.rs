@@ -315,6 +315,8 @@ pub fn stored(conn: &Connection, ts: &TableSql, keys: &[&str]) -> Result<Vec<Sto
     let mut rows = stmt.query(params![keys_json, ts.table.name])?;
     let n = ts.table.columns.len() - 1;
     let mut out = Vec::with_capacity(keys.len());
+    // Columns: the key (0), the eight META_COLUMNS (1–8), base (9), seen (10), the
+    // application row's rowid (11), its data columns (12…).
     while let Some(r) = rows.next()? {
         let key: String = r.get(0)?;
         let known: Option<String> = r.get(2)?;
