@@ -367,13 +367,19 @@ pub fn load_state(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<(
 /// Writes `state` for `pk`: the application row (upsert, or delete when the row is dead)
 /// and its bookkeeping.
 pub fn store_state(conn: &Connection, ts: &TableSql, pk: &str, state: &RowState, extra: &Extra<'_>) -> Result<()> {
-    let values = ts.values_of(state);
     let dead = if state.is_alive() {
-        ts.write(conn, pk, &values)?;
+        // The values are bound where they are, without copying them into a row first.
+        static NULL: Value = Value::Null;
+        let mut stmt = conn.prepare_cached(&ts.upsert)?;
+        stmt.raw_bind_parameter(1, pk)?;
+        for (i, c) in ts.table.data_columns().enumerate() {
+            stmt.raw_bind_parameter(i + 2, Param(state.cols.get(&c.name).map_or(&NULL, |s| &s.value)))?;
+        }
+        stmt.raw_execute()?;
         None
     } else {
         ts.delete(conn, pk)?;
-        Some(encode_values(&ts.table, &values))
+        Some(encode_values(&ts.table, &ts.values_of(state)))
     };
     write_meta(conn, ts, pk, state, dead.as_deref(), extra)
 }
@@ -388,6 +394,8 @@ pub fn write_meta(
     extra: &Extra<'_>,
 ) -> Result<()> {
     let (clock, clocks) = encode_clocks(&ts.table, state);
+    let (mut alive_at, mut clock_text) = ([0u8; 32], [0u8; 32]);
+    let (alive_at, clock) = (state.exists.at.encode(&mut alive_at), clock.encode(&mut clock_text));
     const UPSERT: &str =
         "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, seq, owner, origin, pending)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -405,8 +413,8 @@ pub fn write_meta(
             ts.table.name,
             pk,
             state.is_alive(),
-            state.exists.at.to_string(),
-            clock.to_string(),
+            alive_at,
+            clock,
             clocks,
             dead,
             extra.seq,
@@ -422,8 +430,8 @@ pub fn write_meta(
         ts.table.name,
         pk,
         state.is_alive(),
-        state.exists.at.to_string(),
-        clock.to_string(),
+        alive_at,
+        clock,
         clocks,
         dead,
         extra.seq,
