@@ -603,6 +603,8 @@ impl Replica {
                 }
             }
         }
+        type ChangeJson = (Option<String>, Option<String>);
+        let mut last_change: Option<(BTreeMap<String, Hlc>, Option<RowClocks>, ChangeJson)> = None;
         for key in order {
             let Some(ts) = tables.get(&key.0) else {
                 continue;
@@ -664,7 +666,13 @@ impl Replica {
                 }
             }
             let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
-            let (base, seen) = change_json(&base, first_seen.as_ref())?;
+            // Rows inserted in one go share their change record (every column replaced
+            // nothing, from the same empty version): its JSON is made once per run of them.
+            if last_change.as_ref().is_none_or(|(b, s, _)| *b != base || s.as_ref() != first_seen.as_ref()) {
+                let json = change_json(&base, first_seen.as_ref())?;
+                last_change = Some((base, first_seen, json));
+            }
+            let (_, _, (base, seen)) = last_change.as_ref().expect("just set");
             let extra = Extra { pending: stamp, change: Some((base.as_deref(), seen.as_deref())), ..Extra::default() };
             ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &extra)?;
         }
