@@ -14,7 +14,8 @@ const HELP: &str = "usage: cargo xtask <command>
 
 commands:
   test            run every test of the workspace (what CI runs); starts moto (S3) for the
-                  file store tests, installing it under target/test-tools on first use
+                  file store tests, installing it under target/test-tools on first use; then,
+                  unless test arguments were given, the benchmarks' smoke run (bench --quick)
   bench [--quick] run the benchmarks (sync, realtime, files, changes); each prints its tables,
                   and the run ends with one summary table of every scenario (figure, baseline,
                   ratio, SPEC target, command, machine), also written to
@@ -70,7 +71,15 @@ fn test(extra: &[String]) -> Result<()> {
     // Stopped when `moto` drops, whether the tests passed or not.
     let moto = moto::start().context("cannot start the S3-compatible server for the file store tests")?;
     let env: Vec<(&str, &str)> = moto.iter().map(|m| (moto::ENDPOINT_VAR, m.endpoint.as_str())).collect();
-    cargo_with_env(&args, &env)
+    cargo_with_env(&args, &env)?;
+    drop(moto);
+    if extra.is_empty() {
+        // Every benchmark at a small size, so that CI sees them run (their own checks
+        // included: a hydrate that comes back short fails).
+        eprintln!("benchmark smoke run:");
+        bench(&["--quick".to_owned()])?;
+    }
+    Ok(())
 }
 
 fn sim(extra: &[String]) -> Result<()> {
