@@ -56,7 +56,7 @@ fn main() {
         &format!("{:.2} s", ferry.as_secs_f64()),
         &format!("{:.2} s", postgres.as_secs_f64()),
         &format!("{:.2}×", ferry.as_secs_f64() / postgres.as_secs_f64()),
-        &common::verdict("≤ 1.5×", over <= 1.0, over),
+        &if n == 100_000 { common::verdict("≤ 1.5×", over <= 1.0, over) } else { "(full run only)".into() },
     );
     common::record(
         "changes",

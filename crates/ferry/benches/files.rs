@@ -74,7 +74,11 @@ fn main() {
             &format!("{:.0} MB/s", rate(r.took)),
             &format!("{:.0} MB/s", rate(base)),
             &format!("{:.2}×", r.took.as_secs_f64() / base.as_secs_f64()),
-            &common::verdict("≥ 300 MB/s", target >= 300.0, 300.0 / target),
+            &if files == 1000 {
+                common::verdict("≥ 300 MB/s", target >= 300.0, 300.0 / target)
+            } else {
+                "(full run only)".into()
+            },
         );
     }
     println!("SPEC target: ≥ 300 MB/s through the server → {}", if rate(best) >= 300.0 { "met" } else { "NOT met" });
