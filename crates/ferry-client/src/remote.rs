@@ -108,7 +108,8 @@ impl Remote {
     }
 
     pub async fn push(&self, req: &PushRequest) -> Result<PushResponse> {
-        self.send(self.http.post(format!("{}/v1/push", self.base)).json(req), "push").await
+        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a push: {e}")))?;
+        self.push_json(body).await
     }
 
     /// As [`Remote::push`], with the request already serialized (a [`PushRequest`] as JSON).
@@ -164,12 +165,16 @@ impl Remote {
 
     /// A pull of only `tables` (every table when `None`).
     pub async fn pull_tables(&self, cursor: &str, limit: usize, tables: Option<&[String]>) -> Result<PullResponse> {
+        self.send(self.pull_request(cursor, limit, tables), "pull").await
+    }
+
+    fn pull_request(&self, cursor: &str, limit: usize, tables: Option<&[String]>) -> reqwest::RequestBuilder {
         let mut req =
             self.http.get(format!("{}/v1/pull", self.base)).query(&[("cursor", cursor), ("limit", &limit.to_string())]);
         if let Some(t) = tables {
             req = req.query(&[("tables", t.join(","))]);
         }
-        self.send(req, "pull").await
+        req
     }
 
     /// As [`Remote::pull_tables`], the page's rows decoded against `schema` as they are read.
@@ -180,12 +185,7 @@ impl Remote {
         limit: usize,
         tables: Option<&[String]>,
     ) -> Result<ferry_protocol::DecodedPage> {
-        let mut req =
-            self.http.get(format!("{}/v1/pull", self.base)).query(&[("cursor", cursor), ("limit", &limit.to_string())]);
-        if let Some(t) = tables {
-            req = req.query(&[("tables", t.join(","))]);
-        }
-        let bytes = self.send_raw(req, "pull").await?;
+        let bytes = self.send_raw(self.pull_request(cursor, limit, tables), "pull").await?;
         ferry_protocol::decode_page(schema, &bytes)
             .map_err(|e| Error::Protocol(format!("server {} sent a bad pull page: {e}", self.base)))
     }

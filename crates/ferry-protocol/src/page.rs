@@ -202,8 +202,10 @@ impl<'de> Visitor<'de> for ValuesSeed<'_> {
 struct ValueSeed(ColType);
 
 impl ValueSeed {
-    fn wrong(&self, shown: serde_json::Value) -> Result<Value, String> {
-        crate::value_from_json(self.0, &shown)
+    /// A value the fast paths below do not take (base64 blobs, "inf" reals, 0/1 booleans, and
+    /// every misfit, whose message quotes the JSON), read by the general rule.
+    fn general(&self, json: serde_json::Value) -> Result<Value, String> {
+        crate::value_from_json(self.0, &json)
     }
 }
 
@@ -228,46 +230,46 @@ impl<'de> Visitor<'de> for ValueSeed {
     fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Self::Value, E> {
         Ok(match self.0 {
             ColType::Boolean => Ok(Value::Integer(b.into())),
-            _ => self.wrong(b.into()),
+            _ => self.general(b.into()),
         })
     }
     fn visit_i64<E: serde::de::Error>(self, i: i64) -> Result<Self::Value, E> {
         Ok(match self.0 {
             ColType::Integer | ColType::BigInt => Ok(Value::Integer(i)),
             ColType::Real => Ok(Value::Real(i as f64)),
-            _ => self.wrong(i.into()),
+            _ => self.general(i.into()),
         })
     }
     fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<Self::Value, E> {
         match i64::try_from(u) {
             Ok(i) => self.visit_i64(i),
-            Err(_) => Ok(self.wrong(u.into())),
+            Err(_) => Ok(self.general(u.into())),
         }
     }
     fn visit_f64<E: serde::de::Error>(self, r: f64) -> Result<Self::Value, E> {
         Ok(match self.0 {
             ColType::Real => Ok(Value::Real(r)),
-            _ => self.wrong(r.into()),
+            _ => self.general(r.into()),
         })
     }
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
         Ok(match self.0 {
             t if t.is_textual() => Ok(Value::Text(s.to_owned())),
-            _ => self.wrong(s.into()),
+            _ => self.general(s.into()),
         })
     }
     fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Self::Value, E> {
         Ok(match self.0 {
             t if t.is_textual() => Ok(Value::Text(s)),
-            _ => self.wrong(s.into()),
+            _ => self.general(s.into()),
         })
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let shown = serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(self.wrong(shown))
+        Ok(self.general(shown))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let shown = serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-        Ok(self.wrong(shown))
+        Ok(self.general(shown))
     }
 }

@@ -164,13 +164,16 @@ impl TableSql {
         Ok(row)
     }
 
-    /// Inserts or replaces the row `pk` with `values` (data columns in schema order).
-    pub fn write(&self, conn: &Connection, pk: &str, values: &[Value]) -> Result<()> {
-        let key = Value::Text(pk.to_owned());
-        let mut params: Vec<Param<'_>> = Vec::with_capacity(values.len() + 1);
-        params.push(Param(&key));
-        params.extend(values.iter().map(Param));
-        conn.prepare_cached(&self.upsert)?.execute(rusqlite::params_from_iter(params))?;
+    /// Inserts or replaces the row `pk` with the values of `state` (absent columns as NULL),
+    /// bound where they are, without copying them into a row first.
+    pub fn write(&self, conn: &Connection, pk: &str, state: &RowState) -> Result<()> {
+        static NULL: Value = Value::Null;
+        let mut stmt = conn.prepare_cached(&self.upsert)?;
+        stmt.raw_bind_parameter(1, pk)?;
+        for (i, c) in self.table.data_columns().enumerate() {
+            stmt.raw_bind_parameter(i + 2, Param(state.cols.get(&c.name).map_or(&NULL, |s| &s.value)))?;
+        }
+        stmt.raw_execute()?;
         Ok(())
     }
 
@@ -281,17 +284,20 @@ pub fn feed_states(
     while let Some(r) = rows.next()? {
         let pk: String = r.get(0)?;
         let meta = parse_meta(&ts.table, &pk, raw_meta(r, 1)?)?;
-        let has_row: Option<i64> = r.get(9)?;
-        let values = match has_row {
-            Some(_) => {
-                Some((0..n).map(|i| r.get_ref(10 + i).map(value_from_sql)).collect::<rusqlite::Result<Vec<_>>>()?)
-            }
-            None => None,
-        };
+        let values = row_values(r, 9, n)?;
         let state = state_of(&ts.table, &meta, values);
         out.push((meta.seq, pk, state));
     }
     Ok(out)
+}
+
+/// The `n` data columns of a joined application row whose rowid is column `at` and whose
+/// values follow it; `None` when the join found no row.
+fn row_values(r: &rusqlite::Row<'_>, at: usize, n: usize) -> rusqlite::Result<Option<Vec<Value>>> {
+    if r.get::<_, Option<i64>>(at)?.is_none() {
+        return Ok(None);
+    }
+    (1..=n).map(|i| r.get_ref(at + i).map(value_from_sql)).collect::<rusqlite::Result<Vec<_>>>().map(Some)
 }
 
 /// What is stored of one key (see [`stored`]).
@@ -324,13 +330,7 @@ pub fn stored(conn: &Connection, ts: &TableSql, keys: &[&str]) -> Result<Vec<Sto
             Some(_) => Some(parse_meta(&ts.table, &key, raw_meta(r, 1)?)?),
             None => None,
         };
-        let has_row: Option<i64> = r.get(11)?;
-        let values = match has_row {
-            Some(_) => {
-                Some((0..n).map(|i| r.get_ref(12 + i).map(value_from_sql)).collect::<rusqlite::Result<Vec<_>>>()?)
-            }
-            None => None,
-        };
+        let values = row_values(r, 11, n)?;
         out.push(Stored { key, meta, values, base: r.get(9)?, seen: r.get(10)? });
     }
     Ok(out)
@@ -368,14 +368,7 @@ pub fn load_state(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<(
 /// and its bookkeeping.
 pub fn store_state(conn: &Connection, ts: &TableSql, pk: &str, state: &RowState, extra: &Extra<'_>) -> Result<()> {
     let dead = if state.is_alive() {
-        // The values are bound where they are, without copying them into a row first.
-        static NULL: Value = Value::Null;
-        let mut stmt = conn.prepare_cached(&ts.upsert)?;
-        stmt.raw_bind_parameter(1, pk)?;
-        for (i, c) in ts.table.data_columns().enumerate() {
-            stmt.raw_bind_parameter(i + 2, Param(state.cols.get(&c.name).map_or(&NULL, |s| &s.value)))?;
-        }
-        stmt.raw_execute()?;
+        ts.write(conn, pk, state)?;
         None
     } else {
         ts.delete(conn, pk)?;
@@ -396,37 +389,19 @@ pub fn write_meta(
     let (clock, clocks) = encode_clocks(&ts.table, state);
     let (mut alive_at, mut clock_text) = ([0u8; 32], [0u8; 32]);
     let (alive_at, clock) = (state.exists.at.encode(&mut alive_at), clock.encode(&mut clock_text));
-    const UPSERT: &str =
-        "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, seq, owner, origin, pending)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at,
-           clock = excluded.clock, clocks = excluded.clocks, dead = excluded.dead, seq = excluded.seq,
-           owner = excluded.owner, origin = excluded.origin, pending = excluded.pending";
-    const UPSERT_WITH_CHANGE: &str = "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, seq, owner, origin, pending, base, seen)
+    // `?14` says whether a change record comes along: then `base` is replaced; otherwise
+    // what is stored stays (`seen` only ever changes to a given value).
+    let (change, base, seen) = extra.change.map_or((false, None, None), |(b, s)| (true, b, s));
+    conn.prepare_cached(
+        "INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, seq, owner, origin, pending, base, seen)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at,
            clock = excluded.clock, clocks = excluded.clocks, dead = excluded.dead, seq = excluded.seq,
            owner = excluded.owner, origin = excluded.origin, pending = excluded.pending,
-           base = excluded.base, seen = coalesce(excluded.seen, _ferry_rows.seen)";
-    if let Some((base, seen)) = extra.change {
-        conn.prepare_cached(UPSERT_WITH_CHANGE)?.execute(params![
-            ts.table.name,
-            pk,
-            state.is_alive(),
-            alive_at,
-            clock,
-            clocks,
-            dead,
-            extra.seq,
-            extra.owner,
-            extra.origin,
-            extra.pending,
-            base,
-            seen,
-        ])?;
-        return Ok(());
-    }
-    conn.prepare_cached(UPSERT)?.execute(params![
+           base = CASE WHEN ?14 THEN excluded.base ELSE _ferry_rows.base END,
+           seen = coalesce(excluded.seen, _ferry_rows.seen)",
+    )?
+    .execute(params![
         ts.table.name,
         pk,
         state.is_alive(),
@@ -438,6 +413,9 @@ pub fn write_meta(
         extra.owner,
         extra.origin,
         extra.pending,
+        base,
+        seen,
+        change,
     ])?;
     Ok(())
 }

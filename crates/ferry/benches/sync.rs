@@ -96,10 +96,6 @@ fn peer(n: usize) {
         &format!("{:.1}×", s.hydrate.elapsed.as_secs_f64() / copy_out.as_secs_f64()),
         "–",
     );
-    if n == 1_000_000 {
-        let met = s.push.elapsed <= Duration::from_secs(12);
-        println!("SPEC target (1 M rows into a PostgreSQL peer): ≤ 12 s → {}", if met { "met" } else { "NOT met" });
-    }
 }
 
 /// Push and hydrate at growing sizes, beside SQLite importing the same rows: how cost grows
@@ -115,8 +111,9 @@ fn scale(sizes: &[usize]) {
         let s = push_and_hydrate(n, None);
         let base = sqlite_import(s.dir.path());
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        let rss_mb = s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024;
         println!(
-            "| {n} | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2}× | {} MB |",
+            "| {n} | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2}× | {rss_mb} MB |",
             s.push.elapsed.as_secs_f64(),
             rate(s.push.elapsed),
             s.hydrate.elapsed.as_secs_f64(),
@@ -124,9 +121,7 @@ fn scale(sizes: &[usize]) {
             base.as_secs_f64(),
             rate(base),
             s.hydrate.elapsed.as_secs_f64() / base.as_secs_f64(),
-            s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024
         );
-        let rss_mb = s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024;
         let hydrate_s = s.hydrate.elapsed.as_secs_f64();
         common::record(
             "sync",

@@ -25,6 +25,21 @@ fn key(writer: u64, i: u64) -> String {
     format!("01900000-0000-7000-8000-{:06x}{:06x}", writer, i)
 }
 
+/// New `notes` rows of `owner` with these keys, written at `at`, as a push carries them.
+fn new_notes(owner: &str, at: Hlc, keys: impl Iterator<Item = String>) -> Vec<IncomingRow> {
+    keys.map(|key| IncomingRow {
+        table: "notes".into(),
+        key,
+        state: RowState::inserted(
+            [("user_id".to_owned(), Value::Text(owner.to_owned())), ("body".to_owned(), Value::Text("pushed".into()))],
+            at,
+        ),
+        seen: None,
+        if_version: None,
+    })
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_committing_out_of_order_are_all_seen_exactly_once() {
     let url = ferry_pgtemp::PgCluster::fresh_db();
@@ -103,22 +118,8 @@ async fn concurrent_writers_committing_out_of_order_are_all_seen_exactly_once() 
         writers.push(tokio::spawn(async move {
             let mut rng = Rng(w * 104729 + 3);
             for i in 0..20 {
-                let at = Hlc::new(1_700_000_000_000 + i, 0, SiteId(w));
-                let rows = (0..3)
-                    .map(|j| IncomingRow {
-                        table: "notes".into(),
-                        key: key(w, i * 3 + j),
-                        state: RowState::inserted(
-                            [
-                                ("user_id".to_owned(), Value::Text(owner.clone())),
-                                ("body".to_owned(), Value::Text("pushed".into())),
-                            ],
-                            at,
-                        ),
-                        seen: None,
-                        if_version: None,
-                    })
-                    .collect();
+                let rows =
+                    new_notes(&owner, Hlc::new(1_700_000_000_000 + i, 0, SiteId(w)), (0..3).map(|j| key(w, i * 3 + j)));
                 store.push(&who, &format!("{w}-{i}"), None, rows).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
             }
@@ -172,22 +173,7 @@ async fn rows_of_transactions_on_both_sides_of_a_power_of_ten_all_arrive() {
     client.execute("CALL burn($1)", &[&(boundary - 10 - now - 1)]).await.unwrap();
 
     for i in 0..20u64 {
-        let at = Hlc::new(1_700_000_000_000 + i, 0, SiteId(9));
-        let rows = (0..3)
-            .map(|j| IncomingRow {
-                table: "notes".into(),
-                key: key(i, j),
-                state: RowState::inserted(
-                    [
-                        ("user_id".to_owned(), Value::Text(user.id.clone())),
-                        ("body".to_owned(), Value::Text("pushed".into())),
-                    ],
-                    at,
-                ),
-                seen: None,
-                if_version: None,
-            })
-            .collect();
+        let rows = new_notes(&user.id, Hlc::new(1_700_000_000_000 + i, 0, SiteId(9)), (0..3).map(|j| key(i, j)));
         store.push(&who, &format!("b{i}"), None, rows).await.unwrap();
     }
     let xids: Vec<String> = client

@@ -53,6 +53,9 @@ pub fn summary_path() -> std::path::PathBuf {
 /// "–"), the ratio, the SPEC target and whether it was met, and the command.
 pub fn record(bench: &str, scenario: &str, figure: &str, baseline: &str, ratio: &str, target: &str) {
     use std::io::Write as _;
+    if target.contains("met") {
+        println!("SPEC target, {scenario}: {target}");
+    }
     let path = summary_path();
     let _ = std::fs::create_dir_all(path.parent().unwrap());
     let line = [scenario, figure, baseline, ratio, target, &command(bench), &machine()]
