@@ -150,34 +150,23 @@ async fn push_batch(
     rows: &[PendingRow],
     report: &mut SyncReport,
 ) -> Result<()> {
-    let (request, sent) = push_request(replica, rows)?;
+    let (request, sent) = push_request(replica, &encode_rows(replica, rows)?)?;
     let resp = remote.push_json(request).await?;
     acknowledge(replica, rows, resp, &sent, report)
 }
 
-/// The push request for `rows` as JSON (a [`ferry_protocol::PushRequest`], its rows serialized straight from
-/// their states), and the pull cursor it carries.
-fn push_request(replica: &mut Replica, rows: &[PendingRow]) -> Result<(Vec<u8>, String)> {
-    let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
-    // A batch whose answer never came is sent again under the same id while its rows are
-    // unchanged, so the server answers it from its record instead of applying it twice.
+/// A batch's rows serialized for a push request (a JSON array of
+/// [`ferry_protocol::RowOut`], straight from their states), and the batch's fingerprint.
+/// Made while the previous batch is out; [`push_request`] wraps it once that is answered.
+struct EncodedRows {
+    json: Vec<u8>,
+    fingerprint: String,
+}
+
+fn encode_rows(replica: &Replica, rows: &[PendingRow]) -> Result<EncodedRows> {
     let fingerprint = ferry_core::schema::fingerprint(
         &rows.iter().map(|r| format!("{}|{}|{}", r.table, r.key, r.stamp)).collect::<Vec<_>>().join("\n"),
     );
-    let batch = match replica
-        .meta("unanswered_batch")?
-        .and_then(|v| v.split_once(' ').filter(|(_, f)| *f == fingerprint).map(|(id, _)| id.to_owned()))
-    {
-        Some(id) => id,
-        None => batch_id()?,
-    };
-    replica.set_meta("unanswered_batch", &format!("{batch} {fingerprint}"))?;
-    #[derive(serde::Serialize)]
-    struct PushOut<'a> {
-        batch_id: &'a str,
-        cursor: &'a str,
-        rows: Vec<ferry_protocol::RowOut<'a>>,
-    }
     let schema = replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?;
     let wire = rows
         .iter()
@@ -192,8 +181,28 @@ fn push_request(replica: &mut Replica, rows: &[PendingRow]) -> Result<(Vec<u8>, 
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let body = serde_json::to_vec(&PushOut { batch_id: &batch, cursor: &sent, rows: wire })
-        .map_err(|e| Error::Local(format!("encoding a push: {e}")))?;
+    let json = serde_json::to_vec(&wire).map_err(|e| Error::Local(format!("encoding a push: {e}")))?;
+    Ok(EncodedRows { json, fingerprint })
+}
+
+/// The push request (a [`ferry_protocol::PushRequest`] as JSON) for a batch's encoded rows,
+/// and the pull cursor it carries (read now: answering the previous batch may have moved it).
+fn push_request(replica: &mut Replica, rows: &EncodedRows) -> Result<(Vec<u8>, String)> {
+    let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
+    // A batch whose answer never came is sent again under the same id while its rows are
+    // unchanged, so the server answers it from its record instead of applying it twice.
+    let batch = match replica
+        .meta("unanswered_batch")?
+        .and_then(|v| v.split_once(' ').filter(|(_, f)| *f == rows.fingerprint).map(|(id, _)| id.to_owned()))
+    {
+        Some(id) => id,
+        None => batch_id()?,
+    };
+    replica.set_meta("unanswered_batch", &format!("{batch} {}", rows.fingerprint))?;
+    let text = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let mut body = format!("{{\"batch_id\":{},\"cursor\":{},\"rows\":", text(&batch), text(&sent)).into_bytes();
+    body.extend_from_slice(&rows.json);
+    body.push(b'}');
     Ok((body, sent))
 }
 
@@ -342,7 +351,14 @@ async fn sync_once(
     let schema = remote.schema().await?;
     report.schema_changes = replica.install_schema(&schema)?;
 
-    replica.stamp()?;
+    // A large outbox is stamped a chunk at a time while pushes are out, instead of all of
+    // it before the first batch goes.
+    let mut stamping = if opts.direction != Direction::Down {
+        replica.start_stamping()?
+    } else {
+        replica.stamp()?;
+        None
+    };
     let total = replica.pending_count()?;
     let tables = match &opts.tables {
         Some(t) => {
@@ -362,17 +378,33 @@ async fn sync_once(
     // One pull cursor per selection of tables.
     let cursor_key = tables.as_ref().map_or_else(|| "cursor".to_owned(), |t| format!("cursor:{}", t.join(",")));
     let (push, pull) = (opts.direction != Direction::Down, opts.direction != Direction::Up);
-    // One batch is out at a time; while it is, the next one is read and encoded, so the
-    // server's work on one batch and this replica's on the next overlap.
-    let (mut rows, mut end) =
-        if push { replica.pending_after(opts.push_batch, tables.as_deref(), None)? } else { (Vec::new(), None) };
-    while !rows.is_empty() {
-        let (request, sent) = push_request(replica, &rows)?;
+    // One batch is out at a time; while it is, the outbox's next chunk is stamped and the
+    // next batch read and encoded, so the server's work on one batch and this replica's on
+    // the next overlap.
+    let (mut rows, mut end) = if push {
+        replica.pending_while_stamping(opts.push_batch, tables.as_deref(), None, stamping.as_mut())?
+    } else {
+        (Vec::new(), None)
+    };
+    let mut encoded = encode_rows(replica, &rows)?;
+    while !rows.is_empty() || stamping.is_some() {
+        if rows.is_empty() {
+            // Every row read waits for a write still in the outbox: stamp on.
+            stamp_on(replica, &mut stamping)?;
+            (rows, end) =
+                replica.pending_while_stamping(opts.push_batch, tables.as_deref(), end.as_ref(), stamping.as_mut())?;
+            encoded = encode_rows(replica, &rows)?;
+            continue;
+        }
+        let (request, sent) = push_request(replica, &encoded)?;
         let mut flight = {
             let remote = remote.clone();
             InFlight(tokio::spawn(async move { remote.push_json(request).await }))
         };
-        let (next, next_end) = replica.pending_after(opts.push_batch, tables.as_deref(), end.as_ref())?;
+        stamp_on(replica, &mut stamping)?;
+        let (next, next_end) =
+            replica.pending_while_stamping(opts.push_batch, tables.as_deref(), end.as_ref(), stamping.as_mut())?;
+        let next_encoded = encode_rows(replica, &next)?;
         match (&mut flight.0).await.map_err(|e| Error::Local(format!("push task failed: {e}")))? {
             Ok(resp) => {
                 acknowledge(replica, &rows, resp, &sent, &mut report)?;
@@ -383,7 +415,7 @@ async fn sync_once(
             }
             Err(e) => return Err(e),
         }
-        (rows, end) = (next, next_end);
+        (rows, end, encoded) = (next, next_end, next_encoded);
     }
 
     let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
@@ -416,6 +448,16 @@ async fn sync_once(
     report.cursor = cursor;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Stamps the outbox's next chunk; `stamping` becomes `None` once the outbox is empty.
+fn stamp_on(replica: &mut Replica, stamping: &mut Option<crate::replica::Stamping>) -> Result<()> {
+    if let Some(s) = stamping.as_mut()
+        && !replica.stamp_next(s)?
+    {
+        *stamping = None;
+    }
+    Ok(())
 }
 
 /// A page being fetched and decoded: its rows, its cursor, and whether more follow.

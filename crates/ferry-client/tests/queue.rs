@@ -48,3 +48,51 @@ fn batches_read_one_after_another_give_every_row_once_even_when_one_is_restamped
     assert_eq!(keys, expected.iter().map(String::as_str).collect::<Vec<_>>(), "each row once: {seen:?}");
     assert!(seen.iter().any(|(k, alive)| *k == key(2) && !alive), "row 2 goes as a delete: {seen:?}");
 }
+
+/// A large outbox stamped chunk by chunk while batches are read (as a push does): a row
+/// with a write still waiting in the unstamped part is not read with its newer values under
+/// its older clocks; it comes once, after that write is stamped, with it.
+#[test]
+fn a_row_written_again_later_in_a_large_outbox_is_read_once_its_last_write_is_stamped() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, title text);", &BTreeMap::new()).unwrap();
+    let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
+    replica.install_schema(&SchemaResponse::from_schema(&schema)).unwrap();
+    let n = 3 * ferry_client::replica::STAMP_CHUNK as u32;
+    {
+        let conn = replica.connection();
+        conn.execute_batch("BEGIN").unwrap();
+        for i in 1..=n {
+            conn.execute("INSERT INTO notes (id, title) VALUES (?1, 'first')", [key(i)]).unwrap();
+        }
+        // Row 1's second write lands in the last chunk.
+        conn.execute("UPDATE notes SET title = 'second' WHERE id = ?1", [key(1)]).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    let mut stamping = replica.start_stamping().unwrap();
+    assert!(stamping.is_some(), "{n} entries are more than one chunk");
+    let (mut seen, mut end) = (Vec::new(), None);
+    loop {
+        let (rows, next) = replica.pending_while_stamping(500, None, end.as_ref(), stamping.as_mut()).unwrap();
+        if rows.is_empty() && stamping.is_none() {
+            break;
+        }
+        for r in rows {
+            if r.key == key(1) {
+                assert!(stamping.is_none(), "row 1 read while its second write was not stamped");
+                assert_eq!(r.state.cols["title"].value, ferry_core::Value::Text("second".into()));
+            }
+            seen.push(r.key);
+        }
+        end = next.or(end);
+        if let Some(s) = stamping.as_mut()
+            && !replica.stamp_next(s).unwrap()
+        {
+            stamping = None;
+        }
+    }
+    assert_eq!(seen.len(), n as usize, "every row once");
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), n as usize, "no row twice");
+}

@@ -233,3 +233,30 @@ async fn a_database_moved_to_another_cluster_serves_every_row_again_and_cursors_
     let (new, _) = pull_all(&store, &ann, &cursor).await;
     assert_eq!(new.keys().collect::<Vec<_>>(), vec![&key(200)], "and then continues normally");
 }
+
+/// Autovacuum analyzes a growing table a minute late at best; without statistics the
+/// planner read each batch's stored rows by scanning the whole table. A store that has
+/// written enough rows analyzes the tables it wrote itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_load_analyzes_the_tables_it_grew() {
+    let (_url, store, ann, db) = setup().await;
+    let analyzed = async |table: &str| -> bool {
+        db.query_one("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = $1", &[&table])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert!(!analyzed("_ferry_rows").await && !analyzed("notes").await, "a new store is not analyzed yet");
+    for batch in 0..12u32 {
+        let rows = (0..1000).map(|i| note(batch * 1000 + i, &ann.user_id, "bulk", at(1, 1))).collect();
+        store.push(&ann, &format!("b{batch}"), None, rows).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    while !(analyzed("_ferry_rows").await && analyzed("notes").await) {
+        assert!(started.elapsed() < Duration::from_secs(30), "12 000 rows pushed, and no ANALYZE ran within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let estimate: f64 =
+        db.query_one("SELECT reltuples::float8 FROM pg_class WHERE relname = 'notes'", &[]).await.unwrap().get(0);
+    assert!(estimate >= 10_000.0, "the planner's row estimate for notes is {estimate}, expected about 12 000");
+}
