@@ -15,7 +15,7 @@ use ferry_core::{Hlc, RowState, Stamped, Value};
 use serde::{Deserialize, Serialize};
 
 mod page;
-pub use page::{DecodedPage, decode_page};
+pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, decode_page, decode_push};
 
 /// The path prefix of every protocol endpoint.
 pub const PREFIX: &str = "/v1";
@@ -439,11 +439,22 @@ pub fn encode_clocks(table: &Table, clocks: &RowClocks) -> WireClocks {
 /// # Errors
 /// A [`DecodeError`] naming the row for an unknown column or a malformed clock.
 pub fn decode_seen(table: &Table, row: &WireRow, state: &RowState) -> Result<RowClocks, DecodeError> {
-    let here = || format!("{} '{}'", table.name, row.key);
+    seen_of(table, &row.key, &row.base, row.seen.as_ref(), state)
+}
+
+/// [`decode_seen`] from a pushed row's parts: its key, `base` and `seen`.
+pub(crate) fn seen_of(
+    table: &Table,
+    key: &str,
+    base: &BTreeMap<String, String>,
+    seen: Option<&WireClocks>,
+    state: &RowState,
+) -> Result<RowClocks, DecodeError> {
+    let here = || format!("{} '{key}'", table.name);
     let hlc = |s: &str| s.parse::<Hlc>().map_err(|e| DecodeError(format!("{}: seen clock: {e}", here())));
-    let Some(seen) = &row.seen else {
+    let Some(seen) = seen else {
         let mut clocks = state.clocks();
-        clocks.cols.extend(decode_base(table, row)?);
+        clocks.cols.extend(base_of(table, key, base)?);
         return Ok(clocks);
     };
     let clock = hlc(&seen.clock)?;
@@ -466,18 +477,18 @@ pub fn decode_seen(table: &Table, row: &WireRow, state: &RowState) -> Result<Row
 /// # Errors
 /// A [`DecodeError`] naming the row for an unknown column or a malformed clock.
 pub fn decode_base(table: &Table, row: &WireRow) -> Result<BTreeMap<String, Hlc>, DecodeError> {
-    row.base
-        .iter()
+    base_of(table, &row.key, &row.base)
+}
+
+fn base_of(table: &Table, key: &str, base: &BTreeMap<String, String>) -> Result<BTreeMap<String, Hlc>, DecodeError> {
+    base.iter()
         .map(|(col, clock)| {
             if table.column(col).is_none() {
-                return Err(DecodeError(format!(
-                    "{} '{}': base clock for unknown column '{col}'",
-                    table.name, row.key
-                )));
+                return Err(DecodeError(format!("{} '{key}': base clock for unknown column '{col}'", table.name)));
             }
             let at = clock
                 .parse::<Hlc>()
-                .map_err(|e| DecodeError(format!("{} '{}': base clock of '{col}': {e}", table.name, row.key)))?;
+                .map_err(|e| DecodeError(format!("{} '{key}': base clock of '{col}': {e}", table.name)))?;
             Ok((col.clone(), at))
         })
         .collect()
@@ -751,6 +762,50 @@ mod tests {
             let expected = decode_row(&s, &row).unwrap_err().0;
             let got = decode_page(&s, &page(vec![row])).unwrap_err().0;
             assert_eq!(got, expected, "{values}");
+        }
+    }
+
+    /// `decode_push` against `PushRequest` + `decode_row` + `decode_seen`: the same rows and
+    /// versions, the same refusals, and what is not a push request is malformed.
+    #[test]
+    fn a_push_decoded_in_place_matches_decoding_its_wire_rows() {
+        let s = schema();
+        let t = s.table("jump").unwrap();
+        let at = Hlc::new(5, 1, SiteId(3));
+        let state = RowState::inserted([("n".to_owned(), Value::Integer(7)), ("note".to_owned(), Value::Null)], at);
+        let mut with_seen = encode_row(t, KEY, &state);
+        let mut seen = state.clocks();
+        seen.cols.insert("ok".into(), Hlc::new(2, 0, SiteId(1)));
+        with_seen.seen = Some(encode_clocks(t, &seen));
+        with_seen.base = [("n".to_owned(), Hlc::ZERO.to_string())].into();
+        let mut base_only = encode_row(t, KEY, &state);
+        base_only.base = [("n".to_owned(), Hlc::new(4, 0, SiteId(2)).to_string())].into();
+        let rows = vec![with_seen, base_only, encode_row(t, KEY, &state)];
+        let body = |rows: Vec<WireRow>| {
+            serde_json::to_vec(&PushRequest { batch_id: "b".into(), cursor: Some("c".into()), rows }).unwrap()
+        };
+        let decoded = decode_push(&s, &body(rows.clone())).unwrap();
+        assert_eq!((decoded.batch_id.as_str(), decoded.cursor.as_deref()), ("b", Some("c")));
+        for (got, w) in decoded.rows.iter().zip(&rows) {
+            let (table, st) = decode_row(&s, w).unwrap();
+            assert_eq!((got.table.as_str(), got.key.as_str(), &got.state), ("jump", KEY, &st));
+            assert_eq!(got.seen, decode_seen(table, w, &st).unwrap());
+        }
+        // Refusals read as decode_row's and decode_seen's.
+        let mut bad_seen = wire(serde_json::json!({"n": 1}));
+        bad_seen.seen = Some(WireClocks { exists_at: "x".into(), clock: at.to_string(), clocks: BTreeMap::new() });
+        let mut bad_base = wire(serde_json::json!({"n": 1}));
+        bad_base.base = [("color".to_owned(), at.to_string())].into();
+        for row in [wire(serde_json::json!({"n": "seven"})), wire(serde_json::json!({"note": "x"})), bad_seen, bad_base]
+        {
+            let expected = match decode_row(&s, &row) {
+                Err(e) => e.0,
+                Ok((table, st)) => decode_seen(table, &row, &st).unwrap_err().0,
+            };
+            assert_eq!(decode_push(&s, &body(vec![row])).unwrap_err(), PushError::Refused(expected));
+        }
+        for bad in ["not json", r#"{"batch_id": "b"}"#, r#"{"batch_id": "b", "rows": 5}"#, r#"{"rows": []}"#] {
+            assert!(matches!(decode_push(&s, bad.as_bytes()), Err(PushError::Malformed(_))), "{bad}");
         }
     }
 

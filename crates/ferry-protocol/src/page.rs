@@ -1,9 +1,11 @@
-//! A pull page decoded straight from its JSON into row states, with every check of
-//! [`decode_row`](crate::decode_row) and the same messages, without building a
-//! [`WireRow`](crate::WireRow) (and its map of JSON values) for each row first: on a
-//! hydrate that intermediate form cost a quarter of the device's CPU.
+//! Pull pages and push requests decoded straight from their JSON into row states, with
+//! every check of [`decode_row`](crate::decode_row) (and [`decode_seen`](crate::decode_seen))
+//! and the same messages, without building a [`WireRow`](crate::WireRow) (and its map of
+//! JSON values) for each row first: on a hydrate that intermediate form cost a quarter of
+//! the device's CPU, on a push a third of the server's.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -11,7 +13,7 @@ use ferry_core::schema::{ColType, Schema, Table};
 use ferry_core::{RowState, Value};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::{DecodeError, Decoded, RowHead, build_row};
+use crate::{DecodeError, Decoded, RowHead, WireClocks, build_row};
 
 /// A decoded pull page: rows as (table, key, state), the cursor, and whether more wait.
 #[derive(Debug)]
@@ -30,6 +32,120 @@ pub fn decode_page(schema: &Schema, json: &[u8]) -> Result<DecodedPage, DecodeEr
     let page = PageSeed(schema).deserialize(&mut de).map_err(refusal)?;
     de.end().map_err(refusal)?;
     Ok(page)
+}
+
+/// A decoded push request ([`PushRequest`](crate::PushRequest)).
+#[derive(Debug)]
+pub struct DecodedPush {
+    pub batch_id: String,
+    pub cursor: Option<String>,
+    pub rows: Vec<PushedRow>,
+}
+
+/// A pushed row: its state and the clocks of the version its change started from
+/// ([`decode_seen`](crate::decode_seen)).
+#[derive(Debug)]
+pub struct PushedRow {
+    pub table: String,
+    pub key: String,
+    pub state: RowState,
+    pub seen: ferry_core::strategy::RowClocks,
+}
+
+/// Why a push body was not decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// Not a push request: bad JSON, a missing or mistyped field (serde_json's message).
+    Malformed(String),
+    /// A row [`decode_row`](crate::decode_row) or [`decode_seen`](crate::decode_seen) would
+    /// refuse, with their message.
+    Refused(String),
+}
+
+/// Decodes a [`PushRequest`](crate::PushRequest) body against `schema`.
+///
+/// # Errors
+/// [`PushError`]: malformed, or the first row refused.
+pub fn decode_push(schema: &Schema, json: &[u8]) -> Result<DecodedPush, PushError> {
+    let refused = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let push = PushSeed { schema, refused: &refused }.deserialize(&mut de).and_then(|p| de.end().map(|()| p));
+    push.map_err(|e| match refused.take() {
+        Some(message) => PushError::Refused(message),
+        None => PushError::Malformed(e.to_string()),
+    })
+}
+
+struct PushSeed<'s> {
+    schema: &'s Schema,
+    refused: &'s RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for PushSeed<'_> {
+    type Value = DecodedPush;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<DecodedPush, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PushSeed<'_> {
+    type Value = DecodedPush;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a push request")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DecodedPush, A::Error> {
+        let (mut batch_id, mut cursor, mut rows) = (None, None, None);
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            match k.as_ref() {
+                "batch_id" => batch_id = Some(map.next_value::<String>()?),
+                "cursor" => cursor = map.next_value::<Option<String>>()?,
+                "rows" => {
+                    rows = Some(map.next_value_seed(PushRowsSeed { schema: self.schema, refused: self.refused })?)
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(DecodedPush {
+            batch_id: batch_id.ok_or_else(|| serde::de::Error::missing_field("batch_id"))?,
+            cursor,
+            rows: rows.ok_or_else(|| serde::de::Error::missing_field("rows"))?,
+        })
+    }
+}
+
+struct PushRowsSeed<'s> {
+    schema: &'s Schema,
+    refused: &'s RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for PushRowsSeed<'_> {
+    type Value = Vec<PushedRow>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PushRowsSeed<'_> {
+    type Value = Vec<PushedRow>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of rows")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        let seed = || RowSeed { schema: self.schema, refused: Some(self.refused) };
+        while let Some(row) = seq.next_element_seed(seed())? {
+            let refuse = |e: DecodeError| {
+                *self.refused.borrow_mut() = Some(e.0.clone());
+                serde::de::Error::custom(e.0)
+            };
+            let table = self.schema.table(&row.table).expect("the row was decoded against this table");
+            let seen = crate::seen_of(table, &row.key, &row.base, row.seen.as_ref(), &row.state).map_err(refuse)?;
+            rows.push(PushedRow { table: row.table, key: row.key, state: row.state, seen });
+        }
+        Ok(rows)
+    }
 }
 
 /// A refused row reads as [`decode_row`](crate::decode_row) says it (without the position
@@ -93,24 +209,37 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(row) = seq.next_element_seed(RowSeed(self.0))? {
-            rows.push(row);
+        while let Some(row) = seq.next_element_seed(RowSeed { schema: self.0, refused: None })? {
+            rows.push((row.table, row.key, row.state));
         }
         Ok(rows)
     }
 }
 
-struct RowSeed<'s>(&'s Schema);
+/// A row as read: its table, key and state, and a pushed row's `base` and `seen`.
+struct RowParts {
+    table: String,
+    key: String,
+    state: RowState,
+    base: BTreeMap<String, String>,
+    seen: Option<WireClocks>,
+}
+
+/// One row; a refusal's message is also left in `refused` when given.
+struct RowSeed<'s> {
+    schema: &'s Schema,
+    refused: Option<&'s RefCell<Option<String>>>,
+}
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = (String, String, RowState);
+    type Value = RowParts;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for RowSeed<'_> {
-    type Value = (String, String, RowState);
+    type Value = RowParts;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a row")
     }
@@ -121,6 +250,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let mut exists_at: Option<String> = None;
         let mut clock: Option<String> = None;
         let mut clocks = BTreeMap::new();
+        let (mut base, mut seen) = (BTreeMap::new(), None);
         // Values are decoded by column type as they are read when the table came first
         // (as Ferry's server writes it); otherwise kept as JSON and decoded at the end.
         let mut values: Vec<(String, Result<Value, String>)> = Vec::new();
@@ -133,7 +263,9 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                 "exists_at" => exists_at = Some(map.next_value()?),
                 "clock" => clock = Some(map.next_value()?),
                 "clocks" => clocks = map.next_value()?,
-                "values" => match table.as_deref().and_then(|t| self.0.table(t)) {
+                "base" => base = map.next_value()?,
+                "seen" => seen = map.next_value()?,
+                "values" => match table.as_deref().and_then(|t| self.schema.table(t)) {
                     Some(t) => values = map.next_value_seed(ValuesSeed(t))?,
                     None => later = Some(map.next_value()?),
                 },
@@ -156,12 +288,17 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         };
         let decoded = match &later {
             Some(json) => {
-                build_row(self.0, &head, json.iter().map(|(n, j)| (Cow::Borrowed(n.as_str()), Decoded::Json(j))))
+                build_row(self.schema, &head, json.iter().map(|(n, j)| (Cow::Borrowed(n.as_str()), Decoded::Json(j))))
             }
-            None => build_row(self.0, &head, values.into_iter().map(|(n, v)| (Cow::Owned(n), Decoded::Read(v)))),
+            None => build_row(self.schema, &head, values.into_iter().map(|(n, v)| (Cow::Owned(n), Decoded::Read(v)))),
         };
-        let (_, state) = decoded.map_err(|e| serde::de::Error::custom(e.0))?;
-        Ok((table, key, state))
+        let (_, state) = decoded.map_err(|e| {
+            if let Some(refused) = self.refused {
+                *refused.borrow_mut() = Some(e.0.clone());
+            }
+            serde::de::Error::custom(e.0)
+        })?;
+        Ok(RowParts { table, key, state, base, seen })
     }
 }
 

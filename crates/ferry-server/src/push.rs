@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use ferry_protocol::{MAX_PUSH_ROWS, PushRequest, PushResponse, RejectedRow};
+use ferry_protocol::{MAX_PUSH_ROWS, PushResponse, RejectedRow};
 use ferry_store::{IncomingRow, Store};
 
 use crate::auth::Authed;
@@ -18,8 +18,11 @@ pub async fn push<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PushResponse>, ApiError> {
     let body = body.map_err(|e| body_error(&state, &e))?;
-    let req: PushRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed push body: {e}")))?;
+    let schema = state.store.schema();
+    let req = ferry_protocol::decode_push(schema, &body).map_err(|e| match e {
+        ferry_protocol::PushError::Malformed(e) => ApiError::BadRequest(format!("malformed push body: {e}")),
+        ferry_protocol::PushError::Refused(message) => ApiError::BadRequest(message),
+    })?;
     if req.batch_id.is_empty() || req.batch_id.len() > 100 {
         return Err(ApiError::BadRequest(format!(
             "batch_id '{}' must be 1 to 100 characters",
@@ -32,16 +35,11 @@ pub async fn push<S: Store>(
             req.rows.len()
         )));
     }
-    let schema = state.store.schema();
-    let rows = req
+    let rows: Vec<IncomingRow> = req
         .rows
-        .iter()
-        .map(|w| {
-            let (table, st) = ferry_protocol::decode_row(schema, w).map_err(|e| ApiError::BadRequest(e.0))?;
-            let seen = ferry_protocol::decode_seen(table, w, &st).map_err(|e| ApiError::BadRequest(e.0))?;
-            Ok(IncomingRow { seen: Some(seen), ..IncomingRow::new(&table.name, &w.key, st) })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .into_iter()
+        .map(|r| IncomingRow { table: r.table, key: r.key, state: r.state, seen: Some(r.seen), if_version: None })
+        .collect();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     for r in &rows {
         let ahead = u128::from(r.state.max_clock().wall_ms()).saturating_sub(now_ms);
