@@ -725,58 +725,19 @@ impl Replica {
             let pk = key.1.as_str();
             let found =
                 stored.remove(&key).ok_or_else(|| Error::Local(format!("{} '{pk}' was not read back", key.0)))?;
-            let mut state = match &found.meta {
-                Some(meta) => ferry_sqlite::state_of(&ts.table, meta, None),
-                None => RowState::unknown(),
+            // A row inserted here and not written since, the bulk of a large outbox: its state
+            // is its values, all at the insert's clock, each replacing nothing (what the
+            // general rule makes of it, without copying the values).
+            let fresh_insert =
+                found.meta.is_none() && found.values.is_some() && matches!(row_ops.as_slice(), [(op, ..)] if op == "I");
+            let (state, base, first_seen) = if fresh_insert {
+                let names = ts.table.data_columns().map(|c| c.name.clone());
+                let state = RowState::inserted(names.zip(found.values.expect("checked")), row_ops[0].3);
+                let base = state.cols.keys().map(|c| (c.clone(), Hlc::ZERO)).collect();
+                (state, base, Some(RowState::unknown().clocks()))
+            } else {
+                Self::stamped_state(ts, pk, row_ops, found)?
             };
-            let known = state.exists.at != Hlc::ZERO;
-            let current = found.values;
-            let last_values: BTreeMap<String, Value> = match &current {
-                Some(vals) => ts.table.data_columns().map(|c| c.name.clone()).zip(vals.iter().cloned()).collect(),
-                None => match row_ops.iter().rev().find_map(|o| o.2.as_ref()) {
-                    Some(json) => ferry_sqlite::decode_values(&ts.table, json)
-                        .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?,
-                    None => state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect(),
-                },
-            };
-            // What the local writer had seen of each column it changed: the clock of the
-            // value replaced by the first change not yet acknowledged by the server.
-            let mut base = parse_base(&ts.table, pk, found.base)?;
-            let recorded_seen = found.seen.map(|j| parse_seen(&ts.table.name, pk, &j)).transpose()?;
-            // The version the first unacknowledged change started from.
-            let first_seen = recorded_seen.is_none().then(|| state.clocks());
-            let mut saw = |state: &RowState, cols: &mut dyn Iterator<Item = &String>| {
-                for c in cols {
-                    base.entry(c.clone()).or_insert_with(|| state.cols.get(c).map_or(Hlc::ZERO, |s| s.at));
-                }
-            };
-            for (op, cols, _, at) in row_ops {
-                match op.as_str() {
-                    // An update of a row Ferry never tracked (it predates capture) is its first
-                    // appearance: record the whole row, as an insert.
-                    "I" | "U" if op == "I" || (!known && state.exists.at == Hlc::ZERO) => {
-                        saw(&state, &mut last_values.keys());
-                        state.insert(last_values.clone(), *at);
-                    }
-                    "D" => state.delete(*at),
-                    _ => {
-                        let names: Vec<String> = cols
-                            .as_deref()
-                            .map(serde_json::from_str)
-                            .transpose()
-                            .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?
-                            .unwrap_or_default();
-                        saw(&state, &mut names.iter());
-                        let changed = names.into_iter().filter_map(|c| last_values.get(&c).map(|v| (c, v.clone())));
-                        state.update(changed, *at);
-                    }
-                }
-            }
-            for (col, s) in state.cols.iter_mut() {
-                if let Some(v) = last_values.get(col) {
-                    s.value = v.clone();
-                }
-            }
             let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
             // Rows inserted in one go share their change record (every column replaced
             // nothing, from the same empty version): its JSON is made once per run of them.
@@ -791,6 +752,70 @@ impl Replica {
         tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;
         set_meta(tx, "clock", &clock.last().to_string())?;
         Ok((count, Some(last_rowid)))
+    }
+
+    /// A row's state after its captured writes `row_ops`, from what is stored of it
+    /// (`found`), with its change record: the base clock of each column written and, for a
+    /// first unacknowledged change, the version it started from.
+    fn stamped_state(
+        ts: &TableSql,
+        pk: &str,
+        row_ops: &[RowOp],
+        found: ferry_sqlite::Stored,
+    ) -> Result<(RowState, BTreeMap<String, Hlc>, Option<RowClocks>)> {
+        let mut state = match &found.meta {
+            Some(meta) => ferry_sqlite::state_of(&ts.table, meta, None),
+            None => RowState::unknown(),
+        };
+        let known = state.exists.at != Hlc::ZERO;
+        let current = found.values;
+        let last_values: BTreeMap<String, Value> = match &current {
+            Some(vals) => ts.table.data_columns().map(|c| c.name.clone()).zip(vals.iter().cloned()).collect(),
+            None => match row_ops.iter().rev().find_map(|o| o.2.as_ref()) {
+                Some(json) => ferry_sqlite::decode_values(&ts.table, json)
+                    .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?,
+                None => state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect(),
+            },
+        };
+        // What the local writer had seen of each column it changed: the clock of the
+        // value replaced by the first change not yet acknowledged by the server.
+        let mut base = parse_base(&ts.table, pk, found.base)?;
+        let recorded_seen = found.seen.map(|j| parse_seen(&ts.table.name, pk, &j)).transpose()?;
+        // The version the first unacknowledged change started from.
+        let first_seen = recorded_seen.is_none().then(|| state.clocks());
+        let mut saw = |state: &RowState, cols: &mut dyn Iterator<Item = &String>| {
+            for c in cols {
+                base.entry(c.clone()).or_insert_with(|| state.cols.get(c).map_or(Hlc::ZERO, |s| s.at));
+            }
+        };
+        for (op, cols, _, at) in row_ops {
+            match op.as_str() {
+                // An update of a row Ferry never tracked (it predates capture) is its first
+                // appearance: record the whole row, as an insert.
+                "I" | "U" if op == "I" || (!known && state.exists.at == Hlc::ZERO) => {
+                    saw(&state, &mut last_values.keys());
+                    state.insert(last_values.clone(), *at);
+                }
+                "D" => state.delete(*at),
+                _ => {
+                    let names: Vec<String> = cols
+                        .as_deref()
+                        .map(serde_json::from_str)
+                        .transpose()
+                        .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?
+                        .unwrap_or_default();
+                    saw(&state, &mut names.iter());
+                    let changed = names.into_iter().filter_map(|c| last_values.get(&c).map(|v| (c, v.clone())));
+                    state.update(changed, *at);
+                }
+            }
+        }
+        for (col, s) in state.cols.iter_mut() {
+            if let Some(v) = last_values.get(col) {
+                s.value = v.clone();
+            }
+        }
+        Ok((state, base, first_seen))
     }
 
     /// Up to `limit` rows with local changes the server has not acknowledged, oldest first.
