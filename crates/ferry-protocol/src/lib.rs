@@ -459,16 +459,22 @@ pub(crate) fn seen_of(
     };
     let clock = hlc(&seen.clock)?;
     let mut out = RowClocks { exists: hlc(&seen.exists_at)?, cols: BTreeMap::new() };
-    for col in table.data_columns() {
-        out.cols.insert(col.name.clone(), clock);
+    // Columns at the zero clock were never written: they are left out (a new row's version
+    // has none).
+    if clock != Hlc::ZERO {
+        for col in table.data_columns() {
+            out.cols.insert(col.name.clone(), clock);
+        }
     }
     for (col, at) in &seen.clocks {
         if table.column(col).is_none() {
             return Err(DecodeError(format!("{}: seen clock for unknown column '{col}'", here())));
         }
-        out.cols.insert(col.clone(), hlc(at)?);
+        match hlc(at)? {
+            Hlc::ZERO => out.cols.remove(col),
+            at => out.cols.insert(col.clone(), at),
+        };
     }
-    out.cols.retain(|_, h| *h != Hlc::ZERO);
     Ok(out)
 }
 
