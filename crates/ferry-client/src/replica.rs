@@ -57,39 +57,55 @@ pub struct QueuePosition {
 pub struct Stamping {
     /// Outbox entries up to this rowid have been stamped.
     stamped_through: i64,
-    /// Outbox entries up to this rowid are in `last`.
+    /// Outbox entries up to this rowid have been looked at.
     read_through: i64,
-    /// For each row with entries in the outbox (its table and key hashed to 128 bits): the
-    /// rowid of its last entry.
-    last: HashMap<u128, i64>,
+    /// The outbox when stamping started: for each row with entries in it (its table and key
+    /// hashed), the rowid of its last entry, sorted by hash. 16 bytes an entry.
+    first: Vec<(u64, i64)>,
+    /// The same for entries captured since.
+    later: HashMap<u64, i64>,
 }
 
 impl Stamping {
-    fn hash(table: &str, key: &str) -> u128 {
+    /// 64 bits: two keys sharing a hash only hold a row back until the next sync.
+    fn hash(table: &str, key: &str) -> u64 {
         use std::hash::{Hash, Hasher};
-        let half = |salt: u8| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (salt, table, key).hash(&mut h);
-            h.finish()
-        };
-        (u128::from(half(1)) << 64) | u128::from(half(2))
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (table, key).hash(&mut h);
+        h.finish()
     }
 
     /// Takes in the outbox entries captured since the last look.
     fn catch_up(&mut self, tx: &Connection) -> Result<()> {
+        let starting = self.read_through == 0 && self.first.is_empty();
         let mut read = tx.prepare_cached("SELECT rowid, tbl, CAST(pk AS TEXT) FROM _ferry_outbox WHERE rowid > ?1")?;
         let mut rows = read.query([self.read_through])?;
         while let Some(r) = rows.next()? {
             let (rowid, table, key): (i64, String, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            self.last.insert(Self::hash(&table, key.as_deref().unwrap_or("")), rowid);
+            let hash = Self::hash(&table, key.as_deref().unwrap_or(""));
+            if starting {
+                self.first.push((hash, rowid));
+            } else {
+                self.later.insert(hash, rowid);
+            }
             self.read_through = rowid;
+        }
+        if starting {
+            // Sorted by hash, then rowid: the last of each run is the row's last entry.
+            self.first.sort_unstable();
+            self.first.reverse();
+            self.first.dedup_by_key(|e| e.0);
+            self.first.reverse();
+            self.first.shrink_to_fit();
         }
         Ok(())
     }
 
     /// Whether the row has captured writes not stamped yet.
     fn waiting(&self, table: &str, key: &str) -> bool {
-        self.last.get(&Self::hash(table, key)).is_some_and(|&rowid| rowid > self.stamped_through)
+        let hash = Self::hash(table, key);
+        let first = self.first.binary_search_by_key(&hash, |e| e.0).ok().map(|i| self.first[i].1);
+        first.into_iter().chain(self.later.get(&hash).copied()).any(|rowid| rowid > self.stamped_through)
     }
 }
 
