@@ -417,10 +417,12 @@ impl Replica {
     /// # Errors
     /// When the file cannot be opened or is not an SQLite database.
     pub fn open(path: &Path) -> Result<Replica> {
-        let conn =
+        let mut conn =
             ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
         ferry_sqlite::ensure_rows_table(&conn)?;
         conn.execute_batch(capture::BOOKKEEPING)?;
+        conn.execute_batch(&capture::outbox_ddl("_ferry_outbox"))?;
+        capture::upgrade_outbox(&mut conn)?;
         conn.execute_batch(crate::queue::QUEUE_TABLES)?;
         conn.execute_batch(crate::files::FILE_TABLES)?;
         // Columns added to the replica's conflict view since its first release.
