@@ -494,51 +494,6 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
     Ok(conn)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_core::SiteId;
-    use ferry_core::schema::Schema;
-
-    fn setup() -> (Connection, TableSql) {
-        let schema = Schema::parse(
-            "CREATE TABLE notes (id uuid PRIMARY KEY, body text, n integer, r real, b bytea);",
-            &BTreeMap::new(),
-        )
-        .unwrap();
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(ROWS_DDL).unwrap();
-        let t = &schema.tables[0];
-        conn.execute_batch(&t.sqlite_ddl()).unwrap();
-        (conn, TableSql::new(t))
-    }
-
-    #[test]
-    fn states_round_trip_through_the_file_alive_and_dead() {
-        let (conn, ts) = setup();
-        let at = |ms| Hlc::new(ms, 0, SiteId(9));
-        let mut state = RowState::inserted(
-            [
-                ("body".to_owned(), Value::Text("hi".into())),
-                ("n".to_owned(), Value::Integer(3)),
-                ("r".to_owned(), Value::Real(1.0)),
-                ("b".to_owned(), Value::Blob(vec![0, 255])),
-            ],
-            at(1),
-        );
-        state.update([("n".to_owned(), Value::Integer(4))], at(2));
-        store_state(&conn, &ts, "k", &state, &Extra::default()).unwrap();
-        let (loaded, _) = load_state(&conn, &ts, "k").unwrap().unwrap();
-        assert_eq!(loaded, state);
-
-        state.delete(at(3));
-        store_state(&conn, &ts, "k", &state, &Extra::default()).unwrap();
-        assert!(ts.read(&conn, "k").unwrap().is_none(), "a dead row leaves the application table");
-        let (loaded, _) = load_state(&conn, &ts, "k").unwrap().unwrap();
-        assert_eq!(loaded, state, "the tombstone keeps values and clocks");
-    }
-}
-
 /// Creates `table` in `conn` if it is missing; if it exists, checks it against the schema
 /// and adds missing nullable columns (the additive changes that need no resync).
 ///
@@ -595,4 +550,49 @@ pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec
         done.push(format!("added column '{}' to '{}'", col.name, table.name));
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::SiteId;
+    use ferry_core::schema::Schema;
+
+    fn setup() -> (Connection, TableSql) {
+        let schema = Schema::parse(
+            "CREATE TABLE notes (id uuid PRIMARY KEY, body text, n integer, r real, b bytea);",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(ROWS_DDL).unwrap();
+        let t = &schema.tables[0];
+        conn.execute_batch(&t.sqlite_ddl()).unwrap();
+        (conn, TableSql::new(t))
+    }
+
+    #[test]
+    fn states_round_trip_through_the_file_alive_and_dead() {
+        let (conn, ts) = setup();
+        let at = |ms| Hlc::new(ms, 0, SiteId(9));
+        let mut state = RowState::inserted(
+            [
+                ("body".to_owned(), Value::Text("hi".into())),
+                ("n".to_owned(), Value::Integer(3)),
+                ("r".to_owned(), Value::Real(1.0)),
+                ("b".to_owned(), Value::Blob(vec![0, 255])),
+            ],
+            at(1),
+        );
+        state.update([("n".to_owned(), Value::Integer(4))], at(2));
+        store_state(&conn, &ts, "k", &state, &Extra::default()).unwrap();
+        let (loaded, _) = load_state(&conn, &ts, "k").unwrap().unwrap();
+        assert_eq!(loaded, state);
+
+        state.delete(at(3));
+        store_state(&conn, &ts, "k", &state, &Extra::default()).unwrap();
+        assert!(ts.read(&conn, "k").unwrap().is_none(), "a dead row leaves the application table");
+        let (loaded, _) = load_state(&conn, &ts, "k").unwrap().unwrap();
+        assert_eq!(loaded, state, "the tombstone keeps values and clocks");
+    }
 }
