@@ -569,18 +569,14 @@ impl Replica {
     /// index of the application's removes the other row without firing a delete trigger.
     /// Only tables with such an index are scanned.
     pub fn stamp(&mut self) -> Result<usize> {
-        let mut n = 0;
+        let (mut stamping, mut n) = (Stamping::default(), 0);
         loop {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (done, _) = Self::stamp_in(&tx, &self.tables, STAMP_CHUNK)?;
-            tx.commit()?;
+            let (done, more) = self.stamp_chunk(&mut stamping)?;
             n += done;
-            if done < STAMP_CHUNK as usize {
-                break;
+            if !more {
+                return Ok(n);
             }
         }
-        self.find_uncaptured_deletes()?;
-        Ok(n)
     }
 
     /// Starts stamping the outbox as a push goes (instead of all of it before the first
@@ -595,15 +591,21 @@ impl Replica {
     /// Stamps the next [`STAMP_CHUNK`] outbox entries; false once the outbox is empty (and
     /// the stamping done, as [`Replica::stamp`] does it).
     pub fn stamp_next(&mut self, stamping: &mut Stamping) -> Result<bool> {
+        Ok(self.stamp_chunk(stamping)?.1)
+    }
+
+    /// One chunk of [`Replica::stamp`], in its own transaction: how many outbox entries it
+    /// took, and whether more may wait (otherwise the stamping is finished).
+    fn stamp_chunk(&mut self, stamping: &mut Stamping) -> Result<(usize, bool)> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (done, last) = Self::stamp_in(&tx, &self.tables, STAMP_CHUNK)?;
         tx.commit()?;
         stamping.stamped_through = stamping.stamped_through.max(last.unwrap_or(0));
         if done < STAMP_CHUNK as usize {
             self.find_uncaptured_deletes()?;
-            return Ok(false);
+            return Ok((done, false));
         }
-        Ok(true)
+        Ok((done, true))
     }
 
     /// Rows deleted without capture, in tables with a unique index besides the key (see
@@ -733,8 +735,9 @@ impl Replica {
                 }
             }
         }
-        type ChangeJson = (Option<String>, Option<String>);
-        let mut last_change: Option<(BTreeMap<String, Hlc>, Option<RowClocks>, ChangeJson)> = None;
+        // The change record of a row inserted here: the same for every such row of a table
+        // (every column replacing nothing, from the empty version), so made once.
+        let mut new_row_change: HashMap<&str, (Option<String>, Option<String>)> = HashMap::new();
         for key in order {
             let Some(ts) = tables.get(&key.0) else {
                 continue;
@@ -744,27 +747,30 @@ impl Replica {
             let found =
                 stored.remove(&key).ok_or_else(|| Error::Local(format!("{} '{pk}' was not read back", key.0)))?;
             // A row inserted here and not written since, the bulk of a large outbox: its state
-            // is its values, all at the insert's clock, each replacing nothing (what the
-            // general rule makes of it, without copying the values).
+            // is its values, all at the insert's clock (what the general rule makes of it,
+            // without copying the values).
             let fresh_insert =
                 found.meta.is_none() && found.values.is_some() && matches!(row_ops.as_slice(), [(op, ..)] if op == "I");
-            let (state, base, first_seen) = if fresh_insert {
+            let general;
+            let (state, change) = if fresh_insert {
                 let names = ts.table.data_columns().map(|c| c.name.clone());
                 let state = RowState::inserted(names.zip(found.values.expect("checked")), row_ops[0].3);
-                let base = state.cols.keys().map(|c| (c.clone(), Hlc::ZERO)).collect();
-                (state, base, Some(RowState::unknown().clocks()))
+                let change = match new_row_change.entry(ts.table.name.as_str()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let base = ts.table.data_columns().map(|c| (c.name.clone(), Hlc::ZERO)).collect();
+                        e.insert(change_json(&ts.table, &base, Some(&RowState::unknown().clocks()))?)
+                    }
+                };
+                (state, &*change)
             } else {
-                Self::stamped_state(ts, pk, row_ops, found)?
+                let (state, base, first_seen) = Self::stamped_state(ts, pk, row_ops, found)?;
+                general = change_json(&ts.table, &base, first_seen.as_ref())?;
+                (state, &general)
             };
             let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
-            // Rows inserted in one go share their change record (every column replaced
-            // nothing, from the same empty version): its JSON is made once per run of them.
-            if last_change.as_ref().is_none_or(|(b, s, _)| *b != base || s.as_ref() != first_seen.as_ref()) {
-                let json = change_json(&ts.table, &base, first_seen.as_ref())?;
-                last_change = Some((base, first_seen, json));
-            }
-            let (_, _, (base, seen)) = last_change.as_ref().expect("just set");
-            let extra = Extra { pending: stamp, change: Some((base.as_deref(), seen.as_deref())), ..Extra::default() };
+            let extra =
+                Extra { pending: stamp, change: Some((change.0.as_deref(), change.1.as_deref())), ..Extra::default() };
             ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &extra)?;
         }
         tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;

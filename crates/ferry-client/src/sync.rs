@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::remote::Remote;
-use crate::replica::{PendingRow, PulledRow, Replica};
+use crate::replica::{PendingRow, PulledRow, QueuePosition, Replica, Stamping};
 
 /// Tunables of one sync.
 #[derive(Clone, Debug)]
@@ -158,6 +158,7 @@ async fn push_batch(
 /// A batch's rows serialized for a push request (a JSON array of
 /// [`ferry_protocol::RowOut`], straight from their states), and the batch's fingerprint.
 /// Made while the previous batch is out; [`push_request`] wraps it once that is answered.
+#[derive(Default)]
 struct EncodedRows {
     json: Vec<u8>,
     fingerprint: String,
@@ -177,7 +178,8 @@ fn encode_rows(replica: &Replica, rows: &[PendingRow]) -> Result<EncodedRows> {
                 key: &r.key,
                 state: &r.state,
                 // The server reads `base` only when `seen` is missing (as older clients
-                // sent it): with `seen` it is left out (~700 bytes a row for a new one).
+                // sent it): with `seen` it is left out (747 bytes of JSON for a new row of
+                // the example app's `jump_log`).
                 base: r.seen.is_none().then_some(&r.base),
                 seen: r.seen.as_ref(),
             })
@@ -355,7 +357,8 @@ async fn sync_once(
 
     // A large outbox is stamped a chunk at a time while pushes are out, instead of all of
     // it before the first batch goes.
-    let mut stamping = if opts.direction != Direction::Down {
+    let (push, pull) = (opts.direction != Direction::Down, opts.direction != Direction::Up);
+    let mut stamping = if push {
         replica.start_stamping()?
     } else {
         replica.stamp()?;
@@ -379,45 +382,41 @@ async fn sync_once(
     };
     // One pull cursor per selection of tables.
     let cursor_key = tables.as_ref().map_or_else(|| "cursor".to_owned(), |t| format!("cursor:{}", t.join(",")));
-    let (push, pull) = (opts.direction != Direction::Down, opts.direction != Direction::Up);
     // One batch is out at a time; while it is, the outbox's next chunk is stamped and the
     // next batch read and encoded, so the server's work on one batch and this replica's on
     // the next overlap.
-    let (mut rows, mut end) = if push {
-        replica.pending_while_stamping(opts.push_batch, tables.as_deref(), None, stamping.as_mut())?
-    } else {
-        (Vec::new(), None)
+    let read = |replica: &mut Replica, stamping: &mut Option<Stamping>, after: Option<&QueuePosition>| {
+        let (rows, end) =
+            replica.pending_while_stamping(opts.push_batch, tables.as_deref(), after, stamping.as_mut())?;
+        let json = encode_rows(replica, &rows)?;
+        Ok::<_, Error>(Batch { rows, end, json })
     };
-    let mut encoded = encode_rows(replica, &rows)?;
-    while !rows.is_empty() || stamping.is_some() {
-        if rows.is_empty() {
+    let mut batch = if push { read(replica, &mut stamping, None)? } else { Batch::default() };
+    while !batch.rows.is_empty() || stamping.is_some() {
+        if batch.rows.is_empty() {
             // Every row read waits for a write still in the outbox: stamp on.
             stamp_on(replica, &mut stamping)?;
-            (rows, end) =
-                replica.pending_while_stamping(opts.push_batch, tables.as_deref(), end.as_ref(), stamping.as_mut())?;
-            encoded = encode_rows(replica, &rows)?;
+            batch = read(replica, &mut stamping, batch.end.as_ref())?;
             continue;
         }
-        let (request, sent) = push_request(replica, &encoded)?;
+        let (request, sent) = push_request(replica, &batch.json)?;
         let mut flight = {
             let remote = remote.clone();
             InFlight(tokio::spawn(async move { remote.push_json(request).await }))
         };
         stamp_on(replica, &mut stamping)?;
-        let (next, next_end) =
-            replica.pending_while_stamping(opts.push_batch, tables.as_deref(), end.as_ref(), stamping.as_mut())?;
-        let next_encoded = encode_rows(replica, &next)?;
+        let next = read(replica, &mut stamping, batch.end.as_ref())?;
         match (&mut flight.0).await.map_err(|e| Error::Local(format!("push task failed: {e}")))? {
             Ok(resp) => {
-                acknowledge(replica, &rows, resp, &sent, &mut report)?;
+                acknowledge(replica, &batch.rows, resp, &sent, &mut report)?;
                 progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) });
             }
             Err(e) if refuses_rows(&e) => {
-                push_refused(replica, remote, rows, e, total, &mut report, &mut *progress).await?;
+                push_refused(replica, remote, batch.rows, e, total, &mut report, &mut *progress).await?;
             }
             Err(e) => return Err(e),
         }
-        (rows, end, encoded) = (next, next_end, next_encoded);
+        batch = next;
     }
 
     let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
@@ -452,8 +451,17 @@ async fn sync_once(
     Ok(report)
 }
 
+/// A batch of pending rows read for a push: the rows, where they end in the queue, and
+/// their encoding.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<PendingRow>,
+    end: Option<QueuePosition>,
+    json: EncodedRows,
+}
+
 /// Stamps the outbox's next chunk; `stamping` becomes `None` once the outbox is empty.
-fn stamp_on(replica: &mut Replica, stamping: &mut Option<crate::replica::Stamping>) -> Result<()> {
+fn stamp_on(replica: &mut Replica, stamping: &mut Option<Stamping>) -> Result<()> {
     if let Some(s) = stamping.as_mut()
         && !replica.stamp_next(s)?
     {

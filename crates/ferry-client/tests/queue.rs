@@ -8,6 +8,14 @@ use ferry_client::Replica;
 use ferry_core::schema::Schema;
 use ferry_protocol::SchemaResponse;
 
+/// A replica in `dir` with the schema `ddl` installed.
+fn replica(dir: &tempfile::TempDir, ddl: &str) -> Replica {
+    let schema = Schema::parse(ddl, &BTreeMap::new()).unwrap();
+    let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
+    replica.install_schema(&SchemaResponse::from_schema(&schema)).unwrap();
+    replica
+}
+
 fn key(i: u32) -> String {
     format!("01900000-0000-7000-8000-{i:012}")
 }
@@ -15,9 +23,7 @@ fn key(i: u32) -> String {
 #[test]
 fn batches_read_one_after_another_give_every_row_once_even_when_one_is_restamped() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, title text);", &BTreeMap::new()).unwrap();
-    let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
-    replica.install_schema(&SchemaResponse::from_schema(&schema)).unwrap();
+    let mut replica = replica(&dir, "CREATE TABLE notes (id uuid PRIMARY KEY, title text);");
     for i in 1..=7 {
         replica.connection().execute("INSERT INTO notes (id, title) VALUES (?1, 'n')", [key(i)]).unwrap();
     }
@@ -55,9 +61,7 @@ fn batches_read_one_after_another_give_every_row_once_even_when_one_is_restamped
 #[test]
 fn a_row_written_again_later_in_a_large_outbox_is_read_once_its_last_write_is_stamped() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, title text);", &BTreeMap::new()).unwrap();
-    let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
-    replica.install_schema(&SchemaResponse::from_schema(&schema)).unwrap();
+    let mut replica = replica(&dir, "CREATE TABLE notes (id uuid PRIMARY KEY, title text);");
     let n = 3 * ferry_client::replica::STAMP_CHUNK as u32;
     {
         let conn = replica.connection();
@@ -103,10 +107,7 @@ fn a_row_written_again_later_in_a_large_outbox_is_read_once_its_last_write_is_st
 #[test]
 fn a_freshly_inserted_row_is_stamped_whole_with_every_column_new() {
     let dir = tempfile::tempdir().unwrap();
-    let schema =
-        Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, title text, n integer);", &BTreeMap::new()).unwrap();
-    let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
-    replica.install_schema(&SchemaResponse::from_schema(&schema)).unwrap();
+    let mut replica = replica(&dir, "CREATE TABLE notes (id uuid PRIMARY KEY, title text, n integer);");
     replica.connection().execute("INSERT INTO notes (id, title) VALUES (?1, 'hello')", [key(1)]).unwrap();
     let rows = replica.pending(10).unwrap();
     assert_eq!(rows.len(), 1);

@@ -479,13 +479,6 @@ pub(crate) fn seen_of(
 }
 
 /// Reads a pushed row's base clocks (see [`WireRow::base`]).
-///
-/// # Errors
-/// A [`DecodeError`] naming the row for an unknown column or a malformed clock.
-pub fn decode_base(table: &Table, row: &WireRow) -> Result<BTreeMap<String, Hlc>, DecodeError> {
-    base_of(table, &row.key, &row.base)
-}
-
 fn base_of(table: &Table, key: &str, base: &BTreeMap<String, String>) -> Result<BTreeMap<String, Hlc>, DecodeError> {
     base.iter()
         .map(|(col, clock)| {

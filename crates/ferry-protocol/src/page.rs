@@ -14,6 +14,7 @@ use ferry_core::{RowState, Value};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::{DecodeError, Decoded, RowHead, WireClocks, build_row};
+use ferry_core::strategy::RowClocks;
 
 /// A decoded pull page: rows as (table, key, state), the cursor, and whether more wait.
 #[derive(Debug)]
@@ -49,7 +50,7 @@ pub struct PushedRow {
     pub table: String,
     pub key: String,
     pub state: RowState,
-    pub seen: ferry_core::strategy::RowClocks,
+    pub seen: RowClocks,
 }
 
 /// Why a push body was not decoded.
@@ -99,52 +100,21 @@ impl<'de> Visitor<'de> for PushSeed<'_> {
             match k.as_ref() {
                 "batch_id" => batch_id = Some(map.next_value::<String>()?),
                 "cursor" => cursor = map.next_value::<Option<String>>()?,
-                "rows" => {
-                    rows = Some(map.next_value_seed(PushRowsSeed { schema: self.schema, refused: self.refused })?)
-                }
+                "rows" => rows = Some(map.next_value_seed(RowsSeed { schema: self.schema, push: Some(self.refused) })?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
+        let rows: Vec<RowParts> = rows.ok_or_else(|| serde::de::Error::missing_field("rows"))?;
         Ok(DecodedPush {
             batch_id: batch_id.ok_or_else(|| serde::de::Error::missing_field("batch_id"))?,
             cursor,
-            rows: rows.ok_or_else(|| serde::de::Error::missing_field("rows"))?,
+            rows: rows
+                .into_iter()
+                .map(|r| PushedRow { table: r.table, key: r.key, state: r.state, seen: r.seen.unwrap_or_default() })
+                .collect(),
         })
-    }
-}
-
-struct PushRowsSeed<'s> {
-    schema: &'s Schema,
-    refused: &'s RefCell<Option<String>>,
-}
-
-impl<'de> DeserializeSeed<'de> for PushRowsSeed<'_> {
-    type Value = Vec<PushedRow>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PushRowsSeed<'_> {
-    type Value = Vec<PushedRow>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of rows")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        let seed = || RowSeed { schema: self.schema, refused: Some(self.refused) };
-        while let Some(row) = seq.next_element_seed(seed())? {
-            let refuse = |e: DecodeError| {
-                *self.refused.borrow_mut() = Some(e.0.clone());
-                serde::de::Error::custom(e.0)
-            };
-            let table = self.schema.table(&row.table).expect("the row was decoded against this table");
-            let seen = crate::seen_of(table, &row.key, &row.base, row.seen.as_ref(), &row.state).map_err(refuse)?;
-            rows.push(PushedRow { table: row.table, key: row.key, state: row.state, seen });
-        }
-        Ok(rows)
     }
 }
 
@@ -177,7 +147,7 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
         let (mut rows, mut cursor, mut more) = (None, None, None);
         while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match k.as_ref() {
-                "rows" => rows = Some(map.next_value_seed(RowsSeed(self.0))?),
+                "rows" => rows = Some(map.next_value_seed(RowsSeed { schema: self.0, push: None })?),
                 "cursor" => cursor = Some(map.next_value::<String>()?),
                 "more" => more = Some(map.next_value::<bool>()?),
                 _ => {
@@ -185,50 +155,56 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
                 }
             }
         }
+        let rows: Vec<RowParts> = rows.ok_or_else(|| serde::de::Error::missing_field("rows"))?;
         Ok(DecodedPage {
-            rows: rows.ok_or_else(|| serde::de::Error::missing_field("rows"))?,
+            rows: rows.into_iter().map(|r| (r.table, r.key, r.state)).collect(),
             cursor: cursor.ok_or_else(|| serde::de::Error::missing_field("cursor"))?,
             more: more.ok_or_else(|| serde::de::Error::missing_field("more"))?,
         })
     }
 }
 
-struct RowsSeed<'s>(&'s Schema);
+/// The rows of a page, or of a push (`push` given: see [`RowSeed`]).
+struct RowsSeed<'s> {
+    schema: &'s Schema,
+    push: Option<&'s RefCell<Option<String>>>,
+}
 
 impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
-    type Value = Vec<(String, String, RowState)>;
+    type Value = Vec<RowParts>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for RowsSeed<'_> {
-    type Value = Vec<(String, String, RowState)>;
+    type Value = Vec<RowParts>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of rows")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(row) = seq.next_element_seed(RowSeed { schema: self.0, refused: None })? {
-            rows.push((row.table, row.key, row.state));
+        while let Some(row) = seq.next_element_seed(RowSeed { schema: self.schema, push: self.push })? {
+            rows.push(row);
         }
         Ok(rows)
     }
 }
 
-/// A row as read: its table, key and state, and a pushed row's `base` and `seen`.
+/// A row as read: its table, key and state, and for a pushed row the version its change
+/// started from.
 struct RowParts {
     table: String,
     key: String,
     state: RowState,
-    base: BTreeMap<String, String>,
-    seen: Option<WireClocks>,
+    seen: Option<RowClocks>,
 }
 
-/// One row; a refusal's message is also left in `refused` when given.
+/// One row. With `push` given, a pushed row: its version is read too
+/// ([`decode_seen`](crate::decode_seen)), and a refusal's message is also left in `push`.
 struct RowSeed<'s> {
     schema: &'s Schema,
-    refused: Option<&'s RefCell<Option<String>>>,
+    push: Option<&'s RefCell<Option<String>>>,
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
@@ -250,7 +226,8 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let mut exists_at: Option<String> = None;
         let mut clock: Option<String> = None;
         let mut clocks = BTreeMap::new();
-        let (mut base, mut seen) = (BTreeMap::new(), None);
+        // A pushed row's `base` and `seen`, as sent.
+        let (mut base, mut sent_seen): (BTreeMap<String, String>, Option<WireClocks>) = (BTreeMap::new(), None);
         // Values are decoded by column type as they are read when the table came first
         // (as Ferry's server writes it); otherwise kept as JSON and decoded at the end.
         let mut values: Vec<(String, Result<Value, String>)> = Vec::new();
@@ -264,7 +241,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                 "clock" => clock = Some(map.next_value()?),
                 "clocks" => clocks = map.next_value()?,
                 "base" => base = map.next_value()?,
-                "seen" => seen = map.next_value()?,
+                "seen" => sent_seen = map.next_value()?,
                 "values" => match table.as_deref().and_then(|t| self.schema.table(t)) {
                     Some(t) => values = map.next_value_seed(ValuesSeed(t))?,
                     None => later = Some(map.next_value()?),
@@ -292,13 +269,18 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             }
             None => build_row(self.schema, &head, values.into_iter().map(|(n, v)| (Cow::Owned(n), Decoded::Read(v)))),
         };
-        let (_, state) = decoded.map_err(|e| {
-            if let Some(refused) = self.refused {
+        let refuse = |e: DecodeError| {
+            if let Some(refused) = self.push {
                 *refused.borrow_mut() = Some(e.0.clone());
             }
             serde::de::Error::custom(e.0)
-        })?;
-        Ok(RowParts { table, key, state, base, seen })
+        };
+        let (t, state) = decoded.map_err(refuse)?;
+        let seen = match self.push {
+            Some(_) => Some(crate::seen_of(t, &key, &base, sent_seen.as_ref(), &state).map_err(refuse)?),
+            None => None,
+        };
+        Ok(RowParts { table, key, state, seen })
     }
 }
 

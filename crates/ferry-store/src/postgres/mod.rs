@@ -74,14 +74,21 @@ struct Statistics {
 
 impl Statistics {
     const FIRST: u64 = 10_000;
+    /// The planner's row count of `_ferry_rows` (-1 before its first analysis).
+    const ROWS: &str = "SELECT reltuples::float8 FROM pg_class WHERE oid = '_ferry_rows'::regclass";
 
     fn new(rows: f64) -> Statistics {
         Statistics {
             written: 0.into(),
-            due_at: (rows.max(0.0) as u64).max(Self::FIRST).into(),
+            due_at: Self::due_after(rows).into(),
             running: false.into(),
             tables: Default::default(),
         }
+    }
+
+    /// Rows to write before the next analysis, `_ferry_rows` holding `rows` now.
+    fn due_after(rows: f64) -> u64 {
+        (rows.max(0.0) as u64).max(Self::FIRST)
     }
 }
 
@@ -106,11 +113,9 @@ fn wrote(inner: &Arc<Inner>, tables: impl IntoIterator<Item = String>, rows: usi
                 .chain(tables.iter().map(|t| ferry_core::schema::quote(t)))
                 .collect();
             if client.batch_execute(&format!("ANALYZE {}", names.join(", "))).await.is_ok()
-                && let Ok(row) = client
-                    .query_one("SELECT reltuples::float8 FROM pg_class WHERE oid = '_ferry_rows'::regclass", &[])
-                    .await
+                && let Ok(row) = client.query_one(Statistics::ROWS, &[]).await
             {
-                strong.stats.due_at.store((row.get::<_, f64>(0).max(0.0) as u64).max(Statistics::FIRST), Relaxed);
+                strong.stats.due_at.store(Statistics::due_after(row.get(0)), Relaxed);
             }
         }
         strong.stats.running.store(false, Relaxed);
@@ -365,11 +370,7 @@ impl PgStore {
             tx.batch_execute(&pt.backfill_owner()).await.map_err(pg)?;
         }
         tx.batch_execute(&crate::file_indexes(&schema)).await.map_err(pg)?;
-        let rows: f64 = tx
-            .query_one("SELECT reltuples::float8 FROM pg_class WHERE oid = '_ferry_rows'::regclass", &[])
-            .await
-            .map_err(pg)?
-            .get(0);
+        let rows: f64 = tx.query_one(Statistics::ROWS, &[]).await.map_err(pg)?.get(0);
         tx.commit().await.map_err(pg)?;
         drop(client);
         let notices = tokio::sync::broadcast::channel(crate::NOTICE_BUFFER).0;
