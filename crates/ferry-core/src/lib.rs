@@ -6,6 +6,7 @@
 //! changes between replicas, and it keeps the rules readable in one place.
 
 pub mod hlc;
+pub mod limits;
 pub mod row;
 pub mod schema;
 pub mod strategy;
@@ -13,4 +14,4 @@ pub mod value;
 
 pub use hlc::{Clock, ClockError, Hlc, SiteId};
 pub use row::{ColumnConflict, MergeReport, RowState, Stamped};
-pub use value::{Value, from_hex, to_hex};
+pub use value::{Value, from_hex, shown, to_hex};

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
+use crate::limits;
 use crate::value::Value;
 
 /// The logical type of a column.
@@ -483,13 +484,71 @@ impl Table {
         out
     }
 
+    /// Checks that a value can be stored at all, alike in both stores, whether the row is
+    /// live or a tombstone: the [`limits`] (key and value size, JSON nesting), no NUL in
+    /// text, and reals that both stores keep bit for bit (no NaN, no negative zero).
+    ///
+    /// # Errors
+    /// A [`ValueError`] naming the column, the limit or rule, and the fix.
+    pub fn check_storable(&self, column: &Column, value: &Value) -> Result<(), ValueError> {
+        let fail = |rule: String| Err(ValueError { column: column.name.clone(), rule });
+        let size = match value {
+            Value::Text(s) => s.len(),
+            Value::Blob(b) => b.len(),
+            _ => 0,
+        };
+        if column.name == self.pk_column().name {
+            if size > limits::MAX_KEY_BYTES {
+                return fail(format!(
+                    "is {size} bytes long; a key may be at most {} bytes (docs/schema.md, Limits)",
+                    limits::MAX_KEY_BYTES
+                ));
+            }
+        } else if size > limits::MAX_VALUE_BYTES {
+            return fail(format!(
+                "holds {size} bytes; a value may be at most {} bytes (docs/schema.md, Limits): keep large content in a file column (files = [...])",
+                limits::MAX_VALUE_BYTES
+            ));
+        }
+        match value {
+            Value::Real(r) if r.is_nan() => {
+                return fail(
+                    "is NaN, which Ferry does not store (SQLite keeps NaN as NULL); send null or a number".into(),
+                );
+            }
+            Value::Real(r) if *r == 0.0 && r.is_sign_negative() => {
+                return fail("is -0.0, which Ferry does not store (SQLite keeps it as 0.0); send 0.0".into());
+            }
+            Value::Text(s) => {
+                if s.contains('\0') {
+                    return fail("contains a NUL character, which PostgreSQL text cannot hold".into());
+                }
+                if column.ty == ColType::Json {
+                    if s.contains("\\u0000") {
+                        return fail("holds JSON with \\u0000, which PostgreSQL jsonb cannot hold".into());
+                    }
+                    let depth = limits::json_depth(s);
+                    if depth > limits::MAX_JSON_DEPTH {
+                        return fail(format!(
+                            "holds JSON nested {depth} levels deep; the most allowed is {} (docs/schema.md, Limits)",
+                            limits::MAX_JSON_DEPTH
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Checks one value against the column's type and rules (NOT NULL, allowed values,
-    /// maximum length, uuid and boolean form).
+    /// maximum length, uuid and boolean form), after [`Table::check_storable`].
     ///
     /// # Errors
     /// A [`ValueError`] naming the column and the rule broken.
     pub fn check_value(&self, column: &Column, value: &Value) -> Result<(), ValueError> {
         let fail = |rule: String| Err(ValueError { column: column.name.clone(), rule });
+        self.check_storable(column, value)?;
         if value.is_null() {
             if column.not_null || column.name == self.pk_column().name {
                 return fail("is NOT NULL, got null".into());
@@ -539,14 +598,6 @@ impl Table {
             return fail(format!(
                 "is a file column and holds a SHA-256 in 64 lowercase hex digits (what `ferry file add` prints), got '{shown}'"
             ));
-        }
-        if let Value::Text(s) = value {
-            if s.contains('\0') {
-                return fail("contains a NUL character, which PostgreSQL text cannot hold".into());
-            }
-            if column.ty == ColType::Json && s.contains("\\u0000") {
-                return fail("holds JSON with \\u0000, which PostgreSQL jsonb cannot hold".into());
-            }
         }
         if let (Some(max), Value::Text(s)) = (column.max_len, value) {
             let n = s.chars().count();

@@ -70,3 +70,13 @@ impl Value {
         }
     }
 }
+
+/// `s` for an error message: whole when short, else its first 100 characters and how long
+/// it was. Messages name the bad value, but must not echo a megabyte of it back.
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX_CHARS: usize = 100;
+    match s.char_indices().nth(MAX_CHARS) {
+        None => s.into(),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &s[..cut], s.len()).into(),
+    }
+}

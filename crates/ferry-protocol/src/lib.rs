@@ -536,24 +536,35 @@ pub(crate) fn build_row<'s, 'n, 'j>(
     let Some(table) = schema.table(row.table) else {
         return Err(DecodeError(format!(
             "unknown table '{}'; the schema has: {}",
-            row.table,
+            ferry_core::shown(row.table),
             schema.table_names().join(", ")
         )));
     };
-    let here = || format!("{} '{}'", table.name, row.key);
+    let here = || format!("{} '{}'", table.name, ferry_core::shown(row.key));
     table
         .check_value(table.pk_column(), &Value::Text(row.key.to_owned()))
         .map_err(|e| DecodeError(format!("{}: key {}", here(), e.rule)))?;
-    let hlc = |s: &str, what: &str| s.parse::<Hlc>().map_err(|e| DecodeError(format!("{}: {what}: {e}", here())));
+    let hlc = |s: &str, what: &str| {
+        s.parse::<Hlc>().map_err(|e| DecodeError(format!("{}: {what}: {}", here(), ferry_core::shown(&e.to_string()))))
+    };
     let exists_at = hlc(row.exists_at, "exists_at")?;
     let clock = hlc(row.clock, "clock")?;
+    // The zero clock means "never written": a register that holds something must carry the
+    // clock of the write that put it there, or stores would leave it out of every pull.
+    if row.exists && exists_at == Hlc::ZERO {
+        return Err(DecodeError(format!(
+            "{}: exists_at is the zero clock (never written) for a live row; a row's existence carries the clock of its insert",
+            here()
+        )));
+    }
     let mut cols = BTreeMap::new();
     for (name, value) in values {
         let Some(col) = table.column(&name).filter(|c| c.name != table.pk_column().name) else {
             let known: Vec<_> = table.data_columns().map(|c| c.name.as_str()).collect();
             return Err(DecodeError(format!(
-                "{}: unknown column '{name}'; the table has: {}",
+                "{}: unknown column '{}'; the table has: {}",
                 here(),
+                ferry_core::shown(&name),
                 known.join(", ")
             )));
         };
@@ -563,13 +574,19 @@ pub(crate) fn build_row<'s, 'n, 'j>(
         }
         .map_err(|rule| DecodeError(format!("{}: column '{name}': {rule}", here())))?;
         // A tombstone may hold values that predate a rule; only live rows must obey them.
-        if row.exists {
-            table.check_value(col, &value).map_err(|e| DecodeError(format!("{}: {e}", here())))?;
-        }
+        // Every value must be storable, though, alike in both stores.
+        if row.exists { table.check_value(col, &value) } else { table.check_storable(col, &value) }
+            .map_err(|e| DecodeError(format!("{}: {e}", here())))?;
         let at = match row.clocks.get(name.as_ref()) {
             Some(c) => hlc(c, &format!("clock of '{name}'"))?,
             None => clock,
         };
+        if at == Hlc::ZERO {
+            return Err(DecodeError(format!(
+                "{}: column '{name}' has a value but the zero clock (never written); a value carries the clock of the write that set it",
+                here()
+            )));
+        }
         cols.insert(name.into_owned(), Stamped::new(value, at));
     }
     if let Some(extra) = row.clocks.keys().find(|c| !cols.contains_key(*c)) {
