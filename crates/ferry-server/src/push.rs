@@ -42,12 +42,17 @@ pub async fn push<S: Store>(
         .collect();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     for r in &rows {
-        let ahead = u128::from(r.state.max_clock().wall_ms()).saturating_sub(now_ms);
-        if ahead > u128::from(ferry_core::hlc::MAX_DRIFT_MS) {
-            return Err(ApiError::BadRequest(format!(
-                "{} '{}': its clock is {ahead} ms ahead of the server's; fix the device's system time",
-                r.table, r.key
-            )));
+        let seen = r.seen.as_ref().map_or(ferry_core::Hlc::ZERO, |s| s.cols.values().copied().fold(s.exists, Ord::max));
+        for (what, clock) in [("clock", r.state.max_clock()), ("seen clock", seen)] {
+            let ahead = u128::from(clock.wall_ms()).saturating_sub(now_ms);
+            if ahead > u128::from(ferry_core::hlc::MAX_DRIFT_MS) {
+                return Err(ApiError::BadRequest(format!(
+                    "{} '{}': its {what} {clock} is {ahead} ms ahead of the server's, more than the {} ms allowed; fix the device's system time",
+                    r.table,
+                    ferry_core::shown(&r.key),
+                    ferry_core::hlc::MAX_DRIFT_MS
+                )));
+            }
         }
     }
     let outcome = state.store.push(&who, &req.batch_id, req.cursor.as_deref(), rows).await?;

@@ -533,13 +533,61 @@ impl Tally {
     }
 }
 
-/// What a store knows when it decides pushed rows: its site ids and the devices holding
-/// roles.
+/// What a store knows when it decides pushed rows: its site ids, the devices holding
+/// roles, and the devices the batch's sites are registered to.
 pub(crate) struct Deciding {
     pub server_site: ferry_core::SiteId,
     /// The site ids of devices that hold a role now (not revoked): the device and its role.
     pub role_sites: std::collections::HashMap<ferry_core::SiteId, (String, String)>,
+    /// The device each site of the batch's clocks is registered to, where it is one.
+    pub site_devices: std::collections::HashMap<ferry_core::SiteId, SiteDevice>,
     pub now_ms: u64,
+}
+
+/// The device a site id is registered to (its first write through a push registered it).
+pub(crate) struct SiteDevice {
+    pub device_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub role: Option<String>,
+}
+
+impl SiteDevice {
+    /// Whether `who` may write with this site: it is the device, or the same device under
+    /// a new token (same user, name and role; a replica keeps its site id across tokens).
+    fn admits(&self, who: &Principal) -> bool {
+        self.device_id == who.device_id
+            || (self.user_id == who.user_id && self.name == who.device_name && self.role == who.role)
+    }
+}
+
+/// The devices the given sites are registered to: `(site, device id, user id, name, role)`
+/// rows of [`SITE_DEVICES_SQL`].
+pub(crate) fn site_devices(
+    rows: impl IntoIterator<Item = (String, String, String, String, Option<String>)>,
+) -> std::collections::HashMap<ferry_core::SiteId, SiteDevice> {
+    rows.into_iter()
+        .filter_map(|(site, device_id, user_id, name, role)| {
+            Some((site.parse().ok()?, SiteDevice { device_id, user_id, name, role }))
+        })
+        .collect()
+}
+
+/// The registered device of sites (`?1`/`$1` is one site id on SQLite, an array on PostgreSQL).
+pub(crate) const SITE_DEVICES_SQL: &str = "SELECT s.site, d.id, d.user_id, d.name, d.role FROM _ferry_sites s
+    JOIN _ferry_devices d ON d.id = s.device_id WHERE s.site";
+
+/// The distinct site ids in the clocks of `states`, as stored (text).
+pub(crate) fn batch_sites<'a>(states: impl Iterator<Item = &'a RowState>) -> Vec<String> {
+    let mut sites: Vec<ferry_core::SiteId> = Vec::new();
+    for s in states {
+        for at in s.cols.values().map(|c| c.at).chain([s.exists.at]) {
+            if !sites.contains(&at.site()) {
+                sites.push(at.site());
+            }
+        }
+    }
+    sites.iter().map(ToString::to_string).collect()
 }
 
 /// The site ids of devices holding a role, from `_ferry_sites` joined with live devices.
@@ -555,8 +603,9 @@ impl Deciding {
     }
 
     /// Checks the sites of the registers a push brings that the store does not hold: a
-    /// device's new writes carry its own site, never the server's or another device's that
-    /// holds a role (which would pass its values off as the authority's).
+    /// device's new writes carry its own site, never the server's nor one registered to
+    /// another device (which would write under its name: pass values off as the authority's,
+    /// or hide a conflict from that device).
     fn check_sites(&self, table: &Table, key: &str, who: &Principal, sites: &[ferry_core::SiteId]) -> Result<()> {
         for site in sites {
             let reserved = *site == self.server_site
@@ -567,10 +616,11 @@ impl Deciding {
                     table.name
                 )));
             }
-            if let Some((device, _)) = self.role_sites.get(site).filter(|(d, _)| *d != who.device_id) {
+            if self.site_devices.get(site).is_some_and(|d| !d.admits(who)) {
                 return Err(StoreError::Forbidden(format!(
-                    "{} '{key}': a clock carries site {site}, which belongs to device {device}; a device's changes carry its own site id",
-                    table.name
+                    "{} '{}': a clock carries site {site}, which belongs to another device; a device's changes carry its own site id",
+                    table.name,
+                    ferry_core::shown(key)
                 )));
             }
         }
@@ -606,7 +656,7 @@ fn merge_pushed(
             &own_clocks
         }
     };
-    let here = || format!("{} '{key}'", table.name);
+    let here = || format!("{} '{}'", table.name, ferry_core::shown(key));
     if table.options.owner.is_some()
         && let Some((_, owner)) = &stored
         && owner.as_deref() != Some(who.user_id.as_str())
@@ -654,6 +704,20 @@ fn merge_pushed(
             here(),
             owner.map_or("missing".to_owned(), |o| format!("'{o}'")),
             who.user_id
+        )));
+    }
+    // A live row must hold every NOT NULL column, whatever the registers it merged from
+    // (a tombstone's old values, a column never written): no device could pull it otherwise.
+    if refused.is_none()
+        && changed
+        && state.is_alive()
+        && let Some(col) =
+            table.data_columns().find(|c| c.not_null && state.cols.get(&c.name).is_none_or(|v| v.value.is_null()))
+    {
+        return Err(StoreError::Invalid(format!(
+            "{}: column '{}' is NOT NULL, but the row would be live without a value for it; send the row's values with its insert",
+            here(),
+            col.name
         )));
     }
     let sites = if refused.is_some() { Vec::new() } else { new_sites };

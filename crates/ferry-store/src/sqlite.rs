@@ -341,6 +341,7 @@ impl Store for SqliteStore {
             let env = crate::Deciding {
                 server_site: inner.site,
                 role_sites: role_sites(&tx)?,
+                site_devices: site_devices(&tx, &crate::batch_sites(rows.iter().map(|r| &r.state)))?,
                 now_ms: crate::wall_ms(),
             };
             // What is stored of the batch's rows, read in one query per table; a row the batch
@@ -644,6 +645,23 @@ fn role_sites(tx: &rusqlite::Transaction<'_>) -> Result<HashMap<ferry_core::Site
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(crate::Deciding::role_sites(rows))
+}
+
+/// The devices `sites` are registered to.
+fn site_devices(
+    tx: &rusqlite::Transaction<'_>,
+    sites: &[String],
+) -> Result<HashMap<ferry_core::SiteId, crate::SiteDevice>> {
+    let mut stmt = tx.prepare_cached(&format!("{} = ?1", crate::SITE_DEVICES_SQL))?;
+    let mut rows = Vec::new();
+    for site in sites {
+        if let Some(r) =
+            stmt.query_row([site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).optional()?
+        {
+            rows.push(r);
+        }
+    }
+    Ok(crate::site_devices(rows))
 }
 
 fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {

@@ -730,7 +730,12 @@ impl PgStore {
         .map_err(push_pg)?;
         let found = tx.query(crate::ROLE_SITES_SQL, &[]).await.map_err(push_pg)?;
         let role_sites = crate::Deciding::role_sites(found.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
-        let env = crate::Deciding { server_site: self.inner.site, role_sites, now_ms: crate::wall_ms() };
+        let sites = crate::batch_sites(rows.values().flat_map(|states| states.values().map(|r| &r.state)));
+        let sql = format!("{} = ANY($1)", crate::SITE_DEVICES_SQL);
+        let found = tx.query(&sql, &[&sites]).await.map_err(push_pg)?;
+        let site_devices =
+            crate::site_devices(found.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))));
+        let env = crate::Deciding { server_site: self.inner.site, role_sites, site_devices, now_ms: crate::wall_ms() };
         let mut changed = 0;
         let mut tally = crate::Tally::new();
         for (table, states) in rows {

@@ -487,15 +487,36 @@ pub async fn clocks_with_another_devices_or_the_servers_site_are_refused<S: Stor
     store.push(&main, "0", None, vec![ab("kit", 1, "a0", "b0", at(1, 7))]).await.unwrap();
     // A phone whose new write carries main's site would pass it off as the authority's.
     match store.push(&phone, "0", None, vec![ab("kit", 2, "x", "y", at(2, 7))]).await {
-        Err(StoreError::Forbidden(m)) => assert!(m.contains("belongs to device"), "{m}"),
+        Err(StoreError::Forbidden(m)) => assert!(m.contains("belongs to another device"), "{m}"),
         other => panic!("a forged site must be refused, got {other:?}"),
     }
     assert!(store.get_row(&phone, "kit", &key(2)).await.unwrap().is_none(), "nothing stored");
     // Its own site is fine, and so is main's value it pulled and sends back unchanged.
     let mut row = ab("kit", 1, "a0", "b0", at(1, 7));
     row.state.update([("b".to_owned(), Value::Text("phone".into()))], at(3, 2));
-    store.push(&phone, "1", None, vec![row]).await.unwrap();
+    store.push(&phone, "1", None, vec![row.clone()]).await.unwrap();
     assert_eq!(text(&stored(store, &phone, "kit", 1).await, "b"), "phone");
+    // The phone's site (2) is now the phone's: no other device may write with it, role or
+    // none, this user's or another's (it would hide a conflict from the phone).
+    let tablet =
+        store.authenticate(&store.create_token(&user.id, "tablet").await.unwrap().token).await.unwrap().unwrap();
+    let other = store.add_user("other").await.unwrap();
+    let stranger =
+        store.authenticate(&store.create_token(&other.id, "phone").await.unwrap().token).await.unwrap().unwrap();
+    for who in [&tablet, &stranger, &main] {
+        let mut forged = row.clone();
+        forged.state.update([("a".to_owned(), Value::Text("forged".into()))], at(4, 2));
+        match store.push(who, "2", None, vec![forged]).await {
+            Err(StoreError::Forbidden(m)) => assert!(m.contains("site 0000000000000002"), "{m}"),
+            other => panic!("{} wrote with the phone's site: {other:?}", who.device_name),
+        }
+    }
+    assert_eq!(text(&stored(store, &phone, "kit", 1).await, "a"), "a0", "nothing stored");
+    // The same device under a new token (same user and name) keeps its site.
+    let again = store.authenticate(&store.create_token(&user.id, "phone").await.unwrap().token).await.unwrap().unwrap();
+    row.state.update([("a".to_owned(), Value::Text("new token".into()))], at(5, 2));
+    store.push(&again, "3", None, vec![row]).await.unwrap();
+    assert_eq!(text(&stored(store, &phone, "kit", 1).await, "a"), "new token");
 }
 
 pub async fn the_authority_wins_only_conflicts_it_is_in<S: Store>(store: &S) {
