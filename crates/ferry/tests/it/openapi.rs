@@ -90,7 +90,7 @@ fn every_documented_operation_answers_as_the_document_says() {
     let logged = json!([jump_version(&jump, &alice, t, 45.5, None)]);
     let phone_time = json!([jump_version(&jump, &alice, t, 47.25, Some((t + 2, 1)))]);
     let laptop_time = json!([jump_version(&jump, &alice, t, 50.0, Some((t + 1, 2)))]);
-    let mut unknown_table = jump_row(&alice, t);
+    let mut unknown_table = jump_row(&alice, t, 1);
     unknown_table["table"] = json!("jumps");
     let too_big = "x".repeat(70_000);
     let cases = [
@@ -104,7 +104,7 @@ fn every_documented_operation_answers_as_the_document_says() {
         post("/v1/push", phone, push_body("created", Some("0"), &created), 200),
         post("/v1/push", phone, push_body("phone-rename", None, &phone_name), 200),
         post("/v1/push", laptop, push_body("laptop-rename", None, &laptop_name), 200),
-        post("/v1/push", phone, push_body("jump", None, &json!([jump_row(&alice, t)])), 200),
+        post("/v1/push", phone, push_body("jump", None, &json!([jump_row(&alice, t, 1)])), 200),
         post("/v1/push", phone, push_body("logged", None, &logged), 200),
         post("/v1/push", phone, push_body("phone-time", None, &phone_time), 200),
         post("/v1/push", laptop, push_body("laptop-time", None, &laptop_time), 200),
@@ -114,7 +114,7 @@ fn every_documented_operation_answers_as_the_document_says() {
         post("/v1/push", phone, "not json", 400),
         post("/v1/push", phone, push_body("", None, &json!([])), 400),
         post("/v1/push", None, push_body("anonymous", None, &json!([])), 401),
-        post("/v1/push", tablet, push_body("bob-writes-alices", None, &json!([jump_row(&alice, t)])), 403),
+        post("/v1/push", tablet, push_body("bob-writes-alices", None, &json!([jump_row(&alice, t, 3)])), 403),
         post("/v1/push", phone, &too_big, 413),
         get("/v1/pull?cursor=0&limit=1", phone, 200),
         get("/v1/pull", laptop, 200),
@@ -310,7 +310,7 @@ fn every_documented_operation_answers_as_the_document_says() {
     assert_eq!(accept.map(|(_, v)| v.trim()), Some(WS_ACCEPT), "{head}");
     let hello = next_message(&mut socket);
     assert_eq!(hello["type"], "hello", "{hello}");
-    checker.check(&post("/v1/push", laptop, push_body("streamed", None, &json!([jump_row(&alice, t)])), 200));
+    checker.check(&post("/v1/push", laptop, push_body("streamed", None, &json!([jump_row(&alice, t, 2)])), 200));
     let changed = next_message(&mut socket);
     // A file the laptop uploads for a row of alice's: the phone hears of it.
     let streamed = "streamed video";
@@ -739,10 +739,10 @@ fn formation_row(group: &str, id: &str, t: u64, name: &str, renamed_at: Option<(
     row
 }
 
-/// A new jump of `user`.
-fn jump_row(user: &str, t: u64) -> Value {
+/// A new jump of `user`, logged by site `site` (each device writes with its own).
+fn jump_row(user: &str, t: u64, site: u64) -> Value {
     json!({
-        "table": "jump_log", "key": uuid(), "exists": true, "exists_at": clock(t, 1), "clock": clock(t, 1),
+        "table": "jump_log", "key": uuid(), "exists": true, "exists_at": clock(t, site), "clock": clock(t, site),
         "values": {"user_id": user, "jump_number": 1, "jumped_at": "2026-11-21T10:00:00Z", "visible_to_connections": false}
     })
 }

@@ -1,0 +1,286 @@
+//! What one device sends can never break another device's sync: clocks, sites, values and
+//! limits are checked at the door, the same on both stores. Each test is written as a hostile
+//! or buggy client would send it (raw HTTP), then checks that nothing was stored and that
+//! another device still syncs.
+
+use serde_json::{Value, json};
+
+use crate::*;
+
+const ZERO: &str = "00000000000000000000000000000000";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A clock at the current time (plus `later` ms) written by `site`.
+fn clock_at(site: &str, later: u64) -> String {
+    format!("{:016x}{site}", (now_ms() + later) << 16)
+}
+
+/// A random site id, as a device's replica picks one.
+fn site() -> String {
+    uuid().replace('-', "")[..16].to_owned()
+}
+
+/// A text-keyed, shared table beside the example's, for keys and JSON of any size.
+const NOTES: &str = "\nCREATE TABLE notes (id text PRIMARY KEY, body text, doc jsonb, score real);\n";
+
+/// The example app (plus `notes`) with alice's phone and laptop, and bob's tablet.
+struct Door {
+    pair: Pair,
+    bob: String,
+    bob_token: String,
+    bob_site: String,
+}
+
+impl Door {
+    fn new(env: Env) -> Door {
+        let schema = std::fs::read_to_string(env.path("schema.sql")).unwrap();
+        std::fs::write(env.path("schema.sql"), schema + NOTES).unwrap();
+        let pair = Pair::in_env(env);
+        let bob = pair.env.add_user("bob");
+        let bob_token = pair.env.token("bob", "tablet");
+        Door { pair, bob, bob_token, bob_site: site() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.pair.server.url)
+    }
+
+    fn push(&self, token: &str, rows: Vec<Value>) -> (u16, Value) {
+        let body = json!({"batch_id": uuid(), "rows": rows}).to_string();
+        let resp = self
+            .pair
+            .server
+            .http()
+            .post(self.url("/v1/push"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Every row alice may read, from the start of the feed.
+    fn pull_all(&self, token: &str) -> Vec<Value> {
+        let resp: Value = self
+            .pair
+            .server
+            .http()
+            .get(self.url("/v1/pull?cursor=0&limit=10000"))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        resp["rows"].as_array().unwrap().clone()
+    }
+
+    /// Bob pushes `rows`; asserts the answer's status and that its message holds `words`, that
+    /// nothing was stored, and that a new device of alice still syncs.
+    fn refused(&self, rows: Vec<Value>, status: u16, words: &str) {
+        let before = self.pull_all(&self.pair.phone);
+        let (s, body) = self.push(&self.bob_token, rows);
+        assert_eq!(s, status, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no JSON error: {body}"));
+        assert!(message.contains(words), "message {message:?} should contain {words:?}");
+        assert!(message.len() < 1000, "the message echoes too much: {} bytes", message.len());
+        assert_eq!(self.pull_all(&self.pair.phone), before, "a refused push stores nothing");
+        self.fresh_device_syncs();
+    }
+
+    /// A device that never synced before pulls everything alice may read, and succeeds.
+    fn fresh_device_syncs(&self) {
+        let name = format!("fresh-{}.db", uuid());
+        let token = self.pair.env.token("alice", &name);
+        self.pair.env.sync(&self.pair.server, &name, &token);
+    }
+
+    fn group(&self, id: &str, name: &str, at: &str) -> Value {
+        json!({"table": "groups", "key": id, "exists": true, "exists_at": at, "clock": at,
+               "values": {"name": name, "created_by": self.bob}})
+    }
+
+    fn note(&self, id: &str, values: Value) -> Value {
+        let at = clock_at(&self.bob_site, 0);
+        json!({"table": "notes", "key": id, "exists": true, "exists_at": at, "clock": at, "values": values})
+    }
+}
+
+fn on_both_stores(test: impl Fn(Env)) {
+    test(Env::new());
+    test(Env::postgres());
+}
+
+#[test]
+fn a_zero_clock_is_refused_and_every_other_device_keeps_syncing() {
+    on_both_stores(|env| {
+        let d = Door::new(env);
+        let at = clock_at(&d.bob_site, 0);
+        // The whole row at the zero clock (the reproduction).
+        d.refused(vec![d.group(&uuid(), "poison", ZERO)], 400, "zero clock");
+        // A live row's existence at the zero clock, its values at a real one.
+        let mut row = d.group(&uuid(), "poison", &at);
+        row["exists_at"] = ZERO.into();
+        d.refused(vec![row], 400, "exists_at is the zero clock");
+        // One NOT NULL column at the zero clock.
+        let mut row = d.group(&uuid(), "poison", &at);
+        row["clocks"] = json!({"name": ZERO});
+        d.refused(vec![row], 400, "column 'name' has a value but the zero clock");
+        // The owner column of the pusher's own row at the zero clock.
+        let jump = json!({"table": "jump_log", "key": uuid(), "exists": true, "exists_at": at, "clock": at,
+            "clocks": {"user_id": ZERO},
+            "values": {"user_id": d.bob, "jump_number": 1, "jumped_at": "2026-11-21T10:00:00Z", "visible_to_connections": false}});
+        d.refused(vec![jump], 400, "column 'user_id' has a value but the zero clock");
+        // A good row in the same batch as a bad one is not stored either.
+        let good = d.group(&uuid(), "fine", &at);
+        d.refused(vec![good.clone(), d.group(&uuid(), "poison", ZERO)], 400, "zero clock");
+        let (s, body) = d.push(&d.bob_token, vec![good]);
+        assert_eq!(s, 200, "{body}");
+        d.fresh_device_syncs();
+    });
+}
+
+#[test]
+fn a_live_row_that_would_lack_a_not_null_column_is_refused() {
+    on_both_stores(|env| {
+        let d = Door::new(env);
+        let id = uuid();
+        let (old, newer, newest) = (clock_at(&d.bob_site, 0), clock_at(&d.bob_site, 1000), clock_at(&d.bob_site, 2000));
+        // A tombstone may hold a NULL where the schema says NOT NULL (values from before a rule).
+        let tomb = json!({"table": "groups", "key": id, "exists": false, "exists_at": newer, "clock": newer,
+                          "values": {"name": null, "created_by": d.bob}});
+        let (s, body) = d.push(&d.bob_token, vec![tomb]);
+        assert_eq!(s, 200, "{body}");
+        // Brought back to life with a name older than the tombstone's NULL: the merge would
+        // keep the NULL in a live row.
+        let mut revive = d.group(&id, "late", &old);
+        revive["exists_at"] = newest.into();
+        d.refused(vec![revive], 400, "column 'name' is NOT NULL, but the row would be live");
+    });
+}
+
+#[test]
+fn a_device_may_not_write_under_another_devices_site_and_hide_a_conflict() {
+    on_both_stores(|env| {
+        let d = Door::new(env);
+        let phone = d.pair.env.db("phone.db");
+        let id = uuid();
+        phone
+            .execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Sunday 4-way', ?2)", [&id, &d.pair.user])
+            .unwrap();
+        d.pair.sync_phone();
+        // Alice edits the group on her phone and has not pushed yet.
+        phone.execute("UPDATE groups SET name = 'Sunday 8-way' WHERE id = ?1", [&id]).unwrap();
+        // Bob reads the site id of alice's phone from the row's clock, and writes with it.
+        let pulled = d.pull_all(&d.bob_token);
+        let row = pulled.iter().find(|r| r["key"] == id.as_str()).unwrap();
+        let alice_site = &row["clock"].as_str().unwrap()[16..];
+        let forged = d.group(&id, "bob's group", &clock_at(alice_site, 0));
+        d.refused(vec![forged.clone()], 403, "belongs to another device");
+        // Under his own site id the same write is accepted, and alice's sync logs the conflict.
+        let own = d.group(&id, "bob's group", &clock_at(&d.bob_site, 0));
+        let (s, body) = d.push(&d.bob_token, vec![own]);
+        assert_eq!(s, 200, "{body}");
+        d.pair.sync_phone();
+        let admin_token = d.pair.env.ok(&[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--device",
+            "ops",
+            "--admin",
+            "-c",
+            &d.pair.env.config(),
+        ]);
+        let conflicts: Value = d
+            .pair
+            .server
+            .http()
+            .get(d.url("/v1/admin/conflicts"))
+            .bearer_auth(&admin_token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let text = conflicts.to_string();
+        assert!(text.contains(&id) && text.contains("update-update"), "{text}");
+    });
+}
+
+#[test]
+fn reals_mean_the_same_in_both_stores_nan_and_negative_zero_are_refused() {
+    on_both_stores(|env| {
+        let d = Door::new(env);
+        for bad in [json!("NaN"), json!(-0.0)] {
+            d.refused(vec![d.note(&uuid(), json!({"score": bad}))], 400, "column 'score'");
+        }
+        // Not in a tombstone either.
+        let mut tomb = d.note(&uuid(), json!({"score": "NaN"}));
+        tomb["exists"] = false.into();
+        d.refused(vec![tomb], 400, "is NaN");
+        // Infinities and ordinary reals are kept bit for bit, and reach other devices.
+        let values =
+            [("inf", json!("inf")), ("-inf", json!("-inf")), ("tiny", json!(5e-324)), ("third", json!(1.0 / 3.0))];
+        let rows: Vec<Value> = values.iter().map(|(k, v)| d.note(k, json!({"score": v}))).collect();
+        let (s, body) = d.push(&d.bob_token, rows);
+        assert_eq!(s, 200, "{body}");
+        d.pair.sync_laptop();
+        let laptop = d.pair.env.db("laptop.db");
+        for (key, want) in [("inf", f64::INFINITY), ("-inf", f64::NEG_INFINITY), ("tiny", 5e-324), ("third", 1.0 / 3.0)]
+        {
+            let got: f64 = laptop.query_row("SELECT score FROM notes WHERE id = ?1", [key], |r| r.get(0)).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{key}");
+        }
+        let pulled = d.pull_all(&d.pair.phone);
+        let inf = pulled.iter().find(|r| r["key"] == "inf").unwrap();
+        assert_eq!(inf["values"]["score"], "inf");
+    });
+}
+
+#[test]
+fn keys_values_and_json_over_the_documented_limits_are_refused_alike() {
+    on_both_stores(|env| {
+        let d = Door::new(env);
+        // The longest key is accepted by both stores and reaches other devices.
+        let longest = "k".repeat(1024);
+        let (s, body) = d.push(&d.bob_token, vec![d.note(&longest, json!({"body": "at the limit"}))]);
+        assert_eq!(s, 200, "{body}");
+        d.refused(vec![d.note(&"k".repeat(1025), json!({}))], 400, "at most 1024 bytes");
+        d.refused(vec![d.note(&"k".repeat(1_000_000), json!({}))], 400, "(1000000 bytes in all)");
+        // Values.
+        let (s, body) = d.push(&d.bob_token, vec![d.note(&uuid(), json!({"body": "v".repeat(1 << 20)}))]);
+        assert_eq!(s, 200, "{body}");
+        d.refused(vec![d.note(&uuid(), json!({"body": "v".repeat((1 << 20) + 1)}))], 400, "at most 1048576 bytes");
+        // JSON nesting.
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let (s, body) = d.push(&d.bob_token, vec![d.note(&uuid(), json!({"doc": nested(64)}))]);
+        assert_eq!(s, 200, "{body}");
+        d.refused(vec![d.note(&uuid(), json!({"doc": nested(65)}))], 400, "nested 65 levels deep");
+        d.refused(vec![d.note(&uuid(), json!({"doc": nested(100_000)}))], 400, "the most allowed is 64");
+        d.fresh_device_syncs();
+        let laptop = d.pair.env.db("laptop.db");
+        d.pair.sync_laptop();
+        let n: i64 = laptop.query_row("SELECT count(*) FROM notes WHERE id = ?1", [&longest], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    });
+}
+
+#[test]
+fn clocks_of_the_version_a_change_started_from_may_not_be_in_the_future() {
+    on_both_stores(|env| {
+        let d = Door::new(env);
+        let mut row = d.note(&uuid(), json!({"body": "x"}));
+        let year_3000 = format!("{:016x}{}", 32_503_680_000_000u64 << 16, d.bob_site);
+        row["seen"] = json!({"exists_at": ZERO, "clock": year_3000});
+        d.refused(vec![row], 400, "seen clock");
+        let mut row = d.note(&uuid(), json!({"body": "x"}));
+        row["clock"] = year_3000.clone().into();
+        d.refused(vec![row], 400, "ahead of the server's");
+    });
+}
