@@ -284,3 +284,171 @@ fn clocks_of_the_version_a_change_started_from_may_not_be_in_the_future() {
         d.refused(vec![row], 400, "ahead of the server's");
     });
 }
+
+/// One way a row can be wrong, as a buggy or hostile client might send it.
+#[derive(Clone, Debug)]
+enum Harm {
+    ZeroExists,
+    ZeroClock,
+    ZeroColumn(usize),
+    /// A clock under the site of alice's phone.
+    ForeignSite,
+    Real(&'static str),
+    DropColumn(usize),
+    NullColumn(usize),
+    WrongType(usize),
+    LongKey(usize),
+    DeepJson(usize),
+    UnknownColumn,
+    UnknownTable,
+    FutureClock,
+    FutureSeen,
+    Dead,
+    MalformedClock,
+    NotAUuid,
+    Twice,
+}
+
+fn harm() -> impl proptest::strategy::Strategy<Value = Harm> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(Harm::ZeroExists),
+        Just(Harm::ZeroClock),
+        (0..6usize).prop_map(Harm::ZeroColumn),
+        Just(Harm::ForeignSite),
+        prop_oneof![Just("NaN"), Just("-0"), Just("inf"), Just("-inf"), Just("1e308")].prop_map(Harm::Real),
+        (0..6usize).prop_map(Harm::DropColumn),
+        (0..6usize).prop_map(Harm::NullColumn),
+        (0..6usize).prop_map(Harm::WrongType),
+        prop_oneof![Just(1024usize), Just(1025), Just(3000), Just(100_000)].prop_map(Harm::LongKey),
+        prop_oneof![Just(64usize), Just(65), Just(5000)].prop_map(Harm::DeepJson),
+        Just(Harm::UnknownColumn),
+        Just(Harm::UnknownTable),
+        Just(Harm::FutureClock),
+        Just(Harm::FutureSeen),
+        Just(Harm::Dead),
+        Just(Harm::MalformedClock),
+        Just(Harm::NotAUuid),
+        Just(Harm::Twice),
+    ]
+}
+
+/// A valid row of one of the tables bob may write (by `table`), then `harms` done to it.
+fn harmed_row(d: &Door, phone_site: &str, table: usize, harms: &[Harm]) -> Vec<Value> {
+    let mut row = match table % 5 {
+        0 => d.group(&uuid(), "group", &clock_at(&d.bob_site, 0)),
+        1 => d.note(&format!("note-{}", uuid()), json!({"body": "b", "doc": "{\"a\":1}", "score": 1.5})),
+        2 => {
+            let at = clock_at(&d.bob_site, 0);
+            json!({"table": "formations", "key": uuid(), "exists": true, "exists_at": at, "clock": at,
+                   "values": {"group_id": uuid(), "name": "star", "slots": 4}})
+        }
+        3 => {
+            let at = clock_at(&d.bob_site, 0);
+            json!({"table": "group_members", "key": uuid(), "exists": true, "exists_at": at, "clock": at,
+                   "values": {"group_id": uuid(), "user_id": d.bob, "role": "member"}})
+        }
+        _ => {
+            let at = clock_at(&d.bob_site, 0);
+            json!({"table": "jump_log", "key": uuid(), "exists": true, "exists_at": at, "clock": at,
+                   "values": {"user_id": d.bob, "jump_number": 1, "jumped_at": "2026-11-21T10:00:00Z",
+                              "freefall_seconds": 50.5, "visible_to_connections": false}})
+        }
+    };
+    let cols: Vec<String> = row["values"].as_object().unwrap().keys().cloned().collect();
+    let col = |i: usize| cols[i % cols.len()].clone();
+    let mut twice = false;
+    for h in harms {
+        match h {
+            Harm::ZeroExists => row["exists_at"] = ZERO.into(),
+            Harm::ZeroClock => row["clock"] = ZERO.into(),
+            Harm::ZeroColumn(i) => row["clocks"] = json!({ col(*i): ZERO }),
+            Harm::ForeignSite => {
+                let at = clock_at(phone_site, 5);
+                row["clock"] = at.clone().into();
+                row["exists_at"] = at.into();
+            }
+            Harm::Real(r) => {
+                let v = if *r == "-0" {
+                    json!(-0.0)
+                } else if *r == "1e308" {
+                    json!(1e308)
+                } else {
+                    json!(r)
+                };
+                match row["table"].as_str().unwrap() {
+                    "notes" => row["values"]["score"] = v,
+                    "jump_log" => row["values"]["freefall_seconds"] = v,
+                    _ => row["values"][col(0)] = v,
+                }
+            }
+            Harm::DropColumn(i) => {
+                row["values"].as_object_mut().unwrap().remove(&col(*i));
+            }
+            Harm::NullColumn(i) => row["values"][col(*i)] = Value::Null,
+            Harm::WrongType(i) => {
+                let c = col(*i);
+                row["values"][c.clone()] = if row["values"][&c].is_string() { json!(12) } else { json!("twelve") };
+            }
+            Harm::LongKey(n) => row["key"] = "k".repeat(*n).into(),
+            Harm::DeepJson(n) => row["values"]["doc"] = format!("{}{}", "[".repeat(*n), "]".repeat(*n)).into(),
+            Harm::UnknownColumn => row["values"]["colour"] = "red".into(),
+            Harm::UnknownTable => row["table"] = "jumps".into(),
+            Harm::FutureClock => row["clock"] = clock_at(&d.bob_site, 3 * 86_400_000).into(),
+            Harm::FutureSeen => {
+                row["seen"] = json!({"exists_at": ZERO, "clock": clock_at(&d.bob_site, 3 * 86_400_000)});
+            }
+            Harm::Dead => row["exists"] = false.into(),
+            Harm::MalformedClock => row["exists_at"] = "not a clock".into(),
+            Harm::NotAUuid => row["key"] = "Not-A-UUID".into(),
+            Harm::Twice => twice = true,
+        }
+    }
+    if twice { vec![row.clone(), row] } else { vec![row] }
+}
+
+#[test]
+fn random_pushes_from_one_device_never_make_another_devices_sync_fail() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    on_both_stores(|env| {
+        let d = Door::new(env);
+        let phone = d.pair.env.db("phone.db");
+        insert_jump(&phone, &d.pair.user, 1, "alice's");
+        d.pair.sync_phone();
+        let phone_site: String =
+            phone.query_row("SELECT value FROM _ferry_meta WHERE key = 'site'", [], |r| r.get(0)).unwrap();
+        let batch = proptest::collection::vec((0..5usize, proptest::collection::vec(harm(), 0..4)), 1..4);
+        let config = Config { cases: 40, failure_persistence: None, ..Config::default() };
+        let mut runner = TestRunner::new(config);
+        let phone_db = d.pair.env.path("phone.db").display().to_string();
+        let result = runner.run(&batch, |rows| {
+            let rows: Vec<Value> = rows.iter().flat_map(|(t, harms)| harmed_row(&d, &phone_site, *t, harms)).collect();
+            let (status, body) = d.push(&d.bob_token, rows.clone());
+            prop_assert!(status < 500, "answer {status} to {rows:?}: {body}");
+            if status != 200 {
+                prop_assert!(body["error"]["message"].is_string(), "no JSON error: {body}");
+            }
+            // Alice's phone keeps syncing, whatever bob sent.
+            let out =
+                d.pair.env.run(&["sync", "--db", &phone_db, "--server", &d.pair.server.url, "--token", &d.pair.phone]);
+            prop_assert!(out.status.success(), "after {rows:?} ({status}): {}", String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        // A device that starts now gets everything, and agrees with the phone.
+        let token = d.pair.env.token("alice", "fresh");
+        d.pair.env.sync(&d.pair.server, "fresh.db", &token);
+        let all = |db: &rusqlite::Connection| -> Vec<(String, String)> {
+            let mut out = Vec::new();
+            for t in ["groups", "notes", "formations", "group_members", "jump_log"] {
+                let mut stmt = db.prepare(&format!("SELECT id FROM {t} ORDER BY id")).unwrap();
+                out.extend(stmt.query_map([], |r| Ok((t.to_owned(), r.get(0)?))).unwrap().map(Result::unwrap));
+            }
+            out
+        };
+        assert_eq!(all(&d.pair.env.db("fresh.db")), all(&phone));
+    });
+}
