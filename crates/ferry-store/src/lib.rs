@@ -281,6 +281,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         tables: Option<&[String]>,
     ) -> impl Future<Output = Result<PullPage>> + Send;
+
+    /// Every row of every table, whoever owns it, a page at a time (cursors as for
+    /// [`Store::pull`]). For operators' commands (`ferry audit`), never for devices.
+    fn scan(&self, cursor: &str, limit: usize) -> impl Future<Output = Result<PullPage>> + Send;
 }
 
 /// The tables a pull covers: a checked selection, or all of the schema's.
@@ -437,6 +441,10 @@ impl Store for AnyStore {
         tables: Option<&[String]>,
     ) -> Result<PullPage> {
         delegate!(self, s => s.pull_tables(who, cursor, limit, tables).await)
+    }
+
+    async fn scan(&self, cursor: &str, limit: usize) -> Result<PullPage> {
+        delegate!(self, s => s.scan(cursor, limit).await)
     }
 
     async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<RowState>> {

@@ -229,6 +229,67 @@ fn parse_cursor(c: &str) -> Result<u64> {
     }
 }
 
+impl SqliteStore {
+    /// A page of the feed: of `user`'s rows and rows without an owner, or of every row.
+    async fn feed_page(
+        &self,
+        user: Option<String>,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> Result<PullPage> {
+        let cursor = parse_cursor(cursor)?;
+        let selection =
+            serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
+        self.read(move |inner, conn| {
+            // One read transaction: the page and the "caught up" cursor come from one snapshot.
+            let tx = conn.transaction()?;
+            // The page's bounds come from the feed index; the rows then come from one joined
+            // query per table that has rows in the page. `+tbl` keeps SQLite from choosing the
+            // (tbl, pk) key instead, which walks every row of the table for each page: pages
+            // cost grew with the store (330 ms per 10 000 rows at 1 M rows).
+            // One row past the page tells whether more wait.
+            let mut page: Vec<(String, i64)> = tx
+                .prepare_cached(if user.is_some() {
+                    "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
+                       AND +tbl IN (SELECT value FROM json_each(?4))
+                     ORDER BY seq LIMIT ?3"
+                } else {
+                    "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND ?2 IS NULL
+                       AND +tbl IN (SELECT value FROM json_each(?4))
+                     ORDER BY seq LIMIT ?3"
+                })?
+                .query_map(params![cursor as i64, user, limit as i64 + 1, selection], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let more = page.len() > limit;
+            page.truncate(limit);
+            let upto = if more {
+                page.last().map_or(cursor as i64, |k| k.1)
+            } else {
+                // Caught up: skip past other users' rows too, so they are not scanned again.
+                let max: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+                max.max(cursor as i64)
+            };
+            let mut tables: Vec<&str> = page.iter().map(|(t, _)| t.as_str()).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            let mut rows = Vec::with_capacity(page.len());
+            for table in tables {
+                let ts = inner.table(table)?;
+                let top = page.last().map_or(upto, |k| k.1);
+                for (seq, key, state) in ferry_sqlite::feed_states(&tx, ts, cursor as i64, top, user.as_deref())? {
+                    rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
+                }
+            }
+            rows.sort_unstable_by_key(|(seq, _)| *seq);
+            let rows = rows.into_iter().map(|(_, r)| r).collect();
+            let cursor = upto.to_string();
+            Ok(PullPage { rows, cursor, more })
+        })
+        .await
+    }
+}
+
 impl Store for SqliteStore {
     fn schema(&self) -> &Schema {
         &self.inner.schema
@@ -430,52 +491,11 @@ impl Store for SqliteStore {
         limit: usize,
         tables: Option<&[String]>,
     ) -> Result<PullPage> {
-        let cursor = parse_cursor(cursor)?;
-        let user = who.user_id.clone();
-        let selection =
-            serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
-        self.read(move |inner, conn| {
-            // One read transaction: the page and the "caught up" cursor come from one snapshot.
-            let tx = conn.transaction()?;
-            // The page's bounds come from the feed index; the rows then come from one joined
-            // query per table that has rows in the page. `+tbl` keeps SQLite from choosing the
-            // (tbl, pk) key instead, which walks every row of the table for each page: pages
-            // cost grew with the store (330 ms per 10 000 rows at 1 M rows).
-            // One row past the page tells whether more wait.
-            let mut page: Vec<(String, i64)> = tx
-                .prepare_cached(
-                    "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
-                       AND +tbl IN (SELECT value FROM json_each(?4))
-                     ORDER BY seq LIMIT ?3",
-                )?
-                .query_map(params![cursor as i64, user, limit as i64 + 1, selection], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let more = page.len() > limit;
-            page.truncate(limit);
-            let upto = if more {
-                page.last().map_or(cursor as i64, |k| k.1)
-            } else {
-                // Caught up: skip past other users' rows too, so they are not scanned again.
-                let max: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
-                max.max(cursor as i64)
-            };
-            let mut tables: Vec<&str> = page.iter().map(|(t, _)| t.as_str()).collect();
-            tables.sort_unstable();
-            tables.dedup();
-            let mut rows = Vec::with_capacity(page.len());
-            for table in tables {
-                let ts = inner.table(table)?;
-                let top = page.last().map_or(upto, |k| k.1);
-                for (seq, key, state) in ferry_sqlite::feed_states(&tx, ts, cursor as i64, top, Some(&user))? {
-                    rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
-                }
-            }
-            rows.sort_unstable_by_key(|(seq, _)| *seq);
-            let rows = rows.into_iter().map(|(_, r)| r).collect();
-            let cursor = upto.to_string();
-            Ok(PullPage { rows, cursor, more })
-        })
-        .await
+        self.feed_page(Some(who.user_id.clone()), cursor, limit, tables).await
+    }
+
+    async fn scan(&self, cursor: &str, limit: usize) -> Result<PullPage> {
+        self.feed_page(None, cursor, limit, None).await
     }
 
     async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {

@@ -1,6 +1,8 @@
 //! `ferry`: the one binary. `serve` runs the sync server; `user` and `token` manage who
 //! may sync; `sync` and `status` work on a device's replica file.
 
+mod audit;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +53,18 @@ enum Command {
     },
     /// A running server's status (file store and transfer queue), with an admin token.
     ServerStatus(RemoteArgs),
+    /// Check every row the server's store holds against the rules pushes must pass (zero
+    /// clocks, NOT NULL columns, types, limits) and name the rows that break one; exits 1 then.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// One JSON document: {"rows": N, "bad": [{"table", "key", "problem"}]}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 /// A server reached over HTTP.
@@ -445,6 +459,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Queue(args) => queue(args),
         Command::File { command } => file(command).await,
         Command::ServerStatus(args) => server_status(args).await,
+        Command::Audit(args) => {
+            let (_, store) = args.server.open_store().await?;
+            audit::run(&store, args.json).await
+        }
     }
 }
 

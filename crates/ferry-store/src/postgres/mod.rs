@@ -656,16 +656,29 @@ impl Cursor {
 
 /// The output column is named `at`: were it `xid`, `ORDER BY xid` would sort by the text
 /// (`'1000' < '999'`) while the cursor compares numbers, skipping rows.
-const FEED: &str = "
+/// The feed query, with the rule for which owners' rows it returns (`$3` is the user).
+macro_rules! feed {
+    ($owners:literal) => {
+        concat!(
+            "
 SELECT xid::text AS at, tbl, pk FROM _ferry_rows
 WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
   AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
   AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
-  AND (owner IS NULL OR owner = $3)
+  AND ",
+            $owners,
+            "
   AND tbl = ANY($8::text[])
   AND (xid, tbl, pk) > ($4::text::xid8, $5, $6)
 ORDER BY xid, tbl, pk
-LIMIT $7";
+LIMIT $7"
+        )
+    };
+}
+/// A device's feed: its user's rows and rows without an owner.
+const FEED: &str = feed!("(owner IS NULL OR owner = $3)");
+/// Every row, for operators' commands (`$3` is unused).
+const FEED_ALL: &str = feed!("($3::text IS NULL OR TRUE)");
 
 impl PgStore {
     async fn push_once(
@@ -841,6 +854,61 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// A page of the feed: of `user`'s rows and rows without an owner, or of every row.
+    async fn feed_page(
+        &self,
+        user: Option<&str>,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> Result<PullPage> {
+        let selection = crate::selected_tables(&self.inner.schema, tables)?;
+        let c = Cursor::parse(cursor, &self.inner.epoch)?;
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = snapshot(&mut client).await?;
+        let cur = match &c.cur {
+            Some(cur) => cur.clone(),
+            None => tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0),
+        };
+        let (after_xid, after_tbl, after_pk) = c.after.clone().unwrap_or(("0".into(), String::new(), String::new()));
+        let keys = tx
+            .query(
+                if user.is_some() { FEED } else { FEED_ALL },
+                &[&c.prev, &cur, &user, &after_xid, &after_tbl, &after_pk, &(limit as i64 + 1), &selection],
+            )
+            .await
+            .map_err(pg)?;
+        let more = keys.len() > limit;
+        let keys: Vec<(String, String, String)> =
+            keys.iter().take(limit).map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (_, t, k) in &keys {
+            by_table.entry(t.as_str()).or_default().push(k.clone());
+        }
+        let mut states: HashMap<(String, String), RowState> = HashMap::new();
+        for (table, ks) in by_table {
+            let pt = self.table(table)?;
+            for (k, s) in load(&tx, pt, &ks, false).await? {
+                states.insert((table.to_owned(), k), s.state);
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        let rows = keys
+            .iter()
+            .filter_map(|(_, t, k)| {
+                states.remove(&(t.clone(), k.clone())).map(|state| FeedRow { table: t.clone(), key: k.clone(), state })
+            })
+            .collect();
+        let next = if more {
+            Cursor { epoch: c.epoch, v: FEED_VERSION, prev: c.prev, cur: Some(cur), after: keys.last().cloned() }
+        } else {
+            Cursor { epoch: c.epoch, v: FEED_VERSION, prev: cur, cur: None, after: None }
+        };
+        Ok(PullPage { rows, cursor: next.encode(), more })
+    }
+}
+
 impl Store for PgStore {
     fn schema(&self) -> &Schema {
         &self.inner.schema
@@ -964,49 +1032,11 @@ impl Store for PgStore {
         limit: usize,
         tables: Option<&[String]>,
     ) -> Result<PullPage> {
-        let selection = crate::selected_tables(&self.inner.schema, tables)?;
-        let c = Cursor::parse(cursor, &self.inner.epoch)?;
-        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
-        let tx = snapshot(&mut client).await?;
-        let cur = match &c.cur {
-            Some(cur) => cur.clone(),
-            None => tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0),
-        };
-        let (after_xid, after_tbl, after_pk) = c.after.clone().unwrap_or(("0".into(), String::new(), String::new()));
-        let keys = tx
-            .query(
-                FEED,
-                &[&c.prev, &cur, &who.user_id, &after_xid, &after_tbl, &after_pk, &(limit as i64 + 1), &selection],
-            )
-            .await
-            .map_err(pg)?;
-        let more = keys.len() > limit;
-        let keys: Vec<(String, String, String)> =
-            keys.iter().take(limit).map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (_, t, k) in &keys {
-            by_table.entry(t.as_str()).or_default().push(k.clone());
-        }
-        let mut states: HashMap<(String, String), RowState> = HashMap::new();
-        for (table, ks) in by_table {
-            let pt = self.table(table)?;
-            for (k, s) in load(&tx, pt, &ks, false).await? {
-                states.insert((table.to_owned(), k), s.state);
-            }
-        }
-        tx.commit().await.map_err(pg)?;
-        let rows = keys
-            .iter()
-            .filter_map(|(_, t, k)| {
-                states.remove(&(t.clone(), k.clone())).map(|state| FeedRow { table: t.clone(), key: k.clone(), state })
-            })
-            .collect();
-        let next = if more {
-            Cursor { epoch: c.epoch, v: FEED_VERSION, prev: c.prev, cur: Some(cur), after: keys.last().cloned() }
-        } else {
-            Cursor { epoch: c.epoch, v: FEED_VERSION, prev: cur, cur: None, after: None }
-        };
-        Ok(PullPage { rows, cursor: next.encode(), more })
+        self.feed_page(Some(&who.user_id), cursor, limit, tables).await
+    }
+
+    async fn scan(&self, cursor: &str, limit: usize) -> Result<PullPage> {
+        self.feed_page(None, cursor, limit, None).await
     }
 
     async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {
