@@ -17,13 +17,22 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
 
 /// One column value. The five storage classes SQLite knows; the schema's logical type
 /// (uuid, boolean, timestamptz …) decides which one a column uses, see [`crate::schema`].
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Equality is bit for bit (as [`Value::same`]): `NaN == NaN` and `0.0 != -0.0`, so that a
+/// state compares equal to itself and a change of sign is a change.
+#[derive(Clone, Debug)]
 pub enum Value {
     Null,
     Integer(i64),
     Real(f64),
     Text(String),
     Blob(Vec<u8>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        self.same(other)
+    }
 }
 
 impl Value {

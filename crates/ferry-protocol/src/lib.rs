@@ -663,6 +663,39 @@ mod tests {
 
     const KEY: &str = "0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b";
 
+    proptest::proptest! {
+        /// Every real the door accepts travels bit for bit (as JSON numbers, or "inf"/"-inf"),
+        /// through both serializers; NaN and -0.0 are refused with the column named.
+        #[test]
+        fn reals_cross_the_wire_bit_for_bit_or_are_refused(
+            r in proptest::prop_oneof![
+                proptest::strategy::Just(f64::NAN),
+                proptest::strategy::Just(-0.0),
+                proptest::strategy::Just(f64::INFINITY),
+                proptest::strategy::Just(f64::NEG_INFINITY),
+                proptest::num::f64::ANY,
+            ]
+        ) {
+            let s = Schema::parse("CREATE TABLE m (id uuid PRIMARY KEY, h real);", &BTreeMap::new()).unwrap();
+            let t = s.table("m").unwrap();
+            let state = RowState::inserted([("h".to_owned(), Value::Real(r))], Hlc::new(5, 1, SiteId(3)));
+            let out = RowOut { table: t, key: KEY, state: &state, base: None, seen: None };
+            for json in [serde_json::to_string(&encode_row(t, KEY, &state)).unwrap(), serde_json::to_string(&out).unwrap()] {
+                let wire: WireRow = serde_json::from_str(&json).unwrap();
+                match decode_row(&s, &wire) {
+                    Ok((_, back)) => {
+                        let Value::Real(b) = back.cols["h"].value else { panic!("{json}") };
+                        proptest::prop_assert_eq!(b.to_bits(), r.to_bits(), "{}", json);
+                    }
+                    Err(e) => {
+                        proptest::prop_assert!(r.is_nan() || (r == 0.0 && r.is_sign_negative()), "{} refused: {}", json, e);
+                        proptest::prop_assert!(e.0.contains("column 'h'"), "{}", e);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn rows_round_trip() {
         let s = schema();

@@ -102,7 +102,8 @@ pub fn schema() -> Schema {
          CREATE TABLE tags (id uuid PRIMARY KEY, name text NOT NULL);
          CREATE TABLE stale (id uuid PRIMARY KEY, a text, b text);
          CREATE TABLE whole (id uuid PRIMARY KEY, a text, b text);
-         CREATE TABLE kit (id uuid PRIMARY KEY, a text, b text);",
+         CREATE TABLE kit (id uuid PRIMARY KEY, a text, b text);
+         CREATE TABLE gauge (id uuid PRIMARY KEY, r real);",
         &opts,
     )
     .unwrap()

@@ -28,6 +28,8 @@ macro_rules! suite {
             a_device_never_conflicts_with_its_own_earlier_push,
             clocks_with_another_devices_or_the_servers_site_are_refused,
             the_authority_wins_only_conflicts_it_is_in,
+            reals_are_kept_bit_for_bit_live_and_in_tombstones,
+            a_scan_reads_every_row_whoever_owns_it,
         );
     };
 }
@@ -535,4 +537,62 @@ pub async fn the_authority_wins_only_conflicts_it_is_in<S: Store>(store: &S) {
     gone.seen = Some(base.state.clocks());
     store.push(&two, "0", None, vec![gone]).await.unwrap();
     assert!(!stored(store, &one, "kit", 1).await.is_alive(), "main's insert does not make the row main's");
+}
+
+pub async fn reals_are_kept_bit_for_bit_live_and_in_tombstones<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let reals = [f64::INFINITY, f64::NEG_INFINITY, f64::MIN_POSITIVE / 4.0, f64::MAX, f64::MIN, 1.0 / 3.0, 0.0, 1e-300];
+    let row = |i: usize, t: Hlc| {
+        IncomingRow::new("gauge", &key(i as u32), RowState::inserted([("r".to_owned(), Value::Real(reals[i]))], t))
+    };
+    let rows: Vec<IncomingRow> = (0..reals.len()).map(|i| row(i, at(1, 1))).collect();
+    store.push(&ann, "reals", None, rows).await.unwrap();
+    let bits = |rows: &[(String, String, RowState)]| -> Vec<u64> {
+        let mut out: Vec<(String, u64)> = rows
+            .iter()
+            .map(|(_, k, s)| match s.cols["r"].value {
+                Value::Real(r) => (k.clone(), r.to_bits()),
+                ref other => panic!("{k}: {other:?}"),
+            })
+            .collect();
+        out.sort();
+        out.into_iter().map(|(_, b)| b).collect()
+    };
+    let want: Vec<u64> = reals.iter().map(|r| r.to_bits()).collect();
+    assert_eq!(bits(&pull_all(store, &ann).await), want);
+    // Deleted, the tombstones keep the values, bit for bit.
+    let gone: Vec<IncomingRow> = (0..reals.len())
+        .map(|i| {
+            let mut r = row(i, at(1, 1));
+            r.state.delete(at(2, 1));
+            r
+        })
+        .collect();
+    store.push(&ann, "gone", None, gone).await.unwrap();
+    let rows = pull_all(store, &ann).await;
+    assert!(rows.iter().all(|(_, _, s)| !s.is_alive()));
+    assert_eq!(bits(&rows), want);
+}
+
+pub async fn a_scan_reads_every_row_whoever_owns_it<S: Store>(store: &S) {
+    let ann = principal(store, "ann").await;
+    let bob = principal(store, "bob").await;
+    store.push(&ann, "a", None, vec![note(1, &ann.user_id, "ann's", at(1, 1))]).await.unwrap();
+    store.push(&bob, "b", None, vec![note(2, &bob.user_id, "bob's", at(1, 2))]).await.unwrap();
+    let shared =
+        IncomingRow::new("kit", &key(3), RowState::inserted([("a".to_owned(), Value::Text("x".into()))], at(1, 2)));
+    store.push(&bob, "c", None, vec![shared]).await.unwrap();
+    assert_eq!(pull_all(store, &ann).await.len(), 2, "ann pulls her note and the shared row");
+    let (mut cursor, mut seen) = ("0".to_owned(), Vec::new());
+    loop {
+        let page = store.scan(&cursor, 1).await.unwrap();
+        seen.extend(page.rows.into_iter().map(|r| (r.table, r.key)));
+        if !page.more {
+            break;
+        }
+        cursor = page.cursor;
+    }
+    seen.sort();
+    let want = vec![("kit".to_owned(), key(3)), ("notes".to_owned(), key(1)), ("notes".to_owned(), key(2))];
+    assert_eq!(seen, want);
 }
