@@ -134,6 +134,13 @@ impl PgTable {
         PgTable { table: table.clone(), select, select_for_update, lock_rows, upsert, delete }
     }
 
+    /// The names of the capture's functions: capture, tombstone, truncate. PostgreSQL cuts
+    /// names at 63 bytes: a fingerprint keeps long table names apart.
+    pub fn functions(&self) -> [String; 3] {
+        let tag = fingerprint(&self.table.name);
+        ["capture", "tomb", "truncate"].map(|f| format!("_ferry_{f}_{tag}"))
+    }
+
     /// The capture of direct writes: PL/pgSQL functions and the row and TRUNCATE triggers
     /// that call them. Writes made by Ferry itself set `ferry.applying` for their
     /// transaction and are skipped, by the row trigger's `WHEN`, so the function is not even
@@ -148,11 +155,7 @@ impl PgTable {
         let table = &self.table;
         let t = quote(&table.name);
         let tl = lit(&table.name);
-        // PostgreSQL cuts names at 63 bytes: a fingerprint keeps long table names apart.
-        let tag = fingerprint(&table.name);
-        let capture_fn = quote(&format!("_ferry_capture_{tag}"));
-        let tomb_fn = quote(&format!("_ferry_tomb_{tag}"));
-        let truncate_fn = quote(&format!("_ferry_truncate_{tag}"));
+        let [capture_fn, tomb_fn, truncate_fn] = self.functions().map(|f| quote(&f));
         let pk = lit(&table.pk_column().name);
         let settings =
             format!("SECURITY DEFINER SET search_path = {}, pg_temp SET extra_float_digits = 3", quote(schema));
@@ -325,6 +328,35 @@ CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUN
         }
     }
 
+    /// Whether [`PgTable::backfill_owner`] has anything to do (read only).
+    pub fn owners_differ(&self) -> String {
+        let table = &self.table;
+        let tl = lit(&table.name);
+        match &table.options.owner {
+            None => format!("SELECT EXISTS (SELECT 1 FROM _ferry_rows WHERE tbl = {tl} AND owner IS NOT NULL)"),
+            Some(o) => format!(
+                "SELECT EXISTS (SELECT 1 FROM _ferry_rows r JOIN {t} t ON r.pk = t.{pk}::text
+                                WHERE r.tbl = {tl} AND r.owner IS DISTINCT FROM coalesce(t.{o}::text, ''))
+                     OR EXISTS (SELECT 1 FROM _ferry_rows WHERE tbl = {tl} AND owner IS NULL)",
+                o = quote(o),
+                t = quote(&table.name),
+                pk = quote(&table.pk_column().name),
+            ),
+        }
+    }
+
+    /// Whether the table holds rows Ferry does not track yet (read only).
+    pub fn untracked(&self) -> String {
+        let table = &self.table;
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM {t} t
+                            WHERE NOT EXISTS (SELECT 1 FROM _ferry_rows r WHERE r.tbl = {tl} AND r.pk = t.{pk}::text))",
+            tl = lit(&table.name),
+            t = quote(&table.name),
+            pk = quote(&table.pk_column().name),
+        )
+    }
+
     /// Records every row Ferry does not track yet (a table adopted with its data) as
     /// inserted at clock `$1`.
     pub fn adopt(&self) -> String {
@@ -343,6 +375,47 @@ CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUN
         )
     }
 }
+
+/// The tables [`BOOKKEEPING`] creates.
+pub const BOOKKEEPING_TABLES: [&str; 7] = [
+    "_ferry_store",
+    "_ferry_users",
+    "_ferry_devices",
+    "_ferry_batches",
+    "_ferry_rows",
+    "_ferry_sites",
+    "_ferry_conflicts",
+];
+/// The functions [`BOOKKEEPING`] creates.
+pub const BOOKKEEPING_FUNCTIONS: [&str; 2] = ["_ferry_notify_direct", "_ferry_next_clock"];
+
+/// The catalog's definitions of Ferry's objects, hashed: `$1` tables whose columns count,
+/// `$1` and `$2` tables whose `_ferry` indexes and triggers count, `$3` functions. Reading
+/// the catalog takes no lock that an application's statement could be waiting for.
+pub const CATALOG: &str = r#"
+SELECT md5(coalesce(string_agg(d, E'\n' ORDER BY d), '')) FROM (
+  SELECT c.relname || ' column ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+         || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+         || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '') AS d
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+  WHERE n.nspname = current_schema() AND c.relname = ANY($1::text[])
+  UNION ALL
+  SELECT pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_class ic ON ic.oid = i.indexrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = current_schema() AND c.relname = ANY($1::text[] || $2::text[]) AND ic.relname LIKE '\_ferry%'
+  UNION ALL
+  SELECT pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = current_schema() AND c.relname = ANY($1::text[] || $2::text[])
+    AND NOT t.tgisinternal AND t.tgname LIKE '\_ferry%'
+  UNION ALL
+  SELECT pg_get_functiondef(p.oid)
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  WHERE n.nspname = current_schema() AND p.proname = ANY($3::text[])
+) x"#;
 
 /// Bookkeeping tables and the clock function, created once per database.
 pub const BOOKKEEPING: &str = r#"
@@ -447,5 +520,24 @@ fn jsonb_field(c: &Column, rec: &str, texts: &str) -> String {
             let typed = format!("{raw}::{}", c.ty.postgres());
             render(c, &typed, Some(texts))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Start-up compares these objects with the catalog to find the bookkeeping current.
+    #[test]
+    fn the_bookkeeping_lists_name_everything_it_creates() {
+        let named = |prefix: &str| -> Vec<String> {
+            BOOKKEEPING
+                .split(prefix)
+                .skip(1)
+                .map(|rest| rest.split([' ', '(']).next().unwrap_or_default().to_owned())
+                .collect()
+        };
+        assert_eq!(named("CREATE TABLE IF NOT EXISTS "), BOOKKEEPING_TABLES);
+        assert_eq!(named("CREATE OR REPLACE FUNCTION "), BOOKKEEPING_FUNCTIONS);
     }
 }

@@ -3,6 +3,7 @@
 
 mod feed;
 mod pg_capture;
+mod pg_startup;
 mod suite;
 
 use std::collections::BTreeMap;

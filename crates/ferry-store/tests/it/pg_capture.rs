@@ -10,19 +10,19 @@ use crate::suite::{at, key, note};
 use ferry_store::{PgStore, Principal, Store};
 use tokio_postgres::{Client, NoTls};
 
-async fn connect(url: &str) -> Client {
+pub async fn connect(url: &str) -> Client {
     let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
     tokio::spawn(conn);
     c
 }
 
-async fn device(store: &PgStore, user: &str, name: &str) -> Principal {
+pub async fn device(store: &PgStore, user: &str, name: &str) -> Principal {
     let _ = store.add_user(user).await;
     let token = store.create_token(user, name).await.unwrap();
     store.authenticate(&token.token).await.unwrap().unwrap()
 }
 
-async fn pull_all(store: &PgStore, who: &Principal, from: &str) -> (BTreeMap<String, RowState>, String) {
+pub async fn pull_all(store: &PgStore, who: &Principal, from: &str) -> (BTreeMap<String, RowState>, String) {
     let mut out = BTreeMap::new();
     let mut cursor = from.to_owned();
     loop {
