@@ -138,14 +138,23 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
                 || code.starts_with("53")
                 || matches!(code, "25006" | "57014" | "55P03")
             {
-                StoreError::Unavailable(format!("PostgreSQL: {}{detail}", db.message()))
+                StoreError::Unavailable(format!("PostgreSQL: {}", db.message()))
             } else if matches!(code, "42703" | "42P01" | "42804") {
                 StoreError::Internal(format!(
                     "a synced table changed under Ferry ({}{detail}); restart `ferry serve` to compare the tables with the schema",
                     db.message()
                 ))
-            } else if code.starts_with("22") || code.starts_with("23") {
-                StoreError::Invalid(format!("PostgreSQL refused the data: {}{detail}", db.message()))
+            } else if let Some(words) = refusal(code, db.constraint(), db.column()) {
+                // PostgreSQL's own message and detail may quote the data (a whole key, a row):
+                // they go to the log, cut short, and the client gets Ferry's words.
+                tracing::warn!(
+                    code,
+                    table = db.table(),
+                    message = cut(db.message()),
+                    detail = cut(db.detail().unwrap_or_default()),
+                    "PostgreSQL refused a value: {words}"
+                );
+                StoreError::Invalid(words)
             } else {
                 StoreError::Internal(format!("PostgreSQL error {code}: {}{detail}", db.message()))
             }
@@ -159,6 +168,50 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
             }
         }
     }
+}
+
+/// Ferry's own words for a PostgreSQL error caused by the data it was given: a data exception
+/// (class 22), a broken integrity constraint (23) or a program limit (54). They name only
+/// identifiers (the constraint, the column), never a value, and say what to do.
+fn refusal(code: &str, constraint: Option<&str>, column: Option<&str>) -> Option<String> {
+    let the = |kind: &str| match constraint {
+        Some(c) => format!("the {kind} '{c}'"),
+        None => format!("a {kind}"),
+    };
+    let of_column = column.map(|c| format!(" of column '{c}'")).unwrap_or_default();
+    let limits = "see \"Limits\" in docs/schema.md";
+    Some(match code {
+        "23505" => format!(
+            "a row breaks {}: another row already holds the same value; change the value or remove the other row",
+            the("unique constraint")
+        ),
+        "23503" => format!(
+            "a row breaks {}: it refers to a row that does not exist, or a row still referred to was deleted; write the referenced row first",
+            the("foreign key constraint")
+        ),
+        "23502" => format!("a value{of_column} is missing but the column is NOT NULL in PostgreSQL; send a value"),
+        "23514" => format!("a value breaks {}; send a value the constraint allows", the("check constraint")),
+        "23P01" => format!("a row conflicts with another under {}", the("exclusion constraint")),
+        c if c.starts_with("23") => format!("a row breaks {}", the("integrity constraint")),
+        "22001" => format!("a text value{of_column} is longer than its column allows; shorten it"),
+        "22003" => format!("a number{of_column} is out of range for its column's type"),
+        "22021" | "22P05" => format!(
+            "a text value{of_column} holds a character PostgreSQL cannot store (a NUL character, or \\u0000 in JSON); remove it"
+        ),
+        c if c.starts_with("22") => format!(
+            "a value{of_column} is not valid for its column's PostgreSQL type; see the type mapping in docs/schema.md"
+        ),
+        "54001" => format!("a JSON value is nested too deeply for PostgreSQL; flatten it; {limits}"),
+        c if c.starts_with("54") => format!(
+            "a value is too large for PostgreSQL to store or index (a key longer than about 2 700 bytes, for example); shorten it; {limits}"
+        ),
+        _ => return None,
+    })
+}
+
+/// At most 200 characters of `s`, for the log.
+fn cut(s: &str) -> &str {
+    s.char_indices().nth(200).map_or(s, |(i, _)| &s[..i])
 }
 
 fn retryable(e: &tokio_postgres::Error) -> bool {
@@ -802,7 +855,10 @@ impl From<PushError> for StoreError {
     fn from(e: PushError) -> Self {
         match e {
             PushError::Store(e) => e,
-            PushError::Retry(e) => StoreError::Unavailable(format!("concurrent writes, retry: {e}")),
+            PushError::Retry(e) => {
+                let why = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                StoreError::Unavailable(format!("concurrent writes, retry: {why}"))
+            }
         }
     }
 }
@@ -1560,4 +1616,31 @@ async fn snapshot(client: &mut tokio_postgres::Client) -> Result<Transaction<'_>
         .start()
         .await
         .map_err(pg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[test]
+    fn bad_data_of_every_kind_is_refused_in_ferrys_words_naming_only_identifiers() {
+        let codes = [
+            "22001", "22003", "22007", "22008", "22021", "22P02", "22P05", "23000", "23502", "23503", "23505", "23514",
+            "23P01", "54000", "54001", "54011",
+        ];
+        for code in codes {
+            let words = refusal(code, Some("words_body_key"), Some("body"))
+                .unwrap_or_else(|| panic!("{code} is not refused as invalid"));
+            assert!(words.starts_with("a "), "{code}: {words}");
+            assert!(!words.ends_with('.'), "{code}: {words}");
+        }
+        let unique = refusal("23505", Some("words_body_key"), None).unwrap();
+        assert!(unique.contains("the unique constraint 'words_body_key'"), "{unique}");
+        assert!(refusal("23502", None, Some("body")).unwrap().contains("column 'body'"));
+        assert!(refusal("54000", None, None).unwrap().contains("\"Limits\" in docs/schema.md"));
+        assert!(refusal("54001", None, None).unwrap().contains("JSON value is nested too deeply"));
+        for internal in ["40001", "42P01", "XX000", "P0001"] {
+            assert_eq!(refusal(internal, None, None), None, "{internal}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 mod feed;
 mod pg_capture;
+mod pg_refusals;
 mod pg_startup;
 mod suite;
 
