@@ -218,6 +218,7 @@ impl PgTable {
                         list.join(", ")
                     ));
                 }
+                rules.extend(limit_rules(table, c, &tl, &n));
                 (!rules.is_empty()).then(|| rules.concat())
             })
             .collect();
@@ -521,6 +522,38 @@ fn jsonb_field(c: &Column, rec: &str, texts: &str) -> String {
             render(c, &typed, Some(texts))
         }
     }
+}
+
+/// The capture trigger's checks for the values the door refuses (docs/schema.md, "Limits";
+/// `Table::check_storable`): keys and values over their size limits, NaN and -0.0. `n` is
+/// `to_jsonb(NEW)`, which turns -0 into 0, so reals are read through `row_to_json(NEW)`
+/// (json keeps float8's text). JSON nesting is not checked here (it would parse every
+/// document again); `ferry audit` finds such rows, and devices set them aside.
+fn limit_rules(table: &Table, c: &ferry_core::schema::Column, tl: &str, n: &str) -> Vec<String> {
+    use ferry_core::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+    let size = match c.ty {
+        ColType::Blob => format!("(octet_length(n->>{n}) - 2) / 2"),
+        t if t.is_textual() => format!("octet_length(n->>{n})"),
+        _ => String::new(),
+    };
+    let mut rules = Vec::new();
+    let (max, what) =
+        if c.name == table.pk_column().name { (MAX_KEY_BYTES, "a key") } else { (MAX_VALUE_BYTES, "a value") };
+    if !size.is_empty() {
+        rules.push(format!(
+            "  IF {size} > {max} THEN
+    RAISE EXCEPTION 'ferry: %.% holds % bytes; {what} may be at most {max} bytes (docs/schema.md, Limits)', {tl}, {n}, {size} USING ERRCODE = '22001';
+  END IF;\n"
+        ));
+    }
+    if c.ty == ColType::Real {
+        rules.push(format!(
+            "  IF row_to_json(NEW)->>{n} IN ('NaN', '-0') THEN
+    RAISE EXCEPTION 'ferry: %.% is %, which Ferry does not store (SQLite cannot keep it); store NULL or a number (0 for -0)', {tl}, {n}, row_to_json(NEW)->>{n} USING ERRCODE = '22023';
+  END IF;\n"
+        ));
+    }
+    rules
 }
 
 #[cfg(test)]

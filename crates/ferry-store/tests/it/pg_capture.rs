@@ -260,3 +260,49 @@ async fn a_bulk_load_analyzes_the_tables_it_grew() {
         db.query_one("SELECT reltuples::float8 FROM pg_class WHERE relname = 'notes'", &[]).await.unwrap().get(0);
     assert!(estimate >= 10_000.0, "the planner's row estimate for notes is {estimate}, expected about 12 000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn direct_writes_over_the_limits_or_of_nan_are_refused_like_pushes() {
+    let url = ferry_pgtemp::PgCluster::fresh_db();
+    let schema = ferry_core::schema::Schema::parse(
+        "CREATE TABLE m (id text PRIMARY KEY, r real, t text, doc jsonb, pic bytea);",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let store = PgStore::open(&url, schema).await.unwrap();
+    let ann = device(&store, "ann", "phone").await;
+    let db = connect(&url).await;
+    let refused = |sql: &'static str, words: &'static str| {
+        let db = &db;
+        async move {
+            let err = db.batch_execute(sql).await.unwrap_err();
+            let msg = err.as_db_error().unwrap().message().to_owned();
+            assert!(msg.contains(words), "{sql}: {msg}");
+        }
+    };
+    refused("INSERT INTO m (id, r) VALUES ('nan', 'NaN')", "m.r is NaN").await;
+    refused("INSERT INTO m (id, r) VALUES ('neg', '-0')", "m.r is -0").await;
+    refused("INSERT INTO m (id) VALUES (repeat('k', 1025))", "a key may be at most 1024 bytes").await;
+    refused("INSERT INTO m (id, t) VALUES ('big', repeat('v', 1048577))", "a value may be at most 1048576").await;
+    refused(
+        "INSERT INTO m (id, pic) VALUES ('pic', decode(repeat('00', 1048577), 'hex'))",
+        "m.pic holds 1048577 bytes",
+    )
+    .await;
+    // At the limits, and infinities, the writes go through and reach devices bit for bit.
+    db.batch_execute(
+        "INSERT INTO m (id, r, t, pic) VALUES (repeat('k', 1024), 'Infinity', repeat('v', 1048576), decode(repeat('00', 1048576), 'hex'));
+         INSERT INTO m (id, r) VALUES ('minus', '-Infinity'), ('zero', '0');",
+    )
+    .await
+    .unwrap();
+    let (rows, _) = pull_all(&store, &ann, "0").await;
+    let real = |k: &str| match rows[k].cols["r"].value {
+        Value::Real(r) => r,
+        ref other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(real(&"k".repeat(1024)), f64::INFINITY);
+    assert_eq!(real("minus"), f64::NEG_INFINITY);
+    assert_eq!(real("zero").to_bits(), 0f64.to_bits());
+    assert_eq!(rows.len(), 3, "nothing of the refused writes was captured");
+}
