@@ -23,6 +23,13 @@ CREATE TABLE IF NOT EXISTS _ferry_failed (
     failed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     UNIQUE (tbl, pk)
 );
+CREATE TABLE IF NOT EXISTS _ferry_pull_refused (
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    message TEXT NOT NULL,
+    refused_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (tbl, pk)
+);
 CREATE TABLE IF NOT EXISTS _ferry_history (
     id INTEGER PRIMARY KEY,
     started_at TEXT NOT NULL,
@@ -45,6 +52,17 @@ pub struct Failed {
     pub code: String,
     pub message: String,
     pub failed_at: String,
+}
+
+/// A row the server sent that breaks a rule (from an older server, or stored before a check
+/// existed), set aside so that the rest of the pull goes on. The replica keeps its own
+/// version of the row; a later good version from the server applies and clears the entry.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RefusedPull {
+    pub table: String,
+    pub key: String,
+    pub message: String,
+    pub refused_at: String,
 }
 
 /// One sync, as the history keeps it.
@@ -90,6 +108,19 @@ impl Replica {
                     message: r.get(5)?,
                     failed_at: r.get(6)?,
                 })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The pulled rows set aside as breaking a rule, oldest first.
+    pub fn refused_pulls(&self) -> Result<Vec<RefusedPull>> {
+        let mut stmt = self
+            .connection()
+            .prepare("SELECT tbl, pk, message, refused_at FROM _ferry_pull_refused ORDER BY refused_at, tbl, pk")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(RefusedPull { table: r.get(0)?, key: r.get(1)?, message: r.get(2)?, refused_at: r.get(3)? })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)

@@ -123,6 +123,8 @@ pub struct Applied {
     pub received: usize,
     pub changed: usize,
     pub conflicts: usize,
+    /// Rows that break a rule, set aside (`_ferry_pull_refused`).
+    pub set_aside: usize,
 }
 
 /// What `ferry status` shows.
@@ -148,6 +150,9 @@ pub struct Status {
     /// Local changes the server refused as invalid, set aside with its answer
     /// (`ferry queue --db …`); the rest of the queue moved on.
     pub failed: u64,
+    /// Rows the server sent that break a rule, set aside (`ferry queue --db …`); the pull
+    /// went on without them.
+    pub refused_pulls: u64,
     /// The connection state last reported by a running engine (`ferry sync --watch`):
     /// CONNECTED, DEGRADED, DISCONNECTED, RECONNECTING, OFFLINE_ONLY, or STOPPED.
     pub connection: Option<String>,
@@ -1027,14 +1032,20 @@ impl Replica {
 
     /// As [`Replica::apply`], settling conflicts with local unpushed changes by `resolvers`.
     pub fn apply_with(&mut self, rows: &[PulledRow], cursor: &str, resolvers: &Resolvers) -> Result<Applied> {
-        self.apply_page(rows, "cursor", cursor, resolvers)
+        self.apply_page(rows, &[], "cursor", cursor, resolvers)
     }
 
     /// As [`Replica::apply_with`], storing the cursor under `cursor_key` (a selective sync
     /// keeps one cursor per selection of tables).
+    ///
+    /// `refused` are the page's rows that break a rule (see [`ferry_protocol::DecodedPage`]):
+    /// they are set aside in `_ferry_pull_refused`, in the same transaction, and so is a row
+    /// whose clock is further ahead than the drift limit; the rest of the page applies. A row
+    /// that applies clears its set-aside entry.
     pub fn apply_page(
         &mut self,
         rows: &[PulledRow],
+        refused: &[ferry_protocol::RefusedPull],
         cursor_key: &str,
         cursor: &str,
         resolvers: &Resolvers,
@@ -1046,15 +1057,37 @@ impl Replica {
         let mut clock = Self::clock(&tx)?;
         let mut fresh_stamp = None;
         tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
-        let mut applied = Applied { received: rows.len(), ..Applied::default() };
+        let mut applied = Applied { received: rows.len() + refused.len(), ..Applied::default() };
         let any_refused: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_refused)", [], |r| r.get(0))?;
+        let any_set_aside: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_pull_refused)", [], |r| r.get(0))?;
+        let set_aside = |table: &str, key: &str, message: &str| -> Result<()> {
+            // A key over the limit is refused for that reason, so the key kept is cut to it.
+            let key = &key[..key.floor_char_boundary(ferry_core::limits::MAX_KEY_BYTES + 1)];
+            tx.prepare_cached(
+                "INSERT INTO _ferry_pull_refused (tbl, pk, message) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tbl, pk) DO UPDATE SET message = excluded.message, refused_at = excluded.refused_at",
+            )?
+            .execute(params![table, key, message])?;
+            Ok(())
+        };
+        for r in refused {
+            set_aside(&r.table, &r.key, &r.reason)?;
+        }
+        applied.set_aside = refused.len();
         for row in rows {
             let ts = self.tables.get(&row.table).ok_or_else(|| {
                 Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
             })?;
-            clock
-                .observe(row.state.max_clock(), now)
-                .map_err(|e| Error::Protocol(format!("{} '{}': {e}", row.table, row.key)))?;
+            if let Err(e) = clock.observe(row.state.max_clock(), now) {
+                set_aside(&row.table, &row.key, &format!("{} '{}': {e}", row.table, ferry_core::shown(&row.key)))?;
+                applied.set_aside += 1;
+                continue;
+            }
+            if any_set_aside {
+                tx.prepare_cached("DELETE FROM _ferry_pull_refused WHERE tbl = ?1 AND pk = ?2")?
+                    .execute(params![row.table, row.key])?;
+            }
             let Some((mut state, meta)) = Self::load_local(&tx, ts, &row.key, &mut clock)? else {
                 ferry_sqlite::store_state(&tx, ts, &row.key, &row.state, &Extra::default())?;
                 applied.changed += 1;
@@ -1341,6 +1374,7 @@ impl Replica {
             unstamped: count("SELECT count(*) FROM _ferry_outbox")?,
             conflicted: count("SELECT count(*) FROM _ferry_refused")?,
             failed: count("SELECT count(*) FROM _ferry_failed")?,
+            refused_pulls: count("SELECT count(*) FROM _ferry_pull_refused")?,
             connection: self.connection_state()?,
             files: self.file_queue_totals()?,
             last_sync: self.meta("last_sync")?,

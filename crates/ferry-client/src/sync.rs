@@ -104,6 +104,8 @@ pub struct SyncReport {
     pub refused: u64,
     /// Local changes the server refused as invalid, set aside so the rest moved on.
     pub set_aside: u64,
+    /// Pulled rows that break a rule, set aside so the rest of the pull went on.
+    pub refused_pulls: u64,
     pub cursor: String,
     pub elapsed_ms: u64,
 }
@@ -428,18 +430,19 @@ async fn sync_once(
         Prefetch(tokio::spawn(async move {
             let page = remote.pull_decoded(&schema, &cursor, limit, tables.as_deref()).await?;
             let rows = page.rows.into_iter().map(|(table, key, state)| PulledRow { table, key, state }).collect();
-            Ok((rows, page.cursor, page.more))
+            Ok((rows, page.refused, page.cursor, page.more))
         }))
     };
     let mut next = pull.then(|| fetch(cursor.clone()));
     while let Some(mut prefetch) = next.take() {
-        let (rows, page_cursor, more) =
+        let (rows, refused, page_cursor, more) =
             (&mut prefetch.0).await.map_err(|e| Error::Local(format!("pull task failed: {e}")))??;
         if more {
             next = Some(fetch(page_cursor.clone()));
         }
-        let applied = replica.apply_page(&rows, &cursor_key, &page_cursor, &opts.resolvers)?;
+        let applied = replica.apply_page(&rows, &refused, &cursor_key, &page_cursor, &opts.resolvers)?;
         report.pulled += applied.received as u64;
+        report.refused_pulls += applied.set_aside as u64;
         report.pulled_changed += applied.changed as u64;
         report.conflicts += applied.conflicts as u64;
         cursor = page_cursor;
@@ -471,7 +474,10 @@ fn stamp_on(replica: &mut Replica, stamping: &mut Option<Stamping>) -> Result<()
 }
 
 /// A page being fetched and decoded: its rows, its cursor, and whether more follow.
-struct Prefetch(tokio::task::JoinHandle<Result<(Vec<PulledRow>, String, bool)>>);
+/// A page being fetched and decoded: its rows, its refused rows, its cursor, and whether
+/// more wait.
+type Page = (Vec<PulledRow>, Vec<ferry_protocol::RefusedPull>, String, bool);
+struct Prefetch(tokio::task::JoinHandle<Result<Page>>);
 
 impl Drop for Prefetch {
     fn drop(&mut self) {

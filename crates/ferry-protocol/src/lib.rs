@@ -15,7 +15,7 @@ use ferry_core::{Hlc, RowState, Stamped, Value};
 use serde::{Deserialize, Serialize};
 
 mod page;
-pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, decode_page, decode_push};
+pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};
 
 /// The path prefix of every protocol endpoint.
 pub const PREFIX: &str = "/v1";
@@ -792,7 +792,7 @@ mod tests {
         );
         let decoded = decode_page(&s, json.as_bytes()).unwrap();
         assert_eq!(decoded.rows[0].2, decode_row(&s, &wire(serde_json::json!({"n": 3}))).unwrap().1);
-        // Every refusal reads as decode_row's.
+        // Every refusal reads as decode_row's, and leaves the page's other rows decoded.
         for values in [
             serde_json::json!({"n": "seven"}),
             serde_json::json!({"n": 1.5}),
@@ -809,8 +809,32 @@ mod tests {
         ] {
             let row = wire(values.clone());
             let expected = decode_row(&s, &row).unwrap_err().0;
-            let got = decode_page(&s, &page(vec![row])).unwrap_err().0;
-            assert_eq!(got, expected, "{values}");
+            let mut rows = good.clone();
+            rows.insert(1, row);
+            let decoded = decode_page(&s, &page(rows)).unwrap();
+            let refused = RefusedPull { table: "jump".into(), key: KEY.into(), reason: expected };
+            assert_eq!(decoded.refused, vec![refused], "{values}");
+            assert_eq!(decoded.rows.len(), good.len(), "{values}");
+        }
+        // A zero clock, an unknown table and a NaN are refused rows too; a page that is not
+        // shaped as one (a row without its key, a clock that is not a string) is malformed.
+        let mut zero = wire(serde_json::json!({"n": 1}));
+        zero.clock = Hlc::ZERO.to_string();
+        let mut unknown = wire(serde_json::json!({"n": 1}));
+        unknown.table = "jumps".into();
+        let decoded = decode_page(&s, &page(vec![zero, unknown])).unwrap();
+        assert_eq!(decoded.refused.len(), 2, "{:?}", decoded.refused);
+        assert!(decoded.refused[0].reason.contains("zero clock"), "{:?}", decoded.refused);
+        assert_eq!(decoded.refused[1].table, "jumps");
+        let with_real = Schema::parse("CREATE TABLE jump (id uuid PRIMARY KEY, h real);", &BTreeMap::new()).unwrap();
+        let decoded = decode_page(&with_real, &page(vec![wire(serde_json::json!({"h": "NaN"}))])).unwrap();
+        assert!(decoded.refused[0].reason.contains("column 'h': is NaN"), "{:?}", decoded.refused);
+        for broken in [
+            r#"{"rows":[{"table":"jump"}],"cursor":"c","more":false}"#,
+            r#"{"rows":[{"table":"jump","key":"k","exists":true,"exists_at":1,"clock":"c"}],"cursor":"c","more":false}"#,
+            "[]",
+        ] {
+            assert!(decode_page(&s, broken.as_bytes()).is_err(), "{broken}");
         }
     }
 

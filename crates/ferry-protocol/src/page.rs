@@ -20,14 +20,29 @@ use ferry_core::strategy::RowClocks;
 #[derive(Debug)]
 pub struct DecodedPage {
     pub rows: Vec<(String, String, RowState)>,
+    /// Rows of the page that [`decode_row`](crate::decode_row) refuses (from an older server,
+    /// or stored before a check existed): the device sets them aside and applies the rest.
+    pub refused: Vec<RefusedPull>,
     pub cursor: String,
     pub more: bool,
 }
 
-/// Decodes a [`PullResponse`](crate::PullResponse) body against `schema`.
+/// A pulled row that breaks a rule: its table and key as sent, and the refusal (which names
+/// them, the column and the rule).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedPull {
+    pub table: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// Decodes a [`PullResponse`](crate::PullResponse) body against `schema`. A row that
+/// [`decode_row`](crate::decode_row) would refuse is returned among
+/// [`DecodedPage::refused`] with the same message; the rest of the page decodes.
 ///
 /// # Errors
-/// Malformed JSON, or a row [`decode_row`](crate::decode_row) would refuse (same message).
+/// Malformed JSON, or a page or row not shaped as the protocol says (a missing field, a
+/// field of the wrong JSON type).
 pub fn decode_page(schema: &Schema, json: &[u8]) -> Result<DecodedPage, DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let page = PageSeed(schema).deserialize(&mut de).map_err(refusal)?;
@@ -112,8 +127,12 @@ impl<'de> Visitor<'de> for PushSeed<'_> {
             cursor,
             rows: rows
                 .into_iter()
-                .map(|r| PushedRow { table: r.table, key: r.key, state: r.state, seen: r.seen.unwrap_or_default() })
-                .collect(),
+                .map(|r| {
+                    // A push's refused row ended the decoding (RowSeed), so every state is here.
+                    let state = r.state.map_err(|e| serde::de::Error::custom(e.0))?;
+                    Ok(PushedRow { table: r.table, key: r.key, state, seen: r.seen.unwrap_or_default() })
+                })
+                .collect::<Result<_, A::Error>>()?,
         })
     }
 }
@@ -155,9 +174,17 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
                 }
             }
         }
-        let rows: Vec<RowParts> = rows.ok_or_else(|| serde::de::Error::missing_field("rows"))?;
+        let parts: Vec<RowParts> = rows.ok_or_else(|| serde::de::Error::missing_field("rows"))?;
+        let (mut rows, mut refused) = (Vec::with_capacity(parts.len()), Vec::new());
+        for r in parts {
+            match r.state {
+                Ok(state) => rows.push((r.table, r.key, state)),
+                Err(e) => refused.push(RefusedPull { table: r.table, key: r.key, reason: e.0 }),
+            }
+        }
         Ok(DecodedPage {
-            rows: rows.into_iter().map(|r| (r.table, r.key, r.state)).collect(),
+            rows,
+            refused,
             cursor: cursor.ok_or_else(|| serde::de::Error::missing_field("cursor"))?,
             more: more.ok_or_else(|| serde::de::Error::missing_field("more"))?,
         })
@@ -191,12 +218,12 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
     }
 }
 
-/// A row as read: its table, key and state, and for a pushed row the version its change
-/// started from.
+/// A row as read: its table, key and state (or, in a pull page, why it was refused), and
+/// for a pushed row the version its change started from.
 struct RowParts {
     table: String,
     key: String,
-    state: RowState,
+    state: Result<RowState, DecodeError>,
     seen: Option<RowClocks>,
 }
 
@@ -275,12 +302,13 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             }
             serde::de::Error::custom(e.0)
         };
-        let (t, state) = decoded.map_err(refuse)?;
-        let seen = match self.push {
-            Some(_) => Some(crate::seen_of(t, &key, &base, sent_seen.as_ref(), &state).map_err(refuse)?),
-            None => None,
+        let Some(_) = self.push else {
+            // A page's bad row is set aside by the device; the rest of the page goes on.
+            return Ok(RowParts { table, key, state: decoded.map(|(_, state)| state), seen: None });
         };
-        Ok(RowParts { table, key, state, seen })
+        let (t, state) = decoded.map_err(refuse)?;
+        let seen = Some(crate::seen_of(t, &key, &base, sent_seen.as_ref(), &state).map_err(refuse)?);
+        Ok(RowParts { table, key, state: Ok(state), seen })
     }
 }
 

@@ -529,12 +529,17 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Resu
                 (Event::State { to, why, .. }, false) => format!("{}: {why}", to.name()),
                 (Event::Completed(r), true) => serde_json::json!({"event": "completed", "report": r}).to_string(),
                 (Event::Completed(r), false) if r.pushed + r.pulled + r.set_aside + r.refused > 0 => format!(
-                    "synced: pushed {} rows, pulled {} ({} changed here){}{}",
+                    "synced: pushed {} rows, pulled {} ({} changed here){}{}{}",
                     r.pushed,
                     r.pulled,
                     r.pulled_changed,
                     if r.set_aside > 0 { format!(", {} set aside", r.set_aside) } else { String::new() },
                     if r.refused > 0 { format!(", {} refused as stale", r.refused) } else { String::new() },
+                    if r.refused_pulls > 0 {
+                        format!(", {} pulled rows that break a rule set aside", r.refused_pulls)
+                    } else {
+                        String::new()
+                    },
                 ),
                 (Event::Error { message, retry_in, .. }, true) => serde_json::json!({
                     "event": "error", "message": message, "retry_in_ms": retry_in.as_millis() as u64
@@ -872,6 +877,7 @@ async fn sync(args: SyncArgs) -> Result<()> {
                 (report.conflicts, "conflicts settled here (ferry conflicts list --db)"),
                 (report.refused, "changes refused as stale (ferry conflicts refused --db)"),
                 (report.set_aside, "changes refused as invalid and set aside (ferry queue --db)"),
+                (report.refused_pulls, "pulled rows that break a rule, set aside (ferry queue --db)"),
             ]
             .iter()
             .filter(|(n, _)| *n > 0)
@@ -1056,11 +1062,13 @@ fn queue(args: QueueArgs) -> Result<()> {
     }
     let status = replica.status()?;
     let failed = replica.failed()?;
+    let refused_pulls = replica.refused_pulls()?;
     let history = replica.history(args.history)?;
     if args.json {
         let out = serde_json::json!({
             "pending": status.pending,
             "failed": failed,
+            "refused_pulls": refused_pulls,
             "conflicted": status.conflicted,
             "last_sync": replica.last_completed()?,
             "history": history,
@@ -1073,6 +1081,13 @@ fn queue(args: QueueArgs) -> Result<()> {
     println!("failed       {} set aside", failed.len());
     for f in &failed {
         println!("  #{} {} '{}' ({} {}) at {}: {}", f.id, f.table, f.key, f.status, f.code, f.failed_at, f.message);
+    }
+    println!(
+        "refused      {} pulled rows that break a rule, set aside (fix them on the server: ferry audit)",
+        refused_pulls.len()
+    );
+    for r in &refused_pulls {
+        println!("  {} '{}' at {}: {}", r.table, ferry_core::shown(&r.key), r.refused_at, r.message);
     }
     println!("last sync    {}", replica.last_completed()?.as_deref().unwrap_or("never completed"));
     for h in &history {
@@ -1100,6 +1115,7 @@ fn status(args: StatusArgs) -> Result<()> {
         println!("conflicts    {}", s.conflicts);
         println!("conflicted   {} local changes refused as stale (see `ferry conflicts refused`)", s.conflicted);
         println!("failed       {} local changes refused as invalid, set aside (see `ferry queue`)", s.failed);
+        println!("refused      {} pulled rows that break a rule, set aside (see `ferry queue`)", s.refused_pulls);
         println!("rejected     {} (see _ferry_rejected)", s.rejected);
         println!(
             "files        {} queued ({} up, {} down), {} bytes pending{}{}",

@@ -438,9 +438,11 @@ fn random_pushes_from_one_device_never_make_another_devices_sync_fail() {
         if let Err(e) = result {
             panic!("{e}");
         }
-        // A device that starts now gets everything, and agrees with the phone.
+        // Nothing bad got through the door: the phone set nothing aside. A device that starts
+        // now gets everything, and agrees with the phone.
+        assert_eq!(d.pair.sync_phone()["refused_pulls"], 0);
         let token = d.pair.env.token("alice", "fresh");
-        d.pair.env.sync(&d.pair.server, "fresh.db", &token);
+        assert_eq!(d.pair.env.sync(&d.pair.server, "fresh.db", &token)["refused_pulls"], 0);
         let all = |db: &rusqlite::Connection| -> Vec<(String, String)> {
             let mut out = Vec::new();
             for t in ["groups", "notes", "formations", "group_members", "jump_log"] {
@@ -509,5 +511,59 @@ fn ferry_audit_names_the_stored_rows_that_break_the_rules() {
         assert!(problem(&long).is_some_and(|p| p.contains("at most 1024 bytes")), "{bad:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&format!("{} of ", bad.len())) && stderr.contains("break the rules"), "{stderr}");
+    });
+}
+
+#[test]
+fn a_device_sets_aside_a_bad_row_from_the_server_and_syncs_the_rest() {
+    use ferry_core::{Hlc, RowState, SiteId, Stamped};
+    type V = ferry_core::Value;
+    on_both_stores(|env| {
+        let d = Door::new(env);
+        let (bad, good) = (uuid(), uuid());
+        let at = Hlc::new(now_ms(), 0, SiteId(0xb0b));
+        let group = |name: &str, name_at: Hlc, at: Hlc| RowState {
+            exists: Stamped::new(true, at),
+            cols: [
+                ("name".to_owned(), Stamped::new(V::Text(name.to_owned()), name_at)),
+                ("created_by".to_owned(), Stamped::new(V::Text(d.bob.clone()), at)),
+            ]
+            .into(),
+        };
+        // As an older server stored it: a NOT NULL value under the zero clock, left out of pulls.
+        store_below_the_door(
+            &d.pair.env,
+            &d.bob_token,
+            vec![
+                ferry_store::IncomingRow::new("groups", &bad, group("poison", Hlc::ZERO, at)),
+                ferry_store::IncomingRow::new("groups", &good, group("fine", at, at)),
+            ],
+        );
+        // A device that pulls it syncs the rest, and says what it set aside.
+        let status = d.pair.sync_laptop();
+        assert_eq!(status["refused_pulls"], 1, "{status}");
+        let laptop = d.pair.env.db("laptop.db");
+        let names = |db: &rusqlite::Connection| -> Vec<String> {
+            let mut stmt = db.prepare("SELECT name FROM groups ORDER BY name").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        assert_eq!(names(&laptop), ["fine"]);
+        let db = d.pair.env.path("laptop.db").display().to_string();
+        let queue: Value = serde_json::from_str(&d.pair.env.ok_all(&["queue", "--db", &db, "--json"])).unwrap();
+        let refused = &queue["refused_pulls"][0];
+        assert_eq!(refused["key"], bad.as_str(), "{queue}");
+        assert!(refused["message"].as_str().unwrap().contains("'name' is NOT NULL but missing"), "{queue}");
+        let text = d.pair.env.ok_all(&["queue", "--db", &db]);
+        assert!(text.contains(&format!("groups '{bad}'")), "{text}");
+        // The next sync goes on (nothing new), and the entry stays until the row is fixed.
+        assert_eq!(d.pair.sync_laptop()["refused_pulls"], 1);
+        // Fixed on the server (written again whole by its owner's device): the next pull
+        // applies it and clears the entry.
+        let later = clock_at(&d.bob_site, 10);
+        let (s, body) = d.push(&d.bob_token, vec![d.group(&bad, "mended", &later)]);
+        assert_eq!(s, 200, "{body}");
+        let status = d.pair.sync_laptop();
+        assert_eq!(status["refused_pulls"], 0, "{status}");
+        assert_eq!(names(&laptop), ["fine", "mended"]);
     });
 }
