@@ -255,6 +255,7 @@ impl SqliteStore {
                        AND +tbl IN (SELECT value FROM json_each(?4))
                      ORDER BY seq LIMIT ?3"
                 } else {
+                    // Every row (`?2`, the user, is NULL: both queries take the same parameters).
                     "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND ?2 IS NULL
                        AND +tbl IN (SELECT value FROM json_each(?4))
                      ORDER BY seq LIMIT ?3"
