@@ -22,6 +22,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("{0}")]
+    UriTooLong(String),
     /// A write made on an older version of a row (409 `stale`), with the current version.
     #[error("{0}")]
     Stale(String, Option<Box<serde_json::Value>>),
@@ -60,6 +62,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             ApiError::Stale(..) => (StatusCode::CONFLICT, "stale"),
             ApiError::PreconditionFailed(..) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             ApiError::PreconditionRequired(_) => (StatusCode::PRECONDITION_REQUIRED, "precondition_required"),
@@ -88,10 +91,8 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A 5xx is logged, and its message hidden, with the request id by `crate::guard`.
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(code, error = %self, "request failed");
-        }
         let current = match &self {
             ApiError::Stale(_, c) | ApiError::PreconditionFailed(_, c) => c.as_deref().cloned(),
             _ => None,
@@ -100,8 +101,11 @@ impl IntoResponse for ApiError {
             ApiError::UploadOffset(_, o) => Some(*o),
             _ => None,
         };
-        let body =
-            ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() }, current, offset };
+        let body = ErrorBody {
+            error: ErrorDetail { code: code.to_owned(), message: bounded(self.to_string()) },
+            current,
+            offset,
+        };
         let mut resp = (status, Json(body)).into_response();
         if let Some(o) = offset {
             resp.headers_mut().insert("upload-offset", o.into());
@@ -113,5 +117,32 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+/// The most characters an error message carries: messages name the bad value, and a value
+/// can be megabytes long.
+pub const MAX_MESSAGE_CHARS: usize = 2000;
+
+/// `message`, cut to [`MAX_MESSAGE_CHARS`] with a note of how much was left out.
+fn bounded(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        None => message,
+        Some((cut, _)) => format!("{}… ({} more bytes)", &message[..cut], message.len() - cut),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_to_a_bounded_length() {
+        let resp = ApiError::BadRequest(format!("unknown table '{}'", "t".repeat(1_000_000))).into_response();
+        let (_, body) = resp.into_parts();
+        let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(body, 100_000)).unwrap().unwrap();
+        assert!(body.len() < 4000, "{} bytes", body.len());
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert!(body.error.message.ends_with("… (998016 more bytes)"), "{}", &body.error.message[1900..]);
     }
 }

@@ -3,13 +3,17 @@
 //! - [`config`]: `ferry.toml`, flags and environment variables.
 //! - [`error`]: the one mapping from errors to HTTP status, code and JSON body.
 //! - `auth`: the bearer-token extractor (401 without or with a bad token).
+//! - `guard`: what every request passes through (request id, early 413, JSON errors).
+//! - `conn`: the connections, the only code that touches socket bytes.
 //! - `push`, `pull`, `info`, `admin`: one file per request kind.
 //!
 //! Only this crate knows HTTP. It decodes bodies with `ferry-protocol`, hands core row
 //! states to a [`ferry_store::Store`] and never touches SQL itself.
 
 pub mod config;
+mod conn;
 pub mod error;
+mod guard;
 
 mod admin;
 mod auth;
@@ -66,6 +70,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         .route("/v1/admin/conflicts/{id}/resolve", post(admin::resolve::<S>))
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(max_body_bytes, guard::guard))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestDecompressionLayer::new())
         .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest).compress_when(compress))
@@ -84,5 +89,5 @@ pub async fn run<S: Store>(
     files: Files,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store, max_body_bytes, files)).with_graceful_shutdown(shutdown).await
+    axum::serve(conn::Listener(listener), router(store, max_body_bytes, files)).with_graceful_shutdown(shutdown).await
 }

@@ -6,6 +6,7 @@ mod door;
 mod errors;
 mod faults;
 mod files;
+mod http;
 mod openapi;
 mod postgres;
 mod proxy;

@@ -1,0 +1,140 @@
+//! The server's connections: the one place that touches socket bytes.
+//!
+//! hyper answers a request it cannot parse by itself (400 for a bad request line or header,
+//! 414 for a URI too long, 431 for headers too large) with an empty body, and offers no hook
+//! to change that answer. [`Conn`] wraps each accepted socket and, when hyper writes such an
+//! answer, writes Ferry's JSON error body in its place. hyper's own answers are told from the
+//! application's by the `x-request-id` header, which every answer the router gives carries
+//! ([`crate::guard`]). The wrapper asks hyper for whole writes (not vectored ones), so a
+//! response head arrives in one call.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use ferry_protocol::{ErrorBody, ErrorDetail};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP listener whose connections are [`Conn`]s.
+pub struct Listener(pub TcpListener);
+
+impl axum::serve::Listener for Listener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        (Conn { io, replacing: None }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// An accepted connection (see the module's doc).
+pub struct Conn {
+    io: TcpStream,
+    /// Ferry's answer being written in place of one of hyper's: its bytes, how many are
+    /// written, and the length of hyper's answer (reported as written once ours is).
+    replacing: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.replacing.is_none()
+            && let Some(answer) = replacement(buf)
+        {
+            this.replacing = Some((answer, 0, buf.len()));
+        }
+        let Some((answer, written, original)) = &mut this.replacing else {
+            return Pin::new(&mut this.io).poll_write(cx, buf);
+        };
+        while *written < answer.len() {
+            match ready!(Pin::new(&mut this.io).poll_write(cx, &answer[*written..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => *written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let n = *original;
+        this.replacing = None;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+/// Ferry's answer for `buf` when it is an error answer hyper made itself: a whole response
+/// head with an error status, no body and no `x-request-id`.
+fn replacement(buf: &[u8]) -> Option<Vec<u8>> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 ")?;
+    let status: u16 = std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()?;
+    if status < 400 || !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let head = std::str::from_utf8(buf).ok()?.to_ascii_lowercase();
+    if head.contains("\r\nx-request-id:") || !head.contains("\r\ncontent-length: 0\r\n") {
+        return None;
+    }
+    let (code, message) = match status {
+        414 => ("uri_too_long", "the request's URI is too long; send long data in a request body"),
+        431 => ("headers_too_large", "the request's headers are too large or too many; send less in headers"),
+        400 => ("bad_request", "malformed HTTP request: the request line or a header could not be parsed"),
+        505 => ("http_version_not_supported", "the HTTP version is not supported; use HTTP/1.1"),
+        _ => ("bad_request", "the HTTP request could not be served as sent"),
+    };
+    let body = ErrorBody {
+        error: ErrorDetail { code: code.to_owned(), message: message.to_owned() },
+        current: None,
+        offset: None,
+    };
+    let body = serde_json::to_vec(&body).ok()?;
+    let reason = std::str::from_utf8(&rest[3..]).ok()?.split("\r\n").next().unwrap_or("").trim();
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replacement;
+
+    #[test]
+    fn only_hypers_own_empty_error_answers_are_replaced() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let out = String::from_utf8(replacement(hyper).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{out}");
+        assert!(out.contains("content-type: application/json") && out.contains("\"headers_too_large\""), "{out}");
+        let body = out.split("\r\n\r\n").nth(1).unwrap();
+        assert!(out.contains(&format!("content-length: {}\r\n", body.len())), "{out}");
+        // Ferry's own answers carry a request id; successful ones and bodies are left alone.
+        assert!(replacement(b"HTTP/1.1 404 Not Found\r\nx-request-id: 1\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(replacement(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}").is_none());
+        assert!(replacement(b"\x81\x05hello").is_none());
+    }
+}

@@ -1,0 +1,150 @@
+//! What every request passes through, whatever its route: a request id, a body announced
+//! over the limit refused before it arrives, and every error answer made JSON with no
+//! internal detail.
+//!
+//! - Every answer carries `x-request-id`; the server's log names the same id.
+//! - A request whose `Content-Length` is over `max_body_bytes` gets 413 at once, before its
+//!   body is read (and so before a client waiting on `Expect: 100-continue` sends it). File
+//!   uploads have their own limit (`max_upload_bytes`, checked by their handler).
+//! - An error answer that is not JSON (made by axum or tower for a rejected request) becomes
+//!   Ferry's `{"error": {"code", "message"}}`.
+//! - A 5xx answer never shows its message, which may hold a store's internals: the message
+//!   is logged with the request id, and the body says only that id.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ferry_protocol::ErrorBody;
+
+use crate::ApiError;
+
+/// The longest URI served (414 above it, as JSON).
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+
+/// The largest error body read back to be rewritten; larger ones are replaced whole.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub async fn guard(State(max_body_bytes): State<usize>, req: Request, next: Next) -> Response {
+    let id = request_id();
+    let mut resp = match early_refusal(&req, max_body_bytes) {
+        Some(e) => e.into_response(),
+        None => next.run(req).await,
+    };
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        resp = json_error(resp, &id).await;
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// A refusal the request's head alone decides.
+fn early_refusal(req: &Request, max_body_bytes: usize) -> Option<ApiError> {
+    let uri = req.uri().to_string();
+    if uri.len() > MAX_URI_BYTES {
+        return Some(ApiError::UriTooLong(format!(
+            "the request's URI is {} bytes, over the limit of {MAX_URI_BYTES}; send long data in a request body",
+            uri.len()
+        )));
+    }
+    let upload = req.uri().path().starts_with("/v1/files/") && req.method() == axum::http::Method::PUT;
+    let length = req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
+    (!upload && length > max_body_bytes as u64).then(|| {
+        ApiError::PayloadTooLarge(format!(
+            "request body of {length} bytes is over the server's limit of {max_body_bytes} bytes (max_body_bytes); send less per request (smaller push batches)"
+        ))
+    })
+}
+
+/// `resp` (an error answer) as Ferry's JSON error body, without internals when it is a 5xx.
+async fn json_error(resp: Response, id: &str) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let is_json =
+        parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json && !parts.status.is_server_error() {
+        return Response::from_parts(parts, body);
+    }
+    let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY).await.unwrap_or_default();
+    let mut out: ErrorBody = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(b) if is_json => b,
+        _ => {
+            let text = String::from_utf8_lossy(&bytes);
+            let text = text.trim();
+            let message = if text.is_empty() {
+                parts.status.canonical_reason().unwrap_or("error").to_lowercase()
+            } else {
+                ferry_core::shown(text).into_owned()
+            };
+            ErrorBody {
+                error: ferry_protocol::ErrorDetail { code: code_of(parts.status).to_owned(), message },
+                current: None,
+                offset: None,
+            }
+        }
+    };
+    if parts.status.is_server_error() {
+        tracing::error!(request_id = id, status = parts.status.as_u16(), error = %out.error.message, "request failed");
+        out.error.message = format!("internal error; the server logged it as request {id}");
+        out.current = None;
+    }
+    let body = serde_json::to_vec(&out).unwrap_or_default();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// The stable code of an error status that no Ferry handler chose (a rejection).
+fn code_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
+/// A new request id: 16 random hex digits.
+fn request_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    ferry_core::to_hex(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_5xx_body_names_the_request_id_and_never_the_internal_message() {
+        let resp = ApiError::Internal("internal store error: disk I/O error at /var/secret".into()).into_response();
+        let resp = json_error(resp, "0123456789abcdef").await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 10_000).await.unwrap();
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body.error.code, "internal");
+        assert_eq!(body.error.message, "internal error; the server logged it as request 0123456789abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_rejection_becomes_a_json_error() {
+        let resp = (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Expected request with `Content-Type: application/json`")
+            .into_response();
+        let resp = json_error(resp, "x").await;
+        let body = axum::body::to_bytes(resp.into_body(), 10_000).await.unwrap();
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body.error.code, "unsupported_media_type");
+        assert!(body.error.message.contains("Content-Type"), "{}", body.error.message);
+    }
+}

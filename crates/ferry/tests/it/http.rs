@@ -1,0 +1,128 @@
+//! HTTP at the edge, as raw bytes on a socket: every error answer is JSON with a code and a
+//! message (hyper's own ones included), carries a request id, and a body announced over the
+//! limit is refused before it is sent.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::*;
+
+/// Sends `request` (raw bytes) and reads the answer until the server closes the connection
+/// or has sent a whole JSON body; returns the head (lowercased) and the body.
+fn raw(server: &Server, request: &[u8]) -> (String, Vec<u8>) {
+    let addr = server.url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A server that stops reading may reset the connection while the request is still being
+    // written; its answer is read all the same.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                panic!("no whole answer within 10 s; got {:?}", String::from_utf8_lossy(&out))
+            }
+            Err(_) => break,
+        }
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_lowercase();
+            let length = head.lines().find_map(|l| l.strip_prefix("content-length: ")).and_then(|v| v.parse().ok());
+            if length.is_some_and(|n: usize| out.len() >= end + 4 + n) {
+                break;
+            }
+        }
+    }
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no head: {out:?}"));
+    (String::from_utf8_lossy(&out[..end]).to_lowercase(), out[end + 4..].to_vec())
+}
+
+/// The answer's status, asserting its body is a JSON error with a code and a message.
+fn json_error(head: &str, body: &[u8]) -> (u16, Value) {
+    let status: u16 = head[9..12].parse().unwrap();
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)));
+    assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{v}");
+    (status, v)
+}
+
+#[test]
+fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
+    let env = Env::new();
+    env.add_user("alice");
+    let token = env.token("alice", "phone");
+    let server = env.serve_with(&["--max-body-bytes", "65536"]);
+    for expect in ["", "expect: 100-continue\r\n"] {
+        let req = format!(
+            "POST /v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n{expect}\r\n"
+        );
+        // No body is sent: the answer comes from the head alone.
+        let (head, body) = raw(&server, req.as_bytes());
+        let (status, v) = json_error(&head, &body);
+        assert_eq!(status, 413, "{head}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("limit of 65536 bytes"), "{v}");
+        assert!(!head.contains("100 continue"), "{head}");
+    }
+    // A chunked body over the limit is refused as it arrives.
+    let mut req = format!(
+        "POST /v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..3 {
+        req.extend_from_slice(format!("{:x}\r\n{}\r\n", 40_000, "x".repeat(40_000)).as_bytes());
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let (head, body) = raw(&server, &req);
+    assert_eq!(json_error(&head, &body).0, 413, "{head}");
+}
+
+#[test]
+fn every_error_answer_is_json_with_a_request_id_even_hypers_own() {
+    let env = Env::new();
+    env.add_user("alice");
+    let token = env.token("alice", "phone");
+    let server = env.serve();
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        // A request line hyper cannot parse.
+        (b"NOT AN HTTP REQUEST, NOT AT ALL\r\n\r\n".to_vec(), 400),
+        (b"GET /v1/me HTTP/1.1\r\nbad header line\r\n\r\n".to_vec(), 400),
+        // Too many headers for hyper.
+        (format!("GET /v1/me HTTP/1.1\r\nhost: x\r\n{}\r\n", (0..200).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()).into_bytes(), 431),
+        // A URI over the server's limit.
+        (format!("GET /v1/pull?cursor={} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", "c".repeat(20_000)).into_bytes(), 414),
+        // Rejections axum makes: no content type, a body that is not JSON, an unknown route.
+        (format!("PUT /v1/rows/groups/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").into_bytes(), 400),
+        (format!("POST /v1/files/check HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc").into_bytes(), 400),
+        (b"GET /nowhere HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 404),
+        (b"DELETE /v1/push HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 405),
+    ];
+    for (req, want) in cases {
+        let (head, body) = raw(&server, &req);
+        let (status, v) = json_error(&head, &body);
+        let shown = String::from_utf8_lossy(&req[..req.len().min(60)]).into_owned();
+        assert!(status == want || (want == 400 && status == 415), "{shown}: {head}\n{v}");
+        if head.contains("x-request-id") {
+            continue;
+        }
+        // Only hyper's own answers (the connection is not served further) lack an id.
+        assert!(matches!(status, 400 | 431), "{shown}: {head}");
+    }
+    // A long value echoed back is cut.
+    let (head, body) = raw(
+        &server,
+        format!(
+            "GET /v1/pull?cursor={} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n",
+            "c".repeat(15_000)
+        )
+        .as_bytes(),
+    );
+    let (status, _) = json_error(&head, &body);
+    assert_eq!(status, 400, "{head}");
+    assert!(body.len() < 4000, "{} bytes", body.len());
+    assert!(head.contains("x-request-id: "), "{head}");
+}
