@@ -93,3 +93,15 @@ fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("bad conflict id in the path: {e}")))?;
     id.parse().map_err(|_| ApiError::BadRequest(format!("conflict id '{id}' is not a number")))
 }
+
+/// `POST /v1/admin/devices/{id}/revoke`: the device's tokens stop working, its streams close.
+pub async fn revoke_device<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    who: Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&who)?;
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("bad device id: {e}")))?;
+    let revoked = state.store.revoke_devices(None, &id).await?;
+    Ok(Json(serde_json::json!({ "revoked": revoked })))
+}

@@ -15,21 +15,7 @@ impl<S: Store> FromRequestParts<Arc<AppState<S>>> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState<S>>) -> Result<Self, ApiError> {
-        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::Unauthorized(
-                "missing bearer token; send `Authorization: Bearer <token>` (create one with `ferry token create`)"
-                    .into(),
-            ));
-        };
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("malformed Authorization header; expected `Bearer <token>`".into())
-            })?;
+        let token = bearer(&parts.headers)?;
         match state.store.authenticate(token).await? {
             Some(p) => Ok(Authed(p)),
             None => Err(ApiError::Unauthorized(
@@ -37,4 +23,23 @@ impl<S: Store> FromRequestParts<Arc<AppState<S>>> for Authed {
             )),
         }
     }
+}
+
+/// The bearer token of a request.
+///
+/// # Errors
+/// 401 when the header is missing or is not `Bearer <token>`.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let Some(header) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthorized(
+            "missing bearer token; send `Authorization: Bearer <token>` (create one with `ferry token create`)".into(),
+        ));
+    };
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header; expected `Bearer <token>`".into()))
 }

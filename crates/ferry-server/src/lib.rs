@@ -68,6 +68,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         .route("/v1/admin/conflicts", get(admin::list::<S>))
         .route("/v1/admin/conflicts/{id}", get(admin::show::<S>))
         .route("/v1/admin/conflicts/{id}/resolve", post(admin::resolve::<S>))
+        .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device::<S>))
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(max_body_bytes, guard::guard))

@@ -11,6 +11,9 @@
 //! - `{"type": "files"}` after another device of the user uploaded a file to this server
 //!   process (its file worker may fetch it now; bursts coalesce the same way).
 //!
+//! A stream whose device is revoked is closed within [`REAUTH_INTERVAL`] with close code
+//! [`CLOSE_REVOKED`] (4401) and a reason.
+//!
 //! The server sends a WebSocket ping every `ping_interval_ms`; a client that hears nothing
 //! for three intervals should treat the stream as down. Which process accepted a change does
 //! not matter: on PostgreSQL every server process LISTENs to the database's notifications.
@@ -33,8 +36,10 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 pub async fn stream<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     Authed(who): Authed,
+    headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let token = crate::auth::bearer(&headers)?.to_owned();
     let ws = ws.map_err(|e| {
         ApiError::BadRequest(format!("GET /v1/stream is a WebSocket: send the upgrade handshake ({e})"))
     })?;
@@ -43,7 +48,34 @@ pub async fn stream<S: Store>(
     // The messages are tiny: small buffers keep thousands of open streams cheap (the
     // defaults, 128 KiB to read per connection, cost ~130 KB of memory per stream).
     let ws = ws.read_buffer_size(4096).write_buffer_size(4096).max_message_size(64 * 1024);
-    Ok(ws.on_upgrade(move |socket| serve(socket, notices, files, who.user_id, who.device_id)))
+    Ok(ws.on_upgrade(move |socket| {
+        serve(socket, notices, files, who.user_id, who.device_id, Revocation::new(state, token))
+    }))
+}
+
+/// How often an open stream checks that its device's token still holds. Revoking a device
+/// (`ferry token revoke`, `POST /v1/admin/devices/{id}/revoke`, possibly by another process)
+/// closes its streams within this time.
+pub const REAUTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The close code sent to a stream whose device was revoked (4000–4999: the application's).
+pub const CLOSE_REVOKED: u16 = 4401;
+
+/// Whether a stream's token still holds, checked at most every [`REAUTH_INTERVAL`].
+struct Revocation<S> {
+    state: Arc<AppState<S>>,
+    token: String,
+}
+
+impl<S: Store> Revocation<S> {
+    fn new(state: Arc<AppState<S>>, token: String) -> Self {
+        Revocation { state, token }
+    }
+
+    /// The token no longer authenticates (a store that cannot answer now is no proof).
+    async fn revoked(&self) -> bool {
+        matches!(self.state.store.authenticate(&self.token).await, Ok(None))
+    }
 }
 
 /// Whether a notice concerns the device; drains the ones already queued (one message covers
@@ -72,12 +104,13 @@ fn concerning(
     Some(relevant)
 }
 
-async fn serve(
+async fn serve<S: Store>(
     mut socket: WebSocket,
     mut notices: tokio::sync::broadcast::Receiver<Notice>,
     mut files: tokio::sync::broadcast::Receiver<Notice>,
     user: String,
     device: String,
+    revocation: Revocation<S>,
 ) {
     let hello = serde_json::json!({"type": "hello", "ping_interval_ms": PING_INTERVAL.as_millis() as u64});
     if socket.send(Message::Text(hello.to_string().into())).await.is_err() {
@@ -87,8 +120,21 @@ async fn serve(
     let files_changed = Message::Text(r#"{"type":"files"}"#.into());
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
+    let mut reauth = tokio::time::interval(REAUTH_INTERVAL);
+    reauth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reauth.tick().await;
     loop {
         tokio::select! {
+            _ = reauth.tick() => {
+                if revocation.revoked().await {
+                    let frame = axum::extract::ws::CloseFrame {
+                        code: CLOSE_REVOKED,
+                        reason: "device revoked: its token no longer holds; create a new one with `ferry token create`".into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            }
             n = notices.recv() => match concerning(n, &mut notices, &user, &device) {
                 None => return,
                 Some(false) => {}

@@ -217,6 +217,14 @@ pub trait Store: Send + Sync + 'static {
         self.create_device(user, device, false, None)
     }
 
+    /// Revokes the live devices `device` names: a device id, or with `user` (a name or id)
+    /// that user's devices of that name (each token created for it). Their tokens stop
+    /// working at once; their site ids stay theirs. Returns the revoked devices' ids.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] naming the device (and user) when none is live.
+    fn revoke_devices(&self, user: Option<&str>, device: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// The device a bearer token belongs to, or `None` for an unknown or revoked token.
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Option<Principal>>> + Send;
 
@@ -417,6 +425,10 @@ impl Store for AnyStore {
 
     async fn create_device(&self, user: &str, device: &str, admin: bool, role: Option<&str>) -> Result<NewToken> {
         delegate!(self, s => s.create_device(user, device, admin, role).await)
+    }
+
+    async fn revoke_devices(&self, user: Option<&str>, device: &str) -> Result<Vec<String>> {
+        delegate!(self, s => s.revoke_devices(user, device).await)
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
@@ -750,6 +762,23 @@ fn new_sites(stored: &RowState, incoming: &RowState) -> Vec<ferry_core::SiteId> 
 
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The live devices `device` names (see [`Store::revoke_devices`]): `?1`/`$1` the user (name
+/// or id, or NULL), `?2`/`$2` the device id or name.
+pub(crate) const DEVICES_NAMED: &str = "revoked_at IS NULL AND (id = $2 OR (name = $2 AND user_id IN
+    (SELECT id FROM _ferry_users WHERE name = $1 OR id = $1)))";
+
+/// The refusal when [`Store::revoke_devices`] finds no live device.
+fn no_device(user: Option<&str>, device: &str) -> StoreError {
+    StoreError::NotFound(match user {
+        Some(u) => format!(
+            "no live device '{}' of user '{}'; it may be revoked already",
+            ferry_core::shown(device),
+            ferry_core::shown(u)
+        ),
+        None => format!("no live device with id '{}'; it may be revoked already", ferry_core::shown(device)),
+    })
 }
 
 /// A device role, checked: `None` stays `None`.

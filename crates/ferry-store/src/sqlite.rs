@@ -338,6 +338,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoke_devices(&self, user: Option<&str>, device: &str) -> Result<Vec<String>> {
+        let (user, device) = (user.map(str::to_owned), device.to_owned());
+        self.write(move |_, conn| {
+            let sql = format!(
+                "UPDATE _ferry_devices SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE {} RETURNING id",
+                crate::DEVICES_NAMED.replace('$', "?")
+            );
+            let ids = conn
+                .prepare(&sql)?
+                .query_map(params![user, device], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            if ids.is_empty() {
+                return Err(crate::no_device(user.as_deref(), &device));
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
         let hash = token_hash(token);
         self.read(move |_, conn| {

@@ -341,6 +341,21 @@ enum TokenCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Revoke a device: every token created for it stops working at once, and its open
+    /// streams are closed within seconds. Prints the revoked device ids.
+    Revoke {
+        /// User name or id.
+        #[arg(long)]
+        user: String,
+        /// The device's name (every live device of the user with that name is revoked) or id.
+        #[arg(long)]
+        device: String,
+        /// Print {"revoked": [ids]}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Args)]
@@ -451,6 +466,19 @@ async fn run(cli: Cli) -> Result<()> {
             let t = store.create_device(&user, &device, admin, role.as_deref()).await?;
             eprintln!("created device '{device}' ({}) for user '{user}'; the token is shown only once:", t.device_id);
             println!("{}", t.token);
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Revoke { user, device, json, server } } => {
+            let (_, store) = server.open_store().await?;
+            let ids = store.revoke_devices(Some(&user), &device).await?;
+            if json {
+                println!("{}", serde_json::json!({ "revoked": ids }));
+            } else {
+                eprintln!("revoked {} device(s) named '{device}' of user '{user}':", ids.len());
+                for id in ids {
+                    println!("{id}");
+                }
+            }
             Ok(())
         }
         Command::Sync(args) => sync(args).await,

@@ -1216,6 +1216,16 @@ impl Store for PgStore {
         }
     }
 
+    async fn revoke_devices(&self, user: Option<&str>, device: &str) -> Result<Vec<String>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let sql = format!("UPDATE _ferry_devices SET revoked_at = now() WHERE {} RETURNING id", crate::DEVICES_NAMED);
+        let rows = client.query(&sql, &[&user, &device]).await.map_err(pg)?;
+        if rows.is_empty() {
+            return Err(crate::no_device(user, device));
+        }
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn create_device(&self, user: &str, device: &str, admin: bool, role: Option<&str>) -> Result<NewToken> {
         let device = crate::check_name("device", device)?;
         let role = crate::check_role(role)?;

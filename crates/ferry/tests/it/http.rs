@@ -126,3 +126,104 @@ fn every_error_answer_is_json_with_a_request_id_even_hypers_own() {
     assert!(body.len() < 4000, "{} bytes", body.len());
     assert!(head.contains("x-request-id: "), "{head}");
 }
+
+/// Reads frames until a close frame; returns its code and reason (pings and messages skipped).
+fn close_frame(socket: &mut TcpStream) -> (u16, String) {
+    let mut read = |n: usize| {
+        let mut buf = vec![0; n];
+        socket.read_exact(&mut buf).unwrap_or_else(|e| panic!("no close frame in time: {e}"));
+        buf
+    };
+    loop {
+        let start = read(2);
+        let len = match start[1] & 0x7f {
+            126 => read(2).iter().fold(0, |n, b| n << 8 | usize::from(*b)),
+            127 => read(8).iter().fold(0, |n, b| n << 8 | usize::from(*b)),
+            n => usize::from(n),
+        };
+        let payload = read(len);
+        if start[0] & 0x0f == 0x8 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn revoking_a_device_closes_its_streams_and_its_token_stops_working() {
+    for env in [Env::new(), Env::postgres()] {
+        let pair = Pair::in_env(env);
+        // Revoked from the command line, another process than the server.
+        let (head, mut socket) = crate::openapi::open_stream(&pair.server.url, &pair.phone);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let out = pair.env.ok_all(&[
+            "token",
+            "revoke",
+            "--user",
+            "alice",
+            "--device",
+            "phone",
+            "--json",
+            "-c",
+            &pair.env.config(),
+        ]);
+        let revoked: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(revoked["revoked"].as_array().unwrap().len(), 1, "{out}");
+        let (code, reason) = close_frame(&mut socket);
+        assert_eq!(code, 4401, "{reason}");
+        assert!(reason.contains("revoked"), "{reason}");
+        let resp =
+            pair.server.http().get(format!("{}/v1/me", pair.server.url)).bearer_auth(&pair.phone).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        // Again: nothing left to revoke, said by name.
+        let out = pair.env.run(&["token", "revoke", "--user", "alice", "--device", "phone", "-c", &pair.env.config()]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no live device 'phone' of user 'alice'"));
+        // Revoked by an admin through the API, by id.
+        let admin = pair.env.ok(&[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--device",
+            "ops",
+            "--admin",
+            "-c",
+            &pair.env.config(),
+        ]);
+        let me: Value = pair
+            .server
+            .http()
+            .get(format!("{}/v1/me", pair.server.url))
+            .bearer_auth(&pair.laptop)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let id = me["device_id"].as_str().unwrap_or_else(|| panic!("{me}"));
+        let (_, mut socket) = crate::openapi::open_stream(&pair.server.url, &pair.laptop);
+        socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let resp = pair
+            .server
+            .http()
+            .post(format!("{}/v1/admin/devices/{id}/revoke", pair.server.url))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(close_frame(&mut socket).0, 4401);
+        let resp =
+            pair.server.http().get(format!("{}/v1/me", pair.server.url)).bearer_auth(&pair.laptop).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        // A device token cannot revoke.
+        let resp = pair
+            .server
+            .http()
+            .post(format!("{}/v1/admin/devices/{id}/revoke", pair.server.url))
+            .bearer_auth(&pair.phone)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+    }
+}

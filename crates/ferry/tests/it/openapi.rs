@@ -322,6 +322,17 @@ fn every_documented_operation_answers_as_the_document_says() {
     assert_eq!(files["type"], "files", "{files}");
     checker.check_messages("/v1/stream", &[hello, changed, files]);
 
+    // A device revoked by id; then nothing is left to revoke under that id.
+    let spare = env.token("alice", "spare");
+    let me: Value =
+        server.http().get(format!("{}/v1/me", server.url)).bearer_auth(&spare).send().unwrap().json().unwrap();
+    let revoke = format!("/v1/admin/devices/{}/revoke", me["device_id"].as_str().unwrap());
+    let revoke_as = |token, status| Case::new("post", revoke.clone(), token, None, status);
+    checker.check(&revoke_as(phone, 403));
+    checker.check(&revoke_as(None, 401));
+    checker.check(&revoke_as(ops, 200));
+    checker.check(&revoke_as(ops, 404));
+
     checker.assert_every_answer_was_seen();
     checker.assert_other_methods_and_paths_are_refused();
 }
@@ -646,7 +657,7 @@ const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// Opens `GET /v1/stream` on a socket of its own: the answer's head (status line and
 /// headers) and the socket, positioned at the first WebSocket frame.
-fn open_stream(url: &str, token: &str) -> (String, std::net::TcpStream) {
+pub fn open_stream(url: &str, token: &str) -> (String, std::net::TcpStream) {
     use std::io::{Read, Write};
     let host = url.strip_prefix("http://").unwrap_or(url);
     let mut socket = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{host}: {e}"));
