@@ -5,8 +5,8 @@
 //! to change that answer. [`Conn`] wraps each accepted socket and, when hyper writes such an
 //! answer, writes Ferry's JSON error body in its place. hyper's own answers are told from the
 //! application's by the `x-request-id` header, which every answer the router gives carries
-//! ([`crate::guard`]). The wrapper asks hyper for whole writes (not vectored ones), so a
-//! response head arrives in one call.
+//! ([`crate::guard`]). hyper writes a response head in one call (one slice of a vectored
+//! write); an error answer of its own is a head alone.
 
 use std::io;
 use std::net::SocketAddr;
@@ -79,8 +79,24 @@ impl AsyncWrite for Conn {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // hyper's own error answer is a head alone: one slice. Anything else (a head with its
+        // body, body chunks) goes straight to the socket, without a copy.
+        let mut slices = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (slices.next(), slices.next())
+            && (self.replacing.is_some() || replacement(only).is_some())
+        {
+            return self.poll_write(cx, only);
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
     fn is_write_vectored(&self) -> bool {
-        false
+        self.io.is_write_vectored()
     }
 }
 
