@@ -7,11 +7,19 @@
 //! application's by the `x-request-id` header, which every answer the router gives carries
 //! ([`crate::guard`]). hyper writes a response head in one call (one slice of a vectored
 //! write); an error answer of its own is a head alone.
+//!
+//! A connection closes with a lingering close: hyper closes a connection whose request body
+//! it did not read (an early 413, a 401 to an upload), and closing a socket with unread bytes
+//! makes the kernel send a reset, which can reach the client before it has read the answer.
+//! [`Conn`] instead sends its FIN (the answer is complete) and reads and discards what the
+//! client still sends, up to [`LINGER_BYTES`] or for [`LINGER_TIME`], before the socket is
+//! dropped, as web servers do.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use ferry_protocol::{ErrorBody, ErrorDetail};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,7 +34,7 @@ impl axum::serve::Listener for Listener {
 
     async fn accept(&mut self) -> (Conn, SocketAddr) {
         let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        (Conn { io, replacing: None }, addr)
+        (Conn { io, replacing: None, linger: None }, addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -40,7 +48,15 @@ pub struct Conn {
     /// Ferry's answer being written in place of one of hyper's: its bytes, how many are
     /// written, and the length of hyper's answer (reported as written once ours is).
     replacing: Option<(Vec<u8>, usize, usize)>,
+    /// The lingering close under way: until when, and how many bytes were discarded.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
 }
+
+/// The longest a closing connection reads what its client still sends.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// The most bytes a closing connection reads (and discards) before it drops the socket.
+pub const LINGER_BYTES: u64 = 8 << 20;
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -75,8 +91,24 @@ impl AsyncWrite for Conn {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// Sends FIN, then reads what the client still sends (see the module's doc).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.linger.is_none() {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+        }
+        let (until, discarded) = this.linger.get_or_insert_with(|| (Box::pin(tokio::time::sleep(LINGER_TIME)), 0));
+        let mut buf = [0u8; 16 * 1024];
+        while *discarded < LINGER_BYTES {
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => *discarded += read.filled().len() as u64,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return until.as_mut().poll(cx).map(Ok),
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_write_vectored(

@@ -68,6 +68,17 @@ fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
         assert!(v["error"]["message"].as_str().unwrap().contains("limit of 65536 bytes"), "{v}");
         assert!(!head.contains("100 continue"), "{head}");
     }
+    // A client that sends its body anyway still reads the answer: the server reads and
+    // discards what follows before it closes, so no reset overtakes the 413.
+    for _ in 0..20 {
+        let mut req = format!(
+            "POST /v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n"
+        )
+        .into_bytes();
+        req.extend(std::iter::repeat_n(b'x', 1_000_000));
+        let (head, body) = raw(&server, &req);
+        assert_eq!(json_error(&head, &body).0, 413, "{head}");
+    }
     // A chunked body over the limit is refused as it arrives.
     let mut req = format!(
         "POST /v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
