@@ -808,13 +808,13 @@ mod tests {
             serde_json::json!({"note": "x"}),
         ] {
             let row = wire(values.clone());
-            let expected = decode_row(&s, &row).unwrap_err().0;
+            let reason = decode_row(&s, &row).unwrap_err().0;
             let mut rows = good.clone();
             rows.insert(1, row);
             let decoded = decode_page(&s, &page(rows)).unwrap();
-            let refused = RefusedPull { table: "jump".into(), key: KEY.into(), reason: expected };
+            let refused = RefusedPull { table: "jump".into(), key: KEY.into(), reason };
             assert_eq!(decoded.refused, vec![refused], "{values}");
-            assert_eq!(decoded.rows.len(), good.len(), "{values}");
+            assert_eq!(decoded.rows, expected, "{values}");
         }
         // A zero clock, an unknown table and a NaN are refused rows too; a page that is not
         // shaped as one (a row without its key, a clock that is not a string) is malformed.
@@ -836,6 +836,52 @@ mod tests {
         ] {
             assert!(decode_page(&s, broken.as_bytes()).is_err(), "{broken}");
         }
+    }
+
+    /// A page of good and bad rows interleaved: the good ones decode in their order, each bad
+    /// one comes apart with its table and key as sent (bounded) and decode_row's message.
+    #[test]
+    fn a_page_sets_its_bad_rows_apart_and_keeps_the_good_ones_in_order() {
+        let s = schema();
+        let keyed = |key: &str, values: serde_json::Value| WireRow { key: key.into(), ..wire(values) };
+        let (a, b, c) = (
+            "0190f5a2-7c1e-7d3a-9b1f-00000000000a",
+            "0190f5a2-7c1e-7d3a-9b1f-00000000000b",
+            "0190f5a2-7c1e-7d3a-9b1f-00000000000c",
+        );
+        let long = "k".repeat(5000);
+        let mut zero_clock = keyed(b, serde_json::json!({"n": 2, "note": "x"}));
+        zero_clock.clocks.insert("note".into(), Hlc::ZERO.to_string());
+        let rows = vec![
+            keyed(a, serde_json::json!({"n": 1})),
+            zero_clock,
+            keyed(&long, serde_json::json!({"n": 3})),
+            keyed(c, serde_json::json!({"n": 4})),
+            keyed(KEY, serde_json::json!({"note": "no n"})),
+            WireRow { table: "t".repeat(5000), ..keyed(a, serde_json::json!({"n": 5})) },
+        ];
+        let json = serde_json::to_vec(&PullResponse { rows: rows.clone(), cursor: "c".into(), more: false }).unwrap();
+        let decoded = decode_page(&s, &json).unwrap();
+        let good: Vec<_> = [&rows[0], &rows[3]]
+            .iter()
+            .map(|w| ("jump".to_owned(), w.key.clone(), decode_row(&s, w).unwrap().1))
+            .collect();
+        assert_eq!(decoded.rows, good);
+        let bound = ferry_core::limits::MAX_KEY_BYTES + 1;
+        let refused: Vec<_> = [&rows[1], &rows[2], &rows[4], &rows[5]]
+            .iter()
+            .map(|w| RefusedPull {
+                table: w.table[..w.table.len().min(bound)].to_owned(),
+                key: w.key[..w.key.len().min(bound)].to_owned(),
+                reason: decode_row(&s, w).unwrap_err().0,
+            })
+            .collect();
+        assert_eq!(decoded.refused, refused);
+        assert!(refused[0].reason.contains("column 'note' has a value but the zero clock"), "{:?}", refused[0]);
+        assert!(refused[1].reason.contains(": key "), "{:?}", refused[1]);
+        assert!(refused[2].reason.contains("column 'n' is NOT NULL but missing"), "{:?}", refused[2]);
+        // Every message stays short, whatever the row sent.
+        assert!(refused.iter().all(|r| r.reason.len() < 400), "{refused:?}");
     }
 
     /// `decode_push` against `PushRequest` + `decode_row` + `decode_seen`: the same rows and

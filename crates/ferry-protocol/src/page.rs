@@ -29,11 +29,25 @@ pub struct DecodedPage {
 
 /// A pulled row that breaks a rule: its table and key as sent, and the refusal (which names
 /// them, the column and the rule).
+///
+/// The table and key are cut to [`MAX_KEY_BYTES`](ferry_core::limits::MAX_KEY_BYTES) + 1
+/// bytes: a key within the limit stays whole (a later good version of the row finds its
+/// entry by it), and a longer one, refused for its length, stays bounded wherever it is kept
+/// or shown.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefusedPull {
     pub table: String,
     pub key: String,
     pub reason: String,
+}
+
+impl RefusedPull {
+    fn new(mut table: String, mut key: String, reason: String) -> RefusedPull {
+        for s in [&mut table, &mut key] {
+            s.truncate(s.floor_char_boundary(ferry_core::limits::MAX_KEY_BYTES + 1));
+        }
+        RefusedPull { table, key, reason }
+    }
 }
 
 /// Decodes a [`PullResponse`](crate::PullResponse) body against `schema`. A row that
@@ -179,7 +193,7 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
         for r in parts {
             match r.state {
                 Ok(state) => rows.push((r.table, r.key, state)),
-                Err(e) => refused.push(RefusedPull { table: r.table, key: r.key, reason: e.0 }),
+                Err(e) => refused.push(RefusedPull::new(r.table, r.key, e.0)),
             }
         }
         Ok(DecodedPage {
