@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS _ferry_pull_refused (
     pk TEXT NOT NULL,
     message TEXT NOT NULL,
     refused_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    state TEXT,
     PRIMARY KEY (tbl, pk)
 );
 CREATE TABLE IF NOT EXISTS _ferry_history (
@@ -57,6 +58,8 @@ pub struct Failed {
 /// A row the server sent that breaks a rule (from an older server, or stored before a check
 /// existed), set aside so that the rest of the pull goes on. The replica keeps its own
 /// version of the row; a later good version from the server applies and clears the entry.
+/// A row whose clock was too far ahead of this device's is kept and applied by a later sync
+/// once this device's time allows ([`Replica::retry_pulled`]).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RefusedPull {
     pub table: String,

@@ -430,15 +430,21 @@ impl Replica {
         capture::upgrade_outbox(&mut conn)?;
         conn.execute_batch(crate::queue::QUEUE_TABLES)?;
         conn.execute_batch(crate::files::FILE_TABLES)?;
-        // Columns added to the replica's conflict view since its first release.
-        for column in ["resolved_by", "kind", "local", "remote"] {
+        // Columns added to the replica's bookkeeping since its first release.
+        for (table, column) in [
+            ("_ferry_conflicts", "resolved_by"),
+            ("_ferry_conflicts", "kind"),
+            ("_ferry_conflicts", "local"),
+            ("_ferry_conflicts", "remote"),
+            ("_ferry_pull_refused", "state"),
+        ] {
             let has: bool = conn.query_row(
-                "SELECT count(*) > 0 FROM pragma_table_info('_ferry_conflicts') WHERE name = ?1",
-                [column],
+                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                [table, column],
                 |r| r.get(0),
             )?;
             if !has {
-                conn.execute_batch(&format!("ALTER TABLE _ferry_conflicts ADD COLUMN {column} TEXT"))?;
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
             }
         }
         if get_meta(&conn, "site")?.is_none() {
@@ -1040,8 +1046,9 @@ impl Replica {
     ///
     /// `refused` are the page's rows that break a rule (see [`ferry_protocol::DecodedPage`]):
     /// they are set aside in `_ferry_pull_refused`, in the same transaction, and so is a row
-    /// whose clock is further ahead than the drift limit; the rest of the page applies. A row
-    /// that applies clears its set-aside entry.
+    /// whose clock is further ahead than the drift limit (with its state, for
+    /// [`Replica::retry_pulled`]); the rest of the page applies. A row that applies clears its
+    /// set-aside entry.
     pub fn apply_page(
         &mut self,
         rows: &[PulledRow],
@@ -1050,8 +1057,55 @@ impl Replica {
         cursor: &str,
         resolvers: &Resolvers,
     ) -> Result<Applied> {
+        self.apply_rows(rows, refused, Some((cursor_key, cursor)), resolvers, wall_ms())
+    }
+
+    /// Applies again the pulled rows set aside only because their clock was too far ahead of
+    /// this device's: the row is sound, and once this device's time has caught up (or been
+    /// corrected) it applies and its entry clears. The cursor has moved past those rows, so
+    /// without this they would wait for the row's next change. Rows still too far ahead stay
+    /// set aside; the cursor does not move.
+    pub fn retry_pulled(&mut self, resolvers: &Resolvers) -> Result<Applied> {
+        self.retry_pulled_at(resolvers, wall_ms())
+    }
+
+    fn retry_pulled_at(&mut self, resolvers: &Resolvers, now: u64) -> Result<Applied> {
+        let Some(schema) = self.schema.as_ref() else { return Ok(Applied::default()) };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT tbl, pk, state FROM _ferry_pull_refused WHERE state IS NOT NULL ORDER BY tbl, pk")?;
+        let kept =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let (mut rows, mut refused) = (Vec::new(), Vec::new());
+        for (table, key, json) in kept {
+            let json: String = json;
+            let decoded = serde_json::from_str::<ferry_protocol::WireRow>(&json)
+                .map_err(|e| ferry_protocol::DecodeError(e.to_string()))
+                .and_then(|w| ferry_protocol::decode_row(schema, &w));
+            match decoded {
+                Ok((_, state)) => rows.push(PulledRow { table, key, state }),
+                // The schema changed under it: it now waits, as a refused row, for a newer version.
+                Err(e) => refused.push(ferry_protocol::RefusedPull { table, key, reason: e.0 }),
+            }
+        }
+        drop(stmt);
+        if rows.is_empty() && refused.is_empty() {
+            return Ok(Applied::default());
+        }
+        self.apply_rows(&rows, &refused, None, resolvers, now)
+    }
+
+    /// [`Replica::apply_page`] at wall time `now`; `cursor` (its key and value) is stored with
+    /// the rows when given.
+    fn apply_rows(
+        &mut self,
+        rows: &[PulledRow],
+        refused: &[ferry_protocol::RefusedPull],
+        cursor: Option<(&str, &str)>,
+        resolvers: &Resolvers,
+        now: u64,
+    ) -> Result<Applied> {
         let schema = self.schema.clone().ok_or_else(|| Error::Local("no schema installed; sync first".into()))?;
-        let now = wall_ms();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::stamp_in(&tx, &self.tables, -1)?;
         let mut clock = Self::clock(&tx)?;
@@ -1061,18 +1115,19 @@ impl Replica {
         let any_refused: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_refused)", [], |r| r.get(0))?;
         let any_set_aside: bool =
             tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_pull_refused)", [], |r| r.get(0))?;
-        let set_aside = |table: &str, key: &str, message: &str| -> Result<()> {
-            // A key over the limit is refused for that reason, so the key kept is cut to it.
-            let key = &key[..key.floor_char_boundary(ferry_core::limits::MAX_KEY_BYTES + 1)];
+        // `state`: the row as pulled, kept when the row is sound and only this device's clock
+        // keeps it out; a refused row keeps none and waits for a newer version.
+        let set_aside = |table: &str, key: &str, message: &str, state: Option<String>| -> Result<()> {
             tx.prepare_cached(
-                "INSERT INTO _ferry_pull_refused (tbl, pk, message) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (tbl, pk) DO UPDATE SET message = excluded.message, refused_at = excluded.refused_at",
+                "INSERT INTO _ferry_pull_refused (tbl, pk, message, state) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tbl, pk) DO UPDATE SET message = excluded.message, state = excluded.state,
+                   refused_at = excluded.refused_at",
             )?
-            .execute(params![table, key, message])?;
+            .execute(params![table, key, message, state])?;
             Ok(())
         };
         for r in refused {
-            set_aside(&r.table, &r.key, &r.reason)?;
+            set_aside(&r.table, &r.key, &r.reason, None)?;
         }
         applied.set_aside = refused.len();
         for row in rows {
@@ -1080,7 +1135,12 @@ impl Replica {
                 Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
             })?;
             if let Err(e) = clock.observe(row.state.max_clock(), now) {
-                set_aside(&row.table, &row.key, &format!("{} '{}': {e}", row.table, ferry_core::shown(&row.key)))?;
+                let message = format!(
+                    "{} '{}': {e} (or this device's); kept, and applied at a later sync once this device's time allows",
+                    row.table,
+                    ferry_core::shown(&row.key)
+                );
+                set_aside(&row.table, &row.key, &message, Some(state_json_row(&ts.table, &row.key, &row.state)))?;
                 applied.set_aside += 1;
                 continue;
             }
@@ -1188,7 +1248,9 @@ impl Replica {
         }
         tx.execute("DELETE FROM _ferry_apply", [])?;
         set_meta(&tx, "clock", &clock.last().to_string())?;
-        set_meta(&tx, cursor_key, cursor)?;
+        if let Some((cursor_key, cursor)) = cursor {
+            set_meta(&tx, cursor_key, cursor)?;
+        }
         tx.commit()?;
         Ok(applied)
     }
@@ -1392,5 +1454,104 @@ impl Replica {
                 .map(|s| s.table_names().iter().map(|t| t.to_string()).collect())
                 .unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::hlc::MAX_DRIFT_MS;
+
+    const KEY: &str = "0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b";
+
+    fn replica(dir: &tempfile::TempDir) -> Replica {
+        let schema =
+            Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, title text);", &Default::default()).unwrap();
+        let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
+        replica.install_schema(&ferry_protocol::SchemaResponse::from_schema(&schema)).unwrap();
+        replica
+    }
+
+    fn note(title: &str, wall_ms: u64) -> PulledRow {
+        let state =
+            RowState::inserted([("title".to_owned(), Value::Text(title.into()))], Hlc::new(wall_ms, 0, SiteId(7)));
+        PulledRow { table: "notes".into(), key: KEY.into(), state }
+    }
+
+    fn titles(replica: &Replica) -> Vec<String> {
+        let mut stmt = replica.connection().prepare("SELECT title FROM notes ORDER BY title").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(|t| t.unwrap()).collect()
+    }
+
+    /// A row whose clock is ahead of this device's by more than the drift limit is set aside
+    /// with its state while the rest of the page and the cursor go on; once this device's
+    /// time allows (it caught up, or was corrected), a later sync applies it and clears the
+    /// entry, without the row changing on the server and without moving the cursor.
+    #[test]
+    fn a_row_ahead_of_this_devices_clock_is_kept_and_applied_once_time_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = replica(&dir);
+        let now = wall_ms();
+        let ahead = now + 2 * MAX_DRIFT_MS;
+        let other = PulledRow { key: "0190f5a2-7c1e-7d3a-9b1f-000000000001".into(), ..note("other", now) };
+        let applied = replica
+            .apply_rows(&[note("ahead", ahead), other], &[], Some(("cursor", "7")), &Resolvers::default(), now)
+            .unwrap();
+        assert_eq!((applied.set_aside, applied.changed), (1, 1));
+        assert_eq!(titles(&replica), ["other"]);
+        assert_eq!(replica.meta("cursor").unwrap().as_deref(), Some("7"));
+        let kept = replica.refused_pulls().unwrap();
+        assert_eq!((kept.len(), kept[0].key.as_str()), (1, KEY));
+        assert!(kept[0].message.contains("ahead of this replica's wall clock"), "{kept:?}");
+
+        // Still too far ahead: it stays, nothing applies.
+        let retried = replica.retry_pulled_at(&Resolvers::default(), now).unwrap();
+        assert_eq!((retried.set_aside, retried.changed), (1, 0));
+        assert_eq!(replica.status().unwrap().refused_pulls, 1);
+
+        // This device's time has caught up: it applies, and the entry clears.
+        let retried = replica.retry_pulled_at(&Resolvers::default(), ahead).unwrap();
+        assert_eq!((retried.set_aside, retried.changed), (0, 1));
+        assert_eq!(titles(&replica), ["ahead", "other"]);
+        assert_eq!(replica.status().unwrap().refused_pulls, 0);
+        assert_eq!(replica.meta("cursor").unwrap().as_deref(), Some("7"));
+    }
+
+    /// A replica whose set-aside table predates the kept state gains the column on opening.
+    #[test]
+    fn a_replica_from_before_kept_states_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(replica(&dir));
+        let old = rusqlite::Connection::open(dir.path().join("r.db")).unwrap();
+        old.execute_batch("ALTER TABLE _ferry_pull_refused DROP COLUMN state").unwrap();
+        drop(old);
+        let mut replica = replica(&dir);
+        let now = wall_ms();
+        let applied = replica
+            .apply_page(&[note("ahead", now + 2 * MAX_DRIFT_MS)], &[], "cursor", "1", &Resolvers::default())
+            .unwrap();
+        assert_eq!(applied.set_aside, 1);
+    }
+
+    /// A row refused as breaking a rule keeps no state: it is not tried again by itself, and
+    /// waits for the row's next version, which applies and clears it.
+    #[test]
+    fn a_refused_row_waits_for_a_newer_version_which_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = replica(&dir);
+        let refused = ferry_protocol::RefusedPull {
+            table: "notes".into(),
+            key: KEY.into(),
+            reason: format!("notes '{KEY}': column 'title' has a value but the zero clock"),
+        };
+        let applied = replica.apply_page(&[], &[refused], "cursor", "3", &Resolvers::default()).unwrap();
+        assert_eq!(applied.set_aside, 1);
+        let retried = replica.retry_pulled(&Resolvers::default()).unwrap();
+        assert_eq!(retried, Applied::default());
+        assert_eq!(replica.refused_pulls().unwrap().len(), 1);
+
+        replica.apply_page(&[note("mended", wall_ms())], &[], "cursor", "4", &Resolvers::default()).unwrap();
+        assert_eq!(titles(&replica), ["mended"]);
+        assert!(replica.refused_pulls().unwrap().is_empty());
     }
 }

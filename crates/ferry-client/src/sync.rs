@@ -433,6 +433,13 @@ async fn sync_once(
             Ok((rows, page.refused, page.cursor, page.more))
         }))
     };
+    if pull {
+        // Rows set aside because their clock was ahead of this device's, while this device's
+        // time may have caught up since.
+        let retried = replica.retry_pulled(&opts.resolvers)?;
+        report.pulled_changed += retried.changed as u64;
+        report.conflicts += retried.conflicts as u64;
+    }
     let mut next = pull.then(|| fetch(cursor.clone()));
     while let Some(mut prefetch) = next.take() {
         let (rows, refused, page_cursor, more) =
