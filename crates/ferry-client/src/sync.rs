@@ -424,11 +424,24 @@ async fn sync_once(
     let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
     // The next page is asked for as soon as this one's cursor is known, so the server builds
     // it, and another task decodes it, while this one is applied.
+    let version = schema.version.clone();
     let schema = Arc::new(replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?.clone());
     let fetch = |cursor: String| {
         let (remote, tables, limit, schema) = (remote.clone(), tables.clone(), opts.pull_page, schema.clone());
+        let version = version.clone();
         Prefetch(tokio::spawn(async move {
             let page = remote.pull_decoded(&schema, &cursor, limit, tables.as_deref()).await?;
+            if !page.refused.is_empty() {
+                // Rows of a schema newer than this sync's (a server restarted with new tables
+                // or columns since the sync began) would read as bad rows and be set aside
+                // for good; this page is applied only once it is known to be the same schema.
+                let now = remote.schema().await?.version;
+                if now != version {
+                    return Err(Error::Schema(format!(
+                        "the server's schema changed during this sync (version {version}, now {now}); the next sync takes it and pulls this page again"
+                    )));
+                }
+            }
             let rows = page.rows.into_iter().map(|(table, key, state)| PulledRow { table, key, state }).collect();
             Ok((rows, page.refused, page.cursor, page.more))
         }))
@@ -489,5 +502,99 @@ struct Prefetch(tokio::task::JoinHandle<Result<Page>>);
 impl Drop for Prefetch {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ferry_core::schema::Schema;
+    use ferry_core::{Hlc, RowState, SiteId, Value};
+    use ferry_protocol::SchemaResponse;
+
+    use super::*;
+
+    const NOTES: &str = "CREATE TABLE notes (id uuid PRIMARY KEY, title text);";
+    const NOTES_WITH_COLOR: &str = "CREATE TABLE notes (id uuid PRIMARY KEY, title text, color text);";
+    const RED: &str = "0190f5a2-7c1e-7d3a-9b1f-00000000000a";
+    const PLAIN: &str = "0190f5a2-7c1e-7d3a-9b1f-00000000000b";
+
+    /// A server that restarts with a new column while a device syncs: `/v1/schema` answers
+    /// `NOTES` the first time and `NOTES_WITH_COLOR` from then on; the first page (cursor 0)
+    /// holds a row with the new column, the next ones are empty.
+    fn restarting_server() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let schemas = AtomicUsize::new(0);
+        let new = Schema::parse(NOTES_WITH_COLOR, &BTreeMap::new()).unwrap();
+        let t = new.table("notes").unwrap();
+        let at = Hlc::new(1_700_000_000_000, 0, SiteId(9));
+        let row = |title: &str, color: Option<&str>| {
+            let mut cols = vec![("title".to_owned(), Value::Text(title.into()))];
+            cols.extend(color.map(|c| ("color".to_owned(), Value::Text(c.into()))));
+            RowState::inserted(cols, at)
+        };
+        let page = serde_json::json!({
+            "rows": [
+                ferry_protocol::encode_row(t, RED, &row("red", Some("red"))),
+                ferry_protocol::encode_row(t, PLAIN, &row("plain", None)),
+            ],
+            "cursor": "1",
+            "more": false,
+        });
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut head = String::new();
+                BufReader::new(&stream).read_line(&mut head).unwrap();
+                let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                let body = if path.starts_with("/v1/me") {
+                    serde_json::json!({"store_id": "s", "user_id": "u", "user_name": "ann", "device_id": "d", "device_name": "phone"})
+                } else if path.starts_with("/v1/schema") {
+                    let ddl = if schemas.fetch_add(1, Ordering::SeqCst) == 0 { NOTES } else { NOTES_WITH_COLOR };
+                    serde_json::to_value(SchemaResponse::from_schema(&Schema::parse(ddl, &BTreeMap::new()).unwrap()))
+                        .unwrap()
+                } else if path.starts_with("/v1/pull?cursor=0") {
+                    page.clone()
+                } else {
+                    serde_json::json!({"rows": [], "cursor": "1", "more": false})
+                };
+                let body = body.to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                // The request's remaining head is not read: every request here is a GET.
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        url
+    }
+
+    /// A row of tables or columns newer than the schema a sync began with is not a bad row:
+    /// that sync stops before the page (the cursor stays), and the next one takes the new
+    /// schema and applies it, where setting it aside would have lost it until it changed.
+    #[tokio::test]
+    async fn a_schema_changed_during_a_sync_does_not_set_its_new_rows_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
+        let remote = Remote::new(&restarting_server(), "fry_test").unwrap();
+        let opts = SyncOptions::default();
+
+        let err = sync(&mut replica, &remote, &opts, &mut |_| {}).await.unwrap_err();
+        assert!(matches!(&err, Error::Schema(m) if m.contains("schema changed during this sync")), "{err}");
+        assert_eq!(replica.meta("cursor").unwrap(), None);
+        assert!(replica.refused_pulls().unwrap().is_empty());
+
+        let report = sync(&mut replica, &remote, &opts, &mut |_| {}).await.unwrap();
+        assert_eq!((report.pulled, report.refused_pulls), (2, 0));
+        let color: Option<String> =
+            replica.connection().query_row("SELECT color FROM notes WHERE id = ?1", [RED], |r| r.get(0)).unwrap();
+        assert_eq!(color.as_deref(), Some("red"));
+        assert!(replica.refused_pulls().unwrap().is_empty());
+        assert_eq!(replica.meta("cursor").unwrap().as_deref(), Some("1"));
     }
 }
