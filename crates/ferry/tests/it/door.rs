@@ -539,6 +539,10 @@ fn a_device_sets_aside_a_bad_row_from_the_server_and_syncs_the_rest() {
                 ferry_store::IncomingRow::new("groups", &good, group("fine", at, at)),
             ],
         );
+        // What the server serves: the row without its NOT NULL value (never written, to it).
+        let served = d.pull_all(&d.pair.laptop);
+        let row = served.iter().find(|r| r["key"] == bad.as_str()).expect("the bad row is served");
+        assert!(row["values"].get("name").is_none(), "{row}");
         // A device that pulls it syncs the rest, and says what it set aside.
         let status = d.pair.sync_laptop();
         assert_eq!(status["refused_pulls"], 1, "{status}");
@@ -566,4 +570,56 @@ fn a_device_sets_aside_a_bad_row_from_the_server_and_syncs_the_rest() {
         assert_eq!(status["refused_pulls"], 0, "{status}");
         assert_eq!(names(&laptop), ["fine", "mended"]);
     });
+}
+
+/// A value of the wrong type that an older server, or another program writing the embedded
+/// store's file, left in a row: a device that never synced before sets that row aside with
+/// the decoder's words, keeps every other row, and takes the row once it is written again.
+#[test]
+fn a_fresh_device_sets_aside_a_row_written_into_the_stores_file_and_takes_it_once_fixed() {
+    let mut d = Door::new(Env::new());
+    let (bad, good) = (uuid(), uuid());
+    for (id, score) in [(&bad, 1.5), (&good, 2.5)] {
+        let (s, body) = d.push(&d.bob_token, vec![d.note(id, json!({"body": "b", "score": score}))]);
+        assert_eq!(s, 200, "{body}");
+    }
+    // Below every check: with the server stopped, text goes into a real column.
+    d.pair.server.kill();
+    let store = rusqlite::Connection::open(d.pair.env.path("ferry-data/ferry.db")).unwrap();
+    assert_eq!(store.execute("UPDATE notes SET score = 'lots' WHERE id = ?1", [&bad]).unwrap(), 1);
+    drop(store);
+    d.pair.server = d.pair.env.serve();
+    let served = d.pull_all(&d.pair.phone);
+    let row = served.iter().find(|r| r["key"] == bad.as_str()).expect("the bad row is served");
+    assert_eq!(row["values"]["score"], "lots", "{row}");
+
+    let token = d.pair.env.token("alice", "fresh");
+    let status = d.pair.env.sync(&d.pair.server, "fresh.db", &token);
+    assert_eq!(status["refused_pulls"], 1, "{status}");
+    let fresh = d.pair.env.db("fresh.db");
+    let scores = |db: &rusqlite::Connection| -> Vec<(String, f64)> {
+        let mut stmt = db.prepare("SELECT id, score FROM notes ORDER BY score").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(scores(&fresh), [(good.clone(), 2.5)]);
+    let db = d.pair.env.path("fresh.db").display().to_string();
+    let queue: Value = serde_json::from_str(&d.pair.env.ok_all(&["queue", "--db", &db, "--json"])).unwrap();
+    let refused = &queue["refused_pulls"][0];
+    assert_eq!((&refused["table"], &refused["key"]), (&json!("notes"), &json!(bad)), "{queue}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains(&format!("notes '{bad}': column 'score'")) && message.contains("lots"), "{message}");
+    let text = d.pair.env.ok_all(&["queue", "--db", &db]);
+    assert!(text.contains(&format!("notes '{bad}'")) && text.contains("column 'score'"), "{text}");
+    let text = d.pair.env.ok_all(&["status", "--db", &db]);
+    assert!(text.contains("refused      1 pulled rows that break a rule"), "{text}");
+
+    // Fixed by its writer: the next sync applies it and clears the entry.
+    let at = clock_at(&d.bob_site, 10);
+    let mended = json!({"table": "notes", "key": bad, "exists": true, "exists_at": at, "clock": at,
+        "values": {"body": "b", "score": 3.5}});
+    let (s, body) = d.push(&d.bob_token, vec![mended]);
+    assert_eq!(s, 200, "{body}");
+    let status = d.pair.env.sync(&d.pair.server, "fresh.db", &token);
+    assert_eq!(status["refused_pulls"], 0, "{status}");
+    assert_eq!(scores(&fresh), [(good, 2.5), (bad, 3.5)]);
 }
