@@ -4,8 +4,10 @@
 //!
 //! - Every answer carries `x-request-id`; the server's log names the same id.
 //! - A request whose `Content-Length` is over `max_body_bytes` gets 413 at once, before its
-//!   body is read (and so before a client waiting on `Expect: 100-continue` sends it). File
-//!   uploads have their own limit (`max_upload_bytes`, checked by their handler).
+//!   body is read (and so before a client waiting on `Expect: 100-continue` sends it); the
+//!   guard runs outside request decompression, so this holds for compressed bodies too. File
+//!   uploads have their own limit (`max_upload_bytes`, checked by their handler from
+//!   `Upload-Length`, also before the body).
 //! - An error answer that is not JSON (made by axum or tower for a rejected request) becomes
 //!   Ferry's `{"error": {"code", "message"}}`.
 //! - A 5xx answer never shows its message, which may hold a store's internals: the message

@@ -71,9 +71,12 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device::<S>))
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(max_body_bytes, guard::guard))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestDecompressionLayer::new())
+        // Outside decompression, which drops a compressed body's Content-Length (so the guard
+        // still refuses it from the head) and answers an unknown encoding with an empty 415
+        // (which the guard makes JSON); inside compression, so it reads error bodies as made.
+        .layer(axum::middleware::from_fn_with_state(max_body_bytes, guard::guard))
         .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest).compress_when(compress))
         .with_state(state)
 }

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::*;
 
@@ -68,6 +68,29 @@ fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
         assert!(v["error"]["message"].as_str().unwrap().contains("limit of 65536 bytes"), "{v}");
         assert!(!head.contains("100 continue"), "{head}");
     }
+    // Every route with a body, and a compressed body (whose Content-Length is what arrives).
+    let routes = [
+        "PUT /v1/rows/groups/00000000-0000-4000-8000-000000000000",
+        "POST /v1/files/check",
+        "POST /v1/admin/conflicts/1/resolve",
+        "POST /v1/push",
+    ];
+    for (route, extra) in routes.iter().flat_map(|r| [(r, ""), (r, "content-encoding: gzip\r\n")]) {
+        let req = format!(
+            "{route} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\nexpect: 100-continue\r\n{extra}\r\n"
+        );
+        let (head, body) = raw(&server, req.as_bytes());
+        assert_eq!(json_error(&head, &body).0, 413, "{route} {extra}: {head}");
+    }
+    // A file upload has its own limit (1 GiB by default), and is refused from its head too.
+    let req = format!(
+        "PUT /v1/files/{} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/octet-stream\r\nupload-length: 2000000000\r\ncontent-length: 2000000000\r\nexpect: 100-continue\r\n\r\n",
+        "ab".repeat(32)
+    );
+    let (head, body) = raw(&server, req.as_bytes());
+    let (status, v) = json_error(&head, &body);
+    assert_eq!(status, 413, "{head}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("max_upload_bytes"), "{v}");
     // A client that sends its body anyway still reads the answer: the server reads and
     // discards what follows before it closes, so no reset overtakes the 413.
     for _ in 0..20 {
@@ -106,6 +129,11 @@ fn every_error_answer_is_json_with_a_request_id_even_hypers_own() {
         (format!("GET /v1/me HTTP/1.1\r\nhost: x\r\n{}\r\n", (0..200).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()).into_bytes(), 431),
         // A URI over the server's limit.
         (format!("GET /v1/pull?cursor={} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", "c".repeat(20_000)).into_bytes(), 414),
+        // A URI over hyper's own limit (64 KiB), and a header over its buffer (400 KiB).
+        (format!("GET /v1/pull?cursor={} HTTP/1.1\r\nhost: x\r\n\r\n", "c".repeat(70_000)).into_bytes(), 414),
+        (format!("GET /v1/me HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "h".repeat(500_000)).into_bytes(), 431),
+        // An encoding the server does not decompress.
+        (format!("POST /v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-encoding: br\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").into_bytes(), 415),
         // Rejections axum makes: no content type, a body that is not JSON, an unknown route.
         (format!("PUT /v1/rows/groups/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").into_bytes(), 400),
         (format!("POST /v1/files/check HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc").into_bytes(), 400),
@@ -121,7 +149,7 @@ fn every_error_answer_is_json_with_a_request_id_even_hypers_own() {
             continue;
         }
         // Only hyper's own answers (the connection is not served further) lack an id.
-        assert!(matches!(status, 400 | 431), "{shown}: {head}");
+        assert!(matches!(status, 400 | 414 | 431), "{shown}: {head}");
     }
     // A long value echoed back is cut.
     let (head, body) = raw(
@@ -136,6 +164,112 @@ fn every_error_answer_is_json_with_a_request_id_even_hypers_own() {
     assert_eq!(status, 400, "{head}");
     assert!(body.len() < 4000, "{} bytes", body.len());
     assert!(head.contains("x-request-id: "), "{head}");
+}
+
+#[test]
+fn echoed_input_is_cut_however_long_the_field() {
+    let env = Env::new();
+    env.add_user("alice");
+    let token = env.token("alice", "phone");
+    let server = env.serve();
+    let long = "x".repeat(1_000_000);
+    let clock = format!("{:012x}0000{}", 1_800_000_000_000u64, "ab".repeat(8));
+    let row = |table: &str, key: &str, column: &str| {
+        json!({"table": table, "key": key, "exists": true, "exists_at": clock, "clock": clock,
+               "values": {column: "v"}})
+    };
+    let group = "00000000-0000-4000-8000-000000000000";
+    let pushes = [
+        ("batch id", json!({"batch_id": long, "rows": [row("groups", group, "name")]})),
+        ("table", json!({"batch_id": "b1", "rows": [row(&long, group, "name")]})),
+        ("key", json!({"batch_id": "b2", "rows": [row("groups", &long, "name")]})),
+        ("column", json!({"batch_id": "b3", "rows": [row("groups", group, &long)]})),
+        (
+            "clock",
+            json!({"batch_id": "b4", "rows": [{"table": "groups", "key": group, "exists": true,
+            "exists_at": long, "clock": clock, "values": {}}]}),
+        ),
+        ("cursor", json!({"batch_id": "b5", "cursor": long, "rows": []})),
+    ];
+    for (what, body) in pushes {
+        let resp = server
+            .http()
+            .post(format!("{}/v1/push", server.url))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        assert!((400..500).contains(&status), "a 1 MB {what}: {status} {}", &text[..text.len().min(300)]);
+        assert!(text.len() < 4000, "a 1 MB {what} came back in {} bytes", text.len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    // The REST API's body, and a body that is not JSON at all.
+    for body in [json!({"values": {long.as_str(): 1}}).to_string(), long.clone()] {
+        let resp = server
+            .http()
+            .put(format!("{}/v1/rows/groups/{group}", server.url))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        assert!((400..500).contains(&status) && text.len() < 4000, "{status}: {} bytes", text.len());
+    }
+}
+
+/// `ferry serve` with its log written to `server.log` in the test's directory.
+fn serve_logged(env: &Env) -> (Server, std::path::PathBuf) {
+    use std::io::BufRead;
+    let log = env.path("server.log");
+    let mut child = std::process::Command::new(FERRY)
+        .args(["serve", "-c", &env.config(), "--listen", "127.0.0.1:0"])
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line}")).to_owned();
+    (Server { child, url }, log)
+}
+
+#[test]
+fn a_500_shows_a_request_id_and_the_log_holds_the_stores_words() {
+    for env in [Env::new(), Env::postgres()] {
+        env.add_user("alice");
+        let admin = env.ok(&["token", "create", "--user", "alice", "--device", "ops", "--admin", "-c", &env.config()]);
+        let (server, log) = serve_logged(&env);
+        // Broken behind the server's back: its conflict log is gone.
+        if env.pg_db.is_some() {
+            env.psql("DROP TABLE _ferry_conflicts");
+        } else {
+            env.db("ferry-data/ferry.db").execute_batch("DROP TABLE _ferry_conflicts").unwrap();
+        }
+        let resp = server.http().get(format!("{}/v1/admin/conflicts", server.url)).bearer_auth(&admin).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 500);
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body: Value = resp.json().unwrap();
+        assert_eq!(body["error"]["code"], "internal", "{body}");
+        assert_eq!(body["error"]["message"], format!("internal error; the server logged it as request {id}"));
+        // The log line with that id names what the store said.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            if let Some(line) = text.lines().find(|l| l.contains(&id)) {
+                assert!(line.contains("_ferry_conflicts"), "{line}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no log line with request id {id}:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Reads frames until a close frame; returns its code and reason (pings and messages skipped).
