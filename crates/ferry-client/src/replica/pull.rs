@@ -1,0 +1,357 @@
+//! Applying pulled pages: each row meets what the replica holds of it.
+
+use ferry_core::RowState;
+use ferry_sqlite::Extra;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::conflicts::Resolvers;
+use super::records::{read_seen, register_json, state_from_json, state_json_row, take_held, write_seen};
+use super::{Replica, set_meta, wall_ms};
+use crate::error::{Error, Result};
+
+/// A pulled row to merge in.
+#[derive(Clone, Debug)]
+pub struct PulledRow {
+    pub table: String,
+    pub key: String,
+    pub state: RowState,
+}
+
+/// What applying a pulled page did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub received: usize,
+    pub changed: usize,
+    pub conflicts: usize,
+    /// Rows that break a rule, set aside (`_ferry_pull_refused`).
+    pub set_aside: usize,
+}
+
+impl Replica {
+    /// Merges a pulled page and moves the cursor, in one transaction. Local changes not yet
+    /// stamped are stamped first, so the merge sees them.
+    pub fn apply(&mut self, rows: &[PulledRow], cursor: &str) -> Result<Applied> {
+        self.apply_with(rows, cursor, &Resolvers::default())
+    }
+
+    /// As [`Replica::apply`], settling conflicts with local unpushed changes by `resolvers`.
+    pub fn apply_with(&mut self, rows: &[PulledRow], cursor: &str, resolvers: &Resolvers) -> Result<Applied> {
+        self.apply_page(rows, &[], "cursor", cursor, resolvers)
+    }
+
+    /// As [`Replica::apply_with`], storing the cursor under `cursor_key` (a selective sync
+    /// keeps one cursor per selection of tables).
+    ///
+    /// `refused` are the page's rows that break a rule (see [`ferry_protocol::DecodedPage`]):
+    /// they are set aside in `_ferry_pull_refused`, in the same transaction, and so is a row
+    /// whose clock is further ahead than the drift limit (with its state, for
+    /// [`Replica::retry_pulled`]); the rest of the page applies. A row that applies clears its
+    /// set-aside entry.
+    pub fn apply_page(
+        &mut self,
+        rows: &[PulledRow],
+        refused: &[ferry_protocol::RefusedPull],
+        cursor_key: &str,
+        cursor: &str,
+        resolvers: &Resolvers,
+    ) -> Result<Applied> {
+        self.apply_rows(rows, refused, Some((cursor_key, cursor)), resolvers, wall_ms())
+    }
+
+    /// Applies again the pulled rows set aside only because their clock was too far ahead of
+    /// this device's: the row is sound, and once this device's time has caught up (or been
+    /// corrected) it applies and its entry clears. The cursor has moved past those rows, so
+    /// without this they would wait for the row's next change. Rows still too far ahead stay
+    /// set aside; the cursor does not move.
+    pub fn retry_pulled(&mut self, resolvers: &Resolvers) -> Result<Applied> {
+        self.retry_pulled_at(resolvers, wall_ms())
+    }
+
+    fn retry_pulled_at(&mut self, resolvers: &Resolvers, now: u64) -> Result<Applied> {
+        let Some(schema) = self.schema.as_ref() else { return Ok(Applied::default()) };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT tbl, pk, state FROM _ferry_pull_refused WHERE state IS NOT NULL ORDER BY tbl, pk")?;
+        let kept =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let (mut rows, mut refused) = (Vec::new(), Vec::new());
+        for (table, key, json) in kept {
+            let json: String = json;
+            let decoded = serde_json::from_str::<ferry_protocol::WireRow>(&json)
+                .map_err(|e| ferry_protocol::DecodeError(e.to_string()))
+                .and_then(|w| ferry_protocol::decode_row(schema, &w));
+            match decoded {
+                Ok((_, state)) => rows.push(PulledRow { table, key, state }),
+                // The schema changed under it: it now waits, as a refused row, for a newer version.
+                Err(e) => refused.push(ferry_protocol::RefusedPull { table, key, reason: e.0 }),
+            }
+        }
+        drop(stmt);
+        if rows.is_empty() && refused.is_empty() {
+            return Ok(Applied::default());
+        }
+        self.apply_rows(&rows, &refused, None, resolvers, now)
+    }
+
+    /// [`Replica::apply_page`] at wall time `now`; `cursor` (its key and value) is stored with
+    /// the rows when given.
+    fn apply_rows(
+        &mut self,
+        rows: &[PulledRow],
+        refused: &[ferry_protocol::RefusedPull],
+        cursor: Option<(&str, &str)>,
+        resolvers: &Resolvers,
+        now: u64,
+    ) -> Result<Applied> {
+        let schema = self.schema.clone().ok_or_else(|| Error::Local("no schema installed; sync first".into()))?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::stamp_in(&tx, &self.tables, -1)?;
+        let mut clock = Self::clock(&tx)?;
+        let mut fresh_stamp = None;
+        tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
+        let mut applied = Applied { received: rows.len() + refused.len(), ..Applied::default() };
+        let any_refused: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_refused)", [], |r| r.get(0))?;
+        let any_set_aside: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_pull_refused)", [], |r| r.get(0))?;
+        // `state`: the row as pulled, kept when the row is sound and only this device's clock
+        // keeps it out; a refused row keeps none and waits for a newer version.
+        let set_aside = |table: &str, key: &str, message: &str, state: Option<String>| -> Result<()> {
+            tx.prepare_cached(
+                "INSERT INTO _ferry_pull_refused (tbl, pk, message, state) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tbl, pk) DO UPDATE SET message = excluded.message, state = excluded.state,
+                   refused_at = excluded.refused_at",
+            )?
+            .execute(params![table, key, message, state])?;
+            Ok(())
+        };
+        for r in refused {
+            set_aside(&r.table, &r.key, &r.reason, None)?;
+        }
+        applied.set_aside = refused.len();
+        for row in rows {
+            let ts = self.tables.get(&row.table).ok_or_else(|| {
+                Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
+            })?;
+            if let Err(e) = clock.observe(row.state.max_clock(), now) {
+                let message = format!(
+                    "{} '{}': {e} (or this device's); kept, and applied at a later sync once this device's time allows",
+                    row.table,
+                    ferry_core::shown(&row.key)
+                );
+                set_aside(&row.table, &row.key, &message, Some(state_json_row(&ts.table, &row.key, &row.state)))?;
+                applied.set_aside += 1;
+                continue;
+            }
+            if any_set_aside {
+                tx.prepare_cached("DELETE FROM _ferry_pull_refused WHERE tbl = ?1 AND pk = ?2")?
+                    .execute(params![row.table, row.key])?;
+            }
+            let Some((mut state, meta)) = Self::load_local(&tx, ts, &row.key, &mut clock)? else {
+                ferry_sqlite::store_state(&tx, ts, &row.key, &row.state, &Extra::default())?;
+                applied.changed += 1;
+                continue;
+            };
+            // A change the server refused stays as it is; the pulled version joins the
+            // server's current one beside it, for whoever settles it.
+            let held: Option<String> = if any_refused {
+                tx.prepare_cached("SELECT current FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2")?
+                    .query_row(params![row.table, row.key], |r| r.get(0))
+                    .optional()?
+            } else {
+                None
+            };
+            if let Some(held) = held {
+                let mut current = state_from_json(&schema, &held)?;
+                current.merge(&row.state);
+                tx.prepare_cached("UPDATE _ferry_refused SET current = ?3 WHERE tbl = ?1 AND pk = ?2")?
+                    .execute(params![row.table, row.key, state_json_row(&ts.table, &row.key, &current)])?;
+                continue;
+            }
+            let seen = if meta.pending > 0 { read_seen(&tx, &ts.table.name, &row.key)? } else { None };
+            if seen.is_some() && ts.table.options.conflict != ferry_core::schema::ConflictStrategy::Lww {
+                // The table's strategy is the server's to apply: the local change is pushed as
+                // made, and the pulled version waits beside it until the push is answered.
+                let mut held = take_held(&tx, &schema, &row.table, &row.key)?.unwrap_or_default();
+                held.merge(&row.state);
+                tx.prepare_cached("INSERT INTO _ferry_held (tbl, pk, state) VALUES (?1, ?2, ?3)")?.execute(params![
+                    row.table,
+                    row.key,
+                    state_json_row(&ts.table, &row.key, &held)
+                ])?;
+                continue;
+            }
+            let before = state.clone();
+            let mut report = before.clone().merge(&row.state);
+            if let Some(seen) = seen {
+                // A local change not yet pushed meets a pulled one: the table's client-side
+                // resolver settles the fields both changed; each is kept for a person to see.
+                let resolver = resolvers.for_table(&ts.table.name);
+                let r = resolver.as_core();
+                let out = ferry_core::strategy::merge_pulled(
+                    (&ts.table.name, &row.key),
+                    &before,
+                    &seen,
+                    &row.state,
+                    &r,
+                    &mut clock,
+                    now,
+                );
+                if let Some(c) = &out.conflict {
+                    let mut conflicts = tx.prepare_cached(
+                        "INSERT INTO _ferry_conflicts
+                           (tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by, kind, local, remote)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )?;
+                    let local = state_json_row(&ts.table, &row.key, &before);
+                    let remote = state_json_row(&ts.table, &row.key, &row.state);
+                    for f in &c.fields {
+                        let (lv, la) = register_json(&before, f);
+                        let (rv, ra) = register_json(&row.state, f);
+                        conflicts.execute(params![
+                            row.table,
+                            row.key,
+                            f,
+                            lv,
+                            la,
+                            rv,
+                            ra,
+                            resolver.name(),
+                            c.kind.name(),
+                            local,
+                            remote
+                        ])?;
+                        applied.conflicts += 1;
+                    }
+                }
+                report.changed = out.state != before;
+                report.kept_newer = !out.state.same_clocks(&row.state);
+                state = out.state;
+                write_seen(&tx, &ts.table.name, &row.key, &out.seen)?;
+            } else {
+                state.merge(&row.state);
+            }
+            // The local state has something the server's lacks: it must be pushed (again).
+            let pending = match (report.kept_newer, meta.pending) {
+                (true, 0) => {
+                    // Pushed again on top of the server's version just pulled.
+                    write_seen(&tx, &ts.table.name, &row.key, &row.state.clocks())?;
+                    *fresh_stamp.get_or_insert(Self::next_stamp(&tx)?)
+                }
+                (_, p) => p,
+            };
+            if report.changed || pending != meta.pending {
+                ferry_sqlite::store_state(&tx, ts, &row.key, &state, &Extra { pending, ..Extra::default() })?;
+                applied.changed += usize::from(report.changed);
+            }
+        }
+        tx.execute("DELETE FROM _ferry_apply", [])?;
+        set_meta(&tx, "clock", &clock.last().to_string())?;
+        if let Some((cursor_key, cursor)) = cursor {
+            set_meta(&tx, cursor_key, cursor)?;
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::hlc::MAX_DRIFT_MS;
+    use ferry_core::schema::Schema;
+    use ferry_core::{Hlc, SiteId, Value};
+
+    const KEY: &str = "0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b";
+
+    fn replica(dir: &tempfile::TempDir) -> Replica {
+        let schema =
+            Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, title text);", &Default::default()).unwrap();
+        let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
+        replica.install_schema(&ferry_protocol::SchemaResponse::from_schema(&schema)).unwrap();
+        replica
+    }
+
+    fn note(title: &str, wall_ms: u64) -> PulledRow {
+        let state =
+            RowState::inserted([("title".to_owned(), Value::Text(title.into()))], Hlc::new(wall_ms, 0, SiteId(7)));
+        PulledRow { table: "notes".into(), key: KEY.into(), state }
+    }
+
+    fn titles(replica: &Replica) -> Vec<String> {
+        let mut stmt = replica.connection().prepare("SELECT title FROM notes ORDER BY title").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(|t| t.unwrap()).collect()
+    }
+
+    /// A row whose clock is ahead of this device's by more than the drift limit is set aside
+    /// with its state while the rest of the page and the cursor go on; once this device's
+    /// time allows (it caught up, or was corrected), a later sync applies it and clears the
+    /// entry, without the row changing on the server and without moving the cursor.
+    #[test]
+    fn a_row_ahead_of_this_devices_clock_is_kept_and_applied_once_time_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = replica(&dir);
+        let now = wall_ms();
+        let ahead = now + 2 * MAX_DRIFT_MS;
+        let other = PulledRow { key: "0190f5a2-7c1e-7d3a-9b1f-000000000001".into(), ..note("other", now) };
+        let applied = replica
+            .apply_rows(&[note("ahead", ahead), other], &[], Some(("cursor", "7")), &Resolvers::default(), now)
+            .unwrap();
+        assert_eq!((applied.set_aside, applied.changed), (1, 1));
+        assert_eq!(titles(&replica), ["other"]);
+        assert_eq!(replica.meta("cursor").unwrap().as_deref(), Some("7"));
+        let kept = replica.refused_pulls().unwrap();
+        assert_eq!((kept.len(), kept[0].key.as_str()), (1, KEY));
+        assert!(kept[0].message.contains("ahead of this replica's wall clock"), "{kept:?}");
+
+        // Still too far ahead: it stays, nothing applies.
+        let retried = replica.retry_pulled_at(&Resolvers::default(), now).unwrap();
+        assert_eq!((retried.set_aside, retried.changed), (1, 0));
+        assert_eq!(replica.status().unwrap().refused_pulls, 1);
+
+        // This device's time has caught up: it applies, and the entry clears.
+        let retried = replica.retry_pulled_at(&Resolvers::default(), ahead).unwrap();
+        assert_eq!((retried.set_aside, retried.changed), (0, 1));
+        assert_eq!(titles(&replica), ["ahead", "other"]);
+        assert_eq!(replica.status().unwrap().refused_pulls, 0);
+        assert_eq!(replica.meta("cursor").unwrap().as_deref(), Some("7"));
+    }
+
+    /// A replica whose set-aside table predates the kept state gains the column on opening.
+    #[test]
+    fn a_replica_from_before_kept_states_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(replica(&dir));
+        let old = rusqlite::Connection::open(dir.path().join("r.db")).unwrap();
+        old.execute_batch("ALTER TABLE _ferry_pull_refused DROP COLUMN state").unwrap();
+        drop(old);
+        let mut replica = replica(&dir);
+        let now = wall_ms();
+        let applied = replica
+            .apply_page(&[note("ahead", now + 2 * MAX_DRIFT_MS)], &[], "cursor", "1", &Resolvers::default())
+            .unwrap();
+        assert_eq!(applied.set_aside, 1);
+    }
+
+    /// A row refused as breaking a rule keeps no state: it is not tried again by itself, and
+    /// waits for the row's next version, which applies and clears it.
+    #[test]
+    fn a_refused_row_waits_for_a_newer_version_which_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = replica(&dir);
+        let refused = ferry_protocol::RefusedPull {
+            table: "notes".into(),
+            key: KEY.into(),
+            reason: format!("notes '{KEY}': column 'title' has a value but the zero clock"),
+        };
+        let applied = replica.apply_page(&[], &[refused], "cursor", "3", &Resolvers::default()).unwrap();
+        assert_eq!(applied.set_aside, 1);
+        let retried = replica.retry_pulled(&Resolvers::default()).unwrap();
+        assert_eq!(retried, Applied::default());
+        assert_eq!(replica.refused_pulls().unwrap().len(), 1);
+
+        replica.apply_page(&[note("mended", wall_ms())], &[], "cursor", "4", &Resolvers::default()).unwrap();
+        assert_eq!(titles(&replica), ["mended"]);
+        assert!(replica.refused_pulls().unwrap().is_empty());
+    }
+}
