@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use ferry_policy::push;
+
 use crate::error::{Error, Result};
 use crate::remote::Remote;
 use crate::replica::{PendingRow, PulledRow, QueuePosition, Replica, Stamping};
@@ -241,16 +243,12 @@ fn acknowledge(
 /// Whether the server refused a push for its content (a JSON error body saying so), which
 /// is about rows; anything else (a proxy's 404, 408, 429 …) is not the rows' fault.
 fn refuses_rows(e: &Error) -> bool {
-    matches!(e, Error::Refused { code, .. } if refusal_about_rows(code))
-}
-
-fn refusal_about_rows(code: &str) -> bool {
-    matches!(code, "bad_request" | "forbidden" | "payload_too_large")
+    matches!(e, Error::Refused { code, .. } if push::refusal_about_rows(code))
 }
 
 /// After the server refused the batch `rows` with `refusal`: the batch is split until the
-/// refused rows are found; those are set aside with the server's answer and the rest is
-/// pushed.
+/// refused rows are found ([`push::Split`]); those are set aside with the server's answer
+/// and the rest is pushed.
 async fn push_refused(
     replica: &mut Replica,
     remote: &Remote,
@@ -260,29 +258,23 @@ async fn push_refused(
     report: &mut SyncReport,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<()> {
-    let mut work = vec![(rows, Some(refusal))];
-    while let Some((rows, refused)) = work.pop() {
-        let outcome = match refused {
-            Some(e) => Err(e),
-            None => push_batch(replica, remote, &rows, report).await,
-        };
-        match outcome {
-            Ok(()) => progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) }),
-            Err(Error::Refused { status, code, message }) if rows.len() == 1 && refusal_about_rows(&code) => {
-                replica.set_aside(&rows[0], status, &code, &message)?;
+    let mut split = push::Split::new(rows.len(), refusal);
+    loop {
+        match split.step() {
+            push::Step::Push(range) => match push_batch(replica, remote, &rows[range.clone()], report).await {
+                Ok(()) => progress(Progress::Pushing { done: report.pushed, total: total.max(report.pushed) }),
+                Err(e) if refuses_rows(&e) => split.refused(range, e),
+                Err(e) => return Err(e),
+            },
+            push::Step::SetAside(i, Error::Refused { status, code, message }) => {
+                replica.set_aside(&rows[i], status, &code, &message)?;
                 report.set_aside += 1;
-                progress(Progress::SetAside { table: rows[0].table.clone(), key: rows[0].key.clone(), message });
+                progress(Progress::SetAside { table: rows[i].table.clone(), key: rows[i].key.clone(), message });
             }
-            Err(e) if refuses_rows(&e) => {
-                let mut left = rows;
-                let right = left.split_off(left.len() / 2);
-                work.push((right, None));
-                work.push((left, None));
-            }
-            Err(e) => return Err(e),
+            push::Step::SetAside(_, other) => return Err(other),
+            push::Step::Done => return Ok(()),
         }
     }
-    Ok(())
 }
 
 /// A push on its way; stopped if the sync ends before its answer is needed.

@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use ferry_core::strategy::{EXISTS, Resolver};
-use ferry_core::{Hlc, Value};
+use ferry_core::strategy::Resolver;
+use ferry_core::Value;
 use ferry_sqlite::Extra;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use ferry_policy::settle;
 
 use super::records::{read_seen, state_from_json, state_json_row, version_json, write_seen};
 use super::{Replica, set_meta, wall_ms};
@@ -209,22 +211,10 @@ impl Replica {
         tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
         if keep_local {
             let seen = read_seen(&tx, &table, &key)?.unwrap_or_default();
-            let mut own = Vec::new();
-            if local.exists.at > seen.exists {
-                own.push((EXISTS.to_owned(), ferry_core::strategy::Register::Exists(local.exists.value)));
-            }
-            for (c, v) in &local.cols {
-                if v.at > seen.cols.get(c).copied().unwrap_or(Hlc::ZERO) {
-                    own.push((c.clone(), ferry_core::strategy::Register::Col(v.value.clone())));
-                }
-            }
-            let mut state = current.clone();
-            state.merge(&local);
-            let at = clock.tick(now);
-            ferry_core::strategy::write_registers(&mut state, own, at);
+            let (state, seen) = settle::keep_local(&local, &seen, &current, &mut clock, now);
             let stamp = Self::next_stamp(&tx)?;
             ferry_sqlite::store_state(&tx, ts, &key, &state, &Extra { pending: stamp, ..Extra::default() })?;
-            write_seen(&tx, &table, &key, &current.clocks())?;
+            write_seen(&tx, &table, &key, &seen)?;
         } else {
             // The local change is dropped: it stays in the replica's conflict view.
             let (local_json, current_json) =

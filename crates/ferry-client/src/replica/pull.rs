@@ -4,6 +4,8 @@ use ferry_core::RowState;
 use ferry_sqlite::Extra;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use ferry_policy::pull::{self, Action, Found, Settler};
+
 use super::conflicts::Resolvers;
 use super::records::{read_seen, register_json, state_from_json, state_json_row, take_held, write_seen};
 use super::{Replica, set_meta, wall_ms};
@@ -132,12 +134,7 @@ impl Replica {
             let ts = self.tables.get(&row.table).ok_or_else(|| {
                 Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
             })?;
-            if let Err(e) = clock.observe(row.state.max_clock(), now) {
-                let message = format!(
-                    "{} '{}': {e} (or this device's); kept, and applied at a later sync once this device's time allows",
-                    row.table,
-                    ferry_core::shown(&row.key)
-                );
+            if let Err(message) = pull::admit(&mut clock, &row.table, &row.key, &row.state, now) {
                 set_aside(&row.table, &row.key, &message, Some(state_json_row(&ts.table, &row.key, &row.state)))?;
                 applied.set_aside += 1;
                 continue;
@@ -146,102 +143,89 @@ impl Replica {
                 tx.prepare_cached("DELETE FROM _ferry_pull_refused WHERE tbl = ?1 AND pk = ?2")?
                     .execute(params![row.table, row.key])?;
             }
-            let Some((mut state, meta)) = Self::load_local(&tx, ts, &row.key, &mut clock)? else {
-                ferry_sqlite::store_state(&tx, ts, &row.key, &row.state, &Extra::default())?;
-                applied.changed += 1;
-                continue;
-            };
-            // A change the server refused stays as it is; the pulled version joins the
-            // server's current one beside it, for whoever settles it.
-            let held: Option<String> = if any_refused {
-                tx.prepare_cached("SELECT current FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2")?
-                    .query_row(params![row.table, row.key], |r| r.get(0))
+            let local = Self::load_local(&tx, ts, &row.key, &mut clock)?;
+            // A change the server refused as stale waits beside the server's current version.
+            let refused_current = match &local {
+                Some(_) if any_refused => tx
+                    .prepare_cached("SELECT current FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2")?
+                    .query_row(params![row.table, row.key], |r| r.get::<_, String>(0))
                     .optional()?
-            } else {
-                None
+                    .map(|json| state_from_json(&schema, &json))
+                    .transpose()?,
+                _ => None,
             };
-            if let Some(held) = held {
-                let mut current = state_from_json(&schema, &held)?;
-                current.merge(&row.state);
-                tx.prepare_cached("UPDATE _ferry_refused SET current = ?3 WHERE tbl = ?1 AND pk = ?2")?
-                    .execute(params![row.table, row.key, state_json_row(&ts.table, &row.key, &current)])?;
-                continue;
-            }
-            let seen = if meta.pending > 0 { read_seen(&tx, &ts.table.name, &row.key)? } else { None };
-            if seen.is_some() && ts.table.options.conflict != ferry_core::schema::ConflictStrategy::Lww {
-                // The table's strategy is the server's to apply: the local change is pushed as
-                // made, and the pulled version waits beside it until the push is answered.
-                let mut held = take_held(&tx, &schema, &row.table, &row.key)?.unwrap_or_default();
-                held.merge(&row.state);
-                tx.prepare_cached("INSERT INTO _ferry_held (tbl, pk, state) VALUES (?1, ?2, ?3)")?.execute(params![
-                    row.table,
-                    row.key,
-                    state_json_row(&ts.table, &row.key, &held)
-                ])?;
-                continue;
-            }
-            let before = state.clone();
-            let mut report = before.clone().merge(&row.state);
-            if let Some(seen) = seen {
-                // A local change not yet pushed meets a pulled one: the table's client-side
-                // resolver settles the fields both changed; each is kept for a person to see.
-                let resolver = resolvers.for_table(&ts.table.name);
-                let r = resolver.as_core();
-                let out = ferry_core::strategy::merge_pulled(
-                    (&ts.table.name, &row.key),
-                    &before,
-                    &seen,
-                    &row.state,
-                    &r,
-                    &mut clock,
-                    now,
-                );
-                if let Some(c) = &out.conflict {
-                    let mut conflicts = tx.prepare_cached(
-                        "INSERT INTO _ferry_conflicts
-                           (tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by, kind, local, remote)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            let pending = local.as_ref().map_or(0, |(_, meta)| meta.pending);
+            let seen = if pending > 0 { read_seen(&tx, &ts.table.name, &row.key)? } else { None };
+            let found = match (&local, &refused_current) {
+                (None, _) => Found::Nothing,
+                (Some(_), Some(current)) => Found::Refused { current },
+                (Some((state, _)), None) => Found::Row { state, pending: pending > 0, seen: seen.as_ref() },
+            };
+            let resolver = resolvers.for_table(&ts.table.name);
+            let core_resolver = resolver.as_core();
+            let meeting = pull::Meeting {
+                table: &ts.table.name,
+                key: &row.key,
+                pulled: &row.state,
+                found,
+                settler: Settler::of(ts.table.options.conflict),
+                resolver: &core_resolver,
+                now_ms: now,
+            };
+            match pull::meet(&meeting, &mut clock) {
+                Action::Insert => {
+                    ferry_sqlite::store_state(&tx, ts, &row.key, &row.state, &Extra::default())?;
+                    applied.changed += 1;
+                }
+                Action::JoinRefused { current } => {
+                    tx.prepare_cached("UPDATE _ferry_refused SET current = ?3 WHERE tbl = ?1 AND pk = ?2")?
+                        .execute(params![row.table, row.key, state_json_row(&ts.table, &row.key, &current)])?;
+                }
+                Action::Hold => {
+                    let mut held = take_held(&tx, &schema, &row.table, &row.key)?.unwrap_or_default();
+                    held.merge(&row.state);
+                    tx.prepare_cached("INSERT INTO _ferry_held (tbl, pk, state) VALUES (?1, ?2, ?3)")?.execute(
+                        params![row.table, row.key, state_json_row(&ts.table, &row.key, &held)],
                     )?;
-                    let local = state_json_row(&ts.table, &row.key, &before);
-                    let remote = state_json_row(&ts.table, &row.key, &row.state);
-                    for f in &c.fields {
-                        let (lv, la) = register_json(&before, f);
-                        let (rv, ra) = register_json(&row.state, f);
-                        conflicts.execute(params![
-                            row.table,
-                            row.key,
-                            f,
-                            lv,
-                            la,
-                            rv,
-                            ra,
-                            resolver.name(),
-                            c.kind.name(),
-                            local,
-                            remote
-                        ])?;
-                        applied.conflicts += 1;
+                }
+                Action::Write(write) => {
+                    let before = &local.as_ref().expect("a write meets a local row").0;
+                    if let Some(c) = &write.conflict {
+                        let mut conflicts = tx.prepare_cached(
+                            "INSERT INTO _ferry_conflicts
+                               (tbl, pk, col, local_value, local_at, remote_value, remote_at, resolved_by, kind, local, remote)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        )?;
+                        let local = state_json_row(&ts.table, &row.key, before);
+                        let remote = state_json_row(&ts.table, &row.key, &row.state);
+                        for f in &c.fields {
+                            let (lv, la) = register_json(before, f);
+                            let (rv, ra) = register_json(&row.state, f);
+                            conflicts.execute(params![
+                                row.table,
+                                row.key,
+                                f,
+                                lv,
+                                la,
+                                rv,
+                                ra,
+                                resolver.name(),
+                                c.kind.name(),
+                                local,
+                                remote
+                            ])?;
+                            applied.conflicts += 1;
+                        }
+                    }
+                    if let Some(seen) = &write.seen {
+                        write_seen(&tx, &ts.table.name, &row.key, seen)?;
+                    }
+                    if write.stores() {
+                        let pending = if write.push { *fresh_stamp.get_or_insert(Self::next_stamp(&tx)?) } else { pending };
+                        ferry_sqlite::store_state(&tx, ts, &row.key, &write.state, &Extra { pending, ..Extra::default() })?;
+                        applied.changed += usize::from(write.changed);
                     }
                 }
-                report.changed = out.state != before;
-                report.kept_newer = !out.state.same_clocks(&row.state);
-                state = out.state;
-                write_seen(&tx, &ts.table.name, &row.key, &out.seen)?;
-            } else {
-                state.merge(&row.state);
-            }
-            // The local state has something the server's lacks: it must be pushed (again).
-            let pending = match (report.kept_newer, meta.pending) {
-                (true, 0) => {
-                    // Pushed again on top of the server's version just pulled.
-                    write_seen(&tx, &ts.table.name, &row.key, &row.state.clocks())?;
-                    *fresh_stamp.get_or_insert(Self::next_stamp(&tx)?)
-                }
-                (_, p) => p,
-            };
-            if report.changed || pending != meta.pending {
-                ferry_sqlite::store_state(&tx, ts, &row.key, &state, &Extra { pending, ..Extra::default() })?;
-                applied.changed += usize::from(report.changed);
             }
         }
         tx.execute("DELETE FROM _ferry_apply", [])?;
@@ -354,4 +338,5 @@ mod tests {
         assert_eq!(titles(&replica), ["mended"]);
         assert!(replica.refused_pulls().unwrap().is_empty());
     }
+
 }

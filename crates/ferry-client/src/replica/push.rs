@@ -8,6 +8,8 @@ use ferry_core::strategy::RowClocks;
 use ferry_sqlite::Extra;
 use rusqlite::{TransactionBehavior, params};
 
+use ferry_policy::push;
+
 use super::records::{parse_base, parse_seen, state_json_row, take_held, write_seen};
 use super::pull::PulledRow;
 use super::stamp::Stamping;
@@ -153,10 +155,8 @@ impl Replica {
                 Error::Schema(format!("table '{}' is not in this replica's schema; sync to update it", row.table))
             })?;
             // Versions pulled while the push was out join the server's current one.
-            let mut current = row.state.clone();
-            if let Some(held) = take_held(&tx, &schema, &row.table, &row.key)? {
-                current.merge(&held);
-            }
+            let held = take_held(&tx, &schema, &row.table, &row.key)?;
+            let current = push::refused_current(&row.state, held.as_ref());
             let current = state_json_row(&ts.table, &row.key, &current);
             tx.prepare_cached(
                 "INSERT INTO _ferry_refused (tbl, pk, current, message) VALUES (?1, ?2, ?3, ?4)
@@ -168,7 +168,7 @@ impl Replica {
         let rows: Vec<&PendingRow> =
             rows.iter().filter(|r| !refused_keys.contains(&(r.table.as_str(), r.key.as_str()))).collect();
         if let Some((sent, past)) = cursor
-            && get_meta(&tx, "cursor")?.as_deref().unwrap_or("0") == sent
+            && let Some(past) = push::cursor_after(get_meta(&tx, "cursor")?.as_deref().unwrap_or("0"), sent, Some(past))
         {
             set_meta(&tx, "cursor", past)?;
         }
@@ -191,7 +191,7 @@ impl Replica {
             if !cleared {
                 // Changed again since it was read: the later change starts from what the
                 // server now holds of this one.
-                write_seen(&tx, &r.table, &r.key, &r.state.clocks())?;
+                write_seen(&tx, &r.table, &r.key, &push::rebased_seen(&r.state))?;
                 continue;
             }
             // Versions pulled while the push was out (tables whose strategy the server
@@ -199,13 +199,17 @@ impl Replica {
             if let Some(held) = if any_held { take_held(&tx, &schema, &r.table, &r.key)? } else { None } {
                 let ts =
                     self.tables.get(&r.table).ok_or_else(|| Error::Schema(format!("unknown table '{}'", r.table)))?;
-                if let Some((mut state, _)) = Self::load_local(&tx, ts, &r.key, &mut clock)? {
-                    let report = state.merge(&held);
-                    let pending = if report.kept_newer { Self::next_stamp(&tx)? } else { 0 };
-                    if pending > 0 {
-                        write_seen(&tx, &r.table, &r.key, &held.clocks())?;
-                    }
-                    ferry_sqlite::store_state(&tx, ts, &r.key, &state, &Extra { pending, ..Extra::default() })?;
+                if let Some((local, _)) = Self::load_local(&tx, ts, &r.key, &mut clock)? {
+                    let merged = push::merge_held(&local, &held);
+                    let pending = match &merged.push {
+                        Some(seen) => {
+                            let stamp = Self::next_stamp(&tx)?;
+                            write_seen(&tx, &r.table, &r.key, seen)?;
+                            stamp
+                        }
+                        None => 0,
+                    };
+                    ferry_sqlite::store_state(&tx, ts, &r.key, &merged.state, &Extra { pending, ..Extra::default() })?;
                 }
             }
         }

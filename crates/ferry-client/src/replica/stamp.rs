@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ferry_core::strategy::RowClocks;
-use ferry_core::{Clock, Hlc, RowState, Stamped, Value};
+use ferry_core::{Clock, Hlc, RowState, Stamped};
 use ferry_sqlite::{Extra, Meta, TableSql};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use ferry_policy::stamp::{self, Captured};
 
 use super::records::{change_json, parse_base, parse_seen};
 use super::{Replica, get_meta, set_meta, wall_ms};
@@ -77,8 +78,9 @@ pub const STAMP_CHUNK: i64 = 2000;
 
 /// An outbox entry: rowid, table, key, op, changed columns, old values, wall time.
 type OutboxEntry = (i64, String, String, String, Option<String>, Option<String>, i64);
-/// One captured operation on a row: op, changed columns, old values, its clock.
-type RowOp = (String, Option<String>, Option<String>, Hlc);
+/// A row's captured writes, each with its clock, and the old values the last write that
+/// recorded any recorded (a delete's).
+type RowOps = (Vec<(Captured, Hlc)>, Option<String>);
 
 impl Replica {
     /// Assigns clocks to the captured changes in the outbox, in transactions of at most
@@ -229,19 +231,23 @@ impl Replica {
         };
         let mut clock = Self::clock(tx)?;
         let stamp = Self::next_stamp(tx)?;
-        // A wall time captured while the device's clock ran ahead must not push this
-        // replica's clock into the future for good: never stamp later than now.
         let now = wall_ms();
         // Group by row, keeping the first-seen order, with each entry's clock.
         let mut order: Vec<(String, String)> = Vec::new();
-        let mut ops: HashMap<(String, String), Vec<RowOp>> = HashMap::new();
+        let mut ops: HashMap<(String, String), RowOps> = HashMap::new();
         for (_, tbl, pk, op, cols, old, wall) in &entries {
-            let at = clock.tick(((*wall).max(0) as u64).min(now));
+            let at = clock.tick(stamp::wall_for(*wall, now));
+            let captured = Captured::parse(op, cols.as_deref())
+                .map_err(|e| Error::Local(format!("outbox entry for {tbl} '{}': {e}", ferry_core::shown(pk))))?;
             let k = (tbl.clone(), pk.clone());
             if !ops.contains_key(&k) {
                 order.push(k.clone());
             }
-            ops.entry(k).or_default().push((op.clone(), cols.clone(), old.clone(), at));
+            let row = ops.entry(k).or_default();
+            row.0.push((captured, at));
+            if old.is_some() {
+                row.1.clone_from(old);
+            }
         }
         // What is stored of every touched row, read in one query per table.
         let mut stored: HashMap<(String, String), ferry_sqlite::Stored> = HashMap::with_capacity(order.len());
@@ -265,29 +271,28 @@ impl Replica {
             };
             let row_ops = &ops[&key];
             let pk = key.1.as_str();
-            let found =
+            let mut found =
                 stored.remove(&key).ok_or_else(|| Error::Local(format!("{} '{pk}' was not read back", key.0)))?;
             // A row inserted here and not written since, the bulk of a large outbox: its state
-            // is its values, all at the insert's clock (what the general rule makes of it,
-            // without copying the values).
-            let fresh_insert =
-                found.meta.is_none() && found.values.is_some() && matches!(row_ops.as_slice(), [(op, ..)] if op == "I");
+            // is made without copying the values, and its change record once per table.
             let general;
-            let (state, change) = if fresh_insert {
+            let (state, change) = if let (true, [(Captured::Insert, at)]) = (found.meta.is_none(), row_ops.0.as_slice())
+                && let Some(values) = found.values.take()
+            {
                 let names = ts.table.data_columns().map(|c| c.name.clone());
-                let state = RowState::inserted(names.zip(found.values.expect("checked")), row_ops[0].3);
+                let state = stamp::inserted(names.zip(values), *at);
                 let change = match new_row_change.entry(ts.table.name.as_str()) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        let base = ts.table.data_columns().map(|c| (c.name.clone(), Hlc::ZERO)).collect();
-                        e.insert(change_json(&ts.table, &base, Some(&RowState::unknown().clocks()))?)
+                        let (base, seen) = stamp::inserted_change(ts.table.data_columns().map(|c| c.name.as_str()));
+                        e.insert(change_json(&ts.table, &base, Some(&seen))?)
                     }
                 };
                 (state, &*change)
             } else {
-                let (state, base, first_seen) = Self::stamped_state(ts, pk, row_ops, found)?;
-                general = change_json(&ts.table, &base, first_seen.as_ref())?;
-                (state, &general)
+                let change = Self::stamped(ts, pk, row_ops, found)?;
+                general = change_json(&ts.table, &change.base, change.seen.as_ref())?;
+                (change.state, &general)
             };
             let dead = (!state.is_alive()).then(|| ferry_sqlite::encode_values(&ts.table, &ts.values_of(&state)));
             let extra =
@@ -299,68 +304,32 @@ impl Replica {
         Ok((count, Some(last_rowid)))
     }
 
-    /// A row's state after its captured writes `row_ops`, from what is stored of it
-    /// (`found`), with its change record: the base clock of each column written and, for a
-    /// first unacknowledged change, the version it started from.
-    fn stamped_state(
+    /// A row's state and change record after its captured writes, from what is stored of
+    /// it (`found`).
+    fn stamped(
         ts: &TableSql,
         pk: &str,
-        row_ops: &[RowOp],
+        (ops, deleted_values): &RowOps,
         found: ferry_sqlite::Stored,
-    ) -> Result<(RowState, BTreeMap<String, Hlc>, Option<RowClocks>)> {
-        let mut state = match &found.meta {
+    ) -> Result<stamp::Change> {
+        let state = match &found.meta {
             Some(meta) => ferry_sqlite::state_of(&ts.table, meta, None),
             None => RowState::unknown(),
         };
-        let known = state.exists.at != Hlc::ZERO;
-        let current = found.values;
-        let last_values: BTreeMap<String, Value> = match &current {
-            Some(vals) => ts.table.data_columns().map(|c| c.name.clone()).zip(vals.iter().cloned()).collect(),
-            None => match row_ops.iter().rev().find_map(|o| o.2.as_ref()) {
-                Some(json) => ferry_sqlite::decode_values(&ts.table, json)
+        let current = found.values.map(|vals| ts.table.data_columns().map(|c| c.name.clone()).zip(vals).collect());
+        let deleted = match (&current, deleted_values) {
+            (None, Some(json)) => Some(
+                ferry_sqlite::decode_values(&ts.table, json)
                     .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?,
-                None => state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect(),
-            },
+            ),
+            _ => None,
         };
-        // What the local writer had seen of each column it changed: the clock of the
-        // value replaced by the first change not yet acknowledged by the server.
-        let mut base = parse_base(&ts.table, pk, found.base)?;
-        let recorded_seen = found.seen.map(|j| parse_seen(&ts.table.name, pk, &j)).transpose()?;
-        // The version the first unacknowledged change started from.
-        let first_seen = recorded_seen.is_none().then(|| state.clocks());
-        let mut saw = |state: &RowState, cols: &mut dyn Iterator<Item = &String>| {
-            for c in cols {
-                base.entry(c.clone()).or_insert_with(|| state.cols.get(c).map_or(Hlc::ZERO, |s| s.at));
-            }
+        let values = stamp::values_after(current, deleted, &state);
+        let before = stamp::Before {
+            state,
+            base: parse_base(&ts.table, pk, found.base)?,
+            seen_recorded: found.seen.map(|j| parse_seen(&ts.table.name, pk, &j)).transpose()?.is_some(),
         };
-        for (op, cols, _, at) in row_ops {
-            match op.as_str() {
-                // An update of a row Ferry never tracked (it predates capture) is its first
-                // appearance: record the whole row, as an insert.
-                "I" | "U" if op == "I" || (!known && state.exists.at == Hlc::ZERO) => {
-                    saw(&state, &mut last_values.keys());
-                    state.insert(last_values.clone(), *at);
-                }
-                "D" => state.delete(*at),
-                _ => {
-                    let names: Vec<String> = cols
-                        .as_deref()
-                        .map(serde_json::from_str)
-                        .transpose()
-                        .map_err(|e| Error::Local(format!("outbox entry for {} '{pk}': {e}", ts.table.name)))?
-                        .unwrap_or_default();
-                    saw(&state, &mut names.iter());
-                    let changed = names.into_iter().filter_map(|c| last_values.get(&c).map(|v| (c, v.clone())));
-                    state.update(changed, *at);
-                }
-            }
-        }
-        for (col, s) in state.cols.iter_mut() {
-            if let Some(v) = last_values.get(col) {
-                s.value = v.clone();
-            }
-        }
-        Ok((state, base, first_seen))
+        Ok(stamp::fold(before, &values, ops))
     }
-
 }

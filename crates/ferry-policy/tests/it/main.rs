@@ -1,0 +1,3 @@
+//! The sync policy's tests: properties of its decisions.
+
+mod props;
