@@ -121,7 +121,9 @@ pub fn meet(m: &Meeting<'_>, clock: &mut Clock) -> Action {
             let out = strategy::merge_pulled((m.table, m.key), local, seen, m.pulled, m.resolver, clock, m.now_ms);
             Write {
                 changed: out.state != *local,
-                push: false,
+                // Values the resolver wrote again are a new change: under a new pending mark, a
+                // push of the earlier one whose answer was lost is not taken for this one.
+                push: written_anew(&out.state, local, m.pulled),
                 state: out.state,
                 seen: Some(out.seen),
                 conflict: out.conflict,
@@ -139,3 +141,10 @@ pub fn meet(m: &Meeting<'_>, clock: &mut Clock) -> Action {
     Action::Write(write)
 }
 
+/// Whether `state` holds a register written by neither `local` nor `pulled` (a value a
+/// resolver wrote again with a fresh clock).
+pub fn written_anew(state: &RowState, local: &RowState, pulled: &RowState) -> bool {
+    let neither = |at, a: Option<ferry_core::Hlc>, b: Option<ferry_core::Hlc>| Some(at) != a && Some(at) != b;
+    neither(state.exists.at, Some(local.exists.at), Some(pulled.exists.at))
+        || state.cols.iter().any(|(c, s)| neither(s.at, local.cols.get(c).map(|v| v.at), pulled.cols.get(c).map(|v| v.at)))
+}

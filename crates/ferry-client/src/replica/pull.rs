@@ -339,4 +339,21 @@ mod tests {
         assert!(replica.refused_pulls().unwrap().is_empty());
     }
 
+    /// A push whose answer was lost is sent again under the same batch id while its rows
+    /// keep their pending marks, and the server answers it from its record. Values a resolver
+    /// writes in between are a new change: the row gets a new mark, so they are pushed.
+    #[test]
+    fn values_a_resolver_writes_get_a_new_pending_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = replica(&dir);
+        replica.connection().execute("INSERT INTO notes (id, title) VALUES (?1, 'mine')", [KEY]).unwrap();
+        let sent = replica.pending(10).unwrap();
+        let resolvers = Resolvers::default().table("notes", super::super::ClientResolver::LocalWins);
+        let applied = replica.apply_with(&[note("theirs", wall_ms())], "1", &resolvers).unwrap();
+        assert_eq!(applied.conflicts, 1);
+        let again = replica.pending(10).unwrap();
+        assert_eq!(titles(&replica), ["mine"]);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].stamp, sent[0].stamp, "the resolver's write kept the old mark");
+    }
 }

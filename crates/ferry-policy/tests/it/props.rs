@@ -82,7 +82,8 @@ proptest! {
                 // A new pending mark exactly when the row holds a write the server has not
                 // seen: a resolver's new write, or (nothing pending) a local write it lacks.
                 if pending {
-                    prop_assert!(!w.push);
+                    let anew = with_seen && pull::written_anew(&w.state, &local, &pulled);
+                    prop_assert_eq!(w.push, anew);
                 } else {
                     prop_assert!(w.push || w.state.same_clocks(&pulled));
                     prop_assert_eq!(w.seen, w.push.then(|| pulled.clocks()));
