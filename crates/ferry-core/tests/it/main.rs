@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 
 use ferry_core::{Clock, Hlc, RowState, SiteId, Stamped, Value};
-
-mod strategies;
 use proptest::prelude::*;
 
 fn arb_hlc() -> impl Strategy<Value = Hlc> {

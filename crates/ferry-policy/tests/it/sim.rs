@@ -8,8 +8,8 @@
 //! replicas act in random order. Replica 0 holds the `authority` role. People resolve
 //! `manual` conflicts on the server and `reject-stale` refusals on the replicas.
 //!
-//! The server and the replicas decide with `ferry_core::strategy`, the code the stores and
-//! the client run. After quiescence it checks that every replica holds exactly the server's
+//! The server decides with `ferry_core::strategy` and the replicas with `ferry_policy`, the
+//! code the stores and the client run. After quiescence it checks that every replica holds exactly the server's
 //! rows, and that every write overwritten by a write that had not seen it is in a conflict
 //! log (the server's, or the replica's own).
 //!
@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ferry_core::schema::ConflictStrategy;
 use ferry_core::strategy::{self, Decision, EXISTS, PushContext, Register, ResolveInput, Resolver, RowClocks, Side};
 use ferry_core::{Clock, Hlc, RowState, SiteId, Value};
+use ferry_policy::pull::{self, Action, Found, Meeting, Settler};
+use ferry_policy::{push, settle};
 
 use crate::Rng;
 
@@ -241,7 +243,7 @@ impl Sim {
         for (key, pushed, _, stamp) in rows {
             if let Some(current) = refused.get(&key) {
                 let mut held = rep.held.remove(&key).unwrap_or_default();
-                held.state.merge(&current.state);
+                held.state = push::refused_current(&current.state, Some(&held.state));
                 held.hist.extend(current.hist.iter().copied());
                 let local = &rep.rows[&key].state;
                 let contest = strategy::detect(
@@ -258,15 +260,20 @@ impl Sim {
             } else if rep.pending.get(&key).is_some_and(|p| p.stamp == stamp) {
                 rep.pending.remove(&key);
                 if let Some(held) = rep.held.remove(&key) {
-                    // Pulled while the push was out: merge it now.
+                    // Pulled while the push was out: merged now.
                     let k = rep.rows.entry(key).or_default();
-                    k.state.merge(&held.state);
+                    let merged = push::merge_held(&k.state, &held.state);
+                    k.state = merged.state;
                     k.hist.extend(held.hist);
+                    if let Some(seen) = merged.push {
+                        let stamp = rep.next_stamp;
+                        rep.next_stamp += 1;
+                        rep.pending.insert(key, Pending { seen, stamp });
+                    }
                 }
             } else if let Some(p) = rep.pending.get_mut(&key) {
-                // Changed again since: the later change starts from what the server now has
-                // of this one.
-                p.seen = pushed.state.clocks();
+                // Changed again since.
+                p.seen = push::rebased_seen(&pushed.state);
             }
         }
     }
@@ -367,28 +374,15 @@ impl Sim {
         self.wall += 1;
         let wall = self.wall;
         for (key, remote) in rows {
+            let strategy = self.strategy;
             let rep = &mut self.replicas[r];
-            rep.clock.observe(remote.state.max_clock(), wall).unwrap();
-            if let Some(refused) = rep.refused.get_mut(&key) {
-                refused.state.merge(&remote.state);
-                refused.hist.extend(remote.hist.iter().copied());
-                continue;
-            }
-            let Some(p) = rep.pending.get(&key) else {
-                let k = rep.rows.entry(key).or_default();
-                k.state.merge(&remote.state);
-                k.hist.extend(remote.hist);
-                continue;
+            pull::admit(&mut rep.clock, "t", &key.to_string(), &remote.state, wall).unwrap();
+            let local = rep.rows.get(&key).cloned();
+            let found = match (&local, rep.refused.get(&key), rep.pending.get(&key)) {
+                (_, Some(refused), _) => Found::Refused { current: &refused.state },
+                (None, ..) => Found::Nothing,
+                (Some(l), None, p) => Found::Row { state: &l.state, pending: p.is_some(), seen: p.map(|p| &p.seen) },
             };
-            // Only `lww` tables settle on the device (client-side resolvers); under the other
-            // strategies the server decides, so the pulled version waits for the push's answer.
-            if self.strategy != ConflictStrategy::Lww {
-                let held = rep.held.entry(key).or_default();
-                held.state.merge(&remote.state);
-                held.hist.extend(remote.hist);
-                continue;
-            }
-            let local = rep.rows[&key].clone();
             let callback = |i: &ResolveInput<'_>| -> Option<BTreeMap<String, Value>> {
                 // Keeps the larger value of each field; deletes when either side deleted.
                 if !i.local.is_alive() || !i.remote.is_alive() {
@@ -411,35 +405,53 @@ impl Sim {
                 2 => Resolver::RemoteWins,
                 _ => Resolver::Callback(&callback),
             };
-            let out = strategy::merge_pulled(
-                ("t", &key.to_string()),
-                &local.state,
-                &p.seen,
-                &remote.state,
-                &resolver,
-                &mut rep.clock,
-                wall,
-            );
-            debug(|| {
-                format!(
-                    "pull into pending on {r} row {key}: local {:?}\n  remote {:?}\n  -> {out:?}",
-                    local.state, remote.state
-                )
-            });
-            if let Some(c) = &out.conflict {
-                rep.log.push(logged(key, &c.fields, &[&local.state, &remote.state]));
+            let key_text = key.to_string();
+            let meeting = Meeting {
+                table: "t",
+                key: &key_text,
+                pulled: &remote.state,
+                found,
+                settler: Settler::of(strategy),
+                resolver: &resolver,
+                now_ms: wall,
+            };
+            let action = pull::meet(&meeting, &mut rep.clock);
+            debug(|| format!("pull on {r} row {key}: local {:?}\n  remote {:?}\n  -> {action:?}", local.as_ref().map(|l| &l.state), remote.state));
+            match action {
+                Action::Insert => {
+                    rep.rows.insert(key, remote);
+                }
+                Action::JoinRefused { current } => {
+                    let refused = rep.refused.get_mut(&key).expect("refused");
+                    refused.state = current;
+                    refused.hist.extend(remote.hist.iter().copied());
+                }
+                Action::Hold => {
+                    let held = rep.held.entry(key).or_default();
+                    held.state.merge(&remote.state);
+                    held.hist.extend(remote.hist);
+                }
+                Action::Write(w) => {
+                    let local = local.expect("a write meets a local row");
+                    if let Some(c) = &w.conflict {
+                        rep.log.push(logged(key, &c.fields, &[&local.state, &remote.state]));
+                    }
+                    let mut hist: BTreeSet<WriteId> = local.hist.union(&remote.hist).copied().collect();
+                    let mut merged = local.state.clone();
+                    merged.merge(&remote.state);
+                    // A value the resolver wrote again is a new device write that saw both sides.
+                    self.record(key, &merged, &w.state, (true, false), &mut hist);
+                    let rep = &mut self.replicas[r];
+                    if w.push {
+                        let stamp = rep.next_stamp;
+                        rep.next_stamp += 1;
+                        rep.pending.insert(key, Pending { seen: w.seen.clone().expect("a pushed row has seen"), stamp });
+                    } else if let (Some(p), Some(seen)) = (rep.pending.get_mut(&key), w.seen) {
+                        p.seen = seen;
+                    }
+                    rep.rows.insert(key, Known { state: w.state, hist });
+                }
             }
-            let seen = out.seen;
-            let mut hist: BTreeSet<WriteId> = local.hist.union(&remote.hist).copied().collect();
-            let mut merged = local.state.clone();
-            merged.merge(&remote.state);
-            // A value the resolver wrote again is a new device write that saw both sides.
-            self.record(key, &merged, &out.state, (true, false), &mut hist);
-            let rep = &mut self.replicas[r];
-            let stamp = rep.next_stamp;
-            rep.next_stamp += 1;
-            rep.pending.insert(key, Pending { seen, stamp });
-            rep.rows.insert(key, Known { state: out.state, hist });
         }
         self.replicas[r].cursor = cursor;
     }
@@ -456,20 +468,16 @@ impl Sim {
         rep.clock.observe(current.state.max_clock(), wall).unwrap();
         // The refusal's record holds both versions as they are when the person decides.
         let fields: Vec<String> =
-            own_registers(&local.state, &rep.pending[&key].seen).into_iter().map(|r| r.0).collect();
+            settle::own_registers(&local.state, &rep.pending[&key].seen).into_iter().map(|r| r.0).collect();
         rep.log.push(logged(key, &fields, &[&current.state, &local.state]));
         if keep_local {
             // The local values are written again on top of the current version.
-            let mut state = current.state.clone();
-            state.merge(&local.state);
-            let changes: Vec<(String, Register)> = own_registers(&local.state, &rep.pending[&key].seen);
-            let at = rep.clock.tick(wall);
-            let before = state.clone();
-            strategy::write_registers(&mut state, changes, at);
+            let (state, seen) = settle::keep_local(&local.state, &rep.pending[&key].seen, &current.state, &mut rep.clock, wall);
+            let before = merged(&current.state, &local.state);
             let mut hist: BTreeSet<WriteId> = current.hist.union(&local.hist).copied().collect();
             let stamp = rep.next_stamp;
             rep.next_stamp += 1;
-            rep.pending.insert(key, Pending { seen: current.state.clocks(), stamp });
+            rep.pending.insert(key, Pending { seen, stamp });
             self.record(key, &before, &state, (true, false), &mut hist);
             self.replicas[r].rows.insert(key, Known { state, hist });
         } else {
@@ -617,18 +625,10 @@ fn debug(f: impl FnOnce() -> String) {
     }
 }
 
-/// The registers a local change wrote on top of `seen`, with their values.
-fn own_registers(local: &RowState, seen: &RowClocks) -> Vec<(String, Register)> {
-    let mut out = Vec::new();
-    if local.exists.at > seen.exists {
-        out.push((EXISTS.to_owned(), Register::Exists(local.exists.value)));
-    }
-    for (c, s) in &local.cols {
-        if s.at > seen.cols.get(c).copied().unwrap_or(Hlc::ZERO) {
-            out.push((c.clone(), Register::Col(s.value.clone())));
-        }
-    }
-    out
+fn merged(a: &RowState, b: &RowState) -> RowState {
+    let mut m = a.clone();
+    m.merge(b);
+    m
 }
 
 fn simulate(seed: u64, strategy: ConflictStrategy) {
