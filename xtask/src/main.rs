@@ -23,6 +23,8 @@ commands:
   sim [--runs N | --seed N]
                   the long mode of the deterministic simulations (merge, and every conflict
                   strategy): N seeds each (default 20000) in release mode, or replay one seed
+  vectors         write the sync policy's decisions as JSON test vectors (vectors/*.json) for
+                  other implementations; the tests check the files against the policy
 ";
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("sim") => sim(&args[1..]),
+        Some("vectors") => vectors(&args[1..]),
         Some("-h" | "--help") | None => {
             print!("{HELP}");
             Ok(())
@@ -93,7 +96,9 @@ fn sim(extra: &[String]) -> Result<()> {
     };
     eprintln!("{var}={value}");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let args = ["test", "--release", "--locked", "-p", "ferry-core", "--test", "it", "--", "--nocapture"];
+    // The merge's simulation lives with the core, the whole sync loop's with the policy.
+    let args =
+        ["test", "--release", "--locked", "-p", "ferry-core", "-p", "ferry-policy", "--test", "it", "--", "--nocapture"];
     eprintln!("$ cargo {}", args.join(" "));
     let status =
         Command::new(&cargo).args(args).env(var, value).status().with_context(|| format!("cannot run {cargo}"))?;
@@ -102,6 +107,20 @@ fn sim(extra: &[String]) -> Result<()> {
             "the simulation failed ({status}); the failing seed is printed above (cargo xtask sim --seed N replays it, FERRY_SIM_DEBUG=1 prints every decision)"
         );
     }
+    Ok(())
+}
+
+/// Writes the sync policy's test vectors (`vectors/*.json`) from its cases; `cargo xtask
+/// test` checks that the files still hold what the policy decides.
+fn vectors(extra: &[String]) -> Result<()> {
+    if let Some(a) = extra.first() {
+        bail!("unknown vectors option '{a}'; `cargo xtask vectors` takes none");
+    }
+    cargo_with_env(
+        &["test", "--locked", "-p", "ferry-policy", "--test", "it", "vectors::", "--", "--nocapture"],
+        &[("FERRY_WRITE_VECTORS", "1")],
+    )?;
+    eprintln!("vectors written to vectors/; review them with `git diff vectors/`");
     Ok(())
 }
 

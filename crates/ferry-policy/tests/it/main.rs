@@ -1,8 +1,10 @@
-//! The sync policy's tests: properties of its decisions, and the whole sync loop simulated
-//! for every conflict strategy with the replicas deciding through this crate.
+//! The sync policy's tests: properties of its decisions, the whole sync loop simulated for
+//! every conflict strategy with the replicas deciding through this crate, and the JSON test
+//! vectors.
 
 mod props;
 mod sim;
+mod vectors;
 
 /// A small deterministic generator (xorshift), so a seed replays a case exactly.
 pub struct Rng(pub u64);
