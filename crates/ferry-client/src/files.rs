@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 use crate::remote::Remote;
+pub use crate::replica::FileQueue;
 use crate::replica::Replica;
 
 /// Transfers at once unless told otherwise.
@@ -39,28 +40,6 @@ pub const LOW_DISK_QUEUE: u64 = 100;
 
 /// The longest wait between retries of one file.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
-
-pub const FILE_TABLES: &str = "
-CREATE TABLE IF NOT EXISTS _ferry_files (
-    hash TEXT PRIMARY KEY,
-    uploaded INTEGER NOT NULL DEFAULT 0,
-    size INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_try INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE TABLE IF NOT EXISTS _ferry_file_log (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    direction TEXT NOT NULL CHECK (direction IN ('up', 'down')),
-    hash TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    millis INTEGER NOT NULL,
-    outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'mismatch', 'failed', 'paused')),
-    error TEXT
-);
-";
 
 /// The directory beside a replica where its files live: `REPLICA-files/`.
 pub fn files_dir(replica: &Path) -> PathBuf {
@@ -235,21 +214,6 @@ pub struct Queued {
     pub last_error: Option<String>,
     #[serde(skip)]
     next_try: i64,
-}
-
-/// The file queue's totals, for `ferry status`.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct FileQueue {
-    /// Files to move, both ways.
-    pub queued: u64,
-    pub uploads: u64,
-    pub downloads: u64,
-    /// Bytes still to move, as far as known (a download's size is known once the server
-    /// has been asked).
-    pub bytes_pending: u64,
-    /// Queued files whose last attempt failed.
-    pub failing: u64,
-    pub paused: bool,
 }
 
 /// One logged transfer.

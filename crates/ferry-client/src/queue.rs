@@ -11,38 +11,6 @@ use rusqlite::{OptionalExtension, params};
 use crate::error::Result;
 use crate::replica::{PendingRow, Replica};
 
-pub const QUEUE_TABLES: &str = "
-CREATE TABLE IF NOT EXISTS _ferry_failed (
-    id INTEGER PRIMARY KEY,
-    tbl TEXT NOT NULL,
-    pk TEXT NOT NULL,
-    stamp INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    code TEXT NOT NULL,
-    message TEXT NOT NULL,
-    failed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    UNIQUE (tbl, pk)
-);
-CREATE TABLE IF NOT EXISTS _ferry_pull_refused (
-    tbl TEXT NOT NULL,
-    pk TEXT NOT NULL,
-    message TEXT NOT NULL,
-    refused_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    state TEXT,
-    PRIMARY KEY (tbl, pk)
-);
-CREATE TABLE IF NOT EXISTS _ferry_history (
-    id INTEGER PRIMARY KEY,
-    started_at TEXT NOT NULL,
-    finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    outcome TEXT NOT NULL CHECK (outcome IN ('completed', 'failed')),
-    pushed INTEGER NOT NULL,
-    pulled INTEGER NOT NULL,
-    set_aside INTEGER NOT NULL,
-    error TEXT
-);
-";
-
 /// A local change the server refused as invalid (400, 403, 413 for one row), set aside.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Failed {

@@ -6,6 +6,7 @@
 //! from which the next sync simply continues.
 
 mod conflicts;
+mod migrations;
 mod pull;
 mod push;
 mod records;
@@ -28,7 +29,7 @@ pub use conflicts::{ClientResolver, LocalConflict, Refused, ResolveFn, ResolveIn
 pub use pull::{Applied, PulledRow};
 pub use push::{PendingRow, QueuePosition};
 pub use stamp::{STAMP_CHUNK, Stamping};
-pub use status::Status;
+pub use status::{FileQueue, Status};
 
 /// A replica file opened for syncing.
 pub struct Replica {
@@ -63,28 +64,7 @@ impl Replica {
         let mut conn =
             ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
         ferry_sqlite::ensure_rows_table(&conn)?;
-        conn.execute_batch(capture::BOOKKEEPING)?;
-        conn.execute_batch(&capture::outbox_ddl("_ferry_outbox"))?;
-        capture::upgrade_outbox(&mut conn)?;
-        conn.execute_batch(crate::queue::QUEUE_TABLES)?;
-        conn.execute_batch(crate::files::FILE_TABLES)?;
-        // Columns added to the replica's bookkeeping since its first release.
-        for (table, column) in [
-            ("_ferry_conflicts", "resolved_by"),
-            ("_ferry_conflicts", "kind"),
-            ("_ferry_conflicts", "local"),
-            ("_ferry_conflicts", "remote"),
-            ("_ferry_pull_refused", "state"),
-        ] {
-            let has: bool = conn.query_row(
-                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
-                [table, column],
-                |r| r.get(0),
-            )?;
-            if !has {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
-            }
-        }
+        migrations::migrate(&mut conn)?;
         if get_meta(&conn, "site")?.is_none() {
             let mut b = [0u8; 8];
             getrandom::fill(&mut b).map_err(|e| Error::Local(format!("no randomness: {e}")))?;

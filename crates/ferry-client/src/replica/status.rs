@@ -33,7 +33,7 @@ pub struct Status {
     /// CONNECTED, DEGRADED, DISCONNECTED, RECONNECTING, OFFLINE_ONLY, or STOPPED.
     pub connection: Option<String>,
     /// The file queue: files to upload or download, bytes pending.
-    pub files: crate::files::FileQueue,
+    pub files: FileQueue,
 }
 
 impl Replica {
@@ -99,4 +99,19 @@ impl Replica {
                 .unwrap_or_default(),
         })
     }
+}
+
+/// The file queue's totals, for `ferry status`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FileQueue {
+    /// Files to move, both ways.
+    pub queued: u64,
+    pub uploads: u64,
+    pub downloads: u64,
+    /// Bytes still to move, as far as known (a download's size is known once the server
+    /// has been asked).
+    pub bytes_pending: u64,
+    /// Queued files whose last attempt failed.
+    pub failing: u64,
+    pub paused: bool,
 }
