@@ -4,6 +4,7 @@
 //! by hand on a fresh machine. PostgreSQL clusters are started by the tests themselves
 //! (`ferry-pgtemp`); the S3-compatible server for the file stores is started here (`moto`).
 
+mod checks;
 mod moto;
 
 use std::process::{Command, ExitCode};
@@ -13,6 +14,8 @@ use anyhow::{Context, Result, bail};
 const HELP: &str = "usage: cargo xtask <command>
 
 commands:
+  check           the invariants a compiler does not check (ferry-core and ferry-policy do
+                  no I/O; serde wire types live in ferry-protocol); also the first step of test
   test            run every test of the workspace (what CI runs); starts moto (S3) for the
                   file store tests, installing it under target/test-tools on first use; then,
                   unless test arguments were given, the benchmarks' smoke run (bench --quick)
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("sim") => sim(&args[1..]),
         Some("vectors") => vectors(&args[1..]),
+        Some("check") => checks::run(),
         Some("-h" | "--help") | None => {
             print!("{HELP}");
             Ok(())
@@ -69,6 +73,7 @@ fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    checks::run()?;
     let mut args = vec!["test", "--workspace", "--locked"];
     args.extend(extra.iter().map(String::as_str));
     // Stopped when `moto` drops, whether the tests passed or not.
