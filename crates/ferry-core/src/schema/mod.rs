@@ -1,0 +1,372 @@
+//! The schema: one set of `CREATE TABLE` statements in a portable SQL subset, plus per-table
+//! sync options, is the source of truth for every replica.
+//!
+//! This module holds the schema's types, its canonical text and fingerprint, and the SQL
+//! quoting every dialect shares. [`parse`] reads the subset and refuses what Ferry cannot
+//! sync safely (with the table and the fix in the message); [`checks`] holds the rules a
+//! value must follow to be stored alike in every store. The subset and the type mapping are
+//! documented in `docs/schema.md`; keep the two in step.
+
+mod checks;
+mod parse;
+
+use std::fmt::Write as _;
+
+use crate::value::Value;
+
+pub use checks::{check_role, is_date, is_file_hash, is_timestamptz, is_uuid};
+
+/// The logical type of a column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColType {
+    Uuid,
+    Text,
+    Integer,
+    BigInt,
+    Real,
+    Boolean,
+    Timestamptz,
+    Date,
+    Json,
+    Blob,
+}
+
+impl ColType {
+    /// The name used in Ferry's canonical schema text (and on the wire).
+    pub fn name(self) -> &'static str {
+        match self {
+            ColType::Uuid => "uuid",
+            ColType::Text => "text",
+            ColType::Integer => "integer",
+            ColType::BigInt => "bigint",
+            ColType::Real => "real",
+            ColType::Boolean => "boolean",
+            ColType::Timestamptz => "timestamptz",
+            ColType::Date => "date",
+            ColType::Json => "jsonb",
+            ColType::Blob => "bytea",
+        }
+    }
+
+    /// The SQLite column type (its storage class affinity).
+    pub fn sqlite(self) -> &'static str {
+        match self {
+            ColType::Uuid | ColType::Text | ColType::Timestamptz | ColType::Date | ColType::Json => "TEXT",
+            ColType::Integer | ColType::BigInt | ColType::Boolean => "INTEGER",
+            ColType::Real => "REAL",
+            ColType::Blob => "BLOB",
+        }
+    }
+
+    /// The PostgreSQL column type.
+    pub fn postgres(self) -> &'static str {
+        match self {
+            ColType::Uuid => "uuid",
+            ColType::Text => "text",
+            ColType::Integer => "integer",
+            ColType::BigInt => "bigint",
+            ColType::Real => "double precision",
+            ColType::Boolean => "boolean",
+            ColType::Timestamptz => "timestamptz",
+            ColType::Date => "date",
+            ColType::Json => "jsonb",
+            ColType::Blob => "bytea",
+        }
+    }
+
+    /// Whether values of this type are kept as SQLite TEXT.
+    pub fn is_textual(self) -> bool {
+        self.sqlite() == "TEXT"
+    }
+}
+/// One column of a synced table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColType,
+    pub not_null: bool,
+    /// `varchar(n)`: the longest text allowed, in characters.
+    pub max_len: Option<u32>,
+    /// `CHECK (col IN ('a', 'b'))`: the allowed values.
+    pub allowed: Option<Vec<String>>,
+    pub default: Option<Value>,
+    /// `REFERENCES table(column)`: documented, not enforced (see `docs/schema.md`).
+    pub references: Option<(String, String)>,
+    /// `UNIQUE`: documented, not enforced across replicas (see `docs/schema.md`).
+    pub unique: bool,
+}
+
+/// Per-table sync options, from `[tables.NAME]` in `ferry.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    /// Rows belong to the user whose id is in this column; only that user reads or writes them.
+    pub owner: Option<String>,
+    /// What happens when two replicas write the same field concurrently.
+    pub conflict: ConflictStrategy,
+    /// Under `authoritative`: the device role whose writes always win (`authority = "main"`;
+    /// devices get a role with `ferry token create --role main`).
+    pub authority: Option<String>,
+    /// File columns (`files = ["video"]`): each holds the SHA-256 (64 lowercase hex digits)
+    /// of a file's content, or null; the file itself travels separately (`docs/files.md`).
+    pub files: Vec<String>,
+}
+
+/// A table's conflict strategy (`conflict = "…"` in `[tables.NAME]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConflictStrategy {
+    /// Column-level last-writer-wins: the later clock wins at once; the loser is logged.
+    #[default]
+    Lww,
+    /// Row-level last-writer-wins: of two concurrent changes to one row, the whole row of
+    /// the later one wins, even for fields only the other changed.
+    RowLww,
+    /// Writes by devices holding the table's `authority` role win every conflict; between
+    /// other devices, `lww`.
+    Authoritative,
+    /// A change made on a version of the row older than the server's is refused (409) and
+    /// stays with its device, marked conflicted, until someone there decides.
+    RejectStale,
+    /// The later clock is kept provisionally and the conflict stays open until a person
+    /// picks a version (`ferry conflicts resolve`).
+    Manual,
+}
+
+impl ConflictStrategy {
+    pub const ALL: [ConflictStrategy; 5] = [
+        ConflictStrategy::Lww,
+        ConflictStrategy::RowLww,
+        ConflictStrategy::Authoritative,
+        ConflictStrategy::RejectStale,
+        ConflictStrategy::Manual,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictStrategy::Lww => "lww",
+            ConflictStrategy::RowLww => "row-lww",
+            ConflictStrategy::Authoritative => "authoritative",
+            ConflictStrategy::RejectStale => "reject-stale",
+            ConflictStrategy::Manual => "manual",
+        }
+    }
+
+    /// Parses a strategy name.
+    ///
+    /// # Errors
+    /// A message naming the value and the strategies available.
+    pub fn parse(s: &str) -> Result<ConflictStrategy, String> {
+        ConflictStrategy::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
+            let names: Vec<String> = ConflictStrategy::ALL.iter().map(|c| format!("\"{}\"", c.name())).collect();
+            format!("unknown conflict strategy '{s}'; use one of {} (\"lww\" is the default)", names.join(", "))
+        })
+    }
+}
+
+/// One synced table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Table {
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Index into `columns` of the primary key.
+    pub pk: usize,
+    pub options: TableOptions,
+}
+
+/// The whole synced schema.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schema {
+    pub tables: Vec<Table>,
+}
+
+/// Why a schema was refused. Every message names the table (and column) and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SchemaError(pub String);
+
+/// Why a value does not fit a column.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("column '{column}': {rule}")]
+pub struct ValueError {
+    pub column: String,
+    pub rule: String,
+}
+
+impl Schema {
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    pub fn table_names(&self) -> Vec<&str> {
+        self.tables.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// The schema in Ferry's canonical text form; [`Schema::parse`] reads it back to an equal
+    /// schema (given the same options). Clients receive this text from the server.
+    pub fn to_sql(&self) -> String {
+        let mut out = String::new();
+        for t in &self.tables {
+            let _ = writeln!(out, "CREATE TABLE {} (", quote(&t.name));
+            for (i, c) in t.columns.iter().enumerate() {
+                let ty = match (c.ty, c.max_len) {
+                    (ColType::Text, Some(n)) => format!("varchar({n})"),
+                    (ty, _) => ty.name().to_owned(),
+                };
+                let _ = write!(out, "  {} {ty}", quote(&c.name));
+                if i == t.pk {
+                    out.push_str(" PRIMARY KEY");
+                }
+                column_rules(&mut out, c, |v| literal(v, c.ty, Dialect::Portable));
+                if c.unique && i != t.pk {
+                    out.push_str(" UNIQUE");
+                }
+                if let Some((rt, rc)) = &c.references {
+                    let _ = write!(out, " REFERENCES {}({})", quote(rt), quote(rc));
+                }
+                out.push_str(if i + 1 < t.columns.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(");\n");
+        }
+        out
+    }
+
+    /// A short fingerprint of the canonical schema text and options (FNV-1a, hex): two
+    /// replicas with the same version have the same tables.
+    pub fn version(&self) -> String {
+        let mut text = self.to_sql();
+        for t in &self.tables {
+            if let Some(o) = &t.options.owner {
+                let _ = write!(text, "\nowner {} {}", t.name, o);
+            }
+            if t.options.conflict != ConflictStrategy::Lww {
+                let _ = write!(text, "\nconflict {} {}", t.name, t.options.conflict.name());
+            }
+            if let Some(a) = &t.options.authority {
+                let _ = write!(text, "\nauthority {} {}", t.name, a);
+            }
+            for f in &t.options.files {
+                let _ = write!(text, "\nfile {} {}", t.name, f);
+            }
+        }
+        fingerprint(&text)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Dialect {
+    Portable,
+    Sqlite,
+    Postgres,
+}
+
+fn column_rules(out: &mut String, c: &Column, lit: impl Fn(&Value) -> String) {
+    if c.not_null {
+        out.push_str(" NOT NULL");
+    }
+    if let Some(d) = &c.default {
+        let _ = write!(out, " DEFAULT {}", lit(d));
+    }
+    if let Some(allowed) = &c.allowed {
+        let list: Vec<String> = allowed.iter().map(|a| quote_literal(a)).collect();
+        let _ = write!(out, " CHECK ({} IN ({}))", quote(&c.name), list.join(", "));
+    }
+}
+
+fn literal(v: &Value, ty: ColType, dialect: Dialect) -> String {
+    match (v, ty, dialect) {
+        (Value::Integer(i), ColType::Boolean, Dialect::Portable | Dialect::Postgres) => {
+            (if *i != 0 { "true" } else { "false" }).to_owned()
+        }
+        (Value::Null, ..) => "NULL".into(),
+        (Value::Integer(i), ..) => i.to_string(),
+        (Value::Real(r), ..) => format!("{r:?}"),
+        (Value::Text(s), ..) => quote_literal(s),
+        (Value::Blob(b), _, Dialect::Postgres) => {
+            format!("'\\x{}'", crate::value::to_hex(b))
+        }
+        (Value::Blob(b), ..) => format!("X'{}'", crate::value::to_hex(b)),
+    }
+}
+
+/// Quotes an identifier for SQL (both SQLite and PostgreSQL accept double quotes).
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A short, stable fingerprint of `text` (64-bit FNV-1a, 16 hex digits). Not cryptographic:
+/// it names versions and generated objects.
+pub fn fingerprint(text: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Quotes a string literal for SQL (SQLite and PostgreSQL alike).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn column_names(&self) -> Vec<&str> {
+        self.columns.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    pub fn pk_column(&self) -> &Column {
+        &self.columns[self.pk]
+    }
+
+    /// The columns other than the primary key, in schema order.
+    pub fn data_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().enumerate().filter(move |(i, _)| *i != self.pk).map(|(_, c)| c)
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` for SQLite.
+    pub fn sqlite_ddl(&self) -> String {
+        self.ddl(Dialect::Sqlite)
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` for PostgreSQL.
+    pub fn postgres_ddl(&self) -> String {
+        self.ddl(Dialect::Postgres)
+    }
+
+    fn ddl(&self, dialect: Dialect) -> String {
+        let defs: Vec<String> = (0..self.columns.len()).map(|i| self.column_def(i, dialect)).collect();
+        format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(&self.name), defs.join(", "))
+    }
+
+    /// The SQLite definition of column `i` as in `CREATE TABLE` (and `ALTER TABLE ADD COLUMN`).
+    pub fn sqlite_column_def(&self, i: usize) -> String {
+        self.column_def(i, Dialect::Sqlite)
+    }
+
+    /// The PostgreSQL definition of column `i` as in `CREATE TABLE` (and `ALTER TABLE ADD COLUMN`).
+    pub fn postgres_column_def(&self, i: usize) -> String {
+        self.column_def(i, Dialect::Postgres)
+    }
+
+    fn column_def(&self, i: usize, dialect: Dialect) -> String {
+        let c = &self.columns[i];
+        let ty = match (dialect, c.ty, c.max_len) {
+            (Dialect::Postgres, ColType::Text, Some(n)) => format!("varchar({n})"),
+            (Dialect::Postgres, ty, _) => ty.postgres().to_owned(),
+            (_, ty, _) => ty.sqlite().to_owned(),
+        };
+        let mut out = format!("{} {ty}", quote(&c.name));
+        if i == self.pk {
+            out.push_str(" PRIMARY KEY");
+        }
+        column_rules(&mut out, c, |v| literal(v, c.ty, dialect));
+        out
+    }
+}
