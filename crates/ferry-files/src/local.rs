@@ -11,8 +11,7 @@ use futures_util::StreamExt;
 use crate::{ByteStream, Error, FileStore, Result, StoreStats, check_hash, check_staged, fanout, is_stored_name};
 
 /// How much one read hands to the stream: each read is a hop to a blocking thread, which
-/// costs more CPU than the copy (measured: with 256 KiB, thread switches took a third of the
-/// server's CPU serving 1 MB files), so a 1 MB file is one read; a download in flight holds at
+/// costs more CPU than the copy, so a 1 MB file is one read; a download in flight holds at
 /// most this much.
 const CHUNK: u64 = 1024 * 1024;
 

@@ -246,8 +246,8 @@ impl SqliteStore {
             let tx = conn.transaction()?;
             // The page's bounds come from the feed index; the rows then come from one joined
             // query per table that has rows in the page. `+tbl` keeps SQLite from choosing the
-            // (tbl, pk) key instead, which walks every row of the table for each page: pages
-            // cost grew with the store (330 ms per 10 000 rows at 1 M rows).
+            // (tbl, pk) key instead, which walks every row of the table for each page, so that
+            // a page's cost would grow with the store.
             // One row past the page tells whether more wait.
             let mut page: Vec<(String, i64)> = tx
                 .prepare_cached(if user.is_some() {

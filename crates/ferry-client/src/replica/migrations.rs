@@ -94,8 +94,8 @@ CREATE INDEX IF NOT EXISTS _ferry_rows_pending ON _ferry_rows(pending) WHERE pen
 ";
 
 /// The outbox capture triggers append to, created as `name`. The check on `op` is spelled
-/// with `=`: `op IN ('I', 'U', 'D')` made SQLite build a list for every row a trigger wrote,
-/// two thirds of what capture cost (see [`upgrade_outbox`]).
+/// with `=`: `op IN ('I', 'U', 'D')` makes SQLite build a list for every row a trigger
+/// writes, most of what capture costs (see [`upgrade_outbox`]).
 pub(crate) fn outbox_ddl(name: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {name} (

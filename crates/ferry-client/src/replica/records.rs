@@ -14,9 +14,9 @@ use crate::error::{Error, Result};
 /// the version its first unacknowledged change started from.
 ///
 /// A row inserted here (every data column replacing nothing) stores its base as
-/// `{"*":"0"}`: spelled out, the zero clock of every column made each bookkeeping row about
-/// 900 bytes until its push was acknowledged, and the rows, shrunk back to ~130 bytes,
-/// left `_ferry_rows` seven-eighths empty (976 MB for a million rows).
+/// `{"*":"0"}`, not the zero clock of every column spelled out: those bookkeeping rows would
+/// be several times larger until their push is acknowledged, and once shrunk back they
+/// would leave `_ferry_rows` mostly empty pages.
 pub(super) fn change_json(
     table: &ferry_core::schema::Table,
     base: &BTreeMap<String, Hlc>,
