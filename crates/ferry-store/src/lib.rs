@@ -225,6 +225,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::NotFound`] naming the device (and user) when none is live.
     fn revoke_devices(&self, user: Option<&str>, device: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
 
+    /// Which of `device_ids` are not live devices (revoked, or unknown): one query however
+    /// many ids, so that a server can watch all its open streams' devices cheaply.
+    fn revoked_among(&self, device_ids: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// The device a bearer token belongs to, or `None` for an unknown or revoked token.
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Option<Principal>>> + Send;
 
@@ -429,6 +433,10 @@ impl Store for AnyStore {
 
     async fn revoke_devices(&self, user: Option<&str>, device: &str) -> Result<Vec<String>> {
         delegate!(self, s => s.revoke_devices(user, device).await)
+    }
+
+    async fn revoked_among(&self, device_ids: &[String]) -> Result<Vec<String>> {
+        delegate!(self, s => s.revoked_among(device_ids).await)
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {

@@ -357,6 +357,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoked_among(&self, device_ids: &[String]) -> Result<Vec<String>> {
+        let ids = serde_json::to_string(device_ids).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.read(move |_, conn| {
+            let revoked = conn
+                .prepare_cached(
+                    "SELECT value FROM json_each(?1) WHERE value NOT IN
+                     (SELECT id FROM _ferry_devices WHERE revoked_at IS NULL)",
+                )?
+                .query_map([ids], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(revoked)
+        })
+        .await
+    }
+
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
         let hash = token_hash(token);
         self.read(move |_, conn| {

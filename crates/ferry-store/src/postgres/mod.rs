@@ -1250,6 +1250,19 @@ impl Store for PgStore {
         Ok(NewToken { device_id, token })
     }
 
+    async fn revoked_among(&self, device_ids: &[String]) -> Result<Vec<String>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT x FROM unnest($1::text[]) x
+                 WHERE NOT EXISTS (SELECT 1 FROM _ferry_devices WHERE id = x AND revoked_at IS NULL)",
+                &[&device_ids],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let row = client

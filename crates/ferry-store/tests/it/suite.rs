@@ -11,6 +11,7 @@ macro_rules! suite {
             $make;
             users_are_unique_by_name,
             tokens_authenticate_their_device_only,
+            revoking_a_device_ends_its_tokens_and_is_seen_among_ids,
             pushed_rows_come_back_in_pulls_with_their_state,
             owned_rows_are_private_to_their_user,
             a_forbidden_row_spoils_the_whole_batch,
@@ -111,6 +112,35 @@ pub async fn tokens_authenticate_their_device_only<S: Store>(store: &S) {
     assert_eq!(p.device_id, phone.device_id);
     assert!(store.authenticate("fry_nope").await.unwrap().is_none());
     assert!(store.authenticate("").await.unwrap().is_none());
+}
+
+pub async fn revoking_a_device_ends_its_tokens_and_is_seen_among_ids<S: Store>(store: &S) {
+    let user = store.add_user("ann").await.unwrap();
+    let first = store.create_token(&user.id, "phone").await.unwrap();
+    let second = store.create_token("ann", "phone").await.unwrap();
+    let laptop = store.create_token("ann", "laptop").await.unwrap();
+    let all = [first.device_id.clone(), second.device_id.clone(), laptop.device_id.clone(), "no-such-id".to_owned()];
+    assert_eq!(store.revoked_among(&all).await.unwrap(), ["no-such-id"]);
+    // Every live device of that name, by the user's name.
+    let mut revoked = store.revoke_devices(Some("ann"), "phone").await.unwrap();
+    revoked.sort();
+    let mut phones = vec![first.device_id.clone(), second.device_id.clone()];
+    phones.sort();
+    assert_eq!(revoked, phones);
+    assert!(store.authenticate(&first.token).await.unwrap().is_none());
+    assert!(store.authenticate(&second.token).await.unwrap().is_none());
+    assert!(store.authenticate(&laptop.token).await.unwrap().is_some());
+    let mut gone = store.revoked_among(&all).await.unwrap();
+    gone.sort();
+    let mut want = vec![first.device_id, second.device_id, "no-such-id".to_owned()];
+    want.sort();
+    assert_eq!(gone, want);
+    assert!(store.revoked_among(&[]).await.unwrap().is_empty());
+    // Nothing live left by that name: said by name; by id, the same.
+    let err = store.revoke_devices(Some("ann"), "phone").await.unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound(m) if m.contains("'phone'") && m.contains("'ann'")), "{err}");
+    assert_eq!(store.revoke_devices(None, &laptop.device_id).await.unwrap(), [laptop.device_id.as_str()]);
+    assert!(store.authenticate(&laptop.token).await.unwrap().is_none());
 }
 
 pub async fn pushed_rows_come_back_in_pulls_with_their_state<S: Store>(store: &S) {
