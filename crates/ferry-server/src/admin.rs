@@ -32,13 +32,17 @@ pub async fn list<S: Store>(
 ) -> Result<Json<Vec<ConflictRecord>>, ApiError> {
     require_admin(&who)?;
     if let Some(unknown) = q.keys().find(|k| k.as_str() != "status") {
-        return Err(ApiError::BadRequest(format!("unknown parameter '{unknown}'; use status=open|resolved|all")));
+        return Err(ApiError::BadRequest(format!(
+            "unknown parameter '{}'; use status=open|resolved|all",
+            ferry_core::shown(unknown)
+        )));
     }
     let filter = match q.get("status").map(String::as_str) {
         None | Some("all") => ConflictFilter::All,
         Some("open") => ConflictFilter::Open,
         Some("resolved") => ConflictFilter::Resolved,
         Some(other) => {
+            let other = ferry_core::shown(other);
             return Err(ApiError::BadRequest(format!("status '{other}' is not one of open, resolved, all")));
         }
     };
@@ -103,5 +107,6 @@ pub async fn revoke_device<S: Store>(
     require_admin(&who)?;
     let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("bad device id: {e}")))?;
     let revoked = state.store.revoke_devices(None, &id).await?;
+    state.revocations.announce(revoked.clone());
     Ok(Json(serde_json::json!({ "revoked": revoked })))
 }

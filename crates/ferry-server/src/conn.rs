@@ -5,15 +5,15 @@
 //! to change that answer. [`Conn`] wraps each accepted socket and, when hyper writes such an
 //! answer, writes Ferry's JSON error body in its place. hyper's own answers are told from the
 //! application's by the `x-request-id` header, which every answer the router gives carries
-//! ([`crate::guard`]). hyper writes a response head in one call (one slice of a vectored
-//! write); an error answer of its own is a head alone.
+//! ([`crate::guard`]); the replacement gets an id of its own. hyper writes a response head
+//! in one call (one slice of a vectored write); an error answer of its own is a head alone.
 //!
 //! A connection closes with a lingering close: hyper closes a connection whose request body
-//! it did not read (an early 413, a 401 to an upload), and closing a socket with unread bytes
-//! makes the kernel send a reset, which can reach the client before it has read the answer.
-//! [`Conn`] instead sends its FIN (the answer is complete) and reads and discards what the
-//! client still sends, up to [`LINGER_BYTES`] or for [`LINGER_TIME`], before the socket is
-//! dropped, as web servers do.
+//! it did not read (an early 413, a 401 or 403 to an upload), and closing a socket with
+//! unread bytes makes the kernel send a reset, which can reach the client before it has read
+//! the answer. [`Conn`] instead sends its FIN (the answer is complete) and reads and discards
+//! what the client still sends, up to [`LINGER_BYTES`] or for [`LINGER_TIME`], before the
+//! socket is dropped, as web servers do.
 
 use std::io;
 use std::net::SocketAddr;
@@ -119,10 +119,15 @@ impl AsyncWrite for Conn {
         // hyper's own error answer is a head alone: one slice. Anything else (a head with its
         // body, body chunks) goes straight to the socket, without a copy.
         let mut slices = bufs.iter().filter(|b| !b.is_empty());
-        if let (Some(only), None) = (slices.next(), slices.next())
-            && (self.replacing.is_some() || replacement(only).is_some())
-        {
-            return self.poll_write(cx, only);
+        if let (Some(only), None) = (slices.next(), slices.next()) {
+            if self.replacing.is_none()
+                && let Some(answer) = replacement(only)
+            {
+                self.replacing = Some((answer, 0, only.len()));
+            }
+            if self.replacing.is_some() {
+                return self.poll_write(cx, only);
+            }
         }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
@@ -157,9 +162,11 @@ fn replacement(buf: &[u8]) -> Option<Vec<u8>> {
         offset: None,
     };
     let body = serde_json::to_vec(&body).ok()?;
+    let id = crate::guard::request_id();
+    tracing::info!(request_id = %id, status, "refused a request that could not be parsed");
     let reason = std::str::from_utf8(&rest[3..]).ok()?.split("\r\n").next().unwrap_or("").trim();
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -177,6 +184,7 @@ mod tests {
         let out = String::from_utf8(replacement(hyper).unwrap()).unwrap();
         assert!(out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{out}");
         assert!(out.contains("content-type: application/json") && out.contains("\"headers_too_large\""), "{out}");
+        assert!(out.contains("\r\nx-request-id: "), "{out}");
         let body = out.split("\r\n\r\n").nth(1).unwrap();
         assert!(out.contains(&format!("content-length: {}\r\n", body.len())), "{out}");
         // Ferry's own answers carry a request id; successful ones and bodies are left alone.

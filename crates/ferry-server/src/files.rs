@@ -69,6 +69,11 @@ impl Files {
         })
     }
 
+    /// The largest file this server accepts (`max_upload_bytes` in `[files]`).
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_bytes
+    }
+
     /// Files stored from now on (by this process): the uploading user's, for the stream.
     pub fn notices(&self) -> tokio::sync::broadcast::Receiver<ferry_store::Notice> {
         self.notices.subscribe()

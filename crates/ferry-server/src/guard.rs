@@ -6,8 +6,8 @@
 //! - A request whose `Content-Length` is over `max_body_bytes` gets 413 at once, before its
 //!   body is read (and so before a client waiting on `Expect: 100-continue` sends it); the
 //!   guard runs outside request decompression, so this holds for compressed bodies too. File
-//!   uploads have their own limit (`max_upload_bytes`, checked by their handler from
-//!   `Upload-Length`, also before the body).
+//!   uploads have their own limit, `max_upload_bytes`, checked the same way here (and against
+//!   `Upload-Length` by their handler, also before the body).
 //! - An error answer that is not JSON (made by axum or tower for a rejected request) becomes
 //!   Ferry's `{"error": {"code", "message"}}`.
 //! - A 5xx answer never shows its message, which may hold a store's internals: the message
@@ -28,9 +28,16 @@ pub const MAX_URI_BYTES: usize = 16 * 1024;
 /// The largest error body read back to be rewritten; larger ones are replaced whole.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-pub async fn guard(State(max_body_bytes): State<usize>, req: Request, next: Next) -> Response {
+/// The request body limits: `max_body_bytes`, and `max_upload_bytes` for file uploads.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub body: usize,
+    pub upload: u64,
+}
+
+pub async fn guard(State(limits): State<Limits>, req: Request, next: Next) -> Response {
     let id = request_id();
-    let mut resp = match early_refusal(&req, max_body_bytes) {
+    let mut resp = match early_refusal(&req, limits) {
         Some(e) => e.into_response(),
         None => next.run(req).await,
     };
@@ -44,7 +51,7 @@ pub async fn guard(State(max_body_bytes): State<usize>, req: Request, next: Next
 }
 
 /// A refusal the request's head alone decides.
-fn early_refusal(req: &Request, max_body_bytes: usize) -> Option<ApiError> {
+fn early_refusal(req: &Request, limits: Limits) -> Option<ApiError> {
     let uri = req.uri().to_string();
     if uri.len() > MAX_URI_BYTES {
         return Some(ApiError::UriTooLong(format!(
@@ -54,9 +61,18 @@ fn early_refusal(req: &Request, max_body_bytes: usize) -> Option<ApiError> {
     }
     let upload = req.uri().path().starts_with("/v1/files/") && req.method() == axum::http::Method::PUT;
     let length = req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
-    (!upload && length > max_body_bytes as u64).then(|| {
+    if upload {
+        return (length > limits.upload).then(|| {
+            ApiError::PayloadTooLarge(format!(
+                "upload body of {length} bytes is over this server's upload limit of {} bytes; raise max_upload_bytes in [files] of ferry.toml to accept it",
+                limits.upload
+            ))
+        });
+    }
+    (length > limits.body as u64).then(|| {
         ApiError::PayloadTooLarge(format!(
-            "request body of {length} bytes is over the server's limit of {max_body_bytes} bytes (max_body_bytes); send less per request (smaller push batches)"
+            "request body of {length} bytes is over the server's limit of {} bytes (max_body_bytes); send less per request (smaller push batches)",
+            limits.body
         ))
     })
 }
@@ -118,7 +134,7 @@ fn code_of(status: StatusCode) -> &'static str {
 }
 
 /// A new request id: 16 random hex digits.
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     ferry_core::to_hex(&b)

@@ -44,12 +44,15 @@ pub struct AppState<S> {
     pub store: S,
     pub max_body_bytes: usize,
     pub files: Arc<Files>,
+    /// The devices of this process's open streams, and the news of their revocation.
+    pub revocations: stream::Revocations,
 }
 
 /// The HTTP routes over `store`, with `files` for the files rows reference.
 pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router {
     use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
-    let state = Arc::new(AppState { store, max_body_bytes, files: Arc::new(files) });
+    let limits = guard::Limits { body: max_body_bytes, upload: files.max_upload_bytes() };
+    let state = Arc::new(AppState { store, max_body_bytes, files: Arc::new(files), revocations: Default::default() });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"));
@@ -76,7 +79,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         // Outside decompression, which drops a compressed body's Content-Length (so the guard
         // still refuses it from the head) and answers an unknown encoding with an empty 415
         // (which the guard makes JSON); inside compression, so it reads error bodies as made.
-        .layer(axum::middleware::from_fn_with_state(max_body_bytes, guard::guard))
+        .layer(axum::middleware::from_fn_with_state(limits, guard::guard))
         .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest).compress_when(compress))
         .with_state(state)
 }

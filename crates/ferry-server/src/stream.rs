@@ -11,8 +11,8 @@
 //! - `{"type": "files"}` after another device of the user uploaded a file to this server
 //!   process (its file worker may fetch it now; bursts coalesce the same way).
 //!
-//! A stream whose device is revoked is closed within [`REAUTH_INTERVAL`] with close code
-//! [`CLOSE_REVOKED`] (4401) and a reason.
+//! A stream whose device is revoked is closed with close code [`CLOSE_REVOKED`] (4401) and a
+//! reason: at once when revoked through this process, within [`REAUTH_INTERVAL`] otherwise.
 //!
 //! The server sends a WebSocket ping every `ping_interval_ms`; a client that hears nothing
 //! for three intervals should treat the stream as down. Which process accepted a change does
@@ -49,32 +49,126 @@ pub async fn stream<S: Store>(
     // defaults, 128 KiB to read per connection, cost ~130 KB of memory per stream).
     let ws = ws.read_buffer_size(4096).write_buffer_size(4096).max_message_size(64 * 1024);
     Ok(ws.on_upgrade(move |socket| {
-        serve(socket, notices, files, who.user_id, who.device_id, Revocation::new(state, token))
+        let watched = Watched::new(state, who.device_id.clone(), token);
+        serve(socket, notices, files, who.user_id, who.device_id, watched)
     }))
 }
 
-/// How often an open stream checks that its device's token still holds. Revoking a device
-/// (`ferry token revoke`, `POST /v1/admin/devices/{id}/revoke`, possibly by another process)
-/// closes its streams within this time.
-pub const REAUTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a server process checks that the devices of its open streams are still live.
+/// A device revoked through this process (`POST /v1/admin/devices/{id}/revoke`) has its
+/// streams closed at once; one revoked elsewhere (`ferry token revoke`, another server
+/// process) within this time.
+pub const REAUTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The close code sent to a stream whose device was revoked (4000–4999: the application's).
 pub const CLOSE_REVOKED: u16 = 4401;
 
-/// Whether a stream's token still holds, checked at most every [`REAUTH_INTERVAL`].
-struct Revocation<S> {
-    state: Arc<AppState<S>>,
-    token: String,
+/// The devices with open streams in this process, and the news of their revocation.
+///
+/// One task per process asks the store every [`REAUTH_INTERVAL`] which of these devices are
+/// no longer live, in one query however many streams are open (a check per stream would cost
+/// thousands of queries a second), and announces them; so does the admin endpoint that
+/// revokes. Each stream closes when its device is announced.
+pub struct Revocations {
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    news: tokio::sync::broadcast::Sender<Arc<[String]>>,
+    watching: std::sync::atomic::AtomicBool,
 }
 
-impl<S: Store> Revocation<S> {
-    fn new(state: Arc<AppState<S>>, token: String) -> Self {
-        Revocation { state, token }
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations {
+            open: std::sync::Mutex::default(),
+            news: tokio::sync::broadcast::channel(64).0,
+            watching: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl Revocations {
+    /// Tells the open streams of `devices` that they were revoked.
+    pub fn announce(&self, devices: Vec<String>) {
+        if !devices.is_empty() {
+            let _ = self.news.send(devices.into());
+        }
     }
 
-    /// The token no longer authenticates (a store that cannot answer now is no proof).
-    async fn revoked(&self) -> bool {
-        matches!(self.state.store.authenticate(&self.token).await, Ok(None))
+    fn devices(&self) -> Vec<String> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    fn count(&self, device: &str, open: bool) {
+        let mut map = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open {
+            *map.entry(device.to_owned()).or_default() += 1;
+        } else if let Some(n) = map.get_mut(device) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(device);
+            }
+        }
+    }
+}
+
+/// A stream's place in [`Revocations`]: counted while it lives.
+struct Watched<S: Store> {
+    state: Arc<AppState<S>>,
+    device: String,
+    token: String,
+    news: tokio::sync::broadcast::Receiver<Arc<[String]>>,
+}
+
+impl<S: Store> Watched<S> {
+    fn new(state: Arc<AppState<S>>, device: String, token: String) -> Self {
+        let revocations = &state.revocations;
+        let news = revocations.news.subscribe();
+        revocations.count(&device, true);
+        if !revocations.watching.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tokio::spawn(watch(Arc::downgrade(&state)));
+        }
+        Watched { state, device, token, news }
+    }
+
+    /// Resolves when the device is revoked; `false` when this process stops announcing.
+    async fn revoked(&mut self) -> bool {
+        loop {
+            match self.news.recv().await {
+                Ok(ids) if ids.contains(&self.device) => return true,
+                Ok(_) => {}
+                // Missed news: ask about this token itself (a store that cannot answer now
+                // is no proof).
+                Err(RecvError::Lagged(_)) => {
+                    if matches!(self.state.store.authenticate(&self.token).await, Ok(None)) {
+                        return true;
+                    }
+                }
+                Err(RecvError::Closed) => return false,
+            }
+        }
+    }
+}
+
+impl<S: Store> Drop for Watched<S> {
+    fn drop(&mut self) {
+        self.state.revocations.count(&self.device, false);
+    }
+}
+
+/// The process's watch over its streams' devices (see [`Revocations`]); ends with the server.
+async fn watch<S: Store>(state: std::sync::Weak<AppState<S>>) {
+    let mut every = tokio::time::interval(REAUTH_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        let devices = state.revocations.devices();
+        if devices.is_empty() {
+            continue;
+        }
+        match state.store.revoked_among(&devices).await {
+            Ok(revoked) => state.revocations.announce(revoked),
+            Err(e) => tracing::warn!(error = %e, "cannot check the devices of open streams; trying again"),
+        }
     }
 }
 
@@ -110,7 +204,7 @@ async fn serve<S: Store>(
     mut files: tokio::sync::broadcast::Receiver<Notice>,
     user: String,
     device: String,
-    revocation: Revocation<S>,
+    mut watched: Watched<S>,
 ) {
     let hello = serde_json::json!({"type": "hello", "ping_interval_ms": PING_INTERVAL.as_millis() as u64});
     if socket.send(Message::Text(hello.to_string().into())).await.is_err() {
@@ -120,20 +214,17 @@ async fn serve<S: Store>(
     let files_changed = Message::Text(r#"{"type":"files"}"#.into());
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
-    let mut reauth = tokio::time::interval(REAUTH_INTERVAL);
-    reauth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    reauth.tick().await;
     loop {
         tokio::select! {
-            _ = reauth.tick() => {
-                if revocation.revoked().await {
+            revoked = watched.revoked() => {
+                if revoked {
                     let frame = axum::extract::ws::CloseFrame {
                         code: CLOSE_REVOKED,
                         reason: "device revoked: its token no longer holds; create a new one with `ferry token create`".into(),
                     };
                     let _ = socket.send(Message::Close(Some(frame))).await;
-                    return;
                 }
+                return;
             }
             n = notices.recv() => match concerning(n, &mut notices, &user, &device) {
                 None => return,
