@@ -14,7 +14,9 @@ use ferry_core::strategy::RowClocks;
 use ferry_core::{Hlc, RowState, Stamped, Value};
 use serde::{Deserialize, Serialize};
 
+mod error;
 mod page;
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};
 
 /// The path prefix of every protocol endpoint.
@@ -158,18 +160,6 @@ pub struct WhoAmI {
     pub device_name: String,
 }
 
-/// Every error answer: `{"error": {"code": "...", "message": "..."}}`; a refused write of
-/// one row (409 `stale`, 412 `precondition_failed`) also carries the row's `current` version.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current: Option<serde_json::Value>,
-    /// A resumable upload sent from the wrong offset (409 `upload_offset`): where to resume.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-}
-
 /// `POST /v1/files/check`: where the server stands on some files (at most
 /// [`MAX_FILE_CHECK`] hashes per request).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -222,13 +212,6 @@ pub enum FileStateKind {
 pub struct FileStored {
     pub hash: String,
     pub size: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    /// Stable, machine-readable (`unauthorized`, `forbidden`, `bad_request`, …).
-    pub code: String,
-    pub message: String,
 }
 
 impl SchemaResponse {

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use ferry_protocol::{ErrorBody, ErrorDetail};
+use ferry_protocol::{ErrorBody, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -150,17 +150,13 @@ fn replacement(buf: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (code, message) = match status {
-        414 => ("uri_too_long", "the request's URI is too long; send long data in a request body"),
-        431 => ("headers_too_large", "the request's headers are too large or too many; send less in headers"),
-        400 => ("bad_request", "malformed HTTP request: the request line or a header could not be parsed"),
-        505 => ("http_version_not_supported", "the HTTP version is not supported; use HTTP/1.1"),
-        _ => ("bad_request", "the HTTP request could not be served as sent"),
+        414 => (ErrorCode::UriTooLong, "the request's URI is too long; send long data in a request body"),
+        431 => (ErrorCode::HeadersTooLarge, "the request's headers are too large or too many; send less in headers"),
+        400 => (ErrorCode::BadRequest, "malformed HTTP request: the request line or a header could not be parsed"),
+        505 => (ErrorCode::HttpVersionNotSupported, "the HTTP version is not supported; use HTTP/1.1"),
+        _ => (ErrorCode::BadRequest, "the HTTP request could not be served as sent"),
     };
-    let body = ErrorBody {
-        error: ErrorDetail { code: code.to_owned(), message: message.to_owned() },
-        current: None,
-        offset: None,
-    };
+    let body = ErrorBody::new(code, message);
     let body = serde_json::to_vec(&body).ok()?;
     let id = crate::guard::request_id();
     tracing::info!(request_id = %id, status, "refused a request that could not be parsed");

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ferry_protocol::{ErrorBody, ErrorDetail};
+use ferry_protocol::{ErrorBody, ErrorCode, ErrorDetail};
 use ferry_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,25 +53,26 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// The answer's code; its status is the code's.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
-            ApiError::Stale(..) => (StatusCode::CONFLICT, "stale"),
-            ApiError::PreconditionFailed(..) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
-            ApiError::PreconditionRequired(_) => (StatusCode::PRECONDITION_REQUIRED, "precondition_required"),
-            ApiError::UploadOffset(..) => (StatusCode::CONFLICT, "upload_offset"),
-            ApiError::UploadInProgress(_) => (StatusCode::CONFLICT, "upload_in_progress"),
-            ApiError::HashMismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch"),
-            ApiError::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::UriTooLong(_) => ErrorCode::UriTooLong,
+            ApiError::Stale(..) => ErrorCode::Stale,
+            ApiError::PreconditionFailed(..) => ErrorCode::PreconditionFailed,
+            ApiError::PreconditionRequired(_) => ErrorCode::PreconditionRequired,
+            ApiError::UploadOffset(..) => ErrorCode::UploadOffset,
+            ApiError::UploadInProgress(_) => ErrorCode::UploadInProgress,
+            ApiError::HashMismatch(_) => ErrorCode::HashMismatch,
+            ApiError::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -92,7 +93,8 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // A 5xx is logged, and its message hidden, with the request id by `crate::guard`.
-        let (status, code) = self.status_and_code();
+        let code = self.code();
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let current = match &self {
             ApiError::Stale(_, c) | ApiError::PreconditionFailed(_, c) => c.as_deref().cloned(),
             _ => None,
@@ -101,11 +103,7 @@ impl IntoResponse for ApiError {
             ApiError::UploadOffset(_, o) => Some(*o),
             _ => None,
         };
-        let body = ErrorBody {
-            error: ErrorDetail { code: code.to_owned(), message: bounded(self.to_string()) },
-            current,
-            offset,
-        };
+        let body = ErrorBody { error: ErrorDetail::new(code, bounded(self.to_string())), current, offset };
         let mut resp = (status, Json(body)).into_response();
         if let Some(o) = offset {
             resp.headers_mut().insert("upload-offset", o.into());

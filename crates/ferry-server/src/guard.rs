@@ -15,10 +15,10 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use ferry_protocol::ErrorBody;
+use ferry_protocol::{ErrorBody, ErrorCode};
 
 use crate::ApiError;
 
@@ -97,7 +97,7 @@ async fn json_error(resp: Response, id: &str) -> Response {
                 ferry_core::shown(text).into_owned()
             };
             ErrorBody {
-                error: ferry_protocol::ErrorDetail { code: code_of(parts.status).to_owned(), message },
+                error: ferry_protocol::ErrorDetail::new(ErrorCode::of_status(parts.status.as_u16()), message),
                 current: None,
                 offset: None,
             }
@@ -115,24 +115,6 @@ async fn json_error(resp: Response, id: &str) -> Response {
     Response::from_parts(parts, Body::from(body))
 }
 
-/// The stable code of an error status that no Ferry handler chose (a rejection).
-fn code_of(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::URI_TOO_LONG => "uri_too_long",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
-    }
-}
-
 /// A new request id: 16 random hex digits.
 pub(crate) fn request_id() -> String {
     let mut b = [0u8; 8];
@@ -143,6 +125,7 @@ pub(crate) fn request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[tokio::test]
     async fn a_5xx_body_names_the_request_id_and_never_the_internal_message() {

@@ -27,26 +27,6 @@ const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "opt
 /// Documented statuses no request can provoke from a healthy server.
 const UNPROVOKED: &[&str] = &["500", "503"];
 
-/// The `error.code`s of each status, as `crates/ferry-server/src/error.rs` maps them.
-const ERROR_CODES: &[(u16, &str)] = &[
-    (400, "bad_request"),
-    (401, "unauthorized"),
-    (403, "forbidden"),
-    (404, "not_found"),
-    (405, "method_not_allowed"),
-    (409, "conflict"),
-    (409, "stale"),
-    (409, "upload_offset"),
-    (409, "upload_in_progress"),
-    (412, "precondition_failed"),
-    (413, "payload_too_large"),
-    (416, "range_not_satisfiable"),
-    (422, "hash_mismatch"),
-    (428, "precondition_required"),
-    (500, "internal"),
-    (503, "unavailable"),
-];
-
 /// The methods whose absence from a path the server answers with 405.
 const WRONG_METHODS: &[&str] = &["get", "put", "post", "delete", "patch"];
 
@@ -526,6 +506,40 @@ fn finish_upload(socket: &mut std::net::TcpStream, rest: &str) -> String {
 fn sha256(content: &str) -> String {
     use sha2::Digest;
     ferry_core::to_hex(&sha2::Sha256::digest(content.as_bytes()))
+}
+
+/// `docs/protocol.md`, as text.
+fn protocol_md() -> String {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol.md");
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+#[test]
+fn the_documents_name_every_error_code_with_its_status_and_no_other() {
+    use ferry_protocol::ErrorCode;
+    let doc = document();
+    let md = protocol_md();
+    // protocol.md's errors table: `| 409 | `stale` | when |`.
+    let section = md.split("\n## Errors").nth(1).expect("protocol.md has an Errors section");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let table: BTreeSet<(u16, String)> = section
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let status = cells.get(1)?.parse().ok()?;
+            Some((status, cells.get(2)?.trim_matches('`').to_owned()))
+        })
+        .collect();
+    let codes: BTreeSet<(u16, String)> = ErrorCode::ALL.iter().map(|c| (c.status(), c.as_str().to_owned())).collect();
+    assert_eq!(table, codes, "protocol.md's errors table (left) and ferry_protocol::ErrorCode (right) differ");
+    let listed: BTreeSet<String> = doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
+        .as_array()
+        .expect("ErrorDetail.code has an enum")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let names: BTreeSet<String> = codes.into_iter().map(|(_, c)| c).collect();
+    assert_eq!(listed, names, "openapi.json's ErrorDetail.code enum (left) and ErrorCode (right) differ");
 }
 
 #[test]
@@ -1040,7 +1054,8 @@ fn check_answer(
     };
     if status >= 400 && media == "application/json" {
         let code = body["error"]["code"].as_str().unwrap_or_default();
-        assert!(ERROR_CODES.contains(&(status, code)), "{what}: '{code}' is not an error code of {status}");
+        let known = ferry_protocol::ErrorCode::parse(code);
+        assert!(known.is_some_and(|c| c.status() == status), "{what}: '{code}' is not an error code of {status}");
     }
     check_headers(doc, documented, headers, what);
     (media, body)
