@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_protocol::{ErrorBody, PullResponse, PushRequest, PushResponse, SchemaResponse, WhoAmI};
+use ferry_protocol::{ErrorBody, PullResponse, PushRequest, PushResponse, SchemaResponse, StreamMessage, WhoAmI};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -149,11 +149,13 @@ impl Remote {
             .await
             .map_err(|_| Error::Unreachable(format!("stream at {url}: no hello in 10 s")))?;
         let ping_interval = match hello {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str())
-                    .map_err(|e| Error::Protocol(format!("stream hello from {url}: {e}")))?;
-                Duration::from_millis(v["ping_interval_ms"].as_u64().unwrap_or(15_000))
-            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => match StreamMessage::parse(t.as_str()) {
+                Some(StreamMessage::Hello { ping_interval_ms }) => Duration::from_millis(ping_interval_ms),
+                _ => {
+                    let shown: String = t.as_str().chars().take(100).collect();
+                    return Err(Error::Protocol(format!("stream at {url}: expected a hello, got {shown}")));
+                }
+            },
             other => return Err(Error::Protocol(format!("stream at {url}: expected a hello, got {other:?}"))),
         };
         Ok(Stream { ws, ping_interval })
@@ -245,8 +247,12 @@ impl Stream {
                 Err(_) => return Err(Error::Unreachable("the stream went silent".into())),
                 Ok(None) => return Err(Error::Unreachable("the server closed the stream".into())),
                 Ok(Some(Err(e))) => return Err(Error::Unreachable(format!("the stream broke: {e}"))),
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"changed\"") => return Ok(News::Rows),
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"files\"") => return Ok(News::Files),
+                Ok(Some(Ok(Message::Text(t)))) => match StreamMessage::parse(t.as_str()) {
+                    Some(StreamMessage::Changed) => return Ok(News::Rows),
+                    Some(StreamMessage::Files) => return Ok(News::Files),
+                    // A hello again, or a message of a newer server: nothing to do.
+                    Some(StreamMessage::Hello { .. }) | None => {}
+                },
                 Ok(Some(Ok(Message::Close(_)))) => {
                     return Err(Error::Unreachable("the server closed the stream".into()));
                 }

@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 
 mod error;
 mod page;
+mod stream;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};
+pub use stream::StreamMessage;
 
 /// The path prefix of every protocol endpoint.
 pub const PREFIX: &str = "/v1";

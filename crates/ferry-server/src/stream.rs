@@ -3,7 +3,7 @@
 //! rows, so a missed message costs at most a later pull (devices also pull on reconnect and
 //! at an interval).
 //!
-//! Messages from the server, JSON text:
+//! Messages from the server, JSON text ([`StreamMessage`]):
 //! - `{"type": "hello", "ping_interval_ms": 15000}` once, on connect;
 //! - `{"type": "changed"}` after commits touching rows the device's user may read, other than
 //!   the device's own pushes (a burst of commits while one message is being sent becomes one
@@ -25,6 +25,7 @@ use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use ferry_protocol::StreamMessage;
 use ferry_store::{Notice, Store};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -206,12 +207,12 @@ async fn serve<S: Store>(
     device: String,
     mut watched: Watched<S>,
 ) {
-    let hello = serde_json::json!({"type": "hello", "ping_interval_ms": PING_INTERVAL.as_millis() as u64});
-    if socket.send(Message::Text(hello.to_string().into())).await.is_err() {
+    let hello = StreamMessage::Hello { ping_interval_ms: PING_INTERVAL.as_millis() as u64 };
+    if socket.send(Message::Text(hello.to_text().into())).await.is_err() {
         return;
     }
-    let changed = Message::Text(r#"{"type":"changed"}"#.into());
-    let files_changed = Message::Text(r#"{"type":"files"}"#.into());
+    let changed = Message::Text(StreamMessage::Changed.to_text().into());
+    let files_changed = Message::Text(StreamMessage::Files.to_text().into());
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     loop {

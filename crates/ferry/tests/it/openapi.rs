@@ -543,6 +543,23 @@ fn the_documents_name_every_error_code_with_its_status_and_no_other() {
 }
 
 #[test]
+fn every_stream_message_is_documented_as_it_is_sent() {
+    use ferry_protocol::StreamMessage;
+    let doc = document();
+    let md = protocol_md();
+    let schema = json!({"$ref": "#/components/schemas/StreamMessage"});
+    for message in [StreamMessage::Hello { ping_interval_ms: 15000 }, StreamMessage::Changed, StreamMessage::Files] {
+        let value: Value = serde_json::from_str(&message.to_text()).unwrap();
+        if let Err(m) = validate(&doc, &schema, &value, "$") {
+            panic!("stream message {value} breaks openapi.json's StreamMessage at {m}");
+        }
+        let kind = value["type"].as_str().unwrap();
+        assert!(md.contains(&format!("{{\"type\": \"{kind}\"")), "protocol.md does not show the '{kind}' message");
+        assert_eq!(StreamMessage::parse(&value.to_string()), Some(message));
+    }
+}
+
+#[test]
 fn the_validator_names_the_first_mismatch_by_its_json_path() {
     let doc = json!({"components": {"schemas": {"Row": {
         "type": "object",
