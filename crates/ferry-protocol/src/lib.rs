@@ -14,11 +14,18 @@ use ferry_core::strategy::RowClocks;
 use ferry_core::{Hlc, RowState, Stamped, Value};
 use serde::{Deserialize, Serialize};
 
+pub mod admin;
 mod error;
 mod page;
+pub mod rest;
 mod stream;
+pub use admin::{
+    ConflictKind, ConflictRecord, ConflictSide, ConflictVersion, FilesStatus, ResolveRequest, RevokeResponse,
+    ServerStatus, Strategy,
+};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};
+pub use rest::{ChangesResponse, PutRowRequest, RowDoc};
 pub use stream::StreamMessage;
 
 /// The path prefix of every protocol endpoint.

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
+use ferry_protocol::{self as wire, ConflictSide, ResolveRequest, RevokeResponse};
 use ferry_store::{ConflictFilter, ConflictRecord, Keep, Store};
 
 use crate::auth::Authed;
@@ -29,7 +30,7 @@ pub async fn list<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     who: Authed,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Vec<ConflictRecord>>, ApiError> {
+) -> Result<Json<Vec<wire::ConflictRecord>>, ApiError> {
     require_admin(&who)?;
     if let Some(unknown) = q.keys().find(|k| k.as_str() != "status") {
         return Err(ApiError::BadRequest(format!(
@@ -46,7 +47,7 @@ pub async fn list<S: Store>(
             return Err(ApiError::BadRequest(format!("status '{other}' is not one of open, resolved, all")));
         }
     };
-    Ok(Json(state.store.conflicts(filter).await?))
+    Ok(Json(state.store.conflicts(filter).await?.into_iter().map(wire).collect::<Result<_, _>>()?))
 }
 
 /// `GET /v1/admin/conflicts/{id}`.
@@ -54,20 +55,13 @@ pub async fn show<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     who: Authed,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<ConflictRecord>, ApiError> {
+) -> Result<Json<wire::ConflictRecord>, ApiError> {
     require_admin(&who)?;
     let id = parse_id(id)?;
     match state.store.conflict(id).await? {
-        Some(c) => Ok(Json(c)),
+        Some(c) => Ok(Json(wire(c)?)),
         None => Err(ApiError::NotFound(format!("no conflict with id {id}"))),
     }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResolveBody {
-    #[serde(rename = "use")]
-    keep: String,
 }
 
 /// `POST /v1/admin/conflicts/{id}/resolve` with `{"use": "stored" | "incoming"}`.
@@ -76,21 +70,20 @@ pub async fn resolve<S: Store>(
     who: Authed,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ConflictRecord>, ApiError> {
+) -> Result<Json<wire::ConflictRecord>, ApiError> {
     require_admin(&who)?;
     let id = parse_id(id)?;
     let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
-    let body: ResolveBody = serde_json::from_slice(&body).map_err(|e| {
+    let body: ResolveRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "malformed resolve body: {e}; send {{\"use\": \"stored\"}} or {{\"use\": \"incoming\"}}"
         ))
     })?;
-    let keep = match body.keep.as_str() {
-        "stored" => Keep::Stored,
-        "incoming" => Keep::Incoming,
-        other => return Err(ApiError::BadRequest(format!("use '{other}' is not one of stored, incoming"))),
+    let keep = match body.keep {
+        ConflictSide::Stored => Keep::Stored,
+        ConflictSide::Incoming => Keep::Incoming,
     };
-    Ok(Json(state.store.resolve_conflict(id, keep).await?))
+    Ok(Json(wire(state.store.resolve_conflict(id, keep).await?)?))
 }
 
 fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
@@ -103,10 +96,41 @@ pub async fn revoke_device<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     who: Authed,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RevokeResponse>, ApiError> {
     require_admin(&who)?;
     let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("bad device id: {e}")))?;
     let revoked = state.store.revoke_devices(None, &id).await?;
     state.revocations.announce(revoked.clone());
-    Ok(Json(serde_json::json!({ "revoked": revoked })))
+    Ok(Json(RevokeResponse { revoked }))
+}
+
+/// A logged conflict as the wire shows it; an entry the log holds in a form this version
+/// cannot read is an internal error naming it.
+fn wire(c: ConflictRecord) -> Result<wire::ConflictRecord, ApiError> {
+    let bad = |what: &str| ApiError::Internal(format!("conflict {} in the log has a bad {what}", c.id));
+    let version = |v: &serde_json::Value, what: &str| {
+        serde_json::from_value::<wire::ConflictVersion>(v.clone()).map_err(|e| bad(&format!("{what} version: {e}")))
+    };
+    Ok(wire::ConflictRecord {
+        kind: wire::ConflictKind::parse(&c.kind).ok_or_else(|| bad("kind"))?,
+        strategy: wire::Strategy::parse(&c.strategy).ok_or_else(|| bad("strategy"))?,
+        stored: version(&c.stored, "stored")?,
+        incoming: version(&c.incoming, "incoming")?,
+        winner: c
+            .winner
+            .iter()
+            .map(|(f, s)| Ok((f.clone(), ConflictSide::parse(s).ok_or_else(|| bad("winner"))?)))
+            .collect::<Result<_, ApiError>>()?,
+        resolved_by: c
+            .resolved_by
+            .as_deref()
+            .map(|s| wire::Strategy::parse(s).ok_or_else(|| bad("resolver")))
+            .transpose()?,
+        id: c.id,
+        table: c.table,
+        key: c.key,
+        fields: c.fields,
+        resolved_at: c.resolved_at,
+        detected_at: c.detected_at,
+    })
 }

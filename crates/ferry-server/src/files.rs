@@ -19,9 +19,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_files::{AnyFileStore, FileStore};
 use ferry_protocol::{FileCheckRequest, FileCheckResponse, FileState, FileStateKind, FileStored, MAX_FILE_CHECK};
+use ferry_protocol::{FilesStatus, ServerStatus};
 use ferry_store::Store;
 use futures_util::{StreamExt, TryStreamExt};
-use serde::Serialize;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
@@ -174,30 +174,6 @@ impl Drop for UploadLock {
     fn drop(&mut self) {
         self.0.uploading.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
     }
-}
-
-/// The file section of `GET /v1/admin/status`.
-#[derive(Debug, Serialize)]
-pub struct FilesStatus {
-    /// Where verified files are kept.
-    pub store: String,
-    pub stored: u64,
-    pub stored_bytes: u64,
-    /// Distinct hashes that file columns hold.
-    pub referenced: u64,
-    /// Of those, how many the store does not hold yet (their devices have not uploaded them).
-    pub missing: u64,
-    /// Interrupted or running uploads, and the bytes they still lack.
-    pub uploading: u64,
-    pub uploading_bytes_pending: u64,
-    /// Transfers (uploads and downloads) running now, and the most at once since start.
-    pub in_flight: u64,
-    pub peak_in_flight: u64,
-    pub uploads_completed: u64,
-    pub downloads_completed: u64,
-    /// Uploads whose bytes did not hash to their name, refused since start.
-    pub uploads_refused: u64,
-    pub max_upload_bytes: u64,
 }
 
 fn file_err(e: ferry_files::Error) -> ApiError {
@@ -493,12 +469,6 @@ pub async fn download<S: Store>(
         }
     }
     Ok(resp)
-}
-
-/// `GET /v1/admin/status`'s body.
-#[derive(Debug, Serialize)]
-pub struct ServerStatus {
-    pub files: FilesStatus,
 }
 
 /// `GET /v1/admin/status`: the server's file store and transfer queue.

@@ -25,48 +25,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_core::schema::{ConflictStrategy, Table};
 use ferry_core::{Clock, RowState, SiteId, Value};
+use ferry_protocol::{ChangesResponse, PutRowRequest, RowDoc};
 use ferry_store::{IncomingRow, Principal, Refusal, Store};
-use serde::Serialize;
 
 use crate::auth::Authed;
 use crate::{ApiError, AppState};
 
-/// One row as the REST API shows it.
-#[derive(Serialize)]
-pub struct RowDoc {
-    pub table: String,
-    pub key: String,
-    /// Changes whenever the row does; send it back in `If-Match` (or `version`).
-    pub version: String,
-    pub deleted: bool,
-    /// The columns other than the key; a deleted row shows its last values.
-    pub values: serde_json::Map<String, serde_json::Value>,
-}
-
-impl RowDoc {
-    fn new(table: &Table, key: &str, state: &RowState) -> RowDoc {
-        let wire = ferry_protocol::encode_row(table, key, state);
-        RowDoc {
-            table: table.name.clone(),
-            key: key.to_owned(),
-            version: state.version(),
-            deleted: !state.is_alive(),
-            values: wire.values,
-        }
-    }
-
-    fn json(&self) -> Box<serde_json::Value> {
-        Box::new(serde_json::to_value(self).expect("rows serialize"))
-    }
-}
-
-/// `GET /v1/changes`.
-#[derive(Serialize)]
-pub struct ChangesDoc {
-    pub changes: Vec<RowDoc>,
-    /// Pass as `since` next time.
-    pub cursor: String,
-    pub more: bool,
+fn doc_json(doc: &RowDoc) -> Box<serde_json::Value> {
+    Box::new(serde_json::to_value(doc).expect("rows serialize"))
 }
 
 fn table_of<'s, S: Store>(state: &'s AppState<S>, name: &str) -> Result<&'s Table, ApiError> {
@@ -145,7 +111,7 @@ impl Preconditions {
     /// Checks the preconditions against the current row.
     fn check(&self, t: &Table, key: &str, current: Option<&RowState>) -> Result<(), ApiError> {
         let version = current.map(RowState::version);
-        let doc = || current.map(|c| RowDoc::new(t, key, c).json());
+        let doc = || current.map(|c| doc_json(&RowDoc::new(t, key, c)));
         let here = format!("{} '{key}'", t.name);
         // `If-Match: *` holds for any existing row.
         if let Some(want) = &self.if_match
@@ -225,14 +191,6 @@ fn decode_values(
     Ok(out)
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutBody {
-    values: serde_json::Map<String, serde_json::Value>,
-    #[serde(default)]
-    version: Option<String>,
-}
-
 pub async fn put_row<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     Authed(who): Authed,
@@ -242,7 +200,7 @@ pub async fn put_row<S: Store>(
 ) -> Result<Response, ApiError> {
     let (table, key) = row_path(path)?;
     let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
-    let body: PutBody = serde_json::from_slice(&body).map_err(|e| {
+    let body: PutRowRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!("malformed row body: {e}; send {{\"values\": {{\"column\": value, …}}}}"))
     })?;
     let pre = Preconditions::read(&headers, body.version.clone())?;
@@ -348,7 +306,7 @@ async fn write<S: Store>(
                         "{} '{key}' changed on the server since the version this write was based on (reject-stale); read it again",
                         t.name
                     ),
-                    Some(RowDoc::new(t, key, &r.current).json()),
+                    Some(doc_json(&RowDoc::new(t, key, &r.current))),
                 ));
             }
             // Another write landed in between: with a client precondition that is its
@@ -369,7 +327,7 @@ pub async fn changes<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     Authed(who): Authed,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<ChangesDoc>, ApiError> {
+) -> Result<Json<ChangesResponse>, ApiError> {
     if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "since" | "limit")) {
         return Err(ApiError::BadRequest(format!("unknown parameter '{unknown}'; use since and limit")));
     }
@@ -382,5 +340,5 @@ pub async fn changes<S: Store>(
     let schema = state.store.schema();
     let changes =
         page.rows.iter().filter_map(|r| schema.table(&r.table).map(|t| RowDoc::new(t, &r.key, &r.state))).collect();
-    Ok(Json(ChangesDoc { changes, cursor: page.cursor, more: page.more }))
+    Ok(Json(ChangesResponse { changes, cursor: page.cursor, more: page.more }))
 }

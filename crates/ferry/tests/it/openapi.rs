@@ -559,6 +559,184 @@ fn every_stream_message_is_documented_as_it_is_sent() {
     }
 }
 
+/// An instance of each wire type of `ferry-protocol`, serialized, with the component schema
+/// of `docs/openapi.json` it must match.
+fn wire_examples() -> Vec<(&'static str, Value)> {
+    use std::collections::BTreeMap;
+
+    use ferry_core::{Hlc, RowState, SiteId, Value as V};
+    use ferry_protocol as p;
+    let schema = ferry_core::schema::Schema::parse(
+        "CREATE TABLE notes (id uuid PRIMARY KEY, body text NOT NULL, n integer, ok boolean, pic bytea, h real);",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let table = schema.table("notes").unwrap();
+    let key = "0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b";
+    let at = Hlc::new(1_800_000_000_000, 0, SiteId(7));
+    let mut state = RowState::inserted(
+        [
+            ("body".to_owned(), V::Text("hi".into())),
+            ("n".to_owned(), V::Integer(3)),
+            ("ok".to_owned(), V::Integer(1)),
+            ("pic".to_owned(), V::Blob(vec![1, 2, 3])),
+            ("h".to_owned(), V::Real(f64::INFINITY)),
+        ],
+        at,
+    );
+    state.update([("n".to_owned(), V::Integer(4))], Hlc::new(1_800_000_000_001, 0, SiteId(8)));
+    let mut dead = state.clone();
+    dead.delete(Hlc::new(1_800_000_000_002, 0, SiteId(7)));
+    let row = p::encode_row(table, key, &state);
+    let mut pushed = row.clone();
+    pushed.base = [("n".to_owned(), at.to_string())].into();
+    pushed.seen = Some(p::encode_clocks(table, &state.clocks()));
+    let version = |origin: Option<&str>, st: &RowState| p::ConflictVersion {
+        origin: origin.map(str::to_owned),
+        exists: st.is_alive(),
+        values: p::encode_row(table, key, st).values,
+        clocks: st.cols.iter().map(|(c, s)| (c.clone(), s.at.to_string())).collect(),
+    };
+    let mut examples: Vec<(&'static str, Value)> = Vec::new();
+    let mut add = |name: &'static str, v: Value| examples.push((name, v));
+    add("WireRow", to(&pushed));
+    add("PulledRow", to(&row));
+    add("PulledRow", to(&p::encode_row(table, key, &dead)));
+    add("WireClocks", to(&p::encode_clocks(table, &state.clocks())));
+    let request = p::PushRequest { batch_id: "b1".into(), cursor: Some("12".into()), rows: vec![pushed.clone()] };
+    add("PushRequest", to(&request));
+    let rejected = p::RejectedRow {
+        table: "notes".into(),
+        key: key.into(),
+        status: 409,
+        code: p::ErrorCode::Stale.as_str().into(),
+        message: "stale".into(),
+        current: row.clone(),
+    };
+    add("RejectedRow", to(&rejected));
+    let response = p::PushResponse {
+        batch_id: "b1".into(),
+        received: 2,
+        changed: 1,
+        replayed: false,
+        cursor: Some("13".into()),
+        rejected: vec![rejected],
+    };
+    add("PushResponse", to(&response));
+    add("PullResponse", to(&p::PullResponse { rows: vec![row.clone()], cursor: "13".into(), more: false }));
+    add("SchemaResponse", to(&p::SchemaResponse::from_schema(&schema)));
+    let who = p::WhoAmI {
+        store_id: "s".into(),
+        user_id: "u".into(),
+        user_name: "ann".into(),
+        device_id: "d".into(),
+        device_name: "phone".into(),
+    };
+    add("WhoAmI", to(&who));
+    add("RowDoc", to(&p::RowDoc::new(table, key, &state)));
+    let changes = p::ChangesResponse {
+        changes: vec![p::RowDoc::new(table, key, &state), p::RowDoc::new(table, key, &dead)],
+        cursor: "13".into(),
+        more: true,
+    };
+    add("ChangesResponse", to(&changes));
+    add("PutRowRequest", to(&p::PutRowRequest { values: row.values.clone(), version: Some(state.version()) }));
+    add("PutRowRequest", to(&p::PutRowRequest { values: row.values.clone(), version: None }));
+    for &code in p::ErrorCode::ALL {
+        add("ErrorBody", to(&p::ErrorBody::new(code, "a message")));
+    }
+    let mut stale = p::ErrorBody::new(p::ErrorCode::Stale, "stale");
+    stale.current = Some(serde_json::to_value(p::RowDoc::new(table, key, &state)).unwrap());
+    add("StaleError", to(&stale));
+    let mut offset = p::ErrorBody::new(p::ErrorCode::UploadOffset, "resume at 10");
+    offset.offset = Some(10);
+    add("UploadOffsetError", to(&offset));
+    let hash = "ab".repeat(32);
+    add("FileCheckRequest", to(&p::FileCheckRequest { hashes: vec![hash.clone()] }));
+    let files = [
+        (p::FileStateKind::Stored, Some(5), None),
+        (p::FileStateKind::Partial, None, Some(2)),
+        (p::FileStateKind::Missing, None, None),
+        (p::FileStateKind::Unreferenced, None, None),
+    ]
+    .map(|(state, size, offset)| p::FileState { hash: hash.clone(), state, size, offset });
+    add("FileCheckResponse", to(&p::FileCheckResponse { files: files.to_vec(), max_upload_bytes: Some(1 << 30) }));
+    add("FileStored", to(&p::FileStored { hash: hash.clone(), size: 5 }));
+    add("ServerStatus", to(&p::ServerStatus { files: p::FilesStatus { store: "local".into(), ..Default::default() } }));
+    for keep in [p::ConflictSide::Stored, p::ConflictSide::Incoming] {
+        add("ResolveRequest", to(&p::ResolveRequest { keep }));
+    }
+    add("RevokeResponse", to(&p::RevokeResponse { revoked: vec!["d".into()] }));
+    let kinds = [p::ConflictKind::UpdateUpdate, p::ConflictKind::DeleteUpdate, p::ConflictKind::UpdateDelete];
+    let strategies = [
+        p::Strategy::Lww,
+        p::Strategy::RowLww,
+        p::Strategy::Authoritative,
+        p::Strategy::RejectStale,
+        p::Strategy::Manual,
+    ];
+    for (i, strategy) in strategies.into_iter().enumerate() {
+        let record = p::ConflictRecord {
+            id: i as i64 + 1,
+            table: "notes".into(),
+            key: key.into(),
+            kind: kinds[i % kinds.len()],
+            fields: vec!["n".into(), "*".into()],
+            strategy,
+            stored: version(Some("d1"), &state),
+            incoming: version(None, &dead),
+            winner: [("n".to_owned(), p::ConflictSide::Stored), ("*".to_owned(), p::ConflictSide::Incoming)].into(),
+            resolved_by: (strategy != p::Strategy::Manual).then_some(strategy),
+            resolved_at: (strategy != p::Strategy::Manual).then(|| "2027-01-15T08:00:00.000Z".to_owned()),
+            detected_at: "2027-01-15T08:00:00.000Z".into(),
+        };
+        add("ConflictRecord", to(&record));
+    }
+    examples
+}
+
+/// A wire value as JSON.
+fn to<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("wire types serialize")
+}
+
+/// Schemas that describe no body of their own (parts of others, or bytes), and so have no
+/// example.
+const PARTS: &[&str] = &[
+    "Clock",
+    "Clocks",
+    "WireValue",
+    "ConflictVersion",
+    "ErrorDetail",
+    "FileState",
+    "FilesStatus",
+    "TableInfo",
+    "StreamMessage",
+    "StreamHello",
+    "StreamChanged",
+    "StreamFiles",
+    "PreconditionFailedError",
+    "UploadConflictError",
+    "UploadInProgressError",
+    "FileBytes",
+];
+
+#[test]
+fn every_wire_type_serializes_as_its_documented_schema() {
+    let doc = document();
+    let examples = wire_examples();
+    for (name, value) in &examples {
+        let schema = json!({"$ref": format!("#/components/schemas/{name}")});
+        if let Err(m) = validate(&doc, &schema, value, "$") {
+            panic!("a {name} breaks openapi.json's schema at {m}\n{value}");
+        }
+    }
+    let covered: BTreeSet<&str> = examples.iter().map(|(n, _)| *n).chain(PARTS.iter().copied()).collect();
+    let documented: BTreeSet<&str> =
+        doc["components"]["schemas"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(documented, covered, "openapi.json's schemas (left) and the examples here (right) differ");
+}
+
 #[test]
 fn the_validator_names_the_first_mismatch_by_its_json_path() {
     let doc = json!({"components": {"schemas": {"Row": {
