@@ -104,6 +104,22 @@ pub struct PushRequest {
     pub rows: Vec<WireRow>,
 }
 
+/// A [`PushRequest`]'s JSON around rows already encoded (a JSON array of [`WireRow`]s, as
+/// [`RowOut`] writes them), without parsing them again.
+pub fn push_body(batch_id: &str, cursor: Option<&str>, rows_json: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(rows_json.len() + batch_id.len() + 64);
+    body.extend_from_slice(b"{\"batch_id\":");
+    serde_json::to_writer(&mut body, batch_id).expect("a string serializes");
+    if let Some(cursor) = cursor {
+        body.extend_from_slice(b",\"cursor\":");
+        serde_json::to_writer(&mut body, cursor).expect("a string serializes");
+    }
+    body.extend_from_slice(b",\"rows\":");
+    body.extend_from_slice(rows_json);
+    body.push(b'}');
+    body
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PushResponse {
     pub batch_id: String,
@@ -917,6 +933,16 @@ mod tests {
         }
         for bad in ["not json", r#"{"batch_id": "b"}"#, r#"{"batch_id": "b", "rows": 5}"#, r#"{"rows": []}"#] {
             assert!(matches!(decode_push(&s, bad.as_bytes()), Err(PushError::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_push_body_around_encoded_rows_is_the_json_of_its_push_request() {
+        let rows = vec![wire(serde_json::json!({"n": 1})), wire(serde_json::json!({"note": "a \"q\""}))];
+        let json = serde_json::to_vec(&rows).unwrap();
+        for cursor in [None, Some("12"), Some("odd \"cursor\"")] {
+            let req = PushRequest { batch_id: "b \u{1}".into(), cursor: cursor.map(str::to_owned), rows: rows.clone() };
+            assert_eq!(push_body(&req.batch_id, cursor, &json), serde_json::to_vec(&req).unwrap());
         }
     }
 

@@ -605,6 +605,8 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
     add("WireClocks", to(&p::encode_clocks(table, &state.clocks())));
     let request = p::PushRequest { batch_id: "b1".into(), cursor: Some("12".into()), rows: vec![pushed.clone()] };
     add("PushRequest", to(&request));
+    let rows_json = serde_json::to_vec(&request.rows).unwrap();
+    add("PushRequest", serde_json::from_slice(&p::push_body("b1", None, &rows_json)).unwrap());
     let rejected = p::RejectedRow {
         table: "notes".into(),
         key: key.into(),
