@@ -7,14 +7,13 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use ferry_core::schema::{ColType, Schema, Table};
 use ferry_core::strategy::RowClocks;
 use ferry_core::{Hlc, RowState, Stamped, Value};
 use serde::{Deserialize, Serialize};
 
 pub mod admin;
+pub mod codec;
 mod error;
 mod page;
 pub mod rest;
@@ -363,7 +362,7 @@ impl Serialize for RowOut<'_> {
                             m.serialize_entry(name, &Clock(st.at))?;
                         }
                     } else {
-                        m.serialize_entry(name, &ValueOut(ty, &st.value))?;
+                        m.serialize_entry(name, &codec::WireValue(ty, &st.value))?;
                     }
                 }
                 m.end()
@@ -401,23 +400,6 @@ impl Serialize for RowOut<'_> {
             m.serialize_field("seen", &encode_clocks(self.table, seen))?;
         }
         m.end()
-    }
-}
-
-/// A value serialized as [`value_to_json`] converts it.
-struct ValueOut<'a>(ColType, &'a Value);
-
-impl Serialize for ValueOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match (self.0, self.1) {
-            (_, Value::Null) => s.serialize_unit(),
-            (ColType::Boolean, Value::Integer(i)) => s.serialize_bool(*i != 0),
-            (_, Value::Integer(i)) => s.serialize_i64(*i),
-            (_, Value::Real(r)) if r.is_finite() => s.serialize_f64(*r),
-            (_, Value::Real(r)) => s.collect_str(&format_args!("{r:?}")),
-            (_, Value::Text(t)) => s.serialize_str(t),
-            (_, Value::Blob(b)) => s.serialize_str(&B64.encode(b)),
-        }
     }
 }
 
@@ -608,52 +590,17 @@ pub(crate) fn build_row<'s, 'n, 'j>(
     Ok((table, RowState { exists: Stamped::new(row.exists, exists_at), cols }))
 }
 
-/// A value as JSON, by the column's logical type: booleans as `true`/`false`, blobs as
-/// base64, everything else as its natural JSON form.
+/// A value as JSON on the wire, by the column's logical type ([`codec::Form::Wire`]).
 pub fn value_to_json(ty: ColType, v: &Value) -> serde_json::Value {
-    match (ty, v) {
-        (_, Value::Null) => serde_json::Value::Null,
-        (ColType::Boolean, Value::Integer(i)) => serde_json::Value::Bool(*i != 0),
-        (_, Value::Integer(i)) => (*i).into(),
-        // JSON has no infinities or NaN: those travel as the strings "inf", "-inf", "NaN".
-        (_, Value::Real(r)) => serde_json::Number::from_f64(*r).map_or_else(|| format!("{r:?}").into(), Into::into),
-        (_, Value::Text(s)) => s.clone().into(),
-        (_, Value::Blob(b)) => B64.encode(b).into(),
-    }
+    codec::to_json(codec::Form::Wire, ty, v)
 }
 
-/// Reads a JSON value for a column of type `ty`.
+/// Reads a JSON value from the wire for a column of type `ty` ([`codec::Form::Wire`]).
 ///
 /// # Errors
 /// A short rule ("expects integer, got string \"x\"") for the caller to put in context.
 pub fn value_from_json(ty: ColType, j: &serde_json::Value) -> Result<Value, String> {
-    use serde_json::Value as J;
-    let wrong = || {
-        let shown: String = j.to_string().chars().take(40).collect();
-        Err(format!("expects {}, got {shown}", ty.name()))
-    };
-    Ok(match (ty, j) {
-        (_, J::Null) => Value::Null,
-        (ColType::Boolean, J::Bool(b)) => Value::Integer((*b).into()),
-        (ColType::Boolean, J::Number(n)) => match n.as_i64() {
-            Some(i @ (0 | 1)) => Value::Integer(i),
-            _ => return wrong(),
-        },
-        (ColType::Integer | ColType::BigInt, J::Number(n)) => match n.as_i64() {
-            Some(i) => Value::Integer(i),
-            None => return wrong(),
-        },
-        (ColType::Real, J::Number(n)) => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
-        (ColType::Real, J::String(s)) if matches!(s.as_str(), "inf" | "-inf" | "NaN") => {
-            Value::Real(s.parse().unwrap_or(f64::NAN))
-        }
-        (ColType::Blob, J::String(s)) => match B64.decode(s) {
-            Ok(b) => Value::Blob(b),
-            Err(_) => return Err("expects base64 for bytea".into()),
-        },
-        (t, J::String(s)) if t.is_textual() => Value::Text(s.clone()),
-        _ => return wrong(),
-    })
+    codec::from_json(codec::Form::Wire, ty, j)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_core::schema::{ColType, Table, quote};
+use ferry_core::schema::{Table, quote};
 use ferry_core::{Hlc, RowState, Stamped, Value};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
@@ -434,54 +434,9 @@ pub fn encode_clocks(table: &Table, state: &RowState) -> (Hlc, Option<String>) {
     (base, json)
 }
 
-/// Encodes data-column values as a JSON object (blobs as hex), the form capture triggers
-/// also produce for deleted rows.
-pub fn encode_values(table: &Table, values: &[Value]) -> String {
-    let mut map = serde_json::Map::new();
-    for (col, v) in table.data_columns().zip(values) {
-        let j = match v {
-            Value::Null => serde_json::Value::Null,
-            Value::Integer(i) => (*i).into(),
-            // Reals as text with the shortest exact form (infinities included).
-            Value::Real(r) => format!("{r:?}").into(),
-            Value::Text(s) => s.clone().into(),
-            Value::Blob(b) => ferry_core::to_hex(b).into(),
-        };
-        map.insert(col.name.clone(), j);
-    }
-    serde_json::Value::Object(map).to_string()
-}
-
-/// Decodes [`encode_values`]' form (and the trigger's): blob columns hold hex text.
-pub fn decode_values(table: &Table, json: &str) -> std::result::Result<BTreeMap<String, Value>, String> {
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(json).map_err(|e| format!("bad stored values: {e}"))?;
-    let mut out = BTreeMap::new();
-    for (name, j) in map {
-        let Some(col) = table.column(&name) else {
-            continue;
-        };
-        let v = match j {
-            serde_json::Value::Null => Value::Null,
-            serde_json::Value::Bool(b) => Value::Integer(b.into()),
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(i) if col.ty != ColType::Real => Value::Integer(i),
-                _ => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            serde_json::Value::String(s) if col.ty == ColType::Real => match s.parse::<f64>() {
-                Ok(r) => Value::Real(r),
-                Err(_) => Value::Text(s),
-            },
-            serde_json::Value::String(s) if col.ty == ColType::Blob => {
-                Value::Blob(ferry_core::from_hex(&s).ok_or_else(|| format!("column '{name}': bad hex"))?)
-            }
-            serde_json::Value::String(s) => Value::Text(s),
-            other => Value::Text(other.to_string()),
-        };
-        out.insert(name, v);
-    }
-    Ok(out)
-}
+/// Tombstone values as JSON, in the stored form capture triggers also write (blobs as hex,
+/// reals as text): the codec every crate shares, in `ferry_protocol::codec`.
+pub use ferry_protocol::codec::{decode_values, encode_values};
 
 /// Opens (or creates) an SQLite file with the settings every Ferry file uses: WAL, a busy
 /// timeout so that other processes writing the same file wait instead of failing.
