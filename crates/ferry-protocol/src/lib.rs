@@ -148,6 +148,43 @@ pub struct PullResponse {
     pub more: bool,
 }
 
+/// A [`PullResponse`] serialized straight from row states: `rows` gives the page's rows
+/// each time it is called (once per serialization), as [`RowOut`]s.
+pub struct PageOut<'a, F> {
+    pub rows: F,
+    pub cursor: &'a str,
+    pub more: bool,
+}
+
+impl<'a, F, I> Serialize for PageOut<'a, F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = RowOut<'a>>,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        struct Rows<'p, F>(&'p F);
+        impl<'a, F, I> Serialize for Rows<'_, F>
+        where
+            F: Fn() -> I,
+            I: Iterator<Item = RowOut<'a>>,
+        {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(None)?;
+                for row in (self.0)() {
+                    seq.serialize_element(&row)?;
+                }
+                seq.end()
+            }
+        }
+        let mut m = s.serialize_struct("PullResponse", 3)?;
+        m.serialize_field("rows", &Rows(&self.rows))?;
+        m.serialize_field("cursor", self.cursor)?;
+        m.serialize_field("more", &self.more)?;
+        m.end()
+    }
+}
+
 /// `GET /v1/schema`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SchemaResponse {
@@ -712,6 +749,29 @@ mod tests {
             wire.base = base.iter().map(|(c, h)| (c.clone(), h.to_string())).collect();
             wire.seen = Some(encode_clocks(t, &seen));
             assert_eq!(serde_json::to_string(&out).unwrap(), serde_json::to_string(&wire).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_page_serialized_in_place_is_the_json_of_its_pull_response() {
+        let s = schema();
+        let t = s.table("jump").unwrap();
+        let state = RowState::inserted([("n".to_owned(), Value::Integer(7))], Hlc::new(5, 1, SiteId(3)));
+        let mut dead = state.clone();
+        dead.delete(Hlc::new(6, 0, SiteId(3)));
+        let states = [state, dead];
+        for rows in [&states[..], &[]] {
+            let out = PageOut {
+                rows: || rows.iter().map(|st| RowOut { table: t, key: KEY, state: st, base: None, seen: None }),
+                cursor: "c\"1",
+                more: true,
+            };
+            let page = PullResponse {
+                rows: rows.iter().map(|st| encode_row(t, KEY, st)).collect(),
+                cursor: "c\"1".into(),
+                more: true,
+            };
+            assert_eq!(serde_json::to_string(&out).unwrap(), serde_json::to_string(&page).unwrap());
         }
     }
 

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
-use ferry_core::schema::Schema;
-use ferry_protocol::{DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS, RowOut};
-use ferry_store::{PullPage, Store};
+use ferry_protocol::{DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS, PageOut, RowOut};
+use ferry_store::Store;
 
 use crate::auth::Authed;
 use crate::{ApiError, AppState};
@@ -34,39 +33,16 @@ pub async fn pull<S: Store>(
     }
     let limit = parse_limit(q.get("limit"))?;
     let page = state.store.pull_tables(&who, cursor, limit, tables.as_deref()).await?;
-    let body = serde_json::to_vec(&PullOut { page: &page, schema: state.store.schema() })
+    let schema = state.store.schema();
+    let rows = || {
+        page.rows.iter().filter_map(|r| {
+            let table = schema.table(&r.table)?;
+            Some(RowOut { table, key: &r.key, state: &r.state, base: None, seen: None })
+        })
+    };
+    let body = serde_json::to_vec(&PageOut { rows, cursor: &page.cursor, more: page.more })
         .map_err(|e| ApiError::Internal(format!("encoding a pull page: {e}")))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// A page answered as a [`ferry_protocol::PullResponse`], its rows serialized straight from
-/// their states.
-struct PullOut<'a> {
-    page: &'a PullPage,
-    schema: &'a Schema,
-}
-
-impl serde::Serialize for PullOut<'_> {
-    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
-        use serde::ser::{SerializeSeq, SerializeStruct};
-        struct Rows<'a>(&'a PullOut<'a>);
-        impl serde::Serialize for Rows<'_> {
-            fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
-                let mut seq = s.serialize_seq(None)?;
-                for r in &self.0.page.rows {
-                    if let Some(table) = self.0.schema.table(&r.table) {
-                        seq.serialize_element(&RowOut { table, key: &r.key, state: &r.state, base: None, seen: None })?;
-                    }
-                }
-                seq.end()
-            }
-        }
-        let mut m = s.serialize_struct("PullResponse", 3)?;
-        m.serialize_field("rows", &Rows(self))?;
-        m.serialize_field("cursor", &self.page.cursor)?;
-        m.serialize_field("more", &self.page.more)?;
-        m.end()
-    }
 }
 
 /// A page size: absent for the default, else 1 to [`MAX_PAGE_ROWS`].
