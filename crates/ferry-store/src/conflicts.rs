@@ -63,11 +63,18 @@ pub(crate) struct NewConflict {
 }
 
 /// A version as the log keeps it; values in the wire form (as pushes and pulls carry them).
-fn version(table: &Table, state: &RowState, origin: Option<&str>) -> serde_json::Value {
-    let values = serde_json::Value::Object(ferry_protocol::encode_row(table, "", state).values);
-    let clocks: serde_json::Map<String, serde_json::Value> =
-        state.cols.iter().map(|(c, s)| (c.clone(), s.at.to_string().into())).collect();
-    serde_json::json!({ "origin": origin, "exists": state.is_alive(), "values": values, "clocks": clocks })
+fn version(table: &Table, state: &RowState, origin: Option<&str>) -> ferry_protocol::ConflictVersion {
+    ferry_protocol::ConflictVersion {
+        origin: origin.map(str::to_owned),
+        exists: state.is_alive(),
+        values: ferry_protocol::encode_row(table, "", state).values,
+        clocks: state.cols.iter().map(|(c, s)| (c.clone(), s.at.to_string())).collect(),
+    }
+}
+
+/// A version as the log's column holds it.
+fn version_text(v: &ferry_protocol::ConflictVersion) -> String {
+    serde_json::to_string(v).expect("versions serialize")
 }
 
 /// A conflict to log: `stored` and `incoming` are each version with its origin (the device
@@ -101,8 +108,8 @@ pub(crate) fn new_conflict(
         key: key.to_owned(),
         kind: contest.kind.name(),
         fields: serde_json::to_string(&contest.fields).expect("strings serialize"),
-        stored: version(table, stored, stored_origin).to_string(),
-        incoming: version(table, incoming, Some(incoming_origin)).to_string(),
+        stored: version_text(&version(table, stored, stored_origin)),
+        incoming: version_text(&version(table, incoming, Some(incoming_origin))),
         winner: serde_json::to_string(&winner).expect("strings serialize"),
         strategy: table.options.conflict.name(),
         resolved: !open,
@@ -220,7 +227,9 @@ pub(crate) fn overwritten_by_resolution(
         };
         if f == EXISTS { side["exists"].clone() } else { side["values"][f].clone() }
     };
-    let current_of = |f: &str| if f == EXISTS { now["exists"].clone() } else { now["values"][f].clone() };
+    let current_of = |f: &str| {
+        if f == EXISTS { now.exists.into() } else { now.values.get(f).cloned().unwrap_or_default() }
+    };
     let fields: Vec<&String> = record.fields.iter().filter(|f| provisional(f) != current_of(f)).collect();
     if fields.is_empty() {
         return None;
@@ -234,7 +243,7 @@ pub(crate) fn overwritten_by_resolution(
         key: record.key.clone(),
         kind: "update-update",
         fields: serde_json::to_string(&fields).expect("strings serialize"),
-        stored: now.to_string(),
+        stored: version_text(&now),
         incoming: kept.to_string(),
         winner: serde_json::to_string(&fields.iter().map(|f| (f.as_str(), "incoming")).collect::<BTreeMap<_, _>>())
             .expect("strings serialize"),
