@@ -206,11 +206,7 @@ fn push_request(replica: &mut Replica, rows: &EncodedRows) -> Result<(Vec<u8>, S
         None => batch_id()?,
     };
     replica.set_meta("unanswered_batch", &format!("{batch} {}", rows.fingerprint))?;
-    let text = |s: &str| serde_json::to_string(s).expect("a string serializes");
-    let mut body = format!("{{\"batch_id\":{},\"cursor\":{},\"rows\":", text(&batch), text(&sent)).into_bytes();
-    body.extend_from_slice(&rows.json);
-    body.push(b'}');
-    Ok((body, sent))
+    Ok((ferry_protocol::push_body(&batch, Some(&sent), &rows.json), sent))
 }
 
 /// Records the server's answer to the push of `rows` (sent with the pull cursor `sent`).
