@@ -199,8 +199,8 @@ impl Replica {
                         let local = state_json_row(&ts.table, &row.key, before);
                         let remote = state_json_row(&ts.table, &row.key, &row.state);
                         for f in &c.fields {
-                            let (lv, la) = register_json(before, f);
-                            let (rv, ra) = register_json(&row.state, f);
+                            let (lv, la) = register_json(&ts.table, before, f);
+                            let (rv, ra) = register_json(&ts.table, &row.state, f);
                             conflicts.execute(params![
                                 row.table,
                                 row.key,

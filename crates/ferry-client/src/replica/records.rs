@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use ferry_core::schema::Schema;
 use ferry_core::strategy::{EXISTS, RowClocks};
-use ferry_core::{Hlc, RowState, Value};
+use ferry_core::{Hlc, RowState};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
@@ -97,13 +97,16 @@ pub(super) fn version_json(text: Option<String>) -> serde_json::Value {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
 }
 
-/// A register's value (JSON) and clock, for the replica's conflict view.
-pub(super) fn register_json(state: &RowState, f: &str) -> (Option<String>, String) {
+/// A register's value (JSON, in the wire form as the conflict's whole versions) and clock,
+/// for the replica's conflict view.
+pub(super) fn register_json(table: &ferry_core::schema::Table, state: &RowState, f: &str) -> (Option<String>, String) {
     if f == EXISTS {
-        (Some(state.exists.value.to_string()), state.exists.at.to_string())
-    } else {
-        state.cols.get(f).map_or((None, Hlc::ZERO.to_string()), |s| (Some(json_of(&s.value)), s.at.to_string()))
+        return (Some(state.exists.value.to_string()), state.exists.at.to_string());
     }
+    let ty = table.column(f).map_or(ferry_core::schema::ColType::Text, |c| c.ty);
+    state.cols.get(f).map_or((None, Hlc::ZERO.to_string()), |s| {
+        (Some(ferry_protocol::value_to_json(ty, &s.value).to_string()), s.at.to_string())
+    })
 }
 
 /// A row state as a wire row (JSON), for `_ferry_refused`.
@@ -126,14 +129,4 @@ pub(super) fn state_from_json(schema: &Schema, json: &str) -> Result<RowState> {
     let (_, state) =
         ferry_protocol::decode_row(schema, &wire).map_err(|e| Error::Local(format!("stored refused row: {e}")))?;
     Ok(state)
-}
-
-pub(super) fn json_of(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Integer(i) => i.to_string(),
-        Value::Real(r) => serde_json::Number::from_f64(*r).map_or("null".into(), |n| n.to_string()),
-        Value::Text(s) => serde_json::Value::String(s.clone()).to_string(),
-        Value::Blob(b) => format!("\"{}\"", ferry_core::to_hex(b)),
-    }
 }
