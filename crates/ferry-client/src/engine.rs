@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::remote::Remote;
 use crate::replica::Replica;
 use crate::sync::{Progress, SyncOptions, SyncReport};
@@ -37,6 +37,9 @@ pub enum ConnState {
     Reconnecting,
     /// No server configured: local changes wait in the queue.
     OfflineOnly,
+    /// A failure that trying again cannot mend (a revoked token, a replica of another user,
+    /// a table the server does not have): the engine stopped; `ferry status` says why.
+    Stopped,
 }
 
 impl ConnState {
@@ -47,6 +50,7 @@ impl ConnState {
             ConnState::Disconnected => "DISCONNECTED",
             ConnState::Reconnecting => "RECONNECTING",
             ConnState::OfflineOnly => "OFFLINE_ONLY",
+            ConnState::Stopped => "STOPPED",
         }
     }
 }
@@ -194,6 +198,9 @@ enum StreamNews {
 ///
 /// # Errors
 /// Only when the replica file itself fails; network and server failures are retried.
+/// The replica's meta key for why the engine last stopped on a failure (empty: it did not).
+pub(crate) const STOPPED_BECAUSE: &str = "engine_stopped_because";
+
 pub async fn run(
     mut replica: Replica,
     opts: EngineOptions,
@@ -201,6 +208,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Replica> {
     tokio::pin!(shutdown);
+    let _ = replica.set_meta(STOPPED_BECAUSE, "");
     let mut state = ConnState::Reconnecting;
     let set_state = |state: &mut ConnState, to: ConnState, why: String, replica: &Replica| {
         if *state != to {
@@ -271,8 +279,13 @@ pub async fn run(
                         set_state(&mut state, to, why, &replica);
                         next = Some((Instant::now() + opts.interval, "interval"));
                     }
-                    // A broken replica file stops the engine; a locked one is retried below.
-                    Err(e @ Error::Local(_)) => break Err(e),
+                    // What trying again cannot mend stops the engine, saying why; a locked
+                    // replica file, an unreachable server and the like are retried below.
+                    Err(e) if e.is_permanent() => {
+                        let _ = replica.set_meta(STOPPED_BECAUSE, &e.to_string());
+                        set_state(&mut state, ConnState::Stopped, e.to_string(), &replica);
+                        break Err(e);
+                    }
                     Err(e) => {
                         failures += 1;
                         let retry_in = opts.backoff.delay(failures);

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::schema::{is_file_hash, quote};
-use ferry_protocol::{ErrorBody, FileCheckRequest, FileCheckResponse, FileStateKind, MAX_FILE_CHECK};
+use ferry_protocol::{ErrorCode, FileCheckResponse, FileStateKind, MAX_FILE_CHECK};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
@@ -482,7 +482,6 @@ struct Shared {
     conn: std::sync::Mutex<Connection>,
     files: LocalFiles,
     remote: Remote,
-    http: reqwest::Client,
     rate: Option<RateLimit>,
     paused: AtomicBool,
     moved: AtomicU64,
@@ -590,46 +589,7 @@ fn mark_uploaded(conn: &Connection, hash: &str, size: Option<u64>) -> Result<()>
 }
 
 async fn check_files(shared: &Shared, hashes: Vec<String>) -> Result<FileCheckResponse> {
-    let url = format!("{}/v1/files/check", shared.remote.base());
-    let resp = shared
-        .http
-        .post(&url)
-        .bearer_auth(shared.remote.token())
-        .json(&FileCheckRequest { hashes })
-        .send()
-        .await
-        .map_err(|e| unreachable(shared, "file check", &e))?;
-    let resp = answer(shared, resp, "file check").await?;
-    resp.json().await.map_err(|e| Error::Protocol(format!("unreadable file check answer: {e}")))
-}
-
-fn unreachable(shared: &Shared, what: &str, e: &reqwest::Error) -> Error {
-    Error::Unreachable(format!(
-        "cannot reach server at {} ({what}): {}",
-        shared.remote.base(),
-        crate::remote::error_chain(e)
-    ))
-}
-
-/// The answer if it is a success; else the server's error, as [`Remote`] reads them.
-async fn answer(shared: &Shared, resp: reqwest::Response, what: &str) -> Result<reqwest::Response> {
-    if resp.status().is_success() {
-        return Ok(resp);
-    }
-    let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.unwrap_or_default();
-    let (code, message, offset) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(b) => (b.error.code, b.error.message, b.offset),
-        Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&bytes).chars().take(300).collect(), None),
-    };
-    Err(match status {
-        401 => Error::Unauthorized(message),
-        409 if code == "upload_offset" => {
-            Error::Refused { status, code: format!("upload_offset:{}", offset.unwrap_or(0)), message }
-        }
-        s @ 400..=499 if s != 408 && s != 429 => Error::Refused { status: s, code, message },
-        s => Error::Unreachable(format!("server at {} failed ({s}) during {what}: {message}", shared.remote.base())),
-    })
+    shared.remote.check_files(hashes).await
 }
 
 /// The outcome of one transfer attempt.
@@ -662,8 +622,8 @@ async fn upload(shared: &Arc<Shared>, job: &Job) -> Outcome {
     // A wrong offset is answered with the right one: follow it once.
     for _ in 0..2 {
         match upload_from(shared, job, offset).await {
-            Err(Error::Refused { code, .. }) if code.starts_with("upload_offset:") => {
-                offset = code["upload_offset:".len()..].parse().unwrap_or(0);
+            Err(Error::Refused { code, offset: Some(at), .. }) if code == ErrorCode::UploadOffset.as_str() => {
+                offset = at;
             }
             Ok(o) => return o,
             Err(e) => return Outcome::Failed { bytes: 0, error: e },
@@ -686,7 +646,12 @@ async fn upload_from(shared: &Arc<Shared>, job: &Job, offset: u64) -> Result<Out
         );
         return Ok(Outcome::Failed {
             bytes: 0,
-            error: Error::Refused { status: 413, code: "payload_too_large".into(), message },
+            error: Error::Refused {
+                status: 413,
+                code: ErrorCode::PayloadTooLarge.as_str().into(),
+                message,
+                offset: None,
+            },
         });
     }
     if offset > 0 {
@@ -720,26 +685,10 @@ async fn upload_from(shared: &Arc<Shared>, job: &Job, offset: u64) -> Result<Out
             }
         })
     };
-    let url = format!("{}/v1/files/{}", shared.remote.base(), job.hash);
-    let result = shared
-        .http
-        .put(&url)
-        .bearer_auth(shared.remote.token())
-        .header("upload-length", size)
-        .header("upload-offset", offset)
-        .header(reqwest::header::CONTENT_LENGTH, size - offset)
-        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await;
+    let result = shared.remote.upload_file(&job.hash, size, offset, reqwest::Body::wrap_stream(body)).await;
     let bytes = sent.load(Ordering::SeqCst);
-    let resp = match result {
-        Ok(r) => r,
-        Err(_) if shared.paused.load(Ordering::SeqCst) => return Ok(Outcome::Paused { bytes }),
-        Err(e) => return Ok(Outcome::Failed { bytes, error: unreachable(shared, "upload", &e) }),
-    };
-    match answer(shared, resp, "upload").await {
-        Ok(_) => {
+    match result {
+        Ok(()) => {
             mark_uploaded(&shared.conn(), &job.hash, Some(size))?;
             Ok(Outcome::Done { bytes })
         }
@@ -759,9 +708,9 @@ async fn upload_from(shared: &Arc<Shared>, job: &Job, offset: u64) -> Result<Out
         }
         Err(Error::Refused { status: 403, message, .. }) => Ok(Outcome::Waiting(message)),
         // Resumed from the offset the server named, by the caller.
-        Err(Error::Refused { status, code, message }) if code.starts_with("upload_offset:") => {
-            Err(Error::Refused { status, code, message })
-        }
+        Err(e @ Error::Refused { offset: Some(_), .. }) if e.code() == Some(ErrorCode::UploadOffset) => Err(e),
+        // The connection broke because the transfer was paused.
+        Err(Error::Unreachable(_)) if shared.paused.load(Ordering::SeqCst) => Ok(Outcome::Paused { bytes }),
         Err(error) => Ok(Outcome::Failed { bytes, error }),
     }
 }
@@ -775,16 +724,7 @@ async fn download(shared: &Arc<Shared>, job: &Job, network: tokio::sync::Semapho
     let held = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
     // A partial as long as the file (a crash before it was kept) is checked from scratch.
     let held = if held >= job.size { 0 } else { held };
-    let url = format!("{}/v1/files/{}", shared.remote.base(), job.hash);
-    let mut req = shared.http.get(&url).bearer_auth(shared.remote.token());
-    if held > 0 {
-        req = req.header(reqwest::header::RANGE, format!("bytes={held}-"));
-    }
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) => return Ok(Outcome::Failed { bytes: 0, error: unreachable(shared, "download", &e) }),
-    };
-    let resp = match answer(shared, resp, "download").await {
+    let resp = match shared.remote.download_file(&job.hash, held).await {
         Ok(r) => r,
         Err(Error::Refused { status: 404, message, .. }) => return Ok(Outcome::Waiting(message)),
         Err(error) => return Ok(Outcome::Failed { bytes: 0, error }),
@@ -812,7 +752,12 @@ async fn download(shared: &Arc<Shared>, job: &Job, network: tokio::sync::Semapho
             Ok(c) => c,
             Err(e) => {
                 out.flush().await.map_err(|e| local(e, "cannot write"))?;
-                return Ok(Outcome::Failed { bytes, error: unreachable(shared, "download", &e) });
+                let error = Error::Unreachable(format!(
+                    "connection to {} broke during a download: {}",
+                    shared.remote.base(),
+                    crate::remote::error_chain(&e)
+                ));
+                return Ok(Outcome::Failed { bytes, error });
             }
         };
         if total + chunk.len() as u64 > job.size {
@@ -1014,18 +959,12 @@ async fn pass(
 use futures_util::TryFutureExt as _;
 
 fn shared(db: &Path, remote: &Remote, opts: &FileOptions) -> Result<Arc<Shared>> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
     let conn = ferry_sqlite::open(db).map_err(|e| Error::Local(format!("cannot open '{}': {e}", db.display())))?;
     Ok(Arc::new(Shared {
         db: db.to_owned(),
         conn: std::sync::Mutex::new(conn),
         files: LocalFiles::beside(db),
         remote: remote.clone(),
-        http,
         rate: opts.rate.map(RateLimit::new),
         paused: AtomicBool::new(false),
         moved: AtomicU64::new(0),

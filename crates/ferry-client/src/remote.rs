@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_protocol::{ErrorBody, PullResponse, PushRequest, PushResponse, SchemaResponse, StreamMessage, WhoAmI};
+use ferry_protocol::{ErrorBody, FileCheckRequest, FileCheckResponse, PullResponse, PushRequest, PushResponse, SchemaResponse, StreamMessage, WhoAmI};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 pub struct Remote {
     http: reqwest::Client,
+    /// For file bytes: no limit on a whole transfer, a limit on each wait for bytes.
+    files: reqwest::Client,
     base: String,
     token: String,
 }
@@ -46,11 +48,12 @@ impl Remote {
             .timeout(timeout)
             .build()
             .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
-        Ok(Remote { http, base, token: token.to_owned() })
-    }
-
-    pub(crate) fn token(&self) -> &str {
-        &self.token
+        let files = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
+        Ok(Remote { http, files, base, token: token.to_owned() })
     }
 
     pub fn base(&self) -> &str {
@@ -79,19 +82,82 @@ impl Remote {
         if status.is_success() {
             return Ok(bytes);
         }
-        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => (b.error.code, b.error.message),
-            Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&bytes).chars().take(300).collect()),
+        Err(self.refusal(what, status.as_u16(), &bytes))
+    }
+
+    /// The error an unsuccessful answer (`status`, `body`) to a `what` request means.
+    fn refusal(&self, what: &str, status: u16, body: &[u8]) -> Error {
+        let (code, message, offset) = match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(b) => (b.error.code, b.error.message, b.offset),
+            Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(body).chars().take(300).collect(), None),
         };
-        Err(match status.as_u16() {
+        match status {
             401 => Error::Unauthorized(message),
             // Time-outs and rate limits pass: retried like an unreachable server.
             s @ (408 | 429) => {
                 Error::Unreachable(format!("server at {} answered {s} during {what}: {message}", self.base))
             }
-            s @ 400..=499 => Error::Refused { status: s, code, message },
+            s @ 400..=499 => Error::Refused { status: s, code, message, offset },
             s => Error::Unreachable(format!("server at {} failed ({s}) during {what}: {message}", self.base)),
-        })
+        }
+    }
+
+    fn unreachable(&self, what: &str, e: &reqwest::Error) -> Error {
+        Error::Unreachable(format!("cannot reach server at {} ({what}): {}", self.base, error_chain(e)))
+    }
+
+    /// `POST /v1/files/check`: where the server stands on these files.
+    ///
+    /// # Errors
+    /// As every call: [`Error::Unauthorized`], [`Error::Refused`], [`Error::Unreachable`].
+    pub async fn check_files(&self, hashes: Vec<String>) -> Result<FileCheckResponse> {
+        let req = self.files.post(format!("{}/v1/files/check", self.base)).json(&FileCheckRequest { hashes });
+        let bytes = self.send_raw(req, "file check").await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("unreadable file check answer: {e}")))
+    }
+
+    /// `PUT /v1/files/{hash}`: the bytes of a file of `size` bytes from `offset` on.
+    ///
+    /// # Errors
+    /// As every call; a wrong offset is [`Error::Refused`] with the `offset` to resume from.
+    pub async fn upload_file(&self, hash: &str, size: u64, offset: u64, body: reqwest::Body) -> Result<()> {
+        let resp = self
+            .files
+            .put(format!("{}/v1/files/{hash}", self.base))
+            .bearer_auth(&self.token)
+            .header("upload-length", size)
+            .header("upload-offset", offset)
+            .header(reqwest::header::CONTENT_LENGTH, size - offset)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable("upload", &e))?;
+        self.success(resp, "upload").await.map(drop)
+    }
+
+    /// `GET /v1/files/{hash}` from byte `from` on: the answer, to stream its body (206 when
+    /// the server resumes there, 200 when it sends the whole file).
+    ///
+    /// # Errors
+    /// As every call; a file the server does not give (yet) is [`Error::Refused`] 404.
+    pub async fn download_file(&self, hash: &str, from: u64) -> Result<reqwest::Response> {
+        let mut req = self.files.get(format!("{}/v1/files/{hash}", self.base)).bearer_auth(&self.token);
+        if from > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable("download", &e))?;
+        self.success(resp, "download").await
+    }
+
+    /// The answer when it is a success, else the error it means.
+    async fn success(&self, resp: reqwest::Response, what: &str) -> Result<reqwest::Response> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        Err(self.refusal(what, status, &body))
     }
 
     pub async fn schema(&self) -> Result<SchemaResponse> {

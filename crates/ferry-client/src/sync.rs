@@ -261,7 +261,7 @@ async fn push_refused(
                 Err(e) if refuses_rows(&e) => split.refused(range, e),
                 Err(e) => return Err(e),
             },
-            push::Step::SetAside(i, Error::Refused { status, code, message }) => {
+            push::Step::SetAside(i, Error::Refused { status, code, message, .. }) => {
                 replica.set_aside(&rows[i], status, &code, &message)?;
                 report.set_aside += 1;
                 progress(Progress::SetAside { table: rows[i].table.clone(), key: rows[i].key.clone(), message });
@@ -360,8 +360,8 @@ async fn sync_once(
             t.sort();
             t.dedup();
             if let Some(unknown) = t.iter().find(|n| replica.schema().and_then(|s| s.table(n)).is_none()) {
-                return Err(Error::Schema(format!(
-                    "table '{unknown}' is not in the server's schema; the tables are: {}",
+                return Err(Error::Config(format!(
+                    "table '{unknown}' (in --tables) is not in the server's schema; the tables are: {}",
                     replica.schema().map(|s| s.table_names().join(", ")).unwrap_or_default()
                 )));
             }

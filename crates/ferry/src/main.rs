@@ -1137,6 +1137,9 @@ fn status(args: StatusArgs) -> Result<()> {
         println!("replica      {}", args.db.display());
         println!("server       {}", s.server.as_deref().unwrap_or("none (never synced)"));
         println!("connection   {}", s.connection.as_deref().unwrap_or("no engine has run (ferry sync --watch)"));
+        if let Some(why) = &s.stopped_because {
+            println!("stopped      {why}");
+        }
         println!("user         {}", s.user_id.as_deref().unwrap_or("-"));
         println!("last sync    {}", s.last_sync.as_deref().unwrap_or("never"));
         println!("pending      {} rows ({} writes not yet stamped)", s.pending, s.unstamped);

@@ -32,6 +32,9 @@ pub struct Status {
     /// The connection state last reported by a running engine (`ferry sync --watch`):
     /// CONNECTED, DEGRADED, DISCONNECTED, RECONNECTING, OFFLINE_ONLY, or STOPPED.
     pub connection: Option<String>,
+    /// Why the engine stopped, when a failure that trying again cannot mend stopped it (a
+    /// revoked token, a replica of another user, a table the server does not have).
+    pub stopped_because: Option<String>,
     /// The file queue: files to upload or download, bytes pending.
     pub files: FileQueue,
 }
@@ -49,7 +52,6 @@ impl Replica {
             (s, _) => s,
         })
     }
-
 
     /// Records a finished sync.
     pub fn record_sync(&self) -> Result<()> {
@@ -82,6 +84,7 @@ impl Replica {
             failed: count("SELECT count(*) FROM _ferry_failed")?,
             refused_pulls: count("SELECT count(*) FROM _ferry_pull_refused")?,
             connection: self.connection_state()?,
+            stopped_because: self.meta(crate::engine::STOPPED_BECAUSE)?.filter(|why| !why.is_empty()),
             files: self.file_queue_totals()?,
             last_sync: self.meta("last_sync")?,
             cursor: self.meta("cursor")?.unwrap_or_else(|| "0".into()),

@@ -214,3 +214,31 @@ fn without_a_server_the_watch_runs_offline_only_and_says_so() {
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     assert!(child.wait().unwrap().success(), "Ctrl-C stops it cleanly");
 }
+
+/// A failure that trying again cannot mend stops the engine instead of retrying forever:
+/// here the device's token is revoked while it watches. The engine says why, exits with an
+/// error, and `ferry status` shows STOPPED with the reason.
+#[test]
+fn a_revoked_token_stops_the_engine_with_the_reason() {
+    let p = Pair::new();
+    let mut watch = Watch::start(&p.env, &p.server, "laptop.db", &p.laptop, &["--interval", "1s"]);
+    watch.connected();
+    p.env.ok_all(&["token", "revoke", "--user", "alice", "--device", "laptop", "-c", &p.env.config()]);
+    let stopped = watch.until("the engine stopping", |v| v["event"] == "state" && v["to"] == "STOPPED");
+    assert!(stopped["why"].as_str().unwrap_or_default().contains("401"), "{stopped}");
+    // It exits by itself, with an error.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = watch.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "ferry sync --watch still runs after STOPPED");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let db = p.env.path("laptop.db").display().to_string();
+    let out = p.env.run(&["status", "--db", &db, "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["connection"], "STOPPED", "{s}");
+    assert!(s["stopped_because"].as_str().unwrap_or_default().contains("401"), "{s}");
+}
