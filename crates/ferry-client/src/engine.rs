@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::remote::Remote;
-use crate::replica::Replica;
+use crate::replica::{Key, Replica};
 use crate::sync::{Progress, SyncOptions, SyncReport};
 
 /// The engine's view of its connection to the server.
@@ -198,9 +198,6 @@ enum StreamNews {
 ///
 /// # Errors
 /// Only when the replica file itself fails; network and server failures are retried.
-/// The replica's meta key for why the engine last stopped on a failure (empty: it did not).
-pub(crate) const STOPPED_BECAUSE: &str = "engine_stopped_because";
-
 pub async fn run(
     mut replica: Replica,
     opts: EngineOptions,
@@ -208,14 +205,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Replica> {
     tokio::pin!(shutdown);
-    let _ = replica.set_meta(STOPPED_BECAUSE, "");
+    let _ = replica.set_meta(Key::EngineStoppedBecause, "");
     let mut state = ConnState::Reconnecting;
     let set_state = |state: &mut ConnState, to: ConnState, why: String, replica: &Replica| {
         if *state != to {
             let _ = events.send(Event::State { from: *state, to, why, at: Instant::now() });
             *state = to;
-            let _ = replica.set_meta("engine_state", to.name());
-            let _ = replica.set_meta("engine_pid", &std::process::id().to_string());
+            let _ = replica.set_meta(Key::EngineState, to.name());
+            let _ = replica.set_meta(Key::EnginePid, &std::process::id().to_string());
         }
     };
     let Some(remote) = opts.remote.clone() else {
@@ -282,7 +279,7 @@ pub async fn run(
                     // What trying again cannot mend stops the engine, saying why; a locked
                     // replica file, an unreachable server and the like are retried below.
                     Err(e) if e.is_permanent() => {
-                        let _ = replica.set_meta(STOPPED_BECAUSE, &e.to_string());
+                        let _ = replica.set_meta(Key::EngineStoppedBecause, &e.to_string());
                         set_state(&mut state, ConnState::Stopped, e.to_string(), &replica);
                         break Err(e);
                     }

@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{Error, Result};
 use crate::remote::Remote;
 pub use crate::replica::FileQueue;
-use crate::replica::Replica;
+use crate::replica::{Key, Replica};
 
 /// Transfers at once unless told otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 3;
@@ -356,13 +356,13 @@ impl Replica {
     /// # Errors
     /// When the replica cannot be written.
     pub fn pause_files(&self) -> Result<()> {
-        self.set_meta("files_paused", "1")
+        self.set_meta(Key::FilesPaused, "1")
     }
 
     /// # Errors
     /// When the replica cannot be written.
     pub fn resume_files(&self) -> Result<()> {
-        self.set_meta("files_paused", "0")?;
+        self.set_meta(Key::FilesPaused, "0")?;
         self.trigger_files()
     }
 
@@ -372,14 +372,14 @@ impl Replica {
     /// When the replica cannot be written.
     pub fn trigger_files(&self) -> Result<()> {
         self.connection().execute("UPDATE _ferry_files SET next_try = 0", [])?;
-        let n: i64 = self.meta("files_trigger")?.and_then(|s| s.parse().ok()).unwrap_or(0);
-        self.set_meta("files_trigger", &(n + 1).to_string())
+        let n: i64 = self.meta(Key::FilesTrigger)?.and_then(|s| s.parse().ok()).unwrap_or(0);
+        self.set_meta(Key::FilesTrigger, &(n + 1).to_string())
     }
 
     /// # Errors
     /// When the replica cannot be read.
     pub fn files_paused(&self) -> Result<bool> {
-        Ok(self.meta("files_paused")?.as_deref() == Some("1"))
+        Ok(self.meta(Key::FilesPaused)?.as_deref() == Some("1"))
     }
 }
 
@@ -1030,11 +1030,9 @@ pub async fn run(
     let events: Arc<dyn Fn(FileEvent) + Send + Sync> = Arc::new(events);
     let watcher = Connection::open(db).map_err(|e| Error::Local(format!("cannot open '{}': {e}", db.display())))?;
     let look = |conn: &Connection| -> (bool, String, i64) {
-        let meta = |k: &str| -> Option<String> {
-            conn.query_row("SELECT value FROM _ferry_meta WHERE key = ?1", [k], |r| r.get(0)).optional().ok().flatten()
-        };
+        let meta = |k: Key<'_>| crate::replica::meta_of(conn, k).ok().flatten();
         let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0)).unwrap_or(0);
-        (meta("files_paused").as_deref() == Some("1"), meta("files_trigger").unwrap_or_default(), version)
+        (meta(Key::FilesPaused).as_deref() == Some("1"), meta(Key::FilesTrigger).unwrap_or_default(), version)
     };
     tokio::pin!(shutdown);
     let (mut paused, mut trigger, mut version) = look(&watcher);

@@ -7,7 +7,7 @@ use ferry_policy::push;
 
 use crate::error::{Error, Result};
 use crate::remote::Remote;
-use crate::replica::{PendingRow, PulledRow, QueuePosition, Replica, Stamping};
+use crate::replica::{Key, PendingRow, PulledRow, QueuePosition, Replica, Stamping};
 
 /// Tunables of one sync.
 #[derive(Clone, Debug)]
@@ -122,7 +122,7 @@ fn batch_id() -> Result<String> {
 /// refuses to mix them afterwards (a cursor means nothing against another store).
 async fn check_identity(replica: &mut Replica, remote: &Remote) -> Result<()> {
     let me = remote.me().await?;
-    match replica.meta("user_id")? {
+    match replica.meta(Key::UserId)? {
         Some(u) if u != me.user_id => {
             return Err(Error::Mismatch(format!(
                 "this replica belongs to user {u}, but the token is for user '{}' ({}); use that user's token or a new --db file",
@@ -130,9 +130,9 @@ async fn check_identity(replica: &mut Replica, remote: &Remote) -> Result<()> {
             )));
         }
         Some(_) => {}
-        None => replica.set_meta("user_id", &me.user_id)?,
+        None => replica.set_meta(Key::UserId, &me.user_id)?,
     }
-    match replica.meta("store_id")? {
+    match replica.meta(Key::StoreId)? {
         Some(s) if s != me.store_id => {
             return Err(Error::Mismatch(format!(
                 "this replica was synced with server store {s}, but {} serves store {}; use the original server or a new --db file",
@@ -141,9 +141,9 @@ async fn check_identity(replica: &mut Replica, remote: &Remote) -> Result<()> {
             )));
         }
         Some(_) => {}
-        None => replica.set_meta("store_id", &me.store_id)?,
+        None => replica.set_meta(Key::StoreId, &me.store_id)?,
     }
-    replica.set_meta("server", remote.base())?;
+    replica.set_meta(Key::Server, remote.base())?;
     Ok(())
 }
 
@@ -195,17 +195,17 @@ fn encode_rows(replica: &Replica, rows: &[PendingRow]) -> Result<EncodedRows> {
 /// The push request (a [`ferry_protocol::PushRequest`] as JSON) for a batch's encoded rows,
 /// and the pull cursor it carries (read now: answering the previous batch may have moved it).
 fn push_request(replica: &mut Replica, rows: &EncodedRows) -> Result<(Vec<u8>, String)> {
-    let sent = replica.meta("cursor")?.unwrap_or_else(|| "0".into());
+    let sent = replica.meta(Key::Cursor)?.unwrap_or_else(|| "0".into());
     // A batch whose answer never came is sent again under the same id while its rows are
     // unchanged, so the server answers it from its record instead of applying it twice.
     let batch = match replica
-        .meta("unanswered_batch")?
+        .meta(Key::UnansweredBatch)?
         .and_then(|v| v.split_once(' ').filter(|(_, f)| *f == rows.fingerprint).map(|(id, _)| id.to_owned()))
     {
         Some(id) => id,
         None => batch_id()?,
     };
-    replica.set_meta("unanswered_batch", &format!("{batch} {}", rows.fingerprint))?;
+    replica.set_meta(Key::UnansweredBatch, &format!("{batch} {}", rows.fingerprint))?;
     Ok((ferry_protocol::push_body(&batch, Some(&sent), &rows.json), sent))
 }
 
@@ -229,7 +229,7 @@ fn acknowledge(
         .collect::<Result<Vec<_>>>()?;
     report.refused += refused.len() as u64;
     replica.acknowledge_with(rows, resp.cursor.as_deref().map(|past| (sent, past)), &refused)?;
-    replica.set_meta("unanswered_batch", "")?;
+    replica.set_meta(Key::UnansweredBatch, "")?;
     report.pushed += rows.len() as u64;
     report.pushed_changed += resp.changed as u64;
     Ok(())
@@ -370,7 +370,7 @@ async fn sync_once(
         None => None,
     };
     // One pull cursor per selection of tables.
-    let cursor_key = tables.as_ref().map_or_else(|| "cursor".to_owned(), |t| format!("cursor:{}", t.join(",")));
+    let cursor_key = tables.as_deref().map_or(Key::Cursor, Key::TablesCursor);
     // One batch is out at a time; while it is, the outbox's next chunk is stamped and the
     // next batch read and encoded, so the server's work on one batch and this replica's on
     // the next overlap.
@@ -408,7 +408,7 @@ async fn sync_once(
         batch = next;
     }
 
-    let mut cursor = replica.meta(&cursor_key)?.unwrap_or_else(|| "0".into());
+    let mut cursor = replica.meta(cursor_key)?.unwrap_or_else(|| "0".into());
     // The next page is asked for as soon as this one's cursor is known, so the server builds
     // it, and another task decodes it, while this one is applied.
     let version = schema.version.clone();
@@ -447,7 +447,7 @@ async fn sync_once(
         if more {
             next = Some(fetch(page_cursor.clone()));
         }
-        let applied = replica.apply_page(&rows, &refused, &cursor_key, &page_cursor, &opts.resolvers)?;
+        let applied = replica.apply_page(&rows, &refused, cursor_key, &page_cursor, &opts.resolvers)?;
         report.pulled += applied.received as u64;
         report.refused_pulls += applied.set_aside as u64;
         report.pulled_changed += applied.changed as u64;
@@ -573,7 +573,7 @@ mod tests {
 
         let err = sync(&mut replica, &remote, &opts, &mut |_| {}).await.unwrap_err();
         assert!(matches!(&err, Error::Schema(m) if m.contains("schema changed during this sync")), "{err}");
-        assert_eq!(replica.meta("cursor").unwrap(), None);
+        assert_eq!(replica.meta(Key::Cursor).unwrap(), None);
         assert!(replica.refused_pulls().unwrap().is_empty());
 
         let report = sync(&mut replica, &remote, &opts, &mut |_| {}).await.unwrap();
@@ -582,6 +582,6 @@ mod tests {
             replica.connection().query_row("SELECT color FROM notes WHERE id = ?1", [RED], |r| r.get(0)).unwrap();
         assert_eq!(color.as_deref(), Some("red"));
         assert!(replica.refused_pulls().unwrap().is_empty());
-        assert_eq!(replica.meta("cursor").unwrap().as_deref(), Some("1"));
+        assert_eq!(replica.meta(Key::Cursor).unwrap().as_deref(), Some("1"));
     }
 }

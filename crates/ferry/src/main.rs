@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use ferry_client::replica::Key;
 use ferry_client::{Progress, Remote, Replica, SyncOptions};
 use ferry_server::{Config, Overrides};
 use ferry_store::{AnyStore, ConflictFilter, Keep, Store};
@@ -619,7 +620,7 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Resu
         let _ = w.await;
     }
     let replica = replica?;
-    let _ = replica.set_meta("engine_state", "STOPPED");
+    let _ = replica.set_meta(Key::EngineState, "STOPPED");
     let _ = printer.await;
     eprintln!("stopped");
     Ok(())
@@ -755,7 +756,7 @@ async fn file(command: FileCommand) -> Result<()> {
 
 async fn file_sync(args: FileSyncArgs) -> Result<()> {
     let replica = open_replica(&args.db)?;
-    let Some(server) = args.server.clone().or(replica.meta("server")?) else {
+    let Some(server) = args.server.clone().or(replica.meta(Key::Server)?) else {
         bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display());
     };
     let Some(token) = args.token.as_deref() else {
@@ -835,7 +836,7 @@ async fn sync(args: SyncArgs) -> Result<()> {
         bail!("--page-rows {} must be from 1 to {}", args.page_rows, ferry_protocol::MAX_PAGE_ROWS);
     }
     let mut replica = Replica::open(&args.db)?;
-    let server = match args.server.clone().or(replica.meta("server")?) {
+    let server = match args.server.clone().or(replica.meta(Key::Server)?) {
         Some(s) => s,
         // Offline-only: the engine keeps the queue and says so.
         None if args.watch => return watch(args, replica, None).await,

@@ -12,7 +12,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use ferry_policy::settle;
 
 use super::records::{read_seen, state_from_json, state_json_row, version_json, write_seen};
-use super::{Replica, set_meta, wall_ms};
+use super::{Key, Replica, set_meta, wall_ms};
 use crate::error::{Error, Result};
 
 /// A field a client-side resolver settled (values as JSON text; `*` is the row's existence).
@@ -242,7 +242,7 @@ impl Replica {
         }
         tx.execute("DELETE FROM _ferry_refused WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM _ferry_apply", [])?;
-        set_meta(&tx, "clock", &clock.last().to_string())?;
+        set_meta(&tx, Key::Clock, &clock.last().to_string())?;
         tx.commit()?;
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! from which the next sync simply continues.
 
 mod conflicts;
+mod meta;
 mod migrations;
 mod pull;
 mod push;
@@ -20,11 +21,12 @@ use ferry_core::schema::Schema;
 use ferry_core::{Clock, Hlc, SiteId};
 use ferry_protocol::SchemaResponse;
 use ferry_sqlite::TableSql;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::capture;
 use crate::error::{Error, Result};
 
+pub use meta::Key;
 pub use conflicts::{ClientResolver, LocalConflict, Refused, ResolveFn, ResolveInput, Resolvers};
 pub use pull::{Applied, PulledRow};
 pub use push::{PendingRow, QueuePosition};
@@ -43,16 +45,11 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn get_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached("SELECT value FROM _ferry_meta WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
-}
+use meta::{get as get_meta, set as set_meta};
 
-fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO _ferry_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([key, value])?;
-    Ok(())
+/// A bookkeeping value read on a connection of its own (the file worker's).
+pub(crate) fn meta_of(conn: &Connection, key: Key<'_>) -> rusqlite::Result<Option<String>> {
+    get_meta(conn, key)
 }
 
 impl Replica {
@@ -65,14 +62,14 @@ impl Replica {
             ferry_sqlite::open(path).map_err(|e| Error::Local(format!("cannot open '{}': {e}", path.display())))?;
         ferry_sqlite::ensure_rows_table(&conn)?;
         migrations::migrate(&mut conn)?;
-        if get_meta(&conn, "site")?.is_none() {
+        if get_meta(&conn, Key::Site)?.is_none() {
             let mut b = [0u8; 8];
             getrandom::fill(&mut b).map_err(|e| Error::Local(format!("no randomness: {e}")))?;
             let site = SiteId::from_bytes(b);
-            set_meta(&conn, "site", &site.to_string())?;
+            set_meta(&conn, Key::Site, &site.to_string())?;
         }
         let mut replica = Replica { conn, path: path.to_owned(), schema: None, tables: HashMap::new() };
-        if let Some(json) = get_meta(&replica.conn, "schema")? {
+        if let Some(json) = get_meta(&replica.conn, Key::Schema)? {
             let resp: SchemaResponse =
                 serde_json::from_str(&json).map_err(|e| Error::Local(format!("stored schema is unreadable: {e}")))?;
             replica.set_schema(resp.to_schema().map_err(|e| Error::Local(format!("stored schema: {e}")))?);
@@ -102,20 +99,21 @@ impl Replica {
         self.schema.as_ref()
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+    /// A bookkeeping value.
+    pub fn meta(&self, key: Key<'_>) -> Result<Option<String>> {
         Ok(get_meta(&self.conn, key)?)
     }
 
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+    pub fn set_meta(&self, key: Key<'_>, value: &str) -> Result<()> {
         Ok(set_meta(&self.conn, key, value)?)
     }
 
     pub(super) fn clock(tx: &Connection) -> Result<Clock> {
-        let site: SiteId = get_meta(tx, "site")?
+        let site: SiteId = get_meta(tx, Key::Site)?
             .ok_or_else(|| Error::Local("replica has no site id".into()))?
             .parse()
             .map_err(|e| Error::Local(format!("stored site id: {e}")))?;
-        let last = match get_meta(tx, "clock")? {
+        let last = match get_meta(tx, Key::Clock)? {
             Some(s) => s.parse().map_err(|e| Error::Local(format!("stored clock: {e}")))?,
             None => Hlc::ZERO,
         };
@@ -134,7 +132,7 @@ impl Replica {
     /// When a local table differs from the schema in a way that needs more than adding a
     /// nullable column; the message names both schema versions and each difference.
     pub fn install_schema(&mut self, resp: &SchemaResponse) -> Result<Vec<String>> {
-        let stored = get_meta(&self.conn, "schema_version")?;
+        let stored = get_meta(&self.conn, Key::SchemaVersion)?;
         let same_version = stored.as_deref() == Some(resp.version.as_str());
         if same_version && self.capture_is_intact()? {
             return Ok(Vec::new());
@@ -168,8 +166,8 @@ impl Replica {
             done.push("reinstalled missing capture triggers".to_owned());
         }
         let json = serde_json::to_string(resp).expect("schema serializes");
-        set_meta(&tx, "schema", &json)?;
-        set_meta(&tx, "schema_version", &resp.version)?;
+        set_meta(&tx, Key::Schema, &json)?;
+        set_meta(&tx, Key::SchemaVersion, &resp.version)?;
         tx.commit()?;
         self.set_schema(schema);
         Ok(done)

@@ -8,7 +8,7 @@ use ferry_policy::pull::{self, Action, Found, Settler};
 
 use super::conflicts::Resolvers;
 use super::records::{read_seen, register_json, state_from_json, state_json_row, take_held, write_seen};
-use super::{Replica, set_meta, wall_ms};
+use super::{Key, Replica, set_meta, wall_ms};
 use crate::error::{Error, Result};
 
 /// A pulled row to merge in.
@@ -38,7 +38,7 @@ impl Replica {
 
     /// As [`Replica::apply`], settling conflicts with local unpushed changes by `resolvers`.
     pub fn apply_with(&mut self, rows: &[PulledRow], cursor: &str, resolvers: &Resolvers) -> Result<Applied> {
-        self.apply_page(rows, &[], "cursor", cursor, resolvers)
+        self.apply_page(rows, &[], Key::Cursor, cursor, resolvers)
     }
 
     /// As [`Replica::apply_with`], storing the cursor under `cursor_key` (a selective sync
@@ -53,7 +53,7 @@ impl Replica {
         &mut self,
         rows: &[PulledRow],
         refused: &[ferry_protocol::RefusedPull],
-        cursor_key: &str,
+        cursor_key: Key<'_>,
         cursor: &str,
         resolvers: &Resolvers,
     ) -> Result<Applied> {
@@ -101,7 +101,7 @@ impl Replica {
         &mut self,
         rows: &[PulledRow],
         refused: &[ferry_protocol::RefusedPull],
-        cursor: Option<(&str, &str)>,
+        cursor: Option<(Key<'_>, &str)>,
         resolvers: &Resolvers,
         now: u64,
     ) -> Result<Applied> {
@@ -229,7 +229,7 @@ impl Replica {
             }
         }
         tx.execute("DELETE FROM _ferry_apply", [])?;
-        set_meta(&tx, "clock", &clock.last().to_string())?;
+        set_meta(&tx, Key::Clock, &clock.last().to_string())?;
         if let Some((cursor_key, cursor)) = cursor {
             set_meta(&tx, cursor_key, cursor)?;
         }
@@ -279,11 +279,11 @@ mod tests {
         let ahead = now + 2 * MAX_DRIFT_MS;
         let other = PulledRow { key: "0190f5a2-7c1e-7d3a-9b1f-000000000001".into(), ..note("other", now) };
         let applied = replica
-            .apply_rows(&[note("ahead", ahead), other], &[], Some(("cursor", "7")), &Resolvers::default(), now)
+            .apply_rows(&[note("ahead", ahead), other], &[], Some((Key::Cursor, "7")), &Resolvers::default(), now)
             .unwrap();
         assert_eq!((applied.set_aside, applied.changed), (1, 1));
         assert_eq!(titles(&replica), ["other"]);
-        assert_eq!(replica.meta("cursor").unwrap().as_deref(), Some("7"));
+        assert_eq!(replica.meta(Key::Cursor).unwrap().as_deref(), Some("7"));
         let kept = replica.refused_pulls().unwrap();
         assert_eq!((kept.len(), kept[0].key.as_str()), (1, KEY));
         assert!(kept[0].message.contains("ahead of this replica's wall clock"), "{kept:?}");
@@ -298,7 +298,7 @@ mod tests {
         assert_eq!((retried.set_aside, retried.changed), (0, 1));
         assert_eq!(titles(&replica), ["ahead", "other"]);
         assert_eq!(replica.status().unwrap().refused_pulls, 0);
-        assert_eq!(replica.meta("cursor").unwrap().as_deref(), Some("7"));
+        assert_eq!(replica.meta(Key::Cursor).unwrap().as_deref(), Some("7"));
     }
 
     /// A replica whose set-aside table predates the kept state gains the column on opening.
@@ -312,7 +312,7 @@ mod tests {
         let mut replica = replica(&dir);
         let now = wall_ms();
         let applied = replica
-            .apply_page(&[note("ahead", now + 2 * MAX_DRIFT_MS)], &[], "cursor", "1", &Resolvers::default())
+            .apply_page(&[note("ahead", now + 2 * MAX_DRIFT_MS)], &[], Key::Cursor, "1", &Resolvers::default())
             .unwrap();
         assert_eq!(applied.set_aside, 1);
     }
@@ -328,13 +328,13 @@ mod tests {
             key: KEY.into(),
             reason: format!("notes '{KEY}': column 'title' has a value but the zero clock"),
         };
-        let applied = replica.apply_page(&[], &[refused], "cursor", "3", &Resolvers::default()).unwrap();
+        let applied = replica.apply_page(&[], &[refused], Key::Cursor, "3", &Resolvers::default()).unwrap();
         assert_eq!(applied.set_aside, 1);
         let retried = replica.retry_pulled(&Resolvers::default()).unwrap();
         assert_eq!(retried, Applied::default());
         assert_eq!(replica.refused_pulls().unwrap().len(), 1);
 
-        replica.apply_page(&[note("mended", wall_ms())], &[], "cursor", "4", &Resolvers::default()).unwrap();
+        replica.apply_page(&[note("mended", wall_ms())], &[], Key::Cursor, "4", &Resolvers::default()).unwrap();
         assert_eq!(titles(&replica), ["mended"]);
         assert!(replica.refused_pulls().unwrap().is_empty());
     }

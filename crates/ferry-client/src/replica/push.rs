@@ -13,7 +13,7 @@ use ferry_policy::push;
 use super::records::{parse_base, parse_seen, state_json_row, take_held, write_seen};
 use super::pull::PulledRow;
 use super::stamp::Stamping;
-use super::{Replica, get_meta, set_meta};
+use super::{Key, Replica, get_meta, set_meta};
 use crate::error::{Error, Result};
 
 /// One row ready to push: its table, key, whole state, and the stamp it was read at.
@@ -168,9 +168,9 @@ impl Replica {
         let rows: Vec<&PendingRow> =
             rows.iter().filter(|r| !refused_keys.contains(&(r.table.as_str(), r.key.as_str()))).collect();
         if let Some((sent, past)) = cursor
-            && let Some(past) = push::cursor_after(get_meta(&tx, "cursor")?.as_deref().unwrap_or("0"), sent, Some(past))
+            && let Some(past) = push::cursor_after(get_meta(&tx, Key::Cursor)?.as_deref().unwrap_or("0"), sent, Some(past))
         {
-            set_meta(&tx, "cursor", past)?;
+            set_meta(&tx, Key::Cursor, past)?;
         }
         let any_held: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_held)", [], |r| r.get(0))?;
         let any_failed: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_failed)", [], |r| r.get(0))?;

@@ -9,7 +9,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use ferry_policy::stamp::{self, Captured};
 
 use super::records::{change_json, parse_base, parse_seen};
-use super::{Replica, get_meta, set_meta, wall_ms};
+use super::{Key, Replica, get_meta, set_meta, wall_ms};
 use crate::capture;
 use crate::error::{Error, Result};
 
@@ -160,8 +160,8 @@ impl Replica {
     /// A fresh pending mark: greater than every mark handed out before, so acknowledging a
     /// push (which clears only the mark it read) never clears a later change.
     pub(super) fn next_stamp(tx: &Connection) -> Result<i64> {
-        let stamp = get_meta(tx, "stamp")?.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0) + 1;
-        set_meta(tx, "stamp", &stamp.to_string())?;
+        let stamp = get_meta(tx, Key::Stamp)?.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0) + 1;
+        set_meta(tx, Key::Stamp, &stamp.to_string())?;
         Ok(stamp)
     }
 
@@ -184,7 +184,7 @@ impl Replica {
         meta.alive = false;
         let extra = Extra { pending: meta.pending, ..Extra::default() };
         ferry_sqlite::write_meta(tx, ts, pk, &state, Some("{}"), &extra)?;
-        set_meta(tx, "clock", &clock.last().to_string())?;
+        set_meta(tx, Key::Clock, &clock.last().to_string())?;
         Ok(Some((state, meta)))
     }
 
@@ -300,7 +300,7 @@ impl Replica {
             ferry_sqlite::write_meta(tx, ts, pk, &state, dead.as_deref(), &extra)?;
         }
         tx.execute("DELETE FROM _ferry_outbox WHERE rowid <= ?1", [last_rowid])?;
-        set_meta(tx, "clock", &clock.last().to_string())?;
+        set_meta(tx, Key::Clock, &clock.last().to_string())?;
         Ok((count, Some(last_rowid)))
     }
 

@@ -1,6 +1,6 @@
 //! What `ferry status` shows of a replica.
 
-use super::Replica;
+use super::{Key, Replica};
 use crate::error::Result;
 
 /// What `ferry status` shows.
@@ -43,8 +43,8 @@ impl Replica {
     /// The state a running engine last reported; an engine process that is gone without
     /// saying so (killed) reads as STOPPED.
     fn connection_state(&self) -> Result<Option<String>> {
-        let state = self.meta("engine_state")?;
-        let pid = self.meta("engine_pid")?.and_then(|p| p.parse::<u32>().ok());
+        let state = self.meta(Key::EngineState)?;
+        let pid = self.meta(Key::EnginePid)?.and_then(|p| p.parse::<u32>().ok());
         Ok(match (state, pid) {
             (Some(s), Some(pid)) if s != "STOPPED" && !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
                 Some("STOPPED".to_owned())
@@ -56,9 +56,9 @@ impl Replica {
     /// Records a finished sync.
     pub fn record_sync(&self) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO _ferry_meta (key, value) VALUES ('last_sync', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+            "INSERT INTO _ferry_meta (key, value) VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [],
+            [Key::LastSync.name()],
         )?;
         Ok(())
     }
@@ -84,17 +84,17 @@ impl Replica {
             failed: count("SELECT count(*) FROM _ferry_failed")?,
             refused_pulls: count("SELECT count(*) FROM _ferry_pull_refused")?,
             connection: self.connection_state()?,
-            stopped_because: self.meta(crate::engine::STOPPED_BECAUSE)?.filter(|why| !why.is_empty()),
+            stopped_because: self.meta(Key::EngineStoppedBecause)?.filter(|why| !why.is_empty()),
             files: self.file_queue_totals()?,
-            last_sync: self.meta("last_sync")?,
-            cursor: self.meta("cursor")?.unwrap_or_else(|| "0".into()),
+            last_sync: self.meta(Key::LastSync)?,
+            cursor: self.meta(Key::Cursor)?.unwrap_or_else(|| "0".into()),
             conflicts: count("SELECT count(*) FROM _ferry_conflicts")?,
             rejected: count("SELECT count(*) FROM _ferry_rejected")?,
-            user_id: self.meta("user_id")?,
-            server: self.meta("server")?,
-            store_id: self.meta("store_id")?,
-            site_id: self.meta("site")?.unwrap_or_default(),
-            schema_version: self.meta("schema_version")?,
+            user_id: self.meta(Key::UserId)?,
+            server: self.meta(Key::Server)?,
+            store_id: self.meta(Key::StoreId)?,
+            site_id: self.meta(Key::Site)?.unwrap_or_default(),
+            schema_version: self.meta(Key::SchemaVersion)?,
             tables: self
                 .schema
                 .as_ref()
