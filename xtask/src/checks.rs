@@ -115,13 +115,32 @@ fn wire_types_live_in_the_protocol(problems: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// The client makes HTTP calls in `remote.rs` only: no other file of it builds a client.
+fn http_calls_go_through_remote(problems: &mut Vec<String>) -> Result<()> {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates/ferry-client/src"), &mut files);
+    for file in files.iter().filter(|f| !f.ends_with("remote.rs")) {
+        let text = std::fs::read_to_string(file)?;
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("reqwest::Client") {
+                problems.push(format!("{}:{}: an HTTP client outside ferry-client's remote.rs", file.display(), n + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     let mut problems = Vec::new();
     pure_crates_do_no_io(&mut problems)?;
     wire_types_live_in_the_protocol(&mut problems)?;
+    http_calls_go_through_remote(&mut problems)?;
     if !problems.is_empty() {
         bail!("{} invariant(s) broken:\n  {}", problems.len(), problems.join("\n  "));
     }
-    eprintln!("invariants hold: {} do no I/O; wire types live in ferry-protocol", PURE.join(" and "));
+    eprintln!(
+        "invariants hold: {} do no I/O; wire types live in ferry-protocol; the client's HTTP calls in remote.rs",
+        PURE.join(" and ")
+    );
     Ok(())
 }
