@@ -7,6 +7,8 @@ use anyhow::Result;
 use ferry_store::{AnyStore, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cli::AuditArgs;
+
 /// A stored row that breaks a rule, and the rule in the words a device would see.
 #[derive(serde::Serialize)]
 pub struct Finding {
@@ -43,7 +45,9 @@ pub async fn scan(store: &AnyStore, progress: &ProgressBar) -> Result<(u64, Vec<
 }
 
 /// `ferry audit`: prints each bad row (or one JSON document) and fails when there is one.
-pub async fn run(store: &AnyStore, json: bool) -> Result<()> {
+pub async fn run(args: AuditArgs) -> Result<()> {
+    let (_, store) = args.server.open_store().await?;
+    let json = args.json;
     let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::hidden()
     } else {
@@ -51,7 +55,7 @@ pub async fn run(store: &AnyStore, json: bool) -> Result<()> {
     };
     bar.set_style(ProgressStyle::with_template("{spinner} audit {pos} rows {per_sec}").expect("template"));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let (rows, found) = scan(store, &bar).await?;
+    let (rows, found) = scan(&store, &bar).await?;
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::json!({ "rows": rows, "bad": found }));
