@@ -1,5 +1,5 @@
 //! Ferry's pure core: hybrid logical clocks, the row merge rule, values, and the schema
-//! (parsing, type mapping, validation, generated DDL).
+//! (parsing, canonical text, value checks). The stores write their own DDL from it.
 //!
 //! Nothing here does I/O: no SQLite, no PostgreSQL, no sockets, no system clock. Time
 //! comes in as an argument. That is what lets the tests replay any interleaving of

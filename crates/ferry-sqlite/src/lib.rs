@@ -11,6 +11,8 @@
 //! (device or server) it runs on. Identifiers come only from the parsed schema and are
 //! always quoted; values are always bound, never spliced.
 
+pub mod ddl;
+
 use std::collections::BTreeMap;
 
 use ferry_core::schema::{Table, quote};
@@ -461,17 +463,17 @@ pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec
         .and_then(|rows| rows.collect())
         .map_err(|e| e.to_string())?;
     if existing.is_empty() {
-        conn.execute_batch(&table.sqlite_ddl()).map_err(|e| format!("creating table '{}': {e}", table.name))?;
+        conn.execute_batch(&ddl::create_table(table)).map_err(|e| format!("creating table '{}': {e}", table.name))?;
         return Ok(vec![format!("created table '{}'", table.name)]);
     }
     let mut problems = Vec::new();
     let mut added = Vec::new();
     for col in &table.columns {
         match existing.iter().find(|(n, ..)| n == &col.name) {
-            Some((_, ty, _)) if !ty.eq_ignore_ascii_case(col.ty.sqlite()) => problems.push(format!(
+            Some((_, ty, _)) if !ty.eq_ignore_ascii_case(ddl::column_type(col.ty)) => problems.push(format!(
                 "column '{}' is {ty} in the file but {} ({}) in the schema",
                 col.name,
-                col.ty.sqlite(),
+                ddl::column_type(col.ty),
                 col.ty.name()
             )),
             Some((_, _, pk)) if (*pk > 0) != (col.name == table.pk_column().name) => {
@@ -500,7 +502,7 @@ pub fn ensure_table(conn: &Connection, table: &Table) -> std::result::Result<Vec
     let mut done = Vec::new();
     for col in added {
         let i = table.column_index(&col.name).expect("column of the table");
-        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {}", quote(&table.name), table.sqlite_column_def(i)))
+        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {}", quote(&table.name), ddl::column_def(table, i)))
             .map_err(|e| format!("adding column '{}' to '{}': {e}", col.name, table.name))?;
         done.push(format!("added column '{}' to '{}'", col.name, table.name));
     }
@@ -522,7 +524,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(ROWS_DDL).unwrap();
         let t = &schema.tables[0];
-        conn.execute_batch(&t.sqlite_ddl()).unwrap();
+        conn.execute_batch(&ddl::create_table(t)).unwrap();
         (conn, TableSql::new(t))
     }
 

@@ -133,11 +133,8 @@ fn csv(n: usize, user: &str) -> String {
 }
 
 fn logical_replication(n: usize) -> Duration {
-    let ddl = ferry_core::schema::Schema::parse(&example("schema.sql"), &Default::default())
-        .unwrap()
-        .table("jump_log")
-        .unwrap()
-        .postgres_ddl();
+    let schema = ferry_core::schema::Schema::parse(&example("schema.sql"), &Default::default()).unwrap();
+    let ddl = ferry_store::PgStore::create_table_sql(schema.table("jump_log").unwrap());
     let publisher = ferry_pgtemp::PgCluster::start().unwrap();
     publisher.psql("postgres", "ALTER SYSTEM SET wal_level = logical").unwrap();
     publisher.stop().unwrap();

@@ -177,7 +177,7 @@ fn sqlite_import(d: &Path) -> Duration {
     let path = d.join("baseline.db");
     let _ = std::fs::remove_file(&path);
     let mut base = ferry_sqlite::open(&path).unwrap();
-    base.execute_batch(&table.sqlite_ddl()).unwrap();
+    base.execute_batch(&ferry_sqlite::ddl::create_table(&table)).unwrap();
     let cols = table.column_names().iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
     let marks = (1..=table.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
     let start = Instant::now();
@@ -210,7 +210,7 @@ fn capture(n: usize) {
     for round in 0..3 {
         let plain_path = dir.path().join(format!("plain{round}.db"));
         let mut plain = ferry_sqlite::open(&plain_path).unwrap();
-        plain.execute_batch(&table.sqlite_ddl()).unwrap();
+        plain.execute_batch(&ferry_sqlite::ddl::create_table(&table)).unwrap();
         plain_t.push(insert_rows(&mut plain, n, "u"));
 
         let path = dir.path().join(format!("captured{round}.db"));
@@ -429,7 +429,7 @@ fn postgres(n: usize) {
 fn copy_baseline(cluster: &ferry_pgtemp::PgCluster, d: &Path) -> (Duration, Duration) {
     let (table, rows, _) = seeded_rows(d);
     cluster.create_db("baseline").unwrap();
-    cluster.psql("baseline", &table.postgres_ddl()).unwrap();
+    cluster.psql("baseline", &ferry_store::PgStore::create_table_sql(&table)).unwrap();
     let csv = cluster.dir().join("rows.csv");
     let text: String = rows
         .iter()

@@ -77,15 +77,7 @@ impl Table {
             }
             return Ok(());
         }
-        let expected = column.ty.sqlite();
-        let class_ok = matches!(
-            (expected, value),
-            ("TEXT", Value::Text(_))
-                | ("INTEGER", Value::Integer(_))
-                | ("REAL", Value::Real(_))
-                | ("BLOB", Value::Blob(_))
-        );
-        if !class_ok {
+        if !kind_fits(column.ty, value) {
             return fail(format!("expects {}, got {}", column.ty.name(), value.kind()));
         }
         match (column.ty, value) {
@@ -133,6 +125,19 @@ impl Table {
             return fail(format!("allows only {}, got '{s}'", allowed.join(", ")));
         }
         Ok(())
+    }
+}
+
+/// Whether `value` is of the kind that columns of type `ty` hold (the storage class SQLite
+/// keeps them in).
+fn kind_fits(ty: ColType, value: &Value) -> bool {
+    match ty {
+        ColType::Uuid | ColType::Text | ColType::Timestamptz | ColType::Date | ColType::Json => {
+            matches!(value, Value::Text(_))
+        }
+        ColType::Integer | ColType::BigInt | ColType::Boolean => matches!(value, Value::Integer(_)),
+        ColType::Real => matches!(value, Value::Real(_)),
+        ColType::Blob => matches!(value, Value::Blob(_)),
     }
 }
 

@@ -2,10 +2,11 @@
 //! sync options, is the source of truth for every replica.
 //!
 //! This module holds the schema's types, its canonical text and fingerprint, and the SQL
-//! quoting every dialect shares. [`parse`] reads the subset and refuses what Ferry cannot
-//! sync safely (with the table and the fix in the message); [`checks`] holds the rules a
-//! value must follow to be stored alike in every store. The subset and the type mapping are
-//! documented in `docs/schema.md`; keep the two in step.
+//! quoting every dialect shares. `parse` reads the subset and refuses what Ferry cannot sync
+//! safely (with the table and the fix in the message); `checks` holds the rules a value must
+//! follow to be stored alike in every store. It writes no dialect's DDL: each store maps the
+//! logical types to its own (`ferry_sqlite::ddl`, and `postgres/ddl.rs` in `ferry-store`).
+//! The subset and the type mapping are documented in `docs/schema.md`; keep the two in step.
 
 mod checks;
 mod parse;
@@ -48,35 +49,9 @@ impl ColType {
         }
     }
 
-    /// The SQLite column type (its storage class affinity).
-    pub fn sqlite(self) -> &'static str {
-        match self {
-            ColType::Uuid | ColType::Text | ColType::Timestamptz | ColType::Date | ColType::Json => "TEXT",
-            ColType::Integer | ColType::BigInt | ColType::Boolean => "INTEGER",
-            ColType::Real => "REAL",
-            ColType::Blob => "BLOB",
-        }
-    }
-
-    /// The PostgreSQL column type.
-    pub fn postgres(self) -> &'static str {
-        match self {
-            ColType::Uuid => "uuid",
-            ColType::Text => "text",
-            ColType::Integer => "integer",
-            ColType::BigInt => "bigint",
-            ColType::Real => "double precision",
-            ColType::Boolean => "boolean",
-            ColType::Timestamptz => "timestamptz",
-            ColType::Date => "date",
-            ColType::Json => "jsonb",
-            ColType::Blob => "bytea",
-        }
-    }
-
-    /// Whether values of this type are kept as SQLite TEXT.
+    /// Whether values of this type are kept as text ([`Value::Text`]).
     pub fn is_textual(self) -> bool {
-        self.sqlite() == "TEXT"
+        matches!(self, ColType::Uuid | ColType::Text | ColType::Timestamptz | ColType::Date | ColType::Json)
     }
 }
 /// One column of a synced table.
@@ -215,7 +190,7 @@ impl Schema {
                 if i == t.pk {
                     out.push_str(" PRIMARY KEY");
                 }
-                column_rules(&mut out, c, |v| literal(v, c.ty, Dialect::Portable));
+                out.push_str(&c.rules_sql(|v| literal(v, c.ty)));
                 if c.unique && i != t.pk {
                     out.push_str(" UNIQUE");
                 }
@@ -251,39 +226,35 @@ impl Schema {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Dialect {
-    Portable,
-    Sqlite,
-    Postgres,
+impl Column {
+    /// The column's rules as they follow its type in `CREATE TABLE`, in every dialect:
+    /// ` NOT NULL`, ` DEFAULT …` and ` CHECK (… IN (…))`. `literal` renders the default, the
+    /// one part that differs between dialects.
+    pub fn rules_sql(&self, literal: impl Fn(&Value) -> String) -> String {
+        let mut out = String::new();
+        if self.not_null {
+            out.push_str(" NOT NULL");
+        }
+        if let Some(d) = &self.default {
+            let _ = write!(out, " DEFAULT {}", literal(d));
+        }
+        if let Some(allowed) = &self.allowed {
+            let list: Vec<String> = allowed.iter().map(|a| quote_literal(a)).collect();
+            let _ = write!(out, " CHECK ({} IN ({}))", quote(&self.name), list.join(", "));
+        }
+        out
+    }
 }
 
-fn column_rules(out: &mut String, c: &Column, lit: impl Fn(&Value) -> String) {
-    if c.not_null {
-        out.push_str(" NOT NULL");
-    }
-    if let Some(d) = &c.default {
-        let _ = write!(out, " DEFAULT {}", lit(d));
-    }
-    if let Some(allowed) = &c.allowed {
-        let list: Vec<String> = allowed.iter().map(|a| quote_literal(a)).collect();
-        let _ = write!(out, " CHECK ({} IN ({}))", quote(&c.name), list.join(", "));
-    }
-}
-
-fn literal(v: &Value, ty: ColType, dialect: Dialect) -> String {
-    match (v, ty, dialect) {
-        (Value::Integer(i), ColType::Boolean, Dialect::Portable | Dialect::Postgres) => {
-            (if *i != 0 { "true" } else { "false" }).to_owned()
-        }
-        (Value::Null, ..) => "NULL".into(),
-        (Value::Integer(i), ..) => i.to_string(),
-        (Value::Real(r), ..) => format!("{r:?}"),
-        (Value::Text(s), ..) => quote_literal(s),
-        (Value::Blob(b), _, Dialect::Postgres) => {
-            format!("'\\x{}'", crate::value::to_hex(b))
-        }
-        (Value::Blob(b), ..) => format!("X'{}'", crate::value::to_hex(b)),
+/// A default value in the canonical text: booleans as `true`/`false`, blobs as `X'…'`.
+fn literal(v: &Value, ty: ColType) -> String {
+    match (v, ty) {
+        (Value::Integer(i), ColType::Boolean) => (if *i != 0 { "true" } else { "false" }).to_owned(),
+        (Value::Null, _) => "NULL".into(),
+        (Value::Integer(i), _) => i.to_string(),
+        (Value::Real(r), _) => format!("{r:?}"),
+        (Value::Text(s), _) => quote_literal(s),
+        (Value::Blob(b), _) => format!("X'{}'", crate::value::to_hex(b)),
     }
 }
 
@@ -328,45 +299,5 @@ impl Table {
     /// The columns other than the primary key, in schema order.
     pub fn data_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().enumerate().filter(move |(i, _)| *i != self.pk).map(|(_, c)| c)
-    }
-
-    /// `CREATE TABLE IF NOT EXISTS` for SQLite.
-    pub fn sqlite_ddl(&self) -> String {
-        self.ddl(Dialect::Sqlite)
-    }
-
-    /// `CREATE TABLE IF NOT EXISTS` for PostgreSQL.
-    pub fn postgres_ddl(&self) -> String {
-        self.ddl(Dialect::Postgres)
-    }
-
-    fn ddl(&self, dialect: Dialect) -> String {
-        let defs: Vec<String> = (0..self.columns.len()).map(|i| self.column_def(i, dialect)).collect();
-        format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(&self.name), defs.join(", "))
-    }
-
-    /// The SQLite definition of column `i` as in `CREATE TABLE` (and `ALTER TABLE ADD COLUMN`).
-    pub fn sqlite_column_def(&self, i: usize) -> String {
-        self.column_def(i, Dialect::Sqlite)
-    }
-
-    /// The PostgreSQL definition of column `i` as in `CREATE TABLE` (and `ALTER TABLE ADD COLUMN`).
-    pub fn postgres_column_def(&self, i: usize) -> String {
-        self.column_def(i, Dialect::Postgres)
-    }
-
-    fn column_def(&self, i: usize, dialect: Dialect) -> String {
-        let c = &self.columns[i];
-        let ty = match (dialect, c.ty, c.max_len) {
-            (Dialect::Postgres, ColType::Text, Some(n)) => format!("varchar({n})"),
-            (Dialect::Postgres, ty, _) => ty.postgres().to_owned(),
-            (_, ty, _) => ty.sqlite().to_owned(),
-        };
-        let mut out = format!("{} {ty}", quote(&c.name));
-        if i == self.pk {
-            out.push_str(" PRIMARY KEY");
-        }
-        column_rules(&mut out, c, |v| literal(v, c.ty, dialect));
-        out
     }
 }

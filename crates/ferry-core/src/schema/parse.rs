@@ -613,20 +613,6 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn generates_ddl_for_both_stores() {
-        let s = parse(JUMPS).unwrap();
-        let t = s.table("jump_log").unwrap();
-        let lite = t.sqlite_ddl();
-        assert!(lite.contains("\"id\" TEXT PRIMARY KEY NOT NULL"), "{lite}");
-        assert!(lite.contains("\"visible\" INTEGER NOT NULL DEFAULT 0"), "{lite}");
-        assert!(lite.contains("\"video\" BLOB"), "{lite}");
-        let pg = t.postgres_ddl();
-        assert!(pg.contains("\"id\" uuid PRIMARY KEY"), "{pg}");
-        assert!(pg.contains("\"visible\" boolean NOT NULL DEFAULT false"), "{pg}");
-        assert!(pg.contains("\"kind\" varchar(20)"), "{pg}");
-    }
-
-    #[test]
     fn a_table_without_a_primary_key_is_refused_with_the_fix() {
         let err = parse("CREATE TABLE notes (body text);").unwrap_err();
         assert!(err.0.contains("table 'notes' has no primary key"), "{err}");

@@ -13,6 +13,7 @@
 //! Several server processes can share one database: all state is in PostgreSQL, start-up is
 //! serialized by an advisory lock, and row updates lock their bookkeeping rows.
 
+mod ddl;
 mod sql;
 
 use std::collections::{BTreeMap, HashMap};
@@ -225,23 +226,6 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("cannot get a PostgreSQL connection: {e}"))
 }
 
-/// The PostgreSQL type name (`udt_name`) a schema column must have.
-fn udt(ty: ColType, max_len: Option<u32>) -> &'static str {
-    match ty {
-        ColType::Uuid => "uuid",
-        ColType::Text if max_len.is_some() => "varchar",
-        ColType::Text => "text",
-        ColType::Integer => "int4",
-        ColType::BigInt => "int8",
-        ColType::Real => "float8",
-        ColType::Boolean => "bool",
-        ColType::Timestamptz => "timestamptz",
-        ColType::Date => "date",
-        ColType::Json => "jsonb",
-        ColType::Blob => "bytea",
-    }
-}
-
 /// What start-up finds of an application table.
 enum Shape {
     Missing,
@@ -271,7 +255,7 @@ async fn table_shape(tx: &Transaction<'_>, table: &Table) -> std::result::Result
     let mut lacks = Vec::new();
     let find = |name: &str| existing.iter().find(|r| r.get::<_, String>(0) == name);
     for (i, col) in table.columns.iter().enumerate() {
-        let want = udt(col.ty, col.max_len);
+        let want = ddl::udt(col.ty, col.max_len);
         match find(&col.name) {
             Some(r) => {
                 let have: String = r.get(1);
@@ -561,14 +545,14 @@ async fn prepare_table(
     let mut locked = false;
     match table_shape(tx, table).await? {
         Shape::Missing => {
-            tx.batch_execute(&table.postgres_ddl()).await.map_err(push_pg)?;
+            tx.batch_execute(&ddl::create_table(table)).await.map_err(push_pg)?;
             locked = true;
         }
         Shape::Lacks(columns) if !columns.is_empty() => {
             tx.batch_execute(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE")).await.map_err(push_pg)?;
             locked = true;
             for i in columns {
-                let def = table.postgres_column_def(i);
+                let def = ddl::column_def(table, i);
                 tx.batch_execute(&format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {def}")).await.map_err(push_pg)?;
             }
         }
@@ -660,6 +644,13 @@ impl PgStore {
         Ok(PgStore {
             inner: Arc::new(Inner { pool, id, epoch, site, schema, tables, listen_cfg, notices, watching, stats }),
         })
+    }
+
+    /// The `CREATE TABLE IF NOT EXISTS` this store runs for a synced table that does not
+    /// exist yet; tests and benchmarks use it to create a table as an application's own
+    /// migration would.
+    pub fn create_table_sql(table: &Table) -> String {
+        ddl::create_table(table)
     }
 
     fn table(&self, name: &str) -> Result<&PgTable> {

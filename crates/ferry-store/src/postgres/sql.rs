@@ -9,6 +9,8 @@
 
 use ferry_core::schema::{ColType, Column, Table, fingerprint, quote, quote_literal as lit};
 
+use super::ddl::column_type;
+
 /// The plain form a column travels in between Rust and PostgreSQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wire {
@@ -61,7 +63,7 @@ fn render(col: &Column, expr: &str, texts: Option<&str>) -> String {
     match texts {
         Some(t) if keeps_text(col.ty) => format!(
             "CASE WHEN {expr} = ({t}->>{name})::{ty} THEN {t}->>{name} ELSE {canonical} END",
-            ty = col.ty.postgres()
+            ty = column_type(col.ty)
         ),
         _ => canonical,
     }
@@ -71,7 +73,7 @@ fn render(col: &Column, expr: &str, texts: Option<&str>) -> String {
 fn cast(col: &Column, expr: &str) -> String {
     match col.ty {
         ColType::Text | ColType::BigInt | ColType::Real | ColType::Boolean | ColType::Blob => expr.to_owned(),
-        ty => format!("{expr}::{}", ty.postgres()),
+        ty => format!("{expr}::{}", column_type(ty)),
     }
 }
 
@@ -518,7 +520,7 @@ fn jsonb_field(c: &Column, rec: &str, texts: &str) -> String {
         ColType::Real | ColType::Uuid | ColType::Text | ColType::Date => raw,
         ColType::Integer | ColType::BigInt | ColType::Boolean => format!("({rec}->{n})"),
         ColType::Timestamptz | ColType::Json => {
-            let typed = format!("{raw}::{}", c.ty.postgres());
+            let typed = format!("{raw}::{}", column_type(c.ty));
             render(c, &typed, Some(texts))
         }
     }

@@ -71,7 +71,7 @@ fn existing_tables_with_data_are_adopted_and_differences_are_named() {
         &Default::default(),
     )
     .unwrap();
-    env.psql(&schema.table("groups").unwrap().postgres_ddl());
+    env.psql(&ferry_store::PgStore::create_table_sql(schema.table("groups").unwrap()));
     let g = uuid();
     env.psql(&format!("INSERT INTO groups (id, name, created_by) VALUES ('{g}', 'Legacy group', '{}')", uuid()));
     env.add_user("alice");
