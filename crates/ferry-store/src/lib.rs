@@ -2,7 +2,9 @@
 //! zero set-up: one file in the data directory).
 //!
 //! A store keeps the synced tables as ordinary tables (so other programs can read them),
-//! the clocks of every row, a change feed ordered by a sequence number, users and device
+//! the clocks of every row, a change feed (the embedded store numbers changes in its one
+//! writer's commit order; the PostgreSQL store orders them by transaction snapshots, since
+//! concurrent transactions commit out of number order: docs/design.md), users and device
 //! tokens (hashed), and the record of applied push batches. It merges pushed rows with
 //! `ferry-core`'s rule and enforces ownership. It knows nothing of HTTP or JSON bodies.
 
