@@ -35,6 +35,38 @@ pub async fn pull_all(store: &PgStore, who: &Principal, from: &str) -> (BTreeMap
     }
 }
 
+/// Waits until `n` other sessions of this database wait for a lock: the pushes started
+/// beside a held transaction have reached it (a push that gives way after its lock timeout
+/// and retries waits again, so the count is looked at often).
+async fn until_waiting_for_locks(db: &Client, n: i64) {
+    until_waiting_for_locks_or(db, n, || false).await
+}
+
+/// As [`until_waiting_for_locks`], or until `done` holds (a push that needed no lock the
+/// held transaction has, and finished).
+async fn until_waiting_for_locks_or(db: &Client, n: i64, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if done() {
+            return;
+        }
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting >= n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} push(es) never waited for the held lock within 20 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 async fn setup() -> (String, PgStore, Principal, Client) {
     let url = ferry_pgtemp::PgCluster::fresh_db();
     let store = PgStore::open(&url, crate::schema()).await.unwrap();
@@ -59,7 +91,7 @@ async fn a_push_that_waits_for_a_direct_update_does_not_undo_it() {
     upd.state.update([("n".to_owned(), Value::Integer(7))], at(2, 1));
     let (s, a) = (store.clone(), ann.clone());
     let push = tokio::spawn(async move { s.push(&a, "b2", None, vec![upd]).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_waiting_for_locks(&db, 1).await;
     tx.commit().await.unwrap();
     push.await.unwrap().unwrap();
     assert_eq!(body(&db, &key(1)).await, "direct");
@@ -85,7 +117,7 @@ async fn a_push_racing_a_direct_insert_of_the_same_key_merges_with_it() {
     let row = note(2, &ann.user_id, "pushed", at(1, 1));
     let (s, a) = (store.clone(), ann.clone());
     let push = tokio::spawn(async move { s.push(&a, "p", None, vec![row]).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_waiting_for_locks(&db, 1).await;
     tx.commit().await.unwrap();
     push.await.unwrap().unwrap();
     assert_eq!(body(&db, &key(2)).await, "direct", "the newer direct insert wins");
@@ -104,10 +136,11 @@ async fn two_pushes_creating_the_same_key_keep_the_newer_one() {
     let older = note(3, &laptop.user_id, "from laptop (older)", at(50, 2));
     let (s1, p1) = (store.clone(), phone.clone());
     let a = tokio::spawn(async move { s1.push(&p1, "a", None, vec![newer]).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_waiting_for_locks(&db, 1).await;
     let (s2, p2) = (store.clone(), laptop.clone());
     let b = tokio::spawn(async move { s2.push(&p2, "b", None, vec![older]).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The laptop's push either waits behind the phone's or is through already.
+    until_waiting_for_locks_or(&db, 2, || b.is_finished()).await;
     hold.commit().await.unwrap();
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
