@@ -1,0 +1,7 @@
+//! The client's tests against real replica files: the engine on tokio's paused clock, the
+//! outbox upgrade, the push queue read in batches, and the client-side resolvers.
+
+mod engine;
+mod outbox;
+mod queue;
+mod resolvers;
