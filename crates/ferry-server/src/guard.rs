@@ -37,10 +37,17 @@ pub struct Limits {
 
 pub async fn guard(State(limits): State<Limits>, req: Request, next: Next) -> Response {
     let id = request_id();
-    let mut resp = match early_refusal(&req, limits) {
+    let early = early_refusal(&req, limits);
+    let unread_body = early.is_some();
+    let mut resp = match early {
         Some(e) => e.into_response(),
         None => next.run(req).await,
     };
+    if unread_body {
+        // The body is never read, so this connection cannot carry another request: saying so
+        // keeps a client from sending its next one into a connection that is closing.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if resp.status().is_client_error() || resp.status().is_server_error() {
         resp = json_error(resp, &id).await;
     }

@@ -81,6 +81,9 @@ fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
         assert_eq!(status, 413, "{head}");
         assert!(v["error"]["message"].as_str().unwrap().contains("limit of 65536 bytes"), "{v}");
         assert!(!head.contains("100 continue"), "{head}");
+        // The body stays unread, so the connection cannot carry another request: the answer
+        // says so, and a client does not send its next request into a closing connection.
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
     }
     // Every route with a body, and a compressed body (whose Content-Length is what arrives).
     let routes = [
@@ -148,6 +151,9 @@ fn an_upload_announced_over_the_upload_limit_is_refused_before_it_is_sent() {
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.contains("limit of 1000000 bytes") && message.contains("max_upload_bytes"), "{v}");
         assert!(!head.contains("100 continue"), "{head}");
+        // The body stays unread, so the connection cannot carry another request: the answer
+        // says so, and a client does not send its next request into a closing connection.
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
     }
 }
 
