@@ -428,6 +428,9 @@ pub enum FileEvent {
     Warning(String),
     /// Bytes moved so far in this pass, of how many known.
     Progress { bytes: u64, total: u64 },
+    /// News came (a trigger, the stream, a write to the replica) while transfers are
+    /// paused: nothing moves until `ferry file resume`.
+    Held { why: &'static str },
 }
 
 /// What [`sync_files`] did.
@@ -1094,6 +1097,16 @@ pub async fn run(
             if !paused && (woke || resumed || changed || due || retry_due || told) {
                 ignore_backoff = woke || resumed;
                 break;
+            }
+            if paused && (woke || told || changed) {
+                let why = if woke {
+                    "a trigger"
+                } else if told {
+                    "the stream's news"
+                } else {
+                    "a write to the replica"
+                };
+                events(FileEvent::Held { why });
             }
         }
     }

@@ -276,12 +276,26 @@ fn the_watch_moves_files_and_obeys_pause_resume_and_trigger() {
     let watch = |extra: &[&str]| {
         std::process::Command::new(FERRY)
             .args(["sync", "--watch", "--db", &laptop, "--server", &pair.server.url, "--token", &pair.laptop])
-            .args(["--interval", "1h", "--files-interval", "1h"])
+            .args(["--interval", "1h", "--files-interval", "1h", "--json"])
             .args(extra)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
+    };
+    // The watch's JSON lines, as they come.
+    let events = |child: &mut std::process::Child| {
+        use std::io::BufRead;
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        rx
     };
     let wait_for = |what: &str, within: Duration, f: &dyn Fn() -> bool| {
         let deadline = Instant::now() + within;
@@ -294,6 +308,7 @@ fn the_watch_moves_files_and_obeys_pause_resume_and_trigger() {
         serde_json::from_str(&pair.env.ok_all(&["status", "--db", &laptop, "--json"])).unwrap()
     };
     let mut streaming = watch(&[]);
+    let streamed = events(&mut streaming);
     std::thread::sleep(Duration::from_secs(1));
 
     // The row arrives by the stream, then its file: the stream's news of the upload wakes the
@@ -312,7 +327,16 @@ fn the_watch_moves_files_and_obeys_pause_resume_and_trigger() {
     pair.sync_phone();
     pair.file_sync("phone.db", &pair.phone, &pair.server.url, &[]).unwrap();
     wait_for("the row of the second file", Duration::from_secs(10), &|| status()["files"]["downloads"] == 1);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The worker hears of the upload (the stream's news) and holds, as it is paused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match streamed.recv_timeout(left) {
+            Ok(v) if v["event"] == "file_held" && v["why"] == "the stream's news" => break,
+            Ok(_) => {}
+            Err(_) => panic!("the paused file worker never heard of the second file's upload"),
+        }
+    }
     assert!(pair.laptop_file(&second).is_none(), "paused: nothing moves");
     assert_eq!(status()["files"]["paused"], true);
     pair.env.ok(&["file", "resume", "--db", &laptop]);
@@ -322,6 +346,7 @@ fn the_watch_moves_files_and_obeys_pause_resume_and_trigger() {
 
     // Without the stream, nothing makes the worker look again for an hour but a trigger.
     let mut polling = watch(&["--no-stream"]);
+    let _drained = events(&mut polling);
     std::thread::sleep(Duration::from_secs(1));
     let (third, _) = pair.phone_adds_video(200_000, 22);
     pair.sync_phone();
