@@ -58,9 +58,8 @@ struct Inner {
 
 /// Keeps the planner's statistics in step with the rows pushes write. Autovacuum analyzes a
 /// growing table late (a minute apart at best), and until then the planner takes a table it
-/// has no statistics for as small: during a bulk load it read a batch's stored rows by
-/// scanning every row of the table (1 000 keys against 100 000 rows took 15 ms a batch, and
-/// more with every batch). So a process that has written as many rows as the table held at
+/// has no statistics for as small: during a bulk load it would read a batch's stored rows by
+/// scanning every row of the table, slower with every batch. So a process that has written as many rows as the table held at
 /// its last analysis (and at least [`Statistics::FIRST`]) analyzes the tables it wrote, in
 /// the background: a handful of times while a table grows a thousandfold.
 struct Statistics {
@@ -883,9 +882,8 @@ struct Cursor {
 
 const EMPTY_SNAPSHOT: &str = "1:1:";
 
-/// Raised when a fix to the feed means cursors given out before it may have skipped rows:
-/// such a cursor starts over (merging makes the repeats harmless). 1: pages were sorted by
-/// the text of transaction ids, so rows of shorter ids (999 after 1000) were skipped.
+/// Raised when a change to the feed means cursors given out before it may have skipped rows:
+/// such a cursor starts over (merging makes the repeats harmless).
 const FEED_VERSION: u32 = 1;
 
 impl Cursor {
@@ -1009,9 +1007,9 @@ impl PgStore {
         //
         // The rows a push reads are looked up by key, and the planner is told that such
         // reads are cheap (the common setting for SSDs): costed for spinning disks, it
-        // preferred scanning a table of up to ~100 000 rows to a batch's 1 000 index lookups
-        // (5 ms against 1 ms). (Not `enable_seqscan = off`: the penalty it adds to a plan's
-        // cost made PostgreSQL JIT-compile a small query, 90 ms a batch.)
+        // prefers scanning a mid-sized table to a batch's index lookups. (Not
+        // `enable_seqscan = off`: the penalty it adds to a plan's cost makes PostgreSQL
+        // JIT-compile small queries.)
         tx.batch_execute(
             "SET LOCAL ferry.applying = 'on'; SET LOCAL lock_timeout = '200ms'; SET LOCAL random_page_cost = 1.1",
         )
