@@ -899,7 +899,8 @@ impl Cursor {
         }
         let bad = || {
             StoreError::Invalid(format!(
-                "cursor '{c}' is not a cursor this server gave out; start over from the beginning (cursor=0; since=0 on /v1/changes)"
+                "cursor '{}' is not a cursor this server gave out; start over from the beginning (cursor=0; since=0 on /v1/changes)",
+                ferry_core::shown(c)
             ))
         };
         let body = c.strip_prefix("pg.").ok_or_else(bad)?;
@@ -1653,6 +1654,77 @@ mod tests {
         assert!(refusal("54001", None, None).unwrap().contains("JSON value is nested too deeply"));
         for internal in ["40001", "42P01", "XX000", "P0001"] {
             assert_eq!(refusal(internal, None, None), None, "{internal}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::{B64, Cursor, FEED_VERSION};
+    use base64::Engine as _;
+
+    const EPOCH: &str = "7000000000000000001";
+
+    fn refused(c: &str) -> String {
+        match Cursor::parse(c, EPOCH) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("cursor {c:?} was taken"),
+        }
+    }
+
+    fn encoded(json: &str) -> String {
+        format!("pg.{}", B64.encode(json))
+    }
+
+    /// A cursor given out reads back as itself: its snapshots, its window and last row.
+    #[test]
+    fn a_cursor_reads_back_as_it_was_given_out() {
+        let c = Cursor {
+            epoch: EPOCH.into(),
+            v: FEED_VERSION,
+            prev: "100:105:101,103".into(),
+            cur: Some("110:112:".into()),
+            after: Some(("104".into(), "notes".into(), "0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b".into())),
+        };
+        let text = c.encode();
+        assert!(text.starts_with("pg."), "{text}");
+        let back = Cursor::parse(&text, EPOCH).unwrap();
+        assert_eq!(back.encode(), text);
+        assert_eq!((back.prev.as_str(), back.cur.as_deref()), ("100:105:101,103", Some("110:112:")));
+        assert_eq!(back.after.unwrap().1, "notes");
+    }
+
+    /// The start, a cursor of another store epoch (a restored or moved database) and one of
+    /// an older feed version all start over from the beginning.
+    #[test]
+    fn the_start_another_epoch_and_an_older_version_start_over() {
+        for c in ["", "0"] {
+            let start = Cursor::parse(c, EPOCH).unwrap();
+            assert_eq!((start.prev.as_str(), start.cur.is_none()), (super::EMPTY_SNAPSHOT, true));
+        }
+        let other = Cursor { epoch: "other".into(), ..Cursor::parse("0", EPOCH).unwrap() };
+        let other = Cursor { prev: "100:105:".into(), ..other };
+        assert_eq!(Cursor::parse(&other.encode(), EPOCH).unwrap().prev, super::EMPTY_SNAPSHOT);
+        let old = encoded(&format!(r#"{{"epoch":"{EPOCH}","v":0,"prev":"100:105:"}}"#));
+        assert_eq!(Cursor::parse(&old, EPOCH).unwrap().prev, super::EMPTY_SNAPSHOT);
+    }
+
+    /// Anything else is refused with the cursor named (cut when long) and the fix.
+    #[test]
+    fn a_cursor_the_server_never_gave_out_is_refused_naming_it() {
+        let long = "x".repeat(5000);
+        for bad in [
+            "12345".to_owned(),
+            "pg.***".to_owned(),
+            encoded("not json"),
+            encoded(&format!(r#"{{"epoch":"{EPOCH}","v":{FEED_VERSION},"prev":"1:x:"}}"#)),
+            encoded(&format!(r#"{{"epoch":"{EPOCH}","v":{FEED_VERSION},"prev":"1:2:","cur":"a:b:"}}"#)),
+            long.clone(),
+        ] {
+            let e = refused(&bad);
+            assert!(e.contains("cursor=0"), "{e}");
+            assert!(e.contains(&bad.chars().take(20).collect::<String>()), "{e}");
+            assert!(e.len() < 400, "the cursor is cut in the message: {} bytes", e.len());
         }
     }
 }
