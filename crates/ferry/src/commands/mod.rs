@@ -46,12 +46,17 @@ impl ServerArgs {
     }
 }
 
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // Installed now, not when first awaited: a Ctrl-C that comes as soon as the process has
+    // said it runs must stop it cleanly, not kill it.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
