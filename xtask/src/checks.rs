@@ -83,7 +83,11 @@ fn pure_crates_do_no_io(problems: &mut Vec<String>) -> Result<()> {
             for (n, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or_default();
                 if let Some(p) = IO_PATHS.iter().find(|p| code.contains(*p)) {
-                    problems.push(format!("{}:{}: {krate} uses {p}; time and I/O come in as arguments", file.display(), n + 1));
+                    problems.push(format!(
+                        "{}:{}: {krate} uses {p}; time and I/O come in as arguments",
+                        file.display(),
+                        n + 1
+                    ));
                 }
             }
         }
@@ -103,7 +107,9 @@ fn wire_types_live_in_the_protocol(problems: &mut Vec<String>) -> Result<()> {
         }
         let text = std::fs::read_to_string(&file)?;
         for (n, line) in text.lines().enumerate() {
-            if line.trim_start().starts_with("#[derive(") && (line.contains("Serialize") || line.contains("Deserialize")) {
+            if line.trim_start().starts_with("#[derive(")
+                && (line.contains("Serialize") || line.contains("Deserialize"))
+            {
                 problems.push(format!(
                     "{}:{}: a serde type outside ferry-protocol; wire types belong in ferry-protocol",
                     file.display(),

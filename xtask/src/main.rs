@@ -102,8 +102,19 @@ fn sim(extra: &[String]) -> Result<()> {
     eprintln!("{var}={value}");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The merge's simulation lives with the core, the whole sync loop's with the policy.
-    let args =
-        ["test", "--release", "--locked", "-p", "ferry-core", "-p", "ferry-policy", "--test", "it", "--", "--nocapture"];
+    let args = [
+        "test",
+        "--release",
+        "--locked",
+        "-p",
+        "ferry-core",
+        "-p",
+        "ferry-policy",
+        "--test",
+        "it",
+        "--",
+        "--nocapture",
+    ];
     eprintln!("$ cargo {}", args.join(" "));
     let status =
         Command::new(&cargo).args(args).env(var, value).status().with_context(|| format!("cannot run {cargo}"))?;

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use ferry_protocol::{ErrorBody, FileCheckRequest, FileCheckResponse, PullResponse, PushRequest, PushResponse, SchemaResponse, StreamMessage, WhoAmI};
+use ferry_protocol::{
+    ErrorBody, FileCheckRequest, FileCheckResponse, PullResponse, PushRequest, PushResponse, SchemaResponse,
+    StreamMessage, WhoAmI,
+};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};

@@ -146,5 +146,8 @@ pub fn meet(m: &Meeting<'_>, clock: &mut Clock) -> Action {
 pub fn written_anew(state: &RowState, local: &RowState, pulled: &RowState) -> bool {
     let neither = |at, a: Option<ferry_core::Hlc>, b: Option<ferry_core::Hlc>| Some(at) != a && Some(at) != b;
     neither(state.exists.at, Some(local.exists.at), Some(pulled.exists.at))
-        || state.cols.iter().any(|(c, s)| neither(s.at, local.cols.get(c).map(|v| v.at), pulled.cols.get(c).map(|v| v.at)))
+        || state
+            .cols
+            .iter()
+            .any(|(c, s)| neither(s.at, local.cols.get(c).map(|v| v.at), pulled.cols.get(c).map(|v| v.at)))
 }

@@ -74,9 +74,7 @@ pub fn values_after(
     deleted: Option<BTreeMap<String, Value>>,
     state: &RowState,
 ) -> BTreeMap<String, Value> {
-    current
-        .or(deleted)
-        .unwrap_or_else(|| state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect())
+    current.or(deleted).unwrap_or_else(|| state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect())
 }
 
 /// Folds a row's captured writes `ops` (in capture order, each with its clock) into what

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use ferry_core::strategy::Resolver;
 use ferry_core::Value;
+use ferry_core::strategy::Resolver;
 use ferry_sqlite::Extra;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
@@ -246,5 +246,4 @@ impl Replica {
         tx.commit()?;
         Ok(())
     }
-
 }

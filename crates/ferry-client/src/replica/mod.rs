@@ -26,8 +26,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::capture;
 use crate::error::{Error, Result};
 
-pub use meta::Key;
 pub use conflicts::{ClientResolver, LocalConflict, Refused, ResolveFn, ResolveInput, Resolvers};
+pub use meta::Key;
 pub use pull::{Applied, PulledRow};
 pub use push::{PendingRow, QueuePosition};
 pub use stamp::{STAMP_CHUNK, Stamping};

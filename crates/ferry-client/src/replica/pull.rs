@@ -184,9 +184,8 @@ impl Replica {
                 Action::Hold => {
                     let mut held = take_held(&tx, &schema, &row.table, &row.key)?.unwrap_or_default();
                     held.merge(&row.state);
-                    tx.prepare_cached("INSERT INTO _ferry_held (tbl, pk, state) VALUES (?1, ?2, ?3)")?.execute(
-                        params![row.table, row.key, state_json_row(&ts.table, &row.key, &held)],
-                    )?;
+                    tx.prepare_cached("INSERT INTO _ferry_held (tbl, pk, state) VALUES (?1, ?2, ?3)")?
+                        .execute(params![row.table, row.key, state_json_row(&ts.table, &row.key, &held)])?;
                 }
                 Action::Write(write) => {
                     let before = &local.as_ref().expect("a write meets a local row").0;
@@ -221,8 +220,15 @@ impl Replica {
                         write_seen(&tx, &ts.table.name, &row.key, seen)?;
                     }
                     if write.stores() {
-                        let pending = if write.push { *fresh_stamp.get_or_insert(Self::next_stamp(&tx)?) } else { pending };
-                        ferry_sqlite::store_state(&tx, ts, &row.key, &write.state, &Extra { pending, ..Extra::default() })?;
+                        let pending =
+                            if write.push { *fresh_stamp.get_or_insert(Self::next_stamp(&tx)?) } else { pending };
+                        ferry_sqlite::store_state(
+                            &tx,
+                            ts,
+                            &row.key,
+                            &write.state,
+                            &Extra { pending, ..Extra::default() },
+                        )?;
                         applied.changed += usize::from(write.changed);
                     }
                 }
@@ -236,7 +242,6 @@ impl Replica {
         tx.commit()?;
         Ok(applied)
     }
-
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use rusqlite::{TransactionBehavior, params};
 
 use ferry_policy::push;
 
-use super::records::{parse_base, parse_seen, state_json_row, take_held, write_seen};
 use super::pull::PulledRow;
+use super::records::{parse_base, parse_seen, state_json_row, take_held, write_seen};
 use super::stamp::Stamping;
 use super::{Key, Replica, get_meta, set_meta};
 use crate::error::{Error, Result};
@@ -168,7 +168,8 @@ impl Replica {
         let rows: Vec<&PendingRow> =
             rows.iter().filter(|r| !refused_keys.contains(&(r.table.as_str(), r.key.as_str()))).collect();
         if let Some((sent, past)) = cursor
-            && let Some(past) = push::cursor_after(get_meta(&tx, Key::Cursor)?.as_deref().unwrap_or("0"), sent, Some(past))
+            && let Some(past) =
+                push::cursor_after(get_meta(&tx, Key::Cursor)?.as_deref().unwrap_or("0"), sent, Some(past))
         {
             set_meta(&tx, Key::Cursor, past)?;
         }
@@ -217,5 +218,4 @@ impl Replica {
         tx.commit()?;
         Ok(())
     }
-
 }

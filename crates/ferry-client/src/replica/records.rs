@@ -41,7 +41,11 @@ pub(super) fn change_json(
 /// The stored base of a row whose every data column is new (see [`change_json`]).
 pub(super) const ALL_NEW: &str = r#"{"*":"0"}"#;
 
-pub(super) fn parse_base(table: &ferry_core::schema::Table, pk: &str, json: Option<String>) -> Result<BTreeMap<String, Hlc>> {
+pub(super) fn parse_base(
+    table: &ferry_core::schema::Table,
+    pk: &str,
+    json: Option<String>,
+) -> Result<BTreeMap<String, Hlc>> {
     let Some(json) = json else { return Ok(BTreeMap::new()) };
     if json == ALL_NEW {
         return Ok(table.data_columns().map(|c| (c.name.clone(), Hlc::ZERO)).collect());

@@ -170,7 +170,12 @@ impl Replica {
     /// REPLACE` through a unique index of the application's, which fires no delete trigger):
     /// that delete is recorded now, as a local change. Its column values are gone, so the
     /// tombstone carries none; other replicas keep theirs.
-    pub(super) fn load_local(tx: &Connection, ts: &TableSql, pk: &str, clock: &mut Clock) -> Result<Option<(RowState, Meta)>> {
+    pub(super) fn load_local(
+        tx: &Connection,
+        ts: &TableSql,
+        pk: &str,
+        clock: &mut Clock,
+    ) -> Result<Option<(RowState, Meta)>> {
         let Some(mut meta) = ferry_sqlite::load_meta(tx, ts, pk)? else { return Ok(None) };
         if !meta.alive {
             return Ok(Some((ferry_sqlite::state_of(&ts.table, &meta, None), meta)));
@@ -193,7 +198,11 @@ impl Replica {
     /// (or, if the row is gone, the last values its delete recorded), and marked pending.
     /// Returns how many outbox entries it took (stamped, or set aside as rejected) and the
     /// rowid of the last.
-    pub(super) fn stamp_in(tx: &Transaction<'_>, tables: &HashMap<String, TableSql>, limit: i64) -> Result<(usize, Option<i64>)> {
+    pub(super) fn stamp_in(
+        tx: &Transaction<'_>,
+        tables: &HashMap<String, TableSql>,
+        limit: i64,
+    ) -> Result<(usize, Option<i64>)> {
         // A key that is not text (a blob or number written into the key column by another
         // program) cannot name a row on other replicas: such entries are set aside in
         // `_ferry_rejected` with the reason, and the rest of the outbox moves on. (Only the

@@ -14,7 +14,11 @@ fn arb_hlc() -> impl Strategy<Value = Hlc> {
 }
 
 fn arb_state() -> impl Strategy<Value = RowState> {
-    (any::<bool>(), arb_hlc(), proptest::collection::btree_map("[xy]", ((0i64..3).prop_map(Value::Integer), arb_hlc()), 0..3))
+    (
+        any::<bool>(),
+        arb_hlc(),
+        proptest::collection::btree_map("[xy]", ((0i64..3).prop_map(Value::Integer), arb_hlc()), 0..3),
+    )
         .prop_map(|(alive, at, cols)| RowState {
             exists: Stamped::new(alive, at),
             cols: cols.into_iter().map(|(k, (v, t))| (k, Stamped::new(v, t))).collect(),

@@ -416,7 +416,13 @@ impl Sim {
                 now_ms: wall,
             };
             let action = pull::meet(&meeting, &mut rep.clock);
-            debug(|| format!("pull on {r} row {key}: local {:?}\n  remote {:?}\n  -> {action:?}", local.as_ref().map(|l| &l.state), remote.state));
+            debug(|| {
+                format!(
+                    "pull on {r} row {key}: local {:?}\n  remote {:?}\n  -> {action:?}",
+                    local.as_ref().map(|l| &l.state),
+                    remote.state
+                )
+            });
             match action {
                 Action::Insert => {
                     rep.rows.insert(key, remote);
@@ -445,7 +451,8 @@ impl Sim {
                     if w.push {
                         let stamp = rep.next_stamp;
                         rep.next_stamp += 1;
-                        rep.pending.insert(key, Pending { seen: w.seen.clone().expect("a pushed row has seen"), stamp });
+                        rep.pending
+                            .insert(key, Pending { seen: w.seen.clone().expect("a pushed row has seen"), stamp });
                     } else if let (Some(p), Some(seen)) = (rep.pending.get_mut(&key), w.seen) {
                         p.seen = seen;
                     }
@@ -472,7 +479,8 @@ impl Sim {
         rep.log.push(logged(key, &fields, &[&current.state, &local.state]));
         if keep_local {
             // The local values are written again on top of the current version.
-            let (state, seen) = settle::keep_local(&local.state, &rep.pending[&key].seen, &current.state, &mut rep.clock, wall);
+            let (state, seen) =
+                settle::keep_local(&local.state, &rep.pending[&key].seen, &current.state, &mut rep.clock, wall);
             let before = merged(&current.state, &local.state);
             let mut hist: BTreeSet<WriteId> = current.hist.union(&local.hist).copied().collect();
             let stamp = rep.next_stamp;

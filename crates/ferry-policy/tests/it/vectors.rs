@@ -60,10 +60,7 @@ fn clocks_from(t: &Table, j: &Json) -> RowClocks {
     let hlc = |s: &str| s.parse::<Hlc>().expect("a clock");
     RowClocks {
         exists: hlc(&w.exists_at),
-        cols: t
-            .data_columns()
-            .map(|c| (c.name.clone(), hlc(w.clocks.get(&c.name).unwrap_or(&w.clock))))
-            .collect(),
+        cols: t.data_columns().map(|c| (c.name.clone(), hlc(w.clocks.get(&c.name).unwrap_or(&w.clock)))).collect(),
     }
 }
 
@@ -97,11 +94,8 @@ fn clock_from(j: &Json) -> Clock {
 }
 
 fn contest_json(c: &Contest) -> Json {
-    let winner: BTreeMap<&str, &str> = c
-        .winner
-        .iter()
-        .map(|(f, s)| (f.as_str(), if *s == Side::Ours { "local" } else { "pulled" }))
-        .collect();
+    let winner: BTreeMap<&str, &str> =
+        c.winner.iter().map(|(f, s)| (f.as_str(), if *s == Side::Ours { "local" } else { "pulled" })).collect();
     json!({"kind": c.kind.name(), "fields": c.fields, "winner": winner})
 }
 
@@ -128,7 +122,8 @@ fn state(rng: &mut Rng) -> RowState {
 
 /// A version `state` grew from: some registers at their clock, the others earlier.
 fn earlier(rng: &mut Rng, state: &RowState) -> RowClocks {
-    let lower = |rng: &mut Rng, h: Hlc| if rng.below(2) == 0 { h } else { Hlc::new(EPOCH, 0, SiteId(1 + rng.below(3))) };
+    let lower =
+        |rng: &mut Rng, h: Hlc| if rng.below(2) == 0 { h } else { Hlc::new(EPOCH, 0, SiteId(1 + rng.below(3))) };
     RowClocks {
         exists: lower(rng, state.exists.at),
         cols: state.cols.iter().map(|(c, s)| (c.clone(), lower(rng, s.at))).collect(),
@@ -218,7 +213,8 @@ fn run_pull(s: &Schema, input: &Json) -> Json {
 
 fn run_split(input: &Json) -> Json {
     let n = input["rows"].as_u64().unwrap() as usize;
-    let bad: Vec<usize> = input["refused_rows"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect();
+    let bad: Vec<usize> =
+        input["refused_rows"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect();
     let mut split = push::Split::new(n, ());
     let mut steps = Vec::new();
     loop {
@@ -279,10 +275,12 @@ fn stamp_inputs(t: &Table, rng: &mut Rng) -> Vec<(String, Json)> {
         let known = rng.below(3) != 0;
         let before = known.then(|| state(rng));
         let mut clock = Clock::new(SiteId(9), before.as_ref().map_or(Hlc::ZERO, |s| s.max_clock()));
-        let ops: Vec<Json> = (0..1 + rng.below(3)).map(|_| {
-            let at = clock.tick(EPOCH + 10);
-            op_json(rng, at)
-        }).collect();
+        let ops: Vec<Json> = (0..1 + rng.below(3))
+            .map(|_| {
+                let at = clock.tick(EPOCH + 10);
+                op_json(rng, at)
+            })
+            .collect();
         let mut values = BTreeMap::new();
         for c in ["x", "y"] {
             values.insert(c.to_owned(), value(rng, c));
@@ -471,6 +469,10 @@ fn the_vectors_hold_the_policys_decisions() {
             };
             assert_eq!(got, case["expected"], "{name}.json, case '{}'", case["name"]);
         }
-        assert!(stored == doc, "{} is not what the policy decides now; run `cargo xtask vectors` and review the diff", path.display());
+        assert!(
+            stored == doc,
+            "{} is not what the policy decides now; run `cargo xtask vectors` and review the diff",
+            path.display()
+        );
     }
 }

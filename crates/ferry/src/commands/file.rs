@@ -204,7 +204,9 @@ pub fn print_file_event(e: &ferry_client::files::FileEvent, json: bool) {
         (FileEvent::Warning(w), true) => serde_json::json!({"event": "warning", "message": w}).to_string(),
         (FileEvent::Warning(w), false) => format!("warning: {w}"),
         (FileEvent::Held { why }, true) => serde_json::json!({"event": "file_held", "why": why}).to_string(),
-        (FileEvent::Held { why }, false) => format!("files: {why} while paused; nothing moves until `ferry file resume`"),
+        (FileEvent::Held { why }, false) => {
+            format!("files: {why} while paused; nothing moves until `ferry file resume`")
+        }
         (FileEvent::Queue { queued, bytes_pending }, true) if *queued > 0 => {
             serde_json::json!({"event": "file_queue", "queued": queued, "bytes_pending": bytes_pending}).to_string()
         }
