@@ -248,13 +248,19 @@ impl Column {
 
 /// A default value in the canonical text: booleans as `true`/`false`, blobs as `X'…'`.
 fn literal(v: &Value, ty: ColType) -> String {
+    sql_literal(v, ty, |hex| format!("X'{hex}'"))
+}
+
+/// A value as an SQL literal: booleans as `true`/`false`, a blob as its dialect spells hex
+/// (`blob`, given the hex digits).
+pub fn sql_literal(v: &Value, ty: ColType, blob: impl Fn(&str) -> String) -> String {
     match (v, ty) {
         (Value::Integer(i), ColType::Boolean) => (if *i != 0 { "true" } else { "false" }).to_owned(),
         (Value::Null, _) => "NULL".into(),
         (Value::Integer(i), _) => i.to_string(),
         (Value::Real(r), _) => format!("{r:?}"),
         (Value::Text(s), _) => quote_literal(s),
-        (Value::Blob(b), _) => format!("X'{}'", crate::value::to_hex(b)),
+        (Value::Blob(b), _) => blob(&crate::value::to_hex(b)),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The schema in PostgreSQL: the column type each logical type is stored as (and the name
 //! the catalog gives it), and the `CREATE TABLE` of a synced table.
 
-use ferry_core::schema::{ColType, Table, quote, quote_literal};
-use ferry_core::{Value, to_hex};
+use ferry_core::Value;
+use ferry_core::schema::{ColType, Table, quote};
 
 /// The PostgreSQL column type of a logical type, as written in DDL and casts.
 pub fn column_type(ty: ColType) -> &'static str {
@@ -60,14 +60,7 @@ pub fn column_def(table: &Table, i: usize) -> String {
 
 /// A default value as a PostgreSQL literal: booleans as `true`/`false`, blobs as `'\x…'`.
 fn literal(v: &Value, ty: ColType) -> String {
-    match (v, ty) {
-        (Value::Integer(i), ColType::Boolean) => (if *i != 0 { "true" } else { "false" }).to_owned(),
-        (Value::Null, _) => "NULL".into(),
-        (Value::Integer(i), _) => i.to_string(),
-        (Value::Real(r), _) => format!("{r:?}"),
-        (Value::Text(s), _) => quote_literal(s),
-        (Value::Blob(b), _) => format!("'\\x{}'", to_hex(b)),
-    }
+    ferry_core::schema::sql_literal(v, ty, |hex| format!("'\\x{hex}'"))
 }
 
 #[cfg(test)]
