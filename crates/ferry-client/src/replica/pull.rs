@@ -354,7 +354,8 @@ mod tests {
         replica.connection().execute("INSERT INTO notes (id, title) VALUES (?1, 'mine')", [KEY]).unwrap();
         let sent = replica.pending(10).unwrap();
         let resolvers = Resolvers::default().table("notes", super::super::ClientResolver::LocalWins);
-        let applied = replica.apply_with(&[note("theirs", wall_ms())], "1", &resolvers).unwrap();
+        // Clearly newer than the local write, so the resolver (not the clock) keeps "mine".
+        let applied = replica.apply_with(&[note("theirs", wall_ms() + 60_000)], "1", &resolvers).unwrap();
         assert_eq!(applied.conflicts, 1);
         let again = replica.pending(10).unwrap();
         assert_eq!(titles(&replica), ["mine"]);
