@@ -153,20 +153,23 @@ async fn direct_multi_row_updates_never_fail_because_of_concurrent_pushes() {
     let rows: Vec<_> = (0..100).map(|i| note(1000 + i, &ann.user_id, "x", at(1, 1))).collect();
     store.push(&ann, "seed", None, rows).await.unwrap();
     let direct = connect(&url).await;
+    // The updates go on until pushes have succeeded while they ran (at least 40 updates),
+    // so the two overlap however the machine schedules them.
+    let pushed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = pushed.clone();
     let updates = tokio::spawn(async move {
         let mut failures = Vec::new();
-        for _ in 0..40 {
+        let mut runs = 0;
+        while runs < 40 || (seen.load(std::sync::atomic::Ordering::SeqCst) < 5 && runs < 5_000) {
             if let Err(e) = direct.execute("UPDATE notes SET n = coalesce(n, 0) + 1", &[]).await {
                 failures.push(e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()));
             }
+            runs += 1;
         }
         failures
     });
-    let mut pushed = 0;
-    for i in 0..200u64 {
-        if updates.is_finished() {
-            break;
-        }
+    let mut i = 0u64;
+    while !updates.is_finished() {
         let rows = [(i * 7) % 100, (i * 13 + 5) % 100, (i * 31 + 11) % 100]
             .iter()
             .map(|&k| {
@@ -176,12 +179,14 @@ async fn direct_multi_row_updates_never_fail_because_of_concurrent_pushes() {
             })
             .collect();
         if store.push(&ann, &format!("p{i}"), None, rows).await.is_ok() {
-            pushed += 1;
+            pushed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+        i += 1;
     }
     let failures = updates.await.unwrap();
     assert!(failures.is_empty(), "the application's own statements failed: {failures:?}");
-    assert!(pushed > 0);
+    let pushed = pushed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(pushed >= 5, "only {pushed} of {i} pushes went through while the updates ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
