@@ -1,0 +1,359 @@
+//! Pushes: merging a batch into the stored rows, writing them and their bookkeeping.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_core::schema::ColType;
+use ferry_core::{RowState, Value};
+use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+
+use super::conflicts::insert_conflict;
+use super::feed::{Cursor, FEED_VERSION, snapshot};
+use super::notify::{NOTIFY_CHANNEL, notice_payload};
+use super::sql::{self, PgTable, Wire};
+use super::statistics::wrote;
+use super::{PgStore, PushError, load, pg, pool_err, push_pg, with_table};
+use crate::{IncomingRow, Principal, PushOutcome, Result, StoreError};
+
+const PUSH_ATTEMPTS: usize = 5;
+
+/// One column of values as a typed array parameter.
+enum Array {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+}
+
+impl Array {
+    fn new(ty: ColType) -> Array {
+        match sql::wire(ty) {
+            Wire::Text => Array::Text(Vec::new()),
+            Wire::Int => Array::Int(Vec::new()),
+            Wire::Float => Array::Float(Vec::new()),
+            Wire::Bool => Array::Bool(Vec::new()),
+            Wire::Bytes => Array::Bytes(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, v: &Value) -> std::result::Result<(), String> {
+        match (self, v) {
+            (Array::Text(a), Value::Null) => a.push(None),
+            (Array::Int(a), Value::Null) => a.push(None),
+            (Array::Float(a), Value::Null) => a.push(None),
+            (Array::Bool(a), Value::Null) => a.push(None),
+            (Array::Bytes(a), Value::Null) => a.push(None),
+            (Array::Text(a), Value::Text(s)) => a.push(Some(s.clone())),
+            (Array::Int(a), Value::Integer(i)) => a.push(Some(*i)),
+            (Array::Float(a), Value::Real(r)) => a.push(Some(*r)),
+            (Array::Float(a), Value::Integer(i)) => a.push(Some(*i as f64)),
+            (Array::Bool(a), Value::Integer(i)) => a.push(Some(*i != 0)),
+            (Array::Bytes(a), Value::Blob(b)) => a.push(Some(b.clone())),
+            (_, v) => return Err(format!("a {} value does not fit the column", v.kind())),
+        }
+        Ok(())
+    }
+
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Array::Text(a) => a,
+            Array::Int(a) => a,
+            Array::Float(a) => a,
+            Array::Bool(a) => a,
+            Array::Bytes(a) => a,
+        }
+    }
+}
+
+const UPSERT_META: &str = "
+INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, owner, origin, texts, xid)
+SELECT $1, u.pk, u.alive, u.alive_at, u.clock, u.clocks, u.dead, u.owner, $2, u.texts::jsonb, pg_current_xact_id()
+FROM unnest($3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+  AS u(pk, alive, alive_at, clock, clocks, dead, owner, texts)
+ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at, clock = excluded.clock,
+  clocks = excluded.clocks, dead = excluded.dead, owner = excluded.owner, origin = excluded.origin,
+  texts = excluded.texts, xid = excluded.xid";
+
+/// Writes the merged states of one table: application rows (upsert or delete) and their
+/// bookkeeping, a few statements for the whole batch.
+pub(super) async fn write(
+    tx: &Transaction<'_>,
+    pt: &PgTable,
+    device: &str,
+    rows: &[(String, RowState, Option<String>)],
+) -> std::result::Result<(), PushError> {
+    let table = &pt.table;
+    // The upsert takes the key first, then the data columns in schema order.
+    let mut key_array: Vec<Option<String>> = Vec::new();
+    let mut live: Vec<Array> = table.data_columns().map(|c| Array::new(c.ty)).collect();
+    let mut gone: Vec<String> = Vec::new();
+    let (mut pks, mut alive, mut alive_at, mut clock, mut clocks, mut dead, mut owners, mut texts) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (key, state, owner) in rows {
+        let values = ferry_sqlite::values_of(table, state);
+        if state.is_alive() {
+            key_array.push(Some(key.clone()));
+            for (arr, v) in live.iter_mut().zip(&values) {
+                arr.push(v).map_err(|e| StoreError::Internal(format!("{} '{key}': {e}", table.name)))?;
+            }
+        } else {
+            gone.push(key.clone());
+        }
+        let (base, overrides) = ferry_sqlite::encode_clocks(table, state);
+        let kept: serde_json::Map<String, serde_json::Value> = table
+            .data_columns()
+            .zip(&values)
+            .filter(|(c, _)| sql::keeps_text(c.ty))
+            .filter_map(|(c, v)| match v {
+                Value::Text(s) => Some((c.name.clone(), serde_json::Value::String(s.clone()))),
+                _ => None,
+            })
+            .collect();
+        pks.push(key.clone());
+        alive.push(state.is_alive());
+        alive_at.push(state.exists.at.to_string());
+        clock.push(base.to_string());
+        clocks.push(overrides);
+        dead.push((!state.is_alive()).then(|| ferry_sqlite::encode_values(table, &values)));
+        owners.push(owner.clone());
+        texts.push((!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string()));
+    }
+    if !key_array.is_empty() {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key_array];
+        params.extend(live.iter().map(Array::param));
+        tx.execute(pt.upsert.as_str(), &params).await.map_err(|e| with_table(e, table))?;
+    }
+    if !gone.is_empty() {
+        tx.execute(pt.delete.as_str(), &[&gone]).await.map_err(|e| with_table(e, table))?;
+    }
+    tx.execute(UPSERT_META, &[&table.name, &device, &pks, &alive, &alive_at, &clock, &clocks, &dead, &owners, &texts])
+        .await
+        .map_err(|e| with_table(e, table))?;
+    Ok(())
+}
+
+impl PgStore {
+    pub(super) async fn push_batch(
+        &self,
+        who: &Principal,
+        batch_id: &str,
+        cursor: Option<&str>,
+        rows: Vec<IncomingRow>,
+    ) -> Result<PushOutcome> {
+        if let Some(c) = cursor {
+            Cursor::parse(c, &self.inner.epoch)?;
+        }
+        let received = rows.len();
+        // Grouped by table and key (rows for one key merged), in a fixed order, so that
+        // concurrent pushes lock bookkeeping rows in the same order.
+        // A key sent twice in one batch is one change: the states merged, the first version seen.
+        let mut grouped: BTreeMap<String, BTreeMap<String, IncomingRow>> = BTreeMap::new();
+        for r in rows {
+            self.table(&r.table)?;
+            match grouped.entry(r.table.clone()).or_default().entry(r.key.clone()) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(r);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    o.get_mut().state.merge(&r.state);
+                }
+            }
+        }
+        let mut attempt = 0;
+        let (mut outcome, xid) = loop {
+            attempt += 1;
+            match self.push_once(who, batch_id, &grouped, received).await {
+                Ok(done) => break done,
+                Err(PushError::Store(e)) => return Err(e),
+                Err(PushError::Retry(e)) if attempt >= PUSH_ATTEMPTS => {
+                    let why = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                    return Err(StoreError::Unavailable(format!(
+                        "the batch kept conflicting with concurrent writes ({why}); retry"
+                    )));
+                }
+                Err(PushError::Retry(_)) => {
+                    // Back off a little, more each time, so colliding writers spread out.
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                }
+            }
+        };
+        if let (Some(c), Some(xid)) = (cursor, xid) {
+            outcome.cursor = self.cursor_after_push(who, c, &xid).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn push_once(
+        &self,
+        who: &Principal,
+        batch_id: &str,
+        rows: &BTreeMap<String, BTreeMap<String, IncomingRow>>,
+        received: usize,
+    ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
+        let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
+        // REPEATABLE READ: a row changed by a concurrent transaction after this one's snapshot
+        // (a direct write, another push creating the same key) makes the write fail with a
+        // serialization error instead of merging new clocks with stale values; the batch is
+        // then retried from the start.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .map_err(push_pg)?;
+        let recorded = tx
+            .query_opt(
+                "SELECT received, changed, refused FROM _ferry_batches WHERE device_id = $1 AND batch_id = $2",
+                &[&who.device_id, &batch_id],
+            )
+            .await
+            .map_err(push_pg)?;
+        if let Some(r) = recorded {
+            let (received, changed, refused): (i32, i32, Option<String>) = (r.get(0), r.get(1), r.get(2));
+            // The refused rows are answered again, with their current version.
+            let mut again = Vec::new();
+            for (table, key) in crate::refused_keys(refused.as_deref()).map_err(PushError::Store)? {
+                let pt = self.table(&table)?;
+                let state = load(&tx, pt, std::slice::from_ref(&key), false).await?.remove(&key).map(|p| p.state);
+                let current = state.unwrap_or_default();
+                again.push(crate::RefusedRow { table, key, current, reason: crate::Refusal::Stale });
+            }
+            return Ok((
+                PushOutcome {
+                    received: received as usize,
+                    changed: changed as usize,
+                    replayed: true,
+                    cursor: None,
+                    refused: again,
+                },
+                None,
+            ));
+        }
+        // A push waits at most briefly for a row lock: when it collides with another
+        // application's statement it gives way (and retries) before PostgreSQL's deadlock
+        // detector, which runs after a second, could pick the application as the victim.
+        //
+        // The rows a push reads are looked up by key, and the planner is told that such
+        // reads are cheap (the common setting for SSDs): costed for spinning disks, it
+        // prefers scanning a mid-sized table to a batch's index lookups. (Not
+        // `enable_seqscan = off`: the penalty it adds to a plan's cost makes PostgreSQL
+        // JIT-compile small queries.)
+        tx.batch_execute(
+            "SET LOCAL ferry.applying = 'on'; SET LOCAL lock_timeout = '200ms'; SET LOCAL random_page_cost = 1.1",
+        )
+        .await
+        .map_err(push_pg)?;
+        let found = tx.query(crate::ROLE_SITES_SQL, &[]).await.map_err(push_pg)?;
+        let role_sites = crate::Deciding::role_sites(found.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
+        let sites = crate::batch_sites(rows.values().flat_map(|states| states.values().map(|r| &r.state)));
+        let sql = format!("{} = ANY($1)", crate::SITE_DEVICES_SQL);
+        let found = tx.query(&sql, &[&sites]).await.map_err(push_pg)?;
+        let site_devices =
+            crate::site_devices(found.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))));
+        let env = crate::Deciding { server_site: self.inner.site, role_sites, site_devices, now_ms: crate::wall_ms() };
+        let mut changed = 0;
+        let mut tally = crate::Tally::new();
+        for (table, states) in rows {
+            let pt = self.table(table)?;
+            let keys: Vec<String> = states.keys().cloned().collect();
+            let mut stored = load(&tx, pt, &keys, true).await?;
+            let mut writes = Vec::new();
+            for (key, row) in states {
+                let prior = stored.remove(key).map(|p| (p.state, p.owner));
+                let merged = crate::merge_pushed(&pt.table, who, prior, row, &env)?;
+                let incoming = &row.state;
+                if let Some((contest, before)) = &merged.conflict {
+                    let origin: Option<String> = tx
+                        .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
+                        .await
+                        .map_err(push_pg)?
+                        .and_then(|r| r.get(0));
+                    let c = crate::conflicts::new_conflict(
+                        &pt.table,
+                        key,
+                        (before, origin.as_deref()),
+                        (incoming, &who.device_id),
+                        contest,
+                        merged.open,
+                    );
+                    insert_conflict(&tx, &c).await.map_err(push_pg)?;
+                }
+                if let Some((state, owner)) = tally.take(table, key, merged) {
+                    writes.push((key.clone(), state, owner));
+                }
+            }
+            if !writes.is_empty() {
+                changed += writes.len();
+                write(&tx, pt, &who.device_id, &writes).await?;
+            }
+        }
+        for site in &tally.sites {
+            tx.execute(
+                "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&site.to_string(), &who.device_id],
+            )
+            .await
+            .map_err(push_pg)?;
+        }
+        if changed > 0 {
+            // Every server process on this database LISTENs; delivered at commit.
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&NOTIFY_CHANNEL, &notice_payload(&tally.owners, Some(&who.device_id))],
+            )
+            .await
+            .map_err(push_pg)?;
+        }
+        let xid: String = tx.query_one("SELECT pg_current_xact_id()::text", &[]).await.map_err(push_pg)?.get(0);
+        tx.execute(
+            "INSERT INTO _ferry_batches (device_id, batch_id, received, changed, refused) VALUES ($1, $2, $3, $4, $5)",
+            &[&who.device_id, &batch_id, &(received as i32), &(changed as i32), &tally.refused_keys()],
+        )
+        .await
+        .map_err(push_pg)?;
+        tx.commit().await.map_err(push_pg)?;
+        if changed > 0 {
+            wrote(&self.inner, rows.keys().cloned(), changed);
+        }
+        // Outside the push's transaction (concurrent pushes of one device would otherwise
+        // conflict on this row) and at most once a minute; losing it costs nothing.
+        let _ = client
+            .execute(
+                "UPDATE _ferry_devices SET last_seen = now()
+                 WHERE id = $1 AND (last_seen IS NULL OR last_seen < now() - interval '1 minute')",
+                &[&who.device_id],
+            )
+            .await;
+        let caught_up = tally.caught_up();
+        Ok((
+            PushOutcome { received, changed, replayed: false, cursor: None, refused: tally.refused },
+            caught_up.then_some(xid),
+        ))
+    }
+
+    /// After a committed push: when the client's cursor was caught up and nothing but this
+    /// push's transaction has become visible since, a cursor just past it.
+    async fn cursor_after_push(&self, who: &Principal, cursor: &str, xid: &str) -> Result<Option<String>> {
+        let c = Cursor::parse(cursor, &self.inner.epoch)?;
+        if c.cur.is_some() {
+            return Ok(None);
+        }
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = snapshot(&mut client).await?;
+        let now: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);
+        let others: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM _ferry_rows
+                   WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+                     AND xid <> $2::text::xid8 AND (owner IS NULL OR owner = $3))",
+                &[&c.prev, &xid, &who.user_id],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        tx.commit().await.map_err(pg)?;
+        Ok((!others).then(|| Cursor { epoch: c.epoch, v: FEED_VERSION, prev: now, cur: None, after: None }.encode()))
+    }
+}
