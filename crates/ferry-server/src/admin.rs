@@ -8,8 +8,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
-use ferry_protocol::{self as wire, ConflictSide, ResolveRequest, RevokeResponse};
-use ferry_store::{ConflictFilter, ConflictRecord, Keep, Store};
+use ferry_protocol::{ConflictRecord, ResolveRequest, RevokeResponse};
+use ferry_store::{ConflictFilter, Store};
 
 use crate::auth::Authed;
 use crate::{ApiError, AppState};
@@ -30,7 +30,7 @@ pub async fn list<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     who: Authed,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Vec<wire::ConflictRecord>>, ApiError> {
+) -> Result<Json<Vec<ConflictRecord>>, ApiError> {
     require_admin(&who)?;
     if let Some(unknown) = q.keys().find(|k| k.as_str() != "status") {
         return Err(ApiError::BadRequest(format!(
@@ -47,7 +47,7 @@ pub async fn list<S: Store>(
             return Err(ApiError::BadRequest(format!("status '{other}' is not one of open, resolved, all")));
         }
     };
-    Ok(Json(state.store.conflicts(filter).await?.into_iter().map(wire).collect::<Result<_, _>>()?))
+    Ok(Json(state.store.conflicts(filter).await?))
 }
 
 /// `GET /v1/admin/conflicts/{id}`.
@@ -55,11 +55,11 @@ pub async fn show<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     who: Authed,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<wire::ConflictRecord>, ApiError> {
+) -> Result<Json<ConflictRecord>, ApiError> {
     require_admin(&who)?;
     let id = parse_id(id)?;
     match state.store.conflict(id).await? {
-        Some(c) => Ok(Json(wire(c)?)),
+        Some(c) => Ok(Json(c)),
         None => Err(ApiError::NotFound(format!("no conflict with id {id}"))),
     }
 }
@@ -70,7 +70,7 @@ pub async fn resolve<S: Store>(
     who: Authed,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<wire::ConflictRecord>, ApiError> {
+) -> Result<Json<ConflictRecord>, ApiError> {
     require_admin(&who)?;
     let id = parse_id(id)?;
     let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
@@ -79,11 +79,7 @@ pub async fn resolve<S: Store>(
             "malformed resolve body: {e}; send {{\"use\": \"stored\"}} or {{\"use\": \"incoming\"}}"
         ))
     })?;
-    let keep = match body.keep {
-        ConflictSide::Stored => Keep::Stored,
-        ConflictSide::Incoming => Keep::Incoming,
-    };
-    Ok(Json(wire(state.store.resolve_conflict(id, keep).await?)?))
+    Ok(Json(state.store.resolve_conflict(id, body.keep).await?))
 }
 
 fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
@@ -102,35 +98,4 @@ pub async fn revoke_device<S: Store>(
     let revoked = state.store.revoke_devices(None, &id).await?;
     state.revocations.announce(revoked.clone());
     Ok(Json(RevokeResponse { revoked }))
-}
-
-/// A logged conflict as the wire shows it; an entry the log holds in a form this version
-/// cannot read is an internal error naming it.
-fn wire(c: ConflictRecord) -> Result<wire::ConflictRecord, ApiError> {
-    let bad = |what: &str| ApiError::Internal(format!("conflict {} in the log has a bad {what}", c.id));
-    let version = |v: &serde_json::Value, what: &str| {
-        serde_json::from_value::<wire::ConflictVersion>(v.clone()).map_err(|e| bad(&format!("{what} version: {e}")))
-    };
-    Ok(wire::ConflictRecord {
-        kind: wire::ConflictKind::parse(&c.kind).ok_or_else(|| bad("kind"))?,
-        strategy: wire::Strategy::parse(&c.strategy).ok_or_else(|| bad("strategy"))?,
-        stored: version(&c.stored, "stored")?,
-        incoming: version(&c.incoming, "incoming")?,
-        winner: c
-            .winner
-            .iter()
-            .map(|(f, s)| Ok((f.clone(), ConflictSide::parse(s).ok_or_else(|| bad("winner"))?)))
-            .collect::<Result<_, ApiError>>()?,
-        resolved_by: c
-            .resolved_by
-            .as_deref()
-            .map(|s| wire::Strategy::parse(s).ok_or_else(|| bad("resolver")))
-            .transpose()?,
-        id: c.id,
-        table: c.table,
-        key: c.key,
-        fields: c.fields,
-        resolved_at: c.resolved_at,
-        detected_at: c.detected_at,
-    })
 }

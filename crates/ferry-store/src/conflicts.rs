@@ -10,31 +10,7 @@ use std::collections::BTreeMap;
 use ferry_core::RowState;
 use ferry_core::schema::Table;
 use ferry_core::strategy::{Contest, EXISTS, Register, Side};
-
-/// One entry of the conflict log.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ConflictRecord {
-    pub id: i64,
-    pub table: String,
-    pub key: String,
-    /// `update-update`: two writes to the same fields, neither seeing the other (under
-    /// `row-lww` and `reject-stale`: to the same row); `delete-update`: the push deleted a row
-    /// changed since its device saw it; `update-delete`: the push changed a row deleted since.
-    pub kind: String,
-    /// The contested fields; `*` stands for the row's existence.
-    pub fields: Vec<String>,
-    pub strategy: String,
-    /// The stored version before the merge: `{"origin", "exists", "values", "clocks"}`, values
-    /// in the wire form (as pushes and pulls carry them).
-    pub stored: serde_json::Value,
-    /// The incoming version: `{"origin", "exists", "values", "clocks"}`.
-    pub incoming: serde_json::Value,
-    /// For each field, which side the merge kept: `"stored"` or `"incoming"`.
-    pub winner: BTreeMap<String, String>,
-    pub resolved_by: Option<String>,
-    pub resolved_at: Option<String>,
-    pub detected_at: String,
-}
+use ferry_protocol::{ConflictKind, ConflictRecord, ConflictSide, ConflictVersion, Strategy};
 
 /// Which entries to list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,8 +39,8 @@ pub(crate) struct NewConflict {
 }
 
 /// A version as the log keeps it; values in the wire form (as pushes and pulls carry them).
-fn version(table: &Table, state: &RowState, origin: Option<&str>) -> ferry_protocol::ConflictVersion {
-    ferry_protocol::ConflictVersion {
+fn version(table: &Table, state: &RowState, origin: Option<&str>) -> ConflictVersion {
+    ConflictVersion {
         origin: origin.map(str::to_owned),
         exists: state.is_alive(),
         values: ferry_protocol::encode_row(table, "", state).values,
@@ -73,7 +49,7 @@ fn version(table: &Table, state: &RowState, origin: Option<&str>) -> ferry_proto
 }
 
 /// A version as the log's column holds it.
-fn version_text(v: &ferry_protocol::ConflictVersion) -> String {
+fn version_text(v: &ConflictVersion) -> String {
     serde_json::to_string(v).expect("versions serialize")
 }
 
@@ -117,52 +93,39 @@ pub(crate) fn new_conflict(
     }
 }
 
-/// Builds a record from its stored columns.
+/// Builds a record from its stored columns; an entry this version cannot read is named.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record(
     id: i64,
     table: String,
     key: String,
-    kind: String,
+    kind: &str,
     fields: &str,
-    strategy: String,
+    strategy: &str,
     stored: &str,
     incoming: &str,
     winner: &str,
-    resolved_by: Option<String>,
+    resolved_by: Option<&str>,
     resolved_at: Option<String>,
     detected_at: String,
-) -> ConflictRecord {
-    ConflictRecord {
+) -> Result<ConflictRecord, String> {
+    let bad = |what: &str, why: &dyn std::fmt::Display| format!("conflict {id} in the log has a bad {what}: {why}");
+    let strategy_named = |s: &str, what: &str| Strategy::parse(s).ok_or_else(|| bad(what, &format!("'{s}'")));
+    let version = |v: &str, what: &str| serde_json::from_str::<ConflictVersion>(v).map_err(|e| bad(what, &e));
+    Ok(ConflictRecord {
         id,
+        kind: ConflictKind::parse(kind).ok_or_else(|| bad("kind", &format!("'{kind}'")))?,
+        fields: serde_json::from_str(fields).map_err(|e| bad("field list", &e))?,
+        strategy: strategy_named(strategy, "strategy")?,
+        stored: version(stored, "stored version")?,
+        incoming: version(incoming, "incoming version")?,
+        winner: serde_json::from_str(winner).map_err(|e| bad("winner", &e))?,
+        resolved_by: resolved_by.map(|s| strategy_named(s, "resolver")).transpose()?,
         table,
         key,
-        kind,
-        fields: serde_json::from_str(fields).unwrap_or_default(),
-        strategy,
-        stored: serde_json::from_str(stored).unwrap_or_default(),
-        incoming: serde_json::from_str(incoming).unwrap_or_default(),
-        winner: serde_json::from_str(winner).unwrap_or_default(),
-        resolved_by,
         resolved_at,
         detected_at,
-    }
-}
-
-/// Which version of a conflict a person keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Keep {
-    Stored,
-    Incoming,
-}
-
-impl Keep {
-    pub fn name(self) -> &'static str {
-        match self {
-            Keep::Stored => "stored",
-            Keep::Incoming => "incoming",
-        }
-    }
+    })
 }
 
 /// The registers a resolution writes: the kept version's values of the conflict's fields
@@ -171,15 +134,14 @@ impl Keep {
 pub(crate) fn kept_registers(
     table: &Table,
     record: &ConflictRecord,
-    keep: Keep,
+    keep: ConflictSide,
 ) -> Result<Vec<(String, Register)>, String> {
     let version = match keep {
-        Keep::Stored => &record.stored,
-        Keep::Incoming => &record.incoming,
+        ConflictSide::Stored => &record.stored,
+        ConflictSide::Incoming => &record.incoming,
     };
-    let json = version["values"].as_object().cloned().unwrap_or_default();
     let mut values = BTreeMap::new();
-    for (name, v) in &json {
+    for (name, v) in &version.values {
         let Some(col) = table.column(name) else { continue };
         values.insert(name.clone(), ferry_protocol::value_from_json(col.ty, v).map_err(|e| format!("{name}: {e}"))?);
     }
@@ -188,7 +150,7 @@ pub(crate) fn kept_registers(
         .iter()
         .map(|f| {
             if f == EXISTS {
-                (f.clone(), Register::Exists(version["exists"].as_bool().unwrap_or(true)))
+                (f.clone(), Register::Exists(version.exists))
             } else {
                 (f.clone(), Register::Col(values.get(f).cloned().unwrap_or(ferry_core::Value::Null)))
             }
@@ -215,17 +177,16 @@ pub(crate) fn check_open(id: i64, record: Option<&ConflictRecord>) -> crate::Res
 pub(crate) fn overwritten_by_resolution(
     table: &Table,
     record: &ConflictRecord,
-    keep: Keep,
+    keep: ConflictSide,
     current: &RowState,
 ) -> Option<NewConflict> {
     let now = version(table, current, None);
     let provisional = |f: &str| -> serde_json::Value {
-        let side = if record.winner.get(f).map(String::as_str) == Some("incoming") {
-            &record.incoming
-        } else {
-            &record.stored
+        let side = match record.winner.get(f) {
+            Some(ConflictSide::Incoming) => &record.incoming,
+            _ => &record.stored,
         };
-        if f == EXISTS { side["exists"].clone() } else { side["values"][f].clone() }
+        if f == EXISTS { side.exists.into() } else { side.values.get(f).cloned().unwrap_or_default() }
     };
     let current_of = |f: &str| {
         if f == EXISTS { now.exists.into() } else { now.values.get(f).cloned().unwrap_or_default() }
@@ -235,8 +196,8 @@ pub(crate) fn overwritten_by_resolution(
         return None;
     }
     let kept = match keep {
-        Keep::Stored => &record.stored,
-        Keep::Incoming => &record.incoming,
+        ConflictSide::Stored => &record.stored,
+        ConflictSide::Incoming => &record.incoming,
     };
     Some(NewConflict {
         table: table.name.clone(),
@@ -244,7 +205,7 @@ pub(crate) fn overwritten_by_resolution(
         kind: "update-update",
         fields: serde_json::to_string(&fields).expect("strings serialize"),
         stored: version_text(&now),
-        incoming: kept.to_string(),
+        incoming: version_text(kept),
         winner: serde_json::to_string(&fields.iter().map(|f| (f.as_str(), "incoming")).collect::<BTreeMap<_, _>>())
             .expect("strings serialize"),
         strategy: "manual",

@@ -18,7 +18,8 @@ use ferry_core::schema::{Schema, Table};
 use ferry_core::strategy::{Decision, PushContext, decide_push};
 use ferry_core::{RowState, Value};
 
-pub use conflicts::{ConflictFilter, ConflictRecord, Keep};
+pub use conflicts::ConflictFilter;
+pub use ferry_protocol::{ConflictRecord, ConflictSide};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -277,7 +278,7 @@ pub trait Store: Send + Sync + 'static {
     /// replica), and the entry is marked resolved by `manual`. Errors with
     /// [`StoreError::NotFound`] for an unknown id and [`StoreError::Exists`] when it is
     /// already resolved.
-    fn resolve_conflict(&self, id: i64, keep: Keep) -> impl Future<Output = Result<ConflictRecord>> + Send;
+    fn resolve_conflict(&self, id: i64, keep: ConflictSide) -> impl Future<Output = Result<ConflictRecord>> + Send;
 
     /// Up to `limit` rows that changed after `cursor` and that `who` may read, in feed order.
     /// `cursor` is `""` or `"0"` for the start, else a cursor this store gave out; anything
@@ -493,7 +494,7 @@ impl Store for AnyStore {
         delegate!(self, s => s.conflict(id).await)
     }
 
-    async fn resolve_conflict(&self, id: i64, keep: Keep) -> Result<ConflictRecord> {
+    async fn resolve_conflict(&self, id: i64, keep: ConflictSide) -> Result<ConflictRecord> {
         delegate!(self, s => s.resolve_conflict(id, keep).await)
     }
 }

@@ -14,8 +14,8 @@ use ferry_sqlite::{Extra, TableSql};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    ConflictFilter, ConflictRecord, FeedRow, IncomingRow, Keep, NewToken, Principal, PullPage, PushOutcome, Result,
-    Store, StoreError, User, new_token, token_hash,
+    ConflictFilter, ConflictRecord, ConflictSide, FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome,
+    Result, Store, StoreError, User, new_token, token_hash,
 };
 
 const BOOKKEEPING: &str = "
@@ -547,7 +547,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn resolve_conflict(&self, id: i64, keep: Keep) -> Result<ConflictRecord> {
+    async fn resolve_conflict(&self, id: i64, keep: ConflictSide) -> Result<ConflictRecord> {
         self.write(move |inner, conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let sql = format!("SELECT {CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE id = ?1");
@@ -720,20 +720,21 @@ fn site_devices(
 }
 
 fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {
-    Ok(crate::conflicts::record(
+    crate::conflicts::record(
         r.get(0)?,
         r.get(1)?,
         r.get(2)?,
-        r.get(3)?,
-        &r.get::<_, String>(4)?,
-        r.get(5)?,
-        &r.get::<_, String>(6)?,
-        &r.get::<_, String>(7)?,
-        &r.get::<_, String>(8)?,
-        r.get(9)?,
+        r.get_ref(3)?.as_str()?,
+        r.get_ref(4)?.as_str()?,
+        r.get_ref(5)?.as_str()?,
+        r.get_ref(6)?.as_str()?,
+        r.get_ref(7)?.as_str()?,
+        r.get_ref(8)?.as_str()?,
+        r.get_ref(9)?.as_str_or_null()?,
         r.get(10)?,
         r.get(11)?,
-    ))
+    )
+    .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
 /// Brings the bookkeeping owner of every row in line with the table's `owner` option (after

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_client::SyncOptions;
 
 #[derive(Parser)]
@@ -195,8 +195,8 @@ pub enum ConflictsCommand {
         id: i64,
         /// Which version to keep: the one the server held (`stored`) or the one that arrived
         /// (`incoming`).
-        #[arg(long = "use", value_parser = ["stored", "incoming"])]
-        keep: String,
+        #[arg(long = "use", value_enum)]
+        keep: Version,
         /// Print the resolved conflict as JSON.
         #[arg(long)]
         json: bool,
@@ -231,9 +231,32 @@ pub enum ConflictsCommand {
         db: std::path::PathBuf,
         /// The refused change's id (from `ferry conflicts refused`).
         id: i64,
-        #[arg(long, value_parser = ["local", "server"])]
-        keep: String,
+        #[arg(long, value_enum)]
+        keep: Settled,
     },
+}
+
+/// Which version of a server conflict to keep (`ferry conflicts resolve --use`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Version {
+    Stored,
+    Incoming,
+}
+
+impl From<Version> for ferry_protocol::ConflictSide {
+    fn from(v: Version) -> Self {
+        match v {
+            Version::Stored => ferry_protocol::ConflictSide::Stored,
+            Version::Incoming => ferry_protocol::ConflictSide::Incoming,
+        }
+    }
+}
+
+/// Which version of a refused change a replica keeps (`ferry conflicts settle --keep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Settled {
+    Local,
+    Server,
 }
 
 /// Where the server's configuration comes from. Every `[server]` key of the file can also

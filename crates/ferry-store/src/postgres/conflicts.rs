@@ -7,28 +7,29 @@ use tokio_postgres::Row;
 use super::notify::{NOTIFY_CHANNEL, notice_payload};
 use super::push::write;
 use super::{PgStore, load, pg, pool_err};
-use crate::{ConflictFilter, ConflictRecord, Keep, Result, StoreError};
+use crate::{ConflictFilter, ConflictRecord, ConflictSide, Result, StoreError};
 
 pub(super) const PG_CONFLICT_COLUMNS: &str =
     "id, tbl, pk, kind, fields, strategy, stored, incoming, winner, resolved_by,
     to_char(resolved_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
     to_char(detected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
 
-pub(super) fn conflict_row(r: &Row) -> ConflictRecord {
+pub(super) fn conflict_row(r: &Row) -> Result<ConflictRecord> {
     crate::conflicts::record(
         r.get(0),
         r.get(1),
         r.get(2),
         r.get(3),
-        r.get::<_, &str>(4),
+        r.get(4),
         r.get(5),
-        r.get::<_, &str>(6),
-        r.get::<_, &str>(7),
-        r.get::<_, &str>(8),
+        r.get(6),
+        r.get(7),
+        r.get(8),
         r.get(9),
         r.get(10),
         r.get(11),
     )
+    .map_err(StoreError::Internal)
 }
 
 /// Logs a conflict; a second one with the same dedupe key is ignored (a retried push).
@@ -58,10 +59,10 @@ impl PgStore {
             .query(&format!("SELECT {PG_CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE {cond} ORDER BY id DESC"), &[])
             .await
             .map_err(pg)?;
-        Ok(rows.iter().map(conflict_row).collect())
+        rows.iter().map(conflict_row).collect()
     }
 
-    pub(super) async fn resolve(&self, id: i64, keep: Keep) -> Result<ConflictRecord> {
+    pub(super) async fn resolve(&self, id: i64, keep: ConflictSide) -> Result<ConflictRecord> {
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = client
             .build_transaction()
@@ -71,7 +72,7 @@ impl PgStore {
             .map_err(pg)?;
         let select = format!("SELECT {PG_CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE id = $1");
         let row = tx.query_opt(&format!("{select} FOR UPDATE"), &[&id]).await.map_err(pg)?;
-        let record = row.as_ref().map(conflict_row);
+        let record = row.as_ref().map(conflict_row).transpose()?;
         let record = crate::conflicts::check_open(id, record.as_ref())?;
         let pt = self.table(&record.table)?;
         let registers = crate::conflicts::kept_registers(&pt.table, record, keep).map_err(StoreError::Internal)?;
@@ -100,7 +101,7 @@ impl PgStore {
         )
         .await
         .map_err(pg)?;
-        let done = conflict_row(&tx.query_one(&select, &[&id]).await.map_err(pg)?);
+        let done = conflict_row(&tx.query_one(&select, &[&id]).await.map_err(pg)?)?;
         tx.commit().await.map_err(pg)?;
         Ok(done)
     }
@@ -111,6 +112,6 @@ impl PgStore {
             .query_opt(&format!("SELECT {PG_CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE id = $1"), &[&id])
             .await
             .map_err(pg)?;
-        Ok(row.as_ref().map(conflict_row))
+        row.as_ref().map(conflict_row).transpose()
     }
 }

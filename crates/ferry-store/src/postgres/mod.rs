@@ -41,8 +41,8 @@ use self::notify::listen;
 use self::sql::{PgTable, Wire};
 use self::statistics::Statistics;
 use crate::{
-    ConflictFilter, ConflictRecord, IncomingRow, Keep, NewToken, Principal, PullPage, PushOutcome, Result, Store,
-    StoreError, User, new_token, token_hash,
+    ConflictFilter, ConflictRecord, ConflictSide, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result,
+    Store, StoreError, User, new_token, token_hash,
 };
 
 /// The PostgreSQL store.
@@ -386,7 +386,7 @@ impl Store for PgStore {
         self.list_conflicts(filter).await
     }
 
-    async fn resolve_conflict(&self, id: i64, keep: Keep) -> Result<ConflictRecord> {
+    async fn resolve_conflict(&self, id: i64, keep: ConflictSide) -> Result<ConflictRecord> {
         self.resolve(id, keep).await
     }
 

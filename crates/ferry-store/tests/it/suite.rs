@@ -1,7 +1,8 @@
 //! Store behaviour every implementation shares.
 
 use ferry_core::{Hlc, RowState, SiteId, Stamped, Value};
-use ferry_store::{ConflictFilter, IncomingRow, Keep, Principal, Store, StoreError};
+use ferry_protocol::{ConflictKind, ConflictSide, Strategy};
+use ferry_store::{ConflictFilter, IncomingRow, Principal, Store, StoreError};
 
 /// Instantiates every suite test for the store built by `$make`.
 #[macro_export]
@@ -279,14 +280,14 @@ pub async fn concurrent_writes_to_one_field_are_logged_and_different_fields_are_
     let log = store.conflicts(ConflictFilter::All).await.unwrap();
     assert_eq!(log.len(), 1, "logged once: {log:?}");
     let c = &log[0];
-    assert_eq!((c.table.as_str(), c.key.as_str(), c.kind.as_str()), ("notes", key(1).as_str(), "update-update"));
+    assert_eq!((c.table.as_str(), c.key.as_str(), c.kind), ("notes", key(1).as_str(), ConflictKind::UpdateUpdate));
     assert_eq!(c.fields, vec!["body".to_owned()]);
-    assert_eq!(c.stored["values"]["body"], "laptop");
-    assert_eq!(c.stored["origin"], laptop.device_id.as_str());
-    assert_eq!(c.incoming["values"]["body"], "phone");
-    assert_eq!(c.incoming["origin"], ann.device_id.as_str());
-    assert_eq!(c.winner["body"], "incoming", "the phone's write has the later clock");
-    assert_eq!((c.strategy.as_str(), c.resolved_by.as_deref()), ("lww", Some("lww")));
+    assert_eq!(c.stored.values["body"], "laptop");
+    assert_eq!(c.stored.origin.as_deref(), Some(laptop.device_id.as_str()));
+    assert_eq!(c.incoming.values["body"], "phone");
+    assert_eq!(c.incoming.origin.as_deref(), Some(ann.device_id.as_str()));
+    assert_eq!(c.winner["body"], ConflictSide::Incoming, "the phone's write has the later clock");
+    assert_eq!((c.strategy, c.resolved_by), (Strategy::Lww, Some(Strategy::Lww)));
     assert!(c.resolved_at.is_some());
     assert_eq!(store.conflict(c.id).await.unwrap().as_ref(), Some(c));
     assert!(store.conflict(c.id + 1000).await.unwrap().is_none());
@@ -316,7 +317,7 @@ pub async fn a_manual_conflict_stays_open_until_a_person_picks_a_version<S: Stor
     let open = store.conflicts(ConflictFilter::Open).await.unwrap();
     assert_eq!(open.len(), 1, "{open:?}");
     let c = &open[0];
-    assert_eq!((c.strategy.as_str(), c.resolved_by.as_deref(), c.resolved_at.as_deref()), ("manual", None, None));
+    assert_eq!((c.strategy, c.resolved_by, c.resolved_at.as_deref()), (Strategy::Manual, None, None));
     // The provisional winner (the later clock) is what everyone sees meanwhile.
     let page = store.pull(&bob, "", 100).await.unwrap();
     let cursor = page.cursor.clone();
@@ -324,20 +325,20 @@ pub async fn a_manual_conflict_stays_open_until_a_person_picks_a_version<S: Stor
     assert_eq!(row.state.cols["name"].value, Value::Text("ann's name".into()));
 
     // A person keeps bob's version: written as a new change that every replica pulls.
-    let done = store.resolve_conflict(c.id, Keep::Incoming).await.unwrap();
-    assert_eq!(done.resolved_by.as_deref(), Some("manual"));
+    let done = store.resolve_conflict(c.id, ConflictSide::Incoming).await.unwrap();
+    assert_eq!(done.resolved_by, Some(Strategy::Manual));
     assert!(done.resolved_at.is_some());
-    assert_eq!(done.winner["name"], "incoming");
+    assert_eq!(done.winner["name"], ConflictSide::Incoming);
     let page = store.pull(&bob, &cursor, 100).await.unwrap();
     let row = page.rows.iter().find(|r| r.key == key(7)).expect("the resolution reaches the feed");
     assert_eq!(row.state.cols["name"].value, Value::Text("bob's name".into()));
     assert!(row.state.cols["name"].at > at(3, 1), "a fresh clock, later than both versions");
 
-    match store.resolve_conflict(c.id, Keep::Stored).await {
+    match store.resolve_conflict(c.id, ConflictSide::Stored).await {
         Err(StoreError::Exists(m)) => assert!(m.contains("already resolved (by manual"), "{m}"),
         other => panic!("resolving twice must fail, got {other:?}"),
     }
-    match store.resolve_conflict(c.id + 1000, Keep::Stored).await {
+    match store.resolve_conflict(c.id + 1000, ConflictSide::Stored).await {
         Err(StoreError::NotFound(m)) => assert!(m.contains(&format!("no conflict with id {}", c.id + 1000)), "{m}"),
         other => panic!("an unknown id must fail, got {other:?}"),
     }
@@ -396,7 +397,7 @@ pub async fn reject_stale_refuses_a_stale_row_and_applies_the_rest_of_the_batch<
     assert_eq!(text(&again.refused[0].current, "a"), "first");
     let log = store.conflicts(ConflictFilter::All).await.unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
-    assert_eq!((log[0].strategy.as_str(), log[0].resolved_by.as_deref()), ("reject-stale", Some("reject-stale")));
+    assert_eq!((log[0].strategy, log[0].resolved_by), (Strategy::RejectStale, Some(Strategy::RejectStale)));
     // Made on top of the current version, the same change applies.
     let current = IncomingRow::new("stale", &key(1), r.current.clone());
     store.push(&ann, "3", None, vec![edit(&current, "b", "late", at(4, 2))]).await.unwrap();
@@ -418,7 +419,7 @@ pub async fn row_lww_keeps_the_whole_later_row<S: Store>(store: &S) {
     let log = store.conflicts(ConflictFilter::All).await.unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].fields, vec!["a".to_owned(), "b".to_owned()]);
-    assert_eq!((log[0].winner["a"].as_str(), log[0].winner["b"].as_str()), ("incoming", "incoming"));
+    assert_eq!((log[0].winner["a"], log[0].winner["b"]), (ConflictSide::Incoming, ConflictSide::Incoming));
 }
 
 pub async fn authoritative_writes_win_whatever_their_clock<S: Store>(store: &S) {
@@ -441,7 +442,9 @@ pub async fn authoritative_writes_win_whatever_their_clock<S: Store>(store: &S) 
     assert_eq!((text(&row, "a"), text(&row, "b")), ("main".to_owned(), "main b".to_owned()));
     let log = store.conflicts(ConflictFilter::All).await.unwrap();
     assert_eq!(log.len(), 2, "{log:?}");
-    assert!(log.iter().all(|c| c.strategy == "authoritative" && c.resolved_by.as_deref() == Some("authoritative")));
+    assert!(
+        log.iter().all(|c| c.strategy == Strategy::Authoritative && c.resolved_by == Some(Strategy::Authoritative))
+    );
     match store.create_device(&user.id, "bad", false, Some("no spaces please")).await {
         Err(StoreError::Invalid(m)) => assert!(m.contains("role 'no spaces please'"), "{m}"),
         other => panic!("a bad role must be refused, got {other:?}"),
@@ -464,10 +467,10 @@ pub async fn a_delete_against_an_unseen_update_is_logged<S: Store>(store: &S) {
     assert!(!row.is_alive(), "the delete wins under lww");
     let log = store.conflicts(ConflictFilter::All).await.unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
-    assert_eq!(log[0].kind, "delete-update");
+    assert_eq!(log[0].kind, ConflictKind::DeleteUpdate);
     assert_eq!(log[0].fields, vec!["*".to_owned(), "body".to_owned()]);
-    assert_eq!(log[0].stored["values"]["body"], "edited");
-    assert_eq!(log[0].winner["*"], "incoming");
+    assert_eq!(log[0].stored.values["body"], "edited");
+    assert_eq!(log[0].winner["*"], ConflictSide::Incoming);
 }
 
 pub async fn a_version_precondition_refuses_a_changed_row<S: Store>(store: &S) {

@@ -2,10 +2,11 @@
 //! (list --db, refused, settle).
 
 use anyhow::{Result, bail};
-use ferry_store::{ConflictFilter, Keep, Store};
+use ferry_protocol::ConflictSide;
+use ferry_store::{ConflictFilter, Store};
 
 use super::open_replica;
-use crate::cli::ConflictsCommand;
+use crate::cli::{ConflictsCommand, Settled};
 
 pub async fn run(command: ConflictsCommand) -> Result<()> {
     match command {
@@ -27,8 +28,12 @@ pub async fn run(command: ConflictsCommand) -> Result<()> {
         }
         ConflictsCommand::Settle { db, id, keep } => {
             let mut replica = open_replica(&db)?;
-            replica.settle_refused(id, keep == "local")?;
-            println!("settled {id}: kept the {} version", if keep == "local" { "local" } else { "server's" });
+            replica.settle_refused(id, keep == Settled::Local)?;
+            let kept = match keep {
+                Settled::Local => "local",
+                Settled::Server => "server's",
+            };
+            println!("settled {id}: kept the {kept} version");
             Ok(())
         }
         ConflictsCommand::List { db: Some(db), open, resolved, json, .. } => {
@@ -99,7 +104,7 @@ pub async fn run(command: ConflictsCommand) -> Result<()> {
         }
         ConflictsCommand::Resolve { id, keep, json, server } => {
             let (_, store) = server.open_store().await?;
-            let keep = if keep == "stored" { Keep::Stored } else { Keep::Incoming };
+            let keep = ConflictSide::from(keep);
             let c = store.resolve_conflict(id, keep).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
@@ -131,16 +136,17 @@ pub async fn run(command: ConflictsCommand) -> Result<()> {
                 _ => println!("resolved   no"),
             }
             for field in &c.fields {
-                let kept = c.winner.get(field).map_or("?", String::as_str);
+                let kept = c.winner.get(field).map_or("?", |side| side.name());
                 println!("field {field}: kept the {kept} value");
-                println!(
-                    "  stored   {}  (clock {}, from {})",
-                    c.stored["values"][field], c.stored["clocks"][field], c.stored["origin"]
-                );
-                println!(
-                    "  incoming {}  (clock {}, from {})",
-                    c.incoming["values"][field], c.incoming["clocks"][field], c.incoming["origin"]
-                );
+                for (side, v) in [("stored  ", &c.stored), ("incoming", &c.incoming)] {
+                    let value =
+                        if field == "*" { v.exists.into() } else { v.values.get(field).cloned().unwrap_or_default() };
+                    let clock = v.clocks.get(field).map_or("-", String::as_str);
+                    println!(
+                        "  {side} {value}  (clock {clock}, from {})",
+                        v.origin.as_deref().unwrap_or("the server's tables")
+                    );
+                }
             }
             Ok(())
         }
