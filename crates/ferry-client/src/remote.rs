@@ -168,7 +168,7 @@ impl Remote {
     }
 
     /// `GET /v1/admin/status` (admin token): the server's file store and transfer queue.
-    pub async fn admin_status(&self) -> Result<serde_json::Value> {
+    pub async fn admin_status(&self) -> Result<ferry_protocol::ServerStatus> {
         self.send(self.http.get(format!("{}/v1/admin/status", self.base)), "status").await
     }
 
