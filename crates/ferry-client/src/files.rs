@@ -17,7 +17,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ferry_core::schema::{is_file_hash, quote};
 use ferry_protocol::{ErrorCode, FileCheckResponse, FileStateKind, MAX_FILE_CHECK};
@@ -234,8 +236,24 @@ pub struct Transfer {
 /// What `_ferry_files` knows of a hash: uploaded, size, attempts, next try, last error.
 type Known = (bool, Option<i64>, u32, i64, Option<String>);
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+/// The worker's clock: milliseconds since the epoch as the system's clock said at start, moved
+/// on by tokio's clock (the one its sleeps use), so that its schedule runs on a paused clock
+/// in tests and never sees the system's clock step back.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    wall_ms: i64,
+    at: Instant,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        Clock { wall_ms: wall.map_or(0, |d| d.as_millis() as i64), at: Instant::now() }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.wall_ms + self.at.elapsed().as_millis() as i64
+    }
 }
 
 impl Replica {
@@ -494,6 +512,8 @@ struct Shared {
     /// permit back once its last byte arrived, before its fsync and rename, so the disk's
     /// latency does not idle the network.
     network: tokio::sync::Semaphore,
+    /// When retries are due (`_ferry_files.next_try`).
+    clock: Clock,
 }
 
 impl Shared {
@@ -524,7 +544,7 @@ async fn plan(
     ignore_backoff: bool,
 ) -> Result<(Vec<Job>, u64)> {
     let queue = shared.replica()?.file_queue()?;
-    let now = now_ms();
+    let now = shared.clock.now_ms();
     let ready: Vec<&Queued> = queue.iter().filter(|q| ignore_backoff || q.next_try <= now).collect();
     let mut jobs = Vec::new();
     let mut waiting = 0;
@@ -867,7 +887,7 @@ async fn transfer(
             conn.execute(
                 "INSERT INTO _ferry_files (hash, attempts, next_try, last_error) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (hash) DO UPDATE SET attempts = excluded.attempts, next_try = excluded.next_try, last_error = excluded.last_error",
-                params![job.hash, attempts, now_ms() + delay.as_millis() as i64, error],
+                params![job.hash, attempts, shared.clock.now_ms() + delay.as_millis() as i64, error],
             )?;
         }
         _ => {}
@@ -973,6 +993,7 @@ fn shared(db: &Path, remote: &Remote, opts: &FileOptions) -> Result<Arc<Shared>>
         moved: AtomicU64::new(0),
         max_upload: AtomicU64::new(0),
         network: tokio::sync::Semaphore::new(opts.concurrency.max(1)),
+        clock: Clock::start(),
     }))
 }
 
@@ -1009,7 +1030,7 @@ pub async fn sync_files(
             break;
         }
         let soonest = retry.iter().map(|q| q.next_try).min().unwrap_or(0);
-        let wait = (soonest - now_ms()).max(0) as u64;
+        let wait = (soonest - shared.clock.now_ms()).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
     report.millis = started.elapsed().as_millis() as u64;
@@ -1093,7 +1114,7 @@ pub async fn run(
             version = v;
             trigger = t;
             let due = last_pass.is_none_or(|at| at.elapsed() >= opts.interval);
-            let retry_due = next_retry.is_some_and(|t| t <= now_ms());
+            let retry_due = next_retry.is_some_and(|t| t <= shared.clock.now_ms());
             if !paused && (woke || resumed || changed || due || retry_due || told) {
                 ignore_backoff = woke || resumed;
                 break;
@@ -1130,7 +1151,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_holds_over_time_after_one_burst() {
         let limit = RateLimit::new(100_000);
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         for _ in 0..50 {
             limit.take(20_000).await;
         }
