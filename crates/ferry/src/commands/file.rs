@@ -204,6 +204,10 @@ pub fn print_file_event(e: &ferry_client::files::FileEvent, json: bool) {
         (FileEvent::Warning(w), true) => serde_json::json!({"event": "warning", "message": w}).to_string(),
         (FileEvent::Warning(w), false) => format!("warning: {w}"),
         (FileEvent::Held { why }, true) => serde_json::json!({"event": "file_held", "why": why}).to_string(),
+        (FileEvent::Waiting { hash, direction, reason }, true) => serde_json::json!({
+            "event": "file_waiting", "hash": hash, "direction": direction.name(), "reason": reason
+        })
+        .to_string(),
         (FileEvent::Held { why }, false) => {
             format!("files: {why} while paused; nothing moves until `ferry file resume`")
         }

@@ -304,19 +304,36 @@ fn the_watch_moves_files_and_obeys_pause_resume_and_trigger() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
+    // Reads the watch's lines until one matches.
+    let next =
+        |events: &std::sync::mpsc::Receiver<serde_json::Value>, what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(v) if f(&v) => return v,
+                    Ok(_) => {}
+                    Err(_) => panic!("the watch never reported {what}"),
+                }
+            }
+        };
+    let waiting_for = |hash: &str| {
+        let hash = hash.to_owned();
+        move |v: &serde_json::Value| {
+            v["event"] == "file_waiting" && v["hash"] == hash.as_str() && v["direction"] == "down"
+        }
+    };
     let status = || -> serde_json::Value {
         serde_json::from_str(&pair.env.ok_all(&["status", "--db", &laptop, "--json"])).unwrap()
     };
     let mut streaming = watch(&[]);
     let streamed = events(&mut streaming);
-    std::thread::sleep(Duration::from_secs(1));
+    next(&streamed, "the stream up", &|v| v["event"] == "stream" && v["up"] == true);
 
     // The row arrives by the stream, then its file: the stream's news of the upload wakes the
     // laptop's file worker.
     let (first, content) = pair.phone_adds_video(500_000, 20);
     pair.sync_phone();
-    wait_for("the row of the first file", Duration::from_secs(10), &|| status()["files"]["downloads"] == 1);
-    std::thread::sleep(Duration::from_millis(500));
+    next(&streamed, "the first file waiting for its upload", &waiting_for(&first));
     assert!(pair.laptop_file(&first).is_none(), "not uploaded yet");
     pair.file_sync("phone.db", &pair.phone, &pair.server.url, &[]).unwrap();
     wait_for("the first file, told by the stream", Duration::from_secs(5), &|| pair.laptop_file(&first).is_some());
@@ -328,15 +345,9 @@ fn the_watch_moves_files_and_obeys_pause_resume_and_trigger() {
     pair.file_sync("phone.db", &pair.phone, &pair.server.url, &[]).unwrap();
     wait_for("the row of the second file", Duration::from_secs(10), &|| status()["files"]["downloads"] == 1);
     // The worker hears of the upload (the stream's news) and holds, as it is paused.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match streamed.recv_timeout(left) {
-            Ok(v) if v["event"] == "file_held" && v["why"] == "the stream's news" => break,
-            Ok(_) => {}
-            Err(_) => panic!("the paused file worker never heard of the second file's upload"),
-        }
-    }
+    next(&streamed, "the paused worker hearing of the second file's upload", &|v| {
+        v["event"] == "file_held" && v["why"] == "the stream's news"
+    });
     assert!(pair.laptop_file(&second).is_none(), "paused: nothing moves");
     assert_eq!(status()["files"]["paused"], true);
     pair.env.ok(&["file", "resume", "--db", &laptop]);
@@ -346,13 +357,17 @@ fn the_watch_moves_files_and_obeys_pause_resume_and_trigger() {
 
     // Without the stream, nothing makes the worker look again for an hour but a trigger.
     let mut polling = watch(&["--no-stream"]);
-    let _drained = events(&mut polling);
-    std::thread::sleep(Duration::from_secs(1));
+    let polled = events(&mut polling);
+    next(&polled, "the first sync", &|v| v["event"] == "completed");
     let (third, _) = pair.phone_adds_video(200_000, 22);
     pair.sync_phone();
+    // Another process brings the row: the watch syncs after that write, and its worker looks
+    // (the file is not on the server yet) after the sync's own writes.
     pair.sync_laptop();
-    std::thread::sleep(Duration::from_secs(1));
+    next(&polled, "a sync after the other process's write", &|v| v["event"] == "completed");
+    next(&polled, "the third file waiting for its upload", &waiting_for(&third));
     pair.file_sync("phone.db", &pair.phone, &pair.server.url, &[]).unwrap();
+    // Nothing tells the worker of the upload: over six of its looks (every 250 ms), no download.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(pair.laptop_file(&third).is_none(), "no look without a reason");
     pair.env.ok(&["file", "trigger", "--db", &laptop]);
