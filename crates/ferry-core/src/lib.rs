@@ -8,6 +8,7 @@
 pub mod hlc;
 pub mod limits;
 pub mod row;
+pub mod rules;
 pub mod schema;
 pub mod strategy;
 pub mod value;

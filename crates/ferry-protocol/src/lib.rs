@@ -315,7 +315,10 @@ impl SchemaResponse {
                 };
                 conflict.map(|conflict| {
                     let (owner, authority, files) = (i.owner.clone(), i.authority.clone(), i.files.clone());
-                    (n.clone(), ferry_core::schema::TableOptions { owner, conflict, authority, files })
+                    // Sharing rules stay on the server, which enforces them.
+                    let options =
+                        ferry_core::schema::TableOptions { owner, conflict, authority, files, ..Default::default() };
+                    (n.clone(), options)
                 })
             })
             .collect::<Result<_, String>>()

@@ -121,7 +121,9 @@ impl Config {
                     message: format!("[tables.{name}] {message}"),
                 })?,
             };
-            tables.insert(name, TableOptions { owner: t.owner, conflict, authority: t.authority, files: t.files });
+            let options =
+                TableOptions { owner: t.owner, conflict, authority: t.authority, files: t.files, ..Default::default() };
+            tables.insert(name, options);
         }
         let mut files = parsed.files;
         files.dir = from_file(files.dir);

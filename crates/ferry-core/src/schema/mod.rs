@@ -74,8 +74,14 @@ pub struct Column {
 /// Per-table sync options, from `[tables.NAME]` in `ferry.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableOptions {
-    /// Rows belong to the user whose id is in this column; only that user reads or writes them.
+    /// Rows belong to the user whose id is in this column; only that user reads or writes them
+    /// (unless `read` or `write` say otherwise).
     pub owner: Option<String>,
+    /// Who may read a row: a rule (see [`crate::rules`]); without it and without `owner`,
+    /// every signed-in user.
+    pub read: Option<String>,
+    /// Who may write a row (the row before and after the write must pass).
+    pub write: Option<String>,
     /// What happens when two replicas write the same field concurrently.
     pub conflict: ConflictStrategy,
     /// Under `authoritative`: the device role whose writes always win (`authority = "main"`;
@@ -145,6 +151,8 @@ pub struct Table {
     /// Index into `columns` of the primary key.
     pub pk: usize,
     pub options: TableOptions,
+    /// `read` and `write` (or `owner`) checked against the schema.
+    pub access: crate::rules::Access,
 }
 
 /// The whole synced schema.

@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::checks::check_role;
 use super::{ColType, Column, ConflictStrategy, Schema, SchemaError, Table, TableOptions};
+use crate::rules::{Access, Rule};
 use crate::value::Value;
 
 impl Schema {
@@ -104,8 +105,30 @@ impl Schema {
             }
             table.options = opts.clone();
         }
+        let access: Vec<Access> = tables.iter().map(|t| access(t, &tables)).collect::<Result<_, _>>()?;
+        for (table, access) in tables.iter_mut().zip(access) {
+            table.access = access;
+        }
         Ok(Schema { tables })
     }
+}
+
+/// A table's rules: `read` and `write` as given, each defaulting to `owner`'s `col = :user`.
+fn access(table: &Table, tables: &[Table]) -> Result<Access, SchemaError> {
+    let owner = table.options.owner.as_ref().and_then(|o| table.column(o)).map(|c| Rule::owner(&c.name, c.ty));
+    let rule = |key: &str, source: &Option<String>| -> Result<Option<Rule>, SchemaError> {
+        match source {
+            None => Ok(owner.clone()),
+            Some(source) => Rule::parse(source, table, tables).map(Some).map_err(|e| {
+                let caret = format!("{}^", " ".repeat(e.at - 1));
+                SchemaError(format!(
+                    "table '{}': {key} rule, at position {}: {}\n    {source}\n    {caret}",
+                    table.name, e.at, e.message
+                ))
+            }),
+        }
+    };
+    Ok(Access { read: rule("read", &table.options.read)?, write: rule("write", &table.options.write)? })
 }
 
 /// The logical type named by `words` (and its argument, the length of `varchar(n)`).
@@ -397,7 +420,7 @@ impl Parser {
                 return Err(SchemaError(format!("{ctx}: primary key '{pk}' is {}; use uuid (or text)", other.name())));
             }
         }
-        Ok(Table { name, columns, pk: pk_index, options: TableOptions::default() })
+        Ok(Table { name, columns, pk: pk_index, options: TableOptions::default(), access: Default::default() })
     }
 
     fn references(&mut self, ctx: &str) -> Result<(String, String), SchemaError> {

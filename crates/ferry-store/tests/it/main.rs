@@ -5,6 +5,7 @@ mod feed;
 mod pg_capture;
 mod pg_refusals;
 mod pg_startup;
+mod rules;
 mod suite;
 
 use std::collections::BTreeMap;

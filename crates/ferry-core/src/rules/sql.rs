@@ -1,0 +1,173 @@
+//! Writing a rule as a `WHERE` condition for a store: names quoted, every literal and
+//! `:user` bound as a parameter (nothing from the rule is spliced into the SQL as a value).
+
+use super::{CmpOp, Expr, Operand, Rule};
+use crate::schema::{ColType, quote};
+use crate::value::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// What a parameter of a compiled rule is bound to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Slot {
+    /// A literal of the rule, as its column stores it (booleans as 0 and 1).
+    Value(Value, ColType),
+    /// The requesting user's id.
+    User,
+}
+
+/// A rule as SQL: the condition, and what its parameters (numbered from the first given to
+/// [`Rule::compile`], in order) are bound to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compiled {
+    pub sql: String,
+    pub slots: Vec<Slot>,
+}
+
+impl Slot {
+    /// The parameter's text, as PostgreSQL's placeholders take it (`($n::text)::type`).
+    pub fn text(&self, user: &str) -> String {
+        match self {
+            Slot::User => user.to_owned(),
+            Slot::Value(Value::Integer(i), ColType::Boolean) => (if *i != 0 { "true" } else { "false" }).to_owned(),
+            Slot::Value(Value::Integer(i), _) => i.to_string(),
+            Slot::Value(Value::Text(s), _) => s.clone(),
+            Slot::Value(other, _) => format!("{other:?}"),
+        }
+    }
+
+    /// The parameter's value, as SQLite stores it.
+    pub fn value(&self, user: &str) -> Value {
+        match self {
+            Slot::User => Value::Text(user.to_owned()),
+            Slot::Value(v, _) => v.clone(),
+        }
+    }
+}
+
+impl Rule {
+    /// The rule as a condition on the row `alias` (a table alias or name), its parameters
+    /// numbered from `first`.
+    pub fn compile(&self, dialect: Dialect, alias: &str, first: usize) -> Compiled {
+        let mut w = Writer { dialect, first, slots: Vec::new() };
+        let sql = w.expr(&self.expr, alias);
+        Compiled { sql, slots: w.slots }
+    }
+}
+
+struct Writer {
+    dialect: Dialect,
+    first: usize,
+    slots: Vec<Slot>,
+}
+
+/// A subquery's own alias: no table name can clash with it (`_ferry` names are reserved).
+const INNER: &str = "_ferry_s";
+
+impl Writer {
+    fn param(&mut self, slot: Slot, ty: ColType) -> String {
+        let n = self.first + self.slots.len();
+        self.slots.push(slot);
+        match self.dialect {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("(${n}::text)::{}", pg_type(ty)),
+        }
+    }
+
+    fn operand(&mut self, o: &Operand, alias: &str) -> String {
+        match o {
+            Operand::Column(c, _) => format!("{alias}.{}", quote(c)),
+            Operand::Literal(v, ty) => self.param(Slot::Value(v.clone(), *ty), *ty),
+            Operand::User(ty) => self.param(Slot::User, *ty),
+        }
+    }
+
+    fn expr(&mut self, e: &Expr, alias: &str) -> String {
+        match e {
+            Expr::And(a, b) => format!("({} AND {})", self.expr(a, alias), self.expr(b, alias)),
+            Expr::Or(a, b) => format!("({} OR {})", self.expr(a, alias), self.expr(b, alias)),
+            Expr::Not(a) => format!("(NOT {})", self.expr(a, alias)),
+            Expr::Const(b) => (if *b { "TRUE" } else { "FALSE" }).to_owned(),
+            Expr::Compare(a, op, b) => {
+                let left = self.operand(a, alias);
+                let right = self.operand(b, alias);
+                let ordered = matches!(op, CmpOp::Lt | CmpOp::Le | CmpOp::Gt | CmpOp::Ge);
+                let text = matches!(a, Operand::Column(_, ColType::Text));
+                // Text orders byte by byte in both stores, whatever the database's collation.
+                let collate = if ordered && text && self.dialect == Dialect::Postgres { " COLLATE \"C\"" } else { "" };
+                format!("{left}{collate} {} {right}", op.sql())
+            }
+            Expr::IsNull(a, not) => format!("{} IS {}NULL", self.operand(a, alias), if *not { "NOT " } else { "" }),
+            Expr::InList(a, list, not) => {
+                let left = self.operand(a, alias);
+                let items: Vec<String> = list.iter().map(|o| self.operand(o, alias)).collect();
+                format!("{left} {}IN ({})", if *not { "NOT " } else { "" }, items.join(", "))
+            }
+            Expr::InSelect(a, s, not) => {
+                let left = self.operand(a, alias);
+                let filter = s.filter.as_ref().map(|f| format!(" WHERE {}", self.expr(f, INNER))).unwrap_or_default();
+                format!(
+                    "{left} {}IN (SELECT {INNER}.{} FROM {} {INNER}{filter})",
+                    if *not { "NOT " } else { "" },
+                    quote(&s.column),
+                    quote(&s.table)
+                )
+            }
+        }
+    }
+}
+
+fn pg_type(ty: ColType) -> &'static str {
+    match ty {
+        ColType::Uuid => "uuid",
+        ColType::Integer | ColType::BigInt => "bigint",
+        ColType::Boolean => "boolean",
+        ColType::Date => "date",
+        _ => "text",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::schema::Schema;
+
+    #[test]
+    fn literals_and_the_user_are_parameters_in_both_dialects() {
+        let schema = Schema::parse(
+            "CREATE TABLE group_members (id uuid PRIMARY KEY, group_id uuid, user_id uuid, role text);
+             CREATE TABLE formations (id uuid PRIMARY KEY, group_id uuid, title text);",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let rule = Rule::parse(
+            "group_id IN (SELECT group_id FROM group_members WHERE user_id = :user AND role = 'owner') OR title > 'm'",
+            schema.table("formations").unwrap(),
+            &schema.tables,
+        )
+        .unwrap();
+        let lite = rule.compile(Dialect::Sqlite, "t", 3);
+        assert_eq!(
+            lite.sql,
+            "(t.\"group_id\" IN (SELECT _ferry_s.\"group_id\" FROM \"group_members\" _ferry_s WHERE (_ferry_s.\"user_id\" = ?3 AND _ferry_s.\"role\" = ?4)) OR t.\"title\" > ?5)"
+        );
+        assert_eq!(
+            lite.slots,
+            [
+                Slot::User,
+                Slot::Value(Value::Text("owner".into()), ColType::Text),
+                Slot::Value(Value::Text("m".into()), ColType::Text)
+            ]
+        );
+        let pg = rule.compile(Dialect::Postgres, "t", 1);
+        assert!(pg.sql.contains("_ferry_s.\"user_id\" = ($1::text)::uuid"), "{}", pg.sql);
+        assert!(pg.sql.contains("t.\"title\" COLLATE \"C\" > ($3::text)::text"), "{}", pg.sql);
+        assert_eq!(pg.slots[0].text("ann"), "ann");
+    }
+}
