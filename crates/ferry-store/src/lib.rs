@@ -573,6 +573,110 @@ pub(crate) struct Deciding {
     /// The device each site of the batch's clocks is registered to, where it is one.
     pub site_devices: std::collections::HashMap<ferry_core::SiteId, SiteDevice>,
     pub now_ms: u64,
+    /// For each table of the batch with a `write` rule, the values its subqueries select for
+    /// the pushing user before the batch: which stored rows the user may change.
+    pub write_sets: std::collections::HashMap<String, Vec<Vec<Value>>>,
+}
+
+/// What each subquery of a table's write rule selects: the inner rows' keys and values.
+pub(crate) type Selected = Vec<Vec<(String, Value)>>;
+
+/// The values alone of [`Selected`] sets, by table.
+pub(crate) fn selected_values(
+    sets: &std::collections::HashMap<String, Selected>,
+) -> std::collections::HashMap<String, Vec<Vec<Value>>> {
+    sets.iter()
+        .map(|(t, s)| (t.clone(), s.iter().map(|set| set.iter().map(|(_, v)| v.clone()).collect()).collect()))
+        .collect()
+}
+
+/// Whether any table has a `write` rule (only then does a push keep what it wrote to check).
+pub(crate) fn has_write_rules(schema: &Schema) -> bool {
+    schema.tables.iter().any(|t| write_rule(t).is_some())
+}
+
+/// Checks the live rows a batch wrote to tables with a `write` rule, in the order the device
+/// sent them, each against the stored rows as they were before the batch with the batch's
+/// earlier rows applied: a batch may add the membership that lets its later rows in, but no
+/// row lets itself in. `written`: every row the batch changed; `before`: what the rules'
+/// subqueries selected before the batch, for each ruled table of the batch.
+pub(crate) fn check_batch(
+    schema: &Schema,
+    who: &Principal,
+    order: &[(String, String)],
+    written: &std::collections::HashMap<(String, String), RowState>,
+    before: &std::collections::HashMap<String, Selected>,
+) -> Result<()> {
+    let state_of = |t: &str, k: &str| written.get(&(t.to_owned(), k.to_owned()));
+    for (i, (table, key)) in order.iter().enumerate() {
+        let (Some(t), Some(state)) = (schema.table(table), state_of(table, key)) else { continue };
+        let Some(rule) = write_rule(t) else { continue };
+        if !state.is_alive() {
+            continue;
+        }
+        let earlier: Vec<&(String, String)> = order[..i].iter().filter(|(t, k)| state_of(t, k).is_some()).collect();
+        let empty = Vec::new();
+        let base = before.get(table).unwrap_or(&empty);
+        let mut sets = Vec::new();
+        for (n, select) in rule.subqueries().into_iter().enumerate() {
+            let inner = schema.table(&select.table).expect("rules name schema tables");
+            let replaced: std::collections::HashSet<&str> =
+                earlier.iter().filter(|(t, _)| *t == select.table).map(|(_, k)| k.as_str()).collect();
+            let mut values: Vec<Value> = base
+                .get(n)
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| !replaced.contains(k.as_str()))
+                .map(|(_, v)| v.clone())
+                .collect();
+            for (_, k) in earlier.iter().filter(|(t, _)| *t == select.table) {
+                let Some(s) = state_of(&select.table, k).filter(|s| s.is_alive()) else { continue };
+                let row = rule_row(inner, k, s);
+                if select.admits(&row, &who.user_id) {
+                    values.push(row.get(&select.column).cloned().unwrap_or(Value::Null));
+                }
+            }
+            sets.push(values);
+        }
+        check_write(t, key, state, who, &sets, "as written")?;
+    }
+    Ok(())
+}
+
+/// A table's own `write` rule (not the one `owner` implies, which its own checks enforce).
+pub(crate) fn write_rule(table: &Table) -> Option<&ferry_core::rules::Rule> {
+    table.options.write.as_ref().and(table.access.write.as_ref())
+}
+
+/// A row's values as rules read them: the key and every written column.
+pub(crate) fn rule_row(table: &Table, key: &str, state: &RowState) -> std::collections::BTreeMap<String, Value> {
+    let mut row: std::collections::BTreeMap<String, Value> =
+        state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect();
+    row.insert(table.pk_column().name.clone(), Value::Text(key.to_owned()));
+    row
+}
+
+/// Checks a live row against the table's `write` rule for `who`, the rule's subqueries
+/// having selected `sets`; `when` says which version it is, for the message.
+pub(crate) fn check_write(
+    table: &Table,
+    key: &str,
+    state: &RowState,
+    who: &Principal,
+    sets: &[Vec<Value>],
+    when: &str,
+) -> Result<()> {
+    let Some(rule) = write_rule(table) else { return Ok(()) };
+    if !state.is_alive() || rule.allows_given(&rule_row(table, key, state), &who.user_id, sets) {
+        return Ok(());
+    }
+    Err(StoreError::Forbidden(format!(
+        "{} '{}': the table's write rule `{}` does not let user '{}' write this row {when}",
+        table.name,
+        ferry_core::shown(key),
+        rule.source,
+        who.user_name
+    )))
 }
 
 /// The device a site id is registered to (its first write through a push registered it).
@@ -698,6 +802,8 @@ fn merge_pushed(
         )));
     }
     let before = stored.map(|(s, _)| s).unwrap_or_default();
+    let sets = env.write_sets.get(&table.name).map_or(&[][..], Vec::as_slice);
+    check_write(table, key, &before, who, sets, "as it is stored (it is not yours to change)")?;
     let new_sites = new_sites(&before, incoming);
     env.check_sites(table, key, who, &new_sites)?;
     if if_version.is_some_and(|v| v != before.version()) {

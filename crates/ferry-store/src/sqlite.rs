@@ -439,7 +439,20 @@ impl Store for SqliteStore {
                 role_sites: role_sites(&tx)?,
                 site_devices: site_devices(&tx, &crate::batch_sites(rows.iter().map(|r| &r.state)))?,
                 now_ms: crate::wall_ms(),
+                write_sets: HashMap::new(),
             };
+            // With write rules, the batch's rows are checked against them in order once all
+            // are written (see `check_batch`).
+            let ruled = crate::has_write_rules(&inner.schema);
+            let granted = if ruled {
+                write_sets(&tx, &inner.schema, rows.iter().map(|r| r.table.as_str()), &who.user_id)?
+            } else {
+                HashMap::new()
+            };
+            let env = crate::Deciding { write_sets: crate::selected_values(&granted), ..env };
+            let order: Vec<(String, String)> =
+                if ruled { rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect() } else { Vec::new() };
+            let mut written: HashMap<(String, String), ferry_core::RowState> = HashMap::new();
             // What is stored of the batch's rows, read in one query per table; a row the batch
             // holds twice is read again after its first write.
             let mut before: HashMap<(String, String), ferry_sqlite::Stored> = HashMap::with_capacity(rows.len());
@@ -486,7 +499,11 @@ impl Store for SqliteStore {
                 changed += 1;
                 let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0, change: None };
                 ferry_sqlite::store_state(&tx, ts, &row.key, &state, &extra)?;
+                if ruled {
+                    written.insert((row.table.clone(), row.key.clone()), state);
+                }
             }
+            crate::check_batch(&inner.schema, &who, &order, &written, &granted)?;
             for site in &tally.sites {
                 tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id) VALUES (?1, ?2)")?
                     .execute(params![site.to_string(), who.device_id])?;
@@ -717,6 +734,53 @@ fn site_devices(
         }
     }
     Ok(crate::site_devices(rows))
+}
+
+/// What the subqueries of the `write` rules of `tables` select for `user` now.
+fn write_sets<'a>(
+    conn: &rusqlite::Connection,
+    schema: &Schema,
+    tables: impl IntoIterator<Item = &'a str>,
+    user: &str,
+) -> Result<HashMap<String, crate::Selected>> {
+    let mut out = HashMap::new();
+    for name in tables {
+        let Some(rule) = schema.table(name).and_then(crate::write_rule) else { continue };
+        if out.contains_key(name) {
+            continue;
+        }
+        let mut sets = Vec::new();
+        for select in rule.subqueries() {
+            let q = select.compile(ferry_core::rules::Dialect::Sqlite, 1);
+            let binds: Vec<rusqlite::types::Value> = q.slots.iter().map(|s| sqlite_value(s.value(user))).collect();
+            let mut stmt = conn.prepare_cached(&q.sql)?;
+            let values = stmt
+                .query_map(rusqlite::params_from_iter(binds), |r| {
+                    let value = match r.get_ref(0)? {
+                        rusqlite::types::ValueRef::Integer(i) => ferry_core::Value::Integer(i),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            ferry_core::Value::Text(String::from_utf8_lossy(t).into())
+                        }
+                        _ => ferry_core::Value::Null,
+                    };
+                    Ok((r.get::<_, String>(1)?, value))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            sets.push(values);
+        }
+        out.insert(name.to_owned(), sets);
+    }
+    Ok(out)
+}
+
+fn sqlite_value(v: ferry_core::Value) -> rusqlite::types::Value {
+    match v {
+        ferry_core::Value::Null => rusqlite::types::Value::Null,
+        ferry_core::Value::Integer(i) => rusqlite::types::Value::Integer(i),
+        ferry_core::Value::Real(r) => rusqlite::types::Value::Real(r),
+        ferry_core::Value::Text(t) => rusqlite::types::Value::Text(t),
+        ferry_core::Value::Blob(b) => rusqlite::types::Value::Blob(b),
+    }
 }
 
 fn conflict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRecord> {

@@ -14,24 +14,49 @@ impl Rule {
     /// Whether `user` may (read or write, as the rule is) `row`, the other tables being
     /// `tables`. A missing column counts as NULL.
     pub fn allows(&self, row: &BTreeMap<String, Value>, user: &str, tables: &Tables) -> bool {
-        eval(&self.expr, row, user, tables) == Some(true)
+        let sets: Vec<Vec<Value>> = self.subqueries().iter().map(|s| selected(s, user, tables)).collect();
+        self.allows_given(row, user, &sets)
+    }
+
+    /// As [`Rule::allows`], given what each of [`Rule::subqueries`] selects for `user` (in
+    /// their order), as a store reads it once for many rows.
+    pub fn allows_given(&self, row: &BTreeMap<String, Value>, user: &str, sets: &[Vec<Value>]) -> bool {
+        let mut next = 0;
+        eval(&self.expr, row, user, &mut |_| {
+            next += 1;
+            sets.get(next - 1).map_or(&[][..], Vec::as_slice)
+        }) == Some(true)
     }
 }
 
-/// `Some(true)`, `Some(false)`, or `None` for SQL's unknown.
-fn eval(e: &Expr, row: &BTreeMap<String, Value>, user: &str, tables: &Tables) -> Option<bool> {
+impl Select {
+    /// Whether the subquery selects `row` (of its own table) for `user`.
+    pub fn admits(&self, row: &BTreeMap<String, Value>, user: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| eval(f, row, user, &mut |_| &[]) == Some(true))
+    }
+}
+
+/// `Some(true)`, `Some(false)`, or `None` for SQL's unknown. `sets` gives each subquery's
+/// values, called once per subquery in the order they are written.
+fn eval<'a>(
+    e: &Expr,
+    row: &BTreeMap<String, Value>,
+    user: &str,
+    sets: &mut dyn FnMut(&Select) -> &'a [Value],
+) -> Option<bool> {
+    // Both sides are always evaluated, so that subqueries are met in written order.
     match e {
-        Expr::And(a, b) => match (eval(a, row, user, tables), eval(b, row, user, tables)) {
+        Expr::And(a, b) => match (eval(a, row, user, sets), eval(b, row, user, sets)) {
             (Some(false), _) | (_, Some(false)) => Some(false),
             (Some(true), Some(true)) => Some(true),
             _ => None,
         },
-        Expr::Or(a, b) => match (eval(a, row, user, tables), eval(b, row, user, tables)) {
+        Expr::Or(a, b) => match (eval(a, row, user, sets), eval(b, row, user, sets)) {
             (Some(true), _) | (_, Some(true)) => Some(true),
             (Some(false), Some(false)) => Some(false),
             _ => None,
         },
-        Expr::Not(a) => eval(a, row, user, tables).map(|b| !b),
+        Expr::Not(a) => eval(a, row, user, sets).map(|b| !b),
         Expr::Const(b) => Some(*b),
         Expr::Compare(a, op, b) => {
             let ord = compare(&value(a, row, user), &value(b, row, user))?;
@@ -49,9 +74,7 @@ fn eval(e: &Expr, row: &BTreeMap<String, Value>, user: &str, tables: &Tables) ->
             let set: Vec<Value> = list.iter().map(|o| value(o, row, user)).collect();
             member(&value(a, row, user), &set).map(|b| b != *not)
         }
-        Expr::InSelect(a, select, not) => {
-            member(&value(a, row, user), &selected(select, user, tables)).map(|b| b != *not)
-        }
+        Expr::InSelect(a, select, not) => member(&value(a, row, user), sets(select)).map(|b| b != *not),
     }
 }
 
@@ -78,13 +101,10 @@ fn member(x: &Value, set: &[Value]) -> Option<bool> {
     if set.iter().any(Value::is_null) { None } else { Some(false) }
 }
 
-/// The values a subquery gives.
+/// The values a subquery gives (its filter names only its own table: no subqueries).
 fn selected(s: &Select, user: &str, tables: &Tables) -> Vec<Value> {
     let Some(rows) = tables.get(&s.table) else { return Vec::new() };
-    rows.iter()
-        .filter(|r| s.filter.as_ref().is_none_or(|f| eval(f, r, user, tables) == Some(true)))
-        .map(|r| r.get(&s.column).cloned().unwrap_or(Value::Null))
-        .collect()
+    rows.iter().filter(|r| s.admits(r, user)).map(|r| r.get(&s.column).cloned().unwrap_or(Value::Null)).collect()
 }
 
 /// Compares two values of one column type (the parser allows no other): numbers by value,

@@ -87,6 +87,8 @@ pub struct Select {
     pub column: String,
     pub ty: ColType,
     pub filter: Option<Expr>,
+    /// The inner table's primary key column, which [`Select::compile`] selects too.
+    pub key: String,
 }
 
 /// Why a rule was refused: the rule, the position (1-based, in characters) and the fix.
@@ -108,6 +110,17 @@ impl Rule {
             source: format!("{column} = :user"),
             expr: Expr::Compare(Operand::Column(column.to_owned(), ty), CmpOp::Eq, Operand::User(ty)),
         }
+    }
+
+    /// The rule's subqueries, in the order they are written.
+    pub fn subqueries(&self) -> Vec<&Select> {
+        let mut out = Vec::new();
+        self.expr.visit(&mut |e| {
+            if let Expr::InSelect(_, s, _) = e {
+                out.push(s.as_ref());
+            }
+        });
+        out
     }
 
     /// The tables this rule reads besides the row's own (its subqueries'), each once.

@@ -385,7 +385,8 @@ impl Parser<'_> {
             ));
         }
         let filter = if self.eat_keyword("WHERE") { Some(self.or(inner, true)?) } else { None };
-        Ok(Select { table: inner.name.clone(), column: col.name.clone(), ty: col.ty, filter })
+        let key = inner.pk_column().name.clone();
+        Ok(Select { table: inner.name.clone(), column: col.name.clone(), ty: col.ty, filter, key })
     }
 
     /// `raw` must be a column of `table`.

@@ -1,7 +1,7 @@
 //! Writing a rule as a `WHERE` condition for a store: names quoted, every literal and
 //! `:user` bound as a parameter (nothing from the rule is spliced into the SQL as a value).
 
-use super::{CmpOp, Expr, Operand, Rule};
+use super::{CmpOp, Expr, Operand, Rule, Select};
 use crate::schema::{ColType, quote};
 use crate::value::Value;
 
@@ -55,6 +55,19 @@ impl Rule {
     pub fn compile(&self, dialect: Dialect, alias: &str, first: usize) -> Compiled {
         let mut w = Writer { dialect, first, slots: Vec::new() };
         let sql = w.expr(&self.expr, alias);
+        Compiled { sql, slots: w.slots }
+    }
+}
+
+impl Select {
+    /// The subquery on its own, selecting the column and the inner row's key (`SELECT column,
+    /// key FROM table WHERE …`), its parameters numbered from `first`: what a store runs once
+    /// to learn the values a user's rows are compared with.
+    pub fn compile(&self, dialect: Dialect, first: usize) -> Compiled {
+        let mut w = Writer { dialect, first, slots: Vec::new() };
+        let filter = self.filter.as_ref().map(|f| format!(" WHERE {}", w.expr(f, INNER))).unwrap_or_default();
+        let (column, key, table) = (quote(&self.column), quote(&self.key), quote(&self.table));
+        let sql = format!("SELECT {INNER}.{column}, {INNER}.{key} FROM {table} {INNER}{filter}");
         Compiled { sql, slots: w.slots }
     }
 }

@@ -1,6 +1,6 @@
 //! Pushes: merging a batch into the stored rows, writing them and their bookkeeping.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use ferry_core::schema::ColType;
@@ -146,6 +146,8 @@ impl PgStore {
             Cursor::parse(c, &self.inner.epoch)?;
         }
         let received = rows.len();
+        // The device's order, in which write rules see the batch's rows.
+        let order: Vec<(String, String)> = rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect();
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
         // concurrent pushes lock bookkeeping rows in the same order.
         // A key sent twice in one batch is one change: the states merged, the first version seen.
@@ -164,7 +166,7 @@ impl PgStore {
         let mut attempt = 0;
         let (mut outcome, xid) = loop {
             attempt += 1;
-            match self.push_once(who, batch_id, &grouped, received).await {
+            match self.push_once(who, batch_id, &grouped, &order, received).await {
                 Ok(done) => break done,
                 Err(PushError::Store(e)) => return Err(e),
                 Err(PushError::Retry(e)) if attempt >= PUSH_ATTEMPTS => {
@@ -190,6 +192,7 @@ impl PgStore {
         who: &Principal,
         batch_id: &str,
         rows: &BTreeMap<String, BTreeMap<String, IncomingRow>>,
+        order: &[(String, String)],
         received: usize,
     ) -> std::result::Result<(PushOutcome, Option<String>), PushError> {
         let mut client = self.inner.pool.get().await.map_err(|e| PushError::Store(pool_err(e)))?;
@@ -252,7 +255,23 @@ impl PgStore {
         let found = tx.query(&sql, &[&sites]).await.map_err(push_pg)?;
         let site_devices =
             crate::site_devices(found.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))));
-        let env = crate::Deciding { server_site: self.inner.site, role_sites, site_devices, now_ms: crate::wall_ms() };
+        // With write rules, the batch's rows are checked against them in the device's order
+        // once all are written (see `check_batch`).
+        let ruled = crate::has_write_rules(&self.inner.schema);
+        let granted = if ruled {
+            let names: Vec<&str> = rows.keys().map(String::as_str).collect();
+            write_sets(&tx, &self.inner.schema, &names, &who.user_id).await?
+        } else {
+            HashMap::new()
+        };
+        let env = crate::Deciding {
+            server_site: self.inner.site,
+            role_sites,
+            site_devices,
+            now_ms: crate::wall_ms(),
+            write_sets: crate::selected_values(&granted),
+        };
+        let mut written: HashMap<(String, String), RowState> = HashMap::new();
         let mut changed = 0;
         let mut tally = crate::Tally::new();
         for (table, states) in rows {
@@ -287,8 +306,12 @@ impl PgStore {
             if !writes.is_empty() {
                 changed += writes.len();
                 write(&tx, pt, &who.device_id, &writes).await?;
+                if ruled {
+                    written.extend(writes.into_iter().map(|(key, state, _)| ((table.clone(), key), state)));
+                }
             }
         }
+        crate::check_batch(&self.inner.schema, who, order, &written, &granted)?;
         for site in &tally.sites {
             tx.execute(
                 "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -355,5 +378,43 @@ impl PgStore {
             .get(0);
         tx.commit().await.map_err(pg)?;
         Ok((!others).then(|| Cursor { epoch: c.epoch, v: FEED_VERSION, prev: now, cur: None, after: None }.encode()))
+    }
+}
+
+/// What the subqueries of the `write` rules of `tables` select for `user` now, as the
+/// replicas store such values (booleans as 0 and 1).
+async fn write_sets(
+    tx: &Transaction<'_>,
+    schema: &ferry_core::schema::Schema,
+    tables: &[&str],
+    user: &str,
+) -> std::result::Result<HashMap<String, crate::Selected>, PushError> {
+    let mut out = HashMap::new();
+    for &name in tables {
+        let Some(rule) = schema.table(name).and_then(crate::write_rule) else { continue };
+        if out.contains_key(name) {
+            continue;
+        }
+        let mut sets = Vec::new();
+        for select in rule.subqueries() {
+            let q = select.compile(ferry_core::rules::Dialect::Postgres, 1);
+            let texts: Vec<String> = q.slots.iter().map(|s| s.text(user)).collect();
+            let params: Vec<&(dyn ToSql + Sync)> = texts.iter().map(|t| t as &(dyn ToSql + Sync)).collect();
+            let sql = format!("SELECT v::text, k::text FROM ({}) AS q (v, k)", q.sql);
+            let found = tx.query(&sql, &params).await.map_err(push_pg)?;
+            sets.push(found.iter().map(|r| (r.get(1), value_of_text(select.ty, r.get(0)))).collect());
+        }
+        out.insert(name.to_owned(), sets);
+    }
+    Ok(out)
+}
+
+/// A value PostgreSQL gave as text, as the replicas store it.
+fn value_of_text(ty: ColType, text: Option<String>) -> Value {
+    match (ty, text) {
+        (_, None) => Value::Null,
+        (ColType::Boolean, Some(t)) => Value::Integer(i64::from(t == "true")),
+        (ColType::Integer | ColType::BigInt, Some(t)) => t.parse().map_or(Value::Null, Value::Integer),
+        (_, Some(t)) => Value::Text(t),
     }
 }

@@ -6,6 +6,7 @@ mod pg_capture;
 mod pg_refusals;
 mod pg_startup;
 mod rules;
+mod sharing;
 mod suite;
 
 use std::collections::BTreeMap;
@@ -129,6 +130,13 @@ mod sqlite {
     crate::suite!(open().store);
 
     #[tokio::test]
+    async fn write_rules_decide_who_changes_which_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), crate::sharing::schema()).unwrap();
+        crate::sharing::write_rules_decide_who_changes_which_rows(store).await;
+    }
+
+    #[tokio::test]
     async fn rows_of_a_dropped_table_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let before = SqliteStore::open(dir.path(), schema()).unwrap();
@@ -183,6 +191,12 @@ mod postgres {
     }
 
     crate::suite!(open().await);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_rules_decide_who_changes_which_rows() {
+        let store = PgStore::open(&ferry_pgtemp::PgCluster::fresh_db(), crate::sharing::schema()).await.unwrap();
+        crate::sharing::write_rules_decide_who_changes_which_rows(store).await;
+    }
 
     #[tokio::test]
     async fn the_owner_option_turned_on_later_makes_existing_rows_private() {
