@@ -595,11 +595,12 @@ pub(crate) fn has_write_rules(schema: &Schema) -> bool {
     schema.tables.iter().any(|t| write_rule(t).is_some())
 }
 
-/// Checks the live rows a batch wrote to tables with a `write` rule, in the order the device
-/// sent them, each against the stored rows as they were before the batch with the batch's
-/// earlier rows applied: a batch may add the membership that lets its later rows in, but no
-/// row lets itself in. `written`: every row the batch changed; `before`: what the rules'
-/// subqueries selected before the batch, for each ruled table of the batch.
+/// Checks the live rows a batch wrote to tables with a `write` rule. Each must be allowed by
+/// the stored rows as they were before the batch together with rows of the batch already
+/// allowed (or needing no check), never by itself: a batch may create a group, make its
+/// creator the first owner and add a formation, in any order, but no row lets itself in, and
+/// no two rows let each other in. `written`: every row the batch changed; `before`: what the
+/// rules' subqueries selected before the batch, for each ruled table of the batch.
 pub(crate) fn check_batch(
     schema: &Schema,
     who: &Principal,
@@ -607,40 +608,62 @@ pub(crate) fn check_batch(
     written: &std::collections::HashMap<(String, String), RowState>,
     before: &std::collections::HashMap<String, Selected>,
 ) -> Result<()> {
-    let state_of = |t: &str, k: &str| written.get(&(t.to_owned(), k.to_owned()));
-    for (i, (table, key)) in order.iter().enumerate() {
-        let (Some(t), Some(state)) = (schema.table(table), state_of(table, key)) else { continue };
-        let Some(rule) = write_rule(t) else { continue };
-        if !state.is_alive() {
+    let mut rows: Vec<(&Table, &str, &RowState)> = Vec::new();
+    for (table, key) in order {
+        let (Some(t), Some(state)) = (schema.table(table), written.get(&(table.clone(), key.clone()))) else {
             continue;
+        };
+        if !rows.iter().any(|(t2, k2, _)| t2.name == t.name && *k2 == key.as_str()) {
+            rows.push((t, key, state));
         }
-        let earlier: Vec<&(String, String)> = order[..i].iter().filter(|(t, k)| state_of(t, k).is_some()).collect();
-        let empty = Vec::new();
-        let base = before.get(table).unwrap_or(&empty);
-        let mut sets = Vec::new();
-        for (n, select) in rule.subqueries().into_iter().enumerate() {
-            let inner = schema.table(&select.table).expect("rules name schema tables");
-            let replaced: std::collections::HashSet<&str> =
-                earlier.iter().filter(|(t, _)| *t == select.table).map(|(_, k)| k.as_str()).collect();
-            let mut values: Vec<Value> = base
-                .get(n)
-                .into_iter()
-                .flatten()
-                .filter(|(k, _)| !replaced.contains(k.as_str()))
-                .map(|(_, v)| v.clone())
-                .collect();
-            for (_, k) in earlier.iter().filter(|(t, _)| *t == select.table) {
-                let Some(s) = state_of(&select.table, k).filter(|s| s.is_alive()) else { continue };
-                let row = rule_row(inner, k, s);
-                if select.admits(&row, &who.user_id) {
-                    values.push(row.get(&select.column).cloned().unwrap_or(Value::Null));
-                }
-            }
-            sets.push(values);
-        }
-        check_write(t, key, state, who, &sets, "as written")?;
     }
-    Ok(())
+    let needs_check = |(t, _, s): &(&Table, &str, &RowState)| write_rule(t).is_some() && s.is_alive();
+    let (mut waiting, mut allowed): (Vec<_>, Vec<_>) = rows.into_iter().partition(needs_check);
+    let empty = Vec::new();
+    // Rounds until no waiting row is let in by those allowed so far.
+    loop {
+        let mut progressed = false;
+        let mut still = Vec::new();
+        for row in waiting {
+            let (table, key, state) = row;
+            let rule = write_rule(table).expect("waiting rows have rules");
+            let base = before.get(&table.name).unwrap_or(&empty);
+            let mut sets = Vec::new();
+            for (n, select) in rule.subqueries().into_iter().enumerate() {
+                let inner = schema.table(&select.table).expect("rules name schema tables");
+                let mine = allowed.iter().filter(|(t, _, _)| t.name == select.table);
+                let replaced: std::collections::HashSet<&str> = mine.clone().map(|(_, k, _)| *k).collect();
+                let mut values: Vec<Value> = base
+                    .get(n)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| !replaced.contains(k.as_str()))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                for (_, k, s) in mine.filter(|(_, _, s)| s.is_alive()) {
+                    let row = rule_row(inner, k, s);
+                    if select.admits(&row, &who.user_id) {
+                        values.push(row.get(&select.column).cloned().unwrap_or(Value::Null));
+                    }
+                }
+                sets.push(values);
+            }
+            if rule.allows_given(&rule_row(table, key, state), &who.user_id, &sets) {
+                allowed.push(row);
+                progressed = true;
+            } else {
+                still.push(row);
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() || !progressed {
+            break;
+        }
+    }
+    match waiting.first() {
+        Some((table, key, _)) => Err(refused_write(table, key, who, "as written")),
+        None => Ok(()),
+    }
 }
 
 /// A table's own `write` rule (not the one `owner` implies, which its own checks enforce).
@@ -670,13 +693,18 @@ pub(crate) fn check_write(
     if !state.is_alive() || rule.allows_given(&rule_row(table, key, state), &who.user_id, sets) {
         return Ok(());
     }
-    Err(StoreError::Forbidden(format!(
-        "{} '{}': the table's write rule `{}` does not let user '{}' write this row {when}",
+    Err(refused_write(table, key, who, when))
+}
+
+/// The 403 for a row the table's `write` rule does not allow.
+fn refused_write(table: &Table, key: &str, who: &Principal, when: &str) -> StoreError {
+    let rule = write_rule(table).map_or("", |r| r.source.as_str());
+    StoreError::Forbidden(format!(
+        "{} '{}': the table's write rule `{rule}` does not let user '{}' write this row {when}",
         table.name,
         ferry_core::shown(key),
-        rule.source,
         who.user_name
-    )))
+    ))
 }
 
 /// The device a site id is registered to (its first write through a push registered it).

@@ -66,8 +66,8 @@ pub async fn write_rules_decide_who_changes_which_rows<S: Store>(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
     let (g1, g2) = (1, 2);
-    // One batch makes a group, its first owner and a formation: the rules see each row after
-    // the batch's earlier ones, in the device's order.
+    // One batch makes a group, its first owner and a formation, in any order: each row is let
+    // in by the stored rows and the batch's other rows let in before it, never by itself.
     let group = row("groups", g1, &[("name", text("Team A")), ("created_by", text(&ann.user_id))], 1);
     let owner = row(
         "group_members",
@@ -76,11 +76,7 @@ pub async fn write_rules_decide_who_changes_which_rows<S: Store>(store: S) {
         1,
     );
     let formation = row("formations", 10, &[("group_id", text(&id(g1))), ("title", text("diamond"))], 1);
-    // The formation before the membership that admits it is refused: no row lets itself in
-    // by what comes after it.
-    let early = vec![formation.clone(), owner.clone(), group.clone()];
-    forbidden(store.push(&ann, "a0", None, early).await, &["formations", &id(10), "as written"]);
-    let batch = vec![group, owner, formation];
+    let batch = vec![formation, owner, group];
     store.push(&ann, "a1", None, batch).await.unwrap();
 
     // Bob is not in the group: his formation in it is refused, naming table, key and rule.
@@ -97,7 +93,15 @@ pub async fn write_rules_decide_who_changes_which_rows<S: Store>(store: S) {
         &[("group_id", text(&id(g1))), ("user_id", text(&bob.user_id)), ("role", text("owner"))],
         2,
     );
-    forbidden(store.push(&bob, "b2", None, vec![joins]).await, &["group_members", &id(21)]);
+    forbidden(store.push(&bob, "b2", None, vec![joins.clone()]).await, &["group_members", &id(21)]);
+    // Nor can two rows let each other in.
+    let twin = row(
+        "group_members",
+        24,
+        &[("group_id", text(&id(g1))), ("user_id", text(&bob.user_id)), ("role", text("owner"))],
+        2,
+    );
+    forbidden(store.push(&bob, "b2b", None, vec![joins, twin]).await, &["group_members", "'bob'"]);
 
     // Ann adds Bob as a plain member: he still may not change the group's formations.
     let member = row(
