@@ -38,6 +38,8 @@ struct ServerSection {
 #[serde(deny_unknown_fields)]
 struct TableSection {
     owner: Option<String>,
+    /// Who may write a row: a rule over the row (`docs/sharing.md`).
+    write: Option<String>,
     conflict: Option<String>,
     authority: Option<String>,
     #[serde(default)]
@@ -121,8 +123,14 @@ impl Config {
                     message: format!("[tables.{name}] {message}"),
                 })?,
             };
-            let options =
-                TableOptions { owner: t.owner, conflict, authority: t.authority, files: t.files, ..Default::default() };
+            let options = TableOptions {
+                owner: t.owner,
+                write: t.write,
+                conflict,
+                authority: t.authority,
+                files: t.files,
+                ..Default::default()
+            };
             tables.insert(name, options);
         }
         let mut files = parsed.files;

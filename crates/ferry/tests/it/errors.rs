@@ -292,6 +292,18 @@ fn a_bad_schema_is_refused_at_start_up_naming_the_table_and_the_fix() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("table 'notes': owner column 'author' does not exist"), "{err}");
+    // A rule is refused with its position and what rules may hold.
+    std::fs::write(
+        env.path("ferry.toml"),
+        "[server]\nschema = \"schema.sql\"\n[tables.notes]\nwrite = \"user_id IN (SELECT id FROM members)\"\n",
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&env.run(&["serve", "-c", &env.config()]).stderr).to_string();
+    assert!(
+        err.contains("table 'notes': write rule, at position 28: unknown table 'members'; the schema has: notes"),
+        "{err}"
+    );
+    assert!(err.contains("    user_id IN (SELECT id FROM members)\n                               ^"), "{err}");
     std::fs::write(env.path("ferry.toml"), "[server]\nschema = \"schema.sql\"\nlisten_on = \"x\"\n").unwrap();
     let err = String::from_utf8_lossy(&env.run(&["serve", "-c", &env.config()]).stderr).to_string();
     assert!(err.contains("unknown field `listen_on`"), "{err}");

@@ -12,6 +12,7 @@ mod postgres;
 mod proxy;
 mod queue;
 mod rest;
+mod sharing;
 mod support;
 mod sync;
 mod watch;

@@ -1,0 +1,81 @@
+//! Sharing rules end to end: devices of two users writing through `ferry sync`, on both
+//! stores. A write the rules refuse is set aside on its device with the server's answer;
+//! everything else syncs.
+
+use crate::*;
+
+const RULES: [(&str, &str); 3] = [
+    (
+        "groups",
+        r#"write = "created_by = :user OR id IN (SELECT group_id FROM group_members WHERE user_id = :user AND role = 'owner')""#,
+    ),
+    (
+        "group_members",
+        r#"write = "group_id IN (SELECT group_id FROM group_members WHERE user_id = :user AND role = 'owner') OR (user_id = :user AND role = 'owner' AND group_id IN (SELECT id FROM groups WHERE created_by = :user))""#,
+    ),
+    (
+        "formations",
+        r#"write = "group_id IN (SELECT group_id FROM group_members WHERE user_id = :user AND role = 'owner')""#,
+    ),
+];
+
+fn formations(db: &rusqlite::Connection) -> Vec<String> {
+    let mut stmt = db.prepare("SELECT name FROM formations ORDER BY name").unwrap();
+    stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+fn a_forged_write_is_set_aside_and_the_rest_syncs(env: Env) {
+    for (table, lines) in RULES {
+        env.table_options(table, lines);
+    }
+    let p = Pair::in_env(env);
+    let bob = p.env.add_user("bob");
+    let tablet = p.env.token("bob", "tablet");
+    // Alice makes a group, makes herself its owner and plans a formation, offline, then syncs.
+    let phone = p.env.db("phone.db");
+    let group = uuid();
+    phone
+        .execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Sunday 4-way', ?2)", [&group, &p.user])
+        .unwrap();
+    phone
+        .execute(
+            "INSERT INTO group_members (id, group_id, user_id, role) VALUES (?1, ?2, ?3, 'owner')",
+            [&uuid(), &group, &p.user],
+        )
+        .unwrap();
+    phone.execute("INSERT INTO formations (id, group_id, name) VALUES (?1, ?2, 'diamond')", [&uuid(), &group]).unwrap();
+    let status = p.sync_phone();
+    assert_eq!((status["failed"].as_u64(), status["pending"].as_u64()), (Some(0), Some(0)), "{status}");
+
+    // Bob is in no group: his formation in Alice's group is refused, his own jump goes through.
+    p.env.sync(&p.server, "tablet.db", &tablet);
+    let db = p.env.db("tablet.db");
+    db.execute("INSERT INTO formations (id, group_id, name) VALUES (?1, ?2, 'forged')", [&uuid(), &group]).unwrap();
+    insert_jump(&db, &bob, 1, "bob's own");
+    let status = p.env.sync(&p.server, "tablet.db", &tablet);
+    assert_eq!(status["failed"], 1, "{status}");
+    let path = p.env.path("tablet.db").display().to_string();
+    let queue: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["queue", "--db", &path, "--json"]).stdout).unwrap();
+    let failed = &queue["failed"][0];
+    assert_eq!(failed["status"], 403, "{queue}");
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains("formations") && message.contains("write rule") && message.contains("'bob'"), "{message}");
+
+    p.sync_laptop();
+    let laptop = p.env.db("laptop.db");
+    assert_eq!(formations(&laptop), ["diamond"], "the forged formation reached no one");
+    let other = p.env.token("bob", "phone");
+    p.env.sync(&p.server, "bob-phone.db", &other);
+    assert_eq!(jumps(&p.env.db("bob-phone.db")).len(), 1, "bob's own jump arrived");
+}
+
+#[test]
+fn a_forged_write_is_set_aside_and_the_rest_syncs_on_the_embedded_store() {
+    a_forged_write_is_set_aside_and_the_rest_syncs(Env::new());
+}
+
+#[test]
+fn a_forged_write_is_set_aside_and_the_rest_syncs_on_postgres() {
+    a_forged_write_is_set_aside_and_the_rest_syncs(Env::postgres());
+}
