@@ -146,8 +146,12 @@ impl PgStore {
             Cursor::parse(c, &self.inner.epoch)?;
         }
         let received = rows.len();
-        // The device's order, in which write rules see the batch's rows.
-        let order: Vec<(String, String)> = rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect();
+        // The batch's rows, for write rules (only kept when a table has one).
+        let order: Vec<(String, String)> = if crate::has_write_rules(&self.inner.schema) {
+            rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect()
+        } else {
+            Vec::new()
+        };
         // Grouped by table and key (rows for one key merged), in a fixed order, so that
         // concurrent pushes lock bookkeeping rows in the same order.
         // A key sent twice in one batch is one change: the states merged, the first version seen.
