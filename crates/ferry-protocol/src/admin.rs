@@ -192,6 +192,32 @@ pub struct RevokeResponse {
     pub revoked: Vec<String>,
 }
 
+/// One device, as `GET /v1/admin/devices` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub name: String,
+    pub user_id: String,
+    pub user_name: String,
+    /// Its tokens may use the admin endpoints.
+    pub admin: bool,
+    /// Its role, for tables with `conflict = "authoritative"`.
+    pub role: Option<String>,
+    pub created_at: String,
+    /// When it last made a request, to the minute; `None` before its first.
+    pub last_seen: Option<String>,
+    /// When it was revoked (its tokens no longer work); `None` while it is live.
+    pub revoked_at: Option<String>,
+}
+
+/// `GET /v1/admin/devices`: the devices, by user name, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesResponse {
+    pub devices: Vec<DeviceRecord>,
+}
+
 /// `GET /v1/admin/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -19,8 +19,8 @@ mod page;
 pub mod rest;
 mod stream;
 pub use admin::{
-    ConflictKind, ConflictRecord, ConflictSide, ConflictVersion, FilesStatus, ResolveRequest, RevokeResponse,
-    ServerStatus, Strategy,
+    ConflictKind, ConflictRecord, ConflictSide, ConflictVersion, DeviceRecord, DevicesResponse, FilesStatus,
+    ResolveRequest, RevokeResponse, ServerStatus, Strategy,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};

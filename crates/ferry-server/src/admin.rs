@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
-use ferry_protocol::{ConflictRecord, ResolveRequest, RevokeResponse};
+use ferry_protocol::{ConflictRecord, DevicesResponse, ResolveRequest, RevokeResponse};
 use ferry_store::{ConflictFilter, Store};
 
 use crate::auth::Authed;
@@ -85,6 +85,22 @@ pub async fn resolve<S: Store>(
 fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("bad conflict id in the path: {e}")))?;
     id.parse().map_err(|_| ApiError::BadRequest(format!("conflict id '{id}' is not a number")))
+}
+
+/// `GET /v1/admin/devices?user=NAME_OR_ID`: every device (of that user), by user, oldest first.
+pub async fn devices<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    who: Authed,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<DevicesResponse>, ApiError> {
+    require_admin(&who)?;
+    if let Some(unknown) = q.keys().find(|k| k.as_str() != "user") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown parameter '{}'; use user=NAME (or the user's id)",
+            ferry_core::shown(unknown)
+        )));
+    }
+    Ok(Json(DevicesResponse { devices: state.store.devices(q.get("user").map(String::as_str)).await? }))
 }
 
 /// `POST /v1/admin/devices/{id}/revoke`: the device's tokens stop working, its streams close.

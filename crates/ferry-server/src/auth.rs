@@ -17,10 +17,40 @@ impl<S: Store> FromRequestParts<Arc<AppState<S>>> for Authed {
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState<S>>) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers)?;
         match state.store.authenticate(token).await? {
-            Some(p) => Ok(Authed(p)),
+            Some(p) => {
+                if state.seen.due(&p.device_id)
+                    && let Err(e) = state.store.device_seen(&p.device_id).await
+                {
+                    // Bookkeeping only: the request goes on.
+                    tracing::warn!("cannot record that device {} was seen: {e}", p.device_id);
+                }
+                Ok(Authed(p))
+            }
             None => Err(ApiError::Unauthorized(
                 "bad token: unknown or revoked; create a new one with `ferry token create`".into(),
             )),
+        }
+    }
+}
+
+/// When this process last recorded each device as seen: the store hears of a device at most
+/// once a minute.
+#[derive(Default)]
+pub struct Seen(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl Seen {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether `device` is due to be recorded (and from now on, not for a minute).
+    fn due(&self, device: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(device) {
+            Some(at) if now.duration_since(*at) < Self::EVERY => false,
+            _ => {
+                seen.insert(device.to_owned(), now);
+                true
+            }
         }
     }
 }

@@ -46,13 +46,21 @@ pub struct AppState<S> {
     pub files: Arc<Files>,
     /// The devices of this process's open streams, and the news of their revocation.
     pub revocations: stream::Revocations,
+    /// When devices were last recorded as seen.
+    pub seen: auth::Seen,
 }
 
 /// The HTTP routes over `store`, with `files` for the files rows reference.
 pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router {
     use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
     let limits = guard::Limits { body: max_body_bytes, upload: files.max_upload_bytes() };
-    let state = Arc::new(AppState { store, max_body_bytes, files: Arc::new(files), revocations: Default::default() });
+    let state = Arc::new(AppState {
+        store,
+        max_body_bytes,
+        files: Arc::new(files),
+        revocations: Default::default(),
+        seen: Default::default(),
+    });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"));
@@ -71,6 +79,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         .route("/v1/admin/conflicts", get(admin::list::<S>))
         .route("/v1/admin/conflicts/{id}", get(admin::show::<S>))
         .route("/v1/admin/conflicts/{id}/resolve", post(admin::resolve::<S>))
+        .route("/v1/admin/devices", get(admin::devices::<S>))
         .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device::<S>))
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)

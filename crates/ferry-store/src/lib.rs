@@ -19,7 +19,7 @@ use ferry_core::strategy::{Decision, PushContext, decide_push};
 use ferry_core::{RowState, Value};
 
 pub use conflicts::ConflictFilter;
-pub use ferry_protocol::{ConflictRecord, ConflictSide};
+pub use ferry_protocol::{ConflictRecord, ConflictSide, DeviceRecord};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -232,6 +232,13 @@ pub trait Store: Send + Sync + 'static {
     /// many ids, so that a server can watch all its open streams' devices cheaply.
     fn revoked_among(&self, device_ids: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
 
+    /// The devices (of the user with this name or id, when given), by user name, oldest first.
+    /// An unknown user is [`StoreError::NotFound`].
+    fn devices(&self, user: Option<&str>) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
+
+    /// Records that a device made a request now.
+    fn device_seen(&self, device_id: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// The device a bearer token belongs to, or `None` for an unknown or revoked token.
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Option<Principal>>> + Send;
 
@@ -440,6 +447,14 @@ impl Store for AnyStore {
 
     async fn revoked_among(&self, device_ids: &[String]) -> Result<Vec<String>> {
         delegate!(self, s => s.revoked_among(device_ids).await)
+    }
+
+    async fn devices(&self, user: Option<&str>) -> Result<Vec<DeviceRecord>> {
+        delegate!(self, s => s.devices(user).await)
+    }
+
+    async fn device_seen(&self, device_id: &str) -> Result<()> {
+        delegate!(self, s => s.device_seen(device_id).await)
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
@@ -913,6 +928,14 @@ fn wall_ms() -> u64 {
 /// or id, or NULL), `?2`/`$2` the device id or name.
 pub(crate) const DEVICES_NAMED: &str = "revoked_at IS NULL AND (id = $2 OR (name = $2 AND user_id IN
     (SELECT id FROM _ferry_users WHERE name = $1 OR id = $1)))";
+
+/// The refusal for a user name or id nobody has.
+fn no_user(user: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no user '{}'; `ferry device list` shows every user's devices",
+        ferry_core::shown(user)
+    ))
+}
 
 /// The refusal when [`Store::revoke_devices`] finds no live device.
 fn no_device(user: Option<&str>, device: &str) -> StoreError {

@@ -14,8 +14,8 @@ use ferry_sqlite::{Extra, TableSql};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    ConflictFilter, ConflictRecord, ConflictSide, FeedRow, IncomingRow, NewToken, Principal, PullPage, PushOutcome,
-    Result, Store, StoreError, User, new_token, token_hash,
+    ConflictFilter, ConflictRecord, ConflictSide, DeviceRecord, FeedRow, IncomingRow, NewToken, Principal, PullPage,
+    PushOutcome, Result, Store, StoreError, User, new_token, token_hash,
 };
 
 const BOOKKEEPING: &str = "
@@ -334,6 +334,56 @@ impl Store for SqliteStore {
                 params![device_id, user_id, device, token_hash(&token), admin, role],
             )?;
             Ok(NewToken { device_id, token })
+        })
+        .await
+    }
+
+    async fn devices(&self, user: Option<&str>) -> Result<Vec<DeviceRecord>> {
+        let user = user.map(str::to_owned);
+        self.read(move |_, conn| {
+            if let Some(u) = &user {
+                let known: bool = conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM _ferry_users WHERE id = ?1 OR name = ?1)",
+                    [u],
+                    |r| r.get(0),
+                )?;
+                if !known {
+                    return Err(crate::no_user(u));
+                }
+            }
+            let rows = conn
+                .prepare(
+                    "SELECT d.id, d.name, d.user_id, u.name, d.admin, d.role, d.created_at, d.last_seen, d.revoked_at
+                     FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
+                     WHERE ?1 IS NULL OR u.id = ?1 OR u.name = ?1 ORDER BY u.name, d.created_at, d.id",
+                )?
+                .query_map([&user], |r| {
+                    Ok(DeviceRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        user_id: r.get(2)?,
+                        user_name: r.get(3)?,
+                        admin: r.get(4)?,
+                        role: r.get(5)?,
+                        created_at: r.get(6)?,
+                        last_seen: r.get(7)?,
+                        revoked_at: r.get(8)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn device_seen(&self, device_id: &str) -> Result<()> {
+        let device_id = device_id.to_owned();
+        self.write(move |_, conn| {
+            conn.execute(
+                "UPDATE _ferry_devices SET last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+                [&device_id],
+            )?;
+            Ok(())
         })
         .await
     }

@@ -28,6 +28,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Devices: list them (with user, role, last seen, revoked), revoke one by id.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Sync a replica file with a server: create tables, push local changes, pull remote ones.
     Sync(SyncArgs),
     /// Show a replica's sync state (pending changes, last sync, cursor, conflicts).
@@ -324,6 +329,32 @@ pub enum TokenCommand {
         #[arg(long)]
         device: String,
         /// Print {"revoked": [ids]}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// List devices: id, name, user, role, created, last seen, revoked.
+    List {
+        /// Only this user's devices (name or id).
+        #[arg(long)]
+        user: Option<String>,
+        /// Print {"devices": [...]}, as GET /v1/admin/devices answers.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a device by id: its tokens stop working at once, its open streams close within
+    /// seconds.
+    Revoke {
+        /// The device's id (from `ferry device list`).
+        id: String,
+        /// Print {"revoked": [id]}.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -41,8 +41,8 @@ use self::notify::listen;
 use self::sql::{PgTable, Wire};
 use self::statistics::Statistics;
 use crate::{
-    ConflictFilter, ConflictRecord, ConflictSide, IncomingRow, NewToken, Principal, PullPage, PushOutcome, Result,
-    Store, StoreError, User, new_token, token_hash,
+    ConflictFilter, ConflictRecord, ConflictSide, DeviceRecord, IncomingRow, NewToken, Principal, PullPage,
+    PushOutcome, Result, Store, StoreError, User, new_token, token_hash,
 };
 
 /// The PostgreSQL store.
@@ -336,6 +336,50 @@ impl Store for PgStore {
             .await
             .map_err(pg)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn devices(&self, user: Option<&str>) -> Result<Vec<DeviceRecord>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        if let Some(u) = user {
+            let known: bool = client
+                .query_one("SELECT EXISTS (SELECT 1 FROM _ferry_users WHERE id = $1 OR name = $1)", &[&u])
+                .await
+                .map_err(pg)?
+                .get(0);
+            if !known {
+                return Err(crate::no_user(u));
+            }
+        }
+        let at = |c: &str| format!("to_char(d.{c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
+        let sql = format!(
+            "SELECT d.id, d.name, d.user_id, u.name, d.admin, d.role, {}, {}, {}
+             FROM _ferry_devices d JOIN _ferry_users u ON u.id = d.user_id
+             WHERE $1::text IS NULL OR u.id = $1 OR u.name = $1 ORDER BY u.name, d.created_at, d.id",
+            at("created_at"),
+            at("last_seen"),
+            at("revoked_at")
+        );
+        let rows = client.query(&sql, &[&user]).await.map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeviceRecord {
+                id: r.get(0),
+                name: r.get(1),
+                user_id: r.get(2),
+                user_name: r.get(3),
+                admin: r.get(4),
+                role: r.get(5),
+                created_at: r.get(6),
+                last_seen: r.get(7),
+                revoked_at: r.get(8),
+            })
+            .collect())
+    }
+
+    async fn device_seen(&self, device_id: &str) -> Result<()> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        client.execute("UPDATE _ferry_devices SET last_seen = now() WHERE id = $1", &[&device_id]).await.map_err(pg)?;
+        Ok(())
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {

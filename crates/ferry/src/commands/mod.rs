@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod conflicts;
+pub mod device;
 pub mod file;
 pub mod queue;
 pub mod serve;

@@ -302,6 +302,14 @@ fn every_documented_operation_answers_as_the_document_says() {
     assert_eq!(files["type"], "files", "{files}");
     checker.check_messages("/v1/stream", &[hello, changed, files]);
 
+    // The devices, all or one user's.
+    let listed = checker.check(&get("/v1/admin/devices", ops, 200));
+    assert!(listed["devices"].as_array().unwrap().len() >= 4, "{listed}");
+    checker.check(&get("/v1/admin/devices?user=bob", ops, 200));
+    checker.check(&get("/v1/admin/devices?user=nobody", ops, 404));
+    checker.check(&get("/v1/admin/devices?owner=bob", ops, 400));
+    checker.check(&get("/v1/admin/devices", phone, 403));
+    checker.check(&get("/v1/admin/devices", None, 401));
     // A device revoked by id; then nothing is left to revoke under that id.
     let spare = env.token("alice", "spare");
     let me: Value =
@@ -669,6 +677,18 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
         add("ResolveRequest", to(&p::ResolveRequest { keep }));
     }
     add("RevokeResponse", to(&p::RevokeResponse { revoked: vec!["d".into()] }));
+    let device = p::DeviceRecord {
+        id: "d".into(),
+        name: "phone".into(),
+        user_id: "u".into(),
+        user_name: "ann".into(),
+        admin: false,
+        role: Some("main".into()),
+        created_at: "2027-01-15T08:00:00.000Z".into(),
+        last_seen: None,
+        revoked_at: Some("2027-01-15T09:00:00.000Z".into()),
+    };
+    add("DevicesResponse", to(&p::DevicesResponse { devices: vec![device] }));
     let kinds = [p::ConflictKind::UpdateUpdate, p::ConflictKind::DeleteUpdate, p::ConflictKind::UpdateDelete];
     let strategies = [
         p::Strategy::Lww,
@@ -709,6 +729,7 @@ const PARTS: &[&str] = &[
     "Clocks",
     "WireValue",
     "ConflictVersion",
+    "DeviceRecord",
     "ErrorDetail",
     "FileState",
     "FilesStatus",

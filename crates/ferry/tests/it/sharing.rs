@@ -79,3 +79,39 @@ fn a_forged_write_is_set_aside_and_the_rest_syncs_on_the_embedded_store() {
 fn a_forged_write_is_set_aside_and_the_rest_syncs_on_postgres() {
     a_forged_write_is_set_aside_and_the_rest_syncs(Env::postgres());
 }
+
+#[test]
+fn devices_are_listed_with_their_last_request_and_revoked_by_id() {
+    let p = Pair::new();
+    let config = p.env.config();
+    let list = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["device", "list", "--json", "-c", &config];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&p.env.ok_all(&args)).unwrap()
+    };
+    let all = list(&[]);
+    let devices = all["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2, "{all}");
+    let phone = devices.iter().find(|d| d["name"] == "phone").unwrap();
+    assert_eq!((phone["user_name"].as_str(), phone["admin"].as_bool()), (Some("alice"), Some(false)));
+    assert!(phone["last_seen"].is_string(), "the phone synced: {phone}");
+    assert!(phone["revoked_at"].is_null());
+    let id = phone["id"].as_str().unwrap().to_owned();
+
+    let out = p.env.run(&["device", "list", "--user", "nobody", "-c", &config]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user 'nobody'"));
+
+    let revoked: serde_json::Value =
+        serde_json::from_str(&p.env.ok_all(&["device", "revoke", &id, "--json", "-c", &config])).unwrap();
+    assert_eq!(revoked["revoked"], serde_json::json!([id]));
+    let resp = p.server.http().get(format!("{}/v1/me", p.server.url)).bearer_auth(&p.phone).send().unwrap();
+    assert_eq!(resp.status(), 401, "the revoked token stops at once");
+    let mine = list(&["--user", "alice"]);
+    let phone = mine["devices"].as_array().unwrap().iter().find(|d| d["id"] == id.as_str()).unwrap().clone();
+    assert!(phone["revoked_at"].is_string(), "{phone}");
+    let text = p.env.ok_all(&["device", "list", "-c", &config]);
+    assert!(text.contains("alice/phone") && text.contains("revoked 20"), "{text}");
+    let again = p.env.run(&["device", "revoke", &id, "-c", &config]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no live device with id"), "revoked already");
+}
