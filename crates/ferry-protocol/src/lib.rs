@@ -208,6 +208,9 @@ pub struct TableInfo {
     /// File columns: they hold the SHA-256 of a file that travels through `/v1/files`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// Devices may not write the table; the server's own SQL may.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// `GET /v1/me`: who the token belongs to.
@@ -293,6 +296,7 @@ impl SchemaResponse {
                             conflict,
                             authority: t.options.authority.clone(),
                             files: t.options.files.clone(),
+                            read_only: t.options.read_only,
                         },
                     )
                 })
@@ -316,8 +320,15 @@ impl SchemaResponse {
                 conflict.map(|conflict| {
                     let (owner, authority, files) = (i.owner.clone(), i.authority.clone(), i.files.clone());
                     // Sharing rules stay on the server, which enforces them.
-                    let options =
-                        ferry_core::schema::TableOptions { owner, conflict, authority, files, ..Default::default() };
+                    let read_only = i.read_only;
+                    let options = ferry_core::schema::TableOptions {
+                        owner,
+                        conflict,
+                        authority,
+                        files,
+                        read_only,
+                        ..Default::default()
+                    };
                     (n.clone(), options)
                 })
             })

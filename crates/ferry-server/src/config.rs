@@ -40,6 +40,9 @@ struct TableSection {
     owner: Option<String>,
     /// Who may write a row: a rule over the row (`docs/sharing.md`).
     write: Option<String>,
+    /// Devices may not write the table.
+    #[serde(default)]
+    read_only: bool,
     conflict: Option<String>,
     authority: Option<String>,
     #[serde(default)]
@@ -126,6 +129,7 @@ impl Config {
             let options = TableOptions {
                 owner: t.owner,
                 write: t.write,
+                read_only: t.read_only,
                 conflict,
                 authority: t.authority,
                 files: t.files,

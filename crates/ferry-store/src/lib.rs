@@ -835,6 +835,13 @@ fn merge_pushed(
         }
     };
     let here = || format!("{} '{}'", table.name, ferry_core::shown(key));
+    if table.options.read_only {
+        return Err(StoreError::Forbidden(format!(
+            "{}: table '{}' is read-only for devices (read_only = true in ferry.toml); only the server's own SQL writes it",
+            here(),
+            table.name
+        )));
+    }
     if table.options.owner.is_some()
         && let Some((_, owner)) = &stored
         && owner.as_deref() != Some(who.user_id.as_str())

@@ -82,6 +82,8 @@ pub struct TableOptions {
     pub read: Option<String>,
     /// Who may write a row (the row before and after the write must pass).
     pub write: Option<String>,
+    /// Devices may not write the table (`read_only = true`); the server's own SQL may.
+    pub read_only: bool,
     /// What happens when two replicas write the same field concurrently.
     pub conflict: ConflictStrategy,
     /// Under `authoritative`: the device role whose writes always win (`authority = "main"`;
@@ -228,6 +230,9 @@ impl Schema {
             }
             for f in &t.options.files {
                 let _ = write!(text, "\nfile {} {}", t.name, f);
+            }
+            if t.options.read_only {
+                let _ = write!(text, "\nread-only {}", t.name);
             }
         }
         fingerprint(&text)

@@ -635,6 +635,19 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
     add("PushResponse", to(&response));
     add("PullResponse", to(&p::PullResponse { rows: vec![row.clone()], cursor: "13".into(), more: false }));
     add("SchemaResponse", to(&p::SchemaResponse::from_schema(&schema)));
+    let options = BTreeMap::from([(
+        "notes".to_owned(),
+        ferry_core::schema::TableOptions {
+            owner: Some("who".into()),
+            files: vec!["body".into()],
+            read_only: true,
+            conflict: ferry_core::schema::ConflictStrategy::Manual,
+            ..Default::default()
+        },
+    )]);
+    let optioned =
+        ferry_core::schema::Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, who uuid, body text);", &options);
+    add("SchemaResponse", to(&p::SchemaResponse::from_schema(&optioned.unwrap())));
     let who = p::WhoAmI {
         store_id: "s".into(),
         user_id: "u".into(),

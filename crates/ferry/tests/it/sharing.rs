@@ -115,3 +115,48 @@ fn devices_are_listed_with_their_last_request_and_revoked_by_id() {
     let again = p.env.run(&["device", "revoke", &id, "-c", &config]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("no live device with id"), "revoked already");
 }
+
+fn a_read_only_table_takes_no_device_writes(env: Env, direct: bool) {
+    env.table_options("groups", "read_only = true");
+    let p = Pair::in_env(env);
+    let phone = p.env.db("phone.db");
+    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'mine', ?2)", [&uuid(), &p.user]).unwrap();
+    insert_jump(&phone, &p.user, 1, "fine");
+    let status = p.sync_phone();
+    assert_eq!((status["failed"].as_u64(), status["pending"].as_u64()), (Some(1), Some(1)), "{status}");
+    let path = p.env.path("phone.db").display().to_string();
+    let queue: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["queue", "--db", &path, "--json"]).stdout).unwrap();
+    let message = queue["failed"][0]["message"].as_str().unwrap();
+    assert!(message.contains("table 'groups' is read-only for devices (read_only = true"), "{message}");
+    p.sync_laptop();
+    let laptop = p.env.db("laptop.db");
+    assert_eq!(jumps(&laptop).len(), 1, "the jump went through");
+    if direct {
+        // The server's own SQL writes it, and devices receive it.
+        p.env.psql(&format!(
+            "INSERT INTO groups (id, name, created_by) VALUES ('{}', 'official', '{}')",
+            uuid(),
+            p.user
+        ));
+        p.sync_laptop();
+        let names: Vec<String> = laptop
+            .prepare("SELECT name FROM groups")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(names, ["official"]);
+    }
+}
+
+#[test]
+fn a_read_only_table_takes_no_device_writes_on_the_embedded_store() {
+    a_read_only_table_takes_no_device_writes(Env::new(), false);
+}
+
+#[test]
+fn a_read_only_table_takes_no_device_writes_on_postgres_but_takes_its_own_sql() {
+    a_read_only_table_takes_no_device_writes(Env::postgres(), true);
+}
