@@ -493,13 +493,13 @@ impl Store for SqliteStore {
             };
             // With write rules, the batch's rows are checked against them in order once all
             // are written (see `check_batch`).
-            let ruled = crate::has_write_rules(&inner.schema);
+            let ruled = crate::rules::has_write_rules(&inner.schema);
             let granted = if ruled {
                 write_sets(&tx, &inner.schema, rows.iter().map(|r| r.table.as_str()), &who.user_id)?
             } else {
                 HashMap::new()
             };
-            let env = crate::Deciding { write_sets: crate::selected_values(&granted), ..env };
+            let env = crate::Deciding { write_sets: crate::rules::selected_values(&granted), ..env };
             let order: Vec<(String, String)> =
                 if ruled { rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect() } else { Vec::new() };
             let mut written: HashMap<(String, String), ferry_core::RowState> = HashMap::new();
@@ -553,7 +553,7 @@ impl Store for SqliteStore {
                     written.insert((row.table.clone(), row.key.clone()), state);
                 }
             }
-            crate::check_batch(&inner.schema, &who, &order, &written, &granted)?;
+            crate::rules::check_batch(&inner.schema, &who, &order, &written, &granted)?;
             for site in &tally.sites {
                 tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id) VALUES (?1, ?2)")?
                     .execute(params![site.to_string(), who.device_id])?;
@@ -792,10 +792,10 @@ fn write_sets<'a>(
     schema: &Schema,
     tables: impl IntoIterator<Item = &'a str>,
     user: &str,
-) -> Result<HashMap<String, crate::Selected>> {
+) -> Result<HashMap<String, crate::rules::Selected>> {
     let mut out = HashMap::new();
     for name in tables {
-        let Some(rule) = schema.table(name).and_then(crate::write_rule) else { continue };
+        let Some(rule) = schema.table(name).and_then(crate::rules::write_rule) else { continue };
         if out.contains_key(name) {
             continue;
         }

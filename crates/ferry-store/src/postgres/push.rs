@@ -147,7 +147,7 @@ impl PgStore {
         }
         let received = rows.len();
         // The batch's rows, for write rules (only kept when a table has one).
-        let order: Vec<(String, String)> = if crate::has_write_rules(&self.inner.schema) {
+        let order: Vec<(String, String)> = if crate::rules::has_write_rules(&self.inner.schema) {
             rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect()
         } else {
             Vec::new()
@@ -261,7 +261,7 @@ impl PgStore {
             crate::site_devices(found.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))));
         // With write rules, the batch's rows are checked against them in the device's order
         // once all are written (see `check_batch`).
-        let ruled = crate::has_write_rules(&self.inner.schema);
+        let ruled = crate::rules::has_write_rules(&self.inner.schema);
         let granted = if ruled {
             let names: Vec<&str> = rows.keys().map(String::as_str).collect();
             write_sets(&tx, &self.inner.schema, &names, &who.user_id).await?
@@ -273,7 +273,7 @@ impl PgStore {
             role_sites,
             site_devices,
             now_ms: crate::wall_ms(),
-            write_sets: crate::selected_values(&granted),
+            write_sets: crate::rules::selected_values(&granted),
         };
         let mut written: HashMap<(String, String), RowState> = HashMap::new();
         let mut changed = 0;
@@ -315,7 +315,7 @@ impl PgStore {
                 }
             }
         }
-        crate::check_batch(&self.inner.schema, who, order, &written, &granted)?;
+        crate::rules::check_batch(&self.inner.schema, who, order, &written, &granted)?;
         for site in &tally.sites {
             tx.execute(
                 "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -392,10 +392,10 @@ async fn write_sets(
     schema: &ferry_core::schema::Schema,
     tables: &[&str],
     user: &str,
-) -> std::result::Result<HashMap<String, crate::Selected>, PushError> {
+) -> std::result::Result<HashMap<String, crate::rules::Selected>, PushError> {
     let mut out = HashMap::new();
     for &name in tables {
-        let Some(rule) = schema.table(name).and_then(crate::write_rule) else { continue };
+        let Some(rule) = schema.table(name).and_then(crate::rules::write_rule) else { continue };
         if out.contains_key(name) {
             continue;
         }
