@@ -18,6 +18,23 @@ pub(crate) fn selected_values(sets: &HashMap<String, Selected>) -> HashMap<Strin
         .collect()
 }
 
+/// The subqueries of the `write` rules of `tables`, each ruled table once: what a push reads
+/// for the pushing user (each store in its own SQL) before checking the batch.
+pub(crate) fn write_subqueries<'s, 'a>(
+    schema: &'s Schema,
+    tables: impl IntoIterator<Item = &'a str>,
+) -> Vec<(&'s str, Vec<&'s ferry_core::rules::Select>)> {
+    let mut out: Vec<(&str, Vec<&ferry_core::rules::Select>)> = Vec::new();
+    for name in tables {
+        let Some(table) = schema.table(name) else { continue };
+        let Some(rule) = write_rule(table) else { continue };
+        if !out.iter().any(|(n, _)| *n == table.name) {
+            out.push((&table.name, rule.subqueries()));
+        }
+    }
+    out
+}
+
 /// Whether any table has a `write` rule (only then does a push keep what it wrote to check).
 pub(crate) fn has_write_rules(schema: &Schema) -> bool {
     schema.tables.iter().any(|t| write_rule(t).is_some())

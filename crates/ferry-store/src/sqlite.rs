@@ -794,13 +794,9 @@ fn write_sets<'a>(
     user: &str,
 ) -> Result<HashMap<String, crate::rules::Selected>> {
     let mut out = HashMap::new();
-    for name in tables {
-        let Some(rule) = schema.table(name).and_then(crate::rules::write_rule) else { continue };
-        if out.contains_key(name) {
-            continue;
-        }
-        let mut sets = Vec::new();
-        for select in rule.subqueries() {
+    for (name, selects) in crate::rules::write_subqueries(schema, tables) {
+        let mut sets = Vec::with_capacity(selects.len());
+        for select in selects {
             let q = select.compile(ferry_core::rules::Dialect::Sqlite, 1);
             let binds: Vec<rusqlite::types::Value> = q.slots.iter().map(|s| sqlite_value(s.value(user))).collect();
             let mut stmt = conn.prepare_cached(&q.sql)?;

@@ -91,28 +91,10 @@ fn tokenize(source: &str) -> Result<Vec<Token>, RuleError> {
             }
             Tok::Num(chars[at..i].iter().collect())
         } else if c == '\'' || c == '"' {
-            let mut s = String::new();
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    None => {
-                        let what = if c == '\'' { "string" } else { "quoted name" };
-                        return Err(error(source, at, format!("unterminated {what}; close it with {c}")));
-                    }
-                    Some(&d) if d == c && chars.get(i + 1) == Some(&c) => {
-                        s.push(d);
-                        i += 2;
-                    }
-                    Some(&d) if d == c => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&d) => {
-                        s.push(d);
-                        i += 1;
-                    }
-                }
-            }
+            let s = crate::schema::quoted(&chars, &mut i).map_err(|_| {
+                let what = if c == '\'' { "string" } else { "quoted name" };
+                error(source, at, format!("unterminated {what}; close it with {c}"))
+            })?;
             if c == '\'' { Tok::Str(s) } else { Tok::Quoted(s) }
         } else if c == ':' {
             i += 1;

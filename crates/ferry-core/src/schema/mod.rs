@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use crate::value::Value;
 
 pub use checks::{check_role, is_date, is_file_hash, is_timestamptz, is_uuid};
+pub(crate) use parse::quoted;
 
 /// The logical type of a column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

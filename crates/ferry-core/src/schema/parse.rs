@@ -204,32 +204,13 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, SchemaError> {
             }
             out.push(Tok::Num(chars[start..i].iter().collect()));
         } else if c == '\'' || c == '"' || c == '`' {
-            let close = if c == '`' { '`' } else { c };
-            let mut s = String::new();
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    None => {
-                        return Err(SchemaError(format!(
-                            "unterminated {} in the schema near '{}'; close it",
-                            if c == '\'' { "string" } else { "quoted name" },
-                            s.chars().take(30).collect::<String>()
-                        )));
-                    }
-                    Some(&d) if d == close && chars.get(i + 1) == Some(&close) => {
-                        s.push(d);
-                        i += 2;
-                    }
-                    Some(&d) if d == close => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&d) => {
-                        s.push(d);
-                        i += 1;
-                    }
-                }
-            }
+            let s = quoted(&chars, &mut i).map_err(|s| {
+                SchemaError(format!(
+                    "unterminated {} in the schema near '{}'; close it",
+                    if c == '\'' { "string" } else { "quoted name" },
+                    s.chars().take(30).collect::<String>()
+                ))
+            })?;
             out.push(if c == '\'' { Tok::Str(s) } else { Tok::Quoted(s) });
         } else if "(),;=<>.".contains(c) {
             out.push(Tok::Punct(c));
@@ -239,6 +220,32 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, SchemaError> {
         }
     }
     Ok(out)
+}
+
+/// Reads the quoted text starting at `chars[*i]` (its opening quote, which also closes it; a
+/// doubled quote stands for one) and moves `*i` past its end; `Err` with what was read when
+/// the text never closes. Rules (`crate::rules`) read their strings and names with it too.
+pub(crate) fn quoted(chars: &[char], i: &mut usize) -> Result<String, String> {
+    let close = chars[*i];
+    let mut s = String::new();
+    *i += 1;
+    loop {
+        match chars.get(*i) {
+            None => return Err(s),
+            Some(&d) if d == close && chars.get(*i + 1) == Some(&close) => {
+                s.push(d);
+                *i += 2;
+            }
+            Some(&d) if d == close => {
+                *i += 1;
+                return Ok(s);
+            }
+            Some(&d) => {
+                s.push(d);
+                *i += 1;
+            }
+        }
+    }
 }
 
 struct Parser {

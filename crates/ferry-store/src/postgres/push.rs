@@ -394,13 +394,9 @@ async fn write_sets(
     user: &str,
 ) -> std::result::Result<HashMap<String, crate::rules::Selected>, PushError> {
     let mut out = HashMap::new();
-    for &name in tables {
-        let Some(rule) = schema.table(name).and_then(crate::rules::write_rule) else { continue };
-        if out.contains_key(name) {
-            continue;
-        }
-        let mut sets = Vec::new();
-        for select in rule.subqueries() {
+    for (name, selects) in crate::rules::write_subqueries(schema, tables.iter().copied()) {
+        let mut sets = Vec::with_capacity(selects.len());
+        for select in selects {
             let q = select.compile(ferry_core::rules::Dialect::Postgres, 1);
             let texts: Vec<String> = q.slots.iter().map(|s| s.text(user)).collect();
             let params: Vec<&(dyn ToSql + Sync)> = texts.iter().map(|t| t as &(dyn ToSql + Sync)).collect();
