@@ -211,6 +211,9 @@ pub struct TableInfo {
     /// Devices may not write the table; the server's own SQL may.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    /// The table stays on devices and never syncs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 /// `GET /v1/me`: who the token belongs to.
@@ -297,6 +300,7 @@ impl SchemaResponse {
                             authority: t.options.authority.clone(),
                             files: t.options.files.clone(),
                             read_only: t.options.read_only,
+                            local_only: t.options.local_only,
                         },
                     )
                 })
@@ -320,13 +324,14 @@ impl SchemaResponse {
                 conflict.map(|conflict| {
                     let (owner, authority, files) = (i.owner.clone(), i.authority.clone(), i.files.clone());
                     // Sharing rules stay on the server, which enforces them.
-                    let read_only = i.read_only;
+                    let (read_only, local_only) = (i.read_only, i.local_only);
                     let options = ferry_core::schema::TableOptions {
                         owner,
                         conflict,
                         authority,
                         files,
                         read_only,
+                        local_only,
                         ..Default::default()
                     };
                     (n.clone(), options)

@@ -43,6 +43,9 @@ struct TableSection {
     /// Devices may not write the table.
     #[serde(default)]
     read_only: bool,
+    /// The table stays on devices.
+    #[serde(default)]
+    local_only: bool,
     conflict: Option<String>,
     authority: Option<String>,
     #[serde(default)]
@@ -130,6 +133,7 @@ impl Config {
                 owner: t.owner,
                 write: t.write,
                 read_only: t.read_only,
+                local_only: t.local_only,
                 conflict,
                 authority: t.authority,
                 files: t.files,

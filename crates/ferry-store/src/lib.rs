@@ -313,7 +313,7 @@ pub trait Store: Send + Sync + 'static {
 /// The tables a pull covers: a checked selection, or all of the schema's.
 fn selected_tables(schema: &Schema, tables: Option<&[String]>) -> Result<Vec<String>> {
     match tables {
-        None => Ok(schema.table_names().iter().map(|t| t.to_string()).collect()),
+        None => Ok(schema.synced_tables().map(|t| t.name.clone()).collect()),
         Some(list) => {
             for t in list {
                 if schema.table(t).is_none() {
@@ -322,10 +322,23 @@ fn selected_tables(schema: &Schema, tables: Option<&[String]>) -> Result<Vec<Str
                         schema.table_names().join(", ")
                     )));
                 }
+                if schema.table(t).is_some_and(|t| t.options.local_only) {
+                    return Err(unknown_table(schema, t));
+                }
             }
             Ok(list.to_vec())
         }
     }
+}
+
+/// The refusal for a table the store does not keep: unknown, or local-only.
+fn unknown_table(schema: &Schema, name: &str) -> StoreError {
+    if schema.table(name).is_some_and(|t| t.options.local_only) {
+        return StoreError::Invalid(format!(
+            "table '{name}' is local_only: it stays on devices and never syncs; remove local_only in ferry.toml to sync it"
+        ));
+    }
+    StoreError::Invalid(format!("unknown table '{name}'; the schema has: {}", schema.table_names().join(", ")))
 }
 
 /// The file columns of `schema`, as (table, column, owner column).

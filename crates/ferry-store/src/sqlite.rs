@@ -126,7 +126,7 @@ impl SqliteStore {
                 tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
             }
         }
-        for table in &schema.tables {
+        for table in schema.synced_tables() {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
             backfill_owner(&tx, table)?;
         }
@@ -152,7 +152,7 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
+        let tables = schema.synced_tables().map(|t| (t.name.clone(), TableSql::new(t))).collect();
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 id,
@@ -210,12 +210,7 @@ impl Inner {
     }
 
     fn table(&self, name: &str) -> Result<&TableSql> {
-        self.tables.get(name).ok_or_else(|| {
-            StoreError::Invalid(format!(
-                "unknown table '{name}'; the schema has: {}",
-                self.schema.table_names().join(", ")
-            ))
-        })
+        self.tables.get(name).ok_or_else(|| crate::unknown_table(&self.schema, name))
     }
 }
 

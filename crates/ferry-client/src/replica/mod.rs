@@ -156,6 +156,10 @@ impl Replica {
             })?;
             done.extend(changes);
             tx.execute_batch(&capture::drop_triggers(&table.name))?;
+            if table.options.local_only {
+                // Created like any table, never captured: its rows stay on this device.
+                continue;
+            }
             tx.execute_batch(&capture::triggers(table))?;
             let adopted = tx.execute(&capture::adopt_untracked(table), [])?;
             if adopted > 0 {
@@ -178,7 +182,7 @@ impl Replica {
         let Some(schema) = &self.schema else { return Ok(false) };
         let mut stmt =
             self.conn.prepare_cached("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1")?;
-        for table in &schema.tables {
+        for table in schema.synced_tables() {
             let present: Vec<String> = stmt.query_map([&table.name], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
             if capture::trigger_names(table).iter().any(|n| !present.contains(n)) {
                 return Ok(false);

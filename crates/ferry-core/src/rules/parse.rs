@@ -352,6 +352,12 @@ impl Parser<'_> {
                 self.error_at(table_at, format!("unknown table '{table_name}'; the schema has: {}", known.join(", ")))
             );
         };
+        if inner.options.local_only {
+            return Err(self.error_at(
+                table_at,
+                format!("table '{table_name}' is local_only: it never reaches the server, so rules cannot read it"),
+            ));
+        }
         let Some(col) = inner.column(&column) else {
             return Err(self.error_at(column_at, unknown_column(&column, inner)));
         };
@@ -558,6 +564,21 @@ mod tests {
         }
         let e = parse("title ~ 'x'").unwrap_err();
         assert!(e.to_string().contains("unexpected character '~'") && e.to_string().contains("IN (SELECT"), "{e}");
+    }
+
+    #[test]
+    fn a_local_only_table_can_be_read_by_no_rule_and_takes_no_synced_option() {
+        use crate::schema::TableOptions;
+        let sql = "CREATE TABLE drafts (id uuid PRIMARY KEY, user_id uuid); CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid);";
+        let local = TableOptions { local_only: true, ..TableOptions::default() };
+        let rule =
+            TableOptions { write: Some("user_id IN (SELECT user_id FROM drafts)".into()), ..TableOptions::default() };
+        let options = BTreeMap::from([("drafts".to_owned(), local.clone()), ("notes".to_owned(), rule)]);
+        let e = Schema::parse(sql, &options).unwrap_err().to_string();
+        assert!(e.contains("table 'drafts' is local_only: it never reaches the server"), "{e}");
+        let owned = TableOptions { owner: Some("user_id".into()), ..local };
+        let e = Schema::parse(sql, &BTreeMap::from([("drafts".to_owned(), owned)])).unwrap_err().to_string();
+        assert!(e.contains("local_only = true keeps the table on devices, so owner has no meaning"), "{e}");
     }
 
     #[test]

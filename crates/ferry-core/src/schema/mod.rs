@@ -85,6 +85,9 @@ pub struct TableOptions {
     pub write: Option<String>,
     /// Devices may not write the table (`read_only = true`); the server's own SQL may.
     pub read_only: bool,
+    /// The table exists on devices only and never syncs (`local_only = true`): devices create
+    /// it without capture, and the server keeps no such table.
+    pub local_only: bool,
     /// What happens when two replicas write the same field concurrently.
     pub conflict: ConflictStrategy,
     /// Under `authoritative`: the device role whose writes always win (`authority = "main"`;
@@ -186,6 +189,11 @@ impl Schema {
         self.tables.iter().map(|t| t.name.as_str()).collect()
     }
 
+    /// The tables that sync (all but `local_only` ones).
+    pub fn synced_tables(&self) -> impl Iterator<Item = &Table> {
+        self.tables.iter().filter(|t| !t.options.local_only)
+    }
+
     /// The schema in Ferry's canonical text form; [`Schema::parse`] reads it back to an equal
     /// schema (given the same options). Clients receive this text from the server.
     pub fn to_sql(&self) -> String {
@@ -234,6 +242,9 @@ impl Schema {
             }
             if t.options.read_only {
                 let _ = write!(text, "\nread-only {}", t.name);
+            }
+            if t.options.local_only {
+                let _ = write!(text, "\nlocal-only {}", t.name);
             }
         }
         fingerprint(&text)

@@ -86,6 +86,20 @@ impl Schema {
                     )));
                 }
             }
+            if opts.local_only {
+                let synced_only = [
+                    ("owner", opts.owner.is_some()),
+                    ("write", opts.write.is_some()),
+                    ("read_only", opts.read_only),
+                    ("files", !opts.files.is_empty()),
+                    ("conflict", opts.conflict != ConflictStrategy::Lww),
+                ];
+                if let Some((key, _)) = synced_only.iter().find(|(_, set)| *set) {
+                    return Err(SchemaError(format!(
+                        "table '{name}': local_only = true keeps the table on devices, so {key} has no meaning there; remove {key} or local_only"
+                    )));
+                }
+            }
             match (opts.conflict, &opts.authority) {
                 (ConflictStrategy::Authoritative, None) => {
                     return Err(SchemaError(format!(

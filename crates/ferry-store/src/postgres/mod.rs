@@ -175,12 +175,7 @@ impl PgStore {
     }
 
     fn table(&self, name: &str) -> Result<&PgTable> {
-        self.inner.tables.get(name).ok_or_else(|| {
-            StoreError::Invalid(format!(
-                "unknown table '{name}'; the schema has: {}",
-                self.inner.schema.table_names().join(", ")
-            ))
-        })
+        self.inner.tables.get(name).ok_or_else(|| crate::unknown_table(&self.inner.schema, name))
     }
 }
 

@@ -645,8 +645,13 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
             ..Default::default()
         },
     )]);
-    let optioned =
-        ferry_core::schema::Schema::parse("CREATE TABLE notes (id uuid PRIMARY KEY, who uuid, body text);", &options);
+    let mut options = options;
+    let local = ferry_core::schema::TableOptions { local_only: true, ..Default::default() };
+    options.insert("drafts".to_owned(), local);
+    let optioned = ferry_core::schema::Schema::parse(
+        "CREATE TABLE notes (id uuid PRIMARY KEY, who uuid, body text); CREATE TABLE drafts (id uuid PRIMARY KEY, body text);",
+        &options,
+    );
     add("SchemaResponse", to(&p::SchemaResponse::from_schema(&optioned.unwrap())));
     let who = p::WhoAmI {
         store_id: "s".into(),

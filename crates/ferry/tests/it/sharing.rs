@@ -160,3 +160,47 @@ fn a_read_only_table_takes_no_device_writes_on_the_embedded_store() {
 fn a_read_only_table_takes_no_device_writes_on_postgres_but_takes_its_own_sql() {
     a_read_only_table_takes_no_device_writes(Env::postgres(), true);
 }
+
+/// A device-only table: a scratch table in the schema, kept off the server.
+fn a_local_only_table_never_leaves_its_device(env: Env, on_postgres: bool) {
+    let schema = std::fs::read_to_string(env.path("schema.sql")).unwrap();
+    let drafts = "CREATE TABLE drafts (id uuid PRIMARY KEY, body text);";
+    std::fs::write(env.path("schema.sql"), format!("{schema}\n{drafts}\n")).unwrap();
+    env.table_options("drafts", "local_only = true");
+    let p = Pair::in_env(env);
+    let phone = p.env.db("phone.db");
+    phone.execute("INSERT INTO drafts (id, body) VALUES (?1, 'half a thought')", [&uuid()]).unwrap();
+    insert_jump(&phone, &p.user, 1, "synced");
+    let status = p.sync_phone();
+    assert_eq!((status["pending"].as_u64(), status["failed"].as_u64()), (Some(0), Some(0)), "{status}");
+    p.sync_laptop();
+    let laptop = p.env.db("laptop.db");
+    assert_eq!(jumps(&laptop).len(), 1);
+    let drafts: i64 = laptop.query_row("SELECT count(*) FROM drafts", [], |r| r.get(0)).unwrap();
+    assert_eq!(drafts, 0, "the laptop has the table, but not the phone's rows");
+    let kept: i64 = phone.query_row("SELECT count(*) FROM drafts", [], |r| r.get(0)).unwrap();
+    assert_eq!(kept, 1);
+    // The server keeps no such table, and says why when asked for it.
+    let resp = p
+        .server
+        .http()
+        .get(format!("{}/v1/rows/drafts/{}", p.server.url, uuid()))
+        .bearer_auth(&p.phone)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().unwrap().contains("table 'drafts' is local_only"));
+    if on_postgres {
+        assert_eq!(p.env.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'drafts'").trim(), "0");
+    }
+}
+
+#[test]
+fn a_local_only_table_never_leaves_its_device_on_the_embedded_store() {
+    a_local_only_table_never_leaves_its_device(Env::new(), false);
+}
+
+#[test]
+fn a_local_only_table_never_leaves_its_device_on_postgres() {
+    a_local_only_table_never_leaves_its_device(Env::postgres(), true);
+}
