@@ -30,7 +30,7 @@ fn main() {
     common::header("sync", &format!("rows: {n}{}", if quick { " (--quick)" } else { "" }));
     println!("| scenario | Ferry | baseline | ratio |");
     println!("|---|---|---|---|");
-    // `-- --only NAME` runs one part: capture, sync, postgres, peer or scale.
+    // `-- --only NAME` runs one part: capture, sync, rules, postgres, peer or scale.
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if run("capture") {
@@ -38,6 +38,9 @@ fn main() {
     }
     if run("sync") {
         sync(n);
+    }
+    if run("rules") {
+        rules(n);
     }
     if run("postgres") {
         postgres(n);
@@ -275,6 +278,16 @@ fn push_and_hydrate(n: usize, database: Option<&str>) -> Synced {
 /// [`push_and_hydrate`], with what `diagnose` says about the server's store printed if the
 /// hydrate comes back short.
 fn push_and_hydrate_checked(n: usize, database: Option<&str>, diagnose: &dyn Fn() -> String) -> Synced {
+    push_and_hydrate_with(n, database, "", diagnose)
+}
+
+/// [`push_and_hydrate_checked`], with `jump_log_options` added to `[tables.jump_log]`.
+fn push_and_hydrate_with(
+    n: usize,
+    database: Option<&str>,
+    jump_log_options: &str,
+    diagnose: &dyn Fn() -> String,
+) -> Synced {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("schema.sql"), example("schema.sql")).unwrap();
@@ -282,6 +295,9 @@ fn push_and_hydrate_checked(n: usize, database: Option<&str>, diagnose: &dyn Fn(
     if let Some(url) = database {
         config = config.replacen("[server]\n", &format!("[server]\ndatabase = \"{url}\"\n"), 1);
     }
+    let section = "[tables.jump_log]\n";
+    assert!(config.contains(section), "the example configures jump_log");
+    config = config.replacen(section, &format!("{section}{jump_log_options}\n"), 1);
     std::fs::write(d.join("ferry.toml"), config).unwrap();
     let user = last_line(&ferry(d, &["user", "add", "bench", "-c", "ferry.toml"]));
     let seed_token =
@@ -382,6 +398,34 @@ fn sync(n: usize) {
     println!(
         "| peak RSS of the hydrating `ferry sync` process | {} MB | – | – |",
         s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024
+    );
+}
+
+/// A push through a `write` rule with a membership subquery, beside the same push without
+/// one, in the same run: what a rule costs the push path (the subquery read once per batch,
+/// every row checked in memory).
+fn rules(n: usize) {
+    const RULE: &str = "write = \"user_id = :user OR user_id IN (SELECT user_id FROM group_members WHERE role = 'owner' AND user_id = :user)\"";
+    let mut plain = Vec::new();
+    let mut ruled = Vec::new();
+    for _ in 0..3 {
+        plain.push(push_and_hydrate(n, None).push.elapsed);
+        ruled.push(push_and_hydrate_with(n, None, RULE, &String::new).push.elapsed);
+    }
+    let (plain, ruled) = (median(plain), median(ruled));
+    let ratio = ruled.as_secs_f64() / plain.as_secs_f64();
+    common::record(
+        "sync",
+        &format!("push {n} rows through a write rule with a membership subquery vs without (median of 3)"),
+        &format!("{:.2} s", ruled.as_secs_f64()),
+        &format!("{:.2} s", plain.as_secs_f64()),
+        &format!("{ratio:.2}×"),
+        "–",
+    );
+    println!(
+        "| push {n} rows through a `write` rule with a membership subquery vs the same push without (`ferry sync`, whole process, median of 3) | {:.0} ms | {:.0} ms | {ratio:.2}× |",
+        ms(ruled),
+        ms(plain)
     );
 }
 
