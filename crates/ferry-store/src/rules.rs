@@ -8,6 +8,9 @@ use ferry_core::{RowState, Value};
 
 use crate::{Principal, Result, StoreError};
 
+/// The rows a batch changed, by table and key.
+pub(crate) type Written = HashMap<String, HashMap<String, RowState>>;
+
 /// What each subquery of a table's write rule selects: the inner rows' keys and values.
 pub(crate) type Selected = Vec<Vec<(String, Value)>>;
 
@@ -50,52 +53,55 @@ pub(crate) fn check_batch(
     schema: &Schema,
     who: &Principal,
     order: &[(String, String)],
-    written: &HashMap<(String, String), RowState>,
+    written: &Written,
     before: &HashMap<String, Selected>,
 ) -> Result<()> {
-    let mut rows: Vec<(&Table, &str, &RowState)> = Vec::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(order.len());
+    let mut waiting: Vec<(&Table, &str, &RowState)> = Vec::new();
+    // The batch's rows of the tables rules' subqueries read, admitted so far, by table.
+    let read: HashSet<&str> = schema.tables.iter().filter_map(write_rule).flat_map(|r| r.tables()).collect();
+    let mut admitted: HashMap<&str, Vec<(&str, &RowState)>> = HashMap::new();
     for (table, key) in order {
-        let (Some(t), Some(state)) = (schema.table(table), written.get(&(table.clone(), key.clone()))) else {
+        if !seen.insert((table, key)) {
+            continue;
+        }
+        let (Some(t), Some(state)) = (schema.table(table), written.get(table).and_then(|w| w.get(key))) else {
             continue;
         };
-        if !rows.iter().any(|(t2, k2, _)| t2.name == t.name && *k2 == key.as_str()) {
-            rows.push((t, key, state));
+        if write_rule(t).is_some() && state.is_alive() {
+            waiting.push((t, key, state));
+        } else if read.contains(t.name.as_str()) {
+            admitted.entry(&t.name).or_default().push((key, state));
         }
     }
-    let needs_check = |(t, _, s): &(&Table, &str, &RowState)| write_rule(t).is_some() && s.is_alive();
-    let (mut waiting, mut allowed): (Vec<_>, Vec<_>) = rows.into_iter().partition(needs_check);
     let empty = Vec::new();
-    // Rounds until no waiting row is let in by those allowed so far.
+    // What each ruled table's subqueries select now; dropped when a row of a table they read
+    // is admitted.
+    let mut sets: HashMap<&str, Vec<Vec<Value>>> = HashMap::new();
+    // Rounds until no waiting row is let in by those admitted so far.
     loop {
         let mut progressed = false;
         let mut still = Vec::new();
         for row in waiting {
             let (table, key, state) = row;
             let rule = write_rule(table).expect("waiting rows have rules");
-            let base = before.get(&table.name).unwrap_or(&empty);
-            let mut sets = Vec::new();
-            for (n, select) in rule.subqueries().into_iter().enumerate() {
-                let inner = schema.table(&select.table).expect("rules name schema tables");
-                let mine = allowed.iter().filter(|(t, _, _)| t.name == select.table);
-                let replaced: HashSet<&str> = mine.clone().map(|(_, k, _)| *k).collect();
-                let mut values: Vec<Value> = base
-                    .get(n)
+            let given = sets.entry(&table.name).or_insert_with(|| {
+                let base = before.get(&table.name).unwrap_or(&empty);
+                rule.subqueries()
                     .into_iter()
-                    .flatten()
-                    .filter(|(k, _)| !replaced.contains(k.as_str()))
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                for (_, k, s) in mine.filter(|(_, _, s)| s.is_alive()) {
-                    let row = rule_row(inner, k, s);
-                    if select.admits(&row, &who.user_id) {
-                        values.push(row.get(&select.column).cloned().unwrap_or(Value::Null));
-                    }
-                }
-                sets.push(values);
-            }
-            if rule.allows_given(&rule_row(table, key, state), &who.user_id, &sets) {
-                allowed.push(row);
+                    .enumerate()
+                    .map(|(n, select)| {
+                        selected_now(schema, who, select, base.get(n), admitted.get(select.table.as_str()))
+                    })
+                    .collect()
+            });
+            let columns = rule.columns();
+            if rule.allows_given(&rule_row(table, key, state, Some(&columns)), &who.user_id, given) {
                 progressed = true;
+                if read.contains(table.name.as_str()) {
+                    admitted.entry(&table.name).or_default().push((key, state));
+                    sets.clear();
+                }
             } else {
                 still.push(row);
             }
@@ -111,14 +117,45 @@ pub(crate) fn check_batch(
     }
 }
 
+/// What `select` selects for `who` now: the stored rows (`base`, before the batch) that the
+/// batch has not replaced, and the batch's admitted rows of its table (`admitted`).
+fn selected_now(
+    schema: &Schema,
+    who: &Principal,
+    select: &ferry_core::rules::Select,
+    base: Option<&Vec<(String, Value)>>,
+    admitted: Option<&Vec<(&str, &RowState)>>,
+) -> Vec<Value> {
+    let inner = schema.table(&select.table).expect("rules name schema tables");
+    let admitted = admitted.map_or(&[][..], Vec::as_slice);
+    let replaced: HashSet<&str> = admitted.iter().map(|(k, _)| *k).collect();
+    let mut values: Vec<Value> =
+        base.into_iter().flatten().filter(|(k, _)| !replaced.contains(k.as_str())).map(|(_, v)| v.clone()).collect();
+    for (k, s) in admitted.iter().filter(|(_, s)| s.is_alive()) {
+        let row = rule_row(inner, k, s, None);
+        if select.admits(&row, &who.user_id) {
+            values.push(row.get(&select.column).cloned().unwrap_or(Value::Null));
+        }
+    }
+    values
+}
+
 /// A table's own `write` rule (not the one `owner` implies, which its own checks enforce).
 pub(crate) fn write_rule(table: &Table) -> Option<&ferry_core::rules::Rule> {
     table.options.write.as_ref().and(table.access.write.as_ref())
 }
 
-/// A row's values as rules read them: the key and every written column.
-pub(crate) fn rule_row(table: &Table, key: &str, state: &RowState) -> BTreeMap<String, Value> {
-    let mut row: BTreeMap<String, Value> = state.cols.iter().map(|(c, s)| (c.clone(), s.value.clone())).collect();
+/// A row's values as rules read them: the key and the written columns (only `columns`, when
+/// given: those the rule reads).
+pub(crate) fn rule_row(
+    table: &Table,
+    key: &str,
+    state: &RowState,
+    columns: Option<&[&str]>,
+) -> BTreeMap<String, Value> {
+    let wanted = |c: &str| columns.is_none_or(|cs| cs.contains(&c));
+    let mut row: BTreeMap<String, Value> =
+        state.cols.iter().filter(|(c, _)| wanted(c)).map(|(c, s)| (c.clone(), s.value.clone())).collect();
     row.insert(table.pk_column().name.clone(), Value::Text(key.to_owned()));
     row
 }
@@ -134,7 +171,7 @@ pub(crate) fn check_write(
     when: &str,
 ) -> Result<()> {
     let Some(rule) = write_rule(table) else { return Ok(()) };
-    if !state.is_alive() || rule.allows_given(&rule_row(table, key, state), &who.user_id, sets) {
+    if !state.is_alive() || rule.allows_given(&rule_row(table, key, state, Some(&rule.columns())), &who.user_id, sets) {
         return Ok(());
     }
     Err(refused_write(table, key, who, when))

@@ -497,7 +497,7 @@ impl Store for SqliteStore {
             let env = crate::Deciding { write_sets: crate::rules::selected_values(&granted), ..env };
             let order: Vec<(String, String)> =
                 if ruled { rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect() } else { Vec::new() };
-            let mut written: HashMap<(String, String), ferry_core::RowState> = HashMap::new();
+            let mut written = crate::rules::Written::new();
             // What is stored of the batch's rows, read in one query per table; a row the batch
             // holds twice is read again after its first write.
             let mut before: HashMap<(String, String), ferry_sqlite::Stored> = HashMap::with_capacity(rows.len());
@@ -545,7 +545,7 @@ impl Store for SqliteStore {
                 let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0, change: None };
                 ferry_sqlite::store_state(&tx, ts, &row.key, &state, &extra)?;
                 if ruled {
-                    written.insert((row.table.clone(), row.key.clone()), state);
+                    written.entry(row.table.clone()).or_default().insert(row.key.clone(), state);
                 }
             }
             crate::rules::check_batch(&inner.schema, &who, &order, &written, &granted)?;

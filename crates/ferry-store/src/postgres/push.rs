@@ -275,7 +275,7 @@ impl PgStore {
             now_ms: crate::wall_ms(),
             write_sets: crate::rules::selected_values(&granted),
         };
-        let mut written: HashMap<(String, String), RowState> = HashMap::new();
+        let mut written = crate::rules::Written::new();
         let mut changed = 0;
         let mut tally = crate::Tally::new();
         for (table, states) in rows {
@@ -311,7 +311,10 @@ impl PgStore {
                 changed += writes.len();
                 write(&tx, pt, &who.device_id, &writes).await?;
                 if ruled {
-                    written.extend(writes.into_iter().map(|(key, state, _)| ((table.clone(), key), state)));
+                    written
+                        .entry(table.clone())
+                        .or_default()
+                        .extend(writes.into_iter().map(|(key, state, _)| (key, state)));
                 }
             }
         }
