@@ -1,8 +1,9 @@
 //! Sharing rules: which rows a user may read and write.
 //!
-//! A table's `read` and `write` options in `ferry.toml` are predicates over the row in a small
-//! SQL subset that every store evaluates alike: comparisons of a column with a literal, with
-//! another column of the row or with `:user` (the requesting user's id); `IS [NOT] NULL`;
+//! A table's `write` option in `ferry.toml` (and `read`, once the stores filter reads by it;
+//! `owner` means both) is a predicate over the row in a small SQL subset that every store
+//! evaluates alike: comparisons of a column with a literal, with another column of the row or
+//! with `:user` (the requesting user's id); `IS [NOT] NULL`;
 //! `[NOT] IN (…)` over literals or over `SELECT column FROM table WHERE …` one level deep (the
 //! inner `WHERE` names only the inner table's columns, literals and `:user`); `AND`, `OR`,
 //! `NOT`, parentheses, `TRUE` and `FALSE`, and a boolean column on its own.
