@@ -214,6 +214,9 @@ pub struct TableInfo {
     /// The table stays on devices and never syncs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local_only: bool,
+    /// Columns that stay on devices: created there, never captured, left alone by pulls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_only_columns: Vec<String>,
 }
 
 /// `GET /v1/me`: who the token belongs to.
@@ -301,6 +304,7 @@ impl SchemaResponse {
                             files: t.options.files.clone(),
                             read_only: t.options.read_only,
                             local_only: t.options.local_only,
+                            local_only_columns: t.options.local_only_columns.clone(),
                         },
                     )
                 })
@@ -332,6 +336,7 @@ impl SchemaResponse {
                         files,
                         read_only,
                         local_only,
+                        local_only_columns: i.local_only_columns.clone(),
                         ..Default::default()
                     };
                     (n.clone(), options)

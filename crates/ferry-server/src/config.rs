@@ -46,6 +46,9 @@ struct TableSection {
     /// The table stays on devices.
     #[serde(default)]
     local_only: bool,
+    /// Columns that stay on devices.
+    #[serde(default)]
+    local_only_columns: Vec<String>,
     conflict: Option<String>,
     authority: Option<String>,
     #[serde(default)]
@@ -134,6 +137,7 @@ impl Config {
                 write: t.write,
                 read_only: t.read_only,
                 local_only: t.local_only,
+                local_only_columns: t.local_only_columns,
                 conflict,
                 authority: t.authority,
                 files: t.files,

@@ -16,7 +16,7 @@ pub async fn live() -> &'static str {
 }
 
 pub async fn schema<S: Store>(State(state): State<Arc<AppState<S>>>, _who: Authed) -> Json<SchemaResponse> {
-    Json(SchemaResponse::from_schema(state.store.schema()))
+    Json(SchemaResponse::from_schema(state.store.device_schema()))
 }
 
 pub async fn me<S: Store>(State(state): State<Arc<AppState<S>>>, Authed(p): Authed) -> Json<WhoAmI> {

@@ -38,6 +38,11 @@ fn doc_json(doc: &RowDoc) -> Box<serde_json::Value> {
 fn table_of<'s, S: Store>(state: &'s AppState<S>, name: &str) -> Result<&'s Table, ApiError> {
     let schema = state.store.schema();
     schema.table(name).ok_or_else(|| {
+        if state.store.device_schema().table(name).is_some() {
+            return ApiError::NotFound(format!(
+                "no table '{name}' on the server: it is local_only, kept on devices and never synced"
+            ));
+        }
         ApiError::NotFound(format!("no table '{name}'; the schema has: {}", schema.table_names().join(", ")))
     })
 }

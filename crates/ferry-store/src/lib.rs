@@ -196,7 +196,12 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// What the server needs from a store. Every method is one transaction: it applies whole
 /// or not at all.
 pub trait Store: Send + Sync + 'static {
+    /// What syncs: the schema's synced tables without their local-only columns
+    /// ([`Schema::synced`]). Everything the store keeps, checks and answers is in it.
     fn schema(&self) -> &Schema;
+
+    /// The whole schema, local-only tables and columns included: what devices create.
+    fn device_schema(&self) -> &Schema;
 
     /// This store's permanent id. Cursors are only meaningful against the store that gave
     /// them out, so clients remember it and refuse to mix stores.
@@ -441,6 +446,10 @@ macro_rules! delegate {
 impl Store for AnyStore {
     fn schema(&self) -> &Schema {
         delegate!(self, s => s.schema())
+    }
+
+    fn device_schema(&self) -> &Schema {
+        delegate!(self, s => s.device_schema())
     }
 
     fn id(&self) -> &str {

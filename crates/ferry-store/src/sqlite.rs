@@ -90,7 +90,9 @@ struct Inner {
     watching: std::sync::atomic::AtomicBool,
     /// The site id of changes the server itself makes (resolutions, strategies).
     site: ferry_core::SiteId,
+    /// What syncs ([`Schema::synced`]); `device_schema` is the whole schema.
     schema: Schema,
+    device_schema: Schema,
     tables: HashMap<String, TableSql>,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
@@ -103,7 +105,8 @@ impl SqliteStore {
     /// # Errors
     /// When the directory cannot be created, the file cannot be opened, or an existing
     /// table differs from the schema (the message names each difference).
-    pub fn open(data_dir: &Path, schema: Schema) -> Result<SqliteStore> {
+    pub fn open(data_dir: &Path, device_schema: Schema) -> Result<SqliteStore> {
+        let schema = device_schema.synced();
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data directory '{}': {e}", data_dir.display()))
         })?;
@@ -162,6 +165,7 @@ impl SqliteStore {
                 watching: std::sync::atomic::AtomicBool::new(false),
                 site,
                 schema,
+                device_schema,
                 tables,
                 writer: Mutex::new(writer),
                 readers,
@@ -210,7 +214,7 @@ impl Inner {
     }
 
     fn table(&self, name: &str) -> Result<&TableSql> {
-        self.tables.get(name).ok_or_else(|| crate::unknown_table(&self.schema, name))
+        self.tables.get(name).ok_or_else(|| crate::unknown_table(&self.device_schema, name))
     }
 }
 
@@ -289,6 +293,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn schema(&self) -> &Schema {
         &self.inner.schema
+    }
+
+    fn device_schema(&self) -> &Schema {
+        &self.inner.device_schema
     }
 
     fn id(&self) -> &str {

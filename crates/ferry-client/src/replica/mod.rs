@@ -77,9 +77,13 @@ impl Replica {
         Ok(replica)
     }
 
+    /// Keeps what syncs of `schema` ([`Schema::synced`]): rows are read, written, sent and
+    /// received as they sync, and local-only tables and columns are left alone (only
+    /// [`Replica::install_schema`] creates them).
     fn set_schema(&mut self, schema: Schema) {
-        self.tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
-        self.schema = Some(schema);
+        let synced = schema.synced();
+        self.tables = synced.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
+        self.schema = Some(synced);
     }
 
     pub(crate) fn connection_mut(&mut self) -> &mut Connection {
@@ -95,6 +99,7 @@ impl Replica {
         &self.conn
     }
 
+    /// What syncs of the installed schema: its synced tables without their local-only columns.
     pub fn schema(&self) -> Option<&Schema> {
         self.schema.as_ref()
     }
@@ -160,8 +165,10 @@ impl Replica {
                 // Created like any table, never captured: its rows stay on this device.
                 continue;
             }
-            tx.execute_batch(&capture::triggers(table))?;
-            let adopted = tx.execute(&capture::adopt_untracked(table), [])?;
+            // Local-only columns are created above but never captured.
+            let synced = table.synced();
+            tx.execute_batch(&capture::triggers(&synced))?;
+            let adopted = tx.execute(&capture::adopt_untracked(&synced), [])?;
             if adopted > 0 {
                 done.push(format!("adopted {adopted} existing rows of '{}'", table.name));
             }
@@ -184,7 +191,7 @@ impl Replica {
             self.conn.prepare_cached("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1")?;
         for table in schema.synced_tables() {
             let present: Vec<String> = stmt.query_map([&table.name], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-            if capture::trigger_names(table).iter().any(|n| !present.contains(n)) {
+            if capture::trigger_names(&table.synced()).iter().any(|n| !present.contains(n)) {
                 return Ok(false);
             }
         }

@@ -361,6 +361,9 @@ impl Parser<'_> {
         let Some(col) = inner.column(&column) else {
             return Err(self.error_at(column_at, unknown_column(&column, inner)));
         };
+        if inner.options.local_only_columns.contains(&col.name) {
+            return Err(self.error_at(column_at, local_column(&column, inner)));
+        }
         rule_type(col.ty).map_err(|m| self.error_at(column_at, format!("column '{column}' of '{table_name}' {m}")))?;
         if !comparable(outer_ty, col.ty) {
             return Err(self.error_at(
@@ -385,6 +388,9 @@ impl Parser<'_> {
         let Some(col) = table.column(&name) else {
             return Err(self.error_at(at, unknown_column(&name, table)));
         };
+        if table.options.local_only_columns.contains(&col.name) {
+            return Err(self.error_at(at, local_column(&name, table)));
+        }
         rule_type(col.ty).map_err(|m| self.error_at(at, format!("column '{name}' {m}")))?;
         Ok(Operand::Column(col.name.clone(), col.ty))
     }
@@ -468,6 +474,10 @@ impl Parser<'_> {
         };
         Ok(Expr::Compare(col, op, right))
     }
+}
+
+fn local_column(name: &str, table: &Table) -> String {
+    format!("column '{name}' of '{}' is local-only: it never reaches the server, so rules cannot read it", table.name)
 }
 
 fn unknown_column(name: &str, table: &Table) -> String {
@@ -579,6 +589,34 @@ mod tests {
         let owned = TableOptions { owner: Some("user_id".into()), ..local };
         let e = Schema::parse(sql, &BTreeMap::from([("drafts".to_owned(), owned)])).unwrap_err().to_string();
         assert!(e.contains("local_only = true keeps the table on devices, so owner has no meaning"), "{e}");
+    }
+
+    #[test]
+    fn local_only_columns_are_checked_and_no_rule_reads_them() {
+        use crate::schema::TableOptions;
+        let sql = "CREATE TABLE notes (id uuid PRIMARY KEY, user_id uuid, draft text, must text NOT NULL);";
+        let with = |cols: &[&str], write: Option<&str>| {
+            let options = TableOptions {
+                local_only_columns: cols.iter().map(|c| c.to_string()).collect(),
+                write: write.map(str::to_owned),
+                ..TableOptions::default()
+            };
+            Schema::parse(sql, &BTreeMap::from([("notes".to_owned(), options)]))
+        };
+        let schema = with(&["draft"], None).unwrap();
+        let synced = schema.synced();
+        assert_eq!(synced.table("notes").unwrap().column_names(), ["id", "user_id", "must"]);
+        for (cols, needle) in [
+            (&["nope"][..], "local-only column 'nope' does not exist"),
+            (&["id"][..], "is the primary key"),
+            (&["must"][..], "NOT NULL without a DEFAULT"),
+            (&["draft", "draft"][..], "is listed twice"),
+        ] {
+            let e = with(cols, None).unwrap_err().to_string();
+            assert!(e.contains(needle), "{cols:?}: {e}");
+        }
+        let e = with(&["draft"], Some("draft = 'x'")).unwrap_err().to_string();
+        assert!(e.contains("column 'draft' of 'notes' is local-only"), "{e}");
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct TableOptions {
     /// The table exists on devices only and never syncs (`local_only = true`): devices create
     /// it without capture, and the server keeps no such table.
     pub local_only: bool,
+    /// Columns that exist on devices only (`local_only_columns = ["draft"]`): devices keep
+    /// them out of capture and pulls leave them as they are; the server has no such columns.
+    pub local_only_columns: Vec<String>,
     /// What happens when two replicas write the same field concurrently.
     pub conflict: ConflictStrategy,
     /// Under `authoritative`: the device role whose writes always win (`authority = "main"`;
@@ -194,6 +197,12 @@ impl Schema {
         self.tables.iter().filter(|t| !t.options.local_only)
     }
 
+    /// What syncs of this schema, as the server keeps it: the tables that sync, each without
+    /// its local-only columns ([`Table::synced`]).
+    pub fn synced(&self) -> Schema {
+        Schema { tables: self.synced_tables().map(Table::synced).collect() }
+    }
+
     /// The schema in Ferry's canonical text form; [`Schema::parse`] reads it back to an equal
     /// schema (given the same options). Clients receive this text from the server.
     pub fn to_sql(&self) -> String {
@@ -245,6 +254,9 @@ impl Schema {
             }
             if t.options.local_only {
                 let _ = write!(text, "\nlocal-only {}", t.name);
+            }
+            for c in &t.options.local_only_columns {
+                let _ = write!(text, "\nlocal-only column {} {}", t.name, c);
             }
         }
         fingerprint(&text)
@@ -325,6 +337,15 @@ impl Table {
 
     pub fn pk_column(&self) -> &Column {
         &self.columns[self.pk]
+    }
+
+    /// The table as it syncs: without its local-only columns.
+    pub fn synced(&self) -> Table {
+        let local = &self.options.local_only_columns;
+        let pk_name = &self.columns[self.pk].name;
+        let columns: Vec<Column> = self.columns.iter().filter(|c| !local.contains(&c.name)).cloned().collect();
+        let pk = columns.iter().position(|c| &c.name == pk_name).expect("the key is never local-only");
+        Table { columns, pk, ..self.clone() }
     }
 
     /// The columns other than the primary key, in schema order.

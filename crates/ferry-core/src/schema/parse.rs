@@ -86,6 +86,29 @@ impl Schema {
                     )));
                 }
             }
+            for (i, col) in opts.local_only_columns.iter().enumerate() {
+                let bad = |why: &str| {
+                    Err(SchemaError(format!(
+                        "table '{name}': local-only column '{col}' {why}; the columns are: {}",
+                        table.column_names().join(", ")
+                    )))
+                };
+                let Some(c) = table.column(col) else { return bad("does not exist") };
+                if c.name == table.columns[table.pk].name {
+                    return bad("is the primary key, which every replica needs");
+                }
+                if opts.owner.as_deref() == Some(col.as_str()) || opts.files.contains(col) {
+                    return bad("is also the owner or a file column, which must sync");
+                }
+                if c.not_null && c.default.is_none() {
+                    return bad(
+                        "is NOT NULL without a DEFAULT: rows from other devices arrive without it; give it a DEFAULT",
+                    );
+                }
+                if opts.local_only_columns[..i].contains(col) {
+                    return bad("is listed twice");
+                }
+            }
             if opts.local_only {
                 let synced_only = [
                     ("owner", opts.owner.is_some()),

@@ -62,7 +62,9 @@ struct Inner {
     epoch: String,
     /// The site id of changes the server itself makes (direct writes, resolutions).
     site: SiteId,
+    /// What syncs ([`Schema::synced`]); `device_schema` is the whole schema.
     schema: Schema,
+    device_schema: Schema,
     tables: HashMap<String, PgTable>,
     stats: Statistics,
 }
@@ -175,7 +177,7 @@ impl PgStore {
     }
 
     fn table(&self, name: &str) -> Result<&PgTable> {
-        self.inner.tables.get(name).ok_or_else(|| crate::unknown_table(&self.inner.schema, name))
+        self.inner.tables.get(name).ok_or_else(|| crate::unknown_table(&self.inner.device_schema, name))
     }
 }
 
@@ -267,6 +269,10 @@ fn push_pg(e: tokio_postgres::Error) -> PushError {
 impl Store for PgStore {
     fn schema(&self) -> &Schema {
         &self.inner.schema
+    }
+
+    fn device_schema(&self) -> &Schema {
+        &self.inner.device_schema
     }
 
     fn id(&self) -> &str {

@@ -383,7 +383,8 @@ impl PgStore {
     /// # Errors
     /// [`StoreError::Invalid`] for a malformed URL or a table that differs from the schema
     /// (every difference named); [`StoreError::Unavailable`] when PostgreSQL cannot be reached.
-    pub async fn open(url: &str, schema: Schema) -> Result<PgStore> {
+    pub async fn open(url: &str, device_schema: Schema) -> Result<PgStore> {
+        let schema = device_schema.synced();
         let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Invalid(format!(
                 "database '{url}' is not a PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
@@ -434,7 +435,19 @@ impl PgStore {
         let watching = std::sync::atomic::AtomicBool::new(false);
         let stats = Statistics::new(rows);
         Ok(PgStore {
-            inner: Arc::new(Inner { pool, id, epoch, site, schema, tables, listen_cfg, notices, watching, stats }),
+            inner: Arc::new(Inner {
+                pool,
+                id,
+                epoch,
+                site,
+                schema,
+                device_schema,
+                tables,
+                listen_cfg,
+                notices,
+                watching,
+                stats,
+            }),
         })
     }
 }

@@ -648,8 +648,9 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
     let mut options = options;
     let local = ferry_core::schema::TableOptions { local_only: true, ..Default::default() };
     options.insert("drafts".to_owned(), local);
+    options.get_mut("notes").unwrap().local_only_columns = vec!["scratch".into()];
     let optioned = ferry_core::schema::Schema::parse(
-        "CREATE TABLE notes (id uuid PRIMARY KEY, who uuid, body text); CREATE TABLE drafts (id uuid PRIMARY KEY, body text);",
+        "CREATE TABLE notes (id uuid PRIMARY KEY, who uuid, body text, scratch text); CREATE TABLE drafts (id uuid PRIMARY KEY, body text);",
         &options,
     );
     add("SchemaResponse", to(&p::SchemaResponse::from_schema(&optioned.unwrap())));

@@ -188,8 +188,8 @@ fn a_local_only_table_never_leaves_its_device(env: Env, on_postgres: bool) {
         .bearer_auth(&p.phone)
         .send()
         .unwrap();
-    assert_eq!(resp.status(), 400);
-    assert!(resp.text().unwrap().contains("table 'drafts' is local_only"));
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().unwrap().contains("no table 'drafts' on the server: it is local_only"));
     if on_postgres {
         assert_eq!(p.env.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'drafts'").trim(), "0");
     }
@@ -203,4 +203,50 @@ fn a_local_only_table_never_leaves_its_device_on_the_embedded_store() {
 #[test]
 fn a_local_only_table_never_leaves_its_device_on_postgres() {
     a_local_only_table_never_leaves_its_device(Env::postgres(), true);
+}
+
+/// A device-only column in a synced table: kept by each device, never sent, left alone by pulls.
+fn a_local_only_column_stays_on_its_device(env: Env, on_postgres: bool) {
+    let schema = std::fs::read_to_string(env.path("schema.sql")).unwrap();
+    let checks = "CREATE TABLE checklists (id uuid PRIMARY KEY, item text NOT NULL, done_here boolean);";
+    std::fs::write(env.path("schema.sql"), format!("{schema}\n{checks}\n")).unwrap();
+    env.table_options("checklists", "local_only_columns = [\"done_here\"]");
+    let p = Pair::in_env(env);
+    let (phone, laptop) = (p.env.db("phone.db"), p.env.db("laptop.db"));
+    let id = uuid();
+    phone.execute("INSERT INTO checklists (id, item, done_here) VALUES (?1, 'reserve check', 1)", [&id]).unwrap();
+    p.sync_phone();
+    p.sync_laptop();
+    let row = |db: &rusqlite::Connection| -> (String, Option<i64>) {
+        db.query_row("SELECT item, done_here FROM checklists WHERE id = ?1", [&id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+    };
+    assert_eq!(row(&laptop), ("reserve check".to_owned(), None), "the item arrives, the local column does not");
+    // A change to the local column alone is no change to sync.
+    laptop.execute("UPDATE checklists SET done_here = 0 WHERE id = ?1", [&id]).unwrap();
+    let status = p.sync_laptop();
+    assert_eq!((status["pending"].as_u64(), status["pushed"].as_u64()), (Some(0), None), "{status}");
+    // A newer version of the row from elsewhere leaves each device's own column as it was.
+    phone.execute("UPDATE checklists SET item = 'reserve check, twice' WHERE id = ?1", [&id]).unwrap();
+    let pushed = p.sync_phone();
+    assert_eq!((pushed["pending"].as_u64(), pushed["failed"].as_u64()), (Some(0), Some(0)), "{pushed}");
+    p.sync_laptop();
+    assert_eq!(row(&laptop), ("reserve check, twice".to_owned(), Some(0)));
+    assert_eq!(row(&phone), ("reserve check, twice".to_owned(), Some(1)));
+    if on_postgres {
+        let columns = p.env.psql(
+            "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'checklists'",
+        );
+        assert_eq!(columns.trim(), "id,item", "the server's table has no local-only column");
+    }
+}
+
+#[test]
+fn a_local_only_column_stays_on_its_device_on_the_embedded_store() {
+    a_local_only_column_stays_on_its_device(Env::new(), false);
+}
+
+#[test]
+fn a_local_only_column_stays_on_its_device_on_postgres() {
+    a_local_only_column_stays_on_its_device(Env::postgres(), true);
 }
