@@ -801,7 +801,7 @@ fn write_sets<'a>(
         let mut sets = Vec::with_capacity(selects.len());
         for select in selects {
             let q = select.compile(ferry_core::rules::Dialect::Sqlite, 1);
-            let binds: Vec<rusqlite::types::Value> = q.slots.iter().map(|s| sqlite_value(s.value(user))).collect();
+            let binds: Vec<rusqlite::types::Value> = q.slots.iter().map(|s| sqlite_value(s.value(user, &[]))).collect();
             let mut stmt = conn.prepare_cached(&q.sql)?;
             let values = stmt
                 .query_map(rusqlite::params_from_iter(binds), |r| {

@@ -18,6 +18,9 @@ pub enum Slot {
     Value(Value, ColType),
     /// The requesting user's id.
     User,
+    /// What a subquery selected (its place among [`Rule::subqueries`]), given as a JSON array
+    /// ([`Rule::compile_given`]).
+    Set(usize),
 }
 
 /// A rule as SQL: the condition, and what its parameters (numbered from the first given to
@@ -29,10 +32,12 @@ pub struct Compiled {
 }
 
 impl Slot {
-    /// The parameter's text, as PostgreSQL's placeholders take it (`($n::text)::type`).
-    pub fn text(&self, user: &str) -> String {
+    /// The parameter's text, as PostgreSQL's placeholders take it (`($n::text)::type`);
+    /// `sets`: what the rule's subqueries selected, for [`Slot::Set`].
+    pub fn text(&self, user: &str, sets: &[Vec<Value>]) -> String {
         match self {
             Slot::User => user.to_owned(),
+            Slot::Set(n) => set_json(sets.get(*n)),
             Slot::Value(Value::Integer(i), ColType::Boolean) => (if *i != 0 { "true" } else { "false" }).to_owned(),
             Slot::Value(Value::Integer(i), _) => i.to_string(),
             Slot::Value(Value::Text(s), _) => s.clone(),
@@ -40,20 +45,45 @@ impl Slot {
         }
     }
 
-    /// The parameter's value, as SQLite stores it.
-    pub fn value(&self, user: &str) -> Value {
+    /// The parameter's value, as SQLite stores it (a [`Slot::Set`] as its JSON array).
+    pub fn value(&self, user: &str, sets: &[Vec<Value>]) -> Value {
         match self {
             Slot::User => Value::Text(user.to_owned()),
             Slot::Value(v, _) => v.clone(),
+            Slot::Set(n) => Value::Text(set_json(sets.get(*n))),
         }
     }
+}
+
+/// A set of values as a JSON array (numbers, strings, nulls).
+fn set_json(set: Option<&Vec<Value>>) -> String {
+    let items: Vec<serde_json::Value> = set
+        .into_iter()
+        .flatten()
+        .map(|v| match v {
+            Value::Integer(i) => (*i).into(),
+            Value::Text(s) => s.clone().into(),
+            Value::Real(r) => serde_json::Number::from_f64(*r).map_or(serde_json::Value::Null, Into::into),
+            Value::Null | Value::Blob(_) => serde_json::Value::Null,
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
 }
 
 impl Rule {
     /// The rule as a condition on the row `alias` (a table alias or name), its parameters
     /// numbered from `first`.
     pub fn compile(&self, dialect: Dialect, alias: &str, first: usize) -> Compiled {
-        let mut w = Writer { dialect, first, slots: Vec::new() };
+        let mut w = Writer { dialect, first, slots: Vec::new(), given: None };
+        let sql = w.expr(&self.expr, alias);
+        Compiled { sql, slots: w.slots }
+    }
+
+    /// As [`Rule::compile`], with each subquery replaced by a parameter holding what it
+    /// selected ([`Slot::Set`]): the rule decided for a user's scope as it was (or will be),
+    /// not as the tables hold it now. `IN` over the given values keeps SQL's three values.
+    pub fn compile_given(&self, dialect: Dialect, alias: &str, first: usize) -> Compiled {
+        let mut w = Writer { dialect, first, slots: Vec::new(), given: Some(0) };
         let sql = w.expr(&self.expr, alias);
         Compiled { sql, slots: w.slots }
     }
@@ -64,7 +94,7 @@ impl Select {
     /// key FROM table WHERE …`), its parameters numbered from `first`: what a store runs once
     /// to learn the values a user's rows are compared with.
     pub fn compile(&self, dialect: Dialect, first: usize) -> Compiled {
-        let mut w = Writer { dialect, first, slots: Vec::new() };
+        let mut w = Writer { dialect, first, slots: Vec::new(), given: None };
         let filter = self.filter.as_ref().map(|f| format!(" WHERE {}", w.expr(f, INNER))).unwrap_or_default();
         let (column, key, table) = (quote(&self.column), quote(&self.key), quote(&self.table));
         let sql = format!("SELECT {INNER}.{column}, {INNER}.{key} FROM {table} {INNER}{filter}");
@@ -76,6 +106,8 @@ struct Writer {
     dialect: Dialect,
     first: usize,
     slots: Vec<Slot>,
+    /// With given sets: the next subquery's place.
+    given: Option<usize>,
 }
 
 /// A subquery's own alias: no table name can clash with it (`_ferry` names are reserved).
@@ -119,6 +151,21 @@ impl Writer {
                 let left = self.operand(a, alias);
                 let items: Vec<String> = list.iter().map(|o| self.operand(o, alias)).collect();
                 format!("{left} {}IN ({})", if *not { "NOT " } else { "" }, items.join(", "))
+            }
+            Expr::InSelect(a, s, not) if self.given.is_some() => {
+                let left = self.operand(a, alias);
+                let n = self.given.expect("checked");
+                self.given = Some(n + 1);
+                let p = self.first + self.slots.len();
+                self.slots.push(Slot::Set(n));
+                let not = if *not { "NOT " } else { "" };
+                match self.dialect {
+                    Dialect::Sqlite => format!("{left} {not}IN (SELECT value FROM json_each(?{p}))"),
+                    Dialect::Postgres => format!(
+                        "{left} {not}IN (SELECT v::{} FROM jsonb_array_elements_text((${p}::text)::jsonb) AS v)",
+                        pg_type(s.ty)
+                    ),
+                }
             }
             Expr::InSelect(a, s, not) => {
                 let left = self.operand(a, alias);
@@ -181,6 +228,6 @@ mod tests {
         let pg = rule.compile(Dialect::Postgres, "t", 1);
         assert!(pg.sql.contains("_ferry_s.\"user_id\" = ($1::text)::uuid"), "{}", pg.sql);
         assert!(pg.sql.contains("t.\"title\" COLLATE \"C\" > ($3::text)::text"), "{}", pg.sql);
-        assert_eq!(pg.slots[0].text("ann"), "ann");
+        assert_eq!(pg.slots[0].text("ann", &[]), "ann");
     }
 }

@@ -401,7 +401,7 @@ async fn write_sets(
         let mut sets = Vec::with_capacity(selects.len());
         for select in selects {
             let q = select.compile(ferry_core::rules::Dialect::Postgres, 1);
-            let texts: Vec<String> = q.slots.iter().map(|s| s.text(user)).collect();
+            let texts: Vec<String> = q.slots.iter().map(|s| s.text(user, &[])).collect();
             let params: Vec<&(dyn ToSql + Sync)> = texts.iter().map(|t| t as &(dyn ToSql + Sync)).collect();
             let sql = format!("SELECT v::text, k::text FROM ({}) AS q (v, k)", q.sql);
             let found = tx.query(&sql, &params).await.map_err(push_pg)?;

@@ -1,6 +1,7 @@
 //! Sharing rules as the stores evaluate them: random rules over random rows and memberships,
 //! compiled for SQLite and for PostgreSQL and run on real tables, must select exactly the
-//! rows the naive evaluator in `ferry_core::rules` allows, for every user.
+//! rows the naive evaluator in `ferry_core::rules` allows, for every user; so must the rules
+//! with their subqueries' values given in their place (`Rule::compile_given`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -222,7 +223,7 @@ async fn random_rules_select_in_both_stores_what_the_naive_evaluator_allows() {
                 .map(|r| text(&r["id"], ColType::Uuid).unwrap())
                 .collect();
             let values: Vec<rusqlite::types::Value> =
-                lite_rule.slots.iter().map(|s| sqlite_value(&s.value(user))).collect();
+                lite_rule.slots.iter().map(|s| sqlite_value(&s.value(user, &[]))).collect();
             let mut stmt = lite.prepare(&format!("SELECT id FROM items t WHERE {}", lite_rule.sql)).unwrap();
             let in_sqlite: BTreeSet<String> =
                 stmt.query_map(rusqlite::params_from_iter(values), |r| r.get(0)).unwrap().map(Result::unwrap).collect();
@@ -231,7 +232,7 @@ async fn random_rules_select_in_both_stores_what_the_naive_evaluator_allows() {
                 "case {case}, SQLite, user {user}: {source}\n{}\n{tables:?}",
                 lite_rule.sql
             );
-            let texts: Vec<String> = pg_rule.slots.iter().map(|s| s.text(user)).collect();
+            let texts: Vec<String> = pg_rule.slots.iter().map(|s| s.text(user, &[])).collect();
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                 texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
             let rows = pg.query(&format!("SELECT id::text FROM items t WHERE {}", pg_rule.sql), &params).await.unwrap();
@@ -241,7 +242,7 @@ async fn random_rules_select_in_both_stores_what_the_naive_evaluator_allows() {
             let mut sets = Vec::new();
             for select in rule.subqueries() {
                 let q = select.compile(Dialect::Postgres, 1);
-                let texts: Vec<String> = q.slots.iter().map(|s| s.text(user)).collect();
+                let texts: Vec<String> = q.slots.iter().map(|s| s.text(user, &[])).collect();
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
                 let sql = format!("SELECT v::text FROM ({}) AS q (v, k)", q.sql);
@@ -256,6 +257,26 @@ async fn random_rules_select_in_both_stores_what_the_naive_evaluator_allows() {
                 .map(|r| text(&r["id"], ColType::Uuid).unwrap())
                 .collect();
             assert_eq!(given, expected, "case {case}, subqueries apart, user {user}: {source}");
+            // The rule with those values bound in place of its subqueries, in both stores.
+            let lite_given = rule.compile_given(Dialect::Sqlite, "t", 1);
+            let values: Vec<rusqlite::types::Value> =
+                lite_given.slots.iter().map(|s| sqlite_value(&s.value(user, &sets))).collect();
+            let mut stmt = lite.prepare(&format!("SELECT id FROM items t WHERE {}", lite_given.sql)).unwrap();
+            let in_sqlite: BTreeSet<String> =
+                stmt.query_map(rusqlite::params_from_iter(values), |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+            assert_eq!(
+                in_sqlite, expected,
+                "case {case}, SQLite given sets, user {user}: {source}\n{}",
+                lite_given.sql
+            );
+            let pg_given = rule.compile_given(Dialect::Postgres, "t", 1);
+            let texts: Vec<String> = pg_given.slots.iter().map(|s| s.text(user, &sets)).collect();
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            let rows =
+                pg.query(&format!("SELECT id::text FROM items t WHERE {}", pg_given.sql), &params).await.unwrap();
+            let in_pg: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+            assert_eq!(in_pg, expected, "case {case}, PostgreSQL given sets, user {user}: {source}\n{}", pg_given.sql);
         }
     }
 }
