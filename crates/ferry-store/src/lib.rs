@@ -318,7 +318,7 @@ pub trait Store: Send + Sync + 'static {
 /// The tables a pull covers: a checked selection, or all of the schema's.
 fn selected_tables(schema: &Schema, tables: Option<&[String]>) -> Result<Vec<String>> {
     match tables {
-        None => Ok(schema.synced_tables().map(|t| t.name.clone()).collect()),
+        None => Ok(schema.table_names().iter().map(|t| t.to_string()).collect()),
         Some(list) => {
             for t in list {
                 if schema.table(t).is_none() {
@@ -326,9 +326,6 @@ fn selected_tables(schema: &Schema, tables: Option<&[String]>) -> Result<Vec<Str
                         "unknown table '{t}' in the selection; the schema has: {}",
                         schema.table_names().join(", ")
                     )));
-                }
-                if schema.table(t).is_some_and(|t| t.options.local_only) {
-                    return Err(unknown_table(schema, t));
                 }
             }
             Ok(list.to_vec())

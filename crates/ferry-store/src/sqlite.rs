@@ -129,7 +129,7 @@ impl SqliteStore {
                 tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
             }
         }
-        for table in schema.synced_tables() {
+        for table in &schema.tables {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
             backfill_owner(&tx, table)?;
         }
@@ -155,7 +155,7 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let tables = schema.synced_tables().map(|t| (t.name.clone(), TableSql::new(t))).collect();
+        let tables = schema.tables.iter().map(|t| (t.name.clone(), TableSql::new(t))).collect();
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 id,

@@ -189,9 +189,9 @@ impl Replica {
         let Some(schema) = &self.schema else { return Ok(false) };
         let mut stmt =
             self.conn.prepare_cached("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1")?;
-        for table in schema.synced_tables() {
+        for table in &schema.tables {
             let present: Vec<String> = stmt.query_map([&table.name], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-            if capture::trigger_names(&table.synced()).iter().any(|n| !present.contains(n)) {
+            if capture::trigger_names(table).iter().any(|n| !present.contains(n)) {
                 return Ok(false);
             }
         }

@@ -409,7 +409,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Internal(format!("PostgreSQL pool: {e}")))?;
         let tables: HashMap<String, PgTable> =
-            schema.synced_tables().map(|t| (t.name.clone(), PgTable::new(t))).collect();
+            schema.tables.iter().map(|t| (t.name.clone(), PgTable::new(t))).collect();
         // A connection of its own, out of the pool: the start-up lock is held across several
         // transactions, and closing the connection releases it whatever happens.
         let mut client = deadpool_postgres::Object::take(pool.get().await.map_err(pool_err)?);
@@ -424,7 +424,7 @@ impl PgStore {
             startup_step(&mut client, Step::Renumber { epoch: &start.epoch }).await?;
         }
         let adopted_at = Hlc::new(crate::wall_ms(), 0, start.site).to_string();
-        for table in schema.synced_tables() {
+        for table in &schema.tables {
             let (pt, pg_schema) = (&tables[&table.name], start.pg_schema.as_str());
             startup_step(&mut client, Step::Table { pt, pg_schema, adopted_at: &adopted_at }).await?;
         }
