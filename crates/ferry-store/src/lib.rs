@@ -242,7 +242,8 @@ pub trait Store: Send + Sync + 'static {
     /// An unknown user is [`StoreError::NotFound`].
     fn devices(&self, user: Option<&str>) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
 
-    /// Records that a device made a request now.
+    /// Records that a device made a request now (the server's token check calls it, at most
+    /// once a minute per device; nothing else records it).
     fn device_seen(&self, device_id: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// The device a bearer token belongs to, or `None` for an unknown or revoked token.

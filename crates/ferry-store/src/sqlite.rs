@@ -565,10 +565,6 @@ impl Store for SqliteStore {
                 "INSERT INTO _ferry_batches (device_id, batch_id, received, changed, refused) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![who.device_id, batch_id, received as i64, changed as i64, tally.refused_keys()],
             )?;
-            tx.execute(
-                "UPDATE _ferry_devices SET last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-                [&who.device_id],
-            )?;
             tx.commit()?;
             if changed > 0 {
                 // A commit by another process since our last announcement is news for

@@ -347,15 +347,6 @@ impl PgStore {
         if changed > 0 {
             wrote(&self.inner, rows.keys().cloned(), changed);
         }
-        // Outside the push's transaction (concurrent pushes of one device would otherwise
-        // conflict on this row) and at most once a minute; losing it costs nothing.
-        let _ = client
-            .execute(
-                "UPDATE _ferry_devices SET last_seen = now()
-                 WHERE id = $1 AND (last_seen IS NULL OR last_seen < now() - interval '1 minute')",
-                &[&who.device_id],
-            )
-            .await;
         let caught_up = tally.caught_up();
         Ok((
             PushOutcome { received, changed, replayed: false, cursor: None, refused: tally.refused },

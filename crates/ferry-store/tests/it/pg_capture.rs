@@ -128,10 +128,11 @@ async fn two_pushes_creating_the_same_key_keep_the_newer_one() {
     let (url, store, _ann, db) = setup().await;
     let phone = device(&store, "ann", "phone2").await;
     let laptop = device(&store, "ann", "laptop").await;
-    // Hold the phone's device row so that its push stops just before committing.
+    // Hold the batch record's table so that the phone's push stops at its last statement, its
+    // row written and not committed (it gives way after the push's lock timeout and retries).
     let mut holder = connect(&url).await;
     let hold = holder.transaction().await.unwrap();
-    hold.execute("SELECT 1 FROM _ferry_devices WHERE id = $1 FOR UPDATE", &[&phone.device_id]).await.unwrap();
+    hold.batch_execute("LOCK TABLE _ferry_batches IN SHARE MODE").await.unwrap();
     let newer = note(3, &phone.user_id, "from phone (newer)", at(100, 1));
     let older = note(3, &laptop.user_id, "from laptop (older)", at(50, 2));
     let (s1, p1) = (store.clone(), phone.clone());
