@@ -77,12 +77,9 @@ pub enum ConflictSide {
 }
 
 impl ConflictKind {
+    /// The kind's name, as the core names it.
     pub fn name(self) -> &'static str {
-        match self {
-            ConflictKind::UpdateUpdate => "update-update",
-            ConflictKind::DeleteUpdate => "delete-update",
-            ConflictKind::UpdateDelete => "update-delete",
-        }
+        ferry_core::strategy::ConflictKind::from(self).name()
     }
 
     /// The kind named `s`.
@@ -90,6 +87,17 @@ impl ConflictKind {
         [ConflictKind::UpdateUpdate, ConflictKind::DeleteUpdate, ConflictKind::UpdateDelete]
             .into_iter()
             .find(|k| k.name() == s)
+    }
+}
+
+impl From<ConflictKind> for ferry_core::strategy::ConflictKind {
+    fn from(k: ConflictKind) -> Self {
+        use ferry_core::strategy::ConflictKind as K;
+        match k {
+            ConflictKind::UpdateUpdate => K::UpdateUpdate,
+            ConflictKind::DeleteUpdate => K::DeleteUpdate,
+            ConflictKind::UpdateDelete => K::UpdateDelete,
+        }
     }
 }
 
