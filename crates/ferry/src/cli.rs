@@ -137,17 +137,24 @@ pub enum FileCommand {
     },
 }
 
+/// Where a replica syncs: a server (by default the one it last synced with) and a token.
 #[derive(Args, Clone)]
-pub struct FileSyncArgs {
-    /// The replica file.
-    #[arg(long)]
-    pub db: PathBuf,
+pub struct ReplicaServer {
     /// Server URL; defaults to the one this replica last synced with.
     #[arg(long, env = "FERRY_SERVER")]
     pub server: Option<String>,
     /// Device token (from `ferry token create`).
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct FileSyncArgs {
+    /// The replica file.
+    #[arg(long)]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub to: ReplicaServer,
     #[command(flatten)]
     pub limits: FileLimits,
     /// Tries per file in this run (failures wait 1 s, 2 s, 4 s … between tries).
@@ -367,12 +374,8 @@ pub struct SyncArgs {
     /// The replica file (created if missing).
     #[arg(long)]
     pub db: PathBuf,
-    /// Server URL; defaults to the one this replica last synced with.
-    #[arg(long, env = "FERRY_SERVER")]
-    pub server: Option<String>,
-    /// Device token (from `ferry token create`).
-    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub to: ReplicaServer,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

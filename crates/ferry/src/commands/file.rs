@@ -4,7 +4,6 @@
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
-use ferry_client::replica::Key;
 use ferry_client::{Remote, Replica};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -133,14 +132,9 @@ pub async fn run(command: FileCommand) -> Result<()> {
 
 async fn sync(args: FileSyncArgs) -> Result<()> {
     let replica = open_replica(&args.db)?;
-    let Some(server) = args.server.clone().or(replica.meta(Key::Server)?) else {
-        bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display());
-    };
-    let Some(token) = args.token.as_deref() else {
-        bail!("no token given; pass --token (from `ferry token create`) or set FERRY_TOKEN");
-    };
+    let Some(server) = args.to.server(&replica)? else { return Err(super::no_server(&args.db)) };
     drop(replica);
-    let remote = Remote::new(&server, token)?;
+    let remote = Remote::new(&server, args.to.token()?)?;
     if args.attempts == 0 {
         bail!("--attempts 0 would try nothing; give at least 1");
     }

@@ -47,6 +47,24 @@ impl ServerArgs {
     }
 }
 
+impl crate::cli::ReplicaServer {
+    /// The server given, or the one `replica` last synced with.
+    fn server(&self, replica: &Replica) -> Result<Option<String>> {
+        Ok(self.server.clone().or(replica.meta(ferry_client::replica::Key::Server)?))
+    }
+
+    fn token(&self) -> Result<&str> {
+        self.token.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("no token given; pass --token (from `ferry token create`) or set FERRY_TOKEN")
+        })
+    }
+}
+
+/// The refusal when a replica has no server to sync with.
+fn no_server(db: &std::path::Path) -> anyhow::Error {
+    anyhow::anyhow!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", db.display())
+}
+
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     // Installed now, not when first awaited: a Ctrl-C that comes as soon as the process has
     // said it runs must stop it cleanly, not kill it.

@@ -18,18 +18,13 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         bail!("--page-rows {} must be from 1 to {}", args.page_rows, ferry_protocol::MAX_PAGE_ROWS);
     }
     let mut replica = Replica::open(&args.db)?;
-    let server = match args.server.clone().or(replica.meta(Key::Server)?) {
+    let server = match args.to.server(&replica)? {
         Some(s) => s,
         // Offline-only: the engine keeps the queue and says so.
         None if args.watch => return watch(args, replica, None).await,
-        None => {
-            bail!("no server given for '{}'; pass --server http://HOST:PORT (or set FERRY_SERVER)", args.db.display())
-        }
+        None => return Err(super::no_server(&args.db)),
     };
-    let Some(token) = args.token.as_deref() else {
-        bail!("no token given; pass --token (from `ferry token create`) or set FERRY_TOKEN");
-    };
-    let remote = Remote::with_timeout(&server, token, args.timeout)?;
+    let remote = Remote::with_timeout(&server, args.to.token()?, args.timeout)?;
     if args.watch {
         return watch(args, replica, Some(remote)).await;
     }
