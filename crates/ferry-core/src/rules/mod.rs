@@ -137,6 +137,45 @@ impl Rule {
         out
     }
 
+    /// A row's *reach*: the values of the columns this rule reads, as a JSON object (keys in
+    /// order, booleans as `true`/`false`, integers as numbers, the rest as strings, a missing
+    /// column as null). Stores keep it beside each row, deleted ones too, so that who may read
+    /// a row can be decided without the row ([`Rule::compile_reach`]).
+    pub fn reach(&self, row: &std::collections::BTreeMap<String, Value>) -> String {
+        let mut out = serde_json::Map::new();
+        self.expr.visit_outer_operands(&mut |o| {
+            if let Operand::Column(c, ty) = o {
+                let v = match (row.get(c), ty) {
+                    (Some(Value::Integer(i)), ColType::Boolean) => serde_json::Value::Bool(*i != 0),
+                    (Some(Value::Integer(i)), _) => (*i).into(),
+                    (Some(Value::Text(t)), _) => t.clone().into(),
+                    _ => serde_json::Value::Null,
+                };
+                out.insert(c.clone(), v);
+            }
+        });
+        serde_json::Value::Object(out).to_string()
+    }
+
+    /// A reach read back as the row's values (what [`Rule::allows_given`] takes); an
+    /// unreadable reach as no values (every column NULL).
+    pub fn reach_row(reach: &str) -> std::collections::BTreeMap<String, Value> {
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(reach) else {
+            return Default::default();
+        };
+        map.into_iter()
+            .map(|(c, v)| {
+                let v = match v {
+                    serde_json::Value::Bool(b) => Value::Integer(b.into()),
+                    serde_json::Value::Number(n) => n.as_i64().map_or(Value::Null, Value::Integer),
+                    serde_json::Value::String(t) => Value::Text(t),
+                    _ => Value::Null,
+                };
+                (c, v)
+            })
+            .collect()
+    }
+
     /// The row's columns this rule reads.
     pub fn columns(&self) -> Vec<&str> {
         let mut out = Vec::new();

@@ -74,7 +74,7 @@ impl Rule {
     /// The rule as a condition on the row `alias` (a table alias or name), its parameters
     /// numbered from `first`.
     pub fn compile(&self, dialect: Dialect, alias: &str, first: usize) -> Compiled {
-        let mut w = Writer { dialect, first, slots: Vec::new(), given: None };
+        let mut w = Writer { dialect, first, slots: Vec::new(), given: None, json: false };
         let sql = w.expr(&self.expr, alias);
         Compiled { sql, slots: w.slots }
     }
@@ -83,9 +83,18 @@ impl Rule {
     /// selected ([`Slot::Set`]): the rule decided for a user's scope as it was (or will be),
     /// not as the tables hold it now. `IN` over the given values keeps SQL's three values.
     pub fn compile_given(&self, dialect: Dialect, alias: &str, first: usize) -> Compiled {
-        let mut w = Writer { dialect, first, slots: Vec::new(), given: Some(0) };
+        let mut w = Writer { dialect, first, slots: Vec::new(), given: Some(0), json: false };
         let sql = w.expr(&self.expr, alias);
         Compiled { sql, slots: w.slots }
+    }
+
+    /// As [`Rule::compile_given`], reading the row's columns from its reach ([`Rule::reach`]),
+    /// the JSON text `reach` (an SQL expression) holds: how a store decides rows, deleted ones
+    /// too, from its bookkeeping alone. The condition is true or false, never unknown.
+    pub fn compile_reach(&self, dialect: Dialect, reach: &str, first: usize) -> Compiled {
+        let mut w = Writer { dialect, first, slots: Vec::new(), given: Some(0), json: true };
+        let sql = w.expr(&self.expr, reach);
+        Compiled { sql: format!("({sql}) IS TRUE"), slots: w.slots }
     }
 }
 
@@ -94,7 +103,7 @@ impl Select {
     /// key FROM table WHERE …`), its parameters numbered from `first`: what a store runs once
     /// to learn the values a user's rows are compared with.
     pub fn compile(&self, dialect: Dialect, first: usize) -> Compiled {
-        let mut w = Writer { dialect, first, slots: Vec::new(), given: None };
+        let mut w = Writer { dialect, first, slots: Vec::new(), given: None, json: false };
         let filter = self.filter.as_ref().map(|f| format!(" WHERE {}", w.expr(f, INNER))).unwrap_or_default();
         let (column, key, table) = (quote(&self.column), quote(&self.key), quote(&self.table));
         let sql = format!("SELECT {INNER}.{column}, {INNER}.{key} FROM {table} {INNER}{filter}");
@@ -108,6 +117,8 @@ struct Writer {
     slots: Vec<Slot>,
     /// With given sets: the next subquery's place.
     given: Option<usize>,
+    /// The row's columns are read from a reach (JSON text), not from a table's columns.
+    json: bool,
 }
 
 /// A subquery's own alias: no table name can clash with it (`_ferry` names are reserved).
@@ -125,6 +136,13 @@ impl Writer {
 
     fn operand(&mut self, o: &Operand, alias: &str) -> String {
         match o {
+            Operand::Column(c, ty) if self.json => {
+                let name = c.replace('\'', "''");
+                match self.dialect {
+                    Dialect::Sqlite => format!("json_extract({alias}, '$.\"{name}\"')"),
+                    Dialect::Postgres => format!("((({alias})::jsonb->>'{name}')::{})", pg_type(*ty)),
+                }
+            }
             Operand::Column(c, _) => format!("{alias}.{}", quote(c)),
             Operand::Literal(v, ty) => self.param(Slot::Value(v.clone(), *ty), *ty),
             Operand::User(ty) => self.param(Slot::User, *ty),

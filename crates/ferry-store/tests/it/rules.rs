@@ -173,6 +173,8 @@ async fn random_rules_select_in_both_stores_what_the_naive_evaluator_allows() {
         lite.execute_batch(&ferry_sqlite::ddl::create_table(t)).unwrap();
         pg.batch_execute(&PgStore::create_table_sql(t)).await.unwrap();
     }
+    lite.execute_batch("CREATE TABLE reaches (id TEXT PRIMARY KEY, reach TEXT NOT NULL)").unwrap();
+    pg.batch_execute("CREATE TABLE reaches (id text PRIMARY KEY, reach text NOT NULL)").await.unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let cases = 150;
     for case in 0..cases {
@@ -216,6 +218,14 @@ async fn random_rules_select_in_both_stores_what_the_naive_evaluator_allows() {
         );
         let lite_rule = rule.compile(Dialect::Sqlite, "t", 1);
         let pg_rule = rule.compile(Dialect::Postgres, "t", 1);
+        // Each row's reach, kept apart from the row as a store's bookkeeping keeps it.
+        lite.execute_batch("DELETE FROM reaches").unwrap();
+        pg.batch_execute("DELETE FROM reaches").await.unwrap();
+        for row in &tables["items"] {
+            let (id, reach) = (text(&row["id"], ColType::Uuid).unwrap(), rule.reach(row));
+            lite.execute("INSERT INTO reaches (id, reach) VALUES (?1, ?2)", rusqlite::params![id, reach]).unwrap();
+            pg.execute("INSERT INTO reaches (id, reach) VALUES ($1, $2)", &[&id, &reach]).await.unwrap();
+        }
         for user in USERS {
             let expected: BTreeSet<String> = tables["items"]
                 .iter()
@@ -277,6 +287,27 @@ async fn random_rules_select_in_both_stores_what_the_naive_evaluator_allows() {
                 pg.query(&format!("SELECT id::text FROM items t WHERE {}", pg_given.sql), &params).await.unwrap();
             let in_pg: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
             assert_eq!(in_pg, expected, "case {case}, PostgreSQL given sets, user {user}: {source}\n{}", pg_given.sql);
+            // Decided from each row's reach alone: in memory, and as both stores' SQL.
+            let from_reach: BTreeSet<String> = tables["items"]
+                .iter()
+                .filter(|r| rule.allows_given(&Rule::reach_row(&rule.reach(r)), user, &sets))
+                .map(|r| text(&r["id"], ColType::Uuid).unwrap())
+                .collect();
+            assert_eq!(from_reach, expected, "case {case}, reach in memory, user {user}: {source}");
+            let lite_reach = rule.compile_reach(Dialect::Sqlite, "r.reach", 1);
+            let values: Vec<rusqlite::types::Value> =
+                lite_reach.slots.iter().map(|s| sqlite_value(&s.value(user, &sets))).collect();
+            let mut stmt = lite.prepare(&format!("SELECT id FROM reaches r WHERE {}", lite_reach.sql)).unwrap();
+            let in_sqlite: BTreeSet<String> =
+                stmt.query_map(rusqlite::params_from_iter(values), |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+            assert_eq!(in_sqlite, expected, "case {case}, SQLite reach, user {user}: {source}\n{}", lite_reach.sql);
+            let pg_reach = rule.compile_reach(Dialect::Postgres, "r.reach", 1);
+            let texts: Vec<String> = pg_reach.slots.iter().map(|s| s.text(user, &sets)).collect();
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            let rows = pg.query(&format!("SELECT id FROM reaches r WHERE {}", pg_reach.sql), &params).await.unwrap();
+            let in_pg: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+            assert_eq!(in_pg, expected, "case {case}, PostgreSQL reach, user {user}: {source}\n{}", pg_reach.sql);
         }
     }
 }
