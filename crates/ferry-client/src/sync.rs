@@ -108,6 +108,8 @@ pub struct SyncReport {
     pub set_aside: u64,
     /// Pulled rows that break a rule, set aside so the rest of the pull went on.
     pub refused_pulls: u64,
+    /// Rows removed here because they left what this device's user may read.
+    pub removed: u64,
     pub cursor: String,
     pub elapsed_ms: u64,
 }
@@ -430,7 +432,7 @@ async fn sync_once(
                 }
             }
             let rows = page.rows.into_iter().map(|(table, key, state)| PulledRow { table, key, state }).collect();
-            Ok((rows, page.refused, page.cursor, page.more))
+            Ok((rows, page.refused, page.removed, page.cursor, page.more))
         }))
     };
     if pull {
@@ -442,12 +444,14 @@ async fn sync_once(
     }
     let mut next = pull.then(|| fetch(cursor.clone()));
     while let Some(mut prefetch) = next.take() {
-        let (rows, refused, page_cursor, more) =
+        let (rows, refused, removed, page_cursor, more) =
             (&mut prefetch.0).await.map_err(|e| Error::Local(format!("pull task failed: {e}")))??;
         if more {
             next = Some(fetch(page_cursor.clone()));
         }
-        let applied = replica.apply_page(&rows, &refused, cursor_key, &page_cursor, &opts.resolvers)?;
+        let applied =
+            replica.apply_page_removing(&rows, &refused, &removed, cursor_key, &page_cursor, &opts.resolvers)?;
+        report.removed += applied.removed as u64;
         report.pulled += applied.received as u64;
         report.refused_pulls += applied.set_aside as u64;
         report.pulled_changed += applied.changed as u64;
@@ -481,9 +485,9 @@ fn stamp_on(replica: &mut Replica, stamping: &mut Option<Stamping>) -> Result<()
 }
 
 /// A page being fetched and decoded: its rows, its cursor, and whether more follow.
-/// A page being fetched and decoded: its rows, its refused rows, its cursor, and whether
-/// more wait.
-type Page = (Vec<PulledRow>, Vec<ferry_protocol::RefusedPull>, String, bool);
+/// A page being fetched and decoded: its rows, its refused rows, the rows to remove, its
+/// cursor, and whether more wait.
+type Page = (Vec<PulledRow>, Vec<ferry_protocol::RefusedPull>, Vec<(String, String)>, String, bool);
 struct Prefetch(tokio::task::JoinHandle<Result<Page>>);
 
 impl Drop for Prefetch {

@@ -146,6 +146,18 @@ pub struct PullResponse {
     pub cursor: String,
     /// More rows are waiting: pull again at once.
     pub more: bool,
+    /// Rows that left what the user may read (a `read` rule, a membership changed): the
+    /// device removes them locally, without pushing a delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RemovedRow>,
+}
+
+/// A row a pull tells the device to remove: it left what the device's user may read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovedRow {
+    pub table: String,
+    pub key: String,
 }
 
 /// A [`PullResponse`] serialized straight from row states: `rows` gives the page's rows
@@ -154,6 +166,8 @@ pub struct PageOut<'a, F> {
     pub rows: F,
     pub cursor: &'a str,
     pub more: bool,
+    /// Rows (table, key) that left what the user may read.
+    pub removed: &'a [(String, String)],
 }
 
 impl<'a, F, I> Serialize for PageOut<'a, F>
@@ -177,10 +191,15 @@ where
                 seq.end()
             }
         }
-        let mut m = s.serialize_struct("PullResponse", 3)?;
+        let mut m = s.serialize_struct("PullResponse", 4)?;
         m.serialize_field("rows", &Rows(&self.rows))?;
         m.serialize_field("cursor", self.cursor)?;
         m.serialize_field("more", &self.more)?;
+        if !self.removed.is_empty() {
+            let removed: Vec<RemovedRow> =
+                self.removed.iter().map(|(t, k)| RemovedRow { table: t.clone(), key: k.clone() }).collect();
+            m.serialize_field("removed", &removed)?;
+        }
         m.end()
     }
 }
@@ -784,18 +803,24 @@ mod tests {
         let mut dead = state.clone();
         dead.delete(Hlc::new(6, 0, SiteId(3)));
         let states = [state, dead];
-        for rows in [&states[..], &[]] {
+        let gone = [("jump".to_owned(), "k\"2".to_owned())];
+        for (rows, removed) in [(&states[..], &[][..]), (&[], &[]), (&states[..], &gone[..])] {
             let out = PageOut {
                 rows: || rows.iter().map(|st| RowOut { table: t, key: KEY, state: st, base: None, seen: None }),
                 cursor: "c\"1",
                 more: true,
+                removed,
             };
             let page = PullResponse {
                 rows: rows.iter().map(|st| encode_row(t, KEY, st)).collect(),
                 cursor: "c\"1".into(),
                 more: true,
+                removed: removed.iter().map(|(t, k)| RemovedRow { table: t.clone(), key: k.clone() }).collect(),
             };
-            assert_eq!(serde_json::to_string(&out).unwrap(), serde_json::to_string(&page).unwrap());
+            let json = serde_json::to_string(&out).unwrap();
+            assert_eq!(json, serde_json::to_string(&page).unwrap());
+            let decoded = page::decode_page(&s, json.as_bytes()).unwrap();
+            assert_eq!(decoded.removed, removed);
         }
     }
 
@@ -817,8 +842,9 @@ mod tests {
         let mut dead = state.clone();
         dead.delete(Hlc::new(9, 0, SiteId(3)));
         let good = vec![encode_row(t, KEY, &state), encode_row(t, KEY, &dead), wire(serde_json::json!({"n": 1}))];
-        let page =
-            |rows: Vec<WireRow>| serde_json::to_vec(&PullResponse { rows, cursor: "c".into(), more: true }).unwrap();
+        let page = |rows: Vec<WireRow>| {
+            serde_json::to_vec(&PullResponse { rows, cursor: "c".into(), more: true, removed: vec![] }).unwrap()
+        };
         let decoded = decode_page(&s, &page(good.clone())).unwrap();
         assert_eq!((decoded.cursor.as_str(), decoded.more), ("c", true));
         let expected: Vec<_> =
@@ -899,7 +925,9 @@ mod tests {
             keyed(KEY, serde_json::json!({"note": "no n"})),
             WireRow { table: "t".repeat(5000), ..keyed(a, serde_json::json!({"n": 5})) },
         ];
-        let json = serde_json::to_vec(&PullResponse { rows: rows.clone(), cursor: "c".into(), more: false }).unwrap();
+        let json =
+            serde_json::to_vec(&PullResponse { rows: rows.clone(), cursor: "c".into(), more: false, removed: vec![] })
+                .unwrap();
         let decoded = decode_page(&s, &json).unwrap();
         let good: Vec<_> = [&rows[0], &rows[3]]
             .iter()

@@ -25,6 +25,8 @@ pub struct DecodedPage {
     pub refused: Vec<RefusedPull>,
     pub cursor: String,
     pub more: bool,
+    /// Rows (table, key) that left what the user may read: removed locally.
+    pub removed: Vec<(String, String)>,
 }
 
 /// A pulled row that breaks a rule: its table and key as sent, and the refusal (which names
@@ -177,9 +179,13 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
         f.write_str("a pull page")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DecodedPage, A::Error> {
-        let (mut rows, mut cursor, mut more) = (None, None, None);
+        let (mut rows, mut cursor, mut more, mut removed) = (None, None, None, Vec::new());
         while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match k.as_ref() {
+                "removed" => {
+                    removed =
+                        map.next_value::<Vec<crate::RemovedRow>>()?.into_iter().map(|r| (r.table, r.key)).collect();
+                }
                 "rows" => rows = Some(map.next_value_seed(RowsSeed { schema: self.0, push: None })?),
                 "cursor" => cursor = Some(map.next_value::<String>()?),
                 "more" => more = Some(map.next_value::<bool>()?),
@@ -201,6 +207,7 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
             refused,
             cursor: cursor.ok_or_else(|| serde::de::Error::missing_field("cursor"))?,
             more: more.ok_or_else(|| serde::de::Error::missing_field("more"))?,
+            removed,
         })
     }
 }

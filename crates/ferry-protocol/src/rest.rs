@@ -49,4 +49,7 @@ pub struct ChangesResponse {
     /// Pass as `since` next time.
     pub cursor: String,
     pub more: bool,
+    /// Rows that left what the user may read (a `read` rule, a membership changed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<crate::RemovedRow>,
 }

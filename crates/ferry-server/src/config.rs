@@ -38,6 +38,8 @@ struct ServerSection {
 #[serde(deny_unknown_fields)]
 struct TableSection {
     owner: Option<String>,
+    /// Who may read a row: a rule over the row (`docs/sharing.md`).
+    read: Option<String>,
     /// Who may write a row: a rule over the row (`docs/sharing.md`).
     write: Option<String>,
     /// Devices may not write the table.
@@ -134,6 +136,7 @@ impl Config {
             };
             let options = TableOptions {
                 owner: t.owner,
+                read: t.read,
                 write: t.write,
                 read_only: t.read_only,
                 local_only: t.local_only,

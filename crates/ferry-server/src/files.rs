@@ -359,6 +359,8 @@ pub async fn upload<S: Store>(
     // shared rows reference it learn at their next look.)
     let _ = files.notices.send(ferry_store::Notice {
         owners: Some(vec![Some(who.0.user_id.clone())]),
+        reaches: Vec::new(),
+        tables: Vec::new(),
         origin: Some(who.0.device_id.clone()),
     });
     Ok((StatusCode::CREATED, Json(FileStored { hash, size: total })).into_response())

@@ -40,7 +40,7 @@ pub async fn pull<S: Store>(
             Some(RowOut { table, key: &r.key, state: &r.state, base: None, seen: None })
         })
     };
-    let body = serde_json::to_vec(&PageOut { rows, cursor: &page.cursor, more: page.more })
+    let body = serde_json::to_vec(&PageOut { rows, cursor: &page.cursor, more: page.more, removed: &page.removed })
         .map_err(|e| ApiError::Internal(format!("encoding a pull page: {e}")))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }

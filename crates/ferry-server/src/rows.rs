@@ -345,5 +345,6 @@ pub async fn changes<S: Store>(
     let schema = state.store.schema();
     let changes =
         page.rows.iter().filter_map(|r| schema.table(&r.table).map(|t| RowDoc::new(t, &r.key, &r.state))).collect();
-    Ok(Json(ChangesResponse { changes, cursor: page.cursor, more: page.more }))
+    let removed = page.removed.into_iter().map(|(table, key)| ferry_protocol::RemovedRow { table, key }).collect();
+    Ok(Json(ChangesResponse { changes, cursor: page.cursor, more: page.more, removed }))
 }

@@ -49,9 +49,12 @@ pub async fn stream<S: Store>(
     // The messages are tiny: small buffers keep thousands of open streams cheap (the
     // defaults, 128 KiB to read per connection, cost ~130 KB of memory per stream).
     let ws = ws.read_buffer_size(4096).write_buffer_size(4096).max_message_size(64 * 1024);
+    // What the user may read now, to judge which notices concern them.
+    let scope = state.store.scope(&who.user_id).await?;
     Ok(ws.on_upgrade(move |socket| {
+        let reader = Reader { state: state.clone(), user: who.user_id, device: who.device_id.clone(), scope };
         let watched = Watched::new(state, who.device_id.clone(), token);
-        serve(socket, notices, files, who.user_id, who.device_id, watched)
+        serve(socket, notices, files, reader, watched)
     }))
 }
 
@@ -173,27 +176,63 @@ async fn watch<S: Store>(state: std::sync::Weak<AppState<S>>) {
     }
 }
 
+/// A stream's device and what its user may read (their scope under the `read` rules), kept
+/// up to date as notices about the tables the rules' subqueries read arrive.
+struct Reader<S> {
+    state: Arc<AppState<S>>,
+    user: String,
+    device: String,
+    scope: ferry_store::Scope,
+}
+
+impl<S: Store> Reader<S> {
+    /// Whether a change is news for the device: it touched a row the user may read, or it
+    /// changed what the user may read (rows moved in or out).
+    async fn judge(&mut self, n: &Notice) -> bool {
+        let schema = self.state.store.schema();
+        let mut moved = false;
+        if n.moves_scopes(schema) {
+            match self.state.store.scope(&self.user).await {
+                Ok(now) if now != self.scope => {
+                    self.scope = now;
+                    moved = true;
+                }
+                Ok(_) => {}
+                // Unknown: something may have moved.
+                Err(_) => moved = true,
+            }
+        }
+        moved || n.concerns(&self.user, &self.device, schema, &self.scope)
+    }
+}
+
 /// Whether a notice concerns the device; drains the ones already queued (one message covers
 /// them). `None`: the channel closed.
-fn concerning(
+async fn concerning<S: Store>(
     n: Result<Notice, RecvError>,
     rx: &mut tokio::sync::broadcast::Receiver<Notice>,
-    user: &str,
-    device: &str,
+    reader: &mut Reader<S>,
 ) -> Option<bool> {
     let relevant = match n {
-        Ok(n) => n.concerns(user, device),
+        Ok(n) => reader.judge(&n).await,
         // Fell behind: something may have been relevant.
         Err(RecvError::Lagged(_)) => true,
         Err(RecvError::Closed) => return None,
     };
     if relevant {
+        // The skipped notices may have changed what the user may read: the scope is read
+        // again, so that later notices are judged by what holds now.
+        let mut stale = false;
         loop {
             match rx.try_recv() {
-                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Ok(n) => stale |= n.moves_scopes(reader.state.store.schema()),
+                Err(TryRecvError::Lagged(_)) => stale = true,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Closed) => return None,
             }
+        }
+        if stale && let Ok(now) = reader.state.store.scope(&reader.user).await {
+            reader.scope = now;
         }
     }
     Some(relevant)
@@ -203,8 +242,7 @@ async fn serve<S: Store>(
     mut socket: WebSocket,
     mut notices: tokio::sync::broadcast::Receiver<Notice>,
     mut files: tokio::sync::broadcast::Receiver<Notice>,
-    user: String,
-    device: String,
+    mut reader: Reader<S>,
     mut watched: Watched<S>,
 ) {
     let hello = StreamMessage::Hello { ping_interval_ms: PING_INTERVAL.as_millis() as u64 };
@@ -227,7 +265,7 @@ async fn serve<S: Store>(
                 }
                 return;
             }
-            n = notices.recv() => match concerning(n, &mut notices, &user, &device) {
+            n = notices.recv() => match concerning(n, &mut notices, &mut reader).await {
                 None => return,
                 Some(false) => {}
                 Some(true) => {
@@ -236,7 +274,7 @@ async fn serve<S: Store>(
                     }
                 }
             },
-            n = files.recv() => match concerning(n, &mut files, &user, &device) {
+            n = files.recv() => match concerning(n, &mut files, &mut reader).await {
                 None => return,
                 Some(false) => {}
                 Some(true) => {

@@ -11,6 +11,7 @@
 mod conflicts;
 mod postgres;
 mod rules;
+mod scope;
 mod sqlite;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use ferry_core::{RowState, Value};
 pub use conflicts::ConflictFilter;
 pub use ferry_protocol::{ConflictRecord, ConflictSide, DeviceRecord};
 pub use postgres::PgStore;
+pub use scope::Scope;
 pub use sqlite::SqliteStore;
 
 /// The device a request comes from, as its token identified it.
@@ -111,6 +113,8 @@ pub struct FeedRow {
 #[derive(Clone, Debug)]
 pub struct PullPage {
     pub rows: Vec<FeedRow>,
+    /// Rows (table, key) that left what the user may read: the device removes them, locally.
+    pub removed: Vec<(String, String)>,
     /// Where the next pull starts. Opaque: each store has its own form.
     pub cursor: String,
     pub more: bool,
@@ -119,9 +123,15 @@ pub struct PullPage {
 /// A change committed to the store, for the realtime stream: whose rows it touched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
-    /// The owners of the changed rows (`None` for rows of tables without an owner, which
-    /// everyone reads); `None` altogether when unknown (a write by another process).
+    /// The owners of the changed rows of tables without a `read` rule (`None` for rows of
+    /// tables without an owner, which everyone reads); `None` altogether when unknown (a
+    /// write by another process).
     pub owners: Option<Vec<Option<String>>>,
+    /// The changed rows of tables with a `read` rule: (table, reach).
+    pub reaches: Vec<(String, String)>,
+    /// The tables the change touched (a change to a table that `read` rules' subqueries read
+    /// may change who reads what).
+    pub tables: Vec<String>,
     /// The device whose push this was, which already has the change; `None` otherwise.
     pub origin: Option<String>,
 }
@@ -129,18 +139,41 @@ pub struct Notice {
 impl Notice {
     /// Everyone may care (unknown writer).
     pub fn anyone() -> Notice {
-        Notice { owners: None, origin: None }
+        Notice { owners: None, reaches: Vec::new(), tables: Vec::new(), origin: None }
     }
 
     /// Whether this change is news for a device of this user: it may read something the
-    /// change touched, and the change is not the device's own push.
-    pub fn concerns(&self, user_id: &str, device_id: &str) -> bool {
-        self.origin.as_deref() != Some(device_id)
-            && self.owners.as_ref().is_none_or(|o| o.iter().any(|x| x.as_deref().is_none_or(|u| u == user_id)))
+    /// change touched (`scope`: what the `read` rules' subqueries select for the user), and
+    /// the change is not the device's own push.
+    pub fn concerns(&self, user_id: &str, device_id: &str, schema: &Schema, scope: &Scope) -> bool {
+        if self.origin.as_deref() == Some(device_id) {
+            return false;
+        }
+        let Some(owners) = &self.owners else { return true };
+        owners.iter().any(|x| x.as_deref().is_none_or(|u| u == user_id))
+            || self.reaches.iter().any(|(t, reach)| schema.table(t).is_some_and(|t| scope.admits(t, reach, user_id)))
     }
 
-    fn of(owners: std::collections::BTreeSet<Option<String>>, origin: Option<&str>) -> Notice {
-        Notice { owners: Some(owners.into_iter().collect()), origin: origin.map(str::to_owned) }
+    /// Whether the change may have changed what users' `read` rules let them read.
+    pub fn moves_scopes(&self, schema: &Schema) -> bool {
+        let read = scope::scope_tables(schema);
+        !read.is_empty() && (self.owners.is_none() || self.tables.iter().any(|t| read.contains(&t.as_str())))
+    }
+
+    fn of(tally: &mut Tally, origin: Option<&str>) -> Notice {
+        Notice {
+            owners: Some(std::mem::take(&mut tally.owners).into_iter().collect()),
+            reaches: std::mem::take(&mut tally.reaches).into_iter().collect(),
+            tables: std::mem::take(&mut tally.tables).into_iter().collect(),
+            origin: origin.map(str::to_owned),
+        }
+    }
+
+    /// A change to one row.
+    fn of_row(table: &Table, key: &str, state: &RowState, owner: Option<String>, origin: Option<&str>) -> Notice {
+        let mut tally = Tally::new();
+        tally.note(table, key, state, owner);
+        Notice::of(&mut tally, origin)
     }
 }
 
@@ -314,6 +347,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every row of every table, whoever owns it, a page at a time (cursors as for
     /// [`Store::pull`]). For operators' commands (`ferry audit`), never for devices.
     fn scan(&self, cursor: &str, limit: usize) -> impl Future<Output = Result<PullPage>> + Send;
+
+    /// What the `read` rules' subqueries select for a user now (empty without such rules).
+    fn scope(&self, user_id: &str) -> impl Future<Output = Result<Scope>> + Send;
 }
 
 /// The tables a pull covers: a checked selection, or all of the schema's.
@@ -506,6 +542,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.scan(cursor, limit).await)
     }
 
+    async fn scope(&self, user_id: &str) -> Result<Scope> {
+        delegate!(self, s => s.scope(user_id).await)
+    }
+
     async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<RowState>> {
         delegate!(self, s => s.get_row(who, table, key).await)
     }
@@ -559,18 +599,51 @@ pub(crate) struct Tally {
     pub refused: Vec<RefusedRow>,
     pub sites: Vec<ferry_core::SiteId>,
     pub owners: std::collections::BTreeSet<Option<String>>,
+    pub reaches: std::collections::BTreeSet<(String, String)>,
+    pub tables: std::collections::BTreeSet<String>,
     pub all_known: bool,
+}
+
+/// A merged row the store must write: its state, owner and reach ([`scope::reach_of`]).
+pub(crate) struct Write {
+    pub state: RowState,
+    pub owner: Option<String>,
+    pub reach: Option<String>,
 }
 
 impl Tally {
     pub fn new() -> Tally {
-        Tally { refused: Vec::new(), sites: Vec::new(), owners: Default::default(), all_known: true }
+        Tally {
+            refused: Vec::new(),
+            sites: Vec::new(),
+            owners: Default::default(),
+            reaches: Default::default(),
+            tables: Default::default(),
+            all_known: true,
+        }
     }
 
-    /// Takes one merged row; returns its state and owner when the store must write it.
-    pub fn take(&mut self, table: &str, key: &str, merged: Merged) -> Option<(RowState, Option<String>)> {
+    /// Notes a changed row for the change's notice; returns its reach.
+    fn note(&mut self, table: &Table, key: &str, state: &RowState, owner: Option<String>) -> Option<String> {
+        if !self.tables.contains(&table.name) {
+            self.tables.insert(table.name.clone());
+        }
+        match scope::reach_of(table, key, state) {
+            Some(reach) => {
+                self.reaches.insert((table.name.clone(), reach.clone()));
+                Some(reach)
+            }
+            None => {
+                self.owners.insert(owner);
+                None
+            }
+        }
+    }
+
+    /// Takes one merged row; returns what the store must write, if anything.
+    pub fn take(&mut self, table: &Table, key: &str, merged: Merged) -> Option<Write> {
         if let Some(reason) = merged.refused {
-            let row = RefusedRow { table: table.to_owned(), key: key.to_owned(), current: merged.state, reason };
+            let row = RefusedRow { table: table.name.clone(), key: key.to_owned(), current: merged.state, reason };
             self.refused.push(row);
             return None;
         }
@@ -584,8 +657,8 @@ impl Tally {
         if !merged.changed {
             return None;
         }
-        self.owners.insert(merged.owner.clone());
-        Some((merged.state, merged.owner))
+        let reach = self.note(table, key, &merged.state, merged.owner.clone());
+        Some(Write { state: merged.state, owner: merged.owner, reach })
     }
 
     /// The device may take a cursor past its batch: nothing refused, nothing it lacks.

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use ferry_core::rules::Dialect;
 use ferry_core::schema::{Schema, quote};
 use ferry_sqlite::{Extra, TableSql};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -63,13 +64,31 @@ CREATE TABLE IF NOT EXISTS _ferry_sites (
     site TEXT PRIMARY KEY,
     device_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS _ferry_exits (
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    reach TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS _ferry_exits_row ON _ferry_exits(tbl, pk);
+CREATE TABLE IF NOT EXISTS _ferry_scopes (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
+";
+
+/// When a row's reach changes, its old reach is kept (docs/design.md, "Sharing rules").
+const EXITS_TRIGGER: &str = "
+CREATE TRIGGER IF NOT EXISTS _ferry_rows_exit AFTER UPDATE OF reach ON _ferry_rows
+WHEN OLD.reach IS NOT NULL AND OLD.reach IS NOT NEW.reach
+BEGIN
+  INSERT INTO _ferry_exits (tbl, pk, reach, seq) VALUES (OLD.tbl, OLD.pk, OLD.reach, NEW.seq);
+END;
 ";
 
 /// Columns added after the first release: (table, column, definition).
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("_ferry_devices", "admin", "INTEGER NOT NULL DEFAULT 0"),
     ("_ferry_devices", "role", "TEXT"),
     ("_ferry_batches", "refused", "TEXT"),
+    ("_ferry_rows", "reach", "TEXT"),
 ];
 
 const READERS: usize = 4;
@@ -129,9 +148,11 @@ impl SqliteStore {
                 tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
             }
         }
+        tx.execute_batch(EXITS_TRIGGER)?;
         for table in &schema.tables {
             ferry_sqlite::ensure_table(&tx, table).map_err(StoreError::Invalid)?;
             backfill_owner(&tx, table)?;
+            backfill_reach(&tx, table)?;
         }
         tx.execute_batch(&crate::file_indexes(&schema))?;
         tx.execute(
@@ -218,10 +239,15 @@ impl Inner {
     }
 }
 
-/// The embedded store's cursor: the feed sequence number, in decimal.
+/// The embedded store's cursor: the feed sequence number, in decimal (a cursor given out
+/// under `read` rules is read from the feed position its rows are all older than).
 fn parse_cursor(c: &str) -> Result<u64> {
     match c {
         "" => Ok(0),
+        c if c.contains('.') => {
+            let r = RuledCursor::parse(c)?;
+            Ok(r.moving.map_or(r.after, |(_, prev)| prev) as u64)
+        }
         c => c.parse().map_err(|_| {
             StoreError::Invalid(format!("cursor '{c}' is not a cursor this server gave out; start over from the beginning (cursor=0; since=0 on /v1/changes)"))
         }),
@@ -237,6 +263,11 @@ impl SqliteStore {
         limit: usize,
         tables: Option<&[String]>,
     ) -> Result<PullPage> {
+        if let Some(user) = &user
+            && crate::scope::has_read_rules(&self.inner.schema)
+        {
+            return self.feed_page_ruled(user.clone(), cursor, limit, tables).await;
+        }
         let cursor = parse_cursor(cursor)?;
         let selection =
             serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
@@ -284,9 +315,134 @@ impl SqliteStore {
             rows.sort_unstable_by_key(|(seq, _)| *seq);
             let rows = rows.into_iter().map(|(_, r)| r).collect();
             let cursor = upto.to_string();
-            Ok(PullPage { rows, cursor, more })
+            Ok(PullPage { rows, removed: Vec::new(), cursor, more })
         })
         .await
+    }
+
+    /// A page of a user's feed under `read` rules: the rows they may read that changed since
+    /// the cursor, and when what their rules select changed since, the rows that moved in
+    /// (whatever their age) and out (as removals); see [`crate::scope`].
+    async fn feed_page_ruled(
+        &self,
+        user: String,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> Result<PullPage> {
+        use crate::scope::{FeedPlaces, FeedSql, Side};
+        let c = RuledCursor::parse(cursor)?;
+        let selection =
+            serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
+        let (page, fresh) = self
+            .read(move |inner, conn| {
+                let tx = conn.transaction()?;
+                let schema = &inner.schema;
+                // The scope rows move to: pinned while they move, else what the rules select now.
+                let pinned = match &c.moving {
+                    Some((h1, _)) => stored_scope(&tx, h1)?,
+                    None => None,
+                };
+                let s1 = match pinned {
+                    Some(s) => s,
+                    None => scope_in(&tx, schema, &user, None)?,
+                };
+                let s0 = match &c.s0 {
+                    Some(h) => stored_scope(&tx, h)?.map_or_else(|| s1.clone(), |s| s.under(&s1)),
+                    None => s1.clone(),
+                };
+                let moving = s0 != s1;
+                // Rows moving in and out may be of any age: such a pass starts at the beginning.
+                let (after, prev) = match c.moving {
+                    Some((_, prev)) if moving => (c.after, prev),
+                    _ if moving => (0, c.after),
+                    _ => (c.after, c.after),
+                };
+                let places = FeedPlaces {
+                    dialect: Dialect::Sqlite,
+                    window: "r.seq > ?5",
+                    exit_window: "e.seq > ?5",
+                    user: "?2",
+                    first: 6,
+                };
+                let f = FeedSql::new(schema, &places, moving);
+                let sql = format!(
+                    "SELECT r.tbl, r.seq, r.pk, {} FROM _ferry_rows r
+                     WHERE r.seq > ?1 AND +r.tbl IN (SELECT value FROM json_each(?4)) AND {}
+                     ORDER BY r.seq LIMIT ?3",
+                    f.visible, f.condition
+                );
+                let mut binds: Vec<rusqlite::types::Value> = vec![
+                    after.into(),
+                    user.clone().into(),
+                    (limit as i64 + 1).into(),
+                    selection.clone().into(),
+                    prev.into(),
+                ];
+                for (table, slot, side) in &f.slots {
+                    let sets = if *side == Side::Old { s0.sets(table) } else { s1.sets(table) };
+                    binds.push(sqlite_value(slot.value(&user, sets)));
+                }
+                let mut page: Vec<(String, i64, String, bool)> = tx
+                    .prepare_cached(&sql)?
+                    .query_map(rusqlite::params_from_iter(binds), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let more = page.len() > limit;
+                page.truncate(limit);
+                let mut keys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                for (t, _, k, visible) in &page {
+                    if *visible {
+                        keys.entry(t.as_str()).or_default().push(k.as_str());
+                    }
+                }
+                let mut states: HashMap<(String, String), ferry_core::RowState> = HashMap::new();
+                for (table, ks) in keys {
+                    let ts = inner.table(table)?;
+                    for stored in ferry_sqlite::stored(&tx, ts, &ks)? {
+                        if let Some(meta) = stored.meta {
+                            let values = if meta.alive { stored.values } else { None };
+                            states.insert(
+                                (table.to_owned(), stored.key),
+                                ferry_sqlite::state_of(&ts.table, &meta, values),
+                            );
+                        }
+                    }
+                }
+                let (mut rows, mut removed) = (Vec::new(), Vec::new());
+                for (table, _, key, visible) in &page {
+                    if !visible {
+                        removed.push((table.clone(), key.clone()));
+                    } else if let Some(state) = states.remove(&(table.clone(), key.clone())) {
+                        rows.push(FeedRow { table: table.clone(), key: key.clone(), state });
+                    }
+                }
+                let h1 = s1.hash();
+                let cursor = match page.last() {
+                    Some((_, last, _, _)) if more && moving => {
+                        format!("{last}.{h1}.{prev}.{}", c.s0.clone().unwrap_or_else(|| h1.clone()))
+                    }
+                    Some((_, last, _, _)) if more => format!("{last}.{h1}"),
+                    _ => {
+                        let max: i64 =
+                            tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+                        format!("{}.{h1}", max.max(after).max(prev))
+                    }
+                };
+                let fresh = stored_scope(&tx, &h1)?.is_none().then_some(s1);
+                Ok((PullPage { rows, removed, cursor, more }, fresh))
+            })
+            .await?;
+        if let Some(scope) = fresh {
+            self.write(move |_, conn| {
+                conn.execute(
+                    "INSERT OR IGNORE INTO _ferry_scopes (hash, body) VALUES (?1, ?2)",
+                    params![scope.hash(), scope.json()],
+                )?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(page)
     }
 }
 
@@ -456,6 +612,9 @@ impl Store for SqliteStore {
         cursor: Option<&str>,
         rows: Vec<IncomingRow>,
     ) -> Result<PushOutcome> {
+        // A cursor given out under `read` rules keeps the scope it names (`seq.scope`).
+        let scope_hash = cursor.and_then(|c| c.split_once('.')).map(|(_, h)| format!(".{h}"));
+        let scope_hash = scope_hash.filter(|h| !h[1..].contains('.')).unwrap_or_default();
         let cursor = cursor.map(parse_cursor).transpose()?;
         let (who, batch_id) = (who.clone(), batch_id.to_owned());
         self.write(move |inner, conn| {
@@ -547,11 +706,12 @@ impl Store for SqliteStore {
                     );
                     insert_conflict(&tx, &c)?;
                 }
-                let Some((state, owner)) = tally.take(&row.table, &row.key, merged) else { continue };
+                let Some(crate::Write { state, owner, reach }) = tally.take(table, &row.key, merged) else { continue };
                 seq += 1;
                 changed += 1;
                 let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0, change: None };
                 ferry_sqlite::store_state(&tx, ts, &row.key, &state, &extra)?;
+                write_reach(&tx, &table.name, &row.key, reach.as_deref())?;
                 if ruled {
                     written.entry(row.table.clone()).or_default().insert(row.key.clone(), state);
                 }
@@ -572,13 +732,13 @@ impl Store for SqliteStore {
                 if feed_end > inner.announced.load(std::sync::atomic::Ordering::SeqCst) {
                     let _ = inner.notices.send(crate::Notice::anyone());
                 }
-                inner.announce(seq, crate::Notice::of(std::mem::take(&mut tally.owners), Some(&who.device_id)));
+                inner.announce(seq, crate::Notice::of(&mut tally, Some(&who.device_id)));
             }
             Ok(PushOutcome {
                 received,
                 changed,
                 replayed: false,
-                cursor: (tally.caught_up() && cursor == Some(feed_end as u64)).then(|| seq.to_string()),
+                cursor: (tally.caught_up() && cursor == Some(feed_end as u64)).then(|| format!("{seq}{scope_hash}")),
                 refused: tally.refused,
             })
         })
@@ -597,6 +757,11 @@ impl Store for SqliteStore {
 
     async fn scan(&self, cursor: &str, limit: usize) -> Result<PullPage> {
         self.feed_page(None, cursor, limit, None).await
+    }
+
+    async fn scope(&self, user_id: &str) -> Result<crate::Scope> {
+        let user = user_id.to_owned();
+        self.read(move |inner, conn| scope_in(conn, &inner.schema, &user, None)).await
     }
 
     async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {
@@ -632,6 +797,8 @@ impl Store for SqliteStore {
             let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM _ferry_rows", [], |r| r.get(0))?;
             let extra = Extra { seq, owner: meta.owner.as_deref(), origin: Some("manual"), pending: 0, change: None };
             ferry_sqlite::store_state(&tx, ts, &record.key, &state, &extra)?;
+            write_reach(&tx, &ts.table.name, &record.key, crate::scope::reach_of(&ts.table, &record.key, &state).as_deref())?;
+            let notice = crate::Notice::of_row(&ts.table, &record.key, &state, meta.owner.clone(), None);
             let winner: std::collections::BTreeMap<&str, &str> =
                 record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
             tx.execute(
@@ -641,7 +808,7 @@ impl Store for SqliteStore {
             )?;
             let done = tx.prepare(&sql)?.query_row([id], conflict_row)?;
             tx.commit()?;
-            inner.announce(seq, crate::Notice::of([meta.owner.clone()].into(), None));
+            inner.announce(seq, notice);
             Ok(done)
         })
         .await
@@ -652,6 +819,10 @@ impl Store for SqliteStore {
         self.read(move |inner, conn| {
             let ts = inner.table(&table)?;
             let Some((state, meta)) = ferry_sqlite::load_state(conn, ts, &key)? else { return Ok(None) };
+            if let Some(reach) = crate::scope::reach_of(&ts.table, &key, &state) {
+                let scope = scope_in(conn, &inner.schema, &user, Some(&ts.table.name))?;
+                return Ok(scope.admits(&ts.table, &reach, &user).then_some(state));
+            }
             Ok(meta.owner.is_none_or(|o| o == user).then_some(state))
         })
         .await
@@ -664,6 +835,19 @@ impl Store for SqliteStore {
             for (t, col, owner) in crate::file_columns(&inner.schema) {
                 let (q, c) = (quote(&t.name), quote(col));
                 let mut sql = format!("SELECT DISTINCT {c} FROM {q} WHERE {c} IN (SELECT value FROM json_each(?1))");
+                if let Some(rule) = crate::scope::read_rule(t) {
+                    // The rule as SQL over the table, its subqueries run as they stand.
+                    let r = rule.compile(Dialect::Sqlite, &q, 2);
+                    sql.push_str(&format!(" AND {}", r.sql));
+                    let mut binds: Vec<rusqlite::types::Value> = vec![list.clone().into()];
+                    binds.extend(r.slots.iter().map(|s| sqlite_value(s.value(&user, &[]))));
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    found.extend(
+                        stmt.query_map(rusqlite::params_from_iter(binds), |r| r.get::<_, String>(0))?
+                            .collect::<rusqlite::Result<Vec<_>>>()?,
+                    );
+                    continue;
+                }
                 if let Some(o) = owner {
                     sql.push_str(&format!(" AND {} = ?2", quote(o)));
                 }
@@ -873,4 +1057,128 @@ fn backfill_owner(tx: &rusqlite::Transaction<'_>, table: &ferry_core::schema::Ta
         update.execute(params![owner, seq, table.name, pk])?;
     }
     Ok(())
+}
+
+/// Keeps a row's reach beside its clocks (tables with a `read` rule only); a changed reach
+/// leaves the old one in `_ferry_exits` (the trigger).
+fn write_reach(tx: &rusqlite::Transaction<'_>, table: &str, key: &str, reach: Option<&str>) -> Result<()> {
+    if let Some(reach) = reach {
+        tx.prepare_cached("UPDATE _ferry_rows SET reach = ?1 WHERE tbl = ?2 AND pk = ?3 AND reach IS NOT ?1")?
+            .execute(params![reach, table, key])?;
+    }
+    Ok(())
+}
+
+/// Brings every row's reach in line with the table's `read` rule (after the rule was added
+/// or changed, or for rows written by another program), moving those rows to the end of the
+/// feed so that the users who may now read them receive them.
+fn backfill_reach(tx: &rusqlite::Transaction<'_>, table: &ferry_core::schema::Table) -> Result<()> {
+    use ferry_core::rules::Dialect;
+    let pk = table.pk_column().name.clone();
+    let sql = match crate::scope::read_rule(table) {
+        Some(rule) => {
+            let live = crate::scope::reach_sql(rule, table, Dialect::Sqlite, |c| format!("t.{}", quote(c)));
+            let dead = crate::scope::reach_sql(rule, table, Dialect::Sqlite, |c| {
+                if c == pk {
+                    "r.pk".to_owned()
+                } else {
+                    format!("json_extract(r.dead, '$.\"{}\"')", c.replace('\'', "''"))
+                }
+            });
+            format!(
+                "SELECT pk, reach FROM (
+                   SELECT r.pk, r.reach AS was, CASE WHEN t.{q} IS NOT NULL THEN {live} ELSE {dead} END AS reach
+                   FROM _ferry_rows r LEFT JOIN {t} t ON t.{q} = r.pk WHERE r.tbl = ?1)
+                 WHERE was IS NOT reach",
+                q = quote(&pk),
+                t = quote(&table.name),
+            )
+        }
+        None => "SELECT pk, NULL FROM _ferry_rows WHERE tbl = ?1 AND reach IS NOT NULL".to_owned(),
+    };
+    let changes: Vec<(String, Option<String>)> =
+        tx.prepare(&sql)?.query_map([&table.name], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+    let mut update = tx.prepare("UPDATE _ferry_rows SET reach = ?1, seq = ?2 WHERE tbl = ?3 AND pk = ?4")?;
+    for (pk, reach) in changes {
+        seq += 1;
+        update.execute(params![reach, seq, table.name, pk])?;
+    }
+    Ok(())
+}
+
+/// A value a subquery selected, as the rules compare it.
+fn selected_value(r: rusqlite::types::ValueRef<'_>) -> ferry_core::Value {
+    match r {
+        rusqlite::types::ValueRef::Integer(i) => ferry_core::Value::Integer(i),
+        rusqlite::types::ValueRef::Text(t) => ferry_core::Value::Text(String::from_utf8_lossy(t).into()),
+        _ => ferry_core::Value::Null,
+    }
+}
+
+/// What the `read` rules' subqueries of `tables` (all ruled tables when `None`) select for `user` now.
+fn scope_in(conn: &rusqlite::Connection, schema: &Schema, user: &str, only: Option<&str>) -> Result<crate::Scope> {
+    let mut scope = crate::Scope::default();
+    for (table, selects) in crate::scope::read_subqueries(schema) {
+        if only.is_some_and(|o| o != table.name) {
+            continue;
+        }
+        let mut sets = Vec::with_capacity(selects.len());
+        for select in selects {
+            let q = select.compile(ferry_core::rules::Dialect::Sqlite, 1);
+            let binds: Vec<rusqlite::types::Value> = q.slots.iter().map(|s| sqlite_value(s.value(user, &[]))).collect();
+            let mut stmt = conn.prepare_cached(&q.sql)?;
+            let values = stmt
+                .query_map(rusqlite::params_from_iter(binds), |r| Ok(selected_value(r.get_ref(0)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            sets.push(values);
+        }
+        scope.insert(table, sets);
+    }
+    Ok(scope)
+}
+
+/// A scope stored under its hash, if it is.
+fn stored_scope(conn: &rusqlite::Connection, hash: &str) -> Result<Option<crate::Scope>> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM _ferry_scopes WHERE hash = ?1")?
+        .query_row([hash], |r| r.get(0))
+        .optional()?;
+    Ok(body.as_deref().and_then(crate::Scope::from_json))
+}
+
+/// The embedded store's cursor with `read` rules: how far the device has the feed (`after`),
+/// the scope it was served (`s0`), and while rows move in and out: the cursor before they
+/// started (`prev`) and the scope they move to (`s1`). Written `after.s0` or
+/// `after.s1.prev.s0`; a bare number is a cursor from before the rules (its scope unknown).
+struct RuledCursor {
+    after: i64,
+    s0: Option<String>,
+    moving: Option<(String, i64)>,
+}
+
+impl RuledCursor {
+    fn parse(c: &str) -> Result<RuledCursor> {
+        let bad = || {
+            StoreError::Invalid(format!(
+                "cursor '{}' is not a cursor this server gave out; start over from the beginning (cursor=0; since=0 on /v1/changes)",
+                ferry_core::shown(c)
+            ))
+        };
+        let num = |p: &str| p.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad);
+        let hash =
+            |p: &str| (p.len() == 32 && p.bytes().all(|b| b.is_ascii_hexdigit())).then(|| p.to_owned()).ok_or_else(bad);
+        let parts: Vec<&str> = if c.is_empty() { vec!["0"] } else { c.split('.').collect() };
+        match parts.as_slice() {
+            [a] => Ok(RuledCursor { after: num(a)?, s0: None, moving: None }),
+            [a, h] => Ok(RuledCursor { after: num(a)?, s0: Some(hash(h)?), moving: None }),
+            [a, h1, p, h0] => {
+                Ok(RuledCursor { after: num(a)?, s0: Some(hash(h0)?), moving: Some((hash(h1)?, num(p)?)) })
+            }
+            _ => Err(bad()),
+        }
+    }
 }

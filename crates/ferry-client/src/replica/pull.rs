@@ -25,6 +25,8 @@ pub struct Applied {
     pub received: usize,
     pub changed: usize,
     pub conflicts: usize,
+    /// Rows removed because they left what this device's user may read.
+    pub removed: usize,
     /// Rows that break a rule, set aside (`_ferry_pull_refused`).
     pub set_aside: usize,
 }
@@ -57,7 +59,23 @@ impl Replica {
         cursor: &str,
         resolvers: &Resolvers,
     ) -> Result<Applied> {
-        self.apply_rows(rows, refused, Some((cursor_key, cursor)), resolvers, wall_ms())
+        self.apply_rows(rows, refused, &[], Some((cursor_key, cursor)), resolvers, wall_ms())
+    }
+
+    /// As [`Replica::apply_page`], also removing `removed` (table, key): rows that left what
+    /// this device's user may read (a `read` rule, a membership changed). They are removed
+    /// here only, nothing is pushed for them; a local change to one not yet accepted by the
+    /// server is set aside (`_ferry_failed`, code `left_reach`) with the reason.
+    pub fn apply_page_removing(
+        &mut self,
+        rows: &[PulledRow],
+        refused: &[ferry_protocol::RefusedPull],
+        removed: &[(String, String)],
+        cursor_key: Key<'_>,
+        cursor: &str,
+        resolvers: &Resolvers,
+    ) -> Result<Applied> {
+        self.apply_rows(rows, refused, removed, Some((cursor_key, cursor)), resolvers, wall_ms())
     }
 
     /// Applies again the pulled rows set aside only because their clock was too far ahead of
@@ -92,7 +110,7 @@ impl Replica {
         if rows.is_empty() && refused.is_empty() {
             return Ok(Applied::default());
         }
-        self.apply_rows(&rows, &refused, None, resolvers, now)
+        self.apply_rows(&rows, &refused, &[], None, resolvers, now)
     }
 
     /// [`Replica::apply_page`] at wall time `now`; `cursor` (its key and value) is stored with
@@ -101,6 +119,7 @@ impl Replica {
         &mut self,
         rows: &[PulledRow],
         refused: &[ferry_protocol::RefusedPull],
+        removed: &[(String, String)],
         cursor: Option<(Key<'_>, &str)>,
         resolvers: &Resolvers,
         now: u64,
@@ -234,6 +253,32 @@ impl Replica {
                 }
             }
         }
+        for (table, key) in removed {
+            let Some(ts) = self.tables.get(table) else { continue };
+            let Some((_, meta)) = Self::load_local(&tx, ts, key, &mut clock)? else { continue };
+            if meta.pending > 0 {
+                let message = format!(
+                    "{table} '{key}' left what this device's user may read (the table's read rule, or a membership, changed on the server): the row was removed here and this device's change to it was set aside, not pushed"
+                );
+                tx.prepare_cached(
+                    "INSERT INTO _ferry_failed (tbl, pk, stamp, status, code, message) VALUES (?1, ?2, ?3, 403, 'left_reach', ?4)
+                     ON CONFLICT (tbl, pk) DO UPDATE SET stamp = excluded.stamp, status = excluded.status,
+                       code = excluded.code, message = excluded.message, failed_at = excluded.failed_at",
+                )?
+                .execute(params![table, key, meta.pending, message])?;
+                applied.set_aside += 1;
+            }
+            ts.delete(&tx, key)?;
+            for sql in [
+                "DELETE FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2",
+                "DELETE FROM _ferry_held WHERE tbl = ?1 AND pk = ?2",
+                "DELETE FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2",
+                "DELETE FROM _ferry_pull_refused WHERE tbl = ?1 AND pk = ?2",
+            ] {
+                tx.prepare_cached(sql)?.execute(params![table, key])?;
+            }
+            applied.removed += 1;
+        }
         tx.execute("DELETE FROM _ferry_apply", [])?;
         set_meta(&tx, Key::Clock, &clock.last().to_string())?;
         if let Some((cursor_key, cursor)) = cursor {
@@ -284,7 +329,7 @@ mod tests {
         let ahead = now + 2 * MAX_DRIFT_MS;
         let other = PulledRow { key: "0190f5a2-7c1e-7d3a-9b1f-000000000001".into(), ..note("other", now) };
         let applied = replica
-            .apply_rows(&[note("ahead", ahead), other], &[], Some((Key::Cursor, "7")), &Resolvers::default(), now)
+            .apply_rows(&[note("ahead", ahead), other], &[], &[], Some((Key::Cursor, "7")), &Resolvers::default(), now)
             .unwrap();
         assert_eq!((applied.set_aside, applied.changed), (1, 1));
         assert_eq!(titles(&replica), ["other"]);

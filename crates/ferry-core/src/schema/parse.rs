@@ -112,6 +112,7 @@ impl Schema {
             if opts.local_only {
                 let synced_only = [
                     ("owner", opts.owner.is_some()),
+                    ("read", opts.read.is_some()),
                     ("write", opts.write.is_some()),
                     ("read_only", opts.read_only),
                     ("files", !opts.files.is_empty()),

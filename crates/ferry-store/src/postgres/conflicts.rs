@@ -87,13 +87,10 @@ impl PgStore {
         }
         let at = ferry_core::Clock::new(self.inner.site, state.max_clock()).tick(crate::wall_ms());
         ferry_core::strategy::write_registers(&mut state, registers, at);
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&NOTIFY_CHANNEL, &notice_payload(&[prior.owner.clone()].into(), None)],
-        )
-        .await
-        .map_err(pg)?;
-        write(&tx, pt, "manual", &[(key, state, prior.owner)]).await?;
+        let notice = crate::Notice::of_row(&pt.table, &key, &state, prior.owner.clone(), None);
+        tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &notice_payload(&notice)]).await.map_err(pg)?;
+        let reach = crate::scope::reach_of(&pt.table, &key, &state);
+        write(&tx, pt, "manual", &[(key, crate::Write { state, owner: prior.owner, reach })]).await?;
         let winner: BTreeMap<&str, &str> = record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
         tx.execute(
             "UPDATE _ferry_conflicts SET resolved_by = 'manual', resolved_at = now(), winner = $2 WHERE id = $1",

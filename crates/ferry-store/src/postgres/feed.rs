@@ -25,6 +25,12 @@ pub(super) struct Cursor {
     pub(super) cur: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) after: Option<(String, String, String)>,
+    /// Under `read` rules: the hash of the scope the device was served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) s0: Option<String>,
+    /// While a window is paged: the hash of the scope it is served under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) s1: Option<String>,
 }
 
 const EMPTY_SNAPSHOT: &str = "1:1:";
@@ -35,7 +41,15 @@ pub(super) const FEED_VERSION: u32 = 1;
 
 impl Cursor {
     fn start(epoch: &str) -> Cursor {
-        Cursor { epoch: epoch.to_owned(), v: FEED_VERSION, prev: EMPTY_SNAPSHOT.into(), cur: None, after: None }
+        Cursor {
+            epoch: epoch.to_owned(),
+            v: FEED_VERSION,
+            prev: EMPTY_SNAPSHOT.into(),
+            cur: None,
+            after: None,
+            s0: None,
+            s1: None,
+        }
     }
 
     /// Parses a cursor; one from another epoch means "start over" (every row again, which
@@ -62,7 +76,13 @@ impl Cursor {
                     .next()
                     .is_some_and(|x| x.split(',').all(|p| p.is_empty() || p.bytes().all(|b| b.is_ascii_digit())))
         };
-        if !snapshot_ok(&cursor.prev) || cursor.cur.as_deref().is_some_and(|s| !snapshot_ok(s)) {
+        let hash_ok =
+            |h: &Option<String>| h.as_deref().is_none_or(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !snapshot_ok(&cursor.prev)
+            || cursor.cur.as_deref().is_some_and(|s| !snapshot_ok(s))
+            || !hash_ok(&cursor.s0)
+            || !hash_ok(&cursor.s1)
+        {
             return Err(bad());
         }
         if cursor.epoch != epoch || cursor.v != FEED_VERSION {
@@ -111,6 +131,11 @@ impl PgStore {
         limit: usize,
         tables: Option<&[String]>,
     ) -> Result<PullPage> {
+        if let Some(user) = user
+            && crate::scope::has_read_rules(&self.inner.schema)
+        {
+            return self.feed_page_ruled(user, cursor, limit, tables).await;
+        }
         let selection = crate::selected_tables(&self.inner.schema, tables)?;
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
@@ -149,12 +174,150 @@ impl PgStore {
             })
             .collect();
         let next = if more {
-            Cursor { epoch: c.epoch, v: FEED_VERSION, prev: c.prev, cur: Some(cur), after: keys.last().cloned() }
+            Cursor { prev: c.prev.clone(), cur: Some(cur), after: keys.last().cloned(), ..c }
         } else {
-            Cursor { epoch: c.epoch, v: FEED_VERSION, prev: cur, cur: None, after: None }
+            Cursor { prev: cur, cur: None, after: None, ..c }
         };
-        Ok(PullPage { rows, cursor: next.encode(), more })
+        Ok(PullPage { rows, removed: Vec::new(), cursor: next.encode(), more })
     }
+
+    /// A page of a user's feed under `read` rules: the rows they may read that changed in
+    /// the window, and when what their rules select changed since the cursor, the rows that
+    /// moved in (whatever their age) and out (as removals); see [`crate::scope`].
+    async fn feed_page_ruled(
+        &self,
+        user: &str,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+    ) -> Result<PullPage> {
+        use crate::scope::{FeedPlaces, FeedSql, Side};
+        let selection = crate::selected_tables(&self.inner.schema, tables)?;
+        let c = Cursor::parse(cursor, &self.inner.epoch)?;
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = snapshot(&mut client).await?;
+        let cur = match &c.cur {
+            Some(cur) => cur.clone(),
+            None => tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0),
+        };
+        // The scope of this window: pinned while it is paged, else what the rules select now.
+        let pinned = match (&c.cur, &c.s1) {
+            (Some(_), Some(h)) => stored_scope(&tx, h).await?,
+            _ => None,
+        };
+        let s1 = match pinned {
+            Some(s) => s,
+            None => self.scope_in(&tx, user, None).await?,
+        };
+        let s0 = match &c.s0 {
+            Some(h) => stored_scope(&tx, h).await?.map_or_else(|| s1.clone(), |s| s.under(&s1)),
+            None => s1.clone(),
+        };
+        let moving = s0 != s1;
+        let (after_xid, after_tbl, after_pk) = c.after.clone().unwrap_or(("0".into(), String::new(), String::new()));
+        let places = FeedPlaces {
+            dialect: ferry_core::rules::Dialect::Postgres,
+            window: "NOT pg_visible_in_snapshot(r.xid, $1::text::pg_snapshot)",
+            exit_window: "NOT pg_visible_in_snapshot(e.xid, $1::text::pg_snapshot)
+                AND pg_visible_in_snapshot(e.xid, $2::text::pg_snapshot)",
+            user: "$3",
+            first: 9,
+        };
+        let f = FeedSql::new(&self.inner.schema, &places, moving);
+        // Rows moving in and out may be of any age; otherwise only the window is read.
+        let lower = if moving { "" } else { "r.xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND" };
+        let sql = format!(
+            "SELECT r.xid::text AS at, r.tbl, r.pk, {} FROM _ferry_rows r
+             WHERE {lower} pg_visible_in_snapshot(r.xid, $2::text::pg_snapshot)
+               AND r.tbl = ANY($8::text[]) AND (r.xid, r.tbl, r.pk) > ($4::text::xid8, $5, $6) AND {}
+             ORDER BY r.xid, r.tbl, r.pk LIMIT $7",
+            f.visible, f.condition
+        );
+        let texts: Vec<String> = f
+            .slots
+            .iter()
+            .map(|(table, slot, side)| {
+                slot.text(user, if *side == Side::Old { s0.sets(table) } else { s1.sets(table) })
+            })
+            .collect();
+        let limit_plus = limit as i64 + 1;
+        let user_param = user.to_owned();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&c.prev, &cur, &user_param, &after_xid, &after_tbl, &after_pk, &limit_plus, &selection];
+        params.extend(texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)));
+        let found = tx.query(&sql, &params).await.map_err(pg)?;
+        let more = found.len() > limit;
+        let keys: Vec<(String, String, String, bool)> =
+            found.iter().take(limit).map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (_, t, k, visible) in &keys {
+            if *visible {
+                by_table.entry(t.as_str()).or_default().push(k.clone());
+            }
+        }
+        let mut states: HashMap<(String, String), RowState> = HashMap::new();
+        for (table, ks) in by_table {
+            let pt = self.table(table)?;
+            for (k, s) in load(&tx, pt, &ks, false).await? {
+                states.insert((table.to_owned(), k), s.state);
+            }
+        }
+        let h1 = s1.hash();
+        let fresh = stored_scope(&tx, &h1).await?.is_none();
+        tx.commit().await.map_err(pg)?;
+        if fresh {
+            client
+                .execute(
+                    "INSERT INTO _ferry_scopes (hash, body) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&h1, &s1.json()],
+                )
+                .await
+                .map_err(pg)?;
+        }
+        let (mut rows, mut removed) = (Vec::new(), Vec::new());
+        for (_, t, k, visible) in &keys {
+            if !visible {
+                removed.push((t.clone(), k.clone()));
+            } else if let Some(state) = states.remove(&(t.clone(), k.clone())) {
+                rows.push(FeedRow { table: t.clone(), key: k.clone(), state });
+            }
+        }
+        let last = keys.last().map(|(x, t, k, _)| (x.clone(), t.clone(), k.clone()));
+        let next = if more {
+            Cursor { prev: c.prev.clone(), cur: Some(cur), after: last, s1: Some(h1), ..c }
+        } else {
+            Cursor { prev: cur, cur: None, after: None, s0: Some(h1), s1: None, ..c }
+        };
+        Ok(PullPage { rows, removed, cursor: next.encode(), more })
+    }
+
+    /// What the `read` rules' subqueries (of `only`, when given) select for `user` now.
+    pub(super) async fn scope_in(&self, tx: &Transaction<'_>, user: &str, only: Option<&str>) -> Result<crate::Scope> {
+        let mut scope = crate::Scope::default();
+        for (table, selects) in crate::scope::read_subqueries(&self.inner.schema) {
+            if only.is_some_and(|o| o != table.name) {
+                continue;
+            }
+            let mut sets = Vec::with_capacity(selects.len());
+            for select in selects {
+                let q = select.compile(ferry_core::rules::Dialect::Postgres, 1);
+                let texts: Vec<String> = q.slots.iter().map(|s| s.text(user, &[])).collect();
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let sql = format!("SELECT DISTINCT v::text FROM ({}) AS q (v, k)", q.sql);
+                let found = tx.query(&sql, &params).await.map_err(pg)?;
+                sets.push(found.iter().map(|r| super::push::value_of_text(select.ty, r.get(0))).collect());
+            }
+            scope.insert(table, sets);
+        }
+        Ok(scope)
+    }
+}
+
+/// A scope stored under its hash, if it is.
+async fn stored_scope(tx: &Transaction<'_>, hash: &str) -> Result<Option<crate::Scope>> {
+    let row = tx.query_opt("SELECT body FROM _ferry_scopes WHERE hash = $1", &[&hash]).await.map_err(pg)?;
+    Ok(row.and_then(|r| crate::Scope::from_json(r.get::<_, &str>(0))))
 }
 
 /// A read-only transaction that sees one snapshot throughout.

@@ -427,6 +427,14 @@ impl Store for PgStore {
         self.feed_page(None, cursor, limit, None).await
     }
 
+    async fn scope(&self, user_id: &str) -> Result<crate::Scope> {
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = snapshot(&mut client).await?;
+        let scope = self.scope_in(&tx, user_id, None).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(scope)
+    }
+
     async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {
         self.list_conflicts(filter).await
     }
@@ -441,6 +449,12 @@ impl Store for PgStore {
         let tx = snapshot(&mut client).await?;
         let key = key.to_owned();
         let found = load(&tx, pt, std::slice::from_ref(&key), false).await.map_err(StoreError::from)?.remove(&key);
+        if let Some(p) = &found
+            && let Some(reach) = crate::scope::reach_of(&pt.table, &key, &p.state)
+        {
+            let scope = self.scope_in(&tx, &who.user_id, Some(&pt.table.name)).await?;
+            return Ok(found.filter(|_| scope.admits(&pt.table, &reach, &who.user_id)).map(|p| p.state));
+        }
         Ok(found.filter(|p| p.owner.as_ref().is_none_or(|o| *o == who.user_id)).map(|p| p.state))
     }
 
@@ -449,6 +463,16 @@ impl Store for PgStore {
         let mut found = std::collections::BTreeSet::new();
         for (t, col, owner) in crate::file_columns(&self.inner.schema) {
             let (q, c) = (quote(&t.name), quote(col));
+            if let Some(rule) = crate::scope::read_rule(t) {
+                // The rule as SQL over the table, its subqueries run as they stand.
+                let r = rule.compile(ferry_core::rules::Dialect::Postgres, &q, 2);
+                let sql = format!("SELECT DISTINCT {c} FROM {q} WHERE {c} = ANY($1::text[]) AND {}", r.sql);
+                let texts: Vec<String> = r.slots.iter().map(|s| s.text(&who.user_id, &[])).collect();
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&hashes];
+                params.extend(texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)));
+                found.extend(client.query(&sql, &params).await.map_err(pg)?.iter().map(|r| r.get::<_, String>(0)));
+                continue;
+            }
             let rows = match owner {
                 Some(o) => {
                     let sql =

@@ -10,15 +10,17 @@ use super::Inner;
 /// changed rows) and direct SQL writes (`*`, by a statement trigger).
 pub(super) const NOTIFY_CHANNEL: &str = "ferry_changes";
 
-/// A NOTIFY payload: `[owners, origin]` as JSON (owners of the changed rows, `null` for
-/// shared rows; the pushing device), or `*` when there are too many owners to list
+/// A NOTIFY payload: `[owners, origin, reaches, tables]` as JSON (the owners of the changed
+/// rows, `null` for shared rows; the pushing device; the changed rows of tables with a `read`
+/// rule as `[table, reach]`; the tables touched), or `*` when it would be too long
 /// (PostgreSQL limits payloads to 8000 bytes).
-pub(super) fn notice_payload(owners: &std::collections::BTreeSet<Option<String>>, origin: Option<&str>) -> String {
-    if owners.len() > 100 {
-        return "*".to_owned();
-    }
-    serde_json::to_string(&(owners, origin)).expect("strings serialize")
+pub(super) fn notice_payload(notice: &crate::Notice) -> String {
+    let payload = serde_json::to_string(&(&notice.owners, &notice.origin, &notice.reaches, &notice.tables))
+        .expect("strings serialize");
+    if payload.len() > 7000 { "*".to_owned() } else { payload }
 }
+
+type Payload = (Option<Vec<Option<String>>>, Option<String>, Vec<(String, String)>, Vec<String>);
 
 /// Forwards this database's change notifications to the store's subscribers, reconnecting
 /// after a lost connection (and then announcing a change to everyone, since some may have
@@ -50,8 +52,10 @@ pub(super) async fn listen(inner: std::sync::Weak<Inner>) {
                     m = messages.next() => match m {
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
                             let Some(i) = inner.upgrade() else { return };
-                            let notice = match serde_json::from_str::<(Vec<Option<String>>, Option<String>)>(n.payload()) {
-                                Ok((owners, origin)) => crate::Notice { owners: Some(owners), origin },
+                            let notice = match serde_json::from_str::<Payload>(n.payload()) {
+                                Ok((owners, origin, reaches, tables)) => {
+                                    crate::Notice { owners, reaches, tables, origin }
+                                }
                                 Err(_) => crate::Notice::anyone(),
                             };
                             let _ = i.notices.send(notice);

@@ -362,12 +362,14 @@ async fn prepare_table(
     }
     let untracked: bool = tx.query_one(&pt.untracked(), &[]).await.map_err(push_pg)?.get(0);
     let owners_differ: bool = tx.query_one(&pt.owners_differ(), &[]).await.map_err(push_pg)?.get(0);
-    if untracked || owners_differ {
+    let reaches_differ: bool = tx.query_one(&pt.reaches_differ(), &[]).await.map_err(push_pg)?.get(0);
+    if untracked || owners_differ || reaches_differ {
         if !locked {
             tx.batch_execute(&format!("LOCK TABLE {t} {lock}")).await.map_err(push_pg)?;
         }
         tx.execute(&pt.adopt(), &[&adopted_at]).await.map_err(push_pg)?;
         tx.batch_execute(&pt.backfill_owner()).await.map_err(push_pg)?;
+        tx.batch_execute(&pt.backfill_reach()).await.map_err(push_pg)?;
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use ferry_core::Value;
 use ferry_core::schema::ColType;
-use ferry_core::{RowState, Value};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
@@ -68,13 +68,15 @@ impl Array {
 }
 
 const UPSERT_META: &str = "
-INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, owner, origin, texts, xid)
-SELECT $1, u.pk, u.alive, u.alive_at, u.clock, u.clocks, u.dead, u.owner, $2, u.texts::jsonb, pg_current_xact_id()
-FROM unnest($3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-  AS u(pk, alive, alive_at, clock, clocks, dead, owner, texts)
+INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, owner, origin, texts, reach, xid)
+SELECT $1, u.pk, u.alive, u.alive_at, u.clock, u.clocks, u.dead, u.owner, $2, u.texts::jsonb, u.reach::jsonb,
+  pg_current_xact_id()
+FROM unnest($3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+  $11::text[])
+  AS u(pk, alive, alive_at, clock, clocks, dead, owner, texts, reach)
 ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at, clock = excluded.clock,
   clocks = excluded.clocks, dead = excluded.dead, owner = excluded.owner, origin = excluded.origin,
-  texts = excluded.texts, xid = excluded.xid";
+  texts = excluded.texts, reach = excluded.reach, xid = excluded.xid";
 
 /// Writes the merged states of one table: application rows (upsert or delete) and their
 /// bookkeeping, a few statements for the whole batch.
@@ -82,7 +84,7 @@ pub(super) async fn write(
     tx: &Transaction<'_>,
     pt: &PgTable,
     device: &str,
-    rows: &[(String, RowState, Option<String>)],
+    rows: &[(String, crate::Write)],
 ) -> std::result::Result<(), PushError> {
     let table = &pt.table;
     // The upsert takes the key first, then the data columns in schema order.
@@ -91,7 +93,8 @@ pub(super) async fn write(
     let mut gone: Vec<String> = Vec::new();
     let (mut pks, mut alive, mut alive_at, mut clock, mut clocks, mut dead, mut owners, mut texts) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (key, state, owner) in rows {
+    let mut reaches: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+    for (key, crate::Write { state, owner, reach }) in rows {
         let values = ferry_sqlite::values_of(table, state);
         if state.is_alive() {
             key_array.push(Some(key.clone()));
@@ -118,6 +121,7 @@ pub(super) async fn write(
         clocks.push(overrides);
         dead.push((!state.is_alive()).then(|| ferry_sqlite::encode_values(table, &values)));
         owners.push(owner.clone());
+        reaches.push(reach.as_deref());
         texts.push((!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string()));
     }
     if !key_array.is_empty() {
@@ -128,9 +132,9 @@ pub(super) async fn write(
     if !gone.is_empty() {
         tx.execute(pt.delete.as_str(), &[&gone]).await.map_err(|e| with_table(e, table))?;
     }
-    tx.execute(UPSERT_META, &[&table.name, &device, &pks, &alive, &alive_at, &clock, &clocks, &dead, &owners, &texts])
-        .await
-        .map_err(|e| with_table(e, table))?;
+    let params: [&(dyn ToSql + Sync); 11] =
+        [&table.name, &device, &pks, &alive, &alive_at, &clock, &clocks, &dead, &owners, &texts, &reaches];
+    tx.execute(UPSERT_META, &params).await.map_err(|e| with_table(e, table))?;
     Ok(())
 }
 
@@ -303,18 +307,15 @@ impl PgStore {
                     );
                     insert_conflict(&tx, &c).await.map_err(push_pg)?;
                 }
-                if let Some((state, owner)) = tally.take(table, key, merged) {
-                    writes.push((key.clone(), state, owner));
+                if let Some(w) = tally.take(&pt.table, key, merged) {
+                    writes.push((key.clone(), w));
                 }
             }
             if !writes.is_empty() {
                 changed += writes.len();
                 write(&tx, pt, &who.device_id, &writes).await?;
                 if ruled {
-                    written
-                        .entry(table.clone())
-                        .or_default()
-                        .extend(writes.into_iter().map(|(key, state, _)| (key, state)));
+                    written.entry(table.clone()).or_default().extend(writes.into_iter().map(|(key, w)| (key, w.state)));
                 }
             }
         }
@@ -331,7 +332,7 @@ impl PgStore {
             // Every server process on this database LISTENs; delivered at commit.
             tx.execute(
                 "SELECT pg_notify($1, $2)",
-                &[&NOTIFY_CHANNEL, &notice_payload(&tally.owners, Some(&who.device_id))],
+                &[&NOTIFY_CHANNEL, &notice_payload(&crate::Notice::of(&mut tally, Some(&who.device_id)))],
             )
             .await
             .map_err(push_pg)?;
@@ -375,7 +376,7 @@ impl PgStore {
             .map_err(pg)?
             .get(0);
         tx.commit().await.map_err(pg)?;
-        Ok((!others).then(|| Cursor { epoch: c.epoch, v: FEED_VERSION, prev: now, cur: None, after: None }.encode()))
+        Ok((!others).then(|| Cursor { v: FEED_VERSION, prev: now, cur: None, after: None, ..c }.encode()))
     }
 }
 
@@ -404,7 +405,7 @@ async fn write_sets(
 }
 
 /// A value PostgreSQL gave as text, as the replicas store it.
-fn value_of_text(ty: ColType, text: Option<String>) -> Value {
+pub(super) fn value_of_text(ty: ColType, text: Option<String>) -> Value {
     match (ty, text) {
         (_, None) => Value::Null,
         (ColType::Boolean, Some(t)) => Value::Integer(i64::from(t == "true")),

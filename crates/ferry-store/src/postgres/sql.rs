@@ -10,6 +10,7 @@
 use ferry_core::schema::{ColType, Column, Table, fingerprint, quote, quote_literal as lit};
 
 use super::ddl::column_type;
+use ferry_core::rules::Dialect;
 
 /// The plain form a column travels in between Rust and PostgreSQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +167,11 @@ impl PgTable {
             Some(o) => format!("coalesce({rec}->>{}, '')", lit(o)),
             None => "NULL".to_owned(),
         };
+        // Tables with a `read` rule: the row's reach, from the row as jsonb.
+        let reach = |rec: &str| match crate::scope::read_rule(table) {
+            Some(rule) => crate::scope::reach_sql(rule, table, Dialect::Postgres, |c| format!("({rec}->>{})", lit(c))),
+            None => "NULL::jsonb".to_owned(),
+        };
         let data: Vec<&Column> = table.data_columns().collect();
         let old_json = if data.is_empty() {
             "'{}'".to_owned()
@@ -233,8 +239,8 @@ DECLARE
 BEGIN
   h := _ferry_next_clock({tl}, k);
   SELECT texts INTO tx FROM _ferry_rows WHERE tbl = {tl} AND pk = k;
-  INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, dead, owner, xid)
-  VALUES ({tl}, k, false, h, h, {old_json}, {old_owner}, pg_current_xact_id())
+  INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, dead, owner, reach, xid)
+  VALUES ({tl}, k, false, h, h, {old_json}, {old_owner}, {old_reach}, pg_current_xact_id())
   ON CONFLICT (tbl, pk) DO UPDATE SET alive = false, alive_at = h, dead = excluded.dead, origin = NULL,
     xid = excluded.xid;
 END
@@ -263,20 +269,21 @@ BEGIN
   END IF;
   IF TG_OP = 'INSERT' OR (o->{pk}) IS DISTINCT FROM (n->{pk}) THEN
     h := _ferry_next_clock({tl}, n->>{pk});
-    INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, xid)
-    VALUES ({tl}, n->>{pk}, true, h, h, {new_owner}, pg_current_xact_id())
+    INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, reach, xid)
+    VALUES ({tl}, n->>{pk}, true, h, h, {new_owner}, {new_reach}, pg_current_xact_id())
     ON CONFLICT (tbl, pk) DO UPDATE SET alive = true, alive_at = h, clock = h, clocks = NULL, dead = NULL,
-      owner = excluded.owner, origin = NULL, texts = NULL, xid = excluded.xid;
+      owner = excluded.owner, reach = excluded.reach, origin = NULL, texts = NULL, xid = excluded.xid;
   ELSIF {any_changed} THEN
     h := _ferry_next_clock({tl}, n->>{pk});
     SELECT coalesce(clocks::jsonb, '{{}}'::jsonb) INTO cl FROM _ferry_rows WHERE tbl = {tl} AND pk = n->>{pk};
     IF NOT FOUND THEN
       -- A row Ferry never tracked: its first appearance is the whole row.
-      INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, xid)
-      VALUES ({tl}, n->>{pk}, true, h, h, {new_owner}, pg_current_xact_id()) ON CONFLICT DO NOTHING;
+      INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, owner, reach, xid)
+      VALUES ({tl}, n->>{pk}, true, h, h, {new_owner}, {new_reach}, pg_current_xact_id()) ON CONFLICT DO NOTHING;
       RETURN NULL;
     END IF;
-{per_column}    UPDATE _ferry_rows SET clocks = cl::text, owner = {new_owner}, origin = NULL, xid = pg_current_xact_id()
+{per_column}    UPDATE _ferry_rows SET clocks = cl::text, owner = {new_owner}, reach = {new_reach}, origin = NULL,
+      xid = pg_current_xact_id()
     WHERE tbl = {tl} AND pk = n->>{pk};
   END IF;
   RETURN NULL;
@@ -307,6 +314,50 @@ CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUN
 "#,
             old_owner = owner("o"),
             new_owner = owner("n"),
+            old_reach = reach("o"),
+            new_reach = reach("n"),
+        )
+    }
+
+    /// Every row's reach as the table's `read` rule makes it (NULL without one): from the
+    /// table for live rows, from the kept values for deleted ones (`SELECT pk, reach`).
+    fn expected_reach(&self) -> String {
+        let table = &self.table;
+        let (t, pk, tl) = (quote(&table.name), quote(&table.pk_column().name), lit(&table.name));
+        let reach = match crate::scope::read_rule(table) {
+            Some(rule) => {
+                let live = crate::scope::reach_sql(rule, table, Dialect::Postgres, |c| format!("t.{}", quote(c)));
+                let dead = crate::scope::reach_sql(rule, table, Dialect::Postgres, |c| {
+                    if c == table.pk_column().name {
+                        "r.pk".to_owned()
+                    } else {
+                        format!("(r.dead::jsonb->>{})", lit(c))
+                    }
+                });
+                format!("CASE WHEN t.{pk} IS NOT NULL THEN {live} ELSE {dead} END")
+            }
+            None => "NULL::jsonb".to_owned(),
+        };
+        format!(
+            "SELECT r.pk, r.reach AS was, {reach} AS reach FROM _ferry_rows r LEFT JOIN {t} t ON r.pk = t.{pk}::text
+             WHERE r.tbl = {tl}"
+        )
+    }
+
+    /// Whether [`PgTable::backfill_reach`] has anything to do (read only).
+    pub fn reaches_differ(&self) -> String {
+        format!("SELECT EXISTS (SELECT 1 FROM ({}) x WHERE x.was IS DISTINCT FROM x.reach)", self.expected_reach())
+    }
+
+    /// Sets every row's reach from the table's `read` rule where it disagrees (after the rule
+    /// was added or changed), moving those rows to the end of the feed so that the users who
+    /// may now read them receive them.
+    pub fn backfill_reach(&self) -> String {
+        format!(
+            "UPDATE _ferry_rows r SET reach = x.reach, xid = pg_current_xact_id()
+             FROM ({}) x WHERE r.tbl = {} AND r.pk = x.pk AND x.was IS DISTINCT FROM x.reach",
+            self.expected_reach(),
+            lit(&self.table.name)
         )
     }
 
@@ -463,6 +514,25 @@ CREATE INDEX IF NOT EXISTS _ferry_rows_feed ON _ferry_rows (xid, tbl, pk);
 ALTER TABLE _ferry_devices ADD COLUMN IF NOT EXISTS admin boolean NOT NULL DEFAULT false;
 ALTER TABLE _ferry_devices ADD COLUMN IF NOT EXISTS role text;
 ALTER TABLE _ferry_batches ADD COLUMN IF NOT EXISTS refused text;
+ALTER TABLE _ferry_rows ADD COLUMN IF NOT EXISTS reach jsonb;
+CREATE TABLE IF NOT EXISTS _ferry_exits (
+    tbl text NOT NULL,
+    pk text NOT NULL,
+    reach jsonb NOT NULL,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id()
+);
+CREATE INDEX IF NOT EXISTS _ferry_exits_row ON _ferry_exits (tbl, pk);
+CREATE TABLE IF NOT EXISTS _ferry_scopes (hash text PRIMARY KEY, body text NOT NULL);
+CREATE OR REPLACE FUNCTION _ferry_exit() RETURNS trigger LANGUAGE plpgsql AS $ferry$
+BEGIN
+  -- A row's reach changed: the old one is kept for the devices that held the row.
+  INSERT INTO _ferry_exits (tbl, pk, reach) VALUES (OLD.tbl, OLD.pk, OLD.reach);
+  RETURN NULL;
+END
+$ferry$;
+CREATE OR REPLACE TRIGGER _ferry_rows_exit AFTER UPDATE OF reach ON _ferry_rows
+  FOR EACH ROW WHEN (OLD.reach IS NOT NULL AND OLD.reach IS DISTINCT FROM NEW.reach)
+  EXECUTE FUNCTION _ferry_exit();
 CREATE TABLE IF NOT EXISTS _ferry_sites (
     site text PRIMARY KEY,
     device_id text NOT NULL

@@ -633,7 +633,10 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
         rejected: vec![rejected],
     };
     add("PushResponse", to(&response));
-    add("PullResponse", to(&p::PullResponse { rows: vec![row.clone()], cursor: "13".into(), more: false }));
+    add(
+        "PullResponse",
+        to(&p::PullResponse { rows: vec![row.clone()], cursor: "13".into(), more: false, removed: vec![] }),
+    );
     add("SchemaResponse", to(&p::SchemaResponse::from_schema(&schema)));
     let options = BTreeMap::from([(
         "notes".to_owned(),
