@@ -144,7 +144,6 @@ impl Config {
                 conflict,
                 authority: t.authority,
                 files: t.files,
-                ..Default::default()
             };
             tables.insert(name, options);
         }

@@ -358,6 +358,8 @@ mod tests {
             prev: "100:105:101,103".into(),
             cur: Some("110:112:".into()),
             after: Some(("104".into(), "notes".into(), "0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b".into())),
+            s0: Some("0123456789abcdef0123456789abcdef".into()),
+            s1: None,
         };
         let text = c.encode();
         assert!(text.starts_with("pg."), "{text}");
@@ -365,6 +367,7 @@ mod tests {
         assert_eq!(back.encode(), text);
         assert_eq!((back.prev.as_str(), back.cur.as_deref()), ("100:105:101,103", Some("110:112:")));
         assert_eq!(back.after.unwrap().1, "notes");
+        assert_eq!(back.s0.as_deref(), Some("0123456789abcdef0123456789abcdef"));
     }
 
     /// The start, a cursor of another store epoch (a restored or moved database) and one of
@@ -392,6 +395,7 @@ mod tests {
             encoded("not json"),
             encoded(&format!(r#"{{"epoch":"{EPOCH}","v":{FEED_VERSION},"prev":"1:x:"}}"#)),
             encoded(&format!(r#"{{"epoch":"{EPOCH}","v":{FEED_VERSION},"prev":"1:2:","cur":"a:b:"}}"#)),
+            encoded(&format!(r#"{{"epoch":"{EPOCH}","v":{FEED_VERSION},"prev":"1:2:","s0":"not a hash"}}"#)),
             long.clone(),
         ] {
             let e = refused(&bad);

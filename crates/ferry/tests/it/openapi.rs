@@ -635,7 +635,12 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
     add("PushResponse", to(&response));
     add(
         "PullResponse",
-        to(&p::PullResponse { rows: vec![row.clone()], cursor: "13".into(), more: false, removed: vec![] }),
+        to(&p::PullResponse {
+            rows: vec![row.clone()],
+            cursor: "13".into(),
+            more: false,
+            removed: vec![p::RemovedRow { table: table.name.clone(), key: key.into() }],
+        }),
     );
     add("SchemaResponse", to(&p::SchemaResponse::from_schema(&schema)));
     let options = BTreeMap::from([(
@@ -670,8 +675,10 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
         changes: vec![p::RowDoc::new(table, key, &state), p::RowDoc::new(table, key, &dead)],
         cursor: "13".into(),
         more: true,
+        removed: vec![p::RemovedRow { table: table.name.clone(), key: key.into() }],
     };
     add("ChangesResponse", to(&changes));
+    add("RemovedRow", to(&p::RemovedRow { table: table.name.clone(), key: key.into() }));
     add("PutRowRequest", to(&p::PutRowRequest { values: row.values.clone(), version: Some(state.version()) }));
     add("PutRowRequest", to(&p::PutRowRequest { values: row.values.clone(), version: None }));
     for &code in p::ErrorCode::ALL {

@@ -250,3 +250,117 @@ fn a_local_only_column_stays_on_its_device_on_the_embedded_store() {
 fn a_local_only_column_stays_on_its_device_on_postgres() {
     a_local_only_column_stays_on_its_device(Env::postgres(), true);
 }
+
+/// Members read and write their groups' formations and see each other; a group's owners
+/// manage its members.
+const MEMBER_RULES: [(&str, &str); 3] = [
+    ("groups", r#"read = "created_by = :user OR id IN (SELECT group_id FROM group_members WHERE user_id = :user)""#),
+    (
+        "group_members",
+        r#"read = "group_id IN (SELECT group_id FROM group_members WHERE user_id = :user)"
+write = "group_id IN (SELECT group_id FROM group_members WHERE user_id = :user AND role = 'owner') OR (user_id = :user AND role = 'owner' AND group_id IN (SELECT id FROM groups WHERE created_by = :user))""#,
+    ),
+    (
+        "formations",
+        r#"read = "group_id IN (SELECT group_id FROM group_members WHERE user_id = :user)"
+write = "group_id IN (SELECT group_id FROM group_members WHERE user_id = :user)""#,
+    ),
+];
+
+fn count(db: &rusqlite::Connection, sql: &str) -> i64 {
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Joining a group brings its existing rows, leaving takes them away (locally: nothing is
+/// pushed back), and a change to a row that left is set aside with the reason. `direct`:
+/// membership is changed by another application's SQL, straight into PostgreSQL.
+fn membership_moves_rows_in_and_out(env: Env, direct: bool) {
+    for (table, lines) in MEMBER_RULES {
+        env.table_options(table, lines);
+    }
+    let p = Pair::in_env(env);
+    let bob = p.env.add_user("bob");
+    let tablet = p.env.token("bob", "tablet");
+    let phone = p.env.db("phone.db");
+    let (group, formation, membership) = (uuid(), uuid(), uuid());
+    phone
+        .execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Sunday 4-way', ?2)", [&group, &p.user])
+        .unwrap();
+    phone
+        .execute(
+            "INSERT INTO group_members (id, group_id, user_id, role) VALUES (?1, ?2, ?3, 'owner')",
+            [&uuid(), &group, &p.user],
+        )
+        .unwrap();
+    phone
+        .execute("INSERT INTO formations (id, group_id, name) VALUES (?1, ?2, 'diamond')", [&formation, &group])
+        .unwrap();
+    let status = p.sync_phone();
+    assert_eq!((status["failed"].as_u64(), status["pending"].as_u64()), (Some(0), Some(0)), "{status}");
+
+    // Bob is in no group: he sees nothing of it.
+    p.env.sync(&p.server, "tablet.db", &tablet);
+    let db = p.env.db("tablet.db");
+    assert!(formations(&db).is_empty());
+    assert_eq!(count(&db, "SELECT count(*) FROM groups"), 0);
+
+    // Bob joins: the group's rows, all older than his cursor, arrive at his next sync.
+    if direct {
+        p.env.psql(&format!(
+            "INSERT INTO group_members (id, group_id, user_id, role) VALUES ('{membership}', '{group}', '{bob}', 'member')"
+        ));
+    } else {
+        phone
+            .execute(
+                "INSERT INTO group_members (id, group_id, user_id, role) VALUES (?1, ?2, ?3, 'member')",
+                [&membership, &group, &bob],
+            )
+            .unwrap();
+        p.sync_phone();
+    }
+    p.env.sync(&p.server, "tablet.db", &tablet);
+    assert_eq!(formations(&db), ["diamond"], "the group's formation moved in");
+    assert_eq!(count(&db, "SELECT count(*) FROM groups"), 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM group_members"), 2, "members see each other");
+
+    // Bob renames the formation offline; meanwhile he is removed from the group.
+    db.execute("UPDATE formations SET name = 'bob''s diamond' WHERE id = ?1", [&formation]).unwrap();
+    if direct {
+        p.env.psql(&format!("DELETE FROM group_members WHERE id = '{membership}'"));
+    } else {
+        phone.execute("DELETE FROM group_members WHERE id = ?1", [&membership]).unwrap();
+        p.sync_phone();
+    }
+    p.env.sync(&p.server, "tablet.db", &tablet);
+    assert!(formations(&db).is_empty(), "the group's rows left Bob's replica");
+    assert_eq!(count(&db, "SELECT count(*) FROM groups"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM group_members"), 0);
+    let path = p.env.path("tablet.db").display().to_string();
+    let queue: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["queue", "--db", &path, "--json"]).stdout).unwrap();
+    assert_eq!(queue["failed"].as_array().map(Vec::len), Some(1), "{queue}");
+    assert_eq!(queue["failed"][0]["status"], 403, "{queue}");
+
+    // Nothing was deleted for anyone else, and Bob's rename reached no one.
+    p.sync_laptop();
+    let laptop = p.env.db("laptop.db");
+    assert_eq!(formations(&laptop), ["diamond"]);
+    assert_eq!(count(&laptop, "SELECT count(*) FROM group_members"), 1);
+    p.sync_phone();
+    assert_eq!(formations(&phone), ["diamond"]);
+}
+
+#[test]
+fn membership_moves_rows_in_and_out_on_the_embedded_store() {
+    membership_moves_rows_in_and_out(Env::new(), false);
+}
+
+#[test]
+fn membership_moves_rows_in_and_out_on_postgres() {
+    membership_moves_rows_in_and_out(Env::postgres(), false);
+}
+
+#[test]
+fn membership_changed_by_direct_sql_moves_rows_on_postgres() {
+    membership_moves_rows_in_and_out(Env::postgres(), true);
+}
