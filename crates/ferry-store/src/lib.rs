@@ -583,6 +583,9 @@ pub(crate) struct Merged {
     /// The device lacks something the result holds: it must pull the row.
     kept_newer: bool,
     owner: Option<String>,
+    /// The stored row's reach before the push (tables with a `read` rule): whoever could
+    /// read it then must hear of the change too.
+    was_reach: Option<String>,
     /// The conflict to log, with the stored state before the push; `open` for `manual`.
     conflict: Option<(ferry_core::strategy::Contest, RowState)>,
     open: bool,
@@ -658,6 +661,9 @@ impl Tally {
             return None;
         }
         let reach = self.note(table, key, &merged.state, merged.owner.clone());
+        if let Some(was) = merged.was_reach {
+            self.reaches.insert((table.name.clone(), was));
+        }
         Some(Write { state: merged.state, owner: merged.owner, reach })
     }
 
@@ -816,6 +822,7 @@ fn merge_pushed(
             here()
         )));
     }
+    let was_reach = stored.as_ref().and_then(|(s, _)| scope::reach_of(table, key, s));
     let before = stored.map(|(s, _)| s).unwrap_or_default();
     let sets = env.write_sets.get(&table.name).map_or(&[][..], Vec::as_slice);
     rules::check_write(table, key, &before, who, sets, "as it is stored (it is not yours to change)")?;
@@ -825,7 +832,17 @@ fn merge_pushed(
         let (changed, kept_newer, owner) = (false, true, owner_of(table, &before));
         let refused = Some(Refusal::VersionChanged);
         let sites = Vec::new();
-        return Ok(Merged { state: before, changed, kept_newer, owner, conflict: None, open: false, refused, sites });
+        return Ok(Merged {
+            state: before,
+            changed,
+            kept_newer,
+            owner,
+            was_reach,
+            conflict: None,
+            open: false,
+            refused,
+            sites,
+        });
     }
     let role = table.options.authority.as_deref();
     let stamp = role.map_or(env.server_site, |r| env.authority_stamp(r));
@@ -873,7 +890,17 @@ fn merge_pushed(
         )));
     }
     let sites = if refused.is_some() { Vec::new() } else { new_sites };
-    Ok(Merged { state, changed, kept_newer, owner, conflict: conflict.map(|c| (c, before)), open, refused, sites })
+    Ok(Merged {
+        state,
+        changed,
+        kept_newer,
+        owner,
+        was_reach,
+        conflict: conflict.map(|c| (c, before)),
+        open,
+        refused,
+        sites,
+    })
 }
 
 /// The sites of the registers `incoming` holds newer than `stored`: writes the store does

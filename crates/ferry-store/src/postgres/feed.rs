@@ -228,7 +228,7 @@ impl PgStore {
         let lower = if moving { "" } else { "r.xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND" };
         let sql = format!(
             "SELECT r.xid::text AS at, r.tbl, r.pk, {} FROM _ferry_rows r
-             WHERE {lower} pg_visible_in_snapshot(r.xid, $2::text::pg_snapshot)
+             WHERE {lower} pg_visible_in_snapshot(r.xid, $2::text::pg_snapshot) AND $3::text IS NOT NULL
                AND r.tbl = ANY($8::text[]) AND (r.xid, r.tbl, r.pk) > ($4::text::xid8, $5, $6) AND {}
              ORDER BY r.xid, r.tbl, r.pk LIMIT $7",
             f.visible, f.condition

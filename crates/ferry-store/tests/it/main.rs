@@ -137,6 +137,13 @@ mod sqlite {
     }
 
     #[tokio::test]
+    async fn read_rules_decide_who_reads_which_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), crate::sharing::read_schema()).unwrap();
+        crate::sharing::read_rules_decide_who_reads_which_rows(store).await;
+    }
+
+    #[tokio::test]
     async fn rows_of_a_dropped_table_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let before = SqliteStore::open(dir.path(), schema()).unwrap();
@@ -196,6 +203,12 @@ mod postgres {
     async fn write_rules_decide_who_changes_which_rows() {
         let store = PgStore::open(&ferry_pgtemp::PgCluster::fresh_db(), crate::sharing::schema()).await.unwrap();
         crate::sharing::write_rules_decide_who_changes_which_rows(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_rules_decide_who_reads_which_rows() {
+        let store = PgStore::open(&ferry_pgtemp::PgCluster::fresh_db(), crate::sharing::read_schema()).await.unwrap();
+        crate::sharing::read_rules_decide_who_reads_which_rows(store).await;
     }
 
     #[tokio::test]

@@ -144,3 +144,163 @@ pub async fn write_rules_decide_who_changes_which_rows<S: Store>(store: S) {
     let gone = store.get_row(&ann, "formations", &id(10)).await.unwrap().unwrap();
     assert!(!gone.is_alive());
 }
+
+/// [`schema`] with `read` rules: members read their groups, each other and their groups'
+/// formations.
+pub fn read_schema() -> Schema {
+    let mut options: BTreeMap<String, TableOptions> = BTreeMap::new();
+    let members = "group_id IN (SELECT group_id FROM group_members WHERE user_id = :user)";
+    for table in schema().tables {
+        let read = match table.name.as_str() {
+            "groups" => "created_by = :user OR id IN (SELECT group_id FROM group_members WHERE user_id = :user)",
+            _ => members,
+        };
+        let options_of = TableOptions { read: Some(read.to_owned()), ..table.options.clone() };
+        options.insert(table.name.clone(), options_of);
+    }
+    Schema::parse(
+        "CREATE TABLE groups (id uuid PRIMARY KEY, name text, created_by uuid);
+         CREATE TABLE group_members (id uuid PRIMARY KEY, group_id uuid NOT NULL, user_id uuid NOT NULL, role text);
+         CREATE TABLE formations (id uuid PRIMARY KEY, group_id uuid NOT NULL, title text);",
+        &options,
+    )
+    .unwrap()
+}
+
+/// A whole pull from `cursor`, `limit` rows a page: the rows (table, key, alive), the
+/// removals and the cursor after.
+async fn pull_all<S: Store>(
+    store: &S,
+    who: &Principal,
+    cursor: &str,
+    limit: usize,
+) -> (Vec<(String, String, bool)>, Vec<(String, String)>, String) {
+    let (mut rows, mut removed, mut cursor) = (Vec::new(), Vec::new(), cursor.to_owned());
+    for _ in 0..1000 {
+        let page = store.pull(who, &cursor, limit).await.unwrap();
+        rows.extend(page.rows.into_iter().map(|r| (r.table, r.key, r.state.is_alive())));
+        removed.extend(page.removed);
+        cursor = page.cursor;
+        if !page.more {
+            rows.sort();
+            removed.sort();
+            return (rows, removed, cursor);
+        }
+    }
+    panic!("the pull never ended");
+}
+
+fn keyed(rows: &[(&str, u32)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = rows.iter().map(|(t, k)| ((*t).to_owned(), id(*k))).collect();
+    out.sort();
+    out
+}
+
+fn live(rows: &[(String, String, bool)]) -> Vec<(String, String)> {
+    rows.iter().filter(|r| r.2).map(|(t, k, _)| (t.clone(), k.clone())).collect()
+}
+
+/// `read` rules on a store: a user pulls only what they may read; rows move in when what the
+/// rules select for them grows (whatever the rows' age) and out, as removals, when it shrinks
+/// or when a row's own change takes it out of their reach; deleted rows reach whoever could
+/// read them; single rows, notices and pages of one row follow the same rules.
+pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
+    let ann = user(&store, "ann").await;
+    let bob = user(&store, "bob").await;
+    let member = |key: u32, group: u32, user: &Principal, role: &str, at: u64| {
+        row(
+            "group_members",
+            key,
+            &[("group_id", text(&id(group))), ("user_id", text(&user.user_id)), ("role", text(role))],
+            at,
+        )
+    };
+    // Ann's two groups, each with a formation.
+    let batch = vec![
+        row("groups", 1, &[("name", text("Team A")), ("created_by", text(&ann.user_id))], 1),
+        row("groups", 2, &[("name", text("Team B")), ("created_by", text(&ann.user_id))], 1),
+        member(20, 1, &ann, "owner", 1),
+        member(21, 2, &ann, "owner", 1),
+        row("formations", 10, &[("group_id", text(&id(1))), ("title", text("diamond"))], 1),
+        row("formations", 11, &[("group_id", text(&id(2))), ("title", text("star"))], 1),
+    ];
+    store.push(&ann, "a1", None, batch).await.unwrap();
+    let (rows, removed, _) = pull_all(&store, &ann, "0", 100).await;
+    assert_eq!(rows.len(), 6, "ann reads all she made: {rows:?}");
+    assert!(removed.is_empty());
+
+    // Bob is in no group: nothing.
+    let (rows, removed, bob_cursor) = pull_all(&store, &bob, "0", 100).await;
+    assert!(rows.is_empty() && removed.is_empty(), "{rows:?} {removed:?}");
+
+    // Ann adds Bob to Team A: its rows, all older than his cursor, move in, a row a page.
+    let mut notices = store.notices();
+    store.push(&ann, "a2", None, vec![member(22, 1, &bob, "member", 2)]).await.unwrap();
+    let notice = notices.recv().await.unwrap();
+    assert!(notice.moves_scopes(store.schema()), "a membership change may move rows");
+    let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 1).await;
+    assert_eq!(
+        live(&rows),
+        keyed(&[("formations", 10), ("group_members", 20), ("group_members", 22), ("groups", 1)]),
+        "Team A's rows moved in"
+    );
+    assert!(removed.is_empty(), "{removed:?}");
+    let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
+    assert!(rows.is_empty() && removed.is_empty(), "nothing again: {rows:?} {removed:?}");
+
+    // A change in Team B is no news for Bob; one in Team A is.
+    let bob_scope = store.scope(&bob.user_id).await.unwrap();
+    let mut star = row("formations", 11, &[], 3);
+    star.state = store.get_row(&ann, "formations", &id(11)).await.unwrap().unwrap();
+    star.state.update([("title".to_owned(), text("big star"))], Hlc::new(3, 0, SiteId(3)));
+    store.push(&ann, "a3", None, vec![star]).await.unwrap();
+    let notice = notices.recv().await.unwrap();
+    assert!(!notice.concerns(&bob.user_id, &bob.device_id, store.schema(), &bob_scope), "{notice:?}");
+    assert!(notice.concerns(&ann.user_id, "another device", store.schema(), &store.scope(&ann.user_id).await.unwrap()));
+    assert!(store.get_row(&bob, "formations", &id(11)).await.unwrap().is_none(), "hidden from bob");
+    assert!(store.get_row(&bob, "formations", &id(10)).await.unwrap().is_some());
+
+    // Ann moves the diamond to Team B: it leaves Bob's reach by its own change; the star
+    // comes the other way.
+    let mut diamond = row("formations", 10, &[], 4);
+    diamond.state = store.get_row(&ann, "formations", &id(10)).await.unwrap().unwrap();
+    diamond.state.update([("group_id".to_owned(), text(&id(2)))], Hlc::new(4, 0, SiteId(4)));
+    let mut star = row("formations", 11, &[], 4);
+    star.state = store.get_row(&ann, "formations", &id(11)).await.unwrap().unwrap();
+    star.state.update([("group_id".to_owned(), text(&id(1)))], Hlc::new(4, 0, SiteId(4)));
+    store.push(&ann, "a4", None, vec![diamond]).await.unwrap();
+    let notice = notices.recv().await.unwrap();
+    assert!(notice.concerns(&bob.user_id, &bob.device_id, store.schema(), &bob_scope), "it left bob's reach");
+    store.push(&ann, "a5", None, vec![star]).await.unwrap();
+    let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
+    assert_eq!(live(&rows), keyed(&[("formations", 11)]), "the star moved in");
+    assert_eq!(removed, keyed(&[("formations", 10)]), "the diamond moved out");
+
+    // Ann deletes the star: Bob receives the tombstone (decided by its last values).
+    let mut gone = row("formations", 11, &[], 5);
+    gone.state = store.get_row(&ann, "formations", &id(11)).await.unwrap().unwrap();
+    gone.state.delete(Hlc::new(5, 0, SiteId(5)));
+    store.push(&ann, "a6", None, vec![gone]).await.unwrap();
+    let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
+    assert_eq!(rows, [("formations".to_owned(), id(11), false)], "the deletion reached bob");
+    assert!(removed.is_empty(), "{removed:?}");
+    assert!(store.get_row(&bob, "formations", &id(11)).await.unwrap().is_some_and(|s| !s.is_alive()));
+
+    // Ann removes Bob from Team A: everything of it leaves his reach, his own membership too.
+    let mut out = member(22, 1, &bob, "member", 6);
+    out.state = store.get_row(&ann, "group_members", &id(22)).await.unwrap().unwrap();
+    out.state.delete(Hlc::new(6, 0, SiteId(6)));
+    store.push(&ann, "a7", None, vec![out]).await.unwrap();
+    let (rows, removed, _) = pull_all(&store, &bob, &bob_cursor, 1).await;
+    assert!(live(&rows).is_empty(), "{rows:?}");
+    let mut left: Vec<(String, String)> = removed.clone();
+    left.retain(|r| r.0 != "formations" || r.1 != id(11));
+    assert_eq!(
+        left,
+        keyed(&[("group_members", 20), ("group_members", 22), ("groups", 1)]),
+        "Team A left bob's reach: {removed:?}"
+    );
+    // What Ann reads is untouched: her groups, her memberships and the diamond.
+    let (rows, _, _) = pull_all(&store, &ann, "0", 100).await;
+    assert_eq!(live(&rows).len(), 5, "{rows:?}");
+}
