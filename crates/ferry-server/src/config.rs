@@ -42,6 +42,8 @@ struct TableSection {
     read: Option<String>,
     /// Who may write a row: a rule over the row (`docs/sharing.md`).
     write: Option<String>,
+    /// Rows matching it never leave the server.
+    filter: Option<String>,
     /// Devices may not write the table.
     #[serde(default)]
     read_only: bool,
@@ -138,6 +140,7 @@ impl Config {
                 owner: t.owner,
                 read: t.read,
                 write: t.write,
+                filter: t.filter,
                 read_only: t.read_only,
                 local_only: t.local_only,
                 local_only_columns: t.local_only_columns,

@@ -889,6 +889,19 @@ fn merge_pushed(
             col.name
         )));
     }
+    // Rows the table's filter holds true for stay on the server: a device may not make one.
+    if let Some(filter) = &table.access.filter
+        && refused.is_none()
+        && changed
+        && state.is_alive()
+        && filter.allows_given(&rules::rule_row(table, key, &state, None), &who.user_id, &[])
+    {
+        return Err(StoreError::Forbidden(format!(
+            "{}: the row matches the table's filter `{}`, and such rows stay on the server; devices may not write them",
+            here(),
+            filter.source
+        )));
+    }
     let sites = if refused.is_some() { Vec::new() } else { new_sites };
     Ok(Merged {
         state,

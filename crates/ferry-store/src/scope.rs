@@ -15,9 +15,13 @@ use ferry_core::rules::{Dialect, Rule, Slot};
 use ferry_core::schema::{Schema, Table};
 use ferry_core::{RowState, Value};
 
-/// A table's own `read` rule (tables with only `owner` keep their owner in the bookkeeping).
+/// A table's own `read` rule, with its `filter` (tables with only `owner` keep their owner in
+/// the bookkeeping).
 pub(crate) fn read_rule(table: &Table) -> Option<&Rule> {
-    table.options.read.as_ref().and(table.access.read.as_ref())
+    if table.options.read.is_none() && table.options.filter.is_none() {
+        return None;
+    }
+    table.access.read.as_ref()
 }
 
 /// Whether any table has a `read` rule.

@@ -57,6 +57,7 @@ fn eval<'a>(
             _ => None,
         },
         Expr::Not(a) => eval(a, row, user, sets).map(|b| !b),
+        Expr::IsTrue(a) => Some(eval(a, row, user, sets) == Some(true)),
         Expr::Const(b) => Some(*b),
         Expr::Compare(a, op, b) => {
             let ord = compare(&value(a, row, user), &value(b, row, user))?;

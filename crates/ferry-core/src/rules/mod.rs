@@ -37,8 +37,12 @@ pub struct Rule {
 /// Who may read and write a table's rows; `None`: every signed-in user.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Access {
+    /// Who may read a row: the `read` rule (or `owner`'s), without the rows `filter` keeps on
+    /// the server.
     pub read: Option<Rule>,
     pub write: Option<Rule>,
+    /// The table's `filter`: rows it holds true for stay on the server.
+    pub filter: Option<Rule>,
 }
 
 /// A predicate over one row.
@@ -49,6 +53,9 @@ pub enum Expr {
     Not(Box<Expr>),
     /// `TRUE` or `FALSE`.
     Const(bool),
+    /// `(…) IS TRUE`: true or false, never unknown. Not written in rules; a table's `filter`
+    /// is applied through it (a row is hidden only when the filter is true).
+    IsTrue(Box<Expr>),
     /// A column (always on the left) compared with an operand of its type.
     Compare(Operand, CmpOp, Operand),
     /// `col IS NULL`, or with `true`: `col IS NOT NULL`.
@@ -199,7 +206,7 @@ impl Expr {
                 a.visit(f);
                 b.visit(f);
             }
-            Expr::Not(a) => a.visit(f),
+            Expr::Not(a) | Expr::IsTrue(a) => a.visit(f),
             Expr::InSelect(_, s, _) => {
                 if let Some(filter) = &s.filter {
                     filter.visit(f);
@@ -216,7 +223,7 @@ impl Expr {
                 a.visit_outer_operands(f);
                 b.visit_outer_operands(f);
             }
-            Expr::Not(a) => a.visit_outer_operands(f),
+            Expr::Not(a) | Expr::IsTrue(a) => a.visit_outer_operands(f),
             Expr::Const(_) => {}
             Expr::Compare(a, _, b) => {
                 f(a);
@@ -262,6 +269,7 @@ impl fmt::Display for Expr {
             Expr::And(a, b) => write!(f, "({a} AND {b})"),
             Expr::Or(a, b) => write!(f, "({a} OR {b})"),
             Expr::Not(a) => write!(f, "(NOT {a})"),
+            Expr::IsTrue(a) => write!(f, "({a} IS TRUE)"),
             Expr::Const(b) => f.write_str(if *b { "TRUE" } else { "FALSE" }),
             Expr::Compare(a, op, b) => write!(f, "{a} {} {b}", op.sql()),
             Expr::IsNull(a, not) => write!(f, "{a} IS {}NULL", if *not { "NOT " } else { "" }),

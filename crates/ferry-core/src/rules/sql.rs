@@ -154,6 +154,7 @@ impl Writer {
             Expr::And(a, b) => format!("({} AND {})", self.expr(a, alias), self.expr(b, alias)),
             Expr::Or(a, b) => format!("({} OR {})", self.expr(a, alias), self.expr(b, alias)),
             Expr::Not(a) => format!("(NOT {})", self.expr(a, alias)),
+            Expr::IsTrue(a) => format!("(({}) IS TRUE)", self.expr(a, alias)),
             Expr::Const(b) => (if *b { "TRUE" } else { "FALSE" }).to_owned(),
             Expr::Compare(a, op, b) => {
                 let left = self.operand(a, alias);

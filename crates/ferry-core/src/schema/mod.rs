@@ -83,6 +83,9 @@ pub struct TableOptions {
     pub read: Option<String>,
     /// Who may write a row (the row before and after the write must pass).
     pub write: Option<String>,
+    /// Rows matching this rule never leave the server (`filter = "is_demo"`): no device
+    /// receives them, and none may write one.
+    pub filter: Option<String>,
     /// Devices may not write the table (`read_only = true`); the server's own SQL may.
     pub read_only: bool,
     /// The table exists on devices only and never syncs (`local_only = true`): devices create

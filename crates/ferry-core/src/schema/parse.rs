@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::checks::check_role;
 use super::{ColType, Column, ConflictStrategy, Schema, SchemaError, Table, TableOptions};
-use crate::rules::{Access, Rule};
+use crate::rules::{Access, Expr, Rule};
 use crate::value::Value;
 
 impl Schema {
@@ -113,6 +113,7 @@ impl Schema {
                 let synced_only = [
                     ("owner", opts.owner.is_some()),
                     ("read", opts.read.is_some()),
+                    ("filter", opts.filter.is_some()),
                     ("write", opts.write.is_some()),
                     ("read_only", opts.read_only),
                     ("files", !opts.files.is_empty()),
@@ -166,7 +167,37 @@ fn access(table: &Table, tables: &[Table]) -> Result<Access, SchemaError> {
             }),
         }
     };
-    Ok(Access { read: rule("read", &table.options.read)?, write: rule("write", &table.options.write)? })
+    let filter = match &table.options.filter {
+        None => None,
+        Some(source) => Some(Rule::parse(source, table, tables).map_err(|e| {
+            let caret = format!("{}^", " ".repeat(e.at - 1));
+            SchemaError(format!(
+                "table '{}': filter, at position {}: {}\n    {source}\n    {caret}",
+                table.name, e.at, e.message
+            ))
+        })?),
+    };
+    if let Some(f) = &filter
+        && !f.subqueries().is_empty()
+    {
+        return Err(SchemaError(format!(
+            "table '{}': filter `{}` holds a subquery; a filter decides from the row alone (e.g. filter = \"is_demo\"), use a read rule for membership",
+            table.name, f.source
+        )));
+    }
+    let mut read = rule("read", &table.options.read)?;
+    if let Some(f) = &filter {
+        // Readable: what the read rule (or everyone) allows, unless the filter holds.
+        let hidden = Expr::Not(Box::new(Expr::IsTrue(Box::new(f.expr.clone()))));
+        read = Some(match read {
+            Some(r) => Rule {
+                source: format!("({}) AND NOT (({}) IS TRUE)", r.source, f.source),
+                expr: Expr::And(Box::new(r.expr), Box::new(hidden)),
+            },
+            None => Rule { source: format!("NOT (({}) IS TRUE)", f.source), expr: hidden },
+        });
+    }
+    Ok(Access { read, write: rule("write", &table.options.write)?, filter })
 }
 
 /// The logical type named by `words` (and its argument, the length of `varchar(n)`).
@@ -709,6 +740,41 @@ pub(super) mod tests {
         opts.insert("jump_log".to_owned(), TableOptions { owner: Some("owner".into()), ..TableOptions::default() });
         let err = Schema::parse(JUMPS, &opts).unwrap_err();
         assert!(err.0.contains("owner column 'owner' does not exist"), "{err}");
+    }
+
+    /// `filter` hides the rows it holds true for (not those it leaves unknown), on top of the
+    /// read rule; a filter with a subquery is refused with the fix.
+    #[test]
+    fn a_filter_hides_only_the_rows_it_holds_true_for() {
+        let sql = "CREATE TABLE g (id uuid PRIMARY KEY, name text, owner uuid);
+                   CREATE TABLE m (id uuid PRIMARY KEY, g uuid);";
+        let options = |read: Option<&str>, filter: &str| {
+            let g = TableOptions {
+                read: read.map(str::to_owned),
+                filter: Some(filter.to_owned()),
+                ..TableOptions::default()
+            };
+            BTreeMap::from([("g".to_owned(), g)])
+        };
+        let schema = Schema::parse(sql, &options(None, "name = 'demo'")).unwrap();
+        let read = schema.table("g").unwrap().access.read.clone().unwrap();
+        let row = |name: Option<&str>, owner: &str| {
+            BTreeMap::from([
+                ("name".to_owned(), name.map_or(Value::Null, |n| Value::Text(n.into()))),
+                ("owner".to_owned(), Value::Text(owner.into())),
+            ])
+        };
+        let none = BTreeMap::new();
+        assert!(!read.allows(&row(Some("demo"), "u"), "u", &none));
+        assert!(read.allows(&row(Some("real"), "u"), "u", &none));
+        assert!(read.allows(&row(None, "u"), "u", &none), "an unknown filter hides nothing");
+        let schema = Schema::parse(sql, &options(Some("owner = :user"), "name = 'demo'")).unwrap();
+        let read = schema.table("g").unwrap().access.read.clone().unwrap();
+        assert!(read.allows(&row(Some("real"), "u"), "u", &none));
+        assert!(!read.allows(&row(Some("real"), "u"), "v", &none), "the read rule still holds");
+        assert!(!read.allows(&row(Some("demo"), "u"), "u", &none));
+        let err = Schema::parse(sql, &options(None, "id IN (SELECT g FROM m)")).unwrap_err().to_string();
+        assert!(err.contains("filter `id IN (SELECT g FROM m)` holds a subquery"), "{err}");
     }
 
     #[test]

@@ -364,3 +364,53 @@ fn membership_moves_rows_in_and_out_on_postgres() {
 fn membership_changed_by_direct_sql_moves_rows_on_postgres() {
     membership_moves_rows_in_and_out(Env::postgres(), true);
 }
+
+fn group_names(db: &rusqlite::Connection) -> Vec<String> {
+    let mut stmt = db.prepare("SELECT name FROM groups ORDER BY name").unwrap();
+    stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+/// `filter`: rows it holds true for stay on the server (demo data); a device may not make one.
+fn a_filter_keeps_rows_on_the_server(env: Env, direct: bool) {
+    env.table_options("groups", r#"filter = "name = 'demo'""#);
+    let p = Pair::in_env(env);
+    let phone = p.env.db("phone.db");
+    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'demo', ?2)", [&uuid(), &p.user]).unwrap();
+    phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'real', ?2)", [&uuid(), &p.user]).unwrap();
+    let status = p.sync_phone();
+    assert_eq!(status["failed"], 1, "{status}");
+    let path = p.env.path("phone.db").display().to_string();
+    let queue: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["queue", "--db", &path, "--json"]).stdout).unwrap();
+    let message = queue["failed"][0]["message"].as_str().unwrap();
+    assert!(message.contains("groups") && message.contains("filter `name = 'demo'`"), "{message}");
+    p.sync_laptop();
+    let laptop = p.env.db("laptop.db");
+    assert_eq!(group_names(&laptop), ["real"]);
+    if direct {
+        // The server's own demo data stays there; its other rows reach devices.
+        for name in ["demo", "official"] {
+            p.env.psql(&format!(
+                "INSERT INTO groups (id, name, created_by) VALUES ('{}', '{name}', '{}')",
+                uuid(),
+                p.user
+            ));
+        }
+        p.sync_laptop();
+        assert_eq!(group_names(&laptop), ["official", "real"]);
+        // A real row renamed to demo leaves the devices that held it.
+        p.env.psql("UPDATE groups SET name = 'demo' WHERE name = 'official'");
+        p.sync_laptop();
+        assert_eq!(group_names(&laptop), ["real"]);
+    }
+}
+
+#[test]
+fn a_filter_keeps_rows_on_the_server_on_the_embedded_store() {
+    a_filter_keeps_rows_on_the_server(Env::new(), false);
+}
+
+#[test]
+fn a_filter_keeps_rows_on_the_server_on_postgres() {
+    a_filter_keeps_rows_on_the_server(Env::postgres(), true);
+}
