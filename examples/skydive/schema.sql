@@ -69,5 +69,15 @@ CREATE TABLE formation_participants (
     formation_id uuid NOT NULL REFERENCES formations(id),
     user_id uuid NOT NULL,
     slot integer,
-    jump_id uuid REFERENCES jump_log(id)
+    jump_id uuid REFERENCES jump_log(id),
+    group_id uuid REFERENCES groups(id) -- the formation's group, for the sharing rules
+);
+
+-- Whom a jumper shares their visible jumps with: user_id lets friend_id read the jumps
+-- they mark visible_to_connections.
+CREATE TABLE connections (
+    id uuid PRIMARY KEY,
+    user_id uuid NOT NULL,
+    friend_id uuid NOT NULL,
+    created_at timestamptz
 );

@@ -122,10 +122,7 @@ struct Run {
 fn scenario(files: usize, size: usize, watching: bool) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skydive");
-    for f in ["schema.sql", "ferry.toml"] {
-        std::fs::copy(example.join(f), d.join(f)).unwrap();
-    }
+    common::write_example(d);
     let ferry = |args: &[&str]| -> String {
         let out = Command::new(FERRY).args(args).current_dir(d).output().unwrap();
         assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));

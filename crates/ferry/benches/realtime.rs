@@ -25,10 +25,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skydive");
-    for f in ["schema.sql", "ferry.toml"] {
-        std::fs::copy(example.join(f), d.join(f)).unwrap();
-    }
+    common::write_example(d);
     let ferry = |args: &[&str]| -> String {
         let out = Command::new(FERRY).args(args).current_dir(d).output().unwrap();
         assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -109,9 +109,24 @@ pub fn serve(dir: &Path) -> (Server, String) {
     (Server(server), url)
 }
 
-/// A file of the example app (`examples/skydive/`).
+/// A file of the example app (`examples/skydive/`); its `ferry.toml` without the sharing
+/// rules (`read`, `write`): these scenarios measure the sync paths of owned and shared
+/// tables, as recorded since the first benchmarks; `sync --only rules` measures the rules.
 pub fn example(file: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skydive").join(file)).unwrap()
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skydive").join(file))
+        .unwrap();
+    if file != "ferry.toml" {
+        return text;
+    }
+    let open: Vec<&str> = text.lines().filter(|l| !l.starts_with("read = ") && !l.starts_with("write = ")).collect();
+    open.join("\n") + "\n"
+}
+
+/// Writes the example app's schema and configuration ([`example`]) into `dir`.
+pub fn write_example(dir: &Path) {
+    for f in ["schema.sql", "ferry.toml"] {
+        std::fs::write(dir.join(f), example(f)).unwrap();
+    }
 }
 
 pub const INSERT: &str = "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, dropzone, exit_altitude_ft, notes, visible_to_connections)

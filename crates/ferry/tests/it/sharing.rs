@@ -414,3 +414,139 @@ fn a_filter_keeps_rows_on_the_server_on_the_embedded_store() {
 fn a_filter_keeps_rows_on_the_server_on_postgres() {
     a_filter_keeps_rows_on_the_server(Env::postgres(), true);
 }
+
+fn names(db: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    let mut stmt = db.prepare(sql).unwrap();
+    stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+/// The skydiving example as configured (`examples/skydive/ferry.toml`), three jumpers in two
+/// groups: joining brings a group's rows, leaving takes them away, a forged write is set
+/// aside, a hidden jump stays hidden while a shared one reaches a connection, and a revoked
+/// device stops syncing.
+fn three_jumpers_in_two_groups(env: Env) {
+    let p = Pair::in_env(env);
+    let config = p.env.config();
+    let alice = p.user.clone();
+    let bob = p.env.add_user("bob");
+    let carol = p.env.add_user("carol");
+    let bob_phone = p.env.token("bob", "phone");
+    let carol_tablet = p.env.token("carol", "tablet");
+    let sync = |db: &str, token: &str| p.env.sync(&p.server, db, token);
+    sync("bob.db", &bob_phone);
+    sync("carol.db", &carol_tablet);
+    let (alice_db, bob_db, carol_db) = (p.env.db("phone.db"), p.env.db("bob.db"), p.env.db("carol.db"));
+
+    // Alice's Sunday group with a formation and a slot; Bob's Monday group with one.
+    let (sunday, monday) = (uuid(), uuid());
+    let add_group = |db: &rusqlite::Connection, id: &str, name: &str, by: &str| {
+        db.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, ?2, ?3)", [id, name, by]).unwrap();
+        db.execute(
+            "INSERT INTO group_members (id, group_id, user_id, role) VALUES (?1, ?2, ?3, 'owner')",
+            [&uuid(), id, by],
+        )
+        .unwrap();
+        let formation = uuid();
+        db.execute(
+            "INSERT INTO formations (id, group_id, name) VALUES (?1, ?2, ?3)",
+            [&formation, id, &format!("{name} diamond")],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO formation_participants (id, formation_id, user_id, slot, group_id) VALUES (?1, ?2, ?3, 1, ?4)",
+            [&uuid(), &formation, by, id],
+        )
+        .unwrap();
+    };
+    add_group(&alice_db, &sunday, "Sunday", &alice);
+    add_group(&bob_db, &monday, "Monday", &bob);
+    let member = |group: &str, user: &str| {
+        alice_db
+            .execute(
+                "INSERT INTO group_members (id, group_id, user_id, role) VALUES (?1, ?2, ?3, 'member')",
+                [&uuid(), group, user],
+            )
+            .unwrap();
+    };
+    member(&sunday, &bob);
+    member(&sunday, &carol);
+    // Alice logs a hidden jump and a shared one, and shares with Carol only.
+    insert_jump(&alice_db, &alice, 1, "hidden");
+    let shared = insert_jump(&alice_db, &alice, 2, "shared");
+    alice_db.execute("UPDATE jump_log SET visible_to_connections = 1 WHERE id = ?1", [&shared]).unwrap();
+    alice_db
+        .execute("INSERT INTO connections (id, user_id, friend_id) VALUES (?1, ?2, ?3)", [&uuid(), &alice, &carol])
+        .unwrap();
+    for (db, token) in [("phone.db", &p.phone), ("bob.db", &bob_phone)] {
+        let status = sync(db, token);
+        assert_eq!((status["failed"].as_u64(), status["pending"].as_u64()), (Some(0), Some(0)), "{db}: {status}");
+    }
+    sync("carol.db", &carol_tablet);
+
+    // Carol is in Sunday only; Bob in both.
+    let formations_of = |db: &rusqlite::Connection| names(db, "SELECT name FROM formations ORDER BY name");
+    assert_eq!(formations_of(&carol_db), ["Sunday diamond"]);
+    assert_eq!(names(&carol_db, "SELECT name FROM groups ORDER BY name"), ["Sunday"]);
+    assert_eq!(names(&carol_db, "SELECT user_id FROM group_members ORDER BY user_id").len(), 3, "Sunday's members");
+    assert_eq!(names(&carol_db, "SELECT id FROM formation_participants").len(), 1);
+    sync("bob.db", &bob_phone);
+    assert_eq!(formations_of(&bob_db), ["Monday diamond", "Sunday diamond"]);
+    // The hidden jump stays with Alice; the shared one reaches Carol, her connection, only.
+    let notes = |db: &rusqlite::Connection| names(db, "SELECT notes FROM jump_log ORDER BY notes");
+    assert_eq!(notes(&carol_db), ["shared"]);
+    assert!(notes(&bob_db).is_empty(), "bob is not alice's connection");
+
+    // Carol, a plain member, forges a formation into Sunday and one into Monday: both are
+    // set aside on her tablet with the server's 403, and reach no one.
+    for group in [&sunday, &monday] {
+        carol_db
+            .execute("INSERT INTO formations (id, group_id, name) VALUES (?1, ?2, 'forged')", [&uuid(), group])
+            .unwrap();
+    }
+    let status = sync("carol.db", &carol_tablet);
+    assert_eq!(status["failed"], 2, "{status}");
+    let path = p.env.path("carol.db").display().to_string();
+    let queue: serde_json::Value =
+        serde_json::from_slice(&p.env.run(&["queue", "--db", &path, "--json"]).stdout).unwrap();
+    for failed in queue["failed"].as_array().unwrap() {
+        assert_eq!(failed["status"], 403, "{queue}");
+        assert!(failed["message"].as_str().unwrap().contains("write rule"), "{queue}");
+    }
+    sync("bob.db", &bob_phone);
+    assert_eq!(formations_of(&bob_db), ["Monday diamond", "Sunday diamond"]);
+
+    // Alice removes Carol from Sunday: its rows leave her tablet, nobody else's.
+    let carols: String =
+        alice_db.query_row("SELECT id FROM group_members WHERE user_id = ?1", [&carol], |r| r.get(0)).unwrap();
+    alice_db.execute("DELETE FROM group_members WHERE id = ?1", [&carols]).unwrap();
+    p.sync_phone();
+    sync("carol.db", &carol_tablet);
+    assert_eq!(formations_of(&carol_db), ["forged", "forged"], "only her own refused rows remain");
+    assert!(names(&carol_db, "SELECT name FROM groups").is_empty());
+    assert!(names(&carol_db, "SELECT id FROM group_members").is_empty());
+    assert!(names(&carol_db, "SELECT id FROM formation_participants").is_empty());
+    assert_eq!(notes(&carol_db), ["shared"], "the connection still holds");
+    sync("bob.db", &bob_phone);
+    assert_eq!(formations_of(&bob_db), ["Monday diamond", "Sunday diamond"]);
+    assert_eq!(names(&bob_db, "SELECT id FROM group_members").len(), 3, "Sunday's two and Monday's one");
+
+    // Carol's tablet is revoked: its next sync is refused.
+    let devices: serde_json::Value =
+        serde_json::from_str(&p.env.ok_all(&["device", "list", "--user", "carol", "--json", "-c", &config])).unwrap();
+    let id = devices["devices"][0]["id"].as_str().unwrap().to_owned();
+    p.env.ok_all(&["device", "revoke", &id, "-c", &config]);
+    let out = p.env.run(&["sync", "--db", &path, "--server", &p.server.url, "--token", &carol_tablet]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unauthorized (401)"), "{err}");
+}
+
+#[test]
+fn three_jumpers_in_two_groups_on_the_embedded_store() {
+    three_jumpers_in_two_groups(Env::with_sharing());
+}
+
+#[test]
+fn three_jumpers_in_two_groups_on_postgres() {
+    three_jumpers_in_two_groups(Env::postgres_with_sharing());
+}

@@ -20,13 +20,32 @@ impl Default for Env {
 }
 
 impl Env {
+    /// The example app without its sharing rules (`read` and `write`): tests of everything
+    /// else share its groups and formations freely; `owner` tables stay private.
     pub fn new() -> Env {
+        let env = Env::with_sharing();
+        let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+        let open: Vec<&str> =
+            config.lines().filter(|l| !l.starts_with("read = ") && !l.starts_with("write = ")).collect();
+        std::fs::write(env.path("ferry.toml"), open.join("\n") + "\n").unwrap();
+        env
+    }
+
+    /// The example app as it is, sharing rules included.
+    pub fn with_sharing() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skydive");
         for f in ["schema.sql", "ferry.toml"] {
             std::fs::copy(example.join(f), dir.path().join(f)).unwrap();
         }
         Env { dir, pg_db: None }
+    }
+
+    /// [`Env::with_sharing`] on the PostgreSQL store.
+    pub fn postgres_with_sharing() -> Env {
+        let mut env = Env::with_sharing();
+        env.use_database(&ferry_pgtemp::PgCluster::fresh_db());
+        env
     }
 
     /// The same, with the PostgreSQL store: `database` in the config file points at a fresh
@@ -37,11 +56,15 @@ impl Env {
 
     pub fn with_database(url: &str) -> Env {
         let mut env = Env::new();
-        env.pg_db = url.rsplit('/').next().map(str::to_owned);
-        let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
-        let config = config.replacen("[server]\n", &format!("[server]\ndatabase = \"{url}\"\n"), 1);
-        std::fs::write(env.path("ferry.toml"), config).unwrap();
+        env.use_database(url);
         env
+    }
+
+    fn use_database(&mut self, url: &str) {
+        self.pg_db = url.rsplit('/').next().map(str::to_owned);
+        let config = std::fs::read_to_string(self.path("ferry.toml")).unwrap();
+        let config = config.replacen("[server]\n", &format!("[server]\ndatabase = \"{url}\"\n"), 1);
+        std::fs::write(self.path("ferry.toml"), config).unwrap();
     }
 
     /// Sets `[tables.TABLE]` options in the config file (`lines` like `conflict = "manual"`),
