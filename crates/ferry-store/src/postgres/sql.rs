@@ -431,17 +431,19 @@ CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUN
 }
 
 /// The tables [`BOOKKEEPING`] creates.
-pub const BOOKKEEPING_TABLES: [&str; 7] = [
+pub const BOOKKEEPING_TABLES: [&str; 9] = [
     "_ferry_store",
     "_ferry_users",
     "_ferry_devices",
     "_ferry_batches",
     "_ferry_rows",
+    "_ferry_exits",
+    "_ferry_scopes",
     "_ferry_sites",
     "_ferry_conflicts",
 ];
 /// The functions [`BOOKKEEPING`] creates.
-pub const BOOKKEEPING_FUNCTIONS: [&str; 2] = ["_ferry_notify_direct", "_ferry_next_clock"];
+pub const BOOKKEEPING_FUNCTIONS: [&str; 3] = ["_ferry_exit", "_ferry_notify_direct", "_ferry_next_clock"];
 
 /// The catalog's definitions of Ferry's objects, hashed: `$1` tables whose columns count,
 /// `$1` and `$2` tables whose `_ferry` indexes and triggers count, `$3` functions. Reading
