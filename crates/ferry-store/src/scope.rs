@@ -158,13 +158,75 @@ pub(crate) enum Side {
     New,
 }
 
-/// The feed's condition on a bookkeeping row `r` of a user's pull, and whether the row is
-/// visible (sent as a row) or not (sent as a removal).
+/// Where a rule's rows are found by index: a column of the reach whose value must be the
+/// user's id, or among what a subquery selected, for the rule to hold.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Anchor {
+    User(String),
+    Set(String, usize),
+}
+
+/// The anchors of a rule: columns such that every row the rule admits has one of them in
+/// its set (`None` when some part of the rule admits rows without one, so only a scan finds
+/// them). `a AND b` takes either side's, `a OR b` needs both sides'.
+pub(crate) fn anchors(rule: &Rule) -> Option<Vec<Anchor>> {
+    use ferry_core::rules::{CmpOp, Expr, Operand};
+    use ferry_core::schema::ColType;
+    let selects = rule.subqueries();
+    fn walk(e: &Expr, selects: &[&ferry_core::rules::Select]) -> Option<Vec<Anchor>> {
+        let indexable = |ty: &ColType| !matches!(ty, ColType::Boolean);
+        match e {
+            Expr::Compare(Operand::Column(c, ty), CmpOp::Eq, Operand::User(_)) if indexable(ty) => {
+                Some(vec![Anchor::User(c.clone())])
+            }
+            Expr::InSelect(Operand::Column(c, ty), select, false) if indexable(ty) => {
+                let n = selects.iter().position(|s| std::ptr::eq(*s, select.as_ref()))?;
+                Some(vec![Anchor::Set(c.clone(), n)])
+            }
+            Expr::And(a, b) => walk(a, selects).or_else(|| walk(b, selects)),
+            Expr::Or(a, b) => {
+                let mut out = walk(a, selects)?;
+                out.extend(walk(b, selects)?);
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+    walk(&rule.expr, &selects)
+}
+
+/// The columns of `table`'s reach worth an index: its rule's anchors.
+pub(crate) fn anchor_columns(table: &Table) -> Vec<String> {
+    let mut out: Vec<String> = read_rule(table)
+        .and_then(anchors)
+        .into_iter()
+        .flatten()
+        .map(|a| match a {
+            Anchor::User(c) | Anchor::Set(c, _) => c,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What a parameter of a feed query is bound to.
+#[derive(Clone, Debug)]
+pub(crate) enum Bind {
+    /// A parameter of a rule compiled over reaches, of `table`, on one side.
+    Rule(String, Slot, Side),
+    /// The values an anchor admits (a JSON array), of `table`, on one side.
+    Anchor(String, Anchor, Side),
+}
+
+/// A user's feed query under `read` rules: branches (each a condition on the bookkeeping
+/// row `r`), whose union is what the page reads, and whether a row is visible (sent as a
+/// row) or not (sent as a removal).
 pub(crate) struct FeedSql {
-    pub condition: String,
+    pub branches: Vec<String>,
     pub visible: String,
-    /// The parameters from `first` on: (table, slot, scope side).
-    pub slots: Vec<(String, Slot, Side)>,
+    /// The parameters from `first` on.
+    pub binds: Vec<Bind>,
 }
 
 /// Where the window and the user are in a feed query, as SQL of the store's dialect.
@@ -172,6 +234,9 @@ pub(crate) struct FeedPlaces<'a> {
     pub dialect: Dialect,
     /// True when the bookkeeping row `r` changed after the device's cursor.
     pub window: &'a str,
+    /// The same, as an index range (may admit more than `window`): what a branch over the
+    /// window alone starts from.
+    pub window_range: &'a str,
     /// True when the exit `e` was recorded after the device's cursor.
     pub exit_window: &'a str,
     /// The requesting user's id.
@@ -181,58 +246,212 @@ pub(crate) struct FeedPlaces<'a> {
 }
 
 impl FeedSql {
-    /// The condition for `schema`'s tables. `moving`: the scope changed since the cursor, so
-    /// rows of any age move in and out (else only rows in the window are looked at).
+    /// The query's branches for `schema`'s tables. `moving`: the scope changed since the
+    /// cursor, so rows of any age move in and out (else only the window is looked at).
     ///
     /// A row of a ruled table is sent when it is visible now and changed in the window or was
     /// not visible before (moved in); it is sent as a removal when it is not visible now and
-    /// was before (by its reach then or now). Other tables keep the owner rule.
-    pub(crate) fn new(schema: &Schema, places: &FeedPlaces<'_>, moving: bool) -> FeedSql {
-        let mut out = FeedSql { condition: String::new(), visible: String::new(), slots: Vec::new() };
-        let plain: Vec<String> =
-            schema.tables.iter().filter(|t| read_rule(t).is_none()).map(|t| lit(&t.name)).collect();
-        let mut parts = Vec::new();
-        if !plain.is_empty() {
-            parts.push(format!(
-                "(r.tbl IN ({}) AND {} AND (r.owner IS NULL OR r.owner = {}))",
-                plain.join(", "),
-                places.window,
-                places.user
+    /// was before (by its reach then or now). Where the rule has anchors, the rows are found
+    /// through them (an index on the reach): a pull then reads about as many rows as the user
+    /// may read, whatever the table's size. Other tables keep the owner rule.
+    /// Only the `selected` tables are read.
+    pub(crate) fn new(schema: &Schema, places: &FeedPlaces<'_>, moving: bool, selected: &[String]) -> FeedSql {
+        let mut out = FeedSql { branches: Vec::new(), visible: String::new(), binds: Vec::new() };
+        let tables: Vec<&Table> = schema.tables.iter().filter(|t| selected.contains(&t.name)).collect();
+        let shared: Vec<String> = tables
+            .iter()
+            .filter(|t| read_rule(t).is_none() && t.options.owner.is_none())
+            .map(|t| lit(&t.name))
+            .collect();
+        if !shared.is_empty() {
+            out.branches.push(format!(
+                "r.tbl IN ({}) AND {} AND {}",
+                shared.join(", "),
+                places.window_range,
+                places.window
+            ));
+        }
+        // Owned tables one by one, each found through its owner index ([`reach_indexes`]).
+        for table in tables.iter().filter(|t| read_rule(t).is_none() && t.options.owner.is_some()) {
+            out.branches.push(format!(
+                "r.tbl = {} AND (r.owner = {} OR r.owner IS NULL) AND {} AND {}",
+                lit(&table.name),
+                places.user,
+                places.window_range,
+                places.window
             ));
         }
         let mut cases = Vec::new();
-        for table in &schema.tables {
+        for table in tables {
             let Some(rule) = read_rule(table) else { continue };
-            let mut compile = |reach: &str, side: Side| {
-                let c = rule.compile_reach(places.dialect, reach, places.first + out.slots.len());
-                out.slots.extend(c.slots.into_iter().map(|s| (table.name.clone(), s, side)));
-                c.sql
-            };
             let tl = lit(&table.name);
-            let now = compile("r.reach", Side::New);
-            let then = compile("e.reach", Side::Old);
-            let exited = format!(
-                "EXISTS (SELECT 1 FROM _ferry_exits e WHERE e.tbl = r.tbl AND e.pk = r.pk AND {} AND {then})",
-                places.exit_window
-            );
-            let w = places.window;
-            if moving {
-                let before = compile("r.reach", Side::Old);
-                let now2 = compile("r.reach", Side::New);
-                let before2 = compile("r.reach", Side::Old);
-                parts.push(format!(
-                    "(r.tbl = {tl} AND ({now} OR {before} OR ({w} AND {exited})) AND ({w} OR ({now2}) <> ({before2})))"
-                ));
-            } else {
-                parts.push(format!("(r.tbl = {tl} AND {w} AND ({now} OR {exited}))"));
+            let (w, range) = (places.window, places.window_range);
+            let now = out.rule(places, table, rule, "r.reach", Side::New);
+            let then = out.rule(places, table, rule, "e.reach", Side::Old);
+            // Found from the exits (few), not by walking the rows: an array of keys.
+            let exited = match places.dialect {
+                Dialect::Sqlite => format!(
+                    "r.pk IN (SELECT e.pk FROM _ferry_exits e WHERE e.tbl = {tl} AND {} AND {then})",
+                    places.exit_window
+                ),
+                Dialect::Postgres => format!(
+                    "r.pk = ANY(ARRAY(SELECT e.pk FROM _ferry_exits e WHERE e.tbl = {tl} AND {} AND {then}))",
+                    places.exit_window
+                ),
+            };
+            match anchors(rule) {
+                Some(anchors) => {
+                    let found = out.anchored(places, table, &anchors, Side::New);
+                    if moving {
+                        let before = out.rule(places, table, rule, "r.reach", Side::Old);
+                        let found_before = out.anchored(places, table, &anchors, Side::Old);
+                        let now2 = out.rule(places, table, rule, "r.reach", Side::New);
+                        let before2 = out.rule(places, table, rule, "r.reach", Side::Old);
+                        let now3 = out.rule(places, table, rule, "r.reach", Side::New);
+                        // Visible now: changed in the window, or moved in.
+                        out.branches.push(format!("r.tbl = {tl} AND {found} AND {now} AND ({w} OR NOT {before})"));
+                        // Moved out by the scope, whatever its age.
+                        out.branches.push(format!("r.tbl = {tl} AND {found_before} AND {before2} AND NOT {now2}"));
+                        // Moved out by its own change in the window.
+                        out.branches.push(format!("r.tbl = {tl} AND {range} AND {w} AND {exited} AND NOT {now3}"));
+                    } else {
+                        let now2 = out.rule(places, table, rule, "r.reach", Side::New);
+                        out.branches.push(format!("r.tbl = {tl} AND {range} AND {w} AND {found} AND {now}"));
+                        out.branches.push(format!("r.tbl = {tl} AND {range} AND {w} AND {exited} AND NOT {now2}"));
+                    }
+                }
+                None if moving => {
+                    let before = out.rule(places, table, rule, "r.reach", Side::Old);
+                    let now2 = out.rule(places, table, rule, "r.reach", Side::New);
+                    let before2 = out.rule(places, table, rule, "r.reach", Side::Old);
+                    out.branches.push(format!(
+                        "r.tbl = {tl} AND ({now} OR {before} OR ({w} AND {exited})) AND ({w} OR ({now2}) <> ({before2}))"
+                    ));
+                }
+                None => out.branches.push(format!("r.tbl = {tl} AND {range} AND {w} AND ({now} OR {exited})")),
             }
-            let shown = compile("r.reach", Side::New);
+            let shown = out.rule(places, table, rule, "r.reach", Side::New);
             cases.push(format!("WHEN r.tbl = {tl} THEN {shown}"));
         }
-        out.condition = if parts.is_empty() { "FALSE".into() } else { format!("({})", parts.join(" OR ")) };
         out.visible = if cases.is_empty() { "TRUE".into() } else { format!("CASE {} ELSE TRUE END", cases.join(" ")) };
         out
     }
+
+    /// `rule` over the reach `reach`, its parameters bound to `side`'s scope.
+    fn rule(&mut self, places: &FeedPlaces<'_>, table: &Table, rule: &Rule, reach: &str, side: Side) -> String {
+        let c = rule.compile_reach(places.dialect, reach, places.first + self.binds.len());
+        self.binds.extend(c.slots.into_iter().map(|s| Bind::Rule(table.name.clone(), s, side)));
+        c.sql
+    }
+
+    /// True when one of `anchors` holds for `r`, as an index on the reach finds it.
+    fn anchored(&mut self, places: &FeedPlaces<'_>, table: &Table, anchors: &[Anchor], side: Side) -> String {
+        let parts: Vec<String> = anchors
+            .iter()
+            .map(|a| {
+                let n = places.first + self.binds.len();
+                self.binds.push(Bind::Anchor(table.name.clone(), a.clone(), side));
+                let (Anchor::User(c) | Anchor::Set(c, _)) = a;
+                match places.dialect {
+                    Dialect::Sqlite => {
+                        format!("{} IN (SELECT value FROM json_each(?{n}))", reach_key(Dialect::Sqlite, c))
+                    }
+                    Dialect::Postgres => format!(
+                        "{} = ANY(ARRAY(SELECT jsonb_array_elements_text(${n}::text::jsonb)))",
+                        reach_key(Dialect::Postgres, c)
+                    ),
+                }
+            })
+            .collect();
+        format!("({})", parts.join(" OR "))
+    }
+
+    /// The parameters' values as PostgreSQL takes them (text).
+    pub(crate) fn texts(&self, user: &str, old: &Scope, new: &Scope) -> Vec<String> {
+        self.binds
+            .iter()
+            .map(|b| match b {
+                Bind::Rule(table, slot, side) => slot.text(user, pick(*side, old, new).sets(table)),
+                Bind::Anchor(table, anchor, side) => anchor_json(anchor, user, pick(*side, old, new), table),
+            })
+            .collect()
+    }
+
+    /// The parameters' values as SQLite takes them.
+    pub(crate) fn sqlite_values(&self, user: &str, old: &Scope, new: &Scope) -> Vec<Value> {
+        self.binds
+            .iter()
+            .map(|b| match b {
+                Bind::Rule(table, slot, side) => slot.value(user, pick(*side, old, new).sets(table)),
+                Bind::Anchor(table, anchor, side) => {
+                    Value::Text(anchor_json(anchor, user, pick(*side, old, new), table))
+                }
+            })
+            .collect()
+    }
+}
+
+fn pick<'a>(side: Side, old: &'a Scope, new: &'a Scope) -> &'a Scope {
+    if side == Side::Old { old } else { new }
+}
+
+/// The values an anchor admits, as a JSON array of texts (numbers as their digits), the form
+/// an index on the reach compares.
+fn anchor_json(anchor: &Anchor, user: &str, scope: &Scope, table: &str) -> String {
+    let items: Vec<serde_json::Value> = match anchor {
+        Anchor::User(_) => vec![user.into()],
+        Anchor::Set(_, n) => scope
+            .sets(table)
+            .get(*n)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| match v {
+                Value::Text(t) => Some(t.clone().into()),
+                Value::Integer(i) => Some(i.to_string().into()),
+                _ => None,
+            })
+            .collect(),
+    };
+    serde_json::Value::Array(items).to_string()
+}
+
+/// The reach's value of column `c` as an index on `_ferry_rows` holds it.
+pub(crate) fn reach_key(dialect: Dialect, c: &str) -> String {
+    let name = c.replace('\'', "''");
+    match dialect {
+        Dialect::Sqlite => format!("json_extract(reach, '$.\"{name}\"')"),
+        Dialect::Postgres => format!("(reach->>'{name}')"),
+    }
+}
+
+/// `CREATE INDEX` for each anchor column of each ruled table (the reach's value, for that
+/// table's rows only), and when some table has a `read` rule (so that pulls take
+/// [`FeedSql`]'s branches), for each owned table's owner.
+pub(crate) fn reach_indexes(schema: &Schema, dialect: Dialect) -> String {
+    let ruled = has_read_rules(schema);
+    schema.tables.iter().map(|t| table_indexes(t, ruled, dialect)).collect()
+}
+
+/// [`reach_indexes`] of one table; `ruled`: the schema has `read` rules.
+pub(crate) fn table_indexes(table: &Table, ruled: bool, dialect: Dialect) -> String {
+    let mut out = String::new();
+    if ruled && read_rule(table).is_none() && table.options.owner.is_some() {
+        let name = format!("_ferry_owner_{}", ferry_core::schema::fingerprint(&table.name));
+        let at = if dialect == Dialect::Sqlite { "seq" } else { "xid" };
+        out.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON _ferry_rows (owner, {at}) WHERE tbl = {};\n",
+            lit(&table.name)
+        ));
+    }
+    for c in anchor_columns(table) {
+        let name = format!("_ferry_reach_{}", ferry_core::schema::fingerprint(&format!("{}.{c}", table.name)));
+        out.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON _ferry_rows ({}) WHERE tbl = {};\n",
+            reach_key(dialect, &c),
+            lit(&table.name)
+        ));
+    }
+    out
 }
 
 /// A table name as an SQL string literal (names are checked identifiers; quotes doubled anyway).
@@ -268,5 +487,44 @@ pub(crate) fn reach_sql(rule: &Rule, table: &Table, dialect: Dialect, column: im
     match dialect {
         Dialect::Sqlite => format!("json_object({})", pairs.join(", ")),
         Dialect::Postgres => format!("jsonb_build_object({})", pairs.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Anchor, anchors};
+    use ferry_core::rules::Rule;
+    use ferry_core::schema::Schema;
+
+    fn rule(source: &str) -> Rule {
+        let schema = Schema::parse(
+            "CREATE TABLE m (id uuid PRIMARY KEY, g uuid, u uuid, role text);
+             CREATE TABLE t (id uuid PRIMARY KEY, g uuid, owner uuid, visible boolean, n integer);",
+            &Default::default(),
+        )
+        .unwrap();
+        Rule::parse(source, schema.table("t").unwrap(), &schema.tables).unwrap()
+    }
+
+    /// A rule's anchors are the columns every row it admits holds in a known set: found
+    /// through `AND` on either side, through `OR` only when both sides have them.
+    #[test]
+    fn anchors_are_the_columns_every_admitted_row_holds_in_a_set() {
+        let set = |c: &str, n| Some(vec![Anchor::Set(c.into(), n)]);
+        assert_eq!(anchors(&rule("g IN (SELECT g FROM m WHERE u = :user)")), set("g", 0));
+        assert_eq!(anchors(&rule("owner = :user")), Some(vec![Anchor::User("owner".into())]));
+        assert_eq!(anchors(&rule("n > 3 AND g IN (SELECT g FROM m)")), set("g", 0));
+        assert_eq!(
+            anchors(&rule("owner = :user OR (visible AND owner IN (SELECT u FROM m WHERE g = :user))")),
+            Some(vec![Anchor::User("owner".into()), Anchor::Set("owner".into(), 0)])
+        );
+        assert_eq!(
+            anchors(&rule("g IN (SELECT g FROM m WHERE role = 'a') OR id IN (SELECT id FROM m WHERE role = 'b')")),
+            Some(vec![Anchor::Set("g".into(), 0), Anchor::Set("id".into(), 1)])
+        );
+        // Rows admitted without a set: only a scan finds them.
+        assert_eq!(anchors(&rule("owner = :user OR visible")), None);
+        assert_eq!(anchors(&rule("g NOT IN (SELECT g FROM m)")), None);
+        assert_eq!(anchors(&rule("NOT (owner = :user)")), None);
     }
 }

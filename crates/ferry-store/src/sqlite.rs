@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS _ferry_exits (
     seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS _ferry_exits_row ON _ferry_exits(tbl, pk);
+CREATE INDEX IF NOT EXISTS _ferry_exits_feed ON _ferry_exits(tbl, seq);
 CREATE TABLE IF NOT EXISTS _ferry_scopes (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
 
@@ -155,6 +156,7 @@ impl SqliteStore {
             backfill_reach(&tx, table)?;
         }
         tx.execute_batch(&crate::file_indexes(&schema))?;
+        tx.execute_batch(&crate::scope::reach_indexes(&schema, Dialect::Sqlite))?;
         tx.execute(
             "INSERT OR IGNORE INTO _ferry_store (key, value) VALUES ('id', ?1)",
             [uuid::Uuid::now_v7().to_string()],
@@ -330,10 +332,10 @@ impl SqliteStore {
         limit: usize,
         tables: Option<&[String]>,
     ) -> Result<PullPage> {
-        use crate::scope::{FeedPlaces, FeedSql, Side};
+        use crate::scope::{FeedPlaces, FeedSql};
         let c = RuledCursor::parse(cursor)?;
-        let selection =
-            serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
+        let selected = crate::selected_tables(&self.inner.schema, tables)?;
+        let selection = serde_json::to_string(&selected).expect("names serialize");
         let (page, fresh) = self
             .read(move |inner, conn| {
                 let tx = conn.transaction()?;
@@ -361,17 +363,24 @@ impl SqliteStore {
                 let places = FeedPlaces {
                     dialect: Dialect::Sqlite,
                     window: "r.seq > ?5",
+                    window_range: "r.seq > ?5",
                     exit_window: "e.seq > ?5",
                     user: "?2",
                     first: 6,
                 };
-                let f = FeedSql::new(schema, &places, moving);
-                let sql = format!(
-                    "SELECT r.tbl, r.seq, r.pk, {} FROM _ferry_rows r
-                     WHERE r.seq > ?1 AND +r.tbl IN (SELECT value FROM json_each(?4)) AND {}
-                     ORDER BY r.seq LIMIT ?3",
-                    f.visible, f.condition
-                );
+                let f = FeedSql::new(schema, &places, moving, &selected);
+                let branches: Vec<String> = f
+                    .branches
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "SELECT r.tbl, r.seq, r.pk, {} AS visible FROM _ferry_rows r
+                             WHERE r.seq > ?1 AND +r.tbl IN (SELECT value FROM json_each(?4)) AND {b}",
+                            f.visible
+                        )
+                    })
+                    .collect();
+                let sql = format!("SELECT * FROM ({}) ORDER BY seq LIMIT ?3", branches.join(" UNION "));
                 let mut binds: Vec<rusqlite::types::Value> = vec![
                     after.into(),
                     user.clone().into(),
@@ -379,10 +388,7 @@ impl SqliteStore {
                     selection.clone().into(),
                     prev.into(),
                 ];
-                for (table, slot, side) in &f.slots {
-                    let sets = if *side == Side::Old { s0.sets(table) } else { s1.sets(table) };
-                    binds.push(sqlite_value(slot.value(&user, sets)));
-                }
+                binds.extend(f.sqlite_values(&user, &s0, &s1).into_iter().map(sqlite_value));
                 let mut page: Vec<(String, i64, String, bool)> = tx
                     .prepare_cached(&sql)?
                     .query_map(rusqlite::params_from_iter(binds), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?

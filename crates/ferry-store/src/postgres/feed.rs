@@ -191,11 +191,14 @@ impl PgStore {
         limit: usize,
         tables: Option<&[String]>,
     ) -> Result<PullPage> {
-        use crate::scope::{FeedPlaces, FeedSql, Side};
+        use crate::scope::{FeedPlaces, FeedSql};
         let selection = crate::selected_tables(&self.inner.schema, tables)?;
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = snapshot(&mut client).await?;
+        // The page's query is planned for each page; compiling it to machine code (PostgreSQL's
+        // JIT, for costly plans) took longer than running it.
+        tx.batch_execute("SET LOCAL jit = off").await.map_err(pg)?;
         let cur = match &c.cur {
             Some(cur) => cur.clone(),
             None => tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0),
@@ -218,28 +221,39 @@ impl PgStore {
         let places = FeedPlaces {
             dialect: ferry_core::rules::Dialect::Postgres,
             window: "NOT pg_visible_in_snapshot(r.xid, $1::text::pg_snapshot)",
-            exit_window: "NOT pg_visible_in_snapshot(e.xid, $1::text::pg_snapshot)
+            window_range: "r.xid >= pg_snapshot_xmin($1::text::pg_snapshot)",
+            exit_window: "e.xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+                AND NOT pg_visible_in_snapshot(e.xid, $1::text::pg_snapshot)
                 AND pg_visible_in_snapshot(e.xid, $2::text::pg_snapshot)",
             user: "$3",
             first: 9,
         };
-        let f = FeedSql::new(&self.inner.schema, &places, moving);
-        // Rows moving in and out may be of any age; otherwise only the window is read.
-        let lower = if moving { "" } else { "r.xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND" };
-        let sql = format!(
-            "SELECT r.xid::text AS at, r.tbl, r.pk, {} FROM _ferry_rows r
-             WHERE {lower} pg_visible_in_snapshot(r.xid, $2::text::pg_snapshot) AND $3::text IS NOT NULL
-               AND r.tbl = ANY($8::text[]) AND (r.xid, r.tbl, r.pk) > ($4::text::xid8, $5, $6) AND {}
-             ORDER BY r.xid, r.tbl, r.pk LIMIT $7",
-            f.visible, f.condition
-        );
-        let texts: Vec<String> = f
-            .slots
+        let f = FeedSql::new(&self.inner.schema, &places, moving, &selection);
+        // Where the page starts in the feed index: past the last row given out, and in a
+        // window (not moving) never before the window's start, so that the index is entered
+        // there rather than walked from its beginning.
+        let start = if moving {
+            "(r.xid, r.tbl, r.pk) > ($4::text::xid8, $5, $6)"
+        } else {
+            "(r.xid, r.tbl, r.pk) > (greatest($4::text::xid8, pg_snapshot_xmin($1::text::pg_snapshot)), $5, $6)"
+        };
+        let branches: Vec<String> = f
+            .branches
             .iter()
-            .map(|(table, slot, side)| {
-                slot.text(user, if *side == Side::Old { s0.sets(table) } else { s1.sets(table) })
+            .map(|b| {
+                format!(
+                    "SELECT r.xid, r.tbl, r.pk, {} AS visible FROM _ferry_rows r
+                     WHERE pg_visible_in_snapshot(r.xid, $2::text::pg_snapshot) AND $3::text IS NOT NULL
+                       AND r.tbl = ANY($8::text[]) AND {start} AND {b}",
+                    f.visible
+                )
             })
             .collect();
+        let sql = format!(
+            "SELECT q.xid::text AS at, q.tbl, q.pk, q.visible FROM ({}) q ORDER BY q.xid, q.tbl, q.pk LIMIT $7",
+            branches.join(" UNION ")
+        );
+        let texts = f.texts(user, &s0, &s1);
         let limit_plus = limit as i64 + 1;
         let user_param = user.to_owned();
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =

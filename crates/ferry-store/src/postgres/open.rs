@@ -128,9 +128,20 @@ struct Startup {
 
 /// One step of start-up, run in a transaction of its own by [`startup_step`].
 enum Step<'a> {
-    Bookkeeping { new_id: &'a str, new_site: &'a str },
-    Renumber { epoch: &'a str },
-    Table { pt: &'a PgTable, pg_schema: &'a str, adopted_at: &'a str },
+    Bookkeeping {
+        new_id: &'a str,
+        new_site: &'a str,
+    },
+    Renumber {
+        epoch: &'a str,
+    },
+    /// `ruled`: the schema has `read` rules (pulls then take the indexes they need).
+    Table {
+        pt: &'a PgTable,
+        pg_schema: &'a str,
+        adopted_at: &'a str,
+        ruled: bool,
+    },
 }
 
 impl Step<'_> {
@@ -147,8 +158,8 @@ impl Step<'_> {
         match *self {
             Step::Bookkeeping { new_id, new_site } => bookkeeping(tx, new_id, new_site).await.map(Some),
             Step::Renumber { epoch } => renumber(tx, epoch).await.map(|()| None),
-            Step::Table { pt, pg_schema, adopted_at } => {
-                prepare_table(tx, pt, pg_schema, adopted_at).await.map(|()| None)
+            Step::Table { pt, pg_schema, adopted_at, ruled } => {
+                prepare_table(tx, pt, pg_schema, adopted_at, ruled).await.map(|()| None)
             }
         }
     }
@@ -323,10 +334,17 @@ async fn prepare_table(
     pt: &PgTable,
     pg_schema: &str,
     adopted_at: &str,
+    ruled: bool,
 ) -> std::result::Result<(), PushError> {
     let table = &pt.table;
     let t = quote(&table.name);
-    let sql = format!("{}{}", pt.capture(pg_schema), crate::file_indexes(&Schema { tables: vec![table.clone()] }));
+    let alone = Schema { tables: vec![table.clone()] };
+    let sql = format!(
+        "{}{}{}",
+        pt.capture(pg_schema),
+        crate::file_indexes(&alone),
+        crate::scope::table_indexes(table, ruled, ferry_core::rules::Dialect::Postgres)
+    );
     let capture = Ddl {
         key: format!("ddl table {}", table.name),
         sql: &sql,
@@ -426,9 +444,10 @@ impl PgStore {
             startup_step(&mut client, Step::Renumber { epoch: &start.epoch }).await?;
         }
         let adopted_at = Hlc::new(crate::wall_ms(), 0, start.site).to_string();
+        let ruled = crate::scope::has_read_rules(&schema);
         for table in &schema.tables {
             let (pt, pg_schema) = (&tables[&table.name], start.pg_schema.as_str());
-            startup_step(&mut client, Step::Table { pt, pg_schema, adopted_at: &adopted_at }).await?;
+            startup_step(&mut client, Step::Table { pt, pg_schema, adopted_at: &adopted_at, ruled }).await?;
         }
         let rows: f64 = client.query_one(Statistics::ROWS, &[]).await.map_err(pg)?.get(0);
         let Startup { id, site, epoch, .. } = start;

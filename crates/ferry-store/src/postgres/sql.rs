@@ -524,6 +524,7 @@ CREATE TABLE IF NOT EXISTS _ferry_exits (
     xid xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX IF NOT EXISTS _ferry_exits_row ON _ferry_exits (tbl, pk);
+CREATE INDEX IF NOT EXISTS _ferry_exits_feed ON _ferry_exits (tbl, xid);
 CREATE TABLE IF NOT EXISTS _ferry_scopes (hash text PRIMARY KEY, body text NOT NULL);
 CREATE OR REPLACE FUNCTION _ferry_exit() RETURNS trigger LANGUAGE plpgsql AS $ferry$
 BEGIN
