@@ -111,7 +111,7 @@ WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
             $owners,
             "
   AND tbl = ANY($8::text[])
-  AND (xid, tbl, pk) > ($4::text::xid8, $5, $6)
+  AND (xid, tbl, pk) > (greatest($4::text::xid8, pg_snapshot_xmin($1::text::pg_snapshot)), $5, $6)
 ORDER BY xid, tbl, pk
 LIMIT $7"
         )
