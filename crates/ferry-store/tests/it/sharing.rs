@@ -155,13 +155,14 @@ pub fn read_schema() -> Schema {
             "groups" => "created_by = :user OR id IN (SELECT group_id FROM group_members WHERE user_id = :user)",
             _ => members,
         };
-        let options_of = TableOptions { read: Some(read.to_owned()), ..table.options.clone() };
+        let files = if table.name == "formations" { vec!["sketch".to_owned()] } else { Vec::new() };
+        let options_of = TableOptions { read: Some(read.to_owned()), files, ..table.options.clone() };
         options.insert(table.name.clone(), options_of);
     }
     Schema::parse(
         "CREATE TABLE groups (id uuid PRIMARY KEY, name text, created_by uuid);
          CREATE TABLE group_members (id uuid PRIMARY KEY, group_id uuid NOT NULL, user_id uuid NOT NULL, role text);
-         CREATE TABLE formations (id uuid PRIMARY KEY, group_id uuid NOT NULL, title text);",
+         CREATE TABLE formations (id uuid PRIMARY KEY, group_id uuid NOT NULL, title text, sketch text);",
         &options,
     )
     .unwrap()
@@ -233,6 +234,19 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
     let (rows, removed, bob_cursor) = pull_all(&store, &bob, "0", 100).await;
     assert!(rows.is_empty() && removed.is_empty(), "{rows:?} {removed:?}");
 
+    // Files are as private as the rows that reference them.
+    let (sketch_a, sketch_b) = ("a".repeat(64), "b".repeat(64));
+    for (key, sketch) in [(10, &sketch_a), (11, &sketch_b)] {
+        let mut r = row("formations", key, &[], 2);
+        r.state = store.get_row(&ann, "formations", &id(key)).await.unwrap().unwrap();
+        r.state.update([("sketch".to_owned(), text(sketch))], Hlc::new(2, 0, SiteId(2)));
+        store.push(&ann, &format!("sketch{key}"), None, vec![r]).await.unwrap();
+    }
+    let both = [sketch_a.clone(), sketch_b.clone()];
+    assert_eq!(store.file_refs(&ann, &both).await.unwrap().len(), 2);
+    assert!(store.file_refs(&bob, &both).await.unwrap().is_empty(), "bob reads no formation yet");
+    let (_, _, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
+
     // Ann adds Bob to Team A: its rows, all older than his cursor, move in, a row a page.
     let mut notices = store.notices();
     store.push(&ann, "a2", None, vec![member(22, 1, &bob, "member", 2)]).await.unwrap();
@@ -247,6 +261,8 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
     assert!(removed.is_empty(), "{removed:?}");
     let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
     assert!(rows.is_empty() && removed.is_empty(), "nothing again: {rows:?} {removed:?}");
+    let refs = store.file_refs(&bob, &both).await.unwrap();
+    assert_eq!(refs.into_iter().collect::<Vec<_>>(), [sketch_a.clone()], "Team A's sketch only");
 
     // A change in Team B is no news for Bob; one in Team A is.
     let bob_scope = store.scope(&bob.user_id).await.unwrap();
