@@ -236,14 +236,24 @@ impl Remote {
 
     /// A pull of only `tables` (every table when `None`).
     pub async fn pull_tables(&self, cursor: &str, limit: usize, tables: Option<&[String]>) -> Result<PullResponse> {
-        self.send(self.pull_request(cursor, limit, tables), "pull").await
+        self.send(self.pull_request(cursor, limit, tables, &[]), "pull").await
     }
 
-    fn pull_request(&self, cursor: &str, limit: usize, tables: Option<&[String]>) -> reqwest::RequestBuilder {
+    fn pull_request(
+        &self,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+        subscriptions: &[String],
+    ) -> reqwest::RequestBuilder {
         let mut req =
             self.http.get(format!("{}/v1/pull", self.base)).query(&[("cursor", cursor), ("limit", &limit.to_string())]);
         if let Some(t) = tables {
             req = req.query(&[("tables", t.join(","))]);
+        }
+        if !subscriptions.is_empty() {
+            let json = serde_json::to_string(subscriptions).expect("strings serialize");
+            req = req.query(&[("subscriptions", json)]);
         }
         req
     }
@@ -255,8 +265,9 @@ impl Remote {
         cursor: &str,
         limit: usize,
         tables: Option<&[String]>,
+        subscriptions: &[String],
     ) -> Result<ferry_protocol::DecodedPage> {
-        let bytes = self.send_raw(self.pull_request(cursor, limit, tables), "pull").await?;
+        let bytes = self.send_raw(self.pull_request(cursor, limit, tables, subscriptions), "pull").await?;
         ferry_protocol::decode_page(schema, &bytes)
             .map_err(|e| Error::Protocol(format!("server {} sent a bad pull page: {e}", self.base)))
     }

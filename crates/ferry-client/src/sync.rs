@@ -23,7 +23,17 @@ pub struct SyncOptions {
     /// Sync only these tables (every table when `None`). Each selection keeps its own pull
     /// cursor, so adding a table later pulls that table from the start.
     pub tables: Option<Vec<String>>,
+    /// Subscriptions this sync names (`TABLE WHERE PREDICATE`): kept in the replica, and
+    /// renewed each time a sync names them. The device then reads only those rows of those
+    /// tables; rows move in and out as the subscriptions change.
+    pub subscribe: Vec<String>,
+    /// How long a subscription stays without a sync naming it; then it is dropped, and with
+    /// it its rows from the replica.
+    pub subscription_ttl_ms: u64,
 }
+
+/// How long a subscription stays unnamed by default: a week.
+pub const SUBSCRIPTION_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Which way a sync goes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,6 +81,8 @@ impl Default for SyncOptions {
             resolvers: crate::Resolvers::default(),
             direction: Direction::Both,
             tables: None,
+            subscribe: Vec::new(),
+            subscription_ttl_ms: SUBSCRIPTION_TTL_MS,
         }
     }
 }
@@ -415,11 +427,12 @@ async fn sync_once(
     // it, and another task decodes it, while this one is applied.
     let version = schema.version.clone();
     let schema = Arc::new(replica.schema().ok_or_else(|| Error::Local("no schema installed".into()))?.clone());
+    let subscriptions = Arc::new(replica.subscriptions(&opts.subscribe, opts.subscription_ttl_ms)?);
     let fetch = |cursor: String| {
         let (remote, tables, limit, schema) = (remote.clone(), tables.clone(), opts.pull_page, schema.clone());
-        let version = version.clone();
+        let (version, subscriptions) = (version.clone(), subscriptions.clone());
         Prefetch(tokio::spawn(async move {
-            let page = remote.pull_decoded(&schema, &cursor, limit, tables.as_deref()).await?;
+            let page = remote.pull_decoded(&schema, &cursor, limit, tables.as_deref(), &subscriptions).await?;
             if !page.refused.is_empty() {
                 // Rows of a schema newer than this sync's (a server restarted with new tables
                 // or columns since the sync began) would read as bad rows and be set aside
@@ -458,6 +471,9 @@ async fn sync_once(
         report.conflicts += applied.conflicts as u64;
         cursor = page_cursor;
         progress(Progress::Pulling { rows: report.pulled });
+    }
+    if pull {
+        replica.keep_subscriptions(&opts.subscribe, opts.subscription_ttl_ms)?;
     }
     replica.record_sync()?;
     report.cursor = cursor;

@@ -16,9 +16,21 @@ pub async fn pull<S: Store>(
     Authed(who): Authed,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::response::Response, ApiError> {
-    if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit" | "tables")) {
-        return Err(ApiError::BadRequest(format!("unknown pull parameter '{unknown}'; use cursor, limit and tables")));
+    if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit" | "tables" | "subscriptions")) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown pull parameter '{unknown}'; use cursor, limit, tables and subscriptions"
+        )));
     }
+    // `subscriptions=["formations WHERE group_id = '…'", …]` (JSON): only those rows of those
+    // tables (docs/sharing.md, "Subscriptions").
+    let subscriptions: Vec<String> = match q.get("subscriptions") {
+        None => Vec::new(),
+        Some(s) => serde_json::from_str(s).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "subscriptions must be a JSON array of \"TABLE WHERE PREDICATE\" strings ({e})"
+            ))
+        })?,
+    };
     // `tables=a,b`: only rows of these tables (a cursor belongs to its selection).
     let tables: Option<Vec<String>> =
         q.get("tables").map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect());
@@ -32,7 +44,7 @@ pub async fn pull<S: Store>(
         return Err(ApiError::BadRequest("cursor is too long; start over with cursor=0".into()));
     }
     let limit = parse_limit(q.get("limit"))?;
-    let page = state.store.pull_tables(&who, cursor, limit, tables.as_deref()).await?;
+    let page = state.store.pull_subscribed(&who, cursor, limit, tables.as_deref(), &subscriptions).await?;
     let schema = state.store.schema();
     let rows = || {
         page.rows.iter().filter_map(|r| {

@@ -342,6 +342,21 @@ pub trait Store: Send + Sync + 'static {
         cursor: &str,
         limit: usize,
         tables: Option<&[String]>,
+    ) -> impl Future<Output = Result<PullPage>> + Send {
+        self.pull_subscribed(who, cursor, limit, tables, &[])
+    }
+
+    /// As [`Store::pull_tables`], narrowed by the device's `subscriptions` (`TABLE WHERE
+    /// PREDICATE`, tables with a `read` rule only): of a table it subscribes to, the device
+    /// reads only rows some subscription covers, and rows move in and out as its
+    /// subscriptions change. A bad subscription is [`StoreError::Invalid`] naming it.
+    fn pull_subscribed(
+        &self,
+        who: &Principal,
+        cursor: &str,
+        limit: usize,
+        tables: Option<&[String]>,
+        subscriptions: &[String],
     ) -> impl Future<Output = Result<PullPage>> + Send;
 
     /// Every row of every table, whoever owns it, a page at a time (cursors as for
@@ -528,14 +543,15 @@ impl Store for AnyStore {
         delegate!(self, s => s.push(who, batch_id, cursor, rows).await)
     }
 
-    async fn pull_tables(
+    async fn pull_subscribed(
         &self,
         who: &Principal,
         cursor: &str,
         limit: usize,
         tables: Option<&[String]>,
+        subscriptions: &[String],
     ) -> Result<PullPage> {
-        delegate!(self, s => s.pull_tables(who, cursor, limit, tables).await)
+        delegate!(self, s => s.pull_subscribed(who, cursor, limit, tables, subscriptions).await)
     }
 
     async fn scan(&self, cursor: &str, limit: usize) -> Result<PullPage> {

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use ferry_core::rules::{Dialect, Rule, Slot};
-use ferry_core::schema::{Schema, Table};
+use ferry_core::schema::{ColType, Schema, Table, quote};
 use ferry_core::{RowState, Value};
 
 /// A table's own `read` rule, with its `filter` (tables with only `owner` keep their owner in
@@ -54,6 +54,8 @@ pub(crate) fn reach_of(table: &Table, key: &str, state: &RowState) -> Option<Str
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scope {
     tables: BTreeMap<String, (String, Vec<Vec<Value>>)>,
+    /// The device's subscriptions, by table: predicates as the rules print them.
+    subs: BTreeMap<String, Vec<String>>,
 }
 
 fn json_of(v: &Value) -> serde_json::Value {
@@ -89,6 +91,27 @@ impl Scope {
         self.tables.insert(table.name.clone(), (rule, sets));
     }
 
+    /// Adds a device's subscriptions ([`subscriptions`]), each as the rules print it.
+    pub(crate) fn subscribe(&mut self, subs: &BTreeMap<String, Vec<Rule>>) {
+        for (table, rules) in subs {
+            let mut texts: Vec<String> = rules.iter().map(|r| r.expr.to_string()).collect();
+            texts.sort();
+            texts.dedup();
+            self.subs.insert(table.clone(), texts);
+        }
+    }
+
+    /// The subscriptions to `table` (none: the device reads all its rule allows), parsed
+    /// against `schema` (one that no longer parses is left out).
+    pub(crate) fn subscriptions(&self, schema: &Schema, table: &Table) -> Vec<Rule> {
+        self.subs
+            .get(&table.name)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Rule::parse(s, table, &schema.tables).ok())
+            .collect()
+    }
+
     /// What `table`'s subqueries selected (none for a table without a rule).
     pub(crate) fn sets(&self, table: &str) -> &[Vec<Value>] {
         self.tables.get(table).map_or(&[], |(_, s)| s.as_slice())
@@ -102,7 +125,10 @@ impl Scope {
             .map(|(t, (rule, sets))| {
                 let sets: Vec<serde_json::Value> =
                     sets.iter().map(|s| serde_json::Value::Array(s.iter().map(json_of).collect())).collect();
-                (t.clone(), serde_json::json!({ "rule": rule, "sets": sets }))
+                match self.subs.get(t) {
+                    Some(subs) => (t.clone(), serde_json::json!({ "rule": rule, "sets": sets, "subs": subs })),
+                    None => (t.clone(), serde_json::json!({ "rule": rule, "sets": sets })),
+                }
             })
             .collect();
         serde_json::Value::Object(map).to_string()
@@ -111,8 +137,12 @@ impl Scope {
     /// A stored scope read back; `None` when it is not one.
     pub(crate) fn from_json(text: &str) -> Option<Scope> {
         let serde_json::Value::Object(map) = serde_json::from_str(text).ok()? else { return None };
-        let mut tables = BTreeMap::new();
+        let (mut tables, mut subs) = (BTreeMap::new(), BTreeMap::new());
         for (t, entry) in map {
+            if let Some(list) = entry.get("subs").and_then(|s| s.as_array()) {
+                let texts = list.iter().map(|s| s.as_str().map(str::to_owned)).collect::<Option<Vec<String>>>()?;
+                subs.insert(t.clone(), texts);
+            }
             let rule = entry.get("rule")?.as_str()?.to_owned();
             let sets = entry
                 .get("sets")?
@@ -122,7 +152,7 @@ impl Scope {
                 .collect::<Option<Vec<Vec<Value>>>>()?;
             tables.insert(t, (rule, sets));
         }
-        Some(Scope { tables })
+        Some(Scope { tables, subs })
     }
 
     /// The scope's name in cursors: a hash of [`Scope::json`].
@@ -140,6 +170,7 @@ impl Scope {
             }
         }
         self.tables.retain(|t, _| now.tables.contains_key(t));
+        self.subs.retain(|t, _| now.tables.contains_key(t));
         self
     }
 
@@ -219,12 +250,17 @@ pub(crate) enum Bind {
     Anchor(String, Anchor, Side),
 }
 
-/// A user's feed query under `read` rules: branches (each a condition on the bookkeeping
-/// row `r`), whose union is what the page reads, and whether a row is visible (sent as a
-/// row) or not (sent as a removal).
-pub(crate) struct FeedSql {
-    pub branches: Vec<String>,
+/// One branch of a feed query: rows of `_ferry_rows r` (joined with `join`) that meet `cond`,
+/// each visible (sent as a row) when `visible` holds, else sent as a removal.
+pub(crate) struct Branch {
+    pub join: String,
+    pub cond: String,
     pub visible: String,
+}
+
+/// A user's feed query under `read` rules: branches, whose union is what the page reads.
+pub(crate) struct FeedSql {
+    pub branches: Vec<Branch>,
     /// The parameters from `first` on.
     pub binds: Vec<Bind>,
 }
@@ -246,17 +282,28 @@ pub(crate) struct FeedPlaces<'a> {
 }
 
 impl FeedSql {
-    /// The query's branches for `schema`'s tables. `moving`: the scope changed since the
-    /// cursor, so rows of any age move in and out (else only the window is looked at).
+    /// The query's branches for the `selected` tables of `schema`. `old` is the scope the
+    /// device was served, `new` the scope now; when they differ, rows of any age move in and
+    /// out (else only the window is looked at).
     ///
     /// A row of a ruled table is sent when it is visible now and changed in the window or was
     /// not visible before (moved in); it is sent as a removal when it is not visible now and
-    /// was before (by its reach then or now). Where the rule has anchors, the rows are found
-    /// through them (an index on the reach): a pull then reads about as many rows as the user
-    /// may read, whatever the table's size. Other tables keep the owner rule.
-    /// Only the `selected` tables are read.
-    pub(crate) fn new(schema: &Schema, places: &FeedPlaces<'_>, moving: bool, selected: &[String]) -> FeedSql {
-        let mut out = FeedSql { branches: Vec::new(), visible: String::new(), binds: Vec::new() };
+    /// was before (by its reach then or now, or by the device's subscriptions then). Where
+    /// the rule has anchors, the rows are found through them (an index on the reach): a pull
+    /// then reads about as many rows as the user may read, whatever the table's size. A table
+    /// the device subscribes to is read joined with its rows, which the subscriptions are
+    /// decided on (deleted rows: on their kept values); a changed row the rule lets the user
+    /// read but no subscription covers goes out as a removal. Other tables keep the owner rule.
+    pub(crate) fn new(
+        schema: &Schema,
+        places: &FeedPlaces<'_>,
+        old: &Scope,
+        new: &Scope,
+        selected: &[String],
+    ) -> FeedSql {
+        let moving = old != new;
+        let mut out = FeedSql { branches: Vec::new(), binds: Vec::new() };
+        let plain = |cond: String| Branch { join: String::new(), cond, visible: "TRUE".into() };
         let tables: Vec<&Table> = schema.tables.iter().filter(|t| selected.contains(&t.name)).collect();
         let shared: Vec<String> = tables
             .iter()
@@ -264,77 +311,121 @@ impl FeedSql {
             .map(|t| lit(&t.name))
             .collect();
         if !shared.is_empty() {
-            out.branches.push(format!(
+            out.branches.push(plain(format!(
                 "r.tbl IN ({}) AND {} AND {}",
                 shared.join(", "),
                 places.window_range,
                 places.window
-            ));
+            )));
         }
         // Owned tables one by one, each found through its owner index ([`reach_indexes`]).
         for table in tables.iter().filter(|t| read_rule(t).is_none() && t.options.owner.is_some()) {
-            out.branches.push(format!(
+            out.branches.push(plain(format!(
                 "r.tbl = {} AND (r.owner = {} OR r.owner IS NULL) AND {} AND {}",
                 lit(&table.name),
                 places.user,
                 places.window_range,
                 places.window
-            ));
+            )));
         }
-        let mut cases = Vec::new();
         for table in tables {
             let Some(rule) = read_rule(table) else { continue };
             let tl = lit(&table.name);
             let (w, range) = (places.window, places.window_range);
-            let now = out.rule(places, table, rule, "r.reach", Side::New);
-            let then = out.rule(places, table, rule, "e.reach", Side::Old);
-            // Found from the exits (few), not by walking the rows: an array of keys.
-            let exited = match places.dialect {
-                Dialect::Sqlite => format!(
-                    "r.pk IN (SELECT e.pk FROM _ferry_exits e WHERE e.tbl = {tl} AND {} AND {then})",
-                    places.exit_window
-                ),
-                Dialect::Postgres => format!(
-                    "r.pk = ANY(ARRAY(SELECT e.pk FROM _ferry_exits e WHERE e.tbl = {tl} AND {} AND {then}))",
-                    places.exit_window
-                ),
+            let (subs_old, subs_new) = (old.subscriptions(schema, table), new.subscriptions(schema, table));
+            let join = if subs_old.is_empty() && subs_new.is_empty() {
+                String::new()
+            } else {
+                row_join(table, places.dialect)
             };
-            match anchors(rule) {
-                Some(anchors) => {
-                    let found = out.anchored(places, table, &anchors, Side::New);
-                    if moving {
-                        let before = out.rule(places, table, rule, "r.reach", Side::Old);
-                        let found_before = out.anchored(places, table, &anchors, Side::Old);
-                        let now2 = out.rule(places, table, rule, "r.reach", Side::New);
-                        let before2 = out.rule(places, table, rule, "r.reach", Side::Old);
-                        let now3 = out.rule(places, table, rule, "r.reach", Side::New);
-                        // Visible now: changed in the window, or moved in.
-                        out.branches.push(format!("r.tbl = {tl} AND {found} AND {now} AND ({w} OR NOT {before})"));
-                        // Moved out by the scope, whatever its age.
-                        out.branches.push(format!("r.tbl = {tl} AND {found_before} AND {before2} AND NOT {now2}"));
-                        // Moved out by its own change in the window.
-                        out.branches.push(format!("r.tbl = {tl} AND {range} AND {w} AND {exited} AND NOT {now3}"));
-                    } else {
-                        let now2 = out.rule(places, table, rule, "r.reach", Side::New);
-                        out.branches.push(format!("r.tbl = {tl} AND {range} AND {w} AND {found} AND {now}"));
-                        out.branches.push(format!("r.tbl = {tl} AND {range} AND {w} AND {exited} AND NOT {now2}"));
-                    }
+            // `now`/`then`: visible by the rule with the scope now / served; `sub_*`: covered
+            // by the subscriptions (TRUE without any); each use compiles afresh (its own
+            // parameters).
+            let now = |out: &mut FeedSql| out.rule(places, table, rule, "r.reach", Side::New);
+            let anchors = anchors(rule);
+            let found = |out: &mut FeedSql, side| match &anchors {
+                Some(a) => out.anchored(places, table, a, side),
+                None => "TRUE".to_owned(),
+            };
+            let exited = |out: &mut FeedSql| {
+                let then = out.rule(places, table, rule, "e.reach", Side::Old);
+                match places.dialect {
+                    Dialect::Sqlite => format!(
+                        "r.pk IN (SELECT e.pk FROM _ferry_exits e WHERE e.tbl = {tl} AND {} AND {then})",
+                        places.exit_window
+                    ),
+                    // Found from the exits (few), not by walking the rows: an array of keys.
+                    Dialect::Postgres => format!(
+                        "r.pk = ANY(ARRAY(SELECT e.pk FROM _ferry_exits e WHERE e.tbl = {tl} AND {} AND {then}))",
+                        places.exit_window
+                    ),
                 }
-                None if moving => {
-                    let before = out.rule(places, table, rule, "r.reach", Side::Old);
-                    let now2 = out.rule(places, table, rule, "r.reach", Side::New);
-                    let before2 = out.rule(places, table, rule, "r.reach", Side::Old);
-                    out.branches.push(format!(
-                        "r.tbl = {tl} AND ({now} OR {before} OR ({w} AND {exited})) AND ({w} OR ({now2}) <> ({before2}))"
-                    ));
+            };
+            let shown = |out: &mut FeedSql, side: Side| {
+                let (subs, reach_rule) =
+                    if side == Side::New { (&subs_new, Side::New) } else { (&subs_old, Side::Old) };
+                let by_rule = out.rule(places, table, rule, "r.reach", reach_rule);
+                match out.subscribed(places, table, subs, side) {
+                    Some(sub) => format!("({by_rule} AND {sub})"),
+                    None => by_rule,
                 }
-                None => out.branches.push(format!("r.tbl = {tl} AND {range} AND {w} AND ({now} OR {exited})")),
+            };
+            let visible = shown(&mut out, Side::New);
+            let branch = |out: &mut FeedSql, cond: String| {
+                out.branches.push(Branch {
+                    join: join.clone(),
+                    cond: format!("r.tbl = {tl} AND {cond}"),
+                    visible: visible.clone(),
+                });
+            };
+            if moving {
+                let (f, v1, v0) = (found(&mut out, Side::New), shown(&mut out, Side::New), shown(&mut out, Side::Old));
+                // Visible now: changed in the window, or moved in.
+                branch(&mut out, format!("{f} AND {v1} AND ({w} OR NOT {v0})"));
+                let (f0, v0, v1) = (found(&mut out, Side::Old), shown(&mut out, Side::Old), shown(&mut out, Side::New));
+                // Moved out by the scope (membership, subscriptions), whatever its age.
+                branch(&mut out, format!("{f0} AND {v0} AND NOT {v1}"));
+                let (x, v1) = (exited(&mut out), shown(&mut out, Side::New));
+                // Moved out by its own change in the window.
+                branch(&mut out, format!("{range} AND {w} AND {x} AND NOT {v1}"));
+            } else {
+                let (f, n) = (found(&mut out, Side::New), now(&mut out));
+                branch(&mut out, format!("{range} AND {w} AND {f} AND {n}"));
+                let (x, n) = (exited(&mut out), now(&mut out));
+                branch(&mut out, format!("{range} AND {w} AND {x} AND NOT {n}"));
             }
-            let shown = out.rule(places, table, rule, "r.reach", Side::New);
-            cases.push(format!("WHEN r.tbl = {tl} THEN {shown}"));
+            if moving && !subs_new.is_empty() {
+                // A changed row the rule lets the user read but no subscription covers: the
+                // device may hold it from before (a removal of a row it lacks is harmless).
+                let (f, n) = (found(&mut out, Side::New), now(&mut out));
+                branch(&mut out, format!("{range} AND {w} AND {f} AND {n}"));
+            }
         }
-        out.visible = if cases.is_empty() { "TRUE".into() } else { format!("CASE {} ELSE TRUE END", cases.join(" ")) };
         out
+    }
+
+    /// Whether `subs` (a device's subscriptions to `table`) cover the row joined as `t` (or
+    /// a deleted row, by its kept values); `None` without subscriptions (everything).
+    fn subscribed(&mut self, places: &FeedPlaces<'_>, table: &Table, subs: &[Rule], side: Side) -> Option<String> {
+        if subs.is_empty() {
+            return None;
+        }
+        let pk = quote(&table.pk_column().name);
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for sub in subs {
+            let c = sub.compile(places.dialect, "t", places.first + self.binds.len());
+            self.binds.extend(c.slots.into_iter().map(|s| Bind::Rule(table.name.clone(), s, side)));
+            live.push(format!("({})", c.sql));
+            let c = sub.compile_reach(places.dialect, "r.dead", places.first + self.binds.len());
+            self.binds.extend(c.slots.into_iter().map(|s| Bind::Rule(table.name.clone(), s, side)));
+            dead.push(c.sql);
+        }
+        Some(format!(
+            "((CASE WHEN t.{pk} IS NOT NULL THEN ({}) ELSE ({}) END) IS TRUE)",
+            live.join(" OR "),
+            dead.join(" OR ")
+        ))
     }
 
     /// `rule` over the reach `reach`, its parameters bound to `side`'s scope.
@@ -454,6 +545,75 @@ pub(crate) fn table_indexes(table: &Table, ruled: bool, dialect: Dialect) -> Str
     out
 }
 
+/// How many subscriptions a pull may carry, and how long each may be.
+pub const MAX_SUBSCRIPTIONS: usize = 32;
+const MAX_SUBSCRIPTION_BYTES: usize = 2000;
+
+/// A device's subscriptions (`TABLE WHERE PREDICATE`, as `ferry sync --subscribe` takes
+/// them), checked against `schema`: each names a table with a `read` rule (subscriptions
+/// narrow what a rule allows) and a predicate in the rules' subset about the row alone (no
+/// subqueries; `:user` allowed).
+///
+/// # Errors
+/// [`StoreError::Invalid`] naming the subscription and the fix.
+pub(crate) fn subscriptions(schema: &Schema, list: &[String]) -> crate::Result<BTreeMap<String, Vec<Rule>>> {
+    use crate::StoreError;
+    if list.len() > MAX_SUBSCRIPTIONS {
+        return Err(StoreError::Invalid(format!(
+            "{} subscriptions; a device may hold at most {MAX_SUBSCRIPTIONS}: join predicates with OR",
+            list.len()
+        )));
+    }
+    let mut out: BTreeMap<String, Vec<Rule>> = BTreeMap::new();
+    for sub in list {
+        let shown = ferry_core::shown(sub);
+        if sub.len() > MAX_SUBSCRIPTION_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "subscription '{shown}' is longer than {MAX_SUBSCRIPTION_BYTES} bytes"
+            )));
+        }
+        let at = sub.to_ascii_uppercase().find(" WHERE ").ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "subscription '{shown}' is not TABLE WHERE PREDICATE, e.g. \"formations WHERE group_id = '0190…'\""
+            ))
+        })?;
+        let (name, predicate) = (sub[..at].trim(), sub[at + 7..].trim());
+        let table = schema.table(name).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "subscription '{shown}': unknown table '{name}'; the schema has: {}",
+                schema.table_names().join(", ")
+            ))
+        })?;
+        if read_rule(table).is_none() {
+            return Err(StoreError::Invalid(format!(
+                "subscription '{shown}': table '{name}' has no read rule, and subscriptions narrow what a read rule allows; give it one in ferry.toml (read = \"TRUE\" lets every user read it)"
+            )));
+        }
+        let rule = Rule::parse(predicate, table, &schema.tables)
+            .map_err(|e| StoreError::Invalid(format!("subscription '{shown}': {e}")))?;
+        if !rule.subqueries().is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "subscription '{shown}' holds a subquery; a subscription decides from the row alone (the table's read rule already decides membership)"
+            )));
+        }
+        out.entry(table.name.clone()).or_default().push(rule);
+    }
+    Ok(out)
+}
+
+/// `LEFT JOIN` of `table`'s rows as `t` to the bookkeeping row `r`, by key.
+fn row_join(table: &Table, dialect: Dialect) -> String {
+    let pk = table.pk_column();
+    let key = match (dialect, pk.ty) {
+        (Dialect::Sqlite, _) => "r.pk".to_owned(),
+        (Dialect::Postgres, ColType::Uuid) => "(r.pk)::uuid".to_owned(),
+        (Dialect::Postgres, ColType::Integer) => "(r.pk)::integer".to_owned(),
+        (Dialect::Postgres, ColType::BigInt) => "(r.pk)::bigint".to_owned(),
+        (Dialect::Postgres, _) => "r.pk".to_owned(),
+    };
+    format!("LEFT JOIN {} t ON t.{} = {key}", quote(&table.name), quote(&pk.name))
+}
+
 /// A table name as an SQL string literal (names are checked identifiers; quotes doubled anyway).
 fn lit(name: &str) -> String {
     format!("'{}'", name.replace('\'', "''"))
@@ -504,6 +664,39 @@ mod tests {
         )
         .unwrap();
         Rule::parse(source, schema.table("t").unwrap(), &schema.tables).unwrap()
+    }
+
+    /// Subscriptions name a ruled table and a predicate about the row; anything else is
+    /// refused naming the subscription and the fix.
+    #[test]
+    fn subscriptions_are_checked_against_the_schema() {
+        use ferry_core::schema::TableOptions;
+        let options = std::collections::BTreeMap::from([(
+            "t".to_owned(),
+            TableOptions { read: Some("g IN (SELECT g FROM m WHERE u = :user)".into()), ..TableOptions::default() },
+        )]);
+        let schema = Schema::parse(
+            "CREATE TABLE m (id uuid PRIMARY KEY, g uuid, u uuid, role text);
+             CREATE TABLE t (id uuid PRIMARY KEY, g uuid, owner uuid, visible boolean, n integer);",
+            &options,
+        )
+        .unwrap();
+        let subs =
+            |list: &[&str]| super::subscriptions(&schema, &list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let ok = subs(&["t WHERE n > 3", "t where visible"]).unwrap();
+        assert_eq!(ok["t"].len(), 2);
+        for (bad, needle) in [
+            ("t", "is not TABLE WHERE PREDICATE"),
+            ("nope WHERE n = 1", "unknown table 'nope'"),
+            ("m WHERE u = :user", "table 'm' has no read rule"),
+            ("t WHERE colour = 'red'", "colour"),
+            ("t WHERE g IN (SELECT g FROM m)", "holds a subquery"),
+        ] {
+            let err = subs(&[bad]).unwrap_err().to_string();
+            assert!(err.contains(needle) && err.contains(bad), "{bad}: {err}");
+        }
+        let many: Vec<&str> = vec!["t WHERE n = 1"; super::MAX_SUBSCRIPTIONS + 1];
+        assert!(subs(&many).unwrap_err().to_string().contains("at most"));
     }
 
     /// A rule's anchors are the columns every row it admits holds in a known set: found

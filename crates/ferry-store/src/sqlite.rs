@@ -268,7 +268,7 @@ impl SqliteStore {
         if let Some(user) = &user
             && crate::scope::has_read_rules(&self.inner.schema)
         {
-            return self.feed_page_ruled(user.clone(), cursor, limit, tables).await;
+            return self.feed_page_ruled(user.clone(), cursor, limit, tables, BTreeMap::new()).await;
         }
         let cursor = parse_cursor(cursor)?;
         let selection =
@@ -331,6 +331,7 @@ impl SqliteStore {
         cursor: &str,
         limit: usize,
         tables: Option<&[String]>,
+        subs: BTreeMap<String, Vec<ferry_core::rules::Rule>>,
     ) -> Result<PullPage> {
         use crate::scope::{FeedPlaces, FeedSql};
         let c = RuledCursor::parse(cursor)?;
@@ -347,7 +348,11 @@ impl SqliteStore {
                 };
                 let s1 = match pinned {
                     Some(s) => s,
-                    None => scope_in(&tx, schema, &user, None)?,
+                    None => {
+                        let mut s = scope_in(&tx, schema, &user, None)?;
+                        s.subscribe(&subs);
+                        s
+                    }
                 };
                 let s0 = match &c.s0 {
                     Some(h) => stored_scope(&tx, h)?.map_or_else(|| s1.clone(), |s| s.under(&s1)),
@@ -368,15 +373,15 @@ impl SqliteStore {
                     user: "?2",
                     first: 6,
                 };
-                let f = FeedSql::new(schema, &places, moving, &selected);
+                let f = FeedSql::new(schema, &places, &s0, &s1, &selected);
                 let branches: Vec<String> = f
                     .branches
                     .iter()
                     .map(|b| {
                         format!(
-                            "SELECT r.tbl, r.seq, r.pk, {} AS visible FROM _ferry_rows r
-                             WHERE r.seq > ?1 AND +r.tbl IN (SELECT value FROM json_each(?4)) AND {b}",
-                            f.visible
+                            "SELECT r.tbl, r.seq, r.pk, {} AS visible FROM _ferry_rows r {}
+                             WHERE r.seq > ?1 AND +r.tbl IN (SELECT value FROM json_each(?4)) AND {}",
+                            b.visible, b.join, b.cond
                         )
                     })
                     .collect();
@@ -751,13 +756,18 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn pull_tables(
+    async fn pull_subscribed(
         &self,
         who: &Principal,
         cursor: &str,
         limit: usize,
         tables: Option<&[String]>,
+        subscriptions: &[String],
     ) -> Result<PullPage> {
+        let subs = crate::scope::subscriptions(&self.inner.schema, subscriptions)?;
+        if crate::scope::has_read_rules(&self.inner.schema) {
+            return self.feed_page_ruled(who.user_id.clone(), cursor, limit, tables, subs).await;
+        }
         self.feed_page(Some(who.user_id.clone()), cursor, limit, tables).await
     }
 

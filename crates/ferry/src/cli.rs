@@ -408,6 +408,15 @@ pub struct SyncArgs {
     /// Sync only these tables (comma-separated); each selection keeps its own pull cursor.
     #[arg(long, value_delimiter = ',')]
     pub tables: Option<Vec<String>>,
+    /// Read only the rows of a table a predicate covers, within what the table's read rule
+    /// allows: "formations WHERE group_id = '…'" (repeat for several). Kept in the replica and
+    /// renewed by each sync that names it; rows move in and out as subscriptions change.
+    #[arg(long, value_name = "TABLE WHERE PREDICATE")]
+    pub subscribe: Vec<String>,
+    /// Drop a subscription, and its rows from the replica, when no sync has named it for
+    /// this long (500ms, 30s, 2m, 1h).
+    #[arg(long, default_value = "168h", value_parser = ferry_client::engine::parse_duration)]
+    pub subscription_ttl: Duration,
     /// Give up on a request to the server after this long (500ms, 30s, 2m).
     #[arg(long, default_value = "120s", value_parser = ferry_client::engine::parse_duration)]
     pub timeout: Duration,

@@ -20,6 +20,7 @@ const STEPS: &[Step] = &[
     Step::Outbox,
     Step::Create(QUEUE_TABLES),
     Step::Create(FILE_TABLES),
+    Step::Create(SUBSCRIPTION_TABLES),
     Step::AddColumn("_ferry_conflicts", "resolved_by"),
     Step::AddColumn("_ferry_conflicts", "kind"),
     Step::AddColumn("_ferry_conflicts", "local"),
@@ -173,6 +174,15 @@ CREATE TABLE IF NOT EXISTS _ferry_history (
     pulled INTEGER NOT NULL,
     set_aside INTEGER NOT NULL,
     error TEXT
+);
+";
+
+/// The device's subscriptions (`ferry sync --subscribe`): each as given, and when a sync last
+/// named it (milliseconds); one unnamed for longer than its time to live is dropped.
+const SUBSCRIPTION_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS _ferry_subscriptions (
+    subscription TEXT PRIMARY KEY,
+    used_ms INTEGER NOT NULL
 );
 ";
 

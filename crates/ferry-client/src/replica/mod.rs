@@ -13,6 +13,7 @@ mod push;
 mod records;
 mod stamp;
 mod status;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -134,7 +134,7 @@ impl PgStore {
         if let Some(user) = user
             && crate::scope::has_read_rules(&self.inner.schema)
         {
-            return self.feed_page_ruled(user, cursor, limit, tables).await;
+            return self.feed_page_ruled(user, cursor, limit, tables, &BTreeMap::new()).await;
         }
         let selection = crate::selected_tables(&self.inner.schema, tables)?;
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
@@ -184,12 +184,13 @@ impl PgStore {
     /// A page of a user's feed under `read` rules: the rows they may read that changed in
     /// the window, and when what their rules select changed since the cursor, the rows that
     /// moved in (whatever their age) and out (as removals); see [`crate::scope`].
-    async fn feed_page_ruled(
+    pub(super) async fn feed_page_ruled(
         &self,
         user: &str,
         cursor: &str,
         limit: usize,
         tables: Option<&[String]>,
+        subs: &BTreeMap<String, Vec<ferry_core::rules::Rule>>,
     ) -> Result<PullPage> {
         use crate::scope::{FeedPlaces, FeedSql};
         let selection = crate::selected_tables(&self.inner.schema, tables)?;
@@ -210,7 +211,11 @@ impl PgStore {
         };
         let s1 = match pinned {
             Some(s) => s,
-            None => self.scope_in(&tx, user, None).await?,
+            None => {
+                let mut s = self.scope_in(&tx, user, None).await?;
+                s.subscribe(subs);
+                s
+            }
         };
         let s0 = match &c.s0 {
             Some(h) => stored_scope(&tx, h).await?.map_or_else(|| s1.clone(), |s| s.under(&s1)),
@@ -228,7 +233,7 @@ impl PgStore {
             user: "$3",
             first: 9,
         };
-        let f = FeedSql::new(&self.inner.schema, &places, moving, &selection);
+        let f = FeedSql::new(&self.inner.schema, &places, &s0, &s1, &selection);
         // Where the page starts in the feed index: past the last row given out, and in a
         // window (not moving) never before the window's start, so that the index is entered
         // there rather than walked from its beginning.
@@ -242,10 +247,10 @@ impl PgStore {
             .iter()
             .map(|b| {
                 format!(
-                    "SELECT r.xid, r.tbl, r.pk, {} AS visible FROM _ferry_rows r
+                    "SELECT r.xid, r.tbl, r.pk, {} AS visible FROM _ferry_rows r {}
                      WHERE pg_visible_in_snapshot(r.xid, $2::text::pg_snapshot) AND $3::text IS NOT NULL
-                       AND r.tbl = ANY($8::text[]) AND {start} AND {b}",
-                    f.visible
+                       AND r.tbl = ANY($8::text[]) AND {start} AND {}",
+                    b.visible, b.join, b.cond
                 )
             })
             .collect();

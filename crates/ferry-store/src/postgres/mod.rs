@@ -413,13 +413,18 @@ impl Store for PgStore {
         self.push_batch(who, batch_id, cursor, rows).await
     }
 
-    async fn pull_tables(
+    async fn pull_subscribed(
         &self,
         who: &Principal,
         cursor: &str,
         limit: usize,
         tables: Option<&[String]>,
+        subscriptions: &[String],
     ) -> Result<PullPage> {
+        let subs = crate::scope::subscriptions(&self.inner.schema, subscriptions)?;
+        if crate::scope::has_read_rules(&self.inner.schema) {
+            return self.feed_page_ruled(&who.user_id, cursor, limit, tables, &subs).await;
+        }
         self.feed_page(Some(&who.user_id), cursor, limit, tables).await
     }
 

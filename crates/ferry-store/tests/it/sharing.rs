@@ -262,7 +262,7 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
     let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
     assert!(rows.is_empty() && removed.is_empty(), "nothing again: {rows:?} {removed:?}");
     let refs = store.file_refs(&bob, &both).await.unwrap();
-    assert_eq!(refs.into_iter().collect::<Vec<_>>(), [sketch_a.clone()], "Team A's sketch only");
+    assert_eq!(refs.into_iter().collect::<Vec<_>>(), std::slice::from_ref(&sketch_a), "Team A's sketch only");
 
     // A change in Team B is no news for Bob; one in Team A is.
     let bob_scope = store.scope(&bob.user_id).await.unwrap();

@@ -59,8 +59,7 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         (_, true) => ferry_client::Direction::Down,
         _ => ferry_client::Direction::Both,
     };
-    let opts =
-        SyncOptions { pull_page: args.page_rows, direction, tables: args.tables.clone(), ..SyncOptions::default() };
+    let opts = SyncOptions { pull_page: args.page_rows, direction, tables: args.tables.clone(), ..subscribing(&args) };
     let result = ferry_client::sync(&mut replica, &remote, &opts, &mut on_progress).await;
     bar.finish_and_clear();
     let report = result.with_context(|| format!("sync of '{}' with {server} failed", args.db.display()))?;
@@ -110,7 +109,7 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Resu
         debounce: args.debounce,
         backoff,
         stream: !args.no_stream,
-        sync: SyncOptions { pull_page: args.page_rows, tables: args.tables.clone(), ..SyncOptions::default() },
+        sync: SyncOptions { pull_page: args.page_rows, tables: args.tables.clone(), ..subscribing(&args) },
         ..EngineOptions::default()
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -197,4 +196,13 @@ async fn watch(args: SyncArgs, replica: Replica, remote: Option<Remote>) -> Resu
     let _ = printer.await;
     eprintln!("stopped");
     Ok(())
+}
+
+/// The sync options that `--subscribe` and `--subscription-ttl` set.
+fn subscribing(args: &SyncArgs) -> SyncOptions {
+    SyncOptions {
+        subscribe: args.subscribe.clone(),
+        subscription_ttl_ms: args.subscription_ttl.as_millis() as u64,
+        ..SyncOptions::default()
+    }
 }

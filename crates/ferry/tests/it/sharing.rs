@@ -550,3 +550,88 @@ fn three_jumpers_in_two_groups_on_the_embedded_store() {
 fn three_jumpers_in_two_groups_on_postgres() {
     three_jumpers_in_two_groups(Env::postgres_with_sharing());
 }
+
+/// `ferry sync --subscribe`: within what the rules allow, a device reads only the rows its
+/// subscriptions cover; rows move in and out as subscriptions are added and as they expire
+/// (`--subscription-ttl`); a bad subscription is refused naming it.
+fn subscriptions_narrow_what_a_device_reads(env: Env) {
+    let p = Pair::in_env(env);
+    let bob = p.env.add_user("bob");
+    let token = p.env.token("bob", "tablet");
+    let phone = p.env.db("phone.db");
+    let (sunday, monday) = (uuid(), uuid());
+    for (group, name) in [(&sunday, "Sunday"), (&monday, "Monday")] {
+        phone.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, ?2, ?3)", [group, name, &p.user]).unwrap();
+        for (user, role) in [(&p.user, "owner"), (&bob, "member")] {
+            phone
+                .execute(
+                    "INSERT INTO group_members (id, group_id, user_id, role) VALUES (?1, ?2, ?3, ?4)",
+                    [&uuid(), group, user, role],
+                )
+                .unwrap();
+        }
+        phone
+            .execute(
+                "INSERT INTO formations (id, group_id, name) VALUES (?1, ?2, ?3)",
+                [&uuid(), group, &format!("{name} diamond")],
+            )
+            .unwrap();
+    }
+    let status = p.sync_phone();
+    assert_eq!(status["failed"], 0, "{status}");
+    let path = p.env.path("tablet.db").display().to_string();
+    let sync = |extra: &[&str]| {
+        let mut args = vec!["sync", "--db", &path, "--server", &p.server.url, "--token", &token];
+        args.extend_from_slice(extra);
+        p.env.run(&args)
+    };
+    let on = |group: &str| format!("formations WHERE group_id = '{group}'");
+    let db = p.env.db("tablet.db");
+    assert!(sync(&[]).status.success());
+    assert_eq!(formations(&db), ["Monday diamond", "Sunday diamond"], "both groups without subscriptions");
+
+    // Subscribing to Sunday's formations takes Monday's away (locally), and keeps groups whole.
+    let out = sync(&["--subscribe", &on(&sunday)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(formations(&db), ["Sunday diamond"]);
+    assert_eq!(names(&db, "SELECT name FROM groups ORDER BY name"), ["Monday", "Sunday"]);
+    // A new formation in Monday does not come; one in Sunday does.
+    for (group, name) in [(&sunday, "Sunday star"), (&monday, "Monday star")] {
+        phone
+            .execute("INSERT INTO formations (id, group_id, name) VALUES (?1, ?2, ?3)", [&uuid(), group, name])
+            .unwrap();
+    }
+    p.sync_phone();
+    assert!(sync(&[]).status.success(), "the subscription stays without being named");
+    assert_eq!(formations(&db), ["Sunday diamond", "Sunday star"]);
+
+    // Adding Monday brings its rows, old and new.
+    assert!(sync(&["--subscribe", &on(&monday)]).status.success());
+    assert_eq!(formations(&db), ["Monday diamond", "Monday star", "Sunday diamond", "Sunday star"]);
+
+    // Sunday's subscription expires (not named for longer than its time to live): its rows go.
+    assert!(sync(&["--subscribe", &on(&monday), "--subscription-ttl", "1ms"]).status.success());
+    assert_eq!(formations(&db), ["Monday diamond", "Monday star"]);
+
+    // A subscription the server cannot take is refused, naming it, and changes nothing.
+    let out = sync(&["--subscribe", "formations WHERE colour = 'red'"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("subscription 'formations WHERE colour = 'red''") && err.contains("colour"), "{err}");
+    assert_eq!(formations(&db), ["Monday diamond", "Monday star"]);
+    assert!(sync(&[]).status.success(), "the refused subscription was not kept");
+    assert_eq!(formations(&db), ["Monday diamond", "Monday star"]);
+    // The rest of the users' replicas are whole.
+    p.sync_laptop();
+    assert_eq!(formations(&p.env.db("laptop.db")).len(), 4);
+}
+
+#[test]
+fn subscriptions_narrow_what_a_device_reads_on_the_embedded_store() {
+    subscriptions_narrow_what_a_device_reads(Env::with_sharing());
+}
+
+#[test]
+fn subscriptions_narrow_what_a_device_reads_on_postgres() {
+    subscriptions_narrow_what_a_device_reads(Env::postgres_with_sharing());
+}
