@@ -54,9 +54,13 @@ pub(crate) fn reach_of(table: &Table, key: &str, state: &RowState) -> Option<Str
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scope {
     tables: BTreeMap<String, (String, Vec<Vec<Value>>)>,
-    /// The device's subscriptions, by table: predicates as the rules print them.
-    subs: BTreeMap<String, Vec<String>>,
+    /// The device's subscriptions, by table.
+    subs: BTreeMap<String, Vec<Subscribed>>,
 }
+
+/// A subscription as a scope holds it: its predicate as the rules print it, and what its
+/// subqueries select for the user.
+type Subscribed = (String, Vec<Vec<Value>>);
 
 fn json_of(v: &Value) -> serde_json::Value {
     match v {
@@ -79,37 +83,47 @@ impl Scope {
     /// Adds `table`'s sets (one per subquery of its rule, in order).
     pub(crate) fn insert(&mut self, table: &Table, sets: Vec<Vec<Value>>) {
         let rule = read_rule(table).map(|r| r.source.clone()).unwrap_or_default();
-        let sets = sets
-            .into_iter()
-            .map(|set| {
-                let mut items: Vec<(String, Value)> = set.into_iter().map(|v| (json_of(&v).to_string(), v)).collect();
-                items.sort_by(|a, b| a.0.cmp(&b.0));
-                items.dedup_by(|a, b| a.0 == b.0);
-                items.into_iter().map(|(_, v)| v).collect()
-            })
-            .collect();
+        let sets = sets.into_iter().map(normalized).collect();
         self.tables.insert(table.name.clone(), (rule, sets));
     }
 
-    /// Adds a device's subscriptions ([`subscriptions`]), each as the rules print it.
-    pub(crate) fn subscribe(&mut self, subs: &BTreeMap<String, Vec<Rule>>) {
+    /// Adds a device's subscriptions ([`subscriptions`]), each as the rules print it, with
+    /// what its subqueries selected (`sets[table][i]`: of `subs[table][i]`'s, in order).
+    pub(crate) fn subscribe(
+        &mut self,
+        subs: &BTreeMap<String, Vec<Rule>>,
+        sets: &BTreeMap<String, Vec<Vec<Vec<Value>>>>,
+    ) {
         for (table, rules) in subs {
-            let mut texts: Vec<String> = rules.iter().map(|r| r.expr.to_string()).collect();
-            texts.sort();
-            texts.dedup();
-            self.subs.insert(table.clone(), texts);
+            let mut entries: Vec<Subscribed> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let given = sets.get(table).and_then(|s| s.get(i)).cloned().unwrap_or_default();
+                    (r.expr.to_string(), given.into_iter().map(normalized).collect())
+                })
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.dedup_by(|a, b| a.0 == b.0);
+            self.subs.insert(table.clone(), entries);
         }
     }
 
     /// The subscriptions to `table` (none: the device reads all its rule allows), parsed
-    /// against `schema` (one that no longer parses is left out).
-    pub(crate) fn subscriptions(&self, schema: &Schema, table: &Table) -> Vec<Rule> {
+    /// against `schema`, each with its place (one that no longer parses is left out).
+    pub(crate) fn subscriptions(&self, schema: &Schema, table: &Table) -> Vec<(usize, Rule)> {
         self.subs
             .get(&table.name)
             .into_iter()
             .flatten()
-            .filter_map(|s| Rule::parse(s, table, &schema.tables).ok())
+            .enumerate()
+            .filter_map(|(i, (s, _))| Rule::parse(s, table, &schema.tables).ok().map(|r| (i, r)))
             .collect()
+    }
+
+    /// What the subqueries of `table`'s subscription at place `i` selected.
+    fn sub_sets(&self, table: &str, i: usize) -> &[Vec<Value>] {
+        self.subs.get(table).and_then(|s| s.get(i)).map_or(&[], |(_, sets)| sets.as_slice())
     }
 
     /// What `table`'s subqueries selected (none for a table without a rule).
@@ -126,7 +140,19 @@ impl Scope {
                 let sets: Vec<serde_json::Value> =
                     sets.iter().map(|s| serde_json::Value::Array(s.iter().map(json_of).collect())).collect();
                 match self.subs.get(t) {
-                    Some(subs) => (t.clone(), serde_json::json!({ "rule": rule, "sets": sets, "subs": subs })),
+                    Some(subs) => {
+                        let subs: Vec<serde_json::Value> = subs
+                            .iter()
+                            .map(|(p, sets)| {
+                                let sets: Vec<serde_json::Value> = sets
+                                    .iter()
+                                    .map(|s| serde_json::Value::Array(s.iter().map(json_of).collect()))
+                                    .collect();
+                                serde_json::json!({ "p": p, "sets": sets })
+                            })
+                            .collect();
+                        (t.clone(), serde_json::json!({ "rule": rule, "sets": sets, "subs": subs }))
+                    }
                     None => (t.clone(), serde_json::json!({ "rule": rule, "sets": sets })),
                 }
             })
@@ -140,8 +166,18 @@ impl Scope {
         let (mut tables, mut subs) = (BTreeMap::new(), BTreeMap::new());
         for (t, entry) in map {
             if let Some(list) = entry.get("subs").and_then(|s| s.as_array()) {
-                let texts = list.iter().map(|s| s.as_str().map(str::to_owned)).collect::<Option<Vec<String>>>()?;
-                subs.insert(t.clone(), texts);
+                let mut entries = Vec::with_capacity(list.len());
+                for sub in list {
+                    let p = sub.get("p")?.as_str()?.to_owned();
+                    let sets = sub
+                        .get("sets")?
+                        .as_array()?
+                        .iter()
+                        .map(|s| s.as_array().map(|items| items.iter().map(value_of).collect()))
+                        .collect::<Option<Vec<Vec<Value>>>>()?;
+                    entries.push((p, sets));
+                }
+                subs.insert(t.clone(), entries);
             }
             let rule = entry.get("rule")?.as_str()?.to_owned();
             let sets = entry
@@ -178,6 +214,14 @@ impl Scope {
     pub fn admits(&self, table: &Table, reach: &str, user: &str) -> bool {
         read_rule(table).is_none_or(|rule| rule.allows_given(&Rule::reach_row(reach), user, self.sets(&table.name)))
     }
+}
+
+/// A subquery's values sorted, without repeats: equal scopes compare and hash equal.
+fn normalized(set: Vec<Value>) -> Vec<Value> {
+    let mut items: Vec<(String, Value)> = set.into_iter().map(|v| (json_of(&v).to_string(), v)).collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items.dedup_by(|a, b| a.0 == b.0);
+    items.into_iter().map(|(_, v)| v).collect()
 }
 
 /// Which scope a feed condition's parameter takes its values from.
@@ -248,6 +292,8 @@ pub(crate) enum Bind {
     Rule(String, Slot, Side),
     /// The values an anchor admits (a JSON array), of `table`, on one side.
     Anchor(String, Anchor, Side),
+    /// A parameter of `table`'s subscription at a place, on one side.
+    Sub(String, usize, Slot, Side),
 }
 
 /// One branch of a feed query: rows of `_ferry_rows r` (joined with `join`) that meet `cond`,
@@ -406,19 +452,26 @@ impl FeedSql {
 
     /// Whether `subs` (a device's subscriptions to `table`) cover the row joined as `t` (or
     /// a deleted row, by its kept values); `None` without subscriptions (everything).
-    fn subscribed(&mut self, places: &FeedPlaces<'_>, table: &Table, subs: &[Rule], side: Side) -> Option<String> {
+    fn subscribed(
+        &mut self,
+        places: &FeedPlaces<'_>,
+        table: &Table,
+        subs: &[(usize, Rule)],
+        side: Side,
+    ) -> Option<String> {
         if subs.is_empty() {
             return None;
         }
         let pk = quote(&table.pk_column().name);
         let mut live = Vec::new();
         let mut dead = Vec::new();
-        for sub in subs {
-            let c = sub.compile(places.dialect, "t", places.first + self.binds.len());
-            self.binds.extend(c.slots.into_iter().map(|s| Bind::Rule(table.name.clone(), s, side)));
+        for (i, sub) in subs {
+            let bind = |s| Bind::Sub(table.name.clone(), *i, s, side);
+            let c = sub.compile_given(places.dialect, "t", places.first + self.binds.len());
+            self.binds.extend(c.slots.into_iter().map(bind));
             live.push(format!("({})", c.sql));
             let c = sub.compile_reach(places.dialect, "r.dead", places.first + self.binds.len());
-            self.binds.extend(c.slots.into_iter().map(|s| Bind::Rule(table.name.clone(), s, side)));
+            self.binds.extend(c.slots.into_iter().map(bind));
             dead.push(c.sql);
         }
         Some(format!(
@@ -464,6 +517,7 @@ impl FeedSql {
             .map(|b| match b {
                 Bind::Rule(table, slot, side) => slot.text(user, pick(*side, old, new).sets(table)),
                 Bind::Anchor(table, anchor, side) => anchor_json(anchor, user, pick(*side, old, new), table),
+                Bind::Sub(table, i, slot, side) => slot.text(user, pick(*side, old, new).sub_sets(table, *i)),
             })
             .collect()
     }
@@ -477,6 +531,7 @@ impl FeedSql {
                 Bind::Anchor(table, anchor, side) => {
                     Value::Text(anchor_json(anchor, user, pick(*side, old, new), table))
                 }
+                Bind::Sub(table, i, slot, side) => slot.value(user, pick(*side, old, new).sub_sets(table, *i)),
             })
             .collect()
     }
@@ -551,8 +606,8 @@ const MAX_SUBSCRIPTION_BYTES: usize = 2000;
 
 /// A device's subscriptions (`TABLE WHERE PREDICATE`, as `ferry sync --subscribe` takes
 /// them), checked against `schema`: each names a table with a `read` rule (subscriptions
-/// narrow what a rule allows) and a predicate in the rules' subset about the row alone (no
-/// subqueries; `:user` allowed).
+/// narrow what a rule allows) and a predicate in the rules' subset (subqueries and `:user`
+/// included).
 ///
 /// # Errors
 /// [`StoreError::Invalid`] naming the subscription and the fix.
@@ -591,11 +646,6 @@ pub(crate) fn subscriptions(schema: &Schema, list: &[String]) -> crate::Result<B
         }
         let rule = Rule::parse(predicate, table, &schema.tables)
             .map_err(|e| StoreError::Invalid(format!("subscription '{shown}': {e}")))?;
-        if !rule.subqueries().is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "subscription '{shown}' holds a subquery; a subscription decides from the row alone (the table's read rule already decides membership)"
-            )));
-        }
         out.entry(table.name.clone()).or_default().push(rule);
     }
     Ok(out)
@@ -690,7 +740,6 @@ mod tests {
             ("nope WHERE n = 1", "unknown table 'nope'"),
             ("m WHERE u = :user", "table 'm' has no read rule"),
             ("t WHERE colour = 'red'", "colour"),
-            ("t WHERE g IN (SELECT g FROM m)", "holds a subquery"),
         ] {
             let err = subs(&[bad]).unwrap_err().to_string();
             assert!(err.contains(needle) && err.contains(bad), "{bad}: {err}");

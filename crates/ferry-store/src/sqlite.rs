@@ -350,7 +350,7 @@ impl SqliteStore {
                     Some(s) => s,
                     None => {
                         let mut s = scope_in(&tx, schema, &user, None)?;
-                        s.subscribe(&subs);
+                        s.subscribe(&subs, &subscription_sets(&tx, &subs, &user)?);
                         s
                     }
                 };
@@ -1142,19 +1142,42 @@ fn scope_in(conn: &rusqlite::Connection, schema: &Schema, user: &str, only: Opti
         if only.is_some_and(|o| o != table.name) {
             continue;
         }
-        let mut sets = Vec::with_capacity(selects.len());
-        for select in selects {
-            let q = select.compile(ferry_core::rules::Dialect::Sqlite, 1);
-            let binds: Vec<rusqlite::types::Value> = q.slots.iter().map(|s| sqlite_value(s.value(user, &[]))).collect();
-            let mut stmt = conn.prepare_cached(&q.sql)?;
-            let values = stmt
-                .query_map(rusqlite::params_from_iter(binds), |r| Ok(selected_value(r.get_ref(0)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            sets.push(values);
-        }
+        let sets = selects.into_iter().map(|s| selected(conn, s, user)).collect::<Result<Vec<_>>>()?;
         scope.insert(table, sets);
     }
     Ok(scope)
+}
+
+/// What `select` selects for `user` now.
+fn selected(
+    conn: &rusqlite::Connection,
+    select: &ferry_core::rules::Select,
+    user: &str,
+) -> Result<Vec<ferry_core::Value>> {
+    let q = select.compile(ferry_core::rules::Dialect::Sqlite, 1);
+    let binds: Vec<rusqlite::types::Value> = q.slots.iter().map(|s| sqlite_value(s.value(user, &[]))).collect();
+    let mut stmt = conn.prepare_cached(&q.sql)?;
+    let values = stmt
+        .query_map(rusqlite::params_from_iter(binds), |r| Ok(selected_value(r.get_ref(0)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(values)
+}
+
+/// What the subqueries of each subscription select for `user` now, by table and place.
+fn subscription_sets(
+    conn: &rusqlite::Connection,
+    subs: &BTreeMap<String, Vec<ferry_core::rules::Rule>>,
+    user: &str,
+) -> Result<BTreeMap<String, Vec<Vec<Vec<ferry_core::Value>>>>> {
+    let mut out = BTreeMap::new();
+    for (table, rules) in subs {
+        let sets = rules
+            .iter()
+            .map(|r| r.subqueries().into_iter().map(|s| selected(conn, s, user)).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        out.insert(table.clone(), sets);
+    }
+    Ok(out)
 }
 
 /// A scope stored under its hash, if it is.

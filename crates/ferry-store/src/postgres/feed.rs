@@ -213,7 +213,19 @@ impl PgStore {
             Some(s) => s,
             None => {
                 let mut s = self.scope_in(&tx, user, None).await?;
-                s.subscribe(subs);
+                let mut sets = BTreeMap::new();
+                for (table, rules) in subs {
+                    let mut per = Vec::with_capacity(rules.len());
+                    for rule in rules {
+                        let mut given = Vec::new();
+                        for select in rule.subqueries() {
+                            given.push(self.selected(&tx, select, user).await?);
+                        }
+                        per.push(given);
+                    }
+                    sets.insert(table.clone(), per);
+                }
+                s.subscribe(subs, &sets);
                 s
             }
         };
@@ -319,17 +331,27 @@ impl PgStore {
             }
             let mut sets = Vec::with_capacity(selects.len());
             for select in selects {
-                let q = select.compile(ferry_core::rules::Dialect::Postgres, 1);
-                let texts: Vec<String> = q.slots.iter().map(|s| s.text(user, &[])).collect();
-                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                    texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-                let sql = format!("SELECT DISTINCT v::text FROM ({}) AS q (v, k)", q.sql);
-                let found = tx.query(&sql, &params).await.map_err(pg)?;
-                sets.push(found.iter().map(|r| super::push::value_of_text(select.ty, r.get(0))).collect());
+                sets.push(self.selected(tx, select, user).await?);
             }
             scope.insert(table, sets);
         }
         Ok(scope)
+    }
+
+    /// What `select` selects for `user` now.
+    async fn selected(
+        &self,
+        tx: &Transaction<'_>,
+        select: &ferry_core::rules::Select,
+        user: &str,
+    ) -> Result<Vec<ferry_core::Value>> {
+        let q = select.compile(ferry_core::rules::Dialect::Postgres, 1);
+        let texts: Vec<String> = q.slots.iter().map(|s| s.text(user, &[])).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let sql = format!("SELECT DISTINCT v::text FROM ({}) AS q (v, k)", q.sql);
+        let found = tx.query(&sql, &params).await.map_err(pg)?;
+        Ok(found.iter().map(|r| super::push::value_of_text(select.ty, r.get(0))).collect())
     }
 }
 

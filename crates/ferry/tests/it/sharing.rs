@@ -613,6 +613,26 @@ fn subscriptions_narrow_what_a_device_reads(env: Env) {
     assert!(sync(&["--subscribe", &on(&monday), "--subscription-ttl", "1ms"]).status.success());
     assert_eq!(formations(&db), ["Monday diamond", "Monday star"]);
 
+    // A subscription may hold a subquery: the groups Bob owns (a new one of his own).
+    let tuesday = uuid();
+    db.execute("INSERT INTO groups (id, name, created_by) VALUES (?1, 'Tuesday', ?2)", [&tuesday, &bob]).unwrap();
+    db.execute(
+        "INSERT INTO group_members (id, group_id, user_id, role) VALUES (?1, ?2, ?3, 'owner')",
+        [&uuid(), &tuesday, &bob],
+    )
+    .unwrap();
+    db.execute("INSERT INTO formations (id, group_id, name) VALUES (?1, ?2, 'Tuesday diamond')", [&uuid(), &tuesday])
+        .unwrap();
+    let owned =
+        "formations WHERE group_id IN (SELECT group_id FROM group_members WHERE user_id = :user AND role = 'owner')";
+    let out = sync(&["--subscribe", owned, "--subscription-ttl", "1ms"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(formations(&db), ["Tuesday diamond"], "only the formations of groups bob owns");
+    assert!(sync(&["--subscribe", &on(&monday)]).status.success());
+    assert_eq!(formations(&db), ["Monday diamond", "Monday star", "Tuesday diamond"]);
+    assert!(sync(&["--subscribe", &on(&monday), "--subscription-ttl", "1ms"]).status.success());
+    assert_eq!(formations(&db), ["Monday diamond", "Monday star"]);
+
     // A subscription the server cannot take is refused, naming it, and changes nothing.
     let out = sync(&["--subscribe", "formations WHERE colour = 'red'"]);
     assert!(!out.status.success());
@@ -623,7 +643,7 @@ fn subscriptions_narrow_what_a_device_reads(env: Env) {
     assert_eq!(formations(&db), ["Monday diamond", "Monday star"]);
     // The rest of the users' replicas are whole.
     p.sync_laptop();
-    assert_eq!(formations(&p.env.db("laptop.db")).len(), 4);
+    assert_eq!(formations(&p.env.db("laptop.db")).len(), 4, "alice's groups' formations, not bob's own");
 }
 
 #[test]
