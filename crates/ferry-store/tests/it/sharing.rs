@@ -247,10 +247,32 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
     assert!(store.file_refs(&bob, &both).await.unwrap().is_empty(), "bob reads no formation yet");
     let (_, _, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
 
-    // Ann adds Bob to Team A: its rows, all older than his cursor, move in, a row a page.
+    // Notices: on PostgreSQL they come through a LISTEN connection the first subscriber opens;
+    // Ann renames Team B until one arrives, so that the listener is in place before the
+    // changes whose notices are looked at.
     let mut notices = store.notices();
+    for attempt in 0.. {
+        assert!(attempt < 100, "no notice arrived");
+        let mut team_b = row("groups", 2, &[], 2);
+        team_b.state = store.get_row(&ann, "groups", &id(2)).await.unwrap().unwrap();
+        team_b.state.update([("name".to_owned(), text(&format!("Team B {attempt}")))], Hlc::new(2, attempt, SiteId(2)));
+        store.push(&ann, &format!("warm{attempt}"), None, vec![team_b]).await.unwrap();
+        if tokio::time::timeout(std::time::Duration::from_millis(200), notices.recv()).await.is_ok() {
+            break;
+        }
+    }
+    while notices.try_recv().is_ok() {}
+    // The next notice of a change to `table` (a late one of the renames is passed over).
+    let next = async |rx: &mut tokio::sync::broadcast::Receiver<ferry_store::Notice>, table: &str| loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv()).await.expect("a notice").unwrap();
+        if n.tables.iter().any(|t| t == table) {
+            break n;
+        }
+    };
+
+    // Ann adds Bob to Team A: its rows, all older than his cursor, move in, a row a page.
     store.push(&ann, "a2", None, vec![member(22, 1, &bob, "member", 2)]).await.unwrap();
-    let notice = notices.recv().await.unwrap();
+    let notice = next(&mut notices, "group_members").await;
     assert!(notice.moves_scopes(store.schema()), "a membership change may move rows");
     let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 1).await;
     assert_eq!(
@@ -270,7 +292,7 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
     star.state = store.get_row(&ann, "formations", &id(11)).await.unwrap().unwrap();
     star.state.update([("title".to_owned(), text("big star"))], Hlc::new(3, 0, SiteId(3)));
     store.push(&ann, "a3", None, vec![star]).await.unwrap();
-    let notice = notices.recv().await.unwrap();
+    let notice = next(&mut notices, "formations").await;
     assert!(!notice.concerns(&bob.user_id, &bob.device_id, store.schema(), &bob_scope), "{notice:?}");
     assert!(notice.concerns(&ann.user_id, "another device", store.schema(), &store.scope(&ann.user_id).await.unwrap()));
     assert!(store.get_row(&bob, "formations", &id(11)).await.unwrap().is_none(), "hidden from bob");
@@ -285,7 +307,7 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
     star.state = store.get_row(&ann, "formations", &id(11)).await.unwrap().unwrap();
     star.state.update([("group_id".to_owned(), text(&id(1)))], Hlc::new(4, 0, SiteId(4)));
     store.push(&ann, "a4", None, vec![diamond]).await.unwrap();
-    let notice = notices.recv().await.unwrap();
+    let notice = next(&mut notices, "formations").await;
     assert!(notice.concerns(&bob.user_id, &bob.device_id, store.schema(), &bob_scope), "it left bob's reach");
     store.push(&ann, "a5", None, vec![star]).await.unwrap();
     let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
