@@ -319,12 +319,19 @@ CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUN
         )
     }
 
-    /// Every row's reach as the table's `read` rule makes it (NULL without one): from the
-    /// table for live rows, from the kept values for deleted ones (`SELECT pk, reach`).
+    /// Every row's reach as the table's `read` rule makes it, from the table for live rows,
+    /// from the kept values for deleted ones (`SELECT pk, was, reach`); without a rule, only
+    /// the rows that still hold one (no join: start-up reads this for every table).
     fn expected_reach(&self) -> String {
         let table = &self.table;
         let (t, pk, tl) = (quote(&table.name), quote(&table.pk_column().name), lit(&table.name));
         let reach = match crate::scope::read_rule(table) {
+            None => {
+                return format!(
+                    "SELECT r.pk, r.reach AS was, NULL::jsonb AS reach FROM _ferry_rows r
+                     WHERE r.tbl = {tl} AND r.reach IS NOT NULL"
+                );
+            }
             Some(rule) => {
                 let live = crate::scope::reach_sql(rule, table, Dialect::Postgres, |c| format!("t.{}", quote(c)));
                 let dead = crate::scope::reach_sql(rule, table, Dialect::Postgres, |c| {
@@ -336,7 +343,6 @@ CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUN
                 });
                 format!("CASE WHEN t.{pk} IS NOT NULL THEN {live} ELSE {dead} END")
             }
-            None => "NULL::jsonb".to_owned(),
         };
         format!(
             "SELECT r.pk, r.reach AS was, {reach} AS reach FROM _ferry_rows r LEFT JOIN {t} t ON r.pk = t.{pk}::text
