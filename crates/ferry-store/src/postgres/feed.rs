@@ -155,24 +155,8 @@ impl PgStore {
         let more = keys.len() > limit;
         let keys: Vec<(String, String, String)> =
             keys.iter().take(limit).map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (_, t, k) in &keys {
-            by_table.entry(t.as_str()).or_default().push(k.clone());
-        }
-        let mut states: HashMap<(String, String), RowState> = HashMap::new();
-        for (table, ks) in by_table {
-            let pt = self.table(table)?;
-            for (k, s) in load(&tx, pt, &ks, false).await? {
-                states.insert((table.to_owned(), k), s.state);
-            }
-        }
+        let rows = self.page_rows(&tx, keys.iter().map(|(_, t, k)| (t.as_str(), k.as_str()))).await?;
         tx.commit().await.map_err(pg)?;
-        let rows = keys
-            .iter()
-            .filter_map(|(_, t, k)| {
-                states.remove(&(t.clone(), k.clone())).map(|state| FeedRow { table: t.clone(), key: k.clone(), state })
-            })
-            .collect();
         let next = if more {
             Cursor { prev: c.prev.clone(), cur: Some(cur), after: keys.last().cloned(), ..c }
         } else {
@@ -280,19 +264,8 @@ impl PgStore {
         let more = found.len() > limit;
         let keys: Vec<(String, String, String, bool)> =
             found.iter().take(limit).map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
-        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (_, t, k, visible) in &keys {
-            if *visible {
-                by_table.entry(t.as_str()).or_default().push(k.clone());
-            }
-        }
-        let mut states: HashMap<(String, String), RowState> = HashMap::new();
-        for (table, ks) in by_table {
-            let pt = self.table(table)?;
-            for (k, s) in load(&tx, pt, &ks, false).await? {
-                states.insert((table.to_owned(), k), s.state);
-            }
-        }
+        let visible = keys.iter().filter(|k| k.3).map(|(_, t, k, _)| (t.as_str(), k.as_str()));
+        let rows = self.page_rows(&tx, visible).await?;
         let h1 = s1.hash();
         let fresh = stored_scope(&tx, &h1).await?.is_none();
         tx.commit().await.map_err(pg)?;
@@ -305,14 +278,7 @@ impl PgStore {
                 .await
                 .map_err(pg)?;
         }
-        let (mut rows, mut removed) = (Vec::new(), Vec::new());
-        for (_, t, k, visible) in &keys {
-            if !visible {
-                removed.push((t.clone(), k.clone()));
-            } else if let Some(state) = states.remove(&(t.clone(), k.clone())) {
-                rows.push(FeedRow { table: t.clone(), key: k.clone(), state });
-            }
-        }
+        let removed = keys.iter().filter(|k| !k.3).map(|(_, t, k, _)| (t.clone(), k.clone())).collect();
         let last = keys.last().map(|(x, t, k, _)| (x.clone(), t.clone(), k.clone()));
         let next = if more {
             Cursor { prev: c.prev.clone(), cur: Some(cur), after: last, s1: Some(h1), ..c }
@@ -320,6 +286,32 @@ impl PgStore {
             Cursor { prev: cur, cur: None, after: None, s0: Some(h1), s1: None, ..c }
         };
         Ok(PullPage { rows, removed, cursor: next.encode(), more })
+    }
+
+    /// The stored states of a page's rows (table, key), in the page's order, read with one
+    /// query per table; a row no longer stored is left out.
+    async fn page_rows<'k>(
+        &self,
+        tx: &Transaction<'_>,
+        keys: impl Iterator<Item = (&'k str, &'k str)> + Clone,
+    ) -> Result<Vec<FeedRow>> {
+        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (t, k) in keys.clone() {
+            by_table.entry(t).or_default().push(k.to_owned());
+        }
+        let mut states: HashMap<(&str, String), RowState> = HashMap::new();
+        for (table, ks) in by_table {
+            let pt = self.table(table)?;
+            for (k, s) in load(tx, pt, &ks, false).await? {
+                states.insert((table, k), s.state);
+            }
+        }
+        Ok(keys
+            .filter_map(|(t, k)| {
+                let state = states.remove(&(t, k.to_owned()))?;
+                Some(FeedRow { table: t.to_owned(), key: k.to_owned(), state })
+            })
+            .collect())
     }
 
     /// What the `read` rules' subqueries (of `only`, when given) select for `user` now.
