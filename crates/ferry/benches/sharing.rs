@@ -101,16 +101,12 @@ async fn run(n: usize) {
     // adopted by the store's start-up: user i is in group i mod 100; items spread evenly over
     // the groups, notes over the first 100 users, so user 0 reads n/100 of each.
     let load = format!(
-        "SET ferry.applying = 'on';
-         CREATE TEMP TABLE u (i int, id uuid);
-         INSERT INTO u SELECT ordinality - 1, id::uuid FROM unnest(ARRAY['{}']) WITH ORDINALITY AS id;
+        "{}
          INSERT INTO group_members SELECT gen_random_uuid(), ('01900000-0000-7000-8000-' || lpad(to_hex(i % {GROUPS}), 12, '0'))::uuid, id, 'member' FROM u;
          INSERT INTO items SELECT ('01910000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
              ('01900000-0000-7000-8000-' || lpad(to_hex(i % {GROUPS}), 12, '0'))::uuid, 'item ' || i
-           FROM generate_series(0, {n} - 1) i;
-         INSERT INTO notes SELECT ('01920000-0000-7000-8000-' || lpad(to_hex(g.i), 12, '0'))::uuid, u.id, 'note ' || g.i
-           FROM generate_series(0, {n} - 1) AS g(i) JOIN u ON u.i = g.i % {GROUPS};",
-        users.join("','")
+           FROM generate_series(0, {n} - 1) i;",
+        load_notes(&users, n)
     );
     cluster.psql("ferry", &load).unwrap();
     let started = Instant::now();
@@ -198,15 +194,7 @@ async fn without_rules(cluster: &ferry_pgtemp::PgCluster, n: usize) {
     let token = store.create_token(&users[0], "phone").await.unwrap();
     let who = store.authenticate(&token.token).await.unwrap().unwrap();
     drop(store);
-    let load = format!(
-        "SET ferry.applying = 'on';
-         CREATE TEMP TABLE u (i int, id uuid);
-         INSERT INTO u SELECT ordinality - 1, id::uuid FROM unnest(ARRAY['{}']) WITH ORDINALITY AS id;
-         INSERT INTO notes SELECT ('01920000-0000-7000-8000-' || lpad(to_hex(g.i), 12, '0'))::uuid, u.id, 'note ' || g.i
-           FROM generate_series(0, {n} - 1) AS g(i) JOIN u ON u.i = g.i % {GROUPS};",
-        users.join("','")
-    );
-    cluster.psql("plain", &load).unwrap();
+    cluster.psql("plain", &load_notes(&users, n)).unwrap();
     let store = PgStore::open(&url, schema).await.unwrap();
     cluster.psql("plain", "ANALYZE").unwrap();
     let (notes, _, cursor, first) = pull_all(&store, &who, "notes", "0").await;
@@ -233,6 +221,19 @@ async fn without_rules(cluster: &ferry_pgtemp::PgCluster, n: usize) {
             "–",
         );
     }
+}
+
+/// SQL that loads `n` notes with Ferry's capture off, spread over the first 100 `users`
+/// (user 0 owns n/100), leaving the users in a temporary table `u (i, id)`.
+fn load_notes(users: &[String], n: usize) -> String {
+    format!(
+        "SET ferry.applying = 'on';
+         CREATE TEMP TABLE u (i int, id uuid);
+         INSERT INTO u SELECT ordinality - 1, id::uuid FROM unnest(ARRAY['{}']) WITH ORDINALITY AS id;
+         INSERT INTO notes SELECT ('01920000-0000-7000-8000-' || lpad(to_hex(g.i), 12, '0'))::uuid, u.id, 'note ' || g.i
+           FROM generate_series(0, {n} - 1) AS g(i) JOIN u ON u.i = g.i % {GROUPS};",
+        users.join("','")
+    )
 }
 
 fn report(what: &str, ruled: Duration, owned: Duration) {
