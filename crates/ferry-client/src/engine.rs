@@ -79,37 +79,21 @@ impl Backoff {
         self.steps.get(i).copied().unwrap_or(Duration::from_secs(1))
     }
 
-    /// Parses `1s,2s,4s,…` (units ms, s, m, h).
+    /// Parses `1s,2s,4s,…` (units ms, s, m, h, d).
     ///
     /// # Errors
     /// A message naming the bad step.
     pub fn parse(text: &str) -> std::result::Result<Backoff, String> {
-        let steps = text.split(',').map(|s| parse_duration(s.trim())).collect::<std::result::Result<Vec<_>, _>>()?;
-        if steps.is_empty() {
-            return Err("the backoff schedule is empty; give steps like 1s,2s,4s".into());
-        }
-        Ok(Backoff { steps })
+        ferry_core::duration::parse_schedule(text).map(|steps| Backoff { steps })
     }
 }
 
-/// Parses `500ms`, `2s`, `5m`, `1h`.
+/// Parses `500ms`, `2s`, `5m`, `1h`, `30d`.
 ///
 /// # Errors
 /// A message naming the value and the units.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration; write it like 500ms, 2s, 5m or 1h"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("'{s}' has no known unit; write it like 500ms, 2s, 5m or 1h")),
-    };
-    if ms == 0 {
-        return Err(format!("'{s}' must be longer than zero"));
-    }
-    Ok(Duration::from_millis(ms))
+    ferry_core::duration::parse_duration(s)
 }
 
 /// What the engine reports.
