@@ -216,27 +216,40 @@ impl PgCluster {
     /// When the cluster cannot be started (the message says why).
     pub fn shared() -> &'static PgCluster {
         static SHARED: std::sync::OnceLock<PgCluster> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| {
-            let cluster = PgCluster::start().unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
-            let stop = format!(
-                "{}{} -D '{}' -m immediate -w stop",
-                if cluster.as_postgres { "runuser -u postgres -- " } else { "" },
-                cluster.bindir.join("pg_ctl").display(),
-                cluster.data_dir().display()
-            );
-            let script = format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf '{dir}'",
-                pid = std::process::id(),
-                dir = cluster.dir().display()
-            );
-            let _ = Command::new("sh")
-                .args(["-c", &script])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn();
-            cluster
-        })
+        SHARED.get_or_init(PgCluster::watched)
+    }
+
+    /// A second cluster for the whole test process, as [`PgCluster::shared`]: for tests of
+    /// two servers each on its own PostgreSQL.
+    ///
+    /// # Panics
+    /// When the cluster cannot be started (the message says why).
+    pub fn shared_other() -> &'static PgCluster {
+        static OTHER: std::sync::OnceLock<PgCluster> = std::sync::OnceLock::new();
+        OTHER.get_or_init(PgCluster::watched)
+    }
+
+    /// A new cluster that a watchdog process stops and removes when this process exits.
+    fn watched() -> PgCluster {
+        let cluster = PgCluster::start().unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
+        let stop = format!(
+            "{}{} -D '{}' -m immediate -w stop",
+            if cluster.as_postgres { "runuser -u postgres -- " } else { "" },
+            cluster.bindir.join("pg_ctl").display(),
+            cluster.data_dir().display()
+        );
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = cluster.dir().display()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        cluster
     }
 
     /// A fresh database in the shared cluster, with a unique name; returns its URL.
@@ -244,10 +257,18 @@ impl PgCluster {
     /// # Panics
     /// When the database cannot be created.
     pub fn fresh_db() -> String {
+        PgCluster::shared().fresh()
+    }
+
+    /// A fresh database in this cluster, with a name unique in the process; returns its URL.
+    ///
+    /// # Panics
+    /// When the database cannot be created.
+    pub fn fresh(&self) -> String {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("t{}_{n}", std::process::id());
-        PgCluster::shared().create_db(&name).unwrap_or_else(|e| panic!("cannot create database {name}: {e}"))
+        self.create_db(&name).unwrap_or_else(|e| panic!("cannot create database {name}: {e}"))
     }
 }
 

@@ -11,6 +11,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     /// The PostgreSQL database name in the shared cluster, for the PostgreSQL store.
     pub pg_db: Option<String>,
+    /// The cluster holding it (the shared one unless [`Env::postgres_other`]).
+    pub pg: Option<&'static ferry_pgtemp::PgCluster>,
 }
 
 impl Default for Env {
@@ -38,7 +40,7 @@ impl Env {
         for f in ["schema.sql", "ferry.toml"] {
             std::fs::copy(example.join(f), dir.path().join(f)).unwrap();
         }
-        Env { dir, pg_db: None }
+        Env { dir, pg_db: None, pg: None }
     }
 
     /// [`Env::with_sharing`] on the PostgreSQL store.
@@ -60,7 +62,18 @@ impl Env {
         env
     }
 
+    /// As [`Env::postgres`], on the process's second cluster: for a second server on a
+    /// PostgreSQL of its own.
+    pub fn postgres_other() -> Env {
+        let cluster = ferry_pgtemp::PgCluster::shared_other();
+        let mut env = Env::new();
+        env.use_database(&cluster.fresh());
+        env.pg = Some(cluster);
+        env
+    }
+
     fn use_database(&mut self, url: &str) {
+        self.pg = Some(ferry_pgtemp::PgCluster::shared());
         self.pg_db = url.rsplit('/').next().map(str::to_owned);
         let config = std::fs::read_to_string(self.path("ferry.toml")).unwrap();
         let config = config.replacen("[server]\n", &format!("[server]\ndatabase = \"{url}\"\n"), 1);
@@ -83,7 +96,8 @@ impl Env {
     /// Runs SQL in this test's PostgreSQL database with `psql`, as another application would.
     pub fn psql(&self, sql: &str) -> String {
         let db = self.pg_db.as_deref().expect("a PostgreSQL test environment");
-        ferry_pgtemp::PgCluster::shared().psql(db, sql).unwrap_or_else(|e| panic!("psql: {e}"))
+        let cluster = self.pg.unwrap_or_else(ferry_pgtemp::PgCluster::shared);
+        cluster.psql(db, sql).unwrap_or_else(|e| panic!("psql: {e}"))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
