@@ -18,6 +18,8 @@ pub struct Remote {
     files: reqwest::Client,
     base: String,
     token: String,
+    /// Set when a server links as a peer: sent as the `ferry-peer` header.
+    peer: Option<String>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -56,7 +58,14 @@ impl Remote {
             .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
-        Ok(Remote { http, files, base, token: token.to_owned() })
+        Ok(Remote { http, files, base, token: token.to_owned(), peer: None })
+    }
+
+    /// This remote as a server's peer link named `link`: every request asks to be served as
+    /// a peer (the token must hold a server role on the other side).
+    pub fn as_peer(mut self, link: &str) -> Remote {
+        self.peer = Some(link.to_owned());
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -71,6 +80,10 @@ impl Remote {
 
     /// Sends `req`; the body of a successful answer, else the error it means.
     async fn send_raw(&self, req: reqwest::RequestBuilder, what: &str) -> Result<bytes::Bytes> {
+        let req = match &self.peer {
+            Some(link) => req.header(ferry_protocol::PEER_HEADER, link),
+            None => req,
+        };
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
             Error::Unreachable(format!("cannot reach server at {} ({what}): {}", self.base, error_chain(&e)))
         })?;
@@ -172,6 +185,16 @@ impl Remote {
         self.send(self.http.get(format!("{}/v1/admin/status", self.base)), "status").await
     }
 
+    /// `GET /v1/peer/users` (a peer link): every user of the other server.
+    pub async fn peer_users(&self) -> Result<ferry_protocol::PeerUsers> {
+        self.send(self.http.get(format!("{}/v1/peer/users", self.base)), "users").await
+    }
+
+    /// `POST /v1/peer/users` (a peer link): the other server adopts the users it lacks.
+    pub async fn adopt_users(&self, users: &ferry_protocol::PeerUsers) -> Result<ferry_protocol::AdoptUsersResponse> {
+        self.send(self.http.post(format!("{}/v1/peer/users", self.base)).json(users), "users").await
+    }
+
     pub async fn me(&self) -> Result<WhoAmI> {
         self.send(self.http.get(format!("{}/v1/me", self.base)), "me").await
     }
@@ -205,6 +228,11 @@ impl Remote {
             .parse()
             .map_err(|_| Error::Local("the token is not valid in an HTTP header".into()))?;
         req.headers_mut().insert("authorization", auth);
+        if let Some(link) = &self.peer {
+            let value =
+                link.parse().map_err(|_| Error::Local(format!("link name '{link}' is not valid in an HTTP header")))?;
+            req.headers_mut().insert(ferry_protocol::PEER_HEADER, value);
+        }
         let connect = tokio_tungstenite::connect_async(req);
         let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Err(_) => return Err(Error::Unreachable(format!("stream at {url}: no answer in 10 s"))),

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod codec;
 mod error;
 mod page;
+pub mod peer;
 pub mod rest;
 mod stream;
 pub use admin::{
@@ -24,6 +25,9 @@ pub use admin::{
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};
+pub use peer::{
+    AdoptUsersResponse, PEER_HEADER, PeerStatus, PeerUser, PeerUsers, SyncLogEntry, SyncLogResponse, SyncStatusResponse,
+};
 pub use rest::{ChangesResponse, PutRowRequest, RowDoc};
 pub use stream::StreamMessage;
 
@@ -247,6 +251,12 @@ pub struct WhoAmI {
     pub user_name: String,
     pub device_id: String,
     pub device_name: String,
+    /// The device's role (`ferry token create --role`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The server's own role (`[server] role`: `main` or `cloud`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_role: Option<String>,
 }
 
 /// `POST /v1/files/check`: where the server stands on some files (at most

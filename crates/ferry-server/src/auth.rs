@@ -17,7 +17,12 @@ impl<S: Store> FromRequestParts<Arc<AppState<S>>> for Authed {
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState<S>>) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers)?;
         match state.store.authenticate(token).await? {
-            Some(p) => {
+            Some(mut p) => {
+                if let Some(link) = parts.headers.get(ferry_protocol::PEER_HEADER) {
+                    p.peer = true;
+                    crate::peer::admit(&p, link.to_str().unwrap_or(""))?;
+                    state.peers.heard(&state.store, &p).await;
+                }
                 if state.seen.due(&p.device_id)
                     && let Err(e) = state.store.device_seen(&p.device_id).await
                 {

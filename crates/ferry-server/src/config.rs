@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ferry_core::schema::{ConflictStrategy, Schema, TableOptions};
 use serde::Deserialize;
@@ -22,6 +23,27 @@ struct FileConfig {
     /// Where verified files are kept (`docs/files.md`).
     #[serde(default)]
     files: ferry_files::FileStoreConfig,
+    /// Other servers this one links to (`docs/peering.md`).
+    #[serde(default)]
+    peers: BTreeMap<String, PeerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerSection {
+    url: String,
+    token: String,
+    tables: Option<Vec<String>>,
+    #[serde(default)]
+    exclude_tables: Vec<String>,
+    interval: Option<String>,
+    backoff: Option<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +54,10 @@ struct ServerSection {
     data_dir: Option<PathBuf>,
     schema: Option<PathBuf>,
     max_body_bytes: Option<usize>,
+    /// `main` (on site) or `cloud`: needed to link with peers.
+    role: Option<String>,
+    /// How long the sync log keeps entries (default 30 days).
+    sync_log_keep: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,7 +107,64 @@ pub struct Config {
     pub tables: BTreeMap<String, TableOptions>,
     /// The `[files]` section; relative `dir` already resolved against the file's directory.
     pub files: ferry_files::FileStoreConfig,
+    /// `[server] role`: `main` or `cloud` (see [`ferry_store::SERVER_ROLES`]).
+    pub role: Option<String>,
+    /// How long the sync log keeps entries.
+    pub sync_log_keep: Duration,
+    /// The `[peers.NAME]` sections: the links this server starts.
+    pub peers: Vec<PeerConfig>,
 }
+
+/// One `[peers.NAME]` section: another server this one links to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConfig {
+    pub name: String,
+    /// The other server's address, `http(s)://host:port`.
+    pub url: String,
+    /// A token created on the other server with a server role (`--role main`).
+    pub token: String,
+    /// Only these tables cross (all synced tables when `None`)…
+    pub tables: Option<Vec<String>>,
+    /// …but not these (site-local tables stay home).
+    pub exclude_tables: Vec<String>,
+    /// How often the link runs when nothing wakes it sooner.
+    pub interval: Duration,
+    /// The waits after failures in a row (the last repeats).
+    pub backoff: Vec<Duration>,
+    pub enabled: bool,
+}
+
+impl PeerConfig {
+    /// The tables that cross the link, of the schema's synced `tables`.
+    ///
+    /// # Errors
+    /// A table named in `tables` or `exclude_tables` the schema does not sync.
+    pub fn crossing(&self, synced: &[&str]) -> Result<Vec<String>, String> {
+        for t in self.tables.iter().flatten().chain(&self.exclude_tables) {
+            if !synced.contains(&t.as_str()) {
+                return Err(format!(
+                    "[peers.{}] names table '{t}', which the schema does not sync; the synced tables are: {}",
+                    self.name,
+                    synced.join(", ")
+                ));
+            }
+        }
+        Ok(synced
+            .iter()
+            .filter(|t| self.tables.as_ref().is_none_or(|only| only.iter().any(|o| o == *t)))
+            .filter(|t| !self.exclude_tables.iter().any(|x| x == *t))
+            .map(|t| t.to_string())
+            .collect())
+    }
+}
+
+/// A link runs every 5 s when nothing wakes it sooner.
+pub const DEFAULT_PEER_INTERVAL: Duration = Duration::from_secs(5);
+/// The sync log keeps 30 days.
+pub const DEFAULT_SYNC_LOG_KEEP: Duration = Duration::from_secs(30 * 86_400);
+/// The server backoff schedule: 30 s, 1 min, 2 min, 5 min, 10 min, 20 min, 40 min, then
+/// every hour.
+pub const SERVER_BACKOFF_S: [u64; 8] = [30, 60, 120, 300, 600, 1200, 2400, 3600];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -152,7 +235,77 @@ impl Config {
         }
         let mut files = parsed.files;
         files.dir = from_file(files.dir);
-        Ok(Config { listen, database, data_dir, schema_path, max_body_bytes, tables, files })
+        let bad =
+            |message: String| ConfigError::Parse { path: file.map(Path::to_path_buf).unwrap_or_default(), message };
+        let role = parsed.server.role;
+        if let Some(r) = &role
+            && !ferry_store::SERVER_ROLES.contains(&r.as_str())
+        {
+            return Err(bad(format!(
+                "[server] role = \"{}\" is not a server role; use one of: {}",
+                ferry_core::shown(r),
+                ferry_store::SERVER_ROLES.join(", ")
+            )));
+        }
+        let sync_log_keep = match parsed.server.sync_log_keep {
+            None => DEFAULT_SYNC_LOG_KEEP,
+            Some(k) => {
+                ferry_core::duration::parse_duration(&k).map_err(|e| bad(format!("[server] sync_log_keep: {e}")))?
+            }
+        };
+        let mut peers = Vec::new();
+        for (name, p) in parsed.peers {
+            let here = format!("[peers.{name}]");
+            if role.is_none() {
+                return Err(bad(format!(
+                    "{here}: a server that links to peers needs a role; set [server] role = \"main\" (on site) or \"cloud\""
+                )));
+            }
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(bad(format!(
+                    "{here} url = \"{}\" is not an http:// or https:// URL (the other server's address)",
+                    ferry_core::shown(&p.url)
+                )));
+            }
+            if p.token.trim().is_empty() {
+                return Err(bad(format!(
+                    "{here} token is empty; create one on the other server with `ferry token create --user USER --device NAME --role {}`",
+                    role.as_deref().unwrap_or("main")
+                )));
+            }
+            let interval = match p.interval {
+                None => DEFAULT_PEER_INTERVAL,
+                Some(i) => {
+                    ferry_core::duration::parse_duration(&i).map_err(|e| bad(format!("{here} interval: {e}")))?
+                }
+            };
+            let backoff = match p.backoff {
+                None => SERVER_BACKOFF_S.map(Duration::from_secs).to_vec(),
+                Some(b) => ferry_core::duration::parse_schedule(&b).map_err(|e| bad(format!("{here} backoff: {e}")))?,
+            };
+            peers.push(PeerConfig {
+                name,
+                url: p.url.trim_end_matches('/').to_owned(),
+                token: p.token.trim().to_owned(),
+                tables: p.tables,
+                exclude_tables: p.exclude_tables,
+                interval,
+                backoff,
+                enabled: p.enabled,
+            });
+        }
+        Ok(Config {
+            listen,
+            database,
+            data_dir,
+            schema_path,
+            max_body_bytes,
+            tables,
+            files,
+            role,
+            sync_log_keep,
+            peers,
+        })
     }
 
     /// Opens the file store `[files]` names (by default the directory `DATA_DIR/files`) and

@@ -26,6 +26,8 @@ pub async fn me<S: Store>(State(state): State<Arc<AppState<S>>>, Authed(p): Auth
         user_name: p.user_name,
         device_id: p.device_id,
         device_name: p.device_name,
+        role: p.role,
+        server_role: state.store.role().map(str::to_owned),
     })
 }
 

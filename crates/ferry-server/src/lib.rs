@@ -19,6 +19,7 @@ mod admin;
 mod auth;
 pub mod files;
 mod info;
+pub mod peer;
 mod pull;
 mod push;
 mod rows;
@@ -48,6 +49,8 @@ pub struct AppState<S> {
     pub revocations: stream::Revocations,
     /// When devices were last recorded as seen.
     pub seen: auth::Seen,
+    /// When peers linking to this server last called.
+    pub peers: peer::Heard,
 }
 
 /// The HTTP routes over `store`, with `files` for the files rows reference.
@@ -60,6 +63,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         files: Arc::new(files),
         revocations: Default::default(),
         seen: Default::default(),
+        peers: Default::default(),
     });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
@@ -81,6 +85,9 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         .route("/v1/admin/conflicts/{id}/resolve", post(admin::resolve::<S>))
         .route("/v1/admin/devices", get(admin::devices::<S>))
         .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device::<S>))
+        .route("/v1/admin/sync/status", get(peer::status::<S>))
+        .route("/v1/admin/sync/log", get(peer::log::<S>))
+        .route("/v1/peer/users", get(peer::users::<S>).post(peer::adopt_users::<S>))
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

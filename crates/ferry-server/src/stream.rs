@@ -52,7 +52,8 @@ pub async fn stream<S: Store>(
     // What the user may read now, to judge which notices concern them.
     let scope = state.store.scope(&who.user_id).await?;
     Ok(ws.on_upgrade(move |socket| {
-        let reader = Reader { state: state.clone(), user: who.user_id, device: who.device_id.clone(), scope };
+        let reader =
+            Reader { state: state.clone(), user: who.user_id, device: who.device_id.clone(), peer: who.peer, scope };
         let watched = Watched::new(state, who.device_id.clone(), token);
         serve(socket, notices, files, reader, watched)
     }))
@@ -182,6 +183,8 @@ struct Reader<S> {
     state: Arc<AppState<S>>,
     user: String,
     device: String,
+    /// A peer server: every change is news but its own.
+    peer: bool,
     scope: ferry_store::Scope,
 }
 
@@ -189,6 +192,9 @@ impl<S: Store> Reader<S> {
     /// Whether a change is news for the device: it touched a row the user may read, or it
     /// changed what the user may read (rows moved in or out).
     async fn judge(&mut self, n: &Notice) -> bool {
+        if self.peer {
+            return n.origin.as_deref() != Some(self.device.as_str());
+        }
         let schema = self.state.store.schema();
         let mut moved = false;
         if n.moves_scopes(schema) {

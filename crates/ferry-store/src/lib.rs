@@ -17,11 +17,11 @@ mod sqlite;
 use std::future::Future;
 
 use ferry_core::schema::{Schema, Table};
-use ferry_core::strategy::{Decision, PushContext, decide_push};
+use ferry_core::strategy::{Decision, PushContext, RowClocks, decide_push};
 use ferry_core::{RowState, Value};
 
 pub use conflicts::ConflictFilter;
-pub use ferry_protocol::{ConflictRecord, ConflictSide, DeviceRecord};
+pub use ferry_protocol::{ConflictRecord, ConflictSide, DeviceRecord, PeerStatus, SyncLogEntry};
 pub use postgres::PgStore;
 pub use scope::Scope;
 pub use sqlite::SqliteStore;
@@ -37,7 +37,16 @@ pub struct Principal {
     pub admin: bool,
     /// The device's role (`ferry token create --role`), for `authoritative` tables.
     pub role: Option<String>,
+    /// The request comes from another Ferry server linked as a peer (a token with a server
+    /// role, [`SERVER_ROLES`], asking for it): it reads every row of every synced table,
+    /// its pushes relay other writers' changes (sharing and write rules were checked where
+    /// they were made), and it is never sent back what it brought itself.
+    pub peer: bool,
 }
+
+/// The roles of servers (`[server] role` in `ferry.toml`): a device token with one of them
+/// is the credential another server links with as a peer.
+pub const SERVER_ROLES: [&str; 2] = ["main", "cloud"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
@@ -365,6 +374,73 @@ pub trait Store: Send + Sync + 'static {
 
     /// What the `read` rules' subqueries select for a user now (empty without such rules).
     fn scope(&self, user_id: &str) -> impl Future<Output = Result<Scope>> + Send;
+
+    /// Sets this server's role (`[server] role`), once, at start-up: under `authoritative`
+    /// for that role, values written on this side win over what a peer brings.
+    fn set_role(&self, role: &str);
+
+    /// This server's role, when set.
+    fn role(&self) -> Option<&str>;
+
+    /// Every user, by name.
+    fn users(&self) -> impl Future<Output = Result<Vec<User>>> + Send;
+
+    /// Adds the users another server has that this one lacks, with the same ids (so owner
+    /// columns and sharing rules mean the same on both). Returns how many were added and,
+    /// for each refused, why (its name belongs to another id here).
+    fn adopt_users(&self, users: Vec<User>) -> impl Future<Output = Result<(usize, Vec<String>)>> + Send;
+
+    /// For a link's far side (`device`: the peer's device here), the version of each row last
+    /// known to be held by both sides, where one is recorded: what a change made since on
+    /// either side started from.
+    fn peer_bases(
+        &self,
+        device: &str,
+        keys: Vec<(String, String)>,
+    ) -> impl Future<Output = Result<std::collections::HashMap<(String, String), RowClocks>>> + Send;
+
+    /// Records that the peer `device` holds these versions of rows (at least).
+    fn save_peer_bases(
+        &self,
+        device: &str,
+        rows: Vec<(String, String, RowClocks)>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records a link's state (by its name).
+    fn save_link(&self, status: PeerStatus) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every link's last recorded state, by name.
+    fn links(&self) -> impl Future<Output = Result<Vec<PeerStatus>>> + Send;
+
+    /// Adds an entry to the sync log, dropping entries older than `keep_ms`; returns its id.
+    fn log_sync(&self, entry: SyncLogEntry, keep_ms: u64) -> impl Future<Output = Result<i64>> + Send;
+
+    /// The sync log (of one peer, when given), newest first.
+    fn sync_log(&self, peer: Option<&str>, limit: usize) -> impl Future<Output = Result<Vec<SyncLogEntry>>> + Send;
+}
+
+/// A row version's clocks as the stores keep a peer's base: `{"*": exists, column: clock}`.
+fn clocks_text(c: &RowClocks) -> String {
+    let mut map: std::collections::BTreeMap<&str, String> =
+        c.cols.iter().map(|(k, v)| (k.as_str(), v.to_string())).collect();
+    map.insert(ferry_core::strategy::EXISTS, c.exists.to_string());
+    serde_json::to_string(&map).expect("strings serialize")
+}
+
+/// Reads [`clocks_text`].
+fn clocks_of_text(text: &str) -> Result<RowClocks> {
+    let bad = |e: String| StoreError::Internal(format!("stored peer base '{}': {e}", ferry_core::shown(text)));
+    let map: std::collections::BTreeMap<String, String> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let mut out = RowClocks::default();
+    for (k, v) in map {
+        let at: ferry_core::Hlc = v.parse().map_err(|e| bad(format!("{e}")))?;
+        if k == ferry_core::strategy::EXISTS {
+            out.exists = at;
+        } else {
+            out.cols.insert(k, at);
+        }
+    }
+    Ok(out)
 }
 
 /// The tables a pull covers: a checked selection, or all of the schema's.
@@ -562,6 +638,50 @@ impl Store for AnyStore {
         delegate!(self, s => s.scope(user_id).await)
     }
 
+    fn set_role(&self, role: &str) {
+        delegate!(self, s => s.set_role(role))
+    }
+
+    fn role(&self) -> Option<&str> {
+        delegate!(self, s => s.role())
+    }
+
+    async fn users(&self) -> Result<Vec<User>> {
+        delegate!(self, s => s.users().await)
+    }
+
+    async fn adopt_users(&self, users: Vec<User>) -> Result<(usize, Vec<String>)> {
+        delegate!(self, s => s.adopt_users(users).await)
+    }
+
+    async fn peer_bases(
+        &self,
+        device: &str,
+        keys: Vec<(String, String)>,
+    ) -> Result<std::collections::HashMap<(String, String), RowClocks>> {
+        delegate!(self, s => s.peer_bases(device, keys).await)
+    }
+
+    async fn save_peer_bases(&self, device: &str, rows: Vec<(String, String, RowClocks)>) -> Result<()> {
+        delegate!(self, s => s.save_peer_bases(device, rows).await)
+    }
+
+    async fn save_link(&self, status: PeerStatus) -> Result<()> {
+        delegate!(self, s => s.save_link(status).await)
+    }
+
+    async fn links(&self) -> Result<Vec<PeerStatus>> {
+        delegate!(self, s => s.links().await)
+    }
+
+    async fn log_sync(&self, entry: SyncLogEntry, keep_ms: u64) -> Result<i64> {
+        delegate!(self, s => s.log_sync(entry, keep_ms).await)
+    }
+
+    async fn sync_log(&self, peer: Option<&str>, limit: usize) -> Result<Vec<SyncLogEntry>> {
+        delegate!(self, s => s.sync_log(peer, limit).await)
+    }
+
     async fn get_row(&self, who: &Principal, table: &str, key: &str) -> Result<Option<RowState>> {
         delegate!(self, s => s.get_row(who, table, key).await)
     }
@@ -628,6 +748,17 @@ pub(crate) struct Write {
     pub state: RowState,
     pub owner: Option<String>,
     pub reach: Option<String>,
+    /// The writer holds exactly this state (nothing of the stored row was kept beside it).
+    pub exact: bool,
+}
+
+impl Write {
+    /// The `origin` to record for this row written by `who`: the device, except for a peer
+    /// whose state this is not exactly (the merge kept values it lacks, which it must be
+    /// sent: a peer is never sent rows whose origin it is).
+    pub fn origin<'a>(&self, who: &'a Principal) -> Option<&'a str> {
+        (!who.peer || self.exact).then_some(who.device_id.as_str())
+    }
 }
 
 impl Tally {
@@ -680,7 +811,13 @@ impl Tally {
         if let Some(was) = merged.was_reach {
             self.reaches.insert((table.name.clone(), was));
         }
-        Some(Write { state: merged.state, owner: merged.owner, reach })
+        Some(Write { state: merged.state, owner: merged.owner, reach, exact: !merged.kept_newer })
+    }
+
+    /// The device a batch's notice names as already holding the change: the writer, except
+    /// a peer the merge kept something from (it must hear of the change, and pull).
+    pub fn notice_origin<'a>(&self, who: &'a Principal) -> Option<&'a str> {
+        (!who.peer || self.all_known).then_some(who.device_id.as_str())
     }
 
     /// The device may take a cursor past its batch: nothing refused, nothing it lacks.
@@ -699,6 +836,9 @@ impl Tally {
 /// roles, and the devices the batch's sites are registered to.
 pub(crate) struct Deciding {
     pub server_site: ferry_core::SiteId,
+    /// This server's own role (`[server] role`): under `authoritative` for that role, the
+    /// values written on this side (not brought by a peer) are the authority's.
+    pub local_role: Option<String>,
     /// The site ids of devices that hold a role now (not revoked): the device and its role.
     pub role_sites: std::collections::HashMap<ferry_core::SiteId, (String, String)>,
     /// The device each site of the batch's clocks is registered to, where it is one.
@@ -822,14 +962,17 @@ fn merge_pushed(
         }
     };
     let here = || format!("{} '{}'", table.name, ferry_core::shown(key));
-    if table.options.read_only {
+    // A peer relays changes its own side admitted: this side's device rules do not apply.
+    let device = !who.peer;
+    if device && table.options.read_only {
         return Err(StoreError::Forbidden(format!(
             "{}: table '{}' is read-only for devices (read_only = true in ferry.toml); only the server's own SQL writes it",
             here(),
             table.name
         )));
     }
-    if table.options.owner.is_some()
+    if device
+        && table.options.owner.is_some()
         && let Some((_, owner)) = &stored
         && owner.as_deref() != Some(who.user_id.as_str())
     {
@@ -841,9 +984,11 @@ fn merge_pushed(
     let was_reach = stored.as_ref().and_then(|(s, _)| scope::reach_of(table, key, s));
     let before = stored.map(|(s, _)| s).unwrap_or_default();
     let sets = env.write_sets.get(&table.name).map_or(&[][..], Vec::as_slice);
-    rules::check_write(table, key, &before, who, sets, "as it is stored (it is not yours to change)")?;
     let new_sites = new_sites(&before, incoming);
-    env.check_sites(table, key, who, &new_sites)?;
+    if device {
+        rules::check_write(table, key, &before, who, sets, "as it is stored (it is not yours to change)")?;
+        env.check_sites(table, key, who, &new_sites)?;
+    }
     if if_version.is_some_and(|v| v != before.version()) {
         let (changed, kept_newer, owner) = (false, true, owner_of(table, &before));
         let refused = Some(Refusal::VersionChanged);
@@ -862,8 +1007,15 @@ fn merge_pushed(
     }
     let role = table.options.authority.as_deref();
     let stamp = role.map_or(env.server_site, |r| env.authority_stamp(r));
+    // A value is the authority's when its writer holds the role, or (on the server whose
+    // own role it is) when it was written on this side rather than brought by a peer.
     let is_authority = |site: ferry_core::SiteId| {
-        role.is_some_and(|r| site == stamp || env.role_sites.get(&site).is_some_and(|(_, s)| s == r))
+        role.is_some_and(|r| {
+            let holder = env.role_sites.get(&site).map(|(_, s)| s.as_str());
+            site == stamp
+                || holder == Some(r)
+                || (env.local_role.as_deref() == Some(r) && holder.is_none_or(|h| !SERVER_ROLES.contains(&h)))
+        })
     };
     let ctx = PushContext {
         strategy: table.options.conflict,
@@ -881,7 +1033,7 @@ fn merge_pushed(
     // The device must pull when the result holds a register its state lacks.
     let kept_newer = restamped || !state.same_clocks(incoming);
     let owner = owner_of(table, &state);
-    if let Some(col) = table.options.owner.as_ref().filter(|_| refused.is_none())
+    if let Some(col) = table.options.owner.as_ref().filter(|_| refused.is_none() && device)
         && owner.as_deref() != Some(who.user_id.as_str())
     {
         return Err(StoreError::Forbidden(format!(
@@ -907,6 +1059,7 @@ fn merge_pushed(
     }
     // Rows the table's filter holds true for stay on the server: a device may not make one.
     if let Some(filter) = &table.access.filter
+        && device
         && refused.is_none()
         && changed
         && state.is_alive()
@@ -975,6 +1128,24 @@ fn no_device(user: Option<&str>, device: &str) -> StoreError {
         ),
         None => format!("no live device with id '{}'; it may be revoked already", ferry_core::shown(device)),
     })
+}
+
+/// The refusal of a peer's user whose name another user has here.
+fn user_clash(user: &User, here: &str) -> String {
+    format!(
+        "user '{}' (id {}) is user {here} here: two servers created the same name; rename one (the other side's rows keep their ids)",
+        ferry_core::shown(&user.name),
+        ferry_core::shown(&user.id)
+    )
+}
+
+/// The link state and sync log as stored: JSON of the wire types.
+fn link_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("link records serialize")
+}
+
+fn link_of_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("stored link record: {e}")))
 }
 
 /// A device role, checked: `None` stays `None`.

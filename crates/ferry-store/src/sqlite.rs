@@ -73,7 +73,32 @@ CREATE TABLE IF NOT EXISTS _ferry_exits (
 CREATE INDEX IF NOT EXISTS _ferry_exits_row ON _ferry_exits(tbl, pk);
 CREATE INDEX IF NOT EXISTS _ferry_exits_feed ON _ferry_exits(tbl, seq);
 CREATE TABLE IF NOT EXISTS _ferry_scopes (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_peer_bases (
+    device_id TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    clocks TEXT NOT NULL,
+    PRIMARY KEY (device_id, tbl, pk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _ferry_links (peer TEXT PRIMARY KEY, status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_sync_log (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    peer TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS _ferry_sync_log_at ON _ferry_sync_log(at_ms);
 ";
+
+/// Whose feed a page is.
+enum Whose {
+    /// A device's user: the rows they may read.
+    User(String),
+    /// A peer (its device id here): every row but those it brought itself.
+    Peer(String),
+    /// Every row (operators' commands).
+    All,
+}
 
 /// When a row's reach changes, its old reach is kept (docs/design.md, "Sharing rules").
 const EXITS_TRIGGER: &str = "
@@ -116,6 +141,8 @@ struct Inner {
     tables: HashMap<String, TableSql>,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    /// This server's role (`[server] role`), once set.
+    role: std::sync::OnceLock<String>,
 }
 
 impl SqliteStore {
@@ -192,6 +219,7 @@ impl SqliteStore {
                 tables,
                 writer: Mutex::new(writer),
                 readers,
+                role: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -258,18 +286,17 @@ fn parse_cursor(c: &str) -> Result<u64> {
 
 impl SqliteStore {
     /// A page of the feed: of `user`'s rows and rows without an owner, or of every row.
-    async fn feed_page(
-        &self,
-        user: Option<String>,
-        cursor: &str,
-        limit: usize,
-        tables: Option<&[String]>,
-    ) -> Result<PullPage> {
-        if let Some(user) = &user
+    async fn feed_page(&self, whose: Whose, cursor: &str, limit: usize, tables: Option<&[String]>) -> Result<PullPage> {
+        if let Whose::User(user) = &whose
             && crate::scope::has_read_rules(&self.inner.schema)
         {
             return self.feed_page_ruled(user.clone(), cursor, limit, tables, BTreeMap::new()).await;
         }
+        let (user, peer) = match whose {
+            Whose::User(u) => (Some(u), None),
+            Whose::Peer(d) => (None, Some(d)),
+            Whose::All => (None, None),
+        };
         let cursor = parse_cursor(cursor)?;
         let selection =
             serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
@@ -284,15 +311,18 @@ impl SqliteStore {
             let mut page: Vec<(String, i64)> = tx
                 .prepare_cached(if user.is_some() {
                     "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
-                       AND +tbl IN (SELECT value FROM json_each(?4))
+                       AND +tbl IN (SELECT value FROM json_each(?4)) AND ?5 IS NULL
                      ORDER BY seq LIMIT ?3"
                 } else {
-                    // Every row (`?2`, the user, is NULL: both queries take the same parameters).
+                    // Every row (`?2`, the user, is NULL: both queries take the same parameters),
+                    // but those a peer (`?5`) brought itself.
                     "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND ?2 IS NULL
-                       AND +tbl IN (SELECT value FROM json_each(?4))
+                       AND +tbl IN (SELECT value FROM json_each(?4)) AND origin IS NOT ?5
                      ORDER BY seq LIMIT ?3"
                 })?
-                .query_map(params![cursor as i64, user, limit as i64 + 1, selection], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![cursor as i64, user, limit as i64 + 1, selection, peer], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
             let more = page.len() > limit;
             page.truncate(limit);
@@ -307,11 +337,16 @@ impl SqliteStore {
             tables.sort_unstable();
             tables.dedup();
             let mut rows = Vec::with_capacity(page.len());
+            // A peer's page leaves out rows it brought: only the page's positions count.
+            let positions: std::collections::HashSet<i64> =
+                if peer.is_some() { page.iter().map(|(_, seq)| *seq).collect() } else { Default::default() };
             for table in tables {
                 let ts = inner.table(table)?;
                 let top = page.last().map_or(upto, |k| k.1);
                 for (seq, key, state) in ferry_sqlite::feed_states(&tx, ts, cursor as i64, top, user.as_deref())? {
-                    rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
+                    if peer.is_none() || positions.contains(&seq) {
+                        rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
+                    }
                 }
             }
             rows.sort_unstable_by_key(|(seq, _)| *seq);
@@ -608,6 +643,7 @@ impl Store for SqliteStore {
                         device_name: r.get(3)?,
                         admin: r.get(4)?,
                         role: r.get(5)?,
+                        peer: false,
                     })
                 })
                 .optional()?;
@@ -659,6 +695,7 @@ impl Store for SqliteStore {
             let mut tally = crate::Tally::new();
             let env = crate::Deciding {
                 server_site: inner.site,
+                local_role: inner.role.get().cloned(),
                 role_sites: role_sites(&tx)?,
                 site_devices: site_devices(&tx, &crate::batch_sites(rows.iter().map(|r| &r.state)))?,
                 now_ms: crate::wall_ms(),
@@ -666,7 +703,7 @@ impl Store for SqliteStore {
             };
             // With write rules, the batch's rows are checked against them in order once all
             // are written (see `check_batch`).
-            let ruled = crate::rules::has_write_rules(&inner.schema);
+            let ruled = crate::rules::has_write_rules(&inner.schema) && !who.peer;
             let granted = if ruled {
                 write_sets(&tx, &inner.schema, rows.iter().map(|r| r.table.as_str()), &who.user_id)?
             } else {
@@ -717,14 +754,14 @@ impl Store for SqliteStore {
                     );
                     insert_conflict(&tx, &c)?;
                 }
-                let Some(crate::Write { state, owner, reach }) = tally.take(table, &row.key, merged) else { continue };
+                let Some(w) = tally.take(table, &row.key, merged) else { continue };
                 seq += 1;
                 changed += 1;
-                let extra = Extra { seq, owner: owner.as_deref(), origin: Some(&who.device_id), pending: 0, change: None };
-                ferry_sqlite::store_state(&tx, ts, &row.key, &state, &extra)?;
-                write_reach(&tx, &table.name, &row.key, reach.as_deref())?;
+                let extra = Extra { seq, owner: w.owner.as_deref(), origin: w.origin(&who), pending: 0, change: None };
+                ferry_sqlite::store_state(&tx, ts, &row.key, &w.state, &extra)?;
+                write_reach(&tx, &table.name, &row.key, w.reach.as_deref())?;
                 if ruled {
-                    written.entry(row.table.clone()).or_default().insert(row.key.clone(), state);
+                    written.entry(row.table.clone()).or_default().insert(row.key.clone(), w.state);
                 }
             }
             crate::rules::check_batch(&inner.schema, &who, &order, &written, &granted)?;
@@ -743,7 +780,8 @@ impl Store for SqliteStore {
                 if feed_end > inner.announced.load(std::sync::atomic::Ordering::SeqCst) {
                     let _ = inner.notices.send(crate::Notice::anyone());
                 }
-                inner.announce(seq, crate::Notice::of(&mut tally, Some(&who.device_id)));
+                let origin = tally.notice_origin(&who);
+                inner.announce(seq, crate::Notice::of(&mut tally, origin));
             }
             Ok(PushOutcome {
                 received,
@@ -764,20 +802,172 @@ impl Store for SqliteStore {
         tables: Option<&[String]>,
         subscriptions: &[String],
     ) -> Result<PullPage> {
+        if who.peer {
+            return self.feed_page(Whose::Peer(who.device_id.clone()), cursor, limit, tables).await;
+        }
         let subs = crate::scope::subscriptions(&self.inner.schema, subscriptions)?;
         if crate::scope::has_read_rules(&self.inner.schema) {
             return self.feed_page_ruled(who.user_id.clone(), cursor, limit, tables, subs).await;
         }
-        self.feed_page(Some(who.user_id.clone()), cursor, limit, tables).await
+        self.feed_page(Whose::User(who.user_id.clone()), cursor, limit, tables).await
     }
 
     async fn scan(&self, cursor: &str, limit: usize) -> Result<PullPage> {
-        self.feed_page(None, cursor, limit, None).await
+        self.feed_page(Whose::All, cursor, limit, None).await
     }
 
     async fn scope(&self, user_id: &str) -> Result<crate::Scope> {
         let user = user_id.to_owned();
         self.read(move |inner, conn| scope_in(conn, &inner.schema, &user, None)).await
+    }
+
+    fn set_role(&self, role: &str) {
+        let _ = self.inner.role.set(role.to_owned());
+    }
+
+    fn role(&self) -> Option<&str> {
+        self.inner.role.get().map(String::as_str)
+    }
+
+    async fn users(&self) -> Result<Vec<User>> {
+        self.read(|_, conn| {
+            let users = conn
+                .prepare_cached("SELECT id, name FROM _ferry_users ORDER BY name")?
+                .query_map([], |r| Ok(User { id: r.get(0)?, name: r.get(1)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(users)
+        })
+        .await
+    }
+
+    async fn adopt_users(&self, users: Vec<User>) -> Result<(usize, Vec<String>)> {
+        self.write(move |_, conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (mut added, mut refused) = (0, Vec::new());
+            for user in &users {
+                let name = crate::check_name("user", &user.name)?;
+                let here: Option<String> = tx
+                    .prepare_cached("SELECT id FROM _ferry_users WHERE name = ?1")?
+                    .query_row([&name], |r| r.get(0))
+                    .optional()?;
+                match here {
+                    Some(id) if id == user.id => {}
+                    Some(id) => refused.push(crate::user_clash(user, &format!("id {id}"))),
+                    None => {
+                        let n = tx
+                            .prepare_cached("INSERT OR IGNORE INTO _ferry_users (id, name) VALUES (?1, ?2)")?
+                            .execute(params![user.id, name])?;
+                        if n == 0 {
+                            refused.push(crate::user_clash(user, "another name"));
+                        }
+                        added += n;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok((added, refused))
+        })
+        .await
+    }
+
+    async fn peer_bases(
+        &self,
+        device: &str,
+        keys: Vec<(String, String)>,
+    ) -> Result<HashMap<(String, String), ferry_core::strategy::RowClocks>> {
+        let device = device.to_owned();
+        self.read(move |_, conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT clocks FROM _ferry_peer_bases WHERE device_id = ?1 AND tbl = ?2 AND pk = ?3")?;
+            let mut out = HashMap::new();
+            for (table, key) in keys {
+                if let Some(text) = stmt.query_row(params![device, table, key], |r| r.get::<_, String>(0)).optional()? {
+                    out.insert((table, key), crate::clocks_of_text(&text)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn save_peer_bases(
+        &self,
+        device: &str,
+        rows: Vec<(String, String, ferry_core::strategy::RowClocks)>,
+    ) -> Result<()> {
+        let device = device.to_owned();
+        self.write(move |_, conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO _ferry_peer_bases (device_id, tbl, pk, clocks) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (device_id, tbl, pk) DO UPDATE SET clocks = excluded.clocks",
+                )?;
+                for (table, key, clocks) in &rows {
+                    stmt.execute(params![device, table, key, crate::clocks_text(clocks)])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_link(&self, status: crate::PeerStatus) -> Result<()> {
+        self.write(move |_, conn| {
+            conn.prepare_cached(
+                "INSERT INTO _ferry_links (peer, status) VALUES (?1, ?2)
+                 ON CONFLICT (peer) DO UPDATE SET status = excluded.status",
+            )?
+            .execute(params![status.name, crate::link_json(&status)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn links(&self) -> Result<Vec<crate::PeerStatus>> {
+        self.read(|_, conn| {
+            let texts = conn
+                .prepare_cached("SELECT status FROM _ferry_links ORDER BY peer")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            texts.iter().map(|t| crate::link_of_json(t)).collect()
+        })
+        .await
+    }
+
+    async fn log_sync(&self, entry: crate::SyncLogEntry, keep_ms: u64) -> Result<i64> {
+        self.write(move |_, conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let horizon = entry.at_ms.saturating_sub(keep_ms) as i64;
+            tx.prepare_cached("DELETE FROM _ferry_sync_log WHERE at_ms < ?1")?.execute([horizon])?;
+            tx.prepare_cached("INSERT INTO _ferry_sync_log (at_ms, peer, entry) VALUES (?1, ?2, ?3)")?
+                .execute(params![entry.at_ms as i64, entry.peer, crate::link_json(&entry)])?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn sync_log(&self, peer: Option<&str>, limit: usize) -> Result<Vec<crate::SyncLogEntry>> {
+        let peer = peer.map(str::to_owned);
+        self.read(move |_, conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT id, entry FROM _ferry_sync_log WHERE ?1 IS NULL OR peer = ?1 ORDER BY id DESC LIMIT ?2",
+                )?
+                .query_map(params![peer, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.iter()
+                .map(|(id, text)| {
+                    let mut e: crate::SyncLogEntry = crate::link_of_json(text)?;
+                    e.id = *id;
+                    Ok(e)
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {

@@ -49,6 +49,11 @@ pub enum Command {
         #[command(subcommand)]
         command: FileCommand,
     },
+    /// Server peering: each link's state (role, connection, lag, last success) and sync log.
+    Peer {
+        #[command(subcommand)]
+        command: PeerCommand,
+    },
     /// A running server's status (file store and transfer queue), with an admin token.
     ServerStatus(RemoteArgs),
     /// Check every row the server's store holds against the rules pushes must pass (zero
@@ -336,6 +341,34 @@ pub enum TokenCommand {
         #[arg(long)]
         device: String,
         /// Print {"revoked": [ids]}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PeerCommand {
+    /// Each link (or the one named): role, connection state and backoff, last heartbeat, lag
+    /// each way in ms and changes, file queue, last success.
+    Status {
+        /// Only this link (`[peers.NAME]`, or a peer linking to this server by its device name).
+        name: Option<String>,
+        /// Print {"role", "peers": [...]}, as GET /v1/admin/sync/status answers.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The sync log, newest first: each run's type, direction, status, rows, duration, error.
+    Log {
+        /// Only this link's entries.
+        name: Option<String>,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print {"entries": [...]}, as GET /v1/admin/sync/log answers.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

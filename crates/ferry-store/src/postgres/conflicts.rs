@@ -90,7 +90,8 @@ impl PgStore {
         let notice = crate::Notice::of_row(&pt.table, &key, &state, prior.owner.clone(), None);
         tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &notice_payload(&notice)]).await.map_err(pg)?;
         let reach = crate::scope::reach_of(&pt.table, &key, &state);
-        write(&tx, pt, "manual", &[(key, crate::Write { state, owner: prior.owner, reach })]).await?;
+        write(&tx, pt, &[Some("manual")], &[(key, crate::Write { state, owner: prior.owner, reach, exact: true })])
+            .await?;
         let winner: BTreeMap<&str, &str> = record.fields.iter().map(|f| (f.as_str(), keep.name())).collect();
         tx.execute(
             "UPDATE _ferry_conflicts SET resolved_by = 'manual', resolved_at = now(), winner = $2 WHERE id = $1",

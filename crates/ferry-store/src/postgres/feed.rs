@@ -121,21 +121,38 @@ LIMIT $7"
 const FEED: &str = feed!("(owner IS NULL OR owner = $3)");
 /// Every row, for operators' commands (`$3` is unused).
 const FEED_ALL: &str = feed!("($3::text IS NULL OR TRUE)");
+/// A peer's feed: every row but those the peer (`$3`, its device id) brought itself.
+const FEED_PEER: &str = feed!("origin IS DISTINCT FROM $3");
+
+/// Whose feed a page is.
+pub(super) enum Whose<'a> {
+    /// A device's user: the rows they may read.
+    User(&'a str),
+    /// A peer (its device id here): every row but those it brought itself.
+    Peer(&'a str),
+    /// Every row (operators' commands).
+    All,
+}
 
 impl PgStore {
     /// A page of the feed: of `user`'s rows and rows without an owner, or of every row.
     pub(super) async fn feed_page(
         &self,
-        user: Option<&str>,
+        whose: Whose<'_>,
         cursor: &str,
         limit: usize,
         tables: Option<&[String]>,
     ) -> Result<PullPage> {
-        if let Some(user) = user
+        if let Whose::User(user) = whose
             && crate::scope::has_read_rules(&self.inner.schema)
         {
             return self.feed_page_ruled(user, cursor, limit, tables, &BTreeMap::new()).await;
         }
+        let (query, who) = match whose {
+            Whose::User(u) => (FEED, Some(u)),
+            Whose::Peer(d) => (FEED_PEER, Some(d)),
+            Whose::All => (FEED_ALL, None),
+        };
         let selection = crate::selected_tables(&self.inner.schema, tables)?;
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
@@ -146,10 +163,7 @@ impl PgStore {
         };
         let (after_xid, after_tbl, after_pk) = c.after.clone().unwrap_or(("0".into(), String::new(), String::new()));
         let keys = tx
-            .query(
-                if user.is_some() { FEED } else { FEED_ALL },
-                &[&c.prev, &cur, &user, &after_xid, &after_tbl, &after_pk, &(limit as i64 + 1), &selection],
-            )
+            .query(query, &[&c.prev, &cur, &who, &after_xid, &after_tbl, &after_pk, &(limit as i64 + 1), &selection])
             .await
             .map_err(pg)?;
         let more = keys.len() > limit;

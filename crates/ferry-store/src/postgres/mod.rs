@@ -67,6 +67,8 @@ struct Inner {
     device_schema: Schema,
     tables: HashMap<String, PgTable>,
     stats: Statistics,
+    /// This server's role (`[server] role`), once set.
+    role: std::sync::OnceLock<String>,
 }
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
@@ -400,6 +402,7 @@ impl Store for PgStore {
             device_name: r.get(3),
             admin: r.get(4),
             role: r.get(5),
+            peer: false,
         }))
     }
 
@@ -421,15 +424,18 @@ impl Store for PgStore {
         tables: Option<&[String]>,
         subscriptions: &[String],
     ) -> Result<PullPage> {
+        if who.peer {
+            return self.feed_page(feed::Whose::Peer(&who.device_id), cursor, limit, tables).await;
+        }
         let subs = crate::scope::subscriptions(&self.inner.schema, subscriptions)?;
         if crate::scope::has_read_rules(&self.inner.schema) {
             return self.feed_page_ruled(&who.user_id, cursor, limit, tables, &subs).await;
         }
-        self.feed_page(Some(&who.user_id), cursor, limit, tables).await
+        self.feed_page(feed::Whose::User(&who.user_id), cursor, limit, tables).await
     }
 
     async fn scan(&self, cursor: &str, limit: usize) -> Result<PullPage> {
-        self.feed_page(None, cursor, limit, None).await
+        self.feed_page(feed::Whose::All, cursor, limit, None).await
     }
 
     async fn scope(&self, user_id: &str) -> Result<crate::Scope> {
@@ -442,6 +448,146 @@ impl Store for PgStore {
 
     async fn conflicts(&self, filter: ConflictFilter) -> Result<Vec<ConflictRecord>> {
         self.list_conflicts(filter).await
+    }
+
+    fn set_role(&self, role: &str) {
+        let _ = self.inner.role.set(role.to_owned());
+    }
+
+    fn role(&self) -> Option<&str> {
+        self.inner.role.get().map(String::as_str)
+    }
+
+    async fn users(&self) -> Result<Vec<User>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let rows = client.query("SELECT id, name FROM _ferry_users ORDER BY name", &[]).await.map_err(pg)?;
+        Ok(rows.iter().map(|r| User { id: r.get(0), name: r.get(1) }).collect())
+    }
+
+    async fn adopt_users(&self, users: Vec<User>) -> Result<(usize, Vec<String>)> {
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let (mut added, mut refused) = (0, Vec::new());
+        for user in &users {
+            let name = crate::check_name("user", &user.name)?;
+            let here = tx.query_opt("SELECT id FROM _ferry_users WHERE name = $1", &[&name]).await.map_err(pg)?;
+            match here.map(|r| r.get::<_, String>(0)) {
+                Some(id) if id == user.id => {}
+                Some(id) => refused.push(crate::user_clash(user, &format!("id {id}"))),
+                None => {
+                    let n = tx
+                        .execute(
+                            "INSERT INTO _ferry_users (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            &[&user.id, &name],
+                        )
+                        .await
+                        .map_err(pg)?;
+                    if n == 0 {
+                        refused.push(crate::user_clash(user, "another name"));
+                    }
+                    added += n as usize;
+                }
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok((added, refused))
+    }
+
+    async fn peer_bases(
+        &self,
+        device: &str,
+        keys: Vec<(String, String)>,
+    ) -> Result<HashMap<(String, String), ferry_core::strategy::RowClocks>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let (tables, pks): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+        let rows = client
+            .query(
+                "SELECT b.tbl, b.pk, b.clocks FROM unnest($2::text[], $3::text[]) AS k(tbl, pk)
+                 JOIN _ferry_peer_bases b ON b.device_id = $1 AND b.tbl = k.tbl AND b.pk = k.pk",
+                &[&device, &tables, &pks],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(|r| Ok(((r.get(0), r.get(1)), crate::clocks_of_text(r.get(2))?))).collect()
+    }
+
+    async fn save_peer_bases(
+        &self,
+        device: &str,
+        rows: Vec<(String, String, ferry_core::strategy::RowClocks)>,
+    ) -> Result<()> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let mut latest: std::collections::BTreeMap<(String, String), String> = Default::default();
+        for (t, k, c) in rows {
+            latest.insert((t, k), crate::clocks_text(&c));
+        }
+        let (mut tables, mut pks, mut clocks) = (Vec::new(), Vec::new(), Vec::new());
+        for ((t, k), c) in latest {
+            tables.push(t);
+            pks.push(k);
+            clocks.push(c);
+        }
+        client
+            .execute(
+                "INSERT INTO _ferry_peer_bases (device_id, tbl, pk, clocks)
+                 SELECT $1, u.tbl, u.pk, u.clocks FROM unnest($2::text[], $3::text[], $4::text[]) AS u(tbl, pk, clocks)
+                 ON CONFLICT (device_id, tbl, pk) DO UPDATE SET clocks = excluded.clocks",
+                &[&device, &tables, &pks, &clocks],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn save_link(&self, status: crate::PeerStatus) -> Result<()> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO _ferry_links (peer, status) VALUES ($1, $2)
+                 ON CONFLICT (peer) DO UPDATE SET status = excluded.status",
+                &[&status.name, &crate::link_json(&status)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn links(&self) -> Result<Vec<crate::PeerStatus>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let rows = client.query("SELECT status FROM _ferry_links ORDER BY peer", &[]).await.map_err(pg)?;
+        rows.iter().map(|r| crate::link_of_json(r.get(0))).collect()
+    }
+
+    async fn log_sync(&self, entry: crate::SyncLogEntry, keep_ms: u64) -> Result<i64> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let horizon = entry.at_ms.saturating_sub(keep_ms) as i64;
+        client.execute("DELETE FROM _ferry_sync_log WHERE at_ms < $1", &[&horizon]).await.map_err(pg)?;
+        let row = client
+            .query_one(
+                "INSERT INTO _ferry_sync_log (at_ms, peer, entry) VALUES ($1, $2, $3) RETURNING id",
+                &[&(entry.at_ms as i64), &entry.peer, &crate::link_json(&entry)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.get(0))
+    }
+
+    async fn sync_log(&self, peer: Option<&str>, limit: usize) -> Result<Vec<crate::SyncLogEntry>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT id, entry FROM _ferry_sync_log WHERE $1::text IS NULL OR peer = $1 ORDER BY id DESC LIMIT $2",
+                &[&peer, &(limit as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                let mut e: crate::SyncLogEntry = crate::link_of_json(r.get(1))?;
+                e.id = r.get(0);
+                Ok(e)
+            })
+            .collect()
     }
 
     async fn resolve_conflict(&self, id: i64, keep: ConflictSide) -> Result<ConflictRecord> {

@@ -468,6 +468,7 @@ impl PgStore {
                 notices,
                 watching,
                 stats,
+                role: std::sync::OnceLock::new(),
             }),
         })
     }

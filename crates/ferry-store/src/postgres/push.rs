@@ -69,21 +69,21 @@ impl Array {
 
 const UPSERT_META: &str = "
 INSERT INTO _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, owner, origin, texts, reach, xid)
-SELECT $1, u.pk, u.alive, u.alive_at, u.clock, u.clocks, u.dead, u.owner, $2, u.texts::jsonb, u.reach::jsonb,
+SELECT $1, u.pk, u.alive, u.alive_at, u.clock, u.clocks, u.dead, u.owner, u.origin, u.texts::jsonb, u.reach::jsonb,
   pg_current_xact_id()
-FROM unnest($3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-  $11::text[])
-  AS u(pk, alive, alive_at, clock, clocks, dead, owner, texts, reach)
+FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+  $10::text[], $11::text[])
+  AS u(origin, pk, alive, alive_at, clock, clocks, dead, owner, texts, reach)
 ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.alive_at, clock = excluded.clock,
   clocks = excluded.clocks, dead = excluded.dead, owner = excluded.owner, origin = excluded.origin,
   texts = excluded.texts, reach = excluded.reach, xid = excluded.xid";
 
 /// Writes the merged states of one table: application rows (upsert or delete) and their
-/// bookkeeping, a few statements for the whole batch.
+/// bookkeeping (`origins`: each row's writer), a few statements for the whole batch.
 pub(super) async fn write(
     tx: &Transaction<'_>,
     pt: &PgTable,
-    device: &str,
+    origins: &[Option<&str>],
     rows: &[(String, crate::Write)],
 ) -> std::result::Result<(), PushError> {
     let table = &pt.table;
@@ -94,7 +94,7 @@ pub(super) async fn write(
     let (mut pks, mut alive, mut alive_at, mut clock, mut clocks, mut dead, mut owners, mut texts) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut reaches: Vec<Option<&str>> = Vec::with_capacity(rows.len());
-    for (key, crate::Write { state, owner, reach }) in rows {
+    for (key, crate::Write { state, owner, reach, .. }) in rows {
         let values = ferry_sqlite::values_of(table, state);
         if state.is_alive() {
             key_array.push(Some(key.clone()));
@@ -133,7 +133,7 @@ pub(super) async fn write(
         tx.execute(pt.delete.as_str(), &[&gone]).await.map_err(|e| with_table(e, table))?;
     }
     let params: [&(dyn ToSql + Sync); 11] =
-        [&table.name, &device, &pks, &alive, &alive_at, &clock, &clocks, &dead, &owners, &texts, &reaches];
+        [&table.name, &origins, &pks, &alive, &alive_at, &clock, &clocks, &dead, &owners, &texts, &reaches];
     tx.execute(UPSERT_META, &params).await.map_err(|e| with_table(e, table))?;
     Ok(())
 }
@@ -265,7 +265,7 @@ impl PgStore {
             crate::site_devices(found.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))));
         // With write rules, the batch's rows are checked against them in the device's order
         // once all are written (see `check_batch`).
-        let ruled = crate::rules::has_write_rules(&self.inner.schema);
+        let ruled = crate::rules::has_write_rules(&self.inner.schema) && !who.peer;
         let granted = if ruled {
             let names: Vec<&str> = rows.keys().map(String::as_str).collect();
             write_sets(&tx, &self.inner.schema, &names, &who.user_id).await?
@@ -274,6 +274,7 @@ impl PgStore {
         };
         let env = crate::Deciding {
             server_site: self.inner.site,
+            local_role: self.inner.role.get().cloned(),
             role_sites,
             site_devices,
             now_ms: crate::wall_ms(),
@@ -313,7 +314,8 @@ impl PgStore {
             }
             if !writes.is_empty() {
                 changed += writes.len();
-                write(&tx, pt, &who.device_id, &writes).await?;
+                let origins: Vec<Option<&str>> = writes.iter().map(|(_, w)| w.origin(who)).collect();
+                write(&tx, pt, &origins, &writes).await?;
                 if ruled {
                     written.entry(table.clone()).or_default().extend(writes.into_iter().map(|(key, w)| (key, w.state)));
                 }
@@ -328,11 +330,12 @@ impl PgStore {
             .await
             .map_err(push_pg)?;
         }
+        let origin = tally.notice_origin(who);
         if changed > 0 {
             // Every server process on this database LISTENs; delivered at commit.
             tx.execute(
                 "SELECT pg_notify($1, $2)",
-                &[&NOTIFY_CHANNEL, &notice_payload(&crate::Notice::of(&mut tally, Some(&who.device_id)))],
+                &[&NOTIFY_CHANNEL, &notice_payload(&crate::Notice::of(&mut tally, origin))],
             )
             .await
             .map_err(push_pg)?;

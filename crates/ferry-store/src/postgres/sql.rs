@@ -437,7 +437,7 @@ CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUN
 }
 
 /// The tables [`BOOKKEEPING`] creates.
-pub const BOOKKEEPING_TABLES: [&str; 9] = [
+pub const BOOKKEEPING_TABLES: [&str; 12] = [
     "_ferry_store",
     "_ferry_users",
     "_ferry_devices",
@@ -447,6 +447,9 @@ pub const BOOKKEEPING_TABLES: [&str; 9] = [
     "_ferry_scopes",
     "_ferry_sites",
     "_ferry_conflicts",
+    "_ferry_peer_bases",
+    "_ferry_links",
+    "_ferry_sync_log",
 ];
 /// The functions [`BOOKKEEPING`] creates.
 pub const BOOKKEEPING_FUNCTIONS: [&str; 3] = ["_ferry_exit", "_ferry_notify_direct", "_ferry_next_clock"];
@@ -562,6 +565,21 @@ CREATE TABLE IF NOT EXISTS _ferry_conflicts (
     dedupe text NOT NULL UNIQUE
 );
 CREATE INDEX IF NOT EXISTS _ferry_conflicts_row ON _ferry_conflicts (tbl, pk);
+CREATE TABLE IF NOT EXISTS _ferry_peer_bases (
+    device_id text NOT NULL,
+    tbl text NOT NULL,
+    pk text NOT NULL,
+    clocks text NOT NULL,
+    PRIMARY KEY (device_id, tbl, pk)
+);
+CREATE TABLE IF NOT EXISTS _ferry_links (peer text PRIMARY KEY, status text NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_sync_log (
+    id bigserial PRIMARY KEY,
+    at_ms bigint NOT NULL,
+    peer text NOT NULL,
+    entry text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS _ferry_sync_log_at ON _ferry_sync_log (at_ms);
 CREATE OR REPLACE FUNCTION _ferry_notify_direct() RETURNS trigger LANGUAGE plpgsql AS $ferry$
 BEGIN
   -- A direct SQL write: the realtime stream tells every device to pull.

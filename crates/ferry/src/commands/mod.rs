@@ -6,6 +6,7 @@ pub mod audit;
 pub mod conflicts;
 pub mod device;
 pub mod file;
+pub mod peer;
 pub mod queue;
 pub mod serve;
 pub mod server_status;
@@ -43,6 +44,9 @@ impl ServerArgs {
         let store = AnyStore::open(config.database.as_deref(), &config.data_dir, schema)
             .await
             .with_context(|| format!("opening {place}"))?;
+        if let Some(role) = &config.role {
+            ferry_store::Store::set_role(&store, role);
+        }
         Ok((config, store))
     }
 }

@@ -1,7 +1,7 @@
 //! `ferry serve`: the sync server, until Ctrl-C or SIGTERM.
 
 use anyhow::{Context, Result};
-use ferry_store::Store;
+use ferry_store::{AnyStore, Store};
 
 use super::shutdown_signal;
 use crate::cli::ServerArgs;
@@ -18,8 +18,45 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(store = store.describe(), tables = store.schema().tables.len(), "store ready");
     let files = config.open_files().await.map_err(anyhow::Error::msg)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let links = start_links(&config, &store, &stopped)?;
     println!("listening on http://{addr}");
     ferry_server::run(listener, store, config.max_body_bytes, files, shutdown_signal()).await?;
+    let _ = stop.send(true);
+    for link in links {
+        let _ = link.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts a link for each `[peers.NAME]` section (a disabled one only records its state and
+/// is warned about).
+fn start_links(
+    config: &ferry_server::Config,
+    store: &AnyStore,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let synced = store.schema().table_names();
+    let mut links = Vec::new();
+    for peer in &config.peers {
+        let tables = peer.crossing(&synced).map_err(anyhow::Error::msg)?;
+        if peer.enabled {
+            tracing::info!(peer = %peer.name, url = %peer.url, tables = tables.len(), "linking to peer");
+        } else {
+            tracing::warn!(peer = %peer.name, "peer link disabled (enabled = false in [peers.{}]): nothing crosses until it is enabled", peer.name);
+        }
+        let link = ferry_peer::Link {
+            name: peer.name.clone(),
+            url: peer.url.clone(),
+            token: peer.token.clone(),
+            tables,
+            interval: peer.interval,
+            backoff: ferry_client::engine::Backoff { steps: peer.backoff.clone() },
+            enabled: peer.enabled,
+            log_keep: config.sync_log_keep,
+        };
+        links.push(tokio::spawn(ferry_peer::run(store.clone(), link, stopped.clone())));
+    }
+    Ok(links)
 }

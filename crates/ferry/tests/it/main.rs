@@ -8,6 +8,7 @@ mod faults;
 mod files;
 mod http;
 mod openapi;
+mod peering;
 mod postgres;
 mod proxy;
 mod queue;

@@ -668,6 +668,8 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
         user_name: "ann".into(),
         device_id: "d".into(),
         device_name: "phone".into(),
+        role: Some("main".into()),
+        server_role: Some("cloud".into()),
     };
     add("WhoAmI", to(&who));
     add("RowDoc", to(&p::RowDoc::new(table, key, &state)));

@@ -455,12 +455,12 @@ fn a_stale_change_is_refused_kept_on_its_device_and_settled_there() {
 }
 
 /// `authoritative`: the on-site main (`ferry token create --role main`) wins conflicts on
-/// its table whatever the clocks say (the seed's "main wins" for devices).
+/// its table whatever the clocks say (the seed's "main wins" for devices, as the example
+/// configures it).
 #[test]
 fn the_authority_role_wins_conflicts_on_an_authoritative_table() {
-    let env = Env::new();
-    env.table_options("devices", "conflict = \"authoritative\"\nauthority = \"main\"");
-    let p = Pair::in_env(env);
+    // The example's devices table is `authoritative` with authority `main`.
+    let p = Pair::new();
     let main =
         p.env.ok(&["token", "create", "--user", "alice", "--device", "main", "--role", "main", "-c", &p.env.config()]);
     p.env.sync(&p.server, "main.db", &main);

@@ -1,0 +1,591 @@
+//! Server peering: this server linked to another (`[peers.NAME]` in `ferry.toml`), both
+//! ways, through the same protocol and the same rules as a device (`docs/peering.md`).
+//!
+//! The side with the `[peers.NAME]` section starts the link (an on-site server behind NAT
+//! connects out). Each run pushes this store's changes the peer lacks, then pulls the peer's:
+//!
+//! - **Out**: this store's feed as the peer may read it (every row of the crossing tables
+//!   but those the peer brought itself, [`Principal::peer`]), pushed with the version each
+//!   row last had on both sides (`seen`): the peer decides conflicts by its tables'
+//!   strategies, as it does for a device.
+//! - **In**: the peer's feed, merged into this store as a push by the peer's device here
+//!   (`peer NAME`), with the same `seen`: this store decides by its strategies.
+//! - What each side is known to hold of a row (its *base*) is recorded after every page
+//!   that crossed, so a change made on either side since is judged against the version it
+//!   started from. A change never travels back where it came from: a row is marked as the
+//!   peer's when the merge kept exactly what it sent.
+//!
+//! Batches carry ids made from their cursor and rows, so a page whose answer was lost is
+//! applied once. Refused rows are found by splitting the batch (`ferry_policy::push::Split`)
+//! and written to the sync log; the link moves on. Failures retry by the server backoff
+//! schedule; the state (`CONNECTED`, `DEGRADED`, `DISCONNECTED`, `RECONNECTING`), the lag
+//! and the counts are kept in the store, where `GET /v1/admin/sync/status` and `ferry peer
+//! status` read them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_client::Remote;
+use ferry_client::engine::{Backoff, ConnState};
+use ferry_core::RowState;
+use ferry_core::schema::Schema;
+use ferry_core::strategy::RowClocks;
+use ferry_policy::push::{Split, Step, refusal_about_rows};
+use ferry_protocol::{PeerStatus, PeerUser, PeerUsers, RowOut, SyncLogEntry};
+use ferry_store::{IncomingRow, Principal, SERVER_ROLES, Store, StoreError, User};
+
+/// One `[peers.NAME]` link, as configured.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub name: String,
+    pub url: String,
+    pub token: String,
+    /// The synced tables that cross (includes and excludes applied).
+    pub tables: Vec<String>,
+    pub interval: Duration,
+    pub backoff: Backoff,
+    pub enabled: bool,
+    /// How long the sync log keeps entries.
+    pub log_keep: Duration,
+}
+
+/// Rows per page each way.
+const PAGE_ROWS: usize = 1000;
+/// A burst of local writes is gathered this long before the link runs.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Why a run failed.
+#[derive(Debug)]
+enum Failure {
+    Remote(ferry_client::Error),
+    Store(StoreError),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Remote(e) => write!(f, "{e}"),
+            Failure::Store(e) => write!(f, "this server's store: {e}"),
+        }
+    }
+}
+
+impl From<ferry_client::Error> for Failure {
+    fn from(e: ferry_client::Error) -> Self {
+        Failure::Remote(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+/// What one run moved.
+#[derive(Default)]
+struct Moved {
+    rows_out: u64,
+    rows_in: u64,
+    bytes_out: u64,
+    ms_out: u64,
+    ms_in: u64,
+    /// Rows set aside or refused, with why.
+    warnings_out: Vec<String>,
+    warnings_in: Vec<String>,
+}
+
+/// The link's connection to the peer, once established.
+struct Session {
+    remote: Remote,
+    /// The peer's device here: pulled rows are its pushes.
+    local: Principal,
+    /// The digest of this store's users as last sent.
+    users_sent: String,
+    runs: u64,
+    /// The peer's realtime stream is up (else changes arrive at the interval).
+    stream_up: Arc<AtomicBool>,
+    stream: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stream.abort();
+    }
+}
+
+/// Runs the link until `stop` turns true.
+pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut status = store
+        .links()
+        .await
+        .ok()
+        .and_then(|all| all.into_iter().find(|l| l.name == link.name && l.direction == "outgoing"))
+        .unwrap_or_default();
+    status.name = link.name.clone();
+    status.direction = "outgoing".into();
+    status.role = store.role().unwrap_or_default().to_owned();
+    status.url = Some(link.url.clone());
+    status.enabled = link.enabled;
+    status.backoff_ms = link.backoff.steps.iter().map(|d| d.as_millis() as u64).collect();
+    if !link.enabled {
+        status.state = ConnState::Disconnected.name().into();
+        status.last_error = Some("disabled in ferry.toml (enabled = false)".into());
+        save(&store, &status).await;
+        return;
+    }
+    let mut news = store.notices();
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut session: Option<Session> = None;
+    loop {
+        if status.failures > 0 {
+            status.state = ConnState::Reconnecting.name().into();
+            save(&store, &status).await;
+        }
+        let started = now_ms();
+        let result = run_once(&store, &link, &mut session, &mut status, &wake_tx).await;
+        let ended = now_ms();
+        let ok = result.is_ok();
+        match result {
+            Ok(moved) => {
+                let stream_up = session.as_ref().is_some_and(|s| s.stream_up.load(Ordering::SeqCst));
+                let clean = moved.warnings_out.is_empty() && moved.warnings_in.is_empty();
+                status.state =
+                    if stream_up && clean { ConnState::Connected } else { ConnState::Degraded }.name().into();
+                status.failures = 0;
+                status.next_attempt_ms = None;
+                status.last_heartbeat_ms = Some(ended);
+                status.last_success_ms = Some(ended);
+                status.down_since_ms = None;
+                status.last_error = None;
+                (status.lag_ms_out, status.lag_ms_in, status.lag_changes_out, status.lag_changes_in) = (0, 0, 0, 0);
+                status.rows_out += moved.rows_out;
+                status.rows_in += moved.rows_in;
+                log_moved(&store, &link, started, &moved).await;
+            }
+            Err(e) => {
+                status.failures += 1;
+                status.state = ConnState::Disconnected.name().into();
+                status.down_since_ms.get_or_insert(started);
+                let since = status.last_success_ms.unwrap_or(started);
+                status.lag_ms_out = ended.saturating_sub(since);
+                status.lag_ms_in = ended.saturating_sub(since);
+                let message = e.to_string();
+                tracing::warn!(peer = %link.name, "link failed (attempt {}): {message}", status.failures);
+                status.last_error = Some(message.clone());
+                if matches!(e, Failure::Remote(_)) {
+                    // A new connection next time: the peer may have been replaced.
+                    session = None;
+                }
+                let entry = SyncLogEntry {
+                    at_ms: started,
+                    peer: link.name.clone(),
+                    kind: "rows".into(),
+                    direction: "both".into(),
+                    status: "FAILED".into(),
+                    duration_ms: ended.saturating_sub(started),
+                    error: Some(message),
+                    ..SyncLogEntry::default()
+                };
+                log(&store, &link, entry).await;
+            }
+        }
+        let delay = if ok { link.interval } else { link.backoff.delay(status.failures) };
+        status.next_attempt_ms = (!ok).then(|| now_ms() + delay.as_millis() as u64);
+        save(&store, &status).await;
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = stop.changed() => return,
+                _ = wake_rx.recv(), if ok => break,
+                n = news.recv(), if ok => {
+                    let local = session.as_ref().map(|s| s.local.device_id.as_str());
+                    match n {
+                        // The link's own writes (what the peer sent) are nothing to send back.
+                        Ok(n) if n.origin.is_some() && n.origin.as_deref() == local => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep_until(until).await;
+                            break;
+                        }
+                        _ => {
+                            tokio::time::sleep(DEBOUNCE).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One run: connect when needed, exchange users, push, pull.
+async fn run_once<S: Store>(
+    store: &S,
+    link: &Link,
+    session: &mut Option<Session>,
+    status: &mut PeerStatus,
+    wake: &tokio::sync::mpsc::Sender<()>,
+) -> Result<Moved, Failure> {
+    if session.is_none() {
+        *session = Some(connect(store, link, status, wake).await?);
+    }
+    let s = session.as_mut().expect("connected above");
+    s.runs += 1;
+    let mut moved = Moved::default();
+    exchange_users(store, s, &mut moved).await?;
+    push_out(store, link, s, status, &mut moved).await?;
+    pull_in(store, link, s, status, &mut moved).await?;
+    status.last_heartbeat_ms = Some(now_ms());
+    Ok(moved)
+}
+
+/// Opens the link: who this server is on the other side, the other side's device here, and
+/// the other side's realtime stream.
+async fn connect<S: Store>(
+    store: &S,
+    link: &Link,
+    status: &mut PeerStatus,
+    wake: &tokio::sync::mpsc::Sender<()>,
+) -> Result<Session, Failure> {
+    let remote = Remote::new(&link.url, &link.token)?.as_peer(&link.name);
+    let me = remote.me().await?;
+    let ours = store.role().unwrap_or("main");
+    let theirs = me
+        .server_role
+        .clone()
+        .filter(|r| SERVER_ROLES.contains(&r.as_str()))
+        .unwrap_or_else(|| SERVER_ROLES.iter().find(|r| **r != ours).copied().unwrap_or("cloud").to_owned());
+    status.peer_role = Some(theirs.clone());
+    if status.far_store_id.as_deref() != Some(me.store_id.as_str()) {
+        // Another store (new, or replaced): everything crosses again; merging makes repeats
+        // harmless.
+        if status.far_store_id.is_some() {
+            tracing::warn!(peer = %link.name, "the peer's store changed ({}): syncing everything again", me.store_id);
+        }
+        status.far_store_id = Some(me.store_id.clone());
+        status.cursor_out = String::new();
+        status.cursor_in = String::new();
+    }
+    // The token's user exists on both sides with one id; the peer's device here is theirs.
+    let (_, refused) = store.adopt_users(vec![User { id: me.user_id.clone(), name: me.user_name.clone() }]).await?;
+    if let Some(why) = refused.first() {
+        return Err(Failure::Store(StoreError::Exists(why.clone())));
+    }
+    let device_name = format!("peer {}", link.name);
+    let existing = store
+        .devices(Some(&me.user_id))
+        .await?
+        .into_iter()
+        .find(|d| d.name == device_name && d.revoked_at.is_none() && d.role.as_deref() == Some(theirs.as_str()));
+    let device_id = match existing {
+        Some(d) => d.id,
+        None => store.create_device(&me.user_id, &device_name, false, Some(&theirs)).await?.device_id,
+    };
+    let local = Principal {
+        user_id: me.user_id,
+        user_name: me.user_name,
+        device_id,
+        device_name,
+        admin: false,
+        role: Some(theirs),
+        peer: true,
+    };
+    let stream_up = Arc::new(AtomicBool::new(false));
+    let stream = tokio::spawn(watch_stream(remote.clone(), stream_up.clone(), wake.clone()));
+    Ok(Session { remote, local, users_sent: String::new(), runs: 0, stream_up, stream })
+}
+
+/// Keeps the peer's realtime stream open, waking the link when the peer has news.
+async fn watch_stream(remote: Remote, up: Arc<AtomicBool>, wake: tokio::sync::mpsc::Sender<()>) {
+    loop {
+        if let Ok(mut stream) = remote.stream().await {
+            up.store(true, Ordering::SeqCst);
+            while stream.changed().await.is_ok() {
+                let _ = wake.try_send(());
+            }
+            up.store(false, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Each side adopts the users it lacks: this store's when they changed since last sent, the
+/// peer's every tenth run.
+async fn exchange_users<S: Store>(store: &S, s: &mut Session, moved: &mut Moved) -> Result<(), Failure> {
+    let ours = store.users().await?;
+    let digest = ferry_core::schema::fingerprint(
+        &ours.iter().map(|u| format!("{}\u{1f}{}", u.id, u.name)).collect::<Vec<_>>().join("\u{1e}"),
+    );
+    if digest != s.users_sent {
+        let users = ours.into_iter().map(|u| PeerUser { id: u.id, name: u.name }).collect();
+        let answer = s.remote.adopt_users(&PeerUsers { users }).await?;
+        moved.warnings_out.extend(answer.refused);
+        s.users_sent = digest;
+    }
+    if s.runs % 10 == 1 {
+        let theirs = s.remote.peer_users().await?;
+        let users = theirs.users.into_iter().map(|u| User { id: u.id, name: u.name }).collect();
+        let (_, refused) = store.adopt_users(users).await?;
+        moved.warnings_in.extend(refused);
+    }
+    Ok(())
+}
+
+/// Pushes this store's changes the peer lacks, a page at a time.
+async fn push_out<S: Store>(
+    store: &S,
+    link: &Link,
+    s: &Session,
+    status: &mut PeerStatus,
+    moved: &mut Moved,
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let schema = store.schema();
+    loop {
+        let page = store.pull_tables(&s.local, &status.cursor_out, PAGE_ROWS, Some(&link.tables)).await?;
+        if !page.rows.is_empty() {
+            let keys = page.rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect();
+            let bases = store.peer_bases(&s.local.device_id, keys).await?;
+            let rows: Vec<(String, String, RowState, RowClocks)> = page
+                .rows
+                .into_iter()
+                .map(|r| {
+                    let seen = bases.get(&(r.table.clone(), r.key.clone())).cloned().unwrap_or_default();
+                    (r.table, r.key, r.state, seen)
+                })
+                .collect();
+            let batch = batch_id("out", &status.cursor_out, &page.cursor, rows.iter().map(|r| (&r.0, &r.1, &r.2)));
+            let (sent, bytes, warnings) = push_split(&s.remote, schema, &batch, &rows).await?;
+            moved.rows_out += sent.len() as u64;
+            moved.bytes_out += bytes;
+            moved.warnings_out.extend(warnings);
+            let held = sent.into_iter().map(|i| (rows[i].0.clone(), rows[i].1.clone(), rows[i].2.clocks())).collect();
+            store.save_peer_bases(&s.local.device_id, held).await?;
+        }
+        status.cursor_out = page.cursor;
+        if !page.more {
+            break;
+        }
+        status.lag_changes_out = PAGE_ROWS as u64;
+    }
+    moved.ms_out = started.elapsed().as_millis() as u64;
+    Ok(())
+}
+
+/// Pushes `rows` as one batch, splitting it when the peer refuses rows (each refused row is
+/// left out with the peer's answer). Returns the indexes of the rows the peer took, the
+/// bytes sent, and the refusals.
+async fn push_split(
+    remote: &Remote,
+    schema: &Schema,
+    batch: &str,
+    rows: &[(String, String, RowState, RowClocks)],
+) -> Result<(Vec<usize>, u64, Vec<String>), Failure> {
+    let (mut sent, mut bytes, mut warnings) = (Vec::new(), 0u64, Vec::new());
+    let mut split: Option<Split<String>> = None;
+    let mut range = 0..rows.len();
+    loop {
+        let body = push_body(schema, &format!("{batch}.{}-{}", range.start, range.end), &rows[range.clone()])?;
+        bytes += body.len() as u64;
+        match remote.push_json(body).await {
+            Ok(answer) => {
+                let stale: Vec<(&str, &str)> =
+                    answer.rejected.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect();
+                for r in &answer.rejected {
+                    warnings.push(format!("{} '{}': {}", r.table, ferry_core::shown(&r.key), r.message));
+                }
+                sent.extend(range.clone().filter(|i| !stale.contains(&(rows[*i].0.as_str(), rows[*i].1.as_str()))));
+            }
+            Err(ferry_client::Error::Refused { code, message, .. }) if refusal_about_rows(&code) => match &mut split {
+                None => split = Some(Split::new(rows.len(), message)),
+                Some(sp) => sp.refused(range.clone(), message),
+            },
+            Err(e) => return Err(e.into()),
+        }
+        let Some(sp) = &mut split else { break };
+        loop {
+            match sp.step() {
+                Step::Push(r) => {
+                    range = r;
+                    break;
+                }
+                Step::SetAside(i, why) => warnings.push(format!(
+                    "{} '{}' refused by the peer: {why}",
+                    rows[i].0,
+                    ferry_core::shown(&rows[i].1)
+                )),
+                Step::Done => return Ok((sent, bytes, warnings)),
+            }
+        }
+    }
+    Ok((sent, bytes, warnings))
+}
+
+/// A push body of `rows` with their `seen` versions.
+fn push_body(schema: &Schema, batch: &str, rows: &[(String, String, RowState, RowClocks)]) -> Result<Vec<u8>, Failure> {
+    let out: Vec<RowOut<'_>> = rows
+        .iter()
+        .filter_map(|(t, k, state, seen)| {
+            Some(RowOut { table: schema.table(t)?, key: k, state, base: None, seen: Some(seen) })
+        })
+        .collect();
+    let json = serde_json::to_vec(&out)
+        .map_err(|e| Failure::Store(StoreError::Internal(format!("encoding a push to the peer: {e}"))))?;
+    Ok(ferry_protocol::push_body(batch, None, &json))
+}
+
+/// Pulls the peer's changes this store lacks and merges them, a page at a time.
+async fn pull_in<S: Store>(
+    store: &S,
+    link: &Link,
+    s: &Session,
+    status: &mut PeerStatus,
+    moved: &mut Moved,
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let schema = store.schema();
+    loop {
+        let page = s.remote.pull_decoded(schema, &status.cursor_in, PAGE_ROWS, Some(&link.tables), &[]).await?;
+        for r in &page.refused {
+            moved.warnings_in.push(format!("the peer sent a row this server refuses: {}", r.reason));
+        }
+        if !page.rows.is_empty() {
+            let keys = page.rows.iter().map(|(t, k, _)| (t.clone(), k.clone())).collect();
+            let bases = store.peer_bases(&s.local.device_id, keys).await?;
+            let batch = batch_id("in", &status.cursor_in, &page.cursor, page.rows.iter().map(|(t, k, st)| (t, k, st)));
+            let rows: Vec<IncomingRow> = page
+                .rows
+                .iter()
+                .map(|(t, k, state)| IncomingRow {
+                    table: t.clone(),
+                    key: k.clone(),
+                    state: state.clone(),
+                    seen: Some(bases.get(&(t.clone(), k.clone())).cloned().unwrap_or_default()),
+                    if_version: None,
+                })
+                .collect();
+            let taken = apply_split(store, &s.local, &batch, rows, &mut moved.warnings_in).await?;
+            moved.rows_in += taken.len() as u64;
+            let held = taken.into_iter().map(|r| (r.table, r.key, r.state.clocks())).collect();
+            store.save_peer_bases(&s.local.device_id, held).await?;
+        }
+        status.cursor_in = page.cursor;
+        if !page.more {
+            break;
+        }
+    }
+    moved.ms_in = started.elapsed().as_millis() as u64;
+    Ok(())
+}
+
+/// Merges pulled rows as the peer's push here, splitting the batch when this store refuses
+/// rows (each refused row is left out, with why, in `warnings`). Returns the rows taken.
+async fn apply_split<S: Store>(
+    store: &S,
+    local: &Principal,
+    batch: &str,
+    rows: Vec<IncomingRow>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<IncomingRow>, Failure> {
+    let mut taken = Vec::with_capacity(rows.len());
+    let mut split: Option<Split<String>> = None;
+    let mut range = 0..rows.len();
+    loop {
+        let part = rows[range.clone()].to_vec();
+        match store.push(local, &format!("{batch}.{}-{}", range.start, range.end), None, part).await {
+            Ok(outcome) => {
+                for r in &outcome.refused {
+                    warnings.push(format!(
+                        "{} '{}': the peer's change was refused here ({:?}); this server keeps its version",
+                        r.table,
+                        ferry_core::shown(&r.key),
+                        r.reason
+                    ));
+                }
+                let refused = |r: &IncomingRow| outcome.refused.iter().any(|x| x.table == r.table && x.key == r.key);
+                taken.extend(rows[range.clone()].iter().filter(|r| !refused(r)).cloned());
+            }
+            Err(e @ (StoreError::Invalid(_) | StoreError::Forbidden(_))) => match &mut split {
+                None => split = Some(Split::new(rows.len(), e.to_string())),
+                Some(sp) => sp.refused(range.clone(), e.to_string()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+        let Some(sp) = &mut split else { break };
+        loop {
+            match sp.step() {
+                Step::Push(r) => {
+                    range = r;
+                    break;
+                }
+                Step::SetAside(i, why) => warnings.push(format!(
+                    "{} '{}' from the peer refused here: {why}",
+                    rows[i].table,
+                    ferry_core::shown(&rows[i].key)
+                )),
+                Step::Done => return Ok(taken),
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// A batch id that names a page by where it starts and ends and what it holds, so a page
+/// sent again (its answer lost) is applied once, and another page from the same start is
+/// not taken for it.
+fn batch_id<'a>(
+    way: &str,
+    from: &str,
+    to: &str,
+    rows: impl Iterator<Item = (&'a String, &'a String, &'a RowState)>,
+) -> String {
+    let mut text = format!("{from}\u{1e}{to}");
+    for (t, k, s) in rows {
+        text.push_str(&format!("\u{1e}{t}\u{1f}{k}\u{1f}{}", s.version()));
+    }
+    format!("peer-{way}-{}", ferry_core::schema::fingerprint(&text))
+}
+
+/// The sync log's entries for a run that moved rows (or had rows refused).
+async fn log_moved<S: Store>(store: &S, link: &Link, started: u64, moved: &Moved) {
+    let ways = [
+        ("push", moved.rows_out, moved.bytes_out, moved.ms_out, &moved.warnings_out),
+        ("pull", moved.rows_in, 0, moved.ms_in, &moved.warnings_in),
+    ];
+    for (direction, rows, bytes, ms, warnings) in ways {
+        if rows == 0 && warnings.is_empty() {
+            continue;
+        }
+        let entry = SyncLogEntry {
+            at_ms: started,
+            peer: link.name.clone(),
+            kind: "rows".into(),
+            direction: direction.into(),
+            status: if warnings.is_empty() { "SUCCESS" } else { "WARNING" }.into(),
+            rows,
+            bytes,
+            duration_ms: ms,
+            error: (!warnings.is_empty()).then(|| warnings.join("\n")),
+            ..SyncLogEntry::default()
+        };
+        log(store, link, entry).await;
+    }
+}
+
+async fn log<S: Store>(store: &S, link: &Link, entry: SyncLogEntry) {
+    if let Err(e) = store.log_sync(entry, link.log_keep.as_millis() as u64).await {
+        tracing::warn!(peer = %link.name, "cannot write the sync log: {e}");
+    }
+}
+
+async fn save<S: Store>(store: &S, status: &PeerStatus) {
+    if let Err(e) = store.save_link(status.clone()).await {
+        tracing::warn!(peer = %status.name, "cannot record the link's state: {e}");
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

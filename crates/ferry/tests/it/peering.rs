@@ -1,0 +1,356 @@
+//! Server peering (issue 17): an on-site MAIN and a CLOUD server, each on its own PostgreSQL
+//! cluster, with devices on both, linked by MAIN's `[peers.cloud]` section.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::proxy::{Fault, Proxy};
+use crate::{Env, Server, insert_jump, jumps, uuid};
+
+/// One server of the pair: its directory, config and process.
+struct Site {
+    env: Env,
+    server: Server,
+    /// An admin token of this server.
+    admin: String,
+}
+
+impl Site {
+    fn psql(&self, sql: &str) -> String {
+        self.env.psql(sql).trim().to_owned()
+    }
+
+    fn status(&self) -> Value {
+        let out = self.env.ok_all(&["peer", "status", "--json", "-c", &self.env.config()]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.server.http().get(format!("{}{path}", self.server.url)).bearer_auth(&self.admin).send().unwrap()
+    }
+}
+
+/// Waits until `f` holds, for at most 30 s; panics naming `what` otherwise.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn set_role(env: &Env, role: &str) {
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    let config = config.replacen("[server]\n", &format!("[server]\nrole = \"{role}\"\n"), 1);
+    std::fs::write(env.path("ferry.toml"), config).unwrap();
+}
+
+fn add_peer(env: &Env, url: &str, token: &str, extra: &str) {
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    let section = format!(
+        "\n[peers.cloud]\nurl = \"{url}\"\ntoken = \"{token}\"\ninterval = \"1s\"\nbackoff = \"200ms,500ms\"\n{extra}\n"
+    );
+    std::fs::write(env.path("ferry.toml"), config + &section).unwrap();
+}
+
+fn admin(env: &Env) -> String {
+    env.add_user("ops");
+    env.ok(&["token", "create", "--user", "ops", "--device", "console", "--admin", "-c", &env.config()])
+}
+
+/// CLOUD running, with a token for MAIN (`--role main`); then MAIN linked to `url` (CLOUD's
+/// address, or a proxy's in front of it when `via` gives one).
+fn pair(via: Option<&dyn Fn(&str) -> String>) -> (Site, Site) {
+    let cloud_env = Env::postgres_other();
+    set_role(&cloud_env, "cloud");
+    let cloud_admin = admin(&cloud_env);
+    cloud_env.add_user("dropzone");
+    let link_token = cloud_env.ok(&[
+        "token",
+        "create",
+        "--user",
+        "dropzone",
+        "--device",
+        "main",
+        "--role",
+        "main",
+        "-c",
+        &cloud_env.config(),
+    ]);
+    let cloud_server = cloud_env.serve();
+    let url = via.map_or_else(|| cloud_server.url.clone(), |f| f(&cloud_server.url));
+    let main_env = Env::postgres();
+    set_role(&main_env, "main");
+    add_peer(&main_env, &url, &link_token, "");
+    let main_admin = admin(&main_env);
+    let main_server = main_env.serve();
+    (
+        Site { env: main_env, server: main_server, admin: main_admin },
+        Site { env: cloud_env, server: cloud_server, admin: cloud_admin },
+    )
+}
+
+fn user_id(site: &Site, name: &str) -> String {
+    site.psql(&format!("SELECT id FROM _ferry_users WHERE name = '{name}'"))
+}
+
+#[test]
+fn main_and_cloud_sync_both_ways_and_nothing_travels_back() {
+    let (main, cloud) = pair(None);
+    // Users travel with their ids: ann made on MAIN, bob on CLOUD.
+    let ann = main.env.add_user("ann");
+    let bob = cloud.env.add_user("bob");
+    wait_for("ann on CLOUD", || user_id(&cloud, "ann") == ann);
+    wait_for("bob on MAIN", || user_id(&main, "bob") == bob);
+
+    // A device of MAIN writes; CLOUD's PostgreSQL and a device of CLOUD see it.
+    let ann_main = main.env.token("ann", "phone");
+    let ann_cloud = cloud.env.token("ann", "laptop");
+    let phone = main.env.db("phone.db");
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    let jump = insert_jump(&phone, &ann, 1, "from the drop zone");
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    wait_for("the jump in CLOUD's PostgreSQL", || {
+        cloud.psql(&format!("SELECT notes FROM jump_log WHERE id = '{jump}'")) == "from the drop zone"
+    });
+    cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+    let laptop = cloud.env.db("laptop.db");
+    assert_eq!(jumps(&laptop).len(), 1);
+
+    // CLOUD's own application writes by SQL; MAIN's PostgreSQL and MAIN's device see it.
+    let group = uuid();
+    cloud.psql(&format!("INSERT INTO groups (id, name, created_by) VALUES ('{group}', 'Sunset 4-way', '{bob}')"));
+    wait_for("the group in MAIN's PostgreSQL", || {
+        main.psql(&format!("SELECT name FROM groups WHERE id = '{group}'")) == "Sunset 4-way"
+    });
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    let name: String = phone.query_row("SELECT name FROM groups WHERE id = ?1", [&group], |r| r.get(0)).unwrap();
+    assert_eq!(name, "Sunset 4-way");
+
+    // A script writes through MAIN's REST API; a laptop on CLOUD edits the jump; MAIN's SQL
+    // renames the group: each reaches the other side.
+    let rest_jump = uuid();
+    let made = main
+        .server
+        .http()
+        .put(format!("{}/v1/rows/jump_log/{rest_jump}", main.server.url))
+        .bearer_auth(main.env.token("ann", "script"))
+        .header("If-None-Match", "*")
+        .json(&json!({"values": {"user_id": ann, "jump_number": 2, "jumped_at": "2026-12-05T10:00:00Z", "notes": "by REST"}}))
+        .send()
+        .unwrap();
+    assert_eq!(made.status(), 201, "{:?}", made.text());
+    laptop.execute("UPDATE jump_log SET notes = 'edited at home' WHERE id = ?1", [&jump]).unwrap();
+    cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+    main.psql(&format!("UPDATE groups SET name = 'Sunset 8-way' WHERE id = '{group}'"));
+    wait_for("the REST jump on CLOUD", || {
+        cloud.psql(&format!("SELECT notes FROM jump_log WHERE id = '{rest_jump}'")) == "by REST"
+    });
+    wait_for("the laptop's edit on MAIN", || {
+        main.psql(&format!("SELECT notes FROM jump_log WHERE id = '{jump}'")) == "edited at home"
+    });
+    wait_for("the rename on CLOUD", || {
+        cloud.psql(&format!("SELECT name FROM groups WHERE id = '{group}'")) == "Sunset 8-way"
+    });
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    let notes: String = phone.query_row("SELECT notes FROM jump_log WHERE id = ?1", [&jump], |r| r.get(0)).unwrap();
+    assert_eq!(notes, "edited at home");
+
+    // Both stores hold the same rows.
+    let all = "SELECT string_agg(id::text || ':' || coalesce(notes, ''), ',' ORDER BY id) FROM jump_log";
+    assert_eq!(main.psql(all), cloud.psql(all));
+    let groups = "SELECT string_agg(id::text || ':' || name, ',' ORDER BY id) FROM groups";
+    assert_eq!(main.psql(groups), cloud.psql(groups));
+
+    // Settled: the link keeps beating, and no row crosses any more, either way.
+    let rows = |s: &Value| (s["peers"][0]["rows_out"].as_u64().unwrap(), s["peers"][0]["rows_in"].as_u64().unwrap());
+    let heartbeat = |s: &Value| s["peers"][0]["last_heartbeat_ms"].as_u64().unwrap_or(0);
+    let before = main.status();
+    let beat = heartbeat(&before);
+    wait_for("two more runs of the link", || heartbeat(&main.status()) > beat + 1500);
+    let after = main.status();
+    assert_eq!(rows(&after), rows(&before), "rows kept crossing: {after}");
+    let feed = "SELECT count(*) FROM _ferry_rows";
+    assert_eq!(main.psql(feed), cloud.psql(feed));
+
+    // The state, as the CLI and the admin API show it on each side.
+    let link = &after["peers"][0];
+    assert_eq!(after["role"], "main");
+    assert_eq!(link["name"], "cloud");
+    assert_eq!(link["direction"], "outgoing");
+    assert_eq!(link["peer_role"], "cloud");
+    assert_eq!(link["state"], "CONNECTED", "{after}");
+    assert_eq!(link["lag_ms_out"], 0);
+    assert_eq!(link["backoff_ms"], json!([200, 500]));
+    assert!(link["last_success_ms"].as_u64().is_some());
+    let seen: Value = cloud.get("/v1/admin/sync/status").json().unwrap();
+    assert_eq!(seen["role"], "cloud");
+    assert_eq!(seen["peers"][0]["direction"], "incoming");
+    assert_eq!(seen["peers"][0]["name"], "main");
+    assert_eq!(seen["peers"][0]["state"], "CONNECTED");
+    let text = main.env.ok_all(&["peer", "status", "cloud", "-c", &main.env.config()]);
+    assert!(text.contains("state:          CONNECTED"), "{text}");
+
+    // The sync log: runs that moved rows, each way, successful.
+    let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["direction"] == "push" && e["status"] == "SUCCESS" && e["rows"].as_u64() > Some(0))
+    );
+    assert!(
+        entries.iter().any(|e| e["direction"] == "pull" && e["status"] == "SUCCESS" && e["rows"].as_u64() > Some(0))
+    );
+    let text = main.env.ok_all(&["peer", "log", "cloud", "-c", &main.env.config()]);
+    assert!(text.contains("SUCCESS"), "{text}");
+    // A device token cannot read it, nor link as a peer.
+    let denied = main
+        .server
+        .http()
+        .get(format!("{}/v1/admin/sync/status", main.server.url))
+        .bearer_auth(&ann_main)
+        .send()
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let posing = cloud
+        .server
+        .http()
+        .get(format!("{}/v1/peer/users", cloud.server.url))
+        .bearer_auth(&ann_cloud)
+        .header("ferry-peer", "x")
+        .send()
+        .unwrap();
+    assert_eq!(posing.status(), 403);
+    let why: Value = posing.json().unwrap();
+    assert!(why["error"]["message"].as_str().unwrap().contains("--role main"), "{why}");
+}
+
+#[test]
+fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_devices() {
+    let proxy = std::cell::OnceCell::new();
+    let via = |url: &str| {
+        let p = Proxy::start(url);
+        let u = p.url.clone();
+        let _ = proxy.set(p);
+        u
+    };
+    let (main, cloud) = pair(Some(&via));
+    let proxy = proxy.get().unwrap();
+    let ann = main.env.add_user("ann");
+    wait_for("ann on CLOUD", || user_id(&cloud, "ann") == ann);
+    let device = uuid();
+    main.psql(&format!(
+        "INSERT INTO devices (id, user_id, kind, name) VALUES ('{device}', '{ann}', 'altimeter', 'Viso')"
+    ));
+    wait_for("the device on CLOUD", || {
+        cloud.psql(&format!("SELECT name FROM devices WHERE id = '{device}'")) == "Viso"
+    });
+    wait_for("MAIN connected", || main.status()["peers"][0]["state"] == "CONNECTED");
+
+    // The network goes: MAIN sees the link down; both sides keep taking writes.
+    proxy.partition();
+    wait_for("MAIN to see the link down", || main.status()["peers"][0]["state"] == "DISCONNECTED");
+    let down = main.status();
+    assert!(down["peers"][0]["last_error"].as_str().is_some(), "{down}");
+    let phone = main.env.db("phone.db");
+    let ann_main = main.env.token("ann", "phone");
+    let laptop = cloud.env.db("laptop.db");
+    let ann_cloud = cloud.env.token("ann", "laptop");
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+    for n in 0..20 {
+        insert_jump(&phone, &ann, 100 + n, "main");
+        insert_jump(&laptop, &ann, 200 + n, "cloud");
+    }
+    // The same device renamed on both sides: MAIN's name must win (authoritative, main).
+    cloud.psql(&format!("UPDATE devices SET name = 'renamed at home' WHERE id = '{device}'"));
+    main.psql(&format!("UPDATE devices SET name = 'renamed on site' WHERE id = '{device}'"));
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+
+    // Back: everything crosses once, nothing is lost or doubled.
+    proxy.set(Fault::Pass);
+    let count = "SELECT count(*) FROM jump_log";
+    wait_for("40 jumps on both sides", || main.psql(count) == "40" && cloud.psql(count) == "40");
+    let ids = "SELECT string_agg(id::text, ',' ORDER BY id) FROM jump_log";
+    assert_eq!(main.psql(ids), cloud.psql(ids));
+    let name = format!("SELECT name FROM devices WHERE id = '{device}'");
+    wait_for("MAIN's device name on both sides", || {
+        main.psql(&name) == "renamed on site" && cloud.psql(&name) == "renamed on site"
+    });
+    let conflicts = format!("SELECT count(*) FROM _ferry_conflicts WHERE tbl = 'devices' AND pk = '{device}'");
+    let logged: i64 = main.psql(&conflicts).parse::<i64>().unwrap() + cloud.psql(&conflicts).parse::<i64>().unwrap();
+    assert_eq!(logged, 1, "the conflict is logged once, on the side that decided it");
+    wait_for("MAIN connected again", || main.status()["peers"][0]["state"] == "CONNECTED");
+    let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+    assert!(log["entries"].as_array().unwrap().iter().any(|e| e["status"] == "FAILED"), "{log}");
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+    assert_eq!(jumps(&phone).len(), 40);
+    assert_eq!(jumps(&laptop).len(), 40);
+}
+
+#[test]
+fn either_server_killed_mid_run_converges_after_restart() {
+    let (mut main, mut cloud) = pair(None);
+    let ann = main.env.add_user("ann");
+    wait_for("ann on CLOUD", || user_id(&cloud, "ann") == ann);
+    let insert = |site: &Site, from: i64, note: &str| {
+        site.psql(&format!(
+            "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, notes)
+             SELECT gen_random_uuid(), '{ann}', n, now(), '{note}' FROM generate_series({from}, {from} + 2999) n"
+        ));
+    };
+    let count = |site: &Site| site.psql("SELECT count(*) FROM jump_log").parse::<u64>().unwrap();
+
+    // MAIN dies while its rows are crossing, and comes back at the same address.
+    insert(&main, 0, "main");
+    wait_for("rows starting to cross", || count(&cloud) > 0);
+    main.server.kill();
+    let listen = main.server.url.trim_start_matches("http://").to_owned();
+    main.server = main.env.serve_on(&listen, &[]);
+    wait_for("3000 rows on CLOUD", || count(&cloud) == 3000);
+
+    // CLOUD dies while MAIN pulls from it, and comes back at the same address.
+    insert(&cloud, 10_000, "cloud");
+    wait_for("rows starting to come", || count(&main) > 3000);
+    cloud.server.kill();
+    let listen = cloud.server.url.trim_start_matches("http://").to_owned();
+    cloud.server = cloud.env.serve_on(&listen, &[]);
+    wait_for("6000 rows on both", || count(&main) == 6000 && count(&cloud) == 6000);
+    let ids = "SELECT md5(string_agg(id::text || notes, ',' ORDER BY id)) FROM jump_log";
+    assert_eq!(main.psql(ids), cloud.psql(ids));
+}
+
+#[test]
+fn a_bad_role_stops_start_up_and_a_disabled_peer_is_shown() {
+    let env = Env::new();
+    set_role(&env, "edge");
+    let out = env.run(&["serve", "-c", &env.config(), "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("role = \"edge\"") && err.contains("main, cloud"), "{err}");
+
+    let env = Env::new();
+    add_peer(&env, "http://127.0.0.1:9", "fry_x", "enabled = false");
+    let out = env.run(&["peer", "status", "-c", &env.config()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs a role"), "{err}");
+
+    set_role(&env, "main");
+    let mut child = std::process::Command::new(crate::FERRY)
+        .args(["serve", "-c", &env.config(), "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the disabled link's state", || {
+        let out = env.run(&["peer", "status", "--json", "-c", &env.config()]);
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        s["peers"][0]["enabled"] == false && s["peers"][0]["state"] == "DISCONNECTED"
+    });
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("peer link disabled"), "{err}");
+}
