@@ -26,7 +26,8 @@ pub use admin::{
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};
 pub use peer::{
-    AdoptUsersResponse, PEER_HEADER, PeerStatus, PeerUser, PeerUsers, SyncLogEntry, SyncLogResponse, SyncStatusResponse,
+    AdoptUsersResponse, Alert, AlertsResponse, PEER_HEADER, PeerStatus, PeerUser, PeerUsers, SyncHealth, SyncLogEntry,
+    SyncLogResponse, SyncStatusResponse,
 };
 pub use rest::{ChangesResponse, PutRowRequest, RowDoc};
 pub use stream::StreamMessage;

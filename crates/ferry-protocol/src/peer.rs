@@ -127,3 +127,33 @@ pub struct AdoptUsersResponse {
 /// The request header a server linking as a peer sends, naming itself (its `[peers.NAME]`
 /// link): its token must hold a server role (`main` or `cloud`).
 pub const PEER_HEADER: &str = "ferry-peer";
+
+/// An alert about a link, as `GET /v1/admin/alerts` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    pub peer: String,
+    /// `lag`, `file_queue` or `disconnected`.
+    pub kind: String,
+    /// `WARNING` or `CRITICAL`.
+    pub severity: String,
+    pub message: String,
+    /// Since when the condition holds (milliseconds since the Unix epoch).
+    pub since_ms: u64,
+}
+
+/// `GET /v1/admin/alerts`: the alerts that hold now, critical first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsResponse {
+    pub alerts: Vec<Alert>,
+}
+
+/// `GET /health/sync`: `ok` (200) when every enabled link is connected and its lag is under
+/// the limit, else `unhealthy` (503) with the reasons.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncHealth {
+    pub status: String,
+    pub reasons: Vec<String>,
+}

@@ -26,6 +26,18 @@ struct FileConfig {
     /// Other servers this one links to (`docs/peering.md`).
     #[serde(default)]
     peers: BTreeMap<String, PeerSection>,
+    /// When the links' state raises alerts.
+    #[serde(default)]
+    alerts: AlertsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsSection {
+    lag_warning: Option<String>,
+    file_queue_warning: Option<u64>,
+    disconnected_critical: Option<String>,
+    health_max_lag: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +125,32 @@ pub struct Config {
     pub sync_log_keep: Duration,
     /// The `[peers.NAME]` sections: the links this server starts.
     pub peers: Vec<PeerConfig>,
+    /// The `[alerts]` section.
+    pub alerts: AlertThresholds,
+}
+
+/// When a link's state raises an alert (`[alerts]`), and what `/health/sync` accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertThresholds {
+    /// A warning when changes have waited this long to cross (default 1 h).
+    pub lag_warning: Duration,
+    /// A warning when more files than this wait to cross (default 500).
+    pub file_queue_warning: u64,
+    /// Critical when a link has been down this long (default 24 h).
+    pub disconnected_critical: Duration,
+    /// `/health/sync` answers 503 when a link's lag reaches this (default 60 s).
+    pub health_max_lag: Duration,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        AlertThresholds {
+            lag_warning: Duration::from_secs(3600),
+            file_queue_warning: 500,
+            disconnected_critical: Duration::from_secs(86_400),
+            health_max_lag: Duration::from_secs(60),
+        }
+    }
 }
 
 /// One `[peers.NAME]` section: another server this one links to.
@@ -253,9 +291,33 @@ impl Config {
                 ferry_core::duration::parse_duration(&k).map_err(|e| bad(format!("[server] sync_log_keep: {e}")))?
             }
         };
+        let defaults = AlertThresholds::default();
+        let duration = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => ferry_core::duration::parse_duration(&v).map_err(|e| bad(format!("[alerts] {key}: {e}"))),
+        };
+        let a = parsed.alerts;
+        let alerts = AlertThresholds {
+            lag_warning: duration("lag_warning", a.lag_warning, defaults.lag_warning)?,
+            file_queue_warning: a.file_queue_warning.unwrap_or(defaults.file_queue_warning),
+            disconnected_critical: duration(
+                "disconnected_critical",
+                a.disconnected_critical,
+                defaults.disconnected_critical,
+            )?,
+            health_max_lag: duration("health_max_lag", a.health_max_lag, defaults.health_max_lag)?,
+        };
         let mut peers = Vec::new();
         for (name, p) in parsed.peers {
             let here = format!("[peers.{name}]");
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad(format!(
+                    "{here}: a peer's name must be 1 to 64 letters, digits, '-' or '_' (it names the link in logs and headers)"
+                )));
+            }
             if role.is_none() {
                 return Err(bad(format!(
                     "{here}: a server that links to peers needs a role; set [server] role = \"main\" (on site) or \"cloud\""
@@ -305,6 +367,7 @@ impl Config {
             role,
             sync_log_keep,
             peers,
+            alerts,
         })
     }
 

@@ -48,7 +48,8 @@ pub async fn guard(State(limits): State<Limits>, req: Request, next: Next) -> Re
         // keeps a client from sending its next one into a connection that is closing.
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if resp.status().is_client_error() || resp.status().is_server_error() {
+    let deliberate = resp.extensions().get::<Deliberate>().is_some();
+    if (resp.status().is_client_error() || resp.status().is_server_error()) && !deliberate {
         resp = json_error(resp, &id).await;
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -56,6 +57,11 @@ pub async fn guard(State(limits): State<Limits>, req: Request, next: Next) -> Re
     }
     resp
 }
+
+/// Marks an error status that is an answer, not a failure (`GET /health/sync`'s 503, whose
+/// JSON body names the unhealthy links and nothing internal): its body passes as made.
+#[derive(Clone, Copy)]
+pub(crate) struct Deliberate;
 
 /// A refusal the request's head alone decides.
 fn early_refusal(req: &Request, limits: Limits) -> Option<ApiError> {

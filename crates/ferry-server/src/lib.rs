@@ -51,10 +51,14 @@ pub struct AppState<S> {
     pub seen: auth::Seen,
     /// When peers linking to this server last called.
     pub peers: peer::Heard,
+    /// When links raise alerts (`[alerts]`).
+    pub alerts: config::AlertThresholds,
 }
 
-/// The HTTP routes over `store`, with `files` for the files rows reference.
-pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router {
+/// The HTTP routes over `store` as `config` sets them up, with `files` for the files rows
+/// reference.
+pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
+    let max_body_bytes = config.max_body_bytes;
     use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
     let limits = guard::Limits { body: max_body_bytes, upload: files.max_upload_bytes() };
     let state = Arc::new(AppState {
@@ -64,12 +68,14 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         revocations: Default::default(),
         seen: Default::default(),
         peers: Default::default(),
+        alerts: config.alerts.clone(),
     });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"));
     Router::new()
         .route("/health/live", get(info::live))
+        .route("/health/sync", get(peer::health::<S>))
         .route("/v1/schema", get(info::schema::<S>))
         .route("/v1/me", get(info::me::<S>))
         .route("/v1/push", post(push::push::<S>))
@@ -87,6 +93,7 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
         .route("/v1/admin/devices/{id}/revoke", post(admin::revoke_device::<S>))
         .route("/v1/admin/sync/status", get(peer::status::<S>))
         .route("/v1/admin/sync/log", get(peer::log::<S>))
+        .route("/v1/admin/alerts", get(peer::list_alerts::<S>))
         .route("/v1/peer/users", get(peer::users::<S>).post(peer::adopt_users::<S>))
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
@@ -108,9 +115,9 @@ pub fn router<S: Store>(store: S, max_body_bytes: usize, files: Files) -> Router
 pub async fn run<S: Store>(
     listener: TcpListener,
     store: S,
-    max_body_bytes: usize,
+    config: &Config,
     files: Files,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(conn::Listener(listener), router(store, max_body_bytes, files)).with_graceful_shutdown(shutdown).await
+    axum::serve(conn::Listener(listener), router(store, config, files)).with_graceful_shutdown(shutdown).await
 }

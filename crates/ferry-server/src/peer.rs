@@ -10,7 +10,10 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use ferry_protocol::{AdoptUsersResponse, PeerStatus, PeerUser, PeerUsers, SyncLogResponse, SyncStatusResponse};
+use ferry_protocol::{
+    AdoptUsersResponse, Alert, AlertsResponse, PeerStatus, PeerUser, PeerUsers, SyncHealth, SyncLogEntry,
+    SyncLogResponse, SyncStatusResponse,
+};
 use ferry_store::{Principal, SERVER_ROLES, Store, User};
 
 use crate::admin::require_admin;
@@ -167,4 +170,236 @@ pub async fn log<S: Store>(
         },
     };
     Ok(Json(SyncLogResponse { entries: state.store.sync_log(q.get("peer").map(String::as_str), limit).await? }))
+}
+
+/// Whether a link is up (it syncs, by the stream or by polling).
+fn is_up(p: &PeerStatus) -> bool {
+    matches!(p.state.as_str(), "CONNECTED" | "DEGRADED")
+}
+
+/// How long changes have waited to cross a link at `now`: its recorded lag while it is up,
+/// else the time since it last succeeded (or went down).
+pub fn lag_at(p: &PeerStatus, now: u64) -> u64 {
+    if is_up(p) {
+        p.lag_ms_out.max(p.lag_ms_in)
+    } else {
+        now.saturating_sub(p.last_success_ms.or(p.down_since_ms).unwrap_or(now))
+    }
+}
+
+/// The alerts the links' state raises at `now` (`links` as [`seen_at`] shows them),
+/// critical first.
+pub fn alerts(links: &[PeerStatus], t: &crate::config::AlertThresholds, now: u64) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for p in links.iter().filter(|p| p.enabled) {
+        let alert = |kind: &str, severity: &str, message: String, since_ms: u64| Alert {
+            peer: p.name.clone(),
+            kind: kind.into(),
+            severity: severity.into(),
+            message,
+            since_ms,
+        };
+        if !is_up(p)
+            && let Some(since) = p.down_since_ms
+            && now.saturating_sub(since) >= t.disconnected_critical.as_millis() as u64
+        {
+            let message = format!(
+                "link '{}' has been {} for {} (over {}); last error: {}",
+                p.name,
+                p.state,
+                shown_ms(now.saturating_sub(since)),
+                shown_ms(t.disconnected_critical.as_millis() as u64),
+                p.last_error.as_deref().unwrap_or("none recorded")
+            );
+            out.push(alert("disconnected", "CRITICAL", message, since));
+        }
+        let lag = lag_at(p, now);
+        if lag >= t.lag_warning.as_millis() as u64 {
+            let message = format!(
+                "changes wait {} to cross link '{}' (over {})",
+                shown_ms(lag),
+                p.name,
+                shown_ms(t.lag_warning.as_millis() as u64)
+            );
+            out.push(alert("lag", "WARNING", message, now.saturating_sub(lag)));
+        }
+        if p.file_queue > t.file_queue_warning {
+            let message =
+                format!("{} files wait to cross link '{}' (over {})", p.file_queue, p.name, t.file_queue_warning);
+            out.push(alert("file_queue", "WARNING", message, now));
+        }
+    }
+    out.sort_by(|a, b| (a.severity != "CRITICAL", &a.peer, &a.kind).cmp(&(b.severity != "CRITICAL", &b.peer, &b.kind)));
+    out
+}
+
+/// Why `/health/sync` is unhealthy at `now`; empty when every enabled link is connected and
+/// its lag is under the limit.
+pub fn unhealthy(links: &[PeerStatus], t: &crate::config::AlertThresholds, now: u64) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for p in links.iter().filter(|p| p.enabled) {
+        if !is_up(p) {
+            // Not the last error: this answer needs no token, and errors may name internals.
+            let since =
+                p.down_since_ms.map(|at| format!(" for {}", shown_ms(now.saturating_sub(at)))).unwrap_or_default();
+            reasons.push(format!("link '{}' is {}{since}", p.name, p.state));
+            continue;
+        }
+        let lag = lag_at(p, now);
+        if lag >= t.health_max_lag.as_millis() as u64 {
+            reasons.push(format!(
+                "link '{}' lags {} (the limit is {})",
+                p.name,
+                shown_ms(lag),
+                shown_ms(t.health_max_lag.as_millis() as u64)
+            ));
+        }
+    }
+    reasons
+}
+
+/// "3 h 5 min", "42 s", "250 ms".
+fn shown_ms(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms} ms"),
+        1000..120_000 => format!("{} s", ms / 1000),
+        120_000..7_200_000 => format!("{} min", ms / 60_000),
+        _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// The links as of now, incoming ones judged by their last call.
+async fn links_now<S: Store>(store: &S) -> Result<Vec<PeerStatus>, ApiError> {
+    let now = now_ms();
+    Ok(store.links().await?.into_iter().map(|p| seen_at(p, now)).collect())
+}
+
+/// `GET /v1/admin/alerts`: the alerts that hold now.
+pub async fn list_alerts<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    who: Authed,
+) -> Result<Json<AlertsResponse>, ApiError> {
+    require_admin(&who)?;
+    let links = links_now(&state.store).await?;
+    Ok(Json(AlertsResponse { alerts: alerts(&links, &state.alerts, now_ms()) }))
+}
+
+/// `GET /health/sync`: 200 when every enabled link is connected and under the lag limit,
+/// else 503 naming why. No token: for load balancers and monitors.
+pub async fn health<S: Store>(State(state): State<Arc<AppState<S>>>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let links = links_now(&state.store).await?;
+    let reasons = unhealthy(&links, &state.alerts, now_ms());
+    let status =
+        if reasons.is_empty() { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let body = SyncHealth { status: if reasons.is_empty() { "ok" } else { "unhealthy" }.into(), reasons };
+    let mut answer = (status, Json(body)).into_response();
+    answer.extensions_mut().insert(crate::guard::Deliberate);
+    Ok(answer)
+}
+
+/// Watches the links' alerts until `stop` turns true, writing each alert to the sync log
+/// when it is raised and when it clears (every `every`).
+pub async fn watch_alerts<S: Store>(
+    store: S,
+    thresholds: crate::config::AlertThresholds,
+    keep: std::time::Duration,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut active: Vec<Alert> = Vec::new();
+    loop {
+        let now = now_ms();
+        if let Ok(links) = store.links().await {
+            let links: Vec<PeerStatus> = links.into_iter().map(|p| seen_at(p, now)).collect();
+            let found = alerts(&links, &thresholds, now);
+            let same = |a: &Alert, b: &Alert| a.peer == b.peer && a.kind == b.kind;
+            let raised = found.iter().filter(|a| !active.iter().any(|b| same(a, b)));
+            let cleared = active.iter().filter(|a| !found.iter().any(|b| same(a, b)));
+            let entries: Vec<SyncLogEntry> = raised
+                .map(|a| (a, a.severity.clone(), a.message.clone()))
+                .chain(cleared.map(|a| (a, "SUCCESS".to_owned(), format!("cleared: {}", a.message))))
+                .map(|(a, status, message)| SyncLogEntry {
+                    at_ms: now,
+                    peer: a.peer.clone(),
+                    kind: "alert".into(),
+                    direction: "both".into(),
+                    status,
+                    error: Some(message),
+                    ..SyncLogEntry::default()
+                })
+                .collect();
+            for entry in entries {
+                if entry.status == "CRITICAL" {
+                    tracing::error!(peer = %entry.peer, "{}", entry.error.as_deref().unwrap_or_default());
+                } else {
+                    tracing::warn!(peer = %entry.peer, "{}", entry.error.as_deref().unwrap_or_default());
+                }
+                if let Err(e) = store.log_sync(entry, keep.as_millis() as u64).await {
+                    tracing::warn!("cannot write an alert to the sync log: {e}");
+                }
+            }
+            active = found;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AlertThresholds;
+
+    const HOUR: u64 = 3_600_000;
+
+    fn link(state: &str) -> PeerStatus {
+        PeerStatus { name: "cloud".into(), state: state.into(), enabled: true, ..PeerStatus::default() }
+    }
+
+    #[test]
+    fn a_day_down_is_critical_and_an_hour_behind_is_a_warning() {
+        let t = AlertThresholds::default();
+        let start = 1_800_000_000_000;
+        let mut down = link("DISCONNECTED");
+        down.down_since_ms = Some(start);
+        down.last_success_ms = Some(start - 1000);
+        // Injected time: an outage of 23 h lags, one of 24 h is critical.
+        let at_23h = alerts(std::slice::from_ref(&down), &t, start + 23 * HOUR);
+        assert_eq!(at_23h.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(), ["lag"]);
+        let at_24h = alerts(std::slice::from_ref(&down), &t, start + 24 * HOUR);
+        assert_eq!(
+            at_24h.iter().map(|a| (a.kind.as_str(), a.severity.as_str())).collect::<Vec<_>>(),
+            [("disconnected", "CRITICAL"), ("lag", "WARNING")]
+        );
+        assert_eq!(at_24h[0].since_ms, start);
+        assert!(at_24h[0].message.contains("24 h 0 min"), "{}", at_24h[0].message);
+        assert_eq!(unhealthy(&[down], &t, start + 1000), ["link 'cloud' is DISCONNECTED for 1 s"]);
+
+        let mut up = link("CONNECTED");
+        up.file_queue = 501;
+        up.lag_ms_in = 61_000;
+        assert_eq!(
+            alerts(std::slice::from_ref(&up), &t, start).iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
+            ["file_queue"]
+        );
+        assert_eq!(unhealthy(std::slice::from_ref(&up), &t, start), ["link 'cloud' lags 61 s (the limit is 60 s)"]);
+        up.lag_ms_in = 59_000;
+        assert!(unhealthy(std::slice::from_ref(&up), &t, start).is_empty());
+        up.enabled = false;
+        up.state = "DISCONNECTED".into();
+        assert!(alerts(std::slice::from_ref(&up), &t, start).is_empty() && unhealthy(&[up], &t, start).is_empty());
+    }
+
+    #[test]
+    fn a_link_the_peer_started_goes_down_when_it_stops_calling() {
+        let mut p = link("CONNECTED");
+        p.direction = "incoming".into();
+        p.last_heartbeat_ms = Some(1000);
+        assert_eq!(seen_at(p.clone(), 1000 + INCOMING_QUIET_MS).state, "CONNECTED");
+        let quiet = seen_at(p, 1001 + INCOMING_QUIET_MS);
+        assert_eq!((quiet.state.as_str(), quiet.down_since_ms), ("DISCONNECTED", Some(1000)));
+    }
 }

@@ -19,16 +19,28 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!(store = store.describe(), tables = store.schema().tables.len(), "store ready");
     let files = config.open_files().await.map_err(anyhow::Error::msg)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let links = start_links(&config, &store, &stopped)?;
+    let mut tasks = start_links(&config, &store, &stopped)?;
+    if config.role.is_some() {
+        tasks.push(tokio::spawn(ferry_server::peer::watch_alerts(
+            store.clone(),
+            config.alerts.clone(),
+            config.sync_log_keep,
+            ALERTS_EVERY,
+            stopped.clone(),
+        )));
+    }
     println!("listening on http://{addr}");
-    ferry_server::run(listener, store, config.max_body_bytes, files, shutdown_signal()).await?;
+    ferry_server::run(listener, store, &config, files, shutdown_signal()).await?;
     let _ = stop.send(true);
-    for link in links {
-        let _ = link.await;
+    for task in tasks {
+        let _ = task.await;
     }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How often the links' alerts are looked at (and raised or cleared in the sync log).
+const ALERTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts a link for each `[peers.NAME]` section (a disabled one only records its state and
 /// is warned about).

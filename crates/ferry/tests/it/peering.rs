@@ -61,7 +61,7 @@ fn admin(env: &Env) -> String {
 
 /// CLOUD running, with a token for MAIN (`--role main`); then MAIN linked to `url` (CLOUD's
 /// address, or a proxy's in front of it when `via` gives one).
-fn pair(via: Option<&dyn Fn(&str) -> String>) -> (Site, Site) {
+fn pair(via: Option<&dyn Fn(&str) -> String>, main_extra: &str) -> (Site, Site) {
     let cloud_env = Env::postgres_other();
     set_role(&cloud_env, "cloud");
     let cloud_admin = admin(&cloud_env);
@@ -83,6 +83,8 @@ fn pair(via: Option<&dyn Fn(&str) -> String>) -> (Site, Site) {
     let main_env = Env::postgres();
     set_role(&main_env, "main");
     add_peer(&main_env, &url, &link_token, "");
+    let config = std::fs::read_to_string(main_env.path("ferry.toml")).unwrap();
+    std::fs::write(main_env.path("ferry.toml"), config + main_extra).unwrap();
     let main_admin = admin(&main_env);
     let main_server = main_env.serve();
     (
@@ -97,7 +99,7 @@ fn user_id(site: &Site, name: &str) -> String {
 
 #[test]
 fn main_and_cloud_sync_both_ways_and_nothing_travels_back() {
-    let (main, cloud) = pair(None);
+    let (main, cloud) = pair(None, "");
     // Users travel with their ids: ann made on MAIN, bob on CLOUD.
     let ann = main.env.add_user("ann");
     let bob = cloud.env.add_user("bob");
@@ -234,7 +236,9 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
         let _ = proxy.set(p);
         u
     };
-    let (main, cloud) = pair(Some(&via));
+    // Alerts come sooner than a day here (the 24 h default is tested with injected time in
+    // ferry-server's unit tests).
+    let (main, cloud) = pair(Some(&via), "\n[alerts]\ndisconnected_critical = \"1s\"\n");
     let proxy = proxy.get().unwrap();
     let ann = main.env.add_user("ann");
     wait_for("ann on CLOUD", || user_id(&cloud, "ann") == ann);
@@ -252,6 +256,19 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
     wait_for("MAIN to see the link down", || main.status()["peers"][0]["state"] == "DISCONNECTED");
     let down = main.status();
     assert!(down["peers"][0]["last_error"].as_str().is_some(), "{down}");
+    // Alerts and health: critical once down longer than the threshold; 503 naming why.
+    wait_for("the critical alert", || {
+        let a: Value = main.get("/v1/admin/alerts").json().unwrap();
+        a["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "disconnected" && a["severity"] == "CRITICAL")
+    });
+    let health = main.server.http().get(format!("{}/health/sync", main.server.url)).send().unwrap();
+    assert_eq!(health.status(), 503);
+    let why: Value = health.json().unwrap();
+    assert!(why["reasons"][0].as_str().unwrap().contains("link 'cloud' is"), "{why}");
+    wait_for("the alert in the sync log", || {
+        let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+        log["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "alert" && e["status"] == "CRITICAL")
+    });
     let phone = main.env.db("phone.db");
     let ann_main = main.env.token("ann", "phone");
     let laptop = cloud.env.db("laptop.db");
@@ -282,6 +299,14 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
     let logged: i64 = main.psql(&conflicts).parse::<i64>().unwrap() + cloud.psql(&conflicts).parse::<i64>().unwrap();
     assert_eq!(logged, 1, "the conflict is logged once, on the side that decided it");
     wait_for("MAIN connected again", || main.status()["peers"][0]["state"] == "CONNECTED");
+    let health = main.server.http().get(format!("{}/health/sync", main.server.url)).send().unwrap();
+    assert_eq!(health.status(), 200);
+    wait_for("the alert cleared", || {
+        let a: Value = main.get("/v1/admin/alerts").json().unwrap();
+        let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+        a["alerts"].as_array().unwrap().is_empty()
+            && log["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "alert" && e["status"] == "SUCCESS")
+    });
     let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
     assert!(log["entries"].as_array().unwrap().iter().any(|e| e["status"] == "FAILED"), "{log}");
     main.env.sync(&main.server, "phone.db", &ann_main);
@@ -292,7 +317,7 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
 
 #[test]
 fn either_server_killed_mid_run_converges_after_restart() {
-    let (mut main, mut cloud) = pair(None);
+    let (mut main, mut cloud) = pair(None, "");
     let ann = main.env.add_user("ann");
     wait_for("ann on CLOUD", || user_id(&cloud, "ann") == ann);
     let insert = |site: &Site, from: i64, note: &str| {
