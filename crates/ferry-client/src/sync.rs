@@ -120,8 +120,12 @@ pub struct SyncReport {
     pub set_aside: u64,
     /// Pulled rows that break a rule, set aside so the rest of the pull went on.
     pub refused_pulls: u64,
-    /// Rows removed here because they left what this device's user may read.
+    /// Rows removed here because they left what this device's user may read, or (after a
+    /// full re-sync) because the server no longer has them.
     pub removed: u64,
+    /// The server's compaction horizon had passed this replica's cursor: everything was
+    /// pulled again from the start.
+    pub resynced: bool,
     pub cursor: String,
     pub elapsed_ms: u64,
 }
@@ -457,8 +461,20 @@ async fn sync_once(
     }
     let mut next = pull.then(|| fetch(cursor.clone()));
     while let Some(mut prefetch) = next.take() {
-        let (rows, refused, removed, page_cursor, more) =
-            (&mut prefetch.0).await.map_err(|e| Error::Local(format!("pull task failed: {e}")))??;
+        let page = (&mut prefetch.0).await.map_err(|e| Error::Local(format!("pull task failed: {e}")))?;
+        let (rows, refused, removed, page_cursor, more) = match page {
+            // The server compacted history past this replica's cursor: everything again from
+            // the start, and rows it no longer has go (pending changes were pushed above).
+            Err(Error::Refused { code, .. }) if code == "cursor_expired" && cursor != "0" => {
+                tracing::warn!("the server's history no longer reaches this replica's cursor: re-syncing everything");
+                replica.start_resync(cursor_key)?;
+                report.resynced = true;
+                cursor = "0".into();
+                next = Some(fetch(cursor.clone()));
+                continue;
+            }
+            page => page?,
+        };
         if more {
             next = Some(fetch(page_cursor.clone()));
         }
@@ -473,6 +489,7 @@ async fn sync_once(
         progress(Progress::Pulling { rows: report.pulled });
     }
     if pull {
+        report.removed += replica.finish_resync(tables.as_deref())? as u64;
         replica.keep_subscriptions(&opts.subscribe, opts.subscription_ttl_ms)?;
     }
     replica.record_sync()?;

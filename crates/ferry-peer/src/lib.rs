@@ -62,6 +62,18 @@ enum Failure {
     Store(StoreError),
 }
 
+impl Failure {
+    /// A cursor of this link is older than a compaction horizon (the peer's, or this
+    /// store's own): retrying cannot mend it; an operator re-syncs the link.
+    fn expired(&self) -> bool {
+        match self {
+            Failure::Remote(ferry_client::Error::Refused { code, .. }) => code == "cursor_expired",
+            Failure::Store(StoreError::Expired(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -171,8 +183,18 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
                 let since = status.last_success_ms.unwrap_or(started);
                 status.lag_ms_out = ended.saturating_sub(since);
                 status.lag_ms_in = ended.saturating_sub(since);
-                let message = e.to_string();
+                let mut message = e.to_string();
+                let expired = e.expired();
+                if expired {
+                    status.behind = Some(if matches!(e, Failure::Remote(_)) { "in" } else { "out" }.into());
+                    message.push_str(&format!(
+                        "; the link stays down until an operator re-syncs it: `ferry peer resync {} -c ferry.toml` (docs/peering.md, \"A peer behind the horizon\")",
+                        link.name
+                    ));
+                }
                 tracing::warn!(peer = %link.name, "link failed (attempt {}): {message}", status.failures);
+                // The same critical failure again is not news.
+                let again = expired && status.last_error.as_deref() == Some(message.as_str());
                 status.last_error = Some(message.clone());
                 if matches!(e, Failure::Remote(_)) {
                     // A new connection next time: the peer may have been replaced.
@@ -183,12 +205,14 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
                     peer: link.name.clone(),
                     kind: "rows".into(),
                     direction: "both".into(),
-                    status: "FAILED".into(),
+                    status: if expired { "CRITICAL" } else { "FAILED" }.into(),
                     duration_ms: ended.saturating_sub(started),
                     error: Some(message),
                     ..SyncLogEntry::default()
                 };
-                log(&store, &link, entry).await;
+                if !again {
+                    log(&store, &link, entry).await;
+                }
             }
         }
         let delay = if ok { link.interval } else { link.backoff.delay(status.failures) };
@@ -234,6 +258,28 @@ async fn run_once<S: Store>(
     let s = session.as_mut().expect("connected above");
     s.runs += 1;
     let mut moved = Moved::default();
+    if store.take_resync(&link.name).await? {
+        // An operator asked for everything again: the way a horizon passed, else both ways
+        // (merging makes repeats harmless).
+        let ways = status.behind.take().unwrap_or_else(|| "both".into());
+        tracing::warn!(peer = %link.name, "re-syncing everything with the peer ({ways}), as asked");
+        if ways != "in" {
+            status.cursor_out = String::new();
+        }
+        if ways != "out" {
+            status.cursor_in = String::new();
+        }
+        let entry = SyncLogEntry {
+            at_ms: now_ms(),
+            peer: link.name.clone(),
+            kind: "resync".into(),
+            direction: "both".into(),
+            status: "SUCCESS".into(),
+            error: Some(format!("a full re-sync was asked for: every row crosses again ({ways})")),
+            ..SyncLogEntry::default()
+        };
+        log(store, link, entry).await;
+    }
     exchange_users(store, s, &mut moved).await?;
     push_out(store, link, s, status, &mut moved).await?;
     pull_in(store, link, s, status, &mut moved).await?;

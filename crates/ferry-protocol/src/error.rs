@@ -63,6 +63,9 @@ pub enum ErrorCode {
     UploadOffset,
     /// 409: another request is uploading the same file now.
     UploadInProgress,
+    /// 410: a cursor older than the server's compaction horizon: deletions it has not seen
+    /// are gone; the client starts over with a full re-sync.
+    CursorExpired,
     /// 412: `If-Match`/`If-None-Match` did not hold; the body's `current` is the row now.
     PreconditionFailed,
     /// 413: a body over the server's limit.
@@ -101,6 +104,7 @@ impl ErrorCode {
         ErrorCode::Stale,
         ErrorCode::UploadOffset,
         ErrorCode::UploadInProgress,
+        ErrorCode::CursorExpired,
         ErrorCode::PreconditionFailed,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UriTooLong,
@@ -127,6 +131,7 @@ impl ErrorCode {
             ErrorCode::Stale => "stale",
             ErrorCode::UploadOffset => "upload_offset",
             ErrorCode::UploadInProgress => "upload_in_progress",
+            ErrorCode::CursorExpired => "cursor_expired",
             ErrorCode::PreconditionFailed => "precondition_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UriTooLong => "uri_too_long",
@@ -151,6 +156,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict | ErrorCode::Stale | ErrorCode::UploadOffset | ErrorCode::UploadInProgress => 409,
+            ErrorCode::CursorExpired => 410,
             ErrorCode::PreconditionFailed => 412,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UriTooLong => 414,

@@ -60,6 +60,10 @@ pub struct PeerStatus {
     pub cursor_out: String,
     #[serde(default)]
     pub cursor_in: String,
+    /// Which way a compaction horizon passed this link's cursor (`in`: the peer's history,
+    /// `out`: this store's), while it does: `ferry peer resync` starts that way over.
+    #[serde(default)]
+    pub behind: Option<String>,
 }
 
 /// `GET /v1/admin/sync/status`.

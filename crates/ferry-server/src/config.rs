@@ -70,6 +70,8 @@ struct ServerSection {
     role: Option<String>,
     /// How long the sync log keeps entries (default 30 days).
     sync_log_keep: Option<String>,
+    /// History older than this is compacted away every hour (off when absent).
+    compact_older_than: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +125,9 @@ pub struct Config {
     pub role: Option<String>,
     /// How long the sync log keeps entries.
     pub sync_log_keep: Duration,
+    /// `[server] compact_older_than`: `ferry serve` compacts history older than this every
+    /// hour (see `ferry compact`).
+    pub compact_older_than: Option<Duration>,
     /// The `[peers.NAME]` sections: the links this server starts.
     pub peers: Vec<PeerConfig>,
     /// The `[alerts]` section.
@@ -307,6 +312,12 @@ impl Config {
             )?,
             health_max_lag: duration("health_max_lag", a.health_max_lag, defaults.health_max_lag)?,
         };
+        let compact_older_than = parsed
+            .server
+            .compact_older_than
+            .map(|d| ferry_core::duration::parse_duration(&d))
+            .transpose()
+            .map_err(|e| bad(format!("[server] compact_older_than: {e}")))?;
         let mut peers = Vec::new();
         for (name, p) in parsed.peers {
             let here = format!("[peers.{name}]");
@@ -366,6 +377,7 @@ impl Config {
             files,
             role,
             sync_log_keep,
+            compact_older_than,
             peers,
             alerts,
         })

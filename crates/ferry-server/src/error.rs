@@ -43,6 +43,9 @@ pub enum ApiError {
     /// The bytes of an upload do not hash to the file's name (422 `hash_mismatch`).
     #[error("{0}")]
     HashMismatch(String),
+    /// A cursor older than the compaction horizon (410 `cursor_expired`).
+    #[error("{0}")]
+    CursorExpired(String),
     /// A `Range` the file cannot satisfy (416).
     #[error("{0}")]
     RangeNotSatisfiable(String),
@@ -71,6 +74,7 @@ impl ApiError {
             ApiError::UploadInProgress(_) => ErrorCode::UploadInProgress,
             ApiError::HashMismatch(_) => ErrorCode::HashMismatch,
             ApiError::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
+            ApiError::CursorExpired(_) => ErrorCode::CursorExpired,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
@@ -84,6 +88,7 @@ impl From<StoreError> for ApiError {
             StoreError::Forbidden(m) => ApiError::Forbidden(m),
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Exists(m) => ApiError::Conflict(m),
+            StoreError::Expired(m) => ApiError::CursorExpired(m),
             e @ StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             e @ StoreError::Internal(_) => ApiError::Internal(e.to_string()),
         }

@@ -208,6 +208,10 @@ pub enum StoreError {
     /// The store cannot serve now; retry later (503).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The cursor is older than the compaction horizon (410 `cursor_expired`): deletions it
+    /// has not seen may be gone; start over with a full re-sync.
+    #[error("{0}")]
+    Expired(String),
     /// A bug or corrupt local data (500).
     #[error("internal store error: {0}")]
     Internal(String),
@@ -375,6 +379,12 @@ pub trait Store: Send + Sync + 'static {
     /// What the `read` rules' subqueries select for a user now (empty without such rules).
     fn scope(&self, user_id: &str) -> impl Future<Output = Result<Scope>> + Send;
 
+    /// Removes history older than `before_ms` (a wall time in milliseconds): tombstones of
+    /// rows deleted before it, the old reaches and batch records only cursors older than them
+    /// use. Cursors that have not seen the newest removed tombstone are refused from then on
+    /// ([`StoreError::Expired`]). Works a chunk per transaction: writers wait at most for one.
+    fn compact(&self, before_ms: u64) -> impl Future<Output = Result<Compacted>> + Send;
+
     /// Sets this server's role (`[server] role`), once, at start-up: under `authoritative`
     /// for that role, values written on this side win over what a peer brings.
     fn set_role(&self, role: &str);
@@ -412,11 +422,46 @@ pub trait Store: Send + Sync + 'static {
     /// Every link's last recorded state, by name.
     fn links(&self) -> impl Future<Output = Result<Vec<PeerStatus>>> + Send;
 
+    /// Asks the link `peer` to sync everything again from the start, both ways, at its next
+    /// run (`ferry peer resync`). [`StoreError::NotFound`] when no such link has run.
+    fn request_resync(&self, peer: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether a full re-sync of `peer` was asked for since last taken (and takes it).
+    fn take_resync(&self, peer: &str) -> impl Future<Output = Result<bool>> + Send;
+
     /// Adds an entry to the sync log, dropping entries older than `keep_ms`; returns its id.
     fn log_sync(&self, entry: SyncLogEntry, keep_ms: u64) -> impl Future<Output = Result<i64>> + Send;
 
     /// The sync log (of one peer, when given), newest first.
     fn sync_log(&self, peer: Option<&str>, limit: usize) -> impl Future<Output = Result<Vec<SyncLogEntry>>> + Send;
+}
+
+/// What [`Store::compact`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Compacted {
+    pub tombstones: u64,
+    pub exits: u64,
+    pub batches: u64,
+    /// The feed position cursors must have reached (the embedded store's sequence number;
+    /// PostgreSQL's transaction id).
+    pub horizon: i64,
+}
+
+/// Rows a compaction deletes per transaction.
+const COMPACT_CHUNK: usize = 1000;
+
+/// The smallest clock text of a wall time: clocks before it sort below it (16 hex digits of
+/// `wall_ms << 16`, then the site).
+fn clock_bound(before_ms: u64) -> String {
+    format!("{:016x}", before_ms << 16)
+}
+
+/// The refusal of a cursor the compaction horizon has made too old.
+fn expired(cursor: &str, horizon: &str) -> StoreError {
+    StoreError::Expired(format!(
+        "cursor '{}' is older than this server's compaction horizon ({horizon}): deletions it has not seen were removed; start over with a full re-sync (cursor=0; a device does it by itself, keeping its pending changes; a peer: see docs/peering.md, \"A peer behind the horizon\")",
+        ferry_core::shown(cursor)
+    ))
 }
 
 /// A row version's clocks as the stores keep a peer's base: `{"*": exists, column: clock}`.
@@ -638,6 +683,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.scope(user_id).await)
     }
 
+    async fn compact(&self, before_ms: u64) -> Result<Compacted> {
+        delegate!(self, s => s.compact(before_ms).await)
+    }
+
     fn set_role(&self, role: &str) {
         delegate!(self, s => s.set_role(role))
     }
@@ -672,6 +721,14 @@ impl Store for AnyStore {
 
     async fn links(&self) -> Result<Vec<PeerStatus>> {
         delegate!(self, s => s.links().await)
+    }
+
+    async fn request_resync(&self, peer: &str) -> Result<()> {
+        delegate!(self, s => s.request_resync(peer).await)
+    }
+
+    async fn take_resync(&self, peer: &str) -> Result<bool> {
+        delegate!(self, s => s.take_resync(peer).await)
     }
 
     async fn log_sync(&self, entry: SyncLogEntry, keep_ms: u64) -> Result<i64> {
@@ -1137,6 +1194,14 @@ fn user_clash(user: &User, here: &str) -> String {
         ferry_core::shown(&user.name),
         ferry_core::shown(&user.id)
     )
+}
+
+/// The refusal of a re-sync of a link that never ran.
+fn no_link(peer: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no link named '{}' has run on this server; `ferry peer status` lists the links",
+        ferry_core::shown(peer)
+    ))
 }
 
 /// The link state and sync log as stored: JSON of the wire types.

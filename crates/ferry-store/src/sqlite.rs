@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS _ferry_peer_bases (
     clocks TEXT NOT NULL,
     PRIMARY KEY (device_id, tbl, pk)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _ferry_links (peer TEXT PRIMARY KEY, status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_links (peer TEXT PRIMARY KEY, status TEXT NOT NULL, resync INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS _ferry_sync_log (
     id INTEGER PRIMARY KEY,
     at_ms INTEGER NOT NULL,
@@ -89,6 +89,39 @@ CREATE TABLE IF NOT EXISTS _ferry_sync_log (
 );
 CREATE INDEX IF NOT EXISTS _ferry_sync_log_at ON _ferry_sync_log(at_ms);
 ";
+
+/// The feed's last position: the highest row's, or the compaction horizon when compaction
+/// removed the highest rows (positions are never handed out twice).
+const FEED_END: &str = "SELECT max(COALESCE((SELECT MAX(seq) FROM _ferry_rows), 0),
+    COALESCE((SELECT CAST(value AS INTEGER) FROM _ferry_store WHERE key = 'horizon'), 0))";
+/// The next position [`FEED_END`] allows.
+const NEXT_SEQ: &str = "SELECT max(COALESCE((SELECT MAX(seq) FROM _ferry_rows), 0),
+    COALESCE((SELECT CAST(value AS INTEGER) FROM _ferry_store WHERE key = 'horizon'), 0)) + 1";
+
+/// Refuses a cursor older than the compaction horizon: deletions it has not seen may be gone
+/// (`position`: what the cursor has seen; 0, the start, is never too old).
+fn check_horizon(tx: &rusqlite::Transaction<'_>, position: i64) -> Result<()> {
+    let horizon: Option<i64> = tx
+        .prepare_cached("SELECT CAST(value AS INTEGER) FROM _ferry_store WHERE key = 'horizon'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    match horizon {
+        Some(h) if position > 0 && position < h => Err(crate::expired(&position.to_string(), &h.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Moves the compaction horizon up to `position` (never down).
+fn raise_horizon(tx: &rusqlite::Transaction<'_>, position: i64) -> Result<()> {
+    if position > 0 {
+        tx.prepare_cached(
+            "INSERT INTO _ferry_store (key, value) VALUES ('horizon', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), ?1)",
+        )?
+        .execute([position])?;
+    }
+    Ok(())
+}
 
 /// Whose feed a page is.
 enum Whose {
@@ -200,7 +233,7 @@ impl SqliteStore {
             .query_row("SELECT value FROM _ferry_store WHERE key = 'site'", [], |r| r.get::<_, String>(0))?
             .parse()
             .map_err(|e| StoreError::Internal(format!("stored site id: {e}")))?;
-        let feed_end: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+        let feed_end: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
         tx.commit()?;
         let readers = (0..READERS)
             .map(|_| ferry_sqlite::open(&path).map(Mutex::new))
@@ -303,6 +336,7 @@ impl SqliteStore {
         self.read(move |inner, conn| {
             // One read transaction: the page and the "caught up" cursor come from one snapshot.
             let tx = conn.transaction()?;
+            check_horizon(&tx, cursor as i64)?;
             // The page's bounds come from the feed index; the rows then come from one joined
             // query per table that has rows in the page. `+tbl` keeps SQLite from choosing the
             // (tbl, pk) key instead, which walks every row of the table for each page, so that
@@ -330,7 +364,7 @@ impl SqliteStore {
                 page.last().map_or(cursor as i64, |k| k.1)
             } else {
                 // Caught up: skip past other users' rows too, so they are not scanned again.
-                let max: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+                let max: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
                 max.max(cursor as i64)
             };
             let mut tables: Vec<&str> = page.iter().map(|(t, _)| t.as_str()).collect();
@@ -375,6 +409,7 @@ impl SqliteStore {
         let (page, fresh) = self
             .read(move |inner, conn| {
                 let tx = conn.transaction()?;
+                check_horizon(&tx, c.moving.as_ref().map_or(c.after, |(_, prev)| *prev).min(c.after))?;
                 let schema = &inner.schema;
                 // The scope rows move to: pinned while they move, else what the rules select now.
                 let pinned = match &c.moving {
@@ -469,8 +504,7 @@ impl SqliteStore {
                     }
                     Some((_, last, _, _)) if more => format!("{last}.{h1}"),
                     _ => {
-                        let max: i64 =
-                            tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+                        let max: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
                         format!("{}.{h1}", max.max(after).max(prev))
                     }
                 };
@@ -688,7 +722,7 @@ impl Store for SqliteStore {
                     refused: again,
                 });
             }
-            let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+            let mut seq: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
             let feed_end = seq;
             let received = rows.len();
             let mut changed = 0;
@@ -821,6 +855,74 @@ impl Store for SqliteStore {
         self.read(move |inner, conn| scope_in(conn, &inner.schema, &user, None)).await
     }
 
+    async fn compact(&self, before_ms: u64) -> Result<crate::Compacted> {
+        let bound = crate::clock_bound(before_ms);
+        // The candidates first (one read), then deleted a chunk per transaction, each checked
+        // again: a writer waits at most for one chunk, and a key written since stays.
+        let first = bound.clone();
+        let candidates: Vec<(String, String)> = self
+            .read(move |_, conn| {
+                let rows = conn
+                    .prepare("SELECT tbl, pk FROM _ferry_rows WHERE alive = 0 AND alive_at < ?1")?
+                    .query_map([&first], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await?;
+        let mut out = crate::Compacted::default();
+        for chunk in candidates.chunks(crate::COMPACT_CHUNK) {
+            let (chunk, bound) = (chunk.to_vec(), bound.clone());
+            let (n, top) = self
+                .write(move |_, conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let (mut n, mut top) = (0u64, 0i64);
+                    for (t, k) in &chunk {
+                        let gone: Option<i64> = tx
+                            .prepare_cached(
+                                "DELETE FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2 AND alive = 0 AND alive_at < ?3
+                                 RETURNING seq",
+                            )?
+                            .query_row(params![t, k, bound], |r| r.get(0))
+                            .optional()?;
+                        if let Some(seq) = gone {
+                            n += 1;
+                            top = top.max(seq);
+                            tx.prepare_cached("DELETE FROM _ferry_peer_bases WHERE tbl = ?1 AND pk = ?2")?
+                                .execute(params![t, k])?;
+                        }
+                    }
+                    raise_horizon(&tx, top)?;
+                    tx.commit()?;
+                    Ok((n, top))
+                })
+                .await?;
+            out.tombstones += n;
+            out.horizon = out.horizon.max(top);
+        }
+        let bound_ms = before_ms as i64;
+        let (exits, batches, horizon) = self
+            .write(move |_, conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let horizon: i64 = tx
+                    .query_row("SELECT COALESCE(CAST(value AS INTEGER), 0) FROM _ferry_store WHERE key = 'horizon'", [], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                // Old reaches serve only cursors the horizon has made too old.
+                let exits = tx.execute("DELETE FROM _ferry_exits WHERE seq <= ?1", [horizon])?;
+                let batches = tx.execute(
+                    "DELETE FROM _ferry_batches WHERE applied_at < strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')",
+                    [bound_ms],
+                )?;
+                tx.commit()?;
+                Ok((exits as u64, batches as u64, horizon))
+            })
+            .await?;
+        out.exits = exits;
+        out.batches = batches;
+        out.horizon = out.horizon.max(horizon);
+        Ok(out)
+    }
+
     fn set_role(&self, role: &str) {
         let _ = self.inner.role.set(role.to_owned());
     }
@@ -936,6 +1038,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn request_resync(&self, peer: &str) -> Result<()> {
+        let peer = peer.to_owned();
+        self.write(move |_, conn| {
+            match conn.prepare_cached("UPDATE _ferry_links SET resync = 1 WHERE peer = ?1")?.execute([&peer])? {
+                0 => Err(crate::no_link(&peer)),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn take_resync(&self, peer: &str) -> Result<bool> {
+        let peer = peer.to_owned();
+        self.write(move |_, conn| {
+            let n = conn
+                .prepare_cached("UPDATE _ferry_links SET resync = 0 WHERE peer = ?1 AND resync = 1")?
+                .execute([&peer])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn log_sync(&self, entry: crate::SyncLogEntry, keep_ms: u64) -> Result<i64> {
         self.write(move |_, conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1000,7 +1124,7 @@ impl Store for SqliteStore {
             }
             let at = ferry_core::Clock::new(inner.site, state.max_clock()).tick(crate::wall_ms());
             ferry_core::strategy::write_registers(&mut state, registers, at);
-            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM _ferry_rows", [], |r| r.get(0))?;
+            let seq: i64 = tx.query_row(NEXT_SEQ, [], |r| r.get(0))?;
             let extra = Extra { seq, owner: meta.owner.as_deref(), origin: Some("manual"), pending: 0, change: None };
             ferry_sqlite::store_state(&tx, ts, &record.key, &state, &extra)?;
             write_reach(&tx, &ts.table.name, &record.key, crate::scope::reach_of(&ts.table, &record.key, &state).as_deref())?;
@@ -1115,8 +1239,7 @@ const CONFLICT_COLUMNS: &str =
 async fn watch(inner: std::sync::Weak<Inner>) {
     let Some(path) = inner.upgrade().map(|i| i.path.clone()) else { return };
     let Ok(conn) = ferry_sqlite::open(&path) else { return };
-    let max_seq =
-        |c: &Connection| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get::<_, i64>(0));
+    let max_seq = |c: &Connection| c.query_row(FEED_END, [], |r| r.get::<_, i64>(0));
     let version = |c: &Connection| c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
     let Ok(mut last_version) = version(&conn) else { return };
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
@@ -1256,7 +1379,7 @@ fn backfill_owner(tx: &rusqlite::Transaction<'_>, table: &ferry_core::schema::Ta
     if changes.is_empty() {
         return Ok(());
     }
-    let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+    let mut seq: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
     let mut update = tx.prepare("UPDATE _ferry_rows SET owner = ?1, seq = ?2 WHERE tbl = ?3 AND pk = ?4")?;
     for (pk, owner) in changes {
         seq += 1;
@@ -1307,7 +1430,7 @@ fn backfill_reach(tx: &rusqlite::Transaction<'_>, table: &ferry_core::schema::Ta
     if changes.is_empty() {
         return Ok(());
     }
-    let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM _ferry_rows", [], |r| r.get(0))?;
+    let mut seq: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
     let mut update = tx.prepare("UPDATE _ferry_rows SET reach = ?1, seq = ?2 WHERE tbl = ?3 AND pk = ?4")?;
     for (pk, reach) in changes {
         seq += 1;

@@ -54,11 +54,27 @@ pub enum Command {
         #[command(subcommand)]
         command: PeerCommand,
     },
+    /// Remove history older than a horizon (tombstones, old reaches, batch records) from the
+    /// server's store; devices and peers whose cursor is older must re-sync.
+    Compact(CompactArgs),
     /// A running server's status (file store and transfer queue), with an admin token.
     ServerStatus(RemoteArgs),
     /// Check every row the server's store holds against the rules pushes must pass (zero
     /// clocks, NOT NULL columns, types, limits) and name the rows that break one; exits 1 then.
     Audit(AuditArgs),
+}
+
+#[derive(Args)]
+pub struct CompactArgs {
+    /// Remove what is older than this (30d, 12h, …): rows deleted before then lose their
+    /// tombstones. Devices and peers offline longer must re-sync (devices do it by themselves).
+    #[arg(long = "older-than", value_parser = ferry_client::engine::parse_duration)]
+    pub older_than: std::time::Duration,
+    /// Print {"tombstones", "exits", "batches", "horizon"}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Args)]
@@ -358,6 +374,14 @@ pub enum PeerCommand {
         /// Print {"role", "peers": [...]}, as GET /v1/admin/sync/status answers.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Sync everything with a peer again, both ways, at the link's next run (after a
+    /// compaction passed its cursor: docs/peering.md, "A peer behind the horizon").
+    Resync {
+        /// The link (`[peers.NAME]`).
+        name: String,
         #[command(flatten)]
         server: ServerArgs,
     },

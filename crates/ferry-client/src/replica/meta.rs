@@ -38,6 +38,8 @@ pub enum Key<'a> {
     /// File transfers paused (`1`), and a counter a command bumps to wake the worker.
     FilesPaused,
     FilesTrigger,
+    /// A full re-sync under way: the cursor key it restarted (see `Replica::start_resync`).
+    Resync,
 }
 
 impl Key<'_> {
@@ -61,6 +63,7 @@ impl Key<'_> {
             Key::EngineStoppedBecause => "engine_stopped_because",
             Key::FilesPaused => "files_paused",
             Key::FilesTrigger => "files_trigger",
+            Key::Resync => "resync",
         })
     }
 }

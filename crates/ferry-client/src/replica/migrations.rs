@@ -21,6 +21,7 @@ const STEPS: &[Step] = &[
     Step::Create(QUEUE_TABLES),
     Step::Create(FILE_TABLES),
     Step::Create(SUBSCRIPTION_TABLES),
+    Step::Create(RESYNC_TABLES),
     Step::AddColumn("_ferry_conflicts", "resolved_by"),
     Step::AddColumn("_ferry_conflicts", "kind"),
     Step::AddColumn("_ferry_conflicts", "local"),
@@ -184,6 +185,16 @@ CREATE TABLE IF NOT EXISTS _ferry_subscriptions (
     subscription TEXT PRIMARY KEY,
     used_ms INTEGER NOT NULL
 );
+";
+
+/// A full re-sync under way (the server's compaction horizon passed this replica's cursor):
+/// the keys the server has sent since it began. Rows it never sends are gone there.
+const RESYNC_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS _ferry_resync (
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    PRIMARY KEY (tbl, pk)
+) WITHOUT ROWID;
 ";
 
 const FILE_TABLES: &str = "

@@ -11,6 +11,7 @@ mod migrations;
 mod pull;
 mod push;
 mod records;
+mod resync;
 mod stamp;
 mod status;
 mod subscriptions;

@@ -8,7 +8,7 @@ use ferry_policy::pull::{self, Action, Found, Settler};
 
 use super::conflicts::Resolvers;
 use super::records::{read_seen, register_json, state_from_json, state_json_row, take_held, write_seen};
-use super::{Key, Replica, set_meta, wall_ms};
+use super::{Key, Replica, get_meta, set_meta, wall_ms};
 use crate::error::{Error, Result};
 
 /// A pulled row to merge in.
@@ -131,6 +131,16 @@ impl Replica {
         let mut fresh_stamp = None;
         tx.execute("INSERT INTO _ferry_apply (busy) VALUES (1)", [])?;
         let mut applied = Applied { received: rows.len() + refused.len(), ..Applied::default() };
+        if get_meta(&tx, Key::Resync)?.is_some() {
+            // A full re-sync: what the server still has.
+            let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO _ferry_resync (tbl, pk) VALUES (?1, ?2)")?;
+            for r in rows {
+                seen.execute(params![r.table, r.key])?;
+            }
+            for r in refused {
+                seen.execute(params![r.table, r.key])?;
+            }
+        }
         let any_refused: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_refused)", [], |r| r.get(0))?;
         let any_set_aside: bool =
             tx.query_row("SELECT EXISTS (SELECT 1 FROM _ferry_pull_refused)", [], |r| r.get(0))?;

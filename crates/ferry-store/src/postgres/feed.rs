@@ -134,6 +134,27 @@ pub(super) enum Whose<'a> {
     All,
 }
 
+/// Refuses a cursor older than the compaction horizon (the newest removed tombstone's
+/// transaction): its snapshot may not have seen deletions that are gone. The start is never
+/// too old.
+pub(super) async fn check_horizon(tx: &Transaction<'_>, c: &Cursor, text: &str) -> Result<()> {
+    if c.prev == EMPTY_SNAPSHOT {
+        return Ok(());
+    }
+    let row = tx
+        .query_opt(
+            "SELECT value FROM _ferry_store WHERE key = 'horizon'
+               AND value::xid8 >= pg_snapshot_xmin($1::text::pg_snapshot)",
+            &[&c.prev],
+        )
+        .await
+        .map_err(pg)?;
+    match row {
+        Some(r) => Err(crate::expired(text, r.get(0))),
+        None => Ok(()),
+    }
+}
+
 impl PgStore {
     /// A page of the feed: of `user`'s rows and rows without an owner, or of every row.
     pub(super) async fn feed_page(
@@ -157,6 +178,7 @@ impl PgStore {
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = snapshot(&mut client).await?;
+        check_horizon(&tx, &c, cursor).await?;
         let cur = match &c.cur {
             Some(cur) => cur.clone(),
             None => tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0),
@@ -195,6 +217,7 @@ impl PgStore {
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = snapshot(&mut client).await?;
+        check_horizon(&tx, &c, cursor).await?;
         // The page's query is planned for each page; compiling it to machine code (PostgreSQL's
         // JIT, for costly plans) took longer than running it.
         tx.batch_execute("SET LOCAL jit = off").await.map_err(pg)?;

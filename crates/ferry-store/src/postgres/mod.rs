@@ -450,6 +450,75 @@ impl Store for PgStore {
         self.list_conflicts(filter).await
     }
 
+    async fn compact(&self, before_ms: u64) -> Result<crate::Compacted> {
+        let bound = crate::clock_bound(before_ms);
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let candidates = client
+            .query("SELECT tbl, pk FROM _ferry_rows WHERE NOT alive AND alive_at < $1", &[&bound])
+            .await
+            .map_err(pg)?;
+        drop(client);
+        let candidates: Vec<(String, String)> = candidates.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut out = crate::Compacted::default();
+        // A chunk per transaction, each key checked again: a writer waits at most for one
+        // chunk, and a key written since stays.
+        for chunk in candidates.chunks(crate::COMPACT_CHUNK) {
+            let (tables, keys): (Vec<String>, Vec<String>) = chunk.iter().cloned().unzip();
+            let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await.map_err(pg)?;
+            let gone = tx
+                .query(
+                    "DELETE FROM _ferry_rows r USING unnest($1::text[], $2::text[]) AS k(tbl, pk)
+                     WHERE r.tbl = k.tbl AND r.pk = k.pk AND NOT r.alive AND r.alive_at < $3
+                     RETURNING r.tbl, r.pk, r.xid::text",
+                    &[&tables, &keys, &bound],
+                )
+                .await
+                .map_err(pg)?;
+            if let Some(top) = gone.iter().map(|r| r.get::<_, String>(2)).max_by_key(|x| x.parse::<u64>().unwrap_or(0))
+            {
+                let (tables, keys): (Vec<String>, Vec<String>) = gone.iter().map(|r| (r.get(0), r.get(1))).unzip();
+                tx.execute(
+                    "DELETE FROM _ferry_peer_bases b USING unnest($1::text[], $2::text[]) AS k(tbl, pk)
+                     WHERE b.tbl = k.tbl AND b.pk = k.pk",
+                    &[&tables, &keys],
+                )
+                .await
+                .map_err(pg)?;
+                tx.execute(
+                    "INSERT INTO _ferry_store (key, value) VALUES ('horizon', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = greatest(_ferry_store.value::xid8, excluded.value::xid8)::text",
+                    &[&top],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            tx.commit().await.map_err(pg)?;
+            out.tombstones += gone.len() as u64;
+        }
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let horizon: Option<String> = tx
+            .query_opt("SELECT value FROM _ferry_store WHERE key = 'horizon'", &[])
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        if let Some(h) = &horizon {
+            // Old reaches serve only cursors the horizon has made too old.
+            out.exits = tx.execute("DELETE FROM _ferry_exits WHERE xid <= $1::text::xid8", &[h]).await.map_err(pg)?;
+            out.horizon = h.parse().unwrap_or(0);
+        }
+        out.batches = tx
+            .execute(
+                "DELETE FROM _ferry_batches WHERE applied_at < to_timestamp($1::float8 / 1000)",
+                &[&(before_ms as f64)],
+            )
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(out)
+    }
+
     fn set_role(&self, role: &str) {
         let _ = self.inner.role.set(role.to_owned());
     }
@@ -556,6 +625,23 @@ impl Store for PgStore {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let rows = client.query("SELECT status FROM _ferry_links ORDER BY peer", &[]).await.map_err(pg)?;
         rows.iter().map(|r| crate::link_of_json(r.get(0))).collect()
+    }
+
+    async fn request_resync(&self, peer: &str) -> Result<()> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        match client.execute("UPDATE _ferry_links SET resync = true WHERE peer = $1", &[&peer]).await.map_err(pg)? {
+            0 => Err(crate::no_link(peer)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn take_resync(&self, peer: &str) -> Result<bool> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let n = client
+            .execute("UPDATE _ferry_links SET resync = false WHERE peer = $1 AND resync", &[&peer])
+            .await
+            .map_err(pg)?;
+        Ok(n > 0)
     }
 
     async fn log_sync(&self, entry: crate::SyncLogEntry, keep_ms: u64) -> Result<i64> {

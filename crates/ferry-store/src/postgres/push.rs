@@ -367,6 +367,10 @@ impl PgStore {
         }
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = snapshot(&mut client).await?;
+        // A cursor the compaction horizon passed may not skip ahead: it missed deletions.
+        if super::feed::check_horizon(&tx, &c, cursor).await.is_err() {
+            return Ok(None);
+        }
         let now: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);
         let others: bool = tx
             .query_one(

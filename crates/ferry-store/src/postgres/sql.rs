@@ -572,7 +572,7 @@ CREATE TABLE IF NOT EXISTS _ferry_peer_bases (
     clocks text NOT NULL,
     PRIMARY KEY (device_id, tbl, pk)
 );
-CREATE TABLE IF NOT EXISTS _ferry_links (peer text PRIMARY KEY, status text NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_links (peer text PRIMARY KEY, status text NOT NULL, resync boolean NOT NULL DEFAULT false);
 CREATE TABLE IF NOT EXISTS _ferry_sync_log (
     id bigserial PRIMARY KEY,
     at_ms bigint NOT NULL,

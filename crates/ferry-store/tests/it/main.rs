@@ -2,6 +2,7 @@
 //! test is a generic function over the store; `suite!` instantiates them for a store.
 
 mod feed;
+mod peering;
 mod pg_capture;
 mod pg_refusals;
 mod pg_startup;

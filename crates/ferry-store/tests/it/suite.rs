@@ -4,6 +4,11 @@ use ferry_core::{Hlc, RowState, SiteId, Stamped, Value};
 use ferry_protocol::{ConflictKind, ConflictSide, Strategy};
 use ferry_store::{ConflictFilter, IncomingRow, Principal, Store, StoreError};
 
+pub use crate::peering::{
+    a_peer_reads_every_row_but_those_it_brought, compaction_removes_old_tombstones_and_refuses_cursors_it_passed,
+    users_bases_links_and_the_sync_log_are_kept,
+};
+
 /// Instantiates every suite test for the store built by `$make`.
 #[macro_export]
 macro_rules! suite {
@@ -32,6 +37,9 @@ macro_rules! suite {
             the_authority_wins_only_conflicts_it_is_in,
             reals_are_kept_bit_for_bit_live_and_in_tombstones,
             a_scan_reads_every_row_whoever_owns_it,
+            a_peer_reads_every_row_but_those_it_brought,
+            users_bases_links_and_the_sync_log_are_kept,
+            compaction_removes_old_tombstones_and_refuses_cursors_it_passed,
         );
     };
 }

@@ -3,6 +3,7 @@
 //! store, the shutdown signal.
 
 pub mod audit;
+pub mod compact;
 pub mod conflicts;
 pub mod device;
 pub mod file;

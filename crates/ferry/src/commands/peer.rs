@@ -37,6 +37,14 @@ pub async fn run(command: PeerCommand) -> Result<()> {
             }
             Ok(())
         }
+        PeerCommand::Resync { name, server } => {
+            let (_, store) = server.open_store().await?;
+            store.request_resync(&name).await?;
+            println!(
+                "link '{name}' syncs everything again, both ways, at its next run (`ferry peer log {name}` shows it)"
+            );
+            Ok(())
+        }
         PeerCommand::Log { name, limit, json, server } => {
             let (_, store) = server.open_store().await?;
             let entries = store.sync_log(name.as_deref(), limit.clamp(1, 10_000)).await?;
@@ -105,6 +113,9 @@ fn print_link(p: &PeerStatus, now: u64) {
     println!("  lag in:         {} ms, {} changes", p.lag_ms_in, p.lag_changes_in);
     println!("  rows:           {} sent, {} received", p.rows_out, p.rows_in);
     println!("  file queue:     {}", p.file_queue);
+    if let Some(way) = &p.behind {
+        println!("  behind:         a compaction passed the link's cursor ({way}); run `ferry peer resync {}`", p.name);
+    }
     if let Some(e) = &p.last_error {
         println!("  last error:     {e}");
     }

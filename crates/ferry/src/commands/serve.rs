@@ -29,6 +29,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             stopped.clone(),
         )));
     }
+    if let Some(older_than) = config.compact_older_than {
+        tasks.push(tokio::spawn(compact_every_hour(store.clone(), older_than, stopped.clone())));
+    }
     println!("listening on http://{addr}");
     ferry_server::run(listener, store, &config, files, shutdown_signal()).await?;
     let _ = stop.send(true);
@@ -71,4 +74,31 @@ fn start_links(
         links.push(tokio::spawn(ferry_peer::run(store.clone(), link, stopped.clone())));
     }
     Ok(links)
+}
+
+/// `[server] compact_older_than`: compacts history older than that now and every hour.
+async fn compact_every_hour(
+    store: AnyStore,
+    older_than: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        match store.compact(now.saturating_sub(older_than.as_millis() as u64)).await {
+            Ok(done) if done.tombstones + done.exits + done.batches > 0 => tracing::info!(
+                tombstones = done.tombstones,
+                exits = done.exits,
+                batches = done.batches,
+                horizon = done.horizon,
+                "compacted history"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("compaction failed (tried again in an hour): {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }

@@ -1,0 +1,151 @@
+//! What server peering needs of a store: a peer's feed and pushes, shared users, the
+//! versions both sides hold, link records and the sync log; and history compaction.
+
+use ferry_core::strategy::RowClocks;
+use ferry_core::{Hlc, RowState, SiteId, Value};
+use ferry_store::{IncomingRow, PeerStatus, Principal, Store, StoreError, SyncLogEntry, User};
+
+use crate::suite::{at, key, note};
+
+async fn device<S: Store>(store: &S, user: &str, role: Option<&str>) -> Principal {
+    let u = match store.add_user(user).await {
+        Ok(u) => u,
+        Err(_) => store.users().await.unwrap().into_iter().find(|u| u.name == user).unwrap(),
+    };
+    let t = store.create_device(&u.id, "dev", false, role).await.unwrap();
+    store.authenticate(&t.token).await.unwrap().unwrap()
+}
+
+async fn feed<S: Store>(store: &S, who: &Principal, cursor: &str) -> (Vec<(String, RowState)>, String) {
+    let (mut out, mut cursor) = (Vec::new(), cursor.to_owned());
+    loop {
+        let page = store.pull(who, &cursor, 2).await.unwrap();
+        cursor = page.cursor;
+        out.extend(page.rows.into_iter().map(|r| (r.key, r.state)));
+        if !page.more {
+            return (out, cursor);
+        }
+    }
+}
+
+fn body(s: &RowState) -> Value {
+    s.cols["body"].value.clone()
+}
+
+pub async fn a_peer_reads_every_row_but_those_it_brought<S: Store>(store: &S) {
+    let ann = device(store, "ann", None).await;
+    let bob = device(store, "bob", None).await;
+    let mut peer = device(store, "main-server", Some("main")).await;
+    peer.peer = true;
+    store.push(&ann, "a", None, vec![note(1, &ann.user_id, "ann's", at(1, 1))]).await.unwrap();
+    store.push(&bob, "b", None, vec![note(2, &bob.user_id, "bob's", at(2, 2))]).await.unwrap();
+    let (rows, cursor) = feed(store, &peer, "").await;
+    assert_eq!(rows.len(), 2, "a peer reads every user's rows");
+
+    // A peer relays other writers' changes: bob's row, written on the other side by a site
+    // this store does not know.
+    let relayed = note(3, &bob.user_id, "written over there", at(3, 77));
+    let done = store.push(&peer, "p1", None, vec![relayed]).await.unwrap();
+    assert_eq!(done.changed, 1);
+    let (rows, cursor) = feed(store, &peer, &cursor).await;
+    assert!(rows.is_empty(), "what the peer brought is not sent back: {rows:?}");
+    let (bobs, _) = feed(store, &bob, "").await;
+    assert!(bobs.iter().any(|(k, s)| *k == key(3) && body(s) == Value::Text("written over there".into())));
+
+    // A version that loses to what is stored here is news for the peer: it is sent back.
+    let mut newer = note(1, &ann.user_id, "ann's", at(1, 1));
+    newer.state.update([("body".to_owned(), Value::Text("edited here".into()))], at(5, 1));
+    store.push(&ann, "a2", None, vec![newer]).await.unwrap();
+    let mut stale = note(1, &ann.user_id, "ann's", at(1, 1));
+    stale.state.update([("n".to_owned(), Value::Integer(4))], at(4, 77));
+    store.push(&peer, "p2", None, vec![stale]).await.unwrap();
+    let (rows, _) = feed(store, &peer, &cursor).await;
+    assert_eq!(rows.len(), 1, "the merged row goes to the peer: {rows:?}");
+    assert_eq!(body(&rows[0].1), Value::Text("edited here".into()));
+    assert_eq!(rows[0].1.cols["n"].value, Value::Integer(4));
+
+    // Without the peer flag the same token is an ordinary device: its own user's rows only.
+    peer.peer = false;
+    let (own, _) = feed(store, &peer, "").await;
+    assert!(own.is_empty(), "{own:?}");
+}
+
+pub async fn users_bases_links_and_the_sync_log_are_kept<S: Store>(store: &S) {
+    let zoe = User { id: "0190f5a2-0000-7000-8000-00000000000a".into(), name: "zoe".into() };
+    assert_eq!(store.adopt_users(vec![zoe.clone()]).await.unwrap(), (1, vec![]));
+    assert_eq!(store.adopt_users(vec![zoe.clone()]).await.unwrap(), (0, vec![]), "adopting again changes nothing");
+    let clash = User { id: "0190f5a2-0000-7000-8000-00000000000b".into(), name: "zoe".into() };
+    let (added, refused) = store.adopt_users(vec![clash]).await.unwrap();
+    assert_eq!(added, 0);
+    assert!(refused[0].contains("'zoe'") && refused[0].contains("rename one"), "{refused:?}");
+    assert!(store.users().await.unwrap().contains(&zoe));
+
+    let clocks = RowClocks { exists: at(1, 1), cols: [("body".to_owned(), at(2, 3))].into() };
+    store.save_peer_bases("d1", vec![("notes".into(), key(1), clocks.clone())]).await.unwrap();
+    let bases = store.peer_bases("d1", vec![("notes".into(), key(1)), ("notes".into(), key(2))]).await.unwrap();
+    assert_eq!(bases.len(), 1);
+    assert_eq!(bases[&("notes".to_owned(), key(1))], clocks);
+    assert!(store.peer_bases("d2", vec![("notes".into(), key(1))]).await.unwrap().is_empty());
+
+    assert!(matches!(store.request_resync("cloud").await, Err(StoreError::NotFound(_))));
+    let link = PeerStatus { name: "cloud".into(), state: "CONNECTED".into(), rows_out: 3, ..PeerStatus::default() };
+    store.save_link(link.clone()).await.unwrap();
+    assert_eq!(store.links().await.unwrap(), vec![link.clone()]);
+    assert!(!store.take_resync("cloud").await.unwrap());
+    store.request_resync("cloud").await.unwrap();
+    store.save_link(PeerStatus { rows_out: 4, ..link }).await.unwrap();
+    assert!(store.take_resync("cloud").await.unwrap(), "a request outlives the link's own saves");
+    assert!(!store.take_resync("cloud").await.unwrap());
+
+    let entry = |at_ms, peer: &str| SyncLogEntry {
+        at_ms,
+        peer: peer.into(),
+        kind: "rows".into(),
+        direction: "push".into(),
+        status: "SUCCESS".into(),
+        ..SyncLogEntry::default()
+    };
+    store.log_sync(entry(1_000, "cloud"), 10_000).await.unwrap();
+    store.log_sync(entry(5_000, "other"), 10_000).await.unwrap();
+    store.log_sync(entry(12_000, "cloud"), 10_000).await.unwrap();
+    let all = store.sync_log(None, 10).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [12_000, 5_000], "older than 10 s is pruned");
+    assert_eq!(store.sync_log(Some("cloud"), 10).await.unwrap().len(), 1);
+}
+
+pub async fn compaction_removes_old_tombstones_and_refuses_cursors_it_passed<S: Store>(store: &S) {
+    let ann = device(store, "ann", None).await;
+    let rows = (1..=3).map(|i| note(i, &ann.user_id, "x", at(u64::from(i), 1))).collect();
+    store.push(&ann, "1", None, rows).await.unwrap();
+    let (_, before_deletes) = feed(store, &ann, "").await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let delete = |i: u32, t: Hlc| {
+        let mut s = note(i, &ann.user_id, "x", at(u64::from(i), 1)).state;
+        s.delete(t);
+        IncomingRow::new("notes", &key(i), s)
+    };
+    // Note 2 was deleted just now; note 1 long ago, and last (the feed's highest position).
+    store.push(&ann, "2", None, vec![delete(2, Hlc::new(now, 0, SiteId(1)))]).await.unwrap();
+    store.push(&ann, "2b", None, vec![delete(1, at(10, 1))]).await.unwrap();
+    let (_, after_deletes) = feed(store, &ann, &before_deletes).await;
+
+    let done = store.compact(now - 60_000).await.unwrap();
+    assert_eq!(done.tombstones, 1, "{done:?}");
+    assert!(done.horizon > 0);
+    match store.pull(&ann, &before_deletes, 10).await {
+        Err(StoreError::Expired(m)) => assert!(m.contains("compaction horizon") && m.contains("re-sync"), "{m}"),
+        other => panic!("a cursor from before the removed tombstone must be refused, got {other:?}"),
+    }
+    store.pull(&ann, &after_deletes, 10).await.unwrap();
+    let (all, _) = feed(store, &ann, "").await;
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(!keys.contains(&key(1).as_str()), "the old tombstone is gone");
+    assert!(all.iter().any(|(k, s)| *k == key(2) && !s.is_alive()), "the new tombstone stays");
+    assert_eq!(store.compact(now - 60_000).await.unwrap().tombstones, 0);
+    // A key whose tombstone went may be written again, and a cursor from before the
+    // compaction sees it: positions are never handed out twice.
+    store.push(&ann, "3", None, vec![note(1, &ann.user_id, "again", at(20, 1))]).await.unwrap();
+    let (news, _) = feed(store, &ann, &after_deletes).await;
+    assert!(news.iter().any(|(k, s)| *k == key(1) && s.is_alive()), "{news:?}");
+}
