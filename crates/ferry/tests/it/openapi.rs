@@ -46,14 +46,21 @@ fn every_documented_operation_answers_as_the_document_says() {
     // `formations` is refused row by row, and REST writes to it need a precondition.
     env.table_options("groups", "conflict = \"manual\"");
     env.table_options("formations", "conflict = \"reject-stale\"");
+    // A server with a role (`cloud`) that a peer (`main`) links to: the peer's token holds a
+    // server role and sends the `ferry-peer` header.
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    std::fs::write(env.path("ferry.toml"), config.replacen("[server]\n", "[server]\nrole = \"cloud\"\n", 1)).unwrap();
     let alice = env.add_user("alice");
     let bob = env.add_user("bob");
+    env.add_user("link");
     let (phone, laptop, tablet) =
         (env.token("alice", "phone"), env.token("alice", "laptop"), env.token("bob", "tablet"));
     let ops = env.ok(&["token", "create", "--user", "alice", "--device", "ops", "--admin", "-c", &env.config()]);
+    let peer =
+        env.ok(&["token", "create", "--user", "link", "--device", "main", "--role", "main", "-c", &env.config()]);
     let server = env.serve_with(&["--max-body-bytes", "65536"]);
     let mut checker = Checker::new(&doc, &server.url);
-    let (phone, laptop, tablet, ops) = (Some(&*phone), Some(&*laptop), Some(&*tablet), Some(&*ops));
+    let (phone, laptop, tablet, ops, peer) = (Some(&*phone), Some(&*laptop), Some(&*tablet), Some(&*ops), Some(&*peer));
 
     let (group, t) = (uuid(), now_ms());
     let created = json!([group_row(&group, &alice, t, "Sunday 4-way", None)]);
@@ -321,6 +328,10 @@ fn every_documented_operation_answers_as_the_document_says() {
     checker.check(&revoke_as(ops, 200));
     checker.check(&revoke_as(ops, 404));
 
+    check_peering(&mut checker, (&alice, t, &too_big), (phone, tablet, ops, peer));
+    // Last: the compaction makes every cursor taken so far too old.
+    check_compaction(&env, &mut checker, &alice, (phone, laptop, peer));
+
     checker.assert_every_answer_was_seen();
     checker.assert_other_methods_and_paths_are_refused();
 }
@@ -484,6 +495,153 @@ fn check_files(
     assert!(files["peak_in_flight"].as_u64() >= Some(1), "{status}");
     // The whole and the ranged download of the video, the clip's and bob's file's.
     assert!(files["downloads_completed"].as_u64() >= Some(4), "{status}");
+}
+
+/// Server peering: the `ferry-peer` header on the endpoints a peer uses, the users two peers
+/// share (`/v1/peer/users`), and the links' status and sync log for admins. `peer` is a token
+/// whose device (`main`) has a server role; the server's own role is `cloud`.
+fn check_peering(
+    checker: &mut Checker,
+    (alice, t, too_big): (&str, u64, &str),
+    (phone, tablet, ops, peer): (Option<&str>, Option<&str>, Option<&str>, Option<&str>),
+) {
+    let as_peer = |case: Case| case.with("ferry-peer", "cloud");
+    let long = "x".repeat(201);
+    // Both roles show in `GET /v1/me`: the device's, and the server's.
+    let me = checker.check(&as_peer(get("/v1/me", peer, 200)));
+    assert_eq!((&me["role"], &me["server_role"]), (&json!("main"), &json!("cloud")), "{me}");
+    let me = checker.check(&get("/v1/me", phone, 200));
+    assert_eq!((me.get("role"), &me["server_role"]), (None, &json!("cloud")), "{me}");
+    // A peer reads every row, alice's included, whatever its user.
+    let page = checker.check(&as_peer(get("/v1/pull?limit=10000", peer, 200)));
+    let rows = page["rows"].as_array().map_or(0, Vec::len);
+    let own = checker.check(&get("/v1/pull?limit=10000", phone, 200))["rows"].as_array().map_or(0, Vec::len);
+    assert!(rows >= own && own > 0, "the peer reads {rows} rows, alice's phone {own}");
+    // Its pushes relay other writers' rows: a jump of alice's, written on site 9.
+    let relayed = json!([jump_row(alice, t, 9)]);
+    let cases = [
+        get("/v1/me", peer, 400).with("ferry-peer", ""),
+        as_peer(get("/v1/me", phone, 403)),
+        get("/v1/pull", peer, 400).with("ferry-peer", &long),
+        as_peer(get("/v1/pull", phone, 403)),
+        as_peer(post("/v1/push", peer, push_body("relayed", None, &relayed), 200)),
+        post("/v1/push", peer, push_body("empty-link", None, &relayed), 400).with("ferry-peer", ""),
+        as_peer(post("/v1/push", tablet, push_body("not-a-peer", None, &relayed), 403)),
+        handshake(get("/v1/stream", peer, 400).with("ferry-peer", "")),
+        handshake(as_peer(get("/v1/stream", phone, 403))),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    checker.answer(&handshake(as_peer(get("/v1/stream", peer, 101))));
+
+    // Users travel with their ids: carol is new here; a user named bob exists with another id.
+    let carol = uuid();
+    let users =
+        json!({"users": [{"id": alice, "name": "alice"}, {"id": carol, "name": "carol"}, {"id": uuid(), "name": "bob"}]})
+            .to_string();
+    let cases = [
+        get("/v1/peer/users", peer, 400).with("ferry-peer", ""),
+        as_peer(get("/v1/peer/users", None, 401)),
+        get("/v1/peer/users", peer, 403),
+        as_peer(get("/v1/peer/users", phone, 403)),
+        as_peer(post("/v1/peer/users", peer, "not json", 400)),
+        as_peer(post("/v1/peer/users", peer, r#"{"users": [], "colour": "red"}"#, 400)),
+        as_peer(post("/v1/peer/users", peer, r#"{"users": [{"id": "", "name": "dan"}]}"#, 400)),
+        post("/v1/peer/users", peer, &users, 400).with("ferry-peer", &long),
+        as_peer(post("/v1/peer/users", None, &users, 401)),
+        post("/v1/peer/users", peer, &users, 403),
+        as_peer(post("/v1/peer/users", phone, &users, 403)),
+        as_peer(post("/v1/peer/users", peer, too_big, 413)),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    let adopted = checker.check(&as_peer(post("/v1/peer/users", peer, &users, 200)));
+    assert_eq!(adopted["added"], 1, "{adopted}");
+    let refused = adopted["refused"].as_array().unwrap();
+    assert!(refused.len() == 1 && refused[0].as_str().unwrap().contains("bob"), "{adopted}");
+    let all = checker.check(&as_peer(get("/v1/peer/users", peer, 200)));
+    let listed = all["users"].as_array().unwrap();
+    assert!(listed.contains(&json!({"id": carol, "name": "carol"})), "{all}");
+    assert!(listed.contains(&json!({"id": alice, "name": "alice"})), "{all}");
+
+    // The peer's calls are its incoming link's heartbeat.
+    let status = checker.check(&get("/v1/admin/sync/status", ops, 200));
+    assert_eq!(status["role"], "cloud", "{status}");
+    let link = status["peers"].as_array().into_iter().flatten().find(|p| p["name"] == "main");
+    let link = link.unwrap_or_else(|| panic!("no link named after the peer's device: {status}"));
+    let seen = [&link["direction"], &link["peer_role"], &link["state"]];
+    assert_eq!(seen, [&json!("incoming"), &json!("main"), &json!("CONNECTED")], "{link}");
+    let log = checker.check(&get("/v1/admin/sync/log?peer=main&limit=1000", ops, 200));
+    assert_eq!(log["entries"], json!([]), "an incoming link runs nothing here: {log}");
+    // The link is up and nothing waits: healthy, and no alert.
+    let health = checker.check(&get("/health/sync", None, 200));
+    assert_eq!(health, json!({"status": "ok", "reasons": []}));
+    let alerts = checker.check(&get("/v1/admin/alerts", ops, 200));
+    assert_eq!(alerts, json!({"alerts": []}));
+    let cases = [
+        get("/v1/admin/sync/status", None, 401),
+        get("/v1/admin/sync/status", phone, 403),
+        get("/v1/admin/sync/status", peer, 403),
+        get("/v1/admin/sync/log", ops, 200),
+        get("/v1/admin/sync/log?limit=1", ops, 200),
+        get("/v1/admin/sync/log?limit=0", ops, 400),
+        get("/v1/admin/sync/log?limit=1001", ops, 400),
+        get("/v1/admin/sync/log?limit=many", ops, 400),
+        get("/v1/admin/sync/log?colour=red", ops, 400),
+        get("/v1/admin/sync/log", None, 401),
+        get("/v1/admin/sync/log", phone, 403),
+        get("/v1/admin/alerts", None, 401),
+        get("/v1/admin/alerts", phone, 403),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+}
+
+/// The compaction horizon: cursors taken before a row was deleted, once `ferry compact`
+/// removed its tombstone (the server keeps running; the embedded store is shared), get 410
+/// `cursor_expired` from `GET /v1/pull` (a peer's too) and `GET /v1/changes`; the start and
+/// cursors taken since are served.
+fn check_compaction(
+    env: &Env,
+    checker: &mut Checker,
+    alice: &str,
+    (phone, laptop, peer): (Option<&str>, Option<&str>, Option<&str>),
+) {
+    let row = format!("/v1/rows/jump_log/{}", uuid());
+    let values = json!({"values": {"user_id": alice, "jump_number": 99, "jumped_at": "2026-11-24T09:00:00Z"}});
+    let made = checker.check(&put(&row, phone, values.to_string(), 201));
+    // The cursors of the feed's end, with the row in it.
+    let end = |answer: Value| answer["cursor"].as_str().unwrap_or_else(|| panic!("no cursor: {answer}")).to_owned();
+    let pulled = end(checker.check(&get("/v1/pull?limit=10000", phone, 200)));
+    let since = end(checker.check(&get("/v1/changes?limit=10000", laptop, 200)));
+    let peer_pulled = end(checker.check(&get("/v1/pull?limit=10000", peer, 200).with("ferry-peer", "cloud")));
+    let version = made["version"].as_str().unwrap();
+    checker.check(&delete(&row, phone, 204).with("if-match", format!("\"{version}\"")));
+    // Deletions a moment old are older than 1 ms.
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let out = env.ok(&["compact", "--older-than", "1ms", "--json", "-c", &env.config()]);
+    let compacted: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(compacted["tombstones"].as_u64() >= Some(1), "{compacted}");
+    let cases = [
+        get(format!("/v1/pull?cursor={pulled}"), phone, 410),
+        get(format!("/v1/pull?cursor={peer_pulled}&limit=10000"), peer, 410).with("ferry-peer", "cloud"),
+        get(format!("/v1/changes?since={since}"), laptop, 410),
+    ];
+    for case in &cases {
+        let answer = checker.check(case);
+        assert_eq!(answer["error"]["code"], "cursor_expired", "{answer}");
+    }
+    // From the start again: served, and the tombstone is gone from the feed.
+    let key = row.rsplit('/').next().unwrap();
+    let pulled = checker.check(&get("/v1/pull?cursor=0&limit=10000", phone, 200));
+    assert!(pulled["rows"].as_array().unwrap().iter().all(|r| r["key"] != key), "{pulled}");
+    let changes = checker.check(&get("/v1/changes?since=0&limit=10000", laptop, 200));
+    assert!(changes["changes"].as_array().unwrap().iter().all(|r| r["key"] != key), "{changes}");
+    checker.check(&get(format!("/v1/pull?cursor={}", end(pulled)), phone, 200));
+    checker.check(&get(format!("/v1/changes?since={}", end(changes)), laptop, 200));
 }
 
 /// Starts `PUT /v1/files/{hash}` of a file `length` bytes long on a socket of its own,
@@ -672,6 +830,7 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
         server_role: Some("cloud".into()),
     };
     add("WhoAmI", to(&who));
+    add("WhoAmI", to(&p::WhoAmI { role: None, server_role: None, ..who }));
     add("RowDoc", to(&p::RowDoc::new(table, key, &state)));
     let changes = p::ChangesResponse {
         changes: vec![p::RowDoc::new(table, key, &state), p::RowDoc::new(table, key, &dead)],
@@ -708,6 +867,101 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
         add("ResolveRequest", to(&p::ResolveRequest { keep }));
     }
     add("RevokeResponse", to(&p::RevokeResponse { revoked: vec!["d".into()] }));
+    let ms = 1_800_000_000_000;
+    let outgoing = p::PeerStatus {
+        name: "cloud".into(),
+        direction: "outgoing".into(),
+        role: "main".into(),
+        peer_role: Some("cloud".into()),
+        url: Some("https://cloud.example.com".into()),
+        enabled: true,
+        state: "DISCONNECTED".into(),
+        backoff_ms: vec![1000, 5000, 30_000],
+        failures: 2,
+        next_attempt_ms: Some(ms + 5000),
+        last_heartbeat_ms: Some(ms - 60_000),
+        last_success_ms: Some(ms - 60_000),
+        down_since_ms: Some(ms - 30_000),
+        lag_ms_out: 60_000,
+        lag_ms_in: 60_000,
+        lag_changes_out: 40,
+        lag_changes_in: 0,
+        rows_out: 3000,
+        rows_in: 12,
+        file_queue: 1,
+        last_error: Some("cannot reach server at https://cloud.example.com".into()),
+        far_store_id: Some("s2".into()),
+        cursor_out: "1234".into(),
+        cursor_in: "99".into(),
+        behind: Some("in".into()),
+    };
+    let incoming = p::PeerStatus {
+        name: "main".into(),
+        direction: "incoming".into(),
+        role: "cloud".into(),
+        peer_role: Some("main".into()),
+        enabled: true,
+        state: "CONNECTED".into(),
+        last_heartbeat_ms: Some(ms),
+        last_success_ms: Some(ms),
+        ..p::PeerStatus::default()
+    };
+    add(
+        "SyncStatusResponse",
+        to(&p::SyncStatusResponse { role: Some("main".into()), peers: vec![outgoing, incoming] }),
+    );
+    add("SyncStatusResponse", to(&p::SyncStatusResponse { role: None, peers: vec![] }));
+    let pushed = p::SyncLogEntry {
+        id: 2,
+        at_ms: ms,
+        peer: "cloud".into(),
+        kind: "rows".into(),
+        direction: "push".into(),
+        status: "WARNING".into(),
+        rows: 40,
+        bytes: 12_000,
+        duration_ms: 85,
+        error: Some("jump_log '0190…' refused by the peer".into()),
+    };
+    let failed = p::SyncLogEntry {
+        id: 1,
+        direction: "both".into(),
+        status: "FAILED".into(),
+        rows: 0,
+        bytes: 0,
+        error: Some("cannot reach server".into()),
+        ..pushed.clone()
+    };
+    let pulled =
+        p::SyncLogEntry { id: 3, direction: "pull".into(), status: "SUCCESS".into(), error: None, ..pushed.clone() };
+    let cleared = p::SyncLogEntry {
+        id: 4,
+        kind: "alert".into(),
+        direction: "both".into(),
+        status: "SUCCESS".into(),
+        rows: 0,
+        bytes: 0,
+        duration_ms: 0,
+        error: Some("cleared: link 'cloud' has been DISCONNECTED for 24 h 0 min".into()),
+        ..pushed.clone()
+    };
+    add("SyncLogResponse", to(&p::SyncLogResponse { entries: vec![cleared, pulled, pushed, failed] }));
+    let alert = |kind: &str, severity: &str| p::Alert {
+        peer: "cloud".into(),
+        kind: kind.into(),
+        severity: severity.into(),
+        message: format!("link 'cloud': {kind}"),
+        since_ms: ms,
+    };
+    let alerts = vec![alert("disconnected", "CRITICAL"), alert("file_queue", "WARNING"), alert("lag", "WARNING")];
+    add("AlertsResponse", to(&p::AlertsResponse { alerts }));
+    add("SyncHealth", to(&p::SyncHealth { status: "ok".into(), reasons: vec![] }));
+    let reasons = vec!["link 'cloud' is DISCONNECTED: cannot reach server".into()];
+    add("SyncHealth", to(&p::SyncHealth { status: "unhealthy".into(), reasons }));
+    let users = vec![p::PeerUser { id: "u".into(), name: "ann".into() }];
+    add("PeerUsers", to(&p::PeerUsers { users }));
+    let refused = vec!["user 'bob' (id u2): the name belongs to another user here".to_owned()];
+    add("AdoptUsersResponse", to(&p::AdoptUsersResponse { added: 1, refused }));
     let device = p::DeviceRecord {
         id: "d".into(),
         name: "phone".into(),
@@ -764,6 +1018,10 @@ const PARTS: &[&str] = &[
     "ErrorDetail",
     "FileState",
     "FilesStatus",
+    "PeerStatus",
+    "SyncLogEntry",
+    "PeerUser",
+    "Alert",
     "TableInfo",
     "StreamMessage",
     "StreamHello",
