@@ -68,6 +68,15 @@ impl Remote {
         self
     }
 
+    /// The `ferry-peer` header, for a peer link's requests (empty otherwise).
+    fn peer_header(&self) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(v) = self.peer.as_deref().and_then(|l| reqwest::header::HeaderValue::from_str(l).ok()) {
+            h.insert(ferry_protocol::PEER_HEADER, v);
+        }
+        h
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -80,11 +89,7 @@ impl Remote {
 
     /// Sends `req`; the body of a successful answer, else the error it means.
     async fn send_raw(&self, req: reqwest::RequestBuilder, what: &str) -> Result<bytes::Bytes> {
-        let req = match &self.peer {
-            Some(link) => req.header(ferry_protocol::PEER_HEADER, link),
-            None => req,
-        };
-        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+        let resp = req.headers(self.peer_header()).bearer_auth(&self.token).send().await.map_err(|e| {
             Error::Unreachable(format!("cannot reach server at {} ({what}): {}", self.base, error_chain(&e)))
         })?;
         let status = resp.status();
@@ -141,6 +146,7 @@ impl Remote {
             .files
             .put(format!("{}/v1/files/{hash}", self.base))
             .bearer_auth(&self.token)
+            .headers(self.peer_header())
             .header("upload-length", size)
             .header("upload-offset", offset)
             .header(reqwest::header::CONTENT_LENGTH, size - offset)
@@ -158,7 +164,11 @@ impl Remote {
     /// # Errors
     /// As every call; a file the server does not give (yet) is [`Error::Refused`] 404.
     pub async fn download_file(&self, hash: &str, from: u64) -> Result<reqwest::Response> {
-        let mut req = self.files.get(format!("{}/v1/files/{hash}", self.base)).bearer_auth(&self.token);
+        let mut req = self
+            .files
+            .get(format!("{}/v1/files/{hash}", self.base))
+            .bearer_auth(&self.token)
+            .headers(self.peer_header());
         if from > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
         }

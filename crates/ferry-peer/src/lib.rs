@@ -22,6 +22,10 @@
 //! and the counts are kept in the store, where `GET /v1/admin/sync/status` and `ferry peer
 //! status` read them.
 
+mod files;
+
+pub use files::LocalFiles;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -36,7 +40,7 @@ use ferry_protocol::{PeerStatus, PeerUser, PeerUsers, RowOut, SyncLogEntry};
 use ferry_store::{IncomingRow, Principal, SERVER_ROLES, Store, StoreError, User};
 
 /// One `[peers.NAME]` link, as configured.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Link {
     pub name: String,
     pub url: String,
@@ -48,6 +52,8 @@ pub struct Link {
     pub enabled: bool,
     /// How long the sync log keeps entries.
     pub log_keep: Duration,
+    /// This server's file store: files rows reference cross too (`None`: rows only).
+    pub files: Option<Arc<LocalFiles>>,
 }
 
 /// Rows per page each way.
@@ -106,6 +112,8 @@ struct Moved {
     /// Rows set aside or refused, with why.
     warnings_out: Vec<String>,
     warnings_in: Vec<String>,
+    /// The file hashes of rows that crossed, oldest first.
+    files: Vec<String>,
 }
 
 /// The link's connection to the peer, once established.
@@ -149,6 +157,26 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
     }
     let mut news = store.notices();
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<()>(1);
+    // Files move on a task of their own: rows never wait for them.
+    let (files_tx, waiting) = match (&link.files, Remote::new(&link.url, &link.token)) {
+        (Some(local), Ok(remote)) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let queue = files::Queue::new();
+            let waiting = queue.waiting.clone();
+            let task = files::run(
+                store.clone(),
+                remote.as_peer(&link.name),
+                local.clone(),
+                link.name.clone(),
+                link.log_keep,
+                queue,
+                rx,
+            );
+            tokio::spawn(task);
+            (Some(tx), Some(waiting))
+        }
+        _ => (None, None),
+    };
     let mut session: Option<Session> = None;
     loop {
         if status.failures > 0 {
@@ -160,7 +188,7 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
         let ended = now_ms();
         let ok = result.is_ok();
         match result {
-            Ok(moved) => {
+            Ok(mut moved) => {
                 let stream_up = session.as_ref().is_some_and(|s| s.stream_up.load(Ordering::SeqCst));
                 let clean = moved.warnings_out.is_empty() && moved.warnings_in.is_empty();
                 status.state =
@@ -174,6 +202,11 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
                 (status.lag_ms_out, status.lag_ms_in, status.lag_changes_out, status.lag_changes_in) = (0, 0, 0, 0);
                 status.rows_out += moved.rows_out;
                 status.rows_in += moved.rows_in;
+                if let Some(tx) = &files_tx
+                    && !moved.files.is_empty()
+                {
+                    let _ = tx.send(std::mem::take(&mut moved.files));
+                }
                 log_moved(&store, &link, started, &moved).await;
             }
             Err(e) => {
@@ -215,6 +248,7 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
                 }
             }
         }
+        status.file_queue = waiting.as_ref().map_or(0, |w| w.load(Ordering::SeqCst));
         let delay = if ok { link.interval } else { link.backoff.delay(status.failures) };
         status.next_attempt_ms = (!ok).then(|| now_ms() + delay.as_millis() as u64);
         save(&store, &status).await;
@@ -403,6 +437,7 @@ async fn push_out<S: Store>(
                 })
                 .collect();
             let batch = batch_id("out", &status.cursor_out, &page.cursor, rows.iter().map(|r| (&r.0, &r.1, &r.2)));
+            moved.files.extend(rows.iter().flat_map(|r| file_hashes(schema, &r.0, &r.2)));
             let (sent, bytes, warnings) = push_split(&s.remote, schema, &batch, &rows).await?;
             moved.rows_out += sent.len() as u64;
             moved.bytes_out += bytes;
@@ -501,6 +536,7 @@ async fn pull_in<S: Store>(
             let keys = page.rows.iter().map(|(t, k, _)| (t.clone(), k.clone())).collect();
             let bases = store.peer_bases(&s.local.device_id, keys).await?;
             let batch = batch_id("in", &status.cursor_in, &page.cursor, page.rows.iter().map(|(t, k, st)| (t, k, st)));
+            moved.files.extend(page.rows.iter().flat_map(|(t, _, st)| file_hashes(schema, t, st)));
             let rows: Vec<IncomingRow> = page
                 .rows
                 .iter()
@@ -576,6 +612,19 @@ async fn apply_split<S: Store>(
         }
     }
     Ok(taken)
+}
+
+/// The file hashes a row's file columns hold.
+fn file_hashes(schema: &Schema, table: &str, state: &RowState) -> Vec<String> {
+    let Some(t) = schema.table(table) else { return Vec::new() };
+    t.options
+        .files
+        .iter()
+        .filter_map(|c| match state.cols.get(c).map(|v| &v.value) {
+            Some(ferry_core::Value::Text(h)) if ferry_core::schema::is_file_hash(h) => Some(h.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A batch id that names a page by where it starts and ends and what it holds, so a page

@@ -389,11 +389,19 @@ impl Config {
     /// # Errors
     /// When the store cannot be opened or reached; the message names it and the fix.
     pub async fn open_files(&self) -> Result<crate::Files, String> {
-        let store = ferry_files::open(&self.files, &self.data_dir.join("files")).await.map_err(|e| e.to_string())?;
+        let store = self.open_file_store().await?;
         let staging = store.staging_dir().map_or_else(|| self.data_dir.join("uploads"), std::path::Path::to_path_buf);
         let max = self.files.max_upload_bytes.unwrap_or(crate::files::DEFAULT_MAX_UPLOAD_BYTES);
         crate::Files::new(store, staging.clone(), max)
             .map_err(|e| format!("cannot create the upload staging directory '{}': {e}", staging.display()))
+    }
+
+    /// Opens the file store `[files]` names (by default the directory `DATA_DIR/files`).
+    ///
+    /// # Errors
+    /// When the store cannot be opened or reached; the message names it and the fix.
+    pub async fn open_file_store(&self) -> Result<ferry_files::AnyFileStore, String> {
+        ferry_files::open(&self.files, &self.data_dir.join("files")).await.map_err(|e| e.to_string())
     }
 
     /// Reads and checks the schema file with the per-table options.

@@ -700,7 +700,9 @@ impl Store for PgStore {
         let mut found = std::collections::BTreeSet::new();
         for (t, col, owner) in crate::file_columns(&self.inner.schema) {
             let (q, c) = (quote(&t.name), quote(col));
-            if let Some(rule) = crate::scope::read_rule(t) {
+            // A peer reads every row, so every referenced file.
+            let owner = owner.filter(|_| !who.peer);
+            if let Some(rule) = crate::scope::read_rule(t).filter(|_| !who.peer) {
                 // The rule as SQL over the table, its subqueries run as they stand.
                 let r = rule.compile(ferry_core::rules::Dialect::Postgres, &q, 2);
                 let sql = format!("SELECT DISTINCT {c} FROM {q} WHERE {c} = ANY($1::text[]) AND {}", r.sql);

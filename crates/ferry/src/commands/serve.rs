@@ -19,7 +19,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!(store = store.describe(), tables = store.schema().tables.len(), "store ready");
     let files = config.open_files().await.map_err(anyhow::Error::msg)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut tasks = start_links(&config, &store, &stopped)?;
+    let mut tasks = start_links(&config, &store, &stopped).await?;
     if config.role.is_some() {
         tasks.push(tokio::spawn(ferry_server::peer::watch_alerts(
             store.clone(),
@@ -47,13 +47,21 @@ const ALERTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts a link for each `[peers.NAME]` section (a disabled one only records its state and
 /// is warned about).
-fn start_links(
+async fn start_links(
     config: &ferry_server::Config,
     store: &AnyStore,
     stopped: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let synced = store.schema().table_names();
     let mut links = Vec::new();
+    // The links' own handle on the file store, when the schema has file columns.
+    let files = if config.peers.is_empty() || !store.schema().tables.iter().any(|t| !t.options.files.is_empty()) {
+        None
+    } else {
+        let local = config.open_file_store().await.map_err(anyhow::Error::msg)?;
+        let staging = config.data_dir.join("peer-downloads");
+        Some(std::sync::Arc::new(ferry_peer::LocalFiles { store: local, staging }))
+    };
     for peer in &config.peers {
         let tables = peer.crossing(&synced).map_err(anyhow::Error::msg)?;
         if peer.enabled {
@@ -70,6 +78,7 @@ fn start_links(
             backoff: ferry_client::engine::Backoff { steps: peer.backoff.clone() },
             enabled: peer.enabled,
             log_keep: config.sync_log_keep,
+            files: files.clone(),
         };
         links.push(tokio::spawn(ferry_peer::run(store.clone(), link, stopped.clone())));
     }

@@ -473,3 +473,92 @@ fn a_peer_behind_the_horizon_is_critical_until_an_operator_resyncs_it() {
     let bad = main.env.run(&["peer", "resync", "nowhere", "-c", &main.env.config()]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no link named 'nowhere'"));
 }
+
+#[test]
+fn files_follow_their_rows_both_ways_verified() {
+    let (main, cloud) = pair(None, "");
+    let ann = main.env.add_user("ann");
+    wait_for("ann on CLOUD", || user_id(&cloud, "ann") == ann);
+    let (ann_main, ann_cloud) = (main.env.token("ann", "phone"), cloud.env.token("ann", "laptop"));
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+    let (phone, laptop) = (main.env.db("phone.db"), cloud.env.db("laptop.db"));
+
+    // A video taken on site: its row and its file reach a laptop at home.
+    let add = |env: &Env, db: &str, name: &str, bytes: &[u8]| {
+        std::fs::write(env.path(name), bytes).unwrap();
+        env.ok(&["file", "add", "--db", &env.path(db).display().to_string(), &env.path(name).display().to_string()])
+    };
+    let video: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let on_site = add(&main.env, "phone.db", "jump1.mp4", &video);
+    let jump = insert_jump(&phone, &ann, 1, "with video");
+    phone.execute("UPDATE jump_log SET video_sha256 = ?1 WHERE id = ?2", [&on_site, &jump]).unwrap();
+    let file_sync = |env: &Env, db: &str, token: &str| {
+        env.ok(&["file", "sync", "--db", &env.path(db).display().to_string(), "--token", token]);
+    };
+    main.env.sync(&main.server, "phone.db", &ann_main);
+    file_sync(&main.env, "phone.db", &ann_main);
+    let laptop_file = cloud.env.path(&format!("laptop.db-files/{on_site}"));
+    wait_for("the video on the laptop at home", || {
+        cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+        file_sync(&cloud.env, "laptop.db", &ann_cloud);
+        laptop_file.exists()
+    });
+    assert_eq!(std::fs::read(&laptop_file).unwrap(), video);
+
+    // And one added at home reaches the phone on site.
+    let photo: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    let at_home = add(&cloud.env, "laptop.db", "photo.jpg", &photo);
+    let second = insert_jump(&laptop, &ann, 2, "with photo");
+    laptop.execute("UPDATE jump_log SET video_sha256 = ?1 WHERE id = ?2", [&at_home, &second]).unwrap();
+    cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+    file_sync(&cloud.env, "laptop.db", &ann_cloud);
+    let phone_file = main.env.path(&format!("phone.db-files/{at_home}"));
+    wait_for("the photo on the phone on site", || {
+        main.env.sync(&main.server, "phone.db", &ann_main);
+        file_sync(&main.env, "phone.db", &ann_main);
+        phone_file.exists()
+    });
+    assert_eq!(std::fs::read(&phone_file).unwrap(), photo);
+
+    wait_for("the file queue empty", || main.status()["peers"][0]["file_queue"] == 0);
+    // A file whose bytes on CLOUD's disk no longer have its name (damage) is not taken.
+    let damaged: Vec<u8> = b"frames of a third jump".to_vec();
+    let hash = ferry_core::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(&damaged));
+    let stored = cloud.env.path(&format!("ferry-data/files/{}/{hash}", &hash[..2]));
+    std::fs::create_dir_all(stored.parent().unwrap()).unwrap();
+    let mut bad = damaged.clone();
+    bad[0] ^= 1;
+    std::fs::write(&stored, &bad).unwrap();
+    let third = uuid();
+    cloud.psql(&format!(
+        "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, video_sha256) VALUES ('{third}', '{ann}', 3, now(), '{hash}')"
+    ));
+    wait_for("the damaged file refused in the sync log", || {
+        let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+        log["entries"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "files"
+                && e["status"] == "WARNING"
+                && e["error"].as_str().unwrap_or("").contains("not to the file's name")
+        })
+    });
+    let main_copy = main.env.path(&format!("ferry-data/files/{}/{hash}", &hash[..2]));
+    assert!(!main_copy.exists(), "nothing is stored under a hash its bytes do not have");
+    // Tried again every second, logged once.
+    let tries = |log: &Value| {
+        log["entries"].as_array().unwrap().iter().filter(|e| e["error"].as_str().unwrap_or("").contains(&hash)).count()
+    };
+    let started = Instant::now();
+    wait_for("a few more tries", || started.elapsed() > Duration::from_secs(3));
+    let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+    assert_eq!(tries(&log), 1, "{log}");
+
+    wait_for("the damaged file waiting in the queue", || main.status()["peers"][0]["file_queue"] == 1);
+    let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+    let files: Vec<&Value> = log["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "files").collect();
+    assert!(
+        files.iter().any(|e| e["direction"] == "push" && e["status"] == "SUCCESS" && e["bytes"] == 300_000),
+        "{log}"
+    );
+    assert!(files.iter().any(|e| e["direction"] == "pull" && e["status"] == "SUCCESS"), "{log}");
+}
