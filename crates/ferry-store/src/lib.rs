@@ -1064,14 +1064,17 @@ fn merge_pushed(
     }
     let role = table.options.authority.as_deref();
     let stamp = role.map_or(env.server_site, |r| env.authority_stamp(r));
-    // A value is the authority's when its writer holds the role, or (on the server whose
-    // own role it is) when it was written on this side rather than brought by a peer.
+    // A value is the authority's when its writer holds the role, or, against what a peer
+    // brings to the server whose own role it is, when it was written on this side. (Between
+    // this side's own devices, only the role's holders win.)
     let is_authority = |site: ferry_core::SiteId| {
         role.is_some_and(|r| {
             let holder = env.role_sites.get(&site).map(|(_, s)| s.as_str());
             site == stamp
                 || holder == Some(r)
-                || (env.local_role.as_deref() == Some(r) && holder.is_none_or(|h| !SERVER_ROLES.contains(&h)))
+                || (who.peer
+                    && env.local_role.as_deref() == Some(r)
+                    && holder.is_none_or(|h| !SERVER_ROLES.contains(&h)))
         })
     };
     let ctx = PushContext {
