@@ -22,7 +22,7 @@ use rusqlite::Connection;
 
 mod common;
 
-use common::{FERRY, example, insert_rows, row};
+use common::{FERRY, example, insert_rows, wait_until};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -79,15 +79,6 @@ fn count(db: &Path) -> usize {
         .map_or(0, |n| n as usize)
 }
 
-/// Waits until `done` holds (checking every 5 ms); panics after 10 minutes.
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(600), "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn ferry_a_to_b(n: usize) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -119,60 +110,11 @@ fn ferry_a_to_b(n: usize) -> Duration {
     took
 }
 
-/// The rows as CSV for `\copy`, in the table's column order.
-fn csv(n: usize, user: &str) -> String {
-    let mut out = String::new();
-    for i in 0..n {
-        let r = row(i);
-        // id, user_id, device_id, jump_number, jumped_at, dropzone, aircraft, exit_altitude_ft,
-        // deployment_altitude_ft, freefall_seconds, discipline, notes, visible_to_connections,
-        // storage_url, video_sha256, created_at
-        out.push_str(&format!("{},{user},,{},{},\"{}\",,{},,,,\"{}\",false,,,\n", r.0, r.2, r.3, r.4, r.5, r.6));
-    }
-    out
-}
-
 fn logical_replication(n: usize) -> Duration {
-    let schema = ferry_core::schema::Schema::parse(&example("schema.sql"), &Default::default()).unwrap();
-    let ddl = ferry_store::PgStore::create_table_sql(schema.table("jump_log").unwrap());
     let publisher = ferry_pgtemp::PgCluster::start().unwrap();
-    publisher.psql("postgres", "ALTER SYSTEM SET wal_level = logical").unwrap();
-    publisher.stop().unwrap();
-    publisher.start_again().unwrap();
+    common::enable_logical_replication(&publisher);
     let subscriber = ferry_pgtemp::PgCluster::start().unwrap();
-    for c in [&publisher, &subscriber] {
-        c.create_db("bench").unwrap();
-        c.psql("bench", &ddl).unwrap();
-    }
-    publisher.psql("bench", "CREATE PUBLICATION bench FOR TABLE jump_log").unwrap();
-    let conn = format!("host=127.0.0.1 port={} user=postgres dbname=bench", publisher.port());
-    subscriber
-        .psql(
-            "bench",
-            &format!("CREATE SUBSCRIPTION bench CONNECTION '{conn}' PUBLICATION bench WITH (copy_data = false)"),
-        )
-        .unwrap();
-    // The subscription is live once its apply worker streams.
-    wait_until("the subscription to start", || {
-        subscriber
-            .psql("bench", "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL")
-            .is_ok_and(|o| o.trim().ends_with('1') || o.contains(" 1"))
-    });
-    let file = publisher.dir().join("rows.csv");
-    std::fs::write(&file, csv(n, "01900000-0000-7000-8000-00000000a11c")).unwrap();
-    let _ = Command::new("chmod").arg("644").arg(&file).status();
-    let started = Instant::now();
-    publisher.psql("bench", &format!("\\copy jump_log FROM '{}' CSV", file.display())).unwrap();
-    wait_until("the subscriber's rows", || {
-        subscriber
-            .psql("bench", "SELECT count(*) FROM jump_log")
-            .ok()
-            .and_then(|o| o.split_whitespace().find_map(|w| w.parse::<usize>().ok()))
-            .is_some_and(|c| c >= n)
-    });
-    let took = started.elapsed();
-    let _ = subscriber.psql("bench", "DROP SUBSCRIPTION bench");
-    took
+    common::logical_replication(&publisher, &subscriber, n)
 }
 
 /// `benches/pouchdb` with its npm packages installed (once, under the target directory).
