@@ -148,8 +148,10 @@ impl RegValue<'_> {
 
 /// `writer` is the side whose new registers are all one writer's own changes (a pushed row
 /// on the server, the local row on a client); registers the other side holds from that same
-/// writer (its earlier writes, say a push whose answer was lost) are not news to it.
-fn split(ours: &RowState, theirs: &RowState, seen: &RowClocks, writer: Side) -> Split {
+/// writer (its earlier writes, say a push whose answer was lost) are not news to it. With
+/// `relayed` the writer's side brings many writers' changes (a peer server's push): a site
+/// in it says nothing of what the pusher had seen.
+fn split(ours: &RowState, theirs: &RowState, seen: &RowClocks, writer: Side, relayed: bool) -> Split {
     let at = |s: &RowState, r: &str| register(s, r).map_or(Hlc::ZERO, |(h, _)| h);
     let seen_at = |r: &str| if r == EXISTS { seen.exists } else { seen.col(r) };
     let names: BTreeSet<String> = std::iter::once(EXISTS.to_owned())
@@ -170,7 +172,9 @@ fn split(ours: &RowState, theirs: &RowState, seen: &RowClocks, writer: Side) -> 
         }
     }
     // One replica's writes follow each other: what the writer wrote itself, it had seen.
-    let sites = |regs: &[(String, Hlc)]| regs.iter().map(|(_, h)| h.site()).collect::<BTreeSet<SiteId>>();
+    let sites = |regs: &[(String, Hlc)]| {
+        if relayed { BTreeSet::new() } else { regs.iter().map(|(_, h)| h.site()).collect::<BTreeSet<SiteId>>() }
+    };
     let keep = |regs: Vec<(String, Hlc)>, writer_sites: &BTreeSet<SiteId>| {
         regs.into_iter().filter(|(_, h)| !writer_sites.contains(&h.site())).map(|(r, _)| r).collect()
     };
@@ -199,10 +203,22 @@ pub fn detect(
     seen: &RowClocks,
     writer: Side,
 ) -> Option<Contest> {
+    detect_as(strategy, ours, theirs, seen, writer, false)
+}
+
+/// [`detect`]; `relayed`: the writer's side brings many writers' changes (see [`split`]).
+fn detect_as(
+    strategy: ConflictStrategy,
+    ours: &RowState,
+    theirs: &RowState,
+    seen: &RowClocks,
+    writer: Side,
+    relayed: bool,
+) -> Option<Contest> {
     if ours.exists.at == Hlc::ZERO && ours.cols.is_empty() {
         return None;
     }
-    let sp = split(ours, theirs, seen, writer);
+    let sp = split(ours, theirs, seen, writer, relayed);
     if sp.unseen.is_empty() || sp.own.is_empty() {
         return None;
     }
@@ -251,6 +267,9 @@ pub struct PushContext<'a> {
     /// that later conflicts still know the value as the authority's).
     pub authority_stamp: SiteId,
     pub now_ms: u64,
+    /// The push relays many writers' changes (a peer server's): no register of it is taken
+    /// as seen by the pusher because of its site.
+    pub relayed: bool,
 }
 
 /// What the server does with one pushed row.
@@ -269,7 +288,7 @@ pub enum Decision {
 pub fn decide_push(stored: &RowState, incoming: &RowState, seen: &RowClocks, ctx: &PushContext<'_>) -> Decision {
     let mut state = stored.clone();
     state.merge(incoming);
-    let Some(mut contest) = detect(ctx.strategy, stored, incoming, seen, Side::Theirs) else {
+    let Some(mut contest) = detect_as(ctx.strategy, stored, incoming, seen, Side::Theirs, ctx.relayed) else {
         return Decision::Apply { state, conflict: None, open: false, restamped: false };
     };
     let newest = |s: &RowState, regs: &mut dyn Iterator<Item = &String>| {
@@ -282,7 +301,7 @@ pub fn decide_push(stored: &RowState, incoming: &RowState, seen: &RowClocks, ctx
             return Decision::Reject { conflict: contest };
         }
         ConflictStrategy::RowLww => {
-            let sp = split(stored, incoming, seen, Side::Theirs);
+            let sp = split(stored, incoming, seen, Side::Theirs, ctx.relayed);
             let contested = |r: &&String| contest.fields.contains(*r);
             let side = if newest(incoming, &mut sp.own.iter().filter(contested))
                 > newest(stored, &mut sp.unseen.iter().filter(contested))
@@ -295,7 +314,7 @@ pub fn decide_push(stored: &RowState, incoming: &RowState, seen: &RowClocks, ctx
         }
         ConflictStrategy::Authoritative => {
             // Only the stored writes this writer had not seen count: what it saw, it overrode.
-            let unseen = split(stored, incoming, seen, Side::Theirs).unseen;
+            let unseen = split(stored, incoming, seen, Side::Theirs, ctx.relayed).unseen;
             let by_authority =
                 contest.fields.iter().filter(|f| unseen.contains(*f)).any(|f| {
                     register(stored, f).is_some_and(|(h, _)| h != Hlc::ZERO && (ctx.authority_site)(h.site()))
@@ -546,6 +565,7 @@ mod tests {
             server_site: SiteId(100),
             authority_stamp: SiteId(101),
             now_ms: 5_000,
+            relayed: false,
         }
     }
 

@@ -1077,13 +1077,20 @@ fn merge_pushed(
                     && holder.is_none_or(|h| !SERVER_ROLES.contains(&h)))
         })
     };
+    // No person stands at a link to settle a refusal: between servers, `reject-stale`
+    // decides as `manual` (the provisional winner kept, the conflict open for a person).
+    let strategy = match table.options.conflict {
+        ferry_core::schema::ConflictStrategy::RejectStale if who.peer => ferry_core::schema::ConflictStrategy::Manual,
+        s => s,
+    };
     let ctx = PushContext {
-        strategy: table.options.conflict,
+        strategy,
         writer_is_authority: role.is_some() && who.role.as_deref() == role,
         authority_site: &is_authority,
         server_site: env.server_site,
         authority_stamp: stamp,
         now_ms: env.now_ms,
+        relayed: who.peer,
     };
     let (state, conflict, open, restamped, refused) = match decide_push(&before, incoming, seen, &ctx) {
         Decision::Apply { state, conflict, open, restamped } => (state, conflict, open, restamped, None),
