@@ -1,17 +1,26 @@
 //! A deterministic simulation of the whole sync loop for every conflict strategy.
 //!
-//! Three replicas and a server, modelled as the real ones work: a replica's local writes
+//! Three replicas and a server, or (peered) two servers, MAIN and CLOUD, linked as
+//! `ferry-peer` links them, with replicas 0 and 1 on MAIN and replica 2 on CLOUD. Modelled
+//! as the real ones work: a replica's local writes
 //! wait as pending changes with the version they started from; a push carries them in a
 //! batch that the server applies once (a retried batch is answered from its record); a pull
 //! brings every row changed since the replica's cursor and merges it with the replica's
 //! client-side resolver. The network loses requests and answers and delivers some twice;
-//! replicas act in random order. Replica 0 holds the `authority` role. People resolve
-//! `manual` conflicts on the server and `reject-stale` refusals on the replicas.
+//! replicas act in random order. Replica 0 holds the `authority` role (the role MAIN holds
+//! itself when peered). People resolve `manual` conflicts on the servers and `reject-stale`
+//! refusals on the replicas.
+//!
+//! The link pushes MAIN's rows changed since its cursor (but those CLOUD brought exactly)
+//! with the version both sides last held (`seen`), which CLOUD decides as a push; and pulls
+//! CLOUD's rows (but those MAIN brought exactly), which MAIN decides as a push by CLOUD. On
+//! CLOUD, MAIN's writes are the authority's; on MAIN, against what CLOUD brings, so are
+//! MAIN's own. Between servers `reject-stale` decides as `manual`.
 //!
 //! The server decides with `ferry_core::strategy` and the replicas with `ferry_policy`, the
-//! code the stores and the client run. After quiescence it checks that every replica holds exactly the server's
-//! rows, and that every write overwritten by a write that had not seen it is in a conflict
-//! log (the server's, or the replica's own).
+//! code the stores and the client run. After quiescence it checks that every replica holds exactly its server's
+//! rows, that linked servers hold the same rows, and that every write overwritten by a write
+//! that had not seen it is in a conflict log (a server's, or a replica's own).
 //!
 //! `FERRY_SIM_SEED=N` replays one seed (for every strategy); `FERRY_SIM_RUNS` sets how many
 //! seeds run per strategy (default 600, so about 3 000 in all; the long mode sets more).
@@ -99,7 +108,9 @@ struct Answer {
 struct Server {
     site: SiteId,
     authority_stamp: SiteId,
-    rows: BTreeMap<u8, (Known, u64)>,
+    /// Each row, its feed position, and whether the peer brought it exactly (left out of
+    /// the peer's feed).
+    rows: BTreeMap<u8, (Known, u64, bool)>,
     seq: u64,
     batches: HashMap<(usize, u64), Vec<u8>>,
     log: Vec<Logged>,
@@ -114,13 +125,29 @@ struct Sim {
     wall: u64,
     writes: Vec<Write>,
     replicas: Vec<Replica>,
-    server: Server,
+    /// MAIN, and CLOUD when peered.
+    servers: Vec<Server>,
+    link: Link,
 }
+
+/// MAIN's link to CLOUD: how far each feed has crossed, the version of each row both sides
+/// last held, and the batch out whose answer was lost.
+#[derive(Default)]
+struct Link {
+    cursor_out: u64,
+    cursor_in: u64,
+    bases: BTreeMap<u8, RowClocks>,
+    next_batch: u64,
+    unanswered: Option<(u64, u64)>,
+}
+
+/// The batch records' client of the link (not a replica index).
+const LINK: usize = usize::MAX;
 
 const AUTHORITY: usize = 0;
 
 impl Sim {
-    fn new(seed: u64, strategy: ConflictStrategy) -> Sim {
+    fn new(seed: u64, strategy: ConflictStrategy, peered: bool) -> Sim {
         let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
         let replicas = (0..3)
             .map(|i| Replica {
@@ -137,16 +164,119 @@ impl Sim {
                 log: Vec::new(),
             })
             .collect();
-        let server = Server {
-            site: SiteId(1),
-            authority_stamp: SiteId(2),
+        let server = |n: u64| Server {
+            site: SiteId(n),
+            authority_stamp: SiteId(n + 1),
             rows: BTreeMap::new(),
             seq: 0,
             batches: HashMap::new(),
             log: Vec::new(),
             open: Vec::new(),
         };
-        Sim { seed, rng, strategy, wall: 1_000, writes: Vec::new(), replicas, server }
+        let servers = if peered { vec![server(1), server(3)] } else { vec![server(1)] };
+        Sim { seed, rng, strategy, wall: 1_000, writes: Vec::new(), replicas, servers, link: Link::default() }
+    }
+
+    /// The server replica `r` syncs with: CLOUD for replica 2 when peered, else MAIN.
+    fn home(&self, r: usize) -> usize {
+        if self.servers.len() > 1 && r == 2 { 1 } else { 0 }
+    }
+
+    /// Whether a site writes on MAIN's side: MAIN itself or a replica syncing with it.
+    fn main_side(&self, site: SiteId) -> bool {
+        site == self.servers[0].site
+            || site == self.servers[0].authority_stamp
+            || (0..3).any(|r| self.home(r) == 0 && self.replicas[r].clock.site() == site)
+    }
+
+    /// Whether server `h` counts a stored value by `site` as the authority's, deciding a
+    /// push by a device or (`link`) by the peer.
+    fn authority_site(&self, h: usize, link: bool, site: SiteId) -> bool {
+        let stamp = self.servers[h].authority_stamp;
+        match h {
+            // MAIN: the role's holder; against the peer, also MAIN's own side.
+            0 => site == stamp || site == self.replicas[AUTHORITY].clock.site() || (link && self.main_side(site)),
+            // CLOUD: what MAIN's link brought is the role's (its token holds it).
+            _ => site == stamp || self.main_side(site),
+        }
+    }
+
+    /// Server `h` decides one pushed row, as a store does: stores it (marked as the peer's
+    /// when `link` and kept exactly), logs its conflict; `Err` when refused as stale.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        h: usize,
+        key: u8,
+        incoming: &Known,
+        seen: &RowClocks,
+        writer_is_authority: bool,
+        link: bool,
+        r: Option<usize>,
+    ) -> Result<(), ()> {
+        let stored = self.servers[h].rows.get(&key).map(|(k, _, _)| k.clone()).unwrap_or_default();
+        let sites: Vec<SiteId> = [stored.state.exists.at]
+            .into_iter()
+            .chain(stored.state.cols.values().map(|c| c.at))
+            .map(|at| at.site())
+            .collect();
+        let authority: Vec<SiteId> = sites.into_iter().filter(|s| self.authority_site(h, link, *s)).collect();
+        let strategy = match self.strategy {
+            ConflictStrategy::RejectStale if link => ConflictStrategy::Manual,
+            s => s,
+        };
+        let ctx = PushContext {
+            strategy,
+            writer_is_authority,
+            authority_site: &|s| authority.contains(&s),
+            server_site: self.servers[h].site,
+            authority_stamp: self.servers[h].authority_stamp,
+            now_ms: self.wall,
+            relayed: link,
+        };
+        let decision = strategy::decide_push(&stored.state, &incoming.state, seen, &ctx);
+        debug(|| {
+            format!(
+                "push to {h} (from {r:?}, link {link}) row {key}: stored {:?}\n  incoming {:?}\n  seen {seen:?}\n  -> {decision:?}",
+                stored.state, incoming.state
+            )
+        });
+        match decision {
+            Decision::Reject { conflict } => {
+                if let Some(r) = r {
+                    self.assert_not_self_conflict(r, key, &conflict, &stored.state);
+                }
+                Err(())
+            }
+            Decision::Apply { state, conflict, open, restamped } => {
+                if let Some(c) = &conflict {
+                    if let Some(r) = r {
+                        self.assert_not_self_conflict(r, key, c, &stored.state);
+                    }
+                    self.servers[h].log.push(logged(key, &c.fields, &[&stored.state, &incoming.state]));
+                    if open {
+                        let provisional =
+                            (key, c.fields.clone(), stored.state.clone(), incoming.state.clone(), state.clone());
+                        self.servers[h].open.push(provisional);
+                    }
+                }
+                let mut hist: BTreeSet<WriteId> = stored.hist.union(&incoming.hist).copied().collect();
+                if restamped {
+                    let mut merged = stored.state.clone();
+                    merged.merge(&incoming.state);
+                    self.record(key, &merged, &state, (false, false), &mut hist);
+                }
+                let exact = link && state.same_clocks(&incoming.state);
+                let server = &mut self.servers[h];
+                if state != stored.state {
+                    server.seq += 1;
+                    server.rows.insert(key, (Known { state, hist }, server.seq, exact));
+                } else if let Some((k, _, _)) = server.rows.get_mut(&key) {
+                    k.hist = hist;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Records the writes `after` holds that `before` did not (registers whose clock changed).
@@ -279,67 +409,100 @@ impl Sim {
     }
 
     fn serve_push(&mut self, r: usize, batch: u64, rows: &[(u8, Known, RowClocks, u64)]) -> Answer {
-        let current = |s: &Server, k: u8| s.rows.get(&k).map(|(k, _)| k.clone()).unwrap_or_default();
-        if let Some(refused) = self.server.batches.get(&(r, batch)) {
-            let refused = refused.iter().map(|k| (*k, current(&self.server, *k))).collect();
+        let h = self.home(r);
+        let current = |s: &Server, k: u8| s.rows.get(&k).map(|(k, _, _)| k.clone()).unwrap_or_default();
+        if let Some(refused) = self.servers[h].batches.get(&(r, batch)) {
+            let refused = refused.iter().map(|k| (*k, current(&self.servers[h], *k))).collect();
             return Answer { refused };
         }
         let mut refused = Vec::new();
-        let authority_sites = [self.replicas[AUTHORITY].clock.site(), self.server.authority_stamp];
         for (key, incoming, seen, _) in rows {
             self.wall += 1;
-            let stored = current(&self.server, *key);
-            let ctx = PushContext {
-                strategy: self.strategy,
-                writer_is_authority: r == AUTHORITY,
-                authority_site: &|s| authority_sites.contains(&s),
-                server_site: self.server.site,
-                authority_stamp: self.server.authority_stamp,
-                now_ms: self.wall,
-            };
-            let decision = strategy::decide_push(&stored.state, &incoming.state, seen, &ctx);
-            debug(|| {
-                format!(
-                    "push from {r} row {key}: stored {:?}\n  incoming {:?}\n  seen {seen:?}\n  -> {decision:?}",
-                    stored.state, incoming.state
-                )
-            });
-            match decision {
-                Decision::Reject { conflict } => {
-                    self.assert_not_self_conflict(r, *key, &conflict, &stored.state);
-                    refused.push(*key)
-                }
-                Decision::Apply { state, conflict, open, restamped } => {
-                    if let Some(c) = &conflict {
-                        self.assert_not_self_conflict(r, *key, c, &stored.state);
-                        self.server.log.push(logged(*key, &c.fields, &[&stored.state, &incoming.state]));
-                        if open {
-                            self.server.open.push((
-                                *key,
-                                c.fields.clone(),
-                                stored.state.clone(),
-                                incoming.state.clone(),
-                                state.clone(),
-                            ));
-                        }
-                    }
-                    let mut hist: BTreeSet<WriteId> = stored.hist.union(&incoming.hist).copied().collect();
-                    if restamped {
-                        let mut merged = stored.state.clone();
-                        merged.merge(&incoming.state);
-                        self.record(*key, &merged, &state, (false, false), &mut hist);
-                    }
-                    if state != stored.state {
-                        self.server.seq += 1;
-                        self.server.rows.insert(*key, (Known { state, hist }, self.server.seq));
-                    } else if let Some((k, _)) = self.server.rows.get_mut(key) {
-                        k.hist = hist;
-                    }
-                }
+            if self.decide(h, *key, incoming, seen, r == AUTHORITY, false, Some(r)).is_err() {
+                refused.push(*key);
             }
         }
-        self.server.batches.insert((r, batch), refused.clone());
-        Answer { refused: refused.into_iter().map(|k| (k, current(&self.server, k))).collect() }
+        self.servers[h].batches.insert((r, batch), refused.clone());
+        Answer { refused: refused.into_iter().map(|k| (k, current(&self.servers[h], k))).collect() }
+    }
+
+    /// The link pushes MAIN's rows changed since its cursor out (but those CLOUD brought
+    /// exactly) to CLOUD, with the version both last held; a batch whose answer was lost is
+    /// sent again under its id.
+    fn link_push(&mut self, faults: bool) {
+        if self.servers.len() < 2 {
+            return;
+        }
+        let upto = self.servers[0].seq;
+        let rows: Vec<(u8, Known, RowClocks)> = self.servers[0]
+            .rows
+            .iter()
+            .filter(|(_, (_, seq, from_peer))| *seq > self.link.cursor_out && !from_peer)
+            .map(|(k, (known, _, _))| (*k, known.clone(), self.link.bases.get(k).cloned().unwrap_or_default()))
+            .collect();
+        if rows.is_empty() {
+            self.link.cursor_out = upto;
+            return;
+        }
+        let batch = match self.link.unanswered {
+            Some((id, same)) if same == upto => id,
+            _ => {
+                self.link.next_batch += 1;
+                self.link.next_batch
+            }
+        };
+        self.link.unanswered = Some((batch, upto));
+        if faults && self.rng.below(6) == 0 {
+            return; // the request is lost
+        }
+        let times = if faults && self.rng.below(6) == 0 { 2 } else { 1 };
+        for _ in 0..times {
+            if self.servers[1].batches.contains_key(&(LINK, batch)) {
+                continue; // answered from the record
+            }
+            for (key, incoming, seen) in &rows {
+                self.wall += 1;
+                // Between servers nothing is refused (`reject-stale` decides as `manual`).
+                let _ = self.decide(1, *key, incoming, seen, true, true, None);
+            }
+            self.servers[1].batches.insert((LINK, batch), Vec::new());
+        }
+        if faults && self.rng.below(6) == 0 {
+            return; // the answer is lost
+        }
+        self.link.unanswered = None;
+        for (key, pushed, _) in rows {
+            self.link.bases.insert(key, pushed.state.clocks());
+        }
+        self.link.cursor_out = upto;
+    }
+
+    /// The link pulls CLOUD's rows changed since its cursor in (but those MAIN brought
+    /// exactly), which MAIN decides as a push by CLOUD with the version both last held.
+    fn link_pull(&mut self, faults: bool) {
+        if self.servers.len() < 2 {
+            return;
+        }
+        let upto = self.servers[1].seq;
+        let rows: Vec<(u8, Known)> = self.servers[1]
+            .rows
+            .iter()
+            .filter(|(_, (_, seq, from_peer))| *seq > self.link.cursor_in && !from_peer)
+            .map(|(k, (known, _, _))| (*k, known.clone()))
+            .collect();
+        if faults && self.rng.below(6) == 0 {
+            return; // lost
+        }
+        let times = if faults && self.rng.below(6) == 0 { 2 } else { 1 };
+        for _ in 0..times {
+            for (key, pulled) in &rows {
+                self.wall += 1;
+                let seen = self.link.bases.get(key).cloned().unwrap_or_default();
+                let _ = self.decide(0, *key, pulled, &seen, false, true, None);
+                self.link.bases.insert(*key, pulled.state.clocks());
+            }
+        }
+        self.link.cursor_in = upto;
     }
 
     /// A device's own earlier writes never make a conflict with its later ones: some contested
@@ -360,14 +523,14 @@ impl Sim {
     }
 
     fn pull(&mut self, r: usize, faults: bool) {
-        let rows: Vec<(u8, Known)> = self
-            .server
+        let server = &self.servers[self.home(r)];
+        let rows: Vec<(u8, Known)> = server
             .rows
             .iter()
-            .filter(|(_, (_, seq))| *seq > self.replicas[r].cursor)
-            .map(|(k, (known, _))| (*k, known.clone()))
+            .filter(|(_, (_, seq, _))| *seq > self.replicas[r].cursor)
+            .map(|(k, (known, _, _))| (*k, known.clone()))
             .collect();
-        let cursor = self.server.seq;
+        let cursor = server.seq;
         if faults && self.rng.below(6) == 0 {
             return; // lost
         }
@@ -494,12 +657,12 @@ impl Sim {
         }
     }
 
-    /// A person resolves the oldest open `manual` conflict on the server.
-    fn settle_manual(&mut self) {
-        if self.server.open.is_empty() {
+    /// A person resolves the oldest open `manual` conflict on server `h`.
+    fn settle_manual(&mut self, h: usize) {
+        if self.servers[h].open.is_empty() {
             return;
         }
-        let (key, fields, stored, incoming, provisional) = self.server.open.remove(0);
+        let (key, fields, stored, incoming, provisional) = self.servers[h].open.remove(0);
         let keep = if self.rng.below(2) == 0 { &stored } else { &incoming };
         let changes: Vec<(String, Register)> = fields
             .iter()
@@ -512,32 +675,35 @@ impl Sim {
             })
             .collect();
         self.wall += 1;
-        let (known, _) = self.server.rows.get(&key).cloned().expect("a conflicted row exists");
-        let at = Clock::new(self.server.site, known.state.max_clock()).tick(self.wall);
+        let (known, _, _) = self.servers[h].rows.get(&key).cloned().expect("a conflicted row exists");
+        let at = Clock::new(self.servers[h].site, known.state.max_clock()).tick(self.wall);
         // Fields changed again since the conflict was logged: the resolution overwrites those
         // changes too, so it is logged as a conflict of its own.
         if strategy::changed_since(&provisional, &known.state, &fields) {
-            self.server.log.push(logged(key, &fields, &[&known.state]));
+            self.servers[h].log.push(logged(key, &fields, &[&known.state]));
         }
         let mut state = known.state.clone();
         strategy::write_registers(&mut state, changes, at);
         let mut hist = known.hist.clone();
         self.record(key, &known.state, &state, (false, false), &mut hist);
         if state != known.state {
-            self.server.seq += 1;
-            self.server.rows.insert(key, (Known { state, hist }, self.server.seq));
+            let server = &mut self.servers[h];
+            server.seq += 1;
+            server.rows.insert(key, (Known { state, hist }, server.seq, false));
         }
     }
 
     fn run(&mut self, steps: usize) {
         for _ in 0..steps {
             let r = self.rng.below(3) as usize;
-            match self.rng.below(10) {
+            match self.rng.below(12) {
                 0..=3 => self.local_write(r),
                 4..=5 => self.push(r, true),
                 6..=7 => self.pull(r, true),
                 8 => self.settle_refused(r),
-                _ => self.settle_manual(),
+                9 => self.settle_manual(self.home(r)),
+                10 => self.link_push(true),
+                _ => self.link_pull(true),
             }
         }
         // Quiescence: no more local writes; the network works; people settle what is open.
@@ -549,13 +715,19 @@ impl Sim {
                 self.push(r, false);
                 self.push(r, false);
             }
-            while !self.server.open.is_empty() {
-                self.settle_manual();
+            for h in 0..self.servers.len() {
+                while !self.servers[h].open.is_empty() {
+                    self.settle_manual(h);
+                }
             }
+            self.link_push(false);
+            self.link_pull(false);
+            self.link_push(false);
             for r in 0..3 {
                 self.pull(r, false);
             }
-            let quiet = self.replicas.iter().all(|r| r.pending.is_empty() && r.refused.is_empty());
+            let quiet = self.replicas.iter().all(|r| r.pending.is_empty() && r.refused.is_empty())
+                && self.servers.iter().all(|s| s.open.is_empty());
             if quiet {
                 for r in 0..3 {
                     self.pull(r, false);
@@ -568,14 +740,20 @@ impl Sim {
 
     fn check(&self, seed: u64) {
         let here = format!("strategy {}, seed {seed} (replay with FERRY_SIM_SEED={seed})", self.strategy.name());
-        let server: BTreeMap<u8, &RowState> = self.server.rows.iter().map(|(k, (v, _))| (*k, &v.state)).collect();
+        let rows = |s: &Server| -> BTreeMap<u8, RowState> {
+            s.rows.iter().map(|(k, (v, _, _))| (*k, v.state.clone())).collect()
+        };
+        let server = rows(&self.servers[0]);
+        for (h, other) in self.servers.iter().enumerate().skip(1) {
+            assert_eq!(rows(other), server, "{here}: server {h} differs from MAIN");
+        }
         for (i, rep) in self.replicas.iter().enumerate() {
-            let local: BTreeMap<u8, &RowState> = rep.rows.iter().map(|(k, v)| (*k, &v.state)).collect();
-            assert_eq!(local, server, "{here}: replica {i} differs from the server");
+            let local: BTreeMap<u8, RowState> = rep.rows.iter().map(|(k, v)| (*k, v.state.clone())).collect();
+            assert_eq!(local, server, "{here}: replica {i} differs from its server");
         }
         // Every write that lost to a write that had not seen it is in a conflict log.
         let kept = |w: &Write| -> bool {
-            let s = server[&w.key];
+            let s = &server[&w.key];
             match &w.value {
                 Register::Exists(b) => s.exists.at == w.at || s.exists.value == *b,
                 Register::Col(v) => s.cols.get(&w.reg).is_some_and(|c| c.at == w.at || c.value.same(v)),
@@ -588,8 +766,12 @@ impl Sim {
             let ids = seen_by.entry((k.key, k.reg.as_str())).or_default();
             ids.extend(k.saw.iter().copied().filter(|s| self.writes[*s as usize].reg == k.reg));
         }
-        let logs: Vec<&Logged> =
-            self.server.log.iter().chain(self.replicas.iter().flat_map(|r| r.log.iter())).collect();
+        let logs: Vec<&Logged> = self
+            .servers
+            .iter()
+            .flat_map(|s| s.log.iter())
+            .chain(self.replicas.iter().flat_map(|r| r.log.iter()))
+            .collect();
         for (id, w) in self.writes.iter().enumerate() {
             // Seen: by a write made looking at the row, or the same value later in the same
             // register was (two deletes of one row, say).
@@ -639,8 +821,8 @@ fn merged(a: &RowState, b: &RowState) -> RowState {
     m
 }
 
-fn simulate(seed: u64, strategy: ConflictStrategy) {
-    let mut sim = Sim::new(seed, strategy);
+fn simulate(seed: u64, strategy: ConflictStrategy, peered: bool) {
+    let mut sim = Sim::new(seed, strategy, peered);
     sim.run(80);
     sim.check(seed);
 }
@@ -650,14 +832,31 @@ fn every_strategy_converges_and_logs_every_overwritten_concurrent_value() {
     if let Ok(seed) = std::env::var("FERRY_SIM_SEED") {
         let seed = seed.parse().expect("FERRY_SIM_SEED must be a number");
         for s in ConflictStrategy::ALL {
-            simulate(seed, s);
+            simulate(seed, s, false);
         }
         return;
     }
     let runs: u64 = std::env::var("FERRY_SIM_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(600);
     for s in ConflictStrategy::ALL {
         for seed in 0..runs {
-            simulate(seed, s);
+            simulate(seed, s, false);
+        }
+    }
+}
+
+#[test]
+fn two_linked_servers_converge_with_their_replicas_and_log_every_overwritten_concurrent_value() {
+    if let Ok(seed) = std::env::var("FERRY_SIM_SEED") {
+        let seed = seed.parse().expect("FERRY_SIM_SEED must be a number");
+        for s in ConflictStrategy::ALL {
+            simulate(seed, s, true);
+        }
+        return;
+    }
+    let runs: u64 = std::env::var("FERRY_SIM_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(600);
+    for s in ConflictStrategy::ALL {
+        for seed in 0..runs {
+            simulate(seed, s, true);
         }
     }
 }
