@@ -178,6 +178,8 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
         _ => (None, None),
     };
     let mut session: Option<Session> = None;
+    // The peer's device here, once known: what waits for it is counted while it is away.
+    let mut peer_here: Option<Principal> = None;
     loop {
         if status.failures > 0 {
             status.state = ConnState::Reconnecting.name().into();
@@ -185,6 +187,9 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
         }
         let started = now_ms();
         let result = run_once(&store, &link, &mut session, &mut status, &wake_tx).await;
+        if let Some(s) = &session {
+            peer_here = Some(s.local.clone());
+        }
         let ended = now_ms();
         let ok = result.is_ok();
         match result {
@@ -216,6 +221,12 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
                 let since = status.last_success_ms.unwrap_or(started);
                 status.lag_ms_out = ended.saturating_sub(since);
                 status.lag_ms_in = ended.saturating_sub(since);
+                // What waits here for the peer; what waits there is unknown while it is away.
+                if let Some(p) = &peer_here
+                    && let Ok(n) = store.peer_backlog(p, &status.cursor_out, &link.tables).await
+                {
+                    status.lag_changes_out = n;
+                }
                 let mut message = e.to_string();
                 let expired = e.expired();
                 if expired {

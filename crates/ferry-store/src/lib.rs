@@ -416,6 +416,15 @@ pub trait Store: Send + Sync + 'static {
         rows: Vec<(String, String, RowClocks)>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// How many rows of `tables` the peer `who` has yet to read after `cursor` (its feed's
+    /// backlog: the link's lag in changes).
+    fn peer_backlog(
+        &self,
+        who: &Principal,
+        cursor: &str,
+        tables: &[String],
+    ) -> impl Future<Output = Result<u64>> + Send;
+
     /// Records a link's state (by its name).
     fn save_link(&self, status: PeerStatus) -> impl Future<Output = Result<()>> + Send;
 
@@ -713,6 +722,10 @@ impl Store for AnyStore {
 
     async fn save_peer_bases(&self, device: &str, rows: Vec<(String, String, RowClocks)>) -> Result<()> {
         delegate!(self, s => s.save_peer_bases(device, rows).await)
+    }
+
+    async fn peer_backlog(&self, who: &Principal, cursor: &str, tables: &[String]) -> Result<u64> {
+        delegate!(self, s => s.peer_backlog(who, cursor, tables).await)
     }
 
     async fn save_link(&self, status: PeerStatus) -> Result<()> {

@@ -1015,6 +1015,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn peer_backlog(&self, who: &Principal, cursor: &str, tables: &[String]) -> Result<u64> {
+        let after = parse_cursor(cursor)? as i64;
+        let (device, selection) = (who.device_id.clone(), serde_json::to_string(tables).expect("names serialize"));
+        self.read(move |_, conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM _ferry_rows WHERE seq > ?1 AND origin IS NOT ?2
+                       AND tbl IN (SELECT value FROM json_each(?3))",
+                )?
+                .query_row(params![after, device, selection], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn save_link(&self, status: crate::PeerStatus) -> Result<()> {
         self.write(move |_, conn| {
             conn.prepare_cached(

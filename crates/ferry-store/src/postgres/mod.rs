@@ -608,6 +608,23 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn peer_backlog(&self, who: &Principal, cursor: &str, tables: &[String]) -> Result<u64> {
+        let c = feed::Cursor::parse(cursor, &self.inner.epoch)?;
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM _ferry_rows
+                 WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+                   AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+                   AND origin IS DISTINCT FROM $2 AND tbl = ANY($3::text[])",
+                &[&c.prev, &who.device_id, &tables],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        Ok(n as u64)
+    }
+
     async fn save_link(&self, status: crate::PeerStatus) -> Result<()> {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         client

@@ -284,6 +284,8 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
     main.psql(&format!("UPDATE devices SET name = 'renamed on site' WHERE id = '{device}'"));
     main.env.sync(&main.server, "phone.db", &ann_main);
     cloud.env.sync(&cloud.server, "laptop.db", &ann_cloud);
+    // MAIN counts what waits for CLOUD: 20 jumps and the device.
+    wait_for("the lag in changes", || main.status()["peers"][0]["lag_changes_out"] == 21);
 
     // Back: everything crosses once, nothing is lost or doubled.
     proxy.set(Fault::Pass);
