@@ -466,6 +466,48 @@ async fn push_out<S: Store>(
     Ok(())
 }
 
+/// How one part of a batch fared: taken (with the answer), or refused for its rows.
+enum Sent<T> {
+    Taken(T),
+    Refused(String),
+}
+
+/// Sends a batch of `len` rows with `send` (a range of it at a time), splitting a part
+/// refused for its rows (`ferry_policy::push::Split`) until each refused row stands alone.
+/// Returns the parts taken with their answers, and the rows set aside with their refusals.
+async fn send_split<T, Fut>(
+    len: usize,
+    send: impl Fn(std::ops::Range<usize>) -> Fut,
+) -> Result<(Vec<(std::ops::Range<usize>, T)>, Vec<(usize, String)>), Failure>
+where
+    Fut: std::future::Future<Output = Result<Sent<T>, Failure>>,
+{
+    let (mut taken, mut aside) = (Vec::new(), Vec::new());
+    let mut split: Option<Split<String>> = None;
+    let mut range = 0..len;
+    loop {
+        match send(range.clone()).await? {
+            Sent::Taken(answer) => taken.push((range.clone(), answer)),
+            Sent::Refused(why) => match &mut split {
+                None => split = Some(Split::new(len, why)),
+                Some(sp) => sp.refused(range.clone(), why),
+            },
+        }
+        let Some(sp) = &mut split else { break };
+        loop {
+            match sp.step() {
+                Step::Push(r) => {
+                    range = r;
+                    break;
+                }
+                Step::SetAside(i, why) => aside.push((i, why)),
+                Step::Done => return Ok((taken, aside)),
+            }
+        }
+    }
+    Ok((taken, aside))
+}
+
 /// Pushes `rows` as one batch, splitting it when the peer refuses rows (each refused row is
 /// left out with the peer's answer). Returns the indexes of the rows the peer took, the
 /// bytes sent, and the refusals.
@@ -475,42 +517,29 @@ async fn push_split(
     batch: &str,
     rows: &[(String, String, RowState, RowClocks)],
 ) -> Result<(Vec<usize>, u64, Vec<String>), Failure> {
-    let (mut sent, mut bytes, mut warnings) = (Vec::new(), 0u64, Vec::new());
-    let mut split: Option<Split<String>> = None;
-    let mut range = 0..rows.len();
-    loop {
-        let body = push_body(schema, &format!("{batch}.{}-{}", range.start, range.end), &rows[range.clone()])?;
-        bytes += body.len() as u64;
+    let (taken, aside) = send_split(rows.len(), |range| async move {
+        let body = push_body(schema, &format!("{batch}.{}-{}", range.start, range.end), &rows[range])?;
+        let bytes = body.len() as u64;
         match remote.push_json(body).await {
-            Ok(answer) => {
-                let stale: Vec<(&str, &str)> =
-                    answer.rejected.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect();
-                for r in &answer.rejected {
-                    warnings.push(format!("{} '{}': {}", r.table, ferry_core::shown(&r.key), r.message));
-                }
-                sent.extend(range.clone().filter(|i| !stale.contains(&(rows[*i].0.as_str(), rows[*i].1.as_str()))));
+            Ok(answer) => Ok(Sent::Taken((answer, bytes))),
+            Err(ferry_client::Error::Refused { code, message, .. }) if refusal_about_rows(&code) => {
+                Ok(Sent::Refused(message))
             }
-            Err(ferry_client::Error::Refused { code, message, .. }) if refusal_about_rows(&code) => match &mut split {
-                None => split = Some(Split::new(rows.len(), message)),
-                Some(sp) => sp.refused(range.clone(), message),
-            },
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        let Some(sp) = &mut split else { break };
-        loop {
-            match sp.step() {
-                Step::Push(r) => {
-                    range = r;
-                    break;
-                }
-                Step::SetAside(i, why) => warnings.push(format!(
-                    "{} '{}' refused by the peer: {why}",
-                    rows[i].0,
-                    ferry_core::shown(&rows[i].1)
-                )),
-                Step::Done => return Ok((sent, bytes, warnings)),
-            }
+    })
+    .await?;
+    let (mut sent, mut bytes, mut warnings) = (Vec::new(), 0u64, Vec::new());
+    for (range, (answer, size)) in taken {
+        bytes += size;
+        let stale: Vec<(&str, &str)> = answer.rejected.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect();
+        for r in &answer.rejected {
+            warnings.push(format!("{} '{}': {}", r.table, ferry_core::shown(&r.key), r.message));
         }
+        sent.extend(range.filter(|i| !stale.contains(&(rows[*i].0.as_str(), rows[*i].1.as_str()))));
+    }
+    for (i, why) in aside {
+        warnings.push(format!("{} '{}' refused by the peer: {why}", rows[i].0, ferry_core::shown(&rows[i].1)));
     }
     Ok((sent, bytes, warnings))
 }
@@ -582,47 +611,37 @@ async fn apply_split<S: Store>(
     rows: Vec<IncomingRow>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<IncomingRow>, Failure> {
-    let mut taken = Vec::with_capacity(rows.len());
-    let mut split: Option<Split<String>> = None;
-    let mut range = 0..rows.len();
-    loop {
+    let rows = &rows;
+    let (taken, aside) = send_split(rows.len(), |range| async move {
         let part = rows[range.clone()].to_vec();
         match store.push(local, &format!("{batch}.{}-{}", range.start, range.end), None, part).await {
-            Ok(outcome) => {
-                for r in &outcome.refused {
-                    warnings.push(format!(
-                        "{} '{}': the peer's change was refused here ({:?}); this server keeps its version",
-                        r.table,
-                        ferry_core::shown(&r.key),
-                        r.reason
-                    ));
-                }
-                let refused = |r: &IncomingRow| outcome.refused.iter().any(|x| x.table == r.table && x.key == r.key);
-                taken.extend(rows[range.clone()].iter().filter(|r| !refused(r)).cloned());
-            }
-            Err(e @ (StoreError::Invalid(_) | StoreError::Forbidden(_))) => match &mut split {
-                None => split = Some(Split::new(rows.len(), e.to_string())),
-                Some(sp) => sp.refused(range.clone(), e.to_string()),
-            },
-            Err(e) => return Err(e.into()),
+            Ok(outcome) => Ok(Sent::Taken(outcome)),
+            Err(e @ (StoreError::Invalid(_) | StoreError::Forbidden(_))) => Ok(Sent::Refused(e.to_string())),
+            Err(e) => Err(e.into()),
         }
-        let Some(sp) = &mut split else { break };
-        loop {
-            match sp.step() {
-                Step::Push(r) => {
-                    range = r;
-                    break;
-                }
-                Step::SetAside(i, why) => warnings.push(format!(
-                    "{} '{}' from the peer refused here: {why}",
-                    rows[i].table,
-                    ferry_core::shown(&rows[i].key)
-                )),
-                Step::Done => return Ok(taken),
-            }
+    })
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (range, outcome) in taken {
+        for r in &outcome.refused {
+            warnings.push(format!(
+                "{} '{}': the peer's change was refused here ({:?}); this server keeps its version",
+                r.table,
+                ferry_core::shown(&r.key),
+                r.reason
+            ));
         }
+        let refused = |r: &IncomingRow| outcome.refused.iter().any(|x| x.table == r.table && x.key == r.key);
+        out.extend(rows[range].iter().filter(|r| !refused(r)).cloned());
     }
-    Ok(taken)
+    for (i, why) in aside {
+        warnings.push(format!(
+            "{} '{}' from the peer refused here: {why}",
+            rows[i].table,
+            ferry_core::shown(&rows[i].key)
+        ));
+    }
+    Ok(out)
 }
 
 /// The file hashes a row's file columns hold.

@@ -278,15 +278,7 @@ impl Replica {
                 .execute(params![table, key, meta.pending, message])?;
                 applied.set_aside += 1;
             }
-            ts.delete(&tx, key)?;
-            for sql in [
-                "DELETE FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2",
-                "DELETE FROM _ferry_held WHERE tbl = ?1 AND pk = ?2",
-                "DELETE FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2",
-                "DELETE FROM _ferry_pull_refused WHERE tbl = ?1 AND pk = ?2",
-            ] {
-                tx.prepare_cached(sql)?.execute(params![table, key])?;
-            }
+            Self::forget(&tx, ts, key)?;
             applied.removed += 1;
         }
         tx.execute("DELETE FROM _ferry_apply", [])?;
@@ -296,6 +288,23 @@ impl Replica {
         }
         tx.commit()?;
         Ok(applied)
+    }
+}
+
+impl Replica {
+    /// Removes a row here with all its bookkeeping, recording nothing to push (the caller
+    /// holds `_ferry_apply`).
+    pub(super) fn forget(tx: &rusqlite::Connection, ts: &ferry_sqlite::TableSql, key: &str) -> Result<()> {
+        ts.delete(tx, key)?;
+        for sql in [
+            "DELETE FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2",
+            "DELETE FROM _ferry_held WHERE tbl = ?1 AND pk = ?2",
+            "DELETE FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2",
+            "DELETE FROM _ferry_pull_refused WHERE tbl = ?1 AND pk = ?2",
+        ] {
+            tx.prepare_cached(sql)?.execute(params![ts.table.name, key])?;
+        }
+        Ok(())
     }
 }
 

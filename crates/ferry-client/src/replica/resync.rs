@@ -4,7 +4,7 @@
 //! rows the server never sent are gone there and go here too (without capture), except rows
 //! with a change not pushed yet. The sync pushes before it pulls: pending changes go first.
 
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::TransactionBehavior;
 
 use super::{Key, Replica, get_meta, set_meta};
 use crate::error::Result;
@@ -49,15 +49,7 @@ impl Replica {
                 continue;
             }
             let Some(ts) = self.tables.get(&table) else { continue };
-            ts.delete(&tx, &key)?;
-            for sql in [
-                "DELETE FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2",
-                "DELETE FROM _ferry_held WHERE tbl = ?1 AND pk = ?2",
-                "DELETE FROM _ferry_refused WHERE tbl = ?1 AND pk = ?2",
-                "DELETE FROM _ferry_pull_refused WHERE tbl = ?1 AND pk = ?2",
-            ] {
-                tx.prepare_cached(sql)?.execute(params![table, key])?;
-            }
+            Self::forget(&tx, ts, &key)?;
             removed += 1;
         }
         tx.execute("DELETE FROM _ferry_apply", [])?;

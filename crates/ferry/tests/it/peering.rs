@@ -62,6 +62,15 @@ fn admin(env: &Env) -> String {
 /// CLOUD running, with a token for MAIN (`--role main`); then MAIN linked to `url` (CLOUD's
 /// address, or a proxy's in front of it when `via` gives one).
 fn pair(via: Option<&dyn Fn(&str) -> String>, main_extra: &str) -> (Site, Site) {
+    pair_with(via, main_extra, &|schema| schema.to_owned())
+}
+
+/// As [`pair`], MAIN's schema changed by `main_schema` first.
+fn pair_with(
+    via: Option<&dyn Fn(&str) -> String>,
+    main_extra: &str,
+    main_schema: &dyn Fn(&str) -> String,
+) -> (Site, Site) {
     let cloud_env = Env::postgres_other();
     set_role(&cloud_env, "cloud");
     let cloud_admin = admin(&cloud_env);
@@ -85,6 +94,8 @@ fn pair(via: Option<&dyn Fn(&str) -> String>, main_extra: &str) -> (Site, Site) 
     add_peer(&main_env, &url, &link_token, "");
     let config = std::fs::read_to_string(main_env.path("ferry.toml")).unwrap();
     std::fs::write(main_env.path("ferry.toml"), config + main_extra).unwrap();
+    let schema = std::fs::read_to_string(main_env.path("schema.sql")).unwrap();
+    std::fs::write(main_env.path("schema.sql"), main_schema(&schema)).unwrap();
     let main_admin = admin(&main_env);
     let main_server = main_env.serve();
     (
@@ -563,4 +574,42 @@ fn files_follow_their_rows_both_ways_verified() {
         "{log}"
     );
     assert!(files.iter().any(|e| e["direction"] == "pull" && e["status"] == "SUCCESS"), "{log}");
+}
+
+#[test]
+fn rows_the_peer_refuses_are_logged_and_the_rest_crosses() {
+    // MAIN was upgraded first: its jump_log has a column CLOUD's does not know yet.
+    let newer = |schema: &str| {
+        schema.replacen(
+            "CREATE TABLE jump_log (\n    id uuid PRIMARY KEY,",
+            "CREATE TABLE jump_log (\n    id uuid PRIMARY KEY,\n    wind_kts integer,",
+            1,
+        )
+    };
+    let (main, cloud) = pair_with(None, "", &newer);
+    let ann = main.env.add_user("ann");
+    wait_for("ann on CLOUD", || user_id(&cloud, "ann") == ann);
+    let (jump, group) = (uuid(), uuid());
+    main.psql(&format!(
+        "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, wind_kts) VALUES ('{jump}', '{ann}', 1, now(), 12);
+         INSERT INTO groups (id, name, created_by) VALUES ('{group}', 'Upgrade day', '{ann}')"
+    ));
+    wait_for("the group on CLOUD", || {
+        cloud.psql(&format!("SELECT name FROM groups WHERE id = '{group}'")) == "Upgrade day"
+    });
+    wait_for("the refusal in the sync log", || {
+        let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+        log["entries"].as_array().unwrap().iter().any(|e| {
+            e["direction"] == "push"
+                && e["status"] == "WARNING"
+                && e["error"].as_str().unwrap_or("").contains("wind_kts")
+        })
+    });
+    assert_eq!(cloud.psql(&format!("SELECT count(*) FROM jump_log WHERE id = '{jump}'")), "0");
+    // The link goes on: a later group crosses too.
+    let later = uuid();
+    main.psql(&format!("INSERT INTO groups (id, name, created_by) VALUES ('{later}', 'Next day', '{ann}')"));
+    wait_for("the later group on CLOUD", || {
+        cloud.psql(&format!("SELECT name FROM groups WHERE id = '{later}'")) == "Next day"
+    });
 }
