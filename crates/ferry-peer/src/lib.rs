@@ -59,7 +59,7 @@ pub struct Link {
 /// Rows per page each way.
 const PAGE_ROWS: usize = 1000;
 /// A burst of local writes is gathered this long before the link runs.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Why a run failed.
 #[derive(Debug)]
@@ -434,33 +434,69 @@ async fn push_out<S: Store>(
 ) -> Result<(), Failure> {
     let started = Instant::now();
     let schema = store.schema();
+    let device = s.local.device_id.as_str();
+    // A page of this store's feed with the version the peer last held of each row.
+    let fetch = |cursor: String| async move {
+        let page = store.pull_tables(&s.local, &cursor, PAGE_ROWS, Some(&link.tables)).await?;
+        let keys = page.rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect();
+        let bases = if page.rows.is_empty() { Default::default() } else { store.peer_bases(device, keys).await? };
+        Ok::<_, Failure>((page, bases))
+    };
+    // While a page is out, the next is read and the last one's versions recorded.
+    let mut fetched = fetch(status.cursor_out.clone()).await?;
+    let mut held: Vec<(String, String, RowClocks)> = Vec::new();
     loop {
-        let page = store.pull_tables(&s.local, &status.cursor_out, PAGE_ROWS, Some(&link.tables)).await?;
-        if !page.rows.is_empty() {
-            let keys = page.rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect();
-            let bases = store.peer_bases(&s.local.device_id, keys).await?;
-            let rows: Vec<(String, String, RowState, RowClocks)> = page
-                .rows
-                .into_iter()
-                .map(|r| {
-                    let seen = bases.get(&(r.table.clone(), r.key.clone())).cloned().unwrap_or_default();
-                    (r.table, r.key, r.state, seen)
-                })
-                .collect();
-            let batch = batch_id("out", &status.cursor_out, &page.cursor, rows.iter().map(|r| (&r.0, &r.1, &r.2)));
-            moved.files.extend(rows.iter().flat_map(|r| file_hashes(schema, &r.0, &r.2)));
-            let (sent, bytes, warnings) = push_split(&s.remote, schema, &batch, &rows).await?;
-            moved.rows_out += sent.len() as u64;
-            moved.bytes_out += bytes;
-            moved.warnings_out.extend(warnings);
-            let held = sent.into_iter().map(|i| (rows[i].0.clone(), rows[i].1.clone(), rows[i].2.clocks())).collect();
-            store.save_peer_bases(&s.local.device_id, held).await?;
+        let (page, mut bases) = fetched;
+        // A row in the page before this one: what that page left with the peer.
+        for (t, k, c) in &held {
+            if let Some(b) = bases.get_mut(&(t.clone(), k.clone())) {
+                *b = c.clone();
+            } else if page.rows.iter().any(|r| r.table == *t && r.key == *k) {
+                bases.insert((t.clone(), k.clone()), c.clone());
+            }
         }
+        let rows: Vec<(String, String, RowState, RowClocks)> = page
+            .rows
+            .into_iter()
+            .map(|r| {
+                let seen = bases.get(&(r.table.clone(), r.key.clone())).cloned().unwrap_or_default();
+                (r.table, r.key, r.state, seen)
+            })
+            .collect();
+        let batch = batch_id("out", &status.cursor_out, &page.cursor, rows.iter().map(|r| (&r.0, &r.1, &r.2)));
+        moved.files.extend(rows.iter().flat_map(|r| file_hashes(schema, &r.0, &r.2)));
+        let record = std::mem::take(&mut held);
+        let save = async { if record.is_empty() { Ok(()) } else { store.save_peer_bases(device, record).await } };
+        let next = async { if page.more { Some(fetch(page.cursor.clone()).await) } else { None } };
+        let push = async {
+            if rows.is_empty() {
+                Ok((Vec::new(), 0, Vec::new()))
+            } else {
+                push_split(&s.remote, schema, &batch, &rows).await
+            }
+        };
+        let (pushed, saved, next) = tokio::join!(push, save, next);
+        saved?;
+        let (sent, bytes, warnings) = pushed?;
+        moved.rows_out += sent.len() as u64;
+        moved.bytes_out += bytes;
+        moved.warnings_out.extend(warnings);
+        held = sent.into_iter().map(|i| (rows[i].0.clone(), rows[i].1.clone(), rows[i].2.clocks())).collect();
         status.cursor_out = page.cursor;
-        if !page.more {
-            break;
+        match next {
+            Some(Ok(n)) => {
+                fetched = n;
+                status.lag_changes_out = PAGE_ROWS as u64;
+            }
+            Some(Err(e)) => {
+                store.save_peer_bases(device, held).await?;
+                return Err(e);
+            }
+            None => break,
         }
-        status.lag_changes_out = PAGE_ROWS as u64;
+    }
+    if !held.is_empty() {
+        store.save_peer_bases(device, held).await?;
     }
     moved.ms_out = started.elapsed().as_millis() as u64;
     Ok(())
@@ -567,16 +603,26 @@ async fn pull_in<S: Store>(
 ) -> Result<(), Failure> {
     let started = Instant::now();
     let schema = store.schema();
+    let device = s.local.device_id.as_str();
+    let fetch = |cursor: String| async move {
+        s.remote.pull_decoded(schema, &cursor, PAGE_ROWS, Some(&link.tables), &[]).await.map_err(Failure::from)
+    };
+    // While a page is merged here, the next one is on its way.
+    let mut fetched = fetch(status.cursor_in.clone()).await?;
     loop {
-        let page = s.remote.pull_decoded(schema, &status.cursor_in, PAGE_ROWS, Some(&link.tables), &[]).await?;
+        let page = fetched;
         for r in &page.refused {
             moved.warnings_in.push(format!("the peer sent a row this server refuses: {}", r.reason));
         }
-        if !page.rows.is_empty() {
+        moved.files.extend(page.rows.iter().flat_map(|(t, _, st)| file_hashes(schema, t, st)));
+        let batch = batch_id("in", &status.cursor_in, &page.cursor, page.rows.iter().map(|(t, k, st)| (t, k, st)));
+        let warnings = &mut moved.warnings_in;
+        let apply = async {
+            if page.rows.is_empty() {
+                return Ok(0);
+            }
             let keys = page.rows.iter().map(|(t, k, _)| (t.clone(), k.clone())).collect();
-            let bases = store.peer_bases(&s.local.device_id, keys).await?;
-            let batch = batch_id("in", &status.cursor_in, &page.cursor, page.rows.iter().map(|(t, k, st)| (t, k, st)));
-            moved.files.extend(page.rows.iter().flat_map(|(t, _, st)| file_hashes(schema, t, st)));
+            let bases = store.peer_bases(device, keys).await?;
             let rows: Vec<IncomingRow> = page
                 .rows
                 .iter()
@@ -588,14 +634,19 @@ async fn pull_in<S: Store>(
                     if_version: None,
                 })
                 .collect();
-            let taken = apply_split(store, &s.local, &batch, rows, &mut moved.warnings_in).await?;
-            moved.rows_in += taken.len() as u64;
+            let taken = apply_split(store, &s.local, &batch, rows, warnings).await?;
+            let n = taken.len() as u64;
             let held = taken.into_iter().map(|r| (r.table, r.key, r.state.clocks())).collect();
-            store.save_peer_bases(&s.local.device_id, held).await?;
-        }
+            store.save_peer_bases(device, held).await?;
+            Ok::<_, Failure>(n)
+        };
+        let next = async { if page.more { Some(fetch(page.cursor.clone()).await) } else { None } };
+        let (applied, next) = tokio::join!(apply, next);
+        moved.rows_in += applied?;
         status.cursor_in = page.cursor;
-        if !page.more {
-            break;
+        match next {
+            Some(n) => fetched = n?,
+            None => break,
         }
     }
     moved.ms_in = started.elapsed().as_millis() as u64;

@@ -568,16 +568,26 @@ impl Store for PgStore {
         keys: Vec<(String, String)>,
     ) -> Result<HashMap<(String, String), ferry_core::strategy::RowClocks>> {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
-        let (tables, pks): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-        let rows = client
-            .query(
-                "SELECT b.tbl, b.pk, b.clocks FROM unnest($2::text[], $3::text[]) AS k(tbl, pk)
-                 JOIN _ferry_peer_bases b ON b.device_id = $1 AND b.tbl = k.tbl AND b.pk = k.pk",
-                &[&device, &tables, &pks],
-            )
-            .await
-            .map_err(pg)?;
-        rows.iter().map(|r| Ok(((r.get(0), r.get(1)), crate::clocks_of_text(r.get(2))?))).collect()
+        let mut by_table: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (t, k) in keys {
+            by_table.entry(t).or_default().push(k);
+        }
+        // One lookup per table on the primary key (`pk = ANY`): a join with the keys as a
+        // set was planned as a scan of the whole table, whose cost grew with every page.
+        let mut out = HashMap::new();
+        for (table, pks) in by_table {
+            let rows = client
+                .query(
+                    "SELECT pk, clocks FROM _ferry_peer_bases WHERE device_id = $1 AND tbl = $2 AND pk = ANY($3::text[])",
+                    &[&device, &table, &pks],
+                )
+                .await
+                .map_err(pg)?;
+            for r in &rows {
+                out.insert((table.clone(), r.get(0)), crate::clocks_of_text(r.get(1))?);
+            }
+        }
+        Ok(out)
     }
 
     async fn save_peer_bases(
