@@ -100,6 +100,7 @@ fn pure_crates_do_no_io(problems: &mut Vec<String>) -> Result<()> {
 fn wire_types_live_in_the_protocol(problems: &mut Vec<String>) -> Result<()> {
     let mut files = Vec::new();
     rust_files(&root().join("crates/ferry-server/src"), &mut files);
+    rust_files(&root().join("crates/ferry-peer/src"), &mut files);
     files.push(root().join("crates/ferry-client/src/remote.rs"));
     for file in files {
         if file.ends_with("config.rs") {
@@ -121,10 +122,12 @@ fn wire_types_live_in_the_protocol(problems: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// The client makes HTTP calls in `remote.rs` only: no other file of it builds a client.
+/// The client makes HTTP calls in `remote.rs` only: no other file of it, nor the peer link
+/// (which calls the other server through `ferry_client::Remote`), builds a client.
 fn http_calls_go_through_remote(problems: &mut Vec<String>) -> Result<()> {
     let mut files = Vec::new();
     rust_files(&root().join("crates/ferry-client/src"), &mut files);
+    rust_files(&root().join("crates/ferry-peer/src"), &mut files);
     for file in files.iter().filter(|f| !f.ends_with("remote.rs")) {
         let text = std::fs::read_to_string(file)?;
         for (n, line) in text.lines().enumerate() {
@@ -145,7 +148,7 @@ pub fn run() -> Result<()> {
         bail!("{} invariant(s) broken:\n  {}", problems.len(), problems.join("\n  "));
     }
     eprintln!(
-        "invariants hold: {} do no I/O; wire types live in ferry-protocol; the client's HTTP calls in remote.rs",
+        "invariants hold: {} do no I/O; wire types live in ferry-protocol; the client's and the peer link's HTTP calls in remote.rs",
         PURE.join(" and ")
     );
     Ok(())
