@@ -134,17 +134,23 @@ pub(super) enum Whose<'a> {
     All,
 }
 
-/// Refuses a cursor older than the compaction horizon (the newest removed tombstone's
-/// transaction): its snapshot may not have seen deletions that are gone. The start is never
-/// too old.
+/// Refuses a cursor older than the compaction horizon: its snapshot may not have seen
+/// deletions that are gone. The removed tombstones' transactions lie between `horizon_low`
+/// and `horizon`; the snapshot saw them all when the newest is below its `xmax` and none of
+/// that range was still running then (transaction ids are the cluster's: other databases'
+/// long transactions below the range do not count). The start is never too old.
 pub(super) async fn check_horizon(tx: &Transaction<'_>, c: &Cursor, text: &str) -> Result<()> {
     if c.prev == EMPTY_SNAPSHOT {
         return Ok(());
     }
     let row = tx
         .query_opt(
-            "SELECT value FROM _ferry_store WHERE key = 'horizon'
-               AND value::xid8 >= pg_snapshot_xmin($1::text::pg_snapshot)",
+            "SELECT h.value FROM _ferry_store h
+             WHERE h.key = 'horizon' AND (
+               h.value::xid8 >= pg_snapshot_xmax($1::text::pg_snapshot)
+               OR EXISTS (SELECT 1 FROM pg_snapshot_xip($1::text::pg_snapshot) AS x
+                          WHERE x <= h.value::xid8
+                            AND x >= coalesce((SELECT value::xid8 FROM _ferry_store WHERE key = 'horizon_low'), '0'::xid8)))",
             &[&c.prev],
         )
         .await

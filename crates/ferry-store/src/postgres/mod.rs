@@ -475,8 +475,9 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(pg)?;
-            if let Some(top) = gone.iter().map(|r| r.get::<_, String>(2)).max_by_key(|x| x.parse::<u64>().unwrap_or(0))
-            {
+            let xids = || gone.iter().map(|r| r.get::<_, String>(2));
+            let low = xids().min_by_key(|x| x.parse::<u64>().unwrap_or(0));
+            if let (Some(top), Some(low)) = (xids().max_by_key(|x| x.parse::<u64>().unwrap_or(0)), low) {
                 let (tables, keys): (Vec<String>, Vec<String>) = gone.iter().map(|r| (r.get(0), r.get(1))).unzip();
                 tx.execute(
                     "DELETE FROM _ferry_peer_bases b USING unnest($1::text[], $2::text[]) AS k(tbl, pk)
@@ -489,6 +490,14 @@ impl Store for PgStore {
                     "INSERT INTO _ferry_store (key, value) VALUES ('horizon', $1)
                      ON CONFLICT (key) DO UPDATE SET value = greatest(_ferry_store.value::xid8, excluded.value::xid8)::text",
                     &[&top],
+                )
+                .await
+                .map_err(pg)?;
+                // The oldest removed transaction: a snapshot that still saw it running missed it.
+                tx.execute(
+                    "INSERT INTO _ferry_store (key, value) VALUES ('horizon_low', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = least(_ferry_store.value::xid8, excluded.value::xid8)::text",
+                    &[&low],
                 )
                 .await
                 .map_err(pg)?;

@@ -200,6 +200,20 @@ mod postgres {
 
     crate::suite!(open().await);
 
+    /// Transaction ids are the cluster's: another database's transaction, open across the
+    /// whole test, sits below every snapshot's range of the test's own. Cursors that saw the
+    /// removed tombstones must still be served.
+    #[tokio::test]
+    async fn compaction_judges_cursors_by_its_own_transactions_beside_a_long_one_elsewhere() {
+        let other = ferry_pgtemp::PgCluster::fresh_db();
+        let (client, conn) = tokio_postgres::connect(&other, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute("BEGIN; SELECT pg_current_xact_id();").await.unwrap();
+        let store = open().await;
+        crate::peering::compaction_removes_old_tombstones_and_refuses_cursors_it_passed(&store).await;
+        client.batch_execute("ROLLBACK").await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn write_rules_decide_who_changes_which_rows() {
         let store = PgStore::open(&ferry_pgtemp::PgCluster::fresh_db(), crate::sharing::schema()).await.unwrap();
