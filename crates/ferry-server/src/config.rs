@@ -416,3 +416,49 @@ impl Config {
             .map_err(|source| ConfigError::Schema { path: self.schema_path.clone(), source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, format!("[server]\nschema = \"schema.sql\"\n{toml}")).unwrap();
+        Config::load(Some(&path), Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn peers_need_a_role_an_address_and_known_tables() {
+        let peer = "[peers.cloud]\nurl = \"https://cloud.example.com/\"\ntoken = \"fry_x\"\n";
+        let err = load(peer).unwrap_err();
+        assert!(err.contains("[peers.cloud]: a server that links to peers needs a role"), "{err}");
+        let err =
+            load(&format!("role = \"main\"\n{}", peer.replace("https://cloud.example.com/", "cloud"))).unwrap_err();
+        assert!(err.contains("url = \"cloud\" is not an http"), "{err}");
+        let err = load(&format!("role = \"main\"\n{peer}interval = \"soon\"\n")).unwrap_err();
+        assert!(err.contains("[peers.cloud] interval: 'soon' is not a duration"), "{err}");
+        let err = load("role = \"main\"\n[peers.\"a b\"]\nurl = \"http://x\"\ntoken = \"t\"\n").unwrap_err();
+        assert!(err.contains("a peer's name must be"), "{err}");
+
+        let config =
+            load(&format!("role = \"main\"\n{peer}exclude_tables = [\"site_log\"]\nbackoff = \"1s,1m\"\n")).unwrap();
+        let link = &config.peers[0];
+        assert_eq!(link.url, "https://cloud.example.com", "the trailing slash goes");
+        assert_eq!(link.interval, DEFAULT_PEER_INTERVAL);
+        assert_eq!(link.backoff, [Duration::from_secs(1), Duration::from_secs(60)]);
+        assert!(link.enabled);
+        assert_eq!(link.crossing(&["jumps", "site_log"]).unwrap(), ["jumps"]);
+        let err = link.crossing(&["jumps"]).unwrap_err();
+        assert!(err.contains("names table 'site_log', which the schema does not sync"), "{err}");
+        let only = PeerConfig { tables: Some(vec!["jumps".into()]), exclude_tables: vec![], ..link.clone() };
+        assert_eq!(only.crossing(&["jumps", "groups"]).unwrap(), ["jumps"]);
+
+        let defaults = load("role = \"cloud\"\n[alerts]\nlag_warning = \"2h\"\n").unwrap();
+        assert_eq!(defaults.alerts.lag_warning, Duration::from_secs(7200));
+        assert_eq!(defaults.alerts.file_queue_warning, 500);
+        assert_eq!(defaults.sync_log_keep, DEFAULT_SYNC_LOG_KEEP);
+        let err = load("[alerts]\ndisconnected_critical = \"a day\"\n").unwrap_err();
+        assert!(err.contains("[alerts] disconnected_critical"), "{err}");
+    }
+}
