@@ -465,7 +465,9 @@ async fn sync_once(
         let (rows, refused, removed, page_cursor, more) = match page {
             // The server compacted history past this replica's cursor: everything again from
             // the start, and rows it no longer has go (pending changes were pushed above).
-            Err(Error::Refused { code, .. }) if code == "cursor_expired" && cursor != "0" => {
+            Err(Error::Refused { code, .. })
+                if code == ferry_protocol::ErrorCode::CursorExpired.as_str() && cursor != "0" =>
+            {
                 tracing::warn!("the server's history no longer reaches this replica's cursor: re-syncing everything");
                 replica.start_resync(cursor_key)?;
                 report.resynced = true;

@@ -62,6 +62,32 @@ impl RowState {
 }
 
 impl RowClocks {
+    /// The clocks as stored beside a row (a replica's `seen`, a peer link's base): a JSON
+    /// object of register name ([`EXISTS`] for existence) to clock text.
+    pub fn to_json(&self) -> String {
+        let mut map: BTreeMap<&str, String> = self.cols.iter().map(|(c, h)| (c.as_str(), h.to_string())).collect();
+        map.insert(EXISTS, self.exists.to_string());
+        serde_json::to_string(&map).expect("strings serialize")
+    }
+
+    /// Reads [`RowClocks::to_json`].
+    ///
+    /// # Errors
+    /// What is wrong with the text.
+    pub fn from_json(json: &str) -> Result<RowClocks, String> {
+        let map: BTreeMap<String, String> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let mut out = RowClocks::default();
+        for (c, h) in map {
+            let h: Hlc = h.parse().map_err(|e| format!("clock of '{c}': {e}"))?;
+            if c == EXISTS {
+                out.exists = h;
+            } else {
+                out.cols.insert(c, h);
+            }
+        }
+        Ok(out)
+    }
+
     fn col(&self, c: &str) -> Hlc {
         self.cols.get(c).copied().unwrap_or(Hlc::ZERO)
     }

@@ -73,7 +73,9 @@ impl Failure {
     /// store's own): retrying cannot mend it; an operator re-syncs the link.
     fn expired(&self) -> bool {
         match self {
-            Failure::Remote(ferry_client::Error::Refused { code, .. }) => code == "cursor_expired",
+            Failure::Remote(ferry_client::Error::Refused { code, .. }) => {
+                code == ferry_protocol::ErrorCode::CursorExpired.as_str()
+            }
             Failure::Store(StoreError::Expired(_)) => true,
             _ => false,
         }

@@ -473,28 +473,10 @@ fn expired(cursor: &str, horizon: &str) -> StoreError {
     ))
 }
 
-/// A row version's clocks as the stores keep a peer's base: `{"*": exists, column: clock}`.
-fn clocks_text(c: &RowClocks) -> String {
-    let mut map: std::collections::BTreeMap<&str, String> =
-        c.cols.iter().map(|(k, v)| (k.as_str(), v.to_string())).collect();
-    map.insert(ferry_core::strategy::EXISTS, c.exists.to_string());
-    serde_json::to_string(&map).expect("strings serialize")
-}
-
-/// Reads [`clocks_text`].
+/// A stored peer base's clocks ([`RowClocks::from_json`]).
 fn clocks_of_text(text: &str) -> Result<RowClocks> {
-    let bad = |e: String| StoreError::Internal(format!("stored peer base '{}': {e}", ferry_core::shown(text)));
-    let map: std::collections::BTreeMap<String, String> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-    let mut out = RowClocks::default();
-    for (k, v) in map {
-        let at: ferry_core::Hlc = v.parse().map_err(|e| bad(format!("{e}")))?;
-        if k == ferry_core::strategy::EXISTS {
-            out.exists = at;
-        } else {
-            out.cols.insert(k, at);
-        }
-    }
-    Ok(out)
+    RowClocks::from_json(text)
+        .map_err(|e| StoreError::Internal(format!("stored peer base '{}': {e}", ferry_core::shown(text))))
 }
 
 /// The tables a pull covers: a checked selection, or all of the schema's.

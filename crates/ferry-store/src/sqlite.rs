@@ -1006,7 +1006,7 @@ impl Store for SqliteStore {
                      ON CONFLICT (device_id, tbl, pk) DO UPDATE SET clocks = excluded.clocks",
                 )?;
                 for (table, key, clocks) in &rows {
-                    stmt.execute(params![device, table, key, crate::clocks_text(clocks)])?;
+                    stmt.execute(params![device, table, key, clocks.to_json()])?;
                 }
             }
             tx.commit()?;

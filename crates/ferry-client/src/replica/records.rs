@@ -68,24 +68,11 @@ pub(super) fn read_seen(conn: &Connection, table: &str, pk: &str) -> Result<Opti
 }
 
 pub(super) fn parse_seen(table: &str, pk: &str, json: &str) -> Result<RowClocks> {
-    let map: BTreeMap<String, String> =
-        serde_json::from_str(json).map_err(|e| Error::Local(format!("stored seen clocks of {table} '{pk}': {e}")))?;
-    let mut out = RowClocks::default();
-    for (c, h) in map {
-        let h: Hlc = h.parse().map_err(|e| Error::Local(format!("stored seen clock: {e}")))?;
-        if c == EXISTS {
-            out.exists = h;
-        } else {
-            out.cols.insert(c, h);
-        }
-    }
-    Ok(out)
+    RowClocks::from_json(json).map_err(|e| Error::Local(format!("stored seen clocks of {table} '{pk}': {e}")))
 }
 
 pub(super) fn seen_json(seen: &RowClocks) -> Result<String> {
-    let mut map: BTreeMap<&str, String> = seen.cols.iter().map(|(c, h)| (c.as_str(), h.to_string())).collect();
-    map.insert(EXISTS, seen.exists.to_string());
-    serde_json::to_string(&map).map_err(|e| Error::Local(e.to_string()))
+    Ok(seen.to_json())
 }
 
 pub(super) fn write_seen(conn: &Connection, table: &str, pk: &str, seen: &RowClocks) -> Result<()> {

@@ -607,7 +607,7 @@ impl Store for PgStore {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let mut latest: std::collections::BTreeMap<(String, String), String> = Default::default();
         for (t, k, c) in rows {
-            latest.insert((t, k), crate::clocks_text(&c));
+            latest.insert((t, k), c.to_json());
         }
         let (mut tables, mut pks, mut clocks) = (Vec::new(), Vec::new(), Vec::new());
         for ((t, k), c) in latest {
