@@ -342,20 +342,20 @@ impl SqliteStore {
             // (tbl, pk) key instead, which walks every row of the table for each page, so that
             // a page's cost would grow with the store.
             // One row past the page tells whether more wait.
-            let mut page: Vec<(String, i64)> = tx
+            let mut page: Vec<(String, i64, String)> = tx
                 .prepare_cached(if user.is_some() {
-                    "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
+                    "SELECT tbl, seq, pk FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
                        AND +tbl IN (SELECT value FROM json_each(?4)) AND ?5 IS NULL
                      ORDER BY seq LIMIT ?3"
                 } else {
                     // Every row (`?2`, the user, is NULL: both queries take the same parameters),
                     // but those a peer (`?5`) brought itself.
-                    "SELECT tbl, seq FROM _ferry_rows WHERE seq > ?1 AND ?2 IS NULL
+                    "SELECT tbl, seq, pk FROM _ferry_rows WHERE seq > ?1 AND ?2 IS NULL
                        AND +tbl IN (SELECT value FROM json_each(?4)) AND origin IS NOT ?5
                      ORDER BY seq LIMIT ?3"
                 })?
                 .query_map(params![cursor as i64, user, limit as i64 + 1, selection, peer], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let more = page.len() > limit;
@@ -367,20 +367,30 @@ impl SqliteStore {
                 let max: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
                 max.max(cursor as i64)
             };
-            let mut tables: Vec<&str> = page.iter().map(|(t, _)| t.as_str()).collect();
+            let mut tables: Vec<&str> = page.iter().map(|(t, _, _)| t.as_str()).collect();
             tables.sort_unstable();
             tables.dedup();
             let mut rows = Vec::with_capacity(page.len());
-            // A peer's page leaves out rows it brought: only the page's positions count.
-            let positions: std::collections::HashSet<i64> =
-                if peer.is_some() { page.iter().map(|(_, seq)| *seq).collect() } else { Default::default() };
             for table in tables {
                 let ts = inner.table(table)?;
+                if peer.is_some() {
+                    // A peer's page leaves out the rows it brought, which may be most of the
+                    // range: its rows are read by key.
+                    let keys: Vec<&str> = page.iter().filter(|p| p.0 == table).map(|p| p.2.as_str()).collect();
+                    let at: HashMap<&str, i64> =
+                        page.iter().filter(|p| p.0 == table).map(|p| (p.2.as_str(), p.1)).collect();
+                    for found in ferry_sqlite::stored(&tx, ts, &keys)? {
+                        let Some(meta) = found.meta else { continue };
+                        let values = if meta.alive { found.values } else { None };
+                        let state = ferry_sqlite::state_of(&ts.table, &meta, values);
+                        let seq = at.get(found.key.as_str()).copied().unwrap_or(meta.seq);
+                        rows.push((seq, FeedRow { table: table.to_owned(), key: found.key, state }));
+                    }
+                    continue;
+                }
                 let top = page.last().map_or(upto, |k| k.1);
                 for (seq, key, state) in ferry_sqlite::feed_states(&tx, ts, cursor as i64, top, user.as_deref())? {
-                    if peer.is_none() || positions.contains(&seq) {
-                        rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
-                    }
+                    rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
                 }
             }
             rows.sort_unstable_by_key(|(seq, _)| *seq);
