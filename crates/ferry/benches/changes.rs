@@ -33,14 +33,7 @@ fn main() {
     let pouch = pouchdb(n);
     println!("| {n} changes A → B | time | rows/s | Ferry's ratio to it |");
     println!("|---|---|---|---|");
-    let line = |name: &str, t: Duration| {
-        println!(
-            "| {name} | {:.2} s | {:.0} | {:.2}× |",
-            t.as_secs_f64(),
-            n as f64 / t.as_secs_f64(),
-            ferry.as_secs_f64() / t.as_secs_f64()
-        );
-    };
+    let line = |name: &str, t: Duration| common::rate_row(name, n, t, ferry);
     line("Ferry: A's `ferry sync` → server → B's `ferry sync --watch`", ferry);
     line("PostgreSQL logical replication, publisher → subscriber", postgres);
     match &pouch {

@@ -40,21 +40,14 @@ fn main() {
 
     println!("| {n} changes MAIN's PostgreSQL → CLOUD's PostgreSQL | time | rows/s | Ferry's ratio to it |");
     println!("|---|---|---|---|");
-    let line = |name: &str, t: Duration| {
-        println!(
-            "| {name} | {:.2} s | {:.0} | {:.2}× |",
-            t.as_secs_f64(),
-            n as f64 / t.as_secs_f64(),
-            ferry.as_secs_f64() / t.as_secs_f64()
-        );
-    };
+    let line = |name: &str, t: Duration| common::rate_row(name, n, t, ferry);
     line("Ferry: `\\copy` into MAIN → MAIN's link → CLOUD", ferry);
     line("PostgreSQL logical replication, same clusters", postgres);
     println!();
-    let mut sorted = latencies.clone();
-    sorted.sort();
-    let median = sorted[sorted.len() / 2];
-    let worst = *sorted.last().unwrap();
+    let mut latencies = latencies;
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    let worst = *latencies.last().unwrap();
     println!("| one change: psql into MAIN → CLOUD → a device on CLOUD (`--watch`) | median | worst of {rounds} |");
     println!("|---|---|---|");
     println!("| Ferry | {} ms | {} ms |", median.as_millis(), worst.as_millis());

@@ -363,3 +363,14 @@ pub fn pg_count(cluster: &ferry_pgtemp::PgCluster, db: &str) -> usize {
         .and_then(|o| o.split_whitespace().find_map(|w| w.parse::<usize>().ok()))
         .unwrap_or(0)
 }
+
+/// One row of a "n changes, time, rows/s, Ferry's ratio to it" table: `t` for `name`, beside
+/// `ferry`'s time for the same `n` changes.
+pub fn rate_row(name: &str, n: usize, t: Duration, ferry: Duration) {
+    println!(
+        "| {name} | {:.2} s | {:.0} | {:.2}× |",
+        t.as_secs_f64(),
+        n as f64 / t.as_secs_f64(),
+        ferry.as_secs_f64() / t.as_secs_f64()
+    );
+}
