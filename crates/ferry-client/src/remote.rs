@@ -205,6 +205,51 @@ impl Remote {
         self.send(self.http.post(format!("{}/v1/peer/users", self.base)).json(users), "users").await
     }
 
+    /// `POST /v1/peer/digests` (a peer link): the peer's summaries of nodes of a table's
+    /// digest tree and the rows under others. Also returns the bytes of the request's and the
+    /// answer's bodies.
+    pub async fn digests(
+        &self,
+        req: &ferry_protocol::DigestRequest,
+    ) -> Result<(ferry_protocol::DigestResponse, u64, u64)> {
+        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a digest request: {e}")))?;
+        let sent = body.len() as u64;
+        let post = self
+            .http
+            .post(format!("{}/v1/peer/digests", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let bytes = self.send_raw(post, "digests").await?;
+        let answer = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("unreadable digests answer from {}: {e}", self.base)))?;
+        Ok((answer, sent, bytes.len() as u64))
+    }
+
+    /// `POST /v1/peer/rows` (a peer link): the peer's stored states of these keys, decoded
+    /// as a pull page, with the bytes of the request's and the answer's bodies.
+    pub async fn peer_rows(
+        &self,
+        schema: &ferry_core::schema::Schema,
+        req: &ferry_protocol::PeerRowsRequest,
+    ) -> Result<(ferry_protocol::DecodedPage, u64, u64)> {
+        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a rows request: {e}")))?;
+        let sent = body.len() as u64;
+        let post = self
+            .http
+            .post(format!("{}/v1/peer/rows", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let bytes = self.send_raw(post, "rows").await?;
+        let page = ferry_protocol::decode_page(schema, &bytes)
+            .map_err(|e| Error::Protocol(format!("server {} sent bad rows: {e}", self.base)))?;
+        Ok((page, sent, bytes.len() as u64))
+    }
+
+    /// `POST /v1/admin/integrity`: the server compares its store with a peer's (and repairs).
+    pub async fn integrity(&self, req: &ferry_protocol::IntegrityRequest) -> Result<ferry_protocol::IntegrityReport> {
+        self.send(self.http.post(format!("{}/v1/admin/integrity", self.base)).json(req), "integrity").await
+    }
+
     pub async fn me(&self) -> Result<WhoAmI> {
         self.send(self.http.get(format!("{}/v1/me", self.base)), "me").await
     }

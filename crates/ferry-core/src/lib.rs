@@ -5,6 +5,7 @@
 //! comes in as an argument. That is what lets the tests replay any interleaving of
 //! changes between replicas, and it keeps the rules readable in one place.
 
+pub mod digest;
 pub mod duration;
 pub mod hlc;
 pub mod limits;

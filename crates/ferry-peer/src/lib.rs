@@ -23,6 +23,7 @@
 //! status` read them.
 
 mod files;
+pub mod integrity;
 
 pub use files::LocalFiles;
 
@@ -61,9 +62,9 @@ const PAGE_ROWS: usize = 1000;
 /// A burst of local writes is gathered this long before the link runs.
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
-/// Why a run failed.
+/// Why a run (or a check) failed.
 #[derive(Debug)]
-enum Failure {
+pub enum Failure {
     Remote(ferry_client::Error),
     Store(StoreError),
 }
@@ -344,12 +345,7 @@ async fn connect<S: Store>(
 ) -> Result<Session, Failure> {
     let remote = Remote::new(&link.url, &link.token)?.as_peer(&link.name);
     let me = remote.me().await?;
-    let ours = store.role().unwrap_or("main");
-    let theirs = me
-        .server_role
-        .clone()
-        .filter(|r| SERVER_ROLES.contains(&r.as_str()))
-        .unwrap_or_else(|| SERVER_ROLES.iter().find(|r| **r != ours).copied().unwrap_or("cloud").to_owned());
+    let theirs = peer_role(store, &me);
     status.peer_role = Some(theirs.clone());
     if status.far_store_id.as_deref() != Some(me.store_id.as_str()) {
         // Another store (new, or replaced): everything crosses again; merging makes repeats
@@ -361,7 +357,29 @@ async fn connect<S: Store>(
         status.cursor_out = String::new();
         status.cursor_in = String::new();
     }
-    // The token's user exists on both sides with one id; the peer's device here is theirs.
+    let local = device_here(store, link, me, theirs).await?;
+    let stream_up = Arc::new(AtomicBool::new(false));
+    let stream = tokio::spawn(watch_stream(remote.clone(), stream_up.clone(), wake.clone()));
+    Ok(Session { remote, local, users_sent: String::new(), runs: 0, stream_up, stream })
+}
+
+/// The peer's role: as it says, else the server role this one does not have.
+fn peer_role<S: Store>(store: &S, me: &ferry_protocol::WhoAmI) -> String {
+    let ours = store.role().unwrap_or("main");
+    me.server_role
+        .clone()
+        .filter(|r| SERVER_ROLES.contains(&r.as_str()))
+        .unwrap_or_else(|| SERVER_ROLES.iter().find(|r| **r != ours).copied().unwrap_or("cloud").to_owned())
+}
+
+/// The peer's device here (made the first time): what the peer's rows are merged as. The
+/// token's user (`me`, as the peer knows it) exists on both sides with one id.
+async fn device_here<S: Store>(
+    store: &S,
+    link: &Link,
+    me: ferry_protocol::WhoAmI,
+    theirs: String,
+) -> Result<Principal, Failure> {
     let (_, refused) = store.adopt_users(vec![User { id: me.user_id.clone(), name: me.user_name.clone() }]).await?;
     if let Some(why) = refused.first() {
         return Err(Failure::Store(StoreError::Exists(why.clone())));
@@ -376,7 +394,7 @@ async fn connect<S: Store>(
         Some(d) => d.id,
         None => store.create_device(&me.user_id, &device_name, false, Some(&theirs)).await?.device_id,
     };
-    let local = Principal {
+    Ok(Principal {
         user_id: me.user_id,
         user_name: me.user_name,
         device_id,
@@ -384,10 +402,7 @@ async fn connect<S: Store>(
         admin: false,
         role: Some(theirs),
         peer: true,
-    };
-    let stream_up = Arc::new(AtomicBool::new(false));
-    let stream = tokio::spawn(watch_stream(remote.clone(), stream_up.clone(), wake.clone()));
-    Ok(Session { remote, local, users_sent: String::new(), runs: 0, stream_up, stream })
+    })
 }
 
 /// Keeps the peer's realtime stream open, waking the link when the peer has news.

@@ -63,6 +63,8 @@ pub enum ErrorCode {
     UploadOffset,
     /// 409: another request is uploading the same file now.
     UploadInProgress,
+    /// 409: a job that runs one at a time (a full sync) is running; the message names it.
+    Busy,
     /// 410: a cursor older than the server's compaction horizon: deletions it has not seen
     /// are gone; the client starts over with a full re-sync.
     CursorExpired,
@@ -86,6 +88,9 @@ pub enum ErrorCode {
     HeadersTooLarge,
     /// 500: a bug; the message names only the request id.
     Internal,
+    /// 502: a peer server this request needed failed or could not be reached; the message
+    /// says which and why.
+    PeerFailed,
     /// 503: the store cannot serve now (`Retry-After`).
     Unavailable,
     /// 505: an HTTP version other than 1.x.
@@ -104,6 +109,7 @@ impl ErrorCode {
         ErrorCode::Stale,
         ErrorCode::UploadOffset,
         ErrorCode::UploadInProgress,
+        ErrorCode::Busy,
         ErrorCode::CursorExpired,
         ErrorCode::PreconditionFailed,
         ErrorCode::PayloadTooLarge,
@@ -115,6 +121,7 @@ impl ErrorCode {
         ErrorCode::PreconditionRequired,
         ErrorCode::HeadersTooLarge,
         ErrorCode::Internal,
+        ErrorCode::PeerFailed,
         ErrorCode::Unavailable,
         ErrorCode::HttpVersionNotSupported,
     ];
@@ -131,6 +138,7 @@ impl ErrorCode {
             ErrorCode::Stale => "stale",
             ErrorCode::UploadOffset => "upload_offset",
             ErrorCode::UploadInProgress => "upload_in_progress",
+            ErrorCode::Busy => "busy",
             ErrorCode::CursorExpired => "cursor_expired",
             ErrorCode::PreconditionFailed => "precondition_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -142,6 +150,7 @@ impl ErrorCode {
             ErrorCode::PreconditionRequired => "precondition_required",
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::Internal => "internal",
+            ErrorCode::PeerFailed => "peer_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::HttpVersionNotSupported => "http_version_not_supported",
         }
@@ -155,7 +164,11 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::Conflict | ErrorCode::Stale | ErrorCode::UploadOffset | ErrorCode::UploadInProgress => 409,
+            ErrorCode::Conflict
+            | ErrorCode::Stale
+            | ErrorCode::UploadOffset
+            | ErrorCode::UploadInProgress
+            | ErrorCode::Busy => 409,
             ErrorCode::CursorExpired => 410,
             ErrorCode::PreconditionFailed => 412,
             ErrorCode::PayloadTooLarge => 413,
@@ -166,6 +179,7 @@ impl ErrorCode {
             ErrorCode::PreconditionRequired => 428,
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::Internal => 500,
+            ErrorCode::PeerFailed => 502,
             ErrorCode::Unavailable => 503,
             ErrorCode::HttpVersionNotSupported => 505,
         }

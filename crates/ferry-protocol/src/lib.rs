@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub mod admin;
 pub mod codec;
 mod error;
+pub mod integrity;
 mod page;
 pub mod peer;
 pub mod rest;
@@ -24,6 +25,10 @@ pub use admin::{
     ResolveRequest, RevokeResponse, ServerStatus, Strategy,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use integrity::{
+    DigestNode, DigestRequest, DigestResponse, DigestRow, IntegrityReport, IntegrityRequest, PeerRowsRequest,
+    RowDifference, TableIntegrity,
+};
 pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};
 pub use peer::{
     AdoptUsersResponse, Alert, AlertsResponse, PEER_HEADER, PeerStatus, PeerUser, PeerUsers, SyncHealth, SyncLogEntry,

@@ -158,6 +158,58 @@ impl Default for AlertThresholds {
     }
 }
 
+/// Why [`peer_link`] found no link.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerLinkError {
+    /// No `[peers.NAME]` section has that name.
+    #[error("{0}")]
+    Unknown(String),
+    /// A table asked for does not cross the link.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The link to the peer `name` among `peers` (rows only), its tables narrowed to `tables`
+/// when given: what an operator's integrity check or full sync runs over.
+///
+/// # Errors
+/// No such peer, or a table that does not cross its link.
+pub fn peer_link(
+    peers: &[PeerConfig],
+    name: &str,
+    tables: Option<&[String]>,
+    synced: &[&str],
+    log_keep: Duration,
+) -> Result<ferry_peer::Link, PeerLinkError> {
+    let peer = peers.iter().find(|p| p.name == name).ok_or_else(|| {
+        let known: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+        PeerLinkError::Unknown(format!(
+            "no peer '{}' in ferry.toml; {}",
+            ferry_core::shown(name),
+            if known.is_empty() {
+                "it has no [peers.NAME] section (docs/peering.md)".to_owned()
+            } else {
+                format!("its peers are: {}", known.join(", "))
+            }
+        ))
+    })?;
+    let mut link = peer.link(synced, log_keep, None).map_err(PeerLinkError::Invalid)?;
+    if let Some(only) = tables {
+        if only.is_empty() {
+            return Err(PeerLinkError::Invalid("the list of tables is empty; name tables or leave it out".into()));
+        }
+        if let Some(t) = only.iter().find(|t| !link.tables.contains(t)) {
+            return Err(PeerLinkError::Invalid(format!(
+                "table '{}' does not cross the link to '{name}'; its tables are: {}",
+                ferry_core::shown(t),
+                link.tables.join(", ")
+            )));
+        }
+        link.tables = only.to_vec();
+    }
+    Ok(link)
+}
+
 /// One `[peers.NAME]` section: another server this one links to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeerConfig {
@@ -178,6 +230,30 @@ pub struct PeerConfig {
 }
 
 impl PeerConfig {
+    /// The link this section describes, over the schema's `synced` tables; `files`: this
+    /// server's file store, when files cross with their rows.
+    ///
+    /// # Errors
+    /// As [`PeerConfig::crossing`].
+    pub fn link(
+        &self,
+        synced: &[&str],
+        log_keep: Duration,
+        files: Option<std::sync::Arc<ferry_peer::LocalFiles>>,
+    ) -> Result<ferry_peer::Link, String> {
+        Ok(ferry_peer::Link {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            token: self.token.clone(),
+            tables: self.crossing(synced)?,
+            interval: self.interval,
+            backoff: ferry_client::engine::Backoff { steps: self.backoff.clone() },
+            enabled: self.enabled,
+            log_keep,
+            files,
+        })
+    }
+
     /// The tables that cross the link, of the schema's synced `tables`.
     ///
     /// # Errors

@@ -49,6 +49,13 @@ pub enum ApiError {
     /// A `Range` the file cannot satisfy (416).
     #[error("{0}")]
     RangeNotSatisfiable(String),
+    /// A job that runs one at a time is running (409 `busy`).
+    #[error("{0}")]
+    Busy(String),
+    /// A peer this request needed failed (502 `peer_failed`): the message is about the
+    /// peer, nothing of this server's internals, and is shown.
+    #[error("{0}")]
+    PeerFailed(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -75,6 +82,8 @@ impl ApiError {
             ApiError::HashMismatch(_) => ErrorCode::HashMismatch,
             ApiError::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
             ApiError::CursorExpired(_) => ErrorCode::CursorExpired,
+            ApiError::Busy(_) => ErrorCode::Busy,
+            ApiError::PeerFailed(_) => ErrorCode::PeerFailed,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
@@ -112,6 +121,9 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(body)).into_response();
         if let Some(o) = offset {
             resp.headers_mut().insert("upload-offset", o.into());
+        }
+        if code == ErrorCode::PeerFailed {
+            resp.extensions_mut().insert(crate::guard::Deliberate);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("5"));

@@ -19,6 +19,7 @@ mod admin;
 mod auth;
 pub mod files;
 mod info;
+mod integrity;
 pub mod peer;
 mod pull;
 mod push;
@@ -53,6 +54,12 @@ pub struct AppState<S> {
     pub peers: peer::Heard,
     /// When links raise alerts (`[alerts]`).
     pub alerts: config::AlertThresholds,
+    /// The `[peers.NAME]` sections: the peers an operator may check this store against.
+    pub links: Vec<config::PeerConfig>,
+    /// How long the sync log keeps entries.
+    pub sync_log_keep: std::time::Duration,
+    /// The digest trees of peers' running integrity checks.
+    pub trees: integrity::Trees,
 }
 
 /// The HTTP routes over `store` as `config` sets them up, with `files` for the files rows
@@ -69,6 +76,9 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         seen: Default::default(),
         peers: Default::default(),
         alerts: config.alerts.clone(),
+        links: config.peers.clone(),
+        sync_log_keep: config.sync_log_keep,
+        trees: Default::default(),
     });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
@@ -94,7 +104,10 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         .route("/v1/admin/sync/status", get(peer::status::<S>))
         .route("/v1/admin/sync/log", get(peer::log::<S>))
         .route("/v1/admin/alerts", get(peer::list_alerts::<S>))
+        .route("/v1/admin/integrity", post(integrity::run::<S>))
         .route("/v1/peer/users", get(peer::users::<S>).post(peer::adopt_users::<S>))
+        .route("/v1/peer/digests", post(integrity::digests::<S>))
+        .route("/v1/peer/rows", post(integrity::rows::<S>))
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -78,7 +78,7 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn require_peer(who: &Authed) -> Result<(), ApiError> {
+pub(crate) fn require_peer(who: &Authed) -> Result<(), ApiError> {
     if who.0.peer {
         Ok(())
     } else {

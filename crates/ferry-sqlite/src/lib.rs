@@ -357,6 +357,33 @@ pub fn state_of(table: &Table, meta: &Meta, values: Option<Vec<Value>>) -> RowSt
     RowState { exists: Stamped::new(meta.alive, meta.alive_at), cols }
 }
 
+/// The digest of the version `meta` records ([`ferry_core::digest::row_digest`]): the same
+/// for the same state in every store and replica.
+pub fn meta_digest(table: &Table, pk: &str, meta: &Meta) -> u64 {
+    let cols = table
+        .data_columns()
+        .map(|c| (c.name.as_str(), meta.clocks.get(&c.name).copied().unwrap_or(meta.clock)))
+        .filter(|(_, at)| *at != Hlc::ZERO);
+    ferry_core::digest::row_digest(pk, meta.alive, meta.alive_at, cols)
+}
+
+/// Every row of `ts`'s table as a digest entry, tombstones decided before `tombstones_from`
+/// (a clock's text) left out: what an integrity check compares.
+pub fn digests(conn: &Connection, ts: &TableSql, tombstones_from: &str) -> Result<Vec<ferry_core::digest::Entry>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT pk, {META_COLUMNS} FROM _ferry_rows WHERE tbl = ?1 AND (alive OR alive_at >= ?2)"
+    ))?;
+    let mut rows = stmt.query(params![ts.table.name, tombstones_from])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let pk: String = r.get(0)?;
+        let meta = parse_meta(&ts.table, &pk, raw_meta(r, 1)?)?;
+        let digest = meta_digest(&ts.table, &pk, &meta);
+        out.push(ferry_core::digest::Entry::new(pk, digest, !meta.alive));
+    }
+    Ok(out)
+}
+
 /// Loads the whole state of `pk`: bookkeeping plus values, or `None` if never seen.
 pub fn load_state(conn: &Connection, ts: &TableSql, pk: &str) -> Result<Option<(RowState, Meta)>> {
     let Some(meta) = load_meta(conn, ts, pk)? else {

@@ -385,6 +385,24 @@ pub trait Store: Send + Sync + 'static {
     /// ([`StoreError::Expired`]). Works a chunk per transaction: writers wait at most for one.
     fn compact(&self, before_ms: u64) -> impl Future<Output = Result<Compacted>> + Send;
 
+    /// The newest bound a compaction removed tombstones before (a wall time in ms; 0 when
+    /// never compacted): an integrity check leaves out tombstones either side may have
+    /// removed.
+    fn compacted_before(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Every row of `table`, alive or a tombstone (tombstones decided before
+    /// `tombstones_from_ms` left out), as digest entries: what an integrity check compares.
+    /// [`StoreError::NotFound`] for a table the schema does not sync.
+    fn row_digests(
+        &self,
+        table: &str,
+        tombstones_from_ms: u64,
+    ) -> impl Future<Output = Result<Vec<ferry_core::digest::Entry>>> + Send;
+
+    /// The stored states of `keys` in `table` (keys never seen left out), whoever owns them:
+    /// for a peer repairing differences, never for devices.
+    fn states(&self, table: &str, keys: Vec<String>) -> impl Future<Output = Result<Vec<(String, RowState)>>> + Send;
+
     /// Sets this server's role (`[server] role`), once, at start-up: under `authoritative`
     /// for that role, values written on this side win over what a peer brings.
     fn set_role(&self, role: &str);
@@ -676,6 +694,18 @@ impl Store for AnyStore {
 
     async fn compact(&self, before_ms: u64) -> Result<Compacted> {
         delegate!(self, s => s.compact(before_ms).await)
+    }
+
+    async fn compacted_before(&self) -> Result<u64> {
+        delegate!(self, s => s.compacted_before().await)
+    }
+
+    async fn row_digests(&self, table: &str, tombstones_from_ms: u64) -> Result<Vec<ferry_core::digest::Entry>> {
+        delegate!(self, s => s.row_digests(table, tombstones_from_ms).await)
+    }
+
+    async fn states(&self, table: &str, keys: Vec<String>) -> Result<Vec<(String, RowState)>> {
+        delegate!(self, s => s.states(table, keys).await)
     }
 
     fn set_role(&self, role: &str) {

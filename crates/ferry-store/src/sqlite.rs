@@ -923,6 +923,11 @@ impl Store for SqliteStore {
                     "DELETE FROM _ferry_batches WHERE applied_at < strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')",
                     [bound_ms],
                 )?;
+                tx.execute(
+                    "INSERT INTO _ferry_store (key, value) VALUES ('compacted_before', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
+                    [bound_ms],
+                )?;
                 tx.commit()?;
                 Ok((exits as u64, batches as u64, horizon))
             })
@@ -931,6 +936,46 @@ impl Store for SqliteStore {
         out.batches = batches;
         out.horizon = out.horizon.max(horizon);
         Ok(out)
+    }
+
+    async fn compacted_before(&self) -> Result<u64> {
+        self.read(|_, conn| {
+            let at: Option<i64> = conn
+                .query_row("SELECT CAST(value AS INTEGER) FROM _ferry_store WHERE key = 'compacted_before'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(at.unwrap_or(0).max(0) as u64)
+        })
+        .await
+    }
+
+    async fn row_digests(&self, table: &str, tombstones_from_ms: u64) -> Result<Vec<ferry_core::digest::Entry>> {
+        let table = table.to_owned();
+        self.read(move |inner, conn| {
+            let ts = inner.table(&table)?;
+            Ok(ferry_sqlite::digests(conn, ts, &crate::clock_bound(tombstones_from_ms))?)
+        })
+        .await
+    }
+
+    async fn states(&self, table: &str, keys: Vec<String>) -> Result<Vec<(String, ferry_core::RowState)>> {
+        let table = table.to_owned();
+        self.read(move |inner, conn| {
+            let ts = inner.table(&table)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(500) {
+                let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                for s in ferry_sqlite::stored(conn, ts, &keys)? {
+                    if let Some(meta) = &s.meta {
+                        let values = if meta.alive { s.values } else { None };
+                        out.push((s.key, ferry_sqlite::state_of(&ts.table, meta, values)));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     fn set_role(&self, role: &str) {

@@ -57,6 +57,10 @@ pub enum Command {
     /// Remove history older than a horizon (tombstones, old reaches, batch records) from the
     /// server's store; devices and peers whose cursor is older must re-sync.
     Compact(CompactArgs),
+    /// Compare this server's store with a peer's, table by table (row counts, digests over
+    /// keys and versions), list the rows that differ and, with --repair, mend them both ways.
+    /// Exits 1 when rows differ and were not repaired.
+    Integrity(IntegrityArgs),
     /// A running server's status (file store and transfer queue), with an admin token.
     ServerStatus(RemoteArgs),
     /// Check every row the server's store holds against the rules pushes must pass (zero
@@ -71,6 +75,25 @@ pub struct CompactArgs {
     #[arg(long = "older-than", value_parser = ferry_client::engine::parse_duration)]
     pub older_than: std::time::Duration,
     /// Print {"tombstones", "exits", "batches", "horizon"}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct IntegrityArgs {
+    /// The peer (`[peers.NAME]` in ferry.toml).
+    #[arg(long)]
+    pub peer: String,
+    /// Only these tables (comma-separated; default: every table that crosses the link).
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Option<Vec<String>>,
+    /// Send the newer version of each differing row both ways, through the merge rules, and
+    /// check again.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON (as POST /v1/admin/integrity answers).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -29,6 +29,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Device { command } => commands::device::run(command).await,
         Command::Peer { command } => commands::peer::run(command).await,
         Command::Compact(args) => commands::compact::run(args).await,
+        Command::Integrity(args) => commands::integrity::run(args).await,
         Command::Sync(args) => commands::sync::run(args).await,
         Command::Status(args) => commands::status::run(args),
         Command::Queue(args) => commands::queue::run(args),

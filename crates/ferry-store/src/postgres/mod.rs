@@ -524,7 +524,62 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg)?;
+        tx.execute(
+            "INSERT INTO _ferry_store (key, value) VALUES ('compacted_before', $1::bigint::text)
+             ON CONFLICT (key) DO UPDATE SET value = greatest(_ferry_store.value::bigint, excluded.value::bigint)::text",
+            &[&(before_ms as i64)],
+        )
+        .await
+        .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
+        Ok(out)
+    }
+
+    async fn compacted_before(&self) -> Result<u64> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let at = client
+            .query_opt("SELECT value::bigint FROM _ferry_store WHERE key = 'compacted_before'", &[])
+            .await
+            .map_err(pg)?
+            .map_or(0, |r| r.get::<_, i64>(0));
+        Ok(at.max(0) as u64)
+    }
+
+    async fn row_digests(&self, table: &str, tombstones_from_ms: u64) -> Result<Vec<ferry_core::digest::Entry>> {
+        use futures_util::TryStreamExt;
+        let pt = self.table(table)?;
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let from = crate::clock_bound(tombstones_from_ms);
+        // Streamed: a large table's rows are digested as they arrive, never held as rows.
+        let rows = client
+            .query_raw(
+                "SELECT pk, alive, alive_at, clock, clocks FROM _ferry_rows WHERE tbl = $1 AND (alive OR alive_at >= $2)",
+                [&pt.table.name, &from],
+            )
+            .await
+            .map_err(pg)?;
+        futures_util::pin_mut!(rows);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(pg)? {
+            let pk: String = row.get(0);
+            let raw = (row.get(1), row.get(2), row.get(3), row.get(4), None, 0, None, 0);
+            let meta =
+                ferry_sqlite::parse_meta(&pt.table, &pk, raw).map_err(|e| StoreError::Internal(e.to_string()))?;
+            let digest = ferry_sqlite::meta_digest(&pt.table, &pk, &meta);
+            out.push(ferry_core::digest::Entry::new(pk, digest, !meta.alive));
+        }
+        Ok(out)
+    }
+
+    async fn states(&self, table: &str, keys: Vec<String>) -> Result<Vec<(String, RowState)>> {
+        let pt = self.table(table)?;
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = snapshot(&mut client).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(1000) {
+            let mut found = load(&tx, pt, chunk, false).await.map_err(StoreError::from)?;
+            out.extend(chunk.iter().filter_map(|k| found.remove(k).map(|s| (k.clone(), s.state))));
+        }
         Ok(out)
     }
 

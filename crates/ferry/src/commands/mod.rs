@@ -7,6 +7,7 @@ pub mod compact;
 pub mod conflicts;
 pub mod device;
 pub mod file;
+pub mod integrity;
 pub mod peer;
 pub mod queue;
 pub mod serve;

@@ -63,23 +63,12 @@ async fn start_links(
         Some(std::sync::Arc::new(ferry_peer::LocalFiles { store: local, staging }))
     };
     for peer in &config.peers {
-        let tables = peer.crossing(&synced).map_err(anyhow::Error::msg)?;
+        let link = peer.link(&synced, config.sync_log_keep, files.clone()).map_err(anyhow::Error::msg)?;
         if peer.enabled {
-            tracing::info!(peer = %peer.name, url = %peer.url, tables = tables.len(), "linking to peer");
+            tracing::info!(peer = %peer.name, url = %peer.url, tables = link.tables.len(), "linking to peer");
         } else {
             tracing::warn!(peer = %peer.name, "peer link disabled (enabled = false in [peers.{}]): nothing crosses until it is enabled", peer.name);
         }
-        let link = ferry_peer::Link {
-            name: peer.name.clone(),
-            url: peer.url.clone(),
-            token: peer.token.clone(),
-            tables,
-            interval: peer.interval,
-            backoff: ferry_client::engine::Backoff { steps: peer.backoff.clone() },
-            enabled: peer.enabled,
-            log_keep: config.sync_log_keep,
-            files: files.clone(),
-        };
         links.push(tokio::spawn(ferry_peer::run(store.clone(), link, stopped.clone())));
     }
     Ok(links)

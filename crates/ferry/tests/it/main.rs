@@ -7,6 +7,7 @@ mod errors;
 mod faults;
 mod files;
 mod http;
+mod integrity;
 mod openapi;
 mod peering;
 mod postgres;

@@ -9,15 +9,15 @@ use crate::proxy::{Fault, Proxy};
 use crate::{Env, Server, insert_jump, jumps, uuid};
 
 /// One server of the pair: its directory, config and process.
-struct Site {
-    env: Env,
-    server: Server,
+pub(crate) struct Site {
+    pub env: Env,
+    pub server: Server,
     /// An admin token of this server.
-    admin: String,
+    pub admin: String,
 }
 
 impl Site {
-    fn psql(&self, sql: &str) -> String {
+    pub fn psql(&self, sql: &str) -> String {
         self.env.psql(sql).trim().to_owned()
     }
 
@@ -40,13 +40,13 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn set_role(env: &Env, role: &str) {
+pub(crate) fn set_role(env: &Env, role: &str) {
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
     let config = config.replacen("[server]\n", &format!("[server]\nrole = \"{role}\"\n"), 1);
     std::fs::write(env.path("ferry.toml"), config).unwrap();
 }
 
-fn add_peer(env: &Env, url: &str, token: &str, extra: &str) {
+pub(crate) fn add_peer(env: &Env, url: &str, token: &str, extra: &str) {
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
     let section = format!(
         "\n[peers.cloud]\nurl = \"{url}\"\ntoken = \"{token}\"\ninterval = \"1s\"\nbackoff = \"200ms,500ms\"\n{extra}\n"
@@ -54,7 +54,7 @@ fn add_peer(env: &Env, url: &str, token: &str, extra: &str) {
     std::fs::write(env.path("ferry.toml"), config + &section).unwrap();
 }
 
-fn admin(env: &Env) -> String {
+pub(crate) fn admin(env: &Env) -> String {
     env.add_user("ops");
     env.ok(&["token", "create", "--user", "ops", "--device", "console", "--admin", "-c", &env.config()])
 }
