@@ -392,7 +392,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every row of `table`, alive or a tombstone (tombstones decided before
     /// `tombstones_from_ms` left out), as digest entries: what an integrity check compares.
-    /// [`StoreError::NotFound`] for a table the schema does not sync.
+    /// [`StoreError::Invalid`] for a table the schema does not sync.
     fn row_digests(
         &self,
         table: &str,

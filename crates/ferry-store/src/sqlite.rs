@@ -925,7 +925,7 @@ impl Store for SqliteStore {
                 )?;
                 tx.execute(
                     "INSERT INTO _ferry_store (key, value) VALUES ('compacted_before', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
+                     ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                     [bound_ms],
                 )?;
                 tx.commit()?;

@@ -149,3 +149,59 @@ pub async fn compaction_removes_old_tombstones_and_refuses_cursors_it_passed<S: 
     let (news, _) = feed(store, &ann, &after_deletes).await;
     assert!(news.iter().any(|(k, s)| *k == key(1) && s.is_alive()), "{news:?}");
 }
+
+pub async fn digests_and_states_follow_every_version_and_leave_out_compacted_tombstones<S: Store>(store: &S) {
+    let ann = device(store, "ann", None).await;
+    let rows = (1..=4).map(|i| note(i, &ann.user_id, "x", at(u64::from(i), 1))).collect();
+    store.push(&ann, "1", None, rows).await.unwrap();
+    let digests = |from: u64| async move {
+        let mut d = store.row_digests("notes", from).await.unwrap();
+        d.sort_by(|a, b| a.key.cmp(&b.key));
+        d
+    };
+    let first = digests(0).await;
+    assert_eq!(first.iter().map(|e| e.key.clone()).collect::<Vec<_>>(), (1..=4).map(key).collect::<Vec<_>>());
+    // The digest is the version's, as any replica computes it from the same state.
+    let stored = store.states("notes", vec![key(2), key(9)]).await.unwrap();
+    assert_eq!(stored.len(), 1, "a key never seen is left out");
+    let (k, state) = &stored[0];
+    let cols = state.cols.iter().map(|(c, s)| (c.as_str(), s.at));
+    assert_eq!(first[1].digest, ferry_core::digest::row_digest(k, true, state.exists.at, cols));
+
+    // An update changes that row's digest alone; a delete leaves a tombstone entry.
+    let mut edited = note(2, &ann.user_id, "x", at(2, 1));
+    edited.state.update([("body".to_owned(), Value::Text("edited".into()))], at(7, 1));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut gone = note(3, &ann.user_id, "x", at(3, 1)).state;
+    gone.delete(Hlc::new(now, 0, SiteId(1)));
+    let mut old = note(4, &ann.user_id, "x", at(4, 1)).state;
+    old.delete(at(8, 1));
+    store
+        .push(
+            &ann,
+            "2",
+            None,
+            vec![edited, IncomingRow::new("notes", &key(3), gone), IncomingRow::new("notes", &key(4), old)],
+        )
+        .await
+        .unwrap();
+    let second = digests(0).await;
+    assert_eq!(second.len(), 4);
+    assert_eq!(second[0], first[0]);
+    assert_ne!(second[1].digest, first[1].digest);
+    assert!(second[2].deleted && second[3].deleted && !second[0].deleted);
+    let (_, dead) = &store.states("notes", vec![key(3)]).await.unwrap()[0];
+    assert!(!dead.is_alive(), "a tombstone's state is handed over too");
+
+    // Tombstones before a bound are left out when asked (a peer may have compacted them);
+    // the bound a compaction used is remembered.
+    assert_eq!(store.compacted_before().await.unwrap(), 0);
+    let recent = digests(now - 60_000).await;
+    assert_eq!(recent.iter().map(|e| e.key.clone()).collect::<Vec<_>>(), [key(1), key(2), key(3)]);
+    store.compact(now - 60_000).await.unwrap();
+    assert_eq!(store.compacted_before().await.unwrap(), now - 60_000);
+    store.compact(now - 120_000).await.unwrap();
+    assert_eq!(store.compacted_before().await.unwrap(), now - 60_000, "the newest bound stays");
+    assert_eq!(digests(0).await.len(), 3);
+    assert!(matches!(store.row_digests("nope", 0).await, Err(StoreError::Invalid(m)) if m.contains("unknown table 'nope'")));
+}

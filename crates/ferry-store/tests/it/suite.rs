@@ -6,6 +6,7 @@ use ferry_store::{ConflictFilter, IncomingRow, Principal, Store, StoreError};
 
 pub use crate::peering::{
     a_peer_reads_every_row_but_those_it_brought, compaction_removes_old_tombstones_and_refuses_cursors_it_passed,
+    digests_and_states_follow_every_version_and_leave_out_compacted_tombstones,
     users_bases_links_and_the_sync_log_are_kept,
 };
 
@@ -40,6 +41,7 @@ macro_rules! suite {
             a_peer_reads_every_row_but_those_it_brought,
             users_bases_links_and_the_sync_log_are_kept,
             compaction_removes_old_tombstones_and_refuses_cursors_it_passed,
+            digests_and_states_follow_every_version_and_leave_out_compacted_tombstones,
         );
     };
 }
