@@ -58,6 +58,22 @@ fn every_documented_operation_answers_as_the_document_says() {
     let ops = env.ok(&["token", "create", "--user", "alice", "--device", "ops", "--admin", "-c", &env.config()]);
     let peer =
         env.ok(&["token", "create", "--user", "link", "--device", "main", "--role", "main", "-c", &env.config()]);
+    // The peers `POST /v1/admin/integrity` checks against, their links off: `far`, a server of
+    // its own that holds none of these rows, and `stranger`, the same server with a token it
+    // does not know.
+    let far_env = Env::new();
+    far_env.add_user("link");
+    let far_config = far_env.config();
+    let far_token =
+        far_env.ok(&["token", "create", "--user", "link", "--device", "cloud", "--role", "cloud", "-c", &far_config]);
+    let far = far_env.serve();
+    let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
+    let peers = format!(
+        "\n[peers.far]\nurl = \"{url}\"\ntoken = \"{far_token}\"\nenabled = false\n\n\
+         [peers.stranger]\nurl = \"{url}\"\ntoken = \"fry_not_a_token\"\nenabled = false\n",
+        url = far.url
+    );
+    std::fs::write(env.path("ferry.toml"), config + &peers).unwrap();
     let server = env.serve_with(&["--max-body-bytes", "65536"]);
     let mut checker = Checker::new(&doc, &server.url);
     let (phone, laptop, tablet, ops, peer) = (Some(&*phone), Some(&*laptop), Some(&*tablet), Some(&*ops), Some(&*peer));
@@ -329,6 +345,7 @@ fn every_documented_operation_answers_as_the_document_says() {
     checker.check(&revoke_as(ops, 404));
 
     check_peering(&mut checker, (&alice, t, &too_big), (phone, tablet, ops, peer));
+    check_integrity(&mut checker, &too_big, (phone, ops, peer));
     // Last: the compaction makes every cursor taken so far too old.
     check_compaction(&env, &mut checker, &alice, (phone, laptop, peer));
 
@@ -594,6 +611,101 @@ fn check_peering(
         get("/v1/admin/sync/log", phone, 403),
         get("/v1/admin/alerts", None, 401),
         get("/v1/admin/alerts", phone, 403),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+}
+
+/// Integrity checks between peers: the digest tree a peer asks about
+/// (`/v1/peer/digests`), the rows it fetches for a repair (`/v1/peer/rows`), and an admin's
+/// check against the peers `far` (a server holding none of these rows) and `stranger` (the
+/// same server, with a token it does not know).
+fn check_integrity(
+    checker: &mut Checker,
+    too_big: &str,
+    (phone, ops, peer): (Option<&str>, Option<&str>, Option<&str>),
+) {
+    let as_peer = |case: Case| case.with("ferry-peer", "cloud");
+    let ask = |table: &str, nodes: &[&str], rows: &[&str]| {
+        json!({"table": table, "session": "openapi", "tombstones_from_ms": 0, "nodes": nodes, "rows": rows}).to_string()
+    };
+    // The root and one child of it summarised, and every row of the table listed.
+    let digests = checker.check(&as_peer(post("/v1/peer/digests", peer, ask("formations", &["", "a"], &[""]), 200)));
+    let listed = digests["rows"].as_array().unwrap();
+    let root = &digests["nodes"][0];
+    assert_eq!((&root["prefix"], &digests["nodes"][1]["prefix"]), (&json!(""), &json!("a")), "{digests}");
+    assert_eq!(root["count"].as_u64(), Some(listed.len() as u64), "{digests}");
+    assert!(listed.iter().any(|r| r["deleted"] == true), "the deleted formation's tombstone: {digests}");
+    // A node's digest is the wrapping sum of its rows'.
+    let sum = listed
+        .iter()
+        .map(|r| u64::from_str_radix(r["version"].as_str().unwrap(), 16).unwrap())
+        .fold(0u64, u64::wrapping_add);
+    assert_eq!(root["digest"], json!(format!("{sum:016x}")), "{digests}");
+    let keys: Vec<&str> = listed.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    let fetch = json!({"table": "formations", "keys": keys}).to_string();
+    let page = checker.check(&as_peer(post("/v1/peer/rows", peer, fetch, 200)));
+    assert_eq!(page["rows"].as_array().map(Vec::len), Some(keys.len()), "{page}");
+    assert!(page["rows"].as_array().unwrap().iter().any(|r| r["exists"] == false), "{page}");
+    assert_eq!((&page["cursor"], &page["more"]), (&json!(""), &json!(false)), "{page}");
+
+    let some = ask("jump_log", &[""], &[]);
+    let rows = json!({"table": "formations", "keys": [keys[0]]}).to_string();
+    let cases = [
+        as_peer(post("/v1/peer/digests", peer, "not json", 400)),
+        as_peer(post("/v1/peer/digests", peer, r#"{"table": "jump_log", "session": "s", "colour": "red"}"#, 400)),
+        as_peer(post("/v1/peer/digests", peer, r#"{"table": "jump_log", "session": ""}"#, 400)),
+        as_peer(post("/v1/peer/digests", peer, ask("jump_log", &["G"], &[]), 400)),
+        as_peer(post("/v1/peer/digests", peer, ask("jump_log", &[""; 4097], &[]), 400)),
+        post("/v1/peer/digests", peer, &some, 400).with("ferry-peer", ""),
+        as_peer(post("/v1/peer/digests", None, &some, 401)),
+        post("/v1/peer/digests", peer, &some, 403),
+        as_peer(post("/v1/peer/digests", phone, &some, 403)),
+        as_peer(post("/v1/peer/digests", peer, ask("jumps", &[""], &[]), 400)),
+        as_peer(post("/v1/peer/digests", peer, too_big, 413)),
+        as_peer(post("/v1/peer/rows", peer, "not json", 400)),
+        as_peer(post("/v1/peer/rows", peer, json!({"table": "jump_log", "keys": vec!["k"; 10_001]}).to_string(), 400)),
+        post("/v1/peer/rows", peer, &rows, 400).with("ferry-peer", ""),
+        as_peer(post("/v1/peer/rows", None, &rows, 401)),
+        post("/v1/peer/rows", peer, &rows, 403),
+        as_peer(post("/v1/peer/rows", phone, &rows, 403)),
+        as_peer(post("/v1/peer/rows", peer, json!({"table": "jumps", "keys": [keys[0]]}).to_string(), 404)),
+        as_peer(post("/v1/peer/rows", peer, too_big, 413)),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+
+    // `far` holds none of this server's rows: each one is only here.
+    let report = checker.check(&post("/v1/admin/integrity", ops, r#"{"peer": "far"}"#, 200));
+    assert_eq!(report["status"], "FAILED", "{report}");
+    let tables = report["tables"].as_array().unwrap();
+    let plans = tables.iter().find(|t| t["table"] == "formations").unwrap_or_else(|| panic!("{report}"));
+    assert_eq!((&plans["here_rows"], &plans["there_rows"]), (&json!(keys.len()), &json!(0)), "{plans}");
+    assert_eq!(plans["here_digest"], root["digest"], "{plans}");
+    let kinds: BTreeSet<&str> =
+        tables.iter().flat_map(|t| t["differences"].as_array().unwrap()).map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, BTreeSet::from(["only_here"]), "{report}");
+    let one = r#"{"peer": "far", "tables": ["groups"], "repair": false}"#;
+    let report = checker.check(&post("/v1/admin/integrity", ops, one, 200));
+    assert_eq!(report["tables"].as_array().map(Vec::len), Some(1), "{report}");
+    let log = checker.check(&get("/v1/admin/sync/log?peer=far", ops, 200));
+    let latest = &log["entries"][0];
+    assert_eq!((&latest["kind"], &latest["status"]), (&json!("integrity"), &json!("FAILED")), "{log}");
+    // The peer refuses the token: 502, its message shown.
+    let failed = checker.check(&post("/v1/admin/integrity", ops, r#"{"peer": "stranger"}"#, 502));
+    assert!(failed["error"]["message"].as_str().unwrap_or_default().contains("'stranger'"), "{failed}");
+    let cases = [
+        post("/v1/admin/integrity", ops, "not json", 400),
+        post("/v1/admin/integrity", ops, r#"{"peer": "far", "colour": "red"}"#, 400),
+        post("/v1/admin/integrity", ops, r#"{"peer": "far", "tables": []}"#, 400),
+        post("/v1/admin/integrity", ops, r#"{"peer": "far", "tables": ["jumps"]}"#, 400),
+        post("/v1/admin/integrity", None, one, 401),
+        post("/v1/admin/integrity", phone, one, 403),
+        post("/v1/admin/integrity", peer, one, 403),
+        post("/v1/admin/integrity", ops, r#"{"peer": "nowhere"}"#, 404),
+        post("/v1/admin/integrity", ops, too_big, 413),
     ];
     for case in &cases {
         checker.check(case);
@@ -945,7 +1057,25 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
         error: Some("cleared: link 'cloud' has been DISCONNECTED for 24 h 0 min".into()),
         ..pushed.clone()
     };
-    add("SyncLogResponse", to(&p::SyncLogResponse { entries: vec![cleared, pulled, pushed, failed] }));
+    let checked = p::SyncLogEntry {
+        id: 5,
+        kind: "integrity".into(),
+        direction: "both".into(),
+        status: "FAILED".into(),
+        rows: 1,
+        error: Some("notes: 301 rows here, 300 on the peer; 1 differ".into()),
+        ..pushed.clone()
+    };
+    let mended = p::SyncLogEntry {
+        id: 6,
+        kind: "repair".into(),
+        status: "SUCCESS".into(),
+        bytes: 0,
+        error: None,
+        ..checked.clone()
+    };
+    let entries = vec![mended, checked, cleared, pulled, pushed, failed];
+    add("SyncLogResponse", to(&p::SyncLogResponse { entries }));
     let alert = |kind: &str, severity: &str| p::Alert {
         peer: "cloud".into(),
         kind: kind.into(),
@@ -962,6 +1092,82 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
     add("PeerUsers", to(&p::PeerUsers { users }));
     let refused = vec!["user 'bob' (id u2): the name belongs to another user here".to_owned()];
     add("AdoptUsersResponse", to(&p::AdoptUsersResponse { added: 1, refused }));
+    let hex = ferry_core::digest::hex;
+    let ask = p::DigestRequest {
+        table: "notes".into(),
+        session: "4242-1800000000000-0".into(),
+        tombstones_from_ms: ms,
+        nodes: vec![String::new(), "a".into()],
+        rows: vec!["a3".into()],
+    };
+    add("DigestRequest", to(&ask));
+    let node = |prefix: &str, count, digest| p::DigestNode { prefix: prefix.into(), count, digest: hex(digest) };
+    let listed = vec![
+        p::DigestRow { key: key.into(), version: hex(0x9c1f_0e2a_7b3d_4c51), deleted: false },
+        p::DigestRow { key: "0190f5a2-0000-7d3a-9b1f-2c3d4e5f6a7b".into(), version: hex(7), deleted: true },
+    ];
+    let digests = p::DigestResponse {
+        nodes: vec![node("", 300, 0x1234_5678_9abc_def0), node("a", 0, 0)],
+        rows: listed,
+        compacted_before_ms: ms - 86_400_000,
+    };
+    add("DigestResponse", to(&digests));
+    add("DigestResponse", to(&p::DigestResponse::default()));
+    add("PeerRowsRequest", to(&p::PeerRowsRequest { table: "notes".into(), keys: vec![key.into()] }));
+    add("IntegrityRequest", to(&p::IntegrityRequest { peer: "cloud".into(), tables: None, repair: false }));
+    let only = Some(vec!["notes".to_owned()]);
+    add("IntegrityRequest", to(&p::IntegrityRequest { peer: "cloud".into(), tables: only, repair: true }));
+    let differences = vec![
+        p::RowDifference {
+            key: key.into(),
+            kind: "changed".into(),
+            here: Some(hex(1)),
+            there: Some(hex(2)),
+            here_deleted: true,
+            there_deleted: false,
+        },
+        p::RowDifference { key: "k2".into(), kind: "only_here".into(), here: Some(hex(3)), ..Default::default() },
+        p::RowDifference {
+            key: "k3".into(),
+            kind: "only_there".into(),
+            there: Some(hex(4)),
+            there_deleted: true,
+            ..Default::default()
+        },
+    ];
+    let differing = p::TableIntegrity {
+        table: "notes".into(),
+        here_rows: 301,
+        there_rows: 300,
+        here_digest: hex(10),
+        there_digest: hex(11),
+        equal: false,
+        differences,
+        ..Default::default()
+    };
+    let equal = p::TableIntegrity {
+        table: "drafts".into(),
+        here_rows: 2,
+        there_rows: 2,
+        here_digest: hex(12),
+        there_digest: hex(12),
+        equal: true,
+        ..Default::default()
+    };
+    let report = p::IntegrityReport {
+        peer: "cloud".into(),
+        started_ms: ms,
+        duration_ms: 120,
+        status: "FAILED".into(),
+        tables: vec![differing.clone(), equal],
+        requests: 5,
+        bytes_sent: 900,
+        bytes_received: 4000,
+    };
+    add("IntegrityReport", to(&report));
+    let warnings = vec!["'k3' still differs (only_there) after the repair".to_owned()];
+    let repaired = p::TableIntegrity { repaired_out: 2, repaired_in: 1, repair_warnings: warnings, ..differing };
+    add("IntegrityReport", to(&p::IntegrityReport { status: "REPAIRED".into(), tables: vec![repaired], ..report }));
     let device = p::DeviceRecord {
         id: "d".into(),
         name: "phone".into(),
@@ -1021,6 +1227,10 @@ const PARTS: &[&str] = &[
     "PeerStatus",
     "SyncLogEntry",
     "PeerUser",
+    "DigestNode",
+    "DigestRow",
+    "TableIntegrity",
+    "RowDifference",
     "Alert",
     "TableInfo",
     "StreamMessage",
