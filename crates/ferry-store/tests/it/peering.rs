@@ -203,5 +203,7 @@ pub async fn digests_and_states_follow_every_version_and_leave_out_compacted_tom
     store.compact(now - 120_000).await.unwrap();
     assert_eq!(store.compacted_before().await.unwrap(), now - 60_000, "the newest bound stays");
     assert_eq!(digests(0).await.len(), 3);
-    assert!(matches!(store.row_digests("nope", 0).await, Err(StoreError::Invalid(m)) if m.contains("unknown table 'nope'")));
+    assert!(
+        matches!(store.row_digests("nope", 0).await, Err(StoreError::Invalid(m)) if m.contains("unknown table 'nope'"))
+    );
 }
