@@ -111,6 +111,26 @@ pub struct PushOutcome {
     pub refused: Vec<RefusedRow>,
 }
 
+/// One step of a restore ([`Store::restore`]).
+#[derive(Debug)]
+pub enum RestoreStep {
+    /// Rows to merge, as the restoring peer's push.
+    Rows(Vec<IncomingRow>),
+    /// Everything was sent: commit.
+    Commit,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Rows received.
+    pub rows: u64,
+    /// Rows that changed (the rest were already as sent, or newer here).
+    pub changed: u64,
+    /// Whether it was committed (else rolled back: the store is as it was).
+    pub committed: bool,
+}
+
 /// One row of a pull page.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FeedRow {
@@ -403,6 +423,25 @@ pub trait Store: Send + Sync + 'static {
     /// for a peer repairing differences, never for devices.
     fn states(&self, table: &str, keys: Vec<String>) -> impl Future<Output = Result<Vec<(String, RowState)>>> + Send;
 
+    /// Every row of `tables` (tombstones too) as of one consistent snapshot, sent to `out` a
+    /// batch at a time (each of one table), whoever owns them: a full sync's snapshot. Returns
+    /// the feed cursor of that snapshot (a peer that restored it reads on from there). Stops
+    /// with [`StoreError::Unavailable`] when `out` is closed.
+    fn export(
+        &self,
+        tables: Vec<String>,
+        out: tokio::sync::mpsc::Sender<Vec<FeedRow>>,
+    ) -> impl Future<Output = Result<String>> + Send;
+
+    /// Merges the rows `steps` brings as `who`'s push (a peer's), through the merge rules, all
+    /// in one transaction: committed when [`RestoreStep::Commit`] arrives, rolled back when
+    /// `steps` ends without it (a cancelled restore leaves the store as it was).
+    fn restore(
+        &self,
+        who: &Principal,
+        steps: tokio::sync::mpsc::Receiver<RestoreStep>,
+    ) -> impl Future<Output = Result<Restored>> + Send;
+
     /// Sets this server's role (`[server] role`), once, at start-up: under `authoritative`
     /// for that role, values written on this side win over what a peer brings.
     fn set_role(&self, role: &str);
@@ -473,6 +512,9 @@ pub struct Compacted {
     /// PostgreSQL's transaction id).
     pub horizon: i64,
 }
+
+/// Rows per batch of a snapshot ([`Store::export`]).
+const EXPORT_ROWS: usize = 2000;
 
 /// Rows a compaction deletes per transaction.
 const COMPACT_CHUNK: usize = 1000;
@@ -706,6 +748,14 @@ impl Store for AnyStore {
 
     async fn states(&self, table: &str, keys: Vec<String>) -> Result<Vec<(String, RowState)>> {
         delegate!(self, s => s.states(table, keys).await)
+    }
+
+    async fn export(&self, tables: Vec<String>, out: tokio::sync::mpsc::Sender<Vec<FeedRow>>) -> Result<String> {
+        delegate!(self, s => s.export(tables, out).await)
+    }
+
+    async fn restore(&self, who: &Principal, steps: tokio::sync::mpsc::Receiver<RestoreStep>) -> Result<Restored> {
+        delegate!(self, s => s.restore(who, steps).await)
     }
 
     fn set_role(&self, role: &str) {

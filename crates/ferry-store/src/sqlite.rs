@@ -302,6 +302,98 @@ impl Inner {
     }
 }
 
+/// Merges `rows` into the open transaction `tx` as `who`'s push, by the tables' rules and
+/// strategies: each row changed is written at the next feed position after `seq` (which
+/// moves), and noted in `tally`. Returns how many rows changed. A push and a full sync's
+/// restore share it.
+fn merge_in(
+    inner: &Inner,
+    tx: &rusqlite::Transaction<'_>,
+    who: &Principal,
+    rows: Vec<IncomingRow>,
+    seq: &mut i64,
+    tally: &mut crate::Tally,
+) -> Result<usize> {
+    let mut changed = 0;
+    let env = crate::Deciding {
+        server_site: inner.site,
+        local_role: inner.role.get().cloned(),
+        role_sites: role_sites(tx)?,
+        site_devices: site_devices(tx, &crate::batch_sites(rows.iter().map(|r| &r.state)))?,
+        now_ms: crate::wall_ms(),
+        write_sets: HashMap::new(),
+    };
+    // With write rules, the batch's rows are checked against them in order once all
+    // are written (see `check_batch`).
+    let ruled = crate::rules::has_write_rules(&inner.schema) && !who.peer;
+    let granted = if ruled {
+        write_sets(tx, &inner.schema, rows.iter().map(|r| r.table.as_str()), &who.user_id)?
+    } else {
+        HashMap::new()
+    };
+    let env = crate::Deciding { write_sets: crate::rules::selected_values(&granted), ..env };
+    let order: Vec<(String, String)> =
+        if ruled { rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect() } else { Vec::new() };
+    let mut written = crate::rules::Written::new();
+    // What is stored of the batch's rows, read in one query per table; a row the batch
+    // holds twice is read again after its first write.
+    let mut before: HashMap<(String, String), ferry_sqlite::Stored> = HashMap::with_capacity(rows.len());
+    let mut keys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &rows {
+        keys.entry(r.table.as_str()).or_default().push(r.key.as_str());
+    }
+    for (table, mut ks) in keys {
+        ks.sort_unstable();
+        ks.dedup();
+        for s in ferry_sqlite::stored(tx, inner.table(table)?, &ks)? {
+            before.insert((table.to_owned(), s.key.clone()), s);
+        }
+    }
+    for row in rows {
+        let ts = inner.table(&row.table)?;
+        let table = &ts.table;
+        let stored = match before.remove(&(row.table.clone(), row.key.clone())) {
+            Some(s) => s.meta.map(|meta| {
+                let values = if meta.alive { s.values } else { None };
+                (ferry_sqlite::state_of(table, &meta, values), meta.owner)
+            }),
+            None => ferry_sqlite::load_state(tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner)),
+        };
+        let merged = crate::merge_pushed(table, who, stored, &row, &env)?;
+        if let Some((contest, before)) = &merged.conflict {
+            let origin: Option<String> = tx
+                .prepare_cached("SELECT origin FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
+                .query_row(params![table.name, row.key], |r| r.get(0))
+                .optional()?
+                .flatten();
+            let c = crate::conflicts::new_conflict(
+                table,
+                &row.key,
+                (before, origin.as_deref()),
+                (&row.state, &who.device_id),
+                contest,
+                merged.open,
+            );
+            insert_conflict(tx, &c)?;
+        }
+        let Some(w) = tally.take(table, &row.key, merged) else { continue };
+        *seq += 1;
+        changed += 1;
+        let extra = Extra { seq: *seq, owner: w.owner.as_deref(), origin: w.origin(who), pending: 0, change: None };
+        ferry_sqlite::store_state(tx, ts, &row.key, &w.state, &extra)?;
+        write_reach(tx, &table.name, &row.key, w.reach.as_deref())?;
+        if ruled {
+            written.entry(row.table.clone()).or_default().insert(row.key.clone(), w.state);
+        }
+    }
+    crate::rules::check_batch(&inner.schema, who, &order, &written, &granted)?;
+    for site in &tally.sites {
+        tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id) VALUES (?1, ?2)")?
+            .execute(params![site.to_string(), who.device_id])?;
+    }
+    Ok(changed)
+}
+
 /// The embedded store's cursor: the feed sequence number, in decimal (a cursor given out
 /// under `read` rules is read from the feed position its rows are all older than).
 fn parse_cursor(c: &str) -> Result<u64> {
@@ -735,84 +827,8 @@ impl Store for SqliteStore {
             let mut seq: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
             let feed_end = seq;
             let received = rows.len();
-            let mut changed = 0;
             let mut tally = crate::Tally::new();
-            let env = crate::Deciding {
-                server_site: inner.site,
-                local_role: inner.role.get().cloned(),
-                role_sites: role_sites(&tx)?,
-                site_devices: site_devices(&tx, &crate::batch_sites(rows.iter().map(|r| &r.state)))?,
-                now_ms: crate::wall_ms(),
-                write_sets: HashMap::new(),
-            };
-            // With write rules, the batch's rows are checked against them in order once all
-            // are written (see `check_batch`).
-            let ruled = crate::rules::has_write_rules(&inner.schema) && !who.peer;
-            let granted = if ruled {
-                write_sets(&tx, &inner.schema, rows.iter().map(|r| r.table.as_str()), &who.user_id)?
-            } else {
-                HashMap::new()
-            };
-            let env = crate::Deciding { write_sets: crate::rules::selected_values(&granted), ..env };
-            let order: Vec<(String, String)> =
-                if ruled { rows.iter().map(|r| (r.table.clone(), r.key.clone())).collect() } else { Vec::new() };
-            let mut written = crate::rules::Written::new();
-            // What is stored of the batch's rows, read in one query per table; a row the batch
-            // holds twice is read again after its first write.
-            let mut before: HashMap<(String, String), ferry_sqlite::Stored> = HashMap::with_capacity(rows.len());
-            let mut keys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-            for r in &rows {
-                keys.entry(r.table.as_str()).or_default().push(r.key.as_str());
-            }
-            for (table, mut ks) in keys {
-                ks.sort_unstable();
-                ks.dedup();
-                for s in ferry_sqlite::stored(&tx, inner.table(table)?, &ks)? {
-                    before.insert((table.to_owned(), s.key.clone()), s);
-                }
-            }
-            for row in rows {
-                let ts = inner.table(&row.table)?;
-                let table = &ts.table;
-                let stored = match before.remove(&(row.table.clone(), row.key.clone())) {
-                    Some(s) => s.meta.map(|meta| {
-                        let values = if meta.alive { s.values } else { None };
-                        (ferry_sqlite::state_of(table, &meta, values), meta.owner)
-                    }),
-                    None => ferry_sqlite::load_state(&tx, ts, &row.key)?.map(|(s, meta)| (s, meta.owner)),
-                };
-                let merged = crate::merge_pushed(table, &who, stored, &row, &env)?;
-                if let Some((contest, before)) = &merged.conflict {
-                    let origin: Option<String> = tx
-                        .prepare_cached("SELECT origin FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2")?
-                        .query_row(params![table.name, row.key], |r| r.get(0))
-                        .optional()?
-                        .flatten();
-                    let c = crate::conflicts::new_conflict(
-                        table,
-                        &row.key,
-                        (before, origin.as_deref()),
-                        (&row.state, &who.device_id),
-                        contest,
-                        merged.open,
-                    );
-                    insert_conflict(&tx, &c)?;
-                }
-                let Some(w) = tally.take(table, &row.key, merged) else { continue };
-                seq += 1;
-                changed += 1;
-                let extra = Extra { seq, owner: w.owner.as_deref(), origin: w.origin(&who), pending: 0, change: None };
-                ferry_sqlite::store_state(&tx, ts, &row.key, &w.state, &extra)?;
-                write_reach(&tx, &table.name, &row.key, w.reach.as_deref())?;
-                if ruled {
-                    written.entry(row.table.clone()).or_default().insert(row.key.clone(), w.state);
-                }
-            }
-            crate::rules::check_batch(&inner.schema, &who, &order, &written, &granted)?;
-            for site in &tally.sites {
-                tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id) VALUES (?1, ?2)")?
-                    .execute(params![site.to_string(), who.device_id])?;
-            }
+            let changed = merge_in(inner, &tx, &who, rows, &mut seq, &mut tally)?;
             tx.execute(
                 "INSERT INTO _ferry_batches (device_id, batch_id, received, changed, refused) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![who.device_id, batch_id, received as i64, changed as i64, tally.refused_keys()],
@@ -936,6 +952,84 @@ impl Store for SqliteStore {
         out.batches = batches;
         out.horizon = out.horizon.max(horizon);
         Ok(out)
+    }
+
+    async fn export(&self, tables: Vec<String>, out: tokio::sync::mpsc::Sender<Vec<FeedRow>>) -> Result<String> {
+        for t in &tables {
+            self.inner.table(t)?;
+        }
+        self.read(move |inner, conn| {
+            // One read transaction: every table as of one snapshot, and its feed position.
+            let tx = conn.transaction()?;
+            let end: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
+            for table in &tables {
+                let ts = inner.table(table)?;
+                let mut after = String::new();
+                loop {
+                    let keys: Vec<String> = tx
+                        .prepare_cached("SELECT pk FROM _ferry_rows WHERE tbl = ?1 AND pk > ?2 ORDER BY pk LIMIT ?3")?
+                        .query_map(params![table, after, crate::EXPORT_ROWS as i64], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let Some(last) = keys.last() else { break };
+                    after = last.clone();
+                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let mut batch = Vec::with_capacity(keys.len());
+                    for found in ferry_sqlite::stored(&tx, ts, &refs)? {
+                        let Some(meta) = found.meta else { continue };
+                        let values = if meta.alive { found.values } else { None };
+                        let state = ferry_sqlite::state_of(&ts.table, &meta, values);
+                        batch.push(FeedRow { table: table.clone(), key: found.key, state });
+                    }
+                    out.blocking_send(batch)
+                        .map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))?;
+                }
+            }
+            Ok(end.to_string())
+        })
+        .await
+    }
+
+    async fn restore(
+        &self,
+        who: &Principal,
+        mut steps: tokio::sync::mpsc::Receiver<crate::RestoreStep>,
+    ) -> Result<crate::Restored> {
+        let who = who.clone();
+        // One write transaction: other writers wait until the restore commits or rolls back.
+        self.write(move |inner, conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut seq: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
+            let feed_end = seq;
+            let mut tally = crate::Tally::new();
+            let mut done = crate::Restored::default();
+            while let Some(step) = steps.blocking_recv() {
+                match step {
+                    crate::RestoreStep::Rows(rows) => {
+                        done.rows += rows.len() as u64;
+                        done.changed += merge_in(inner, &tx, &who, rows, &mut seq, &mut tally)? as u64;
+                    }
+                    crate::RestoreStep::Commit => {
+                        for site in &tally.sites {
+                            tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id) VALUES (?1, ?2)")?
+                                .execute(params![site.to_string(), who.device_id])?;
+                        }
+                        tx.commit()?;
+                        done.committed = true;
+                        if done.changed > 0 {
+                            if feed_end > inner.announced.load(std::sync::atomic::Ordering::SeqCst) {
+                                let _ = inner.notices.send(crate::Notice::anyone());
+                            }
+                            let origin = tally.notice_origin(&who);
+                            inner.announce(seq, crate::Notice::of(&mut tally, origin));
+                        }
+                        return Ok(done);
+                    }
+                }
+            }
+            // Ended without a commit: the transaction rolls back as it is dropped.
+            Ok(done)
+        })
+        .await
     }
 
     async fn compacted_before(&self) -> Result<u64> {

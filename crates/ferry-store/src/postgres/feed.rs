@@ -397,6 +397,12 @@ async fn stored_scope(tx: &Transaction<'_>, hash: &str) -> Result<Option<crate::
 }
 
 /// A read-only transaction that sees one snapshot throughout.
+/// The cursor of a reader that has seen everything visible in `snapshot` (a full sync's
+/// export): a feed read from it starts with what committed after.
+pub(super) fn snapshot_cursor(epoch: &str, snapshot: String) -> String {
+    Cursor { prev: snapshot, ..Cursor::start(epoch) }.encode()
+}
+
 pub(super) async fn snapshot(client: &mut tokio_postgres::Client) -> Result<Transaction<'_>> {
     client
         .build_transaction()

@@ -215,17 +215,23 @@ async fn load(
     let rows = tx.query(sql.as_str(), &[&pt.table.name, &keys]).await.map_err(push_pg)?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
-        let pk: String = row.get(0);
-        let owner: Option<String> = row.get(6);
-        let raw = (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5), 0, owner.clone(), 0);
-        let meta = ferry_sqlite::parse_meta(&pt.table, &pk, raw).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let has_row: bool = row.get(7);
-        let values =
-            has_row.then(|| pt.table.data_columns().enumerate().map(|(i, c)| value_at(&row, 8 + i, c.ty)).collect());
-        let state = ferry_sqlite::state_of(&pt.table, &meta, values);
-        out.insert(pk, Stored { state, owner });
+        let (pk, stored) = stored_of(pt, &row)?;
+        out.insert(pk, stored);
     }
     Ok(out)
+}
+
+/// A row of [`PgTable::select`] (or `select_all`): its key and what is stored.
+fn stored_of(pt: &PgTable, row: &Row) -> Result<(String, Stored)> {
+    let pk: String = row.get(0);
+    let owner: Option<String> = row.get(6);
+    let raw = (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5), 0, owner.clone(), 0);
+    let meta = ferry_sqlite::parse_meta(&pt.table, &pk, raw).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let has_row: bool = row.get(7);
+    let values =
+        has_row.then(|| pt.table.data_columns().enumerate().map(|(i, c)| value_at(row, 8 + i, c.ty)).collect());
+    let state = ferry_sqlite::state_of(&pt.table, &meta, values);
+    Ok((pk, Stored { state, owner }))
 }
 
 /// Keeps retryable errors as they are; gives the others the table's name.
@@ -533,6 +539,100 @@ impl Store for PgStore {
         .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(out)
+    }
+
+    async fn export(&self, tables: Vec<String>, out: tokio::sync::mpsc::Sender<Vec<crate::FeedRow>>) -> Result<String> {
+        use futures_util::TryStreamExt;
+        let tables: Vec<&PgTable> = tables.iter().map(|t| self.table(t)).collect::<Result<_>>()?;
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        // One snapshot for every table, and the feed position it stands for.
+        let tx = snapshot(&mut client).await?;
+        let snap: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);
+        for pt in tables {
+            let rows = tx.query_raw(pt.select_all.as_str(), [&pt.table.name]).await.map_err(pg)?;
+            futures_util::pin_mut!(rows);
+            let mut batch = Vec::with_capacity(crate::EXPORT_ROWS);
+            while let Some(row) = rows.try_next().await.map_err(pg)? {
+                let (key, stored) = stored_of(pt, &row)?;
+                batch.push(crate::FeedRow { table: pt.table.name.clone(), key, state: stored.state });
+                if batch.len() == crate::EXPORT_ROWS {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(crate::EXPORT_ROWS));
+                    out.send(full)
+                        .await
+                        .map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))?;
+                }
+            }
+            if !batch.is_empty() {
+                out.send(batch).await.map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))?;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(feed::snapshot_cursor(&self.inner.epoch, snap))
+    }
+
+    async fn restore(
+        &self,
+        who: &Principal,
+        mut steps: tokio::sync::mpsc::Receiver<crate::RestoreStep>,
+    ) -> Result<crate::Restored> {
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        // READ COMMITTED: rows are locked as they are merged, and a row a device changes
+        // meanwhile is merged as it is then (never overwritten with an older version).
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.batch_execute("SET LOCAL ferry.applying = 'on'; SET LOCAL random_page_cost = 1.1").await.map_err(pg)?;
+        let mut tally = crate::Tally::new();
+        let mut done = crate::Restored::default();
+        let mut tables = std::collections::BTreeSet::new();
+        while let Some(step) = steps.recv().await {
+            match step {
+                crate::RestoreStep::Rows(rows) => {
+                    done.rows += rows.len() as u64;
+                    let mut grouped: std::collections::BTreeMap<
+                        String,
+                        std::collections::BTreeMap<String, IncomingRow>,
+                    > = Default::default();
+                    for r in rows {
+                        self.table(&r.table)?;
+                        match grouped.entry(r.table.clone()).or_default().entry(r.key.clone()) {
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                v.insert(r);
+                            }
+                            std::collections::btree_map::Entry::Occupied(mut o) => {
+                                o.get_mut().state.merge(&r.state);
+                            }
+                        }
+                    }
+                    tables.extend(grouped.keys().cloned());
+                    done.changed +=
+                        self.merge_in(&tx, who, &grouped, &[], &mut tally).await.map_err(StoreError::from)? as u64;
+                }
+                crate::RestoreStep::Commit => {
+                    for site in &tally.sites {
+                        tx.execute(
+                            "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            &[&site.to_string(), &who.device_id],
+                        )
+                        .await
+                        .map_err(pg)?;
+                    }
+                    if done.changed > 0 {
+                        let origin = tally.notice_origin(who);
+                        let notice = notify::notice_payload(&crate::Notice::of(&mut tally, origin));
+                        tx.execute("SELECT pg_notify($1, $2)", &[&notify::NOTIFY_CHANNEL, &notice])
+                            .await
+                            .map_err(pg)?;
+                    }
+                    tx.commit().await.map_err(pg)?;
+                    done.committed = true;
+                    if done.changed > 0 {
+                        statistics::wrote(&self.inner, tables, done.changed as usize);
+                    }
+                    return Ok(done);
+                }
+            }
+        }
+        tx.rollback().await.map_err(pg)?;
+        Ok(done)
     }
 
     async fn compacted_before(&self) -> Result<u64> {

@@ -256,80 +256,8 @@ impl PgStore {
         )
         .await
         .map_err(push_pg)?;
-        let found = tx.query(crate::ROLE_SITES_SQL, &[]).await.map_err(push_pg)?;
-        let role_sites = crate::Deciding::role_sites(found.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
-        let sites = crate::batch_sites(rows.values().flat_map(|states| states.values().map(|r| &r.state)));
-        let sql = format!("{} = ANY($1)", crate::SITE_DEVICES_SQL);
-        let found = tx.query(&sql, &[&sites]).await.map_err(push_pg)?;
-        let site_devices =
-            crate::site_devices(found.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))));
-        // With write rules, the batch's rows are checked against them in the device's order
-        // once all are written (see `check_batch`).
-        let ruled = crate::rules::has_write_rules(&self.inner.schema) && !who.peer;
-        let granted = if ruled {
-            let names: Vec<&str> = rows.keys().map(String::as_str).collect();
-            write_sets(&tx, &self.inner.schema, &names, &who.user_id).await?
-        } else {
-            HashMap::new()
-        };
-        let env = crate::Deciding {
-            server_site: self.inner.site,
-            local_role: self.inner.role.get().cloned(),
-            role_sites,
-            site_devices,
-            now_ms: crate::wall_ms(),
-            write_sets: crate::rules::selected_values(&granted),
-        };
-        let mut written = crate::rules::Written::new();
-        let mut changed = 0;
         let mut tally = crate::Tally::new();
-        for (table, states) in rows {
-            let pt = self.table(table)?;
-            let keys: Vec<String> = states.keys().cloned().collect();
-            let mut stored = load(&tx, pt, &keys, true).await?;
-            let mut writes = Vec::new();
-            for (key, row) in states {
-                let prior = stored.remove(key).map(|p| (p.state, p.owner));
-                let merged = crate::merge_pushed(&pt.table, who, prior, row, &env)?;
-                let incoming = &row.state;
-                if let Some((contest, before)) = &merged.conflict {
-                    let origin: Option<String> = tx
-                        .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
-                        .await
-                        .map_err(push_pg)?
-                        .and_then(|r| r.get(0));
-                    let c = crate::conflicts::new_conflict(
-                        &pt.table,
-                        key,
-                        (before, origin.as_deref()),
-                        (incoming, &who.device_id),
-                        contest,
-                        merged.open,
-                    );
-                    insert_conflict(&tx, &c).await.map_err(push_pg)?;
-                }
-                if let Some(w) = tally.take(&pt.table, key, merged) {
-                    writes.push((key.clone(), w));
-                }
-            }
-            if !writes.is_empty() {
-                changed += writes.len();
-                let origins: Vec<Option<&str>> = writes.iter().map(|(_, w)| w.origin(who)).collect();
-                write(&tx, pt, &origins, &writes).await?;
-                if ruled {
-                    written.entry(table.clone()).or_default().extend(writes.into_iter().map(|(key, w)| (key, w.state)));
-                }
-            }
-        }
-        crate::rules::check_batch(&self.inner.schema, who, order, &written, &granted)?;
-        for site in &tally.sites {
-            tx.execute(
-                "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&site.to_string(), &who.device_id],
-            )
-            .await
-            .map_err(push_pg)?;
-        }
+        let changed = self.merge_in(&tx, who, rows, order, &mut tally).await?;
         let origin = tally.notice_origin(who);
         if changed > 0 {
             // Every server process on this database LISTENs; delivered at commit.
@@ -356,6 +284,94 @@ impl PgStore {
             PushOutcome { received, changed, replayed: false, cursor: None, refused: tally.refused },
             caught_up.then_some(xid),
         ))
+    }
+
+    /// Merges `rows` (grouped by table and key) into the open transaction `tx` as `who`'s
+    /// push, by the tables' rules and strategies, noting what changed in `tally`; `order`:
+    /// the rows in the pusher's order, for write rules. Returns how many rows changed. A push
+    /// and a full sync's restore share it.
+    pub(super) async fn merge_in(
+        &self,
+        tx: &Transaction<'_>,
+        who: &Principal,
+        rows: &BTreeMap<String, BTreeMap<String, IncomingRow>>,
+        order: &[(String, String)],
+        tally: &mut crate::Tally,
+    ) -> std::result::Result<usize, PushError> {
+        let found = tx.query(crate::ROLE_SITES_SQL, &[]).await.map_err(push_pg)?;
+        let role_sites = crate::Deciding::role_sites(found.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
+        let sites = crate::batch_sites(rows.values().flat_map(|states| states.values().map(|r| &r.state)));
+        let sql = format!("{} = ANY($1)", crate::SITE_DEVICES_SQL);
+        let found = tx.query(&sql, &[&sites]).await.map_err(push_pg)?;
+        let site_devices =
+            crate::site_devices(found.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))));
+        // With write rules, the batch's rows are checked against them in the device's order
+        // once all are written (see `check_batch`).
+        let ruled = crate::rules::has_write_rules(&self.inner.schema) && !who.peer;
+        let granted = if ruled {
+            let names: Vec<&str> = rows.keys().map(String::as_str).collect();
+            write_sets(tx, &self.inner.schema, &names, &who.user_id).await?
+        } else {
+            HashMap::new()
+        };
+        let env = crate::Deciding {
+            server_site: self.inner.site,
+            local_role: self.inner.role.get().cloned(),
+            role_sites,
+            site_devices,
+            now_ms: crate::wall_ms(),
+            write_sets: crate::rules::selected_values(&granted),
+        };
+        let mut written = crate::rules::Written::new();
+        let mut changed = 0;
+        for (table, states) in rows {
+            let pt = self.table(table)?;
+            let keys: Vec<String> = states.keys().cloned().collect();
+            let mut stored = load(tx, pt, &keys, true).await?;
+            let mut writes = Vec::new();
+            for (key, row) in states {
+                let prior = stored.remove(key).map(|p| (p.state, p.owner));
+                let merged = crate::merge_pushed(&pt.table, who, prior, row, &env)?;
+                let incoming = &row.state;
+                if let Some((contest, before)) = &merged.conflict {
+                    let origin: Option<String> = tx
+                        .query_opt("SELECT origin FROM _ferry_rows WHERE tbl = $1 AND pk = $2", &[table, key])
+                        .await
+                        .map_err(push_pg)?
+                        .and_then(|r| r.get(0));
+                    let c = crate::conflicts::new_conflict(
+                        &pt.table,
+                        key,
+                        (before, origin.as_deref()),
+                        (incoming, &who.device_id),
+                        contest,
+                        merged.open,
+                    );
+                    insert_conflict(tx, &c).await.map_err(push_pg)?;
+                }
+                if let Some(w) = tally.take(&pt.table, key, merged) {
+                    writes.push((key.clone(), w));
+                }
+            }
+            if !writes.is_empty() {
+                changed += writes.len();
+                let origins: Vec<Option<&str>> = writes.iter().map(|(_, w)| w.origin(who)).collect();
+                write(tx, pt, &origins, &writes).await?;
+                if ruled {
+                    written.entry(table.clone()).or_default().extend(writes.into_iter().map(|(key, w)| (key, w.state)));
+                }
+            }
+        }
+        crate::rules::check_batch(&self.inner.schema, who, order, &written, &granted)?;
+        for site in &tally.sites {
+            tx.execute(
+                "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&site.to_string(), &who.device_id],
+            )
+            .await
+            .map_err(push_pg)?;
+        }
+        Ok(changed)
     }
 
     /// After a committed push: when the client's cursor was caught up and nothing but this

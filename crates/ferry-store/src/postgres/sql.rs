@@ -83,6 +83,8 @@ pub struct PgTable {
     pub table: Table,
     /// `$1` tbl, `$2` keys: the whole stored state of those rows.
     pub select: String,
+    /// As `select`, for every row of the table (`$1`: its name).
+    pub select_all: String,
     /// As `select`, locking the bookkeeping rows for the push transaction.
     pub select_for_update: String,
     /// `$1` keys: lock those application rows, in key order.
@@ -109,6 +111,8 @@ impl PgTable {
             key = cast(pk_col, "r.pk"),
         );
         let select_for_update = format!("{select} ORDER BY r.pk FOR UPDATE OF r");
+        let select_all = select.replace(" AND r.pk = ANY($2::text[])", "");
+        debug_assert_ne!(select_all, select, "the key filter is left out");
         let all: Vec<&Column> = std::iter::once(pk_col).chain(data.iter().copied()).collect();
         let names: Vec<String> = all.iter().map(|c| quote(&c.name)).collect();
         let arrays: Vec<String> =
@@ -134,7 +138,7 @@ impl PgTable {
             "SELECT 1 FROM {t} WHERE {pk} IN (SELECT {} FROM unnest($1::text[]) AS u(k)) ORDER BY {pk} FOR UPDATE",
             cast(pk_col, "u.k")
         );
-        PgTable { table: table.clone(), select, select_for_update, lock_rows, upsert, delete }
+        PgTable { table: table.clone(), select, select_all, select_for_update, lock_rows, upsert, delete }
     }
 
     /// The names of the capture's functions: capture, tombstone, truncate. PostgreSQL cuts

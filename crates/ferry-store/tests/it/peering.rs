@@ -207,3 +207,72 @@ pub async fn digests_and_states_follow_every_version_and_leave_out_compacted_tom
         matches!(store.row_digests("nope", 0).await, Err(StoreError::Invalid(m)) if m.contains("unknown table 'nope'"))
     );
 }
+
+pub async fn an_export_is_one_snapshot_and_a_restore_merges_all_or_nothing<S: Store>(store: &S) {
+    let ann = device(store, "ann", None).await;
+    let rows = (1..=5).map(|i| note(i, &ann.user_id, "x", at(u64::from(i), 1))).collect();
+    store.push(&ann, "1", None, rows).await.unwrap();
+    let mut gone = note(5, &ann.user_id, "x", at(5, 1)).state;
+    gone.delete(at(9, 1));
+    store.push(&ann, "2", None, vec![IncomingRow::new("notes", &key(5), gone)]).await.unwrap();
+    let export = |tables: Vec<String>| async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let reading = async {
+            let mut all = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                all.extend(batch);
+            }
+            all
+        };
+        let (cursor, rows) = tokio::join!(store.export(tables, tx), reading);
+        (cursor.unwrap(), rows)
+    };
+    let (cursor, rows) = export(vec!["notes".into()]).await;
+    assert_eq!(rows.len(), 5, "tombstones too");
+    assert!(rows.iter().any(|r| r.key == key(5) && !r.state.is_alive()));
+    // The cursor stands for the snapshot: what is written after it is read from it.
+    store.push(&ann, "3", None, vec![note(6, &ann.user_id, "after", at(6, 1))]).await.unwrap();
+    let (after, _) = feed(store, &ann, &cursor).await;
+    assert_eq!(after.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), [key(6)]);
+
+    // A restore by a peer: a newer version wins, an older one does not overwrite, a new row
+    // arrives; nothing shows until the commit.
+    let mut peer = device(store, "main-server", Some("main")).await;
+    peer.peer = true;
+    let mut newer = note(1, &ann.user_id, "x", at(1, 1));
+    newer.state.update([("body".to_owned(), Value::Text("newer".into()))], at(20, 55));
+    let older = note(2, &ann.user_id, "older", at(0, 55));
+    let fresh = note(7, &ann.user_id, "fresh", at(7, 55));
+    let restore = |steps: Vec<ferry_store::RestoreStep>| {
+        let peer = peer.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let sending = async move {
+                for s in steps {
+                    tx.send(s).await.unwrap();
+                }
+            };
+            let (done, ()) = tokio::join!(store.restore(&peer, rx), sending);
+            done.unwrap()
+        }
+    };
+    let rolled = restore(vec![ferry_store::RestoreStep::Rows(vec![newer.clone(), older.clone(), fresh.clone()])]).await;
+    assert!(!rolled.committed);
+    assert_eq!(store.states("notes", vec![key(7)]).await.unwrap().len(), 0, "rolled back: nothing of it stays");
+    let body_of = |k: u32| async move { body(&store.states("notes", vec![key(k)]).await.unwrap()[0].1) };
+    assert_eq!(body_of(1).await, Value::Text("x".into()));
+    let done = restore(vec![
+        ferry_store::RestoreStep::Rows(vec![newer, older]),
+        ferry_store::RestoreStep::Rows(vec![fresh]),
+        ferry_store::RestoreStep::Commit,
+    ])
+    .await;
+    assert!(done.committed);
+    assert_eq!((done.rows, done.changed), (3, 2));
+    assert_eq!(body_of(1).await, Value::Text("newer".into()));
+    assert_eq!(body_of(2).await, Value::Text("x".into()), "an older version does not overwrite");
+    assert_eq!(body_of(7).await, Value::Text("fresh".into()));
+    // What the peer brought is its own: not in its feed.
+    let (theirs, _) = feed(store, &peer, &cursor).await;
+    assert!(theirs.iter().all(|(k, _)| *k != key(7) && *k != key(1)), "{theirs:?}");
+}
