@@ -250,6 +250,68 @@ impl Remote {
         self.send(self.http.post(format!("{}/v1/admin/integrity", self.base)).json(req), "integrity").await
     }
 
+    /// `GET /v1/peer/full-sync/{id}` (a peer link): the peer's side of a full sync.
+    pub async fn peer_full_sync(&self, id: &str) -> Result<ferry_protocol::PeerFullSync> {
+        self.send(self.http.get(format!("{}/v1/peer/full-sync/{id}", self.base)), "full sync").await
+    }
+
+    /// `PUT /v1/peer/full-sync/{id}/chunks/{n}` (a peer link): one chunk of a snapshot, which
+    /// the peer keeps only if its bytes hash to `sha256`.
+    pub async fn put_chunk(&self, id: &str, n: u64, sha256: &str, bytes: Vec<u8>) -> Result<()> {
+        let req = self
+            .files
+            .put(format!("{}/v1/peer/full-sync/{id}/chunks/{n}", self.base))
+            .header(ferry_protocol::full_sync::CHUNK_SHA256_HEADER, sha256)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        self.send_raw(req, "chunk upload").await.map(|_| ())
+    }
+
+    /// `GET /v1/peer/full-sync/{id}/chunks/{n}` (a peer link): one chunk of the peer's
+    /// snapshot.
+    pub async fn get_chunk(&self, id: &str, n: u64) -> Result<bytes::Bytes> {
+        let req = self.files.get(format!("{}/v1/peer/full-sync/{id}/chunks/{n}", self.base));
+        self.send_raw(req, "chunk download").await
+    }
+
+    /// `POST /v1/peer/full-sync/{id}/restore` (a peer link): the peer restores the snapshot
+    /// whose chunks it holds.
+    pub async fn restore_snapshot(
+        &self,
+        id: &str,
+        manifest: &ferry_protocol::SnapshotManifest,
+    ) -> Result<ferry_protocol::PeerFullSync> {
+        let req = self.http.post(format!("{}/v1/peer/full-sync/{id}/restore", self.base)).json(manifest);
+        self.send(req, "restore").await
+    }
+
+    /// `POST /v1/peer/full-sync/{id}/snapshot` (a peer link): the peer takes a snapshot.
+    pub async fn take_snapshot(
+        &self,
+        id: &str,
+        req: &ferry_protocol::PeerSnapshotRequest,
+    ) -> Result<ferry_protocol::PeerFullSync> {
+        self.send(self.http.post(format!("{}/v1/peer/full-sync/{id}/snapshot", self.base)).json(req), "snapshot").await
+    }
+
+    /// `DELETE /v1/peer/full-sync/{id}` (a peer link): the peer stops its side (a restore
+    /// rolls back) and removes its chunks.
+    pub async fn end_full_sync(&self, id: &str) -> Result<()> {
+        self.send_raw(self.http.delete(format!("{}/v1/peer/full-sync/{id}", self.base)), "full sync end")
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/admin/full-sync`: the server starts a full sync with a peer.
+    pub async fn start_full_sync(&self, req: &ferry_protocol::FullSyncRequest) -> Result<ferry_protocol::FullSyncRun> {
+        self.send(self.http.post(format!("{}/v1/admin/full-sync", self.base)).json(req), "full sync").await
+    }
+
+    /// `GET /v1/admin/full-sync/{id}`.
+    pub async fn full_sync_run(&self, id: &str) -> Result<ferry_protocol::FullSyncRun> {
+        self.send(self.http.get(format!("{}/v1/admin/full-sync/{id}", self.base)), "full sync").await
+    }
+
     pub async fn me(&self) -> Result<WhoAmI> {
         self.send(self.http.get(format!("{}/v1/me", self.base)), "me").await
     }
@@ -423,4 +485,25 @@ impl Stream {
             }
         }
     }
+}
+
+/// POSTs `body` as JSON to a webhook `url` (once, 10 s at most); the status it answered.
+///
+/// # Errors
+/// The URL is not http(s), or the hook cannot be reached.
+pub async fn post_webhook(url: &str, body: &impl serde::Serialize) -> Result<u16> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(Error::Local(format!("webhook '{url}' is not an http:// or https:// URL")));
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
+    let resp = http
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| Error::Unreachable(format!("cannot reach webhook {url}: {}", error_chain(&e))))?;
+    Ok(resp.status().as_u16())
 }

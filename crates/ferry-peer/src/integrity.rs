@@ -97,6 +97,14 @@ pub async fn check<S: Store>(
     Ok(report)
 }
 
+/// One table compared with the peer (no repair): what a full sync's verify phase reports.
+///
+/// # Errors
+/// As [`check`].
+pub async fn table_report<S: Store>(store: &S, remote: &Remote, table: &str) -> Result<TableIntegrity, Failure> {
+    Ok(compare(store, remote, table, &mut Traffic::default()).await?.0)
+}
+
 /// A name for one comparison of one table: the peer reads the table once for it.
 fn session() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);

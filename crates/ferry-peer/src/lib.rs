@@ -23,6 +23,7 @@
 //! status` read them.
 
 mod files;
+pub mod full_sync;
 pub mod integrity;
 
 pub use files::LocalFiles;
@@ -67,6 +68,10 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 pub enum Failure {
     Remote(ferry_client::Error),
     Store(StoreError),
+    /// This server's files (a full sync's chunks).
+    Local(String),
+    /// An operator cancelled it.
+    Cancelled,
 }
 
 impl Failure {
@@ -88,6 +93,8 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Remote(e) => write!(f, "{e}"),
             Failure::Store(e) => write!(f, "this server's store: {e}"),
+            Failure::Local(e) => write!(f, "{e}"),
+            Failure::Cancelled => write!(f, "cancelled by an operator"),
         }
     }
 }
@@ -327,6 +334,15 @@ async fn run_once<S: Store>(
             ..SyncLogEntry::default()
         };
         log(store, link, entry).await;
+    }
+    // A full sync moved everything up to a snapshot: the link reads on from there.
+    for (way, cursor) in store.take_link_starts(&link.name).await? {
+        tracing::info!(peer = %link.name, "after a full sync, the link reads {way} from the snapshot's position");
+        match way.as_str() {
+            "out" => status.cursor_out = cursor,
+            "in" => status.cursor_in = cursor,
+            _ => {}
+        }
     }
     exchange_users(store, s, &mut moved).await?;
     push_out(store, link, s, status, &mut moved).await?;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub mod admin;
 pub mod codec;
 mod error;
+pub mod full_sync;
 pub mod integrity;
 mod page;
 pub mod peer;
@@ -25,6 +26,10 @@ pub use admin::{
     ResolveRequest, RevokeResponse, ServerStatus, Strategy,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use full_sync::{
+    ChunkInfo, FullSyncList, FullSyncOptions, FullSyncRequest, FullSyncRun, PeerFullSync, PeerSnapshotRequest,
+    PhaseProgress, SnapshotManifest,
+};
 pub use integrity::{
     DigestNode, DigestRequest, DigestResponse, DigestRow, IntegrityReport, IntegrityRequest, PeerRowsRequest,
     RowDifference, TableIntegrity,

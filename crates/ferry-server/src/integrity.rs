@@ -173,7 +173,7 @@ pub async fn run<S: Store>(
 }
 
 /// The link of `[peers.NAME]`, its tables narrowed to `tables` when given.
-fn link_for<S: Store>(
+pub(crate) fn link_for<S: Store>(
     state: &AppState<S>,
     name: &str,
     tables: Option<&[String]>,

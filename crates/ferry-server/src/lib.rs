@@ -18,6 +18,7 @@ mod guard;
 mod admin;
 mod auth;
 pub mod files;
+mod full_sync;
 mod info;
 mod integrity;
 pub mod peer;
@@ -60,6 +61,8 @@ pub struct AppState<S> {
     pub sync_log_keep: std::time::Duration,
     /// The digest trees of peers' running integrity checks.
     pub trees: integrity::Trees,
+    /// Full syncs: this process's runs and its side of peers' runs.
+    pub full_syncs: full_sync::FullSyncs,
 }
 
 /// The HTTP routes over `store` as `config` sets them up, with `files` for the files rows
@@ -79,6 +82,7 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         links: config.peers.clone(),
         sync_log_keep: config.sync_log_keep,
         trees: Default::default(),
+        full_syncs: full_sync::FullSyncs::new(config.data_dir.join("full-sync")),
     });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
@@ -105,6 +109,14 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         .route("/v1/admin/sync/log", get(peer::log::<S>))
         .route("/v1/admin/alerts", get(peer::list_alerts::<S>))
         .route("/v1/admin/integrity", post(integrity::run::<S>))
+        .route("/v1/admin/full-sync", get(full_sync::list::<S>).post(full_sync::start::<S>))
+        .route("/v1/admin/full-sync/clear", post(full_sync::clear::<S>))
+        .route("/v1/admin/full-sync/{id}", get(full_sync::show::<S>))
+        .route("/v1/admin/full-sync/{id}/cancel", post(full_sync::cancel::<S>))
+        .route("/v1/peer/full-sync/{id}", get(full_sync::peer_state::<S>).delete(full_sync::end::<S>))
+        .route("/v1/peer/full-sync/{id}/snapshot", post(full_sync::snapshot::<S>))
+        .route("/v1/peer/full-sync/{id}/restore", post(full_sync::restore::<S>))
+        .route("/v1/peer/full-sync/{id}/chunks/{n}", get(full_sync::get_chunk::<S>).put(full_sync::put_chunk::<S>))
         .route("/v1/peer/users", get(peer::users::<S>).post(peer::adopt_users::<S>))
         .route("/v1/peer/digests", post(integrity::digests::<S>))
         .route("/v1/peer/rows", post(integrity::rows::<S>))

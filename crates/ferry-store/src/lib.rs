@@ -21,7 +21,7 @@ use ferry_core::strategy::{Decision, PushContext, RowClocks, decide_push};
 use ferry_core::{RowState, Value};
 
 pub use conflicts::ConflictFilter;
-pub use ferry_protocol::{ConflictRecord, ConflictSide, DeviceRecord, PeerStatus, SyncLogEntry};
+pub use ferry_protocol::{ConflictRecord, ConflictSide, DeviceRecord, FullSyncRun, PeerStatus, SyncLogEntry};
 pub use postgres::PgStore;
 pub use scope::Scope;
 pub use sqlite::SqliteStore;
@@ -500,6 +500,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// The sync log (of one peer, when given), newest first.
     fn sync_log(&self, peer: Option<&str>, limit: usize) -> impl Future<Output = Result<Vec<SyncLogEntry>>> + Send;
+
+    /// Rows (tombstones included) of `tables`: what a full sync's snapshot will hold.
+    fn count_rows(&self, tables: Vec<String>) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Records a full sync's state (by its id), keeping whether a cancel was asked for.
+    fn save_full_sync(&self, run: FullSyncRun) -> impl Future<Output = Result<()>> + Send;
+
+    /// The full syncs recorded, newest first.
+    fn full_syncs(&self, limit: usize) -> impl Future<Output = Result<Vec<FullSyncRun>>> + Send;
+
+    /// One full sync, with whether a cancel was asked for.
+    fn full_sync(&self, id: &str) -> impl Future<Output = Result<Option<FullSyncRun>>> + Send;
+
+    /// Asks the full sync `id` to stop (its process sees it at its next report).
+    /// [`StoreError::NotFound`] when no such run is recorded.
+    fn cancel_full_sync(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Tells the link `peer` where to read on from, one way (`out`: this store's feed; `in`:
+    /// the peer's) at its next run: after a full sync, what the snapshot held is not sent
+    /// again.
+    fn set_link_start(&self, peer: &str, way: &str, cursor: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The starts set for `peer` since last taken, as (way, cursor) (and takes them).
+    fn take_link_starts(&self, peer: &str) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
 }
 
 /// What [`Store::compact`] removed.
@@ -752,6 +776,34 @@ impl Store for AnyStore {
 
     async fn export(&self, tables: Vec<String>, out: tokio::sync::mpsc::Sender<Vec<FeedRow>>) -> Result<String> {
         delegate!(self, s => s.export(tables, out).await)
+    }
+
+    async fn count_rows(&self, tables: Vec<String>) -> Result<u64> {
+        delegate!(self, s => s.count_rows(tables).await)
+    }
+
+    async fn save_full_sync(&self, run: FullSyncRun) -> Result<()> {
+        delegate!(self, s => s.save_full_sync(run).await)
+    }
+
+    async fn full_syncs(&self, limit: usize) -> Result<Vec<FullSyncRun>> {
+        delegate!(self, s => s.full_syncs(limit).await)
+    }
+
+    async fn full_sync(&self, id: &str) -> Result<Option<FullSyncRun>> {
+        delegate!(self, s => s.full_sync(id).await)
+    }
+
+    async fn cancel_full_sync(&self, id: &str) -> Result<()> {
+        delegate!(self, s => s.cancel_full_sync(id).await)
+    }
+
+    async fn set_link_start(&self, peer: &str, way: &str, cursor: &str) -> Result<()> {
+        delegate!(self, s => s.set_link_start(peer, way, cursor).await)
+    }
+
+    async fn take_link_starts(&self, peer: &str) -> Result<Vec<(String, String)>> {
+        delegate!(self, s => s.take_link_starts(peer).await)
     }
 
     async fn restore(&self, who: &Principal, steps: tokio::sync::mpsc::Receiver<RestoreStep>) -> Result<Restored> {
@@ -1296,6 +1348,20 @@ fn link_json<T: serde::Serialize>(v: &T) -> String {
 
 fn link_of_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("stored link record: {e}")))
+}
+
+/// A stored full sync record, with whether a cancel was asked for.
+fn full_sync_of(text: &str, cancel: bool) -> Result<FullSyncRun> {
+    let mut run: FullSyncRun = link_of_json(text)?;
+    run.cancel_requested = cancel;
+    Ok(run)
+}
+
+fn no_full_sync(id: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no full sync '{}' is recorded; `ferry full-sync history -c ferry.toml` lists them",
+        ferry_core::shown(id)
+    ))
 }
 
 /// A device role, checked: `None` stays `None`.

@@ -88,6 +88,18 @@ CREATE TABLE IF NOT EXISTS _ferry_sync_log (
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS _ferry_sync_log_at ON _ferry_sync_log(at_ms);
+CREATE TABLE IF NOT EXISTS _ferry_full_syncs (
+    id TEXT PRIMARY KEY,
+    started_ms INTEGER NOT NULL,
+    run TEXT NOT NULL,
+    cancel INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS _ferry_link_starts (
+    peer TEXT NOT NULL,
+    way TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    PRIMARY KEY (peer, way)
+);
 ";
 
 /// The feed's last position: the highest row's, or the compaction horizon when compaction
@@ -1028,6 +1040,94 @@ impl Store for SqliteStore {
             }
             // Ended without a commit: the transaction rolls back as it is dropped.
             Ok(done)
+        })
+        .await
+    }
+
+    async fn count_rows(&self, tables: Vec<String>) -> Result<u64> {
+        for t in &tables {
+            self.inner.table(t)?;
+        }
+        self.read(move |_, conn| {
+            let mut n = 0i64;
+            for t in &tables {
+                n += conn
+                    .prepare_cached("SELECT count(*) FROM _ferry_rows WHERE tbl = ?1")?
+                    .query_row([t], |r| r.get::<_, i64>(0))?;
+            }
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn save_full_sync(&self, run: crate::FullSyncRun) -> Result<()> {
+        let text = crate::link_json(&run);
+        self.write(move |_, conn| {
+            conn.prepare_cached(
+                "INSERT INTO _ferry_full_syncs (id, started_ms, run) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET run = excluded.run",
+            )?
+            .execute(params![run.id, run.started_ms as i64, text])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn full_syncs(&self, limit: usize) -> Result<Vec<crate::FullSyncRun>> {
+        self.read(move |_, conn| {
+            let rows = conn
+                .prepare_cached("SELECT run, cancel FROM _ferry_full_syncs ORDER BY started_ms DESC, id DESC LIMIT ?1")?
+                .query_map([limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.iter().map(|(t, c)| crate::full_sync_of(t, *c)).collect()
+        })
+        .await
+    }
+
+    async fn full_sync(&self, id: &str) -> Result<Option<crate::FullSyncRun>> {
+        let id = id.to_owned();
+        self.read(move |_, conn| {
+            let row = conn
+                .prepare_cached("SELECT run, cancel FROM _ferry_full_syncs WHERE id = ?1")?
+                .query_row([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))
+                .optional()?;
+            row.map(|(t, c)| crate::full_sync_of(&t, c)).transpose()
+        })
+        .await
+    }
+
+    async fn cancel_full_sync(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |_, conn| {
+            match conn.prepare_cached("UPDATE _ferry_full_syncs SET cancel = 1 WHERE id = ?1")?.execute([&id])? {
+                0 => Err(crate::no_full_sync(&id)),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn set_link_start(&self, peer: &str, way: &str, cursor: &str) -> Result<()> {
+        let (peer, way, cursor) = (peer.to_owned(), way.to_owned(), cursor.to_owned());
+        self.write(move |_, conn| {
+            conn.prepare_cached(
+                "INSERT INTO _ferry_link_starts (peer, way, cursor) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (peer, way) DO UPDATE SET cursor = excluded.cursor",
+            )?
+            .execute(params![peer, way, cursor])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_link_starts(&self, peer: &str) -> Result<Vec<(String, String)>> {
+        let peer = peer.to_owned();
+        self.write(move |_, conn| {
+            let starts = conn
+                .prepare_cached("DELETE FROM _ferry_link_starts WHERE peer = ?1 RETURNING way, cursor")?
+                .query_map([&peer], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(starts)
         })
         .await
     }

@@ -61,6 +61,13 @@ pub enum Command {
     /// keys and versions), list the rows that differ and, with --repair, mend them both ways.
     /// Exits 1 when rows differ and were not repaired.
     Integrity(IntegrityArgs),
+    /// Move a whole data set between this server and a peer (push: ours to the peer; pull:
+    /// the peer's here) as a snapshot: phases snapshot, transfer, restore (through the merge
+    /// rules), verify; progress, cancel, resume, history.
+    FullSync {
+        #[command(subcommand)]
+        command: FullSyncCommand,
+    },
     /// A running server's status (file store and transfer queue), with an admin token.
     ServerStatus(RemoteArgs),
     /// Check every row the server's store holds against the rules pushes must pass (zero
@@ -94,6 +101,69 @@ pub struct IntegrityArgs {
     #[arg(long)]
     pub repair: bool,
     /// Print the report as JSON (as POST /v1/admin/integrity answers).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Subcommand)]
+pub enum FullSyncCommand {
+    /// This server's data set to the peer.
+    Push(FullSyncArgs),
+    /// The peer's data set to this server.
+    Pull(FullSyncArgs),
+    /// One run (the newest when no id is given): phase, progress, outcome.
+    Status {
+        id: Option<String>,
+        /// Print the run as GET /v1/admin/full-sync/{id} answers.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The runs, newest first: direction, method, phase, rows, bytes, speed, start, end, outcome.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print {"runs": [...]}, as GET /v1/admin/full-sync answers.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Ask a running full sync to stop (a restore in progress rolls its table back).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Mark runs whose process stopped reporting (killed, crashed) as failed, so that a new
+    /// one may start.
+    Clear {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct FullSyncArgs {
+    /// The peer (`[peers.NAME]` in ferry.toml).
+    #[arg(long)]
+    pub peer: String,
+    /// Only these tables (comma-separated; default: every table that crosses the link).
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Option<Vec<String>>,
+    /// Compress the snapshot's chunks (zstd).
+    #[arg(long)]
+    pub compress: bool,
+    /// Compare both sides after the restore (an integrity check).
+    #[arg(long)]
+    pub verify: bool,
+    /// POST the finished run as JSON to this URL.
+    #[arg(long)]
+    pub notify: Option<String>,
+    /// Print the run as a JSON line at each report (twice a second), the last one final.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

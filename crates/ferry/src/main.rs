@@ -30,6 +30,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Peer { command } => commands::peer::run(command).await,
         Command::Compact(args) => commands::compact::run(args).await,
         Command::Integrity(args) => commands::integrity::run(args).await,
+        Command::FullSync { command } => commands::full_sync::run(command).await,
         Command::Sync(args) => commands::sync::run(args).await,
         Command::Status(args) => commands::status::run(args),
         Command::Queue(args) => commands::queue::run(args),

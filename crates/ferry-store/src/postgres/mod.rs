@@ -635,6 +635,81 @@ impl Store for PgStore {
         Ok(done)
     }
 
+    async fn count_rows(&self, tables: Vec<String>) -> Result<u64> {
+        for t in &tables {
+            self.table(t)?;
+        }
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM _ferry_rows WHERE tbl = ANY($1::text[])", &[&tables])
+            .await
+            .map_err(pg)?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    async fn save_full_sync(&self, run: crate::FullSyncRun) -> Result<()> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO _ferry_full_syncs (id, started_ms, run) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET run = excluded.run",
+                &[&run.id, &(run.started_ms as i64), &crate::link_json(&run)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn full_syncs(&self, limit: usize) -> Result<Vec<crate::FullSyncRun>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT run, cancel FROM _ferry_full_syncs ORDER BY started_ms DESC, id DESC LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(|r| crate::full_sync_of(r.get(0), r.get(1))).collect()
+    }
+
+    async fn full_sync(&self, id: &str) -> Result<Option<crate::FullSyncRun>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let row =
+            client.query_opt("SELECT run, cancel FROM _ferry_full_syncs WHERE id = $1", &[&id]).await.map_err(pg)?;
+        row.map(|r| crate::full_sync_of(r.get(0), r.get(1))).transpose()
+    }
+
+    async fn cancel_full_sync(&self, id: &str) -> Result<()> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        match client.execute("UPDATE _ferry_full_syncs SET cancel = true WHERE id = $1", &[&id]).await.map_err(pg)? {
+            0 => Err(crate::no_full_sync(id)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn set_link_start(&self, peer: &str, way: &str, cursor: &str) -> Result<()> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO _ferry_link_starts (peer, way, cursor) VALUES ($1, $2, $3)
+                 ON CONFLICT (peer, way) DO UPDATE SET cursor = excluded.cursor",
+                &[&peer, &way, &cursor],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn take_link_starts(&self, peer: &str) -> Result<Vec<(String, String)>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query("DELETE FROM _ferry_link_starts WHERE peer = $1 RETURNING way, cursor", &[&peer])
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     async fn compacted_before(&self) -> Result<u64> {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let at = client

@@ -441,7 +441,7 @@ CREATE OR REPLACE TRIGGER _ferry_notify AFTER INSERT OR UPDATE OR DELETE OR TRUN
 }
 
 /// The tables [`BOOKKEEPING`] creates.
-pub const BOOKKEEPING_TABLES: [&str; 12] = [
+pub const BOOKKEEPING_TABLES: [&str; 14] = [
     "_ferry_store",
     "_ferry_users",
     "_ferry_devices",
@@ -454,6 +454,8 @@ pub const BOOKKEEPING_TABLES: [&str; 12] = [
     "_ferry_peer_bases",
     "_ferry_links",
     "_ferry_sync_log",
+    "_ferry_full_syncs",
+    "_ferry_link_starts",
 ];
 /// The functions [`BOOKKEEPING`] creates.
 pub const BOOKKEEPING_FUNCTIONS: [&str; 3] = ["_ferry_exit", "_ferry_notify_direct", "_ferry_next_clock"];
@@ -584,6 +586,18 @@ CREATE TABLE IF NOT EXISTS _ferry_sync_log (
     entry text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS _ferry_sync_log_at ON _ferry_sync_log (at_ms);
+CREATE TABLE IF NOT EXISTS _ferry_full_syncs (
+    id text PRIMARY KEY,
+    started_ms bigint NOT NULL,
+    run text NOT NULL,
+    cancel boolean NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS _ferry_link_starts (
+    peer text NOT NULL,
+    way text NOT NULL,
+    cursor text NOT NULL,
+    PRIMARY KEY (peer, way)
+);
 CREATE OR REPLACE FUNCTION _ferry_notify_direct() RETURNS trigger LANGUAGE plpgsql AS $ferry$
 BEGIN
   -- A direct SQL write: the realtime stream tells every device to pull.

@@ -7,6 +7,7 @@ pub mod compact;
 pub mod conflicts;
 pub mod device;
 pub mod file;
+pub mod full_sync;
 pub mod integrity;
 pub mod peer;
 pub mod queue;

@@ -11,7 +11,12 @@ use crate::{Env, uuid};
 
 /// CLOUD on its own PostgreSQL; MAIN (PostgreSQL, or the embedded store when `embedded`)
 /// with a `[peers.cloud]` section whose link is disabled.
-fn unlinked_pair(embedded: bool) -> (Site, Site) {
+pub(crate) fn unlinked_pair(embedded: bool) -> (Site, Site) {
+    unlinked_pair_via(embedded, &|url| url.to_owned())
+}
+
+/// As [`unlinked_pair`], MAIN reaching CLOUD at `via(CLOUD's address)` (a proxy's).
+pub(crate) fn unlinked_pair_via(embedded: bool, via: &dyn Fn(&str) -> String) -> (Site, Site) {
     let cloud_env = Env::postgres_other();
     set_role(&cloud_env, "cloud");
     let cloud_admin = admin(&cloud_env);
@@ -31,7 +36,7 @@ fn unlinked_pair(embedded: bool) -> (Site, Site) {
     let cloud_server = cloud_env.serve();
     let main_env = if embedded { Env::new() } else { Env::postgres() };
     set_role(&main_env, "main");
-    add_peer(&main_env, &cloud_server.url, &token, "enabled = false");
+    add_peer(&main_env, &via(&cloud_server.url), &token, "enabled = false");
     let main_admin = admin(&main_env);
     let main_server = main_env.serve();
     (

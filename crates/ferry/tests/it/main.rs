@@ -6,6 +6,7 @@ mod door;
 mod errors;
 mod faults;
 mod files;
+mod full_sync;
 mod http;
 mod integrity;
 mod openapi;
