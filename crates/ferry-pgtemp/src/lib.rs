@@ -127,6 +127,26 @@ impl PgCluster {
         Ok(self.url(name))
     }
 
+    /// A `psql` command connected to `db`, for callers that pipe data through it (`COPY …
+    /// TO STDOUT`); add `-c SQL` and run it.
+    pub fn psql_command(&self, db: &str) -> Command {
+        let mut c = self.command("psql");
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-X",
+        ]);
+        c
+    }
+
     /// Runs SQL with `psql` against database `db` and returns its output.
     ///
     /// # Errors
