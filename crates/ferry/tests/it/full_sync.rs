@@ -41,6 +41,37 @@ fn count(site: &Site, sql: &str) -> u64 {
     site.psql(sql).parse().unwrap()
 }
 
+/// A webhook on a local port: the JSON body of each POST it receives, answered 204.
+fn webhook() -> (String, std::sync::mpsc::Receiver<Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/ferry", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(v) = serde_json::from_slice(&body)
+            {
+                let _ = tx.send(v);
+            }
+            let _ = reader.get_mut().write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, rx)
+}
+
 fn phase<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["phases"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()
 }
@@ -50,11 +81,15 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
     let (main, cloud) = unlinked_pair(false);
     let ids = groups(&main, 3000, "from main");
 
-    // Push: MAIN's data set to CLOUD, verified.
-    let (reports, ok) = full_sync(&main, "push", &["--verify"]);
+    // Push: MAIN's data set to CLOUD, verified, the outcome told to a webhook.
+    let (hook, told) = webhook();
+    let (reports, ok) = full_sync(&main, "push", &["--verify", "--notify", &hook]);
     let run = reports.last().unwrap();
     assert!(ok, "{run}");
     assert_eq!(run["state"], "SUCCESS");
+    assert_eq!(run["notified"], "answered 204", "{run}");
+    let heard = told.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((&heard["id"], &heard["state"], &heard["rows"]), (&run["id"], &json!("SUCCESS"), &json!(3000)));
     assert_eq!(run["rows"], 3000);
     assert_eq!(run["verified_equal"], true, "{run}");
     for p in ["snapshot", "transfer", "restore", "verify"] {
