@@ -18,13 +18,14 @@
 //! The run is recorded in the store as it goes ([`Store::save_full_sync`], twice a second):
 //! that record is its progress, its history entry, and where a cancel is asked for.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_client::Remote;
+use ferry_core::rules::Rule;
 use ferry_core::schema::Schema;
 use ferry_protocol::{
     ChunkInfo, FullSyncRun, PageOut, PeerSnapshotRequest, PhaseProgress, RowOut, SnapshotManifest,
@@ -78,6 +79,60 @@ impl Direction {
     }
 }
 
+/// Rows left out of full syncs (`[full_sync.exclude]`: demo data): per table, a predicate over
+/// the row's own columns.
+#[derive(Clone, Debug, Default)]
+pub struct Exclude(BTreeMap<String, Rule>);
+
+impl Exclude {
+    /// Checks each predicate against the schema.
+    ///
+    /// # Errors
+    /// An unknown table, a predicate that does not parse, or one with a subquery or `:user`.
+    pub fn parse(schema: &Schema, predicates: &BTreeMap<String, String>) -> Result<Exclude, String> {
+        let mut out = BTreeMap::new();
+        for (table, text) in predicates {
+            let t = schema.table(table).ok_or_else(|| {
+                format!(
+                    "[full_sync.exclude] names table '{table}', which the schema does not sync; the synced tables are: {}",
+                    schema.table_names().join(", ")
+                )
+            })?;
+            let rule = Rule::parse(text, t, &schema.tables).map_err(|e| format!("[full_sync.exclude] {table}: {e}"))?;
+            if !rule.subqueries().is_empty() || names_user(&rule.expr) {
+                return Err(format!(
+                    "[full_sync.exclude] {table}: '{text}' must be a predicate over the row's own columns (no subquery, no :user), e.g. \"dropzone = 'demo'\""
+                ));
+            }
+            out.insert(table.clone(), rule);
+        }
+        Ok(Exclude(out))
+    }
+
+    /// Whether a row stays in a full sync.
+    pub fn keeps(&self, schema: &Schema, table: &str, key: &str, state: &ferry_core::RowState) -> bool {
+        match (self.0.get(table), schema.table(table)) {
+            (Some(rule), Some(t)) => !ferry_store::row_matches(rule, t, key, state),
+            _ => true,
+        }
+    }
+}
+
+/// Whether a predicate compares with the requesting user (`:user`).
+fn names_user(e: &ferry_core::rules::Expr) -> bool {
+    use ferry_core::rules::{Expr, Operand};
+    let user = |o: &Operand| matches!(o, Operand::User(_));
+    match e {
+        Expr::And(a, b) | Expr::Or(a, b) => names_user(a) || names_user(b),
+        Expr::Not(a) | Expr::IsTrue(a) => names_user(a),
+        Expr::Const(_) => false,
+        Expr::Compare(a, _, b) => user(a) || user(b),
+        Expr::IsNull(a, _) => user(a),
+        Expr::InList(a, list, _) => user(a) || list.iter().any(user),
+        Expr::InSelect(..) => true,
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -90,6 +145,8 @@ pub struct Plan {
     pub compress: bool,
     pub verify: bool,
     pub notify: Option<String>,
+    /// Rows left out: of the snapshot on a push, of the restore on a pull.
+    pub exclude: Exclude,
 }
 
 /// A new run's id: time-ordered, unique enough for one store's history.
@@ -309,15 +366,16 @@ async fn job<S: Store>(
         Direction::Push => {
             let total = store.count_rows(plan.tables.clone()).await?;
             progress(shared, "snapshot", |p| p.rows_total = total);
-            let manifest =
-                take_snapshot(store, &plan.id, plan.tables.clone(), plan.compress, &dir, cancel, &|rows, bytes| {
-                    progress(shared, "snapshot", |p| {
-                        p.rows_done = rows;
-                        p.bytes_done = bytes;
-                        p.bytes_total = 0;
-                    });
-                })
-                .await?;
+            let snapshot = Snapshot { id: &plan.id, compress: plan.compress, dir: &dir, exclude: &plan.exclude };
+            let manifest = take_snapshot(store, plan.tables.clone(), &snapshot, cancel, &|rows, bytes, excluded| {
+                progress(shared, "snapshot", |p| {
+                    p.rows_done = rows + excluded;
+                    p.bytes_done = bytes;
+                    p.bytes_total = 0;
+                });
+                lock(shared).excluded = excluded;
+            })
+            .await?;
             noted(shared, &manifest);
             finish_phase(shared, "snapshot");
             upload(&remote, &manifest, &dir, shared, cancel).await?;
@@ -336,12 +394,14 @@ async fn job<S: Store>(
             let role = peer_role(store, &me);
             let here = device_here(store, link, me, role).await?;
             progress(shared, "restore", |p| p.rows_total = manifest.rows);
-            let (_, changed) = restore_snapshot(store, &here, &manifest, &dir, cancel, &|rows, changed| {
-                progress(shared, "restore", |p| p.rows_done = rows);
-                lock(shared).changed = changed;
-            })
-            .await?;
+            let (_, changed, excluded) =
+                restore_snapshot(store, &here, &manifest, &dir, &plan.exclude, cancel, &|rows, changed| {
+                    progress(shared, "restore", |p| p.rows_done = rows);
+                    lock(shared).changed = changed;
+                })
+                .await?;
             lock(shared).changed = changed;
+            lock(shared).excluded = excluded;
             finish_phase(shared, "restore");
             let _ = remote.end_full_sync(&plan.id).await;
             manifest
@@ -618,20 +678,28 @@ pub fn decode_chunk(schema: &Schema, bytes: &[u8], compressed: bool) -> Result<f
     ferry_protocol::decode_page(schema, bytes).map_err(|e| format!("a chunk is not a page of rows: {e}"))
 }
 
-/// Takes a snapshot of `tables` into `dir`: chunks and their manifest (`manifest.json`).
-/// `progress` hears the rows and bytes written so far.
+/// Where and how a snapshot is taken.
+pub struct Snapshot<'a> {
+    pub id: &'a str,
+    pub compress: bool,
+    /// Its chunks and manifest go here.
+    pub dir: &'a Path,
+    pub exclude: &'a Exclude,
+}
+
+/// Takes a snapshot of `tables` into `how.dir`: chunks and their manifest (`manifest.json`).
+/// `progress` hears the rows and bytes written so far, and the rows left out.
 ///
 /// # Errors
 /// The store or the files fail, or `cancel` was set.
 pub async fn take_snapshot<S: Store>(
     store: &S,
-    id: &str,
     tables: Vec<String>,
-    compress: bool,
-    dir: &Path,
+    how: &Snapshot<'_>,
     cancel: &AtomicBool,
-    progress: &(dyn Fn(u64, u64) + Send + Sync),
+    progress: &(dyn Fn(u64, u64, u64) + Send + Sync),
 ) -> Result<SnapshotManifest, Failure> {
+    let (id, compress, dir) = (how.id, how.compress, how.dir);
     let _ = tokio::fs::remove_dir_all(dir).await;
     tokio::fs::create_dir_all(dir).await.map_err(|e| local(dir, &e))?;
     let schema = store.schema();
@@ -643,9 +711,13 @@ pub async fn take_snapshot<S: Store>(
         ..SnapshotManifest::default()
     };
     let export = store.export(tables, tx);
+    let mut excluded = 0u64;
     let write = async {
-        while let Some(batch) = rx.recv().await {
+        while let Some(mut batch) = rx.recv().await {
             check(cancel)?;
+            let before = batch.len();
+            batch.retain(|r| how.exclude.keeps(schema, &r.table, &r.key, &r.state));
+            excluded += (before - batch.len()) as u64;
             for part in batch.chunks(CHUNK_ROWS) {
                 let bytes = encode_chunk(schema, part, compress)?;
                 let n = manifest.chunks.len() as u64;
@@ -659,7 +731,7 @@ pub async fn take_snapshot<S: Store>(
                 });
                 manifest.rows += part.len() as u64;
                 manifest.bytes += bytes.len() as u64;
-                progress(manifest.rows, manifest.bytes);
+                progress(manifest.rows, manifest.bytes, excluded);
             }
         }
         Ok::<(), Failure>(())
@@ -679,7 +751,8 @@ pub fn read_manifest(dir: &Path) -> Option<SnapshotManifest> {
 
 /// Restores the snapshot whose chunks are in `dir` as `who`'s push (the source's device
 /// here), one transaction per table, with the version both sides last held of each row as
-/// `seen`. `progress` hears the rows read and changed so far. Returns them.
+/// `seen`; rows `exclude` names are left out. `progress` hears the rows read and changed so
+/// far. Returns them, and how many were left out.
 ///
 /// # Errors
 /// A chunk is missing or damaged, the store fails, or `cancel` was set (the table being
@@ -689,16 +762,17 @@ pub async fn restore_snapshot<S: Store>(
     who: &Principal,
     manifest: &SnapshotManifest,
     dir: &Path,
+    exclude: &Exclude,
     cancel: &AtomicBool,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
-) -> Result<(u64, u64), Failure> {
+) -> Result<(u64, u64, u64), Failure> {
     let schema = store.schema();
-    let (mut rows, mut changed) = (0u64, 0u64);
+    let (mut rows, mut changed, mut excluded) = (0u64, 0u64, 0u64);
     for table in &manifest.tables {
         let (tx, rx) = tokio::sync::mpsc::channel::<RestoreStep>(2);
         let restore = store.restore(who, rx);
         let feed = async move {
-            let mut sent = 0u64;
+            let (mut sent, mut left_out) = (0u64, 0u64);
             for c in manifest.chunks.iter().filter(|c| c.table == *table) {
                 check(cancel)?;
                 let bytes = tokio::fs::read(chunk_path(dir, c.n)).await.map_err(|e| local(dir, &e))?;
@@ -712,7 +786,10 @@ pub async fn restore_snapshot<S: Store>(
                 for r in page.refused {
                     tracing::warn!(chunk = c.n, "a row of the snapshot is refused here: {}", r.reason);
                 }
-                let decoded = page.rows;
+                let mut decoded = page.rows;
+                let before = decoded.len();
+                decoded.retain(|(t, k, state)| exclude.keeps(schema, t, k, state));
+                left_out += (before - decoded.len()) as u64;
                 let keys = decoded.iter().map(|(t, k, _)| (t.clone(), k.clone())).collect();
                 let bases = store.peer_bases(&who.device_id, keys).await?;
                 let batch: Vec<IncomingRow> = decoded
@@ -725,17 +802,17 @@ pub async fn restore_snapshot<S: Store>(
                 sent += batch.len() as u64;
                 if tx.send(RestoreStep::Rows(batch)).await.is_err() {
                     // The restore stopped; its error says why.
-                    return Ok(sent);
+                    return Ok(left_out);
                 }
                 progress(rows + sent, changed);
             }
             check(cancel)?;
             let _ = tx.send(RestoreStep::Commit).await;
-            Ok(sent)
+            Ok(left_out)
         };
         let (restored, fed) = tokio::join!(restore, feed);
         let restored = restored?;
-        fed?;
+        excluded += fed?;
         if !restored.committed {
             return Err(Failure::Cancelled);
         }
@@ -743,5 +820,5 @@ pub async fn restore_snapshot<S: Store>(
         changed += restored.changed;
         progress(rows, changed);
     }
-    Ok((rows, changed))
+    Ok((rows, changed, excluded))
 }

@@ -88,6 +88,9 @@ pub struct FullSyncRun {
     /// Rows in the snapshot, and rows the restore changed on the target.
     pub rows: u64,
     pub changed: u64,
+    /// Rows left out by this server's `[full_sync.exclude]` (demo data).
+    #[serde(default)]
+    pub excluded: u64,
     /// The snapshot's size (as stored and sent), and the bytes actually sent (chunks sent
     /// again after a broken transfer included).
     pub bytes: u64,

@@ -29,6 +29,18 @@ struct FileConfig {
     /// When the links' state raises alerts.
     #[serde(default)]
     alerts: AlertsSection,
+    /// Full syncs (`docs/full-sync.md`).
+    #[serde(default)]
+    full_sync: FullSyncSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FullSyncSection {
+    /// Per table, a predicate over its columns: rows it holds true for (demo data) are left
+    /// out of full syncs.
+    #[serde(default)]
+    exclude: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +144,9 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// The `[alerts]` section.
     pub alerts: AlertThresholds,
+    /// `[full_sync.exclude]`: per table, a predicate; rows it holds true for are left out of
+    /// full syncs (checked against the schema when a full sync starts).
+    pub full_sync_exclude: BTreeMap<String, String>,
 }
 
 /// When a link's state raises an alert (`[alerts]`), and what `/health/sync` accepts.
@@ -456,6 +471,7 @@ impl Config {
             compact_older_than,
             peers,
             alerts,
+            full_sync_exclude: parsed.full_sync.exclude,
         })
     }
 

@@ -28,6 +28,8 @@ use crate::{ApiError, AppState};
 /// part in, and a lock that makes "is one running?" and starting one a single step.
 pub struct FullSyncs {
     pub spool: PathBuf,
+    /// `[full_sync.exclude]`, as configured (checked at start-up).
+    pub exclude: std::collections::BTreeMap<String, String>,
     peers: std::sync::Mutex<HashMap<String, Arc<PeerSide>>>,
     starting: tokio::sync::Mutex<()>,
 }
@@ -41,8 +43,12 @@ struct PeerSide {
 }
 
 impl FullSyncs {
-    pub fn new(spool: PathBuf) -> FullSyncs {
-        FullSyncs { spool, peers: Default::default(), starting: Default::default() }
+    pub fn new(spool: PathBuf, exclude: std::collections::BTreeMap<String, String>) -> FullSyncs {
+        FullSyncs { spool, exclude, peers: Default::default(), starting: Default::default() }
+    }
+
+    fn exclude(&self, schema: &ferry_core::schema::Schema) -> Result<fs::Exclude, ApiError> {
+        fs::Exclude::parse(schema, &self.exclude).map_err(ApiError::Internal)
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -130,6 +136,7 @@ pub async fn start<S: Store>(
         compress: req.options.compress,
         verify: req.options.verify,
         notify: req.options.notify.clone(),
+        exclude: state.full_syncs.exclude(state.store.schema())?,
     };
     let starting = state.full_syncs.starting.lock().await;
     if let Some(r) = fs::running(&state.store).await? {
@@ -326,6 +333,7 @@ pub async fn restore<S: Store>(
     }
     let side = state.full_syncs.new_side(&id, "RESTORING");
     side.update(|s| s.rows_total = manifest.rows);
+    let exclude = state.full_syncs.exclude(state.store.schema())?;
     let (app, peer, task_side) = (state.clone(), who.0.clone(), side.clone());
     let task = tokio::spawn(async move {
         let store = &app.store;
@@ -335,9 +343,9 @@ pub async fn restore<S: Store>(
                 s.changed = changed;
             })
         };
-        let done = fs::restore_snapshot(store, &peer, &manifest, &dir, &task_side.cancel, &progress).await;
+        let done = fs::restore_snapshot(store, &peer, &manifest, &dir, &exclude, &task_side.cancel, &progress).await;
         match done {
-            Ok((rows, changed)) => {
+            Ok((rows, changed, _)) => {
                 task_side.update(|s| {
                     s.state = "RESTORED".into();
                     s.rows_done = rows;
@@ -388,11 +396,13 @@ pub async fn snapshot<S: Store>(
     let total = state.store.count_rows(req.tables.clone()).await?;
     let side = state.full_syncs.new_side(&id, "SNAPSHOT");
     side.update(|s| s.rows_total = total);
+    let exclude = state.full_syncs.exclude(state.store.schema())?;
     let (app, dir, task_side) = (state.clone(), state.full_syncs.dir(&id), side.clone());
     let task = tokio::spawn(async move {
         let store = &app.store;
-        let progress = |rows, _bytes| task_side.update(|s| s.rows_done = rows);
-        let taken = fs::take_snapshot(store, &id, req.tables, req.compress, &dir, &task_side.cancel, &progress).await;
+        let progress = |rows, _bytes, _excluded| task_side.update(|s| s.rows_done = rows);
+        let how = fs::Snapshot { id: &id, compress: req.compress, dir: &dir, exclude: &exclude };
+        let taken = fs::take_snapshot(store, req.tables, &how, &task_side.cancel, &progress).await;
         match taken {
             Ok(manifest) => task_side.update(|s| {
                 s.state = "READY".into();

@@ -82,7 +82,7 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         links: config.peers.clone(),
         sync_log_keep: config.sync_log_keep,
         trees: Default::default(),
-        full_syncs: full_sync::FullSyncs::new(config.data_dir.join("full-sync")),
+        full_syncs: full_sync::FullSyncs::new(config.data_dir.join("full-sync"), config.full_sync_exclude.clone()),
     });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.

@@ -1350,6 +1350,12 @@ fn link_of_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("stored link record: {e}")))
 }
 
+/// Whether `rule` (a predicate over `table`'s columns, without subqueries) holds for the row
+/// `key` in `state` (a tombstone's last values count).
+pub fn row_matches(rule: &ferry_core::rules::Rule, table: &Table, key: &str, state: &RowState) -> bool {
+    rule.allows_given(&rules::rule_row(table, key, state, None), "", &[])
+}
+
 /// A stored full sync record, with whether a cancel was asked for.
 fn full_sync_of(text: &str, cancel: bool) -> Result<FullSyncRun> {
     let mut run: FullSyncRun = link_of_json(text)?;

@@ -18,6 +18,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(store = store.describe(), tables = store.schema().tables.len(), "store ready");
     let files = config.open_files().await.map_err(anyhow::Error::msg)?;
+    ferry_peer::full_sync::Exclude::parse(store.schema(), &config.full_sync_exclude).map_err(anyhow::Error::msg)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = start_links(&config, &store, &stopped).await?;
     if config.role.is_some() {

@@ -283,3 +283,32 @@ fn a_transfer_cut_mid_way_resumes_from_the_chunks_that_arrived() {
     assert!(proxy.down_bytes.load(std::sync::atomic::Ordering::SeqCst) < size * 3 / 2, "{run}");
     assert_eq!(count(&main, "SELECT count(*) FROM groups"), 12_000);
 }
+
+#[test]
+fn rows_matching_the_exclude_filter_are_left_out() {
+    let (main, cloud) = unlinked_pair(false);
+    groups(&main, 200, "real");
+    groups(&main, 100, "demo");
+    let config = std::fs::read_to_string(main.env.path("ferry.toml")).unwrap();
+    std::fs::write(main.env.path("ferry.toml"), format!("{config}\n[full_sync.exclude]\ngroups = \"name = :user\"\n"))
+        .unwrap();
+    let out = main.env.run(&["full-sync", "push", "--peer", "cloud", "-c", &main.env.config()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[full_sync.exclude] groups") && err.contains("own columns"), "{err}");
+    std::fs::write(main.env.path("ferry.toml"), format!("{config}\n[full_sync.exclude]\ngroups = \"name = 'demo'\"\n"))
+        .unwrap();
+    let (reports, ok) = full_sync(&main, "push", &[]);
+    let run = reports.last().unwrap();
+    assert!(ok, "{run}");
+    assert_eq!((run["rows"].as_u64(), run["excluded"].as_u64()), (Some(200), Some(100)), "{run}");
+    assert_eq!(count(&cloud, "SELECT count(*) FROM groups"), 200);
+    assert_eq!(count(&cloud, "SELECT count(*) FROM groups WHERE name = 'demo'"), 0);
+    // Pulling back, the demo rows CLOUD might hold are not taken either.
+    groups(&cloud, 10, "demo");
+    let (reports, ok) = full_sync(&main, "pull", &[]);
+    let run = reports.last().unwrap();
+    assert!(ok, "{run}");
+    assert_eq!(run["excluded"], 10, "{run}");
+    assert_eq!(count(&main, "SELECT count(*) FROM groups WHERE name = 'demo'"), 100);
+}
