@@ -19,6 +19,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::proxy::{Fault, Proxy};
 use crate::*;
 
 /// The HTTP methods an OpenAPI path item (and an axum method router) may name.
@@ -60,18 +61,22 @@ fn every_documented_operation_answers_as_the_document_says() {
         env.ok(&["token", "create", "--user", "link", "--device", "main", "--role", "main", "-c", &env.config()]);
     // The peers `POST /v1/admin/integrity` checks against, their links off: `far`, a server of
     // its own that holds none of these rows, and `stranger`, the same server with a token it
-    // does not know.
+    // does not know; and `slow`, the same server behind a proxy that can hold its requests,
+    // for a full sync that stays running (`POST /v1/admin/full-sync`).
     let far_env = Env::new();
     far_env.add_user("link");
     let far_config = far_env.config();
     let far_token =
         far_env.ok(&["token", "create", "--user", "link", "--device", "cloud", "--role", "cloud", "-c", &far_config]);
     let far = far_env.serve();
+    let slow = Proxy::start(&far.url);
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
     let peers = format!(
         "\n[peers.far]\nurl = \"{url}\"\ntoken = \"{far_token}\"\nenabled = false\n\n\
-         [peers.stranger]\nurl = \"{url}\"\ntoken = \"fry_not_a_token\"\nenabled = false\n",
-        url = far.url
+         [peers.stranger]\nurl = \"{url}\"\ntoken = \"fry_not_a_token\"\nenabled = false\n\n\
+         [peers.slow]\nurl = \"{slow}\"\ntoken = \"{far_token}\"\nenabled = false\n",
+        url = far.url,
+        slow = slow.url
     );
     std::fs::write(env.path("ferry.toml"), config + &peers).unwrap();
     let server = env.serve_with(&["--max-body-bytes", "65536"]);
@@ -346,6 +351,7 @@ fn every_documented_operation_answers_as_the_document_says() {
 
     check_peering(&mut checker, (&alice, t, &too_big), (phone, tablet, ops, peer));
     check_integrity(&mut checker, &too_big, (phone, ops, peer));
+    check_full_sync(&mut checker, (&too_big, &far.url, &slow), (phone, ops, peer));
     // Last: the compaction makes every cursor taken so far too old.
     check_compaction(&env, &mut checker, &alice, (phone, laptop, peer));
 
@@ -709,6 +715,266 @@ fn check_integrity(
     ];
     for case in &cases {
         checker.check(case);
+    }
+}
+
+/// Full syncs between peers: this server's side of a peer's run (`/v1/peer/full-sync/…`): a
+/// snapshot taken for the peer's pull and fetched chunk by chunk, and those chunks pushed
+/// back, checked and restored; then an admin's runs: one to `slow`, whose proxy holds its
+/// requests, so that it stays running while a second is refused (409 `busy`) and it is
+/// cancelled, and a push to `far` (`far_url`) followed to its end.
+fn check_full_sync(
+    checker: &mut Checker,
+    (too_big, far_url, slow): (&str, &str, &Proxy),
+    (phone, ops, peer): (Option<&str>, Option<&str>, Option<&str>),
+) {
+    let as_peer = |case: Case| case.with("ferry-peer", "cloud");
+    let code = |answer: &Value| answer["error"]["code"].as_str().unwrap_or_default().to_owned();
+    let message = |answer: &Value| answer["error"]["message"].as_str().unwrap_or_default().to_owned();
+
+    // A pull: this server takes a snapshot of two tables for the peer, which fetches each
+    // chunk: a pull page of one table's rows, whose SHA-256 the header and the manifest give.
+    let pulled = "/v1/peer/full-sync/openapi-pull";
+    let two = json!({"tables": ["formations", "groups"], "compress": false}).to_string();
+    let taking = checker.check(&as_peer(post(format!("{pulled}/snapshot"), peer, &two, 202)));
+    assert_eq!(taking["id"], "openapi-pull", "{taking}");
+    let ready = poll(checker, || as_peer(get(pulled, peer, 200)), |s| s["state"] != "SNAPSHOT");
+    assert_eq!(ready["state"], "READY", "{ready}");
+    let manifest = ready["manifest"].clone();
+    assert_eq!((&manifest["tables"], &manifest["compressed"]), (&json!(["formations", "groups"]), &json!(false)));
+    let chunks = manifest["chunks"].as_array().unwrap().clone();
+    assert_eq!(chunks.len(), 2, "a chunk per table: {manifest}");
+    let page_schema = json!({"$ref": "#/components/schemas/PullResponse"});
+    let mut bodies = Vec::new();
+    for c in &chunks {
+        let (body, headers) = checker.answer(&as_peer(get(format!("{pulled}/chunks/{}", c["n"]), peer, 200)));
+        let body = body.as_str().unwrap().to_owned();
+        let hash = c["sha256"].as_str().unwrap();
+        assert_eq!((headers["ferry-chunk-sha256"].to_str().unwrap(), &*sha256(&body)), (hash, hash), "{c}");
+        let page: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("chunk {c}: {e}"));
+        if let Err(m) = validate(checker.doc, &page_schema, &page, "$") {
+            panic!("chunk {c} is not a pull page: {m}\n{page}");
+        }
+        let rows = page["rows"].as_array().unwrap();
+        assert!(rows.iter().all(|r| r["table"] == c["table"]), "rows of one table: {page}");
+        assert_eq!(
+            (rows.len() as u64, &page["cursor"], &page["more"]),
+            (c["rows"].as_u64().unwrap(), &json!(""), &json!(false))
+        );
+        bodies.push(body);
+    }
+    let cases = [
+        // Asked again: the snapshot taken, nothing started.
+        as_peer(post(format!("{pulled}/snapshot"), peer, &two, 202)),
+        as_peer(post(format!("{pulled}/snapshot"), peer, "not json", 400)),
+        as_peer(post(format!("{pulled}/snapshot"), peer, r#"{"tables": []}"#, 400)),
+        as_peer(post(format!("{pulled}/snapshot"), peer, r#"{"tables": ["jumps"]}"#, 400)),
+        as_peer(post(format!("{pulled}/snapshot"), peer, r#"{"tables": ["groups"], "colour": "red"}"#, 400)),
+        as_peer(post("/v1/peer/full-sync/not_an_id/snapshot", peer, &two, 400)),
+        post(format!("{pulled}/snapshot"), peer, &two, 400).with("ferry-peer", ""),
+        as_peer(post(format!("{pulled}/snapshot"), None, &two, 401)),
+        post(format!("{pulled}/snapshot"), peer, &two, 403),
+        as_peer(post(format!("{pulled}/snapshot"), phone, &two, 403)),
+        as_peer(post(format!("{pulled}/snapshot"), peer, too_big, 413)),
+        as_peer(get(format!("{pulled}/chunks/2"), peer, 404)),
+        as_peer(get("/v1/peer/full-sync/openapi-nothing/chunks/0", peer, 404)),
+        as_peer(get("/v1/peer/full-sync/not_an_id/chunks/0", peer, 400)),
+        as_peer(get(format!("{pulled}/chunks/first"), peer, 400)),
+        as_peer(get(format!("{pulled}/chunks/0"), None, 401)),
+        get(format!("{pulled}/chunks/0"), peer, 403),
+        as_peer(get(format!("{pulled}/chunks/0"), phone, 403)),
+        // Its chunks are to be fetched, not sent.
+        as_peer(octets(put(format!("{pulled}/chunks/0"), peer, &bodies[0], 409)))
+            .with("ferry-chunk-sha256", sha256(&bodies[0])),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+
+    // A push: the peer sends those chunks back under another id; each is kept only if its
+    // bytes hash to its header, and the restore waits for every one.
+    let pushed = "/v1/peer/full-sync/openapi-push";
+    let chunk = |i: usize| format!("{pushed}/chunks/{}", chunks[i]["n"]);
+    let send = |i: usize, bytes: &str, hash: &str, status| {
+        as_peer(octets(put(chunk(i), peer, bytes, status))).with("ferry-chunk-sha256", hash)
+    };
+    let mut restore = manifest.clone();
+    restore["id"] = json!("openapi-push");
+    let restore = restore.to_string();
+    checker.check(&as_peer(get(pushed, peer, 404)));
+    let refused = checker.check(&as_peer(post(format!("{pushed}/restore"), peer, &restore, 409)));
+    assert!(message(&refused).contains("has not arrived"), "{refused}");
+    let damaged = checker.check(&send(0, &format!("{} ", bodies[0]), &sha256(&bodies[0]), 422));
+    assert_eq!(code(&damaged), "hash_mismatch", "{damaged}");
+    let cases = [
+        as_peer(octets(put(chunk(0), peer, &bodies[0], 400))),
+        as_peer(octets(put("/v1/peer/full-sync/not_an_id/chunks/0", peer, &bodies[0], 400)))
+            .with("ferry-chunk-sha256", sha256(&bodies[0])),
+        as_peer(octets(put(format!("{pushed}/chunks/first"), peer, &bodies[0], 400)))
+            .with("ferry-chunk-sha256", sha256(&bodies[0])),
+        octets(put(chunk(0), peer, &bodies[0], 400))
+            .with("ferry-peer", "")
+            .with("ferry-chunk-sha256", sha256(&bodies[0])),
+        as_peer(octets(put(chunk(0), None, &bodies[0], 401))).with("ferry-chunk-sha256", sha256(&bodies[0])),
+        octets(put(chunk(0), peer, &bodies[0], 403)).with("ferry-chunk-sha256", sha256(&bodies[0])),
+        as_peer(octets(put(chunk(0), phone, &bodies[0], 403))).with("ferry-chunk-sha256", sha256(&bodies[0])),
+        send(0, too_big, &sha256(too_big), 413),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    // Nothing kept of the refused chunks: nothing here of the run yet.
+    checker.check(&as_peer(get(pushed, peer, 404)));
+    for (i, body) in bodies.iter().enumerate() {
+        checker.check(&send(i, body, &sha256(body), 204));
+    }
+    let held = checker.check(&as_peer(get(pushed, peer, 200)));
+    let numbers: Vec<&Value> = chunks.iter().map(|c| &c["n"]).collect();
+    assert_eq!((&held["state"], &held["held"]), (&json!("RECEIVING"), &json!(numbers)), "{held}");
+    let mut other = manifest.clone();
+    other["id"] = json!("openapi-other");
+    let mut unknown = manifest.clone();
+    unknown["id"] = json!("openapi-push");
+    unknown["tables"] = json!(["jumps"]);
+    let cases = [
+        as_peer(post(format!("{pushed}/restore"), peer, "not json", 400)),
+        as_peer(post(format!("{pushed}/restore"), peer, r#"{"id": "openapi-push"}"#, 400)),
+        as_peer(post(format!("{pushed}/restore"), peer, other.to_string(), 400)),
+        as_peer(post(format!("{pushed}/restore"), peer, unknown.to_string(), 400)),
+        as_peer(post("/v1/peer/full-sync/not_an_id/restore", peer, &restore, 400)),
+        post(format!("{pushed}/restore"), peer, &restore, 400).with("ferry-peer", ""),
+        as_peer(post(format!("{pushed}/restore"), None, &restore, 401)),
+        post(format!("{pushed}/restore"), peer, &restore, 403),
+        as_peer(post(format!("{pushed}/restore"), phone, &restore, 403)),
+        as_peer(post(format!("{pushed}/restore"), peer, too_big, 413)),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+    // Restored as the peer's push, through the merge: this server's own rows change nothing.
+    checker.check(&as_peer(post(format!("{pushed}/restore"), peer, &restore, 202)));
+    let restored = poll(checker, || as_peer(get(pushed, peer, 200)), |s| s["state"] != "RESTORING");
+    assert_eq!(restored["state"], "RESTORED", "{restored}");
+    assert_eq!((&restored["rows_done"], &restored["changed"]), (&manifest["rows"], &json!(0)), "{restored}");
+    // Past receiving; and the restored chunks are gone.
+    checker.check(&send(0, &bodies[0], &sha256(&bodies[0]), 409));
+    checker.check(&as_peer(post(format!("{pushed}/restore"), peer, &restore, 409)));
+    let cases = [
+        as_peer(get("/v1/peer/full-sync/not_an_id", peer, 400)),
+        get(pushed, peer, 400).with("ferry-peer", ""),
+        as_peer(get(pushed, None, 401)),
+        get(pushed, peer, 403),
+        as_peer(get(pushed, phone, 403)),
+        as_peer(delete("/v1/peer/full-sync/not_an_id", peer, 400)),
+        as_peer(delete(pushed, None, 401)),
+        delete(pushed, peer, 403),
+        as_peer(delete(pushed, phone, 403)),
+        as_peer(delete(pushed, peer, 204)),
+        as_peer(get(pushed, peer, 404)),
+        // The peer ends its pull: the snapshot and its chunks go.
+        as_peer(delete(pulled, peer, 204)),
+        as_peer(get(pulled, peer, 404)),
+        as_peer(get(format!("{pulled}/chunks/0"), peer, 404)),
+        // Nothing here of it: ended all the same.
+        as_peer(delete("/v1/peer/full-sync/openapi-nothing", peer, 204)),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+
+    // An admin's run to `slow`: its snapshot taken, its transfer waits on the proxy, which
+    // holds every request. While it runs, another is refused.
+    let start = |peer: &str, options: Value| json!({"direction": "push", "peer": peer, "options": options}).to_string();
+    let bodiless = |path: &str, token, status| Case::new("post", path, token, None, status);
+    slow.set(Fault::BlackHole);
+    let held = checker.check(&post("/v1/admin/full-sync", ops, start("slow", json!({"tables": ["formations"]})), 202));
+    assert_eq!((&held["state"], &held["phase"]), (&json!("RUNNING"), &json!("snapshot")), "{held}");
+    let id = held["id"].as_str().unwrap().to_owned();
+    let busy = checker.check(&post("/v1/admin/full-sync", ops, start("far", json!({})), 409));
+    assert_eq!(code(&busy), "busy", "{busy}");
+    assert!(message(&busy).contains(&id), "it names the run in progress: {busy}");
+    let run = format!("/v1/admin/full-sync/{id}");
+    let asked = checker.check(&bodiless(&format!("{run}/cancel"), ops, 200));
+    assert_eq!((&asked["state"], &asked["cancel_requested"]), (&json!("RUNNING"), &json!(true)), "{asked}");
+    // It sees the cancel at its next report (twice a second); then its held request is cut,
+    // and the transfer, resuming, stops before it sends a chunk.
+    let asked_ms = now_ms();
+    poll(checker, || get(&run, ops, 200), |r| r["heartbeat_ms"].as_u64() > Some(asked_ms));
+    slow.partition();
+    slow.set(Fault::Pass);
+    let ended = poll(checker, || get(&run, ops, 200), |r| r["state"] != "RUNNING");
+    assert_eq!((&ended["state"], &ended["cancel_requested"]), (&json!("CANCELLED"), &json!(true)), "{ended}");
+    assert!(ended["finished_ms"].is_u64(), "{ended}");
+
+    // A push to `far`, compressed and verified, followed to its end; `far` answers the
+    // notification 405 (its `/health/live` takes GET only).
+    let notify = format!("{far_url}/health/live");
+    let options = json!({"compress": true, "verify": true, "notify": notify});
+    let started = checker.check(&post("/v1/admin/full-sync", ops, start("far", options), 202));
+    let pushed_id = started["id"].as_str().unwrap().to_owned();
+    let run = format!("/v1/admin/full-sync/{pushed_id}");
+    let done = poll(checker, || get(&run, ops, 200), |r| r["state"] != "RUNNING");
+    assert_eq!((&done["state"], &done["phase"]), (&json!("SUCCESS"), &json!("done")), "{done}");
+    assert!(done["phases"].as_array().unwrap().iter().all(|p| p["state"] == "done"), "{done}");
+    assert!(done["rows"].as_u64() > Some(0) && done["bytes_sent"] == done["bytes"], "{done}");
+    assert_eq!((&done["attempts"], &done["verified_equal"]), (&json!(1), &json!(true)), "{done}");
+    assert_eq!(done["notified"], "answered 405", "{done}");
+
+    let listed = checker.check(&get("/v1/admin/full-sync", ops, 200));
+    let ids: Vec<&str> = listed["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [&*pushed_id, &*id], "newest first");
+    let one = checker.check(&get("/v1/admin/full-sync?limit=1", ops, 200));
+    assert_eq!(one["runs"].as_array().map(Vec::len), Some(1), "{one}");
+    let over = checker.check(&bodiless(&format!("{run}/cancel"), ops, 409));
+    assert!(message(&over).contains("SUCCESS"), "{over}");
+    // Nothing is stuck: nothing to clear.
+    let cleared = checker.check(&bodiless("/v1/admin/full-sync/clear", ops, 200));
+    assert_eq!(cleared, json!({"runs": []}));
+    let cases = [
+        post("/v1/admin/full-sync", ops, "not json", 400),
+        post("/v1/admin/full-sync", ops, r#"{"direction": "sideways", "peer": "far"}"#, 400),
+        post("/v1/admin/full-sync", ops, r#"{"direction": "push", "peer": "far", "colour": "red"}"#, 400),
+        post("/v1/admin/full-sync", ops, start("far", json!({"colour": "red"})), 400),
+        post("/v1/admin/full-sync", ops, start("far", json!({"tables": []})), 400),
+        post("/v1/admin/full-sync", ops, start("far", json!({"tables": ["jumps"]})), 400),
+        post("/v1/admin/full-sync", ops, start("far", json!({"notify": "ftp://ops.example.com/"})), 400),
+        post("/v1/admin/full-sync", None, start("far", json!({})), 401),
+        post("/v1/admin/full-sync", phone, start("far", json!({})), 403),
+        post("/v1/admin/full-sync", peer, start("far", json!({})), 403),
+        post("/v1/admin/full-sync", ops, start("nowhere", json!({})), 404),
+        post("/v1/admin/full-sync", ops, too_big, 413),
+        get("/v1/admin/full-sync?limit=0", ops, 400),
+        get("/v1/admin/full-sync?limit=1001", ops, 400),
+        get("/v1/admin/full-sync?limit=many", ops, 400),
+        get("/v1/admin/full-sync", None, 401),
+        get("/v1/admin/full-sync", phone, 403),
+        get("/v1/admin/full-sync/%FF", ops, 400),
+        get(&run, None, 401),
+        get(&run, phone, 403),
+        get("/v1/admin/full-sync/fs-nothing", ops, 404),
+        bodiless("/v1/admin/full-sync/%FF/cancel", ops, 400),
+        bodiless(&format!("{run}/cancel"), None, 401),
+        bodiless(&format!("{run}/cancel"), phone, 403),
+        bodiless("/v1/admin/full-sync/fs-nothing/cancel", ops, 404),
+        bodiless("/v1/admin/full-sync/clear", None, 401),
+        bodiless("/v1/admin/full-sync/clear", phone, 403),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+}
+
+/// Sends the case `make` gives until `done` holds of the answer (within 30 s); returns that
+/// answer.
+fn poll(checker: &mut Checker, make: impl Fn() -> Case, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answer = checker.check(&make());
+        if done(&answer) {
+            return answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "still not so after 30 s: {answer}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -1168,6 +1434,109 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
     let warnings = vec!["'k3' still differs (only_there) after the repair".to_owned()];
     let repaired = p::TableIntegrity { repaired_out: 2, repaired_in: 1, repair_warnings: warnings, ..differing };
     add("IntegrityReport", to(&p::IntegrityReport { status: "REPAIRED".into(), tables: vec![repaired], ..report }));
+    let id = "fs-1800000000000-4242-0";
+    add(
+        "FullSyncRequest",
+        to(&p::FullSyncRequest { direction: "push".into(), peer: "cloud".into(), ..Default::default() }),
+    );
+    let options = p::FullSyncOptions {
+        tables: Some(vec!["notes".into()]),
+        compress: true,
+        verify: true,
+        notify: Some("https://ops.example.com/hooks/full-sync".into()),
+    };
+    add("FullSyncRequest", to(&p::FullSyncRequest { direction: "pull".into(), peer: "cloud".into(), options }));
+    let phase = |name: &str, state: &str, done: u64| p::PhaseProgress {
+        name: name.into(),
+        state: state.into(),
+        percent: if state == "done" { 100.0 } else { done as f64 * 100.0 / 2500.0 },
+        rows_done: done,
+        rows_total: 2500,
+        bytes_done: done * 40,
+        bytes_total: 100_000,
+        speed: 4000.0,
+        eta_ms: (state == "running").then_some(500),
+        started_ms: (state != "pending").then_some(ms),
+        finished_ms: (state == "done").then_some(ms + 900),
+    };
+    let running = p::FullSyncRun {
+        id: id.into(),
+        direction: "push".into(),
+        peer: "cloud".into(),
+        method: "snapshot".into(),
+        tables: vec!["notes".into()],
+        state: "RUNNING".into(),
+        phase: "transfer".into(),
+        phases: vec![
+            phase("snapshot", "done", 2500),
+            phase("transfer", "running", 500),
+            phase("restore", "pending", 0),
+            p::PhaseProgress { name: "verify".into(), state: "skipped".into(), ..Default::default() },
+        ],
+        started_ms: ms,
+        heartbeat_ms: ms + 1500,
+        rows: 2500,
+        bytes: 100_000,
+        bytes_sent: 20_000,
+        attempts: 1,
+        cursor: Some("1234".into()),
+        ..Default::default()
+    };
+    add("FullSyncRun", to(&running));
+    let done = ["snapshot", "transfer", "restore", "verify"].map(|n| phase(n, "done", 2500));
+    let finished = p::FullSyncRun {
+        compress: true,
+        verify: true,
+        state: "SUCCESS".into(),
+        phase: "done".into(),
+        phases: done.to_vec(),
+        finished_ms: Some(ms + 4000),
+        heartbeat_ms: ms + 4000,
+        changed: 2499,
+        excluded: 40,
+        bytes_sent: 120_000,
+        attempts: 2,
+        resumed_chunks: 1,
+        speed: 25_000.0,
+        verified_equal: Some(false),
+        differences: Some(1),
+        notify: Some("https://ops.example.com/hooks/full-sync".into()),
+        notified: Some("answered 200".into()),
+        ..running.clone()
+    };
+    let cancelled = p::FullSyncRun {
+        id: "fs-1799999999000-4242-1".into(),
+        direction: "pull".into(),
+        state: "CANCELLED".into(),
+        phase: "restore".into(),
+        cancel_requested: true,
+        finished_ms: Some(ms + 2000),
+        error: Some("cancelled".into()),
+        ..running.clone()
+    };
+    add("FullSyncList", to(&p::FullSyncList { runs: vec![finished, cancelled] }));
+    add("FullSyncList", to(&p::FullSyncList::default()));
+    let chunk = p::ChunkInfo { n: 0, table: "notes".into(), rows: 2000, bytes: 80_000, sha256: "ab".repeat(32) };
+    let manifest = p::SnapshotManifest {
+        id: id.into(),
+        tables: vec!["notes".into()],
+        cursor: "1234".into(),
+        compressed: true,
+        chunks: vec![chunk.clone(), p::ChunkInfo { n: 1, rows: 500, bytes: 20_000, ..chunk }],
+        rows: 2500,
+        bytes: 100_000,
+    };
+    add("SnapshotManifest", to(&manifest));
+    add("PeerSnapshotRequest", to(&p::PeerSnapshotRequest { tables: vec!["notes".into()], compress: true }));
+    let receiving = p::PeerFullSync { id: id.into(), state: "RECEIVING".into(), held: vec![0], ..Default::default() };
+    add("PeerFullSync", to(&receiving));
+    let ready = p::PeerFullSync { state: "READY".into(), rows_done: 2500, rows_total: 2500, ..receiving.clone() };
+    add("PeerFullSync", to(&p::PeerFullSync { held: vec![0, 1], manifest: Some(manifest), ..ready }));
+    let restored =
+        p::PeerFullSync { state: "RESTORED".into(), held: vec![], rows_done: 2500, changed: 12, ..receiving };
+    add("PeerFullSync", to(&restored));
+    let error = Some("chunk 1 changed on disk since it arrived; run the full sync again".to_owned());
+    add("PeerFullSync", to(&p::PeerFullSync { state: "FAILED".into(), error, ..restored }));
     let device = p::DeviceRecord {
         id: "d".into(),
         name: "phone".into(),
@@ -1231,6 +1600,9 @@ const PARTS: &[&str] = &[
     "DigestRow",
     "TableIntegrity",
     "RowDifference",
+    "FullSyncOptions",
+    "PhaseProgress",
+    "ChunkInfo",
     "Alert",
     "TableInfo",
     "StreamMessage",
@@ -1241,6 +1613,7 @@ const PARTS: &[&str] = &[
     "UploadConflictError",
     "UploadInProgressError",
     "FileBytes",
+    "ChunkBytes",
 ];
 
 #[test]
@@ -1679,6 +2052,7 @@ impl<'d> Checker<'d> {
                 .replace("{table}", "jump_log")
                 .replace("{key}", &uuid())
                 .replace("{id}", "1")
+                .replace("{n}", "0")
                 .replace("{hash}", &sha256("a file"));
             let documented: BTreeSet<String> =
                 WRONG_METHODS.iter().filter(|m| item[**m].is_object()).map(|m| m.to_uppercase()).collect();
