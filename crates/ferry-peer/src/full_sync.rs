@@ -352,6 +352,23 @@ fn check(cancel: &AtomicBool) -> Result<(), Failure> {
     if cancel.load(Ordering::SeqCst) { Err(Failure::Cancelled) } else { Ok(()) }
 }
 
+/// `work`, unless a cancel comes first (looked at ten times a second): a request to a peer
+/// that hangs does not hold a cancel up.
+async fn or_cancel<T>(
+    cancel: &AtomicBool,
+    work: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    let cancelled = async {
+        while !cancel.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        () = cancelled => Err(Failure::Cancelled),
+    }
+}
+
 async fn job<S: Store>(
     store: &S,
     link: &Link,
@@ -456,7 +473,8 @@ async fn upload(
     loop {
         attempt += 1;
         lock(shared).attempts = attempt;
-        let sent = async {
+        check(cancel)?;
+        let sent = or_cancel(cancel, async {
             let held: HashSet<u64> = match remote.peer_full_sync(&manifest.id).await {
                 Ok(state) => state.held.into_iter().collect(),
                 Err(ferry_client::Error::Refused { status: 404, .. }) => HashSet::new(),
@@ -478,13 +496,17 @@ async fn upload(
                 });
             }
             Ok(())
-        }
+        })
         .await;
         match sent {
             Ok(()) => return Ok(()),
             Err(Failure::Remote(e @ ferry_client::Error::Unreachable(_))) if attempt < TRANSFER_ATTEMPTS => {
                 tracing::warn!(id = %manifest.id, "transfer broke (attempt {attempt}): {e}; resuming");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                or_cancel(cancel, async {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    Ok(())
+                })
+                .await?;
             }
             Err(e) => return Err(e),
         }
@@ -508,7 +530,8 @@ async fn download(
     loop {
         attempt += 1;
         lock(shared).attempts = attempt;
-        let fetched = async {
+        check(cancel)?;
+        let fetched = or_cancel(cancel, async {
             let held: HashSet<u64> = held_chunks(dir).into_iter().collect();
             if attempt > 1 {
                 lock(shared).resumed_chunks = held.len() as u64;
@@ -526,13 +549,17 @@ async fn download(
                 });
             }
             Ok(())
-        }
+        })
         .await;
         match fetched {
             Ok(()) => return Ok(()),
             Err(Failure::Remote(e @ ferry_client::Error::Unreachable(_))) if attempt < TRANSFER_ATTEMPTS => {
                 tracing::warn!(id = %manifest.id, "transfer broke (attempt {attempt}): {e}; resuming");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                or_cancel(cancel, async {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    Ok(())
+                })
+                .await?;
             }
             Err(e) => return Err(e),
         }
@@ -566,7 +593,13 @@ async fn remote_restore(
             return Err(Failure::Cancelled);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        state = remote.peer_full_sync(&manifest.id).await?;
+        state = match or_cancel(cancel, async { Ok(remote.peer_full_sync(&manifest.id).await?) }).await {
+            Err(Failure::Cancelled) => {
+                let _ = remote.end_full_sync(&manifest.id).await;
+                return Err(Failure::Cancelled);
+            }
+            other => other?,
+        };
     }
 }
 
@@ -599,7 +632,13 @@ async fn remote_snapshot(
             return Err(Failure::Cancelled);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        state = remote.peer_full_sync(&plan.id).await?;
+        state = match or_cancel(cancel, async { Ok(remote.peer_full_sync(&plan.id).await?) }).await {
+            Err(Failure::Cancelled) => {
+                let _ = remote.end_full_sync(&plan.id).await;
+                return Err(Failure::Cancelled);
+            }
+            other => other?,
+        };
     }
 }
 

@@ -175,6 +175,12 @@ pub async fn list<S: Store>(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<FullSyncList>, ApiError> {
     require_admin(&who)?;
+    if let Some(unknown) = q.keys().find(|k| *k != "limit") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown parameter '{}'; the only one is limit",
+            ferry_core::shown(unknown)
+        )));
+    }
     let limit = match q.get("limit") {
         None => 50,
         Some(l) => l.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
