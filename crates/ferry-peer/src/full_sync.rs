@@ -465,52 +465,21 @@ async fn upload(
     shared: &Mutex<FullSyncRun>,
     cancel: &AtomicBool,
 ) -> Result<(), Failure> {
-    progress(shared, "transfer", |p| {
-        p.bytes_total = manifest.bytes;
-        p.rows_total = manifest.rows;
-    });
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        lock(shared).attempts = attempt;
-        check(cancel)?;
-        let sent = or_cancel(cancel, async {
-            let held: HashSet<u64> = match remote.peer_full_sync(&manifest.id).await {
-                Ok(state) => state.held.into_iter().collect(),
-                Err(ferry_client::Error::Refused { status: 404, .. }) => HashSet::new(),
-                Err(e) => return Err(Failure::from(e)),
-            };
-            let already: u64 = manifest.chunks.iter().filter(|c| held.contains(&c.n)).map(|c| c.bytes).sum();
-            if attempt > 1 {
-                lock(shared).resumed_chunks = held.len() as u64;
-            }
-            progress(shared, "transfer", |p| p.bytes_done = already);
-            for c in manifest.chunks.iter().filter(|c| !held.contains(&c.n)) {
-                check(cancel)?;
-                let bytes = tokio::fs::read(chunk_path(dir, c.n)).await.map_err(|e| local(dir, &e))?;
-                remote.put_chunk(&manifest.id, c.n, &c.sha256, bytes).await?;
-                lock(shared).bytes_sent += c.bytes;
-                progress(shared, "transfer", |p| {
-                    p.bytes_done += c.bytes;
-                    p.rows_done += c.rows;
-                });
-            }
-            Ok(())
-        })
-        .await;
-        match sent {
-            Ok(()) => return Ok(()),
-            Err(Failure::Remote(e @ ferry_client::Error::Unreachable(_))) if attempt < TRANSFER_ATTEMPTS => {
-                tracing::warn!(id = %manifest.id, "transfer broke (attempt {attempt}): {e}; resuming");
-                or_cancel(cancel, async {
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    Ok(())
-                })
-                .await?;
-            }
-            Err(e) => return Err(e),
+    let held = || async {
+        match remote.peer_full_sync(&manifest.id).await {
+            Ok(state) => Ok(state.held.into_iter().collect()),
+            Err(ferry_client::Error::Refused { status: 404, .. }) => Ok(HashSet::new()),
+            Err(e) => Err(Failure::from(e)),
         }
-    }
+    };
+    let send = |c: &ChunkInfo| {
+        let (n, sha) = (c.n, c.sha256.clone());
+        async move {
+            let bytes = tokio::fs::read(chunk_path(dir, n)).await.map_err(|e| local(dir, &e))?;
+            Ok(remote.put_chunk(&manifest.id, n, &sha, bytes).await?)
+        }
+    };
+    transfer(manifest, shared, cancel, held, send).await
 }
 
 /// Fetches the chunks this side lacks (a resumed run keeps what arrived).
@@ -522,6 +491,31 @@ async fn download(
     cancel: &AtomicBool,
 ) -> Result<(), Failure> {
     tokio::fs::create_dir_all(dir).await.map_err(|e| local(dir, &e))?;
+    let held = || async { Ok(held_chunks(dir).into_iter().collect()) };
+    let fetch = |c: &ChunkInfo| {
+        let (n, sha) = (c.n, c.sha256.clone());
+        async move {
+            let bytes = remote.get_chunk(&manifest.id, n).await?;
+            save_chunk(dir, n, &bytes, &sha).map_err(Failure::Local)
+        }
+    };
+    transfer(manifest, shared, cancel, held, fetch).await
+}
+
+/// Moves every chunk of `manifest` the far side does not hold (`held` says which it does)
+/// with `move_one`, accounting the transfer phase; after a broken connection it waits a
+/// little longer each time, asks again what arrived, and goes on from there.
+async fn transfer<H, M>(
+    manifest: &SnapshotManifest,
+    shared: &Mutex<FullSyncRun>,
+    cancel: &AtomicBool,
+    held: impl Fn() -> H,
+    move_one: impl Fn(&ChunkInfo) -> M,
+) -> Result<(), Failure>
+where
+    H: std::future::Future<Output = Result<HashSet<u64>, Failure>>,
+    M: std::future::Future<Output = Result<(), Failure>>,
+{
     progress(shared, "transfer", |p| {
         p.bytes_total = manifest.bytes;
         p.rows_total = manifest.rows;
@@ -531,8 +525,8 @@ async fn download(
         attempt += 1;
         lock(shared).attempts = attempt;
         check(cancel)?;
-        let fetched = or_cancel(cancel, async {
-            let held: HashSet<u64> = held_chunks(dir).into_iter().collect();
+        let moved = or_cancel(cancel, async {
+            let held = held().await?;
             if attempt > 1 {
                 lock(shared).resumed_chunks = held.len() as u64;
             }
@@ -540,8 +534,7 @@ async fn download(
             progress(shared, "transfer", |p| p.bytes_done = already);
             for c in manifest.chunks.iter().filter(|c| !held.contains(&c.n)) {
                 check(cancel)?;
-                let bytes = remote.get_chunk(&manifest.id, c.n).await?;
-                save_chunk(dir, c.n, &bytes, &c.sha256).map_err(Failure::Local)?;
+                move_one(c).await?;
                 lock(shared).bytes_sent += c.bytes;
                 progress(shared, "transfer", |p| {
                     p.bytes_done += c.bytes;
@@ -551,7 +544,7 @@ async fn download(
             Ok(())
         })
         .await;
-        match fetched {
+        match moved {
             Ok(()) => return Ok(()),
             Err(Failure::Remote(e @ ferry_client::Error::Unreachable(_))) if attempt < TRANSFER_ATTEMPTS => {
                 tracing::warn!(id = %manifest.id, "transfer broke (attempt {attempt}): {e}; resuming");

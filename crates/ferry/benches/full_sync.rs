@@ -23,15 +23,15 @@ fn main() {
     let main_pg = ferry_pgtemp::PgCluster::start().unwrap();
     let cloud_pg = ferry_pgtemp::PgCluster::start().unwrap();
     let (main, cloud) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
-    run(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
-    let token = run(
+    common::server_config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
+    common::ferry_ok(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
+    let token = common::ferry_ok(
         cloud.path(),
         &["token", "create", "--user", "dropzone", "--device", "main", "--role", "main", "-c", "ferry.toml"],
     );
     let (_cloud_server, cloud_url) = common::serve(cloud.path());
     let peer = format!("\n[peers.cloud]\nurl = \"{cloud_url}\"\ntoken = \"{token}\"\nenabled = false\n");
-    config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
+    common::server_config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
     let (_main_server, _) = common::serve(main.path());
 
     let rows = main_pg.dir().join("full-sync-rows.csv");
@@ -87,22 +87,6 @@ fn main() {
         &format!("{ratio:.2}×"),
         &target,
     );
-}
-
-fn run(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(FERRY).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_owned()
-}
-
-fn config(dir: &Path, database: &str, role: &str, extra: &str) {
-    std::fs::write(dir.join("schema.sql"), example("schema.sql")).unwrap();
-    let toml = example("ferry.toml").replacen(
-        "[server]\n",
-        &format!("[server]\ndatabase = \"{database}\"\nrole = \"{role}\"\n"),
-        1,
-    );
-    std::fs::write(dir.join("ferry.toml"), toml + extra).unwrap();
 }
 
 /// `ferry full-sync push --peer cloud --tables jump_log --json` in MAIN's directory: the

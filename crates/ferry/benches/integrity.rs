@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{FERRY, example};
+use common::FERRY;
 
 /// Rows changed on CLOUD after both sides were equal.
 const CHANGED: usize = 10;
@@ -31,18 +31,18 @@ fn main() {
     let main_pg = ferry_pgtemp::PgCluster::start().unwrap();
     let cloud_pg = ferry_pgtemp::PgCluster::start().unwrap();
     let (main, cloud) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
-    run(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
-    let token = run(
+    common::server_config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
+    common::ferry_ok(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
+    let token = common::ferry_ok(
         cloud.path(),
         &["token", "create", "--user", "dropzone", "--device", "main", "--role", "main", "-c", "ferry.toml"],
     );
     let (_cloud_server, cloud_url) = common::serve(cloud.path());
     // The link stays off: only the check moves anything.
     let peer = format!("\n[peers.cloud]\nurl = \"{cloud_url}\"\ntoken = \"{token}\"\nenabled = false\n");
-    config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
-    run(main.path(), &["user", "add", "checker", "-c", "ferry.toml"]);
-    let main_token = run(
+    common::server_config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
+    common::ferry_ok(main.path(), &["user", "add", "checker", "-c", "ferry.toml"]);
+    let main_token = common::ferry_ok(
         main.path(),
         &["token", "create", "--user", "checker", "--device", "cloud", "--role", "cloud", "-c", "ferry.toml"],
     );
@@ -142,22 +142,6 @@ fn kb(bytes: u64) -> String {
     } else {
         format!("{:.1} KiB", bytes as f64 / 1024.0)
     }
-}
-
-fn run(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(FERRY).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_owned()
-}
-
-fn config(dir: &Path, database: &str, role: &str, extra: &str) {
-    std::fs::write(dir.join("schema.sql"), example("schema.sql")).unwrap();
-    let toml = example("ferry.toml").replacen(
-        "[server]\n",
-        &format!("[server]\ndatabase = \"{database}\"\nrole = \"{role}\"\n"),
-        1,
-    );
-    std::fs::write(dir.join("ferry.toml"), toml + extra).unwrap();
 }
 
 /// `ferry integrity --peer cloud --tables jump_log --json` in MAIN's directory: the report

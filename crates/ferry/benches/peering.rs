@@ -10,7 +10,6 @@
 //! - One change's latency: a row inserted into MAIN's PostgreSQL by `psql` until a device on
 //!   CLOUD running `ferry sync --watch` holds it (MAIN → CLOUD → device), 20 times.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use rusqlite::Connection;
 
 mod common;
 
-use common::{FERRY, example, pg_count, wait_until};
+use common::{FERRY, pg_count, wait_until};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -81,35 +80,19 @@ struct Pair<'a> {
     user: String,
 }
 
-fn run(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(FERRY).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_owned()
-}
-
-fn config(dir: &Path, database: &str, role: &str, extra: &str) {
-    std::fs::write(dir.join("schema.sql"), example("schema.sql")).unwrap();
-    let toml = example("ferry.toml").replacen(
-        "[server]\n",
-        &format!("[server]\ndatabase = \"{database}\"\nrole = \"{role}\"\n"),
-        1,
-    );
-    std::fs::write(dir.join("ferry.toml"), toml + extra).unwrap();
-}
-
 impl<'a> Pair<'a> {
     fn start(main_pg: &'a ferry_pgtemp::PgCluster, cloud_pg: &'a ferry_pgtemp::PgCluster) -> Pair<'a> {
         let (main, cloud) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
-        run(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
-        let token = run(
+        common::server_config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
+        common::ferry_ok(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
+        let token = common::ferry_ok(
             cloud.path(),
             &["token", "create", "--user", "dropzone", "--device", "main", "--role", "main", "-c", "ferry.toml"],
         );
-        let user = run(cloud.path(), &["user", "add", "bench", "-c", "ferry.toml"]);
+        let user = common::ferry_ok(cloud.path(), &["user", "add", "bench", "-c", "ferry.toml"]);
         let (cloud_server, cloud_url) = common::serve(cloud.path());
         let peer = format!("\n[peers.cloud]\nurl = \"{cloud_url}\"\ntoken = \"{token}\"\ninterval = \"1s\"\n");
-        config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
+        common::server_config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
         let (main_server, _) = common::serve(main.path());
         let pair = Pair { main_pg, cloud_pg, main, cloud, _servers: vec![cloud_server, main_server], cloud_url, user };
         wait_until("the link to connect", || pair.link_state() == "CONNECTED");
@@ -147,8 +130,9 @@ impl<'a> Pair<'a> {
     /// `rounds` times.
     fn latency(&self, rounds: usize) -> Vec<Duration> {
         let d = self.cloud.path();
-        let token = run(d, &["token", "create", "--user", "bench", "--device", "laptop", "-c", "ferry.toml"]);
-        run(d, &["sync", "--db", "laptop.db", "--server", &self.cloud_url, "--token", &token]);
+        let token =
+            common::ferry_ok(d, &["token", "create", "--user", "bench", "--device", "laptop", "-c", "ferry.toml"]);
+        common::ferry_ok(d, &["sync", "--db", "laptop.db", "--server", &self.cloud_url, "--token", &token]);
         let mut watch = Command::new(FERRY)
             .args([
                 "sync",

@@ -156,21 +156,7 @@ impl PgStore {
         } else {
             Vec::new()
         };
-        // Grouped by table and key (rows for one key merged), in a fixed order, so that
-        // concurrent pushes lock bookkeeping rows in the same order.
-        // A key sent twice in one batch is one change: the states merged, the first version seen.
-        let mut grouped: BTreeMap<String, BTreeMap<String, IncomingRow>> = BTreeMap::new();
-        for r in rows {
-            self.table(&r.table)?;
-            match grouped.entry(r.table.clone()).or_default().entry(r.key.clone()) {
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(r);
-                }
-                std::collections::btree_map::Entry::Occupied(mut o) => {
-                    o.get_mut().state.merge(&r.state);
-                }
-            }
-        }
+        let grouped = self.grouped(rows)?;
         let mut attempt = 0;
         let (mut outcome, xid) = loop {
             attempt += 1;
@@ -193,6 +179,25 @@ impl PgStore {
             outcome.cursor = self.cursor_after_push(who, c, &xid).await?;
         }
         Ok(outcome)
+    }
+
+    /// `rows` grouped by table and key, in a fixed order, so that concurrent writers lock
+    /// bookkeeping rows in the same order. A key sent twice is one change: the states merged,
+    /// the first version seen.
+    pub(super) fn grouped(&self, rows: Vec<IncomingRow>) -> Result<BTreeMap<String, BTreeMap<String, IncomingRow>>> {
+        let mut grouped: BTreeMap<String, BTreeMap<String, IncomingRow>> = BTreeMap::new();
+        for r in rows {
+            self.table(&r.table)?;
+            match grouped.entry(r.table.clone()).or_default().entry(r.key.clone()) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(r);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    o.get_mut().state.merge(&r.state);
+                }
+            }
+        }
+        Ok(grouped)
     }
 
     async fn push_once(

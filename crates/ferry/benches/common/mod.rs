@@ -374,3 +374,22 @@ pub fn rate_row(name: &str, n: usize, t: Duration, ferry: Duration) {
         ferry.as_secs_f64() / t.as_secs_f64()
     );
 }
+
+/// Runs `ferry ARGS` in `dir`, asserts success and returns the last line it printed.
+pub fn ferry_ok(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(FERRY).args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_owned()
+}
+
+/// Writes the example app into `dir` for a server on PostgreSQL `database` with `role`, its
+/// `ferry.toml` followed by `extra`.
+pub fn server_config(dir: &Path, database: &str, role: &str, extra: &str) {
+    std::fs::write(dir.join("schema.sql"), example("schema.sql")).unwrap();
+    let toml = example("ferry.toml").replacen(
+        "[server]\n",
+        &format!("[server]\ndatabase = \"{database}\"\nrole = \"{role}\"\n"),
+        1,
+    );
+    std::fs::write(dir.join("ferry.toml"), toml + extra).unwrap();
+}
