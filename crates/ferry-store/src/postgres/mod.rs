@@ -579,7 +579,12 @@ impl Store for PgStore {
         // READ COMMITTED: rows are locked as they are merged, and a row a device changes
         // meanwhile is merged as it is then (never overwritten with an older version).
         let tx = client.transaction().await.map_err(pg)?;
-        tx.batch_execute("SET LOCAL ferry.applying = 'on'; SET LOCAL random_page_cost = 1.1").await.map_err(pg)?;
+        // The table grows inside this one transaction, where the planner still sees it as it
+        // was (empty, for a first restore): without this, each batch's lookup by key became a
+        // scan of everything restored so far.
+        tx.batch_execute("SET LOCAL ferry.applying = 'on'; SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
+            .await
+            .map_err(pg)?;
         let mut tally = crate::Tally::new();
         let mut done = crate::Restored::default();
         let mut tables = std::collections::BTreeSet::new();
@@ -587,21 +592,7 @@ impl Store for PgStore {
             match step {
                 crate::RestoreStep::Rows(rows) => {
                     done.rows += rows.len() as u64;
-                    let mut grouped: std::collections::BTreeMap<
-                        String,
-                        std::collections::BTreeMap<String, IncomingRow>,
-                    > = Default::default();
-                    for r in rows {
-                        self.table(&r.table)?;
-                        match grouped.entry(r.table.clone()).or_default().entry(r.key.clone()) {
-                            std::collections::btree_map::Entry::Vacant(v) => {
-                                v.insert(r);
-                            }
-                            std::collections::btree_map::Entry::Occupied(mut o) => {
-                                o.get_mut().state.merge(&r.state);
-                            }
-                        }
-                    }
+                    let grouped = self.grouped(rows)?;
                     tables.extend(grouped.keys().cloned());
                     done.changed +=
                         self.merge_in(&tx, who, &grouped, &[], &mut tally).await.map_err(StoreError::from)? as u64;
