@@ -255,7 +255,6 @@ pub async fn run<S: Store>(
         Ok(()) => {
             run.state = "SUCCESS".into();
             run.phase = "done".into();
-            let _ = tokio::fs::remove_dir_all(&dir).await;
         }
         Err(e) => {
             run.state = if matches!(e, Failure::Cancelled) { "CANCELLED" } else { "FAILED" }.into();
@@ -263,16 +262,14 @@ pub async fn run<S: Store>(
             for p in run.phases.iter_mut().filter(|p| p.state == "running") {
                 p.state = "failed".into();
             }
-            if matches!(e, Failure::Cancelled) {
-                // Nothing to resume: the chunks go, here and on the peer (whose restore, if
-                // running, rolls back).
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                if let Ok(remote) = Remote::new(&link.url, &link.token) {
-                    let _ = remote.as_peer(&link.name).end_full_sync(&plan.id).await;
-                }
+            // The peer's side ends too (a restore still running there rolls back).
+            if let Ok(remote) = Remote::new(&link.url, &link.token) {
+                let _ = remote.as_peer(&link.name).end_full_sync(&plan.id).await;
             }
         }
     }
+    // A run resumes within itself (a broken connection), never across runs: its chunks go.
+    let _ = tokio::fs::remove_dir_all(&dir).await;
     if let Some(url) = &plan.notify {
         run.notified = Some(match ferry_client::remote::post_webhook(url, &run).await {
             Ok(status) => format!("answered {status}"),
