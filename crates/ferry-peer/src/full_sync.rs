@@ -270,6 +270,24 @@ pub async fn run<S: Store>(
     }
     // A run resumes within itself (a broken connection), never across runs: its chunks go.
     let _ = tokio::fs::remove_dir_all(&dir).await;
+    let entry = ferry_protocol::SyncLogEntry {
+        at_ms: run.started_ms,
+        peer: link.name.clone(),
+        kind: "full-sync".into(),
+        direction: run.direction.clone(),
+        status: match run.state.as_str() {
+            "SUCCESS" => "SUCCESS",
+            "CANCELLED" => "WARNING",
+            _ => "FAILED",
+        }
+        .into(),
+        rows: run.rows,
+        bytes: run.bytes_sent,
+        duration_ms: now.saturating_sub(run.started_ms),
+        error: run.error.as_ref().map(|e| format!("full sync {}: {e}", run.id)),
+        ..ferry_protocol::SyncLogEntry::default()
+    };
+    crate::log(store, link, entry).await;
     if let Some(url) = &plan.notify {
         run.notified = Some(match ferry_client::remote::post_webhook(url, &run).await {
             Ok(status) => format!("answered {status}"),

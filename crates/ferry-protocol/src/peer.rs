@@ -84,7 +84,7 @@ pub struct SyncLogEntry {
     pub id: i64,
     pub at_ms: u64,
     pub peer: String,
-    /// `rows`, `users`, `files` or `alert`.
+    /// `rows`, `users`, `files`, `alert`, `integrity`, `repair` or `full-sync`.
     pub kind: String,
     /// `push` (to the peer), `pull` (from it) or `both`.
     pub direction: String,

@@ -141,6 +141,12 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
         .json()
         .unwrap();
     assert_eq!(api["runs"], history["runs"]);
+    // Each run is in the sync log too.
+    let log: Value =
+        serde_json::from_str(&main.env.ok_all(&["peer", "log", "cloud", "--json", "-c", &main.env.config()])).unwrap();
+    let runs: Vec<&Value> = log["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "full-sync").collect();
+    assert_eq!(runs.len(), 3, "{log}");
+    assert!(runs.iter().all(|e| e["status"] == "SUCCESS" && e["rows"].as_u64() > Some(0)), "{log}");
 }
 
 #[test]
