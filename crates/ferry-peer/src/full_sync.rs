@@ -413,6 +413,10 @@ async fn job<S: Store>(
             upload(&remote, &manifest, &dir, shared, cancel).await?;
             finish_phase(shared, "transfer");
             remote_restore(&remote, &manifest, shared, cancel).await?;
+            let me = remote.me().await?;
+            let role = peer_role(store, &me);
+            let there = device_here(store, link, me, role).await?;
+            record_bases(store, &there, &manifest, &dir, &plan.exclude, cancel).await?;
             finish_phase(shared, "restore");
             manifest
         }
@@ -434,6 +438,7 @@ async fn job<S: Store>(
                 .await?;
             lock(shared).changed = changed;
             lock(shared).excluded = excluded;
+            record_bases(store, &here, &manifest, &dir, &plan.exclude, cancel).await?;
             finish_phase(shared, "restore");
             let _ = remote.end_full_sync(&plan.id).await;
             manifest
@@ -460,6 +465,34 @@ async fn job<S: Store>(
             Direction::Pull => "in",
         };
         store.set_link_start(&link.name, way, &manifest.cursor).await?;
+    }
+    Ok(())
+}
+
+/// Records that the peer (`peer`: its device here) and this store both hold at least the
+/// snapshot's version of each of its rows: the link's later changes to them are judged
+/// against it, as after rows that crossed the link (else each would look concurrent with a
+/// version the other side never saw).
+async fn record_bases<S: Store>(
+    store: &S,
+    peer: &Principal,
+    manifest: &SnapshotManifest,
+    dir: &Path,
+    exclude: &Exclude,
+    cancel: &AtomicBool,
+) -> Result<(), Failure> {
+    let schema = store.schema();
+    for c in &manifest.chunks {
+        check(cancel)?;
+        let bytes = tokio::fs::read(chunk_path(dir, c.n)).await.map_err(|e| local(dir, &e))?;
+        let page = decode_chunk(schema, &bytes, manifest.compressed).map_err(Failure::Local)?;
+        let held = page
+            .rows
+            .into_iter()
+            .filter(|(t, k, state)| exclude.keeps(schema, t, k, state))
+            .map(|(t, k, state)| (t, k, state.clocks()))
+            .collect();
+        store.save_peer_bases(&peer.device_id, held).await?;
     }
     Ok(())
 }

@@ -102,6 +102,8 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
     let phases: Vec<&str> = reports.iter().map(|r| r["phase"].as_str().unwrap()).collect();
     assert_eq!(phases.first(), Some(&"snapshot"));
     assert_eq!(count(&cloud, "SELECT count(*) FROM groups WHERE name = 'from main'"), 3000);
+    // Both sides now hold these versions: the link judges later changes against them.
+    assert_eq!(count(&main, "SELECT count(*) FROM _ferry_peer_bases WHERE tbl = 'groups'"), 3000);
 
     // A row changed on CLOUD since keeps its newer version when MAIN pushes again; re-running
     // changes nothing else.
@@ -317,4 +319,28 @@ fn rows_matching_the_exclude_filter_are_left_out() {
     assert!(ok, "{run}");
     assert_eq!(run["excluded"], 10, "{run}");
     assert_eq!(count(&main, "SELECT count(*) FROM groups WHERE name = 'demo'"), 100);
+}
+
+#[test]
+fn after_a_full_sync_the_link_carries_only_later_changes_and_no_false_conflict() {
+    let (mut main, cloud) = unlinked_pair(false);
+    let ids = groups(&main, 500, "from main");
+    let (reports, ok) = full_sync(&main, "push", &[]);
+    assert!(ok, "{}", reports.last().unwrap());
+    main.psql(&format!("UPDATE groups SET name = 'changed after' WHERE id = '{}'", ids[3]));
+    // The link on: it reads on from the snapshot, so one row crosses, judged against the
+    // version both sides got from the full sync (no conflict logged on CLOUD).
+    let config = std::fs::read_to_string(main.env.path("ferry.toml")).unwrap();
+    std::fs::write(main.env.path("ferry.toml"), config.replace("enabled = false", "")).unwrap();
+    main.server = main.env.serve();
+    let started = Instant::now();
+    while cloud.psql(&format!("SELECT name FROM groups WHERE id = '{}'", ids[3])) != "changed after" {
+        assert!(started.elapsed() < Duration::from_secs(30), "the change never crossed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status: Value =
+        serde_json::from_str(&main.env.ok_all(&["peer", "status", "cloud", "--json", "-c", &main.env.config()]))
+            .unwrap();
+    assert_eq!(status["peers"][0]["rows_out"], 1, "{status}");
+    assert_eq!(count(&cloud, "SELECT count(*) FROM _ferry_conflicts"), 0);
 }
