@@ -1021,10 +1021,6 @@ impl Store for SqliteStore {
                         done.changed += merge_in(inner, &tx, &who, rows, &mut seq, &mut tally)? as u64;
                     }
                     crate::RestoreStep::Commit => {
-                        for site in &tally.sites {
-                            tx.prepare_cached("INSERT OR IGNORE INTO _ferry_sites (site, device_id) VALUES (?1, ?2)")?
-                                .execute(params![site.to_string(), who.device_id])?;
-                        }
                         tx.commit()?;
                         done.committed = true;
                         if done.changed > 0 {

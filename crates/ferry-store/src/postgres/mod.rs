@@ -598,14 +598,6 @@ impl Store for PgStore {
                         self.merge_in(&tx, who, &grouped, &[], &mut tally).await.map_err(StoreError::from)? as u64;
                 }
                 crate::RestoreStep::Commit => {
-                    for site in &tally.sites {
-                        tx.execute(
-                            "INSERT INTO _ferry_sites (site, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                            &[&site.to_string(), &who.device_id],
-                        )
-                        .await
-                        .map_err(pg)?;
-                    }
                     if done.changed > 0 {
                         let origin = tally.notice_origin(who);
                         let notice = notify::notice_payload(&crate::Notice::of(&mut tally, origin));
