@@ -406,9 +406,27 @@ fn merge_in(
     Ok(changed)
 }
 
+/// A cursor given out in the middle of a walk through the feed (a page with more after it)
+/// carries where that walk started, `POSITION~START`: the compaction horizon is judged by the
+/// walk's start (a walk from the beginning missed no deletion, however far below the horizon
+/// its pages are), not by how far it has read. Returns the cursor without it, and the start.
+fn split_walk(c: &str) -> Result<(&str, Option<i64>)> {
+    match c.split_once('~') {
+        None => Ok((c, None)),
+        Some((base, start)) => match start.parse::<i64>() {
+            Ok(s) if s >= 0 => Ok((base, Some(s))),
+            _ => Err(StoreError::Invalid(format!(
+                "cursor '{}' is not a cursor this server gave out; start over from the beginning (cursor=0; since=0 on /v1/changes)",
+                ferry_core::shown(c)
+            ))),
+        },
+    }
+}
+
 /// The embedded store's cursor: the feed sequence number, in decimal (a cursor given out
 /// under `read` rules is read from the feed position its rows are all older than).
 fn parse_cursor(c: &str) -> Result<u64> {
+    let (c, _) = split_walk(c)?;
     match c {
         "" => Ok(0),
         c if c.contains('.') => {
@@ -434,13 +452,15 @@ impl SqliteStore {
             Whose::Peer(d) => (None, Some(d)),
             Whose::All => (None, None),
         };
+        let walk_start = split_walk(cursor)?.1;
         let cursor = parse_cursor(cursor)?;
+        let walk_start = walk_start.unwrap_or(cursor as i64);
         let selection =
             serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
         self.read(move |inner, conn| {
             // One read transaction: the page and the "caught up" cursor come from one snapshot.
             let tx = conn.transaction()?;
-            check_horizon(&tx, cursor as i64)?;
+            check_horizon(&tx, walk_start)?;
             // The page's bounds come from the feed index; the rows then come from one joined
             // query per table that has rows in the page. `+tbl` keeps SQLite from choosing the
             // (tbl, pk) key instead, which walks every row of the table for each page, so that
@@ -499,7 +519,7 @@ impl SqliteStore {
             }
             rows.sort_unstable_by_key(|(seq, _)| *seq);
             let rows = rows.into_iter().map(|(_, r)| r).collect();
-            let cursor = upto.to_string();
+            let cursor = if more { format!("{upto}~{walk_start}") } else { upto.to_string() };
             Ok(PullPage { rows, removed: Vec::new(), cursor, more })
         })
         .await
@@ -517,13 +537,16 @@ impl SqliteStore {
         subs: BTreeMap<String, Vec<ferry_core::rules::Rule>>,
     ) -> Result<PullPage> {
         use crate::scope::{FeedPlaces, FeedSql};
+        let (cursor, walk_start) = split_walk(cursor)?;
         let c = RuledCursor::parse(cursor)?;
+        let walk_start =
+            walk_start.unwrap_or_else(|| c.moving.as_ref().map_or(c.after, |(_, prev)| *prev).min(c.after));
         let selected = crate::selected_tables(&self.inner.schema, tables)?;
         let selection = serde_json::to_string(&selected).expect("names serialize");
         let (page, fresh) = self
             .read(move |inner, conn| {
                 let tx = conn.transaction()?;
-                check_horizon(&tx, c.moving.as_ref().map_or(c.after, |(_, prev)| *prev).min(c.after))?;
+                check_horizon(&tx, walk_start)?;
                 let schema = &inner.schema;
                 // The scope rows move to: pinned while they move, else what the rules select now.
                 let pinned = match &c.moving {
@@ -614,9 +637,9 @@ impl SqliteStore {
                 let h1 = s1.hash();
                 let cursor = match page.last() {
                     Some((_, last, _, _)) if more && moving => {
-                        format!("{last}.{h1}.{prev}.{}", c.s0.clone().unwrap_or_else(|| h1.clone()))
+                        format!("{last}.{h1}.{prev}.{}~{walk_start}", c.s0.clone().unwrap_or_else(|| h1.clone()))
                     }
-                    Some((_, last, _, _)) if more => format!("{last}.{h1}"),
+                    Some((_, last, _, _)) if more => format!("{last}.{h1}~{walk_start}"),
                     _ => {
                         let max: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
                         format!("{}.{h1}", max.max(after).max(prev))
@@ -808,6 +831,7 @@ impl Store for SqliteStore {
         rows: Vec<IncomingRow>,
     ) -> Result<PushOutcome> {
         // A cursor given out under `read` rules keeps the scope it names (`seq.scope`).
+        let cursor = cursor.map(split_walk).transpose()?.map(|(c, _)| c);
         let scope_hash = cursor.and_then(|c| c.split_once('.')).map(|(_, h)| format!(".{h}"));
         let scope_hash = scope_hash.filter(|h| !h[1..].contains('.')).unwrap_or_default();
         let cursor = cursor.map(parse_cursor).transpose()?;
