@@ -420,7 +420,9 @@ async fn job<S: Store>(
             let role = peer_role(store, &me);
             match device_here(store, link, me, role).await {
                 Ok(there) => record_bases(store, &there, &manifest, &dir, &plan.exclude, cancel).await?,
-                Err(e) => tracing::warn!(id = %plan.id, "the versions both sides hold are not recorded for the link: {e}"),
+                Err(e) => {
+                    tracing::warn!(id = %plan.id, "the versions both sides hold are not recorded for the link: {e}")
+                }
             }
             finish_phase(shared, "restore");
             manifest
