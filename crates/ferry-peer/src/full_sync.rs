@@ -28,7 +28,7 @@ use ferry_client::Remote;
 use ferry_core::rules::Rule;
 use ferry_core::schema::Schema;
 use ferry_protocol::{
-    ChunkInfo, FullSyncRun, PageOut, PeerSnapshotRequest, PhaseProgress, RowOut, SnapshotManifest,
+    ChunkInfo, FullSyncRun, PageOut, PeerFullSync, PeerSnapshotRequest, PhaseProgress, RowOut, SnapshotManifest,
     full_sync::FULL_SYNC_PHASES,
 };
 use ferry_store::{FeedRow, IncomingRow, Principal, RestoreStep, Store, StoreError};
@@ -622,33 +622,13 @@ async fn remote_restore(
     cancel: &AtomicBool,
 ) -> Result<(), Failure> {
     progress(shared, "restore", |p| p.rows_total = manifest.rows);
-    let mut state = remote.restore_snapshot(&manifest.id, manifest).await?;
-    loop {
+    let first = remote.restore_snapshot(&manifest.id, manifest).await?;
+    follow(remote, &manifest.id, first, "restore", cancel, |state| {
         progress(shared, "restore", |p| p.rows_done = state.rows_done);
         lock(shared).changed = state.changed;
-        match state.state.as_str() {
-            "RESTORED" => return Ok(()),
-            "FAILED" => {
-                return Err(Failure::Local(format!(
-                    "the peer's restore failed: {}",
-                    state.error.as_deref().unwrap_or("no reason given")
-                )));
-            }
-            _ => {}
-        }
-        if cancel.load(Ordering::SeqCst) {
-            remote.end_full_sync(&manifest.id).await?;
-            return Err(Failure::Cancelled);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        state = match or_cancel(cancel, async { Ok(remote.peer_full_sync(&manifest.id).await?) }).await {
-            Err(Failure::Cancelled) => {
-                let _ = remote.end_full_sync(&manifest.id).await;
-                return Err(Failure::Cancelled);
-            }
-            other => other?,
-        };
-    }
+        (state.state == "RESTORED").then_some(())
+    })
+    .await
 }
 
 /// Asks the peer for a snapshot and follows it until its manifest is ready.
@@ -659,34 +639,44 @@ async fn remote_snapshot(
     cancel: &AtomicBool,
 ) -> Result<SnapshotManifest, Failure> {
     let req = PeerSnapshotRequest { tables: plan.tables.clone(), compress: plan.compress };
-    let mut state = remote.take_snapshot(&plan.id, &req).await?;
-    loop {
+    let first = remote.take_snapshot(&plan.id, &req).await?;
+    follow(remote, &plan.id, first, "snapshot", cancel, |state| {
         progress(shared, "snapshot", |p| {
             p.rows_done = state.rows_done;
             p.rows_total = state.rows_total;
         });
-        match (state.state.as_str(), state.manifest.take()) {
-            ("READY", Some(m)) => return Ok(m),
-            ("FAILED", _) => {
-                return Err(Failure::Local(format!(
-                    "the peer's snapshot failed: {}",
-                    state.error.as_deref().unwrap_or("no reason given")
-                )));
-            }
-            _ => {}
+        if state.state == "READY" { state.manifest.take() } else { None }
+    })
+    .await
+}
+
+/// Follows the peer's side of run `id` (`state`: its first answer), ten times a second,
+/// until `done` finds it finished, the peer says it failed (its `what`), or a cancel comes
+/// (the run then ends the peer's side).
+async fn follow<T>(
+    remote: &Remote,
+    id: &str,
+    mut state: PeerFullSync,
+    what: &str,
+    cancel: &AtomicBool,
+    mut done: impl FnMut(&mut PeerFullSync) -> Option<T>,
+) -> Result<T, Failure> {
+    loop {
+        if let Some(finished) = done(&mut state) {
+            return Ok(finished);
         }
-        if cancel.load(Ordering::SeqCst) {
-            remote.end_full_sync(&plan.id).await?;
-            return Err(Failure::Cancelled);
+        if state.state == "FAILED" {
+            return Err(Failure::Local(format!(
+                "the peer's {what} failed: {}",
+                state.error.as_deref().unwrap_or("no reason given")
+            )));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        state = match or_cancel(cancel, async { Ok(remote.peer_full_sync(&plan.id).await?) }).await {
-            Err(Failure::Cancelled) => {
-                let _ = remote.end_full_sync(&plan.id).await;
-                return Err(Failure::Cancelled);
-            }
-            other => other?,
-        };
+        check(cancel)?;
+        state = or_cancel(cancel, async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(remote.peer_full_sync(id).await?)
+        })
+        .await?;
     }
 }
 
