@@ -82,6 +82,27 @@ impl PeerSide {
     fn snapshot(&self) -> PeerFullSync {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Runs `work` (the side's `what`: a snapshot or a restore) as this side's task, which
+    /// `DELETE` stops; a failure marks the side FAILED with why.
+    fn spawn(
+        self: &Arc<Self>,
+        what: &'static str,
+        work: impl std::future::Future<Output = Result<(), ferry_peer::Failure>> + Send + 'static,
+    ) {
+        let side = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = work.await {
+                let id = side.snapshot().id;
+                tracing::warn!(id = %id, "a peer's {what} failed: {e}");
+                side.update(|s| {
+                    s.state = "FAILED".into();
+                    s.error = Some(e.to_string());
+                });
+            }
+        });
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -341,34 +362,23 @@ pub async fn restore<S: Store>(
     side.update(|s| s.rows_total = manifest.rows);
     let exclude = state.full_syncs.exclude(state.store.schema())?;
     let (app, peer, task_side) = (state.clone(), who.0.clone(), side.clone());
-    let task = tokio::spawn(async move {
-        let store = &app.store;
+    side.spawn("restore", async move {
         let progress = |rows, changed| {
             task_side.update(|s| {
                 s.rows_done = rows;
                 s.changed = changed;
             })
         };
-        let done = fs::restore_snapshot(store, &peer, &manifest, &dir, &exclude, &task_side.cancel, &progress).await;
-        match done {
-            Ok((rows, changed, _)) => {
-                task_side.update(|s| {
-                    s.state = "RESTORED".into();
-                    s.rows_done = rows;
-                    s.changed = changed;
-                });
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-            }
-            Err(e) => {
-                tracing::warn!(id = %manifest.id, "restoring a peer's snapshot failed: {e}");
-                task_side.update(|s| {
-                    s.state = "FAILED".into();
-                    s.error = Some(e.to_string());
-                });
-            }
-        }
+        let (rows, changed, _) =
+            fs::restore_snapshot(&app.store, &peer, &manifest, &dir, &exclude, &task_side.cancel, &progress).await?;
+        task_side.update(|s| {
+            s.state = "RESTORED".into();
+            s.rows_done = rows;
+            s.changed = changed;
+        });
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        Ok(())
     });
-    *side.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     Ok((StatusCode::ACCEPTED, Json(side.snapshot())))
 }
 
@@ -404,27 +414,17 @@ pub async fn snapshot<S: Store>(
     side.update(|s| s.rows_total = total);
     let exclude = state.full_syncs.exclude(state.store.schema())?;
     let (app, dir, task_side) = (state.clone(), state.full_syncs.dir(&id), side.clone());
-    let task = tokio::spawn(async move {
-        let store = &app.store;
+    side.spawn("snapshot", async move {
         let progress = |rows, _bytes, _excluded| task_side.update(|s| s.rows_done = rows);
         let how = fs::Snapshot { id: &id, compress: req.compress, dir: &dir, exclude: &exclude };
-        let taken = fs::take_snapshot(store, req.tables, &how, &task_side.cancel, &progress).await;
-        match taken {
-            Ok(manifest) => task_side.update(|s| {
-                s.state = "READY".into();
-                s.rows_done = manifest.rows;
-                s.manifest = Some(manifest);
-            }),
-            Err(e) => {
-                tracing::warn!(id = %id, "a snapshot for a peer failed: {e}");
-                task_side.update(|s| {
-                    s.state = "FAILED".into();
-                    s.error = Some(e.to_string());
-                });
-            }
-        }
+        let manifest = fs::take_snapshot(&app.store, req.tables, &how, &task_side.cancel, &progress).await?;
+        task_side.update(|s| {
+            s.state = "READY".into();
+            s.rows_done = manifest.rows;
+            s.manifest = Some(manifest);
+        });
+        Ok(())
     });
-    *side.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     Ok((StatusCode::ACCEPTED, Json(side.snapshot())))
 }
 
