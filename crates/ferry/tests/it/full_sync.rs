@@ -99,8 +99,10 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
     assert_eq!(phase(run, "restore")["rows_done"], 3000);
     assert!(run["bytes"].as_u64().unwrap() > 0 && run["bytes_sent"] == run["bytes"]);
     // The reports came while it ran: phases in order, progress never going back.
-    let phases: Vec<&str> = reports.iter().map(|r| r["phase"].as_str().unwrap()).collect();
-    assert_eq!(phases.first(), Some(&"snapshot"));
+    let order = ["snapshot", "transfer", "restore", "verify", "done"];
+    let phases: Vec<usize> = reports.iter().map(|r| order.iter().position(|p| r["phase"] == *p).unwrap()).collect();
+    assert_eq!(phases.first(), Some(&0));
+    assert!(phases.windows(2).all(|w| w[0] <= w[1]), "phases out of order: {phases:?}");
     assert_eq!(count(&cloud, "SELECT count(*) FROM groups WHERE name = 'from main'"), 3000);
     // Both sides now hold these versions: the link judges later changes against them.
     assert_eq!(count(&main, "SELECT count(*) FROM _ferry_peer_bases WHERE tbl = 'groups'"), 3000);

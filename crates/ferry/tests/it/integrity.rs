@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::peering::{Site, add_peer, admin, set_role};
+use crate::peering::Site;
 use crate::{Env, uuid};
 
 /// CLOUD on its own PostgreSQL; MAIN (PostgreSQL, or the embedded store when `embedded`)
@@ -17,32 +17,8 @@ pub(crate) fn unlinked_pair(embedded: bool) -> (Site, Site) {
 
 /// As [`unlinked_pair`], MAIN reaching CLOUD at `via(CLOUD's address)` (a proxy's).
 pub(crate) fn unlinked_pair_via(embedded: bool, via: &dyn Fn(&str) -> String) -> (Site, Site) {
-    let cloud_env = Env::postgres_other();
-    set_role(&cloud_env, "cloud");
-    let cloud_admin = admin(&cloud_env);
-    cloud_env.add_user("dropzone");
-    let token = cloud_env.ok(&[
-        "token",
-        "create",
-        "--user",
-        "dropzone",
-        "--device",
-        "main",
-        "--role",
-        "main",
-        "-c",
-        &cloud_env.config(),
-    ]);
-    let cloud_server = cloud_env.serve();
     let main_env = if embedded { Env::new() } else { Env::postgres() };
-    set_role(&main_env, "main");
-    add_peer(&main_env, &via(&cloud_server.url), &token, "enabled = false");
-    let main_admin = admin(&main_env);
-    let main_server = main_env.serve();
-    (
-        Site { env: main_env, server: main_server, admin: main_admin },
-        Site { env: cloud_env, server: cloud_server, admin: cloud_admin },
-    )
+    crate::peering::pair_in(main_env, Some(via), "enabled = false\n", &|schema| schema.to_owned())
 }
 
 /// `ferry integrity --peer cloud --json [extra]` on MAIN: the report, and whether it exited 0.

@@ -40,13 +40,13 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-pub(crate) fn set_role(env: &Env, role: &str) {
+fn set_role(env: &Env, role: &str) {
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
     let config = config.replacen("[server]\n", &format!("[server]\nrole = \"{role}\"\n"), 1);
     std::fs::write(env.path("ferry.toml"), config).unwrap();
 }
 
-pub(crate) fn add_peer(env: &Env, url: &str, token: &str, extra: &str) {
+fn add_peer(env: &Env, url: &str, token: &str, extra: &str) {
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
     let section = format!(
         "\n[peers.cloud]\nurl = \"{url}\"\ntoken = \"{token}\"\ninterval = \"1s\"\nbackoff = \"200ms,500ms\"\n{extra}\n"
@@ -54,7 +54,7 @@ pub(crate) fn add_peer(env: &Env, url: &str, token: &str, extra: &str) {
     std::fs::write(env.path("ferry.toml"), config + &section).unwrap();
 }
 
-pub(crate) fn admin(env: &Env) -> String {
+fn admin(env: &Env) -> String {
     env.add_user("ops");
     env.ok(&["token", "create", "--user", "ops", "--device", "console", "--admin", "-c", &env.config()])
 }
@@ -67,6 +67,16 @@ fn pair(via: Option<&dyn Fn(&str) -> String>, main_extra: &str) -> (Site, Site) 
 
 /// As [`pair`], MAIN's schema changed by `main_schema` first.
 fn pair_with(
+    via: Option<&dyn Fn(&str) -> String>,
+    main_extra: &str,
+    main_schema: &dyn Fn(&str) -> String,
+) -> (Site, Site) {
+    pair_in(Env::postgres(), via, main_extra, main_schema)
+}
+
+/// As [`pair_with`], MAIN in `main_env` (its store: PostgreSQL or the embedded one).
+pub(crate) fn pair_in(
+    main_env: Env,
     via: Option<&dyn Fn(&str) -> String>,
     main_extra: &str,
     main_schema: &dyn Fn(&str) -> String,
@@ -89,7 +99,6 @@ fn pair_with(
     ]);
     let cloud_server = cloud_env.serve();
     let url = via.map_or_else(|| cloud_server.url.clone(), |f| f(&cloud_server.url));
-    let main_env = Env::postgres();
     set_role(&main_env, "main");
     add_peer(&main_env, &url, &link_token, "");
     let config = std::fs::read_to_string(main_env.path("ferry.toml")).unwrap();
