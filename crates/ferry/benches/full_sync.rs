@@ -22,17 +22,8 @@ fn main() {
     common::header("full_sync", &format!("full sync: {n} rows{}", if quick { " (--quick)" } else { "" }));
     let main_pg = ferry_pgtemp::PgCluster::start().unwrap();
     let cloud_pg = ferry_pgtemp::PgCluster::start().unwrap();
-    let (main, cloud) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    common::server_config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
-    common::ferry_ok(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
-    let token = common::ferry_ok(
-        cloud.path(),
-        &["token", "create", "--user", "dropzone", "--device", "main", "--role", "main", "-c", "ferry.toml"],
-    );
-    let (_cloud_server, cloud_url) = common::serve(cloud.path());
-    let peer = format!("\n[peers.cloud]\nurl = \"{cloud_url}\"\ntoken = \"{token}\"\nenabled = false\n");
-    common::server_config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
-    let (_main_server, _) = common::serve(main.path());
+    let pair = common::UnlinkedPair::start(&main_pg, &cloud_pg);
+    let main = &pair.main;
 
     let rows = main_pg.dir().join("full-sync-rows.csv");
     std::fs::write(&rows, common::csv(n, "01900000-0000-7000-8000-00000000a11c")).unwrap();

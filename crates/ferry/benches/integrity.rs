@@ -30,23 +30,14 @@ fn main() {
     );
     let main_pg = ferry_pgtemp::PgCluster::start().unwrap();
     let cloud_pg = ferry_pgtemp::PgCluster::start().unwrap();
-    let (main, cloud) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    common::server_config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
-    common::ferry_ok(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
-    let token = common::ferry_ok(
-        cloud.path(),
-        &["token", "create", "--user", "dropzone", "--device", "main", "--role", "main", "-c", "ferry.toml"],
-    );
-    let (_cloud_server, cloud_url) = common::serve(cloud.path());
     // The link stays off: only the check moves anything.
-    let peer = format!("\n[peers.cloud]\nurl = \"{cloud_url}\"\ntoken = \"{token}\"\nenabled = false\n");
-    common::server_config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
+    let pair = common::UnlinkedPair::start(&main_pg, &cloud_pg);
+    let (main, cloud_url, main_url, token) = (&pair.main, &pair.cloud_url, &pair.main_url, &pair.token);
     common::ferry_ok(main.path(), &["user", "add", "checker", "-c", "ferry.toml"]);
     let main_token = common::ferry_ok(
         main.path(),
         &["token", "create", "--user", "checker", "--device", "cloud", "--role", "cloud", "-c", "ferry.toml"],
     );
-    let (_main_server, main_url) = common::serve(main.path());
 
     // n rows into MAIN, captured; then the same rows and their bookkeeping into CLOUD.
     let user = "01900000-0000-7000-8000-00000000a11c";
@@ -95,7 +86,7 @@ fn main() {
     let descent_bytes = found["bytes_sent"].as_u64().unwrap() + found["bytes_received"].as_u64().unwrap();
     let requests = found["requests"].as_u64().unwrap();
 
-    let (full, full_bytes) = full_comparison((&main_url, &main_token), (&cloud_url, &token));
+    let (full, full_bytes) = full_comparison((main_url, &main_token), (cloud_url, token));
 
     let (repaired, _) = check(main.path(), &["--repair"]);
     let repair = Duration::from_millis(repaired["duration_ms"].as_u64().unwrap());

@@ -393,3 +393,33 @@ pub fn server_config(dir: &Path, database: &str, role: &str, extra: &str) {
     );
     std::fs::write(dir.join("ferry.toml"), toml + extra).unwrap();
 }
+
+/// MAIN and CLOUD, each `ferry serve` on its own cluster (database `ferry`); MAIN's
+/// `[peers.cloud]` holds CLOUD's address and a token with role `main`, its link disabled:
+/// only what a benchmark runs moves rows.
+pub struct UnlinkedPair {
+    pub main: tempfile::TempDir,
+    pub cloud: tempfile::TempDir,
+    pub main_url: String,
+    pub cloud_url: String,
+    /// MAIN's token on CLOUD.
+    pub token: String,
+    _servers: Vec<Server>,
+}
+
+impl UnlinkedPair {
+    pub fn start(main_pg: &ferry_pgtemp::PgCluster, cloud_pg: &ferry_pgtemp::PgCluster) -> UnlinkedPair {
+        let (main, cloud) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        server_config(cloud.path(), &cloud_pg.create_db("ferry").unwrap(), "cloud", "");
+        ferry_ok(cloud.path(), &["user", "add", "dropzone", "-c", "ferry.toml"]);
+        let token = ferry_ok(
+            cloud.path(),
+            &["token", "create", "--user", "dropzone", "--device", "main", "--role", "main", "-c", "ferry.toml"],
+        );
+        let (cloud_server, cloud_url) = serve(cloud.path());
+        let peer = format!("\n[peers.cloud]\nurl = \"{cloud_url}\"\ntoken = \"{token}\"\nenabled = false\n");
+        server_config(main.path(), &main_pg.create_db("ferry").unwrap(), "main", &peer);
+        let (main_server, main_url) = serve(main.path());
+        UnlinkedPair { main, cloud, main_url, cloud_url, token, _servers: vec![cloud_server, main_server] }
+    }
+}
