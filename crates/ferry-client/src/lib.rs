@@ -10,6 +10,7 @@
 //! network call.
 
 mod capture;
+pub mod descent;
 pub mod engine;
 pub mod error;
 pub mod files;

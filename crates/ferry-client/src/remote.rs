@@ -245,6 +245,45 @@ impl Remote {
         Ok((page, sent, bytes.len() as u64))
     }
 
+    /// `POST /v1/catch-up`: the digest tree of the rows this device may read (a catch-up by
+    /// difference), with the bytes of the request's and the answer's bodies.
+    pub async fn catch_up(
+        &self,
+        req: &ferry_protocol::CatchUpRequest,
+    ) -> Result<(ferry_protocol::CatchUpResponse, u64, u64)> {
+        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a catch-up request: {e}")))?;
+        let sent = body.len() as u64;
+        let post = self
+            .http
+            .post(format!("{}/v1/catch-up", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let bytes = self.send_raw(post, "catch-up").await?;
+        let answer = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("unreadable catch-up answer from {}: {e}", self.base)))?;
+        Ok((answer, sent, bytes.len() as u64))
+    }
+
+    /// `POST /v1/catch-up/rows`: the states of these keys this device may read, decoded as a
+    /// pull page, with the bytes of the request's and the answer's bodies.
+    pub async fn catch_up_rows(
+        &self,
+        schema: &ferry_core::schema::Schema,
+        req: &ferry_protocol::PeerRowsRequest,
+    ) -> Result<(ferry_protocol::DecodedPage, u64, u64)> {
+        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a rows request: {e}")))?;
+        let sent = body.len() as u64;
+        let post = self
+            .http
+            .post(format!("{}/v1/catch-up/rows", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let bytes = self.send_raw(post, "catch-up rows").await?;
+        let page = ferry_protocol::decode_page(schema, &bytes)
+            .map_err(|e| Error::Protocol(format!("server {} sent bad rows: {e}", self.base)))?;
+        Ok((page, sent, bytes.len() as u64))
+    }
+
     /// `POST /v1/admin/integrity`: the server compares its store with a peer's (and repairs).
     pub async fn integrity(&self, req: &ferry_protocol::IntegrityRequest) -> Result<ferry_protocol::IntegrityReport> {
         self.send(self.http.post(format!("{}/v1/admin/integrity", self.base)).json(req), "integrity").await

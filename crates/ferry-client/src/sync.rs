@@ -126,8 +126,111 @@ pub struct SyncReport {
     /// The server's compaction horizon had passed this replica's cursor: everything was
     /// pulled again from the start.
     pub resynced: bool,
+    /// The server's compaction horizon had passed this replica's cursor, and it caught up by
+    /// difference: the rows that differed were fetched (and those the server no longer shows
+    /// removed), with the bytes the comparison and the rows took.
+    pub caught_up: bool,
+    pub caught_up_rows: u64,
+    pub catch_up_bytes: u64,
     pub cursor: String,
     pub elapsed_ms: u64,
+}
+
+/// What a catch-up by difference took.
+struct CaughtUp {
+    /// Rows fetched (they differed here, or were missing).
+    rows: u64,
+    /// Bytes of the comparison's and the rows' request and answer bodies.
+    bytes: u64,
+    /// Where the pull reads on from.
+    cursor: String,
+}
+
+/// Compares each table this replica pulls with the rows its user may read on the server (the
+/// digest tree, `crate::descent`), takes the rows that differ through the pull's merge, and
+/// removes those the server no longer shows (but for rows with a change not accepted yet);
+/// then moves the cursor to where the server's walk of this device's feed ended. The cursor
+/// stays until the last table is done: a catch-up cut short is started again.
+async fn catch_up(
+    replica: &mut Replica,
+    remote: &Remote,
+    schema: &ferry_core::schema::Schema,
+    tables: Option<&[String]>,
+    cursor_key: Key<'_>,
+    old_cursor: &str,
+    resolvers: &crate::replica::Resolvers,
+) -> Result<(CaughtUp, crate::replica::Applied)> {
+    use ferry_core::digest::{Difference, Tree};
+    let mut session = [0u8; 8];
+    getrandom::fill(&mut session).map_err(|e| Error::Local(format!("no randomness: {e}")))?;
+    let session = ferry_core::to_hex(&session);
+    let names: Vec<String> = match tables {
+        Some(t) => t.to_vec(),
+        None => replica.synced_tables(),
+    };
+    let selection: Option<Vec<String>> = tables.map(<[String]>::to_vec);
+    let mut caught = CaughtUp { rows: 0, bytes: 0, cursor: String::new() };
+    let mut total = crate::replica::Applied::default();
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    for table in &names {
+        let (ours, pending) = replica.digest_entries(table)?;
+        let tree = Tree::new(ours);
+        let ask = |nodes: Vec<String>, rows: Vec<String>| {
+            let req = ferry_protocol::CatchUpRequest {
+                session: session.clone(),
+                table: table.clone(),
+                tables: selection.clone(),
+                nodes,
+                rows,
+            };
+            let bytes = &bytes;
+            async move {
+                let (answer, sent, received) = remote.catch_up(&req).await?;
+                bytes.fetch_add(sent + received, std::sync::atomic::Ordering::Relaxed);
+                Ok::<_, Error>(answer)
+            }
+        };
+        let root = ask(vec![String::new()], Vec::new()).await?;
+        if caught.cursor.is_empty() {
+            caught.cursor = root.cursor.clone();
+        }
+        let root = crate::descent::node_of(&root.nodes, "")?;
+        let differences = crate::descent::descend(&tree, root, |nodes, rows| {
+            let asked = ask(nodes, rows);
+            async move {
+                let a = asked.await?;
+                Ok(crate::descent::Answer { nodes: a.nodes, rows: a.rows })
+            }
+        })
+        .await?;
+        let fetch: Vec<String> =
+            differences.iter().filter(|d| !matches!(d, Difference::OnlyHere(_))).map(|d| d.key().to_owned()).collect();
+        let removed: Vec<(String, String)> = differences
+            .iter()
+            .filter_map(|d| match d {
+                Difference::OnlyHere(e) if !pending.contains(&e.key) => Some((table.clone(), e.key.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut rows = Vec::new();
+        let mut refused = Vec::new();
+        for keys in fetch.chunks(1000) {
+            let req = ferry_protocol::PeerRowsRequest { table: table.clone(), keys: keys.to_vec() };
+            let (page, sent, received) = remote.catch_up_rows(schema, &req).await?;
+            bytes.fetch_add(sent + received, std::sync::atomic::Ordering::Relaxed);
+            rows.extend(page.rows.into_iter().map(|(table, key, state)| PulledRow { table, key, state }));
+            refused.extend(page.refused);
+        }
+        caught.rows += rows.len() as u64;
+        let applied = replica.apply_page_removing(&rows, &refused, &removed, cursor_key, old_cursor, resolvers)?;
+        total.removed += applied.removed;
+        total.changed += applied.changed;
+        total.conflicts += applied.conflicts;
+    }
+    // Every table caught up: the pull reads on from where the server's walk ended.
+    replica.apply_page(&[], &[], cursor_key, &caught.cursor, resolvers)?;
+    caught.bytes = bytes.load(std::sync::atomic::Ordering::Relaxed);
+    Ok((caught, total))
 }
 
 fn batch_id() -> Result<String> {
@@ -468,6 +571,30 @@ async fn sync_once(
             Err(Error::Refused { code, .. })
                 if code == ferry_protocol::ErrorCode::CursorExpired.as_str() && cursor != "0" =>
             {
+                // By difference when it can: compare, take what differs, read on from there.
+                if subscriptions.is_empty() && !report.caught_up {
+                    match catch_up(replica, remote, &schema, tables.as_deref(), cursor_key, &cursor, &opts.resolvers)
+                        .await
+                    {
+                        Ok((caught, applied)) => {
+                            tracing::info!(
+                                rows = caught.rows,
+                                bytes = caught.bytes,
+                                "the server's history no longer reaches this replica's cursor: caught up by difference"
+                            );
+                            report.caught_up = true;
+                            report.caught_up_rows = caught.rows;
+                            report.catch_up_bytes = caught.bytes;
+                            report.removed += applied.removed as u64;
+                            report.pulled_changed += applied.changed as u64;
+                            report.conflicts += applied.conflicts as u64;
+                            cursor = caught.cursor;
+                            next = Some(fetch(cursor.clone()));
+                            continue;
+                        }
+                        Err(e) => tracing::warn!("catching up by difference failed ({e}): re-syncing everything"),
+                    }
+                }
                 tracing::warn!("the server's history no longer reaches this replica's cursor: re-syncing everything");
                 replica.start_resync(cursor_key)?;
                 report.resynced = true;

@@ -13,11 +13,10 @@ use std::time::Instant;
 
 use ferry_client::Remote;
 use ferry_core::RowState;
-use ferry_core::digest::{self, Descent, Difference, Entry, Node, Tree};
+use ferry_core::digest::{self, Difference, Entry, Tree};
 use ferry_core::strategy::RowClocks;
 use ferry_protocol::{
-    DigestNode, DigestRequest, DigestResponse, IntegrityReport, PeerRowsRequest, RowDifference, SyncLogEntry,
-    TableIntegrity,
+    DigestRequest, DigestResponse, IntegrityReport, PeerRowsRequest, RowDifference, SyncLogEntry, TableIntegrity,
 };
 use ferry_store::{IncomingRow, Principal, Store};
 
@@ -139,38 +138,23 @@ async fn compare<S: Store>(
         (ours, theirs) = (o?, t?);
     }
     let tree = Tree::new(ours);
-    let root = node_of(&theirs, "")?;
+    let root = ferry_client::descent::node_of(&theirs.nodes, "")?;
     let mine = tree.node("").unwrap_or_default();
-    let mut descent = Descent::start(&tree, root);
-    while !descent.done() {
-        let next = descent.ask();
-        let mut nodes = Vec::with_capacity(next.nodes.len());
-        let mut rows = Vec::new();
-        // Within the peer's limits per request.
-        let (mut asked_nodes, mut asked_rows) = (next.nodes.as_slice(), next.rows.as_slice());
-        while !asked_nodes.is_empty() || !asked_rows.is_empty() {
-            let n = asked_nodes.len().min(ferry_protocol::integrity::MAX_DIGEST_ASK);
-            let r = asked_rows.len().min(ferry_protocol::integrity::MAX_DIGEST_ASK);
-            let req = DigestRequest {
-                table: table.to_owned(),
-                session: session.clone(),
-                tombstones_from_ms: from,
-                nodes: asked_nodes[..n].to_vec(),
-                rows: asked_rows[..r].to_vec(),
-            };
-            let answer = ask(remote, &req, traffic).await?;
-            for p in &req.nodes {
-                nodes.push((p.clone(), node_of(&answer, p)?));
-            }
-            for row in answer.rows {
-                let version = digest::parse_hex(&row.version).ok_or_else(|| bad_answer(&row.version))?;
-                rows.push(Entry::new(row.key, version, row.deleted));
-            }
-            (asked_nodes, asked_rows) = (&asked_nodes[n..], &asked_rows[r..]);
+    let traffic = std::sync::Mutex::new(traffic);
+    let differences = ferry_client::descent::descend(&tree, root, |nodes, rows| {
+        let req =
+            DigestRequest { table: table.to_owned(), session: session.clone(), tombstones_from_ms: from, nodes, rows };
+        let traffic = &traffic;
+        async move {
+            let (answer, sent, received) = remote.digests(&req).await?;
+            let mut t = traffic.lock().unwrap_or_else(|p| p.into_inner());
+            t.requests += 1;
+            t.sent += sent;
+            t.received += received;
+            Ok(ferry_client::descent::Answer { nodes: answer.nodes, rows: answer.rows })
         }
-        descent.answer(&tree, &nodes, &rows).map_err(|e| bad_answer(&e))?;
-    }
-    let differences = descent.differences;
+    })
+    .await?;
     let result = TableIntegrity {
         table: table.to_owned(),
         here_rows: mine.count,
@@ -190,18 +174,6 @@ async fn ask(remote: &Remote, req: &DigestRequest, traffic: &mut Traffic) -> Res
     traffic.sent += sent;
     traffic.received += received;
     Ok(answer)
-}
-
-/// The peer's summary of `prefix` in its answer.
-fn node_of(answer: &DigestResponse, prefix: &str) -> Result<Node, Failure> {
-    let n: &DigestNode =
-        answer.nodes.iter().find(|n| n.prefix == prefix).ok_or_else(|| bad_answer(&format!("no node '{prefix}'")))?;
-    let digest = digest::parse_hex(&n.digest).ok_or_else(|| bad_answer(&n.digest))?;
-    Ok(Node { count: n.count, digest })
-}
-
-fn bad_answer(what: &str) -> Failure {
-    Failure::Remote(ferry_client::Error::Protocol(format!("the peer's digest answer is unreadable: {what}")))
 }
 
 fn row_difference(d: &Difference) -> RowDifference {

@@ -142,3 +142,31 @@ pub struct RowDifference {
     #[serde(default)]
     pub there_deleted: bool,
 }
+
+/// `POST /v1/catch-up`: a device whose cursor is older than the server's compaction horizon
+/// compares its rows with the ones it may read, by the digest tree (as
+/// [`DigestRequest`]), instead of downloading everything again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatchUpRequest {
+    /// Names one catch-up: the server reads the device's rows once for it.
+    pub session: String,
+    pub table: String,
+    /// The tables the device pulls (its `--tables`; default every table).
+    #[serde(default)]
+    pub tables: Option<Vec<String>>,
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub rows: Vec<String>,
+}
+
+/// The answer to a [`CatchUpRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatchUpResponse {
+    /// Where the device's pull goes on from once it holds the rows it compared against.
+    pub cursor: String,
+    pub nodes: Vec<DigestNode>,
+    pub rows: Vec<DigestRow>,
+}

@@ -31,8 +31,8 @@ pub use full_sync::{
     PhaseProgress, SnapshotManifest,
 };
 pub use integrity::{
-    DigestNode, DigestRequest, DigestResponse, DigestRow, IntegrityReport, IntegrityRequest, PeerRowsRequest,
-    RowDifference, TableIntegrity,
+    CatchUpRequest, CatchUpResponse, DigestNode, DigestRequest, DigestResponse, DigestRow, IntegrityReport,
+    IntegrityRequest, PeerRowsRequest, RowDifference, TableIntegrity,
 };
 pub use page::{DecodedPage, DecodedPush, PushError, PushedRow, RefusedPull, decode_page, decode_push};
 pub use peer::{

@@ -17,6 +17,7 @@ mod guard;
 
 mod admin;
 mod auth;
+mod catch_up;
 pub mod files;
 mod full_sync;
 mod info;
@@ -63,6 +64,8 @@ pub struct AppState<S> {
     pub trees: integrity::Trees,
     /// Full syncs: this process's runs and its side of peers' runs.
     pub full_syncs: full_sync::FullSyncs,
+    /// The devices' running catch-ups by difference.
+    pub catch_ups: catch_up::Walks,
 }
 
 /// The HTTP routes over `store` as `config` sets them up, with `files` for the files rows
@@ -83,6 +86,7 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         sync_log_keep: config.sync_log_keep,
         trees: Default::default(),
         full_syncs: full_sync::FullSyncs::new(config.data_dir.join("full-sync"), config.full_sync_exclude.clone()),
+        catch_ups: Default::default(),
     });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
@@ -97,6 +101,8 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         .route("/v1/rows/{table}/{key}", get(rows::get_row::<S>).put(rows::put_row::<S>).delete(rows::delete_row::<S>))
         .route("/v1/changes", get(rows::changes::<S>))
         .route("/v1/stream", get(stream::stream::<S>))
+        .route("/v1/catch-up", post(catch_up::digests::<S>))
+        .route("/v1/catch-up/rows", post(catch_up::rows::<S>))
         .route("/v1/files/check", post(files::check::<S>))
         .route("/v1/files/{hash}", get(files::download::<S>).put(files::upload::<S>))
         .route("/v1/admin/status", get(files::status::<S>))

@@ -5,6 +5,7 @@
 //! with its cursor, each atomically. A process killed at any instruction leaves a file
 //! from which the next sync simply continues.
 
+mod catch_up;
 mod conflicts;
 mod meta;
 mod migrations;

@@ -417,7 +417,7 @@ fn compact(env: &Env) -> Value {
 }
 
 #[test]
-fn a_device_behind_the_compaction_horizon_resyncs_by_itself_keeping_its_changes() {
+fn a_device_behind_the_compaction_horizon_catches_up_by_itself_keeping_its_changes() {
     for env in [Env::new(), Env::postgres()] {
         let p = crate::Pair::in_env(env);
         let phone = p.env.db("phone.db");
@@ -433,8 +433,15 @@ fn a_device_behind_the_compaction_horizon_resyncs_by_itself_keeping_its_changes(
         let done = compact(&p.env);
         assert!(done["tombstones"].as_u64() >= Some(1), "{done}");
 
+        // It catches up by difference: nothing to fetch (its offline changes were pushed
+        // first), the jump deleted while it was away removed.
         let report = sync_report(&p.env, &p.server, "laptop.db", &p.laptop);
-        assert_eq!(report["resynced"], true, "{report}");
+        assert_eq!(
+            (report["caught_up"].as_bool(), report["resynced"].as_bool()),
+            (Some(true), Some(false)),
+            "{report}"
+        );
+        assert_eq!((report["caught_up_rows"].as_u64(), report["removed"].as_u64()), (Some(0), Some(1)), "{report}");
         let have: Vec<(String, Option<String>)> = jumps(&laptop).into_iter().map(|j| (j.0, j.2)).collect();
         assert_eq!(have.len(), 3, "{have:?}");
         assert!(!have.iter().any(|(id, _)| *id == ids[0]), "the jump deleted while away is gone");
@@ -444,8 +451,35 @@ fn a_device_behind_the_compaction_horizon_resyncs_by_itself_keeping_its_changes(
         p.sync_phone();
         assert_eq!(jumps(&phone), jumps(&laptop));
         let again = sync_report(&p.env, &p.server, "laptop.db", &p.laptop);
-        assert_eq!(again["resynced"], false);
+        assert_eq!((again["resynced"].as_bool(), again["caught_up"].as_bool()), (Some(false), Some(false)), "{again}");
     }
+}
+
+#[test]
+fn catching_up_by_difference_fetches_only_the_rows_that_changed() {
+    let p = crate::Pair::in_env(Env::postgres());
+    let phone = p.env.db("phone.db");
+    let ids: Vec<String> =
+        (1..=400).map(|n| insert_jump(&phone, &p.user, n, "a note of some length, as jumpers write")).collect();
+    p.sync_phone();
+    let first = p.sync_laptop();
+    assert_eq!(jumps(&p.env.db("laptop.db")).len(), 400, "{first}");
+    // While the laptop is away: 10 jumps edited, 5 deleted, and the history compacted.
+    for id in &ids[..10] {
+        phone.execute("UPDATE jump_log SET notes = 'edited' WHERE id = ?1", [id]).unwrap();
+    }
+    for id in &ids[390..] {
+        phone.execute("DELETE FROM jump_log WHERE id = ?1", [id]).unwrap();
+    }
+    p.sync_phone();
+    compact(&p.env);
+    let report = sync_report(&p.env, &p.server, "laptop.db", &p.laptop);
+    assert_eq!(report["caught_up"], true, "{report}");
+    assert_eq!((report["caught_up_rows"].as_u64(), report["removed"].as_u64()), (Some(10), Some(10)), "{report}");
+    // What crossed follows the 20 rows, not the 400 (a full re-sync pulls every row again).
+    let bytes = report["catch_up_bytes"].as_u64().unwrap();
+    assert!(bytes < 60_000, "{bytes} bytes to catch up 20 rows");
+    assert_eq!(jumps(&p.env.db("laptop.db")), jumps(&phone));
 }
 
 #[test]

@@ -1,0 +1,190 @@
+//! Catching up by difference (`docs/integrity.md`): a device whose cursor the compaction
+//! horizon passed compares its rows with the ones it may read, by the digest tree, and fetches
+//! only those that differ (`POST /v1/catch-up`, `POST /v1/catch-up/rows`), instead of
+//! downloading everything again.
+//!
+//! The server reads the device's rows by walking the device's own feed from the start (its
+//! tables, its owner and `read` rules exactly), once per catch-up session, and keeps the
+//! cursor that walk ended at: the device reads on from there.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::IntoResponse;
+use ferry_core::digest::{self, Entry, Tree};
+use ferry_protocol::integrity::{MAX_DIGEST_ASK, MAX_PEER_ROWS};
+use ferry_protocol::{CatchUpRequest, CatchUpResponse, DigestNode, DigestRow, PageOut, PeerRowsRequest, RowOut};
+use ferry_store::{Principal, Store};
+
+use crate::auth::Authed;
+use crate::{ApiError, AppState};
+
+/// How long a session's walk is kept after it was made.
+const WALK_KEPT: Duration = Duration::from_secs(120);
+/// Walks kept at most.
+const WALKS_KEPT: usize = 8;
+/// Rows per page of a walk.
+const WALK_PAGE: usize = 5000;
+
+/// The walks of running catch-ups, by device and session.
+#[derive(Default)]
+pub struct Walks(tokio::sync::Mutex<Vec<Walk>>);
+
+struct Walk {
+    device: String,
+    session: String,
+    at: Instant,
+    /// Where the device reads on from.
+    cursor: String,
+    trees: Arc<BTreeMap<String, Tree>>,
+}
+
+impl Walks {
+    async fn get<S: Store>(
+        &self,
+        store: &S,
+        who: &Principal,
+        req: &CatchUpRequest,
+    ) -> Result<(String, Arc<BTreeMap<String, Tree>>), ApiError> {
+        {
+            let mut kept = self.0.lock().await;
+            kept.retain(|w| w.at.elapsed() < WALK_KEPT);
+            if let Some(w) = kept.iter().find(|w| w.device == who.device_id && w.session == req.session) {
+                return Ok((w.cursor.clone(), w.trees.clone()));
+            }
+        }
+        let (cursor, trees) = walk(store, who, req.tables.as_deref()).await?;
+        let trees = Arc::new(trees);
+        let mut kept = self.0.lock().await;
+        if kept.len() >= WALKS_KEPT {
+            kept.remove(0);
+        }
+        kept.push(Walk {
+            device: who.device_id.clone(),
+            session: req.session.clone(),
+            at: Instant::now(),
+            cursor: cursor.clone(),
+            trees: trees.clone(),
+        });
+        Ok((cursor, trees))
+    }
+}
+
+/// The device's rows, by table, as digest trees, and the cursor its feed ended at.
+async fn walk<S: Store>(
+    store: &S,
+    who: &Principal,
+    tables: Option<&[String]>,
+) -> Result<(String, BTreeMap<String, Tree>), ApiError> {
+    let mut entries: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    let mut cursor = String::new();
+    loop {
+        let page = store.pull_tables(who, &cursor, WALK_PAGE, tables).await?;
+        for r in page.rows {
+            let s = &r.state;
+            let d =
+                digest::row_digest(&r.key, s.is_alive(), s.exists.at, s.cols.iter().map(|(c, v)| (c.as_str(), v.at)));
+            entries.entry(r.table).or_default().push(Entry::new(r.key, d, !s.is_alive()));
+        }
+        cursor = page.cursor;
+        if !page.more {
+            break;
+        }
+    }
+    Ok((cursor, entries.into_iter().map(|(t, e)| (t, Tree::new(e))).collect()))
+}
+
+/// `POST /v1/catch-up`: summaries of nodes of the digest tree of the rows the device may read
+/// in one table, the rows under others, and the cursor to read on from.
+pub async fn digests<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    Authed(who): Authed,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CatchUpResponse>, ApiError> {
+    let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
+    let req: CatchUpRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "malformed catch-up request: {e}; send {{\"session\", \"table\", \"tables\", \"nodes\": [prefix…], \"rows\": [prefix…]}}"
+        ))
+    })?;
+    if req.session.is_empty() || req.session.len() > 200 {
+        return Err(ApiError::BadRequest(format!(
+            "session '{}' must be 1 to 200 characters naming one catch-up",
+            ferry_core::shown(&req.session)
+        )));
+    }
+    if req.nodes.len() > MAX_DIGEST_ASK || req.rows.len() > MAX_DIGEST_ASK {
+        return Err(ApiError::BadRequest(format!(
+            "a catch-up request asks for {} nodes and {} row lists; at most {MAX_DIGEST_ASK} of each",
+            req.nodes.len(),
+            req.rows.len()
+        )));
+    }
+    for p in req.nodes.iter().chain(&req.rows) {
+        digest::prefix_range(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    if state.store.schema().table(&req.table).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "unknown table '{}'; the synced tables are: {}",
+            ferry_core::shown(&req.table),
+            state.store.schema().table_names().join(", ")
+        )));
+    }
+    let (cursor, trees) = state.catch_ups.get(&state.store, &who, &req).await?;
+    let empty = Tree::default();
+    let tree = trees.get(&req.table).unwrap_or(&empty);
+    let mut nodes = Vec::with_capacity(req.nodes.len());
+    for p in &req.nodes {
+        let n = tree.node(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        nodes.push(DigestNode { prefix: p.clone(), count: n.count, digest: digest::hex(n.digest) });
+    }
+    let mut rows = Vec::new();
+    for p in &req.rows {
+        for e in tree.rows(p).map_err(|e| ApiError::BadRequest(e.to_string()))? {
+            rows.push(DigestRow { key: e.key.clone(), version: digest::hex(e.digest), deleted: e.deleted });
+        }
+    }
+    Ok(Json(CatchUpResponse { cursor, nodes, rows }))
+}
+
+/// `POST /v1/catch-up/rows`: the states of these keys the device may read (a pull page; keys
+/// it may not read, or that do not exist, are left out).
+pub async fn rows<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    Authed(who): Authed,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
+    let req: PeerRowsRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!("malformed rows request: {e}; send {{\"table\": \"…\", \"keys\": [\"…\"]}}"))
+    })?;
+    if req.keys.len() > MAX_PEER_ROWS {
+        return Err(ApiError::BadRequest(format!(
+            "{} keys asked for; at most {MAX_PEER_ROWS} per request",
+            req.keys.len()
+        )));
+    }
+    let schema = state.store.schema();
+    let table = schema.table(&req.table).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "unknown table '{}'; the synced tables are: {}",
+            ferry_core::shown(&req.table),
+            schema.table_names().join(", ")
+        ))
+    })?;
+    let mut states = Vec::with_capacity(req.keys.len());
+    for key in req.keys {
+        if let Some(s) = state.store.get_row(&who, &req.table, &key).await? {
+            states.push((key, s));
+        }
+    }
+    let rows = || states.iter().map(|(k, s)| RowOut { table, key: k, state: s, base: None, seen: None });
+    let body = serde_json::to_vec(&PageOut { rows, cursor: "", more: false, removed: &[] })
+        .map_err(|e| ApiError::Internal(format!("encoding rows: {e}")))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+}
