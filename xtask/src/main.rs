@@ -19,7 +19,7 @@ commands:
   test            run every test of the workspace (what CI runs); starts moto (S3) for the
                   file store tests, installing it under target/test-tools on first use; then,
                   unless test arguments were given, the benchmarks' smoke run (bench --quick)
-  bench [--quick] run the benchmarks (sync, realtime, files, changes, sharing, peering, integrity, full_sync); each prints its tables,
+  bench [--quick] run the benchmarks (sync, realtime, files, changes, sharing, peering, integrity, full_sync, catch_up); each prints its tables,
                   and the run ends with one summary table of every scenario (figure, baseline,
                   ratio, SPEC target, command, machine), also written to
                   target/tmp/bench-results/summary.md (copy it to BENCHMARKS.md)
@@ -149,7 +149,7 @@ fn bench(extra: &[String]) -> Result<()> {
     // Each benchmark appends its scenarios here; the whole run is printed as one table.
     let summary = moto::target_dir().join("tmp/bench-results/summary.tsv");
     let _ = std::fs::remove_file(&summary);
-    for bench in ["sync", "realtime", "files", "changes", "sharing", "peering", "integrity", "full_sync"] {
+    for bench in ["sync", "realtime", "files", "changes", "sharing", "peering", "integrity", "full_sync", "catch_up"] {
         let mut args = vec!["bench", "--locked", "-p", "ferry", "--bench", bench, "--"];
         args.extend(extra.iter().map(String::as_str));
         cargo(&args)?;

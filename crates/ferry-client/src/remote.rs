@@ -20,6 +20,8 @@ pub struct Remote {
     token: String,
     /// Set when a server links as a peer: sent as the `ferry-peer` header.
     peer: Option<String>,
+    /// Bytes of the answers' bodies read so far (as decoded), shared by clones.
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -58,7 +60,7 @@ impl Remote {
             .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
-        Ok(Remote { http, files, base, token: token.to_owned(), peer: None })
+        Ok(Remote { http, files, base, token: token.to_owned(), peer: None, received: Default::default() })
     }
 
     /// This remote as a server's peer link named `link`: every request asks to be served as
@@ -75,6 +77,11 @@ impl Remote {
             h.insert(ferry_protocol::PEER_HEADER, v);
         }
         h
+    }
+
+    /// Bytes of the answers' bodies this remote (and its clones) has read, decompressed.
+    pub fn received_bytes(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn base(&self) -> &str {
@@ -100,6 +107,7 @@ impl Remote {
                 error_chain(&e)
             ))
         })?;
+        self.received.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if status.is_success() {
             return Ok(bytes);
         }

@@ -132,6 +132,8 @@ pub struct SyncReport {
     pub caught_up: bool,
     pub caught_up_rows: u64,
     pub catch_up_bytes: u64,
+    /// Bytes of the server's answers during this sync (decompressed JSON).
+    pub bytes_received: u64,
     pub cursor: String,
     pub elapsed_ms: u64,
 }
@@ -460,6 +462,7 @@ async fn sync_once(
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<SyncReport> {
     let started = Instant::now();
+    let received_before = remote.received_bytes();
     let mut report = SyncReport::default();
     check_identity(&mut *replica, remote).await?;
     let schema = remote.schema().await?;
@@ -622,6 +625,7 @@ async fn sync_once(
         replica.keep_subscriptions(&opts.subscribe, opts.subscription_ttl_ms)?;
     }
     replica.record_sync()?;
+    report.bytes_received = remote.received_bytes().saturating_sub(received_before);
     report.cursor = cursor;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)

@@ -62,12 +62,14 @@ fn every_documented_operation_answers_as_the_document_says() {
     // The peers `POST /v1/admin/integrity` checks against, their links off: `far`, a server of
     // its own that holds none of these rows, and `stranger`, the same server with a token it
     // does not know; and `slow`, the same server behind a proxy that can hold its requests,
-    // for a full sync that stays running (`POST /v1/admin/full-sync`).
+    // for a full sync that stays running (`POST /v1/admin/full-sync`). `far`'s token is of a
+    // user named otherwise than this server's `link`: a full sync adopts it here (else the two
+    // names clash).
     let far_env = Env::new();
-    far_env.add_user("link");
+    far_env.add_user("relay");
     let far_config = far_env.config();
     let far_token =
-        far_env.ok(&["token", "create", "--user", "link", "--device", "cloud", "--role", "cloud", "-c", &far_config]);
+        far_env.ok(&["token", "create", "--user", "relay", "--device", "cloud", "--role", "cloud", "-c", &far_config]);
     let far = far_env.serve();
     let slow = Proxy::start(&far.url);
     let config = std::fs::read_to_string(env.path("ferry.toml")).unwrap();
@@ -352,8 +354,10 @@ fn every_documented_operation_answers_as_the_document_says() {
     check_peering(&mut checker, (&alice, t, &too_big), (phone, tablet, ops, peer));
     check_integrity(&mut checker, &too_big, (phone, ops, peer));
     check_full_sync(&mut checker, (&too_big, &far.url, &slow), (phone, ops, peer));
-    // Last: the compaction makes every cursor taken so far too old.
+    // Last: the compaction makes every cursor taken so far too old; the phone then catches up
+    // by difference.
     check_compaction(&env, &mut checker, &alice, (phone, laptop, peer));
+    check_catch_up(&mut checker, (&alice, &too_big), (phone, tablet));
 
     checker.assert_every_answer_was_seen();
     checker.assert_other_methods_and_paths_are_refused();
@@ -1022,6 +1026,96 @@ fn check_compaction(
     checker.check(&get(format!("/v1/changes?since={}", end(changes)), laptop, 200));
 }
 
+/// Catching up by difference: a device whose cursor the compaction horizon passed (as the
+/// phone's did in [`check_compaction`]) walks down the digest tree of the rows it may read
+/// (`/v1/catch-up`), fetches the rows that differ (`/v1/catch-up/rows`), and pulls on from the
+/// cursor the tree's answer gives.
+fn check_catch_up(
+    checker: &mut Checker,
+    (alice, too_big): (&str, &str),
+    (phone, tablet): (Option<&str>, Option<&str>),
+) {
+    let ask = |session: &str, table: &str, nodes: &[&str], rows: &[&str]| {
+        json!({"session": session, "table": table, "nodes": nodes, "rows": rows}).to_string()
+    };
+    // A jump deleted since the compaction: its tombstone is one of the rows the phone may read.
+    let gone = format!("/v1/rows/jump_log/{}", uuid());
+    let values = json!({"values": {"user_id": alice, "jump_number": 100, "jumped_at": "2026-11-24T10:00:00Z"}});
+    checker.check(&put(&gone, phone, values.to_string(), 201));
+    checker.check(&delete(&gone, phone, 204));
+    // What the phone may read of `jump_log`, tombstones included: what its pull from the start
+    // gives.
+    let pulled = checker.check(&get("/v1/pull?cursor=0&limit=10000", phone, 200));
+    let readable: BTreeSet<&str> = pulled["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["table"] == "jump_log")
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    // The root and one child of it summarised, and every row of the table listed.
+    let tree = checker.check(&post("/v1/catch-up", phone, ask("openapi", "jump_log", &["", "a"], &[""]), 200));
+    let cursor = tree["cursor"].as_str().unwrap_or_default().to_owned();
+    assert!(!cursor.is_empty(), "a cursor to pull on from: {tree}");
+    let listed = tree["rows"].as_array().unwrap();
+    let root = &tree["nodes"][0];
+    assert_eq!((&root["prefix"], &tree["nodes"][1]["prefix"]), (&json!(""), &json!("a")), "{tree}");
+    assert_eq!(root["count"].as_u64(), Some(readable.len() as u64), "{tree}");
+    let keys: BTreeSet<&str> = listed.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, readable, "the rows the phone may read, and no other: {tree}");
+    assert!(listed.iter().any(|r| r["key"] == gone.rsplit('/').next().unwrap() && r["deleted"] == true), "{tree}");
+    // A node's digest is the wrapping sum of its rows'.
+    let sum = listed
+        .iter()
+        .map(|r| u64::from_str_radix(r["version"].as_str().unwrap(), 16).unwrap())
+        .fold(0u64, u64::wrapping_add);
+    assert_eq!(root["digest"], json!(format!("{sum:016x}")), "{tree}");
+    // Another table of the same session: answered from the same walk, with the same cursor.
+    let groups = checker.check(&post("/v1/catch-up", phone, ask("openapi", "groups", &[""], &[]), 200));
+    assert_eq!(groups["cursor"], json!(cursor), "{groups}");
+    // Nothing changed since the walk: the pull goes on from its cursor, with nothing new.
+    let next = checker.check(&get(format!("/v1/pull?cursor={cursor}"), phone, 200));
+    assert_eq!(next["rows"], json!([]), "{next}");
+
+    // The rows by key, tombstones included; a key nobody wrote is left out, and so are rows
+    // the device may not read (alice's, asked for by bob's tablet).
+    let mut asked: Vec<&str> = keys.iter().copied().collect();
+    let nobodys = uuid();
+    asked.push(&nobodys);
+    let fetch = json!({"table": "jump_log", "keys": asked}).to_string();
+    let page = checker.check(&post("/v1/catch-up/rows", phone, &fetch, 200));
+    let rows = page["rows"].as_array().unwrap();
+    let fetched: BTreeSet<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(fetched, keys, "{page}");
+    assert!(rows.iter().any(|r| r["exists"] == false), "{page}");
+    assert_eq!((&page["cursor"], &page["more"]), (&json!(""), &json!(false)), "{page}");
+    let bobs = checker.check(&post("/v1/catch-up/rows", tablet, &fetch, 200));
+    assert_eq!(bobs["rows"], json!([]), "{bobs}");
+
+    let some = ask("openapi", "jump_log", &[""], &[]);
+    let rows = json!({"table": "jump_log", "keys": [nobodys]}).to_string();
+    let cases = [
+        post("/v1/catch-up", phone, "not json", 400),
+        post("/v1/catch-up", phone, r#"{"session": "s", "table": "jump_log", "colour": "red"}"#, 400),
+        post("/v1/catch-up", phone, r#"{"session": "", "table": "jump_log", "nodes": [""]}"#, 400),
+        post("/v1/catch-up", phone, ask("openapi", "jump_log", &["G"], &[]), 400),
+        post("/v1/catch-up", phone, ask("openapi", "jump_log", &[""; 4097], &[]), 400),
+        post("/v1/catch-up", phone, json!({"session": "s", "table": "jump_log", "tables": ["jumps"]}).to_string(), 400),
+        post("/v1/catch-up", None, &some, 401),
+        post("/v1/catch-up", phone, ask("openapi", "jumps", &[""], &[]), 404),
+        post("/v1/catch-up", phone, too_big, 413),
+        post("/v1/catch-up/rows", phone, "not json", 400),
+        post("/v1/catch-up/rows", phone, r#"{"table": "jump_log", "keys": [], "colour": "red"}"#, 400),
+        post("/v1/catch-up/rows", phone, json!({"table": "jump_log", "keys": vec!["k"; 10_001]}).to_string(), 400),
+        post("/v1/catch-up/rows", None, &rows, 401),
+        post("/v1/catch-up/rows", phone, json!({"table": "jumps", "keys": [nobodys]}).to_string(), 404),
+        post("/v1/catch-up/rows", phone, too_big, 413),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+}
+
 /// Starts `PUT /v1/files/{hash}` of a file `length` bytes long on a socket of its own,
 /// sending only `first` of its bytes.
 fn start_upload(url: &str, token: &str, hash: &str, length: usize, first: &str) -> std::net::TcpStream {
@@ -1380,6 +1474,18 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
     add("DigestResponse", to(&digests));
     add("DigestResponse", to(&p::DigestResponse::default()));
     add("PeerRowsRequest", to(&p::PeerRowsRequest { table: "notes".into(), keys: vec![key.into()] }));
+    let catch_up = p::CatchUpRequest {
+        session: "9f0c4e2a7b3d4c51".into(),
+        table: "notes".into(),
+        tables: Some(vec!["notes".into()]),
+        nodes: vec![String::new(), "a".into()],
+        rows: vec!["a3".into()],
+    };
+    add("CatchUpRequest", to(&catch_up));
+    add("CatchUpRequest", to(&p::CatchUpRequest { tables: None, ..catch_up }));
+    let caught = p::CatchUpResponse { cursor: "1234".into(), nodes: digests.nodes.clone(), rows: digests.rows.clone() };
+    add("CatchUpResponse", to(&caught));
+    add("CatchUpResponse", to(&p::CatchUpResponse::default()));
     add("IntegrityRequest", to(&p::IntegrityRequest { peer: "cloud".into(), tables: None, repair: false }));
     let only = Some(vec!["notes".to_owned()]);
     add("IntegrityRequest", to(&p::IntegrityRequest { peer: "cloud".into(), tables: only, repair: true }));
