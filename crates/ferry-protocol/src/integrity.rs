@@ -62,6 +62,10 @@ pub struct DigestResponse {
     pub rows: Vec<DigestRow>,
     /// The answering store's newest compaction bound (ms; 0 when never compacted).
     pub compacted_before_ms: u64,
+    /// The answering store's feed position taken just before it read the table for this
+    /// session: a link catching up by difference reads on from it.
+    #[serde(default)]
+    pub cursor: String,
 }
 
 /// `POST /v1/peer/rows`: the stored states of these keys (answered as a pull page).

@@ -40,20 +40,24 @@ struct Kept {
     from_ms: u64,
     at: Instant,
     tree: Arc<Tree>,
+    /// The feed position taken before the table was read.
+    cursor: String,
 }
 
 impl Trees {
-    async fn get<S: Store>(&self, store: &S, req: &DigestRequest) -> Result<Arc<Tree>, ApiError> {
+    async fn get<S: Store>(&self, store: &S, req: &DigestRequest) -> Result<(Arc<Tree>, String), ApiError> {
         let found = {
             let mut kept = self.0.lock().await;
             kept.retain(|k| k.at.elapsed() < TREE_KEPT);
             kept.iter()
                 .find(|k| k.session == req.session && k.table == req.table && k.from_ms == req.tombstones_from_ms)
-                .map(|k| k.tree.clone())
+                .map(|k| (k.tree.clone(), k.cursor.clone()))
         };
-        if let Some(tree) = found {
-            return Ok(tree);
+        if let Some(found) = found {
+            return Ok(found);
         }
+        // The position first: whatever changes while the table is read comes after it.
+        let cursor = store.feed_position().await?;
         let tree = Arc::new(Tree::new(store.row_digests(&req.table, req.tombstones_from_ms).await?));
         let mut kept = self.0.lock().await;
         if kept.len() >= TREES_KEPT {
@@ -65,8 +69,9 @@ impl Trees {
             from_ms: req.tombstones_from_ms,
             at: Instant::now(),
             tree: tree.clone(),
+            cursor: cursor.clone(),
         });
-        Ok(tree)
+        Ok((tree, cursor))
     }
 }
 
@@ -100,7 +105,7 @@ pub async fn digests<S: Store>(
     for p in req.nodes.iter().chain(&req.rows) {
         digest::prefix_range(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
-    let tree = state.trees.get(&state.store, &req).await?;
+    let (tree, cursor) = state.trees.get(&state.store, &req).await?;
     let mut nodes = Vec::with_capacity(req.nodes.len());
     for p in &req.nodes {
         let n = tree.node(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -113,7 +118,7 @@ pub async fn digests<S: Store>(
         }
     }
     let compacted_before_ms = state.store.compacted_before().await?;
-    Ok(Json(DigestResponse { nodes, rows, compacted_before_ms }))
+    Ok(Json(DigestResponse { nodes, rows, compacted_before_ms, cursor }))
 }
 
 /// `POST /v1/peer/rows`: the stored states of keys (tombstones too), as a pull page, for a

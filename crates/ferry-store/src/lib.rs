@@ -410,6 +410,11 @@ pub trait Store: Send + Sync + 'static {
     /// removed.
     fn compacted_before(&self) -> impl Future<Output = Result<u64>> + Send;
 
+    /// The feed's position now, as a cursor: a peer reading on from it gets every change
+    /// committed after this call (and may get some committed before again). A catch-up by
+    /// difference takes it before it compares, and the link reads on from it.
+    fn feed_position(&self) -> impl Future<Output = Result<String>> + Send;
+
     /// Every row of `table`, alive or a tombstone (tombstones decided before
     /// `tombstones_from_ms` left out), as digest entries: what an integrity check compares.
     /// [`StoreError::Invalid`] for a table the schema does not sync.
@@ -764,6 +769,10 @@ impl Store for AnyStore {
 
     async fn compacted_before(&self) -> Result<u64> {
         delegate!(self, s => s.compacted_before().await)
+    }
+
+    async fn feed_position(&self) -> Result<String> {
+        delegate!(self, s => s.feed_position().await)
     }
 
     async fn row_digests(&self, table: &str, tombstones_from_ms: u64) -> Result<Vec<ferry_core::digest::Entry>> {

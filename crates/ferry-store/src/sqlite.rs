@@ -939,18 +939,24 @@ impl Store for SqliteStore {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let (mut n, mut top) = (0u64, 0i64);
                     for (t, k) in &chunk {
-                        let gone: Option<i64> = tx
+                        let gone: Option<(i64, String)> = tx
                             .prepare_cached(
                                 "DELETE FROM _ferry_rows WHERE tbl = ?1 AND pk = ?2 AND alive = 0 AND alive_at < ?3
-                                 RETURNING seq",
+                                 RETURNING seq, alive_at",
                             )?
-                            .query_row(params![t, k, bound], |r| r.get(0))
+                            .query_row(params![t, k, bound], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()?;
-                        if let Some(seq) = gone {
+                        if let Some((seq, deleted_at)) = gone {
                             n += 1;
                             top = top.max(seq);
-                            tx.prepare_cached("DELETE FROM _ferry_peer_bases WHERE tbl = ?1 AND pk = ?2")?
-                                .execute(params![t, k])?;
+                            // A base that predates the deletion stays: that peer never saw
+                            // it, and its link's catch-up tells the deletion from a row
+                            // never received by it.
+                            tx.prepare_cached(
+                                "DELETE FROM _ferry_peer_bases
+                                 WHERE tbl = ?1 AND pk = ?2 AND json_extract(clocks, '$.\"*\"') = ?3",
+                            )?
+                            .execute(params![t, k, deleted_at])?;
                         }
                     }
                     raise_horizon(&tx, top)?;
@@ -1162,6 +1168,10 @@ impl Store for SqliteStore {
             Ok(at.unwrap_or(0).max(0) as u64)
         })
         .await
+    }
+
+    async fn feed_position(&self) -> Result<String> {
+        self.read(|_, conn| Ok(conn.query_row(FEED_END, [], |r| r.get::<_, i64>(0))?.to_string())).await
     }
 
     async fn row_digests(&self, table: &str, tombstones_from_ms: u64) -> Result<Vec<ferry_core::digest::Entry>> {

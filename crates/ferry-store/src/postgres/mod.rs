@@ -476,7 +476,7 @@ impl Store for PgStore {
                 .query(
                     "DELETE FROM _ferry_rows r USING unnest($1::text[], $2::text[]) AS k(tbl, pk)
                      WHERE r.tbl = k.tbl AND r.pk = k.pk AND NOT r.alive AND r.alive_at < $3
-                     RETURNING r.tbl, r.pk, r.xid::text",
+                     RETURNING r.tbl, r.pk, r.xid::text, r.alive_at",
                     &[&tables, &keys, &bound],
                 )
                 .await
@@ -485,10 +485,13 @@ impl Store for PgStore {
             let low = xids().min_by_key(|x| x.parse::<u64>().unwrap_or(0));
             if let (Some(top), Some(low)) = (xids().max_by_key(|x| x.parse::<u64>().unwrap_or(0)), low) {
                 let (tables, keys): (Vec<String>, Vec<String>) = gone.iter().map(|r| (r.get(0), r.get(1))).unzip();
+                let deleted_at: Vec<String> = gone.iter().map(|r| r.get(3)).collect();
+                // A base that predates the deletion stays: that peer never saw it, and its
+                // link's catch-up tells the deletion from a row never received by it.
                 tx.execute(
-                    "DELETE FROM _ferry_peer_bases b USING unnest($1::text[], $2::text[]) AS k(tbl, pk)
-                     WHERE b.tbl = k.tbl AND b.pk = k.pk",
-                    &[&tables, &keys],
+                    "DELETE FROM _ferry_peer_bases b USING unnest($1::text[], $2::text[], $3::text[]) AS k(tbl, pk, at)
+                     WHERE b.tbl = k.tbl AND b.pk = k.pk AND b.clocks::jsonb ->> '*' = k.at",
+                    &[&tables, &keys, &deleted_at],
                 )
                 .await
                 .map_err(pg)?;
@@ -701,6 +704,12 @@ impl Store for PgStore {
             .map_err(pg)?
             .map_or(0, |r| r.get::<_, i64>(0));
         Ok(at.max(0) as u64)
+    }
+
+    async fn feed_position(&self) -> Result<String> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let snap: String = client.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);
+        Ok(feed::snapshot_cursor(&self.inner.epoch, snap))
     }
 
     async fn row_digests(&self, table: &str, tombstones_from_ms: u64) -> Result<Vec<ferry_core::digest::Entry>> {

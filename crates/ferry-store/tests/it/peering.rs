@@ -128,9 +128,19 @@ pub async fn compaction_removes_old_tombstones_and_refuses_cursors_it_passed<S: 
     store.push(&ann, "2", None, vec![delete(2, Hlc::new(now, 0, SiteId(1)))]).await.unwrap();
     store.push(&ann, "2b", None, vec![delete(1, at(10, 1))]).await.unwrap();
     let (_, after_deletes) = feed(store, &ann, &before_deletes).await;
+    // One peer last held note 1 alive (it never saw the deletion), another its tombstone.
+    let alive = note(1, &ann.user_id, "x", at(1, 1)).state.clocks();
+    let dead = delete(1, at(10, 1)).state.clocks();
+    store.save_peer_bases("behind", vec![("notes".into(), key(1), alive.clone())]).await.unwrap();
+    store.save_peer_bases("told", vec![("notes".into(), key(1), dead)]).await.unwrap();
 
     let done = store.compact(now - 60_000).await.unwrap();
     assert_eq!(done.tombstones, 1, "{done:?}");
+    // The base of the peer that saw the deletion goes with the tombstone; the other stays,
+    // for its link's catch-up to tell the deletion from a row never received.
+    assert!(store.peer_bases("told", vec![("notes".into(), key(1))]).await.unwrap().is_empty());
+    let kept = store.peer_bases("behind", vec![("notes".into(), key(1))]).await.unwrap();
+    assert_eq!(kept.get(&("notes".to_owned(), key(1))), Some(&alive));
     assert!(done.horizon > 0);
     match store.pull(&ann, &before_deletes, 10).await {
         Err(StoreError::Expired(m)) => assert!(m.contains("compaction horizon") && m.contains("re-sync"), "{m}"),
@@ -216,6 +226,25 @@ pub async fn digests_and_states_follow_every_version_and_leave_out_compacted_tom
     assert!(
         matches!(store.row_digests("nope", 0).await, Err(StoreError::Invalid(m)) if m.contains("unknown table 'nope'"))
     );
+}
+
+pub async fn a_peer_reading_on_from_the_feed_position_gets_every_later_change<S: Store>(store: &S) {
+    let ann = device(store, "ann", None).await;
+    let mut peer = device(store, "main-server", Some("main")).await;
+    peer.peer = true;
+    let empty = store.feed_position().await.unwrap();
+    assert!(feed(store, &peer, &empty).await.0.is_empty(), "nothing after the position of an empty feed");
+    store.push(&ann, "1", None, vec![note(1, &ann.user_id, "before", at(1, 1))]).await.unwrap();
+    let position = store.feed_position().await.unwrap();
+    assert!(feed(store, &peer, &position).await.0.is_empty(), "what came before the position is not read again");
+    store.push(&ann, "2", None, vec![note(2, &ann.user_id, "after", at(2, 1))]).await.unwrap();
+    let mut edit = note(1, &ann.user_id, "before", at(1, 1));
+    edit.state.update([("body".to_owned(), Value::Text("edited after".into()))], at(3, 1));
+    store.push(&ann, "3", None, vec![edit]).await.unwrap();
+    let (rows, _) = feed(store, &peer, &position).await;
+    let mut keys: Vec<String> = rows.into_iter().map(|(k, _)| k).collect();
+    keys.sort();
+    assert_eq!(keys, [key(1), key(2)], "every change after the position");
 }
 
 pub async fn an_export_is_one_snapshot_and_a_restore_merges_all_or_nothing<S: Store>(store: &S) {

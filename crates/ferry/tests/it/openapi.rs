@@ -1470,6 +1470,7 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
         nodes: vec![node("", 300, 0x1234_5678_9abc_def0), node("a", 0, 0)],
         rows: listed,
         compacted_before_ms: ms - 86_400_000,
+        cursor: "1234".into(),
     };
     add("DigestResponse", to(&digests));
     add("DigestResponse", to(&p::DigestResponse::default()));
