@@ -27,10 +27,21 @@ const LOGGED_DIFFERENCES: usize = 50;
 
 /// What a check asks of the peer, and the bytes that crossed.
 #[derive(Default)]
-struct Traffic {
-    requests: u64,
-    sent: u64,
-    received: u64,
+pub(crate) struct Traffic {
+    pub requests: u64,
+    pub sent: u64,
+    pub received: u64,
+    /// The peer's feed position before it read the first table compared.
+    pub cursor: Option<String>,
+}
+
+impl Traffic {
+    /// One more request, and its bytes.
+    pub fn count(&mut self, sent: u64, received: u64) {
+        self.requests += 1;
+        self.sent += sent;
+        self.received += received;
+    }
 }
 
 /// Compares `tables` of this store with the peer's, and with `repair`, sends the newer
@@ -111,7 +122,7 @@ fn session() -> String {
 }
 
 /// Compares one table; returns its summary and the differing rows.
-async fn compare<S: Store>(
+pub(crate) async fn compare<S: Store>(
     store: &S,
     remote: &Remote,
     table: &str,
@@ -147,10 +158,7 @@ async fn compare<S: Store>(
         let traffic = &traffic;
         async move {
             let (answer, sent, received) = remote.digests(&req).await?;
-            let mut t = traffic.lock().unwrap_or_else(|p| p.into_inner());
-            t.requests += 1;
-            t.sent += sent;
-            t.received += received;
+            traffic.lock().unwrap_or_else(|p| p.into_inner()).count(sent, received);
             Ok(ferry_client::descent::Answer { nodes: answer.nodes, rows: answer.rows })
         }
     })
@@ -170,9 +178,8 @@ async fn compare<S: Store>(
 
 async fn ask(remote: &Remote, req: &DigestRequest, traffic: &mut Traffic) -> Result<DigestResponse, Failure> {
     let (answer, sent, received) = remote.digests(req).await?;
-    traffic.requests += 1;
-    traffic.sent += sent;
-    traffic.received += received;
+    traffic.count(sent, received);
+    traffic.cursor.get_or_insert_with(|| answer.cursor.clone());
     Ok(answer)
 }
 
@@ -189,7 +196,7 @@ fn row_difference(d: &Difference) -> RowDifference {
 
 /// Sends this side's versions of the differing rows to the peer, then merges the peer's
 /// here: each side decides by its own merge rules and strategies, as for the link.
-async fn mend<S: Store>(
+pub(crate) async fn mend<S: Store>(
     store: &S,
     remote: &Remote,
     local: &Principal,
@@ -217,8 +224,7 @@ async fn mend<S: Store>(
             })
             .collect();
         let (sent, bytes, warnings) = push_split(remote, schema, &format!("{batch}-out-{n}"), &rows).await?;
-        traffic.requests += 1;
-        traffic.sent += bytes;
+        traffic.count(bytes, 0);
         result.repaired_out += sent.len() as u64;
         result.repair_warnings.extend(warnings);
         let held = sent.into_iter().map(|i| (rows[i].0.clone(), rows[i].1.clone(), rows[i].2.clocks())).collect();
@@ -227,9 +233,7 @@ async fn mend<S: Store>(
     for (n, keys) in theirs.chunks(crate::PAGE_ROWS).enumerate() {
         let req = PeerRowsRequest { table: table.to_owned(), keys: keys.to_vec() };
         let (page, sent, received) = remote.peer_rows(schema, &req).await?;
-        traffic.requests += 1;
-        traffic.sent += sent;
-        traffic.received += received;
+        traffic.count(sent, received);
         for r in &page.refused {
             result.repair_warnings.push(format!("the peer sent a row this server refuses: {}", r.reason));
         }

@@ -22,6 +22,7 @@
 //! and the counts are kept in the store, where `GET /v1/admin/sync/status` and `ferry peer
 //! status` read them.
 
+mod catch_up;
 mod files;
 pub mod full_sync;
 pub mod integrity;
@@ -76,7 +77,7 @@ pub enum Failure {
 
 impl Failure {
     /// A cursor of this link is older than a compaction horizon (the peer's, or this
-    /// store's own): retrying cannot mend it; an operator re-syncs the link.
+    /// store's own): retrying cannot mend it; the link catches up by difference.
     fn expired(&self) -> bool {
         match self {
             Failure::Remote(ferry_client::Error::Refused { code, .. }) => {
@@ -241,10 +242,9 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
                 let expired = e.expired();
                 if expired {
                     status.behind = Some(if matches!(e, Failure::Remote(_)) { "in" } else { "out" }.into());
-                    message.push_str(&format!(
-                        "; the link stays down until an operator re-syncs it: `ferry peer resync {} -c ferry.toml` (docs/peering.md, \"A peer behind the horizon\")",
-                        link.name
-                    ));
+                    message.push_str(
+                        "; the link catches up by difference at its next attempt (docs/peering.md, \"A peer behind the horizon\")",
+                    );
                 }
                 tracing::warn!(peer = %link.name, "link failed (attempt {}): {message}", status.failures);
                 // The same critical failure again is not news.
@@ -345,6 +345,13 @@ async fn run_once<S: Store>(
         }
     }
     exchange_users(store, s, &mut moved).await?;
+    // A horizon passed a cursor of the link: only the rows that differ cross, then it reads on.
+    if let Some(way) = status.behind.clone() {
+        tracing::warn!(peer = %link.name, "catching up with the peer by difference ({way})");
+        let entry = catch_up::run(store, link, &s.remote, &s.local, status, &way).await?;
+        status.behind = None;
+        log(store, link, entry).await;
+    }
     push_out(store, link, s, status, &mut moved).await?;
     pull_in(store, link, s, status, &mut moved).await?;
     status.last_heartbeat_ms = Some(now_ms());

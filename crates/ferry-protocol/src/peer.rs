@@ -61,7 +61,8 @@ pub struct PeerStatus {
     #[serde(default)]
     pub cursor_in: String,
     /// Which way a compaction horizon passed this link's cursor (`in`: the peer's history,
-    /// `out`: this store's), while it does: `ferry peer resync` starts that way over.
+    /// `out`: this store's), until the link caught up by difference at its next attempt
+    /// (`ferry peer resync` starts that way over from the start instead).
     #[serde(default)]
     pub behind: Option<String>,
 }

@@ -44,16 +44,17 @@ pub async fn pull<S: Store>(
         return Err(ApiError::BadRequest("cursor is too long; start over with cursor=0".into()));
     }
     let limit = parse_limit(q.get("limit"))?;
-    let page = state.store.pull_subscribed(&who, cursor, limit, tables.as_deref(), &subscriptions).await.inspect_err(|e| {
-        if matches!(e, ferry_store::StoreError::Expired(_)) {
-            tracing::error!(
-                device = %who.device_id,
-                user = %who.user_name,
-                peer = who.peer,
-                "a cursor older than the compaction horizon: the device re-syncs everything (a peer needs `ferry peer resync`)"
-            );
-        }
-    })?;
+    let page =
+        state.store.pull_subscribed(&who, cursor, limit, tables.as_deref(), &subscriptions).await.inspect_err(|e| {
+            if matches!(e, ferry_store::StoreError::Expired(_)) {
+                tracing::error!(
+                    device = %who.device_id,
+                    user = %who.user_name,
+                    peer = who.peer,
+                    "a cursor older than the compaction horizon: the device or peer link catches up by difference"
+                );
+            }
+        })?;
     let schema = state.store.schema();
     let rows = || {
         page.rows.iter().filter_map(|r| {

@@ -470,8 +470,9 @@ pub enum PeerCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Sync everything with a peer again, both ways, at the link's next run (after a
-    /// compaction passed its cursor: docs/peering.md, "A peer behind the horizon").
+    /// Sync everything with a peer again, both ways, at the link's next run (a link a
+    /// compaction passed catches up by difference by itself; this crosses every row again:
+    /// docs/peering.md, "A peer behind the horizon").
     Resync {
         /// The link (`[peers.NAME]`).
         name: String,

@@ -114,7 +114,10 @@ fn print_link(p: &PeerStatus, now: u64) {
     println!("  rows:           {} sent, {} received", p.rows_out, p.rows_in);
     println!("  file queue:     {}", p.file_queue);
     if let Some(way) = &p.behind {
-        println!("  behind:         a compaction passed the link's cursor ({way}); run `ferry peer resync {}`", p.name);
+        println!(
+            "  behind:         a compaction passed the link's cursor ({way}); it catches up by difference at its next attempt (`ferry peer resync {}` re-syncs everything instead)",
+            p.name
+        );
     }
     if let Some(e) = &p.last_error {
         println!("  last error:     {e}");
