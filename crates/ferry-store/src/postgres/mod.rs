@@ -591,14 +591,32 @@ impl Store for PgStore {
         let mut tally = crate::Tally::new();
         let mut done = crate::Restored::default();
         let mut tables = std::collections::BTreeSet::new();
+        let mut empty = std::collections::BTreeSet::new();
         while let Some(step) = steps.recv().await {
             match step {
                 crate::RestoreStep::Rows(rows) => {
                     done.rows += rows.len() as u64;
                     let grouped = self.grouped(rows)?;
-                    tables.extend(grouped.keys().cloned());
-                    done.changed +=
-                        self.merge_in(&tx, who, &grouped, &[], &mut tally).await.map_err(StoreError::from)? as u64;
+                    for table in grouped.keys() {
+                        if tables.insert(table.clone()) {
+                            // Reads go on; writers of the table wait for the restore to
+                            // commit, so rows new here can be copied in.
+                            let lock = format!("LOCK TABLE {} IN EXCLUSIVE MODE", quote(table));
+                            tx.batch_execute(&lock).await.map_err(pg)?;
+                            let none = format!(
+                                "SELECT NOT EXISTS (SELECT 1 FROM _ferry_rows WHERE tbl = $1)
+                                   AND NOT EXISTS (SELECT 1 FROM {})",
+                                quote(table)
+                            );
+                            if tx.query_one(&none, &[table]).await.map_err(pg)?.get::<_, bool>(0) {
+                                empty.insert(table.clone());
+                            }
+                        }
+                    }
+                    done.changed += self
+                        .merge_in(&tx, who, &grouped, &[], &mut tally, push::Fill::Locked { empty: &empty })
+                        .await
+                        .map_err(StoreError::from)? as u64;
                 }
                 crate::RestoreStep::Commit => {
                     if done.changed > 0 {

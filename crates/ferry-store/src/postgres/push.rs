@@ -78,31 +78,69 @@ ON CONFLICT (tbl, pk) DO UPDATE SET alive = excluded.alive, alive_at = excluded.
   clocks = excluded.clocks, dead = excluded.dead, owner = excluded.owner, origin = excluded.origin,
   texts = excluded.texts, reach = excluded.reach, xid = excluded.xid";
 
-/// Writes the merged states of one table: application rows (upsert or delete) and their
-/// bookkeeping (`origins`: each row's writer), a few statements for the whole batch.
-pub(super) async fn write(
-    tx: &Transaction<'_>,
+/// How [`PgStore::merge_in`] writes rows the store holds nothing of.
+#[derive(Clone, Copy)]
+pub(super) enum Fill<'a> {
+    /// As a push: upserts, stored rows locked as they are read.
+    Push,
+    /// The transaction holds the tables locked against every other writer (a full sync's
+    /// restore): such rows are copied in. The tables in `empty` held no row when locked,
+    /// and take each key once (a snapshot's rows): nothing is looked up in them.
+    Locked { empty: &'a std::collections::BTreeSet<String> },
+}
+
+/// The merged states of one table's rows, in the columns they are written in.
+struct Prepared<'a> {
+    /// Alive rows: the key, then one array per data column in schema order.
+    keys: Vec<Option<String>>,
+    live: Vec<Array>,
+    /// Alive rows' values, for `COPY`.
+    live_values: Vec<Vec<Value>>,
+    /// Keys of deleted rows.
+    gone: Vec<String>,
+    pks: Vec<String>,
+    alive: Vec<bool>,
+    alive_at: Vec<String>,
+    clock: Vec<String>,
+    clocks: Vec<Option<String>>,
+    dead: Vec<Option<String>>,
+    owners: Vec<Option<String>>,
+    texts: Vec<Option<String>>,
+    reaches: Vec<Option<&'a str>>,
+}
+
+/// Each row's columns as written: the key and values of alive rows (arrays for the upsert, or
+/// values for `COPY`), the deleted keys, and the bookkeeping.
+fn prepare<'a>(
     pt: &PgTable,
-    origins: &[Option<&str>],
-    rows: &[(String, crate::Write)],
-) -> std::result::Result<(), PushError> {
+    rows: &'a [(String, crate::Write)],
+    copy: bool,
+) -> std::result::Result<Prepared<'a>, PushError> {
     let table = &pt.table;
-    // The upsert takes the key first, then the data columns in schema order.
-    let mut key_array: Vec<Option<String>> = Vec::new();
-    let mut live: Vec<Array> = table.data_columns().map(|c| Array::new(c.ty)).collect();
-    let mut gone: Vec<String> = Vec::new();
-    let (mut pks, mut alive, mut alive_at, mut clock, mut clocks, mut dead, mut owners, mut texts) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut reaches: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+    let mut p = Prepared {
+        keys: Vec::new(),
+        live: if copy { Vec::new() } else { table.data_columns().map(|c| Array::new(c.ty)).collect() },
+        live_values: Vec::new(),
+        gone: Vec::new(),
+        pks: Vec::with_capacity(rows.len()),
+        alive: Vec::with_capacity(rows.len()),
+        alive_at: Vec::with_capacity(rows.len()),
+        clock: Vec::with_capacity(rows.len()),
+        clocks: Vec::with_capacity(rows.len()),
+        dead: Vec::with_capacity(rows.len()),
+        owners: Vec::with_capacity(rows.len()),
+        texts: Vec::with_capacity(rows.len()),
+        reaches: Vec::with_capacity(rows.len()),
+    };
     for (key, crate::Write { state, owner, reach, .. }) in rows {
         let values = ferry_sqlite::values_of(table, state);
         if state.is_alive() {
-            key_array.push(Some(key.clone()));
-            for (arr, v) in live.iter_mut().zip(&values) {
+            p.keys.push(Some(key.clone()));
+            for (arr, v) in p.live.iter_mut().zip(&values) {
                 arr.push(v).map_err(|e| StoreError::Internal(format!("{} '{key}': {e}", table.name)))?;
             }
         } else {
-            gone.push(key.clone());
+            p.gone.push(key.clone());
         }
         let (base, overrides) = ferry_sqlite::encode_clocks(table, state);
         let kept: serde_json::Map<String, serde_json::Value> = table
@@ -114,27 +152,166 @@ pub(super) async fn write(
                 _ => None,
             })
             .collect();
-        pks.push(key.clone());
-        alive.push(state.is_alive());
-        alive_at.push(state.exists.at.to_string());
-        clock.push(base.to_string());
-        clocks.push(overrides);
-        dead.push((!state.is_alive()).then(|| ferry_sqlite::encode_values(table, &values)));
-        owners.push(owner.clone());
-        reaches.push(reach.as_deref());
-        texts.push((!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string()));
+        p.pks.push(key.clone());
+        p.alive.push(state.is_alive());
+        p.alive_at.push(state.exists.at.to_string());
+        p.clock.push(base.to_string());
+        p.clocks.push(overrides);
+        p.dead.push((!state.is_alive()).then(|| ferry_sqlite::encode_values(table, &values)));
+        p.owners.push(owner.clone());
+        p.reaches.push(reach.as_deref());
+        p.texts.push((!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string()));
+        if copy && state.is_alive() {
+            p.live_values.push(values);
+        }
     }
-    if !key_array.is_empty() {
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key_array];
-        params.extend(live.iter().map(Array::param));
+    Ok(p)
+}
+
+/// Writes the merged states of one table: application rows (upsert or delete) and their
+/// bookkeeping (`origins`: each row's writer), a few statements for the whole batch.
+pub(super) async fn write(
+    tx: &Transaction<'_>,
+    pt: &PgTable,
+    origins: &[Option<&str>],
+    rows: &[(String, crate::Write)],
+) -> std::result::Result<(), PushError> {
+    let table = &pt.table;
+    let p = prepare(pt, rows, false)?;
+    if !p.keys.is_empty() {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&p.keys];
+        params.extend(p.live.iter().map(Array::param));
         tx.execute(pt.upsert.as_str(), &params).await.map_err(|e| with_table(e, table))?;
     }
-    if !gone.is_empty() {
-        tx.execute(pt.delete.as_str(), &[&gone]).await.map_err(|e| with_table(e, table))?;
+    if !p.gone.is_empty() {
+        tx.execute(pt.delete.as_str(), &[&p.gone]).await.map_err(|e| with_table(e, table))?;
     }
-    let params: [&(dyn ToSql + Sync); 11] =
-        [&table.name, &origins, &pks, &alive, &alive_at, &clock, &clocks, &dead, &owners, &texts, &reaches];
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &table.name,
+        &origins,
+        &p.pks,
+        &p.alive,
+        &p.alive_at,
+        &p.clock,
+        &p.clocks,
+        &p.dead,
+        &p.owners,
+        &p.texts,
+        &p.reaches,
+    ];
     tx.execute(UPSERT_META, &params).await.map_err(|e| with_table(e, table))?;
+    Ok(())
+}
+
+/// Writes rows the store holds nothing of (no bookkeeping, no application row) by `COPY`:
+/// only while the application table is locked against every other writer (a full sync's
+/// restore), so that no row can appear between the look and the copy.
+pub(super) async fn write_new(
+    tx: &Transaction<'_>,
+    pt: &PgTable,
+    origins: &[Option<&str>],
+    rows: &[(String, crate::Write)],
+) -> std::result::Result<(), PushError> {
+    let table = &pt.table;
+    let p = prepare(pt, rows, true)?;
+    let types: Vec<ColType> = table.data_columns().map(|c| c.ty).collect();
+    if !p.live_values.is_empty() {
+        let mut text = String::with_capacity(p.live_values.len() * 160);
+        for (key, values) in p.keys.iter().zip(&p.live_values) {
+            copy_field(&mut text, key.as_deref());
+            for (ty, v) in types.iter().zip(values) {
+                text.push('\t');
+                copy_value(&mut text, *ty, v).map_err(|e| {
+                    StoreError::Internal(format!("{} '{}': {e}", table.name, key.as_deref().unwrap_or("")))
+                })?;
+            }
+            text.push('\n');
+        }
+        copy(tx, &pt.copy_in, text).await.map_err(|e| with_table(e, table))?;
+    }
+    let mut text = String::with_capacity(p.pks.len() * 160);
+    for (i, origin) in origins.iter().enumerate() {
+        let fields = [
+            Some(table.name.as_str()),
+            Some(p.pks[i].as_str()),
+            Some(if p.alive[i] { "t" } else { "f" }),
+            Some(p.alive_at[i].as_str()),
+            Some(p.clock[i].as_str()),
+            p.clocks[i].as_deref(),
+            p.dead[i].as_deref(),
+            p.owners[i].as_deref(),
+            *origin,
+            p.texts[i].as_deref(),
+            p.reaches[i],
+        ];
+        for (n, f) in fields.iter().enumerate() {
+            if n > 0 {
+                text.push('\t');
+            }
+            copy_field(&mut text, *f);
+        }
+        text.push('\n');
+    }
+    copy(tx, COPY_META, text).await.map_err(|e| with_table(e, table))?;
+    Ok(())
+}
+
+const COPY_META: &str =
+    "COPY _ferry_rows (tbl, pk, alive, alive_at, clock, clocks, dead, owner, origin, texts, reach) FROM STDIN";
+
+/// Runs `COPY … FROM STDIN` (text format) with `text` as its data.
+pub(super) async fn copy(
+    tx: &Transaction<'_>,
+    statement: &str,
+    text: String,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    use futures_util::SinkExt;
+    let sink = tx.copy_in::<_, bytes::Bytes>(statement).await?;
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(text)).await?;
+    sink.as_mut().finish().await
+}
+
+/// A field of `COPY`'s text format: `\N` for NULL, else the text with its specials escaped.
+pub(super) fn copy_field(out: &mut String, field: Option<&str>) {
+    let Some(text) = field else {
+        out.push_str("\\N");
+        return;
+    };
+    for ch in text.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A value of a column of type `ty` as a field of `COPY`'s text format, read by the
+/// column's input function as the upsert's casts read its plain form.
+fn copy_value(out: &mut String, ty: ColType, v: &Value) -> std::result::Result<(), String> {
+    use std::fmt::Write as _;
+    match (sql::wire(ty), v) {
+        (_, Value::Null) => out.push_str("\\N"),
+        (Wire::Text, Value::Text(s)) => copy_field(out, Some(s)),
+        (Wire::Int, Value::Integer(i)) => {
+            let _ = write!(out, "{i}");
+        }
+        (Wire::Float, Value::Real(r)) => {
+            let _ = write!(out, "{r:?}");
+        }
+        (Wire::Float, Value::Integer(i)) => {
+            let _ = write!(out, "{}", *i as f64);
+        }
+        (Wire::Bool, Value::Integer(i)) => out.push(if *i != 0 { 't' } else { 'f' }),
+        (Wire::Bytes, Value::Blob(b)) => {
+            out.push_str("\\\\x");
+            out.push_str(&ferry_core::to_hex(b));
+        }
+        (_, v) => return Err(format!("a {} value does not fit the column", v.kind())),
+    }
     Ok(())
 }
 
@@ -262,7 +439,7 @@ impl PgStore {
         .await
         .map_err(push_pg)?;
         let mut tally = crate::Tally::new();
-        let changed = self.merge_in(&tx, who, rows, order, &mut tally).await?;
+        let changed = self.merge_in(&tx, who, rows, order, &mut tally, Fill::Push).await?;
         let origin = tally.notice_origin(who);
         if changed > 0 {
             // Every server process on this database LISTENs; delivered at commit.
@@ -294,7 +471,7 @@ impl PgStore {
     /// Merges `rows` (grouped by table and key) into the open transaction `tx` as `who`'s
     /// push, by the tables' rules and strategies, noting what changed in `tally`; `order`:
     /// the rows in the pusher's order, for write rules. Returns how many rows changed. A push
-    /// and a full sync's restore share it.
+    /// and a full sync's restore share it (`fill`: how rows new to the store are written).
     pub(super) async fn merge_in(
         &self,
         tx: &Transaction<'_>,
@@ -302,6 +479,7 @@ impl PgStore {
         rows: &BTreeMap<String, BTreeMap<String, IncomingRow>>,
         order: &[(String, String)],
         tally: &mut crate::Tally,
+        fill: Fill<'_>,
     ) -> std::result::Result<usize, PushError> {
         let found = tx.query(crate::ROLE_SITES_SQL, &[]).await.map_err(push_pg)?;
         let role_sites = crate::Deciding::role_sites(found.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
@@ -329,13 +507,30 @@ impl PgStore {
         };
         let mut written = crate::rules::Written::new();
         let mut changed = 0;
+
         for (table, states) in rows {
             let pt = self.table(table)?;
             let keys: Vec<String> = states.keys().cloned().collect();
-            let mut stored = load(tx, pt, &keys, true).await?;
+            let (locked, empty) = match fill {
+                Fill::Push => (false, false),
+                Fill::Locked { empty } => (true, empty.contains(table)),
+            };
+            let mut stored = if empty { HashMap::new() } else { load(tx, pt, &keys, !locked).await? };
+            // Application rows without bookkeeping (written while capture was off) are
+            // merged over as a push does, not copied beside.
+            let untracked: std::collections::HashSet<String> = if locked && !empty {
+                let unknown: Vec<&String> = keys.iter().filter(|k| !stored.contains_key(*k)).collect();
+                let found = tx.query(pt.present.as_str(), &[&unknown]).await.map_err(push_pg)?;
+                found.iter().map(|r| r.get(0)).collect()
+            } else {
+                std::collections::HashSet::new()
+            };
+
             let mut writes = Vec::new();
+            let mut new_rows = Vec::new();
             for (key, row) in states {
                 let prior = stored.remove(key).map(|p| (p.state, p.owner));
+                let new = locked && prior.is_none() && !untracked.contains(key);
                 let merged = crate::merge_pushed(&pt.table, who, prior, row, &env)?;
                 let incoming = &row.state;
                 if let Some((contest, before)) = &merged.conflict {
@@ -355,7 +550,18 @@ impl PgStore {
                     insert_conflict(tx, &c).await.map_err(push_pg)?;
                 }
                 if let Some(w) = tally.take(&pt.table, key, merged) {
-                    writes.push((key.clone(), w));
+                    if new { new_rows.push((key.clone(), w)) } else { writes.push((key.clone(), w)) }
+                }
+            }
+            if !new_rows.is_empty() {
+                changed += new_rows.len();
+                let origins: Vec<Option<&str>> = new_rows.iter().map(|(_, w)| w.origin(who)).collect();
+                write_new(tx, pt, &origins, &new_rows).await?;
+                if ruled {
+                    written
+                        .entry(table.clone())
+                        .or_default()
+                        .extend(new_rows.into_iter().map(|(key, w)| (key, w.state)));
                 }
             }
             if !writes.is_empty() {

@@ -93,6 +93,11 @@ pub struct PgTable {
     pub upsert: String,
     /// `$1` keys: delete application rows.
     pub delete: String,
+    /// `COPY` of application rows (key first, then the data columns in schema order), in
+    /// text format.
+    pub copy_in: String,
+    /// `$1` keys: those of them an application row has.
+    pub present: String,
 }
 
 impl PgTable {
@@ -138,7 +143,22 @@ impl PgTable {
             "SELECT 1 FROM {t} WHERE {pk} IN (SELECT {} FROM unnest($1::text[]) AS u(k)) ORDER BY {pk} FOR UPDATE",
             cast(pk_col, "u.k")
         );
-        PgTable { table: table.clone(), select, select_all, select_for_update, lock_rows, upsert, delete }
+        let copy_in = format!("COPY {t} ({}) FROM STDIN", names.join(", "));
+        let present = format!(
+            "SELECT u.k FROM unnest($1::text[]) AS u(k) WHERE EXISTS (SELECT 1 FROM {t} WHERE {pk} = {})",
+            cast(pk_col, "u.k")
+        );
+        PgTable {
+            table: table.clone(),
+            select,
+            select_all,
+            select_for_update,
+            lock_rows,
+            upsert,
+            delete,
+            copy_in,
+            present,
+        }
     }
 
     /// The names of the capture's functions: capture, tombstone, truncate. PostgreSQL cuts

@@ -5,6 +5,7 @@ mod feed;
 mod peering;
 mod pg_capture;
 mod pg_refusals;
+mod pg_restore;
 mod pg_startup;
 mod rules;
 mod sharing;
