@@ -27,6 +27,7 @@ use std::time::Duration;
 use ferry_client::Remote;
 use ferry_core::rules::Rule;
 use ferry_core::schema::Schema;
+use ferry_core::strategy::RowClocks;
 use ferry_protocol::{
     ChunkInfo, FullSyncRun, PageOut, PeerFullSync, PeerSnapshotRequest, PhaseProgress, RowOut, SnapshotManifest,
     full_sync::FULL_SYNC_PHASES,
@@ -107,6 +108,11 @@ impl Exclude {
             out.insert(table.clone(), rule);
         }
         Ok(Exclude(out))
+    }
+
+    /// Whether rows of `table` may be left out (a predicate names it).
+    pub fn covers(&self, table: &str) -> bool {
+        self.0.contains_key(table)
     }
 
     /// Whether a row stays in a full sync.
@@ -488,19 +494,40 @@ async fn record_bases<S: Store>(
     exclude: &Exclude,
     cancel: &AtomicBool,
 ) -> Result<(), Failure> {
-    let schema = store.schema();
-    for c in &manifest.chunks {
-        check(cancel)?;
-        let bytes = tokio::fs::read(chunk_path(dir, c.n)).await.map_err(|e| local(dir, &e))?;
-        let page = decode_chunk(schema, &bytes, manifest.compressed).map_err(Failure::Local)?;
-        let held = page
-            .rows
-            .into_iter()
-            .filter(|(t, k, state)| exclude.keeps(schema, t, k, state))
-            .map(|(t, k, state)| (t, k, state.clocks()))
-            .collect();
-        store.save_peer_bases(&peer.device_id, held).await?;
-    }
+    let schema = Arc::new(store.schema().clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    // One transaction for them all, fed from the chunks on disk (a partial record, should
+    // a chunk fail, claims nothing untrue: the restore is done).
+    let feed = async move {
+        for c in &manifest.chunks {
+            check(cancel)?;
+            let bytes = tokio::fs::read(chunk_path(dir, c.n)).await.map_err(|e| local(dir, &e))?;
+            let (schema, exclude, compressed) = (schema.clone(), exclude.clone(), manifest.compressed);
+            let covered = exclude.covers(&c.table);
+            let held = off_thread(move || {
+                if !covered {
+                    return chunk_clocks(&bytes, compressed);
+                }
+                // The rows the exclusion left out were not restored: each row's values decide.
+                let page = decode_chunk(&schema, &bytes, compressed)?;
+                Ok(page
+                    .rows
+                    .into_iter()
+                    .filter(|(t, k, state)| exclude.keeps(&schema, t, k, state))
+                    .map(|(t, k, state)| (t, k, state.clocks()))
+                    .collect())
+            })
+            .await?;
+            if tx.send(held).await.is_err() {
+                // The store stopped; its error says why.
+                return Ok(false);
+            }
+        }
+        Ok::<_, Failure>(true)
+    };
+    let (saved, fed) = tokio::join!(store.save_peer_bases_from(&peer.device_id, rx), feed);
+    fed?;
+    saved?;
     Ok(())
 }
 
@@ -726,18 +753,18 @@ pub fn save_chunk(dir: &Path, n: u64, bytes: &[u8], sha256: &str) -> Result<(), 
 }
 
 /// Encodes rows of one table as a chunk: a pull page's JSON, compressed on request.
-fn encode_chunk(schema: &Schema, rows: &[FeedRow], compress: bool) -> Result<Vec<u8>, Failure> {
+fn encode_chunk(schema: &Schema, rows: &[FeedRow], compress: bool) -> Result<Vec<u8>, String> {
     let out = || {
         rows.iter().filter_map(|r| {
             Some(RowOut { table: schema.table(&r.table)?, key: &r.key, state: &r.state, base: None, seen: None })
         })
     };
     let json = serde_json::to_vec(&PageOut { rows: out, cursor: "", more: false, removed: &[] })
-        .map_err(|e| Failure::Local(format!("encoding a chunk: {e}")))?;
+        .map_err(|e| format!("encoding a chunk: {e}"))?;
     if !compress {
         return Ok(json);
     }
-    zstd::bulk::compress(&json, 3).map_err(|e| Failure::Local(format!("compressing a chunk: {e}")))
+    zstd::bulk::compress(&json, 3).map_err(|e| format!("compressing a chunk: {e}"))
 }
 
 /// Decodes a chunk into its rows (and the rows this server's rules refuse).
@@ -753,6 +780,25 @@ pub fn decode_chunk(schema: &Schema, bytes: &[u8], compressed: bool) -> Result<f
         bytes
     };
     ferry_protocol::decode_page(schema, bytes).map_err(|e| format!("a chunk is not a page of rows: {e}"))
+}
+
+/// Runs a chunk's CPU work (encoding, hashing, decoding) on a blocking thread, so that the
+/// store's side of the pipeline runs beside it instead of waiting its turn.
+async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::Local(format!("a chunk's worker stopped: {e}")))?
+        .map_err(Failure::Local)
+}
+
+/// The clocks of a chunk's rows, values unread.
+fn chunk_clocks(bytes: &[u8], compressed: bool) -> Result<Vec<(String, String, RowClocks)>, String> {
+    if compressed {
+        let json = zstd::stream::decode_all(bytes).map_err(|e| format!("a chunk does not decompress: {e}"))?;
+        ferry_protocol::full_sync::page_clocks(&json)
+    } else {
+        ferry_protocol::full_sync::page_clocks(bytes)
+    }
 }
 
 /// Where and how a snapshot is taken.
@@ -790,23 +836,29 @@ pub async fn take_snapshot<S: Store>(
     let export = store.export(tables, tx);
     let mut excluded = 0u64;
     let write = async {
+        let shared = Arc::new(schema.clone());
         while let Some(mut batch) = rx.recv().await {
             check(cancel)?;
-            let before = batch.len();
-            batch.retain(|r| how.exclude.keeps(schema, &r.table, &r.key, &r.state));
-            excluded += (before - batch.len()) as u64;
-            for part in batch.chunks(CHUNK_ROWS) {
-                let bytes = encode_chunk(schema, part, compress)?;
+            let (schema, exclude) = (shared.clone(), how.exclude.clone());
+            let (parts, left_out) = off_thread(move || {
+                let before = batch.len();
+                batch.retain(|r| exclude.keeps(&schema, &r.table, &r.key, &r.state));
+                let parts = batch
+                    .chunks(CHUNK_ROWS)
+                    .map(|part| {
+                        let bytes = encode_chunk(&schema, part, compress)?;
+                        Ok((part[0].table.clone(), part.len() as u64, sha256_hex(&bytes), bytes))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok((parts, (before - batch.len()) as u64))
+            })
+            .await?;
+            excluded += left_out;
+            for (table, rows, sha256, bytes) in parts {
                 let n = manifest.chunks.len() as u64;
                 tokio::fs::write(chunk_path(dir, n), &bytes).await.map_err(|e| local(dir, &e))?;
-                manifest.chunks.push(ChunkInfo {
-                    n,
-                    table: part[0].table.clone(),
-                    rows: part.len() as u64,
-                    bytes: bytes.len() as u64,
-                    sha256: sha256_hex(&bytes),
-                });
-                manifest.rows += part.len() as u64;
+                manifest.chunks.push(ChunkInfo { n, table, rows, bytes: bytes.len() as u64, sha256 });
+                manifest.rows += rows;
                 manifest.bytes += bytes.len() as u64;
                 progress(manifest.rows, manifest.bytes, excluded);
             }
@@ -844,8 +896,10 @@ pub async fn restore_snapshot<S: Store>(
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<(u64, u64, u64), Failure> {
     let schema = store.schema();
+    let owned = Arc::new(schema.clone());
     let (mut rows, mut changed, mut excluded) = (0u64, 0u64, 0u64);
     for table in &manifest.tables {
+        let shared = &owned;
         let (tx, rx) = tokio::sync::mpsc::channel::<RestoreStep>(2);
         let restore = store.restore(who, rx);
         let feed = async move {
@@ -853,13 +907,14 @@ pub async fn restore_snapshot<S: Store>(
             for c in manifest.chunks.iter().filter(|c| c.table == *table) {
                 check(cancel)?;
                 let bytes = tokio::fs::read(chunk_path(dir, c.n)).await.map_err(|e| local(dir, &e))?;
-                if sha256_hex(&bytes) != c.sha256 {
-                    return Err(Failure::Local(format!(
-                        "chunk {} changed on disk since it arrived; run the full sync again",
-                        c.n
-                    )));
-                }
-                let page = decode_chunk(schema, &bytes, manifest.compressed).map_err(Failure::Local)?;
+                let (shared, compressed, n, sha256) = (shared.clone(), manifest.compressed, c.n, c.sha256.clone());
+                let page = off_thread(move || {
+                    if sha256_hex(&bytes) != sha256 {
+                        return Err(format!("chunk {n} changed on disk since it arrived; run the full sync again"));
+                    }
+                    decode_chunk(&shared, &bytes, compressed)
+                })
+                .await?;
                 for r in page.refused {
                     tracing::warn!(chunk = c.n, "a row of the snapshot is refused here: {}", r.reason);
                 }
@@ -885,7 +940,7 @@ pub async fn restore_snapshot<S: Store>(
             }
             check(cancel)?;
             let _ = tx.send(RestoreStep::Commit).await;
-            Ok(left_out)
+            Ok::<_, Failure>(left_out)
         };
         let (restored, fed) = tokio::join!(restore, feed);
         let restored = restored?;

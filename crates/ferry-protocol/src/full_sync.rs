@@ -178,3 +178,85 @@ pub struct PeerFullSync {
     pub manifest: Option<SnapshotManifest>,
     pub error: Option<String>,
 }
+
+/// The register clocks of every row of a pull page (a full sync's chunk), without reading
+/// the values: what both sides hold after a restore, recorded for the link. The same clocks
+/// [`decode_page`](crate::decode_page) gives each row's state (`clock` for every column with
+/// a value, unless `clocks` names its own); rows are not checked against a schema.
+///
+/// # Errors
+/// Malformed JSON, or a row without its clocks, or a clock that is not one.
+pub fn page_clocks(json: &[u8]) -> Result<Vec<(String, String, ferry_core::strategy::RowClocks)>, String> {
+    use std::collections::BTreeMap;
+
+    use serde::de::IgnoredAny;
+
+    #[derive(Deserialize)]
+    struct Page {
+        rows: Vec<Row>,
+    }
+    #[derive(Deserialize)]
+    struct Row {
+        table: String,
+        key: String,
+        exists_at: String,
+        clock: String,
+        #[serde(default)]
+        clocks: BTreeMap<String, String>,
+        #[serde(default)]
+        values: BTreeMap<String, IgnoredAny>,
+    }
+    let page: Page = serde_json::from_slice(json).map_err(|e| format!("a chunk is not a page of rows: {e}"))?;
+    let hlc = |s: &str| s.parse::<ferry_core::Hlc>().map_err(|e| format!("a chunk holds a bad clock: {e}"));
+    page.rows
+        .into_iter()
+        .map(|r| {
+            let clock = hlc(&r.clock)?;
+            let mut cols = BTreeMap::new();
+            for name in r.values.into_keys() {
+                let at = match r.clocks.get(&name) {
+                    Some(c) => hlc(c)?,
+                    None => clock,
+                };
+                cols.insert(name, at);
+            }
+            let exists = hlc(&r.exists_at)?;
+            Ok((r.table, r.key, ferry_core::strategy::RowClocks { exists, cols }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry_core::schema::Schema;
+    use ferry_core::{Hlc, RowState, SiteId, Value};
+
+    use crate::{PageOut, RowOut};
+
+    #[test]
+    fn page_clocks_are_the_clocks_of_the_decoded_states() {
+        let schema =
+            Schema::parse("CREATE TABLE t (id text PRIMARY KEY, a text, b integer, c real);", &BTreeMap::new())
+                .unwrap();
+        let at = |ms: u64, site: u64| Hlc::new(1_700_000_000_000 + ms, 0, SiteId(site));
+        let mut one = RowState::inserted([("a".to_owned(), Value::Text("x".into()))], at(1, 1));
+        one.update([("b".to_owned(), Value::Integer(2))], at(5, 2));
+        let mut gone =
+            RowState::inserted([("a".to_owned(), Value::Null), ("c".to_owned(), Value::Real(0.5))], at(2, 1));
+        gone.delete(at(9, 3));
+        let states = [("k1", one), ("k2", gone), ("k3", RowState::inserted([], at(4, 4)))];
+        let table = schema.table("t").unwrap();
+        let rows = || states.iter().map(|(k, s)| RowOut { table, key: k, state: s, base: None, seen: None });
+        let json = serde_json::to_vec(&PageOut { rows, cursor: "", more: false, removed: &[] }).unwrap();
+        let decoded = crate::decode_page(&schema, &json).unwrap();
+        let clocks = super::page_clocks(&json).unwrap();
+        assert_eq!(clocks.len(), 3);
+        for ((t, k, c), (dt, dk, ds)) in clocks.iter().zip(&decoded.rows) {
+            assert_eq!((t, k), (dt, dk));
+            assert_eq!(c, &ds.clocks(), "{k}");
+        }
+        assert!(super::page_clocks(b"{\"rows\": [{\"table\": \"t\"}]}").is_err());
+    }
+}

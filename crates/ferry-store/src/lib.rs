@@ -478,6 +478,15 @@ pub trait Store: Send + Sync + 'static {
         rows: Vec<(String, String, RowClocks)>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// As [`Store::save_peer_bases`] for as many rows as `rows` brings, a batch at a time, in
+    /// one transaction (a full sync's snapshot: both sides hold at least its versions):
+    /// committed when `rows` ends. Returns how many were recorded.
+    fn save_peer_bases_from(
+        &self,
+        device: &str,
+        rows: tokio::sync::mpsc::Receiver<Vec<(String, String, RowClocks)>>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
     /// How many rows of `tables` the peer `who` has yet to read after `cursor` (its feed's
     /// backlog: the link's lag in changes).
     fn peer_backlog(
@@ -845,6 +854,14 @@ impl Store for AnyStore {
 
     async fn save_peer_bases(&self, device: &str, rows: Vec<(String, String, RowClocks)>) -> Result<()> {
         delegate!(self, s => s.save_peer_bases(device, rows).await)
+    }
+
+    async fn save_peer_bases_from(
+        &self,
+        device: &str,
+        rows: tokio::sync::mpsc::Receiver<Vec<(String, String, RowClocks)>>,
+    ) -> Result<u64> {
+        delegate!(self, s => s.save_peer_bases_from(device, rows).await)
     }
 
     async fn peer_backlog(&self, who: &Principal, cursor: &str, tables: &[String]) -> Result<u64> {

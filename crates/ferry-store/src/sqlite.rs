@@ -1271,6 +1271,33 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn save_peer_bases_from(
+        &self,
+        device: &str,
+        mut rows: tokio::sync::mpsc::Receiver<Vec<(String, String, ferry_core::strategy::RowClocks)>>,
+    ) -> Result<u64> {
+        let device = device.to_owned();
+        self.write(move |_, conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut n = 0u64;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO _ferry_peer_bases (device_id, tbl, pk, clocks) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (device_id, tbl, pk) DO UPDATE SET clocks = excluded.clocks",
+                )?;
+                while let Some(batch) = rows.blocking_recv() {
+                    for (table, key, clocks) in &batch {
+                        stmt.execute(params![device, table, key, clocks.to_json()])?;
+                    }
+                    n += batch.len() as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
     async fn save_peer_bases(
         &self,
         device: &str,

@@ -839,6 +839,55 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn save_peer_bases_from(
+        &self,
+        device: &str,
+        mut rows: tokio::sync::mpsc::Receiver<Vec<(String, String, ferry_core::strategy::RowClocks)>>,
+    ) -> Result<u64> {
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Copied into a scratch table, then written in two statements: an update of the
+        // bases there are, an insert of the rest (a first full sync: every one).
+        tx.batch_execute("CREATE TEMP TABLE _ferry_bases_in (tbl text, pk text, clocks text) ON COMMIT DROP")
+            .await
+            .map_err(pg)?;
+        let mut n = 0u64;
+        while let Some(batch) = rows.recv().await {
+            let mut text = String::with_capacity(batch.len() * 120);
+            for (table, key, clocks) in &batch {
+                for (i, f) in [table.as_str(), key.as_str(), clocks.to_json().as_str()].into_iter().enumerate() {
+                    if i > 0 {
+                        text.push('\t');
+                    }
+                    push::copy_field(&mut text, Some(f));
+                }
+                text.push('\n');
+            }
+            push::copy(&tx, "COPY _ferry_bases_in (tbl, pk, clocks) FROM STDIN", text).await.map_err(pg)?;
+            n += batch.len() as u64;
+        }
+        tx.batch_execute("ANALYZE _ferry_bases_in").await.map_err(pg)?;
+        tx.execute(
+            "UPDATE _ferry_peer_bases b SET clocks = i.clocks FROM _ferry_bases_in i
+             WHERE b.device_id = $1 AND b.tbl = i.tbl AND b.pk = i.pk",
+            &[&device],
+        )
+        .await
+        .map_err(pg)?;
+        // A key twice in the batches (not in a snapshot) is recorded once.
+        tx.execute(
+            "INSERT INTO _ferry_peer_bases (device_id, tbl, pk, clocks)
+             SELECT $1, i.tbl, i.pk, max(i.clocks) FROM _ferry_bases_in i
+             WHERE NOT EXISTS (SELECT 1 FROM _ferry_peer_bases b WHERE b.device_id = $1 AND b.tbl = i.tbl AND b.pk = i.pk)
+             GROUP BY i.tbl, i.pk",
+            &[&device],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(n)
+    }
+
     async fn save_peer_bases(
         &self,
         device: &str,

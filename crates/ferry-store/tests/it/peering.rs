@@ -86,6 +86,24 @@ pub async fn users_bases_links_and_the_sync_log_are_kept<S: Store>(store: &S) {
     assert_eq!(bases.len(), 1);
     assert_eq!(bases[&("notes".to_owned(), key(1))], clocks);
     assert!(store.peer_bases("d2", vec![("notes".into(), key(1))]).await.unwrap().is_empty());
+    // Many at once, in one transaction (a full sync's snapshot): known bases updated, the
+    // rest added, a key sent twice recorded once; another device's untouched.
+    let newer = RowClocks { exists: at(1, 1), cols: [("body".to_owned(), at(5, 3))].into() };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let sending = async move {
+        tx.send(vec![("notes".into(), key(1), newer.clone()), ("notes".into(), key(2), clocks.clone())]).await.unwrap();
+        tx.send(vec![("notes".into(), key(3), clocks.clone()), ("notes".into(), key(3), clocks.clone())])
+            .await
+            .unwrap();
+    };
+    let (saved, ()) = tokio::join!(store.save_peer_bases_from("d1", rx), sending);
+    assert_eq!(saved.unwrap(), 4);
+    let keys = vec![("notes".into(), key(1)), ("notes".into(), key(2)), ("notes".into(), key(3))];
+    let bases = store.peer_bases("d1", keys.clone()).await.unwrap();
+    assert_eq!(bases.len(), 3);
+    assert_eq!(bases[&("notes".to_owned(), key(1))].cols["body"], at(5, 3));
+    assert_eq!(bases[&("notes".to_owned(), key(3))].cols["body"], at(2, 3));
+    assert!(store.peer_bases("d2", keys).await.unwrap().is_empty());
 
     assert!(matches!(store.request_resync("cloud").await, Err(StoreError::NotFound(_))));
     let link = PeerStatus { name: "cloud".into(), state: "CONNECTED".into(), rows_out: 3, ..PeerStatus::default() };
