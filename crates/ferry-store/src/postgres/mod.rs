@@ -847,7 +847,8 @@ impl Store for PgStore {
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg)?;
         // Copied into a scratch table, then written in two statements: an update of the
-        // bases there are, an insert of the rest (a first full sync: every one).
+        // bases there are that differ (a full sync again: none), an insert of the rest (a
+        // first full sync: every one).
         tx.batch_execute("CREATE TEMP TABLE _ferry_bases_in (tbl text, pk text, clocks text) ON COMMIT DROP")
             .await
             .map_err(pg)?;
@@ -869,7 +870,7 @@ impl Store for PgStore {
         tx.batch_execute("ANALYZE _ferry_bases_in").await.map_err(pg)?;
         tx.execute(
             "UPDATE _ferry_peer_bases b SET clocks = i.clocks FROM _ferry_bases_in i
-             WHERE b.device_id = $1 AND b.tbl = i.tbl AND b.pk = i.pk",
+             WHERE b.device_id = $1 AND b.tbl = i.tbl AND b.pk = i.pk AND b.clocks IS DISTINCT FROM i.clocks",
             &[&device],
         )
         .await
