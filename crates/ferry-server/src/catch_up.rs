@@ -17,8 +17,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::IntoResponse;
 use ferry_core::digest::{self, Entry, Tree};
-use ferry_protocol::integrity::{MAX_DIGEST_ASK, MAX_PEER_ROWS};
-use ferry_protocol::{CatchUpRequest, CatchUpResponse, DigestNode, DigestRow, PageOut, PeerRowsRequest, RowOut};
+use ferry_protocol::integrity::MAX_PEER_ROWS;
+use ferry_protocol::{CatchUpRequest, CatchUpResponse, PageOut, PeerRowsRequest, RowOut};
 use ferry_store::{Principal, Store};
 
 use crate::auth::Authed;
@@ -112,22 +112,7 @@ pub async fn digests<S: Store>(
             "malformed catch-up request: {e}; send {{\"session\", \"table\", \"tables\", \"nodes\": [prefix…], \"rows\": [prefix…]}}"
         ))
     })?;
-    if req.session.is_empty() || req.session.len() > 200 {
-        return Err(ApiError::BadRequest(format!(
-            "session '{}' must be 1 to 200 characters naming one catch-up",
-            ferry_core::shown(&req.session)
-        )));
-    }
-    if req.nodes.len() > MAX_DIGEST_ASK || req.rows.len() > MAX_DIGEST_ASK {
-        return Err(ApiError::BadRequest(format!(
-            "a catch-up request asks for {} nodes and {} row lists; at most {MAX_DIGEST_ASK} of each",
-            req.nodes.len(),
-            req.rows.len()
-        )));
-    }
-    for p in req.nodes.iter().chain(&req.rows) {
-        digest::prefix_range(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    }
+    crate::integrity::check_ask("catch-up request", "catch-up", &req.session, &req.nodes, &req.rows)?;
     if state.store.schema().table(&req.table).is_none() {
         return Err(ApiError::NotFound(format!(
             "unknown table '{}'; the synced tables are: {}",
@@ -138,17 +123,7 @@ pub async fn digests<S: Store>(
     let (cursor, trees) = state.catch_ups.get(&state.store, &who, &req).await?;
     let empty = Tree::default();
     let tree = trees.get(&req.table).unwrap_or(&empty);
-    let mut nodes = Vec::with_capacity(req.nodes.len());
-    for p in &req.nodes {
-        let n = tree.node(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        nodes.push(DigestNode { prefix: p.clone(), count: n.count, digest: digest::hex(n.digest) });
-    }
-    let mut rows = Vec::new();
-    for p in &req.rows {
-        for e in tree.rows(p).map_err(|e| ApiError::BadRequest(e.to_string()))? {
-            rows.push(DigestRow { key: e.key.clone(), version: digest::hex(e.digest), deleted: e.deleted });
-        }
-    }
+    let (nodes, rows) = crate::integrity::answer(tree, &req.nodes, &req.rows)?;
     Ok(Json(CatchUpResponse { cursor, nodes, rows }))
 }
 

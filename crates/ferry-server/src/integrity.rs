@@ -89,36 +89,60 @@ pub async fn digests<S: Store>(
             "malformed digest request: {e}; send {{\"table\", \"session\", \"tombstones_from_ms\", \"nodes\": [prefix…], \"rows\": [prefix…]}}"
         ))
     })?;
-    if req.session.is_empty() || req.session.len() > 200 {
-        return Err(ApiError::BadRequest(format!(
-            "session '{}' must be 1 to 200 characters naming one comparison",
-            ferry_core::shown(&req.session)
-        )));
-    }
-    if req.nodes.len() > MAX_DIGEST_ASK || req.rows.len() > MAX_DIGEST_ASK {
-        return Err(ApiError::BadRequest(format!(
-            "a digest request asks for {} nodes and {} row lists; at most {MAX_DIGEST_ASK} of each, send the rest in another request",
-            req.nodes.len(),
-            req.rows.len()
-        )));
-    }
-    for p in req.nodes.iter().chain(&req.rows) {
-        digest::prefix_range(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    }
+    check_ask("digest request", "comparison", &req.session, &req.nodes, &req.rows)?;
     let (tree, cursor) = state.trees.get(&state.store, &req).await?;
-    let mut nodes = Vec::with_capacity(req.nodes.len());
-    for p in &req.nodes {
-        let n = tree.node(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        nodes.push(DigestNode { prefix: p.clone(), count: n.count, digest: digest::hex(n.digest) });
-    }
-    let mut rows = Vec::new();
-    for p in &req.rows {
-        for e in tree.rows(p).map_err(|e| ApiError::BadRequest(e.to_string()))? {
-            rows.push(DigestRow { key: e.key.clone(), version: digest::hex(e.digest), deleted: e.deleted });
-        }
-    }
+    let (nodes, rows) = answer(&tree, &req.nodes, &req.rows)?;
     let compacted_before_ms = state.store.compacted_before().await?;
     Ok(Json(DigestResponse { nodes, rows, compacted_before_ms, cursor }))
+}
+
+/// Checks a question about a digest tree (`what` it is, what its session `names`): the
+/// session's name, how much it asks at once, and its prefixes.
+pub(crate) fn check_ask(
+    what: &str,
+    names: &str,
+    session: &str,
+    nodes: &[String],
+    rows: &[String],
+) -> Result<(), ApiError> {
+    if session.is_empty() || session.len() > 200 {
+        return Err(ApiError::BadRequest(format!(
+            "session '{}' must be 1 to 200 characters naming one {names}",
+            ferry_core::shown(session)
+        )));
+    }
+    if nodes.len() > MAX_DIGEST_ASK || rows.len() > MAX_DIGEST_ASK {
+        return Err(ApiError::BadRequest(format!(
+            "a {what} asks for {} nodes and {} row lists; at most {MAX_DIGEST_ASK} of each, send the rest in another request",
+            nodes.len(),
+            rows.len()
+        )));
+    }
+    for p in nodes.iter().chain(rows) {
+        digest::prefix_range(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The answer from `tree`: the summary of each prefix in `nodes`, and the rows under every
+/// prefix in `rows`.
+pub(crate) fn answer(
+    tree: &Tree,
+    nodes: &[String],
+    rows: &[String],
+) -> Result<(Vec<DigestNode>, Vec<DigestRow>), ApiError> {
+    let mut summaries = Vec::with_capacity(nodes.len());
+    for p in nodes {
+        let n = tree.node(p).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        summaries.push(DigestNode { prefix: p.clone(), count: n.count, digest: digest::hex(n.digest) });
+    }
+    let mut listed = Vec::new();
+    for p in rows {
+        for e in tree.rows(p).map_err(|e| ApiError::BadRequest(e.to_string()))? {
+            listed.push(DigestRow { key: e.key.clone(), version: digest::hex(e.digest), deleted: e.deleted });
+        }
+    }
+    Ok((summaries, listed))
 }
 
 /// `POST /v1/peer/rows`: the stored states of keys (tombstones too), as a pull page, for a
