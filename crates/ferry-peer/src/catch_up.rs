@@ -36,6 +36,7 @@ pub(crate) struct CaughtUp {
 
 /// Catches the link up with the peer by difference, and moves its cursors (`way`: `in`,
 /// `out` or `both`, the ways a horizon passed) to the positions taken before comparing.
+/// Returns the sync log's entry and the files the rows that moved reference.
 ///
 /// # Errors
 /// The peer cannot be reached or does not say its feed position (a Ferry without catch-up:
@@ -47,7 +48,7 @@ pub(crate) async fn run<S: Store>(
     local: &Principal,
     status: &mut PeerStatus,
     way: &str,
-) -> Result<SyncLogEntry, Failure> {
+) -> Result<(SyncLogEntry, Vec<String>), Failure> {
     let started_ms = now_ms();
     let started = Instant::now();
     let ours = store.feed_position().await?;
@@ -93,7 +94,7 @@ pub(crate) async fn run<S: Store>(
         summary.push('\n');
         summary.push_str(w);
     }
-    Ok(SyncLogEntry {
+    let entry = SyncLogEntry {
         at_ms: started_ms,
         peer: link.name.clone(),
         kind: "catch-up".into(),
@@ -109,7 +110,8 @@ pub(crate) async fn run<S: Store>(
         duration_ms: started.elapsed().as_millis() as u64,
         error: Some(summary),
         ..SyncLogEntry::default()
-    })
+    };
+    Ok((entry, std::mem::take(&mut done.traffic.files)))
 }
 
 /// Finds the rows one side deleted during the gap (the other side's row is exactly the

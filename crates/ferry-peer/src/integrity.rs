@@ -33,6 +33,8 @@ pub(crate) struct Traffic {
     pub received: u64,
     /// The peer's feed position before it read the first table compared.
     pub cursor: Option<String>,
+    /// The files the rows a repair moved reference (either way), for the link's file queue.
+    pub files: Vec<String>,
 }
 
 impl Traffic {
@@ -225,6 +227,7 @@ pub(crate) async fn mend<S: Store>(
             .collect();
         let (sent, bytes, warnings) = push_split(remote, schema, &format!("{batch}-out-{n}"), &rows).await?;
         traffic.count(bytes, 0);
+        traffic.files.extend(sent.iter().flat_map(|i| crate::file_hashes(schema, &rows[*i].0, &rows[*i].2)));
         result.repaired_out += sent.len() as u64;
         result.repair_warnings.extend(warnings);
         let held = sent.into_iter().map(|i| (rows[i].0.clone(), rows[i].1.clone(), rows[i].2.clocks())).collect();
@@ -251,6 +254,7 @@ pub(crate) async fn mend<S: Store>(
             })
             .collect();
         let taken = apply_split(store, local, &format!("{batch}-in-{n}"), rows, &mut result.repair_warnings).await?;
+        traffic.files.extend(taken.iter().flat_map(|r| crate::file_hashes(schema, &r.table, &r.state)));
         result.repaired_in += taken.len() as u64;
         let held = taken.into_iter().map(|r| (r.table, r.key, r.state.clocks())).collect();
         store.save_peer_bases(device, held).await?;

@@ -348,8 +348,9 @@ async fn run_once<S: Store>(
     // A horizon passed a cursor of the link: only the rows that differ cross, then it reads on.
     if let Some(way) = status.behind.clone() {
         tracing::warn!(peer = %link.name, "catching up with the peer by difference ({way})");
-        let entry = catch_up::run(store, link, &s.remote, &s.local, status, &way).await?;
+        let (entry, files) = catch_up::run(store, link, &s.remote, &s.local, status, &way).await?;
         status.behind = None;
+        moved.files.extend(files);
         log(store, link, entry).await;
     }
     push_out(store, link, s, status, &mut moved).await?;
@@ -736,7 +737,7 @@ async fn apply_split<S: Store>(
 }
 
 /// The file hashes a row's file columns hold.
-fn file_hashes(schema: &Schema, table: &str, state: &RowState) -> Vec<String> {
+pub(crate) fn file_hashes(schema: &Schema, table: &str, state: &RowState) -> Vec<String> {
     let Some(t) = schema.table(table) else { return Vec::new() };
     t.options
         .files

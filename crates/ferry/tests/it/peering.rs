@@ -508,6 +508,17 @@ fn a_peer_behind_the_horizon_is_told_and_catches_up_by_difference() {
     let done = compact(&cloud.env);
     assert_eq!(done["tombstones"], 1, "{done}");
     main.psql(&format!("UPDATE jump_log SET jump_number = 200 WHERE id = '{}'", ids[2]));
+    // A jump with a video added on CLOUD meanwhile: the catch-up brings its row, and its file
+    // follows through the link's file queue.
+    let video: Vec<u8> = (0..40_000u32).map(|i| (i * 11 % 239) as u8).collect();
+    let hash = ferry_core::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(&video));
+    let stored = |site: &Site| site.env.path(&format!("ferry-data/files/{}/{hash}", &hash[..2]));
+    std::fs::create_dir_all(stored(&cloud).parent().unwrap()).unwrap();
+    std::fs::write(stored(&cloud), &video).unwrap();
+    let filmed = uuid();
+    cloud.psql(&format!(
+        "INSERT INTO jump_log (id, user_id, jump_number, jumped_at, video_sha256) VALUES ('{filmed}', '{ann}', 7, now(), '{hash}')"
+    ));
     let listen = main.server.url.trim_start_matches("http://").to_owned();
     main.server = main.env.serve_on(&listen, &[]);
 
@@ -521,7 +532,6 @@ fn a_peer_behind_the_horizon_is_told_and_catches_up_by_difference() {
     let entry = &catch_ups(&main)[0];
     assert_eq!((entry["status"].as_str(), entry["direction"].as_str()), (Some("SUCCESS"), Some("pull")), "{entry}");
     let said = entry["error"].as_str().unwrap();
-    assert!(said.contains("1 deleted during the gap"), "{entry}");
     wait_for("the link back", || main.status()["peers"][0]["state"] == "CONNECTED");
     assert_eq!(main.status()["peers"][0]["behind"], Value::Null);
     // The jump CLOUD deleted during the gap is gone from MAIN too (its tombstone was
@@ -529,9 +539,15 @@ fn a_peer_behind_the_horizon_is_told_and_catches_up_by_difference() {
     wait_for("the deletion and the edits on both sides", || {
         jump(&main, &ids[0]) == "-1" && jump(&main, &ids[1]) == "100" && jump(&cloud, &ids[2]) == "200"
     });
-    assert_eq!((count(&main), count(&cloud)), ("39".into(), "39".into()));
+    assert_eq!((count(&main), count(&cloud)), ("40".into(), "40".into()));
+    wait_for("the video of the jump filmed meanwhile on MAIN", || stored(&main).exists());
+    assert_eq!(std::fs::read(stored(&main)).unwrap(), video);
     // Only the differences crossed: far less than the 40 rows again.
     assert!(entry["bytes"].as_u64().unwrap() < 20_000, "{entry}");
+    // MAIN's own edit crossed before the link failed (it pushes first); CLOUD's edit goes both
+    // ways (each side's version to the other, merged there), the filmed jump comes, the jump
+    // deleted there is deleted here.
+    assert!(said.contains("3 rows differed in") && said.contains("2 fetched, 1 sent, 1 deleted"), "{entry}");
     // The link reads on from where the catch-up began.
     let c = uuid();
     cloud
@@ -550,7 +566,7 @@ fn a_peer_behind_the_horizon_is_told_and_catches_up_by_difference() {
     let entry = &catch_ups(&main)[0];
     assert_eq!((entry["status"].as_str(), entry["direction"].as_str()), (Some("SUCCESS"), Some("push")), "{entry}");
     wait_for("the deletion on CLOUD", || jump(&cloud, &ids[3]) == "-1");
-    assert_eq!((count(&main), count(&cloud)), ("39".into(), "39".into()));
+    assert_eq!((count(&main), count(&cloud)), ("40".into(), "40".into()));
     let report = main.env.ok_all(&["integrity", "--peer", "cloud", "--json", "-c", &main.env.config()]);
     let report: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["status"], "SUCCESS", "{report}");
