@@ -213,6 +213,47 @@ impl Remote {
         self.send(self.http.post(format!("{}/v1/peer/users", self.base)).json(users), "users").await
     }
 
+    /// POSTs `req` as JSON to `path`; returns the answer's body and the bytes of the
+    /// request's body (digest descents count what crosses).
+    async fn post_counted<T: serde::Serialize>(&self, path: &str, what: &str, req: &T) -> Result<(bytes::Bytes, u64)> {
+        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a {what} request: {e}")))?;
+        let sent = body.len() as u64;
+        let post = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        Ok((self.send_raw(post, what).await?, sent))
+    }
+
+    /// As [`Remote::post_counted`], the answer read as JSON; with the bytes of both bodies.
+    async fn post_json_counted<T: serde::Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+        req: &T,
+    ) -> Result<(A, u64, u64)> {
+        let (bytes, sent) = self.post_counted(path, what, req).await?;
+        let answer = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("unreadable {what} answer from {}: {e}", self.base)))?;
+        Ok((answer, sent, bytes.len() as u64))
+    }
+
+    /// As [`Remote::post_counted`], the answer decoded as a pull page; with the bytes of both
+    /// bodies.
+    async fn post_page_counted<T: serde::Serialize>(
+        &self,
+        schema: &ferry_core::schema::Schema,
+        path: &str,
+        what: &str,
+        req: &T,
+    ) -> Result<(ferry_protocol::DecodedPage, u64, u64)> {
+        let (bytes, sent) = self.post_counted(path, what, req).await?;
+        let page = ferry_protocol::decode_page(schema, &bytes)
+            .map_err(|e| Error::Protocol(format!("server {} sent bad rows: {e}", self.base)))?;
+        Ok((page, sent, bytes.len() as u64))
+    }
+
     /// `POST /v1/peer/digests` (a peer link): the peer's summaries of nodes of a table's
     /// digest tree and the rows under others. Also returns the bytes of the request's and the
     /// answer's bodies.
@@ -220,17 +261,7 @@ impl Remote {
         &self,
         req: &ferry_protocol::DigestRequest,
     ) -> Result<(ferry_protocol::DigestResponse, u64, u64)> {
-        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a digest request: {e}")))?;
-        let sent = body.len() as u64;
-        let post = self
-            .http
-            .post(format!("{}/v1/peer/digests", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        let bytes = self.send_raw(post, "digests").await?;
-        let answer = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Protocol(format!("unreadable digests answer from {}: {e}", self.base)))?;
-        Ok((answer, sent, bytes.len() as u64))
+        self.post_json_counted("/v1/peer/digests", "digests", req).await
     }
 
     /// `POST /v1/peer/rows` (a peer link): the peer's stored states of these keys, decoded
@@ -240,17 +271,7 @@ impl Remote {
         schema: &ferry_core::schema::Schema,
         req: &ferry_protocol::PeerRowsRequest,
     ) -> Result<(ferry_protocol::DecodedPage, u64, u64)> {
-        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a rows request: {e}")))?;
-        let sent = body.len() as u64;
-        let post = self
-            .http
-            .post(format!("{}/v1/peer/rows", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        let bytes = self.send_raw(post, "rows").await?;
-        let page = ferry_protocol::decode_page(schema, &bytes)
-            .map_err(|e| Error::Protocol(format!("server {} sent bad rows: {e}", self.base)))?;
-        Ok((page, sent, bytes.len() as u64))
+        self.post_page_counted(schema, "/v1/peer/rows", "rows", req).await
     }
 
     /// `POST /v1/catch-up`: the digest tree of the rows this device may read (a catch-up by
@@ -259,17 +280,7 @@ impl Remote {
         &self,
         req: &ferry_protocol::CatchUpRequest,
     ) -> Result<(ferry_protocol::CatchUpResponse, u64, u64)> {
-        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a catch-up request: {e}")))?;
-        let sent = body.len() as u64;
-        let post = self
-            .http
-            .post(format!("{}/v1/catch-up", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        let bytes = self.send_raw(post, "catch-up").await?;
-        let answer = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Protocol(format!("unreadable catch-up answer from {}: {e}", self.base)))?;
-        Ok((answer, sent, bytes.len() as u64))
+        self.post_json_counted("/v1/catch-up", "catch-up", req).await
     }
 
     /// `POST /v1/catch-up/rows`: the states of these keys this device may read, decoded as a
@@ -279,17 +290,7 @@ impl Remote {
         schema: &ferry_core::schema::Schema,
         req: &ferry_protocol::PeerRowsRequest,
     ) -> Result<(ferry_protocol::DecodedPage, u64, u64)> {
-        let body = serde_json::to_vec(req).map_err(|e| Error::Local(format!("encoding a rows request: {e}")))?;
-        let sent = body.len() as u64;
-        let post = self
-            .http
-            .post(format!("{}/v1/catch-up/rows", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        let bytes = self.send_raw(post, "catch-up rows").await?;
-        let page = ferry_protocol::decode_page(schema, &bytes)
-            .map_err(|e| Error::Protocol(format!("server {} sent bad rows: {e}", self.base)))?;
-        Ok((page, sent, bytes.len() as u64))
+        self.post_page_counted(schema, "/v1/catch-up/rows", "catch-up rows", req).await
     }
 
     /// `POST /v1/admin/integrity`: the server compares its store with a peer's (and repairs).
