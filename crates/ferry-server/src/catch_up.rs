@@ -15,10 +15,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::response::IntoResponse;
 use ferry_core::digest::{self, Entry, Tree};
-use ferry_protocol::integrity::MAX_PEER_ROWS;
-use ferry_protocol::{CatchUpRequest, CatchUpResponse, PageOut, PeerRowsRequest, RowOut};
+use ferry_protocol::{CatchUpRequest, CatchUpResponse};
 use ferry_store::{Principal, Store};
 
 use crate::auth::Authed;
@@ -134,32 +132,12 @@ pub async fn rows<S: Store>(
     Authed(who): Authed,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
-    let req: PeerRowsRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!("malformed rows request: {e}; send {{\"table\": \"…\", \"keys\": [\"…\"]}}"))
-    })?;
-    if req.keys.len() > MAX_PEER_ROWS {
-        return Err(ApiError::BadRequest(format!(
-            "{} keys asked for; at most {MAX_PEER_ROWS} per request",
-            req.keys.len()
-        )));
-    }
-    let schema = state.store.schema();
-    let table = schema.table(&req.table).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "unknown table '{}'; the synced tables are: {}",
-            ferry_core::shown(&req.table),
-            schema.table_names().join(", ")
-        ))
-    })?;
+    let req = crate::integrity::rows_request(&state, body)?;
     let mut states = Vec::with_capacity(req.keys.len());
     for key in req.keys {
         if let Some(s) = state.store.get_row(&who, &req.table, &key).await? {
             states.push((key, s));
         }
     }
-    let rows = || states.iter().map(|(k, s)| RowOut { table, key: k, state: s, base: None, seen: None });
-    let body = serde_json::to_vec(&PageOut { rows, cursor: "", more: false, removed: &[] })
-        .map_err(|e| ApiError::Internal(format!("encoding rows: {e}")))?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    crate::integrity::rows_page(state.store.schema(), &req.table, &states)
 }

@@ -153,7 +153,17 @@ pub async fn rows<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     require_peer(&who)?;
-    let body = body.map_err(|e| crate::push::body_error(&state, &e))?;
+    let req = rows_request(&state, body)?;
+    let states = state.store.states(&req.table, req.keys).await?;
+    rows_page(state.store.schema(), &req.table, &states)
+}
+
+/// A request for rows by key, read and checked: its size, and its table in the schema.
+pub(crate) fn rows_request<S: Store>(
+    state: &AppState<S>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<PeerRowsRequest, ApiError> {
+    let body = body.map_err(|e| crate::push::body_error(state, &e))?;
     let req: PeerRowsRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!("malformed rows request: {e}; send {{\"table\": \"…\", \"keys\": [\"…\"]}}"))
     })?;
@@ -164,14 +174,23 @@ pub async fn rows<S: Store>(
         )));
     }
     let schema = state.store.schema();
-    let table = schema.table(&req.table).ok_or_else(|| {
-        ApiError::NotFound(format!(
+    if schema.table(&req.table).is_none() {
+        return Err(ApiError::NotFound(format!(
             "unknown table '{}'; the synced tables are: {}",
             ferry_core::shown(&req.table),
             schema.table_names().join(", ")
-        ))
-    })?;
-    let states = state.store.states(&req.table, req.keys).await?;
+        )));
+    }
+    Ok(req)
+}
+
+/// Rows of `table` (checked by [`rows_request`]) answered as a pull page.
+pub(crate) fn rows_page(
+    schema: &ferry_core::schema::Schema,
+    table: &str,
+    states: &[(String, ferry_core::RowState)],
+) -> Result<axum::response::Response, ApiError> {
+    let table = schema.table(table).ok_or_else(|| ApiError::Internal(format!("table '{table}' left the schema")))?;
     let rows = || states.iter().map(|(k, s)| RowOut { table, key: k, state: s, base: None, seen: None });
     let body = serde_json::to_vec(&PageOut { rows, cursor: "", more: false, removed: &[] })
         .map_err(|e| ApiError::Internal(format!("encoding rows: {e}")))?;
