@@ -21,6 +21,13 @@ impl SiteId {
     pub fn from_bytes(bytes: [u8; 8]) -> SiteId {
         SiteId(u64::from_le_bytes(bytes).max(1))
     }
+
+    /// The fixed site id of a writer that is no replica (a device's REST writes, a role's
+    /// authority, a link's catch-up), derived from its `name`: the same every time.
+    pub fn named(name: &str) -> SiteId {
+        let f = crate::schema::fingerprint(name);
+        SiteId::from_bytes(u64::from_str_radix(&f, 16).unwrap_or(1).to_be_bytes())
+    }
 }
 
 /// `v` as 16 lowercase hex digits. Clocks are written for every row pushed, pulled and stored:

@@ -162,11 +162,7 @@ async fn deletions<S: Store>(
         return Ok(differences);
     }
     // A tombstone after every write either side holds of the row, under a site of the link's.
-    let site = SiteId::from_bytes(
-        u64::from_str_radix(&ferry_core::schema::fingerprint(&format!("catch-up/{}", link.name)), 16)
-            .unwrap_or(1)
-            .to_be_bytes(),
-    );
+    let site = SiteId::named(&format!("catch-up/{}", link.name));
     let now = now_ms();
     let rows: Vec<(String, String, RowState, RowClocks)> = gone
         .iter()

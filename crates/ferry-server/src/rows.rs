@@ -157,8 +157,7 @@ impl Preconditions {
 
 /// The site id of REST writes by a device: fixed per device.
 fn device_site(who: &Principal) -> SiteId {
-    let f = ferry_core::schema::fingerprint(&format!("rest/{}", who.device_id));
-    SiteId::from_bytes(u64::from_str_radix(&f, 16).unwrap_or(1).to_be_bytes())
+    SiteId::named(&format!("rest/{}", who.device_id))
 }
 
 fn wall_ms() -> u64 {

@@ -1145,9 +1145,7 @@ impl Deciding {
     /// The site id the server stamps a value it keeps for `role` with: fixed per server and
     /// role, so later conflicts still count the value as the role's.
     fn authority_stamp(&self, role: &str) -> ferry_core::SiteId {
-        let f = ferry_core::schema::fingerprint(&format!("{}/{role}", self.server_site));
-        let n = u64::from_str_radix(&f, 16).unwrap_or(1);
-        ferry_core::SiteId::from_bytes(n.to_be_bytes())
+        ferry_core::SiteId::named(&format!("{}/{role}", self.server_site))
     }
 }
 
