@@ -110,6 +110,22 @@ const FEED_END: &str = "SELECT max(COALESCE((SELECT MAX(seq) FROM _ferry_rows), 
 const NEXT_SEQ: &str = "SELECT max(COALESCE((SELECT MAX(seq) FROM _ferry_rows), 0),
     COALESCE((SELECT CAST(value AS INTEGER) FROM _ferry_store WHERE key = 'horizon'), 0)) + 1";
 
+/// Records what the peer `device` holds of `rows` (at least), in the open transaction.
+fn save_bases(
+    tx: &rusqlite::Transaction<'_>,
+    device: &str,
+    rows: &[(String, String, ferry_core::strategy::RowClocks)],
+) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO _ferry_peer_bases (device_id, tbl, pk, clocks) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device_id, tbl, pk) DO UPDATE SET clocks = excluded.clocks",
+    )?;
+    for (table, key, clocks) in rows {
+        stmt.execute(params![device, table, key, clocks.to_json()])?;
+    }
+    Ok(())
+}
+
 /// Refuses a cursor older than the compaction horizon: deletions it has not seen may be gone
 /// (`position`: what the cursor has seen; 0, the start, is never too old).
 fn check_horizon(tx: &rusqlite::Transaction<'_>, position: i64) -> Result<()> {
@@ -1280,17 +1296,9 @@ impl Store for SqliteStore {
         self.write(move |_, conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut n = 0u64;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO _ferry_peer_bases (device_id, tbl, pk, clocks) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (device_id, tbl, pk) DO UPDATE SET clocks = excluded.clocks",
-                )?;
-                while let Some(batch) = rows.blocking_recv() {
-                    for (table, key, clocks) in &batch {
-                        stmt.execute(params![device, table, key, clocks.to_json()])?;
-                    }
-                    n += batch.len() as u64;
-                }
+            while let Some(batch) = rows.blocking_recv() {
+                save_bases(&tx, &device, &batch)?;
+                n += batch.len() as u64;
             }
             tx.commit()?;
             Ok(n)
@@ -1306,15 +1314,7 @@ impl Store for SqliteStore {
         let device = device.to_owned();
         self.write(move |_, conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO _ferry_peer_bases (device_id, tbl, pk, clocks) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (device_id, tbl, pk) DO UPDATE SET clocks = excluded.clocks",
-                )?;
-                for (table, key, clocks) in &rows {
-                    stmt.execute(params![device, table, key, clocks.to_json()])?;
-                }
-            }
+            save_bases(&tx, &device, &rows)?;
             tx.commit()?;
             Ok(())
         })

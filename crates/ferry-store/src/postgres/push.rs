@@ -553,23 +553,19 @@ impl PgStore {
                     if new { new_rows.push((key.clone(), w)) } else { writes.push((key.clone(), w)) }
                 }
             }
-            if !new_rows.is_empty() {
-                changed += new_rows.len();
-                let origins: Vec<Option<&str>> = new_rows.iter().map(|(_, w)| w.origin(who)).collect();
-                write_new(tx, pt, &origins, &new_rows).await?;
-                if ruled {
-                    written
-                        .entry(table.clone())
-                        .or_default()
-                        .extend(new_rows.into_iter().map(|(key, w)| (key, w.state)));
+            for (copied, rows) in [(true, new_rows), (false, writes)] {
+                if rows.is_empty() {
+                    continue;
                 }
-            }
-            if !writes.is_empty() {
-                changed += writes.len();
-                let origins: Vec<Option<&str>> = writes.iter().map(|(_, w)| w.origin(who)).collect();
-                write(tx, pt, &origins, &writes).await?;
+                changed += rows.len();
+                let origins: Vec<Option<&str>> = rows.iter().map(|(_, w)| w.origin(who)).collect();
+                if copied {
+                    write_new(tx, pt, &origins, &rows).await?;
+                } else {
+                    write(tx, pt, &origins, &rows).await?;
+                }
                 if ruled {
-                    written.entry(table.clone()).or_default().extend(writes.into_iter().map(|(key, w)| (key, w.state)));
+                    written.entry(table.clone()).or_default().extend(rows.into_iter().map(|(key, w)| (key, w.state)));
                 }
             }
         }
