@@ -438,6 +438,20 @@ pub trait Store: Send + Sync + 'static {
         out: tokio::sync::mpsc::Sender<Vec<FeedRow>>,
     ) -> impl Future<Output = Result<String>> + Send;
 
+    /// The rows `who` (a device) may read in `tables` (every table when `None`), tombstones
+    /// too, as of one consistent snapshot: `who`'s feed read from the start inside one read
+    /// transaction, sent to `out` a page (at most `page` rows) at a time. Returns the cursor
+    /// that snapshot ends at: a pull from it gets every change committed after. A device's
+    /// first hydrate (`POST /v1/snapshot`). Stops with [`StoreError::Unavailable`] when `out`
+    /// is closed; [`StoreError::Invalid`] for a peer.
+    fn feed_snapshot(
+        &self,
+        who: &Principal,
+        tables: Option<Vec<String>>,
+        page: usize,
+        out: tokio::sync::mpsc::Sender<Vec<FeedRow>>,
+    ) -> impl Future<Output = Result<String>> + Send;
+
     /// Merges the rows `steps` brings as `who`'s push (a peer's), through the merge rules, all
     /// in one transaction: committed when [`RestoreStep::Commit`] arrives, rolled back when
     /// `steps` ends without it (a cancelled restore leaves the store as it was).
@@ -794,6 +808,16 @@ impl Store for AnyStore {
 
     async fn export(&self, tables: Vec<String>, out: tokio::sync::mpsc::Sender<Vec<FeedRow>>) -> Result<String> {
         delegate!(self, s => s.export(tables, out).await)
+    }
+
+    async fn feed_snapshot(
+        &self,
+        who: &Principal,
+        tables: Option<Vec<String>>,
+        page: usize,
+        out: tokio::sync::mpsc::Sender<Vec<FeedRow>>,
+    ) -> Result<String> {
+        delegate!(self, s => s.feed_snapshot(who, tables, page, out).await)
     }
 
     async fn count_rows(&self, tables: Vec<String>) -> Result<u64> {

@@ -544,6 +544,45 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn feed_snapshot(
+        &self,
+        who: &Principal,
+        tables: Option<Vec<String>>,
+        page: usize,
+        out: tokio::sync::mpsc::Sender<Vec<crate::FeedRow>>,
+    ) -> Result<String> {
+        if who.peer {
+            return Err(StoreError::Invalid("a peer takes a full sync's snapshot, not a device's".into()));
+        }
+        let selection = crate::selected_tables(&self.inner.schema, tables.as_deref())?;
+        let ruled = crate::scope::has_read_rules(&self.inner.schema);
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        // One snapshot for every page, and where it ends.
+        let tx = snapshot(&mut client).await?;
+        let (mut cursor, mut fresh) = (String::new(), None);
+        loop {
+            let next = if ruled {
+                let (next, f) = self
+                    .ruled_page(&tx, &who.user_id, &cursor, page, &selection, &std::collections::BTreeMap::new())
+                    .await?;
+                fresh = fresh.or(f);
+                next
+            } else {
+                self.plain_page(&tx, feed::Whose::User(&who.user_id), &cursor, page, &selection).await?
+            };
+            out.send(next.rows).await.map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))?;
+            cursor = next.cursor;
+            if !next.more {
+                break;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        if let Some(scope) = fresh {
+            feed::keep_scope(&client, &scope).await?;
+        }
+        Ok(cursor)
+    }
+
     async fn export(&self, tables: Vec<String>, out: tokio::sync::mpsc::Sender<Vec<crate::FeedRow>>) -> Result<String> {
         use futures_util::TryStreamExt;
         let tables: Vec<&PgTable> = tables.iter().map(|t| self.table(t)).collect::<Result<_>>()?;

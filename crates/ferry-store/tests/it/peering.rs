@@ -265,6 +265,65 @@ pub async fn a_peer_reading_on_from_the_feed_position_gets_every_later_change<S:
     assert_eq!(keys, [key(1), key(2)], "every change after the position");
 }
 
+/// Reads `who`'s snapshot two rows a page, with `meanwhile` run once the first page is in
+/// (the store then waits to hand over the next): the rows as sent, and the cursor.
+pub async fn snapshot_of<S: Store>(
+    store: &S,
+    who: &Principal,
+    tables: Option<Vec<String>>,
+    meanwhile: impl AsyncFnOnce(),
+) -> (Vec<ferry_store::FeedRow>, String) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reading = async {
+        let mut all: Vec<ferry_store::FeedRow> = rx.recv().await.unwrap_or_default();
+        meanwhile().await;
+        while let Some(page) = rx.recv().await {
+            all.extend(page);
+        }
+        all
+    };
+    let (cursor, rows) = tokio::join!(store.feed_snapshot(who, tables, 2, tx), reading);
+    (rows, cursor.unwrap())
+}
+
+pub async fn a_devices_snapshot_is_its_feed_as_of_one_moment<S: Store>(store: &S) {
+    let ann = device(store, "ann", None).await;
+    let bob = device(store, "bob", None).await;
+    let rows = (1..=7).map(|i| note(i, &ann.user_id, "old", at(u64::from(i), 1))).collect();
+    store.push(&ann, "1", None, rows).await.unwrap();
+    store.push(&bob, "b", None, vec![note(8, &bob.user_id, "bob's", at(8, 2))]).await.unwrap();
+    let mut gone = note(6, &ann.user_id, "old", at(6, 1)).state;
+    gone.delete(at(9, 1));
+    store.push(&ann, "2", None, vec![IncomingRow::new("notes", &key(6), gone)]).await.unwrap();
+
+    // Writes while the snapshot is read are not in it (each row once, as it was) …
+    let mut edit = note(1, &ann.user_id, "old", at(1, 1));
+    edit.state.update([("body".to_owned(), Value::Text("edited meanwhile".into()))], at(20, 1));
+    let (rows, cursor) = snapshot_of(store, &ann, None, async || {
+        store.push(&ann, "3", None, vec![edit, note(9, &ann.user_id, "new", at(21, 1))]).await.unwrap();
+    })
+    .await;
+    let mut keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, (1..=7).map(key).collect::<Vec<_>>(), "ann's rows, each once, tombstones too, not bob's");
+    assert!(rows.iter().all(|r| r.key != key(1) || body(&r.state) == Value::Text("old".into())), "as it was");
+    assert!(rows.iter().any(|r| r.key == key(6) && !r.state.is_alive()));
+    // … and are read from its cursor, with nothing before it again.
+    let (after, _) = feed(store, &ann, &cursor).await;
+    let mut keys: Vec<String> = after.iter().map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, [key(1), key(9)]);
+    assert!(after.iter().any(|(k, s)| *k == key(1) && body(s) == Value::Text("edited meanwhile".into())));
+
+    // A selection of tables; a peer takes a full sync's snapshot instead.
+    let (rows, _) = snapshot_of(store, &ann, Some(vec!["tags".into()]), async || {}).await;
+    assert!(rows.is_empty(), "{rows:?}");
+    let mut peer = device(store, "main-server", Some("main")).await;
+    peer.peer = true;
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    assert!(matches!(store.feed_snapshot(&peer, None, 2, tx).await, Err(StoreError::Invalid(_))));
+}
+
 pub async fn an_export_is_one_snapshot_and_a_restore_merges_all_or_nothing<S: Store>(store: &S) {
     let ann = device(store, "ann", None).await;
     let rows = (1..=5).map(|i| note(i, &ann.user_id, "x", at(u64::from(i), 1))).collect();

@@ -234,6 +234,15 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
     let (rows, removed, bob_cursor) = pull_all(&store, &bob, "0", 100).await;
     assert!(rows.is_empty() && removed.is_empty(), "{rows:?} {removed:?}");
 
+    // A device's snapshot holds what its read rules show, and reads on from its cursor.
+    let (snap, cursor) = crate::peering::snapshot_of(&store, &ann, None, async || {}).await;
+    let mut snap: Vec<(String, String, bool)> =
+        snap.into_iter().map(|r| (r.table, r.key, r.state.is_alive())).collect();
+    snap.sort();
+    assert_eq!(snap, pull_all(&store, &ann, "0", 100).await.0);
+    assert_eq!(pull_all(&store, &ann, &cursor, 100).await.0, []);
+    assert!(crate::peering::snapshot_of(&store, &bob, None, async || {}).await.0.is_empty());
+
     // Files are as private as the rows that reference them.
     let (sketch_a, sketch_b) = ("a".repeat(64), "b".repeat(64));
     for (key, sketch) in [(10, &sketch_a), (11, &sketch_b)] {

@@ -5,8 +5,8 @@ use ferry_protocol::{ConflictKind, ConflictSide, Strategy};
 use ferry_store::{ConflictFilter, IncomingRow, Principal, Store, StoreError};
 
 pub use crate::peering::{
-    a_peer_reading_on_from_the_feed_position_gets_every_later_change, a_peer_reads_every_row_but_those_it_brought,
-    an_export_is_one_snapshot_and_a_restore_merges_all_or_nothing,
+    a_devices_snapshot_is_its_feed_as_of_one_moment, a_peer_reading_on_from_the_feed_position_gets_every_later_change,
+    a_peer_reads_every_row_but_those_it_brought, an_export_is_one_snapshot_and_a_restore_merges_all_or_nothing,
     compaction_removes_old_tombstones_and_refuses_cursors_it_passed,
     digests_and_states_follow_every_version_and_leave_out_compacted_tombstones,
     users_bases_links_and_the_sync_log_are_kept,
@@ -46,6 +46,7 @@ macro_rules! suite {
             compaction_removes_old_tombstones_and_refuses_cursors_it_passed,
             digests_and_states_follow_every_version_and_leave_out_compacted_tombstones,
             an_export_is_one_snapshot_and_a_restore_merges_all_or_nothing,
+            a_devices_snapshot_is_its_feed_as_of_one_moment,
         );
     };
 }
