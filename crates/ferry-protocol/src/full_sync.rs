@@ -151,6 +151,38 @@ pub struct SnapshotManifest {
     pub bytes: u64,
 }
 
+/// `POST /v1/snapshot`: a device asks for a snapshot of the rows it may read, for its first
+/// hydrate (docs/protocol.md, "A first hydrate from a snapshot").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSnapshotRequest {
+    /// Only these tables (every table when absent); the device's pull cursor of the same
+    /// selection reads on from the snapshot's.
+    #[serde(default)]
+    pub tables: Option<Vec<String>>,
+}
+
+/// `POST /v1/snapshot` and `GET /v1/snapshot/{id}?after=N`: a device's snapshot as it is
+/// taken. Its chunks are pages of the device's feed as of one moment, each a pull page's
+/// JSON (`cursor` `""`, `more` false); `table` of a chunk names the tables its rows are of,
+/// comma-separated.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSnapshot {
+    pub id: String,
+    /// `running` (chunks are being written), `done` or `failed`.
+    pub state: String,
+    /// The chunks written so far, from chunk `after` on (every one without it).
+    pub chunks: Vec<ChunkInfo>,
+    /// Chunks, rows and bytes written so far.
+    pub written: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Once `done`: the pull cursor to read on from, after every chunk is applied.
+    pub cursor: Option<String>,
+    pub error: Option<String>,
+}
+
 /// `POST /v1/peer/full-sync/{id}/snapshot`: the peer takes a snapshot of these tables (a
 /// pull); its progress and manifest are read with `GET /v1/peer/full-sync/{id}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -27,8 +27,8 @@ pub use admin::{
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use full_sync::{
-    ChunkInfo, FullSyncList, FullSyncOptions, FullSyncRequest, FullSyncRun, PeerFullSync, PeerSnapshotRequest,
-    PhaseProgress, SnapshotManifest,
+    ChunkInfo, DeviceSnapshot, DeviceSnapshotRequest, FullSyncList, FullSyncOptions, FullSyncRequest, FullSyncRun,
+    PeerFullSync, PeerSnapshotRequest, PhaseProgress, SnapshotManifest,
 };
 pub use integrity::{
     CatchUpRequest, CatchUpResponse, DigestNode, DigestRequest, DigestResponse, DigestRow, IntegrityReport,

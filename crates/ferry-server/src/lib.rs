@@ -20,6 +20,7 @@ mod auth;
 mod catch_up;
 pub mod files;
 mod full_sync;
+mod hydrate;
 mod info;
 mod integrity;
 pub mod peer;
@@ -66,6 +67,8 @@ pub struct AppState<S> {
     pub full_syncs: full_sync::FullSyncs,
     /// The devices' running catch-ups by difference.
     pub catch_ups: catch_up::Walks,
+    /// The devices' snapshots for a first hydrate.
+    pub snapshots: hydrate::Snapshots,
 }
 
 /// The HTTP routes over `store` as `config` sets them up, with `files` for the files rows
@@ -87,6 +90,7 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         trees: Default::default(),
         full_syncs: full_sync::FullSyncs::new(config.data_dir.join("full-sync"), config.full_sync_exclude.clone()),
         catch_ups: Default::default(),
+        snapshots: hydrate::Snapshots::new(config.data_dir.join("snapshots")),
     });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
@@ -101,6 +105,9 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         .route("/v1/rows/{table}/{key}", get(rows::get_row::<S>).put(rows::put_row::<S>).delete(rows::delete_row::<S>))
         .route("/v1/changes", get(rows::changes::<S>))
         .route("/v1/stream", get(stream::stream::<S>))
+        .route("/v1/snapshot", post(hydrate::start::<S>))
+        .route("/v1/snapshot/{id}", get(hydrate::show::<S>).delete(hydrate::end::<S>))
+        .route("/v1/snapshot/{id}/chunks/{n}", get(hydrate::chunk::<S>))
         .route("/v1/catch-up", post(catch_up::digests::<S>))
         .route("/v1/catch-up/rows", post(catch_up::rows::<S>))
         .route("/v1/files/check", post(files::check::<S>))

@@ -354,6 +354,7 @@ fn every_documented_operation_answers_as_the_document_says() {
     check_peering(&mut checker, (&alice, t, &too_big), (phone, tablet, ops, peer));
     check_integrity(&mut checker, &too_big, (phone, ops, peer));
     check_full_sync(&mut checker, (&too_big, &far.url, &slow), (phone, ops, peer));
+    check_snapshot(&mut checker, &too_big, (phone, tablet, peer));
     // Last: the compaction makes every cursor taken so far too old; the phone then catches up
     // by difference.
     check_compaction(&env, &mut checker, &alice, (phone, laptop, peer));
@@ -1026,6 +1027,72 @@ fn check_compaction(
     checker.check(&get(format!("/v1/changes?since={}", end(changes)), laptop, 200));
 }
 
+/// A device's first hydrate from a snapshot: asked for, listed as it is written, its chunks
+/// fetched and checked against their SHA-256, the pull on from its cursor, and its end.
+fn check_snapshot(
+    checker: &mut Checker,
+    too_big: &str,
+    (phone, tablet, peer): (Option<&str>, Option<&str>, Option<&str>),
+) {
+    let started = checker.check(&post("/v1/snapshot", phone, "{}", 202));
+    let id = started["id"].as_str().unwrap().to_owned();
+    let mut now = checker.check(&get(format!("/v1/snapshot/{id}"), phone, 200));
+    while now["state"] == "running" {
+        now = checker.check(&get(format!("/v1/snapshot/{id}?after={}", now["written"]), phone, 200));
+    }
+    assert_eq!(now["state"], "done", "{now}");
+    let all = checker.check(&get(format!("/v1/snapshot/{id}?after=0"), phone, 200));
+    let chunks = all["chunks"].as_array().unwrap();
+    assert!(!chunks.is_empty(), "{all}");
+    // What the phone's pull from the start gives, in the chunks.
+    let (mut rows, mut pulled) = (Vec::new(), Vec::new());
+    for c in chunks {
+        let (page, headers) = checker.answer(&get(format!("/v1/snapshot/{id}/chunks/{}", c["n"]), phone, 200));
+        assert_eq!(headers.get("ferry-chunk-sha256").and_then(|v| v.to_str().ok()), c["sha256"].as_str(), "{c}");
+        rows.extend(page["rows"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_owned()));
+    }
+    let mut cursor = "0".to_owned();
+    loop {
+        let page = checker.check(&get(format!("/v1/pull?cursor={cursor}&limit=10000"), phone, 200));
+        pulled.extend(page["rows"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_owned()));
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+        if page["more"] == false {
+            break;
+        }
+    }
+    rows.sort();
+    pulled.sort();
+    assert_eq!(rows, pulled, "the snapshot holds what the pull from the start gives");
+    let next = checker.check(&get(format!("/v1/pull?cursor={}", now["cursor"].as_str().unwrap()), phone, 200));
+    assert_eq!(next["rows"], json!([]), "nothing after the snapshot: {next}");
+    let one = checker.check(&post("/v1/snapshot", phone, json!({"tables": ["groups"]}).to_string(), 202));
+    let other = one["id"].as_str().unwrap();
+    let cases = [
+        get(format!("/v1/snapshot/{id}?after=x"), phone, 400),
+        get(format!("/v1/snapshot/{id}?before=1"), phone, 400),
+        get(format!("/v1/snapshot/{id}"), None, 401),
+        get(format!("/v1/snapshot/{other}"), tablet, 404),
+        get(format!("/v1/snapshot/{id}"), phone, 404),
+        get(format!("/v1/snapshot/{other}/chunks/x"), phone, 400),
+        get(format!("/v1/snapshot/{other}/chunks/0"), None, 401),
+        get(format!("/v1/snapshot/{other}/chunks/99"), phone, 404),
+        delete(format!("/v1/snapshot/{other}"), None, 401),
+        delete(format!("/v1/snapshot/{other}"), tablet, 404),
+        delete(format!("/v1/snapshot/{other}"), phone, 204),
+        delete(format!("/v1/snapshot/{other}"), phone, 404),
+        post("/v1/snapshot", phone, "not json", 400),
+        post("/v1/snapshot", phone, r#"{"colour": "red"}"#, 400),
+        post("/v1/snapshot", phone, r#"{"tables": []}"#, 400),
+        post("/v1/snapshot", None, "{}", 401),
+        post("/v1/snapshot", peer, "{}", 403).with("ferry-peer", "cloud"),
+        post("/v1/snapshot", phone, r#"{"tables": ["jumps"]}"#, 404),
+        post("/v1/snapshot", phone, too_big, 413),
+    ];
+    for case in &cases {
+        checker.check(case);
+    }
+}
+
 /// Catching up by difference: a device whose cursor the compaction horizon passed (as the
 /// phone's did in [`check_compaction`]) walks down the digest tree of the rows it may read
 /// (`/v1/catch-up`), fetches the rows that differ (`/v1/catch-up/rows`), and pulls on from the
@@ -1635,6 +1702,24 @@ fn wire_examples() -> Vec<(&'static str, Value)> {
     };
     add("SnapshotManifest", to(&manifest));
     add("PeerSnapshotRequest", to(&p::PeerSnapshotRequest { tables: vec!["notes".into()], compress: true }));
+    add("DeviceSnapshotRequest", to(&p::DeviceSnapshotRequest::default()));
+    add("DeviceSnapshotRequest", to(&p::DeviceSnapshotRequest { tables: Some(vec!["notes".into()]) }));
+    let running = p::DeviceSnapshot {
+        id: "hs-0190f5a27c1e7d3a9b1f00000000000a".into(),
+        state: "running".into(),
+        chunks: manifest.chunks.clone(),
+        written: 2,
+        rows: 2500,
+        bytes: 900_000,
+        ..Default::default()
+    };
+    add("DeviceSnapshot", to(&running));
+    add(
+        "DeviceSnapshot",
+        to(&p::DeviceSnapshot { state: "done".into(), cursor: Some("12".into()), ..running.clone() }),
+    );
+    let failed = Some("writing the snapshot failed on the server; ask for a new one".to_owned());
+    add("DeviceSnapshot", to(&p::DeviceSnapshot { state: "failed".into(), error: failed, ..running }));
     let receiving = p::PeerFullSync { id: id.into(), state: "RECEIVING".into(), held: vec![0], ..Default::default() };
     add("PeerFullSync", to(&receiving));
     let ready = p::PeerFullSync { state: "READY".into(), rows_done: 2500, rows_total: 2500, ..receiving.clone() };
