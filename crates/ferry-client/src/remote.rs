@@ -360,6 +360,41 @@ impl Remote {
         self.send(self.http.get(format!("{}/v1/admin/full-sync/{id}", self.base)), "full sync").await
     }
 
+    /// `POST /v1/snapshot`: the server starts a snapshot of the rows this device may read in
+    /// `tables` (every table when `None`), for a first hydrate.
+    pub async fn start_snapshot(&self, tables: Option<&[String]>) -> Result<ferry_protocol::DeviceSnapshot> {
+        let req = ferry_protocol::DeviceSnapshotRequest { tables: tables.map(<[String]>::to_vec) };
+        self.send(self.http.post(format!("{}/v1/snapshot", self.base)).json(&req), "snapshot").await
+    }
+
+    /// `GET /v1/snapshot/{id}?after=N`: the snapshot as it stands, with its chunks from `after`
+    /// on (the server waits a little for chunk `after` while it writes).
+    pub async fn snapshot(&self, id: &str, after: u64) -> Result<ferry_protocol::DeviceSnapshot> {
+        let req = self.http.get(format!("{}/v1/snapshot/{id}", self.base)).query(&[("after", after)]);
+        self.send(req, "snapshot").await
+    }
+
+    /// `GET /v1/snapshot/{id}/chunks/{n}`: one chunk, checked against `sha256` (its hash in the
+    /// snapshot's list) before it is returned.
+    pub async fn snapshot_chunk(&self, id: &str, n: u64, sha256: &str) -> Result<bytes::Bytes> {
+        let bytes = self
+            .send_raw(self.http.get(format!("{}/v1/snapshot/{id}/chunks/{n}", self.base)), "snapshot chunk")
+            .await?;
+        let got = ferry_core::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if got != sha256 {
+            return Err(Error::Unreachable(format!(
+                "chunk {n} of snapshot {id} from {} arrived damaged (SHA-256 {got}, expected {sha256}); it is fetched again",
+                self.base
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// `DELETE /v1/snapshot/{id}`: done with it; the server removes its chunks.
+    pub async fn end_snapshot(&self, id: &str) -> Result<()> {
+        self.send_raw(self.http.delete(format!("{}/v1/snapshot/{id}", self.base)), "snapshot end").await.map(|_| ())
+    }
+
     pub async fn me(&self) -> Result<WhoAmI> {
         self.send(self.http.get(format!("{}/v1/me", self.base)), "me").await
     }

@@ -30,6 +30,9 @@ pub struct SyncOptions {
     /// How long a subscription stays without a sync naming it; then it is dropped, and with
     /// it its rows from the replica.
     pub subscription_ttl_ms: u64,
+    /// A first pull (the cursor at the start, no subscriptions) takes the server's snapshot
+    /// of what this device may read, a chunk at a time, instead of its feed page by page.
+    pub snapshot: bool,
 }
 
 /// How long a subscription stays unnamed by default: a week.
@@ -83,6 +86,7 @@ impl Default for SyncOptions {
             tables: None,
             subscribe: Vec::new(),
             subscription_ttl_ms: SUBSCRIPTION_TTL_MS,
+            snapshot: true,
         }
     }
 }
@@ -132,6 +136,9 @@ pub struct SyncReport {
     pub caught_up: bool,
     pub caught_up_rows: u64,
     pub catch_up_bytes: u64,
+    /// The first pull took the server's snapshot (chunks applied), then read on from it.
+    pub from_snapshot: bool,
+    pub snapshot_chunks: u64,
     /// Bytes of the server's answers during this sync (decompressed JSON).
     pub bytes_received: u64,
     pub cursor: String,
@@ -233,6 +240,135 @@ async fn catch_up(
     replica.apply_page(&[], &[], cursor_key, &caught.cursor, resolvers)?;
     caught.bytes = bytes.load(std::sync::atomic::Ordering::Relaxed);
     Ok((caught, total))
+}
+
+/// A first hydrate from the server's snapshot: the rows this device may read as of one
+/// moment, fetched a chunk at a time (each checked against its SHA-256, the next fetched while
+/// one is applied) and merged as pulled pages are; then the cursor moves to where the
+/// snapshot ends and the pull reads on from there. A download cut short resumes at the chunk
+/// it lacks ([`Key::Snapshot`]). The cursor and the chunks applied, or `None` when the server
+/// takes no snapshot now (an older server, too many at once, or one that failed): the pull
+/// then reads the feed page by page, merging over whatever chunks did arrive.
+#[allow(clippy::too_many_arguments)]
+async fn from_snapshot(
+    replica: &mut Replica,
+    remote: &Remote,
+    schema: &Arc<ferry_core::schema::Schema>,
+    tables: Option<&[String]>,
+    cursor_key: Key<'_>,
+    resolvers: &crate::replica::Resolvers,
+    report: &mut SyncReport,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Option<(String, u64)>> {
+    let selection = tables.map_or_else(|| "*".to_owned(), |t| t.join(","));
+    let resumed = replica.meta(Key::Snapshot)?.and_then(|v| {
+        let mut parts = v.splitn(3, ' ');
+        let (id, next, sel) = (parts.next()?, parts.next()?.parse::<u64>().ok()?, parts.next()?);
+        (sel == selection).then(|| (id.to_owned(), next))
+    });
+    let resumed = match resumed {
+        Some((id, next)) => match remote.snapshot(&id, next).await {
+            Ok(_) => Some((id, next)),
+            Err(Error::Refused { status: 404, .. }) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let (id, mut next) = match resumed {
+        Some(found) => found,
+        None => match remote.start_snapshot(tables).await {
+            Ok(s) => {
+                replica.set_meta(Key::Snapshot, &format!("{} 0 {selection}", s.id))?;
+                (s.id, 0)
+            }
+            Err(e @ Error::Unauthorized(_)) => return Err(e),
+            Err(e) => {
+                tracing::info!("the server takes no snapshot now ({e}): pulling page by page");
+                return Ok(None);
+            }
+        },
+    };
+    let fetch = |chunk: ferry_protocol::ChunkInfo| {
+        let (remote, schema, id) = (remote.clone(), schema.clone(), id.clone());
+        Fetched(tokio::spawn(async move {
+            // A chunk that arrives damaged is fetched again, twice at most.
+            let mut attempt = 0;
+            let bytes = loop {
+                attempt += 1;
+                match remote.snapshot_chunk(&id, chunk.n, &chunk.sha256).await {
+                    Ok(b) => break b,
+                    Err(Error::Unreachable(m)) if attempt < 3 && m.contains("arrived damaged") => {
+                        tracing::warn!("{m}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let page = ferry_protocol::decode_page(&schema, &bytes).map_err(|e| {
+                Error::Protocol(format!("chunk {} of snapshot {id} is not a page of rows: {e}", chunk.n))
+            })?;
+            Ok((chunk.n, page))
+        }))
+    };
+    let mut chunks = 0;
+    loop {
+        let now = remote.snapshot(&id, next).await?;
+        if now.state == "failed" {
+            tracing::warn!(
+                "the server's snapshot {id} failed ({}): pulling page by page",
+                now.error.as_deref().unwrap_or("no reason given")
+            );
+            replica.set_meta(Key::Snapshot, "")?;
+            return Ok(None);
+        }
+        let mut list = now.chunks.into_iter().filter(|c| c.n >= next).collect::<Vec<_>>().into_iter();
+        if list.len() == 0 {
+            match (now.state.as_str(), now.cursor) {
+                ("done", Some(cursor)) => {
+                    replica.apply_page(&[], &[], cursor_key, &cursor, resolvers)?;
+                    replica.set_meta(Key::Snapshot, "")?;
+                    if let Err(e) = remote.end_snapshot(&id).await {
+                        tracing::debug!("ending snapshot {id}: {e}");
+                    }
+                    return Ok(Some((cursor, chunks)));
+                }
+                ("done", None) => {
+                    return Err(Error::Protocol(format!("snapshot {id} is done but names no cursor to read on from")));
+                }
+                _ => continue,
+            }
+        }
+        let mut ahead = list.next().map(&fetch);
+        while let Some(mut current) = ahead.take() {
+            let (n, page) =
+                (&mut current.0).await.map_err(|e| Error::Local(format!("snapshot task failed: {e}")))??;
+            ahead = list.next().map(&fetch);
+            let rows: Vec<PulledRow> =
+                page.rows.into_iter().map(|(table, key, state)| PulledRow { table, key, state }).collect();
+            let applied = replica.apply_page(
+                &rows,
+                &page.refused,
+                Key::Snapshot,
+                &format!("{id} {} {selection}", n + 1),
+                resolvers,
+            )?;
+            report.pulled += applied.received as u64;
+            report.refused_pulls += applied.set_aside as u64;
+            report.pulled_changed += applied.changed as u64;
+            report.conflicts += applied.conflicts as u64;
+            next = n + 1;
+            chunks += 1;
+            progress(Progress::Pulling { rows: report.pulled });
+        }
+    }
+}
+
+/// A snapshot's chunk being fetched and decoded.
+struct Fetched(tokio::task::JoinHandle<Result<(u64, ferry_protocol::DecodedPage)>>);
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn batch_id() -> Result<String> {
@@ -564,6 +700,27 @@ async fn sync_once(
         let retried = replica.retry_pulled(&opts.resolvers)?;
         report.pulled_changed += retried.changed as u64;
         report.conflicts += retried.conflicts as u64;
+    }
+    if pull
+        && opts.snapshot
+        && (cursor == "0" || cursor.is_empty())
+        && subscriptions.is_empty()
+        && replica.meta(Key::Resync)?.is_none()
+        && let Some((taken, chunks)) = from_snapshot(
+            replica,
+            remote,
+            &schema,
+            tables.as_deref(),
+            cursor_key,
+            &opts.resolvers,
+            &mut report,
+            progress,
+        )
+        .await?
+    {
+        cursor = taken;
+        report.from_snapshot = true;
+        report.snapshot_chunks = chunks;
     }
     let mut next = pull.then(|| fetch(cursor.clone()));
     while let Some(mut prefetch) = next.take() {

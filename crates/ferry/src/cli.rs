@@ -559,6 +559,10 @@ pub struct SyncArgs {
     /// Sync only these tables (comma-separated); each selection keeps its own pull cursor.
     #[arg(long, value_delimiter = ',')]
     pub tables: Option<Vec<String>>,
+    /// A first pull reads the server's feed page by page instead of taking its snapshot of
+    /// what this device may read (one consistent moment, in checksummed chunks).
+    #[arg(long)]
+    pub no_snapshot: bool,
     /// Read only the rows of a table a predicate covers, within what the table's read rule
     /// allows: "formations WHERE group_id = '…'" (repeat for several). Kept in the replica and
     /// renewed by each sync that names it; rows move in and out as subscriptions change.

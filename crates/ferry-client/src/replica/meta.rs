@@ -40,6 +40,9 @@ pub enum Key<'a> {
     FilesTrigger,
     /// A full re-sync under way: the cursor key it restarted (see `Replica::start_resync`).
     Resync,
+    /// A first hydrate from the server's snapshot under way: the snapshot's id, the next
+    /// chunk to apply and the selection of tables (`*` for every table), space-separated.
+    Snapshot,
 }
 
 impl Key<'_> {
@@ -64,6 +67,7 @@ impl Key<'_> {
             Key::FilesPaused => "files_paused",
             Key::FilesTrigger => "files_trigger",
             Key::Resync => "resync",
+            Key::Snapshot => "snapshot",
         })
     }
 }

@@ -72,12 +72,17 @@ pub async fn run(args: SyncArgs) -> Result<()> {
             eprintln!("{change}");
         }
         println!(
-            "synced '{}' with {server}: pushed {} rows ({} new to the server), pulled {} rows ({} changed here){}, in {} ms",
+            "synced '{}' with {server}: pushed {} rows ({} new to the server), pulled {} rows ({} changed here{}){}, in {} ms",
             args.db.display(),
             report.pushed,
             report.pushed_changed,
             report.pulled,
             report.pulled_changed,
+            if report.from_snapshot {
+                format!("; first from the server's snapshot, {} chunks", report.snapshot_chunks)
+            } else {
+                String::new()
+            },
             [
                 (report.conflicts, "conflicts settled here (ferry conflicts list --db)"),
                 (report.refused, "changes refused as stale (ferry conflicts refused --db)"),
@@ -203,6 +208,7 @@ fn subscribing(args: &SyncArgs) -> SyncOptions {
     SyncOptions {
         subscribe: args.subscribe.clone(),
         subscription_ttl_ms: args.subscription_ttl.as_millis() as u64,
+        snapshot: !args.no_snapshot,
         ..SyncOptions::default()
     }
 }

@@ -568,3 +568,83 @@ fn seed_hydrate_and_selective_tables() {
     ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("table 'nope'"));
 }
+
+/// A new device's first sync takes the server's snapshot of what it may read, in chunks
+/// checked by their SHA-256. Killed (SIGKILL) mid-download, the next sync resumes at the chunk
+/// it lacked, and what was written after the snapshot comes from the pull that follows it.
+#[test]
+fn a_new_device_hydrates_from_a_snapshot_and_resumes_where_it_was_killed() {
+    let p = Pair::new();
+    let n = 22_000;
+    {
+        let mut phone = p.env.db("phone.db");
+        let tx = phone.transaction().unwrap();
+        for i in 0..n {
+            insert_jump(&tx, &p.user, i, "bulk");
+        }
+        tx.commit().unwrap();
+    }
+    p.sync_phone();
+    let tablet = p.env.token("alice", "tablet");
+    let db = p.env.path("tablet.db").display().to_string();
+    let hydrate = |server: &str| {
+        Command::new(FERRY)
+            .args(["sync", "--hydrate", "--db", &db, "--server", server, "--token", &tablet, "--json"])
+            .current_dir(p.env.path(""))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Slowed down, so that the kill lands between chunks 2 and 5 of 5.
+    let proxy = crate::proxy::Proxy::start(&p.server.url);
+    proxy.set(crate::proxy::Fault::Delay(Duration::from_millis(40)));
+    let mut child = hydrate(&proxy.url);
+    let applied = |db: &str| -> Option<(String, u64)> {
+        let c = rusqlite::Connection::open(db).ok()?;
+        c.busy_timeout(Duration::from_secs(5)).ok()?;
+        let v: String = c.query_row("SELECT value FROM _ferry_meta WHERE key = 'snapshot'", [], |r| r.get(0)).ok()?;
+        let mut parts = v.split(' ');
+        Some((parts.next()?.to_owned(), parts.next()?.parse().ok()?))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while applied(&db).is_none_or(|(_, next)| next < 2) {
+        assert!(std::time::Instant::now() < deadline, "the hydrate never applied two chunks");
+        assert!(child.try_wait().unwrap().is_none(), "the hydrate ended before it was killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (id, done) = applied(&db).unwrap();
+    assert!((2..5).contains(&done), "killed after {done} of 5 chunks");
+
+    // Written after the snapshot: an edit of a row the tablet holds already, and a new row.
+    let phone = p.env.db("phone.db");
+    phone.execute("UPDATE jump_log SET notes = 'edited later' WHERE jump_number = 0", []).unwrap();
+    insert_jump(&phone, &p.user, n, "new later");
+    p.sync_phone();
+
+    proxy.set(crate::proxy::Fault::Pass);
+    let out = hydrate(&proxy.url).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["from_snapshot"], true, "{r}");
+    assert_eq!(r["snapshot_chunks"], 5 - done, "only the chunks the tablet lacked: {r}");
+    assert!(applied(&db).is_none(), "the snapshot is done with");
+    let tablet_db = p.env.db("tablet.db");
+    assert_eq!(jumps(&tablet_db), jumps(&phone), "every row, the later ones included");
+    let notes: String =
+        tablet_db.query_row("SELECT notes FROM jump_log WHERE jump_number = 0", [], |r| r.get(0)).unwrap();
+    assert_eq!(notes, "edited later");
+    // Done with it: the server removed its chunks.
+    let gone = p.server.http().get(format!("{}/v1/snapshot/{id}", p.server.url)).bearer_auth(&tablet).send().unwrap();
+    assert_eq!(gone.status(), 404);
+
+    // Page by page when asked (or when the server takes no snapshot).
+    let watch = p.env.token("alice", "watch");
+    let w = p.env.path("watch.db").display().to_string();
+    let out = p.env.run(&["sync", "--no-snapshot", "--db", &w, "--server", &p.server.url, "--token", &watch, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r["from_snapshot"].as_bool(), r["pulled"].as_u64()), (Some(false), Some(n as u64 + 1)), "{r}");
+}
