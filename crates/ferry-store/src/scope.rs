@@ -450,6 +450,43 @@ impl FeedSql {
         out
     }
 
+    /// The rows of the `selected` tables of `schema` that a user may read now (by the scope
+    /// the binds are then taken from),
+    /// whatever their age, tombstones too (without subscriptions): shared tables in one
+    /// branch, each owned table through its owner index, each ruled table through its
+    /// anchors. A device's snapshot reads them inside one transaction, in no particular order.
+    pub(crate) fn visible(schema: &Schema, places: &FeedPlaces<'_>, selected: &[String]) -> FeedSql {
+        let mut out = FeedSql { branches: Vec::new(), binds: Vec::new() };
+        let plain = |cond: String| Branch { join: String::new(), cond, visible: "TRUE".into() };
+        let tables: Vec<&Table> = schema.tables.iter().filter(|t| selected.contains(&t.name)).collect();
+        let shared: Vec<String> = tables
+            .iter()
+            .filter(|t| read_rule(t).is_none() && t.options.owner.is_none())
+            .map(|t| lit(&t.name))
+            .collect();
+        if !shared.is_empty() {
+            out.branches.push(plain(format!("r.tbl IN ({})", shared.join(", "))));
+        }
+        for table in &tables {
+            let tl = lit(&table.name);
+            match read_rule(table) {
+                None if table.options.owner.is_some() => {
+                    out.branches.push(plain(format!("r.tbl = {tl} AND (r.owner = {} OR r.owner IS NULL)", places.user)))
+                }
+                None => {}
+                Some(rule) => {
+                    let found = match anchors(rule) {
+                        Some(a) => out.anchored(places, table, &a, Side::New),
+                        None => "TRUE".to_owned(),
+                    };
+                    let now = out.rule(places, table, rule, "r.reach", Side::New);
+                    out.branches.push(plain(format!("r.tbl = {tl} AND {found} AND {now}")));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether `subs` (a device's subscriptions to `table`) cover the row joined as `t` (or
     /// a deleted row, by its kept values); `None` without subscriptions (everything).
     fn subscribed(

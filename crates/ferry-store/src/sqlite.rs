@@ -1080,34 +1080,77 @@ impl Store for SqliteStore {
         page: usize,
         out: tokio::sync::mpsc::Sender<Vec<FeedRow>>,
     ) -> Result<String> {
+        use crate::scope::{FeedPlaces, FeedSql};
         if who.peer {
             return Err(StoreError::Invalid("a peer takes a full sync's snapshot, not a device's".into()));
         }
         let selected = crate::selected_tables(&self.inner.schema, tables.as_deref())?;
-        let selection = serde_json::to_string(&selected).expect("names serialize");
         let ruled = crate::scope::has_read_rules(&self.inner.schema);
-        let whose = Whose::User(who.user_id.clone());
+        let user = who.user_id.clone();
         let (cursor, fresh) = self
             .read(move |inner, conn| {
-                // One read transaction: every page from one snapshot, and where it ends.
+                // One read transaction: the rows as of one moment, and where the feed ends then.
+                // The rows are found by what the user may read now, not in feed order (no
+                // sort, each row read once), and sent a table's batch at a time.
                 let tx = conn.transaction()?;
-                let (mut cursor, mut fresh) = (String::new(), None);
-                loop {
-                    let page = if ruled {
-                        let Whose::User(user) = &whose else { unreachable!("a device's feed") };
-                        let (page, f) = ruled_page(inner, &tx, user, &cursor, page, &selected, &BTreeMap::new())?;
-                        fresh = fresh.or(f);
-                        page
-                    } else {
-                        plain_page(inner, &tx, &whose, &cursor, page, &selection)?
-                    };
-                    out.blocking_send(page.rows)
-                        .map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))?;
-                    cursor = page.cursor;
-                    if !page.more {
-                        return Ok((cursor, fresh));
+                let scope = scope_in(&tx, &inner.schema, &user, None)?;
+                let places = FeedPlaces {
+                    dialect: Dialect::Sqlite,
+                    window: "TRUE",
+                    window_range: "TRUE",
+                    exit_window: "FALSE",
+                    user: "?1",
+                    first: 2,
+                };
+                let f = FeedSql::visible(&inner.schema, &places, &selected);
+                let mut binds: Vec<rusqlite::types::Value> = vec![user.clone().into()];
+                binds.extend(f.sqlite_values(&user, &scope, &scope).into_iter().map(sqlite_value));
+                let mut batches: HashMap<String, Vec<String>> = HashMap::new();
+                let send = |table: &str, keys: Vec<String>| -> Result<()> {
+                    let ts = inner.table(table)?;
+                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let mut batch = Vec::with_capacity(keys.len());
+                    for found in ferry_sqlite::stored(&tx, ts, &refs)? {
+                        let Some(meta) = found.meta else { continue };
+                        let values = if meta.alive { found.values } else { None };
+                        let state = ferry_sqlite::state_of(&ts.table, &meta, values);
+                        batch.push(FeedRow { table: table.to_owned(), key: found.key, state });
+                    }
+                    out.blocking_send(batch)
+                        .map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))
+                };
+                let branches: Vec<String> = f
+                    .branches
+                    .iter()
+                    .map(|b| format!("SELECT r.tbl, r.pk FROM _ferry_rows r {} WHERE {}", b.join, b.cond))
+                    .collect();
+                if !branches.is_empty() {
+                    // Every parameter is named somewhere in the query (`?1`, the user, at least).
+                    let sql = format!("SELECT * FROM ({}) WHERE ?1 IS NOT NULL", branches.join(" UNION ALL "));
+                    let mut stmt = tx.prepare(&sql)?;
+                    let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
+                    while let Some(row) = rows.next()? {
+                        let (table, key): (String, String) = (row.get(0)?, row.get(1)?);
+                        let keys = batches.entry(table.clone()).or_default();
+                        keys.push(key);
+                        if keys.len() >= page {
+                            let keys = std::mem::take(keys);
+                            send(&table, keys)?;
+                        }
                     }
                 }
+                for (table, keys) in batches {
+                    if !keys.is_empty() {
+                        send(&table, keys)?;
+                    }
+                }
+                let end: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
+                if !ruled {
+                    return Ok((end.to_string(), None));
+                }
+                let hash = scope.hash();
+                let fresh = stored_scope(&tx, &hash)?.is_none().then_some(scope);
+                Ok((format!("{end}.{hash}"), fresh))
             })
             .await?;
         if let Some(scope) = fresh {

@@ -438,6 +438,13 @@ pub(super) fn snapshot_cursor(epoch: &str, snapshot: String) -> String {
     Cursor { prev: snapshot, ..Cursor::start(epoch) }.encode()
 }
 
+/// As [`snapshot_cursor`], for a device whose feed was served under the scope hashed `s0`
+/// (`None` without `read` rules): a feed read from it sees rows move in and out when the
+/// scope changes after.
+pub(super) fn device_snapshot_cursor(epoch: &str, snapshot: String, s0: Option<String>) -> String {
+    Cursor { prev: snapshot, s0, ..Cursor::start(epoch) }.encode()
+}
+
 pub(super) async fn snapshot(client: &mut tokio_postgres::Client) -> Result<Transaction<'_>> {
     client
         .build_transaction()

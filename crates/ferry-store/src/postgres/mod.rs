@@ -551,36 +551,86 @@ impl Store for PgStore {
         page: usize,
         out: tokio::sync::mpsc::Sender<Vec<crate::FeedRow>>,
     ) -> Result<String> {
+        use crate::scope::{FeedPlaces, FeedSql};
         if who.peer {
             return Err(StoreError::Invalid("a peer takes a full sync's snapshot, not a device's".into()));
         }
-        let selection = crate::selected_tables(&self.inner.schema, tables.as_deref())?;
+        let selected = crate::selected_tables(&self.inner.schema, tables.as_deref())?;
         let ruled = crate::scope::has_read_rules(&self.inner.schema);
+        let user = who.user_id.clone();
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
-        // One snapshot for every page, and where it ends.
+        // One snapshot: the rows as of one moment, and where the feed ends then. The rows are
+        // found by what the user may read now, not in feed order (no sort, each row read
+        // once), and sent a table's batch at a time.
         let tx = snapshot(&mut client).await?;
-        let (mut cursor, mut fresh) = (String::new(), None);
-        loop {
-            let next = if ruled {
-                let (next, f) = self
-                    .ruled_page(&tx, &who.user_id, &cursor, page, &selection, &std::collections::BTreeMap::new())
-                    .await?;
-                fresh = fresh.or(f);
-                next
-            } else {
-                self.plain_page(&tx, feed::Whose::User(&who.user_id), &cursor, page, &selection).await?
-            };
-            out.send(next.rows).await.map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))?;
-            cursor = next.cursor;
-            if !next.more {
-                break;
+        let snap: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);
+        let scope = self.scope_in(&tx, &user, None).await?;
+        let places = FeedPlaces {
+            dialect: ferry_core::rules::Dialect::Postgres,
+            window: "TRUE",
+            window_range: "TRUE",
+            exit_window: "FALSE",
+            user: "$1",
+            first: 2,
+        };
+        let f = FeedSql::visible(&self.inner.schema, &places, &selected);
+        let texts = f.texts(&user, &scope, &scope);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&user];
+        params.extend(texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)));
+        let branches: Vec<String> = f
+            .branches
+            .iter()
+            .map(|b| format!("SELECT r.tbl, r.pk FROM _ferry_rows r {} WHERE {}", b.join, b.cond))
+            .collect();
+        let mut batches: HashMap<String, Vec<String>> = HashMap::new();
+        let send = |table: String, keys: Vec<String>| {
+            let (tx, out) = (&tx, &out);
+            async move {
+                let pt = self.table(&table)?;
+                let mut found = load(tx, pt, &keys, false).await?;
+                let batch: Vec<crate::FeedRow> = keys
+                    .into_iter()
+                    .filter_map(|k| {
+                        let state = found.remove(&k)?.state;
+                        Some(crate::FeedRow { table: table.clone(), key: k, state })
+                    })
+                    .collect();
+                out.send(batch).await.map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))
+            }
+        };
+        if !branches.is_empty() {
+            // Every parameter is named somewhere in the query (`$1`, the user, at least); read
+            // a page at a time through a portal, so that the states are loaded in between.
+            let sql =
+                format!("SELECT q.tbl, q.pk FROM ({}) q WHERE $1::text IS NOT NULL", branches.join(" UNION ALL "));
+            let stmt = tx.prepare(&sql).await.map_err(pg)?;
+            let portal = tx.bind(&stmt, &params).await.map_err(pg)?;
+            loop {
+                let rows = tx.query_portal(&portal, page as i32).await.map_err(pg)?;
+                for row in &rows {
+                    let table: String = row.get(0);
+                    let keys = batches.entry(table.clone()).or_default();
+                    keys.push(row.get(1));
+                    if keys.len() >= page {
+                        let keys = std::mem::take(keys);
+                        send(table, keys).await?;
+                    }
+                }
+                if rows.len() < page {
+                    break;
+                }
+            }
+        }
+        for (table, keys) in std::mem::take(&mut batches) {
+            if !keys.is_empty() {
+                send(table, keys).await?;
             }
         }
         tx.commit().await.map_err(pg)?;
-        if let Some(scope) = fresh {
+        if ruled {
             feed::keep_scope(&client, &scope).await?;
         }
-        Ok(cursor)
+        Ok(feed::device_snapshot_cursor(&self.inner.epoch, snap, ruled.then(|| scope.hash())))
     }
 
     async fn export(&self, tables: Vec<String>, out: tokio::sync::mpsc::Sender<Vec<crate::FeedRow>>) -> Result<String> {

@@ -241,7 +241,8 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
     snap.sort();
     assert_eq!(snap, pull_all(&store, &ann, "0", 100).await.0);
     assert_eq!(pull_all(&store, &ann, &cursor, 100).await.0, []);
-    assert!(crate::peering::snapshot_of(&store, &bob, None, async || {}).await.0.is_empty());
+    let (bobs, bob_snapshot) = crate::peering::snapshot_of(&store, &bob, None, async || {}).await;
+    assert!(bobs.is_empty(), "{bobs:?}");
 
     // Files are as private as the rows that reference them.
     let (sketch_a, sketch_b) = ("a".repeat(64), "b".repeat(64));
@@ -290,6 +291,10 @@ pub async fn read_rules_decide_who_reads_which_rows<S: Store>(store: S) {
         "Team A's rows moved in"
     );
     assert!(removed.is_empty(), "{removed:?}");
+    // The same for a device that read on from its snapshot: the scope it was taken under
+    // is in its cursor.
+    let (moved, _, _) = pull_all(&store, &bob, &bob_snapshot, 100).await;
+    assert_eq!(moved, rows, "from the snapshot's cursor too");
     let (rows, removed, bob_cursor) = pull_all(&store, &bob, &bob_cursor, 100).await;
     assert!(rows.is_empty() && removed.is_empty(), "nothing again: {rows:?} {removed:?}");
     let refs = store.file_refs(&bob, &both).await.unwrap();
