@@ -106,9 +106,9 @@ fn peer(n: usize) {
 fn scale(sizes: &[usize]) {
     println!();
     println!(
-        "| rows | push (rows/s) | hydrate (rows/s) | SQLite import (rows/s) | hydrate ÷ import | hydrate peak RSS |"
+        "| rows | push (rows/s) | hydrate (rows/s) | page by page (rows/s) | SQLite import (rows/s) | hydrate ÷ import | hydrate peak RSS |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let (mut push, mut hydrate, mut import) = (Vec::new(), Vec::new(), Vec::new());
     for &n in sizes {
         let s = push_and_hydrate(n, None);
@@ -116,11 +116,13 @@ fn scale(sizes: &[usize]) {
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
         let rss_mb = s.hydrate.report["peak_rss_kb"].as_u64().unwrap_or(0) / 1024;
         println!(
-            "| {n} | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2}× | {rss_mb} MB |",
+            "| {n} | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2} s ({:.0}) | {:.2}× | {rss_mb} MB |",
             s.push.elapsed.as_secs_f64(),
             rate(s.push.elapsed),
             s.hydrate.elapsed.as_secs_f64(),
             rate(s.hydrate.elapsed),
+            s.paged.elapsed.as_secs_f64(),
+            rate(s.paged.elapsed),
             base.as_secs_f64(),
             rate(base),
             s.hydrate.elapsed.as_secs_f64() / base.as_secs_f64(),
@@ -133,6 +135,15 @@ fn scale(sizes: &[usize]) {
             &format!("{:.2} s", base.as_secs_f64()),
             &format!("{:.1}×", hydrate_s / base.as_secs_f64()),
             &if n == 1_000_000 { common::verdict("≤ 8 s", hydrate_s <= 8.0, hydrate_s / 8.0) } else { "–".into() },
+        );
+        let paged_s = s.paged.elapsed.as_secs_f64();
+        common::record(
+            "sync",
+            &format!("… the same {n} rows pulled page by page (`--no-snapshot`) vs SQLite importing them sorted"),
+            &format!("{paged_s:.2} s ({:.0} rows/s)", rate(s.paged.elapsed)),
+            &format!("{:.2} s", base.as_secs_f64()),
+            &format!("{:.1}×", paged_s / base.as_secs_f64()),
+            "–",
         );
         common::record(
             "sync",
@@ -268,7 +279,10 @@ fn last_line(run: &Run) -> String {
 struct Synced {
     dir: tempfile::TempDir,
     push: Run,
+    /// The hydrate from the server's snapshot (a first sync's default), and the same rows
+    /// pulled page by page (`--no-snapshot`) into another new replica.
     hydrate: Run,
+    paged: Run,
 }
 
 fn push_and_hydrate(n: usize, database: Option<&str>) -> Synced {
@@ -304,6 +318,8 @@ fn push_and_hydrate_with(
         last_line(&ferry(d, &["token", "create", "--user", "bench", "--device", "seed", "-c", "ferry.toml"]));
     let new_token =
         last_line(&ferry(d, &["token", "create", "--user", "bench", "--device", "new", "-c", "ferry.toml"]));
+    let paged_token =
+        last_line(&ferry(d, &["token", "create", "--user", "bench", "--device", "paged", "-c", "ferry.toml"]));
     let (mut server, url) = common::serve(d);
 
     let sync = |db: &str, token: &str| ferry(d, &["sync", "--db", db, "--server", &url, "--token", token, "--json"]);
@@ -325,9 +341,13 @@ fn push_and_hydrate_with(
             diagnose()
         );
     }
+    assert_eq!(hydrate.report["from_snapshot"], true, "hydrate report: {}", hydrate.report);
+    let paged =
+        ferry(d, &["sync", "--no-snapshot", "--db", "paged.db", "--server", &url, "--token", &paged_token, "--json"]);
+    assert_eq!(paged.report["pulled"], n, "paged hydrate report: {}", paged.report);
     let _ = server.kill();
     let _ = server.wait();
-    Synced { dir, push, hydrate }
+    Synced { dir, push, hydrate, paged }
 }
 
 /// The seeded rows, read back from `seed.db` sorted by key, and their size in bytes.
