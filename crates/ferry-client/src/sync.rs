@@ -274,7 +274,7 @@ async fn from_snapshot(
         },
         None => None,
     };
-    let (id, mut next) = match resumed {
+    let (id, next) = match resumed {
         Some(found) => found,
         None => match remote.start_snapshot(tables).await {
             Ok(s) => {
@@ -288,14 +288,33 @@ async fn from_snapshot(
             }
         },
     };
-    let fetch = |chunk: ferry_protocol::ChunkInfo| {
+    // Chunk `n` once it is written (or the snapshot's end), fetched and decoded by a task of
+    // its own: the next one is on its way while one is applied.
+    let fetch = |n: u64| {
         let (remote, schema, id) = (remote.clone(), schema.clone(), id.clone());
         Fetched(tokio::spawn(async move {
+            let chunk = loop {
+                let now = remote.snapshot(&id, n).await?;
+                if let Some(c) = now.chunks.into_iter().find(|c| c.n == n) {
+                    break c;
+                }
+                match (now.state.as_str(), now.cursor) {
+                    ("done", Some(cursor)) => return Ok(Next::End(cursor)),
+                    ("done", None) => {
+                        return Err(Error::Protocol(format!(
+                            "snapshot {id} is done but names no cursor to read on from"
+                        )));
+                    }
+                    ("failed", _) => return Ok(Next::Failed(now.error.unwrap_or_else(|| "no reason given".into()))),
+                    // Still being written: ask again.
+                    _ => {}
+                }
+            };
             // A chunk that arrives damaged is fetched again, twice at most.
             let mut attempt = 0;
             let bytes = loop {
                 attempt += 1;
-                match remote.snapshot_chunk(&id, chunk.n, &chunk.sha256).await {
+                match remote.snapshot_chunk(&id, n, &chunk.sha256).await {
                     Ok(b) => break b,
                     Err(Error::Unreachable(m)) if attempt < 3 && m.contains("arrived damaged") => {
                         tracing::warn!("{m}");
@@ -303,67 +322,60 @@ async fn from_snapshot(
                     Err(e) => return Err(e),
                 }
             };
-            let page = ferry_protocol::decode_page(&schema, &bytes).map_err(|e| {
-                Error::Protocol(format!("chunk {} of snapshot {id} is not a page of rows: {e}", chunk.n))
-            })?;
-            Ok((chunk.n, page))
+            let page = ferry_protocol::decode_page(&schema, &bytes)
+                .map_err(|e| Error::Protocol(format!("chunk {n} of snapshot {id} is not a page of rows: {e}")))?;
+            Ok(Next::Chunk(n, page))
         }))
     };
     let mut chunks = 0;
+    let mut ahead = fetch(next);
     loop {
-        let now = remote.snapshot(&id, next).await?;
-        if now.state == "failed" {
-            tracing::warn!(
-                "the server's snapshot {id} failed ({}): pulling page by page",
-                now.error.as_deref().unwrap_or("no reason given")
-            );
-            replica.set_meta(Key::Snapshot, "")?;
-            return Ok(None);
-        }
-        let mut list = now.chunks.into_iter().filter(|c| c.n >= next).collect::<Vec<_>>().into_iter();
-        if list.len() == 0 {
-            match (now.state.as_str(), now.cursor) {
-                ("done", Some(cursor)) => {
-                    replica.apply_page(&[], &[], cursor_key, &cursor, resolvers)?;
-                    replica.set_meta(Key::Snapshot, "")?;
-                    if let Err(e) = remote.end_snapshot(&id).await {
-                        tracing::debug!("ending snapshot {id}: {e}");
-                    }
-                    return Ok(Some((cursor, chunks)));
+        let arrived = (&mut ahead.0).await.map_err(|e| Error::Local(format!("snapshot task failed: {e}")))??;
+        let (n, page) = match arrived {
+            Next::Chunk(n, page) => (n, page),
+            Next::End(cursor) => {
+                replica.apply_page(&[], &[], cursor_key, &cursor, resolvers)?;
+                replica.set_meta(Key::Snapshot, "")?;
+                if let Err(e) = remote.end_snapshot(&id).await {
+                    tracing::debug!("ending snapshot {id}: {e}");
                 }
-                ("done", None) => {
-                    return Err(Error::Protocol(format!("snapshot {id} is done but names no cursor to read on from")));
-                }
-                _ => continue,
+                return Ok(Some((cursor, chunks)));
             }
-        }
-        let mut ahead = list.next().map(&fetch);
-        while let Some(mut current) = ahead.take() {
-            let (n, page) =
-                (&mut current.0).await.map_err(|e| Error::Local(format!("snapshot task failed: {e}")))??;
-            ahead = list.next().map(&fetch);
-            let rows: Vec<PulledRow> =
-                page.rows.into_iter().map(|(table, key, state)| PulledRow { table, key, state }).collect();
-            let applied = replica.apply_page(
-                &rows,
-                &page.refused,
-                Key::Snapshot,
-                &format!("{id} {} {selection}", n + 1),
-                resolvers,
-            )?;
-            report.pulled += applied.received as u64;
-            report.refused_pulls += applied.set_aside as u64;
-            report.pulled_changed += applied.changed as u64;
-            report.conflicts += applied.conflicts as u64;
-            next = n + 1;
-            chunks += 1;
-            progress(Progress::Pulling { rows: report.pulled });
-        }
+            Next::Failed(why) => {
+                tracing::warn!("the server's snapshot {id} failed ({why}): pulling page by page");
+                replica.set_meta(Key::Snapshot, "")?;
+                return Ok(None);
+            }
+        };
+        ahead = fetch(n + 1);
+        let rows: Vec<PulledRow> =
+            page.rows.into_iter().map(|(table, key, state)| PulledRow { table, key, state }).collect();
+        let applied = replica.apply_page(
+            &rows,
+            &page.refused,
+            Key::Snapshot,
+            &format!("{id} {} {selection}", n + 1),
+            resolvers,
+        )?;
+        report.pulled += applied.received as u64;
+        report.refused_pulls += applied.set_aside as u64;
+        report.pulled_changed += applied.changed as u64;
+        report.conflicts += applied.conflicts as u64;
+        chunks += 1;
+        progress(Progress::Pulling { rows: report.pulled });
     }
 }
 
+/// What the fetch of a snapshot's next chunk found.
+enum Next {
+    Chunk(u64, ferry_protocol::DecodedPage),
+    /// No more chunks: the cursor to read on from.
+    End(String),
+    Failed(String),
+}
+
 /// A snapshot's chunk being fetched and decoded.
-struct Fetched(tokio::task::JoinHandle<Result<(u64, ferry_protocol::DecodedPage)>>);
+struct Fetched(tokio::task::JoinHandle<Result<Next>>);
 
 impl Drop for Fetched {
     fn drop(&mut self) {
