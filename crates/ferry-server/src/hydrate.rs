@@ -189,7 +189,12 @@ async fn write<S: Store>(
                 .map_err(|e| format!("encoding a chunk: {e}"))?;
                 let n = out.borrow().written;
                 let sha256 = ferry_peer::full_sync::sha256_hex(&json);
-                ferry_peer::full_sync::save_chunk(&dir, n, &json, &sha256)?;
+                // Written whole, then named: a chunk listed is there entirely.
+                let path = ferry_peer::full_sync::chunk_path(&dir, n);
+                let part = path.with_extension("part");
+                std::fs::write(&part, &json)
+                    .and_then(|()| std::fs::rename(&part, &path))
+                    .map_err(|e| format!("writing chunk {n} to {}: {e}", path.display()))?;
                 let chunk = ChunkInfo { n, table, rows: rows.len() as u64, bytes: json.len() as u64, sha256 };
                 out.send_modify(|s| {
                     s.written += 1;
