@@ -447,6 +447,30 @@ fn rules(n: usize) {
         ms(ruled),
         ms(plain)
     );
+    // A new device's first sync under the example's own `read` rule on `jump_log` (which
+    // `example` leaves out elsewhere): from the server's snapshot, and page by page.
+    const READ: &str = "read = \"user_id = :user OR (visible_to_connections AND user_id IN (SELECT user_id FROM connections WHERE friend_id = :user))\"";
+    let quick = std::env::args().any(|a| a == "--quick");
+    for size in if quick { vec![n] } else { vec![n, 1_000_000] } {
+        let s = push_and_hydrate_with(size, None, READ, &String::new);
+        let base = sqlite_import(s.dir.path());
+        for (how, run) in [("from the server's snapshot", &s.hydrate), ("page by page (`--no-snapshot`)", &s.paged)] {
+            let t = run.elapsed.as_secs_f64();
+            common::record(
+                "sync",
+                &format!("hydrate {size} rows under a `read` rule, {how}, vs SQLite importing them sorted"),
+                &format!("{t:.2} s"),
+                &format!("{:.2} s", base.as_secs_f64()),
+                &format!("{:.1}×", t / base.as_secs_f64()),
+                "–",
+            );
+            println!(
+                "| hydrate {size} rows under the example's `read` rule, {how}, vs SQLite importing them sorted | {t:.2} s | {:.2} s | {:.1}× |",
+                base.as_secs_f64(),
+                t / base.as_secs_f64()
+            );
+        }
+    }
 }
 
 fn csv_field(v: &rusqlite::types::Value) -> String {
