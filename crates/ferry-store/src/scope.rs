@@ -224,6 +224,11 @@ fn normalized(set: Vec<Value>) -> Vec<Value> {
     items.into_iter().map(|(_, v)| v).collect()
 }
 
+/// Of `tables`, those every user reads (no `read` rule, no owner), as SQL literals.
+fn shared_tables(tables: &[&Table]) -> Vec<String> {
+    tables.iter().filter(|t| read_rule(t).is_none() && t.options.owner.is_none()).map(|t| lit(&t.name)).collect()
+}
+
 /// Which scope a feed condition's parameter takes its values from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Side {
@@ -351,11 +356,7 @@ impl FeedSql {
         let mut out = FeedSql { branches: Vec::new(), binds: Vec::new() };
         let plain = |cond: String| Branch { join: String::new(), cond, visible: "TRUE".into() };
         let tables: Vec<&Table> = schema.tables.iter().filter(|t| selected.contains(&t.name)).collect();
-        let shared: Vec<String> = tables
-            .iter()
-            .filter(|t| read_rule(t).is_none() && t.options.owner.is_none())
-            .map(|t| lit(&t.name))
-            .collect();
+        let shared = shared_tables(&tables);
         if !shared.is_empty() {
             out.branches.push(plain(format!(
                 "r.tbl IN ({}) AND {} AND {}",
@@ -459,11 +460,7 @@ impl FeedSql {
         let mut out = FeedSql { branches: Vec::new(), binds: Vec::new() };
         let plain = |cond: String| Branch { join: String::new(), cond, visible: "TRUE".into() };
         let tables: Vec<&Table> = schema.tables.iter().filter(|t| selected.contains(&t.name)).collect();
-        let shared: Vec<String> = tables
-            .iter()
-            .filter(|t| read_rule(t).is_none() && t.options.owner.is_none())
-            .map(|t| lit(&t.name))
-            .collect();
+        let shared = shared_tables(&tables);
         if !shared.is_empty() {
             out.branches.push(plain(format!("r.tbl IN ({})", shared.join(", "))));
         }

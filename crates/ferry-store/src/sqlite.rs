@@ -514,6 +514,18 @@ impl SqliteStore {
     }
 }
 
+/// The stored states of `keys` of a table (keys never seen left out), as feed rows.
+fn stored_rows(tx: &rusqlite::Connection, ts: &ferry_sqlite::TableSql, keys: &[&str]) -> Result<Vec<FeedRow>> {
+    let mut rows = Vec::with_capacity(keys.len());
+    for found in ferry_sqlite::stored(tx, ts, keys)? {
+        let Some(meta) = found.meta else { continue };
+        let values = if meta.alive { found.values } else { None };
+        let state = ferry_sqlite::state_of(&ts.table, &meta, values);
+        rows.push(FeedRow { table: ts.table.name.clone(), key: found.key, state });
+    }
+    Ok(rows)
+}
+
 /// A page of the feed of `whose` after `cursor`, read in `tx` (see `SqliteStore::feed_page`).
 fn plain_page(
     inner: &Inner,
@@ -1057,14 +1069,7 @@ impl Store for SqliteStore {
                     let Some(last) = keys.last() else { break };
                     after = last.clone();
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let mut batch = Vec::with_capacity(keys.len());
-                    for found in ferry_sqlite::stored(&tx, ts, &refs)? {
-                        let Some(meta) = found.meta else { continue };
-                        let values = if meta.alive { found.values } else { None };
-                        let state = ferry_sqlite::state_of(&ts.table, &meta, values);
-                        batch.push(FeedRow { table: table.clone(), key: found.key, state });
-                    }
-                    out.blocking_send(batch)
+                    out.blocking_send(stored_rows(&tx, ts, &refs)?)
                         .map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))?;
                 }
             }
@@ -1107,16 +1112,8 @@ impl Store for SqliteStore {
                 binds.extend(f.sqlite_values(&user, &scope, &scope).into_iter().map(sqlite_value));
                 let mut batches: HashMap<String, Vec<String>> = HashMap::new();
                 let send = |table: &str, keys: Vec<String>| -> Result<()> {
-                    let ts = inner.table(table)?;
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let mut batch = Vec::with_capacity(keys.len());
-                    for found in ferry_sqlite::stored(&tx, ts, &refs)? {
-                        let Some(meta) = found.meta else { continue };
-                        let values = if meta.alive { found.values } else { None };
-                        let state = ferry_sqlite::state_of(&ts.table, &meta, values);
-                        batch.push(FeedRow { table: table.to_owned(), key: found.key, state });
-                    }
-                    out.blocking_send(batch)
+                    out.blocking_send(stored_rows(&tx, inner.table(table)?, &refs)?)
                         .map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))
                 };
                 let branches: Vec<String> = f
