@@ -3,9 +3,9 @@
 //! only those that differ (`POST /v1/catch-up`, `POST /v1/catch-up/rows`), instead of
 //! downloading everything again.
 //!
-//! The server reads the device's rows by walking the device's own feed from the start (its
-//! tables, its owner and `read` rules exactly), once per catch-up session, and keeps the
-//! cursor that walk ended at: the device reads on from there.
+//! The server reads the device's rows from its snapshot (its tables, its owner and `read`
+//! rules exactly, as of one moment: `Store::feed_snapshot`), once per catch-up session, and
+//! keeps the cursor that snapshot ends at: the device reads on from there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::{ApiError, AppState};
 const WALK_KEPT: Duration = Duration::from_secs(120);
 /// Walks kept at most.
 const WALKS_KEPT: usize = 8;
-/// Rows per page of a walk.
+/// Rows per batch of a walk.
 const WALK_PAGE: usize = 5000;
 
 /// The walks of running catch-ups, by device and session.
@@ -73,28 +73,33 @@ impl Walks {
     }
 }
 
-/// The device's rows, by table, as digest trees, and the cursor its feed ended at.
+/// The device's rows, by table, as digest trees, and the cursor to read on from: its
+/// snapshot (`Store::feed_snapshot`), one read of what it may read as of one moment.
 async fn walk<S: Store>(
     store: &S,
     who: &Principal,
     tables: Option<&[String]>,
 ) -> Result<(String, BTreeMap<String, Tree>), ApiError> {
-    let mut entries: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-    let mut cursor = String::new();
-    loop {
-        let page = store.pull_tables(who, &cursor, WALK_PAGE, tables).await?;
-        for r in page.rows {
-            let s = &r.state;
-            let d =
-                digest::row_digest(&r.key, s.is_alive(), s.exists.at, s.cols.iter().map(|(c, v)| (c.as_str(), v.at)));
-            entries.entry(r.table).or_default().push(Entry::new(r.key, d, !s.is_alive()));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ferry_store::FeedRow>>(2);
+    let digesting = async {
+        let mut entries: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        while let Some(rows) = rx.recv().await {
+            for r in rows {
+                let s = &r.state;
+                let d = digest::row_digest(
+                    &r.key,
+                    s.is_alive(),
+                    s.exists.at,
+                    s.cols.iter().map(|(c, v)| (c.as_str(), v.at)),
+                );
+                entries.entry(r.table).or_default().push(Entry::new(r.key, d, !s.is_alive()));
+            }
         }
-        cursor = page.cursor;
-        if !page.more {
-            break;
-        }
-    }
-    Ok((cursor, entries.into_iter().map(|(t, e)| (t, Tree::new(e))).collect()))
+        entries
+    };
+    let (cursor, entries) =
+        tokio::join!(store.feed_snapshot(who, tables.map(<[String]>::to_vec), WALK_PAGE, tx), digesting);
+    Ok((cursor?, entries.into_iter().map(|(t, e)| (t, Tree::new(e))).collect()))
 }
 
 /// `POST /v1/catch-up`: summaries of nodes of the digest tree of the rows the device may read
