@@ -253,7 +253,7 @@ async fn catch_up(
 async fn from_snapshot(
     replica: &mut Replica,
     remote: &Remote,
-    schema: &Arc<ferry_core::schema::Schema>,
+    (schema, version): (&Arc<ferry_core::schema::Schema>, &str),
     tables: Option<&[String]>,
     cursor_key: Key<'_>,
     resolvers: &crate::replica::Resolvers,
@@ -291,10 +291,16 @@ async fn from_snapshot(
     // Chunk `n` once it is written (or the snapshot's end), fetched and decoded by a task of
     // its own: the next one is on its way while one is applied.
     let fetch = |n: u64| {
-        let (remote, schema, id) = (remote.clone(), schema.clone(), id.clone());
+        let (remote, schema, id, version) = (remote.clone(), schema.clone(), id.clone(), version.to_owned());
         Fetched(tokio::spawn(async move {
             let chunk = loop {
-                let now = remote.snapshot(&id, n).await?;
+                let now = match remote.snapshot(&id, n).await {
+                    Ok(now) => now,
+                    // Gone (expired, or the server restarted): the feed page by page, merging
+                    // over what arrived.
+                    Err(Error::Refused { status: 404, message, .. }) => return Ok(Next::Failed(message)),
+                    Err(e) => return Err(e),
+                };
                 if let Some(c) = now.chunks.into_iter().find(|c| c.n == n) {
                     break c;
                 }
@@ -324,6 +330,16 @@ async fn from_snapshot(
             };
             let page = ferry_protocol::decode_page(&schema, &bytes)
                 .map_err(|e| Error::Protocol(format!("chunk {n} of snapshot {id} is not a page of rows: {e}")))?;
+            if !page.refused.is_empty() {
+                // As for a pull page: rows of a newer schema are not bad rows; the next sync
+                // takes the schema and this chunk again.
+                let now = remote.schema().await?.version;
+                if now != version {
+                    return Err(Error::Schema(format!(
+                        "the server's schema changed during this sync (version {version}, now {now}); the next sync takes it and this snapshot's chunk {n} again"
+                    )));
+                }
+            }
             Ok(Next::Chunk(n, page))
         }))
     };
@@ -721,7 +737,7 @@ async fn sync_once(
         && let Some((taken, chunks)) = from_snapshot(
             replica,
             remote,
-            &schema,
+            (&schema, &version),
             tables.as_deref(),
             cursor_key,
             &opts.resolvers,
@@ -850,8 +866,10 @@ mod tests {
 
     /// A server that restarts with a new column while a device syncs: `/v1/schema` answers
     /// `NOTES` the first time and `NOTES_WITH_COLOR` from then on; the first page (cursor 0)
-    /// holds a row with the new column, the next ones are empty.
-    fn restarting_server() -> String {
+    /// holds a row with the new column, the next ones are empty. With `snapshots`, a first
+    /// pull's snapshot holds that page as its one chunk; without, `/v1/snapshot` is unknown
+    /// (404, as on an older server).
+    fn restarting_server(snapshots: bool) -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let schemas = AtomicUsize::new(0);
@@ -871,29 +889,60 @@ mod tests {
             "cursor": "1",
             "more": false,
         });
+        let chunk = serde_json::json!({"rows": page["rows"], "cursor": "", "more": false}).to_string();
+        let sha = ferry_core::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(chunk.as_bytes()));
+        let bytes = chunk.len();
+        let snapshot = move |state: &str, chunks: bool, cursor: Option<&str>| {
+            let listed = if chunks {
+                serde_json::json!([{"n": 0, "table": "notes", "rows": 2, "bytes": bytes, "sha256": sha}])
+            } else {
+                serde_json::json!([])
+            };
+            serde_json::json!({"id": "hs-1", "state": state, "chunks": listed, "written": 1, "rows": 2,
+                "bytes": bytes, "cursor": cursor, "error": null})
+        };
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let mut stream = stream.unwrap();
-                let mut head = String::new();
-                BufReader::new(&stream).read_line(&mut head).unwrap();
+                // The request's head, and its body (read, so that closing does not reset).
+                let mut reader = BufReader::new(&stream);
+                let (mut head, mut line, mut length) = (String::new(), String::new(), 0usize);
+                reader.read_line(&mut head).unwrap();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                std::io::Read::read_exact(&mut reader, &mut vec![0; length]).unwrap();
                 let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-                let body = if path.starts_with("/v1/me") {
-                    serde_json::json!({"store_id": "s", "user_id": "u", "user_name": "ann", "device_id": "d", "device_name": "phone"})
+                let (status, body) = if path.starts_with("/v1/me") {
+                    (200, serde_json::json!({"store_id": "s", "user_id": "u", "user_name": "ann", "device_id": "d", "device_name": "phone"}).to_string())
                 } else if path.starts_with("/v1/schema") {
                     let ddl = if schemas.fetch_add(1, Ordering::SeqCst) == 0 { NOTES } else { NOTES_WITH_COLOR };
-                    serde_json::to_value(SchemaResponse::from_schema(&Schema::parse(ddl, &BTreeMap::new()).unwrap()))
-                        .unwrap()
+                    let schema = SchemaResponse::from_schema(&Schema::parse(ddl, &BTreeMap::new()).unwrap());
+                    (200, serde_json::to_string(&schema).unwrap())
+                } else if path.starts_with("/v1/snapshot") && !snapshots {
+                    (404, r#"{"error": {"code": "not_found", "message": "no such endpoint"}}"#.to_owned())
+                } else if head.starts_with("POST /v1/snapshot") {
+                    (202, snapshot("running", false, None).to_string())
+                } else if path.starts_with("/v1/snapshot/hs-1?after=0") {
+                    (200, snapshot("running", true, None).to_string())
+                } else if path.starts_with("/v1/snapshot/hs-1?after=1") {
+                    (200, snapshot("done", false, Some("1")).to_string())
+                } else if path.starts_with("/v1/snapshot/hs-1/chunks/0") {
+                    (200, chunk.clone())
+                } else if head.starts_with("DELETE /v1/snapshot/hs-1") {
+                    (204, String::new())
                 } else if path.starts_with("/v1/pull?cursor=0") {
-                    page.clone()
+                    (200, page.to_string())
                 } else {
-                    serde_json::json!({"rows": [], "cursor": "1", "more": false})
+                    (200, serde_json::json!({"rows": [], "cursor": "1", "more": false}).to_string())
                 };
-                let body = body.to_string();
                 let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
-                // The request's remaining head is not read: every request here is a GET.
                 let _ = stream.write_all(answer.as_bytes());
             }
         });
@@ -905,9 +954,15 @@ mod tests {
     /// schema and applies it, where setting it aside would have lost it until it changed.
     #[tokio::test]
     async fn a_schema_changed_during_a_sync_does_not_set_its_new_rows_aside() {
+        for snapshots in [false, true] {
+            schema_changed_during_a_sync(snapshots).await;
+        }
+    }
+
+    async fn schema_changed_during_a_sync(snapshots: bool) {
         let dir = tempfile::tempdir().unwrap();
         let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
-        let remote = Remote::new(&restarting_server(), "fry_test").unwrap();
+        let remote = Remote::new(&restarting_server(snapshots), "fry_test").unwrap();
         let opts = SyncOptions::default();
 
         let err = sync(&mut replica, &remote, &opts, &mut |_| {}).await.unwrap_err();
@@ -917,6 +972,7 @@ mod tests {
 
         let report = sync(&mut replica, &remote, &opts, &mut |_| {}).await.unwrap();
         assert_eq!((report.pulled, report.refused_pulls), (2, 0));
+        assert_eq!(report.from_snapshot, snapshots);
         let color: Option<String> =
             replica.connection().query_row("SELECT color FROM notes WHERE id = ?1", [RED], |r| r.get(0)).unwrap();
         assert_eq!(color.as_deref(), Some("red"));
