@@ -870,8 +870,6 @@ mod tests {
     /// pull's snapshot holds that page as its one chunk; without, `/v1/snapshot` is unknown
     /// (404, as on an older server).
     fn restarting_server(snapshots: bool) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let schemas = AtomicUsize::new(0);
         let new = Schema::parse(NOTES_WITH_COLOR, &BTreeMap::new()).unwrap();
         let t = new.table("notes").unwrap();
@@ -893,14 +891,119 @@ mod tests {
         let sha = ferry_core::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(chunk.as_bytes()));
         let bytes = chunk.len();
         let snapshot = move |state: &str, chunks: bool, cursor: Option<&str>| {
-            let listed = if chunks {
-                serde_json::json!([{"n": 0, "table": "notes", "rows": 2, "bytes": bytes, "sha256": sha}])
-            } else {
-                serde_json::json!([])
-            };
-            serde_json::json!({"id": "hs-1", "state": state, "chunks": listed, "written": 1, "rows": 2,
-                "bytes": bytes, "cursor": cursor, "error": null})
+            snapshot_json(state, chunks.then_some((sha.as_str(), bytes)), cursor)
         };
+        fake_server(move |head: &str| {
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+            if path.starts_with("/v1/me") {
+                (200, serde_json::json!({"store_id": "s", "user_id": "u", "user_name": "ann", "device_id": "d", "device_name": "phone"}).to_string())
+            } else if path.starts_with("/v1/schema") {
+                let ddl = if schemas.fetch_add(1, Ordering::SeqCst) == 0 { NOTES } else { NOTES_WITH_COLOR };
+                let schema = SchemaResponse::from_schema(&Schema::parse(ddl, &BTreeMap::new()).unwrap());
+                (200, serde_json::to_string(&schema).unwrap())
+            } else if path.starts_with("/v1/snapshot") && !snapshots {
+                (404, r#"{"error": {"code": "not_found", "message": "no such endpoint"}}"#.to_owned())
+            } else if head.starts_with("POST /v1/snapshot") {
+                (202, snapshot("running", false, None))
+            } else if path.starts_with("/v1/snapshot/hs-1?after=0") {
+                (200, snapshot("running", true, None))
+            } else if path.starts_with("/v1/snapshot/hs-1?after=1") {
+                (200, snapshot("done", false, Some("1")))
+            } else if path.starts_with("/v1/snapshot/hs-1/chunks/0") {
+                (200, chunk.clone())
+            } else if head.starts_with("DELETE /v1/snapshot/hs-1") {
+                (204, String::new())
+            } else if path.starts_with("/v1/pull?cursor=0") {
+                (200, page.to_string())
+            } else {
+                (200, serde_json::json!({"rows": [], "cursor": "1", "more": false}).to_string())
+            }
+        })
+    }
+
+    /// Snapshot `hs-1` as `GET /v1/snapshot/{id}` answers it: `state`, chunk 0 listed (its
+    /// SHA-256 and size) or none, and `cursor`.
+    fn snapshot_json(state: &str, chunk: Option<(&str, usize)>, cursor: Option<&str>) -> String {
+        let listed = match chunk {
+            Some((sha, bytes)) => {
+                serde_json::json!([{"n": 0, "table": "notes", "rows": 2, "bytes": bytes, "sha256": sha}])
+            }
+            None => serde_json::json!([]),
+        };
+        serde_json::json!({"id": "hs-1", "state": state, "chunks": listed, "written": 1, "rows": 2,
+            "bytes": chunk.map_or(0, |c| c.1), "cursor": cursor, "error": null})
+        .to_string()
+    }
+
+    /// A chunk whose bytes do not hash to the snapshot's list is fetched again; one that
+    /// stays damaged fails the sync with nothing of it applied, and the next sync resumes at
+    /// that chunk.
+    #[tokio::test]
+    async fn a_damaged_chunk_is_fetched_again_and_never_applied() {
+        for damaged in [1, 3] {
+            damaged_chunk(damaged).await;
+        }
+    }
+
+    async fn damaged_chunk(damaged: usize) {
+        let schema = Schema::parse(NOTES, &BTreeMap::new()).unwrap();
+        let t = schema.table("notes").unwrap();
+        let at = Hlc::new(1_700_000_000_000, 0, SiteId(9));
+        let note = |title: &str| RowState::inserted([("title".to_owned(), Value::Text(title.into()))], at);
+        let rows = serde_json::json!([
+            ferry_protocol::encode_row(t, RED, &note("red")),
+            ferry_protocol::encode_row(t, PLAIN, &note("plain")),
+        ]);
+        let chunk = serde_json::json!({"rows": rows, "cursor": "", "more": false}).to_string();
+        let sha = ferry_core::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(chunk.as_bytes()));
+        let fetched = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = fetched.clone();
+        let url = fake_server(move |head: &str| {
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+            if path.starts_with("/v1/me") {
+                (200, serde_json::json!({"store_id": "s", "user_id": "u", "user_name": "ann", "device_id": "d", "device_name": "phone"}).to_string())
+            } else if path.starts_with("/v1/schema") {
+                (200, serde_json::to_string(&SchemaResponse::from_schema(&schema)).unwrap())
+            } else if head.starts_with("POST /v1/snapshot") {
+                (202, snapshot_json("running", None, None))
+            } else if path.starts_with("/v1/snapshot/hs-1?after=0") {
+                (200, snapshot_json("running", Some((&sha, chunk.len())), None))
+            } else if path.starts_with("/v1/snapshot/hs-1?after=1") {
+                (200, snapshot_json("done", None, Some("1")))
+            } else if path.starts_with("/v1/snapshot/hs-1/chunks/0") {
+                // The same size, one letter changed, the first `damaged` times.
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                (200, if n < damaged { chunk.replace("red", "rex") } else { chunk.clone() })
+            } else if head.starts_with("DELETE /v1/snapshot/hs-1") {
+                (204, String::new())
+            } else {
+                (200, serde_json::json!({"rows": [], "cursor": "1", "more": false}).to_string())
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = Replica::open(&dir.path().join("r.db")).unwrap();
+        let remote = Remote::new(&url, "fry_test").unwrap();
+        let result = sync(&mut replica, &remote, &SyncOptions::default(), &mut |_| {}).await;
+        let titles: i64 =
+            replica.connection().query_row("SELECT count(*) FROM notes WHERE title = 'rex'", [], |r| r.get(0)).unwrap();
+        assert_eq!(titles, 0, "no damaged row applied");
+        if damaged < 3 {
+            let report = result.unwrap();
+            assert_eq!((report.from_snapshot, report.pulled), (true, 2));
+            assert_eq!(fetched.load(Ordering::SeqCst), damaged + 1, "fetched again until sound");
+        } else {
+            let err = result.unwrap_err();
+            assert!(err.to_string().contains("arrived damaged"), "{err}");
+            assert_eq!(fetched.load(Ordering::SeqCst), 3, "three tries");
+            assert_eq!(replica.meta(Key::Snapshot).unwrap().as_deref(), Some("hs-1 0 *"), "resumes at chunk 0");
+        }
+    }
+
+    /// A server on a free port that answers each request (`head`: its first line) with
+    /// `answer`'s status and JSON body; returns its URL.
+    fn fake_server(answer: impl Fn(&str) -> (u16, String) + Send + 'static) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let mut stream = stream.unwrap();
@@ -915,30 +1018,7 @@ mod tests {
                     line.clear();
                 }
                 std::io::Read::read_exact(&mut reader, &mut vec![0; length]).unwrap();
-                let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-                let (status, body) = if path.starts_with("/v1/me") {
-                    (200, serde_json::json!({"store_id": "s", "user_id": "u", "user_name": "ann", "device_id": "d", "device_name": "phone"}).to_string())
-                } else if path.starts_with("/v1/schema") {
-                    let ddl = if schemas.fetch_add(1, Ordering::SeqCst) == 0 { NOTES } else { NOTES_WITH_COLOR };
-                    let schema = SchemaResponse::from_schema(&Schema::parse(ddl, &BTreeMap::new()).unwrap());
-                    (200, serde_json::to_string(&schema).unwrap())
-                } else if path.starts_with("/v1/snapshot") && !snapshots {
-                    (404, r#"{"error": {"code": "not_found", "message": "no such endpoint"}}"#.to_owned())
-                } else if head.starts_with("POST /v1/snapshot") {
-                    (202, snapshot("running", false, None).to_string())
-                } else if path.starts_with("/v1/snapshot/hs-1?after=0") {
-                    (200, snapshot("running", true, None).to_string())
-                } else if path.starts_with("/v1/snapshot/hs-1?after=1") {
-                    (200, snapshot("done", false, Some("1")).to_string())
-                } else if path.starts_with("/v1/snapshot/hs-1/chunks/0") {
-                    (200, chunk.clone())
-                } else if head.starts_with("DELETE /v1/snapshot/hs-1") {
-                    (204, String::new())
-                } else if path.starts_with("/v1/pull?cursor=0") {
-                    (200, page.to_string())
-                } else {
-                    (200, serde_json::json!({"rows": [], "cursor": "1", "more": false}).to_string())
-                };
+                let (status, body) = answer(&head);
                 let answer = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
