@@ -439,11 +439,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String>> + Send;
 
     /// The rows `who` (a device) may read in `tables` (every table when `None`), tombstones
-    /// too, as of one consistent snapshot: `who`'s feed read from the start inside one read
-    /// transaction, sent to `out` a page (at most `page` rows) at a time. Returns the cursor
-    /// that snapshot ends at: a pull from it gets every change committed after. A device's
-    /// first hydrate (`POST /v1/snapshot`). Stops with [`StoreError::Unavailable`] when `out`
-    /// is closed; [`StoreError::Invalid`] for a peer.
+    /// too, as of one consistent snapshot: what its pull from the start would give (owner,
+    /// `read` rules, no subscriptions), read inside one read transaction by what it may read
+    /// now, in no particular order, sent to `out` a batch of one table (at most `page` rows)
+    /// at a time. Returns the cursor that snapshot ends at (under `read` rules naming the
+    /// scope it was served under): a pull from it gets every change committed after. A
+    /// device's first hydrate (`POST /v1/snapshot`) and catch-up (`POST /v1/catch-up`).
+    /// Stops with [`StoreError::Unavailable`] when `out` is closed; [`StoreError::Invalid`]
+    /// for a peer or an unknown table.
     fn feed_snapshot(
         &self,
         who: &Principal,
