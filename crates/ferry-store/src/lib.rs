@@ -571,6 +571,31 @@ pub struct Compacted {
 /// Rows per batch of a snapshot ([`Store::export`]).
 const EXPORT_ROWS: usize = 2000;
 
+/// Keys gathered by table into batches of at most `page` (a device's snapshot loads each
+/// batch's states at once).
+pub(crate) struct KeyBatches {
+    page: usize,
+    by_table: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl KeyBatches {
+    pub(crate) fn new(page: usize) -> KeyBatches {
+        KeyBatches { page: page.max(1), by_table: Default::default() }
+    }
+
+    /// Adds `key` of `table`; returns the table's batch once it is full.
+    pub(crate) fn add(&mut self, table: String, key: String) -> Option<(String, Vec<String>)> {
+        let keys = self.by_table.entry(table.clone()).or_default();
+        keys.push(key);
+        (keys.len() >= self.page).then(|| (table, std::mem::take(keys)))
+    }
+
+    /// The batches not full yet.
+    pub(crate) fn rest(self) -> impl Iterator<Item = (String, Vec<String>)> {
+        self.by_table.into_iter().filter(|(_, keys)| !keys.is_empty())
+    }
+}
+
 /// Rows a compaction deletes per transaction.
 const COMPACT_CHUNK: usize = 1000;
 

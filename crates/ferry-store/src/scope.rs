@@ -452,11 +452,18 @@ impl FeedSql {
     }
 
     /// The rows of the `selected` tables of `schema` that a user may read now (by the scope
-    /// the binds are then taken from),
-    /// whatever their age, tombstones too (without subscriptions): shared tables in one
-    /// branch, each owned table through its owner index, each ruled table through its
-    /// anchors. A device's snapshot reads them inside one transaction, in no particular order.
-    pub(crate) fn visible(schema: &Schema, places: &FeedPlaces<'_>, selected: &[String]) -> FeedSql {
+    /// the binds are then taken from), whatever their age, tombstones too (without
+    /// subscriptions): shared tables in one branch, each owned table through its owner index,
+    /// each ruled table through its anchors. The user is the first parameter, the binds
+    /// follow. A device's snapshot reads them inside one transaction, in no particular order
+    /// ([`FeedSql::keys_query`]).
+    pub(crate) fn visible(schema: &Schema, dialect: Dialect, selected: &[String]) -> FeedSql {
+        let user = match dialect {
+            Dialect::Sqlite => "?1",
+            Dialect::Postgres => "$1",
+        };
+        let places =
+            &FeedPlaces { dialect, window: "TRUE", window_range: "TRUE", exit_window: "FALSE", user, first: 2 };
         let mut out = FeedSql { branches: Vec::new(), binds: Vec::new() };
         let plain = |cond: String| Branch { join: String::new(), cond, visible: "TRUE".into() };
         let tables: Vec<&Table> = schema.tables.iter().filter(|t| selected.contains(&t.name)).collect();
@@ -482,6 +489,24 @@ impl FeedSql {
             }
         }
         out
+    }
+
+    /// The branches' rows as one query of (table, key), every parameter named in it (the
+    /// user's at least); `None` without branches (no table selected).
+    pub(crate) fn keys_query(&self, dialect: Dialect) -> Option<String> {
+        if self.branches.is_empty() {
+            return None;
+        }
+        let branches: Vec<String> = self
+            .branches
+            .iter()
+            .map(|b| format!("SELECT r.tbl, r.pk FROM _ferry_rows r {} WHERE {}", b.join, b.cond))
+            .collect();
+        let named = match dialect {
+            Dialect::Sqlite => "?1 IS NOT NULL",
+            Dialect::Postgres => "$1::text IS NOT NULL",
+        };
+        Some(format!("SELECT q.tbl, q.pk FROM ({}) q WHERE {named}", branches.join(" UNION ALL ")))
     }
 
     /// Whether `subs` (a device's subscriptions to `table`) cover the row joined as `t` (or

@@ -463,14 +463,80 @@ impl SqliteStore {
         {
             return self.feed_page_ruled(user.clone(), cursor, limit, tables, BTreeMap::new()).await;
         }
-        parse_cursor(cursor)?;
-        let cursor = cursor.to_owned();
+        let (user, peer) = match whose {
+            Whose::User(u) => (Some(u), None),
+            Whose::Peer(d) => (None, Some(d)),
+            Whose::All => (None, None),
+        };
+        let walk_start = split_walk(cursor)?.1;
+        let cursor = parse_cursor(cursor)?;
+        let walk_start = walk_start.unwrap_or(cursor as i64);
         let selection =
             serde_json::to_string(&crate::selected_tables(&self.inner.schema, tables)?).expect("names serialize");
         self.read(move |inner, conn| {
             // One read transaction: the page and the "caught up" cursor come from one snapshot.
             let tx = conn.transaction()?;
-            plain_page(inner, &tx, &whose, &cursor, limit, &selection)
+            check_horizon(&tx, walk_start)?;
+            // The page's bounds come from the feed index; the rows then come from one joined
+            // query per table that has rows in the page. `+tbl` keeps SQLite from choosing the
+            // (tbl, pk) key instead, which walks every row of the table for each page, so that
+            // a page's cost would grow with the store.
+            // One row past the page tells whether more wait.
+            let mut page: Vec<(String, i64, String)> = tx
+                .prepare_cached(if user.is_some() {
+                    "SELECT tbl, seq, pk FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
+                       AND +tbl IN (SELECT value FROM json_each(?4)) AND ?5 IS NULL
+                     ORDER BY seq LIMIT ?3"
+                } else {
+                    // Every row (`?2`, the user, is NULL: both queries take the same parameters),
+                    // but those a peer (`?5`) brought itself.
+                    "SELECT tbl, seq, pk FROM _ferry_rows WHERE seq > ?1 AND ?2 IS NULL
+                       AND +tbl IN (SELECT value FROM json_each(?4)) AND origin IS NOT ?5
+                     ORDER BY seq LIMIT ?3"
+                })?
+                .query_map(params![cursor as i64, user, limit as i64 + 1, selection, peer], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let more = page.len() > limit;
+            page.truncate(limit);
+            let upto = if more {
+                page.last().map_or(cursor as i64, |k| k.1)
+            } else {
+                // Caught up: skip past other users' rows too, so they are not scanned again.
+                let max: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
+                max.max(cursor as i64)
+            };
+            let mut tables: Vec<&str> = page.iter().map(|(t, _, _)| t.as_str()).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            let mut rows = Vec::with_capacity(page.len());
+            for table in tables {
+                let ts = inner.table(table)?;
+                if peer.is_some() {
+                    // A peer's page leaves out the rows it brought, which may be most of the
+                    // range: its rows are read by key.
+                    let keys: Vec<&str> = page.iter().filter(|p| p.0 == table).map(|p| p.2.as_str()).collect();
+                    let at: HashMap<&str, i64> =
+                        page.iter().filter(|p| p.0 == table).map(|p| (p.2.as_str(), p.1)).collect();
+                    for found in ferry_sqlite::stored(&tx, ts, &keys)? {
+                        let Some(meta) = found.meta else { continue };
+                        let values = if meta.alive { found.values } else { None };
+                        let state = ferry_sqlite::state_of(&ts.table, &meta, values);
+                        let seq = at.get(found.key.as_str()).copied().unwrap_or(meta.seq);
+                        rows.push((seq, FeedRow { table: table.to_owned(), key: found.key, state }));
+                    }
+                    continue;
+                }
+                let top = page.last().map_or(upto, |k| k.1);
+                for (seq, key, state) in ferry_sqlite::feed_states(&tx, ts, cursor as i64, top, user.as_deref())? {
+                    rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
+                }
+            }
+            rows.sort_unstable_by_key(|(seq, _)| *seq);
+            let rows = rows.into_iter().map(|(_, r)| r).collect();
+            let cursor = if more { format!("{upto}~{walk_start}") } else { upto.to_string() };
+            Ok(PullPage { rows, removed: Vec::new(), cursor, more })
         })
         .await
     }
@@ -498,13 +564,117 @@ impl SqliteStore {
         tables: Option<&[String]>,
         subs: BTreeMap<String, Vec<ferry_core::rules::Rule>>,
     ) -> Result<PullPage> {
-        RuledCursor::parse(split_walk(cursor)?.0)?;
-        let cursor = cursor.to_owned();
+        use crate::scope::{FeedPlaces, FeedSql};
+        let (cursor, walk_start) = split_walk(cursor)?;
+        let c = RuledCursor::parse(cursor)?;
+        let walk_start =
+            walk_start.unwrap_or_else(|| c.moving.as_ref().map_or(c.after, |(_, prev)| *prev).min(c.after));
         let selected = crate::selected_tables(&self.inner.schema, tables)?;
+        let selection = serde_json::to_string(&selected).expect("names serialize");
         let (page, fresh) = self
             .read(move |inner, conn| {
                 let tx = conn.transaction()?;
-                ruled_page(inner, &tx, &user, &cursor, limit, &selected, &subs)
+                check_horizon(&tx, walk_start)?;
+                let schema = &inner.schema;
+                // The scope rows move to: pinned while they move, else what the rules select now.
+                let pinned = match &c.moving {
+                    Some((h1, _)) => stored_scope(&tx, h1)?,
+                    None => None,
+                };
+                let s1 = match pinned {
+                    Some(s) => s,
+                    None => {
+                        let mut s = scope_in(&tx, schema, &user, None)?;
+                        s.subscribe(&subs, &subscription_sets(&tx, &subs, &user)?);
+                        s
+                    }
+                };
+                let s0 = match &c.s0 {
+                    Some(h) => stored_scope(&tx, h)?.map_or_else(|| s1.clone(), |s| s.under(&s1)),
+                    None => s1.clone(),
+                };
+                let moving = s0 != s1;
+                // Rows moving in and out may be of any age: such a pass starts at the beginning.
+                let (after, prev) = match c.moving {
+                    Some((_, prev)) if moving => (c.after, prev),
+                    _ if moving => (0, c.after),
+                    _ => (c.after, c.after),
+                };
+                let places = FeedPlaces {
+                    dialect: Dialect::Sqlite,
+                    window: "r.seq > ?5",
+                    window_range: "r.seq > ?5",
+                    exit_window: "e.seq > ?5",
+                    user: "?2",
+                    first: 6,
+                };
+                let f = FeedSql::new(schema, &places, &s0, &s1, &selected);
+                let branches: Vec<String> = f
+                    .branches
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "SELECT r.tbl, r.seq, r.pk, {} AS visible FROM _ferry_rows r {}
+                             WHERE r.seq > ?1 AND +r.tbl IN (SELECT value FROM json_each(?4)) AND {}",
+                            b.visible, b.join, b.cond
+                        )
+                    })
+                    .collect();
+                let sql = format!("SELECT * FROM ({}) ORDER BY seq LIMIT ?3", branches.join(" UNION "));
+                let mut binds: Vec<rusqlite::types::Value> = vec![
+                    after.into(),
+                    user.clone().into(),
+                    (limit as i64 + 1).into(),
+                    selection.clone().into(),
+                    prev.into(),
+                ];
+                binds.extend(f.sqlite_values(&user, &s0, &s1).into_iter().map(sqlite_value));
+                let mut page: Vec<(String, i64, String, bool)> = tx
+                    .prepare_cached(&sql)?
+                    .query_map(rusqlite::params_from_iter(binds), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let more = page.len() > limit;
+                page.truncate(limit);
+                let mut keys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                for (t, _, k, visible) in &page {
+                    if *visible {
+                        keys.entry(t.as_str()).or_default().push(k.as_str());
+                    }
+                }
+                let mut states: HashMap<(String, String), ferry_core::RowState> = HashMap::new();
+                for (table, ks) in keys {
+                    let ts = inner.table(table)?;
+                    for stored in ferry_sqlite::stored(&tx, ts, &ks)? {
+                        if let Some(meta) = stored.meta {
+                            let values = if meta.alive { stored.values } else { None };
+                            states.insert(
+                                (table.to_owned(), stored.key),
+                                ferry_sqlite::state_of(&ts.table, &meta, values),
+                            );
+                        }
+                    }
+                }
+                let (mut rows, mut removed) = (Vec::new(), Vec::new());
+                for (table, _, key, visible) in &page {
+                    if !visible {
+                        removed.push((table.clone(), key.clone()));
+                    } else if let Some(state) = states.remove(&(table.clone(), key.clone())) {
+                        rows.push(FeedRow { table: table.clone(), key: key.clone(), state });
+                    }
+                }
+                let h1 = s1.hash();
+                let cursor = match page.last() {
+                    Some((_, last, _, _)) if more && moving => {
+                        format!("{last}.{h1}.{prev}.{}~{walk_start}", c.s0.clone().unwrap_or_else(|| h1.clone()))
+                    }
+                    Some((_, last, _, _)) if more => format!("{last}.{h1}~{walk_start}"),
+                    _ => {
+                        let max: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
+                        format!("{}.{h1}", max.max(after).max(prev))
+                    }
+                };
+                let fresh = stored_scope(&tx, &h1)?.is_none().then_some(s1);
+                Ok((PullPage { rows, removed, cursor, more }, fresh))
             })
             .await?;
         if let Some(scope) = fresh {
@@ -524,197 +694,6 @@ fn stored_rows(tx: &rusqlite::Connection, ts: &ferry_sqlite::TableSql, keys: &[&
         rows.push(FeedRow { table: ts.table.name.clone(), key: found.key, state });
     }
     Ok(rows)
-}
-
-/// A page of the feed of `whose` after `cursor`, read in `tx` (see `SqliteStore::feed_page`).
-fn plain_page(
-    inner: &Inner,
-    tx: &rusqlite::Transaction<'_>,
-    whose: &Whose,
-    cursor: &str,
-    limit: usize,
-    selection: &str,
-) -> Result<PullPage> {
-    let (user, peer) = match whose {
-        Whose::User(u) => (Some(u.as_str()), None),
-        Whose::Peer(d) => (None, Some(d.as_str())),
-        Whose::All => (None, None),
-    };
-    let walk_start = split_walk(cursor)?.1;
-    let cursor = parse_cursor(cursor)?;
-    let walk_start = walk_start.unwrap_or(cursor as i64);
-    check_horizon(tx, walk_start)?;
-    // The page's bounds come from the feed index; the rows then come from one joined
-    // query per table that has rows in the page. `+tbl` keeps SQLite from choosing the
-    // (tbl, pk) key instead, which walks every row of the table for each page, so that
-    // a page's cost would grow with the store.
-    // One row past the page tells whether more wait.
-    let mut page: Vec<(String, i64, String)> = tx
-        .prepare_cached(if user.is_some() {
-            "SELECT tbl, seq, pk FROM _ferry_rows WHERE seq > ?1 AND (owner IS NULL OR owner = ?2)
-                   AND +tbl IN (SELECT value FROM json_each(?4)) AND ?5 IS NULL
-                 ORDER BY seq LIMIT ?3"
-        } else {
-            // Every row (`?2`, the user, is NULL: both queries take the same parameters),
-            // but those a peer (`?5`) brought itself.
-            "SELECT tbl, seq, pk FROM _ferry_rows WHERE seq > ?1 AND ?2 IS NULL
-                   AND +tbl IN (SELECT value FROM json_each(?4)) AND origin IS NOT ?5
-                 ORDER BY seq LIMIT ?3"
-        })?
-        .query_map(params![cursor as i64, user, limit as i64 + 1, selection, peer], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let upto = if more {
-        page.last().map_or(cursor as i64, |k| k.1)
-    } else {
-        // Caught up: skip past other users' rows too, so they are not scanned again.
-        let max: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
-        max.max(cursor as i64)
-    };
-    let mut tables: Vec<&str> = page.iter().map(|(t, _, _)| t.as_str()).collect();
-    tables.sort_unstable();
-    tables.dedup();
-    let mut rows = Vec::with_capacity(page.len());
-    for table in tables {
-        let ts = inner.table(table)?;
-        if peer.is_some() {
-            // A peer's page leaves out the rows it brought, which may be most of the
-            // range: its rows are read by key.
-            let keys: Vec<&str> = page.iter().filter(|p| p.0 == table).map(|p| p.2.as_str()).collect();
-            let at: HashMap<&str, i64> = page.iter().filter(|p| p.0 == table).map(|p| (p.2.as_str(), p.1)).collect();
-            for found in ferry_sqlite::stored(tx, ts, &keys)? {
-                let Some(meta) = found.meta else { continue };
-                let values = if meta.alive { found.values } else { None };
-                let state = ferry_sqlite::state_of(&ts.table, &meta, values);
-                let seq = at.get(found.key.as_str()).copied().unwrap_or(meta.seq);
-                rows.push((seq, FeedRow { table: table.to_owned(), key: found.key, state }));
-            }
-            continue;
-        }
-        let top = page.last().map_or(upto, |k| k.1);
-        for (seq, key, state) in ferry_sqlite::feed_states(tx, ts, cursor as i64, top, user)? {
-            rows.push((seq, FeedRow { table: table.to_owned(), key, state }));
-        }
-    }
-    rows.sort_unstable_by_key(|(seq, _)| *seq);
-    let rows = rows.into_iter().map(|(_, r)| r).collect();
-    let cursor = if more { format!("{upto}~{walk_start}") } else { upto.to_string() };
-    Ok(PullPage { rows, removed: Vec::new(), cursor, more })
-}
-
-/// A page of `user`'s feed under `read` rules after `cursor`, read in `tx` (see
-/// `SqliteStore::feed_page_ruled`), and the scope it was served under when that is not stored
-/// yet.
-fn ruled_page(
-    inner: &Inner,
-    tx: &rusqlite::Transaction<'_>,
-    user: &str,
-    cursor: &str,
-    limit: usize,
-    selected: &[String],
-    subs: &BTreeMap<String, Vec<ferry_core::rules::Rule>>,
-) -> Result<(PullPage, Option<crate::Scope>)> {
-    use crate::scope::{FeedPlaces, FeedSql};
-    let (cursor, walk_start) = split_walk(cursor)?;
-    let c = RuledCursor::parse(cursor)?;
-    let walk_start = walk_start.unwrap_or_else(|| c.moving.as_ref().map_or(c.after, |(_, prev)| *prev).min(c.after));
-    let selection = serde_json::to_string(selected).expect("names serialize");
-    check_horizon(tx, walk_start)?;
-    let schema = &inner.schema;
-    // The scope rows move to: pinned while they move, else what the rules select now.
-    let pinned = match &c.moving {
-        Some((h1, _)) => stored_scope(tx, h1)?,
-        None => None,
-    };
-    let s1 = match pinned {
-        Some(s) => s,
-        None => {
-            let mut s = scope_in(tx, schema, user, None)?;
-            s.subscribe(subs, &subscription_sets(tx, subs, user)?);
-            s
-        }
-    };
-    let s0 = match &c.s0 {
-        Some(h) => stored_scope(tx, h)?.map_or_else(|| s1.clone(), |s| s.under(&s1)),
-        None => s1.clone(),
-    };
-    let moving = s0 != s1;
-    // Rows moving in and out may be of any age: such a pass starts at the beginning.
-    let (after, prev) = match c.moving {
-        Some((_, prev)) if moving => (c.after, prev),
-        _ if moving => (0, c.after),
-        _ => (c.after, c.after),
-    };
-    let places = FeedPlaces {
-        dialect: Dialect::Sqlite,
-        window: "r.seq > ?5",
-        window_range: "r.seq > ?5",
-        exit_window: "e.seq > ?5",
-        user: "?2",
-        first: 6,
-    };
-    let f = FeedSql::new(schema, &places, &s0, &s1, selected);
-    let branches: Vec<String> = f
-        .branches
-        .iter()
-        .map(|b| {
-            format!(
-                "SELECT r.tbl, r.seq, r.pk, {} AS visible FROM _ferry_rows r {}
-                 WHERE r.seq > ?1 AND +r.tbl IN (SELECT value FROM json_each(?4)) AND {}",
-                b.visible, b.join, b.cond
-            )
-        })
-        .collect();
-    let sql = format!("SELECT * FROM ({}) ORDER BY seq LIMIT ?3", branches.join(" UNION "));
-    let mut binds: Vec<rusqlite::types::Value> =
-        vec![after.into(), user.to_owned().into(), (limit as i64 + 1).into(), selection.clone().into(), prev.into()];
-    binds.extend(f.sqlite_values(user, &s0, &s1).into_iter().map(sqlite_value));
-    let mut page: Vec<(String, i64, String, bool)> = tx
-        .prepare_cached(&sql)?
-        .query_map(rusqlite::params_from_iter(binds), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let mut keys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (t, _, k, visible) in &page {
-        if *visible {
-            keys.entry(t.as_str()).or_default().push(k.as_str());
-        }
-    }
-    let mut states: HashMap<(String, String), ferry_core::RowState> = HashMap::new();
-    for (table, ks) in keys {
-        let ts = inner.table(table)?;
-        for stored in ferry_sqlite::stored(tx, ts, &ks)? {
-            if let Some(meta) = stored.meta {
-                let values = if meta.alive { stored.values } else { None };
-                states.insert((table.to_owned(), stored.key), ferry_sqlite::state_of(&ts.table, &meta, values));
-            }
-        }
-    }
-    let (mut rows, mut removed) = (Vec::new(), Vec::new());
-    for (table, _, key, visible) in &page {
-        if !visible {
-            removed.push((table.clone(), key.clone()));
-        } else if let Some(state) = states.remove(&(table.clone(), key.clone())) {
-            rows.push(FeedRow { table: table.clone(), key: key.clone(), state });
-        }
-    }
-    let h1 = s1.hash();
-    let cursor = match page.last() {
-        Some((_, last, _, _)) if more && moving => {
-            format!("{last}.{h1}.{prev}.{}~{walk_start}", c.s0.clone().unwrap_or_else(|| h1.clone()))
-        }
-        Some((_, last, _, _)) if more => format!("{last}.{h1}~{walk_start}"),
-        _ => {
-            let max: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
-            format!("{}.{h1}", max.max(after).max(prev))
-        }
-    };
-    let fresh = stored_scope(tx, &h1)?.is_none().then_some(s1);
-    Ok((PullPage { rows, removed, cursor, more }, fresh))
 }
 
 impl Store for SqliteStore {
@@ -1085,7 +1064,7 @@ impl Store for SqliteStore {
         page: usize,
         out: tokio::sync::mpsc::Sender<Vec<FeedRow>>,
     ) -> Result<String> {
-        use crate::scope::{FeedPlaces, FeedSql};
+        use crate::scope::FeedSql;
         if who.peer {
             return Err(StoreError::Invalid("a peer takes a full sync's snapshot, not a device's".into()));
         }
@@ -1099,47 +1078,26 @@ impl Store for SqliteStore {
                 // sort, each row read once), and sent a table's batch at a time.
                 let tx = conn.transaction()?;
                 let scope = scope_in(&tx, &inner.schema, &user, None)?;
-                let places = FeedPlaces {
-                    dialect: Dialect::Sqlite,
-                    window: "TRUE",
-                    window_range: "TRUE",
-                    exit_window: "FALSE",
-                    user: "?1",
-                    first: 2,
-                };
-                let f = FeedSql::visible(&inner.schema, &places, &selected);
+                let f = FeedSql::visible(&inner.schema, Dialect::Sqlite, &selected);
                 let mut binds: Vec<rusqlite::types::Value> = vec![user.clone().into()];
                 binds.extend(f.sqlite_values(&user, &scope, &scope).into_iter().map(sqlite_value));
-                let mut batches: HashMap<String, Vec<String>> = HashMap::new();
                 let send = |table: &str, keys: Vec<String>| -> Result<()> {
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
                     out.blocking_send(stored_rows(&tx, inner.table(table)?, &refs)?)
                         .map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))
                 };
-                let branches: Vec<String> = f
-                    .branches
-                    .iter()
-                    .map(|b| format!("SELECT r.tbl, r.pk FROM _ferry_rows r {} WHERE {}", b.join, b.cond))
-                    .collect();
-                if !branches.is_empty() {
-                    // Every parameter is named somewhere in the query (`?1`, the user, at least).
-                    let sql = format!("SELECT * FROM ({}) WHERE ?1 IS NOT NULL", branches.join(" UNION ALL "));
+                let mut batches = crate::KeyBatches::new(page);
+                if let Some(sql) = f.keys_query(Dialect::Sqlite) {
                     let mut stmt = tx.prepare(&sql)?;
                     let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter()))?;
                     while let Some(row) = rows.next()? {
-                        let (table, key): (String, String) = (row.get(0)?, row.get(1)?);
-                        let keys = batches.entry(table.clone()).or_default();
-                        keys.push(key);
-                        if keys.len() >= page {
-                            let keys = std::mem::take(keys);
+                        if let Some((table, keys)) = batches.add(row.get(0)?, row.get(1)?) {
                             send(&table, keys)?;
                         }
                     }
                 }
-                for (table, keys) in batches {
-                    if !keys.is_empty() {
-                        send(&table, keys)?;
-                    }
+                for (table, keys) in batches.rest() {
+                    send(&table, keys)?;
                 }
                 let end: i64 = tx.query_row(FEED_END, [], |r| r.get(0))?;
                 if !ruled {

@@ -175,30 +175,16 @@ impl PgStore {
         {
             return self.feed_page_ruled(user, cursor, limit, tables, &BTreeMap::new()).await;
         }
-        let selection = crate::selected_tables(&self.inner.schema, tables)?;
-        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
-        let tx = snapshot(&mut client).await?;
-        let page = self.plain_page(&tx, whose, cursor, limit, &selection).await?;
-        tx.commit().await.map_err(pg)?;
-        Ok(page)
-    }
-
-    /// A page of the feed of `whose` after `cursor`, read in `tx` ([`PgStore::feed_page`]).
-    pub(super) async fn plain_page(
-        &self,
-        tx: &Transaction<'_>,
-        whose: Whose<'_>,
-        cursor: &str,
-        limit: usize,
-        selection: &[String],
-    ) -> Result<PullPage> {
         let (query, who) = match whose {
             Whose::User(u) => (FEED, Some(u)),
             Whose::Peer(d) => (FEED_PEER, Some(d)),
             Whose::All => (FEED_ALL, None),
         };
+        let selection = crate::selected_tables(&self.inner.schema, tables)?;
         let c = Cursor::parse(cursor, &self.inner.epoch)?;
-        check_horizon(tx, &c, cursor).await?;
+        let mut client = self.inner.pool.get().await.map_err(pool_err)?;
+        let tx = snapshot(&mut client).await?;
+        check_horizon(&tx, &c, cursor).await?;
         let cur = match &c.cur {
             Some(cur) => cur.clone(),
             None => tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0),
@@ -211,7 +197,8 @@ impl PgStore {
         let more = keys.len() > limit;
         let keys: Vec<(String, String, String)> =
             keys.iter().take(limit).map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-        let rows = self.page_rows(tx, keys.iter().map(|(_, t, k)| (t.as_str(), k.as_str()))).await?;
+        let rows = self.page_rows(&tx, keys.iter().map(|(_, t, k)| (t.as_str(), k.as_str()))).await?;
+        tx.commit().await.map_err(pg)?;
         let next = if more {
             Cursor { prev: c.prev.clone(), cur: Some(cur), after: keys.last().cloned(), ..c }
         } else {
@@ -231,32 +218,12 @@ impl PgStore {
         tables: Option<&[String]>,
         subs: &BTreeMap<String, Vec<ferry_core::rules::Rule>>,
     ) -> Result<PullPage> {
+        use crate::scope::{FeedPlaces, FeedSql};
         let selection = crate::selected_tables(&self.inner.schema, tables)?;
+        let c = Cursor::parse(cursor, &self.inner.epoch)?;
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         let tx = snapshot(&mut client).await?;
-        let (page, fresh) = self.ruled_page(&tx, user, cursor, limit, &selection, subs).await?;
-        tx.commit().await.map_err(pg)?;
-        if let Some(scope) = fresh {
-            keep_scope(&client, &scope).await?;
-        }
-        Ok(page)
-    }
-
-    /// A page of `user`'s feed under `read` rules after `cursor`, read in `tx`
-    /// ([`PgStore::feed_page_ruled`]), and the scope it was served under when that is not
-    /// stored yet.
-    pub(super) async fn ruled_page(
-        &self,
-        tx: &Transaction<'_>,
-        user: &str,
-        cursor: &str,
-        limit: usize,
-        selection: &[String],
-        subs: &BTreeMap<String, Vec<ferry_core::rules::Rule>>,
-    ) -> Result<(PullPage, Option<crate::Scope>)> {
-        use crate::scope::{FeedPlaces, FeedSql};
-        let c = Cursor::parse(cursor, &self.inner.epoch)?;
-        check_horizon(tx, &c, cursor).await?;
+        check_horizon(&tx, &c, cursor).await?;
         // The page's query is planned for each page; compiling it to machine code (PostgreSQL's
         // JIT, for costly plans) took longer than running it.
         tx.batch_execute("SET LOCAL jit = off").await.map_err(pg)?;
@@ -266,20 +233,20 @@ impl PgStore {
         };
         // The scope of this window: pinned while it is paged, else what the rules select now.
         let pinned = match (&c.cur, &c.s1) {
-            (Some(_), Some(h)) => stored_scope(tx, h).await?,
+            (Some(_), Some(h)) => stored_scope(&tx, h).await?,
             _ => None,
         };
         let s1 = match pinned {
             Some(s) => s,
             None => {
-                let mut s = self.scope_in(tx, user, None).await?;
+                let mut s = self.scope_in(&tx, user, None).await?;
                 let mut sets = BTreeMap::new();
                 for (table, rules) in subs {
                     let mut per = Vec::with_capacity(rules.len());
                     for rule in rules {
                         let mut given = Vec::new();
                         for select in rule.subqueries() {
-                            given.push(self.selected(tx, select, user).await?);
+                            given.push(self.selected(&tx, select, user).await?);
                         }
                         per.push(given);
                     }
@@ -290,7 +257,7 @@ impl PgStore {
             }
         };
         let s0 = match &c.s0 {
-            Some(h) => stored_scope(tx, h).await?.map_or_else(|| s1.clone(), |s| s.under(&s1)),
+            Some(h) => stored_scope(&tx, h).await?.map_or_else(|| s1.clone(), |s| s.under(&s1)),
             None => s1.clone(),
         };
         let moving = s0 != s1;
@@ -305,7 +272,7 @@ impl PgStore {
             user: "$3",
             first: 9,
         };
-        let f = FeedSql::new(&self.inner.schema, &places, &s0, &s1, selection);
+        let f = FeedSql::new(&self.inner.schema, &places, &s0, &s1, &selection);
         // Where the page starts in the feed index: past the last row given out, and in a
         // window (not moving) never before the window's start, so that the index is entered
         // there rather than walked from its beginning.
@@ -341,9 +308,13 @@ impl PgStore {
         let keys: Vec<(String, String, String, bool)> =
             found.iter().take(limit).map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         let visible = keys.iter().filter(|k| k.3).map(|(_, t, k, _)| (t.as_str(), k.as_str()));
-        let rows = self.page_rows(tx, visible).await?;
+        let rows = self.page_rows(&tx, visible).await?;
         let h1 = s1.hash();
-        let fresh = stored_scope(tx, &h1).await?.is_none();
+        let fresh = stored_scope(&tx, &h1).await?.is_none();
+        tx.commit().await.map_err(pg)?;
+        if fresh {
+            keep_scope(&client, &s1).await?;
+        }
         let removed = keys.iter().filter(|k| !k.3).map(|(_, t, k, _)| (t.clone(), k.clone())).collect();
         let last = keys.last().map(|(x, t, k, _)| (x.clone(), t.clone(), k.clone()));
         let next = if more {
@@ -351,7 +322,7 @@ impl PgStore {
         } else {
             Cursor { prev: cur, cur: None, after: None, s0: Some(h1), s1: None, ..c }
         };
-        Ok((PullPage { rows, removed, cursor: next.encode(), more }, fresh.then_some(s1)))
+        Ok(PullPage { rows, removed, cursor: next.encode(), more })
     }
 
     /// The stored states of a page's rows (table, key), in the page's order, read with one

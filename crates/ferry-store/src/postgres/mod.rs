@@ -551,7 +551,7 @@ impl Store for PgStore {
         page: usize,
         out: tokio::sync::mpsc::Sender<Vec<crate::FeedRow>>,
     ) -> Result<String> {
-        use crate::scope::{FeedPlaces, FeedSql};
+        use crate::scope::FeedSql;
         if who.peer {
             return Err(StoreError::Invalid("a peer takes a full sync's snapshot, not a device's".into()));
         }
@@ -565,24 +565,11 @@ impl Store for PgStore {
         let tx = snapshot(&mut client).await?;
         let snap: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);
         let scope = self.scope_in(&tx, &user, None).await?;
-        let places = FeedPlaces {
-            dialect: ferry_core::rules::Dialect::Postgres,
-            window: "TRUE",
-            window_range: "TRUE",
-            exit_window: "FALSE",
-            user: "$1",
-            first: 2,
-        };
-        let f = FeedSql::visible(&self.inner.schema, &places, &selected);
+        let dialect = ferry_core::rules::Dialect::Postgres;
+        let f = FeedSql::visible(&self.inner.schema, dialect, &selected);
         let texts = f.texts(&user, &scope, &scope);
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&user];
         params.extend(texts.iter().map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)));
-        let branches: Vec<String> = f
-            .branches
-            .iter()
-            .map(|b| format!("SELECT r.tbl, r.pk FROM _ferry_rows r {} WHERE {}", b.join, b.cond))
-            .collect();
-        let mut batches: HashMap<String, Vec<String>> = HashMap::new();
         let send = |table: String, keys: Vec<String>| {
             let (tx, out) = (&tx, &out);
             async move {
@@ -598,21 +585,15 @@ impl Store for PgStore {
                 out.send(batch).await.map_err(|_| StoreError::Unavailable("the snapshot's reader stopped".into()))
             }
         };
-        if !branches.is_empty() {
-            // Every parameter is named somewhere in the query (`$1`, the user, at least); read
-            // a page at a time through a portal, so that the states are loaded in between.
-            let sql =
-                format!("SELECT q.tbl, q.pk FROM ({}) q WHERE $1::text IS NOT NULL", branches.join(" UNION ALL "));
+        let mut batches = crate::KeyBatches::new(page);
+        if let Some(sql) = f.keys_query(dialect) {
+            // Read a page at a time through a portal, so that the states load in between.
             let stmt = tx.prepare(&sql).await.map_err(pg)?;
             let portal = tx.bind(&stmt, &params).await.map_err(pg)?;
             loop {
                 let rows = tx.query_portal(&portal, page as i32).await.map_err(pg)?;
                 for row in &rows {
-                    let table: String = row.get(0);
-                    let keys = batches.entry(table.clone()).or_default();
-                    keys.push(row.get(1));
-                    if keys.len() >= page {
-                        let keys = std::mem::take(keys);
+                    if let Some((table, keys)) = batches.add(row.get(0), row.get(1)) {
                         send(table, keys).await?;
                     }
                 }
@@ -621,10 +602,8 @@ impl Store for PgStore {
                 }
             }
         }
-        for (table, keys) in std::mem::take(&mut batches) {
-            if !keys.is_empty() {
-                send(table, keys).await?;
-            }
+        for (table, keys) in batches.rest() {
+            send(table, keys).await?;
         }
         tx.commit().await.map_err(pg)?;
         if ruled {
@@ -945,13 +924,7 @@ impl Store for PgStore {
         while let Some(batch) = rows.recv().await {
             let mut text = String::with_capacity(batch.len() * 120);
             for (table, key, clocks) in &batch {
-                for (i, f) in [table.as_str(), key.as_str(), clocks.to_json().as_str()].into_iter().enumerate() {
-                    if i > 0 {
-                        text.push('\t');
-                    }
-                    push::copy_field(&mut text, Some(f));
-                }
-                text.push('\n');
+                push::copy_line(&mut text, [Some(table.as_str()), Some(key.as_str()), Some(clocks.to_json().as_str())]);
             }
             push::copy(&tx, "COPY _ferry_bases_in (tbl, pk, clocks) FROM STDIN", text).await.map_err(pg)?;
             n += batch.len() as u64;

@@ -244,13 +244,7 @@ pub(super) async fn write_new(
             p.texts[i].as_deref(),
             p.reaches[i],
         ];
-        for (n, f) in fields.iter().enumerate() {
-            if n > 0 {
-                text.push('\t');
-            }
-            copy_field(&mut text, *f);
-        }
-        text.push('\n');
+        copy_line(&mut text, fields);
     }
     copy(tx, COPY_META, text).await.map_err(|e| with_table(e, table))?;
     Ok(())
@@ -270,6 +264,17 @@ pub(super) async fn copy(
     futures_util::pin_mut!(sink);
     sink.send(bytes::Bytes::from(text)).await?;
     sink.as_mut().finish().await
+}
+
+/// A line of `COPY`'s text format: the fields, tab-separated ([`copy_field`]).
+pub(super) fn copy_line<'f>(out: &mut String, fields: impl IntoIterator<Item = Option<&'f str>>) {
+    for (n, f) in fields.into_iter().enumerate() {
+        if n > 0 {
+            out.push('\t');
+        }
+        copy_field(out, f);
+    }
+    out.push('\n');
 }
 
 /// A field of `COPY`'s text format: `\N` for NULL, else the text with its specials escaped.
