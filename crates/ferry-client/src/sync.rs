@@ -316,17 +316,25 @@ async fn from_snapshot(
                     _ => {}
                 }
             };
-            // A chunk that arrives damaged is fetched again, twice at most.
+            // A chunk whose bytes do not hash to the listed SHA-256 is fetched again, twice
+            // at most.
             let mut attempt = 0;
             let bytes = loop {
                 attempt += 1;
-                match remote.snapshot_chunk(&id, n, &chunk.sha256).await {
-                    Ok(b) => break b,
-                    Err(Error::Unreachable(m)) if attempt < 3 && m.contains("arrived damaged") => {
-                        tracing::warn!("{m}");
-                    }
-                    Err(e) => return Err(e),
+                let bytes = remote.snapshot_chunk(&id, n).await?;
+                let got = ferry_core::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+                if got == chunk.sha256 {
+                    break bytes;
                 }
+                let damaged = format!(
+                    "chunk {n} of snapshot {id} from {} arrived damaged (SHA-256 {got}, expected {})",
+                    remote.base(),
+                    chunk.sha256
+                );
+                if attempt == 3 {
+                    return Err(Error::Unreachable(format!("{damaged}; three times, the next sync fetches it again")));
+                }
+                tracing::warn!("{damaged}; fetching it again");
             };
             let page = ferry_protocol::decode_page(&schema, &bytes)
                 .map_err(|e| Error::Protocol(format!("chunk {n} of snapshot {id} is not a page of rows: {e}")))?;
