@@ -520,10 +520,10 @@ async fn record_bases<S: Store>(
             .await?;
             if tx.send(held).await.is_err() {
                 // The store stopped; its error says why.
-                return Ok(false);
+                break;
             }
         }
-        Ok::<_, Failure>(true)
+        Ok::<_, Failure>(())
     };
     let (saved, fed) = tokio::join!(store.save_peer_bases_from(&peer.device_id, rx), feed);
     fed?;
