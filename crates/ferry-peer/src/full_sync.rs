@@ -743,6 +743,14 @@ pub fn save_chunk(dir: &Path, n: u64, bytes: &[u8], sha256: &str) -> Result<(), 
             ferry_core::shown(sha256)
         ));
     }
+    write_chunk(dir, n, bytes)
+}
+
+/// Writes chunk `n` into `dir` whole, then names it: a chunk found there is entire.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_chunk(dir: &Path, n: u64, bytes: &[u8]) -> Result<(), String> {
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let part = dir.join(format!("{n:08}.part"));
@@ -752,8 +760,12 @@ pub fn save_chunk(dir: &Path, n: u64, bytes: &[u8], sha256: &str) -> Result<(), 
     write().map_err(|e| format!("cannot keep chunk {n} in '{}': {e}", dir.display()))
 }
 
-/// Encodes rows of one table as a chunk: a pull page's JSON, compressed on request.
-fn encode_chunk(schema: &Schema, rows: &[FeedRow], compress: bool) -> Result<Vec<u8>, String> {
+/// Encodes rows as a chunk: a pull page's JSON (`cursor` `""`, `more` false), compressed on
+/// request. A full sync's chunks hold rows of one table; a device's snapshot's, any.
+///
+/// # Errors
+/// The rows cannot be encoded or compressed.
+pub fn encode_chunk(schema: &Schema, rows: &[FeedRow], compress: bool) -> Result<Vec<u8>, String> {
     let out = || {
         rows.iter().filter_map(|r| {
             Some(RowOut { table: schema.table(&r.table)?, key: &r.key, state: &r.state, base: None, seen: None })

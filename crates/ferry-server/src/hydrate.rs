@@ -16,7 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use ferry_protocol::full_sync::CHUNK_SHA256_HEADER;
-use ferry_protocol::{ChunkInfo, DeviceSnapshot, DeviceSnapshotRequest, PageOut, RowOut};
+use ferry_protocol::{ChunkInfo, DeviceSnapshot, DeviceSnapshotRequest};
 use ferry_store::{FeedRow, Store};
 
 use crate::auth::Authed;
@@ -175,26 +175,10 @@ async fn write<S: Store>(
                 names.sort_unstable();
                 names.dedup();
                 let table = names.join(",");
-                let json = serde_json::to_vec(&PageOut {
-                    rows: || {
-                        rows.iter().filter_map(|r| {
-                            let table = schema.table(&r.table)?;
-                            Some(RowOut { table, key: &r.key, state: &r.state, base: None, seen: None })
-                        })
-                    },
-                    cursor: "",
-                    more: false,
-                    removed: &[],
-                })
-                .map_err(|e| format!("encoding a chunk: {e}"))?;
+                let json = ferry_peer::full_sync::encode_chunk(schema, &rows, false)?;
                 let n = out.borrow().written;
                 let sha256 = ferry_peer::full_sync::sha256_hex(&json);
-                // Written whole, then named: a chunk listed is there entirely.
-                let path = ferry_peer::full_sync::chunk_path(&dir, n);
-                let part = path.with_extension("part");
-                std::fs::write(&part, &json)
-                    .and_then(|()| std::fs::rename(&part, &path))
-                    .map_err(|e| format!("writing chunk {n} to {}: {e}", path.display()))?;
+                ferry_peer::full_sync::write_chunk(&dir, n, &json)?;
                 let chunk = ChunkInfo { n, table, rows: rows.len() as u64, bytes: json.len() as u64, sha256 };
                 out.send_modify(|s| {
                     s.written += 1;
