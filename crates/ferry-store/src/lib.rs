@@ -571,6 +571,15 @@ pub struct Compacted {
 /// Rows per batch of a snapshot ([`Store::export`]).
 const EXPORT_ROWS: usize = 2000;
 
+/// What a device's snapshot reads (`Store::feed_snapshot`): the selected tables, and whether
+/// any table has a `read` rule (then its cursor names the scope). Peers are refused.
+fn snapshot_of(schema: &Schema, who: &Principal, tables: Option<&[String]>) -> Result<(Vec<String>, bool)> {
+    if who.peer {
+        return Err(StoreError::Invalid("a peer takes a full sync's snapshot, not a device's".into()));
+    }
+    Ok((selected_tables(schema, tables)?, scope::has_read_rules(schema)))
+}
+
 /// Keys gathered by table into batches of at most `page` (a device's snapshot loads each
 /// batch's states at once).
 pub(crate) struct KeyBatches {

@@ -1065,11 +1065,7 @@ impl Store for SqliteStore {
         out: tokio::sync::mpsc::Sender<Vec<FeedRow>>,
     ) -> Result<String> {
         use crate::scope::FeedSql;
-        if who.peer {
-            return Err(StoreError::Invalid("a peer takes a full sync's snapshot, not a device's".into()));
-        }
-        let selected = crate::selected_tables(&self.inner.schema, tables.as_deref())?;
-        let ruled = crate::scope::has_read_rules(&self.inner.schema);
+        let (selected, ruled) = crate::snapshot_of(&self.inner.schema, who, tables.as_deref())?;
         let user = who.user_id.clone();
         let (cursor, fresh) = self
             .read(move |inner, conn| {

@@ -552,11 +552,7 @@ impl Store for PgStore {
         out: tokio::sync::mpsc::Sender<Vec<crate::FeedRow>>,
     ) -> Result<String> {
         use crate::scope::FeedSql;
-        if who.peer {
-            return Err(StoreError::Invalid("a peer takes a full sync's snapshot, not a device's".into()));
-        }
-        let selected = crate::selected_tables(&self.inner.schema, tables.as_deref())?;
-        let ruled = crate::scope::has_read_rules(&self.inner.schema);
+        let (selected, ruled) = crate::snapshot_of(&self.inner.schema, who, tables.as_deref())?;
         let user = who.user_id.clone();
         let mut client = self.inner.pool.get().await.map_err(pool_err)?;
         // One snapshot: the rows as of one moment, and where the feed ends then. The rows are
