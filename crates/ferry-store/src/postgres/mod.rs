@@ -938,7 +938,7 @@ impl Store for PgStore {
             "INSERT INTO _ferry_peer_bases (device_id, tbl, pk, clocks)
              SELECT $1, i.tbl, i.pk, max(i.clocks) FROM _ferry_bases_in i
              WHERE NOT EXISTS (SELECT 1 FROM _ferry_peer_bases b WHERE b.device_id = $1 AND b.tbl = i.tbl AND b.pk = i.pk)
-             GROUP BY i.tbl, i.pk",
+             GROUP BY i.tbl, i.pk ORDER BY i.tbl, i.pk",
             &[&device],
         )
         .await

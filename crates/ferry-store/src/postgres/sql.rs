@@ -116,7 +116,10 @@ impl PgTable {
             key = cast(pk_col, "r.pk"),
         );
         let select_for_update = format!("{select} ORDER BY r.pk FOR UPDATE OF r");
-        let select_all = select.replace(" AND r.pk = ANY($2::text[])", "");
+        // In key order: a restore that writes them in that order appends to its indexes
+        // (the bookkeeping's and the link's bases are keyed by it) instead of landing each
+        // row on a random page.
+        let select_all = select.replace(" AND r.pk = ANY($2::text[])", " ORDER BY r.pk");
         debug_assert_ne!(select_all, select, "the key filter is left out");
         let all: Vec<&Column> = std::iter::once(pk_col).chain(data.iter().copied()).collect();
         let names: Vec<String> = all.iter().map(|c| quote(&c.name)).collect();
