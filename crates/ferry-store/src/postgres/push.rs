@@ -283,15 +283,21 @@ pub(super) fn copy_field(out: &mut String, field: Option<&str>) {
         out.push_str("\\N");
         return;
     };
-    for ch in text.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
+    // The specials are ASCII: the runs between them are copied whole.
+    let mut run = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            _ => continue,
+        };
+        out.push_str(&text[run..i]);
+        out.push_str(escaped);
+        run = i + 1;
     }
+    out.push_str(&text[run..]);
 }
 
 /// A value of a column of type `ty` as a field of `COPY`'s text format, read by the
@@ -646,5 +652,17 @@ pub(super) fn value_of_text(ty: ColType, text: Option<String>) -> Value {
         (ColType::Boolean, Some(t)) => Value::Integer(i64::from(t == "true")),
         (ColType::Integer | ColType::BigInt, Some(t)) => t.parse().map_or(Value::Null, Value::Integer),
         (_, Some(t)) => Value::Text(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_line;
+
+    #[test]
+    fn copy_fields_escape_their_specials_and_keep_the_rest() {
+        let mut out = String::new();
+        copy_line(&mut out, [Some("plain"), None, Some("a\tb\nc\rd\\e"), Some("\\"), Some("Ærø ✈ 7\t")]);
+        assert_eq!(out, "plain\t\\N\ta\\tb\\nc\\rd\\\\e\t\\\\\tÆrø ✈ 7\\t\n");
     }
 }
