@@ -6,7 +6,9 @@
 //! CLOUD's PostgreSQL holds them; beside PostgreSQL's own `COPY jump_log TO STDOUT (FORMAT
 //! binary)` piped into `COPY jump_log FROM STDIN (FORMAT binary)` of the same rows between
 //! the same two clusters (another database), in the same run. Also: the same push again
-//! (every row already there: the merge keeps them) and, with `--compress`, the bytes.
+//! (every row already there: the merge keeps them) and, with `--compress`, the bytes. Last,
+//! the floor: PostgreSQL alone writing again what the full sync stored (the rows, their
+//! bookkeeping, the link's bases) by binary `COPY` in key order.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,17 +53,36 @@ fn main() {
     let compressed_bytes = report["bytes"].as_u64().unwrap();
 
     let copy = copy_pipe(&main_pg, &cloud_pg);
+    let [app, bookkeeping, bases] = floor(&main_pg, &cloud_pg);
+    // CLOUD writes the rows and their bookkeeping in one transaction; MAIN's bases could
+    // be written meanwhile.
+    let least = app + bookkeeping;
 
     println!("| {n} rows PostgreSQL → PostgreSQL | time | rows/s | Ferry's ratio to it |");
     println!("|---|---|---|---|");
     common::rate_row(&format!("Ferry: `ferry full-sync push` ({phases})"), n, first, first);
     common::rate_row("PostgreSQL: `COPY … TO STDOUT (FORMAT binary)` piped into `COPY … FROM STDIN`", n, copy, first);
     common::rate_row("Ferry: the same push again, `--compress` (every row already there)", n, again, first);
+    common::rate_row(
+        &format!(
+            "PostgreSQL alone writing what CLOUD stored, binary `COPY` in key order (rows {:.2} s, bookkeeping {:.2} s)",
+            app.as_secs_f64(),
+            bookkeeping.as_secs_f64(),
+        ),
+        n,
+        least,
+        first,
+    );
     println!();
     println!(
         "snapshot size: {:.1} MiB as JSON chunks, {:.1} MiB with `--compress`",
         plain_bytes as f64 / 1048576.0,
         compressed_bytes as f64 / 1048576.0
+    );
+    println!(
+        "the least a full sync keeping this bookkeeping can take: {:.2}× the COPY pipe (MAIN's bases, which could be written meanwhile, {:.2} s more)",
+        least.as_secs_f64() / copy.as_secs_f64(),
+        bases.as_secs_f64()
     );
     println!();
     let ratio = first.as_secs_f64() / copy.as_secs_f64();
@@ -103,22 +124,60 @@ fn copy_pipe(from: &ferry_pgtemp::PgCluster, to: &ferry_pgtemp::PgCluster) -> Du
     let schema = ferry_core::schema::Schema::parse(&example("schema.sql"), &Default::default()).unwrap();
     to.create_db("copied").unwrap();
     to.psql("copied", &ferry_store::PgStore::create_table_sql(schema.table("jump_log").unwrap())).unwrap();
-    let started = Instant::now();
-    let mut source = from
-        .psql_command("ferry")
-        .args(["-c", "COPY jump_log TO STDOUT (FORMAT binary)"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let target = to
-        .psql_command("copied")
-        .args(["-c", "COPY jump_log FROM STDIN (FORMAT binary)"])
-        .stdin(source.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    assert!(source.wait().unwrap().success());
-    assert!(target.status.success(), "{}", String::from_utf8_lossy(&target.stderr));
-    let took = started.elapsed();
+    let took = pipe((from, "ferry", "COPY jump_log TO STDOUT (FORMAT binary)"), (to, "copied", "jump_log"));
     assert_eq!(pg_count(to, "copied"), pg_count(from, "ferry"));
     took
+}
+
+/// What the full sync stored, written again by PostgreSQL alone: MAIN's application rows and
+/// their bookkeeping (`_ferry_rows`) piped into empty copies of CLOUD's tables (indexes
+/// included, no triggers), and the link's bases MAIN recorded into an empty copy of
+/// `_ferry_peer_bases` beside it, each by binary `COPY` in key order: the time of each. No
+/// full sync that keeps this bookkeeping can write CLOUD's two in less than their sum.
+fn floor(main: &ferry_pgtemp::PgCluster, cloud: &ferry_pgtemp::PgCluster) -> [Duration; 3] {
+    let like = |c: &ferry_pgtemp::PgCluster, copy: &str, of: &str| {
+        c.psql("ferry", &format!("CREATE TABLE {copy} (LIKE {of} INCLUDING ALL)")).unwrap();
+    };
+    like(cloud, "floor_jump_log", "jump_log");
+    like(cloud, "floor_rows", "_ferry_rows");
+    like(main, "floor_bases", "_ferry_peer_bases");
+    let rows = "tbl, pk, alive, alive_at, clock, clocks, dead, owner, origin, texts, reach";
+    [
+        pipe(
+            (main, "ferry", "COPY (SELECT * FROM jump_log ORDER BY id) TO STDOUT (FORMAT binary)"),
+            (cloud, "ferry", "floor_jump_log"),
+        ),
+        pipe(
+            (
+                main,
+                "ferry",
+                &format!("COPY (SELECT {rows} FROM _ferry_rows ORDER BY tbl, pk) TO STDOUT (FORMAT binary)"),
+            ),
+            (cloud, "ferry", &format!("floor_rows ({rows})")),
+        ),
+        pipe(
+            (
+                main,
+                "ferry",
+                "COPY (SELECT * FROM _ferry_peer_bases ORDER BY device_id, tbl, pk) TO STDOUT (FORMAT binary)",
+            ),
+            (main, "ferry", "floor_bases"),
+        ),
+    ]
+}
+
+/// `from`'s `COPY … TO STDOUT` (on the database named) piped into `COPY {into} FROM STDIN
+/// (FORMAT binary)` on `to`'s: its time.
+fn pipe(from: (&ferry_pgtemp::PgCluster, &str, &str), to: (&ferry_pgtemp::PgCluster, &str, &str)) -> Duration {
+    let started = Instant::now();
+    let mut source = from.0.psql_command(from.1).args(["-c", from.2]).stdout(Stdio::piped()).spawn().unwrap();
+    let target =
+        to.0.psql_command(to.1)
+            .args(["-c", &format!("COPY {} FROM STDIN (FORMAT binary)", to.2)])
+            .stdin(source.stdout.take().unwrap())
+            .output()
+            .unwrap();
+    assert!(source.wait().unwrap().success());
+    assert!(target.status.success(), "{}", String::from_utf8_lossy(&target.stderr));
+    started.elapsed()
 }
