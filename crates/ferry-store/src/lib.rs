@@ -111,6 +111,33 @@ pub struct PushOutcome {
     pub refused: Vec<RefusedRow>,
 }
 
+/// How many conflicts of a table, decided by a strategy, are open or resolved
+/// ([`Store::conflict_counts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictCount {
+    pub table: String,
+    pub strategy: String,
+    pub open: bool,
+    pub count: u64,
+}
+
+/// The SQL of [`Store::conflict_counts`], for both stores.
+pub(crate) const CONFLICT_COUNTS_SQL: &str =
+    "SELECT tbl, strategy, resolved_at IS NULL, count(*) FROM _ferry_conflicts GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
+
+/// A store's connections ([`Store::pool_use`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUse {
+    /// How many it may open.
+    pub max: usize,
+    /// How many are open.
+    pub open: usize,
+    /// How many are running a request.
+    pub in_use: usize,
+    /// Requests waiting for one.
+    pub waiting: usize,
+}
+
 /// One step of a restore ([`Store::restore`]).
 #[derive(Debug)]
 pub enum RestoreStep {
@@ -353,6 +380,9 @@ pub trait Store: Send + Sync + 'static {
     /// One entry of the conflict log.
     fn conflict(&self, id: i64) -> impl Future<Output = Result<Option<ConflictRecord>>> + Send;
 
+    /// How many entries the conflict log holds, by table, strategy and state.
+    fn conflict_counts(&self) -> impl Future<Output = Result<Vec<ConflictCount>>> + Send;
+
     /// Resolves an open conflict by a person's choice: the kept version's values of the
     /// conflict's fields are written as a new change (a fresh clock, so it reaches every
     /// replica), and the entry is marked resolved by `manual`. Errors with
@@ -470,6 +500,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// This server's role, when set.
     fn role(&self) -> Option<&str>;
+
+    /// How busy the store's connections are now (`/metrics`).
+    fn pool_use(&self) -> PoolUse;
 
     /// Every user, by name.
     fn users(&self) -> impl Future<Output = Result<Vec<User>>> + Send;
@@ -897,6 +930,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.role())
     }
 
+    fn pool_use(&self) -> PoolUse {
+        delegate!(self, s => s.pool_use())
+    }
+
     async fn users(&self) -> Result<Vec<User>> {
         delegate!(self, s => s.users().await)
     }
@@ -975,6 +1012,10 @@ impl Store for AnyStore {
 
     async fn conflict(&self, id: i64) -> Result<Option<ConflictRecord>> {
         delegate!(self, s => s.conflict(id).await)
+    }
+
+    async fn conflict_counts(&self) -> Result<Vec<ConflictCount>> {
+        delegate!(self, s => s.conflict_counts().await)
     }
 
     async fn resolve_conflict(&self, id: i64, keep: ConflictSide) -> Result<ConflictRecord> {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ferry_core::rules::Dialect;
 use ferry_core::schema::{Schema, quote};
@@ -202,8 +202,22 @@ struct Inner {
     tables: HashMap<String, TableSql>,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    /// Requests waiting for a connection (the writer, or a reader when none is free).
+    waiting: std::sync::atomic::AtomicUsize,
     /// This server's role (`[server] role`), once set.
     role: std::sync::OnceLock<String>,
+}
+
+/// `mutex` locked, counted in `waiting` while it has to wait.
+fn locked<'a>(mutex: &'a Mutex<Connection>, waiting: &std::sync::atomic::AtomicUsize) -> MutexGuard<'a, Connection> {
+    use std::sync::atomic::Ordering;
+    if let Ok(guard) = mutex.try_lock() {
+        return guard;
+    }
+    waiting.fetch_add(1, Ordering::Relaxed);
+    let guard = mutex.lock().unwrap_or_else(|p| p.into_inner());
+    waiting.fetch_sub(1, Ordering::Relaxed);
+    guard
 }
 
 impl SqliteStore {
@@ -280,6 +294,7 @@ impl SqliteStore {
                 tables,
                 writer: Mutex::new(writer),
                 readers,
+                waiting: std::sync::atomic::AtomicUsize::new(0),
                 role: std::sync::OnceLock::new(),
             }),
         })
@@ -291,7 +306,7 @@ impl SqliteStore {
     ) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut conn = locked(&inner.writer, &inner.waiting);
             f(&inner, &mut conn)
         })
         .await
@@ -309,7 +324,7 @@ impl SqliteStore {
                 .readers
                 .iter()
                 .find_map(|r| r.try_lock().ok())
-                .unwrap_or_else(|| inner.readers[0].lock().unwrap_or_else(|p| p.into_inner()));
+                .unwrap_or_else(|| locked(&inner.readers[0], &inner.waiting));
             let mut conn = guard;
             f(&inner, &mut conn)
         })
@@ -1289,6 +1304,17 @@ impl Store for SqliteStore {
         self.inner.role.get().map(String::as_str)
     }
 
+    fn pool_use(&self) -> crate::PoolUse {
+        // The connections are all opened with the store; one is busy while it is locked.
+        let all = || std::iter::once(&self.inner.writer).chain(&self.inner.readers);
+        crate::PoolUse {
+            max: all().count(),
+            open: all().count(),
+            in_use: all().filter(|c| c.try_lock().is_err()).count(),
+            waiting: self.inner.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     async fn users(&self) -> Result<Vec<User>> {
         self.read(|_, conn| {
             let users = conn
@@ -1487,6 +1513,24 @@ impl Store for SqliteStore {
             };
             let sql = format!("SELECT {CONFLICT_COLUMNS} FROM _ferry_conflicts WHERE {cond} ORDER BY id DESC");
             let rows = conn.prepare(&sql)?.query_map([], conflict_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn conflict_counts(&self) -> Result<Vec<crate::ConflictCount>> {
+        self.read(move |_, conn| {
+            let rows = conn
+                .prepare_cached(crate::CONFLICT_COUNTS_SQL)?
+                .query_map([], |r| {
+                    Ok(crate::ConflictCount {
+                        table: r.get(0)?,
+                        strategy: r.get(1)?,
+                        open: r.get(2)?,
+                        count: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
         .await

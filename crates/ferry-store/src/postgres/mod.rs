@@ -456,6 +456,20 @@ impl Store for PgStore {
         self.list_conflicts(filter).await
     }
 
+    async fn conflict_counts(&self) -> Result<Vec<crate::ConflictCount>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let rows = client.query(crate::CONFLICT_COUNTS_SQL, &[]).await.map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::ConflictCount {
+                table: r.get(0),
+                strategy: r.get(1),
+                open: r.get(2),
+                count: r.get::<_, i64>(3).max(0) as u64,
+            })
+            .collect())
+    }
+
     async fn compact(&self, before_ms: u64) -> Result<crate::Compacted> {
         let bound = crate::clock_bound(before_ms);
         let client = self.inner.pool.get().await.map_err(pool_err)?;
@@ -838,6 +852,11 @@ impl Store for PgStore {
 
     fn role(&self) -> Option<&str> {
         self.inner.role.get().map(String::as_str)
+    }
+
+    fn pool_use(&self) -> crate::PoolUse {
+        let s = self.inner.pool.status();
+        crate::PoolUse { max: s.max_size, open: s.size, in_use: s.size.saturating_sub(s.available), waiting: s.waiting }
     }
 
     async fn users(&self) -> Result<Vec<User>> {

@@ -333,6 +333,9 @@ pub async fn a_manual_conflict_stays_open_until_a_person_picks_a_version<S: Stor
     assert_eq!(open.len(), 1, "{open:?}");
     let c = &open[0];
     assert_eq!((c.strategy, c.resolved_by, c.resolved_at.as_deref()), (Strategy::Manual, None, None));
+    let count =
+        |open: bool| ferry_store::ConflictCount { table: c.table.clone(), strategy: "manual".into(), open, count: 1 };
+    assert_eq!(store.conflict_counts().await.unwrap(), vec![count(true)]);
     // The provisional winner (the later clock) is what everyone sees meanwhile.
     let page = store.pull(&bob, "", 100).await.unwrap();
     let cursor = page.cursor.clone();
@@ -359,6 +362,11 @@ pub async fn a_manual_conflict_stays_open_until_a_person_picks_a_version<S: Stor
     }
     assert!(store.conflicts(ConflictFilter::Open).await.unwrap().is_empty());
     assert_eq!(store.conflicts(ConflictFilter::Resolved).await.unwrap().len(), 1, "kept for audit");
+    assert_eq!(store.conflict_counts().await.unwrap(), vec![count(false)]);
+    // Idle, the store's connections are all free.
+    let pool = store.pool_use();
+    assert!(pool.max >= 1 && pool.open <= pool.max, "{pool:?}");
+    assert_eq!((pool.in_use, pool.waiting), (0, 0), "{pool:?}");
 }
 
 /// A row of one of the strategy tables (`stale`, `whole`, `kit`: columns `a`, `b`), both
