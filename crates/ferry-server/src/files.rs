@@ -118,6 +118,11 @@ impl Files {
         Ok(UploadLock(self.clone(), hash.to_owned()))
     }
 
+    /// Transfers running on this process now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
     /// The status's file section.
     async fn status<S: Store>(&self, store: &S) -> Result<FilesStatus, ApiError> {
         let stats = self.store.stats().await.map_err(file_err)?;
@@ -333,6 +338,7 @@ pub async fn upload<S: Store>(
             h.update(&chunk);
         }
         received += chunk.len() as u64;
+        metrics::counter!("ferry_file_bytes_total", "direction" => "in").increment(chunk.len() as u64);
     }
     out.flush().await.map_err(io_err)?;
     drop(out);
@@ -348,6 +354,7 @@ pub async fn upload<S: Store>(
     if digest != hash {
         discard(&part, &length).await;
         files.refused.fetch_add(1, Ordering::SeqCst);
+        metrics::counter!("ferry_file_transfers_total", "direction" => "in", "outcome" => "refused").increment(1);
         return Err(ApiError::HashMismatch(format!(
             "the uploaded bytes hash to {digest}, not {hash}: the file changed on the device or on the way; nothing was stored, upload it again"
         )));
@@ -355,6 +362,7 @@ pub async fn upload<S: Store>(
     files.store.put_file(&hash, &part, total).await.map_err(file_err)?;
     let _ = tokio::fs::remove_file(&length).await;
     files.uploads.fetch_add(1, Ordering::SeqCst);
+    metrics::counter!("ferry_file_transfers_total", "direction" => "in", "outcome" => "completed").increment(1);
     // The uploader's other devices may be waiting for it. (Devices of other users whose
     // shared rows reference it learn at their next look.)
     let _ = files.notices.send(ferry_store::Notice {
@@ -441,16 +449,21 @@ pub async fn download<S: Store>(
     // completed when its last byte has been handed over.
     let flight = files.flight();
     let done = files.clone();
-    if from == size {
+    let completed = move || {
         done.downloads.fetch_add(1, Ordering::SeqCst);
+        metrics::counter!("ferry_file_transfers_total", "direction" => "out", "outcome" => "completed").increment(1);
+    };
+    if from == size {
+        completed();
     }
     let mut sent = from;
     let stream = stream.map(move |chunk| {
         let _keep = &flight;
         if let Ok(c) = &chunk {
             sent += c.len() as u64;
+            metrics::counter!("ferry_file_bytes_total", "direction" => "out").increment(c.len() as u64);
             if sent == size {
-                done.downloads.fetch_add(1, Ordering::SeqCst);
+                completed();
             }
         }
         chunk

@@ -6,6 +6,7 @@
 //! - `guard`: what every request passes through (request id, early 413, JSON errors).
 //! - `conn`: the connections, the only code that touches socket bytes.
 //! - `push`, `pull`, `info`, `admin`: one file per request kind.
+//! - [`metrics`]: `GET /metrics` and the request counts behind it.
 //!
 //! Only this crate knows HTTP. It decodes bodies with `ferry-protocol`, hands core row
 //! states to a [`ferry_store::Store`] and never touches SQL itself.
@@ -23,6 +24,7 @@ mod full_sync;
 mod hydrate;
 mod info;
 mod integrity;
+pub mod metrics;
 pub mod peer;
 mod pull;
 mod push;
@@ -95,9 +97,12 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream"));
+    // The recorder is in place before the first request is counted.
+    let _ = metrics::handle();
     Router::new()
         .route("/health/live", get(info::live))
         .route("/health/sync", get(peer::health::<S>))
+        .route("/metrics", get(metrics::metrics::<S>))
         .route("/v1/schema", get(info::schema::<S>))
         .route("/v1/me", get(info::me::<S>))
         .route("/v1/push", post(push::push::<S>))
@@ -141,6 +146,8 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         // still refuses it from the head) and answers an unknown encoding with an empty 415
         // (which the guard makes JSON); inside compression, so it reads error bodies as made.
         .layer(axum::middleware::from_fn_with_state(limits, guard::guard))
+        // Outside the guard: what it answers (413, its JSON errors) is counted too.
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest).compress_when(compress))
         .with_state(state)
 }

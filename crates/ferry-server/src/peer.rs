@@ -173,7 +173,7 @@ pub async fn log<S: Store>(
 }
 
 /// Whether a link is up (it syncs, by the stream or by polling).
-fn is_up(p: &PeerStatus) -> bool {
+pub(crate) fn is_up(p: &PeerStatus) -> bool {
     matches!(p.state.as_str(), "CONNECTED" | "DEGRADED")
 }
 
@@ -186,6 +186,9 @@ pub fn lag_at(p: &PeerStatus, now: u64) -> u64 {
         now.saturating_sub(p.last_success_ms.or(p.down_since_ms).unwrap_or(now))
     }
 }
+
+/// The kinds of alert [`alerts`] raises, with their severity.
+pub const ALERT_KINDS: &[(&str, &str)] = &[("disconnected", "CRITICAL"), ("lag", "WARNING"), ("file_queue", "WARNING")];
 
 /// The alerts the links' state raises at `now` (`links` as [`seen_at`] shows them),
 /// critical first.

@@ -44,6 +44,7 @@ pub async fn pull<S: Store>(
         return Err(ApiError::BadRequest("cursor is too long; start over with cursor=0".into()));
     }
     let limit = parse_limit(q.get("limit"))?;
+    let started = std::time::Instant::now();
     let page =
         state.store.pull_subscribed(&who, cursor, limit, tables.as_deref(), &subscriptions).await.inspect_err(|e| {
             if matches!(e, ferry_store::StoreError::Expired(_)) {
@@ -64,6 +65,9 @@ pub async fn pull<S: Store>(
     };
     let body = serde_json::to_vec(&PageOut { rows, cursor: &page.cursor, more: page.more, removed: &page.removed })
         .map_err(|e| ApiError::Internal(format!("encoding a pull page: {e}")))?;
+    metrics::histogram!("ferry_pull_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("ferry_pull_rows_total").increment(page.rows.len() as u64);
+    metrics::counter!("ferry_pull_bytes_total").increment(body.len() as u64);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

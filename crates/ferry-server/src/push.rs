@@ -55,7 +55,15 @@ pub async fn push<S: Store>(
             }
         }
     }
+    let started = std::time::Instant::now();
     let outcome = state.store.push(&who, &req.batch_id, req.cursor.as_deref(), rows).await?;
+    metrics::histogram!("ferry_push_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("ferry_push_bytes_total").increment(body.len() as u64);
+    metrics::counter!("ferry_push_rows_total").increment(outcome.received as u64);
+    metrics::counter!("ferry_push_changed_rows_total").increment(outcome.changed as u64);
+    for r in &outcome.refused {
+        metrics::counter!("ferry_refused_changes_total", "table" => r.table.clone(), "reason" => "stale").increment(1);
+    }
     let rejected = outcome
         .refused
         .iter()

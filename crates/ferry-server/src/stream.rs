@@ -52,10 +52,14 @@ pub async fn stream<S: Store>(
     // What the user may read now, to judge which notices concern them.
     let scope = state.store.scope(&who.user_id).await?;
     Ok(ws.on_upgrade(move |socket| {
+        let client = crate::metrics::StreamClient::open();
         let reader =
             Reader { state: state.clone(), user: who.user_id, device: who.device_id.clone(), peer: who.peer, scope };
         let watched = Watched::new(state, who.device_id.clone(), token);
-        serve(socket, notices, files, reader, watched)
+        async move {
+            let _counted = client;
+            serve(socket, notices, files, reader, watched).await;
+        }
     }))
 }
 

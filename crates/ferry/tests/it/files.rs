@@ -21,7 +21,7 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 impl Pair {
     /// Writes a file of `size` bytes, adds it to the phone's replica and references it from a
     /// new jump; returns its hash and content.
-    fn phone_adds_video(&self, size: usize, seed: u64) -> (String, Vec<u8>) {
+    pub(crate) fn phone_adds_video(&self, size: usize, seed: u64) -> (String, Vec<u8>) {
         let content = random_bytes(size, seed);
         let src = self.env.path(&format!("video-{seed}.bin"));
         std::fs::write(&src, &content).unwrap();
@@ -36,7 +36,13 @@ impl Pair {
 
     /// `ferry file sync` of a replica through `server` (a URL); returns the JSON report,
     /// or the error output when it fails.
-    fn file_sync(&self, db: &str, token: &str, server: &str, extra: &[&str]) -> Result<serde_json::Value, String> {
+    pub(crate) fn file_sync(
+        &self,
+        db: &str,
+        token: &str,
+        server: &str,
+        extra: &[&str],
+    ) -> Result<serde_json::Value, String> {
         let db = self.env.path(db).display().to_string();
         let mut args = vec!["file", "sync", "--db", &db, "--server", server, "--token", token, "--json"];
         args.extend_from_slice(extra);

@@ -9,6 +9,7 @@ mod files;
 mod full_sync;
 mod http;
 mod integrity;
+mod monitoring;
 mod openapi;
 mod peering;
 mod postgres;

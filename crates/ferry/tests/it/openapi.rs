@@ -105,6 +105,7 @@ fn every_documented_operation_answers_as_the_document_says() {
     let too_big = "x".repeat(70_000);
     let cases = [
         get("/health/live", None, 200),
+        get("/metrics", None, 200),
         get("/v1/schema", phone, 200),
         get("/v1/schema", None, 401),
         get("/v1/me", phone, 200),

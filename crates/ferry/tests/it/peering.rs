@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::monitoring::{sample, scrape};
 use crate::proxy::{Fault, Proxy};
 use crate::{Env, Server, insert_jump, jumps, uuid};
 
@@ -283,6 +284,13 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
     });
     let health = main.server.http().get(format!("{}/health/sync", main.server.url)).send().unwrap();
     assert_eq!(health.status(), 503);
+    // The same, as a scraper sees it.
+    let text = scrape(&main.server);
+    let cloud_link = [("peer", "cloud")];
+    assert_eq!(sample(&text, "ferry_peer_connected", &cloud_link), Some(0.0), "{text}");
+    assert!(sample(&text, "ferry_peer_down_seconds", &cloud_link) > Some(0.0), "{text}");
+    let critical = [("peer", "cloud"), ("kind", "disconnected"), ("severity", "CRITICAL")];
+    assert_eq!(sample(&text, "ferry_alerts", &critical), Some(1.0), "{text}");
     let why: Value = health.json().unwrap();
     assert!(why["reasons"][0].as_str().unwrap().contains("link 'cloud' is"), "{why}");
     wait_for("the alert in the sync log", || {
@@ -320,9 +328,18 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
     let conflicts = format!("SELECT count(*) FROM _ferry_conflicts WHERE tbl = 'devices' AND pk = '{device}'");
     let logged: i64 = main.psql(&conflicts).parse::<i64>().unwrap() + cloud.psql(&conflicts).parse::<i64>().unwrap();
     assert_eq!(logged, 1, "the conflict is logged once, on the side that decided it");
+    let counted: f64 = [&main.server, &cloud.server]
+        .iter()
+        .map(|s| sample(&scrape(s), "ferry_conflicts", &[("table", "devices")]).unwrap_or(0.0))
+        .sum();
+    assert_eq!(counted, 1.0, "and counted once in the metrics");
     wait_for("MAIN connected again", || main.status()["peers"][0]["state"] == "CONNECTED");
     let health = main.server.http().get(format!("{}/health/sync", main.server.url)).send().unwrap();
     assert_eq!(health.status(), 200);
+    let text = scrape(&main.server);
+    assert_eq!(sample(&text, "ferry_peer_connected", &cloud_link), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "ferry_peer_down_seconds", &cloud_link), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "ferry_alerts", &critical), Some(0.0), "{text}");
     wait_for("the alert cleared", || {
         let a: Value = main.get("/v1/admin/alerts").json().unwrap();
         let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();

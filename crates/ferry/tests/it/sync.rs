@@ -302,7 +302,7 @@ fn a_device_does_not_pull_back_the_rows_it_just_pushed() {
 
 /// Two devices rename one group of a `manual` table while apart (the laptop first, the
 /// phone later) and both sync: one open conflict. Returns the pair and the group's id.
-fn manual_group_conflict() -> (Pair, String) {
+pub(crate) fn manual_group_conflict() -> (Pair, String) {
     let (p, g) = manual_group_renames();
     p.sync_laptop();
     (p, g)
