@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the sync server (embedded SQLite store in data_dir, or PostgreSQL with --database).
-    Serve(ServerArgs),
+    Serve(ServeArgs),
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -383,6 +383,23 @@ impl From<Version> for ferry_protocol::ConflictSide {
 pub enum Settled {
     Local,
     Server,
+}
+
+/// `ferry serve`: the server's configuration, and how it logs.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Log lines as text (for people) or as one JSON object per line (for collectors).
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How `ferry serve` writes its log (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where the server's configuration comes from. Every `[server]` key of the file can also

@@ -4,14 +4,17 @@ use anyhow::{Context, Result};
 use ferry_store::{AnyStore, Store};
 
 use super::shutdown_signal;
-use crate::cli::ServerArgs;
+use crate::cli::{LogFormat, ServeArgs};
 
-pub async fn run(args: ServerArgs) -> Result<()> {
-    tracing_subscriber::fmt()
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let log = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let (config, store) = args.open_store().await?;
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
+    let (config, store) = args.server.open_store().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}; is another server using it?", config.listen))?;

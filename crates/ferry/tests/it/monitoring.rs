@@ -1,4 +1,8 @@
-//! The operator's view from outside the dashboard: `GET /metrics` in Prometheus' text format.
+//! The operator's view from outside the dashboard: `GET /metrics` in Prometheus' text format
+//! and `ferry serve --log-format json`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use crate::watch::{Watch, eventually};
 use crate::*;
@@ -104,4 +108,35 @@ fn a_file_upload_and_its_download_are_counted_with_their_bytes() {
     assert_eq!(sample(&text, "ferry_file_transfers_total", &done("in")), Some(1.0), "{text}");
     assert_eq!(sample(&text, "ferry_file_transfers_total", &done("out")), Some(1.0), "{text}");
     assert_eq!(sample(&text, "ferry_file_transfers_in_flight", &[]), Some(0.0), "{text}");
+}
+
+#[test]
+fn with_log_format_json_every_log_line_is_a_json_object_and_no_token_is_in_them() {
+    let env = Env::new();
+    env.add_user("alice");
+    let token = env.token("alice", "phone");
+    let mut child = Command::new(FERRY)
+        .args(["serve", "-c", &env.config(), "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .current_dir(env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let server = Server { child, url: line.trim().strip_prefix("listening on ").unwrap().to_owned() };
+    env.sync(&server, "phone.db", &token);
+    let bad = server.http().get(format!("{}/v1/pull", server.url)).bearer_auth("fry_not_a_token").send().unwrap();
+    assert_eq!(bad.status(), 401);
+    let mut server = server;
+    let stderr = server.child.stderr.take().unwrap();
+    server.kill();
+    let lines: Vec<String> = BufReader::new(stderr).lines().map_while(Result::ok).collect();
+    assert!(lines.iter().any(|l| l.contains("store ready")), "{lines:#?}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+        assert!(!l.contains(&token) && !l.contains("fry_not_a_token"), "a token in the log: {l}");
+    }
 }
