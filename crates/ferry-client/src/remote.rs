@@ -560,6 +560,48 @@ impl Stream {
     }
 }
 
+/// The `Ferry-Signature` of a webhook delivery's `body` sent at `unix_s` with `secret`:
+/// `t=UNIX_S,v1=HEX`, where HEX is the HMAC-SHA256 of `"{unix_s}.{body}"` (docs/monitoring.md
+/// shows how a receiver checks it).
+pub fn webhook_signature(secret: &str, unix_s: u64, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(unix_s.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={unix_s},v1={}", ferry_core::to_hex(&mac.finalize().into_bytes()))
+}
+
+/// POSTs a signed webhook delivery (once, 10 s at most): `body` (JSON) with the headers
+/// `Ferry-Event`, `Ferry-Delivery` (the same on every attempt) and `Ferry-Signature`
+/// ([`webhook_signature`]). The status it answered.
+///
+/// # Errors
+/// The URL is not http(s), or the hook cannot be reached.
+pub async fn post_signed_webhook(url: &str, secret: &str, event: &str, delivery: &str, body: Vec<u8>) -> Result<u16> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(Error::Local(format!("webhook '{url}' is not an http:// or https:// URL")));
+    }
+    let unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let signature = webhook_signature(secret, unix_s, &body);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::Local(format!("cannot build HTTP client: {e}")))?;
+    let resp = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("ferry-event", event)
+        .header("ferry-delivery", delivery)
+        .header("ferry-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| Error::Unreachable(format!("cannot reach webhook {url}: {}", error_chain(&e))))?;
+    Ok(resp.status().as_u16())
+}
+
 /// POSTs `body` as JSON to a webhook `url` (once, 10 s at most); the status it answered.
 ///
 /// # Errors

@@ -153,6 +153,8 @@ pub struct Plan {
     pub notify: Option<String>,
     /// Rows left out: of the snapshot on a push, of the restore on a pull.
     pub exclude: Exclude,
+    /// `[[alerts.webhook]]`: told of the outcome too.
+    pub hooks: crate::webhooks::Hooks,
 }
 
 /// A new run's id: time-ordered, unique enough for one store's history.
@@ -304,6 +306,12 @@ pub async fn run<S: Store>(
         tracing::warn!(id = %run.id, "cannot record the full sync's end: {e}");
     }
     observe(&run);
+    let event = crate::webhooks::Event {
+        name: "full_sync.finished",
+        peer: link.name.clone(),
+        data: serde_json::to_value(&run).expect("a run serializes"),
+    };
+    plan.hooks.deliver(store, event, link.log_keep.as_millis() as u64).await;
     run
 }
 

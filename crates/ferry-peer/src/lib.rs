@@ -26,6 +26,7 @@ mod catch_up;
 mod files;
 pub mod full_sync;
 pub mod integrity;
+pub mod webhooks;
 
 pub use files::LocalFiles;
 

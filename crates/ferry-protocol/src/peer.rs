@@ -85,7 +85,8 @@ pub struct SyncLogEntry {
     pub id: i64,
     pub at_ms: u64,
     pub peer: String,
-    /// `rows`, `users`, `files`, `alert`, `integrity`, `repair` or `full-sync`.
+    /// `rows`, `users`, `files`, `alert`, `integrity`, `repair`, `full-sync`, `resync`,
+    /// `catch-up` or `webhook`.
     pub kind: String,
     /// `push` (to the peer), `pull` (from it) or `both`.
     pub direction: String,

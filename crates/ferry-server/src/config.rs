@@ -50,6 +50,17 @@ struct AlertsSection {
     file_queue_warning: Option<u64>,
     disconnected_critical: Option<String>,
     health_max_lag: Option<String>,
+    /// `[[alerts.webhook]]`: where alerts and full syncs' outcomes are POSTed.
+    #[serde(default)]
+    webhook: Vec<WebhookSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSection {
+    url: String,
+    secret: String,
+    events: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,9 +155,34 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// The `[alerts]` section.
     pub alerts: AlertThresholds,
+    /// `[[alerts.webhook]]`: where alerts and full syncs' outcomes are POSTed.
+    pub webhooks: ferry_peer::webhooks::Hooks,
     /// `[full_sync.exclude]`: per table, a predicate; rows it holds true for are left out of
     /// full syncs (checked against the schema when a full sync starts).
     pub full_sync_exclude: BTreeMap<String, String>,
+}
+
+/// The `[[alerts.webhook]]` sections, checked: an http(s) URL, a secret, known events.
+fn webhooks(sections: Vec<WebhookSection>) -> Result<ferry_peer::webhooks::Hooks, String> {
+    use ferry_peer::webhooks::{EVENTS, Webhook};
+    let mut hooks = Vec::new();
+    for (n, w) in sections.into_iter().enumerate() {
+        let here = format!("[[alerts.webhook]] number {}", n + 1);
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            return Err(format!("{here}: url '{}' must start with http:// or https://", ferry_core::shown(&w.url)));
+        }
+        if w.secret.len() < 16 {
+            return Err(format!(
+                "{here}: secret must be at least 16 characters (the receiver checks each delivery's HMAC with it); make one with `openssl rand -hex 32`"
+            ));
+        }
+        let events = w.events.unwrap_or_else(|| EVENTS.iter().map(|e| (*e).to_owned()).collect());
+        if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+            return Err(format!("{here}: unknown event '{}'; use {}", ferry_core::shown(bad), EVENTS.join(" or ")));
+        }
+        hooks.push(Webhook { url: w.url, secret: w.secret, events });
+    }
+    Ok(ferry_peer::webhooks::Hooks::new(hooks))
 }
 
 /// When a link's state raises an alert (`[alerts]`), and what `/health/sync` accepts.
@@ -393,6 +429,7 @@ impl Config {
             Some(v) => ferry_core::duration::parse_duration(&v).map_err(|e| bad(format!("[alerts] {key}: {e}"))),
         };
         let a = parsed.alerts;
+        let webhooks = webhooks(a.webhook).map_err(bad)?;
         let alerts = AlertThresholds {
             lag_warning: duration("lag_warning", a.lag_warning, defaults.lag_warning)?,
             file_queue_warning: a.file_queue_warning.unwrap_or(defaults.file_queue_warning),
@@ -471,6 +508,7 @@ impl Config {
             compact_older_than,
             peers,
             alerts,
+            webhooks,
             full_sync_exclude: parsed.full_sync.exclude,
         })
     }
@@ -552,5 +590,14 @@ mod tests {
         assert_eq!(defaults.sync_log_keep, DEFAULT_SYNC_LOG_KEEP);
         let err = load("[alerts]\ndisconnected_critical = \"a day\"\n").unwrap_err();
         assert!(err.contains("[alerts] disconnected_critical"), "{err}");
+        let hook = "[[alerts.webhook]]\nurl = \"https://hooks.example/ferry\"\nsecret = \"0123456789abcdef\"\n";
+        let hooks = load(hook).unwrap().webhooks;
+        assert!(!hooks.is_empty());
+        let err = load(&hook.replace("https://hooks.example/ferry", "hooks.example")).unwrap_err();
+        assert!(err.contains("url 'hooks.example' must start with http:// or https://"), "{err}");
+        let err = load(&hook.replace("0123456789abcdef", "short")).unwrap_err();
+        assert!(err.contains("secret must be at least 16 characters"), "{err}");
+        let err = load(&format!("{hook}events = [\"alerts\"]\n")).unwrap_err();
+        assert!(err.contains("unknown event 'alerts'; use alert or full_sync"), "{err}");
     }
 }

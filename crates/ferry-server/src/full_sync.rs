@@ -158,6 +158,7 @@ pub async fn start<S: Store>(
         verify: req.options.verify,
         notify: req.options.notify.clone(),
         exclude: state.full_syncs.exclude(state.store.schema())?,
+        hooks: state.webhooks.clone(),
     };
     let starting = state.full_syncs.starting.lock().await;
     if let Some(r) = fs::running(&state.store).await? {

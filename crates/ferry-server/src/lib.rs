@@ -59,6 +59,8 @@ pub struct AppState<S> {
     pub peers: peer::Heard,
     /// When links raise alerts (`[alerts]`).
     pub alerts: config::AlertThresholds,
+    /// `[[alerts.webhook]]`: told of full syncs' outcomes (and, by the alert watcher, of alerts).
+    pub webhooks: ferry_peer::webhooks::Hooks,
     /// The `[peers.NAME]` sections: the peers an operator may check this store against.
     pub links: Vec<config::PeerConfig>,
     /// How long the sync log keeps entries.
@@ -87,6 +89,7 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         seen: Default::default(),
         peers: Default::default(),
         alerts: config.alerts.clone(),
+        webhooks: config.webhooks.clone(),
         links: config.peers.clone(),
         sync_log_keep: config.sync_log_keep,
         trees: Default::default(),

@@ -302,10 +302,11 @@ pub async fn health<S: Store>(State(state): State<Arc<AppState<S>>>) -> Result<a
 }
 
 /// Watches the links' alerts until `stop` turns true, writing each alert to the sync log
-/// when it is raised and when it clears (every `every`).
-pub async fn watch_alerts<S: Store>(
+/// when it is raised and when it clears (every `every`), and telling `hooks` of both.
+pub async fn watch_alerts<S: Store + Clone>(
     store: S,
     thresholds: crate::config::AlertThresholds,
+    hooks: ferry_peer::webhooks::Hooks,
     keep: std::time::Duration,
     every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -319,6 +320,20 @@ pub async fn watch_alerts<S: Store>(
             let same = |a: &Alert, b: &Alert| a.peer == b.peer && a.kind == b.kind;
             let raised = found.iter().filter(|a| !active.iter().any(|b| same(a, b)));
             let cleared = active.iter().filter(|a| !found.iter().any(|b| same(a, b)));
+            if !hooks.is_empty() {
+                let news =
+                    raised.clone().map(|a| ("alert.raised", a)).chain(cleared.clone().map(|a| ("alert.cleared", a)));
+                for (name, alert) in news {
+                    // Retries take minutes: the watch goes on meanwhile.
+                    let (store, hooks) = (store.clone(), hooks.clone());
+                    let event = ferry_peer::webhooks::Event {
+                        name,
+                        peer: alert.peer.clone(),
+                        data: serde_json::to_value(alert).expect("an alert serializes"),
+                    };
+                    tokio::spawn(async move { hooks.deliver(&store, event, keep.as_millis() as u64).await });
+                }
+            }
             let entries: Vec<SyncLogEntry> = raised
                 .map(|a| (a, a.severity.clone(), a.message.clone()))
                 .chain(cleared.map(|a| (a, "SUCCESS".to_owned(), format!("cleared: {}", a.message))))

@@ -112,6 +112,7 @@ async fn start(direction: Direction, args: FullSyncArgs) -> Result<()> {
         verify: args.verify,
         notify: args.notify.clone(),
         exclude: fs::Exclude::parse(store.schema(), &config.full_sync_exclude).map_err(anyhow::Error::msg)?,
+        hooks: config.webhooks.clone(),
     };
     let id = plan.id.clone();
     let bar = if args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {

@@ -28,6 +28,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tasks.push(tokio::spawn(ferry_server::peer::watch_alerts(
             store.clone(),
             config.alerts.clone(),
+            config.webhooks.clone(),
             config.sync_log_keep,
             ALERTS_EVERY,
             stopped.clone(),

@@ -43,30 +43,13 @@ fn count(site: &Site, sql: &str) -> u64 {
 
 /// A webhook on a local port: the JSON body of each POST it receives, answered 204.
 fn webhook() -> (String, std::sync::mpsc::Receiver<Value>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hooks/ferry", listener.local_addr().unwrap());
+    let (url, deliveries) = crate::webhook_receiver(0);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_ok()
-                && let Ok(v) = serde_json::from_slice(&body)
-            {
+        for d in deliveries {
+            if let Ok(v) = serde_json::from_slice(&d.body) {
                 let _ = tx.send(v);
             }
-            let _ = reader.get_mut().write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
         }
     });
     (url, rx)
@@ -81,8 +64,15 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
     let (main, cloud) = unlinked_pair(false);
     let ids = groups(&main, 3000, "from main");
 
-    // Push: MAIN's data set to CLOUD, verified, the outcome told to a webhook.
+    // Push: MAIN's data set to CLOUD, verified, the outcome told to a webhook, and to the
+    // operator's `[[alerts.webhook]]`, signed.
     let (hook, told) = webhook();
+    let (operators, deliveries) = crate::webhook_receiver(0);
+    let secret = "the operator's receiver secret";
+    let config = std::fs::read_to_string(main.env.path("ferry.toml")).unwrap();
+    let section =
+        format!("\n[[alerts.webhook]]\nurl = \"{operators}\"\nsecret = \"{secret}\"\nevents = [\"full_sync\"]\n");
+    std::fs::write(main.env.path("ferry.toml"), config + &section).unwrap();
     let (reports, ok) = full_sync(&main, "push", &["--verify", "--notify", &hook]);
     let run = reports.last().unwrap();
     assert!(ok, "{run}");
@@ -90,6 +80,29 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
     assert_eq!(run["notified"], "answered 204", "{run}");
     let heard = told.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!((&heard["id"], &heard["state"], &heard["rows"]), (&run["id"], &json!("SUCCESS"), &json!(3000)));
+    let delivered = deliveries.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(delivered.headers["ferry-event"], "full_sync.finished");
+    crate::peering::assert_signed(&delivered, secret);
+    let told = delivered.json();
+    assert_eq!(
+        (&told["data"]["id"], &told["data"]["state"], &told["peer"]),
+        (&run["id"], &json!("SUCCESS"), &json!("cloud"))
+    );
+    let log: Value = main
+        .server
+        .http()
+        .get(format!("{}/v1/admin/sync/log?peer=cloud", main.server.url))
+        .bearer_auth(&main.admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let logged = log["entries"].as_array().unwrap().iter().any(|e| {
+        e["kind"] == "webhook"
+            && e["status"] == "SUCCESS"
+            && e["error"].as_str().unwrap().contains("full_sync.finished")
+    });
+    assert!(logged, "the delivery is in the sync log: {log}");
     assert_eq!(run["rows"], 3000);
     assert_eq!(run["verified_equal"], true, "{run}");
     for p in ["snapshot", "transfer", "restore", "verify"] {

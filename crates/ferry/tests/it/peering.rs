@@ -258,8 +258,13 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
         u
     };
     // Alerts come sooner than a day here (the 24 h default is tested with injected time in
-    // ferry-server's unit tests).
-    let (main, cloud) = pair(Some(&via), "\n[alerts]\ndisconnected_critical = \"1s\"\n");
+    // ferry-server's unit tests), and go to a webhook that fails its first delivery.
+    let (hook, deliveries) = crate::webhook_receiver(1);
+    let secret = "a secret of the receiver's, 32 b";
+    let alerts = format!(
+        "\n[alerts]\ndisconnected_critical = \"1s\"\n[[alerts.webhook]]\nurl = \"{hook}\"\nsecret = \"{secret}\"\nevents = [\"alert\"]\n"
+    );
+    let (main, cloud) = pair(Some(&via), &alerts);
     let proxy = proxy.get().unwrap();
     let ann = main.env.add_user("ann");
     wait_for("ann on CLOUD", || user_id(&cloud, "ann") == ann);
@@ -296,6 +301,30 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
     wait_for("the alert in the sync log", || {
         let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
         log["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "alert" && e["status"] == "CRITICAL")
+    });
+    // The webhook hears of it, signed; answered 500 once, it is sent again, the same delivery.
+    let next = || deliveries.recv_timeout(Duration::from_secs(20)).expect("a webhook delivery");
+    let (first, again) = (next(), next());
+    assert_eq!((first.status, again.status), (500, 204));
+    assert_eq!(first.headers["ferry-delivery"], again.headers["ferry-delivery"]);
+    assert_eq!(first.body, again.body);
+    for d in [&first, &again] {
+        assert_eq!(d.headers["ferry-event"], "alert.raised");
+        assert_signed(d, secret);
+    }
+    let raised = again.json();
+    assert_eq!((raised["event"].as_str(), raised["peer"].as_str()), (Some("alert.raised"), Some("cloud")), "{raised}");
+    assert_eq!(
+        (raised["data"]["kind"].as_str(), raised["data"]["severity"].as_str()),
+        (Some("disconnected"), Some("CRITICAL"))
+    );
+    wait_for("the delivery in the sync log", || {
+        let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
+        log["entries"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "webhook"
+                && e["status"] == "SUCCESS"
+                && e["error"].as_str().is_some_and(|m| m.contains("alert.raised") && m.contains("attempt 2"))
+        })
     });
     let phone = main.env.db("phone.db");
     let ann_main = main.env.token("ann", "phone");
@@ -340,6 +369,9 @@ fn a_cut_link_queues_both_sides_and_converges_with_main_authoritative_for_device
     assert_eq!(sample(&text, "ferry_peer_connected", &cloud_link), Some(1.0), "{text}");
     assert_eq!(sample(&text, "ferry_peer_down_seconds", &cloud_link), Some(0.0), "{text}");
     assert_eq!(sample(&text, "ferry_alerts", &critical), Some(0.0), "{text}");
+    let cleared = next();
+    assert_eq!((cleared.status, cleared.headers["ferry-event"].as_str()), (204, "alert.cleared"));
+    assert_signed(&cleared, secret);
     wait_for("the alert cleared", || {
         let a: Value = main.get("/v1/admin/alerts").json().unwrap();
         let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
@@ -727,4 +759,20 @@ fn rows_the_peer_refuses_are_logged_and_the_rest_crosses() {
     wait_for("the later group on CLOUD", || {
         cloud.psql(&format!("SELECT name FROM groups WHERE id = '{later}'")) == "Next day"
     });
+}
+
+/// `d` carries a `Ferry-Signature` of its body under `secret`, made as docs/monitoring.md
+/// tells a receiver to check it: HMAC-SHA256 of `"{t}.{body}"`, `t` within 5 minutes.
+pub(crate) fn assert_signed(d: &crate::Delivery, secret: &str) {
+    use hmac::Mac;
+    let header = &d.headers["ferry-signature"];
+    let (t, v1) = header.split_once(',').unwrap();
+    let t: u64 = t.strip_prefix("t=").unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(now.abs_diff(t) < 300, "{header}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&d.body);
+    let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(v1.strip_prefix("v1=").unwrap(), want, "{header}");
 }

@@ -326,3 +326,49 @@ impl Pair {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
+
+/// A POST a [`webhook_receiver`] received: its headers (names in lower case), body and the
+/// status it was answered.
+pub struct Delivery {
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub status: u16,
+}
+
+impl Delivery {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A webhook on a local port: each POST it receives, in order. It answers 500 to the first
+/// `fail_first`, 204 to the rest.
+pub fn webhook_receiver(fail_first: usize) -> (String, std::sync::mpsc::Receiver<Delivery>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/ferry", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().flatten().enumerate() {
+            let mut reader = BufReader::new(stream);
+            let mut headers = std::collections::HashMap::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+            let length = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let status = if n < fail_first { 500 } else { 204 };
+            let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = reader.get_mut().write_all(answer.as_bytes());
+            let _ = tx.send(Delivery { headers, body, status });
+        }
+    });
+    (url, rx)
+}
