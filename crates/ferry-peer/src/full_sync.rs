@@ -846,7 +846,7 @@ pub async fn take_snapshot<S: Store>(
     let _ = tokio::fs::remove_dir_all(dir).await;
     tokio::fs::create_dir_all(dir).await.map_err(|e| local(dir, &e))?;
     let schema = store.schema();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<FeedRow>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<FeedRow>>(4);
     let mut manifest = SnapshotManifest {
         id: id.to_owned(),
         tables: tables.clone(),
@@ -856,6 +856,9 @@ pub async fn take_snapshot<S: Store>(
     let export = store.export(tables, tx);
     let mut excluded = 0u64;
     let write = async {
+        // Owned here: when the writing stops (a cancel, a full disk), the receiver goes with
+        // it and the export's next send fails, instead of waiting for a reader forever.
+        let mut rx = rx;
         let shared = Arc::new(schema.clone());
         while let Some(mut batch) = rx.recv().await {
             check(cancel)?;
