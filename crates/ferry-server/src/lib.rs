@@ -19,6 +19,7 @@ mod guard;
 mod admin;
 mod auth;
 mod catch_up;
+mod dashboard;
 pub mod files;
 mod full_sync;
 mod hydrate;
@@ -73,6 +74,8 @@ pub struct AppState<S> {
     pub catch_ups: catch_up::Walks,
     /// The devices' snapshots for a first hydrate.
     pub snapshots: hydrate::Snapshots,
+    /// The dashboard's signed-in sessions.
+    pub dashboard: dashboard::session::Sessions,
 }
 
 /// The HTTP routes over `store` as `config` sets them up, with `files` for the files rows
@@ -96,6 +99,7 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         full_syncs: full_sync::FullSyncs::new(config.data_dir.join("full-sync"), config.full_sync_exclude.clone()),
         catch_ups: Default::default(),
         snapshots: hydrate::Snapshots::new(config.data_dir.join("snapshots")),
+        dashboard: Default::default(),
     });
     // File bytes are compressed already or random-looking, and must keep their length for
     // ranges: only JSON answers are compressed.
@@ -141,6 +145,8 @@ pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {
         .route("/v1/peer/users", get(peer::users::<S>).post(peer::adopt_users::<S>))
         .route("/v1/peer/digests", post(integrity::digests::<S>))
         .route("/v1/peer/rows", post(integrity::rows::<S>))
+        // The dashboard's HTML pages (docs/dashboard.md; not the JSON API of docs/openapi.json).
+        .merge(dashboard::routes())
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -2429,6 +2429,8 @@ fn operations(doc: &Value) -> impl Iterator<Item = (&str, &str, &Value)> {
 fn server_routes() -> BTreeSet<(String, String)> {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ferry-server/src/lib.rs");
     let src = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    // The dashboard's HTML pages are not the JSON API (docs/dashboard.md documents them).
+    let src = src.replacen(".merge(dashboard::routes())", "", 1);
     for other in [".nest(", ".nest_service(", ".merge(", ".route_service("] {
         assert!(!src.contains(other), "{}: this test reads only `.route(…)`; teach it {other}", file.display());
     }

@@ -1,0 +1,541 @@
+//! `/admin`: the operator's dashboard, server-rendered HTML that works without JavaScript
+//! (a live page reloads itself every 5 s; with JavaScript it refreshes when the event stream
+//! says something changed). Assets are compiled into the binary. Signing in: [`session`].
+//! Documented in docs/dashboard.md.
+
+mod html;
+pub mod session;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use ferry_protocol::{ConflictRecord, ConflictSide};
+use ferry_store::{ConflictFilter, Store};
+
+use crate::AppState;
+use html::{Frame, esc};
+use session::{NotSignedIn, SignedIn};
+
+/// The dashboard's routes (HTML, not the JSON API: docs/dashboard.md, not docs/openapi.json).
+pub fn routes<S: Store>() -> Router<Arc<AppState<S>>> {
+    Router::new()
+        .route("/admin", get(overview::<S>))
+        .route("/admin/login", get(login_form).post(login::<S>))
+        .route("/admin/logout", post(logout::<S>))
+        .route("/admin/events", get(events::<S>))
+        .route("/admin/conflicts", get(conflicts::<S>))
+        .route("/admin/conflicts/{id}", get(conflict::<S>))
+        .route("/admin/conflicts/{id}/resolve", post(resolve::<S>))
+        .route("/admin/devices", get(devices::<S>))
+        .route("/admin/devices/{id}/revoke", post(revoke::<S>))
+        .route("/admin/assets/{name}", get(asset))
+}
+
+/// An HTML answer.
+fn html(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
+        .into_response()
+}
+
+/// The signed-in operator, or the answer to give instead: to the sign-in page, or the store's
+/// error as a page.
+async fn gate<S: Store>(state: &AppState<S>, headers: &HeaderMap) -> Result<SignedIn, Response> {
+    match session::signed_in(state, headers).await {
+        Ok(s) => Ok(s),
+        Err(NotSignedIn::Out) => Err(Redirect::to("/admin/login").into_response()),
+        Err(NotSignedIn::Store(e)) => Err(api_error(e)),
+    }
+}
+
+/// As [`gate`], for a form: its CSRF token must be the session's (else 403, nothing done).
+async fn gate_form<S: Store>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<SignedIn, Response> {
+    let signed = gate(state, headers).await?;
+    if !session::csrf_ok(&signed, form.get("csrf").map(String::as_str)) {
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            "this form is out of date or did not come from this dashboard (its CSRF token is not this session's); reload the page and try again",
+        ));
+    }
+    Ok(signed)
+}
+
+/// A store's refusal or failure as a page, with the status the API would answer.
+fn store_error(e: ferry_store::StoreError) -> Response {
+    api_error(crate::ApiError::from(e))
+}
+
+fn api_error(e: crate::ApiError) -> Response {
+    let status = StatusCode::from_u16(e.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error_page(status, &e.to_string())
+}
+
+/// A page that says what went wrong (a 5xx says only that the log has it). Marked
+/// [`Deliberate`](crate::guard::Deliberate): the guard leaves it HTML.
+fn error_page(status: StatusCode, message: &str) -> Response {
+    let message = if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), "dashboard: {message}");
+        "the server cannot answer this now; its log says why"
+    } else {
+        message
+    };
+    let f = Frame { title: "Something went wrong", nav: "", csrf: None, open_conflicts: 0, live: false };
+    let body = format!(
+        "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"/admin\">Back to the overview</a></p>",
+        esc(message)
+    );
+    let mut answer = html(status, html::page(&f, &body));
+    answer.extensions_mut().insert(crate::guard::Deliberate);
+    answer
+}
+
+async fn open_conflicts<S: Store>(state: &AppState<S>) -> u64 {
+    state.store.conflict_counts().await.map_or(0, |c| c.iter().filter(|c| c.open).map(|c| c.count).sum())
+}
+
+async fn login_form() -> Response {
+    sign_in_page(StatusCode::OK, None)
+}
+
+fn sign_in_page(status: StatusCode, problem: Option<&str>) -> Response {
+    let mut answer = sign_in_html(status, problem);
+    answer.extensions_mut().insert(crate::guard::Deliberate);
+    answer
+}
+
+fn sign_in_html(status: StatusCode, problem: Option<&str>) -> Response {
+    let f = Frame { title: "Sign in", nav: "", csrf: None, open_conflicts: 0, live: false };
+    let mut body = String::new();
+    if let Some(p) = problem {
+        let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", esc(p));
+    }
+    body.push_str(
+        "<form method=\"post\" action=\"/admin/login\" class=\"signin\">\
+         <label for=\"token\">Admin token</label>\
+         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required>\
+         <p class=\"hint\">Made with <code>ferry token create --admin</code>.</p>\
+         <button type=\"submit\">Sign in</button></form>",
+    );
+    html(status, html::page(&f, &body))
+}
+
+/// `POST /admin/login`: an admin token opens a session; anything else is refused by name.
+async fn login<S: Store>(State(state): State<Arc<AppState<S>>>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
+    if token.is_empty() {
+        return sign_in_page(StatusCode::BAD_REQUEST, Some("enter an admin token"));
+    }
+    match state.store.authenticate(token).await {
+        Ok(Some(who)) if who.admin => {
+            let id = state.dashboard.open(token);
+            tracing::info!(device = %who.device_id, "signed in to the dashboard");
+            let mut answer = Redirect::to("/admin").into_response();
+            if let Ok(v) = session::set_cookie(Some(&id)).parse() {
+                answer.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            answer
+        }
+        Ok(Some(who)) => sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some(&format!(
+                "that token is device '{}''s, not an admin's; sign in with a token from `ferry token create --admin`",
+                who.device_name
+            )),
+        ),
+        Ok(None) => sign_in_page(
+            StatusCode::UNAUTHORIZED,
+            Some("unknown or revoked token; make one with `ferry token create --admin`"),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `POST /admin/logout`: the session ends here and in the browser.
+async fn logout<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(answer) = gate_form(&state, &headers, &form).await {
+        return answer;
+    }
+    if let Some(id) = session::cookie(&headers) {
+        state.dashboard.close(&id);
+    }
+    let mut answer = Redirect::to("/admin/login").into_response();
+    if let Ok(v) = session::set_cookie(None).parse() {
+        answer.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    answer
+}
+
+/// `GET /admin`: active alerts first, each link's state, lag and files, the last 20 sync-log
+/// entries.
+async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
+    let signed = match gate(&state, &headers).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let now = crate::peer::now_ms();
+    let (links, log) = match (state.store.links().await, state.store.sync_log(None, 20).await) {
+        (Ok(l), Ok(g)) => (l.into_iter().map(|p| crate::peer::seen_at(p, now)).collect::<Vec<_>>(), g),
+        (Err(e), _) | (_, Err(e)) => return store_error(e),
+    };
+    let mut body = String::new();
+    let alerts = crate::peer::alerts(&links, &state.alerts, now);
+    if !alerts.is_empty() {
+        body.push_str("<section aria-labelledby=\"alerts\"><h2 id=\"alerts\">Alerts</h2><ul class=\"alerts\">");
+        for a in &alerts {
+            let class = if a.severity == "CRITICAL" { "critical" } else { "warning" };
+            let _ = write!(
+                body,
+                "<li class=\"{class}\" role=\"alert\"><strong>{}</strong> {}</li>",
+                esc(&a.severity),
+                esc(&a.message)
+            );
+        }
+        body.push_str("</ul></section>");
+    }
+    body.push_str("<section aria-labelledby=\"peers\"><h2 id=\"peers\">Peers</h2>");
+    if links.is_empty() {
+        body.push_str("<p>No links to peer servers (<code>[peers.NAME]</code> in ferry.toml).</p>");
+    } else {
+        body.push_str(
+            "<table><thead><tr><th scope=\"col\">Peer</th><th scope=\"col\">Connection</th><th scope=\"col\">Lag</th>\
+             <th scope=\"col\">Files pending</th><th scope=\"col\">Last successful sync</th></tr></thead><tbody>",
+        );
+        for p in links.iter().filter(|p| p.enabled) {
+            let up = crate::peer::is_up(p);
+            let (dot, said) = if up { ("up", "Connected") } else { ("down", "Disconnected") };
+            let last = p.last_success_ms.map_or("never".to_owned(), |at| html::ago(now.saturating_sub(at)));
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td><span class=\"dot {dot}\" aria-hidden=\"true\"></span>{said}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td></tr>",
+                esc(&p.name),
+                html::lag(crate::peer::lag_at(p, now)),
+                p.file_queue,
+                esc(&last)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    body.push_str("</section><section aria-labelledby=\"log\"><h2 id=\"log\">Sync log</h2>");
+    if log.is_empty() {
+        body.push_str("<p>Nothing yet.</p>");
+    } else {
+        body.push_str("<ul class=\"log\">");
+        for e in &log {
+            let status = e.status.to_ascii_lowercase();
+            let _ = write!(
+                body,
+                "<li><span class=\"status {status}\">{}</span> {} · {} · {} · {} rows",
+                esc(&e.status),
+                esc(&html::ago(now.saturating_sub(e.at_ms))),
+                esc(&e.peer),
+                esc(&e.kind),
+                e.rows
+            );
+            if let Some(error) = &e.error {
+                let _ = write!(body, "<details><summary>Details</summary><pre>{}</pre></details>", esc(error));
+            }
+            body.push_str("</li>");
+        }
+        body.push_str("</ul>");
+    }
+    body.push_str("</section>");
+    let open = open_conflicts(&state).await;
+    let f = Frame { title: "Overview", nav: "Overview", csrf: Some(&signed.csrf), open_conflicts: open, live: true };
+    html(StatusCode::OK, html::page(&f, &body))
+}
+
+/// `GET /admin/conflicts?state=open|resolved`: the conflict log, newest first.
+async fn conflicts<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let signed = match gate(&state, &headers).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let resolved = q.get("state").is_some_and(|s| s == "resolved");
+    let filter = if resolved { ConflictFilter::Resolved } else { ConflictFilter::Open };
+    let list = match state.store.conflicts(filter).await {
+        Ok(l) => l,
+        Err(e) => return store_error(e),
+    };
+    let mut body = String::from("<nav class=\"tabs\" aria-label=\"Which conflicts\">");
+    for (on, href, name) in
+        [(!resolved, "/admin/conflicts", "Open"), (resolved, "/admin/conflicts?state=resolved", "Resolved")]
+    {
+        let current = if on { " aria-current=\"page\"" } else { "" };
+        let _ = write!(body, "<a href=\"{href}\"{current}>{name}</a>");
+    }
+    body.push_str("</nav>");
+    if list.is_empty() {
+        body.push_str(if resolved { "<p>No resolved conflicts.</p>" } else { "<p>No open conflicts.</p>" });
+    } else {
+        body.push_str(
+            "<table><thead><tr><th scope=\"col\">Table</th><th scope=\"col\">Row</th><th scope=\"col\">Kind</th>\
+             <th scope=\"col\">When</th><th scope=\"col\">Strategy</th></tr></thead><tbody>",
+        );
+        for c in &list {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td><a href=\"/admin/conflicts/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.table),
+                c.id,
+                esc(&c.key),
+                c.kind.name(),
+                esc(&c.detected_at),
+                strategy(c)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    let open = open_conflicts(&state).await;
+    let f = Frame { title: "Conflicts", nav: "Conflicts", csrf: Some(&signed.csrf), open_conflicts: open, live: true };
+    html(StatusCode::OK, html::page(&f, &body))
+}
+
+fn strategy(c: &ConflictRecord) -> String {
+    serde_json::to_value(c.strategy).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// `GET /admin/conflicts/{id}`: both versions side by side, the differing fields marked, and
+/// (while open) a button for each.
+async fn conflict<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let signed = match gate(&state, &headers).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let Ok(n) = id.parse::<i64>() else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            &format!("conflict id '{}' is not a number", ferry_core::shown(&id)),
+        );
+    };
+    let c = match state.store.conflict(n).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("no conflict with id {n}")),
+        Err(e) => return store_error(e),
+    };
+    let mut body = format!(
+        "<p>{} row <code>{}</code> · {} · detected {} · strategy {}</p>",
+        esc(&c.table),
+        esc(&c.key),
+        c.kind.name(),
+        esc(&c.detected_at),
+        strategy(&c)
+    );
+    let mut columns: Vec<&String> = c.stored.values.keys().chain(c.incoming.values.keys()).collect();
+    columns.sort();
+    columns.dedup();
+    let shown = |side: &ferry_protocol::ConflictVersion, col: &str| match side.values.get(col) {
+        None => "—".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    body.push_str(
+        "<table class=\"versions\"><thead><tr><th scope=\"col\">Field</th><th scope=\"col\">Stored</th>\
+         <th scope=\"col\">Incoming</th></tr></thead><tbody>",
+    );
+    for col in columns {
+        let (a, b) = (shown(&c.stored, col), shown(&c.incoming, col));
+        let differs = a != b;
+        let mark = if differs { " class=\"differs\"" } else { "" };
+        let note = if differs { " <span class=\"sr\">(differs)</span>" } else { "" };
+        let _ = write!(
+            body,
+            "<tr{mark}><th scope=\"row\">{}{note}</th><td>{}</td><td>{}</td></tr>",
+            esc(col),
+            esc(&a),
+            esc(&b)
+        );
+    }
+    let origin = |v: &ferry_protocol::ConflictVersion| v.origin.clone().unwrap_or_else(|| "the server's tables".into());
+    let _ = write!(
+        body,
+        "<tr><th scope=\"row\">Written by</th><td>{}</td><td>{}</td></tr></tbody></table>",
+        esc(&origin(&c.stored)),
+        esc(&origin(&c.incoming))
+    );
+    match &c.resolved_at {
+        Some(at) => {
+            let by =
+                c.resolved_by.and_then(|s| serde_json::to_value(s).ok()).and_then(|v| v.as_str().map(str::to_owned));
+            let _ = write!(body, "<p class=\"done\">Resolved {} by {}.</p>", esc(at), esc(&by.unwrap_or_default()));
+        }
+        None => {
+            for (side, label) in [("stored", "Keep the stored version"), ("incoming", "Keep the incoming version")] {
+                let _ = write!(
+                    body,
+                    "<form method=\"post\" action=\"/admin/conflicts/{}/resolve\" class=\"choice\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"use\" value=\"{side}\">\
+                     <button type=\"submit\">{label}</button></form>",
+                    c.id,
+                    esc(&signed.csrf)
+                );
+            }
+        }
+    }
+    let open = open_conflicts(&state).await;
+    let title = format!("Conflict {}", c.id);
+    let f = Frame { title: &title, nav: "Conflicts", csrf: Some(&signed.csrf), open_conflicts: open, live: false };
+    html(StatusCode::OK, html::page(&f, &body))
+}
+
+/// `POST /admin/conflicts/{id}/resolve` (`use=stored|incoming`): as `ferry conflicts resolve`.
+async fn resolve<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let signed = match gate_form(&state, &headers, &form).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let Ok(n) = id.parse::<i64>() else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            &format!("conflict id '{}' is not a number", ferry_core::shown(&id)),
+        );
+    };
+    let keep = match form.get("use").map(String::as_str) {
+        Some("stored") => ConflictSide::Stored,
+        Some("incoming") => ConflictSide::Incoming,
+        other => {
+            let sent = ferry_core::shown(other.unwrap_or(""));
+            return error_page(StatusCode::BAD_REQUEST, &format!("use '{sent}' is neither stored nor incoming"));
+        }
+    };
+    match state.store.resolve_conflict(n, keep).await {
+        Ok(_) => {
+            tracing::info!(conflict = n, device = %signed.who.device_id, "conflict resolved from the dashboard");
+            Redirect::to(&format!("/admin/conflicts/{n}")).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /admin/devices`: every device, its user, when it was last seen, and a revoke button.
+async fn devices<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
+    let signed = match gate(&state, &headers).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let list = match state.store.devices(None).await {
+        Ok(l) => l,
+        Err(e) => return store_error(e),
+    };
+    let mut body = String::from(
+        "<table><thead><tr><th scope=\"col\">Device</th><th scope=\"col\">User</th><th scope=\"col\">Last seen</th>\
+         <th scope=\"col\">State</th><th scope=\"col\"><span class=\"sr\">Action</span></th></tr></thead><tbody>",
+    );
+    for d in &list {
+        let kind = if d.admin { " (admin)" } else { "" };
+        let _ = write!(
+            body,
+            "<tr><td>{}{kind}</td><td>{}</td><td>{}</td>",
+            esc(&d.name),
+            esc(&d.user_name),
+            esc(d.last_seen.as_deref().unwrap_or("never"))
+        );
+        match &d.revoked_at {
+            Some(at) => {
+                let _ = write!(body, "<td>revoked {}</td><td></td></tr>", esc(at));
+            }
+            None => {
+                let _ = write!(
+                    body,
+                    "<td>live</td><td><form method=\"post\" action=\"/admin/devices/{id}/revoke\" data-confirm=\"Revoke {name}? Its tokens stop working at once.\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <button type=\"submit\" aria-label=\"Revoke {name}\">Revoke</button></form></td></tr>",
+                    id = esc(&d.id),
+                    name = esc(&d.name),
+                    csrf = esc(&signed.csrf)
+                );
+            }
+        }
+    }
+    body.push_str("</tbody></table>");
+    let open = open_conflicts(&state).await;
+    let f = Frame { title: "Devices", nav: "Devices", csrf: Some(&signed.csrf), open_conflicts: open, live: false };
+    html(StatusCode::OK, html::page(&f, &body))
+}
+
+/// `POST /admin/devices/{id}/revoke`: as `POST /v1/admin/devices/{id}/revoke`.
+async fn revoke<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let signed = match gate_form(&state, &headers, &form).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    match state.store.revoke_devices(None, &id).await {
+        Ok(revoked) => {
+            tracing::info!(device = %id, by = %signed.who.device_id, "device revoked from the dashboard");
+            state.revocations.announce(revoked);
+            Redirect::to("/admin/devices").into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /admin/events`: server-sent events for live pages: `change` when the store announces
+/// written rows, and every 5 s a `tick` (links' lag and state move on their own).
+async fn events<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
+    if let Err(answer) = gate(&state, &headers).await {
+        return answer;
+    }
+    let notices = state.store.notices();
+    let stream = futures_util::stream::unfold(
+        (notices, tokio::time::interval(Duration::from_secs(5))),
+        |(mut notices, mut tick)| async move {
+            let name = tokio::select! {
+                n = notices.recv() => match n {
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    _ => "change",
+                },
+                _ = tick.tick() => "tick",
+            };
+            let frame = format!("event: {name}\ndata: {}\n\n", crate::peer::now_ms());
+            Some((Ok::<_, Infallible>(frame), (notices, tick)))
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-store")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// `GET /admin/assets/{name}`: the stylesheet and the live script, from the binary.
+async fn asset(Path(name): Path<String>) -> Response {
+    let (kind, text) = match name.as_str() {
+        "style.css" => ("text/css; charset=utf-8", include_str!("style.css")),
+        "live.js" => ("text/javascript; charset=utf-8", include_str!("live.js")),
+        _ => return error_page(StatusCode::NOT_FOUND, &format!("no asset '{}'", ferry_core::shown(&name))),
+    };
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=300")], text).into_response()
+}
