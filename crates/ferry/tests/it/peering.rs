@@ -440,14 +440,24 @@ fn a_bad_role_stops_start_up_and_a_disabled_peer_is_shown() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the disabled link's state", || {
+    let started = Instant::now();
+    let shown = loop {
         let out = env.run(&["peer", "status", "--json", "-c", &env.config()]);
         let s: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        s["peers"][0]["enabled"] == false && s["peers"][0]["state"] == "DISCONNECTED"
-    });
+        if s["peers"][0]["enabled"] == false && s["peers"][0]["state"] == "DISCONNECTED" {
+            break None;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break Some(format!("{s}\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    if let Some(last) = shown {
+        panic!("the disabled link's state never showed; last `peer status`: {last}\nthe server's log:\n{err}");
+    }
     assert!(err.contains("peer link disabled"), "{err}");
 }
 
