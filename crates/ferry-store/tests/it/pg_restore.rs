@@ -130,6 +130,25 @@ async fn pushes_wait_for_a_table_being_restored_and_then_merge_with_it() {
     let old = row(1, &[("t", Value::Text("restored".into())), ("n", Value::Integer(1))], at(1, 7));
     tx.send(RestoreStep::Rows(vec![old])).await.unwrap();
     tx.send(RestoreStep::Rows(vec![row(2, &[], at(2, 7))])).await.unwrap();
+    // A step received is not yet a step done: the pushes start once the restore holds the
+    // table's lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let held: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                 WHERE c.relname = 'm' AND l.mode = 'ExclusiveLock' AND l.granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if held > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the restore never locked the table");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let site = SiteId(0xa11c);
     let mut newer = row(1, &[("t", Value::Text("pushed".into()))], Hlc::new(1_700_000_000_050, 0, site));
     newer.state.cols.retain(|c, _| c == "t");
