@@ -157,7 +157,7 @@ pub(crate) async fn run<S: Store>(
                         continue;
                     }
                     let entry = SyncLogEntry {
-                        at_ms: now_ms(),
+                        at_ms: crate::now_ms(),
                         peer: link.clone(),
                         kind: "files".into(),
                         direction: direction.into(),
@@ -291,8 +291,4 @@ async fn download_one(remote: &Remote, local: &LocalFiles, hash: &str) -> Result
     };
     let _ = tokio::fs::remove_file(&path).await;
     stored.map(|()| size)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

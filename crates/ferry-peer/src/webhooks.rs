@@ -53,7 +53,7 @@ impl Hooks {
     /// (kind `webhook`, kept `keep_ms`).
     pub async fn deliver<S: Store>(&self, store: &S, event: Event, keep_ms: u64) {
         let kind = event.name.split('.').next().unwrap_or_default();
-        let at_ms = now_ms();
+        let at_ms = crate::now_ms();
         let delivery = format!("{at_ms:x}-{:x}", rand_u64());
         let body = serde_json::json!({
             "event": event.name,
@@ -68,7 +68,7 @@ impl Hooks {
             let delivery = delivery.as_str();
             let peer = event.peer.as_str();
             async move {
-                let started = now_ms();
+                let started = crate::now_ms();
                 let (status, error) = attempts(hook, event.name, delivery, body).await;
                 let entry = SyncLogEntry {
                     at_ms: started,
@@ -76,7 +76,7 @@ impl Hooks {
                     kind: "webhook".into(),
                     direction: "push".into(),
                     status: status.into(),
-                    duration_ms: now_ms().saturating_sub(started),
+                    duration_ms: crate::now_ms().saturating_sub(started),
                     error: Some(error),
                     ..SyncLogEntry::default()
                 };
@@ -111,10 +111,6 @@ async fn attempts(hook: &Webhook, event: &str, delivery: &str, body: Vec<u8>) ->
         tracing::warn!(url = %hook.url, event, delivery, attempt, "webhook delivery failed: {last}");
     }
     ("FAILED", format!("{event} {delivery} to {}: {} attempts failed, the last: {last}", hook.url, BACKOFF.len() + 1))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 fn rand_u64() -> u64 {

@@ -84,7 +84,19 @@ pub async fn resolve<S: Store>(
 
 fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("bad conflict id in the path: {e}")))?;
-    id.parse().map_err(|_| ApiError::BadRequest(format!("conflict id '{id}' is not a number")))
+    conflict_id(&id)
+}
+
+/// A conflict's id as a path names it (the API's and the dashboard's).
+pub(crate) fn conflict_id(id: &str) -> Result<i64, ApiError> {
+    id.parse().map_err(|_| ApiError::BadRequest(format!("conflict id '{}' is not a number", ferry_core::shown(id))))
+}
+
+/// Revokes device `id`: its tokens stop working, and this process's streams of it close.
+pub(crate) async fn revoke<S: Store>(state: &AppState<S>, id: &str) -> Result<Vec<String>, ApiError> {
+    let revoked = state.store.revoke_devices(None, id).await?;
+    state.revocations.announce(revoked.clone());
+    Ok(revoked)
 }
 
 /// `GET /v1/admin/devices?user=NAME_OR_ID`: every device (of that user), by user, oldest first.
@@ -111,7 +123,5 @@ pub async fn revoke_device<S: Store>(
 ) -> Result<Json<RevokeResponse>, ApiError> {
     require_admin(&who)?;
     let Path(id) = id.map_err(|e| ApiError::BadRequest(format!("bad device id: {e}")))?;
-    let revoked = state.store.revoke_devices(None, &id).await?;
-    state.revocations.announce(revoked.clone());
-    Ok(Json(RevokeResponse { revoked }))
+    Ok(Json(RevokeResponse { revoked: revoke(&state, &id).await? }))
 }

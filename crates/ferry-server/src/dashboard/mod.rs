@@ -100,8 +100,20 @@ fn error_page(status: StatusCode, message: &str) -> Response {
     answer
 }
 
-async fn open_conflicts<S: Store>(state: &AppState<S>) -> u64 {
-    state.store.conflict_counts().await.map_or(0, |c| c.iter().filter(|c| c.open).map(|c| c.count).sum())
+/// A signed-in page: `body` in the frame, its navigation naming `nav` and counting the open
+/// conflicts; `live` pages update themselves.
+async fn signed_page<S: Store>(
+    state: &AppState<S>,
+    signed: &SignedIn,
+    title: &str,
+    nav: &str,
+    live: bool,
+    body: &str,
+) -> Response {
+    let open_conflicts =
+        state.store.conflict_counts().await.map_or(0, |c| c.iter().filter(|c| c.open).map(|c| c.count).sum());
+    let f = Frame { title, nav, csrf: Some(&signed.csrf), open_conflicts, live };
+    html(StatusCode::OK, html::page(&f, body))
 }
 
 async fn login_form() -> Response {
@@ -255,9 +267,7 @@ async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, headers: Head
         body.push_str("</ul>");
     }
     body.push_str("</section>");
-    let open = open_conflicts(&state).await;
-    let f = Frame { title: "Overview", nav: "Overview", csrf: Some(&signed.csrf), open_conflicts: open, live: true };
-    html(StatusCode::OK, html::page(&f, &body))
+    signed_page(&state, &signed, "Overview", "Overview", true, &body).await
 }
 
 /// `GET /admin/conflicts?state=open|resolved`: the conflict log, newest first.
@@ -305,9 +315,7 @@ async fn conflicts<S: Store>(
         }
         body.push_str("</tbody></table>");
     }
-    let open = open_conflicts(&state).await;
-    let f = Frame { title: "Conflicts", nav: "Conflicts", csrf: Some(&signed.csrf), open_conflicts: open, live: true };
-    html(StatusCode::OK, html::page(&f, &body))
+    signed_page(&state, &signed, "Conflicts", "Conflicts", true, &body).await
 }
 
 fn strategy(c: &ConflictRecord) -> String {
@@ -325,11 +333,9 @@ async fn conflict<S: Store>(
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    let Ok(n) = id.parse::<i64>() else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            &format!("conflict id '{}' is not a number", ferry_core::shown(&id)),
-        );
+    let n = match crate::admin::conflict_id(&id) {
+        Ok(n) => n,
+        Err(e) => return api_error(e),
     };
     let c = match state.store.conflict(n).await {
         Ok(Some(c)) => c,
@@ -395,10 +401,8 @@ async fn conflict<S: Store>(
             }
         }
     }
-    let open = open_conflicts(&state).await;
     let title = format!("Conflict {}", c.id);
-    let f = Frame { title: &title, nav: "Conflicts", csrf: Some(&signed.csrf), open_conflicts: open, live: false };
-    html(StatusCode::OK, html::page(&f, &body))
+    signed_page(&state, &signed, &title, "Conflicts", false, &body).await
 }
 
 /// `POST /admin/conflicts/{id}/resolve` (`use=stored|incoming`): as `ferry conflicts resolve`.
@@ -412,11 +416,9 @@ async fn resolve<S: Store>(
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    let Ok(n) = id.parse::<i64>() else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            &format!("conflict id '{}' is not a number", ferry_core::shown(&id)),
-        );
+    let n = match crate::admin::conflict_id(&id) {
+        Ok(n) => n,
+        Err(e) => return api_error(e),
     };
     let keep = match form.get("use").map(String::as_str) {
         Some("stored") => ConflictSide::Stored,
@@ -476,9 +478,7 @@ async fn devices<S: Store>(State(state): State<Arc<AppState<S>>>, headers: Heade
         }
     }
     body.push_str("</tbody></table>");
-    let open = open_conflicts(&state).await;
-    let f = Frame { title: "Devices", nav: "Devices", csrf: Some(&signed.csrf), open_conflicts: open, live: false };
-    html(StatusCode::OK, html::page(&f, &body))
+    signed_page(&state, &signed, "Devices", "Devices", false, &body).await
 }
 
 /// `POST /admin/devices/{id}/revoke`: as `POST /v1/admin/devices/{id}/revoke`.
@@ -492,13 +492,12 @@ async fn revoke<S: Store>(
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    match state.store.revoke_devices(None, &id).await {
-        Ok(revoked) => {
+    match crate::admin::revoke(&state, &id).await {
+        Ok(_) => {
             tracing::info!(device = %id, by = %signed.who.device_id, "device revoked from the dashboard");
-            state.revocations.announce(revoked);
             Redirect::to("/admin/devices").into_response()
         }
-        Err(e) => store_error(e),
+        Err(e) => api_error(e),
     }
 }
 
