@@ -440,6 +440,13 @@ pub trait Store: Send + Sync + 'static {
     /// removed.
     fn compacted_before(&self) -> impl Future<Output = Result<u64>> + Send;
 
+    /// The dashboard's admin password, as its hash (a PHC string: `ferry admin passwd`), when
+    /// one is set.
+    fn admin_password(&self) -> impl Future<Output = Result<Option<String>>> + Send;
+
+    /// Sets the admin password's hash (`None`: no password; signing in takes a token).
+    fn set_admin_password(&self, hash: Option<&str>) -> impl Future<Output = Result<()>> + Send;
+
     /// The feed's position now, as a cursor: a peer reading on from it gets every change
     /// committed after this call (and may get some committed before again). A catch-up by
     /// difference takes it before it compares, and the link reads on from it.
@@ -862,6 +869,14 @@ impl Store for AnyStore {
 
     async fn compacted_before(&self) -> Result<u64> {
         delegate!(self, s => s.compacted_before().await)
+    }
+
+    async fn admin_password(&self) -> Result<Option<String>> {
+        delegate!(self, s => s.admin_password().await)
+    }
+
+    async fn set_admin_password(&self, hash: Option<&str>) -> Result<()> {
+        delegate!(self, s => s.set_admin_password(hash).await)
     }
 
     async fn feed_position(&self) -> Result<String> {

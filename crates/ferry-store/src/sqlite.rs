@@ -1264,6 +1264,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn admin_password(&self) -> Result<Option<String>> {
+        self.read(|_, conn| {
+            Ok(conn
+                .query_row("SELECT value FROM _ferry_store WHERE key = 'admin_password'", [], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_admin_password(&self, hash: Option<&str>) -> Result<()> {
+        let hash = hash.map(str::to_owned);
+        self.write(move |_, conn| {
+            match &hash {
+                Some(h) => conn.execute(
+                    "INSERT INTO _ferry_store (key, value) VALUES ('admin_password', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [h],
+                )?,
+                None => conn.execute("DELETE FROM _ferry_store WHERE key = 'admin_password'", [])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
     async fn feed_position(&self) -> Result<String> {
         self.read(|_, conn| Ok(conn.query_row(FEED_END, [], |r| r.get::<_, i64>(0))?.to_string())).await
     }

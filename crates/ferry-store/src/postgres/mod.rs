@@ -802,6 +802,31 @@ impl Store for PgStore {
         Ok(at.max(0) as u64)
     }
 
+    async fn admin_password(&self) -> Result<Option<String>> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        let row =
+            client.query_opt("SELECT value FROM _ferry_store WHERE key = 'admin_password'", &[]).await.map_err(pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn set_admin_password(&self, hash: Option<&str>) -> Result<()> {
+        let client = self.inner.pool.get().await.map_err(pool_err)?;
+        match hash {
+            Some(h) => {
+                client
+                    .execute(
+                        "INSERT INTO _ferry_store (key, value) VALUES ('admin_password', $1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        &[&h],
+                    )
+                    .await
+            }
+            None => client.execute("DELETE FROM _ferry_store WHERE key = 'admin_password'", &[]).await,
+        }
+        .map_err(pg)?;
+        Ok(())
+    }
+
     async fn feed_position(&self) -> Result<String> {
         let client = self.inner.pool.get().await.map_err(pool_err)?;
         let snap: String = client.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg)?.get(0);

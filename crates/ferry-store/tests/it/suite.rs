@@ -21,6 +21,7 @@ macro_rules! suite {
             users_are_unique_by_name,
             tokens_authenticate_their_device_only,
             revoking_a_device_ends_its_tokens_and_is_seen_among_ids,
+            the_admin_password_is_set_replaced_and_removed,
             pushed_rows_come_back_in_pulls_with_their_state,
             owned_rows_are_private_to_their_user,
             a_forbidden_row_spoils_the_whole_batch,
@@ -103,6 +104,15 @@ async fn pull_all<S: Store>(store: &S, who: &Principal) -> Vec<(String, String, 
             return out;
         }
     }
+}
+
+pub async fn the_admin_password_is_set_replaced_and_removed<S: Store>(store: &S) {
+    assert_eq!(store.admin_password().await.unwrap(), None);
+    store.set_admin_password(Some("$argon2id$first")).await.unwrap();
+    store.set_admin_password(Some("$argon2id$second")).await.unwrap();
+    assert_eq!(store.admin_password().await.unwrap().as_deref(), Some("$argon2id$second"));
+    store.set_admin_password(None).await.unwrap();
+    assert_eq!(store.admin_password().await.unwrap(), None);
 }
 
 pub async fn users_are_unique_by_name<S: Store>(store: &S) {
