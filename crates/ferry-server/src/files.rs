@@ -123,8 +123,8 @@ impl Files {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// The status's file section.
-    async fn status<S: Store>(&self, store: &S) -> Result<FilesStatus, ApiError> {
+    /// The status's file section (the API's and the dashboard's).
+    pub(crate) async fn status<S: Store>(&self, store: &S) -> Result<FilesStatus, ApiError> {
         let stats = self.store.stats().await.map_err(file_err)?;
         let (mut uploading, mut uploading_pending) = (0, 0);
         let mut dir = tokio::fs::read_dir(&self.staging).await.map_err(io_err)?;

@@ -134,11 +134,17 @@ pub async fn start<S: Store>(
         "full sync request",
         "{\"direction\": \"push\"|\"pull\", \"peer\": \"NAME\", \"options\": {\"tables\", \"compress\", \"verify\", \"notify\"}}",
     )?;
+    Ok((StatusCode::ACCEPTED, Json(begin(&state, req).await?)))
+}
+
+/// Starts the full sync `req` asks for, in this process (the API's and the dashboard's): the
+/// run as first recorded; `busy` while another runs.
+pub(crate) async fn begin<S: Store>(state: &Arc<AppState<S>>, req: FullSyncRequest) -> Result<FullSyncRun, ApiError> {
     let direction = Direction::parse(&req.direction).map_err(ApiError::BadRequest)?;
-    let link = crate::integrity::link_for(&state, &req.peer, None)?;
+    let link = crate::integrity::link_for(state, &req.peer, None)?;
     let whole = link.tables.clone();
     let link = match req.options.tables.as_deref() {
-        Some(only) => crate::integrity::link_for(&state, &req.peer, Some(only))?,
+        Some(only) => crate::integrity::link_for(state, &req.peer, Some(only))?,
         None => link,
     };
     if let Some(url) = &req.options.notify
@@ -178,7 +184,7 @@ pub async fn start<S: Store>(
     // The run is recorded before it is answered: a second request sees it running.
     let run = first_rx.await.map_err(|_| ApiError::Internal(format!("full sync {id} stopped before it started")))?;
     drop(starting);
-    Ok((StatusCode::ACCEPTED, Json(run)))
+    Ok(run)
 }
 
 /// The 409 a second full sync gets while `run` runs.
@@ -222,7 +228,7 @@ pub async fn show<S: Store>(
     Ok(Json(found(&state, &id).await?))
 }
 
-async fn found<S: Store>(state: &AppState<S>, id: &str) -> Result<FullSyncRun, ApiError> {
+pub(crate) async fn found<S: Store>(state: &AppState<S>, id: &str) -> Result<FullSyncRun, ApiError> {
     state.store.full_sync(id).await?.ok_or_else(|| {
         ApiError::NotFound(format!("no full sync '{}'; GET /v1/admin/full-sync lists them", ferry_core::shown(id)))
     })
@@ -236,12 +242,17 @@ pub async fn cancel<S: Store>(
     Path(id): Path<String>,
 ) -> Result<Json<FullSyncRun>, ApiError> {
     require_admin(&who)?;
-    let run = found(&state, &id).await?;
+    Ok(Json(stop(&state, &id).await?))
+}
+
+/// Asks run `id` to stop (the API's and the dashboard's cancel): the run as it stands then.
+pub(crate) async fn stop<S: Store>(state: &AppState<S>, id: &str) -> Result<FullSyncRun, ApiError> {
+    let run = found(state, id).await?;
     if run.state != "RUNNING" {
         return Err(ApiError::Conflict(format!("full sync {id} is not running (it ended {})", run.state)));
     }
-    state.store.cancel_full_sync(&id).await?;
-    Ok(Json(found(&state, &id).await?))
+    state.store.cancel_full_sync(id).await?;
+    found(state, id).await
 }
 
 /// `POST /v1/admin/full-sync/clear`: marks runs whose process stopped reporting as failed.

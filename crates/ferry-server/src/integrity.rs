@@ -211,13 +211,17 @@ pub async fn run<S: Store>(
             "malformed integrity request: {e}; send {{\"peer\": \"NAME\", \"tables\": [\"…\"], \"repair\": false}}"
         ))
     })?;
-    let link = link_for(&state, &req.peer, req.tables.as_deref())?;
-    let report = ferry_peer::integrity::check(&state.store, &link, &link.tables, req.repair, &|step| {
+    Ok(Json(check(&state, &req).await?))
+}
+
+/// The check `req` asks for (the API's and the dashboard's), repairing with `repair`.
+pub(crate) async fn check<S: Store>(state: &AppState<S>, req: &IntegrityRequest) -> Result<IntegrityReport, ApiError> {
+    let link = link_for(state, &req.peer, req.tables.as_deref())?;
+    ferry_peer::integrity::check(&state.store, &link, &link.tables, req.repair, &|step| {
         tracing::info!(peer = %req.peer, "integrity: {step}");
     })
     .await
-    .map_err(|e| ApiError::PeerFailed(format!("integrity check with peer '{}' failed: {e}", req.peer)))?;
-    Ok(Json(report))
+    .map_err(|e| ApiError::PeerFailed(format!("integrity check with peer '{}' failed: {e}", req.peer)))
 }
 
 /// The link of `[peers.NAME]`, its tables narrowed to `tables` when given.

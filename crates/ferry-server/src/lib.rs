@@ -25,6 +25,7 @@ mod full_sync;
 mod hydrate;
 mod info;
 mod integrity;
+pub mod lag;
 pub mod metrics;
 pub mod peer;
 mod pull;
@@ -44,6 +45,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 
 pub use config::{Config, ConfigError, Overrides};
+pub use dashboard::session::hash_password;
 pub use error::ApiError;
 pub use files::Files;
 

@@ -302,7 +302,8 @@ pub async fn health<S: Store>(State(state): State<Arc<AppState<S>>>) -> Result<a
 }
 
 /// Watches the links' alerts until `stop` turns true, writing each alert to the sync log
-/// when it is raised and when it clears (every `every`), and telling `hooks` of both.
+/// when it is raised and when it clears (every `every`), and telling `hooks` of both; each
+/// look is a sample of the links' lag for the dashboard's chart ([`crate::lag`]).
 pub async fn watch_alerts<S: Store + Clone>(
     store: S,
     thresholds: crate::config::AlertThresholds,
@@ -316,6 +317,7 @@ pub async fn watch_alerts<S: Store + Clone>(
         let now = now_ms();
         if let Ok(links) = store.links().await {
             let links: Vec<PeerStatus> = links.into_iter().map(|p| seen_at(p, now)).collect();
+            crate::lag::HISTORY.record(&links, now);
             let found = alerts(&links, &thresholds, now);
             let same = |a: &Alert, b: &Alert| a.peer == b.peer && a.kind == b.kind;
             let raised = found.iter().filter(|a| !active.iter().any(|b| same(a, b)));

@@ -29,4 +29,6 @@ document.addEventListener("submit", (e) => {
   const events = new EventSource("/admin/events");
   events.addEventListener("change", refresh);
   events.addEventListener("tick", refresh);
+  // A page showing work under way (a running full sync) asks for a refresh every second.
+  setInterval(() => { if (document.querySelector("#main [data-refresh]")) refresh(); }, 1000);
 })();

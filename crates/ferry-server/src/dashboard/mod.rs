@@ -3,7 +3,10 @@
 //! says something changed). Assets are compiled into the binary. Signing in: [`session`].
 //! Documented in docs/dashboard.md.
 
+mod files;
+mod full_sync;
 mod html;
+mod integrity;
 pub mod session;
 
 use std::collections::HashMap;
@@ -22,13 +25,13 @@ use ferry_store::{ConflictFilter, Store};
 
 use crate::AppState;
 use html::{Frame, esc};
-use session::{NotSignedIn, SignedIn};
+use session::{Credential, NotSignedIn, SignedIn};
 
 /// The dashboard's routes (HTML, not the JSON API: docs/dashboard.md, not docs/openapi.json).
 pub fn routes<S: Store>() -> Router<Arc<AppState<S>>> {
     Router::new()
         .route("/admin", get(overview::<S>))
-        .route("/admin/login", get(login_form).post(login::<S>))
+        .route("/admin/login", get(login_form::<S>).post(login::<S>))
         .route("/admin/logout", post(logout::<S>))
         .route("/admin/events", get(events::<S>))
         .route("/admin/conflicts", get(conflicts::<S>))
@@ -36,6 +39,11 @@ pub fn routes<S: Store>() -> Router<Arc<AppState<S>>> {
         .route("/admin/conflicts/{id}/resolve", post(resolve::<S>))
         .route("/admin/devices", get(devices::<S>))
         .route("/admin/devices/{id}/revoke", post(revoke::<S>))
+        .route("/admin/full-sync", get(full_sync::panel::<S>).post(full_sync::start::<S>))
+        .route("/admin/full-sync/{id}", get(full_sync::run::<S>))
+        .route("/admin/full-sync/{id}/cancel", get(full_sync::confirm_cancel::<S>).post(full_sync::cancel::<S>))
+        .route("/admin/integrity", get(integrity::panel::<S>).post(integrity::check::<S>))
+        .route("/admin/files", get(files::panel::<S>))
         .route("/admin/assets/{name}", get(asset))
 }
 
@@ -116,17 +124,17 @@ async fn signed_page<S: Store>(
     html(StatusCode::OK, html::page(&f, body))
 }
 
-async fn login_form() -> Response {
-    sign_in_page(StatusCode::OK, None)
+async fn login_form<S: Store>(State(state): State<Arc<AppState<S>>>) -> Response {
+    sign_in_page(&state, StatusCode::OK, None).await
 }
 
-fn sign_in_page(status: StatusCode, problem: Option<&str>) -> Response {
-    let mut answer = sign_in_html(status, problem);
-    answer.extensions_mut().insert(crate::guard::Deliberate);
-    answer
-}
-
-fn sign_in_html(status: StatusCode, problem: Option<&str>) -> Response {
+/// The sign-in page (with `problem` said on top): a token's form, and a password's when
+/// `ferry admin passwd` set one.
+async fn sign_in_page<S: Store>(state: &AppState<S>, status: StatusCode, problem: Option<&str>) -> Response {
+    let password = match state.store.admin_password().await {
+        Ok(p) => p.is_some(),
+        Err(e) => return store_error(e),
+    };
     let f = Frame { title: "Sign in", nav: "", csrf: None, open_conflicts: 0, live: false };
     let mut body = String::new();
     if let Some(p) = problem {
@@ -135,40 +143,80 @@ fn sign_in_html(status: StatusCode, problem: Option<&str>) -> Response {
     body.push_str(
         "<form method=\"post\" action=\"/admin/login\" class=\"signin\">\
          <label for=\"token\">Admin token</label>\
-         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required>\
+         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required>\
          <p class=\"hint\">Made with <code>ferry token create --admin</code>.</p>\
          <button type=\"submit\">Sign in</button></form>",
     );
-    html(status, html::page(&f, &body))
+    if password {
+        body.push_str(
+            "<form method=\"post\" action=\"/admin/login\" class=\"signin\">\
+             <label for=\"password\">Or the admin password</label>\
+             <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+             <p class=\"hint\">Set with <code>ferry admin passwd</code>.</p>\
+             <button type=\"submit\">Sign in with the password</button></form>",
+        );
+    }
+    let mut answer = html(status, html::page(&f, &body));
+    answer.extensions_mut().insert(crate::guard::Deliberate);
+    answer
 }
 
-/// `POST /admin/login`: an admin token opens a session; anything else is refused by name.
+/// A new session for `by`: to the overview, with its cookie.
+fn signed_in_as(state: &AppState<impl Store>, by: Credential) -> Response {
+    let id = state.dashboard.open(by);
+    let mut answer = Redirect::to("/admin").into_response();
+    if let Ok(v) = session::set_cookie(Some(&id)).parse() {
+        answer.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    answer
+}
+
+/// `POST /admin/login`: an admin token, or the admin password, opens a session; anything
+/// else is refused by name.
 async fn login<S: Store>(State(state): State<Arc<AppState<S>>>, Form(form): Form<HashMap<String, String>>) -> Response {
+    if let Some(password) = form.get("password") {
+        return match state.store.admin_password().await {
+            Ok(Some(hash)) if session::password_matches(password, &hash) => {
+                tracing::info!("signed in to the dashboard with the admin password");
+                signed_in_as(&state, Credential::Password(hash))
+            }
+            Ok(Some(_)) => {
+                tracing::warn!("a dashboard sign-in with a wrong admin password");
+                sign_in_page(&state, StatusCode::UNAUTHORIZED, Some("that is not the admin password")).await
+            }
+            Ok(None) => {
+                let no = "no admin password is set; set one with `ferry admin passwd`, or sign in with an admin token";
+                sign_in_page(&state, StatusCode::UNAUTHORIZED, Some(no)).await
+            }
+            Err(e) => store_error(e),
+        };
+    }
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
     if token.is_empty() {
-        return sign_in_page(StatusCode::BAD_REQUEST, Some("enter an admin token"));
+        return sign_in_page(&state, StatusCode::BAD_REQUEST, Some("enter an admin token")).await;
     }
     match state.store.authenticate(token).await {
         Ok(Some(who)) if who.admin => {
-            let id = state.dashboard.open(token);
             tracing::info!(device = %who.device_id, "signed in to the dashboard");
-            let mut answer = Redirect::to("/admin").into_response();
-            if let Ok(v) = session::set_cookie(Some(&id)).parse() {
-                answer.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            answer
+            signed_in_as(&state, Credential::Token(token.to_owned()))
         }
         Ok(Some(who)) => sign_in_page(
+            &state,
             StatusCode::FORBIDDEN,
             Some(&format!(
                 "that token is device '{}''s, not an admin's; sign in with a token from `ferry token create --admin`",
                 who.device_name
             )),
-        ),
-        Ok(None) => sign_in_page(
-            StatusCode::UNAUTHORIZED,
-            Some("unknown or revoked token; make one with `ferry token create --admin`"),
-        ),
+        )
+        .await,
+        Ok(None) => {
+            sign_in_page(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                Some("unknown or revoked token; make one with `ferry token create --admin`"),
+            )
+            .await
+        }
         Err(e) => store_error(e),
     }
 }
@@ -225,7 +273,7 @@ async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, headers: Head
     } else {
         body.push_str(
             "<table><thead><tr><th scope=\"col\">Peer</th><th scope=\"col\">Connection</th><th scope=\"col\">Lag</th>\
-             <th scope=\"col\">Files pending</th><th scope=\"col\">Last successful sync</th></tr></thead><tbody>",
+             <th scope=\"col\">Lag, last hour</th><th scope=\"col\">Files pending</th><th scope=\"col\">Last successful sync</th></tr></thead><tbody>",
         );
         for p in links.iter().filter(|p| p.enabled) {
             let up = crate::peer::is_up(p);
@@ -234,9 +282,10 @@ async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, headers: Head
             let _ = write!(
                 body,
                 "<tr><td>{}</td><td><span class=\"dot {dot}\" aria-hidden=\"true\"></span>{said}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td></tr>",
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&p.name),
-                html::lag(crate::peer::lag_at(p, now)),
+                html::duration(crate::peer::lag_at(p, now)),
+                html::lag_chart(&crate::lag::HISTORY.of(&p.name), now),
                 p.file_queue,
                 esc(&last)
             );
@@ -430,7 +479,7 @@ async fn resolve<S: Store>(
     };
     match state.store.resolve_conflict(n, keep).await {
         Ok(_) => {
-            tracing::info!(conflict = n, device = %signed.who.device_id, "conflict resolved from the dashboard");
+            tracing::info!(conflict = n, by = %signed.by, "conflict resolved from the dashboard");
             Redirect::to(&format!("/admin/conflicts/{n}")).into_response()
         }
         Err(e) => store_error(e),
@@ -494,7 +543,7 @@ async fn revoke<S: Store>(
     };
     match crate::admin::revoke(&state, &id).await {
         Ok(_) => {
-            tracing::info!(device = %id, by = %signed.who.device_id, "device revoked from the dashboard");
+            tracing::info!(device = %id, by = %signed.by, "device revoked from the dashboard");
             Redirect::to("/admin/devices").into_response()
         }
         Err(e) => api_error(e),

@@ -1,17 +1,19 @@
-//! Signing in to the dashboard: an admin token, checked by the store, opens a session named
-//! by an HttpOnly, SameSite=Strict cookie; every form carries the session's CSRF token.
+//! Signing in to the dashboard: an admin token, checked by the store, or the admin password
+//! (`ferry admin passwd`, kept in the store as an Argon2id hash) opens a session named by an
+//! HttpOnly, SameSite=Strict cookie; every form carries the session's CSRF token.
 //!
-//! Sessions live in this process's memory, with the token that opened them (never sent back
-//! to the browser): each request checks the token again, so a revoked admin is signed out at
-//! once. Behind a load balancer, a session belongs to the process that opened it (sticky
-//! sessions, or sign in again).
+//! Sessions live in this process's memory, with what opened them (never sent back to the
+//! browser): each request checks it again, so a revoked admin token, or a password changed or
+//! removed, signs its sessions out at once. Behind a load balancer, a session belongs to the
+//! process that opened it (sticky sessions, or sign in again).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::http::HeaderMap;
-use ferry_store::{Principal, Store};
+use ferry_store::Store;
 
 use crate::AppState;
 
@@ -25,16 +27,29 @@ pub const IDLE: Duration = Duration::from_secs(12 * 3600);
 #[derive(Default)]
 pub struct Sessions(Mutex<HashMap<String, Session>>);
 
+/// The shortest admin password `ferry admin passwd` accepts.
+pub const MIN_PASSWORD: usize = 12;
+
 #[derive(Clone)]
 struct Session {
-    token: String,
+    by: Credential,
     csrf: String,
     used: Instant,
 }
 
+/// What opened a session, checked again on every request.
+#[derive(Clone)]
+pub enum Credential {
+    /// An admin token.
+    Token(String),
+    /// The admin password, by the hash it matched (a new password ends the session).
+    Password(String),
+}
+
 /// A signed-in operator.
 pub struct SignedIn {
-    pub who: Principal,
+    /// Who, for the log: the admin token's device, or the password.
+    pub by: String,
     /// The token every form of this session carries.
     pub csrf: String,
 }
@@ -48,10 +63,10 @@ pub enum NotSignedIn {
 }
 
 impl Sessions {
-    /// Opens a session for `token`: the cookie's value and the session's CSRF token.
-    pub fn open(&self, token: &str) -> String {
+    /// Opens a session for `by`: the cookie's value.
+    pub fn open(&self, by: Credential) -> String {
         let id = random_hex();
-        let session = Session { token: token.to_owned(), csrf: random_hex(), used: Instant::now() };
+        let session = Session { by, csrf: random_hex(), used: Instant::now() };
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|_, s| s.used.elapsed() < IDLE);
         all.insert(id.clone(), session);
@@ -74,18 +89,54 @@ impl Sessions {
     }
 }
 
-/// The session named by the request's cookie, its token still an admin's.
+/// The session named by the request's cookie, what opened it still good: its token still an
+/// admin's, or the admin password still the one it matched.
 pub async fn signed_in<S: Store>(state: &AppState<S>, headers: &HeaderMap) -> Result<SignedIn, NotSignedIn> {
     let id = cookie(headers).ok_or(NotSignedIn::Out)?;
     let session = state.dashboard.touch(&id).ok_or(NotSignedIn::Out)?;
-    match state.store.authenticate(&session.token).await {
-        Ok(Some(who)) if who.admin => Ok(SignedIn { who, csrf: session.csrf }),
-        Ok(_) => {
+    let by = match &session.by {
+        Credential::Token(token) => match state.store.authenticate(token).await {
+            Ok(Some(who)) if who.admin => Some(format!("device {}", who.device_id)),
+            Ok(_) => None,
+            Err(e) => return Err(NotSignedIn::Store(e.into())),
+        },
+        Credential::Password(hash) => match state.store.admin_password().await {
+            Ok(now) => (now.as_ref() == Some(hash)).then(|| "the admin password".to_owned()),
+            Err(e) => return Err(NotSignedIn::Store(e.into())),
+        },
+    };
+    match by {
+        Some(by) => Ok(SignedIn { by, csrf: session.csrf }),
+        None => {
             state.dashboard.close(&id);
             Err(NotSignedIn::Out)
         }
-        Err(e) => Err(NotSignedIn::Store(e.into())),
     }
+}
+
+/// The Argon2id hash of `password` (a PHC string, salted) that the store keeps.
+///
+/// # Errors
+/// A password shorter than [`MIN_PASSWORD`] characters, named with the fix.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD {
+        return Err(format!(
+            "the password has {n} characters; use at least {MIN_PASSWORD} (a few words make a good one)"
+        ));
+    }
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the system's random source");
+    let salt = SaltString::encode_b64(&salt).map_err(|e| format!("cannot encode a salt: {e}"))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("cannot hash the password: {e}"))
+}
+
+/// Whether `password` matches `hash` (as [`hash_password`] made it).
+pub fn password_matches(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 /// The session id the request's cookie names.
@@ -121,4 +172,19 @@ fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the system's random source");
     ferry_core::to_hex(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_password_is_hashed_salted_and_checked() {
+        let err = super::hash_password("short").unwrap_err();
+        assert!(err.contains("5 characters") && err.contains("at least 12"), "{err}");
+        let a = super::hash_password("correct horse battery").unwrap();
+        let b = super::hash_password("correct horse battery").unwrap();
+        assert!(a.starts_with("$argon2id$") && a != b, "salted: {a} {b}");
+        assert!(super::password_matches("correct horse battery", &a));
+        assert!(!super::password_matches("correct horse battery!", &a));
+        assert!(!super::password_matches("correct horse battery", "not a hash"));
+    }
 }
