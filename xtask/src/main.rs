@@ -74,6 +74,7 @@ fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     checks::run()?;
+    ensure_chromium()?;
     let mut args = vec!["test", "--workspace", "--locked"];
     args.extend(extra.iter().map(String::as_str));
     // Stopped when `moto` drops, whether the tests passed or not.
@@ -88,6 +89,33 @@ fn test(extra: &[String]) -> Result<()> {
         bench(&["--quick".to_owned()])?;
     }
     Ok(())
+}
+
+/// The dashboard's tests drive a real Chromium (`crates/ferry/tests/it/chromium.rs`): Debian's
+/// package is installed when it is missing, without asking, as CI runs as root with no stdin.
+fn ensure_chromium() -> Result<()> {
+    let given = std::env::var_os("FERRY_CHROMIUM").is_some_and(|p| std::path::Path::new(&p).exists());
+    if given || std::path::Path::new("/usr/bin/chromium").exists() {
+        return Ok(());
+    }
+    let apt_get = |args: &[&str]| {
+        eprintln!("$ DEBIAN_FRONTEND=noninteractive apt-get {}", args.join(" "));
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .status();
+        status.is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "chromium"];
+    // A fresh image often has no package lists yet: fetched once, then tried again.
+    if apt_get(&install) || (apt_get(&["update"]) && apt_get(&install)) {
+        return Ok(());
+    }
+    bail!(
+        "chromium is missing (no /usr/bin/chromium, FERRY_CHROMIUM unset or not a file) and apt-get could not \
+         install it; install it as root with `apt-get install -y chromium`, or set FERRY_CHROMIUM to a Chromium binary"
+    )
 }
 
 fn sim(extra: &[String]) -> Result<()> {

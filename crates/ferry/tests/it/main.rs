@@ -2,6 +2,7 @@
 //! real processes killed with SIGKILL. Each test gets its own directory and server.
 
 mod capture;
+mod chromium;
 mod dashboard;
 mod door;
 mod errors;
