@@ -41,11 +41,14 @@ pub fn page(f: &Frame<'_>, body: &str) -> String {
          <title>{} · Ferry</title><link rel=\"stylesheet\" href=\"/admin/assets/style.css\">",
         esc(f.title)
     );
+    // The script asks before forms marked `data-confirm` on every page, and keeps live ones
+    // up to date.
+    out.push_str("<script src=\"/admin/assets/live.js\" defer></script>");
     if f.live {
-        out.push_str("<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>");
-        out.push_str("<script src=\"/admin/assets/live.js\" defer></script>");
+        out.push_str("<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript></head><body data-live>");
+    } else {
+        out.push_str("</head><body>");
     }
-    out.push_str("</head><body>");
     if let Some(csrf) = f.csrf {
         out.push_str("<header><nav aria-label=\"Sections\"><span class=\"brand\">Ferry</span>");
         for (href, name) in [
@@ -139,7 +142,8 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-fn plural(n: u64, unit: &str) -> String {
+/// "1 row", "2 rows".
+pub fn plural(n: u64, unit: &str) -> String {
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 

@@ -1,12 +1,28 @@
-// Ferry's dashboard, with JavaScript on: a live page refreshes its content when the server's
-// event stream says something changed (without JavaScript it reloads every 5 s), and forms
-// that ask for confirmation ask.
+// Ferry's dashboard, with JavaScript on: forms that ask for confirmation ask, and a live page
+// (<body data-live>) refreshes its content when the server's event stream says something
+// changed (without JavaScript it reloads every 5 s).
 "use strict";
 document.addEventListener("submit", (e) => {
   const question = e.target.getAttribute("data-confirm");
   if (question && !window.confirm(question)) e.preventDefault();
 });
+// On a phone a table's rows become cards: each cell is labelled with its column's heading.
+const cards = () => {
+  for (const table of document.querySelectorAll("main table")) {
+    const names = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+    if (!names.length) continue;
+    table.classList.add("cards");
+    for (const row of table.querySelectorAll("tbody tr")) {
+      [...row.children].forEach((cell, i) => { if (names[i]) cell.setAttribute("data-label", names[i]); });
+    }
+  }
+};
+// What the server sent for each refreshed part (labelled cells differ from it).
+const served = {};
+for (const sel of ["#main", "header nav"]) served[sel] = document.querySelector(sel)?.innerHTML;
+cards();
 (() => {
+  if (!document.body.hasAttribute("data-live")) return;
   let busy = false;
   const refresh = async () => {
     // An operator reading an expanded error keeps it.
@@ -18,8 +34,12 @@ document.addEventListener("submit", (e) => {
       const page = new DOMParser().parseFromString(await answer.text(), "text/html");
       for (const sel of ["#main", "header nav"]) {
         const now = document.querySelector(sel), next = page.querySelector(sel);
-        if (now && next && now.innerHTML !== next.innerHTML) now.innerHTML = next.innerHTML;
+        if (now && next && served[sel] !== next.innerHTML) {
+          served[sel] = next.innerHTML;
+          now.innerHTML = next.innerHTML;
+        }
       }
+      cards();
     } catch (_) {
       // The server is away: the stream reconnects by itself, and so does the next refresh.
     } finally {

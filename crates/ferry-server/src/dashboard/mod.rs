@@ -301,12 +301,12 @@ async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, headers: Head
             let status = e.status.to_ascii_lowercase();
             let _ = write!(
                 body,
-                "<li><span class=\"status {status}\">{}</span> {} · {} · {} · {} rows",
+                "<li><span class=\"status {status}\">{}</span> {} · {} · {} · {}",
                 esc(&e.status),
                 esc(&html::ago(now.saturating_sub(e.at_ms))),
                 esc(&e.peer),
                 esc(&e.kind),
-                e.rows
+                html::plural(e.rows, "row")
             );
             if let Some(error) = &e.error {
                 let _ = write!(body, "<details><summary>Details</summary><pre>{}</pre></details>", esc(error));
