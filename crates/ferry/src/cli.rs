@@ -28,6 +28,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The dashboard's admin password: `ferry admin passwd` sets it (or removes it).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Devices: list them (with user, role, last seen, revoked), revoke one by id.
     Device {
         #[command(subcommand)]
@@ -432,6 +437,21 @@ pub enum UserCommand {
     /// Create a user; the last line printed is the new user's id.
     Add {
         name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Set the password that signs in to the dashboard (/admin) besides admin tokens: asked
+    /// twice on a terminal, else read from the first line of standard input. At least 12
+    /// characters; kept in the store as an Argon2id hash. A new password signs out the
+    /// sessions the old one opened.
+    Passwd {
+        /// Remove the password (signing in then takes an admin token).
+        #[arg(long)]
+        remove: bool,
         #[command(flatten)]
         server: ServerArgs,
     },

@@ -26,6 +26,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => commands::serve::run(args).await,
         Command::User { command } => commands::user::run(command).await,
         Command::Token { command } => commands::token::run(command).await,
+        Command::Admin { command } => commands::admin::run(command).await,
         Command::Device { command } => commands::device::run(command).await,
         Command::Peer { command } => commands::peer::run(command).await,
         Command::Compact(args) => commands::compact::run(args).await,

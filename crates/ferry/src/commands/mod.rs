@@ -2,6 +2,7 @@
 //! what the command prints. What several share is here: opening a replica or a server's
 //! store, the shutdown signal.
 
+pub mod admin;
 pub mod audit;
 pub mod compact;
 pub mod conflicts;

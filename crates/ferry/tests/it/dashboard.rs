@@ -195,3 +195,99 @@ fn a_live_page_hears_of_a_change_by_its_event_stream() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
 }
+
+/// `ferry admin passwd` with `password` on standard input (as a script sets it).
+fn passwd(env: &Env, password: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(crate::support::FERRY)
+        .args(["admin", "passwd", "-c", &env.config()])
+        .current_dir(env.path(""))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_admin_password_signs_in_and_a_new_one_signs_its_sessions_out() {
+    let p = Pair::new();
+    let mut browser = Browser::new(&p.server);
+    // No password yet: the sign-in page offers the token only, and a password is refused.
+    assert!(!browser.page("/admin/login").contains("name=\"password\""));
+    let none = browser.post("/admin/login", &[("password", "anything at all")]);
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert!(none.text().unwrap().contains("no admin password is set; set one with `ferry admin passwd`"));
+
+    let short = passwd(&p.env, "too short");
+    assert!(!short.status.success());
+    let said = String::from_utf8_lossy(&short.stderr);
+    assert!(said.contains("9 characters; use at least 12"), "{said}");
+    let set = passwd(&p.env, "correct horse battery staple");
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let stored = p.env.db("ferry-data/ferry.db").query_row(
+        "SELECT value FROM _ferry_store WHERE key = 'admin_password'",
+        [],
+        |r| r.get::<_, String>(0),
+    );
+    let stored = stored.expect("the hash is in the store");
+    assert!(stored.starts_with("$argon2id$") && !stored.contains("correct horse"), "{stored}");
+
+    let form = browser.page("/admin/login");
+    assert!(form.contains("<label for=\"password\">Or the admin password</label>"), "{form}");
+    let wrong = browser.post("/admin/login", &[("password", "correct horse battery")]);
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.text().unwrap().contains("that is not the admin password"));
+    let right = browser.post("/admin/login", &[("password", "correct horse battery staple")]);
+    assert_eq!(redirected_to(&right), "/admin");
+    let set = right.headers()["set-cookie"].to_str().unwrap().to_owned();
+    browser.cookie = Some(set.split(';').next().unwrap().to_owned());
+    assert!(browser.page("/admin").contains("<h1>Overview</h1>"));
+
+    // A new password signs out what the old one opened.
+    assert!(passwd(&p.env, "a different long password").status.success());
+    assert_eq!(redirected_to(&browser.get("/admin")), "/admin/login");
+    // Removed: the password form goes, tokens still work.
+    assert!(p.env.run(&["admin", "passwd", "--remove", "-c", &p.env.config()]).status.success());
+    assert!(!browser.page("/admin/login").contains("name=\"password\""));
+}
+
+#[test]
+fn the_panels_answer_without_javascript_and_their_forms_need_the_session() {
+    let p = Pair::new();
+    let config = p.env.config();
+    let admin = p.env.ok(&["token", "create", "--user", "alice", "--device", "console", "--admin", "-c", &config]);
+    let mut browser = Browser::new(&p.server);
+    for page in ["/admin/full-sync", "/admin/integrity", "/admin/files"] {
+        assert_eq!(redirected_to(&browser.get(page)), "/admin/login", "{page}");
+    }
+    browser.sign_in(&admin);
+    // This server links to no peer: the panels say so rather than offer a form.
+    let full = browser.page("/admin/full-sync");
+    assert!(full.contains("No peers to sync with") && full.contains("No full syncs yet."), "{full}");
+    assert!(browser.page("/admin/integrity").contains("No peers to compare with"));
+    let forged = browser.post("/admin/full-sync", &[("peer", "cloud"), ("direction", "push")]);
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_eq!(browser.post("/admin/integrity", &[("peer", "cloud"), ("csrf", "00")]).status(), StatusCode::FORBIDDEN);
+    let token = csrf(&full);
+    let unknown = browser.post("/admin/full-sync", &[("peer", "nowhere"), ("direction", "push"), ("csrf", &token)]);
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert!(unknown.text().unwrap().contains("nowhere"));
+    assert_eq!(browser.get("/admin/full-sync/no-such-run").status(), StatusCode::NOT_FOUND);
+
+    // A file a synced row names but the phone has not uploaded: missing; uploaded: stored.
+    let (_, content) = p.phone_adds_video(150_000, 7);
+    p.sync_phone();
+    let files = browser.page("/admin/files");
+    assert!(files.contains("<th scope=\"row\">Stored</th><td>0 files, 0 bytes</td>"), "{files}");
+    assert!(files.contains("<tr class=\"mismatch\"><th scope=\"row\">Missing</th><td>1 "), "{files}");
+    assert!(files.contains("File columns: jump_log.video_sha256."), "{files}");
+    assert!(files.contains("<meta http-equiv=\"refresh\""), "a live page");
+    p.file_sync("phone.db", &p.phone, &p.server.url, &[]).unwrap();
+    let files = browser.page("/admin/files");
+    assert_eq!(content.len(), 150_000);
+    assert!(files.contains("<th scope=\"row\">Stored</th><td>1 files, 150.0 kB</td>"), "{files}");
+    assert!(files.contains("<th scope=\"row\">Missing</th><td>0 "), "{files}");
+}
