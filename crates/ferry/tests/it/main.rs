@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `ferry` binary, real SQLite files, real HTTP over loopback,
 //! real processes killed with SIGKILL. Each test gets its own directory and server.
 
+mod browser;
 mod capture;
 mod chromium;
 mod dashboard;
