@@ -5,20 +5,15 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use ferry_store::Store;
 
 use super::html::{self, esc};
-use super::{api_error, gate, signed_page};
+use super::{SignedIn, api_error, signed_page};
 use crate::AppState;
 
 /// `GET /admin/files`: live; the figures move with every upload.
-pub async fn panel<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+pub async fn panel<S: Store>(State(state): State<Arc<AppState<S>>>, signed: SignedIn) -> Response {
     let s = match state.files.status(&state.store).await {
         Ok(s) => s,
         Err(e) => return api_error(e),

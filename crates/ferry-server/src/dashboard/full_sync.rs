@@ -6,26 +6,20 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::Form;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use ferry_protocol::{FullSyncOptions, FullSyncRequest, FullSyncRun};
 use ferry_store::Store;
 
 use super::html::{self, esc};
-use super::{api_error, gate, gate_form, signed_page, store_error};
+use super::{Posted, SignedIn, api_error, signed_page, store_error};
 use crate::AppState;
 
 /// How many runs the panel lists.
 const RECENT: usize = 20;
 
 /// `GET /admin/full-sync`: the form that starts a run, the run in progress, the recent runs.
-pub async fn panel<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+pub async fn panel<S: Store>(State(state): State<Arc<AppState<S>>>, signed: SignedIn) -> Response {
     let runs = match state.store.full_syncs(RECENT).await {
         Ok(r) => r,
         Err(e) => return store_error(e),
@@ -115,15 +109,7 @@ pub(super) fn tables(form: &HashMap<String, String>) -> Option<Vec<String>> {
 }
 
 /// `POST /admin/full-sync`: starts a run as `POST /v1/admin/full-sync` does, then shows it.
-pub async fn start<S: Store>(
-    State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let signed = match gate_form(&state, &headers, &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+pub async fn start<S: Store>(State(state): State<Arc<AppState<S>>>, Posted { signed, form }: Posted) -> Response {
     let req = FullSyncRequest {
         direction: form.get("direction").cloned().unwrap_or_default(),
         peer: form.get("peer").cloned().unwrap_or_default(),
@@ -147,13 +133,9 @@ pub async fn start<S: Store>(
 /// speed and time left.
 pub async fn run<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
+    signed: SignedIn,
     Path(id): Path<String>,
 ) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
     let r = match crate::full_sync::found(&state, &id).await {
         Ok(r) => r,
         Err(e) => return api_error(e),
@@ -261,13 +243,9 @@ fn summary(r: &FullSyncRun) -> String {
 /// `GET /admin/full-sync/{id}/cancel`: asks before cancelling (works without JavaScript).
 pub async fn confirm_cancel<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
+    signed: SignedIn,
     Path(id): Path<String>,
 ) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
     let r = match crate::full_sync::found(&state, &id).await {
         Ok(r) => r,
         Err(e) => return api_error(e),
@@ -294,14 +272,9 @@ pub async fn confirm_cancel<S: Store>(
 /// `POST /admin/full-sync/{id}/cancel`: as `POST /v1/admin/full-sync/{id}/cancel`.
 pub async fn cancel<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Posted { signed, .. }: Posted,
 ) -> Response {
-    let signed = match gate_form(&state, &headers, &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
     match crate::full_sync::stop(&state, &id).await {
         Ok(run) => {
             tracing::info!(run = %run.id, by = %signed.by, "full sync cancelled from the dashboard");

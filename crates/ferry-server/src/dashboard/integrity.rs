@@ -2,30 +2,23 @@
 //! docs/integrity.md), per table the rows and digests on each side, the differing rows in red,
 //! and a repair of what differs.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::Form;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use ferry_protocol::{IntegrityReport, IntegrityRequest};
 use ferry_store::Store;
 
 use super::html::{self, esc};
-use super::{api_error, gate, gate_form, signed_page};
+use super::{Posted, SignedIn, api_error, signed_page};
 use crate::AppState;
 
 /// Differing rows listed per table (the API's report has them all).
 const ROWS_SHOWN: usize = 50;
 
 /// `GET /admin/integrity`: the form that runs a check.
-pub async fn panel<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+pub async fn panel<S: Store>(State(state): State<Arc<AppState<S>>>, signed: SignedIn) -> Response {
     let mut body = String::new();
     if state.links.is_empty() {
         body.push_str("<p>No peers to compare with (<code>[peers.NAME]</code> in ferry.toml).</p>");
@@ -59,15 +52,7 @@ fn check_form<S: Store>(body: &mut String, state: &AppState<S>, csrf: &str) {
 
 /// `POST /admin/integrity`: runs the check (and the repair) as the API does and shows its
 /// report, with a button to repair what differs.
-pub async fn check<S: Store>(
-    State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let signed = match gate_form(&state, &headers, &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+pub async fn check<S: Store>(State(state): State<Arc<AppState<S>>>, Posted { signed, form }: Posted) -> Response {
     let req = IntegrityRequest {
         peer: form.get("peer").cloned().unwrap_or_default(),
         tables: super::full_sync::tables(&form),

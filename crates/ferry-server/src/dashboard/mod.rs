@@ -54,29 +54,48 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 /// The signed-in operator, or the answer to give instead: to the sign-in page, or the store's
-/// error as a page.
-async fn gate<S: Store>(state: &AppState<S>, headers: &HeaderMap) -> Result<SignedIn, Response> {
-    match session::signed_in(state, headers).await {
-        Ok(s) => Ok(s),
-        Err(NotSignedIn::Out) => Err(Redirect::to("/admin/login").into_response()),
-        Err(NotSignedIn::Store(e)) => Err(api_error(e)),
+/// error as a page. As an extractor, a page handler's first check.
+impl<S: Store> axum::extract::FromRequestParts<Arc<AppState<S>>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState<S>>,
+    ) -> Result<SignedIn, Response> {
+        match session::signed_in(state, &parts.headers).await {
+            Ok(s) => Ok(s),
+            Err(NotSignedIn::Out) => Err(Redirect::to("/admin/login").into_response()),
+            Err(NotSignedIn::Store(e)) => Err(api_error(e)),
+        }
     }
 }
 
-/// As [`gate`], for a form: its CSRF token must be the session's (else 403, nothing done).
-async fn gate_form<S: Store>(
-    state: &AppState<S>,
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-) -> Result<SignedIn, Response> {
-    let signed = gate(state, headers).await?;
-    if !session::csrf_ok(&signed, form.get("csrf").map(String::as_str)) {
-        return Err(error_page(
-            StatusCode::FORBIDDEN,
-            "this form is out of date or did not come from this dashboard (its CSRF token is not this session's); reload the page and try again",
-        ));
+/// A form posted by the signed-in operator, its CSRF token the session's (else 403, nothing
+/// done): the extractor of every handler that changes something.
+pub(crate) struct Posted {
+    pub signed: SignedIn,
+    pub form: HashMap<String, String>,
+}
+
+impl<S: Store> axum::extract::FromRequest<Arc<AppState<S>>> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &Arc<AppState<S>>) -> Result<Posted, Response> {
+        use axum::extract::FromRequestParts as _;
+        let (mut parts, body) = req.into_parts();
+        let signed = SignedIn::from_request_parts(&mut parts, state).await?;
+        let req = axum::extract::Request::from_parts(parts, body);
+        let Form(form) = Form::<HashMap<String, String>>::from_request(req, state)
+            .await
+            .map_err(|e| error_page(StatusCode::BAD_REQUEST, &format!("unreadable form: {e}")))?;
+        if !session::csrf_ok(&signed, form.get("csrf").map(String::as_str)) {
+            return Err(error_page(
+                StatusCode::FORBIDDEN,
+                "this form is out of date or did not come from this dashboard (its CSRF token is not this session's); reload the page and try again",
+            ));
+        }
+        Ok(Posted { signed, form })
     }
-    Ok(signed)
 }
 
 /// A store's refusal or failure as a page, with the status the API would answer.
@@ -222,14 +241,7 @@ async fn login<S: Store>(State(state): State<Arc<AppState<S>>>, Form(form): Form
 }
 
 /// `POST /admin/logout`: the session ends here and in the browser.
-async fn logout<S: Store>(
-    State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if let Err(answer) = gate_form(&state, &headers, &form).await {
-        return answer;
-    }
+async fn logout<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap, _: Posted) -> Response {
     if let Some(id) = session::cookie(&headers) {
         state.dashboard.close(&id);
     }
@@ -242,11 +254,7 @@ async fn logout<S: Store>(
 
 /// `GET /admin`: active alerts first, each link's state, lag and files, the last 20 sync-log
 /// entries.
-async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, signed: SignedIn) -> Response {
     let now = crate::peer::now_ms();
     let (links, log) = match (state.store.links().await, state.store.sync_log(None, 20).await) {
         (Ok(l), Ok(g)) => (l.into_iter().map(|p| crate::peer::seen_at(p, now)).collect::<Vec<_>>(), g),
@@ -322,13 +330,9 @@ async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, headers: Head
 /// `GET /admin/conflicts?state=open|resolved`: the conflict log, newest first.
 async fn conflicts<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
+    signed: SignedIn,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
     let resolved = q.get("state").is_some_and(|s| s == "resolved");
     let filter = if resolved { ConflictFilter::Resolved } else { ConflictFilter::Open };
     let list = match state.store.conflicts(filter).await {
@@ -375,13 +379,9 @@ fn strategy(c: &ConflictRecord) -> String {
 /// (while open) a button for each.
 async fn conflict<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
+    signed: SignedIn,
     Path(id): Path<String>,
 ) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
     let n = match crate::admin::conflict_id(&id) {
         Ok(n) => n,
         Err(e) => return api_error(e),
@@ -457,14 +457,9 @@ async fn conflict<S: Store>(
 /// `POST /admin/conflicts/{id}/resolve` (`use=stored|incoming`): as `ferry conflicts resolve`.
 async fn resolve<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Posted { signed, form }: Posted,
 ) -> Response {
-    let signed = match gate_form(&state, &headers, &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
     let n = match crate::admin::conflict_id(&id) {
         Ok(n) => n,
         Err(e) => return api_error(e),
@@ -487,11 +482,7 @@ async fn resolve<S: Store>(
 }
 
 /// `GET /admin/devices`: every device, its user, when it was last seen, and a revoke button.
-async fn devices<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
-    let signed = match gate(&state, &headers).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+async fn devices<S: Store>(State(state): State<Arc<AppState<S>>>, signed: SignedIn) -> Response {
     let list = match state.store.devices(None).await {
         Ok(l) => l,
         Err(e) => return store_error(e),
@@ -533,14 +524,9 @@ async fn devices<S: Store>(State(state): State<Arc<AppState<S>>>, headers: Heade
 /// `POST /admin/devices/{id}/revoke`: as `POST /v1/admin/devices/{id}/revoke`.
 async fn revoke<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Posted { signed, .. }: Posted,
 ) -> Response {
-    let signed = match gate_form(&state, &headers, &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
     match crate::admin::revoke(&state, &id).await {
         Ok(_) => {
             tracing::info!(device = %id, by = %signed.by, "device revoked from the dashboard");
@@ -552,10 +538,7 @@ async fn revoke<S: Store>(
 
 /// `GET /admin/events`: server-sent events for live pages: `change` when the store announces
 /// written rows, and every 5 s a `tick` (links' lag and state move on their own).
-async fn events<S: Store>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Response {
-    if let Err(answer) = gate(&state, &headers).await {
-        return answer;
-    }
+async fn events<S: Store>(State(state): State<Arc<AppState<S>>>, _: SignedIn) -> Response {
     let notices = state.store.notices();
     let stream = futures_util::stream::unfold(
         (notices, tokio::time::interval(Duration::from_secs(5))),
