@@ -194,12 +194,21 @@ fn signed_in_as(state: &AppState<impl Store>, by: Credential) -> Response {
 /// else is refused by name.
 async fn login<S: Store>(State(state): State<Arc<AppState<S>>>, Form(form): Form<HashMap<String, String>>) -> Response {
     if let Some(password) = form.get("password") {
+        if let Err(wait) = state.dashboard.password_allowed() {
+            let problem = format!(
+                "{} wrong passwords within a minute; signing in by password pauses for {} s (an admin token still works)",
+                session::WRONG_PASSWORDS,
+                wait.as_secs() + 1
+            );
+            return sign_in_page(&state, StatusCode::TOO_MANY_REQUESTS, Some(&problem)).await;
+        }
         return match state.store.admin_password().await {
-            Ok(Some(hash)) if session::password_matches(password, &hash) => {
+            Ok(Some(hash)) if session::password_matches_async(password.clone(), hash.clone()).await => {
                 tracing::info!("signed in to the dashboard with the admin password");
                 signed_in_as(&state, Credential::Password(hash))
             }
             Ok(Some(_)) => {
+                state.dashboard.password_was_wrong();
                 tracing::warn!("a dashboard sign-in with a wrong admin password");
                 sign_in_page(&state, StatusCode::UNAUTHORIZED, Some("that is not the admin password")).await
             }

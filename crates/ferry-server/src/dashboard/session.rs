@@ -7,7 +7,7 @@
 //! removed, signs its sessions out at once. Behind a load balancer, a session belongs to the
 //! process that opened it (sticky sessions, or sign in again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,17 @@ pub const COOKIE: &str = "ferry_admin";
 /// How long a session lasts without being used.
 pub const IDLE: Duration = Duration::from_secs(12 * 3600);
 
-/// The dashboard's sessions in this process.
+/// The dashboard's sessions in this process, and the recent wrong passwords.
 #[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, Session>>);
+pub struct Sessions {
+    open: Mutex<HashMap<String, Session>>,
+    wrong_passwords: Mutex<VecDeque<Instant>>,
+}
+
+/// Wrong passwords allowed within [`WRONG_WINDOW`] before sign-in by password pauses (each
+/// costs a guesser, and this server, an Argon2 hash).
+pub const WRONG_PASSWORDS: usize = 10;
+pub const WRONG_WINDOW: Duration = Duration::from_secs(60);
 
 /// The shortest admin password `ferry admin passwd` accepts.
 pub const MIN_PASSWORD: usize = 12;
@@ -67,18 +75,35 @@ impl Sessions {
     pub fn open(&self, by: Credential) -> String {
         let id = random_hex();
         let session = Session { by, csrf: random_hex(), used: Instant::now() };
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.open.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|_, s| s.used.elapsed() < IDLE);
         all.insert(id.clone(), session);
         id
     }
 
     pub fn close(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// `Err(wait)` while [`WRONG_PASSWORDS`] wrong passwords lie within the last
+    /// [`WRONG_WINDOW`]: how long until the oldest leaves it.
+    pub fn password_allowed(&self) -> Result<(), Duration> {
+        let mut wrong = self.wrong_passwords.lock().unwrap_or_else(|p| p.into_inner());
+        while wrong.front().is_some_and(|at| at.elapsed() >= WRONG_WINDOW) {
+            wrong.pop_front();
+        }
+        match wrong.front() {
+            Some(oldest) if wrong.len() >= WRONG_PASSWORDS => Err(WRONG_WINDOW.saturating_sub(oldest.elapsed())),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn password_was_wrong(&self) {
+        self.wrong_passwords.lock().unwrap_or_else(|p| p.into_inner()).push_back(Instant::now());
     }
 
     fn touch(&self, id: &str) -> Option<Session> {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let s = all.get_mut(id)?;
         if s.used.elapsed() >= IDLE {
             all.remove(id);
@@ -137,6 +162,11 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 /// Whether `password` matches `hash` (as [`hash_password`] made it).
 pub fn password_matches(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// [`password_matches`] off the async workers (an Argon2 hash takes tens of milliseconds).
+pub async fn password_matches_async(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || password_matches(&password, &hash)).await.unwrap_or(false)
 }
 
 /// The session id the request's cookie names.

@@ -246,6 +246,15 @@ fn the_admin_password_signs_in_and_a_new_one_signs_its_sessions_out() {
     browser.cookie = Some(set.split(';').next().unwrap().to_owned());
     assert!(browser.page("/admin").contains("<h1>Overview</h1>"));
 
+    // Guessing pauses after ten wrong passwords within a minute, the right one included.
+    for _ in 0..9 {
+        let guess = browser.post("/admin/login", &[("password", "a wrong guess here")]);
+        assert_eq!(guess.status(), StatusCode::UNAUTHORIZED);
+    }
+    let paused = browser.post("/admin/login", &[("password", "correct horse battery staple")]);
+    assert_eq!(paused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(paused.text().unwrap().contains("10 wrong passwords within a minute"));
+
     // A new password signs out what the old one opened.
     assert!(passwd(&p.env, "a different long password").status.success());
     assert_eq!(redirected_to(&browser.get("/admin")), "/admin/login");
