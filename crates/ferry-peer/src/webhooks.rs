@@ -12,9 +12,14 @@ use ferry_store::Store;
 /// The kinds of event a hook can take (`events = [...]`).
 pub const EVENTS: &[&str] = &["alert", "full_sync"];
 
-/// The waits between the attempts of one delivery: five attempts over about 80 s.
+/// The waits between the attempts of one delivery, unless a hook sets its own (`retry`):
+/// five attempts over about 80 s.
 pub const BACKOFF: [Duration; 4] =
     [Duration::from_secs(1), Duration::from_secs(4), Duration::from_secs(15), Duration::from_secs(60)];
+
+/// The most waits a hook's `retry` may list, and the longest wait.
+pub const MAX_RETRIES: usize = 10;
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
 
 /// One `[[alerts.webhook]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +29,8 @@ pub struct Webhook {
     pub secret: String,
     /// Of [`EVENTS`]: what this hook takes.
     pub events: Vec<String>,
+    /// The waits between attempts ([`BACKOFF`] by default): one attempt more than waits.
+    pub retry: Vec<Duration>,
 }
 
 /// The configured hooks, cheap to clone; none by default.
@@ -47,8 +54,8 @@ impl Hooks {
         self.0.is_empty()
     }
 
-    /// Delivers `event` to every hook that takes its kind, at once, each retried after
-    /// [`BACKOFF`] while it fails (no answer, or not 2xx); returns when every delivery has
+    /// Delivers `event` to every hook that takes its kind, at once, each retried after its
+    /// `retry` waits while it fails (no answer, or not 2xx); returns when every delivery has
     /// succeeded or used its attempts. Each delivery's outcome goes to `store`'s sync log
     /// (kind `webhook`, kept `keep_ms`).
     pub async fn deliver<S: Store>(&self, store: &S, event: Event, keep_ms: u64) {
@@ -93,9 +100,9 @@ impl Hooks {
 /// what to say of it.
 async fn attempts(hook: &Webhook, event: &str, delivery: &str, body: Vec<u8>) -> (&'static str, String) {
     let mut last = String::new();
-    for n in 0..=BACKOFF.len() {
+    for n in 0..=hook.retry.len() {
         if n > 0 {
-            tokio::time::sleep(BACKOFF[n - 1]).await;
+            tokio::time::sleep(hook.retry[n - 1]).await;
         }
         match ferry_client::remote::post_signed_webhook(&hook.url, &hook.secret, event, delivery, body.clone()).await {
             Ok(status) if (200..300).contains(&status) => {
@@ -110,7 +117,10 @@ async fn attempts(hook: &Webhook, event: &str, delivery: &str, body: Vec<u8>) ->
         let attempt = n + 1;
         tracing::warn!(url = %hook.url, event, delivery, attempt, "webhook delivery failed: {last}");
     }
-    ("FAILED", format!("{event} {delivery} to {}: {} attempts failed, the last: {last}", hook.url, BACKOFF.len() + 1))
+    (
+        "FAILED",
+        format!("{event} {delivery} to {}: {} attempts failed, the last: {last}", hook.url, hook.retry.len() + 1),
+    )
 }
 
 fn rand_u64() -> u64 {

@@ -61,6 +61,8 @@ struct WebhookSection {
     url: String,
     secret: String,
     events: Option<Vec<String>>,
+    /// The waits between attempts, like `1s,4s,15s,60s` (the default).
+    retry: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,9 +164,10 @@ pub struct Config {
     pub full_sync_exclude: BTreeMap<String, String>,
 }
 
-/// The `[[alerts.webhook]]` sections, checked: an http(s) URL, a secret, known events.
+/// The `[[alerts.webhook]]` sections, checked: an http(s) URL, a secret, known events, a
+/// retry schedule within bounds.
 fn webhooks(sections: Vec<WebhookSection>) -> Result<ferry_peer::webhooks::Hooks, String> {
-    use ferry_peer::webhooks::{EVENTS, Webhook};
+    use ferry_peer::webhooks::{BACKOFF, EVENTS, MAX_RETRIES, MAX_RETRY_WAIT, Webhook};
     let mut hooks = Vec::new();
     for (n, w) in sections.into_iter().enumerate() {
         let here = format!("[[alerts.webhook]] number {}", n + 1);
@@ -180,7 +183,18 @@ fn webhooks(sections: Vec<WebhookSection>) -> Result<ferry_peer::webhooks::Hooks
         if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
             return Err(format!("{here}: unknown event '{}'; use {}", ferry_core::shown(bad), EVENTS.join(" or ")));
         }
-        hooks.push(Webhook { url: w.url, secret: w.secret, events });
+        let retry = match w.retry {
+            None => BACKOFF.to_vec(),
+            Some(r) => ferry_core::duration::parse_schedule(&r).map_err(|e| format!("{here}: retry: {e}"))?,
+        };
+        if retry.len() > MAX_RETRIES || retry.iter().any(|d| *d > MAX_RETRY_WAIT) {
+            return Err(format!(
+                "{here}: retry lists {} waits, the longest {:?}; at most {MAX_RETRIES} waits of at most 1h each (like \"1s,4s,15s,60s\")",
+                retry.len(),
+                retry.iter().max().copied().unwrap_or_default()
+            ));
+        }
+        hooks.push(Webhook { url: w.url, secret: w.secret, events, retry });
     }
     Ok(ferry_peer::webhooks::Hooks::new(hooks))
 }
@@ -599,5 +613,10 @@ mod tests {
         assert!(err.contains("secret must be at least 16 characters"), "{err}");
         let err = load(&format!("{hook}events = [\"alerts\"]\n")).unwrap_err();
         assert!(err.contains("unknown event 'alerts'; use alert or full_sync"), "{err}");
+        let err = load(&format!("{hook}retry = \"1s,2h\"\n")).unwrap_err();
+        assert!(err.contains("retry lists 2 waits, the longest 7200s; at most 10 waits of at most 1h"), "{err}");
+        let err = load(&format!("{hook}retry = \"soon\"\n")).unwrap_err();
+        assert!(err.contains("[[alerts.webhook]] number 1: retry: "), "{err}");
+        assert!(load(&format!("{hook}retry = \"200ms, 1s\"\n")).is_ok());
     }
 }
