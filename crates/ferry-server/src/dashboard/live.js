@@ -23,10 +23,28 @@ for (const sel of ["#main", "header nav"]) served[sel] = document.querySelector(
 cards();
 (() => {
   if (!document.body.hasAttribute("data-live")) return;
-  let busy = false;
+  let busy = false, pressed = false;
+  // A click under way (pressed, not yet released) must land on the element it started on.
+  addEventListener("pointerdown", () => { pressed = true; }, true);
+  for (const end of ["pointerup", "pointercancel"]) addEventListener(end, () => { pressed = false; }, true);
+  // A form being filled in keeps what was typed: nothing is replaced while a field has the
+  // focus or differs from what the server sent.
+  const editing = () => {
+    if (document.activeElement?.matches("#main input, #main select, #main textarea")) return true;
+    return [...document.querySelectorAll("#main input, #main select, #main textarea")].some((f) =>
+      f.type === "checkbox" || f.type === "radio" ? f.checked !== f.defaultChecked
+        // A select without a `selected` option starts on its first.
+        : f.tagName === "SELECT" ? f.selectedIndex !== Math.max(0, [...f.options].findIndex((o) => o.defaultSelected))
+        : f.value !== f.defaultValue);
+  };
   const refresh = async () => {
-    // An operator reading an expanded error keeps it.
-    if (busy || document.querySelector("details[open]")) return;
+    // An operator reading an expanded error keeps it; so does one clicking or typing. What
+    // holds the page back is shown on <body data-held> (for people debugging, and tests).
+    const held = busy ? null : pressed ? "pressed" : editing() ? "editing"
+      : document.querySelector("details[open]") ? "reading" : "";
+    if (held === null) return;
+    document.body.dataset.held = held;
+    if (held) return;
     busy = true;
     try {
       const answer = await fetch(location.href, { headers: { accept: "text/html" } });

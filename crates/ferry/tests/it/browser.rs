@@ -168,6 +168,13 @@ fn a_full_sync_is_watched_and_cancelled_and_an_integrity_check_repairs() {
     b.click("nav a[href='/admin/full-sync']");
     heading(&mut b, "Full sync");
     b.check_accessible("the full sync panel");
+    // The panel is live, but what is being typed into its form stays while it is typed.
+    b.type_into("#tables", "groups");
+    b.wait_for("a refresh held back", "document.body.dataset.held === 'editing'");
+    let kept = b.eval("[document.querySelector('#tables').value, document.activeElement.id]");
+    assert_eq!(kept, serde_json::json!(["groups", "tables"]), "the field kept its text and focus");
+    b.eval("document.querySelector('#tables').value = ''; document.activeElement.blur()");
+    b.wait_for("refreshes again", "document.body.dataset.held === ''");
     proxy.set(Fault::Delay(Duration::from_millis(200)));
     b.click_text("button", "Start full sync");
     b.wait_for("the run's page", "document.querySelector('h1')?.textContent.startsWith('Full sync ')");
