@@ -241,16 +241,34 @@ impl Chromium {
     /// A real mouse click in the middle of the element `selector`, scrolled into view. Panics
     /// when there is no such element, it has no size, or something else covers its middle.
     pub(crate) fn click(&mut self, selector: &str) {
+        self.click_found(&format!("document.querySelector({})", json!(selector)), selector);
+    }
+
+    /// Clicks the first `tag_selector` whose trimmed text is `text`, as [`Chromium::click`].
+    pub(crate) fn click_text(&mut self, tag_selector: &str, text: &str) {
+        let find = format!(
+            "[...document.querySelectorAll({})].find((e) => e.innerText.trim() === {})",
+            json!(tag_selector),
+            json!(text)
+        );
+        self.click_found(&find, &format!("the {tag_selector} reading {text:?}"));
+    }
+
+    /// Clicks the element the expression `find` gives (`what`, for a panic): found and
+    /// measured in one evaluation, so a live page that replaces its content in between cannot
+    /// take it away.
+    fn click_found(&mut self, find: &str, what: &str) {
         let js = format!(
-            "(() => {{ const el = document.querySelector({0}); if (!el) return 'no such element';
+            "(() => {{ const el = {find}; if (!el) return 'no such element';
                 el.scrollIntoView({{block: 'center'}}); const r = el.getBoundingClientRect();
                 if (!r.width || !r.height) return 'a zero-sized element';
                 const x = r.x + r.width / 2, y = r.y + r.height / 2, top = document.elementFromPoint(x, y);
-                return el.contains(top) ? [x, y] : 'covered by ' + (top ? top.outerHTML.slice(0, 80) : 'nothing'); }})()",
-            json!(selector)
+                return el.contains(top) ? [x, y] : 'covered by ' + (top ? top.outerHTML.slice(0, 80) : 'nothing'); }})()"
         );
         let at = self.eval(&js);
-        let (Some(x), Some(y)) = (at[0].as_f64(), at[1].as_f64()) else { panic!("cannot click {selector}: {at}") };
+        let (Some(x), Some(y)) = (at[0].as_f64(), at[1].as_f64()) else {
+            panic!("cannot click {what}: {at}\nthe page reads:\n{}", self.text())
+        };
         for (kind, button, buttons, clicks) in
             [("mouseMoved", "none", 0, 0), ("mousePressed", "left", 1, 1), ("mouseReleased", "left", 0, 1)]
         {
@@ -258,19 +276,6 @@ impl Chromium {
                 json!({"type": kind, "x": x, "y": y, "button": button, "buttons": buttons, "clickCount": clicks});
             self.call("Input.dispatchMouseEvent", event);
         }
-    }
-
-    /// Clicks the first `tag_selector` whose trimmed text is `text`, as [`Chromium::click`].
-    pub(crate) fn click_text(&mut self, tag_selector: &str, text: &str) {
-        let js = format!(
-            "(() => {{ document.querySelectorAll('[data-ferry-click]').forEach((e) => e.removeAttribute('data-ferry-click'));
-                const el = [...document.querySelectorAll({0})].find((e) => e.innerText.trim() === {1});
-                if (el) el.setAttribute('data-ferry-click', ''); return !!el; }})()",
-            json!(tag_selector),
-            json!(text)
-        );
-        assert!(self.eval(&js) == true, "no {tag_selector} reads {text:?} in:\n{}", self.text());
-        self.click("[data-ferry-click]");
     }
 
     /// Clicks into the field `selector` and types `text` there.
