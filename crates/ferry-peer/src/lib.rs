@@ -164,7 +164,15 @@ pub async fn run<S: Store + Clone>(store: S, link: Link, mut stop: tokio::sync::
     if !link.enabled {
         status.state = ConnState::Disconnected.name().into();
         status.last_error = Some("disabled in ferry.toml (enabled = false)".into());
-        save(&store, &status).await;
+        // Written once, so written surely: a store busy at start-up must not leave the link
+        // shown as it was before it was disabled.
+        while let Err(e) = store.save_link(status.clone()).await {
+            tracing::warn!(peer = %status.name, "cannot record the disabled link's state yet: {e}");
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+        }
         return;
     }
     let mut news = store.notices();
