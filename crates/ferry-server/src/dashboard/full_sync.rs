@@ -2,7 +2,6 @@
 //! cancel it after a confirmation, and the recent runs. Runs are the API's
 //! (`/v1/admin/full-sync`, docs/full-sync.md), started and cancelled the same way.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use ferry_protocol::{FullSyncOptions, FullSyncRequest, FullSyncRun};
 use ferry_store::Store;
 
 use super::html::{self, esc};
-use super::{Posted, SignedIn, api_error, signed_page, store_error};
+use super::{Posted, SignedIn, TABLES_FIELD, api_error, peer_field, signed_page, store_error, tables};
 use crate::AppState;
 
 /// How many runs the panel lists.
@@ -79,33 +78,18 @@ fn start_form<S: Store>(body: &mut String, state: &AppState<S>, csrf: &str) {
     let _ = write!(
         body,
         "<form method=\"post\" action=\"/admin/full-sync\" class=\"stack\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-         <label for=\"peer\">Peer</label><select id=\"peer\" name=\"peer\" required>",
-        esc(csrf)
-    );
-    for p in &state.links {
-        let off = if p.enabled { "" } else { " (link disabled)" };
-        let _ = write!(body, "<option value=\"{n}\">{n}{off}</option>", n = esc(&p.name));
-    }
-    body.push_str(
-        "</select><fieldset><legend>Direction</legend>\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}\
+         <fieldset><legend>Direction</legend>\
          <label><input type=\"radio\" name=\"direction\" value=\"push\" checked> Push: this server's data set to the peer</label>\
          <label><input type=\"radio\" name=\"direction\" value=\"pull\"> Pull: the peer's data set to this server</label>\
-         </fieldset>\
-         <label for=\"tables\">Tables (optional)</label>\
-         <input id=\"tables\" name=\"tables\" type=\"text\" placeholder=\"every table that crosses the link\" aria-describedby=\"tables-hint\">\
-         <p class=\"hint\" id=\"tables-hint\">Separated by commas; empty for every table that crosses the link.</p>\
+         </fieldset>{}\
          <label><input type=\"checkbox\" name=\"compress\" value=\"1\"> Compress the chunks (zstd)</label>\
          <label><input type=\"checkbox\" name=\"verify\" value=\"1\" checked> Compare both sides afterwards</label>\
          <button type=\"submit\">Start full sync</button></form>",
+        esc(csrf),
+        peer_field(&state.links),
+        TABLES_FIELD
     );
-}
-
-/// A form's `tables` field: names separated by commas, `None` when empty.
-pub(super) fn tables(form: &HashMap<String, String>) -> Option<Vec<String>> {
-    let names: Vec<String> =
-        form.get("tables")?.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
-    (!names.is_empty()).then_some(names)
 }
 
 /// `POST /admin/full-sync`: starts a run as `POST /v1/admin/full-sync` does, then shows it.

@@ -89,7 +89,7 @@ pub fn ago(ms: u64) -> String {
         7200..172_800 => (s / 3600, "hour"),
         _ => (s / 86_400, "day"),
     };
-    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+    format!("{} ago", plural(n, unit))
 }
 
 /// A lag or a time left as people read it: "0 ms", "850 ms", "12 seconds", "4 minutes",

@@ -11,7 +11,7 @@ use ferry_protocol::{IntegrityReport, IntegrityRequest};
 use ferry_store::Store;
 
 use super::html::{self, esc};
-use super::{Posted, SignedIn, api_error, signed_page};
+use super::{Posted, SignedIn, TABLES_FIELD, api_error, peer_field, signed_page, tables};
 use crate::AppState;
 
 /// Differing rows listed per table (the API's report has them all).
@@ -34,19 +34,12 @@ fn check_form<S: Store>(body: &mut String, state: &AppState<S>, csrf: &str) {
         "<p>Compares every row's version here and on the peer by digest trees; only what differs is \
          listed. A repair sends the newer version of each differing row both ways, through the merge rules.</p>\
          <form method=\"post\" action=\"/admin/integrity\" class=\"stack\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-         <label for=\"peer\">Peer</label><select id=\"peer\" name=\"peer\" required>",
-        esc(csrf)
-    );
-    for p in &state.links {
-        let _ = write!(body, "<option value=\"{n}\">{n}</option>", n = esc(&p.name));
-    }
-    body.push_str(
-        "</select><label for=\"tables\">Tables (optional)</label>\
-         <input id=\"tables\" name=\"tables\" type=\"text\" placeholder=\"every table that crosses the link\" aria-describedby=\"tables-hint\">\
-         <p class=\"hint\" id=\"tables-hint\">Separated by commas; empty for every table that crosses the link.</p>\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}{}\
          <label><input type=\"checkbox\" name=\"repair\" value=\"1\"> Repair what differs</label>\
          <button type=\"submit\">Run the check</button></form>",
+        esc(csrf),
+        peer_field(&state.links),
+        TABLES_FIELD
     );
 }
 
@@ -55,7 +48,7 @@ fn check_form<S: Store>(body: &mut String, state: &AppState<S>, csrf: &str) {
 pub async fn check<S: Store>(State(state): State<Arc<AppState<S>>>, Posted { signed, form }: Posted) -> Response {
     let req = IntegrityRequest {
         peer: form.get("peer").cloned().unwrap_or_default(),
-        tables: super::full_sync::tables(&form),
+        tables: tables(&form),
         repair: form.contains_key("repair"),
     };
     let report = match crate::integrity::check(&state, &req).await {

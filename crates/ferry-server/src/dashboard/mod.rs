@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use ferry_protocol::{ConflictRecord, ConflictSide};
+use ferry_protocol::ConflictSide;
 use ferry_store::{ConflictFilter, Store};
 
 use crate::AppState;
@@ -96,6 +96,29 @@ impl<S: Store> axum::extract::FromRequest<Arc<AppState<S>>> for Posted {
         }
         Ok(Posted { signed, form })
     }
+}
+
+/// A form's choice of peer (`[peers.NAME]`): the full sync's and the integrity check's.
+fn peer_field(links: &[crate::config::PeerConfig]) -> String {
+    let mut out = String::from("<label for=\"peer\">Peer</label><select id=\"peer\" name=\"peer\" required>");
+    for p in links {
+        let off = if p.enabled { "" } else { " (link disabled)" };
+        let _ = write!(out, "<option value=\"{n}\">{n}{off}</option>", n = esc(&p.name));
+    }
+    out.push_str("</select>");
+    out
+}
+
+/// A form's choice of tables, read by [`tables`]: the full sync's and the integrity check's.
+const TABLES_FIELD: &str = "<label for=\"tables\">Tables (optional)</label>\
+    <input id=\"tables\" name=\"tables\" type=\"text\" placeholder=\"every table that crosses the link\" aria-describedby=\"tables-hint\">\
+    <p class=\"hint\" id=\"tables-hint\">Separated by commas; empty for every table that crosses the link.</p>";
+
+/// A form's `tables` field ([`TABLES_FIELD`]): names separated by commas, `None` when empty.
+fn tables(form: &HashMap<String, String>) -> Option<Vec<String>> {
+    let names: Vec<String> =
+        form.get("tables")?.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+    (!names.is_empty()).then_some(names)
 }
 
 /// A store's refusal or failure as a page, with the status the API would answer.
@@ -274,10 +297,10 @@ async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, signed: Signe
     if !alerts.is_empty() {
         body.push_str("<section aria-labelledby=\"alerts\"><h2 id=\"alerts\">Alerts</h2><ul class=\"alerts\">");
         for a in &alerts {
-            let class = if a.severity == "CRITICAL" { "critical" } else { "warning" };
             let _ = write!(
                 body,
-                "<li class=\"{class}\" role=\"alert\"><strong>{}</strong> {}</li>",
+                "<li class=\"{}\" role=\"alert\"><strong>{}</strong> {}</li>",
+                a.severity.to_ascii_lowercase(),
                 esc(&a.severity),
                 esc(&a.message)
             );
@@ -372,16 +395,12 @@ async fn conflicts<S: Store>(
                 esc(&c.key),
                 c.kind.name(),
                 esc(&c.detected_at),
-                strategy(c)
+                c.strategy.name()
             );
         }
         body.push_str("</tbody></table>");
     }
     signed_page(&state, &signed, "Conflicts", "Conflicts", true, &body).await
-}
-
-fn strategy(c: &ConflictRecord) -> String {
-    serde_json::to_value(c.strategy).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// `GET /admin/conflicts/{id}`: both versions side by side, the differing fields marked, and
@@ -406,7 +425,7 @@ async fn conflict<S: Store>(
         esc(&c.key),
         c.kind.name(),
         esc(&c.detected_at),
-        strategy(&c)
+        c.strategy.name()
     );
     let mut columns: Vec<&String> = c.stored.values.keys().chain(c.incoming.values.keys()).collect();
     columns.sort();
@@ -442,9 +461,8 @@ async fn conflict<S: Store>(
     );
     match &c.resolved_at {
         Some(at) => {
-            let by =
-                c.resolved_by.and_then(|s| serde_json::to_value(s).ok()).and_then(|v| v.as_str().map(str::to_owned));
-            let _ = write!(body, "<p class=\"done\">Resolved {} by {}.</p>", esc(at), esc(&by.unwrap_or_default()));
+            let by = c.resolved_by.map_or("", ferry_protocol::Strategy::name);
+            let _ = write!(body, "<p class=\"done\">Resolved {} by {by}.</p>", esc(at));
         }
         None => {
             for (side, label) in [("stored", "Keep the stored version"), ("incoming", "Keep the incoming version")] {
@@ -473,13 +491,10 @@ async fn resolve<S: Store>(
         Ok(n) => n,
         Err(e) => return api_error(e),
     };
-    let keep = match form.get("use").map(String::as_str) {
-        Some("stored") => ConflictSide::Stored,
-        Some("incoming") => ConflictSide::Incoming,
-        other => {
-            let sent = ferry_core::shown(other.unwrap_or(""));
-            return error_page(StatusCode::BAD_REQUEST, &format!("use '{sent}' is neither stored nor incoming"));
-        }
+    let sent = form.get("use").map_or("", String::as_str);
+    let Some(keep) = ConflictSide::parse(sent) else {
+        let sent = ferry_core::shown(sent);
+        return error_page(StatusCode::BAD_REQUEST, &format!("use '{sent}' is neither stored nor incoming"));
     };
     match state.store.resolve_conflict(n, keep).await {
         Ok(_) => {
