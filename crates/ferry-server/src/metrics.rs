@@ -118,6 +118,7 @@ pub async fn metrics<S: Store>(State(state): State<Arc<AppState<S>>>) -> Result<
 async fn read_state<S: Store>(state: &AppState<S>) -> Result<(), ApiError> {
     let now = crate::peer::now_ms();
     let links: Vec<_> = state.store.links().await?.into_iter().map(|p| crate::peer::seen_at(p, now)).collect();
+    let active = crate::peer::alerts(&links, &state.alerts, now);
     for p in links.iter().filter(|p| p.enabled) {
         let peer = p.name.clone();
         let up = crate::peer::is_up(p);
@@ -126,11 +127,8 @@ async fn read_state<S: Store>(state: &AppState<S>) -> Result<(), ApiError> {
         let down = if up { 0 } else { p.down_since_ms.map_or(0, |at| now.saturating_sub(at)) };
         gauge!("ferry_peer_down_seconds", "peer" => peer.clone()).set(down as f64 / 1000.0);
         gauge!("ferry_peer_file_queue", "peer" => peer).set(p.file_queue as f64);
-    }
-    // Every alert kind of every link, 0 when it does not hold: an alert that clears is seen
-    // to clear, not left at its last value.
-    let active = crate::peer::alerts(&links, &state.alerts, now);
-    for p in links.iter().filter(|p| p.enabled) {
+        // Every alert kind, 0 when it does not hold: an alert that clears is seen to clear,
+        // not left at its last value.
         for (kind, severity) in crate::peer::ALERT_KINDS {
             let on = active.iter().any(|a| a.peer == p.name && a.kind == *kind);
             gauge!("ferry_alerts", "peer" => p.name.clone(), "kind" => *kind, "severity" => *severity).set(if on {

@@ -187,7 +187,7 @@ pub fn lag_at(p: &PeerStatus, now: u64) -> u64 {
     }
 }
 
-/// The kinds of alert [`alerts`] raises, with their severity.
+/// The kinds of alert [`alerts`] raises, with their severity (the one place it is set).
 pub const ALERT_KINDS: &[(&str, &str)] = &[("disconnected", "CRITICAL"), ("lag", "WARNING"), ("file_queue", "WARNING")];
 
 /// The alerts the links' state raises at `now` (`links` as [`seen_at`] shows them),
@@ -195,10 +195,10 @@ pub const ALERT_KINDS: &[(&str, &str)] = &[("disconnected", "CRITICAL"), ("lag",
 pub fn alerts(links: &[PeerStatus], t: &crate::config::AlertThresholds, now: u64) -> Vec<Alert> {
     let mut out = Vec::new();
     for p in links.iter().filter(|p| p.enabled) {
-        let alert = |kind: &str, severity: &str, message: String, since_ms: u64| Alert {
+        let alert = |kind: &str, message: String, since_ms: u64| Alert {
             peer: p.name.clone(),
             kind: kind.into(),
-            severity: severity.into(),
+            severity: ALERT_KINDS.iter().find(|k| k.0 == kind).expect("every kind is in ALERT_KINDS").1.into(),
             message,
             since_ms,
         };
@@ -214,7 +214,7 @@ pub fn alerts(links: &[PeerStatus], t: &crate::config::AlertThresholds, now: u64
                 shown_ms(t.disconnected_critical.as_millis() as u64),
                 p.last_error.as_deref().unwrap_or("none recorded")
             );
-            out.push(alert("disconnected", "CRITICAL", message, since));
+            out.push(alert("disconnected", message, since));
         }
         let lag = lag_at(p, now);
         if lag >= t.lag_warning.as_millis() as u64 {
@@ -224,12 +224,12 @@ pub fn alerts(links: &[PeerStatus], t: &crate::config::AlertThresholds, now: u64
                 p.name,
                 shown_ms(t.lag_warning.as_millis() as u64)
             );
-            out.push(alert("lag", "WARNING", message, now.saturating_sub(lag)));
+            out.push(alert("lag", message, now.saturating_sub(lag)));
         }
         if p.file_queue > t.file_queue_warning {
             let message =
                 format!("{} files wait to cross link '{}' (over {})", p.file_queue, p.name, t.file_queue_warning);
-            out.push(alert("file_queue", "WARNING", message, now));
+            out.push(alert("file_queue", message, now));
         }
     }
     out.sort_by(|a, b| (a.severity != "CRITICAL", &a.peer, &a.kind).cmp(&(b.severity != "CRITICAL", &b.peer, &b.kind)));
