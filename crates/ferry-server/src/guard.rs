@@ -130,9 +130,7 @@ async fn json_error(resp: Response, id: &str) -> Response {
 
 /// A new request id: 16 random hex digits.
 pub(crate) fn request_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    ferry_core::to_hex(&b)
+    crate::random_hex(8)
 }
 
 #[cfg(test)]

@@ -80,6 +80,14 @@ pub struct AppState<S> {
     pub dashboard: dashboard::session::Sessions,
 }
 
+/// `bytes` random bytes as hex: the ids and secrets this crate makes (request ids, the REST
+/// API's batch ids, dashboard sessions and their CSRF tokens).
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the system's random source");
+    ferry_core::to_hex(&b)
+}
+
 /// The HTTP routes over `store` as `config` sets them up, with `files` for the files rows
 /// reference.
 pub fn router<S: Store>(store: S, config: &Config, files: Files) -> Router {

@@ -287,7 +287,7 @@ async fn write<S: Store>(
             if_version: Some(before.version()),
             ..IncomingRow::new(&t.name, key, next)
         };
-        let batch = format!("rest-{}", uuid_like());
+        let batch = format!("rest-{}", crate::random_hex(16));
         let outcome = state.store.push(who, &batch, None, vec![row]).await?;
         match outcome.refused.first() {
             None => {
@@ -319,12 +319,6 @@ async fn write<S: Store>(
         }
     }
     Err(ApiError::Unavailable(format!("{} '{key}' keeps changing under this write; retry", t.name)))
-}
-
-fn uuid_like() -> String {
-    let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
-    ferry_core::to_hex(&b)
 }
 
 pub async fn changes<S: Store>(

@@ -73,8 +73,8 @@ pub enum NotSignedIn {
 impl Sessions {
     /// Opens a session for `by`: the cookie's value.
     pub fn open(&self, by: Credential) -> String {
-        let id = random_hex();
-        let session = Session { by, csrf: random_hex(), used: Instant::now() };
+        let id = crate::random_hex(32);
+        let session = Session { by, csrf: crate::random_hex(32), used: Instant::now() };
         let mut all = self.open.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|_, s| s.used.elapsed() < IDLE);
         all.insert(id.clone(), session);
@@ -196,12 +196,6 @@ pub fn csrf_ok(signed: &SignedIn, sent: Option<&str>) -> bool {
     let Some(sent) = sent else { return false };
     let (a, b) = (signed.csrf.as_bytes(), sent.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
-fn random_hex() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the system's random source");
-    ferry_core::to_hex(&bytes)
 }
 
 #[cfg(test)]
