@@ -1331,11 +1331,14 @@ impl Store for SqliteStore {
 
     fn pool_use(&self) -> crate::PoolUse {
         // The connections are all opened with the store; one is busy while it is locked.
-        let all = || std::iter::once(&self.inner.writer).chain(&self.inner.readers);
+        let all = 1 + self.inner.readers.len();
         crate::PoolUse {
-            max: all().count(),
-            open: all().count(),
-            in_use: all().filter(|c| c.try_lock().is_err()).count(),
+            max: all,
+            open: all,
+            in_use: std::iter::once(&self.inner.writer)
+                .chain(&self.inner.readers)
+                .filter(|c| c.try_lock().is_err())
+                .count(),
             waiting: self.inner.waiting.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
