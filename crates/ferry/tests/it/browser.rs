@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::chromium::Chromium;
-use crate::peering::Site;
+use crate::full_sync::groups;
 use crate::proxy::{Fault, Proxy};
 use crate::*;
 
@@ -144,15 +144,6 @@ fn the_overview_shows_a_linked_peer_and_updates_itself() {
         "[...document.querySelectorAll('.log li')].some((li) => li.innerText.includes(' · 1 row'))",
     );
     same_document(&mut b);
-}
-
-/// Inserts `n` groups into `site`'s PostgreSQL store by SQL.
-fn groups(site: &Site, n: usize, name: &str) {
-    let creator = uuid();
-    for _ in 0..n.div_ceil(500) {
-        let values: Vec<String> = (0..500.min(n)).map(|_| format!("('{}', '{name}', '{creator}')", uuid())).collect();
-        site.psql(&format!("INSERT INTO groups (id, name, created_by) VALUES {}", values.join(", ")));
-    }
 }
 
 #[test]

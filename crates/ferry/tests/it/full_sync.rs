@@ -27,7 +27,7 @@ fn full_sync(main: &Site, direction: &str, extra: &[&str]) -> (Vec<Value>, bool)
 }
 
 /// Inserts `n` groups by SQL; returns their ids.
-fn groups(site: &Site, n: usize, name: &str) -> Vec<String> {
+pub(crate) fn groups(site: &Site, n: usize, name: &str) -> Vec<String> {
     let ids: Vec<String> = (0..n).map(|_| uuid()).collect();
     let creator = uuid();
     for part in ids.chunks(500) {

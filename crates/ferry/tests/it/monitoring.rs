@@ -1,8 +1,7 @@
 //! The operator's view from outside the dashboard: `GET /metrics` in Prometheus' text format
 //! and `ferry serve --log-format json`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::watch::{Watch, eventually};
 use crate::*;
@@ -115,28 +114,57 @@ fn with_log_format_json_every_log_line_is_a_json_object_and_no_token_is_in_them(
     let env = Env::new();
     env.add_user("alice");
     let token = env.token("alice", "phone");
-    let mut child = Command::new(FERRY)
-        .args(["serve", "-c", &env.config(), "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("RUST_LOG", "debug")
-        .current_dir(env.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let server = Server { child, url: line.trim().strip_prefix("listening on ").unwrap().to_owned() };
+    let mut server = env.serve_logged(&["--log-format", "json"], "debug");
     env.sync(&server, "phone.db", &token);
     let bad = server.http().get(format!("{}/v1/pull", server.url)).bearer_auth("fry_not_a_token").send().unwrap();
     assert_eq!(bad.status(), 401);
-    let mut server = server;
-    let stderr = server.child.stderr.take().unwrap();
-    server.kill();
-    let lines: Vec<String> = BufReader::new(stderr).lines().map_while(Result::ok).collect();
+    let log = server.kill_for_log();
+    let lines: Vec<&str> = log.lines().collect();
     assert!(lines.iter().any(|l| l.contains("store ready")), "{lines:#?}");
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
         assert!(!l.contains(&token) && !l.contains("fry_not_a_token"), "a token in the log: {l}");
     }
+}
+
+/// A delivery no attempt of which is answered 2xx: sent once and again after each of the
+/// hook's waits, with one delivery id, then written to the sync log as FAILED.
+#[test]
+fn a_webhook_delivery_that_every_attempt_fails_is_logged_failed() {
+    use ferry_peer::webhooks::{Event, Hooks, Webhook};
+    use ferry_store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = ferry_core::schema::Schema::parse("CREATE TABLE notes (id text PRIMARY KEY);", &Default::default());
+    let store = ferry_store::SqliteStore::open(dir.path(), schema.unwrap()).unwrap();
+    let (url, received) = crate::webhook_receiver(usize::MAX);
+    let hooks = Hooks::new(vec![Webhook {
+        url: url.clone(),
+        secret: "0123456789abcdef".into(),
+        events: vec!["alert".into()],
+        retry: vec![Duration::from_millis(50), Duration::from_millis(100)],
+    }]);
+    let event = Event { name: "alert.raised", peer: "cloud".into(), data: serde_json::json!({"kind": "lag"}) };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let log = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), hooks.deliver(&store, event, 3_600_000))
+            .await
+            .expect("three attempts end within seconds");
+        store.sync_log(Some("cloud"), 10).await.unwrap()
+    });
+    // The receiver reports a POST after answering it: the last may come a moment after
+    // `deliver` returned.
+    let ids: Vec<String> = (0..3)
+        .map(|n| received.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("attempt {} missing", n + 1)))
+        .map(|d| d.headers["ferry-delivery"].clone())
+        .collect();
+    assert!(received.recv_timeout(Duration::from_millis(200)).is_err(), "one attempt and one after each wait, no more");
+    assert!(ids.iter().all(|id| *id == ids[0]), "one delivery id: {ids:?}");
+
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!((log[0].kind.as_str(), log[0].status.as_str()), ("webhook", "FAILED"));
+    let said = log[0].error.as_deref().unwrap_or_default();
+    let expected = format!("alert.raised {} to {url}: 3 attempts failed, the last: answered 500", ids[0]);
+    assert_eq!(said, expected);
+    assert!(log[0].duration_ms >= 150, "the waits were waited: {} ms", log[0].duration_ms);
 }

@@ -434,12 +434,7 @@ fn a_bad_role_stops_start_up_and_a_disabled_peer_is_shown() {
     assert!(!out.status.success() && err.contains("needs a role"), "{err}");
 
     set_role(&env, "main");
-    let mut child = std::process::Command::new(crate::FERRY)
-        .args(["serve", "-c", &env.config(), "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = env.serve_logged(&[], "info");
     let started = Instant::now();
     let shown = loop {
         let out = env.run(&["peer", "status", "--json", "-c", &env.config()]);
@@ -452,9 +447,7 @@ fn a_bad_role_stops_start_up_and_a_disabled_peer_is_shown() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = server.kill_for_log();
     if let Some(last) = shown {
         panic!("the disabled link's state never showed; last `peer status`: {last}\nthe server's log:\n{err}");
     }

@@ -151,14 +151,22 @@ impl Env {
 
     /// Starts `ferry serve` listening on `listen` (to restart a server at the same address).
     pub fn serve_on(&self, listen: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(FERRY)
-            .args(["serve", "-c", &self.config(), "--listen", listen])
-            .args(extra)
-            .current_dir(self.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        self.start(listen, extra, None)
+    }
+
+    /// As [`Env::serve_with`], its log at `level` (`RUST_LOG`) kept: [`Server::kill_for_log`].
+    pub fn serve_logged(&self, extra: &[&str], level: &str) -> Server {
+        self.start("127.0.0.1:0", extra, Some(level))
+    }
+
+    fn start(&self, listen: &str, extra: &[&str], log: Option<&str>) -> Server {
+        let mut command = Command::new(FERRY);
+        command.args(["serve", "-c", &self.config(), "--listen", listen]).args(extra).current_dir(self.dir.path());
+        match log {
+            Some(level) => command.env("RUST_LOG", level).stderr(Stdio::piped()),
+            None => command.stderr(Stdio::null()),
+        };
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line}")).to_owned();
@@ -205,6 +213,15 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills a server started by [`Env::serve_logged`]: what it logged.
+    pub fn kill_for_log(&mut self) -> String {
+        let mut stderr = self.child.stderr.take().expect("started by Env::serve_logged");
+        self.kill();
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+        log
     }
 
     pub fn http(&self) -> reqwest::blocking::Client {
