@@ -41,20 +41,6 @@ fn count(site: &Site, sql: &str) -> u64 {
     site.psql(sql).parse().unwrap()
 }
 
-/// A webhook on a local port: the JSON body of each POST it receives, answered 204.
-fn webhook() -> (String, std::sync::mpsc::Receiver<Value>) {
-    let (url, deliveries) = crate::webhook_receiver(0);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for d in deliveries {
-            if let Ok(v) = serde_json::from_slice(&d.body) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (url, rx)
-}
-
 fn phase<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["phases"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()
 }
@@ -66,7 +52,7 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
 
     // Push: MAIN's data set to CLOUD, verified, the outcome told to a webhook, and to the
     // operator's `[[alerts.webhook]]`, signed.
-    let (hook, told) = webhook();
+    let (hook, told) = crate::webhook_receiver(0);
     let (operators, deliveries) = crate::webhook_receiver(0);
     let secret = "the operator's receiver secret";
     let config = std::fs::read_to_string(main.env.path("ferry.toml")).unwrap();
@@ -78,7 +64,7 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
     assert!(ok, "{run}");
     assert_eq!(run["state"], "SUCCESS");
     assert_eq!(run["notified"], "answered 204", "{run}");
-    let heard = told.recv_timeout(Duration::from_secs(10)).unwrap();
+    let heard = told.recv_timeout(Duration::from_secs(10)).unwrap().json();
     assert_eq!((&heard["id"], &heard["state"], &heard["rows"]), (&run["id"], &json!("SUCCESS"), &json!(3000)));
     let delivered = deliveries.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(delivered.headers["ferry-event"], "full_sync.finished");
@@ -88,15 +74,7 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
         (&told["data"]["id"], &told["data"]["state"], &told["peer"]),
         (&run["id"], &json!("SUCCESS"), &json!("cloud"))
     );
-    let log: Value = main
-        .server
-        .http()
-        .get(format!("{}/v1/admin/sync/log?peer=cloud", main.server.url))
-        .bearer_auth(&main.admin)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let log: Value = main.get("/v1/admin/sync/log?peer=cloud").json().unwrap();
     let logged = log["entries"].as_array().unwrap().iter().any(|e| {
         e["kind"] == "webhook"
             && e["status"] == "SUCCESS"
@@ -148,15 +126,7 @@ fn full_sync_moves_whole_data_sets_both_ways_through_the_merge() {
     assert_eq!(runs.len(), 3);
     assert_eq!(runs[0]["direction"], "pull");
     assert!(runs.iter().all(|r| r["state"] == "SUCCESS" && r["method"] == "snapshot" && r["finished_ms"].is_u64()));
-    let api: Value = main
-        .server
-        .http()
-        .get(format!("{}/v1/admin/full-sync", main.server.url))
-        .bearer_auth(&main.admin)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let api: Value = main.get("/v1/admin/full-sync").json().unwrap();
     assert_eq!(api["runs"], history["runs"]);
     // Each run is in the sync log too.
     let log: Value =

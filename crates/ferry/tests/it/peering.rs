@@ -27,7 +27,8 @@ impl Site {
         serde_json::from_str(&out).unwrap()
     }
 
-    fn get(&self, path: &str) -> reqwest::blocking::Response {
+    /// `GET path` on this server with its admin token.
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
         self.server.http().get(format!("{}{path}", self.server.url)).bearer_auth(&self.admin).send().unwrap()
     }
 }
