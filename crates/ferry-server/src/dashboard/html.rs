@@ -107,7 +107,7 @@ pub fn duration(ms: u64) -> String {
 /// [`crate::lag::History::of`] gives them), as inline SVG that needs no script: a line scaled
 /// to the hour's highest lag (a second at least), labelled with the highest and the latest.
 pub fn lag_chart(samples: &[(u64, u64)], now: u64) -> String {
-    let (Some(highest), Some(&(_, latest))) = (samples.iter().map(|s| s.1).max(), samples.last()) else {
+    let (Some(highest), Some(&last)) = (samples.iter().map(|s| s.1).max(), samples.last()) else {
         return "<span class=\"hint\">no samples yet</span>".into();
     };
     let (width, height) = (240.0, 40.0);
@@ -123,8 +123,8 @@ pub fn lag_chart(samples: &[(u64, u64)], now: u64) -> String {
         let (x, y) = point(s);
         let _ = write!(line, "{x:.1},{y:.1} ");
     }
-    let (x, y) = point(samples[samples.len() - 1]);
-    let label = format!("Lag over the last hour: highest {}, latest {}", duration(highest), duration(latest));
+    let (x, y) = point(last);
+    let label = format!("Lag over the last hour: highest {}, latest {}", duration(highest), duration(last.1));
     format!(
         "<svg class=\"chart\" viewBox=\"0 0 {width} {height}\" width=\"120\" height=\"20\" role=\"img\" aria-label=\"{label}\">\
          <title>{label}</title><polyline points=\"{}\"/><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\"/></svg>",
