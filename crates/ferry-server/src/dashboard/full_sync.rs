@@ -45,11 +45,7 @@ pub async fn panel<S: Store>(State(state): State<Arc<AppState<S>>>, signed: Sign
     if runs.is_empty() {
         body.push_str("<p>No full syncs yet.</p>");
     } else {
-        body.push_str(
-            "<table><thead><tr><th scope=\"col\">Run</th><th scope=\"col\">Started</th><th scope=\"col\">Peer</th>\
-             <th scope=\"col\">Direction</th><th scope=\"col\">State</th><th scope=\"col\">Rows</th>\
-             <th scope=\"col\">Size</th><th scope=\"col\">Took</th></tr></thead><tbody>",
-        );
+        body.push_str(&html::table("", &["Run", "Started", "Peer", "Direction", "State", "Rows", "Size", "Took"]));
         let now = crate::peer::now_ms();
         for r in &runs {
             let took = r.finished_ms.unwrap_or(now).saturating_sub(r.started_ms);
@@ -125,11 +121,7 @@ pub async fn run<S: Store>(
         Err(e) => return api_error(e),
     };
     let mut body = summary(&r);
-    body.push_str(
-        "<table><thead><tr><th scope=\"col\">Phase</th><th scope=\"col\">State</th><th scope=\"col\">Progress</th>\
-         <th scope=\"col\">Rows</th><th scope=\"col\">Bytes</th><th scope=\"col\">Speed</th>\
-         <th scope=\"col\">Time left</th></tr></thead><tbody>",
-    );
+    body.push_str(&html::table("", &["Phase", "State", "Progress", "Rows", "Bytes", "Speed", "Time left"]));
     for p in &r.phases {
         let bytes = if p.bytes_total > 0 {
             format!("{} of {}", html::bytes(p.bytes_done), html::bytes(p.bytes_total))

@@ -79,6 +79,21 @@ pub fn page(f: &Frame<'_>, body: &str) -> String {
     out
 }
 
+/// A table's opening, up to its body: `class` (none when empty) and a column heading for each
+/// of `headings` (markup, as written here).
+pub fn table(class: &str, headings: &[&str]) -> String {
+    let mut out = String::from("<table");
+    if !class.is_empty() {
+        let _ = write!(out, " class=\"{class}\"");
+    }
+    out.push_str("><thead><tr>");
+    for h in headings {
+        let _ = write!(out, "<th scope=\"col\">{h}</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
+    out
+}
+
 /// "just now", "42 seconds ago", "3 minutes ago", "5 hours ago", "2 days ago".
 pub fn ago(ms: u64) -> String {
     let s = ms / 1000;

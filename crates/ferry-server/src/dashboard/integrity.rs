@@ -86,10 +86,7 @@ fn report_html(r: &IntegrityReport) -> String {
         html::bytes(r.bytes_sent),
         html::bytes(r.bytes_received)
     );
-    out.push_str(
-        "<table><thead><tr><th scope=\"col\">Table</th><th scope=\"col\">Rows here</th><th scope=\"col\">Rows there</th>\
-         <th scope=\"col\">Digest here</th><th scope=\"col\">Digest there</th><th scope=\"col\">Result</th></tr></thead><tbody>",
-    );
+    out.push_str(&html::table("", &["Table", "Rows here", "Rows there", "Digest here", "Digest there", "Result"]));
     for t in &r.tables {
         let (class, result) = match (t.equal, t.repaired_out + t.repaired_in) {
             (true, _) => ("", "equal".to_owned()),
@@ -109,13 +106,8 @@ fn report_html(r: &IntegrityReport) -> String {
     }
     out.push_str("</tbody></table>");
     for t in r.tables.iter().filter(|t| !t.differences.is_empty()) {
-        let _ = write!(
-            out,
-            "<h2>{} rows of {} differ</h2><table class=\"mismatches\"><thead><tr><th scope=\"col\">Row</th>\
-             <th scope=\"col\">How</th><th scope=\"col\">Here</th><th scope=\"col\">There</th></tr></thead><tbody>",
-            t.differences.len(),
-            esc(&t.table)
-        );
+        let _ = write!(out, "<h2>{} rows of {} differ</h2>", t.differences.len(), esc(&t.table));
+        out.push_str(&html::table("mismatches", &["Row", "How", "Here", "There"]));
         let side = |v: &Option<String>, deleted: bool| match (v, deleted) {
             (None, _) => "absent".to_owned(),
             (Some(d), true) => format!("deleted ({d})"),

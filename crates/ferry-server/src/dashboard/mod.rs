@@ -311,10 +311,10 @@ async fn overview<S: Store>(State(state): State<Arc<AppState<S>>>, signed: Signe
     if links.is_empty() {
         body.push_str("<p>No links to peer servers (<code>[peers.NAME]</code> in ferry.toml).</p>");
     } else {
-        body.push_str(
-            "<table><thead><tr><th scope=\"col\">Peer</th><th scope=\"col\">Connection</th><th scope=\"col\">Lag</th>\
-             <th scope=\"col\">Lag, last hour</th><th scope=\"col\">Files pending</th><th scope=\"col\">Last successful sync</th></tr></thead><tbody>",
-        );
+        body.push_str(&html::table(
+            "",
+            &["Peer", "Connection", "Lag", "Lag, last hour", "Files pending", "Last successful sync"],
+        ));
         for p in links.iter().filter(|p| p.enabled) {
             let up = crate::peer::is_up(p);
             let (dot, said) = if up { ("up", "Connected") } else { ("down", "Disconnected") };
@@ -382,10 +382,7 @@ async fn conflicts<S: Store>(
     if list.is_empty() {
         body.push_str(if resolved { "<p>No resolved conflicts.</p>" } else { "<p>No open conflicts.</p>" });
     } else {
-        body.push_str(
-            "<table><thead><tr><th scope=\"col\">Table</th><th scope=\"col\">Row</th><th scope=\"col\">Kind</th>\
-             <th scope=\"col\">When</th><th scope=\"col\">Strategy</th></tr></thead><tbody>",
-        );
+        body.push_str(&html::table("", &["Table", "Row", "Kind", "When", "Strategy"]));
         for c in &list {
             let _ = write!(
                 body,
@@ -435,10 +432,7 @@ async fn conflict<S: Store>(
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(v) => v.to_string(),
     };
-    body.push_str(
-        "<table class=\"versions\"><thead><tr><th scope=\"col\">Field</th><th scope=\"col\">Stored</th>\
-         <th scope=\"col\">Incoming</th></tr></thead><tbody>",
-    );
+    body.push_str(&html::table("versions", &["Field", "Stored", "Incoming"]));
     for col in columns {
         let (a, b) = (shown(&c.stored, col), shown(&c.incoming, col));
         let differs = a != b;
@@ -511,10 +505,7 @@ async fn devices<S: Store>(State(state): State<Arc<AppState<S>>>, signed: Signed
         Ok(l) => l,
         Err(e) => return store_error(e),
     };
-    let mut body = String::from(
-        "<table><thead><tr><th scope=\"col\">Device</th><th scope=\"col\">User</th><th scope=\"col\">Last seen</th>\
-         <th scope=\"col\">State</th><th scope=\"col\"><span class=\"sr\">Action</span></th></tr></thead><tbody>",
-    );
+    let mut body = html::table("", &["Device", "User", "Last seen", "State", "<span class=\"sr\">Action</span>"]);
     for d in &list {
         let kind = if d.admin { " (admin)" } else { "" };
         let _ = write!(
